@@ -1,0 +1,1 @@
+//! netprof: benchmarks pod networks and attributes their cost to datapath stages.
