@@ -1,1 +1,5 @@
 //! netprof: benchmarks pod networks and attributes their cost to datapath stages.
+
+pub mod cmd;
+pub mod lab;
+pub mod cli;

@@ -1,0 +1,25 @@
+//! Command-line interface: one module per subcommand.
+
+pub mod bench;
+pub mod lab;
+
+use clap::{Parser, Subcommand};
+
+/// eBPF-assisted datapath profiler for Kubernetes pod networks.
+///
+/// Runs the standard benchmarks (ping, iperf3, ab against nginx) host to host and pod to pod for
+/// each network mode, on a two-node lab built from network namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "netprof", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, inspect or remove the two-node namespace lab.
+    Lab(lab::LabArgs),
+    /// Run ping, iperf3 and ab on the lab for each mode and print the study's table.
+    Bench(bench::BenchArgs),
+}
