@@ -88,6 +88,9 @@ impl Cmd {
             None => Command::new(&self.program),
         };
         command.args(&self.args);
+        // Its own process group: a terminal's Ctrl-C reaches netprof alone, which then stops
+        // the tools and tears the lab down in order.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         command
     }
 

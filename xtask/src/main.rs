@@ -1,1 +1,47 @@
-fn main() {}
+//! netprof's developer tasks. `cargo xtask setup` prepares a fresh machine, `cargo xtask demo`
+//! runs the main job (all modes on the namespace lab), `cargo xtask test` runs every test.
+
+mod run;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker) and
+    /// mount bpffs/tracefs. Idempotent; fast when everything is present.
+    Setup,
+    /// Setup, release build, then `netprof bench --modes all` on the lab (extra args go to bench).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        bench_args: Vec<String>,
+    },
+    /// Setup, build, then every unit and integration test (serially: they share the kernel).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo { bench_args } => {
+            setup::run()?;
+            run::demo(&bench_args)
+        }
+        Task::Test { cargo_args } => {
+            setup::run()?;
+            run::test(&cargo_args)
+        }
+    }
+}

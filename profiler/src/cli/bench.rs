@@ -1,6 +1,108 @@
-//! `netprof bench`.
+//! `netprof bench`: the study's benchmarks on the namespace lab, with Ctrl-C handling.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::bench::{self, table, BenchConfig};
+use crate::lab::{self, names::DEFAULT_LAB, LabLock, LabNames, Mode};
+
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+pub struct BenchArgs {
+    /// `all`, or a comma-separated list of host, flannel-hostgw, flannel-vxlan, calico, l2.
+    #[arg(long, default_value = "all")]
+    pub modes: String,
+    /// Directory for <mode>.json results and table.txt.
+    #[arg(long, default_value = "netprof-out")]
+    pub out: PathBuf,
+    /// Echo requests per ping run.
+    #[arg(long, default_value_t = BenchConfig::default().ping_count)]
+    pub ping_count: u32,
+    /// Seconds between echo requests.
+    #[arg(long, default_value_t = BenchConfig::default().ping_interval_s)]
+    pub ping_interval: f64,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = BenchConfig::default().iperf3_seconds)]
+    pub iperf3_seconds: u32,
+    /// ab requests per run.
+    #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
+    pub ab_requests: u32,
+    /// ab concurrency.
+    #[arg(long, default_value_t = BenchConfig::default().ab_concurrency)]
+    pub ab_concurrency: u32,
+    /// Extra kube-proxy Services (4 iptables rules each) in the modes with kube-proxy.
+    #[arg(long, default_value_t = 0)]
+    pub services: u32,
+    /// Lab name (namespaces netprof-<lab>-*).
+    #[arg(long, default_value = DEFAULT_LAB)]
+    pub lab: String,
+    /// Print the table as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let modes = Mode::parse_list(&args.modes)?;
+    let names = LabNames::new(&args.lab)?;
+    let cfg = BenchConfig {
+        ping_count: args.ping_count,
+        ping_interval_s: args.ping_interval,
+        iperf3_seconds: args.iperf3_seconds,
+        ab_requests: args.ab_requests,
+        ab_concurrency: args.ab_concurrency,
+        services: args.services,
+    };
+    cfg.validate()?;
+    lab::require_root()?;
+    let _lock = LabLock::acquire(&args.lab)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = bench::run(&modes, &cfg, &names, &args.out) => result.map(Some),
+            signal = shutdown_signal() => {
+                eprintln!("\nnetprof: {signal}: stopping the tools and removing the lab");
+                Ok(None)
+            }
+        }
+    });
+    // The benchmark future is gone (its tools were killed); now nothing of the lab may remain.
+    let teardown = lab::down(&names);
+    let results = match outcome? {
+        Some(results) => results,
+        None => {
+            teardown?;
+            anyhow::bail!("interrupted; the lab was removed and partial results are in {}", args.out.display());
+        }
+    };
+    teardown?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!("\n{}", table::render(&results));
+        println!(
+            "{} modes in {:.0} s; results in {}",
+            results.len(),
+            started.elapsed().as_secs_f64(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, naming which.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (SIGINT)",
+        _ = term.recv() => "terminated (SIGTERM)",
+    }
+}

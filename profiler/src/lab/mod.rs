@@ -74,7 +74,7 @@ pub struct Lab {
 }
 
 /// Where one benchmark path runs: client and server namespaces and the targets.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PathEndpoints {
     pub client_netns: String,
     pub server_netns: String,

@@ -1,0 +1,200 @@
+//! `netprof bench`: for each mode, build the lab, run ping, iperf3 and ab on the host path and
+//! the pod path, write `<out>/<mode>.json`, tear the lab down, and finally print the study's table.
+
+pub mod config;
+pub mod result;
+pub mod servers;
+pub mod table;
+pub mod tools;
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cmd::{ensure_installed, Cmd, CmdError};
+use crate::lab::{self, kube_proxy, Lab, LabError, LabNames, LabSpec, Mode, PathEndpoints};
+pub use config::BenchConfig;
+use result::{Environment, ModeResult, PathResult, SCHEMA};
+
+/// Every program a benchmark run needs, checked before anything is built.
+pub const REQUIRED_TOOLS: [&str; 9] = [
+    "ip", "bridge", "sysctl", "ss", "iptables-restore", "ping", "iperf3", "ab", "nginx",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error("{mode}: {step}: {source}")]
+    Tool {
+        mode: Mode,
+        step: String,
+        #[source]
+        source: tools::ToolError,
+    },
+    #[error("{mode}: starting the {what}: {source}")]
+    Server {
+        mode: Mode,
+        what: &'static str,
+        #[source]
+        source: servers::ServerError,
+    },
+    #[error("cannot write results to {path}: {source} (choose a writable --out directory)")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Progress lines on stderr, so stdout stays for the table.
+struct Progress {
+    index: usize,
+    total: usize,
+    mode: Mode,
+}
+
+impl Progress {
+    fn step(&self, text: &str) -> Instant {
+        eprint!("[{}/{}] {:<14} {text} ... ", self.index, self.total, self.mode.name());
+        let _ = std::io::stderr().flush();
+        Instant::now()
+    }
+
+    fn done(&self, started: Instant, text: &str) {
+        eprintln!("{text} ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs every mode in order. The lab is always torn down, also when a step fails; the caller
+/// handles Ctrl-C by dropping this future and calling `lab::down`.
+pub async fn run(
+    modes: &[Mode],
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out_dir: &Path,
+) -> Result<Vec<ModeResult>, BenchError> {
+    cfg.validate()?;
+    lab::require_root()?;
+    for tool in REQUIRED_TOOLS {
+        ensure_installed(tool)?;
+    }
+    prepare_out_dir(out_dir)?;
+    let mut results = Vec::new();
+    for (i, &mode) in modes.iter().enumerate() {
+        let progress = Progress { index: i + 1, total: modes.len(), mode };
+        let outcome = run_mode(&progress, cfg, names).await;
+        // Whatever happened, nothing of this mode's lab may survive.
+        let teardown = lab::down(names);
+        let result = outcome?;
+        teardown?;
+        let path = out_dir.join(format!("{mode}.json"));
+        let json = serde_json::to_string_pretty(&result).expect("results serialize");
+        fs::write(&path, json).map_err(|source| BenchError::Output { path, source })?;
+        results.push(result);
+    }
+    let summary = out_dir.join("table.txt");
+    fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output { path: summary, source })?;
+    Ok(results)
+}
+
+fn prepare_out_dir(out_dir: &Path) -> Result<(), BenchError> {
+    let probe = out_dir.join(".netprof-write-test");
+    fs::create_dir_all(out_dir)
+        .and_then(|_| fs::write(&probe, b""))
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|source| BenchError::Output { path: out_dir.to_path_buf(), source })
+}
+
+async fn run_mode(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> Result<ModeResult, BenchError> {
+    let mode = progress.mode;
+    let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mode_start = Instant::now();
+    let services = if mode.has_kube_proxy() { cfg.services } else { 0 };
+    let t = progress.step(&format!("building the lab (+{services} services)"));
+    let lab = lab::up(names, LabSpec { mode, services })?;
+    progress.done(t, "up");
+    let environment = environment(&lab)?;
+
+    let host_path = run_path(progress, cfg, &lab, "host path", &lab.host_path()).await?;
+    let pod_path = match lab.pod_path() {
+        Some(endpoints) => Some(run_path(progress, cfg, &lab, "pod path", &endpoints).await?),
+        None => None,
+    };
+    Ok(ModeResult {
+        schema: SCHEMA.to_owned(),
+        mode,
+        environment,
+        config: cfg.clone(),
+        started_unix_s,
+        duration_s: mode_start.elapsed().as_secs_f64(),
+        host_path,
+        pod_path,
+    })
+}
+
+async fn run_path(
+    progress: &Progress,
+    cfg: &BenchConfig,
+    lab: &Lab,
+    label: &str,
+    endpoints: &PathEndpoints,
+) -> Result<PathResult, BenchError> {
+    let mode = lab.mode();
+    let tool_err = |step: &str| {
+        let step = format!("{label}: {step}");
+        move |source| BenchError::Tool { mode, step, source }
+    };
+    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
+    let server_err = |what| move |source| BenchError::Server { mode, what, source };
+    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
+    let _iperf3 = servers::start_iperf3(&endpoints.server_netns).map_err(server_err("iperf3 server"))?;
+
+    let t = progress.step(&format!(
+        "{label}: ping {} x {} ms {} -> {}",
+        cfg.ping_count,
+        cfg.ping_interval_s * 1e3,
+        endpoints.client_netns,
+        endpoints.server_ip
+    ));
+    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
+    let loss = ping.loss_ratio() * 100.0;
+    let summary = ping.stats.map_or("no replies".to_owned(), |s| format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms));
+    progress.done(t, &format!("{summary}, {loss:.1}% loss"));
+
+    let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
+    let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("iperf3"))?;
+    let retrans = iperf3.retransmits.map_or(String::new(), |r| format!(", {r} retransmits"));
+    progress.done(t, &format!("{:.2} Gbit/s{retrans}", iperf3.receiver_bps / 1e9));
+
+    let t = progress.step(&format!(
+        "{label}: ab {} requests x {} concurrent -> {}",
+        cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
+    ));
+    let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
+    progress.done(t, &format!("{:.0} req/s, mean {:.3} ms, {} failed", ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests));
+
+    Ok(PathResult { endpoints: endpoints.clone(), ping, iperf3, ab })
+}
+
+fn environment(lab: &Lab) -> Result<Environment, BenchError> {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let iptables = Cmd::new("iptables").arg("-V").run().map(|s| s.trim().to_owned()).unwrap_or_else(|_| "not installed".to_owned());
+    let rules = if lab.mode().has_kube_proxy() {
+        kube_proxy::rule_count(&kube_proxy::ruleset(lab.mode(), lab::Node::Two, lab.spec.services))
+    } else {
+        0
+    };
+    Ok(Environment {
+        kernel,
+        iptables,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        extra_services: lab.spec.services,
+        iptables_rules_per_node: rules,
+    })
+}

@@ -1,0 +1,77 @@
+//! Runs the client tools (ping, iperf3 -J, ab) inside a lab namespace and parses their output.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use super::config::BenchConfig;
+use super::servers::IPERF3_PORT;
+use crate::cmd::{Cmd, CmdError};
+use crate::parse::{ab::AbReport, iperf3::Iperf3Report, ping::PingReport, ParseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error("`{command}` did not finish within {secs} s and was stopped")]
+    Timeout { command: String, secs: u64 },
+    #[error("`{command}` exited with {status} and its output could not be read: {source}")]
+    Output {
+        command: String,
+        status: String,
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// Runs `cmd` to completion (killed on timeout or when the caller is cancelled) and hands its
+/// stdout, with the exit status, to `parse`.
+async fn run_parsed<T>(
+    cmd: Cmd,
+    program: &str,
+    limit: Duration,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<T, ToolError> {
+    crate::cmd::ensure_installed(program)?;
+    let mut command = cmd.to_tokio();
+    command.stdin(std::process::Stdio::null());
+    let output = match tokio::time::timeout(limit, command.output()).await {
+        Ok(result) => result.map_err(|source| CmdError::Spawn { command: cmd.display(), source })?,
+        Err(_) => return Err(ToolError::Timeout { command: cmd.display(), secs: limit.as_secs() }),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match parse(&stdout) {
+        Ok(report) => Ok(report),
+        // A tool that failed and printed nothing useful: its stderr says why.
+        Err(_) if !output.status.success() && stdout.trim().is_empty() => Err(cmd.failed(&output).into()),
+        Err(source) => Err(ToolError::Output {
+            command: cmd.display(),
+            status: output.status.to_string(),
+            source,
+        }),
+    }
+}
+
+pub async fn ping(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<PingReport, ToolError> {
+    let cmd = Cmd::new("ping")
+        .args(["-n", "-c", &cfg.ping_count.to_string()])
+        .args(["-i", &format!("{}", cfg.ping_interval_s), "-W", "1", &target.to_string()])
+        .in_netns(netns);
+    // ping exits 1 when some replies are missing; the report's loss says so, so parse anyway.
+    run_parsed(cmd, "ping", cfg.ping_timeout(), crate::parse::ping::parse).await
+}
+
+pub async fn iperf3(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<Iperf3Report, ToolError> {
+    let cmd = Cmd::new("iperf3")
+        .args(["-c", &target.to_string(), "-p", &IPERF3_PORT.to_string()])
+        .args(["-t", &cfg.iperf3_seconds.to_string(), "-J"])
+        .in_netns(netns);
+    run_parsed(cmd, "iperf3", cfg.iperf3_timeout(), crate::parse::iperf3::parse).await
+}
+
+pub async fn ab(netns: &str, target: SocketAddrV4, cfg: &BenchConfig) -> Result<AbReport, ToolError> {
+    let cmd = Cmd::new("ab")
+        .args(["-q", "-n", &cfg.ab_requests.to_string(), "-c", &cfg.ab_concurrency.to_string()])
+        .args(["-s", "10", &format!("http://{target}/")])
+        .in_netns(netns);
+    run_parsed(cmd, "ab", cfg.ab_timeout(), crate::parse::ab::parse).await
+}
