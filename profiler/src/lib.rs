@@ -1,1 +1,3 @@
 //! netprof: benchmarks pod networks and attributes their cost to datapath stages.
+
+pub mod parse;
