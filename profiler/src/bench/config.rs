@@ -14,7 +14,7 @@ pub struct BenchConfig {
     /// ab requests per run and how many are in flight at once.
     pub ab_requests: u32,
     pub ab_concurrency: u32,
-    /// Extra kube-proxy Services in the pod modes (4 iptables rules each).
+    /// Extra kube-proxy Services in the pod modes (5 iptables rules each).
     pub services: u32,
 }
 

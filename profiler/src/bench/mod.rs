@@ -69,6 +69,12 @@ impl Progress {
     fn done(&self, started: Instant, text: &str) {
         eprintln!("{text} ({:.1} s)", started.elapsed().as_secs_f64());
     }
+
+    /// Ends an open progress line so the error message starts on its own line.
+    fn failed<E>(&self, err: E) -> E {
+        eprintln!("failed");
+        err
+    }
 }
 
 /// Runs every mode in order. The lab is always torn down, also when a step fails; the caller
@@ -117,7 +123,7 @@ async fn run_mode(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> R
     let mode_start = Instant::now();
     let services = if mode.has_kube_proxy() { cfg.services } else { 0 };
     let t = progress.step(&format!("building the lab (+{services} services)"));
-    let lab = lab::up(names, LabSpec { mode, services })?;
+    let lab = lab::up(names, LabSpec { mode, services }).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
     let environment = environment(&lab)?;
 
@@ -148,7 +154,7 @@ async fn run_path(
     let mode = lab.mode();
     let tool_err = |step: &str| {
         let step = format!("{label}: {step}");
-        move |source| BenchError::Tool { mode, step, source }
+        move |source| progress.failed(BenchError::Tool { mode, step, source })
     };
     let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
     let server_err = |what| move |source| BenchError::Server { mode, what, source };

@@ -28,6 +28,7 @@ pub enum ToolError {
 async fn run_parsed<T>(
     cmd: Cmd,
     program: &str,
+    with_stderr: bool,
     limit: Duration,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<T, ToolError> {
@@ -38,7 +39,11 @@ async fn run_parsed<T>(
         Ok(result) => result.map_err(|source| CmdError::Spawn { command: cmd.display(), source })?,
         Err(_) => return Err(ToolError::Timeout { command: cmd.display(), secs: limit.as_secs() }),
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if with_stderr {
+        // ab reports its fatal errors (connection reset, timeout) on stderr.
+        stdout.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
     match parse(&stdout) {
         Ok(report) => Ok(report),
         // A tool that failed and printed nothing useful: its stderr says why.
@@ -57,7 +62,7 @@ pub async fn ping(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<Pi
         .args(["-i", &format!("{}", cfg.ping_interval_s), "-W", "1", &target.to_string()])
         .in_netns(netns);
     // ping exits 1 when some replies are missing; the report's loss says so, so parse anyway.
-    run_parsed(cmd, "ping", cfg.ping_timeout(), crate::parse::ping::parse).await
+    run_parsed(cmd, "ping", false, cfg.ping_timeout(), crate::parse::ping::parse).await
 }
 
 pub async fn iperf3(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<Iperf3Report, ToolError> {
@@ -65,7 +70,7 @@ pub async fn iperf3(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<
         .args(["-c", &target.to_string(), "-p", &IPERF3_PORT.to_string()])
         .args(["-t", &cfg.iperf3_seconds.to_string(), "-J"])
         .in_netns(netns);
-    run_parsed(cmd, "iperf3", cfg.iperf3_timeout(), crate::parse::iperf3::parse).await
+    run_parsed(cmd, "iperf3", false, cfg.iperf3_timeout(), crate::parse::iperf3::parse).await
 }
 
 pub async fn ab(netns: &str, target: SocketAddrV4, cfg: &BenchConfig) -> Result<AbReport, ToolError> {
@@ -73,5 +78,5 @@ pub async fn ab(netns: &str, target: SocketAddrV4, cfg: &BenchConfig) -> Result<
         .args(["-q", "-n", &cfg.ab_requests.to_string(), "-c", &cfg.ab_concurrency.to_string()])
         .args(["-s", "10", &format!("http://{target}/")])
         .in_netns(netns);
-    run_parsed(cmd, "ab", cfg.ab_timeout(), crate::parse::ab::parse).await
+    run_parsed(cmd, "ab", true, cfg.ab_timeout(), crate::parse::ab::parse).await
 }

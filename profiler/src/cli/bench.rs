@@ -31,7 +31,7 @@ pub struct BenchArgs {
     /// ab concurrency.
     #[arg(long, default_value_t = BenchConfig::default().ab_concurrency)]
     pub ab_concurrency: u32,
-    /// Extra kube-proxy Services (4 iptables rules each) in the modes with kube-proxy.
+    /// Extra kube-proxy Services (5 iptables rules each) in the modes with kube-proxy.
     #[arg(long, default_value_t = 0)]
     pub services: u32,
     /// Lab name (namespaces netprof-<lab>-*).

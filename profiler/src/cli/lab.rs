@@ -18,7 +18,7 @@ pub enum LabAction {
         /// host, flannel-hostgw, flannel-vxlan, calico or l2.
         #[arg(long, short)]
         mode: Mode,
-        /// Extra kube-proxy Services (4 iptables rules each) besides nginx's.
+        /// Extra kube-proxy Services (5 iptables rules each) besides nginx's.
         #[arg(long, default_value_t = 0)]
         services: u32,
         /// Lab name; namespaces are called netprof-<lab>-node1/2 and -pod1/2.

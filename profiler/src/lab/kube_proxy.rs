@@ -179,10 +179,10 @@ mod tests {
     }
 
     #[test]
-    fn extra_services_add_four_rules_each() {
+    fn extra_services_add_five_rules_each() {
         let base = rule_count(&ruleset(Mode::Calico, Node::One, 0));
         let more = rule_count(&ruleset(Mode::Calico, Node::One, 100));
-        assert_eq!(more - base, 400);
+        assert_eq!(more - base, 500);
     }
 
     #[test]
@@ -192,7 +192,7 @@ mod tests {
         assert!(names.iter().all(|n| n.len() <= 28), "iptables chain names are at most 28 chars");
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 4000);
+        assert_eq!(names.len(), 2 * 2001);
     }
 
     #[test]

@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn l2_has_no_iptables_and_bridges_the_uplink() {
         let text = plan_text(Mode::L2);
-        assert!(!text.contains("iptables"));
+        assert!(!text.contains("iptables-restore"));
         assert!(text.contains("link set eno1 master cni0"));
         assert!(text.contains("bridge-nf-call-iptables=0"));
     }
