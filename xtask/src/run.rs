@@ -40,6 +40,10 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
 }
 
 pub fn test(cargo_args: &[String]) -> Result<()> {
+    // The CLI tests run the real `netprof` binary, which `cargo test` alone does not build.
+    let mut build = cargo();
+    build.args(["build", "--package", "netprof"]);
+    run(build)?;
     let mut test = cargo();
     // Default members: the eBPF crate is built by profiler/build.rs, not for the host.
     test.arg("test").args(cargo_args).args(["--", "--test-threads=1"]);
