@@ -168,7 +168,7 @@ fn ctrl_c_during_bench_removes_everything() {
     }
     let workers = nginx_workers();
     let lab = unique_lab_name();
-    let mut child = Command::new(netprof_bin())
+    let child = Command::new(netprof_bin())
         .args(["bench", "--modes", "flannel-vxlan", "--lab", &lab, "--iperf3-seconds", "60", "--ping-count", "5", "--out"])
         .arg(std::env::temp_dir().join(format!("netprof-out-{lab}")))
         .stdout(Stdio::null())

@@ -174,7 +174,7 @@ mod tests {
         assert!(rules.contains("-j DNAT --to-destination 198.19.2.2:80"));
         assert!(rules.contains("-j MASQUERADE --random-fully"));
         // The NodePort jump must stay the last rule of KUBE-SERVICES, as kube-proxy keeps it.
-        let last = rules.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap();
+        let last = rules.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
         assert!(last.ends_with("-j KUBE-NODEPORTS"), "{last}");
     }
 
