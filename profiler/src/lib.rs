@@ -1,1 +1,4 @@
 //! netprof: benchmarks pod networks and attributes their cost to datapath stages.
+
+pub mod ebpf;
+pub mod netns;
