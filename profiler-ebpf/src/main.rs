@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+mod uplink_counter;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

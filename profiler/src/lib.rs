@@ -3,5 +3,7 @@
 pub mod bench;
 pub mod cli;
 pub mod cmd;
+pub mod ebpf;
 pub mod lab;
+pub mod netns;
 pub mod parse;

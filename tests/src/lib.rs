@@ -1,32 +1,292 @@
-//! Helpers shared by the integration tests: root/kernel checks that skip visibly, unique lab
-//! names, and the path of the `netprof` binary.
+//! Helpers shared by the integration tests: skip checks, throw-away network namespaces, lab
+//! names, the `netprof` binary, and running the tools inside namespaces.
+//!
+//! Every namespace name is unique (`netprof-t-PID-N-TAG`), and every namespace is deleted when
+//! its guard drops, so a failing assertion still cleans up and concurrent runs do not collide.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
-/// Why this machine cannot run a kernel-level test, if it cannot.
-pub fn kernel_test_blocker() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("needs root (network namespaces, iptables, eBPF)".to_owned());
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Some("kernel lacks BTF (/sys/kernel/btf/vmlinux)".to_owned());
-    }
-    None
+use anyhow::{bail, Context, Result};
+
+/// Prefix of every namespace the tests create.
+pub const NETNS_PREFIX: &str = "netprof-t-";
+
+/// The running kernel's release, e.g. `6.18.44`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// `(major, minor)` of the running kernel, if its release string parses.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
+
+/// Why an eBPF integration test cannot run here (`None`: it can): not root, no kernel BTF, or
+/// a missing tool.
+pub fn ebpf_skip_reason(tools: &[&str]) -> Option<String> {
+    if let Err(err) = netprof::ebpf::preflight() {
+        return Some(err.to_string());
+    }
+    tools
+        .iter()
+        .find(|tool| which(tool).is_none())
+        .map(|tool| format!("`{tool}` is not installed"))
+}
+
+/// Prints the visible skip line. Call it and return from the test.
+pub fn print_skip(test: &str, reason: &str) {
+    println!("SKIPPED: {test}: {reason} (kernel {})", kernel_release());
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A unique namespace name: `netprof-t-PID-N-TAG`.
+pub fn unique_netns_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{NETNS_PREFIX}{}-{}-{tag}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `command`, failing with its stderr unless it exits 0. Returns stdout.
+pub fn run(command: &mut Command) -> Result<String> {
+    let output = output(command)?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `command` and returns its output whatever the exit status.
+pub fn output(command: &mut Command) -> Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))
+}
+
+/// A network namespace created with `ip netns add`, deleted (with its interfaces) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `netprof-t-PID-N-TAG`.
+    pub fn create(tag: &str) -> Result<Self> {
+        let name = unique_netns_name(tag);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// The `ip netns` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// `ip -n NAME ARGS...`, checked.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// `tc ARGS...` inside the namespace, checked.
+    pub fn tc(&self, args: &[&str]) -> Result<String> {
+        run(self.command("tc").args(args))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cleanup: `ip netns del {}` failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(err) => eprintln!("cleanup: cannot run `ip netns del {}`: {err}", self.name),
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair named `eno1` on both ends:
+/// `a` has 198.18.0.1/24, `b` has 198.18.0.2/24 (benchmarking range, RFC 2544).
+#[derive(Debug)]
+pub struct VethLab {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl VethLab {
+    pub const IFACE: &'static str = "eno1";
+    pub const ADDR_A: &'static str = "198.18.0.1";
+    pub const ADDR_B: &'static str = "198.18.0.2";
+
+    pub fn create() -> Result<Self> {
+        let lab = Self {
+            a: Netns::create("a")?,
+            b: Netns::create("b")?,
+        };
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            Self::IFACE,
+            "netns",
+            lab.a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            Self::IFACE,
+            "netns",
+            lab.b.name(),
+        ]))?;
+        for (ns, addr) in [(&lab.a, Self::ADDR_A), (&lab.b, Self::ADDR_B)] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", Self::IFACE])?;
+            ns.ip(&["link", "set", Self::IFACE, "up"])?;
+        }
+        Ok(lab)
+    }
+}
+
+/// A program attached to an interface hook, as the kernel or bpftool reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedProgram {
+    /// `tcx/ingress`, `tcx/egress`, `clsact/ingress`, ...
+    pub kind: String,
+    pub name: String,
+    pub id: u32,
+}
+
+/// Programs on the TCX hooks of `iface` in `ns`, straight from the kernel (`BPF_PROG_QUERY`
+/// with `BPF_TCX_INGRESS`/`EGRESS`). bpftool before 7.3 does not list TCX at all.
+pub fn tcx_programs(ns: &Netns, iface: &str) -> Result<Vec<AttachedProgram>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    netprof::netns::run_in(ns.name(), || {
+        let mut programs = Vec::new();
+        for (attach_type, kind) in [
+            (TcAttachType::Ingress, "tcx/ingress"),
+            (TcAttachType::Egress, "tcx/egress"),
+        ] {
+            let (_revision, infos) = SchedClassifier::query_tcx(iface, attach_type)
+                .with_context(|| format!("BPF_PROG_QUERY {kind} on {iface}"))?;
+            programs.extend(infos.iter().map(|info| AttachedProgram {
+                kind: kind.to_owned(),
+                name: info.name_as_str().unwrap_or_default().to_owned(),
+                id: info.id(),
+            }));
+        }
+        Ok(programs)
+    })?
+}
+
+/// What `bpftool net show dev IFACE` reports in its `tc` section: cls_bpf filters, and with
+/// bpftool >= 7.3 TCX links too.
+pub fn bpftool_tc_programs(ns: &Netns, iface: &str) -> Result<Vec<AttachedProgram>> {
+    let json = run(ns
+        .command("bpftool")
+        .args(["-j", "net", "show", "dev", iface]))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("bpftool output: {json}"))?;
+    let mut programs = Vec::new();
+    for section in value.as_array().into_iter().flatten() {
+        for entry in section["tc"].as_array().into_iter().flatten() {
+            programs.push(AttachedProgram {
+                kind: entry["kind"].as_str().unwrap_or_default().to_owned(),
+                name: entry["name"].as_str().unwrap_or_default().to_owned(),
+                id: entry["id"].as_u64().unwrap_or_default() as u32,
+            });
+        }
+    }
+    Ok(programs)
+}
+
+/// Everything attached to the tc hooks of `iface`: the kernel's TCX list plus bpftool's view
+/// (cls_bpf filters), without duplicates.
+pub fn tc_hook_programs(ns: &Netns, iface: &str) -> Result<Vec<AttachedProgram>> {
+    let mut programs = tcx_programs(ns, iface)?;
+    for program in bpftool_tc_programs(ns, iface)? {
+        if !programs.iter().any(|p| p.id == program.id) {
+            programs.push(program);
+        }
+    }
+    Ok(programs)
+}
+
+/// Waits up to a second for the kernel to free program `id` (freeing is RCU-deferred);
+/// `true` once `bpftool prog show id ID` no longer finds it.
+pub fn program_unloaded(id: u32) -> Result<bool> {
+    let id = id.to_string();
+    for _ in 0..100 {
+        if !output(Command::new("bpftool").args(["prog", "show", "id", &id]))?
+            .status
+            .success()
+        {
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(false)
+}
+
+/// Whether `tc qdisc show dev IFACE` lists a clsact qdisc.
+pub fn has_clsact(ns: &Netns, iface: &str) -> Result<bool> {
+    Ok(ns
+        .tc(&["qdisc", "show", "dev", iface])?
+        .lines()
+        .any(|l| l.starts_with("qdisc clsact")))
+}
+
+/// Pings `dest` from `ns` `count` times, 10 ms apart; returns ping's summary line.
+pub fn ping(ns: &Netns, dest: &str, count: u32) -> Result<String> {
+    let count = count.to_string();
+    let out = run(ns
+        .command("ping")
+        .args(["-c", &count, "-i", "0.01", "-W", "1", dest]))?;
+    Ok(out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default()
+        .to_owned())
+}
+
+// ---- lab and CLI tests ----
 
 /// Prints a visible skip line and returns true when the test cannot run here.
 pub fn skip_unless_kernel_ready(test: &str) -> bool {
-    match kernel_test_blocker() {
+    match ebpf_skip_reason(&[]) {
         Some(reason) => {
-            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            eprintln!("SKIPPED {test}: {reason} (kernel {})", kernel.trim());
+            print_skip(test, &reason);
             true
         }
         None => false,
