@@ -452,25 +452,16 @@ fn connection_times(
 mod tests {
     use super::*;
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures/ab/",
-                $name
-            ))
-        };
-    }
-    const STUDY_PHYSICAL: &str = fixture!("study-2016-physical-n90000-c50.txt");
-    const STUDY_HOSTGW: &str = fixture!("study-2016-hostgw-n90000-c50.txt");
-    const LOOPBACK: &str = fixture!("nginx-loopback-n2000-c20.txt");
-    const LENGTH_FAILURES: &str = fixture!("nginx-loopback-length-failures.txt");
-    const NOT_FOUND: &str = fixture!("nginx-loopback-404.txt");
-    const SHORT_TABLE: &str = fixture!("nginx-loopback-S-d-n200-c5.txt");
-    const RST_KEEP_GOING: &str = fixture!("rst-server-r-flag-n20-c2.txt");
-    const RESET: &str = fixture!("error-connection-reset.txt");
-    const REFUSED: &str = fixture!("error-connection-refused.txt");
-    const TIMEOUT: &str = fixture!("error-timeout.txt");
+    const STUDY_PHYSICAL: &str = fixture!("ab", "study-2016-physical-n90000-c50.txt");
+    const STUDY_HOSTGW: &str = fixture!("ab", "study-2016-hostgw-n90000-c50.txt");
+    const LOOPBACK: &str = fixture!("ab", "nginx-loopback-n2000-c20.txt");
+    const LENGTH_FAILURES: &str = fixture!("ab", "nginx-loopback-length-failures.txt");
+    const NOT_FOUND: &str = fixture!("ab", "nginx-loopback-404.txt");
+    const SHORT_TABLE: &str = fixture!("ab", "nginx-loopback-S-d-n200-c5.txt");
+    const RST_KEEP_GOING: &str = fixture!("ab", "rst-server-r-flag-n20-c2.txt");
+    const RESET: &str = fixture!("ab", "error-connection-reset.txt");
+    const REFUSED: &str = fixture!("ab", "error-connection-refused.txt");
+    const TIMEOUT: &str = fixture!("ab", "error-timeout.txt");
 
     /// The output up to (not including) the first line containing `marker`.
     fn cut_before(text: &str, marker: &str) -> String {

@@ -157,19 +157,10 @@ fn json_error(source: serde_json::Error) -> ParseError {
 mod tests {
     use super::*;
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures/iperf3/",
-                $name
-            ))
-        };
-    }
-    const TCP_1S: &str = fixture!("tcp-loopback-1s.json");
-    const TCP_2S: &str = fixture!("tcp-loopback-2s-4intervals.json");
-    const UDP_1S: &str = fixture!("udp-loopback-100M-1s.json");
-    const REFUSED: &str = fixture!("error-connection-refused.json");
+    const TCP_1S: &str = fixture!("iperf3", "tcp-loopback-1s.json");
+    const TCP_2S: &str = fixture!("iperf3", "tcp-loopback-2s-4intervals.json");
+    const UDP_1S: &str = fixture!("iperf3", "udp-loopback-100M-1s.json");
+    const REFUSED: &str = fixture!("iperf3", "error-connection-refused.json");
 
     /// serde_json (without its float_roundtrip feature) may land one ULP off the nearest
     /// double, so values read from the fixtures are compared with a relative tolerance.

@@ -5,6 +5,14 @@
 //! panics on bad input: the output comes from other processes and may be cut off, mixed with
 //! error messages, or not be the tool's output at all.
 
+/// A captured tool output under `tests/fixtures/<dir>/<name>`, compiled into the unit tests.
+#[cfg(test)]
+macro_rules! fixture {
+    ($dir:literal, $name:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/", $dir, "/", $name))
+    };
+}
+
 pub mod ab;
 pub mod iperf3;
 pub mod ping;

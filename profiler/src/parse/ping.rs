@@ -273,21 +273,12 @@ fn parse_summary(line_no: usize, line: &str) -> Result<Summary, ParseError> {
 mod tests {
     use super::*;
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../tests/fixtures/ping/",
-                $name
-            ))
-        };
-    }
-    const IPUTILS_LOOPBACK: &str = fixture!("iputils-loopback.txt");
-    const BUSYBOX_LOOPBACK: &str = fixture!("busybox-loopback.txt");
-    const IPUTILS_LOSS: &str = fixture!("iputils-loopback-100-loss.txt");
-    const BUSYBOX_LOSS: &str = fixture!("busybox-loopback-100-loss.txt");
-    const IPUTILS_STUDY: &str = fixture!("iputils-study-2016-physical.txt");
-    const BUSYBOX_STUDY: &str = fixture!("busybox-study-2016-hostgw.txt");
+    const IPUTILS_LOOPBACK: &str = fixture!("ping", "iputils-loopback.txt");
+    const BUSYBOX_LOOPBACK: &str = fixture!("ping", "busybox-loopback.txt");
+    const IPUTILS_LOSS: &str = fixture!("ping", "iputils-loopback-100-loss.txt");
+    const BUSYBOX_LOSS: &str = fixture!("ping", "busybox-loopback-100-loss.txt");
+    const IPUTILS_STUDY: &str = fixture!("ping", "iputils-study-2016-physical.txt");
+    const BUSYBOX_STUDY: &str = fixture!("ping", "busybox-study-2016-hostgw.txt");
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
