@@ -32,6 +32,9 @@ use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionIndex
 
 use crate::netns::{self, NetnsError};
 
+/// Names of the netfilter counter's program and map, and its slot (shared with the kernel side).
+pub use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_COUNT, SLOT_PACKETS};
+
 /// The object built from `profiler-ebpf`'s `profiler-nf` bin target (netfilter programs only).
 pub static NF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-nf"));
@@ -885,8 +888,6 @@ impl NetfilterLink {
 #[cfg(test)]
 mod tests {
     use std::mem::offset_of;
-
-    use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_COUNT};
 
     use super::*;
 
