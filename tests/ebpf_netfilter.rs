@@ -8,7 +8,8 @@
 
 use anyhow::{Context, Result};
 use netprof::ebpf::netfilter::{
-    Hook, NetfilterLoader, NetfilterProgram, MAP_NAME, NF_OBJECT, PROG_COUNT, SLOT_PACKETS,
+    Hook, NetfilterLoader, NetfilterProgram, MAP_NAME, NFPROTO_IPV4, NF_OBJECT, PROG_COUNT,
+    SLOT_PACKETS,
 };
 use netprof_tests::{
     ebpf_skip_reason, kernel_version, ping, print_skip, program_unloaded, run, Netns, VethLab,
@@ -102,8 +103,16 @@ fn counts_pings_at_two_hooks_and_detaches_on_drop() -> Result<()> {
         pre_link.hook(),
         pre_link.priority()
     );
-    assert_eq!(out_link.program_id(), out.id());
-    assert_eq!(pre_link.program_id(), pre.id());
+    // The kernel's view of the links: family, hook and priority as requested.
+    for (link, program) in [(&out_link, &out), (&pre_link, &pre)] {
+        let info = link.query()?;
+        println!("kernel link info: {info:?}");
+        assert_eq!(info.program_id, program.id());
+        assert_eq!(info.link_id, link.id());
+        assert_eq!(info.pf, NFPROTO_IPV4);
+        assert_eq!(info.hooknum, link.hook() as u32);
+        assert_eq!(info.priority, link.priority());
+    }
 
     // Positive control: bpftool sees both links, with our programs, hooks and priorities.
     let links = bpftool_netfilter_links()?;
@@ -161,7 +170,10 @@ fn shared_map_counts_both_programs_and_links_follow_the_namespace() -> Result<()
     let first = NetfilterProgram::load_embedded(PROG_COUNT)?;
     // A second load sharing the first one's map (as a program loaded next to aya maps would).
     let second = NetfilterLoader::new(NF_OBJECT)
-        .reuse_map(MAP_NAME, first.map_fd(MAP_NAME).expect("nf_count uses NF_COUNTS"))
+        .reuse_map(
+            MAP_NAME,
+            first.map_fd(MAP_NAME).expect("nf_count uses NF_COUNTS"),
+        )
         .load(PROG_COUNT)?;
     // Both on a's LOCAL_OUT (around DNAT), and the first once more on b's LOCAL_IN: the link
     // lives in the namespace it was created in.
@@ -179,7 +191,11 @@ fn shared_map_counts_both_programs_and_links_follow_the_namespace() -> Result<()
 
     drop(links);
     ping(&lab.a, VethLab::ADDR_B, 3)?;
-    assert_eq!(packets(&first)?, 3 * u64::from(PINGS), "counted after detach");
+    assert_eq!(
+        packets(&first)?,
+        3 * u64::from(PINGS),
+        "counted after detach"
+    );
     Ok(())
 }
 

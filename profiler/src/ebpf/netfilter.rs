@@ -36,8 +36,7 @@ use crate::netns::{self, NetnsError};
 pub use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_COUNT, SLOT_PACKETS};
 
 /// The object built from `profiler-ebpf`'s `profiler-nf` bin target (netfilter programs only).
-pub static NF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-nf"));
+pub static NF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-nf"));
 
 /// The ELF section netfilter programs live in.
 pub const SECTION: &str = profiler_common::netfilter::SECTION;
@@ -439,7 +438,10 @@ pub fn parse(elf: &[u8], program: &str) -> Result<ParsedProgram, NetfilterError>
         .map_err(|source| NetfilterError::Parse { source })?;
     let start = symbol.address() as usize;
     let end = start + symbol.size() as usize;
-    if end > data.len() || start % INSN_SIZE != 0 || (end - start) % INSN_SIZE != 0 || end == start
+    if end > data.len()
+        || !start.is_multiple_of(INSN_SIZE)
+        || !(end - start).is_multiple_of(INSN_SIZE)
+        || end == start
     {
         return Err(NetfilterError::ProgramMissing {
             program: program.to_owned(),
@@ -513,7 +515,9 @@ pub fn parse(elf: &[u8], program: &str) -> Result<ParsedProgram, NetfilterError>
         .and_then(|s| s.data().ok())
         .and_then(|d| {
             let text = d.split(|b| *b == 0).next().unwrap_or_default();
-            (!text.is_empty()).then(|| CString::new(text).ok()).flatten()
+            (!text.is_empty())
+                .then(|| CString::new(text).ok())
+                .flatten()
         })
         .ok_or(NetfilterError::LicenseMissing)?;
 
@@ -603,10 +607,12 @@ impl<'a> NetfilterLoader<'a> {
             // A lent map is duplicated, so the program owns every map fd it holds and the
             // caller may close its own whenever it likes.
             let fd = match self.reuse.get(name) {
-                Some(fd) => fd.try_clone_to_owned().map_err(|source| NetfilterError::Read {
-                    what: format!("the fd of the shared map {name}"),
-                    source,
-                })?,
+                Some(fd) => fd
+                    .try_clone_to_owned()
+                    .map_err(|source| NetfilterError::Read {
+                        what: format!("the fd of the shared map {name}"),
+                        source,
+                    })?,
                 None => create_map(name, def)?,
             };
             maps.insert(name.clone(), fd);
@@ -704,23 +710,46 @@ struct ObjectInfo {
     id: u32,
     /// `prog_id` of a link.
     third: u32,
+    /// For a netfilter link: the `netfilter` member of `bpf_link_info`'s union (offset 16):
+    /// pf, hooknum, priority, flags.
+    netfilter: [u32; 4],
+}
+
+/// What the kernel reports about a netfilter link (`BPF_OBJ_GET_INFO_BY_FD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Protocol family (`NFPROTO_IPV4` = 2).
+    pub pf: u32,
+    /// Hook number (`enum nf_inet_hooks`, see [`Hook`]).
+    pub hooknum: u32,
+    pub priority: i32,
+    pub flags: u32,
 }
 
 fn object_info(fd: BorrowedFd<'_>, what: &str) -> Result<ObjectInfo, NetfilterError> {
-    // Ask for the first 16 bytes only; the kernel fills up to info_len.
-    let mut info = [0u32; 4];
+    // Ask for the first 32 bytes only; the kernel fills up to info_len (a u64 array keeps the
+    // buffer 8-aligned like the kernel's struct).
+    let mut info = [0u64; 4];
     let mut attr: InfoAttr = zeroed();
     attr.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info_len = size_of::<[u32; 4]>() as u32;
+    attr.info_len = size_of::<[u64; 4]>() as u32;
     attr.info = info.as_mut_ptr() as u64;
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| NetfilterError::Read {
         what: format!("the {what}'s info"),
         source,
     })?;
+    let word = |i: usize| {
+        let bytes = info[i / 2].to_ne_bytes();
+        let half = if i % 2 == 0 { &bytes[..4] } else { &bytes[4..] };
+        u32::from_ne_bytes(half.try_into().unwrap())
+    };
     Ok(ObjectInfo {
-        kind: info[0],
-        id: info[1],
-        third: info[2],
+        kind: word(0),
+        id: word(1),
+        third: word(2),
+        netfilter: [word(4), word(5), word(6), word(7)],
     })
 }
 
@@ -874,6 +903,19 @@ impl NetfilterLink {
         self.priority
     }
 
+    /// Asks the kernel what this link is attached to.
+    pub fn query(&self) -> Result<LinkInfo, NetfilterError> {
+        let info = object_info(self.fd.as_fd(), "link")?;
+        Ok(LinkInfo {
+            link_id: info.id,
+            program_id: info.third,
+            pf: info.netfilter[0],
+            hooknum: info.netfilter[1],
+            priority: info.netfilter[2] as i32,
+            flags: info.netfilter[3],
+        })
+    }
+
     /// The link's fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -967,8 +1009,15 @@ mod tests {
             let at = relocation.insn * INSN_SIZE;
             assert_eq!(patched[at], BPF_LD_IMM64);
             assert_eq!(patched[at + 1] >> 4, BPF_PSEUDO_MAP_FD);
-            assert_eq!(patched[at + 1] & 0x0f, parsed.insns[at + 1] & 0x0f, "dst_reg kept");
-            assert_eq!(i32::from_ne_bytes(patched[at + 4..at + 8].try_into().unwrap()), 42);
+            assert_eq!(
+                patched[at + 1] & 0x0f,
+                parsed.insns[at + 1] & 0x0f,
+                "dst_reg kept"
+            );
+            assert_eq!(
+                i32::from_ne_bytes(patched[at + 4..at + 8].try_into().unwrap()),
+                42
+            );
             assert_eq!(
                 i32::from_ne_bytes(patched[at + 12..at + 16].try_into().unwrap()),
                 0
@@ -1007,9 +1056,7 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        let err = NetfilterError::Priority {
-            priority: i32::MIN,
-        };
+        let err = NetfilterError::Priority { priority: i32::MIN };
         assert!(err
             .to_string()
             .contains("priority must be between INT_MIN+1 and INT_MAX-1"));
@@ -1028,7 +1075,9 @@ mod tests {
             priority: -199,
             source: io::Error::from_raw_os_error(libc::EINVAL),
         };
-        assert!(err.to_string().contains("kernel < 6.4 has no netfilter links"));
+        assert!(err
+            .to_string()
+            .contains("kernel < 6.4 has no netfilter links"));
         assert!(err.to_string().contains("output hook at priority -199"));
         assert_eq!(object_name("nf_count"), *b"nf_count\0\0\0\0\0\0\0\0");
         assert_eq!(object_name("a_very_long_program_name")[15], 0);
