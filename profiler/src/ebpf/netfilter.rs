@@ -729,22 +729,20 @@ pub struct LinkInfo {
 }
 
 fn object_info(fd: BorrowedFd<'_>, what: &str) -> Result<ObjectInfo, NetfilterError> {
-    // Ask for the first 32 bytes only; the kernel fills up to info_len (a u64 array keeps the
-    // buffer 8-aligned like the kernel's struct).
-    let mut info = [0u64; 4];
+    /// The first 32 bytes of the info struct, 8-aligned like the kernel's.
+    #[repr(C, align(8))]
+    struct InfoBuf([u32; 8]);
+    // Ask for the first 32 bytes only; the kernel fills up to info_len.
+    let mut info = InfoBuf([0; 8]);
     let mut attr: InfoAttr = zeroed();
     attr.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info_len = size_of::<[u64; 4]>() as u32;
-    attr.info = info.as_mut_ptr() as u64;
+    attr.info_len = size_of::<InfoBuf>() as u32;
+    attr.info = info.0.as_mut_ptr() as u64;
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| NetfilterError::Read {
         what: format!("the {what}'s info"),
         source,
     })?;
-    let word = |i: usize| {
-        let bytes = info[i / 2].to_ne_bytes();
-        let half = if i % 2 == 0 { &bytes[..4] } else { &bytes[4..] };
-        u32::from_ne_bytes(half.try_into().unwrap())
-    };
+    let word = |i: usize| info.0[i];
     Ok(ObjectInfo {
         kind: word(0),
         id: word(1),
