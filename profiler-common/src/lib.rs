@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod counter;
+pub mod netfilter;
 
 /// `a == b`, usable in `const` context. The kernel crate uses it to prove at compile time that a
 /// program or map symbol is spelled like the name constant the loader looks up.

@@ -5,6 +5,7 @@
 //! everything when dropped.
 
 mod clsact;
+pub mod netfilter;
 pub mod uplink_counter;
 
 use std::{error::Error as StdError, io, path::Path};
