@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod counter;
+pub mod datapath;
 pub mod netfilter;
 
 /// `a == b`, usable in `const` context. The kernel crate uses it to prove at compile time that a

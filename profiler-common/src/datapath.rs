@@ -1,0 +1,340 @@
+//! The datapath profiler's contract between the kernel programs (`profiler-ebpf`) and the agent
+//! (`netprof::agent`): map names, checkpoint ids, the per-packet journey, the per-segment
+//! histogram layout and the configuration user space writes before attaching.
+//!
+//! Model (shared/DESIGN.md "Stage model"): a *checkpoint* is a hook where a packet is seen with a
+//! timestamp. A packet is followed across checkpoints by its `struct sk_buff` address. At each
+//! checkpoint the kernel adds `now - last` to the histogram of the *segment*
+//! (previous checkpoint -> this checkpoint). User space names segments into stages.
+//!
+//! Every struct is `#[repr(C)]`, `Copy`, with explicit padding and no bool/enum/Option.
+
+// ---------------------------------------------------------------------------------------------
+// Map names (at most 15 bytes: the kernel cuts longer names).
+
+/// `Array<Config>`, 1 entry (key 0): offsets and settings written by user space before attach.
+pub const MAP_CONFIG: &str = "NP_CONFIG";
+/// `Hash<u32, u32>`: IPv4 addresses (key in network byte order, as read from the IP header)
+/// of the benchmark's endpoints; value unused (1). A packet is admitted when its source or
+/// destination (or, for VXLAN, its inner source or destination) is in this set.
+pub const MAP_ENDPOINTS: &str = "NP_ENDPOINTS";
+/// `Hash<DeviceKey, DeviceCheckpoints>`: the devices this agent watches and their checkpoint
+/// ids. Devices not in this map are ignored by the tp_btf programs (which see every namespace).
+pub const MAP_DEVICES: &str = "NP_DEVICES";
+/// `LruHash<u64, Journey>`: per-packet state keyed by the `struct sk_buff` address.
+pub const MAP_JOURNEYS: &str = "NP_JOURNEYS";
+/// `PerCpuHash<SegmentKey, Histogram>`: one latency histogram per segment.
+pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
+/// `PerCpuArray<Histogram>`, 1 entry, always zero: the value a new segment is inserted with
+/// (a histogram does not fit on the 512-byte BPF stack).
+pub const MAP_ZERO_HIST: &str = "NP_ZERO_HIST";
+/// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
+pub const MAP_COUNTERS: &str = "NP_COUNTERS";
+/// `PerCpuArray<u64>`, `MAX_CHECKPOINTS` entries: tracked packets seen at each checkpoint.
+pub const MAP_CP_HITS: &str = "NP_CP_HITS";
+/// `PerCpuHash<DropKey, u64>`: tracked packets dropped, by last checkpoint and drop reason.
+pub const MAP_DROPS: &str = "NP_DROPS";
+
+/// Capacity of `MAP_JOURNEYS` (packets in flight at once).
+pub const MAX_JOURNEYS: u32 = 65_536;
+/// Capacity of `MAP_SEGMENTS`.
+pub const MAX_SEGMENTS: u32 = 512;
+/// Capacity of `MAP_DEVICES`.
+pub const MAX_DEVICES: u32 = 1_024;
+/// Capacity of `MAP_ENDPOINTS`.
+pub const MAX_ENDPOINTS: u32 = 1_024;
+/// Capacity of `MAP_DROPS`.
+pub const MAX_DROP_KEYS: u32 = 1_024;
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint ids (u16). 0 means "none". Netfilter points have fixed ids; device checkpoints are
+// assigned by user space from `DEVICE_CP_BASE` up; pseudo checkpoints end a journey.
+
+/// Number of checkpoint ids; `MAP_CP_HITS` has this many entries and ids are `< MAX_CHECKPOINTS`.
+pub const MAX_CHECKPOINTS: u32 = 512;
+/// "No checkpoint" (a device direction that is not watched).
+pub const CP_NONE: u16 = 0;
+
+/// Netfilter hooks (`enum nf_inet_hooks`), in kernel numbering.
+pub const NF_HOOK_PRE_ROUTING: u32 = 0;
+pub const NF_HOOK_LOCAL_IN: u32 = 1;
+pub const NF_HOOK_FORWARD: u32 = 2;
+pub const NF_HOOK_LOCAL_OUT: u32 = 3;
+pub const NF_HOOK_POST_ROUTING: u32 = 4;
+pub const NF_HOOK_COUNT: u32 = 5;
+
+/// Netfilter priorities netprof attaches at on every hook: just outside each iptables table,
+/// so consecutive points bracket one table (raw -300, conntrack -200, mangle -150,
+/// nat DNAT -100, filter 0, security 50, nat SNAT 100):
+/// `[0]->[1]` raw, `[1]->[2]` conntrack, `[2]->[3]` mangle, `[3]->[4]` nat (DNAT),
+/// `[4]->[5]` filter, `[5]->[6]` security + nat (SNAT).
+pub const NF_POINT_PRIORITIES: [i32; 7] = [-301, -201, -199, -101, -99, 1, 101];
+pub const NF_POINT_COUNT: u32 = NF_POINT_PRIORITIES.len() as u32;
+/// First netfilter checkpoint id.
+pub const NF_CP_BASE: u16 = 1;
+
+/// The checkpoint id of netfilter point `point` (index into `NF_POINT_PRIORITIES`) on `hook`.
+#[inline(always)]
+pub const fn nf_checkpoint(hook: u32, point: u32) -> u16 {
+    NF_CP_BASE + (hook * NF_POINT_COUNT + point) as u16
+}
+
+/// One past the last netfilter checkpoint id.
+pub const NF_CP_END: u16 = NF_CP_BASE + (NF_HOOK_COUNT * NF_POINT_COUNT) as u16;
+/// Pseudo checkpoint: the packet was consumed normally (`skb:consume_skb`), e.g. delivered to a
+/// socket. The segment `last -> CP_CONSUMED` is the time until the stack let go of it.
+pub const CP_CONSUMED: u16 = 62;
+/// First id user space may assign to device checkpoints.
+pub const DEVICE_CP_BASE: u16 = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Counters (`MAP_COUNTERS` slots).
+
+/// Packets admitted (matched `MAP_ENDPOINTS` at a checkpoint with no journey yet).
+pub const COUNTER_ADMITTED: u32 = 0;
+/// Journeys ended by `skb:consume_skb`.
+pub const COUNTER_COMPLETED: u32 = 1;
+/// Journeys ended by `skb:kfree_skb` (a drop; see `MAP_DROPS`).
+pub const COUNTER_DROPPED: u32 = 2;
+/// Journeys abandoned: a checkpoint found a journey older than `Config::stale_ns` (its skb was
+/// freed unseen and the address reused), and started a new one.
+pub const COUNTER_ABANDONED: u32 = 3;
+/// `MAP_JOURNEYS` insert failures (should be 0: it is an LRU).
+pub const COUNTER_JOURNEY_FULL: u32 = 4;
+/// `MAP_SEGMENTS` insert failures: a segment's time was lost.
+pub const COUNTER_SEGMENT_FULL: u32 = 5;
+/// `MAP_DROPS` insert failures.
+pub const COUNTER_DROP_FULL: u32 = 6;
+/// `bpf_probe_read_kernel` failures while reading an skb, a device or a header.
+pub const COUNTER_READ_ERRORS: u32 = 7;
+/// `tcp:tcp_retransmit_skb` events whose addresses are benchmark endpoints.
+pub const COUNTER_RETRANSMITS: u32 = 8;
+/// Segments whose two checkpoints are the same (a packet seen twice at one hook, e.g. looped);
+/// not recorded as time.
+pub const COUNTER_REPEATS: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// Map key and value types.
+
+/// Which device: its network namespace (`struct net`'s `ns.inum`, as `ls -i /proc/PID/ns/net`
+/// or `stat -L /run/netns/NAME` shows) and its ifindex in that namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DeviceKey {
+    pub netns_inum: u32,
+    pub ifindex: u32,
+}
+
+/// The checkpoint ids of one device's four hooks (`CP_NONE` where not watched).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DeviceCheckpoints {
+    /// tp_btf `netif_receive_skb` (device receives; runs before tc ingress).
+    pub tp_rx: u16,
+    /// tc ingress (TCX) on the device.
+    pub tc_ingress: u16,
+    /// tc egress (TCX) on the device.
+    pub tc_egress: u16,
+    /// tp_btf `net_dev_start_xmit` (handed to the driver; runs after tc egress and the qdisc).
+    pub tp_tx: u16,
+    /// Non-zero: a packet with no journey may be admitted at this device's checkpoints.
+    pub admit: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Per-packet state, keyed by skb address in `MAP_JOURNEYS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Journey {
+    /// `bpf_ktime_get_ns()` at the last checkpoint.
+    pub last_ns: u64,
+    /// `bpf_ktime_get_ns()` at admission.
+    pub first_ns: u64,
+    /// The last checkpoint id.
+    pub last_cp: u16,
+    /// Checkpoints passed so far (saturating).
+    pub hops: u16,
+    pub _pad: u32,
+}
+
+/// A segment: from one checkpoint to the next one the same packet reached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SegmentKey {
+    pub from: u16,
+    pub to: u16,
+}
+
+/// A drop: the last checkpoint the packet passed and the kernel's `enum skb_drop_reason`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DropKey {
+    pub last_cp: u16,
+    pub _pad: u16,
+    pub reason: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Histogram: log-linear buckets over nanoseconds. Values below 2^SUB_BITS have one bucket each;
+// above, every power of two is split into 2^SUB_BITS equal sub-buckets, so a bucket's width is
+// at most 1/32 of its lower bound (<= 3.2% relative error; <= 1.6% at the bucket's middle).
+
+pub const HIST_SUB_BITS: u32 = 5;
+pub const HIST_SUB_COUNT: u32 = 1 << HIST_SUB_BITS;
+/// Highest power of two covered (2^40 ns = 18 minutes); larger values land in the last bucket.
+pub const HIST_MAX_EXP: u32 = 40;
+/// Buckets: `HIST_SUB_COUNT` exact ones, then `HIST_SUB_COUNT` per exponent from SUB_BITS to MAX_EXP.
+pub const HIST_BUCKETS: usize = ((HIST_MAX_EXP - HIST_SUB_BITS + 2) * HIST_SUB_COUNT) as usize;
+
+/// One segment's latency distribution (per CPU in the kernel; summed by user space).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    pub buckets: [u64; HIST_BUCKETS],
+    /// Number of values recorded (the sum of `buckets`).
+    pub count: u64,
+    /// Sum of the values recorded, in ns (for exact means).
+    pub sum_ns: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { buckets: [0; HIST_BUCKETS], count: 0, sum_ns: 0 }
+    }
+}
+
+/// Position of the highest set bit (`v > 0`), written without loops the verifier must unroll.
+#[inline(always)]
+pub const fn log2(mut v: u64) -> u32 {
+    let mut r = 0;
+    if v >= 1 << 32 { v >>= 32; r += 32; }
+    if v >= 1 << 16 { v >>= 16; r += 16; }
+    if v >= 1 << 8 { v >>= 8; r += 8; }
+    if v >= 1 << 4 { v >>= 4; r += 4; }
+    if v >= 1 << 2 { v >>= 2; r += 2; }
+    if v >= 1 << 1 { r += 1; }
+    r
+}
+
+/// The bucket of a value in ns; always `< HIST_BUCKETS`.
+#[inline(always)]
+pub const fn bucket_of(ns: u64) -> usize {
+    if ns < HIST_SUB_COUNT as u64 {
+        return ns as usize;
+    }
+    let exp = log2(ns);
+    if exp > HIST_MAX_EXP {
+        return HIST_BUCKETS - 1;
+    }
+    let sub = (ns >> (exp - HIST_SUB_BITS)) & (HIST_SUB_COUNT as u64 - 1);
+    ((exp - HIST_SUB_BITS + 1) * HIST_SUB_COUNT) as usize + sub as usize
+}
+
+/// The smallest value (ns) that lands in `bucket`.
+pub const fn bucket_low(bucket: usize) -> u64 {
+    let b = bucket as u64;
+    let sub_count = HIST_SUB_COUNT as u64;
+    if b < sub_count {
+        return b;
+    }
+    let exp = b / sub_count - 1 + HIST_SUB_BITS as u64;
+    let sub = b % sub_count;
+    (1 << exp) + (sub << (exp - HIST_SUB_BITS as u64))
+}
+
+/// One past the largest value (ns) that lands in `bucket`.
+pub const fn bucket_high(bucket: usize) -> u64 {
+    if bucket + 1 >= HIST_BUCKETS {
+        return u64::MAX;
+    }
+    bucket_low(bucket + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration, written by user space into `MAP_CONFIG[0]` before any program is attached.
+// Kernel struct offsets come from the running kernel's BTF; tracepoint field offsets from
+// tracefs `events/<group>/<name>/format`. A zero offset where a field cannot be at offset 0
+// means "unknown": the programs then count a read error instead of guessing.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `struct sk_buff`: `head` (pointer), `network_header` (u16), `dev` (pointer).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    /// `struct net_device`: `ifindex` (int), `nd_net.net` (pointer to `struct net`).
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    /// `struct net`: `ns.inum` (unsigned int).
+    pub net_ns_inum: u32,
+    /// `skb:kfree_skb`: `skbaddr` and `reason` field offsets.
+    pub tp_kfree_skbaddr: u32,
+    pub tp_kfree_reason: u32,
+    /// `skb:consume_skb`: `skbaddr`.
+    pub tp_consume_skbaddr: u32,
+    /// `tcp:tcp_retransmit_skb`: `saddr` and `daddr` (4 bytes each, network order).
+    pub tp_retrans_saddr: u32,
+    pub tp_retrans_daddr: u32,
+    /// The namespace the tc programs are attached in (the node's), for their `DeviceKey`.
+    pub node_netns_inum: u32,
+    /// VXLAN UDP destination port (host order), e.g. 8472 for flannel; 0 = do not look inside.
+    pub vxlan_port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+    /// A journey whose last checkpoint is older than this is abandoned and restarted.
+    pub stale_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all these are #[repr(C)], Copy, made only of integers, with explicit padding.
+    unsafe impl aya::Pod for DeviceKey {}
+    unsafe impl aya::Pod for DeviceCheckpoints {}
+    unsafe impl aya::Pod for Journey {}
+    unsafe impl aya::Pod for SegmentKey {}
+    unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for Histogram {}
+    unsafe impl aya::Pod for Config {}
+}
+
+const _: () = assert!(NF_CP_END <= CP_CONSUMED);
+const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
+const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
+const _: () = assert!(core::mem::size_of::<Journey>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_bound_the_error() {
+        for b in 0..HIST_BUCKETS - 1 {
+            let (lo, hi) = (bucket_low(b), bucket_high(b));
+            assert!(hi > lo, "bucket {b}");
+            assert_eq!(bucket_of(lo), b);
+            assert_eq!(bucket_of(hi - 1), b);
+            if lo >= HIST_SUB_COUNT as u64 {
+                assert!((hi - lo) * HIST_SUB_COUNT as u64 <= lo, "bucket {b} too wide");
+            }
+        }
+        assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn log2_matches_leading_zeros() {
+        for v in [1u64, 2, 3, 31, 32, 33, 1000, 1 << 40, u64::MAX] {
+            assert_eq!(log2(v), 63 - v.leading_zeros());
+        }
+    }
+
+    #[test]
+    fn netfilter_ids_fit_before_the_pseudo_checkpoints() {
+        assert_eq!(nf_checkpoint(NF_HOOK_PRE_ROUTING, 0), NF_CP_BASE);
+        assert_eq!(nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1, NF_CP_END);
+    }
+}
