@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod config;
+pub mod overhead;
 pub mod result;
 pub mod servers;
 pub mod table;
