@@ -200,7 +200,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: [0; HIST_BUCKETS], count: 0, sum_ns: 0 }
+        Self {
+            buckets: [0; HIST_BUCKETS],
+            count: 0,
+            sum_ns: 0,
+        }
     }
 }
 
@@ -208,12 +212,29 @@ impl Default for Histogram {
 #[inline(always)]
 pub const fn log2(mut v: u64) -> u32 {
     let mut r = 0;
-    if v >= 1 << 32 { v >>= 32; r += 32; }
-    if v >= 1 << 16 { v >>= 16; r += 16; }
-    if v >= 1 << 8 { v >>= 8; r += 8; }
-    if v >= 1 << 4 { v >>= 4; r += 4; }
-    if v >= 1 << 2 { v >>= 2; r += 2; }
-    if v >= 1 << 1 { r += 1; }
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
     r
 }
 
@@ -287,6 +308,43 @@ pub struct Config {
     pub stale_ns: u64,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Program names (at most 15 bytes: the kernel cuts longer names) and where they attach.
+
+/// tc classifiers (TCX, ingress and egress) on node devices; checkpoint ids from `MAP_DEVICES`
+/// under `DeviceKey { netns_inum: Config::node_netns_inum, ifindex }`.
+pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
+/// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
+/// `MAP_DEVICES` are checkpoints.
+pub const PROG_DEV_RX: &str = "cp_dev_rx";
+pub const PROG_DEV_TX: &str = "cp_dev_tx";
+pub const TP_DEV_RX: &str = "netif_receive_skb";
+pub const TP_DEV_TX: &str = "net_dev_start_xmit";
+/// Classic tracepoints `skb:kfree_skb`, `skb:consume_skb`, `tcp:tcp_retransmit_skb`.
+pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
+pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
+pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
+/// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
+/// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.
+pub const NF_PROGRAMS: [[&str; NF_POINT_COUNT as usize]; NF_HOOK_COUNT as usize] = [
+    [
+        "nf_h0_p0", "nf_h0_p1", "nf_h0_p2", "nf_h0_p3", "nf_h0_p4", "nf_h0_p5", "nf_h0_p6",
+    ],
+    [
+        "nf_h1_p0", "nf_h1_p1", "nf_h1_p2", "nf_h1_p3", "nf_h1_p4", "nf_h1_p5", "nf_h1_p6",
+    ],
+    [
+        "nf_h2_p0", "nf_h2_p1", "nf_h2_p2", "nf_h2_p3", "nf_h2_p4", "nf_h2_p5", "nf_h2_p6",
+    ],
+    [
+        "nf_h3_p0", "nf_h3_p1", "nf_h3_p2", "nf_h3_p3", "nf_h3_p4", "nf_h3_p5", "nf_h3_p6",
+    ],
+    [
+        "nf_h4_p0", "nf_h4_p1", "nf_h4_p2", "nf_h4_p3", "nf_h4_p4", "nf_h4_p5", "nf_h4_p6",
+    ],
+];
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -319,7 +377,10 @@ mod tests {
             assert_eq!(bucket_of(lo), b);
             assert_eq!(bucket_of(hi - 1), b);
             if lo >= HIST_SUB_COUNT as u64 {
-                assert!((hi - lo) * HIST_SUB_COUNT as u64 <= lo, "bucket {b} too wide");
+                assert!(
+                    (hi - lo) * HIST_SUB_COUNT as u64 <= lo,
+                    "bucket {b} too wide"
+                );
             }
         }
         assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
@@ -335,6 +396,9 @@ mod tests {
     #[test]
     fn netfilter_ids_fit_before_the_pseudo_checkpoints() {
         assert_eq!(nf_checkpoint(NF_HOOK_PRE_ROUTING, 0), NF_CP_BASE);
-        assert_eq!(nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1, NF_CP_END);
+        assert_eq!(
+            nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1,
+            NF_CP_END
+        );
     }
 }
