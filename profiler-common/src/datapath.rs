@@ -200,11 +200,7 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self {
-            buckets: [0; HIST_BUCKETS],
-            count: 0,
-            sum_ns: 0,
-        }
+        Self { buckets: [0; HIST_BUCKETS], count: 0, sum_ns: 0 }
     }
 }
 
@@ -212,29 +208,12 @@ impl Default for Histogram {
 #[inline(always)]
 pub const fn log2(mut v: u64) -> u32 {
     let mut r = 0;
-    if v >= 1 << 32 {
-        v >>= 32;
-        r += 32;
-    }
-    if v >= 1 << 16 {
-        v >>= 16;
-        r += 16;
-    }
-    if v >= 1 << 8 {
-        v >>= 8;
-        r += 8;
-    }
-    if v >= 1 << 4 {
-        v >>= 4;
-        r += 4;
-    }
-    if v >= 1 << 2 {
-        v >>= 2;
-        r += 2;
-    }
-    if v >= 1 << 1 {
-        r += 1;
-    }
+    if v >= 1 << 32 { v >>= 32; r += 32; }
+    if v >= 1 << 16 { v >>= 16; r += 16; }
+    if v >= 1 << 8 { v >>= 8; r += 8; }
+    if v >= 1 << 4 { v >>= 4; r += 4; }
+    if v >= 1 << 2 { v >>= 2; r += 2; }
+    if v >= 1 << 1 { r += 1; }
     r
 }
 
@@ -377,10 +356,7 @@ mod tests {
             assert_eq!(bucket_of(lo), b);
             assert_eq!(bucket_of(hi - 1), b);
             if lo >= HIST_SUB_COUNT as u64 {
-                assert!(
-                    (hi - lo) * HIST_SUB_COUNT as u64 <= lo,
-                    "bucket {b} too wide"
-                );
+                assert!((hi - lo) * HIST_SUB_COUNT as u64 <= lo, "bucket {b} too wide");
             }
         }
         assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
@@ -396,9 +372,6 @@ mod tests {
     #[test]
     fn netfilter_ids_fit_before_the_pseudo_checkpoints() {
         assert_eq!(nf_checkpoint(NF_HOOK_PRE_ROUTING, 0), NF_CP_BASE);
-        assert_eq!(
-            nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1,
-            NF_CP_END
-        );
+        assert_eq!(nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1, NF_CP_END);
     }
 }

@@ -68,6 +68,14 @@ const _: () = assert!(names_match(stringify!(NP_COUNTERS), MAP_COUNTERS));
 const _: () = assert!(names_match(stringify!(NP_CP_HITS), MAP_CP_HITS));
 const _: () = assert!(names_match(stringify!(NP_DROPS), MAP_DROPS));
 
+/// The configuration; `None` until user space wrote it (the array's zeroed entry has
+/// `skb_head == 0`, which no real kernel has).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let cfg = NP_CONFIG.get(0)?;
+    (cfg.skb_head != 0).then_some(cfg)
+}
+
 // ---- packet headers ----
 
 pub const ETH_HDR_LEN: usize = 14;

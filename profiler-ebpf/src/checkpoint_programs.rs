@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     datapath::{
-        Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_COMPLETED, COUNTER_DROPPED,
+        DeviceCheckpoints, DeviceKey, DropKey, COUNTER_COMPLETED, COUNTER_DROPPED,
         COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
         PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
         PROG_TC_EGRESS, PROG_TC_INGRESS,
@@ -31,7 +31,7 @@ use profiler_common::{
 };
 
 use crate::checkpoint::{
-    bump, now, probe_read_counted, record_segment, visit, Headers, Skb, ETH_HDR_LEN, NP_CONFIG,
+    bump, config, now, probe_read_counted, record_segment, visit, Headers, Skb, ETH_HDR_LEN,
     NP_DEVICES, NP_DROPS, NP_ENDPOINTS, NP_JOURNEYS,
 };
 
@@ -70,14 +70,6 @@ fn device_checkpoint(device: &DeviceKey, hook: Hook) -> Option<(u16, bool)> {
         Hook::TpTx => cps.tp_tx,
     };
     (cp != CP_NONE).then_some((cp, cps.admit != 0))
-}
-
-/// The configuration; `None` until user space wrote it (the array's zeroed entry has
-/// `skb_head == 0`, which no real kernel has).
-#[inline(always)]
-fn config() -> Option<&'static Config> {
-    let cfg = NP_CONFIG.get(0)?;
-    (cfg.skb_head != 0).then_some(cfg)
 }
 
 // ---- tc ----
