@@ -370,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn program_names_are_unique_kernel_names() {
+        let mut names = [
+            PROG_TC_INGRESS,
+            PROG_TC_EGRESS,
+            PROG_DEV_RX,
+            PROG_DEV_TX,
+            PROG_KFREE_SKB,
+            PROG_CONSUME_SKB,
+            PROG_TCP_RETRANSMIT,
+        ]
+        .to_vec();
+        names.extend(NF_PROGRAMS.iter().flatten());
+        for (i, name) in names.iter().enumerate() {
+            assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
+            assert!(!names[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(names.len(), 7 + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+    }
+
+    #[test]
     fn netfilter_ids_fit_before_the_pseudo_checkpoints() {
         assert_eq!(nf_checkpoint(NF_HOOK_PRE_ROUTING, 0), NF_CP_BASE);
         assert_eq!(nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1, NF_CP_END);

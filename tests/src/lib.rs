@@ -384,10 +384,18 @@ impl KernelBtf {
                 continue;
             }
             current = None;
-            let Some(rest) = line.strip_prefix('[') else { continue };
-            let Some((id, rest)) = rest.split_once("] ") else { continue };
+            let Some(rest) = line.strip_prefix('[') else {
+                continue;
+            };
+            let Some((id, rest)) = rest.split_once("] ") else {
+                continue;
+            };
             let Ok(id) = id.parse::<u32>() else { continue };
-            let kind = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            let kind = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             let name = rest.split('\'').nth(1).unwrap_or_default().to_owned();
             if kind == "STRUCT" {
                 btf.structs.entry(name).or_default().push(id);
@@ -468,8 +476,7 @@ impl KernelBtf {
 /// Byte offset of `field` in tracepoint `group:event`, from tracefs's `format` file.
 pub fn tracepoint_field_offset(group: &str, event: &str, field: &str) -> Result<u32> {
     let path = format!("/sys/kernel/tracing/events/{group}/{event}/format");
-    let format =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let format = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     for line in format.lines() {
         // `\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;`
         let mut parts = line.trim().split(';');
@@ -571,4 +578,17 @@ pub fn bpftool_program(id: u32) -> Result<ProgramInfo> {
             .filter_map(|m| m.as_u64().map(|m| m as u32))
             .collect(),
     })
+}
+
+/// The kernel's number for drop reason `name` (`enum skb_drop_reason`, e.g. `NO_SOCKET`), from
+/// the `__print_symbolic` table in tracefs's `skb/kfree_skb/format`.
+pub fn kfree_skb_reason(name: &str) -> Result<u32> {
+    let path = "/sys/kernel/tracing/events/skb/kfree_skb/format";
+    let format = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let needle = format!(", \"{name}\" }}");
+    let end = format
+        .find(&needle)
+        .with_context(|| format!("{path} has no drop reason {name}"))?;
+    let start = format[..end].rfind('{').context("malformed print fmt")? + 1;
+    Ok(format[start..end].trim().parse()?)
 }
