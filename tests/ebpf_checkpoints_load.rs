@@ -343,8 +343,19 @@ fn load_checkpoints(
     devices: &[(&str, DeviceCheckpoints)],
     endpoints: &[&str],
 ) -> Result<Ebpf> {
+    load_checkpoints_with(ns, devices, endpoints, |_| {})
+}
+
+/// [`load_checkpoints`] with a change to the configuration.
+fn load_checkpoints_with(
+    ns: &Netns,
+    devices: &[(&str, DeviceCheckpoints)],
+    endpoints: &[&str],
+    adjust: impl FnOnce(&mut Config),
+) -> Result<Ebpf> {
     let inum = netns_inum(ns)?;
-    let config = kernel_config(inum)?;
+    let mut config = kernel_config(inum)?;
+    adjust(&mut config);
     println!("netns {} inum {inum}; config {config:?}", ns.name());
 
     let mut ebpf = Ebpf::load(OBJECT).context("loading the aya object")?;
@@ -712,5 +723,46 @@ fn vxlan_packets_are_admitted_at_tc_by_inner_addresses() -> Result<()> {
     let hits = [CP_TC_INGRESS, CP_TC_EGRESS, CP_TP_TX];
     let segments = [(CP_TC_EGRESS, CP_TP_TX), (CP_TP_TX, CP_CONSUMED)];
     assert_exact(&seen, &hits, &segments, CP_TC_INGRESS)?;
+    drop_and_check_freed(ebpf, Vec::new(), Vec::new())
+}
+
+#[test]
+fn stale_journeys_are_abandoned() -> Result<()> {
+    const TEST: &str = "stale_journeys_are_abandoned";
+    if skip(TEST) {
+        return Ok(());
+    }
+    let lab = VethLab::create()?;
+    quiet(&lab.a)?;
+    quiet(&lab.b)?;
+    // Every journey is stale 1 ns after its last checkpoint: each later checkpoint abandons it
+    // and starts a new one there, and its end (consumed or freed) only counts it abandoned.
+    let ebpf = load_checkpoints_with(
+        &lab.a,
+        &[(VethLab::IFACE, device_checkpoints(CP_TP_RX))],
+        &[VethLab::ADDR_A, VethLab::ADDR_B],
+        |config| config.stale_ns = 1,
+    )?;
+    let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
+    println!("ping: {summary}");
+    let seen = observe(&ebpf)?;
+    let expected_hits: BTreeMap<u16, u64> = [CP_TP_RX, CP_TC_INGRESS, CP_TC_EGRESS, CP_TP_TX]
+        .into_iter()
+        .map(|cp| (cp, PINGS))
+        .collect();
+    assert_eq!(seen.hits, expected_hits);
+    // Admitted: requests at tc egress, replies at the receive tracepoint. Abandoned: requests
+    // at the driver hand-off and when consumed, replies at tc ingress and when freed.
+    let c = &seen.counts;
+    assert_eq!(c[COUNTER_ADMITTED as usize], 2 * PINGS);
+    assert_eq!(c[COUNTER_ABANDONED as usize], 4 * PINGS);
+    assert_eq!(c[COUNTER_COMPLETED as usize], 0);
+    assert_eq!(c[COUNTER_DROPPED as usize], 0);
+    assert!(
+        seen.segments.is_empty(),
+        "no time recorded across a stale journey"
+    );
+    assert!(seen.drops.is_empty());
+    assert_eq!(seen.in_flight, 0);
     drop_and_check_freed(ebpf, Vec::new(), Vec::new())
 }
