@@ -287,6 +287,43 @@ pub struct Config {
     pub stale_ns: u64,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Program names (at most 15 bytes: the kernel cuts longer names) and where they attach.
+
+/// tc classifiers (TCX, ingress and egress) on node devices; checkpoint ids from `MAP_DEVICES`
+/// under `DeviceKey { netns_inum: Config::node_netns_inum, ifindex }`.
+pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
+/// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
+/// `MAP_DEVICES` are checkpoints.
+pub const PROG_DEV_RX: &str = "cp_dev_rx";
+pub const PROG_DEV_TX: &str = "cp_dev_tx";
+pub const TP_DEV_RX: &str = "netif_receive_skb";
+pub const TP_DEV_TX: &str = "net_dev_start_xmit";
+/// Classic tracepoints `skb:kfree_skb`, `skb:consume_skb`, `tcp:tcp_retransmit_skb`.
+pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
+pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
+pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
+/// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
+/// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.
+pub const NF_PROGRAMS: [[&str; NF_POINT_COUNT as usize]; NF_HOOK_COUNT as usize] = [
+    [
+        "nf_h0_p0", "nf_h0_p1", "nf_h0_p2", "nf_h0_p3", "nf_h0_p4", "nf_h0_p5", "nf_h0_p6",
+    ],
+    [
+        "nf_h1_p0", "nf_h1_p1", "nf_h1_p2", "nf_h1_p3", "nf_h1_p4", "nf_h1_p5", "nf_h1_p6",
+    ],
+    [
+        "nf_h2_p0", "nf_h2_p1", "nf_h2_p2", "nf_h2_p3", "nf_h2_p4", "nf_h2_p5", "nf_h2_p6",
+    ],
+    [
+        "nf_h3_p0", "nf_h3_p1", "nf_h3_p2", "nf_h3_p3", "nf_h3_p4", "nf_h3_p5", "nf_h3_p6",
+    ],
+    [
+        "nf_h4_p0", "nf_h4_p1", "nf_h4_p2", "nf_h4_p3", "nf_h4_p4", "nf_h4_p5", "nf_h4_p6",
+    ],
+];
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -330,6 +367,26 @@ mod tests {
         for v in [1u64, 2, 3, 31, 32, 33, 1000, 1 << 40, u64::MAX] {
             assert_eq!(log2(v), 63 - v.leading_zeros());
         }
+    }
+
+    #[test]
+    fn program_names_are_unique_kernel_names() {
+        let mut names = [
+            PROG_TC_INGRESS,
+            PROG_TC_EGRESS,
+            PROG_DEV_RX,
+            PROG_DEV_TX,
+            PROG_KFREE_SKB,
+            PROG_CONSUME_SKB,
+            PROG_TCP_RETRANSMIT,
+        ]
+        .to_vec();
+        names.extend(NF_PROGRAMS.iter().flatten());
+        for (i, name) in names.iter().enumerate() {
+            assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
+            assert!(!names[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(names.len(), 7 + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+mod checkpoint;
+mod checkpoint_programs;
 mod uplink_counter;
 
 #[cfg(not(test))]

@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod checkpoint;
+mod nf_checkpoints;
 mod nf_counter;
 
 #[cfg(not(test))]

@@ -322,3 +322,273 @@ pub fn root_iptables() -> String {
         })
         .unwrap_or_default()
 }
+
+// ---- datapath checkpoint tests: kernel offsets, namespaces, maps ----
+
+/// The members of the kernel's BTF types, parsed from `bpftool btf dump file
+/// /sys/kernel/btf/vmlinux format raw`, to find struct member offsets the way the agent will
+/// (from BTF, not hard-coded). Only what offset lookups need is kept.
+#[derive(Debug, Default)]
+pub struct KernelBtf {
+    /// id -> type.
+    types: std::collections::HashMap<u32, BtfType>,
+    /// Struct name -> ids of the STRUCT types with that name.
+    structs: std::collections::HashMap<String, Vec<u32>>,
+}
+
+#[derive(Debug, Default)]
+struct BtfType {
+    kind: String,
+    /// `type_id=` of TYPEDEF, CONST, VOLATILE, RESTRICT, TYPE_TAG.
+    target: Option<u32>,
+    /// (name, type id, bit offset) of STRUCT/UNION members.
+    members: Vec<(String, u32, u32)>,
+}
+
+impl KernelBtf {
+    /// Parses the running kernel's BTF with bpftool.
+    pub fn load() -> Result<Self> {
+        let text = run(Command::new("bpftool").args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ]))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses bpftool's raw dump: `[ID] KIND 'name' key=value...` lines, STRUCT/UNION members
+    /// on tab-indented lines `'name' type_id=N bits_offset=N`.
+    pub fn parse(text: &str) -> Self {
+        fn field(line: &str, key: &str) -> Option<u32> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        }
+        let mut btf = Self::default();
+        let mut current: Option<u32> = None;
+        for line in text.lines() {
+            if let Some(member) = line.strip_prefix('\t') {
+                let (Some(id), Some(name)) = (current, member.split('\'').nth(1)) else {
+                    continue;
+                };
+                if let (Some(type_id), Some(bits)) =
+                    (field(member, "type_id="), field(member, "bits_offset="))
+                {
+                    if let Some(ty) = btf.types.get_mut(&id) {
+                        ty.members.push((name.to_owned(), type_id, bits));
+                    }
+                }
+                continue;
+            }
+            current = None;
+            let Some(rest) = line.strip_prefix('[') else {
+                continue;
+            };
+            let Some((id, rest)) = rest.split_once("] ") else {
+                continue;
+            };
+            let Ok(id) = id.parse::<u32>() else { continue };
+            let kind = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let name = rest.split('\'').nth(1).unwrap_or_default().to_owned();
+            if kind == "STRUCT" {
+                btf.structs.entry(name).or_default().push(id);
+            }
+            let target = match kind.as_str() {
+                "TYPEDEF" | "CONST" | "VOLATILE" | "RESTRICT" | "TYPE_TAG" => {
+                    field(rest, "type_id=")
+                }
+                _ => None,
+            };
+            btf.types.insert(
+                id,
+                BtfType {
+                    kind,
+                    target,
+                    members: Vec::new(),
+                },
+            );
+            current = Some(id);
+        }
+        btf
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.types.get(&id).and_then(|t| t.target) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset and type id of member `name` of STRUCT/UNION `id`, looking into anonymous
+    /// struct/union members.
+    fn member(&self, id: u32, name: &str) -> Option<(u32, u32)> {
+        let ty = self.types.get(&self.resolve(id))?;
+        for (member, type_id, bits) in &ty.members {
+            if member == name {
+                return Some((bits / 8, *type_id));
+            }
+        }
+        for (member, type_id, bits) in &ty.members {
+            let inner = self.types.get(&self.resolve(*type_id))?;
+            if member == "(anon)" && (inner.kind == "STRUCT" || inner.kind == "UNION") {
+                if let Some((offset, found)) = self.member(*type_id, name) {
+                    return Some((bits / 8 + offset, found));
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `path` (`"nd_net.net"`) inside `struct name`.
+    pub fn offset_of(&self, name: &str, path: &str) -> Result<u32> {
+        let ids = self
+            .structs
+            .get(name)
+            .with_context(|| format!("no struct {name} in the kernel BTF"))?;
+        'candidates: for &id in ids {
+            let (mut offset, mut current) = (0, id);
+            for part in path.split('.') {
+                match self.member(current, part) {
+                    Some((at, type_id)) => {
+                        offset += at;
+                        current = type_id;
+                    }
+                    None => continue 'candidates,
+                }
+            }
+            return Ok(offset);
+        }
+        bail!("struct {name} has no member {path} in the kernel BTF")
+    }
+}
+
+/// Byte offset of `field` in tracepoint `group:event`, from tracefs's `format` file.
+pub fn tracepoint_field_offset(group: &str, event: &str, field: &str) -> Result<u32> {
+    let path = format!("/sys/kernel/tracing/events/{group}/{event}/format");
+    let format = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    for line in format.lines() {
+        // `\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;`
+        let mut parts = line.trim().split(';');
+        let Some(decl) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
+            continue;
+        };
+        let name = decl
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .split('[')
+            .next()
+            .unwrap_or_default();
+        if name != field {
+            continue;
+        }
+        if let Some(offset) = parts.find_map(|p| p.trim().strip_prefix("offset:")) {
+            return Ok(offset.parse()?);
+        }
+    }
+    bail!("{path} has no field {field}")
+}
+
+/// The inode number of namespace `ns` (`struct net`'s `ns.inum`).
+pub fn netns_inum(ns: &Netns) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/run/netns/{}", ns.name());
+    Ok(std::fs::metadata(&path)
+        .with_context(|| format!("cannot stat {path}"))?
+        .ino() as u32)
+}
+
+/// The ifindex of `iface` in `ns`.
+pub fn ifindex(ns: &Netns, iface: &str) -> Result<u32> {
+    let json = ns.ip(&["-j", "link", "show", iface])?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("ip -j output: {json}"))?;
+    value[0]["ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .with_context(|| format!("no ifindex in {json}"))
+}
+
+/// The fds of the named maps of an aya `Ebpf`, to lend them to the netfilter loader.
+pub fn aya_map_fds<'a>(
+    ebpf: &'a aya::Ebpf,
+    names: &[&str],
+) -> Result<std::collections::HashMap<String, std::os::fd::BorrowedFd<'a>>> {
+    use aya::maps::Map;
+    use std::os::fd::AsFd;
+    let mut fds = std::collections::HashMap::new();
+    for name in names {
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("map {name} is not in the object"))?;
+        let data = match map {
+            Map::Array(m)
+            | Map::HashMap(m)
+            | Map::LruHashMap(m)
+            | Map::PerCpuArray(m)
+            | Map::PerCpuHashMap(m)
+            | Map::PerCpuLruHashMap(m) => m,
+            other => bail!("map {name} has a type this helper does not handle: {other:?}"),
+        };
+        fds.insert((*name).to_owned(), data.fd().as_fd());
+    }
+    Ok(fds)
+}
+
+/// What `bpftool prog show id ID` reports: name, translated instructions, map ids.
+#[derive(Debug, Clone)]
+pub struct ProgramInfo {
+    pub id: u32,
+    pub name: String,
+    pub kind: String,
+    pub xlated_insns: u64,
+    pub jited_bytes: u64,
+    pub map_ids: Vec<u32>,
+}
+
+/// `bpftool -j prog show id ID`.
+pub fn bpftool_program(id: u32) -> Result<ProgramInfo> {
+    let json = run(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("bpftool output: {json}"))?;
+    Ok(ProgramInfo {
+        id,
+        name: v["name"].as_str().unwrap_or_default().to_owned(),
+        kind: v["type"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v["type"].to_string()),
+        xlated_insns: v["bytes_xlated"].as_u64().unwrap_or_default() / 8,
+        jited_bytes: v["bytes_jited"].as_u64().unwrap_or_default(),
+        map_ids: v["map_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_u64().map(|m| m as u32))
+            .collect(),
+    })
+}
+
+/// The kernel's number for drop reason `name` (`enum skb_drop_reason`, e.g. `NO_SOCKET`), from
+/// the `__print_symbolic` table in tracefs's `skb/kfree_skb/format`.
+pub fn kfree_skb_reason(name: &str) -> Result<u32> {
+    let path = "/sys/kernel/tracing/events/skb/kfree_skb/format";
+    let format = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let needle = format!(", \"{name}\" }}");
+    let end = format
+        .find(&needle)
+        .with_context(|| format!("{path} has no drop reason {name}"))?;
+    let start = format[..end].rfind('{').context("malformed print fmt")? + 1;
+    Ok(format[start..end].trim().parse()?)
+}

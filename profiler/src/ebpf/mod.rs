@@ -14,8 +14,9 @@ pub use uplink_counter::{AttachMode, Attachment, IcmpCounts, UplinkCounter};
 
 use crate::netns::NetnsError;
 
-/// The eBPF object built from `profiler-ebpf` (all of netprof's kernel programs).
-pub(crate) static OBJECT: &[u8] =
+/// The eBPF object built from `profiler-ebpf`: every kernel program aya loads (the netfilter
+/// ones are in [`netfilter::NF_OBJECT`]). Public so tests and tools can load it themselves.
+pub static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// The kernel's own BTF; present when the kernel was built with `CONFIG_DEBUG_INFO_BTF=y`.

@@ -1,0 +1,265 @@
+//! The datapath profiler's checkpoint programs that aya loads (contract:
+//! `profiler_common::datapath`; the shared step is in `checkpoint.rs`):
+//!
+//! - `cp_tc_ingress` / `cp_tc_egress`: tc classifiers (TCX) on node devices. The `__sk_buff`
+//!   context *is* the kernel's `struct sk_buff *` (the verifier rewrites field accesses), so its
+//!   value is the packet's key. Headers by direct packet access. Verdict `TC_ACT_PIPE` always
+//!   (next program; the packet's fate never changes).
+//! - `cp_dev_rx` / `cp_dev_tx`: tp_btf on `netif_receive_skb` / `net_dev_start_xmit`, every
+//!   device of every namespace; devices missing from `NP_DEVICES` are skipped after one lookup.
+//! - `cp_kfree_skb` / `cp_consume_skb`: end a tracked packet's journey (drop, by reason; or
+//!   completion, recording the segment to `CP_CONSUMED`).
+//! - `cp_tcp_retrans`: counts TCP retransmissions between benchmark endpoints.
+//!
+//! Kernel struct and tracepoint field offsets come from `NP_CONFIG` (user space reads them from
+//! BTF and tracefs), so one object fits every kernel without CO-RE relocations.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_PIPE},
+    macros::{btf_tracepoint, classifier, tracepoint},
+    programs::{BtfTracePointContext, TcContext, TracePointContext},
+    EbpfContext as _,
+};
+use profiler_common::{
+    datapath::{
+        DeviceCheckpoints, DeviceKey, DropKey, COUNTER_COMPLETED, COUNTER_DROPPED,
+        COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
+        PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+        PROG_TC_EGRESS, PROG_TC_INGRESS,
+    },
+    names_match,
+};
+
+use crate::checkpoint::{
+    bump, config, now, probe_read_counted, record_segment, visit, Headers, Skb, ETH_HDR_LEN,
+    NP_DEVICES, NP_DROPS, NP_ENDPOINTS, NP_JOURNEYS,
+};
+
+const _: () = assert!(names_match(stringify!(cp_tc_ingress), PROG_TC_INGRESS));
+const _: () = assert!(names_match(stringify!(cp_tc_egress), PROG_TC_EGRESS));
+const _: () = assert!(names_match(stringify!(cp_dev_rx), PROG_DEV_RX));
+const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
+const _: () = assert!(names_match(stringify!(cp_kfree_skb), PROG_KFREE_SKB));
+const _: () = assert!(names_match(stringify!(cp_consume_skb), PROG_CONSUME_SKB));
+const _: () = assert!(names_match(stringify!(cp_tcp_retrans), PROG_TCP_RETRANSMIT));
+
+/// tc verdict: no opinion, run the next program (see `uplink_counter.rs`).
+const TC_VERDICT: i32 = TC_ACT_PIPE;
+
+const ETH_TYPE_OFFSET: usize = 12;
+const ETH_P_IP: u16 = 0x0800;
+
+/// Which of a device's checkpoints a program is.
+#[derive(Clone, Copy)]
+enum Hook {
+    TpRx,
+    TcIngress,
+    TcEgress,
+    TpTx,
+}
+
+/// The checkpoint id of `hook` on `device` and whether it admits new packets; `None` when the
+/// device is not watched there.
+#[inline(always)]
+fn device_checkpoint(device: &DeviceKey, hook: Hook) -> Option<(u16, bool)> {
+    let cps: &DeviceCheckpoints = NP_DEVICES.get_ptr(device).map(|p| unsafe { &*p })?;
+    let cp = match hook {
+        Hook::TpRx => cps.tp_rx,
+        Hook::TcIngress => cps.tc_ingress,
+        Hook::TcEgress => cps.tc_egress,
+        Hook::TpTx => cps.tp_tx,
+    };
+    (cp != CP_NONE).then_some((cp, cps.admit != 0))
+}
+
+// ---- tc ----
+
+#[classifier]
+pub fn cp_tc_ingress(ctx: TcContext) -> i32 {
+    tc_checkpoint(&ctx, Hook::TcIngress);
+    TC_VERDICT
+}
+
+#[classifier]
+pub fn cp_tc_egress(ctx: TcContext) -> i32 {
+    tc_checkpoint(&ctx, Hook::TcEgress);
+    TC_VERDICT
+}
+
+#[inline(always)]
+fn tc_checkpoint(ctx: &TcContext, hook: Hook) {
+    let Some(cfg) = config() else { return };
+    // SAFETY: the context is the kernel's `__sk_buff`; `ifindex` is a readable field.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let device = DeviceKey {
+        netns_inum: cfg.node_netns_inum,
+        ifindex,
+    };
+    let Some((cp, admit)) = device_checkpoint(&device, hook) else {
+        return;
+    };
+    let skb = ctx.as_ptr() as u64;
+    visit(cfg, skb, cp, admit, &TcHeaders { ctx });
+}
+
+/// Direct packet access behind an Ethernet header, for IPv4 frames.
+struct TcHeaders<'a> {
+    ctx: &'a TcContext,
+}
+
+impl Headers for TcHeaders<'_> {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let (start, end) = (self.ctx.data(), self.ctx.data_end());
+        if start + ETH_HDR_LEN > end {
+            return None;
+        }
+        // SAFETY: the 2 bytes at ETH_TYPE_OFFSET lie inside the checked Ethernet header.
+        let ether_type = unsafe { *((start + ETH_TYPE_OFFSET) as *const [u8; 2]) };
+        if u16::from_be_bytes(ether_type) != ETH_P_IP {
+            return None;
+        }
+        let at = start + ETH_HDR_LEN + offset;
+        if at + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: [at, at + size_of::<T>()) was just checked to lie inside the packet; `T` is
+        // made of bytes (alignment 1, any content valid).
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}
+
+// ---- tp_btf: device receive / transmit ----
+
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn cp_dev_rx(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    dev_checkpoint(skb, None, Hook::TpRx);
+    0
+}
+
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn cp_dev_tx(ctx: BtfTracePointContext) -> i32 {
+    let (skb, dev): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    dev_checkpoint(skb, Some(dev), Hook::TpTx);
+    0
+}
+
+/// A device checkpoint seen from a tracepoint: `dev` is the device if the tracepoint passes
+/// it, else `skb->dev` is read.
+#[inline(always)]
+fn dev_checkpoint(skb: u64, dev: Option<u64>, hook: Hook) {
+    let Some(cfg) = config() else { return };
+    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
+        bump(COUNTER_READ_ERRORS);
+        return;
+    }
+    let dev = match dev {
+        Some(dev) => dev,
+        None => match probe_read_counted::<u64>(skb + u64::from(cfg.skb_dev)) {
+            Some(dev) if dev != 0 => dev,
+            _ => return,
+        },
+    };
+    let Some(ifindex) = probe_read_counted::<u32>(dev + u64::from(cfg.dev_ifindex)) else {
+        return;
+    };
+    let Some(net) = probe_read_counted::<u64>(dev + u64::from(cfg.dev_nd_net)) else {
+        return;
+    };
+    let Some(netns_inum) = probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum)) else {
+        return;
+    };
+    let device = DeviceKey {
+        netns_inum,
+        ifindex,
+    };
+    let Some((cp, admit)) = device_checkpoint(&device, hook) else {
+        return;
+    };
+    visit(cfg, skb, cp, admit, &Skb(skb));
+}
+
+// ---- classic tracepoints: journey ends, retransmissions ----
+
+/// A tracepoint field at a configured offset; `None` (a read error counted) when the offset is
+/// unknown (0: no field of interest sits at 0, where the common header is) or unreadable.
+#[inline(always)]
+fn tp_field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == 0 {
+        bump(COUNTER_READ_ERRORS);
+        return None;
+    }
+    probe_read_counted(ctx.as_ptr() as u64 + u64::from(offset))
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn cp_kfree_skb(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_kfree_skbaddr) else {
+        return 0;
+    };
+    let Some(journey) = NP_JOURNEYS.get_ptr(skb) else {
+        return 0;
+    };
+    // SAFETY: a value of a live hash map, copied out before the entry is deleted.
+    let last_cp = unsafe { (*journey).last_cp };
+    let reason = tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0);
+    let _ = NP_JOURNEYS.remove(skb);
+    bump(COUNTER_DROPPED);
+    count_drop(DropKey {
+        last_cp,
+        _pad: 0,
+        reason,
+    });
+    0
+}
+
+/// Adds one to `NP_DROPS[key]`.
+#[inline(always)]
+fn count_drop(key: DropKey) {
+    if NP_DROPS.get_ptr_mut(key).is_none() {
+        // Another CPU may insert the key first: then the lookup below finds it.
+        let _ = NP_DROPS.insert(key, 0, u64::from(BPF_NOEXIST));
+    }
+    match NP_DROPS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value in a per-CPU hash (see `checkpoint::bump`).
+        Some(count) => unsafe { *count = (*count).wrapping_add(1) },
+        None => bump(COUNTER_DROP_FULL),
+    }
+}
+
+#[tracepoint(category = "skb", name = "consume_skb")]
+pub fn cp_consume_skb(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_consume_skbaddr) else {
+        return 0;
+    };
+    let Some(journey) = NP_JOURNEYS.get_ptr(skb) else {
+        return 0;
+    };
+    let now = now();
+    // SAFETY: a value of a live hash map, copied out before the entry is deleted.
+    let (last_cp, last_ns) = unsafe { ((*journey).last_cp, (*journey).last_ns) };
+    let _ = NP_JOURNEYS.remove(skb);
+    record_segment(last_cp, CP_CONSUMED, now.saturating_sub(last_ns));
+    bump(COUNTER_COMPLETED);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn cp_tcp_retrans(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(saddr) = tp_field::<[u8; 4]>(&ctx, cfg.tp_retrans_saddr) else {
+        return 0;
+    };
+    let Some(daddr) = tp_field::<[u8; 4]>(&ctx, cfg.tp_retrans_daddr) else {
+        return 0;
+    };
+    if NP_ENDPOINTS.get_ptr(u32::from_ne_bytes(saddr)).is_some()
+        || NP_ENDPOINTS.get_ptr(u32::from_ne_bytes(daddr)).is_some()
+    {
+        bump(COUNTER_RETRANSMITS);
+    }
+    0
+}

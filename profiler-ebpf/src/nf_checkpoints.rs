@@ -1,0 +1,108 @@
+//! The datapath profiler's netfilter checkpoints: one `BPF_PROG_TYPE_NETFILTER` program per
+//! (hook, point) of the contract (`NF_PROGRAMS[hook][point]`, checkpoint id
+//! `nf_checkpoint(hook, point)`), each a thin entry over the shared step in `checkpoint.rs`.
+//! User space attaches `NF_PROGRAMS[hook][point]` to `hook` at `NF_POINT_PRIORITIES[point]`, so
+//! consecutive points bracket one iptables table.
+//!
+//! The checkpoint id is a constant in each program (no globals: netprof's netfilter loader has
+//! none), which is why there are 35 programs rather than one. Every program may admit packets:
+//! a packet that starts its journey at a netfilter hook (locally sent, for instance) is still
+//! followed.
+//!
+//! The skb is `ctx->skb`; its headers are read with `bpf_probe_read_kernel` from
+//! `skb->head + skb->network_header` at offsets from `NP_CONFIG`.
+//!
+//! Verdict: always `NF_ACCEPT` (the packet goes on to the next hook function unchanged).
+
+use profiler_common::{
+    datapath::{nf_checkpoint, NF_HOOK_COUNT, NF_POINT_COUNT, NF_PROGRAMS},
+    names_match,
+};
+
+use crate::checkpoint::{config, visit, Skb};
+
+/// `NF_ACCEPT` from `include/uapi/linux/netfilter.h`.
+const NF_ACCEPT: i32 = 1;
+
+/// The kernel's `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`.
+#[repr(C)]
+pub struct BpfNfCtx {
+    pub state: *const core::ffi::c_void,
+    pub skb: *const core::ffi::c_void,
+}
+
+/// The shared step for netfilter checkpoint `cp`.
+#[inline(always)]
+fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
+    let Some(cfg) = config() else {
+        return NF_ACCEPT;
+    };
+    // SAFETY: the kernel passes a valid `struct bpf_nf_ctx`; reading `skb` is a context access
+    // the verifier allows (8 bytes at offset 8).
+    let skb = unsafe { (*ctx).skb } as u64;
+    visit(cfg, skb, cp, true, &Skb(skb));
+    NF_ACCEPT
+}
+
+/// `nf_programs!((name, hook, point), ...)`: one netfilter program per tuple, checked against
+/// the contract's `NF_PROGRAMS` table at compile time.
+macro_rules! nf_programs {
+    ($(($name:ident, $hook:literal, $point:literal)),* $(,)?) => {
+        $(
+            const _: () = assert!($hook < NF_HOOK_COUNT && $point < NF_POINT_COUNT);
+            const _: () = assert!(names_match(
+                stringify!($name),
+                NF_PROGRAMS[$hook as usize][$point as usize]
+            ));
+
+            #[unsafe(no_mangle)]
+            #[unsafe(link_section = "netfilter")]
+            pub extern "C" fn $name(ctx: *const BpfNfCtx) -> i32 {
+                const CP: u16 = nf_checkpoint($hook, $point);
+                nf_visit(ctx, CP)
+            }
+        )*
+        /// Every (hook, point) has its program.
+        const _: () = assert!(
+            [$(($hook, $point)),*].len() == (NF_HOOK_COUNT * NF_POINT_COUNT) as usize
+        );
+    };
+}
+
+nf_programs!(
+    (nf_h0_p0, 0, 0),
+    (nf_h0_p1, 0, 1),
+    (nf_h0_p2, 0, 2),
+    (nf_h0_p3, 0, 3),
+    (nf_h0_p4, 0, 4),
+    (nf_h0_p5, 0, 5),
+    (nf_h0_p6, 0, 6),
+    (nf_h1_p0, 1, 0),
+    (nf_h1_p1, 1, 1),
+    (nf_h1_p2, 1, 2),
+    (nf_h1_p3, 1, 3),
+    (nf_h1_p4, 1, 4),
+    (nf_h1_p5, 1, 5),
+    (nf_h1_p6, 1, 6),
+    (nf_h2_p0, 2, 0),
+    (nf_h2_p1, 2, 1),
+    (nf_h2_p2, 2, 2),
+    (nf_h2_p3, 2, 3),
+    (nf_h2_p4, 2, 4),
+    (nf_h2_p5, 2, 5),
+    (nf_h2_p6, 2, 6),
+    (nf_h3_p0, 3, 0),
+    (nf_h3_p1, 3, 1),
+    (nf_h3_p2, 3, 2),
+    (nf_h3_p3, 3, 3),
+    (nf_h3_p4, 3, 4),
+    (nf_h3_p5, 3, 5),
+    (nf_h3_p6, 3, 6),
+    (nf_h4_p0, 4, 0),
+    (nf_h4_p1, 4, 1),
+    (nf_h4_p2, 4, 2),
+    (nf_h4_p3, 4, 3),
+    (nf_h4_p4, 4, 4),
+    (nf_h4_p5, 4, 5),
+    (nf_h4_p6, 4, 6),
+);
