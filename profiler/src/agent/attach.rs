@@ -729,7 +729,7 @@ fn attach_netfilter(inner: &mut Inner) {
     for hook in 0..NF_HOOK_COUNT {
         for point in 0..NF_POINT_COUNT {
             let name = nf_program(hook, point);
-            match loader.load(&name) {
+            match loader.load(name) {
                 Ok(program) => programs.push((hook, point, program)),
                 Err(err) => failures.push((format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]), chain(&err))),
             }

@@ -29,21 +29,15 @@ pub use stages::Stage;
 
 use crate::{ebpf::EbpfError, netns::NetnsError};
 
-/// Program names in the aya object (`crate::ebpf::OBJECT`).
-pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
-pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
-pub const PROG_DEV_RX: &str = "cp_dev_rx";
-pub const PROG_DEV_TX: &str = "cp_dev_tx";
-/// The tp_btf tracepoints `PROG_DEV_RX`/`PROG_DEV_TX` attach to.
-pub const TP_DEV_RX: &str = "netif_receive_skb";
-pub const TP_DEV_TX: &str = "net_dev_start_xmit";
-pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
-pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
-pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
+/// Program names, from the contract (`profiler_common::datapath`).
+pub use profiler_common::datapath::{
+    PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, TP_DEV_RX, TP_DEV_TX,
+};
 
 /// The netfilter program of `hook`, `point` in the netfilter object.
-pub fn nf_program(hook: u32, point: u32) -> String {
-    format!("nf_h{hook}_p{point}")
+pub fn nf_program(hook: u32, point: u32) -> &'static str {
+    profiler_common::datapath::NF_PROGRAMS[hook as usize][point as usize]
 }
 
 /// flannel's VXLAN port: the kernel programs look inside UDP to this port for the inner IPs.
