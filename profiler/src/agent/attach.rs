@@ -336,7 +336,14 @@ impl Agent {
         let mut checkpoints: Vec<CheckpointReport> = catalog
             .iter()
             .filter(|(id, place)| is_watched(&inner, *id, place) || hits.contains_key(id))
-            .map(|(id, place)| checkpoint_report(id, place, hits.get(&id).copied().unwrap_or(0)))
+            .map(|(id, place)| {
+                let mut count = hits.get(&id).copied().unwrap_or(0);
+                // The kernel counts the end of a journey as `completed`, not as a hit.
+                if *place == Place::Consumed && count == 0 {
+                    count = counters.completed;
+                }
+                checkpoint_report(id, place, count)
+            })
             .collect();
         // Ids the kernel counted that the catalog does not know (should not happen).
         for (id, count) in &hits {
