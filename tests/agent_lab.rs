@@ -66,7 +66,10 @@ fn print_report(report: &AgentReport) {
     println!("  stages: {}", stages.join(", "));
     println!("  counters: {:?}", report.counters);
     for d in &report.drops {
-        println!("  drop {} x {} at {}", d.count, d.reason_name, d.checkpoint_name);
+        println!(
+            "  drop {} x {} at {}",
+            d.count, d.reason_name, d.checkpoint_name
+        );
     }
     for n in &report.not_measured {
         println!("  not measured: {}: {}", n.what, n.reason);
@@ -83,11 +86,26 @@ fn print_report(report: &AgentReport) {
 
 fn ping(from_netns: &str, target: Ipv4Addr, count: u64) {
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", from_netns, "ping", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
+        .args([
+            "netns",
+            "exec",
+            from_netns,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+        ])
         .arg(target.to_string())
         .output()
         .unwrap();
-    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Programs of ours attached to the TCX hooks of `iface` in `netns`.
@@ -117,9 +135,15 @@ fn run(mode: Mode) {
     let (n1, n2) = (names.node(Node::One), names.node(Node::Two));
     let path = built.pod_path().unwrap_or_else(|| built.host_path());
     let endpoints = if mode.has_pods() {
-        vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)]
+        vec![
+            addressing::pod_ip(mode, Node::One),
+            addressing::pod_ip(mode, Node::Two),
+        ]
     } else {
-        vec![addressing::node_ip(Node::One), addressing::node_ip(Node::Two)]
+        vec![
+            addressing::node_ip(Node::One),
+            addressing::node_ip(Node::Two),
+        ]
     };
     let options = |node: Node| {
         let mut o = AgentOptions::new(names.node(node), endpoints.clone());
@@ -163,7 +187,9 @@ fn run(mode: Mode) {
                 assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
             }
             // Pods get no tc programs.
-            assert!(report.checkpoint(&format!("{pod}:eth0 tc-ingress")).is_none());
+            assert!(report
+                .checkpoint(&format!("{pod}:eth0 tc-ingress"))
+                .is_none());
         }
         if mode == Mode::L2 {
             // Bridged frames never reach the bridge device itself.
@@ -174,7 +200,12 @@ fn run(mode: Mode) {
         assert_eq!(report.counters.abandoned, 0, "{}", report.node);
         assert_eq!(report.counters.read_errors, 0, "{}", report.node);
         assert!(report.counters.admitted >= PINGS, "{}", report.node);
-        assert!(report.attach_ms < 1000.0, "{}: attach took {} ms", report.node, report.attach_ms);
+        assert!(
+            report.attach_ms < 1000.0,
+            "{}: attach took {} ms",
+            report.node,
+            report.attach_ms
+        );
         assert_eq!(report.schema, "netprof.agent/v1");
     }
 
@@ -221,14 +252,45 @@ fn run(mode: Mode) {
             }
         }
         let kube_proxy = mode.has_kube_proxy();
-        for stage in [Stage::Conntrack, Stage::NatDnat, Stage::NatSnat, Stage::Filter, Stage::Raw] {
-            assert_eq!(has_stage(report, stage), kube_proxy, "{}: {stage}", report.node);
+        for stage in [
+            Stage::Conntrack,
+            Stage::NatDnat,
+            Stage::NatSnat,
+            Stage::Filter,
+            Stage::Raw,
+        ] {
+            assert_eq!(
+                has_stage(report, stage),
+                kube_proxy,
+                "{}: {stage}",
+                report.node
+            );
         }
         let vxlan = mode == Mode::FlannelVxlan;
-        assert_eq!(has_stage(report, Stage::VxlanEncap), vxlan, "{}", report.node);
-        assert_eq!(has_stage(report, Stage::VxlanDecap), vxlan, "{}", report.node);
-        assert_eq!(has_stage(report, Stage::Bridge), mode.has_pods(), "{}", report.node);
-        assert_eq!(has_stage(report, Stage::Veth), mode.has_pods(), "{}", report.node);
+        assert_eq!(
+            has_stage(report, Stage::VxlanEncap),
+            vxlan,
+            "{}",
+            report.node
+        );
+        assert_eq!(
+            has_stage(report, Stage::VxlanDecap),
+            vxlan,
+            "{}",
+            report.node
+        );
+        assert_eq!(
+            has_stage(report, Stage::Bridge),
+            mode.has_pods(),
+            "{}",
+            report.node
+        );
+        assert_eq!(
+            has_stage(report, Stage::Veth),
+            mode.has_pods(),
+            "{}",
+            report.node
+        );
         assert!(has_stage(report, Stage::Uplink), "{}", report.node);
         if mode == Mode::Host {
             let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone];
@@ -239,13 +301,25 @@ fn run(mode: Mode) {
                 report.stages()
             );
         }
-        assert!(!has_stage(report, Stage::Other), "{}: unnamed segments", report.node);
+        assert!(
+            !has_stage(report, Stage::Other),
+            "{}: unnamed segments",
+            report.node
+        );
         // Every segment's histogram adds up to its count.
         for s in &report.segments {
-            assert_eq!(s.buckets.iter().map(|b| b[1]).sum::<u64>(), s.count, "{s:?}");
+            assert_eq!(
+                s.buckets.iter().map(|b| b[1]).sum::<u64>(),
+                s.count,
+                "{s:?}"
+            );
         }
         // bpf_stats are on: the tc programs ran and were timed.
-        let tc = report.programs.iter().find(|p| p.name == "cp_tc_egress").unwrap();
+        let tc = report
+            .programs
+            .iter()
+            .find(|p| p.name == "cp_tc_egress")
+            .unwrap();
         assert!(tc.run_count > 0 && tc.run_time_ns > 0, "{tc:?}");
     }
 
@@ -269,12 +343,20 @@ fn run(mode: Mode) {
     assert_eq!(after.hits("eno1 tc-ingress"), 5);
 
     // ---- drop: nothing of ours stays loaded or attached ----
-    let ids: Vec<u32> = r1.programs.iter().chain(&r2.programs).map(|p| p.id).collect();
+    let ids: Vec<u32> = r1
+        .programs
+        .iter()
+        .chain(&r2.programs)
+        .map(|p| p.id)
+        .collect();
     assert!(ids.len() >= 2 * 7, "{ids:?}");
     drop(agent1);
     drop(agent2);
     for id in &ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after drop");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after drop"
+        );
     }
     let lab_devices: &[&str] = match mode {
         Mode::Host => &["eno1"],
@@ -283,7 +365,11 @@ fn run(mode: Mode) {
     };
     for ns in [&n1, &n2] {
         for dev in lab_devices {
-            assert_eq!(tcx_ids(ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
+            assert_eq!(
+                tcx_ids(ns, dev),
+                Vec::<u32>::new(),
+                "TCX left on {dev} in {ns}"
+            );
         }
     }
     println!("{mode}: {} programs unloaded, no TCX links left", ids.len());

@@ -36,8 +36,7 @@ use super::{
     devices::{self, Device, Found, Registry},
     nf_program,
     report::{
-        AgentReport, CheckpointReport, DropReport, NotMeasured, ProgramStats, SegmentReport,
-        SCHEMA,
+        AgentReport, CheckpointReport, DropReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
     },
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
     stats::StatsGuard,
@@ -196,7 +195,11 @@ pub fn netfilter_tables(netns: &str) -> Option<Vec<String>> {
                 .map(|t| format!("ip {}", t.trim())),
         );
     }
-    if let Ok(out) = Cmd::new("nft").args(["list", "tables"]).in_netns(netns).run() {
+    if let Ok(out) = Cmd::new("nft")
+        .args(["list", "tables"])
+        .in_netns(netns)
+        .run()
+    {
         known = true;
         for line in out.lines() {
             let name = line.trim().trim_start_matches("table ").to_owned();
@@ -299,11 +302,16 @@ impl Agent {
         );
 
         let inner = Arc::new(Mutex::new(inner));
-        let rescan = options.rescan.map(|every| spawn_rescanner(Arc::clone(&inner), every));
+        let rescan = options
+            .rescan
+            .map(|every| spawn_rescanner(Arc::clone(&inner), every));
         Ok(Self {
             rescan,
             inner,
-            node: options.node.clone().unwrap_or_else(|| options.netns.clone()),
+            node: options
+                .node
+                .clone()
+                .unwrap_or_else(|| options.netns.clone()),
             netns: options.netns.clone(),
             kernel: kernel_release(),
             attach_ms,
@@ -461,7 +469,12 @@ fn checkpoint_report(id: u16, place: &Place, hits: u64) -> CheckpointReport {
     let (device, role, hook, priority) = match place {
         Place::Device { device, .. } => (
             Some(device.label.clone()),
-            Some(serde_json::to_value(device.role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            Some(
+                serde_json::to_value(device.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
             None,
             None,
         ),
@@ -529,17 +542,26 @@ fn program_stats(inner: &Inner) -> Vec<ProgramStats> {
     out
 }
 
-fn write_config(ebpf: &mut Ebpf, config: &Config, endpoints: &[Ipv4Addr]) -> Result<(), AgentError> {
-    let missing = |map: &'static str| AgentError::Collect(collect::CollectError::MapMissing { map });
-    let mut array: Array<&mut MapData, Config> =
-        Array::try_from(ebpf.map_mut(MAP_CONFIG).ok_or_else(|| missing(MAP_CONFIG))?)
-            .map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
+fn write_config(
+    ebpf: &mut Ebpf,
+    config: &Config,
+    endpoints: &[Ipv4Addr],
+) -> Result<(), AgentError> {
+    let missing =
+        |map: &'static str| AgentError::Collect(collect::CollectError::MapMissing { map });
+    let mut array: Array<&mut MapData, Config> = Array::try_from(
+        ebpf.map_mut(MAP_CONFIG)
+            .ok_or_else(|| missing(MAP_CONFIG))?,
+    )
+    .map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
     array
         .set(0, config, 0)
         .map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
-    let mut set: HashMap<&mut MapData, u32, u32> =
-        HashMap::try_from(ebpf.map_mut(MAP_ENDPOINTS).ok_or_else(|| missing(MAP_ENDPOINTS))?)
-            .map_err(map_write(MAP_ENDPOINTS, "the endpoints".into()))?;
+    let mut set: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
+        ebpf.map_mut(MAP_ENDPOINTS)
+            .ok_or_else(|| missing(MAP_ENDPOINTS))?,
+    )
+    .map_err(map_write(MAP_ENDPOINTS, "the endpoints".into()))?;
     for ip in endpoints {
         // Network byte order, as the programs read it from the IP header.
         let key = u32::from_ne_bytes(ip.octets());
@@ -550,15 +572,19 @@ fn write_config(ebpf: &mut Ebpf, config: &Config, endpoints: &[Ipv4Addr]) -> Res
 }
 
 fn insert_device(ebpf: &mut Ebpf, device: &Device) -> Result<(), AgentError> {
-    let mut map: HashMap<&mut MapData, DeviceKey, DeviceCheckpoints> = HashMap::try_from(
-        ebpf.map_mut(MAP_DEVICES)
-            .ok_or(AgentError::Collect(collect::CollectError::MapMissing { map: MAP_DEVICES }))?,
-    )
-    .map_err(map_write(MAP_DEVICES, "a device".into()))?;
-    map.insert(device.key(), device.checkpoints(), 0).map_err(map_write(
-        MAP_DEVICES,
-        format!("device {} of {}", device.found.link.ifname, device.found.netns),
-    ))
+    let mut map: HashMap<&mut MapData, DeviceKey, DeviceCheckpoints> =
+        HashMap::try_from(ebpf.map_mut(MAP_DEVICES).ok_or(AgentError::Collect(
+            collect::CollectError::MapMissing { map: MAP_DEVICES },
+        ))?)
+        .map_err(map_write(MAP_DEVICES, "a device".into()))?;
+    map.insert(device.key(), device.checkpoints(), 0)
+        .map_err(map_write(
+            MAP_DEVICES,
+            format!(
+                "device {} of {}",
+                device.found.link.ifname, device.found.netns
+            ),
+        ))
 }
 
 fn load_tc(inner: &mut Inner) {
@@ -570,7 +596,9 @@ fn load_tc(inner: &mut Inner) {
             .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
         {
             Some(p) => p.load().map_err(|e| chain(&e)),
-            None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
         };
         if let Err(reason) = result {
             inner.not_measured(format!("tc checkpoints ({program})"), reason);
@@ -628,7 +656,11 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         }
     };
     for (program, attach_type, hook) in [
-        (PROG_TC_INGRESS, TcAttachType::Ingress, DeviceHook::TcIngress),
+        (
+            PROG_TC_INGRESS,
+            TcAttachType::Ingress,
+            DeviceHook::TcIngress,
+        ),
         (PROG_TC_EGRESS, TcAttachType::Egress, DeviceHook::TcEgress),
     ] {
         let Some(classifier) = inner
@@ -674,7 +706,9 @@ fn attach_tp_btf(inner: &mut Inner) {
                 .and_then(|()| p.attach())
                 .and_then(|id| p.take_link(id))
                 .map_err(|e| chain(&e)),
-            None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
         };
         match result {
             Ok(link) => inner.tp_links.push(link),
@@ -695,7 +729,9 @@ fn attach_tracepoints(inner: &mut Inner) {
                 .and_then(|()| p.attach(group, event))
                 .and_then(|id| p.take_link(id))
                 .map_err(|e| chain(&e)),
-            None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
         };
         match result {
             Ok(link) => inner.trace_links.push(link),
@@ -738,7 +774,10 @@ fn attach_netfilter(inner: &mut Inner) {
             let name = nf_program(hook, point);
             match loader.load(name) {
                 Ok(program) => programs.push((hook, point, program)),
-                Err(err) => failures.push((format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]), chain(&err))),
+                Err(err) => failures.push((
+                    format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]),
+                    chain(&err),
+                )),
             }
         }
     }
@@ -756,7 +795,11 @@ fn attach_netfilter(inner: &mut Inner) {
         match program.attach(hook_of(*hook), priority) {
             Ok(link) => links.push(link),
             Err(err) => failures.push((
-                format!("nf {} {priority} (checkpoint {})", NF_HOOK_NAMES[*hook as usize], nf_checkpoint(*hook, *point)),
+                format!(
+                    "nf {} {priority} (checkpoint {})",
+                    NF_HOOK_NAMES[*hook as usize],
+                    nf_checkpoint(*hook, *point)
+                ),
                 chain(&err),
             )),
         }
@@ -766,7 +809,9 @@ fn attach_netfilter(inner: &mut Inner) {
         inner.not_measured(what, reason);
     }
     inner.nf_links.extend(links);
-    inner.nf_programs.extend(programs.into_iter().map(|(_, _, p)| p));
+    inner
+        .nf_programs
+        .extend(programs.into_iter().map(|(_, _, p)| p));
 }
 
 fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Rescanner {
@@ -806,7 +851,9 @@ mod tests {
 
     #[test]
     fn error_chains_read_as_one_line() {
-        let err = crate::cmd::CmdError::NotInstalled { program: "x".into() };
+        let err = crate::cmd::CmdError::NotInstalled {
+            program: "x".into(),
+        };
         assert!(chain(&err).contains("cargo xtask setup"));
     }
 }

@@ -48,7 +48,9 @@ pub enum BtfError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} is not valid BTF: {reason} (is it a raw BTF file such as /sys/kernel/btf/vmlinux?)")]
+    #[error(
+        "{what} is not valid BTF: {reason} (is it a raw BTF file such as /sys/kernel/btf/vmlinux?)"
+    )]
     Malformed { what: String, reason: String },
     #[error("struct {name} is not in the kernel's BTF: this kernel is not supported, report it")]
     NoStruct { name: String },
@@ -112,11 +114,16 @@ impl Btf {
             reason,
         };
         if data.len() < HEADER_MIN {
-            return Err(bad(format!("{} bytes is shorter than a header", data.len())));
+            return Err(bad(format!(
+                "{} bytes is shorter than a header",
+                data.len()
+            )));
         }
         let magic = u16::from_le_bytes([data[0], data[1]]);
         if magic != BTF_MAGIC {
-            return Err(bad(format!("magic {magic:#06x}, expected {BTF_MAGIC:#06x}")));
+            return Err(bad(format!(
+                "magic {magic:#06x}, expected {BTF_MAGIC:#06x}"
+            )));
         }
         let word = |at: usize| -> Option<u32> {
             data.get(at..at + 4)
@@ -175,8 +182,8 @@ impl Btf {
                 }
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 other => {
                     return Err(bad(format!(
                         "unknown kind {other} at type id {}",
@@ -265,7 +272,7 @@ impl Btf {
                     .ok_or_else(no_member)?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield {
                 name: name.to_owned(),
                 path: path.to_owned(),
@@ -369,7 +376,13 @@ pub(crate) mod tests {
             let mut out = Vec::new();
             out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
             out.extend_from_slice(&[1, 0]);
-            for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for w in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&w.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -384,17 +397,42 @@ pub(crate) mod tests {
         let mut b = Builder::new();
         b.int("unsigned int", 4); // 1
         b.int("u16", 2); // 2
-        b.aggregate(KIND_STRUCT, "net_device", 16, &[("name", 1, 0), ("ifindex", 1, 64)]); // 3
+        b.aggregate(
+            KIND_STRUCT,
+            "net_device",
+            16,
+            &[("name", 1, 0), ("ifindex", 1, 64)],
+        ); // 3
         b.ptr(3); // 4
         b.aggregate(KIND_UNION, "", 8, &[("dev", 4, 0), ("dev_scratch", 1, 0)]); // 5
-        b.aggregate(KIND_STRUCT, "", 24, &[("next", 4, 0), ("prev", 4, 64), ("", 5, 128)]); // 6
+        b.aggregate(
+            KIND_STRUCT,
+            "",
+            24,
+            &[("next", 4, 0), ("prev", 4, 64), ("", 5, 128)],
+        ); // 6
         b.aggregate(KIND_UNION, "", 24, &[("", 6, 0), ("rbnode", 1, 0)]); // 7
-        b.aggregate(KIND_STRUCT, "", 4, &[("transport_header", 2, 0), ("network_header", 2, 16)]); // 8
+        b.aggregate(
+            KIND_STRUCT,
+            "",
+            4,
+            &[("transport_header", 2, 0), ("network_header", 2, 16)],
+        ); // 8
         b.typedef("grp_t", 8); // 9
         b.aggregate(KIND_UNION, "", 4, &[("", 9, 0), ("headers", 8, 0)]); // 10
-        b.aggregate(KIND_STRUCT, "sk_buff", 64, &[("", 7, 0), ("len", 1, 192), ("", 10, 256), ("head", 4, 320)]); // 11
+        b.aggregate(
+            KIND_STRUCT,
+            "sk_buff",
+            64,
+            &[("", 7, 0), ("len", 1, 192), ("", 10, 256), ("head", 4, 320)],
+        ); // 11
         b.aggregate(KIND_STRUCT, "possible_net_t", 8, &[("net", 4, 0)]); // 12
-        b.aggregate(KIND_STRUCT, "holder", 16, &[("x", 1, 0), ("nd_net", 12, 64)]); // 13
+        b.aggregate(
+            KIND_STRUCT,
+            "holder",
+            16,
+            &[("x", 1, 0), ("nd_net", 12, 64)],
+        ); // 13
         b.build()
     }
 
@@ -404,7 +442,11 @@ pub(crate) mod tests {
         assert_eq!(btf.member_offset("sk_buff", "dev").unwrap(), 16);
         assert_eq!(btf.member_offset("sk_buff", "network_header").unwrap(), 34);
         assert_eq!(btf.member_offset("sk_buff", "head").unwrap(), 40);
-        assert_eq!(btf.member_offset("sk_buff", "headers.network_header").unwrap(), 34);
+        assert_eq!(
+            btf.member_offset("sk_buff", "headers.network_header")
+                .unwrap(),
+            34
+        );
         assert_eq!(btf.member_offset("holder", "nd_net.net").unwrap(), 8);
         assert_eq!(btf.member_offset("net_device", "ifindex").unwrap(), 8);
     }
@@ -426,7 +468,10 @@ pub(crate) mod tests {
         assert!(Btf::parse(b"short", "x").is_err());
         let mut blob = tiny();
         blob[0] = 0;
-        assert!(matches!(Btf::parse(&blob, "x"), Err(BtfError::Malformed { .. })));
+        assert!(matches!(
+            Btf::parse(&blob, "x"),
+            Err(BtfError::Malformed { .. })
+        ));
         let mut blob = tiny();
         let len = blob.len() as u32 + 1;
         blob[20..24].copy_from_slice(&len.to_le_bytes());
@@ -435,8 +480,11 @@ pub(crate) mod tests {
 
     /// Offsets as `bpftool btf dump file /sys/kernel/btf/vmlinux format raw` prints them
     /// (`bits_offset`), found by walking its text the same way (anonymous members included).
+    /// id -> (kind, [(name, type id, bit offset)]); entry 0 holds the type's own name/target.
+    type RawTypes = HashMap<u32, (String, Vec<(String, u32, u32)>)>;
+
     fn bpftool_offset(raw: &str, strukt: &str, path: &str) -> Option<u32> {
-        let mut types: HashMap<u32, (String, Vec<(String, u32, u32)>)> = HashMap::new();
+        let mut types: RawTypes = HashMap::new();
         let mut by_name: HashMap<String, u32> = HashMap::new();
         let mut current = None;
         for line in raw.lines() {
@@ -471,7 +519,7 @@ pub(crate) mod tests {
                 }
             }
         }
-        fn resolve(types: &HashMap<u32, (String, Vec<(String, u32, u32)>)>, mut id: u32) -> u32 {
+        fn resolve(types: &RawTypes, mut id: u32) -> u32 {
             while let Some((kind, m)) = types.get(&id) {
                 if ["TYPEDEF", "CONST", "VOLATILE"].contains(&kind.as_str()) {
                     id = m[0].1;
@@ -481,7 +529,7 @@ pub(crate) mod tests {
             }
             id
         }
-        fn find(types: &HashMap<u32, (String, Vec<(String, u32, u32)>)>, id: u32, want: &str) -> Option<(u32, u32)> {
+        fn find(types: &RawTypes, id: u32, want: &str) -> Option<(u32, u32)> {
             for (name, ty, off) in types.get(&id)?.1.iter().skip(1) {
                 if name == want {
                     return Some((*off, *ty));
@@ -515,7 +563,14 @@ pub(crate) mod tests {
         btf.fill_config(&mut config).unwrap();
         println!("{config:?}");
         let raw = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file", crate::ebpf::VMLINUX_BTF, "format", "raw"])
+            .args([
+                "btf",
+                "dump",
+                "file",
+                crate::ebpf::VMLINUX_BTF,
+                "format",
+                "raw",
+            ])
             .output();
         let Ok(raw) = raw.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()) else {
             println!("SKIPPED cross-check: bpftool is not installed");
@@ -529,7 +584,11 @@ pub(crate) mod tests {
             ("net_device", "nd_net.net", config.dev_nd_net),
             ("net", "ns.inum", config.net_ns_inum),
         ] {
-            assert_eq!(bpftool_offset(&raw, strukt, path), Some(ours), "{strukt}.{path}");
+            assert_eq!(
+                bpftool_offset(&raw, strukt, path),
+                Some(ours),
+                "{strukt}.{path}"
+            );
         }
         // Sanity: pointers are 8-aligned, the fields are inside their structs.
         assert_eq!(config.skb_head % 8, 0);

@@ -10,11 +10,10 @@ use aya::{
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, SegmentKey, COUNTER_ABANDONED,
-    COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL,
-    COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS,
-    COUNTER_SEGMENT_FULL, HIST_BUCKETS, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_SEGMENTS,
-    MAX_CHECKPOINTS,
+    bucket_high, bucket_low, DropKey, Histogram, SegmentKey, COUNTER_ABANDONED, COUNTER_ADMITTED,
+    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL,
+    COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SEGMENT_FULL, HIST_BUCKETS,
+    MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_SEGMENTS, MAX_CHECKPOINTS,
 };
 
 use super::report::Counters;
@@ -111,7 +110,13 @@ pub fn summarize(hist: &Histogram) -> Summary {
     } else {
         0.0
     };
-    let quantile = |q: f64| if hdr.is_empty() { 0 } else { hdr.value_at_quantile(q) };
+    let quantile = |q: f64| {
+        if hdr.is_empty() {
+            0
+        } else {
+            hdr.value_at_quantile(q)
+        }
+    };
     Summary {
         count,
         mean_ns,
@@ -168,7 +173,9 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
     let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(find(ebpf, MAP_COUNTERS)?)
         .map_err(map_error(MAP_COUNTERS, "open"))?;
     let read = |slot: u32| -> Result<u64, CollectError> {
-        Ok(sum_u64(&map.get(&slot, 0).map_err(map_error(MAP_COUNTERS, "read"))?))
+        Ok(sum_u64(
+            &map.get(&slot, 0).map_err(map_error(MAP_COUNTERS, "read"))?,
+        ))
     };
     Ok(Counters {
         admitted: read(COUNTER_ADMITTED)?,
@@ -239,11 +246,15 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
             }
         }
     }
-    for (name, len) in [(MAP_CP_HITS, MAX_CHECKPOINTS), (MAP_COUNTERS, COUNTER_COUNT)] {
+    for (name, len) in [
+        (MAP_CP_HITS, MAX_CHECKPOINTS),
+        (MAP_COUNTERS, COUNTER_COUNT),
+    ] {
         let mut map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(find_mut(ebpf, name)?).map_err(map_error(name, "open"))?;
         for index in 0..len {
-            map.set(index, zeros(cpus), 0).map_err(map_error(name, "clear"))?;
+            map.set(index, zeros(cpus), 0)
+                .map_err(map_error(name, "clear"))?;
         }
     }
     Ok(())
@@ -287,7 +298,10 @@ mod tests {
         assert!(close(s.p99_ns, 10_000), "{}", s.p99_ns);
         assert_eq!(s.buckets.len(), 3);
         assert_eq!(s.buckets[0], [bucket_low(bucket_of(1_000)), 90]);
-        assert!(s.buckets.iter().all(|[low, _]| bucket_of(*low) == bucket_of(*low + 0)));
+        assert!(s
+            .buckets
+            .iter()
+            .all(|[low, _]| bucket_low(bucket_of(*low)) == *low));
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub fn parse_links(json: &str, netns: &str) -> Result<Vec<Link>, DeviceError> {
         reason,
     };
     let value: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    let list = value.as_array().ok_or_else(|| bad("not a JSON array".into()))?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| bad("not a JSON array".into()))?;
     let mut links = Vec::new();
     for item in list {
         let ifname = item["ifname"]
@@ -74,7 +76,10 @@ pub fn parse_links(json: &str, netns: &str) -> Result<Vec<Link>, DeviceError> {
         links.push(Link {
             ifname: ifname.to_owned(),
             ifindex: ifindex as u32,
-            kind: item["linkinfo"]["info_kind"].as_str().unwrap_or("").to_owned(),
+            kind: item["linkinfo"]["info_kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
             master: item["master"].as_str().map(str::to_owned),
         });
     }
@@ -130,7 +135,11 @@ pub fn list_links(netns: &str) -> Result<Vec<Link>, DeviceError> {
 }
 
 /// The uplink of a node: `explicit`, else the default route's device, else `eno1`.
-pub fn find_uplink(netns: &str, explicit: Option<&str>, links: &[Link]) -> Result<String, DeviceError> {
+pub fn find_uplink(
+    netns: &str,
+    explicit: Option<&str>,
+    links: &[Link],
+) -> Result<String, DeviceError> {
     let uplink = match explicit {
         Some(name) => name.to_owned(),
         None => Cmd::new("ip")
@@ -218,7 +227,13 @@ impl Device {
 
     /// The `MAP_DEVICES` value: tc ids only for node devices (pods get no tc programs).
     pub fn checkpoints(&self) -> DeviceCheckpoints {
-        let tc = |hook| if self.found.on_node { self.id(hook) } else { CP_NONE };
+        let tc = |hook| {
+            if self.found.on_node {
+                self.id(hook)
+            } else {
+                CP_NONE
+            }
+        };
         DeviceCheckpoints {
             tp_rx: self.id(DeviceHook::DevRx),
             tc_ingress: tc(DeviceHook::TcIngress),
@@ -346,7 +361,9 @@ mod tests {
     #[test]
     fn default_route_and_bad_json() {
         assert_eq!(
-            parse_default_route(r#"[{"dst":"default","gateway":"198.18.0.2","dev":"eno1","flags":[]}]"#),
+            parse_default_route(
+                r#"[{"dst":"default","gateway":"198.18.0.2","dev":"eno1","flags":[]}]"#
+            ),
             Some("eno1".into())
         );
         assert_eq!(parse_default_route("[]"), None);
@@ -364,15 +381,44 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(eno1.base, DEVICE_CP_BASE);
-        assert_eq!(eno1.key(), DeviceKey { netns_inum: 100, ifindex: 2 });
+        assert_eq!(
+            eno1.key(),
+            DeviceKey {
+                netns_inum: 100,
+                ifindex: 2
+            }
+        );
         let cps = eno1.checkpoints();
-        assert_eq!((cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx, cps.admit), (64, 65, 66, 67, 1));
-        assert!(reg.add(found(links[1].clone(), DeviceRole::Uplink, true)).unwrap().is_none());
-        let pod_link = parse_links(POD, "p1").unwrap().into_iter().find(|l| l.ifname == "eth0").unwrap();
-        let pod = reg.add(found(pod_link, DeviceRole::PodEth, false)).unwrap().unwrap().clone();
+        assert_eq!(
+            (
+                cps.tp_rx,
+                cps.tc_ingress,
+                cps.tc_egress,
+                cps.tp_tx,
+                cps.admit
+            ),
+            (64, 65, 66, 67, 1)
+        );
+        assert!(reg
+            .add(found(links[1].clone(), DeviceRole::Uplink, true))
+            .unwrap()
+            .is_none());
+        let pod_link = parse_links(POD, "p1")
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ifname == "eth0")
+            .unwrap();
+        let pod = reg
+            .add(found(pod_link, DeviceRole::PodEth, false))
+            .unwrap()
+            .unwrap()
+            .clone();
         assert_eq!(pod.base, DEVICE_CP_BASE + 4);
         let cps = pod.checkpoints();
-        assert_eq!((cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx), (68, CP_NONE, CP_NONE, 71));
+        assert_eq!(
+            (cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx),
+            (68, CP_NONE, CP_NONE, 71)
+        );
         assert_eq!(pod.label().label, "p1:eth0");
         assert_eq!(eno1.label().label, "eno1");
     }
@@ -382,13 +428,28 @@ mod tests {
         let mut reg = Registry::default();
         let room = (MAX_CHECKPOINTS - u32::from(DEVICE_CP_BASE)) / 4;
         for i in 0..room {
-            let link = Link { ifname: format!("v{i}"), ifindex: i + 10, kind: "veth".into(), master: None };
+            let link = Link {
+                ifname: format!("v{i}"),
+                ifindex: i + 10,
+                kind: "veth".into(),
+                master: None,
+            };
             reg.add(found(link, DeviceRole::HostVeth, true)).unwrap();
         }
-        let link = Link { ifname: "last".into(), ifindex: 9999, kind: "veth".into(), master: None };
-        let err = reg.add(found(link, DeviceRole::HostVeth, true)).unwrap_err();
+        let link = Link {
+            ifname: "last".into(),
+            ifindex: 9999,
+            kind: "veth".into(),
+            master: None,
+        };
+        let err = reg
+            .add(found(link, DeviceRole::HostVeth, true))
+            .unwrap_err();
         assert!(err.to_string().contains("watch fewer pods"), "{err}");
-        assert_eq!(reg.devices().last().unwrap().base + 3, (MAX_CHECKPOINTS - 1) as u16);
+        assert_eq!(
+            reg.devices().last().unwrap().base + 3,
+            (MAX_CHECKPOINTS - 1) as u16
+        );
     }
 
     #[test]

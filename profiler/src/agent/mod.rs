@@ -16,10 +16,10 @@ pub mod attach;
 pub mod btf;
 pub mod collect;
 pub mod devices;
-mod stats;
-pub mod stages;
-pub mod tracefs;
 pub mod report;
+pub mod stages;
+mod stats;
+pub mod tracefs;
 
 use std::{net::Ipv4Addr, time::Duration};
 

@@ -87,18 +87,35 @@ pub struct DeviceLabel {
 /// Where a checkpoint is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
-    Device { device: DeviceLabel, hook: DeviceHook },
-    Netfilter { hook: u32, point: u32 },
+    Device {
+        device: DeviceLabel,
+        hook: DeviceHook,
+    },
+    Netfilter {
+        hook: u32,
+        point: u32,
+    },
     Consumed,
 }
 
 /// The kernel's names of the netfilter hooks, indexed by `NF_HOOK_*`.
-pub const NF_HOOK_NAMES: [&str; NF_HOOK_COUNT as usize] =
-    ["PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING"];
+pub const NF_HOOK_NAMES: [&str; NF_HOOK_COUNT as usize] = [
+    "PRE_ROUTING",
+    "LOCAL_IN",
+    "FORWARD",
+    "LOCAL_OUT",
+    "POST_ROUTING",
+];
 
 /// The iptables table (or tables) between netfilter points `point` and `point + 1`.
-pub const NF_BRACKETS: [&str; NF_POINT_COUNT as usize - 1] =
-    ["raw", "conntrack", "mangle", "nat-dnat", "filter", "nat-snat"];
+pub const NF_BRACKETS: [&str; NF_POINT_COUNT as usize - 1] = [
+    "raw",
+    "conntrack",
+    "mangle",
+    "nat-dnat",
+    "filter",
+    "nat-snat",
+];
 
 impl Place {
     /// The place of a netfilter or pseudo checkpoint id (`None` for device ids).
@@ -121,8 +138,7 @@ impl Place {
             Place::Device { device, hook } => format!("{} {}", device.label, hook.name()),
             Place::Netfilter { hook, point } => format!(
                 "nf {} {}",
-                NF_HOOK_NAMES[*hook as usize],
-                NF_POINT_PRIORITIES[*point as usize]
+                NF_HOOK_NAMES[*hook as usize], NF_POINT_PRIORITIES[*point as usize]
             ),
             Place::Consumed => "consumed".to_owned(),
         }
@@ -240,7 +256,16 @@ fn bracket(point: u32) -> Stage {
 pub fn classify(from: &Place, to: &Place) -> Stage {
     use Place::*;
     match (from, to) {
-        (Netfilter { hook: h1, point: p1 }, Netfilter { hook: h2, point: p2 }) => {
+        (
+            Netfilter {
+                hook: h1,
+                point: p1,
+            },
+            Netfilter {
+                hook: h2,
+                point: p2,
+            },
+        ) => {
             if h1 != h2 {
                 Stage::Routing
             } else if p2 == &(p1 + 1) {
@@ -251,7 +276,16 @@ pub fn classify(from: &Place, to: &Place) -> Stage {
                 Stage::Other
             }
         }
-        (Device { device: a, hook: ha }, Device { device: b, hook: hb }) => {
+        (
+            Device {
+                device: a,
+                hook: ha,
+            },
+            Device {
+                device: b,
+                hook: hb,
+            },
+        ) => {
             if a.label == b.label {
                 return if a.role == DeviceRole::Uplink {
                     Stage::Uplink
@@ -266,7 +300,10 @@ pub fn classify(from: &Place, to: &Place) -> Stage {
                 return Stage::VxlanDecap;
             }
             let veth_like = |d: &DeviceLabel| {
-                matches!(d.role, DeviceRole::HostVeth | DeviceRole::PodEth | DeviceRole::Uplink)
+                matches!(
+                    d.role,
+                    DeviceRole::HostVeth | DeviceRole::PodEth | DeviceRole::Uplink
+                )
             };
             if !ha.is_rx() && hb.is_rx() && veth_like(a) && veth_like(b) {
                 return Stage::Veth;
@@ -421,12 +458,23 @@ mod tests {
         let c = catalog();
         assert_eq!(c.name(ENO1_IN), "eno1 tc-ingress");
         assert_eq!(c.name(CNI0_RX), "cni0 dev-rx");
-        assert_eq!(c.name(nf_checkpoint(NF_HOOK_PRE_ROUTING, 2)), "nf PRE_ROUTING -199");
-        assert_eq!(c.name(nf_checkpoint(NF_HOOK_POST_ROUTING, 6)), "nf POST_ROUTING 101");
+        assert_eq!(
+            c.name(nf_checkpoint(NF_HOOK_PRE_ROUTING, 2)),
+            "nf PRE_ROUTING -199"
+        );
+        assert_eq!(
+            c.name(nf_checkpoint(NF_HOOK_POST_ROUTING, 6)),
+            "nf POST_ROUTING 101"
+        );
         assert_eq!(c.name(CP_CONSUMED), "consumed");
         assert_eq!(c.name(500), "checkpoint 500");
-        assert_eq!(Place::fixed(nf_checkpoint(NF_HOOK_FORWARD, 3)),
-            Some(Place::Netfilter { hook: NF_HOOK_FORWARD, point: 3 }));
+        assert_eq!(
+            Place::fixed(nf_checkpoint(NF_HOOK_FORWARD, 3)),
+            Some(Place::Netfilter {
+                hook: NF_HOOK_FORWARD,
+                point: 3
+            })
+        );
         assert_eq!(Place::fixed(ENO1_RX), None);
     }
 
@@ -434,15 +482,38 @@ mod tests {
     fn consecutive_netfilter_points_bracket_one_table() {
         let c = catalog();
         let nf = |h, p| nf_checkpoint(h, p);
-        let expect = ["raw", "conntrack", "mangle", "nat-dnat", "filter", "nat-snat"];
+        let expect = [
+            "raw",
+            "conntrack",
+            "mangle",
+            "nat-dnat",
+            "filter",
+            "nat-snat",
+        ];
         for (p, name) in expect.iter().enumerate() {
             let p = p as u32;
-            assert_eq!(c.stage(nf(NF_HOOK_PRE_ROUTING, p), nf(NF_HOOK_PRE_ROUTING, p + 1)).name(), *name);
+            assert_eq!(
+                c.stage(nf(NF_HOOK_PRE_ROUTING, p), nf(NF_HOOK_PRE_ROUTING, p + 1))
+                    .name(),
+                *name
+            );
         }
-        assert_eq!(c.stage(nf(NF_HOOK_LOCAL_OUT, 1), nf(NF_HOOK_LOCAL_OUT, 4)), Stage::Netfilter);
-        assert_eq!(c.stage(nf(NF_HOOK_PRE_ROUTING, 6), nf(NF_HOOK_FORWARD, 0)), Stage::Routing);
-        assert_eq!(c.stage(nf(NF_HOOK_PRE_ROUTING, 6), nf(NF_HOOK_LOCAL_IN, 0)), Stage::Routing);
-        assert_eq!(c.stage(nf(NF_HOOK_FORWARD, 6), nf(NF_HOOK_POST_ROUTING, 0)), Stage::Routing);
+        assert_eq!(
+            c.stage(nf(NF_HOOK_LOCAL_OUT, 1), nf(NF_HOOK_LOCAL_OUT, 4)),
+            Stage::Netfilter
+        );
+        assert_eq!(
+            c.stage(nf(NF_HOOK_PRE_ROUTING, 6), nf(NF_HOOK_FORWARD, 0)),
+            Stage::Routing
+        );
+        assert_eq!(
+            c.stage(nf(NF_HOOK_PRE_ROUTING, 6), nf(NF_HOOK_LOCAL_IN, 0)),
+            Stage::Routing
+        );
+        assert_eq!(
+            c.stage(nf(NF_HOOK_FORWARD, 6), nf(NF_HOOK_POST_ROUTING, 0)),
+            Stage::Routing
+        );
         assert_eq!(c.stage(nf(NF_HOOK_LOCAL_IN, 6), CP_CONSUMED), Stage::Stack);
     }
 
@@ -457,21 +528,42 @@ mod tests {
         assert_eq!(c.stage(POD_TX, VETH_RX), Stage::Veth);
         assert_eq!(c.stage(VETH_TX, POD_RX), Stage::Veth);
         assert_eq!(c.stage(POD_TX, CALI_RX), Stage::Veth);
-        assert_eq!(c.stage(ENO1_TX, ENO1_RX + 0), Stage::Uplink);
+        assert_eq!(c.stage(ENO1_TX, ENO1_RX), Stage::Uplink);
         // Bridge: port -> bridge, bridge -> port, port -> netfilter (br_netfilter).
         assert_eq!(c.stage(VETH_IN, CNI0_RX), Stage::Bridge);
         assert_eq!(c.stage(CNI0_RX + 3, VETH_TX - 1), Stage::Bridge);
-        assert_eq!(c.stage(VETH_IN, nf_checkpoint(NF_HOOK_PRE_ROUTING, 0)), Stage::Bridge);
-        assert_eq!(c.stage(nf_checkpoint(NF_HOOK_PRE_ROUTING, 6), CNI0_RX), Stage::Bridge);
+        assert_eq!(
+            c.stage(VETH_IN, nf_checkpoint(NF_HOOK_PRE_ROUTING, 0)),
+            Stage::Bridge
+        );
+        assert_eq!(
+            c.stage(nf_checkpoint(NF_HOOK_PRE_ROUTING, 6), CNI0_RX),
+            Stage::Bridge
+        );
         // VXLAN: vxlan tx -> outer packet; outer packet -> vxlan rx.
-        assert_eq!(c.stage(VX_TX, nf_checkpoint(NF_HOOK_LOCAL_OUT, 0)), Stage::VxlanEncap);
+        assert_eq!(
+            c.stage(VX_TX, nf_checkpoint(NF_HOOK_LOCAL_OUT, 0)),
+            Stage::VxlanEncap
+        );
         assert_eq!(c.stage(VX_TX, ENO1_OUT), Stage::VxlanEncap);
-        assert_eq!(c.stage(nf_checkpoint(NF_HOOK_LOCAL_IN, 6), VX_RX), Stage::VxlanDecap);
+        assert_eq!(
+            c.stage(nf_checkpoint(NF_HOOK_LOCAL_IN, 6), VX_RX),
+            Stage::VxlanDecap
+        );
         assert_eq!(c.stage(ENO1_IN, VX_RX), Stage::VxlanDecap);
         // Stack glue.
-        assert_eq!(c.stage(ENO1_IN, nf_checkpoint(NF_HOOK_PRE_ROUTING, 0)), Stage::Stack);
-        assert_eq!(c.stage(CNI0_RX + 1, nf_checkpoint(NF_HOOK_FORWARD, 0)), Stage::Routing);
-        assert_eq!(c.stage(nf_checkpoint(NF_HOOK_POST_ROUTING, 6), ENO1_OUT), Stage::Stack);
+        assert_eq!(
+            c.stage(ENO1_IN, nf_checkpoint(NF_HOOK_PRE_ROUTING, 0)),
+            Stage::Stack
+        );
+        assert_eq!(
+            c.stage(CNI0_RX + 1, nf_checkpoint(NF_HOOK_FORWARD, 0)),
+            Stage::Routing
+        );
+        assert_eq!(
+            c.stage(nf_checkpoint(NF_HOOK_POST_ROUTING, 6), ENO1_OUT),
+            Stage::Stack
+        );
         assert_eq!(c.stage(ENO1_IN, CP_CONSUMED), Stage::Stack);
         assert_eq!(c.stage(ENO1_TX, CP_CONSUMED), Stage::TxDone);
         assert_eq!(c.stage(ENO1_TX, 999), Stage::Other);
@@ -479,7 +571,10 @@ mod tests {
 
     #[test]
     fn stage_names_serialize_in_kebab_case() {
-        assert_eq!(serde_json::to_value(Stage::VxlanEncap).unwrap(), "vxlan-encap");
+        assert_eq!(
+            serde_json::to_value(Stage::VxlanEncap).unwrap(),
+            "vxlan-encap"
+        );
         assert_eq!(serde_json::to_value(Stage::NatDnat).unwrap(), "nat-dnat");
         assert_eq!(Stage::TxDone.to_string(), "tx-done");
         assert!(Stage::Conntrack.is_netfilter() && !Stage::Routing.is_netfilter());

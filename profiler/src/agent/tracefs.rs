@@ -31,7 +31,9 @@ pub enum TracefsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("tracepoint {group}/{event} has no field {field}: this kernel's layout is not supported")]
+    #[error(
+        "tracepoint {group}/{event} has no field {field}: this kernel's layout is not supported"
+    )]
     NoField {
         group: String,
         event: String,
@@ -92,7 +94,9 @@ impl Format {
             let Some(close) = rest.find('}') else { break };
             let inside = &rest[..close];
             rest = &rest[close + 1..];
-            let Some((number, name)) = inside.split_once(',') else { continue };
+            let Some((number, name)) = inside.split_once(',') else {
+                continue;
+            };
             let number = number.trim();
             let number = match number.strip_prefix("0x") {
                 Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -134,7 +138,15 @@ fn parse_field(line: &str) -> Option<Field> {
     if name.is_empty() {
         return None;
     }
-    let c_type = format!("{}{}", head[..=split].trim(), if array.is_empty() { String::new() } else { format!(" {array}") });
+    let c_type = format!(
+        "{}{}",
+        head[..=split].trim(),
+        if array.is_empty() {
+            String::new()
+        } else {
+            format!(" {array}")
+        }
+    );
     Some(Field {
         name: name.to_owned(),
         c_type: c_type.trim().to_owned(),
@@ -167,7 +179,12 @@ impl Tracefs {
     }
 
     pub fn format(&self, group: &str, event: &str) -> Result<Format, TracefsError> {
-        let path = self.root.join("events").join(group).join(event).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(group)
+            .join(event)
+            .join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
             path: path.clone(),
             group: group.to_owned(),
@@ -225,20 +242,30 @@ mod tests {
         let kfree = Format::parse(KFREE);
         assert_eq!(kfree.name, "kfree_skb");
         let skbaddr = kfree.field("skbaddr").unwrap();
-        assert_eq!((skbaddr.offset, skbaddr.size, skbaddr.c_type.as_str()), (8, 8, "void *"));
+        assert_eq!(
+            (skbaddr.offset, skbaddr.size, skbaddr.c_type.as_str()),
+            (8, 8, "void *")
+        );
         let reason = kfree.field("reason").unwrap();
         assert_eq!((reason.offset, reason.size), (36, 4));
         assert_eq!(reason.c_type, "enum skb_drop_reason");
         let retrans = Format::parse(RETRANS);
         let saddr = retrans.field("saddr").unwrap();
-        assert_eq!((saddr.offset, saddr.size, saddr.c_type.as_str()), (34, 4, "__u8 [4]"));
+        assert_eq!(
+            (saddr.offset, saddr.size, saddr.c_type.as_str()),
+            (34, 4, "__u8 [4]")
+        );
         assert_eq!(retrans.field("daddr").unwrap().offset, 38);
         assert_eq!(retrans.field("common_pid").unwrap().offset, 4);
 
         let mut config = Config::default();
         fill_config(&mut config, &kfree, &Format::parse(CONSUME), &retrans).unwrap();
         assert_eq!(
-            (config.tp_kfree_skbaddr, config.tp_kfree_reason, config.tp_consume_skbaddr),
+            (
+                config.tp_kfree_skbaddr,
+                config.tp_kfree_reason,
+                config.tp_consume_skbaddr
+            ),
             (8, 36, 8)
         );
         assert_eq!((config.tp_retrans_saddr, config.tp_retrans_daddr), (34, 38));

@@ -56,7 +56,10 @@ fn open_output(path: &PathBuf) -> Result<File> {
 
 pub fn run(args: AgentArgs) -> Result<()> {
     if let Some(d) = args.duration {
-        anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration must be a positive number of seconds");
+        anyhow::ensure!(
+            d > 0.0 && d.is_finite(),
+            "--duration must be a positive number of seconds"
+        );
     }
     crate::ebpf::preflight()?;
     let mut out = open_output(&args.out)?;
