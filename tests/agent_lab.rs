@@ -394,3 +394,211 @@ fn l2() {
 fn host() {
     run(Mode::Host);
 }
+
+/// A veth created after the agent started is found by the rescan (pods come and go), gets
+/// checkpoints and TCX programs, and loses them again on drop.
+#[test]
+fn rescan_watches_devices_created_later() {
+    let test = "agent_lab rescan_watches_devices_created_later";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let mode = Mode::FlannelHostgw;
+    lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let node = names.node(Node::One);
+    let endpoints = vec![addressing::pod_ip(mode, Node::One)];
+    let agent = Agent::start(&AgentOptions::new(node.clone(), endpoints)).unwrap();
+    assert!(agent
+        .snapshot()
+        .unwrap()
+        .checkpoint("veth-late dev-rx")
+        .is_none());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&node)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "link",
+        "add",
+        "veth-late",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-late-p",
+    ]);
+    ip(&["link", "set", "veth-late", "up"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let report = agent.snapshot().unwrap();
+    for name in [
+        "veth-late dev-rx",
+        "veth-late tc-ingress",
+        "veth-late tc-egress",
+        "veth-late-p dev-tx",
+    ] {
+        let cp = report
+            .checkpoint(name)
+            .unwrap_or_else(|| panic!("{name} not watched"));
+        assert_eq!(cp.role.as_deref(), Some("host-veth"));
+    }
+    assert_eq!(
+        tcx_ids(&node, "veth-late").len(),
+        2,
+        "TCX ingress + egress on the late veth"
+    );
+    println!(
+        "rescan: veth-late watched as checkpoints {}..{}",
+        report.checkpoint("veth-late dev-rx").unwrap().id,
+        report.checkpoint("veth-late dev-tx").unwrap().id
+    );
+    drop(agent);
+    assert!(tcx_ids(&node, "veth-late").is_empty());
+}
+
+fn netprof(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(netprof_tests::netprof_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The CLI's errors name what to do, and come before anything is attached.
+#[test]
+fn cli_errors_come_before_attaching() {
+    let test = "agent_lab cli_errors_come_before_attaching";
+    if let Some(reason) = ebpf_skip_reason(&["ip"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let ns = netprof_tests::Netns::create("agent-cli").unwrap();
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        "netprof-no-such-node",
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/tmp/netprof-agent-x.json",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
+
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        ns.name(),
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/nonexistent-dir/x.json",
+    ]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("--out") && !text.contains("attached"),
+        "{text}"
+    );
+
+    let out = netprof(&["agent", "--netns", ns.name(), "--out", "/tmp/x.json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
+
+    // A namespace without the uplink says how to name it.
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        ns.name(),
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/tmp/netprof-agent-x.json",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--uplink"), "{}", stderr(&out));
+    println!("{}", stderr(&out).trim());
+}
+
+/// `netprof agent` end to end: SIGTERM ends the measurement, the JSON is written, exit 0.
+#[test]
+fn cli_writes_the_report_on_sigterm() {
+    let test = "agent_lab cli_writes_the_report_on_sigterm";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(
+        &names,
+        LabSpec {
+            mode: Mode::Host,
+            services: 0,
+        },
+    )
+    .unwrap();
+    let out = std::env::temp_dir().join(format!("netprof-agent-{}.json", names.lab()));
+    let child = std::process::Command::new(netprof_tests::netprof_bin())
+        .args([
+            "agent",
+            "--netns",
+            &names.node(Node::Two),
+            "--endpoint",
+            "198.18.0.1",
+            "--endpoint",
+            "198.18.0.2",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "attached" line (programs of the same name may belong to other tests).
+    let mut child = child;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("attached to") {
+            break;
+        }
+    }
+    assert!(seen.contains("attached to"), "{seen}");
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let host = built.host_path();
+    ping(&host.client_netns, host.server_ip, PINGS);
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    let stderr = seen + &rest.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    let report: AgentReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(report.schema, "netprof.agent/v1");
+    assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
+    assert_eq!(report.hits("eno1 tc-egress"), PINGS);
+    println!("cli: {}", stderr.trim());
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -122,7 +122,7 @@ impl Inner {
             what: what.into(),
             reason: reason.into(),
         };
-        log::warn!("not measured: {}: {}", entry.what, entry.reason);
+        log::info!("not measured: {}: {}", entry.what, entry.reason);
         if !self.not_measured.contains(&entry) {
             self.not_measured.push(entry);
         }

@@ -97,6 +97,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
     out.set_len(0)
         .and_then(|()| out.write_all((report.to_json() + "\n").as_bytes()))
         .with_context(|| format!("cannot write the report to {}", args.out.display()))?;
+    for item in &report.not_measured {
+        eprintln!(
+            "netprof agent: not measured: {}: {}",
+            item.what, item.reason
+        );
+    }
     eprintln!(
         "netprof agent: {reason}; {} segments, {} packets admitted; detached; report in {}",
         report.segments.len(),
