@@ -1,4 +1,4 @@
-//! The agent in the real lab: one `Agent` per node (node1 watching pod1, node2 watching pod2),
+//! The agent in the real lab (flannel-hostgw, flannel-vxlan, calico, l2, host): one `Agent` per node (node1 watching pod1, node2 watching pod2),
 //! `ping -c 20 -i 0.01` pod1 -> pod2 (node1 -> node2 in `host` mode), then exact hit counts per
 //! checkpoint, the stages each mode must (and must not) have, and nothing of ours left in the
 //! kernel after the agents are dropped.
@@ -174,6 +174,9 @@ fn run(mode: Mode) {
     if mode == Mode::L2 {
         devices.push("veth-pod");
     }
+    if mode == Mode::Calico {
+        devices.push("cali0pod");
+    }
     for (report, pod) in [(&r1, names.pod(Node::One)), (&r2, names.pod(Node::Two))] {
         for device in &devices {
             for hook in ["dev-rx", "tc-ingress", "tc-egress", "dev-tx"] {
@@ -214,7 +217,7 @@ fn run(mode: Mode) {
     for report in [&r1, &r2] {
         let nf = nf_hits(report);
         match mode {
-            Mode::FlannelHostgw => {
+            Mode::FlannelHostgw | Mode::Calico => {
                 let want: BTreeMap<String, u64> = [
                     ("FORWARD", 40),
                     ("LOCAL_IN", 0),
@@ -279,12 +282,8 @@ fn run(mode: Mode) {
             "{}",
             report.node
         );
-        assert_eq!(
-            has_stage(report, Stage::Bridge),
-            mode.has_pods(),
-            "{}",
-            report.node
-        );
+        let bridged = matches!(mode, Mode::FlannelHostgw | Mode::FlannelVxlan | Mode::L2);
+        assert_eq!(has_stage(report, Stage::Bridge), bridged, "{}", report.node);
         assert_eq!(
             has_stage(report, Stage::Veth),
             mode.has_pods(),
@@ -361,6 +360,7 @@ fn run(mode: Mode) {
     let lab_devices: &[&str] = match mode {
         Mode::Host => &["eno1"],
         Mode::FlannelVxlan => &["eno1", "cni0", "veth-pod", "flannel.1"],
+        Mode::Calico => &["eno1", "cali0pod"],
         _ => &["eno1", "cni0", "veth-pod"],
     };
     for ns in [&n1, &n2] {
@@ -383,6 +383,11 @@ fn flannel_hostgw() {
 #[test]
 fn flannel_vxlan() {
     run(Mode::FlannelVxlan);
+}
+
+#[test]
+fn calico() {
+    run(Mode::Calico);
 }
 
 #[test]
@@ -516,6 +521,30 @@ fn cli_errors_come_before_attaching() {
     let out = netprof(&["agent", "--netns", ns.name(), "--out", "/tmp/x.json"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
+
+    // Not root: told so before anything else.
+    if std::process::Command::new("setpriv")
+        .arg("--help")
+        .output()
+        .is_ok()
+    {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(netprof_tests::netprof_bin())
+            .args([
+                "agent",
+                "--netns",
+                ns.name(),
+                "--endpoint",
+                "198.18.0.1",
+                "--out",
+                "/tmp/netprof-agent-x.json",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("run as root"), "{}", stderr(&out));
+    }
 
     // A namespace without the uplink says how to name it.
     let out = netprof(&[
