@@ -8,7 +8,7 @@
 //! - `cp_dev_rx` / `cp_dev_tx`: tp_btf on `netif_receive_skb` / `net_dev_start_xmit`, every
 //!   device of every namespace; devices missing from `NP_DEVICES` are skipped after one lookup.
 //! - `cp_kfree_skb` / `cp_consume_skb`: end a tracked packet's journey (drop, by reason; or
-//!   completion, recording the segment to `CP_CONSUMED`).
+//!   completion, recording the segment to `CP_CONSUMED`); a stale journey ends as abandoned.
 //! - `cp_tcp_retrans`: counts TCP retransmissions between benchmark endpoints.
 //!
 //! Kernel struct and tracepoint field offsets come from `NP_CONFIG` (user space reads them from
@@ -22,9 +22,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     datapath::{
-        DeviceCheckpoints, DeviceKey, DropKey, COUNTER_COMPLETED, COUNTER_DROPPED,
-        COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
-        PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+        Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
+        COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
+        CP_NONE, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
         PROG_TC_EGRESS, PROG_TC_INGRESS,
     },
     names_match,
@@ -193,19 +193,35 @@ fn tp_field<T: Copy>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     probe_read_counted(ctx.as_ptr() as u64 + u64::from(offset))
 }
 
+/// Ends the journey of `skb`, if it has one: removes it and returns its last checkpoint and
+/// the time since. A stale journey (older than `stale_ns`: its skb was freed unseen, e.g. by
+/// `kfree_skb_partial` after TCP coalescing or GRO, and the address reused by a packet nobody
+/// admitted) counts as abandoned and returns `None`, so it records no time and no drop.
+#[inline(always)]
+fn end_journey(cfg: &Config, skb: u64) -> Option<(u16, u64)> {
+    let journey = NP_JOURNEYS.get_ptr(skb)?;
+    let now = now();
+    // SAFETY: a value of a live hash map, copied out before the entry is deleted.
+    let (last_cp, last_ns) = unsafe { ((*journey).last_cp, (*journey).last_ns) };
+    let _ = NP_JOURNEYS.remove(skb);
+    let delta = now.saturating_sub(last_ns);
+    if cfg.stale_ns != 0 && delta > cfg.stale_ns {
+        bump(COUNTER_ABANDONED);
+        return None;
+    }
+    Some((last_cp, delta))
+}
+
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn cp_kfree_skb(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_kfree_skbaddr) else {
         return 0;
     };
-    let Some(journey) = NP_JOURNEYS.get_ptr(skb) else {
+    let Some((last_cp, _)) = end_journey(cfg, skb) else {
         return 0;
     };
-    // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let last_cp = unsafe { (*journey).last_cp };
     let reason = tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0);
-    let _ = NP_JOURNEYS.remove(skb);
     bump(COUNTER_DROPPED);
     count_drop(DropKey {
         last_cp,
@@ -235,14 +251,10 @@ pub fn cp_consume_skb(ctx: TracePointContext) -> u32 {
     let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_consume_skbaddr) else {
         return 0;
     };
-    let Some(journey) = NP_JOURNEYS.get_ptr(skb) else {
+    let Some((last_cp, delta)) = end_journey(cfg, skb) else {
         return 0;
     };
-    let now = now();
-    // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let (last_cp, last_ns) = unsafe { ((*journey).last_cp, (*journey).last_ns) };
-    let _ = NP_JOURNEYS.remove(skb);
-    record_segment(last_cp, CP_CONSUMED, now.saturating_sub(last_ns));
+    record_segment(last_cp, CP_CONSUMED, delta);
     bump(COUNTER_COMPLETED);
     0
 }
