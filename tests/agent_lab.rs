@@ -501,6 +501,7 @@ fn cli_errors_come_before_attaching() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
+    assert!(!std::path::Path::new("/tmp/netprof-agent-x.json").exists(), "empty report left behind");
 
     let out = netprof(&[
         "agent",

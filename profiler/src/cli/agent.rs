@@ -62,6 +62,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         );
     }
     crate::ebpf::preflight()?;
+    let existed = args.out.exists();
     let mut out = open_output(&args.out)?;
     let options = AgentOptions {
         pod_netns: args.pod_netns.clone(),
@@ -69,7 +70,16 @@ pub fn run(args: AgentArgs) -> Result<()> {
         node: args.node.clone(),
         ..AgentOptions::new(args.netns.clone(), args.endpoints.clone())
     };
-    let agent = Agent::start(&options).context("cannot start the agent")?;
+    let agent = match Agent::start(&options) {
+        Ok(agent) => agent,
+        Err(err) => {
+            // Leave no empty report behind.
+            if !existed {
+                let _ = std::fs::remove_file(&args.out);
+            }
+            return Err(anyhow::Error::new(err).context("cannot start the agent"));
+        }
+    };
     eprintln!(
         "netprof agent: attached to {} in {:.0} ms; {}",
         args.netns,
