@@ -1,6 +1,7 @@
 //! netprof: benchmarks pod networks and attributes their cost to datapath stages.
 
 pub mod bench;
+pub mod agent;
 pub mod cli;
 pub mod cmd;
 pub mod ebpf;

@@ -7,6 +7,7 @@ fn main() {
     let result = match cli.command {
         Command::Lab(args) => cli::lab::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Agent(args) => cli::agent::run(args),
     };
     if let Err(err) = result {
         // One line a user can act on: the chain of causes, outermost first.

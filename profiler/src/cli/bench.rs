@@ -95,7 +95,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
+pub(super) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+pub mod agent;
 pub mod bench;
 pub mod lab;
 
@@ -22,4 +23,6 @@ pub enum Command {
     Lab(lab::LabArgs),
     /// Run ping, iperf3 and ab on the lab for each mode and print the study's table.
     Bench(bench::BenchArgs),
+    /// Attach the datapath checkpoints to one node and write per-stage histograms as JSON.
+    Agent(agent::AgentArgs),
 }

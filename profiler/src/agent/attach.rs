@@ -1,0 +1,859 @@
+//! [`Agent`]: the one owner of everything the agent puts into the kernel. It loads the aya
+//! object, writes the configuration, devices and endpoints, attaches the checkpoint programs
+//! (TCX on node devices inside the node namespace, tp_btf, tracepoints, netfilter links in the
+//! node namespace), rescans devices every second, and detaches everything when dropped.
+//!
+//! Anything that cannot be attached is recorded as not measured and the rest goes on.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::Ipv4Addr,
+    os::fd::{AsFd, BorrowedFd},
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData},
+    programs::{
+        tc::{SchedClassifierLink, TcAttachOptions},
+        tp_btf::BtfTracePointLink,
+        trace_point::TracePointLink,
+        BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use profiler_common::datapath::{
+    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS,
+    MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS, MAP_ZERO_HIST,
+    MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+};
+
+use super::{
+    btf::Btf,
+    collect,
+    devices::{self, Device, Found, Registry},
+    nf_program,
+    report::{
+        AgentReport, CheckpointReport, DropReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
+    },
+    stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
+    stats::StatsGuard,
+    tracefs::Tracefs,
+    AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
+};
+use crate::{
+    cmd::Cmd,
+    ebpf::{
+        self,
+        netfilter::{Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, NF_OBJECT},
+    },
+    netns::NetnsHandle,
+};
+
+/// Every contract map, shared with the netfilter programs by name.
+const SHARED_MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_ENDPOINTS,
+    MAP_DEVICES,
+    MAP_JOURNEYS,
+    MAP_SEGMENTS,
+    MAP_ZERO_HIST,
+    MAP_COUNTERS,
+    MAP_CP_HITS,
+    MAP_DROPS,
+];
+
+/// The classic tracepoints: program, group, event.
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    (PROG_KFREE_SKB, "skb", "kfree_skb"),
+    (PROG_CONSUME_SKB, "skb", "consume_skb"),
+    (PROG_TCP_RETRANSMIT, "tcp", "tcp_retransmit_skb"),
+];
+
+/// The running agent. Dropping it (or [`Agent::stop`]) stops the rescan and detaches every
+/// program: TCX links close, tracepoint links drop, netfilter links close, maps go.
+#[derive(Debug)]
+pub struct Agent {
+    /// Stopped first on drop.
+    rescan: Option<Rescanner>,
+    inner: Arc<Mutex<Inner>>,
+    node: String,
+    netns: String,
+    kernel: String,
+    attach_ms: f64,
+}
+
+#[derive(Debug)]
+struct Rescanner {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// Everything in the kernel, in drop order: links, then programs, then the object and maps.
+#[derive(Debug)]
+struct Inner {
+    tc_links: Vec<SchedClassifierLink>,
+    tp_links: Vec<BtfTracePointLink>,
+    trace_links: Vec<TracePointLink>,
+    nf_links: Vec<NetfilterLink>,
+    nf_programs: Vec<NetfilterProgram>,
+    ebpf: Ebpf,
+    /// bpf_stats stay on while this lives.
+    _stats: Option<StatsGuard>,
+    node_netns: NetnsHandle,
+    netns: String,
+    uplink: String,
+    pod_netns: Vec<String>,
+    registry: Registry,
+    catalog: Catalog,
+    /// Programs that loaded (tc ones are attached per device later).
+    tc_loaded: bool,
+    not_measured: Vec<NotMeasured>,
+    drop_reasons: BTreeMap<u32, String>,
+    since: Instant,
+}
+
+impl Inner {
+    fn not_measured(&mut self, what: impl Into<String>, reason: impl Into<String>) {
+        let entry = NotMeasured {
+            what: what.into(),
+            reason: reason.into(),
+        };
+        log::info!("not measured: {}: {}", entry.what, entry.reason);
+        if !self.not_measured.contains(&entry) {
+            self.not_measured.push(entry);
+        }
+    }
+}
+
+/// The full cause chain of an error, on one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let part = err.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = err.source();
+    }
+    text
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn map_write(map: &'static str, what: String) -> impl FnOnce(aya::maps::MapError) -> AgentError {
+    move |source| AgentError::MapWrite {
+        map,
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// The fd of an aya map, to lend it to the netfilter loader.
+fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
+    let data: &MapData = match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m) => m,
+        _ => return None,
+    };
+    Some(data.fd().as_fd())
+}
+
+fn hook_of(index: u32) -> Hook {
+    match index {
+        0 => Hook::PreRouting,
+        1 => Hook::LocalIn,
+        2 => Hook::Forward,
+        3 => Hook::LocalOut,
+        _ => Hook::PostRouting,
+    }
+}
+
+/// The iptables/nftables tables of `netns`: `Some(names)` (maybe empty), or `None` when no tool
+/// could tell.
+pub fn netfilter_tables(netns: &str) -> Option<Vec<String>> {
+    let mut known = false;
+    let mut tables = Vec::new();
+    if let Ok(out) = Cmd::new("iptables-save").in_netns(netns).run() {
+        known = true;
+        tables.extend(
+            out.lines()
+                .filter_map(|l| l.strip_prefix('*'))
+                .map(|t| format!("ip {}", t.trim())),
+        );
+    }
+    if let Ok(out) = Cmd::new("nft")
+        .args(["list", "tables"])
+        .in_netns(netns)
+        .run()
+    {
+        known = true;
+        for line in out.lines() {
+            let name = line.trim().trim_start_matches("table ").to_owned();
+            // iptables-nft tables show up in both lists.
+            if !name.is_empty() && !tables.contains(&name) {
+                tables.push(name);
+            }
+        }
+    }
+    known.then_some(tables)
+}
+
+impl Agent {
+    /// Loads and attaches everything for `options`. Blocks (it enters the node namespace on
+    /// this thread for the attach, and runs `ip`); on tokio call it from `spawn_blocking`.
+    pub fn start(options: &AgentOptions) -> Result<Self, AgentError> {
+        ebpf::preflight()?;
+        let started = Instant::now();
+        let node_netns = NetnsHandle::open(&options.netns)?;
+        if options.endpoints.len() > MAX_ENDPOINTS as usize {
+            return Err(AgentError::TooManyEndpoints {
+                count: options.endpoints.len(),
+                max: MAX_ENDPOINTS,
+            });
+        }
+        let node_inum = devices::netns_inum(&options.netns)?;
+        for pod in &options.pod_netns {
+            devices::netns_inum(pod)?;
+        }
+        let links = devices::list_links(&options.netns)?;
+        let uplink = devices::find_uplink(&options.netns, options.uplink.as_deref(), &links)?;
+
+        let mut not_measured = Vec::new();
+        let mut config = Config {
+            node_netns_inum: node_inum,
+            vxlan_port: VXLAN_PORT,
+            stale_ns: STALE.as_nanos() as u64,
+            ..Config::default()
+        };
+        Btf::from_sys_fs()?.fill_config(&mut config)?;
+        let mut drop_reasons = BTreeMap::new();
+        let tracefs = Tracefs::system().and_then(|fs| {
+            drop_reasons = fs.fill_config(&mut config)?;
+            Ok(fs)
+        });
+        if let Err(err) = &tracefs {
+            for (program, group, event) in TRACEPOINTS {
+                not_measured.push(NotMeasured {
+                    what: format!("{group}:{event} ({program})"),
+                    reason: chain(err),
+                });
+            }
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .load(ebpf::OBJECT)
+            .map_err(|source| AgentError::Load {
+                source: Box::new(source),
+            })?;
+        write_config(&mut ebpf, &config, &options.endpoints)?;
+
+        let mut inner = Inner {
+            tc_links: Vec::new(),
+            tp_links: Vec::new(),
+            trace_links: Vec::new(),
+            nf_links: Vec::new(),
+            nf_programs: Vec::new(),
+            ebpf,
+            _stats: None,
+            node_netns,
+            netns: options.netns.clone(),
+            uplink,
+            pod_netns: options.pod_netns.clone(),
+            registry: Registry::default(),
+            catalog: Catalog::new(),
+            tc_loaded: false,
+            not_measured,
+            drop_reasons,
+            since: Instant::now(),
+        };
+
+        load_tc(&mut inner);
+        rescan(&mut inner)?;
+        attach_tp_btf(&mut inner);
+        if tracefs.is_ok() {
+            attach_tracepoints(&mut inner);
+        }
+        attach_netfilter(&mut inner);
+        match StatsGuard::enable() {
+            Ok(guard) => inner._stats = Some(guard),
+            Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
+        }
+        let attach_ms = started.elapsed().as_secs_f64() * 1e3;
+        inner.since = Instant::now();
+        log::info!(
+            "agent attached in {attach_ms:.1} ms on {} ({} devices, {} netfilter links)",
+            options.netns,
+            inner.registry.devices().len(),
+            inner.nf_links.len()
+        );
+
+        let inner = Arc::new(Mutex::new(inner));
+        let rescan = options
+            .rescan
+            .map(|every| spawn_rescanner(Arc::clone(&inner), every));
+        Ok(Self {
+            rescan,
+            inner,
+            node: options
+                .node
+                .clone()
+                .unwrap_or_else(|| options.netns.clone()),
+            netns: options.netns.clone(),
+            kernel: kernel_release(),
+            attach_ms,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, AgentError> {
+        self.inner.lock().map_err(|_| AgentError::Poisoned)
+    }
+
+    /// Time it took to load and attach everything, in ms.
+    pub fn attach_ms(&self) -> f64 {
+        self.attach_ms
+    }
+
+    /// Looks for new devices now (the rescan thread does this every second).
+    pub fn rescan(&self) -> Result<(), AgentError> {
+        rescan(&mut *self.lock()?)
+    }
+
+    /// Everything measured since start or the last [`reset`](Self::reset).
+    pub fn snapshot(&self) -> Result<AgentReport, AgentError> {
+        let inner = self.lock()?;
+        let hits = collect::read_hits(&inner.ebpf)?;
+        let segments = collect::read_segments(&inner.ebpf)?;
+        let counters = collect::read_counters(&inner.ebpf)?;
+        let drops = collect::read_drops(&inner.ebpf)?;
+        let catalog = &inner.catalog;
+
+        let mut checkpoints: Vec<CheckpointReport> = catalog
+            .iter()
+            .filter(|(id, place)| is_watched(&inner, *id, place) || hits.contains_key(id))
+            .map(|(id, place)| {
+                let mut count = hits.get(&id).copied().unwrap_or(0);
+                // The kernel counts the end of a journey as `completed`, not as a hit.
+                if *place == Place::Consumed && count == 0 {
+                    count = counters.completed;
+                }
+                checkpoint_report(id, place, count)
+            })
+            .collect();
+        // Ids the kernel counted that the catalog does not know (should not happen).
+        for (id, count) in &hits {
+            if catalog.get(*id).is_none() {
+                checkpoints.push(CheckpointReport {
+                    id: *id,
+                    name: catalog.name(*id),
+                    kind: "unknown".into(),
+                    device: None,
+                    role: None,
+                    hook: None,
+                    priority: None,
+                    hits: *count,
+                });
+            }
+        }
+        let segments = segments
+            .iter()
+            .map(|((from, to), hist)| {
+                let summary = collect::summarize(hist);
+                SegmentReport {
+                    from: *from,
+                    to: *to,
+                    from_name: catalog.name(*from),
+                    to_name: catalog.name(*to),
+                    stage: catalog.stage(*from, *to),
+                    count: summary.count,
+                    mean_ns: summary.mean_ns,
+                    p50_ns: summary.p50_ns,
+                    p90_ns: summary.p90_ns,
+                    p99_ns: summary.p99_ns,
+                    buckets: summary.buckets,
+                }
+            })
+            .collect();
+        let drops = drops
+            .iter()
+            .map(|((cp, reason), count)| DropReport {
+                checkpoint: *cp,
+                checkpoint_name: catalog.name(*cp),
+                reason: *reason,
+                reason_name: inner
+                    .drop_reasons
+                    .get(reason)
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason {reason}")),
+                count: *count,
+            })
+            .collect();
+        Ok(AgentReport {
+            schema: SCHEMA.to_owned(),
+            node: self.node.clone(),
+            netns: self.netns.clone(),
+            kernel: self.kernel.clone(),
+            attach_ms: self.attach_ms,
+            elapsed_s: inner.since.elapsed().as_secs_f64(),
+            checkpoints,
+            segments,
+            counters,
+            drops,
+            not_measured: inner.not_measured.clone(),
+            programs: program_stats(&inner),
+        })
+    }
+
+    /// Clears segments, hits, counters and drops, so the next snapshot covers only what
+    /// happens from now on (one benchmark step).
+    pub fn reset(&self) -> Result<(), AgentError> {
+        let mut inner = self.lock()?;
+        collect::reset(&mut inner.ebpf)?;
+        inner.since = Instant::now();
+        Ok(())
+    }
+
+    /// Stops the rescan and detaches everything (same as dropping the agent).
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(rescan) = self.rescan.take() {
+            let _ = rescan.stop.send(());
+            if rescan.thread.join().is_err() {
+                log::error!("the agent's rescan thread panicked");
+            }
+        }
+        // `inner` drops with the last Arc (this one, now that the thread is gone): links
+        // first, then programs, the object and its maps.
+        log::info!("agent on {} detached", self.netns);
+    }
+}
+
+/// Whether a catalog entry is one this agent actually watches (attached), for the report.
+fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
+    match place {
+        Place::Netfilter { .. } => !inner.nf_links.is_empty(),
+        Place::Consumed => !inner.trace_links.is_empty(),
+        Place::Device { hook, .. } => {
+            let Some(device) = inner.registry.devices().iter().find(|d| d.id(*hook) == id) else {
+                return false;
+            };
+            match hook {
+                DeviceHook::DevRx | DeviceHook::DevTx => !inner.tp_links.is_empty(),
+                DeviceHook::TcIngress | DeviceHook::TcEgress => {
+                    device.found.on_node && inner.tc_loaded
+                }
+            }
+        }
+    }
+}
+
+fn checkpoint_report(id: u16, place: &Place, hits: u64) -> CheckpointReport {
+    let (device, role, hook, priority) = match place {
+        Place::Device { device, .. } => (
+            Some(device.label.clone()),
+            Some(
+                serde_json::to_value(device.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
+            None,
+            None,
+        ),
+        Place::Netfilter { hook, point } => (
+            None,
+            None,
+            Some(NF_HOOK_NAMES[*hook as usize].to_owned()),
+            Some(NF_POINT_PRIORITIES[*point as usize]),
+        ),
+        Place::Consumed => (None, None, None, None),
+    };
+    CheckpointReport {
+        id,
+        name: place.name(),
+        kind: place.kind().to_owned(),
+        device,
+        role,
+        hook,
+        priority,
+        hits,
+    }
+}
+
+fn program_stats(inner: &Inner) -> Vec<ProgramStats> {
+    let mut out = Vec::new();
+    let stat = |name: String, id: u32, run_count: u64, run_time_ns: u64| ProgramStats {
+        name,
+        id,
+        run_count,
+        run_time_ns,
+        ns_per_run: if run_count > 0 {
+            run_time_ns as f64 / run_count as f64
+        } else {
+            0.0
+        },
+    };
+    for (name, program) in inner.ebpf.programs() {
+        if let Ok(info) = program.info() {
+            out.push(stat(
+                name.to_owned(),
+                info.id(),
+                info.run_count(),
+                info.run_time().as_nanos() as u64,
+            ));
+        }
+    }
+    let nf_ids: StdHashMap<u32, &str> = inner
+        .nf_programs
+        .iter()
+        .map(|p| (p.id(), p.name()))
+        .collect();
+    if !nf_ids.is_empty() {
+        for info in aya::programs::loaded_programs().flatten() {
+            if let Some(name) = nf_ids.get(&info.id()) {
+                out.push(stat(
+                    (*name).to_owned(),
+                    info.id(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn write_config(
+    ebpf: &mut Ebpf,
+    config: &Config,
+    endpoints: &[Ipv4Addr],
+) -> Result<(), AgentError> {
+    let missing =
+        |map: &'static str| AgentError::Collect(collect::CollectError::MapMissing { map });
+    let mut array: Array<&mut MapData, Config> = Array::try_from(
+        ebpf.map_mut(MAP_CONFIG)
+            .ok_or_else(|| missing(MAP_CONFIG))?,
+    )
+    .map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
+    array
+        .set(0, config, 0)
+        .map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
+    let mut set: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
+        ebpf.map_mut(MAP_ENDPOINTS)
+            .ok_or_else(|| missing(MAP_ENDPOINTS))?,
+    )
+    .map_err(map_write(MAP_ENDPOINTS, "the endpoints".into()))?;
+    for ip in endpoints {
+        // Network byte order, as the programs read it from the IP header.
+        let key = u32::from_ne_bytes(ip.octets());
+        set.insert(key, 1, 0)
+            .map_err(map_write(MAP_ENDPOINTS, format!("endpoint {ip}")))?;
+    }
+    Ok(())
+}
+
+fn insert_device(ebpf: &mut Ebpf, device: &Device) -> Result<(), AgentError> {
+    let mut map: HashMap<&mut MapData, DeviceKey, DeviceCheckpoints> =
+        HashMap::try_from(ebpf.map_mut(MAP_DEVICES).ok_or(AgentError::Collect(
+            collect::CollectError::MapMissing { map: MAP_DEVICES },
+        ))?)
+        .map_err(map_write(MAP_DEVICES, "a device".into()))?;
+    map.insert(device.key(), device.checkpoints(), 0)
+        .map_err(map_write(
+            MAP_DEVICES,
+            format!(
+                "device {} of {}",
+                device.found.link.ifname, device.found.netns
+            ),
+        ))
+}
+
+fn load_tc(inner: &mut Inner) {
+    let mut ok = true;
+    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        let result = match inner
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        {
+            Some(p) => p.load().map_err(|e| chain(&e)),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
+        };
+        if let Err(reason) = result {
+            inner.not_measured(format!("tc checkpoints ({program})"), reason);
+            ok = false;
+        }
+    }
+    inner.tc_loaded = ok;
+}
+
+/// Finds devices not seen before, registers them, and attaches tc to the node's ones.
+fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
+    let mut found: Vec<Found> = devices::scan_node(&inner.netns, &inner.uplink)?;
+    for pod in inner.pod_netns.clone() {
+        match devices::scan_pod(&pod) {
+            Ok(list) => found.extend(list),
+            Err(err) => inner.not_measured(format!("pod netns {pod}"), chain(&err)),
+        }
+    }
+    let mut new = Vec::new();
+    for f in found {
+        match inner.registry.add(f) {
+            Ok(Some(device)) => new.push(device.clone()),
+            Ok(None) => {}
+            Err(full) => {
+                let what = format!("{}:{}", full.netns, full.device);
+                inner.not_measured(what, full.to_string());
+            }
+        }
+    }
+    for device in new {
+        insert_device(&mut inner.ebpf, &device)?;
+        inner.catalog.add_device(device.base, device.label());
+        if device.found.on_node && inner.tc_loaded {
+            attach_tc(inner, &device);
+        }
+        log::info!(
+            "watching {} ({:?}) in {} as checkpoints {}..{}",
+            device.found.link.ifname,
+            device.found.role,
+            device.found.netns,
+            device.base,
+            device.base + 3
+        );
+    }
+    Ok(())
+}
+
+fn attach_tc(inner: &mut Inner, device: &Device) {
+    let iface = device.found.link.ifname.clone();
+    let guard = match inner.node_netns.enter_if_elsewhere() {
+        Ok(guard) => guard,
+        Err(err) => {
+            inner.not_measured(format!("{iface} tc"), chain(&err));
+            return;
+        }
+    };
+    for (program, attach_type, hook) in [
+        (
+            PROG_TC_INGRESS,
+            TcAttachType::Ingress,
+            DeviceHook::TcIngress,
+        ),
+        (PROG_TC_EGRESS, TcAttachType::Egress, DeviceHook::TcEgress),
+    ] {
+        let Some(classifier) = inner
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        else {
+            continue;
+        };
+        // After existing TCX programs: the kernel programs return TC_ACT_PIPE-like
+        // "next", so whatever runs before decides what they see.
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let result = classifier
+            .attach_with_options(&iface, attach_type, options)
+            .and_then(|id| classifier.take_link(id));
+        match result {
+            Ok(link) => inner.tc_links.push(link),
+            Err(err) => {
+                let what = format!("{iface} {}", hook.name());
+                inner.not_measured(what, format!("TCX attach failed: {}", chain(&err)));
+            }
+        }
+    }
+    drop(guard);
+}
+
+fn attach_tp_btf(inner: &mut Inner) {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => {
+            inner.not_measured("dev-rx/dev-tx checkpoints", chain(&err));
+            return;
+        }
+    };
+    for (program, tracepoint) in [(PROG_DEV_RX, TP_DEV_RX), (PROG_DEV_TX, TP_DEV_TX)] {
+        let result = match inner
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+        {
+            Some(p) => p
+                .load(tracepoint, &btf)
+                .and_then(|()| p.attach())
+                .and_then(|id| p.take_link(id))
+                .map_err(|e| chain(&e)),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
+        };
+        match result {
+            Ok(link) => inner.tp_links.push(link),
+            Err(reason) => inner.not_measured(format!("tp_btf {tracepoint} ({program})"), reason),
+        }
+    }
+}
+
+fn attach_tracepoints(inner: &mut Inner) {
+    for (program, group, event) in TRACEPOINTS {
+        let result = match inner
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+        {
+            Some(p) => p
+                .load()
+                .and_then(|()| p.attach(group, event))
+                .and_then(|id| p.take_link(id))
+                .map_err(|e| chain(&e)),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
+        };
+        match result {
+            Ok(link) => inner.trace_links.push(link),
+            Err(reason) => inner.not_measured(format!("{group}:{event} ({program})"), reason),
+        }
+    }
+}
+
+fn attach_netfilter(inner: &mut Inner) {
+    match netfilter_tables(&inner.netns) {
+        Some(tables) if tables.is_empty() => {
+            let reason = format!("no netfilter tables in {}", inner.netns);
+            inner.not_measured("netfilter", reason);
+            return;
+        }
+        Some(tables) => log::info!("netfilter tables in {}: {}", inner.netns, tables.join(", ")),
+        None => log::warn!(
+            "cannot list netfilter tables in {} (iptables-save and nft failed); attaching anyway",
+            inner.netns
+        ),
+    }
+    let mut maps = StdHashMap::new();
+    for name in SHARED_MAPS {
+        match inner.ebpf.map(name).and_then(map_fd) {
+            Some(fd) => {
+                maps.insert(name.to_owned(), fd);
+            }
+            None => {
+                let reason = format!("map {name} is missing from the aya object: rebuild netprof");
+                inner.not_measured("netfilter", reason);
+                return;
+            }
+        }
+    }
+    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(maps);
+    let mut programs = Vec::new();
+    let mut failures = Vec::new();
+    for hook in 0..NF_HOOK_COUNT {
+        for point in 0..NF_POINT_COUNT {
+            let name = nf_program(hook, point);
+            match loader.load(name) {
+                Ok(program) => programs.push((hook, point, program)),
+                Err(err) => failures.push((
+                    format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]),
+                    chain(&err),
+                )),
+            }
+        }
+    }
+    drop(loader);
+    let guard = match inner.node_netns.enter_if_elsewhere() {
+        Ok(guard) => guard,
+        Err(err) => {
+            inner.not_measured("netfilter", chain(&err));
+            return;
+        }
+    };
+    let mut links = Vec::new();
+    for (hook, point, program) in &programs {
+        let priority = NF_POINT_PRIORITIES[*point as usize];
+        match program.attach(hook_of(*hook), priority) {
+            Ok(link) => links.push(link),
+            Err(err) => failures.push((
+                format!(
+                    "nf {} {priority} (checkpoint {})",
+                    NF_HOOK_NAMES[*hook as usize],
+                    nf_checkpoint(*hook, *point)
+                ),
+                chain(&err),
+            )),
+        }
+    }
+    drop(guard);
+    for (what, reason) in failures {
+        inner.not_measured(what, reason);
+    }
+    inner.nf_links.extend(links);
+    inner
+        .nf_programs
+        .extend(programs.into_iter().map(|(_, _, p)| p));
+}
+
+fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Rescanner {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("netprof-rescan".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(every) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Ok(mut inner) = inner.lock() else { return };
+            if let Err(err) = rescan(&mut inner) {
+                log::warn!("device rescan in {}: {}", inner.netns, chain(&err));
+            }
+        })
+        .expect("spawning a thread");
+    Rescanner { stop, thread }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Agent>();
+    }
+
+    #[test]
+    fn hooks_map_to_the_kernel_numbering() {
+        for index in 0..NF_HOOK_COUNT {
+            assert_eq!(hook_of(index) as u32, index);
+        }
+    }
+
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let err = crate::cmd::CmdError::NotInstalled {
+            program: "x".into(),
+        };
+        assert!(chain(&err).contains("cargo xtask setup"));
+    }
+}

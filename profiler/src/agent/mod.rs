@@ -1,0 +1,111 @@
+//! The per-node agent (`netprof agent`): finds the running kernel's struct and tracepoint
+//! offsets, discovers the node's devices, loads and attaches the datapath checkpoint programs
+//! (tc, tp_btf, tracepoints, netfilter links), and turns the in-kernel histograms and counters
+//! into an [`AgentReport`] whose segments are named into datapath stages.
+//!
+//! One job per module:
+//! - [`btf`]: kernel struct member offsets from `/sys/kernel/btf/vmlinux`;
+//! - [`tracefs`]: tracepoint field offsets and drop reason names;
+//! - [`devices`]: which devices to watch, with their checkpoint ids;
+//! - [`attach`]: the owner struct [`Agent`] (load, attach, rescan, detach on drop);
+//! - [`collect`]: reading and clearing the maps, histogram percentiles;
+//! - [`stages`]: checkpoint and stage names;
+//! - [`report`]: the JSON document.
+
+pub mod attach;
+pub mod btf;
+pub mod collect;
+pub mod devices;
+pub mod report;
+pub mod stages;
+mod stats;
+pub mod tracefs;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+pub use attach::Agent;
+pub use report::{AgentReport, SCHEMA};
+pub use stages::Stage;
+
+use crate::{ebpf::EbpfError, netns::NetnsError};
+
+/// Program names, from the contract (`profiler_common::datapath`).
+pub use profiler_common::datapath::{
+    PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, TP_DEV_RX, TP_DEV_TX,
+};
+
+/// The netfilter program of `hook`, `point` in the netfilter object.
+pub fn nf_program(hook: u32, point: u32) -> &'static str {
+    profiler_common::datapath::NF_PROGRAMS[hook as usize][point as usize]
+}
+
+/// flannel's VXLAN port: the kernel programs look inside UDP to this port for the inner IPs.
+pub const VXLAN_PORT: u16 = 8472;
+/// A journey idle longer than this is abandoned (its skb was freed unseen).
+pub const STALE: Duration = Duration::from_millis(50);
+/// How often the agent looks for new devices (pods created after start).
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the agent watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// The node's network namespace (`ip netns` name).
+    pub netns: String,
+    /// Pod namespaces whose `eth0` gets the tp_btf checkpoints.
+    pub pod_netns: Vec<String>,
+    /// The node's uplink; default: the default route's device, else `eno1`.
+    pub uplink: Option<String>,
+    /// The benchmark's endpoint addresses (packets from or to them are followed).
+    pub endpoints: Vec<Ipv4Addr>,
+    /// Node name for the report (default: the namespace's name).
+    pub node: Option<String>,
+    /// Look for new devices this often (`None`: never).
+    pub rescan: Option<Duration>,
+}
+
+impl AgentOptions {
+    pub fn new(netns: impl Into<String>, endpoints: Vec<Ipv4Addr>) -> Self {
+        Self {
+            netns: netns.into(),
+            pod_netns: Vec::new(),
+            uplink: None,
+            endpoints,
+            node: None,
+            rescan: Some(RESCAN_INTERVAL),
+        }
+    }
+}
+
+/// Errors starting or reading the agent. What could not be attached is not an error: it is
+/// listed in the report's `not_measured`.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Root, BTF, or another precondition of loading eBPF programs.
+    #[error(transparent)]
+    Preflight(#[from] EbpfError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
+    #[error(transparent)]
+    Collect(#[from] collect::CollectError),
+    #[error("too many endpoints ({count}): the endpoint map holds {max}")]
+    TooManyEndpoints { count: usize, max: u32 },
+    #[error("cannot load netprof's eBPF object")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("cannot write {what} into map {map}")]
+    MapWrite {
+        map: &'static str,
+        what: String,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("the agent's state lock was poisoned by a panic in its rescan thread")]
+    Poisoned,
+}

@@ -1,0 +1,634 @@
+//! The agent in the real lab (flannel-hostgw, flannel-vxlan, calico, l2, host): one `Agent` per node (node1 watching pod1, node2 watching pod2),
+//! `ping -c 20 -i 0.01` pod1 -> pod2 (node1 -> node2 in `host` mode), then exact hit counts per
+//! checkpoint, the stages each mode must (and must not) have, and nothing of ours left in the
+//! kernel after the agents are dropped.
+//!
+//! Expected hits: every device hook the path crosses sees each packet once in one direction,
+//! so 20 (requests one way, replies the other). Netfilter hooks (flannel modes, where the lab
+//! has kube-proxy's tables) count 20 per crossing: br_netfilter runs PRE_ROUTING for the pod's
+//! frame on the bridge port (and the bridge's own ip_rcv pass is skipped), forwarded packets
+//! cross FORWARD and POST_ROUTING, and in vxlan mode the outer packet adds LOCAL_OUT +
+//! POST_ROUTING on the sending node and PRE_ROUTING + LOCAL_IN on the receiving one.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use netprof::agent::{report::AgentReport, Agent, AgentOptions, Stage};
+use netprof::lab::{self, addressing, LabNames, LabSpec, Mode, Node};
+use netprof_tests::{ebpf_skip_reason, print_skip, program_unloaded, unique_lab_name};
+
+const PINGS: u64 = 20;
+
+struct Cleanup(LabNames);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.0);
+    }
+}
+
+/// Hits per netfilter hook name (all points of a hook must agree).
+fn nf_hits(report: &AgentReport) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for cp in report.checkpoints.iter().filter(|c| c.kind == "netfilter") {
+        let hook = cp.hook.clone().unwrap();
+        let prev = out.insert(hook.clone(), cp.hits);
+        if let Some(prev) = prev {
+            assert_eq!(prev, cp.hits, "{}: points of {hook} disagree", report.node);
+        }
+    }
+    out
+}
+
+fn print_report(report: &AgentReport) {
+    println!("== {} (attach {:.1} ms)", report.node, report.attach_ms);
+    for cp in &report.checkpoints {
+        if cp.hits > 0 || cp.kind != "netfilter" {
+            println!("  hits {:>4}  {}", cp.hits, cp.name);
+        }
+    }
+    let mut per_stage: BTreeMap<Stage, (u64, f64)> = BTreeMap::new();
+    for s in &report.segments {
+        let e = per_stage.entry(s.stage).or_default();
+        e.0 += 1;
+        e.1 += s.mean_ns * s.count as f64;
+    }
+    for s in &report.segments {
+        println!(
+            "  seg {:<12} {:>4} x p50 {:>6} ns  {} -> {}",
+            s.stage.name(),
+            s.count,
+            s.p50_ns,
+            s.from_name,
+            s.to_name
+        );
+    }
+    let stages: Vec<&str> = report.stages().iter().map(|s| s.name()).collect();
+    println!("  stages: {}", stages.join(", "));
+    println!("  counters: {:?}", report.counters);
+    for d in &report.drops {
+        println!(
+            "  drop {} x {} at {}",
+            d.count, d.reason_name, d.checkpoint_name
+        );
+    }
+    for n in &report.not_measured {
+        println!("  not measured: {}: {}", n.what, n.reason);
+    }
+    for p in &report.programs {
+        if p.run_count > 0 {
+            println!(
+                "  prog {:<15} runs {:>7} {:>8.0} ns/run",
+                p.name, p.run_count, p.ns_per_run
+            );
+        }
+    }
+}
+
+fn ping(from_netns: &str, target: Ipv4Addr, count: u64) {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from_netns,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+        ])
+        .arg(target.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Programs of ours attached to the TCX hooks of `iface` in `netns`.
+fn tcx_ids(netns: &str, iface: &str) -> Vec<u32> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    netprof::netns::run_in(netns, || {
+        let mut ids = Vec::new();
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            if let Ok((_, infos)) = SchedClassifier::query_tcx(iface, t) {
+                ids.extend(infos.iter().map(|i| i.id()));
+            }
+        }
+        ids
+    })
+    .unwrap()
+}
+
+fn run(mode: Mode) {
+    let test = format!("agent_lab {mode}");
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
+        print_skip(&test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let (n1, n2) = (names.node(Node::One), names.node(Node::Two));
+    let path = built.pod_path().unwrap_or_else(|| built.host_path());
+    let endpoints = if mode.has_pods() {
+        vec![
+            addressing::pod_ip(mode, Node::One),
+            addressing::pod_ip(mode, Node::Two),
+        ]
+    } else {
+        vec![
+            addressing::node_ip(Node::One),
+            addressing::node_ip(Node::Two),
+        ]
+    };
+    let options = |node: Node| {
+        let mut o = AgentOptions::new(names.node(node), endpoints.clone());
+        if mode.has_pods() {
+            o.pod_netns = vec![names.pod(node)];
+        }
+        o
+    };
+    let agent1 = Agent::start(&options(Node::One)).unwrap();
+    let agent2 = Agent::start(&options(Node::Two)).unwrap();
+
+    ping(&path.client_netns, path.server_ip, PINGS);
+    // The last reply's skb is freed right after ping reads it; give the tracepoints a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let r1 = agent1.snapshot().unwrap();
+    let r2 = agent2.snapshot().unwrap();
+    print_report(&r1);
+    print_report(&r2);
+
+    // ---- exact hits on every device hook of the path ----
+    let mut devices: Vec<&str> = vec!["eno1"];
+    if matches!(mode, Mode::FlannelHostgw | Mode::FlannelVxlan) {
+        devices.extend(["cni0", "veth-pod"]);
+    }
+    if mode == Mode::FlannelVxlan {
+        devices.push("flannel.1");
+    }
+    if mode == Mode::L2 {
+        devices.push("veth-pod");
+    }
+    if mode == Mode::Calico {
+        devices.push("cali0pod");
+    }
+    for (report, pod) in [(&r1, names.pod(Node::One)), (&r2, names.pod(Node::Two))] {
+        for device in &devices {
+            for hook in ["dev-rx", "tc-ingress", "tc-egress", "dev-tx"] {
+                let name = format!("{device} {hook}");
+                assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
+            }
+        }
+        if mode.has_pods() {
+            for hook in ["dev-rx", "dev-tx"] {
+                let name = format!("{pod}:eth0 {hook}");
+                assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
+            }
+            // Pods get no tc programs.
+            assert!(report
+                .checkpoint(&format!("{pod}:eth0 tc-ingress"))
+                .is_none());
+        }
+        if mode == Mode::L2 {
+            // Bridged frames never reach the bridge device itself.
+            for hook in ["dev-rx", "tc-ingress", "tc-egress", "dev-tx"] {
+                assert_eq!(report.hits(&format!("cni0 {hook}")), 0, "{}", report.node);
+            }
+        }
+        assert_eq!(report.counters.abandoned, 0, "{}", report.node);
+        assert_eq!(report.counters.read_errors, 0, "{}", report.node);
+        assert!(report.counters.admitted >= PINGS, "{}", report.node);
+        assert!(
+            report.attach_ms < 1000.0,
+            "{}: attach took {} ms",
+            report.node,
+            report.attach_ms
+        );
+        assert_eq!(report.schema, "netprof.agent/v1");
+    }
+
+    // ---- netfilter: exact per hook where the lab has tables, absent elsewhere ----
+    let has_stage = |r: &AgentReport, s: Stage| r.stage_segments(s).next().is_some();
+    for report in [&r1, &r2] {
+        let nf = nf_hits(report);
+        match mode {
+            Mode::FlannelHostgw | Mode::Calico => {
+                let want: BTreeMap<String, u64> = [
+                    ("FORWARD", 40),
+                    ("LOCAL_IN", 0),
+                    ("LOCAL_OUT", 0),
+                    ("POST_ROUTING", 40),
+                    ("PRE_ROUTING", 40),
+                ]
+                .into_iter()
+                .map(|(h, n)| (h.to_owned(), n))
+                .collect();
+                assert_eq!(nf, want, "{}", report.node);
+            }
+            Mode::FlannelVxlan => {
+                let want: BTreeMap<String, u64> = [
+                    ("FORWARD", 40),
+                    ("LOCAL_IN", 20),
+                    ("LOCAL_OUT", 20),
+                    ("POST_ROUTING", 60),
+                    ("PRE_ROUTING", 60),
+                ]
+                .into_iter()
+                .map(|(h, n)| (h.to_owned(), n))
+                .collect();
+                assert_eq!(nf, want, "{}", report.node);
+            }
+            _ => {
+                assert!(nf.values().all(|n| *n == 0), "{}: {nf:?}", report.node);
+                let reason = format!("no netfilter tables in {}", report.netns);
+                assert!(
+                    report.not_measured.iter().any(|n| n.reason == reason),
+                    "{}: {:?}",
+                    report.node,
+                    report.not_measured
+                );
+            }
+        }
+        let kube_proxy = mode.has_kube_proxy();
+        for stage in [
+            Stage::Conntrack,
+            Stage::NatDnat,
+            Stage::NatSnat,
+            Stage::Filter,
+            Stage::Raw,
+        ] {
+            assert_eq!(
+                has_stage(report, stage),
+                kube_proxy,
+                "{}: {stage}",
+                report.node
+            );
+        }
+        let vxlan = mode == Mode::FlannelVxlan;
+        assert_eq!(
+            has_stage(report, Stage::VxlanEncap),
+            vxlan,
+            "{}",
+            report.node
+        );
+        assert_eq!(
+            has_stage(report, Stage::VxlanDecap),
+            vxlan,
+            "{}",
+            report.node
+        );
+        let bridged = matches!(mode, Mode::FlannelHostgw | Mode::FlannelVxlan | Mode::L2);
+        assert_eq!(has_stage(report, Stage::Bridge), bridged, "{}", report.node);
+        assert_eq!(
+            has_stage(report, Stage::Veth),
+            mode.has_pods(),
+            "{}",
+            report.node
+        );
+        assert!(has_stage(report, Stage::Uplink), "{}", report.node);
+        if mode == Mode::Host {
+            let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone];
+            assert!(
+                report.stages().iter().all(|s| allowed.contains(s)),
+                "{}: {:?}",
+                report.node,
+                report.stages()
+            );
+        }
+        assert!(
+            !has_stage(report, Stage::Other),
+            "{}: unnamed segments",
+            report.node
+        );
+        // Every segment's histogram adds up to its count.
+        for s in &report.segments {
+            assert_eq!(
+                s.buckets.iter().map(|b| b[1]).sum::<u64>(),
+                s.count,
+                "{s:?}"
+            );
+        }
+        // bpf_stats are on: the tc programs ran and were timed.
+        let tc = report
+            .programs
+            .iter()
+            .find(|p| p.name == "cp_tc_egress")
+            .unwrap();
+        assert!(tc.run_count > 0 && tc.run_time_ns > 0, "{tc:?}");
+    }
+
+    // The server node delivers the requests to its stack (`consumed`). The client's replies
+    // end as drops: iputils ping reads them on a raw socket, then ping_rcv finds no ping
+    // socket and frees them with NO_SOCKET.
+    assert!(has_stage(&r2, Stage::Stack), "{}", r2.node);
+    assert_eq!(r2.hits("consumed"), r2.counters.completed);
+    assert!(r2.counters.completed >= PINGS, "{:?}", r2.counters);
+
+    // ---- reset: the next period starts from zero ----
+    agent1.reset().unwrap();
+    let empty = agent1.snapshot().unwrap();
+    assert!(empty.segments.is_empty(), "{:?}", empty.segments);
+    assert!(empty.checkpoints.iter().all(|c| c.hits == 0));
+    assert_eq!(empty.counters.admitted, 0);
+    ping(&path.client_netns, path.server_ip, 5);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = agent1.snapshot().unwrap();
+    assert_eq!(after.hits("eno1 tc-egress"), 5);
+    assert_eq!(after.hits("eno1 tc-ingress"), 5);
+
+    // ---- drop: nothing of ours stays loaded or attached ----
+    let ids: Vec<u32> = r1
+        .programs
+        .iter()
+        .chain(&r2.programs)
+        .map(|p| p.id)
+        .collect();
+    assert!(ids.len() >= 2 * 7, "{ids:?}");
+    drop(agent1);
+    drop(agent2);
+    for id in &ids {
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after drop"
+        );
+    }
+    let lab_devices: &[&str] = match mode {
+        Mode::Host => &["eno1"],
+        Mode::FlannelVxlan => &["eno1", "cni0", "veth-pod", "flannel.1"],
+        Mode::Calico => &["eno1", "cali0pod"],
+        _ => &["eno1", "cni0", "veth-pod"],
+    };
+    for ns in [&n1, &n2] {
+        for dev in lab_devices {
+            assert_eq!(
+                tcx_ids(ns, dev),
+                Vec::<u32>::new(),
+                "TCX left on {dev} in {ns}"
+            );
+        }
+    }
+    println!("{mode}: {} programs unloaded, no TCX links left", ids.len());
+}
+
+#[test]
+fn flannel_hostgw() {
+    run(Mode::FlannelHostgw);
+}
+
+#[test]
+fn flannel_vxlan() {
+    run(Mode::FlannelVxlan);
+}
+
+#[test]
+fn calico() {
+    run(Mode::Calico);
+}
+
+#[test]
+fn l2() {
+    run(Mode::L2);
+}
+
+#[test]
+fn host() {
+    run(Mode::Host);
+}
+
+/// A veth created after the agent started is found by the rescan (pods come and go), gets
+/// checkpoints and TCX programs, and loses them again on drop.
+#[test]
+fn rescan_watches_devices_created_later() {
+    let test = "agent_lab rescan_watches_devices_created_later";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let mode = Mode::FlannelHostgw;
+    lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let node = names.node(Node::One);
+    let endpoints = vec![addressing::pod_ip(mode, Node::One)];
+    let agent = Agent::start(&AgentOptions::new(node.clone(), endpoints)).unwrap();
+    assert!(agent
+        .snapshot()
+        .unwrap()
+        .checkpoint("veth-late dev-rx")
+        .is_none());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&node)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "link",
+        "add",
+        "veth-late",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-late-p",
+    ]);
+    ip(&["link", "set", "veth-late", "up"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let report = agent.snapshot().unwrap();
+    for name in [
+        "veth-late dev-rx",
+        "veth-late tc-ingress",
+        "veth-late tc-egress",
+        "veth-late-p dev-tx",
+    ] {
+        let cp = report
+            .checkpoint(name)
+            .unwrap_or_else(|| panic!("{name} not watched"));
+        assert_eq!(cp.role.as_deref(), Some("host-veth"));
+    }
+    assert_eq!(
+        tcx_ids(&node, "veth-late").len(),
+        2,
+        "TCX ingress + egress on the late veth"
+    );
+    println!(
+        "rescan: veth-late watched as checkpoints {}..{}",
+        report.checkpoint("veth-late dev-rx").unwrap().id,
+        report.checkpoint("veth-late dev-tx").unwrap().id
+    );
+    drop(agent);
+    assert!(tcx_ids(&node, "veth-late").is_empty());
+}
+
+fn netprof(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(netprof_tests::netprof_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The CLI's errors name what to do, and come before anything is attached.
+#[test]
+fn cli_errors_come_before_attaching() {
+    let test = "agent_lab cli_errors_come_before_attaching";
+    if let Some(reason) = ebpf_skip_reason(&["ip"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let ns = netprof_tests::Netns::create("agent-cli").unwrap();
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        "netprof-no-such-node",
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/tmp/netprof-agent-x.json",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
+    assert!(!std::path::Path::new("/tmp/netprof-agent-x.json").exists(), "empty report left behind");
+
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        ns.name(),
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/nonexistent-dir/x.json",
+    ]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("--out") && !text.contains("attached"),
+        "{text}"
+    );
+
+    let out = netprof(&["agent", "--netns", ns.name(), "--out", "/tmp/x.json"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
+
+    // Not root: told so before anything else.
+    if std::process::Command::new("setpriv")
+        .arg("--help")
+        .output()
+        .is_ok()
+    {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(netprof_tests::netprof_bin())
+            .args([
+                "agent",
+                "--netns",
+                ns.name(),
+                "--endpoint",
+                "198.18.0.1",
+                "--out",
+                "/tmp/netprof-agent-x.json",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("run as root"), "{}", stderr(&out));
+    }
+
+    // A namespace without the uplink says how to name it.
+    let out = netprof(&[
+        "agent",
+        "--netns",
+        ns.name(),
+        "--endpoint",
+        "198.18.0.1",
+        "--out",
+        "/tmp/netprof-agent-x.json",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--uplink"), "{}", stderr(&out));
+    println!("{}", stderr(&out).trim());
+}
+
+/// `netprof agent` end to end: SIGTERM ends the measurement, the JSON is written, exit 0.
+#[test]
+fn cli_writes_the_report_on_sigterm() {
+    let test = "agent_lab cli_writes_the_report_on_sigterm";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(
+        &names,
+        LabSpec {
+            mode: Mode::Host,
+            services: 0,
+        },
+    )
+    .unwrap();
+    let out = std::env::temp_dir().join(format!("netprof-agent-{}.json", names.lab()));
+    let child = std::process::Command::new(netprof_tests::netprof_bin())
+        .args([
+            "agent",
+            "--netns",
+            &names.node(Node::Two),
+            "--endpoint",
+            "198.18.0.1",
+            "--endpoint",
+            "198.18.0.2",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "attached" line (programs of the same name may belong to other tests).
+    let mut child = child;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("attached to") {
+            break;
+        }
+    }
+    assert!(seen.contains("attached to"), "{seen}");
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let host = built.host_path();
+    ping(&host.client_netns, host.server_ip, PINGS);
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    let stderr = seen + &rest.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    let report: AgentReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(report.schema, "netprof.agent/v1");
+    assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
+    assert_eq!(report.hits("eno1 tc-egress"), PINGS);
+    println!("cli: {}", stderr.trim());
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
