@@ -24,6 +24,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         bench_args: Vec<String>,
     },
+    /// Setup, release build, then `netprof overhead` (ab and iperf3 on flannel-vxlan without and
+    /// with the agents, alternating; extra args go to overhead).
+    Overhead {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overhead_args: Vec<String>,
+    },
     /// Setup, build, then every unit and integration test (serially: they share the kernel).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -38,6 +44,10 @@ fn main() -> Result<()> {
         Task::Demo { bench_args } => {
             setup::run()?;
             run::demo(&bench_args)
+        }
+        Task::Overhead { overhead_args } => {
+            setup::run()?;
+            run::overhead(&overhead_args)
         }
         Task::Test { cargo_args } => {
             setup::run()?;

@@ -30,14 +30,25 @@ fn cargo() -> Command {
     command
 }
 
-pub fn demo(bench_args: &[String]) -> Result<()> {
+/// Builds the optimized `netprof` and returns a command for it.
+fn release_netprof() -> Result<Command> {
     let mut build = cargo();
     build.args(["build", "--release", "--package", "netprof"]);
     run(build)?;
-    let mut bench = Command::new(workspace_root().join("target/release/netprof"));
+    Ok(Command::new(workspace_root().join("target/release/netprof")))
+}
+
+pub fn demo(bench_args: &[String]) -> Result<()> {
+    let mut bench = release_netprof()?;
     bench.args(["bench", "--modes", "all"]);
     bench.args(bench_args);
     run(bench)
+}
+
+pub fn overhead(overhead_args: &[String]) -> Result<()> {
+    let mut overhead = release_netprof()?;
+    overhead.arg("overhead").args(overhead_args);
+    run(overhead)
 }
 
 pub fn test(cargo_args: &[String]) -> Result<()> {

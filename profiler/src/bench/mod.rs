@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod overhead;
+pub mod profile;
 pub mod result;
 pub mod servers;
 pub mod table;
@@ -48,6 +49,12 @@ pub enum BenchError {
         #[source]
         source: servers::ServerError,
     },
+    #[error("{mode}: profiling")]
+    Profile {
+        mode: Mode,
+        #[source]
+        source: profile::ProfileError,
+    },
     #[error("cannot write results to {path}: {source} (choose a writable --out directory)")]
     Output {
         path: PathBuf,
@@ -88,6 +95,7 @@ pub async fn run(
     cfg: &BenchConfig,
     names: &LabNames,
     out_dir: &Path,
+    profile: bool,
 ) -> Result<Vec<ModeResult>, BenchError> {
     cfg.validate()?;
     lab::require_root()?;
@@ -98,7 +106,7 @@ pub async fn run(
     let mut results = Vec::new();
     for (i, &mode) in modes.iter().enumerate() {
         let progress = Progress { index: i + 1, total: modes.len(), mode };
-        let outcome = run_mode(&progress, cfg, names).await;
+        let outcome = run_mode(&progress, cfg, names, out_dir, profile).await;
         // Whatever happened, nothing of this mode's lab may survive.
         let teardown = lab::down(names);
         let result = outcome?;
@@ -121,7 +129,13 @@ fn prepare_out_dir(out_dir: &Path) -> Result<(), BenchError> {
         .map_err(|source| BenchError::Output { path: out_dir.to_path_buf(), source })
 }
 
-async fn run_mode(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> Result<ModeResult, BenchError> {
+async fn run_mode(
+    progress: &Progress,
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out_dir: &Path,
+    profile: bool,
+) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mode_start = Instant::now();
@@ -130,12 +144,23 @@ async fn run_mode(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> R
     let lab = lab::up(names, LabSpec { mode, services }).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
     let environment = environment(&lab)?;
-
-    let host_path = run_path(progress, cfg, &lab, "host path", &lab.host_path()).await?;
+    let profiler = if profile {
+        let t = progress.step("attaching one agent per node");
+        let profiler = profile::Profiler::start(&lab, out_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+        progress.done(t, "attached");
+        Some(profiler)
+    } else {
+        None
+    };
+    let mut profiles = Vec::new();
+    let mut ctx = PathContext { progress, cfg, lab: &lab, profiler: profiler.as_ref(), profiles: &mut profiles };
+    let host_path = run_path(&mut ctx, "host path", &lab.host_path()).await?;
     let pod_path = match lab.pod_path() {
-        Some(endpoints) => Some(run_path(progress, cfg, &lab, "pod path", &endpoints).await?),
+        Some(endpoints) => Some(run_path(&mut ctx, "pod path", &endpoints).await?),
         None => None,
     };
+    // Detach before the lab goes away.
+    drop(profiler);
     Ok(ModeResult {
         schema: SCHEMA.to_owned(),
         mode,
@@ -145,16 +170,40 @@ async fn run_mode(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> R
         duration_s: mode_start.elapsed().as_secs_f64(),
         host_path,
         pod_path,
+        profiles,
     })
 }
 
-async fn run_path(
-    progress: &Progress,
-    cfg: &BenchConfig,
-    lab: &Lab,
-    label: &str,
-    endpoints: &PathEndpoints,
-) -> Result<PathResult, BenchError> {
+/// What every step of a path needs.
+struct PathContext<'a> {
+    progress: &'a Progress,
+    cfg: &'a BenchConfig,
+    lab: &'a Lab,
+    profiler: Option<&'a profile::Profiler>,
+    profiles: &'a mut Vec<profile::ProfileFile>,
+}
+
+impl PathContext<'_> {
+    fn before(&self) -> Result<(), BenchError> {
+        let mode = self.lab.mode();
+        match self.profiler {
+            Some(p) => p.before_step().map_err(|source| BenchError::Profile { mode, source }),
+            None => Ok(()),
+        }
+    }
+
+    fn after(&mut self, path: &str, tool: &str) -> Result<(), BenchError> {
+        let mode = self.lab.mode();
+        if let Some(p) = self.profiler {
+            let files = p.after_step(path, tool).map_err(|source| BenchError::Profile { mode, source })?;
+            self.profiles.extend(files);
+        }
+        Ok(())
+    }
+}
+
+async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoints) -> Result<PathResult, BenchError> {
+    let (progress, cfg, lab) = (ctx.progress, ctx.cfg, ctx.lab);
     let mode = lab.mode();
     let tool_err = |step: &str| {
         let step = format!("{label}: {step}");
@@ -172,13 +221,17 @@ async fn run_path(
         endpoints.client_netns,
         endpoints.server_ip
     ));
+    ctx.before()?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
+    ctx.after(label, "ping")?;
     let loss = ping.loss_ratio() * 100.0;
     let summary = ping.stats.map_or("no replies".to_owned(), |s| format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms));
     progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
+    ctx.before()?;
     let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("iperf3"))?;
+    ctx.after(label, "iperf3")?;
     let retrans = iperf3.retransmits.map_or(String::new(), |r| format!(", {r} retransmits"));
     progress.done(t, &format!("{:.2} Gbit/s{retrans}", iperf3.receiver_bps / 1e9));
 
@@ -186,7 +239,9 @@ async fn run_path(
         "{label}: ab {} requests x {} concurrent -> {}",
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
+    ctx.before()?;
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
+    ctx.after(label, "ab")?;
     progress.done(t, &format!("{:.0} req/s, mean {:.3} ms, {} failed", ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests));
 
     Ok(PathResult { endpoints: endpoints.clone(), ping, iperf3, ab })

@@ -87,14 +87,16 @@ impl OverheadResult {
     }
 }
 
-/// Runs the alternation on a built lab. `attach` starts the agents and returns a guard that
-/// detaches them when dropped; the order flips every round (off,on / on,off) to cancel drift.
+/// Runs the alternation on a built lab. `attach` starts the agents and returns what `detach`
+/// takes back after the round's runs (to read the agents' own statistics, then drop them);
+/// the order flips every round (off,on / on,off) to cancel drift.
 pub async fn run<G, E>(
     lab: &Lab,
     cfg: &BenchConfig,
     rounds: u32,
     work_dir: PathBuf,
     mut attach: impl FnMut() -> Result<G, E>,
+    mut detach: impl FnMut(G),
 ) -> Result<Vec<Sample>, BenchError>
 where
     E: Into<BenchError>,
@@ -112,7 +114,9 @@ where
             let guard = if with_agent { Some(attach().map_err(Into::into)?) } else { None };
             let ab = tools::ab(&path.http_client_netns, path.http_target, cfg).await.map_err(tool_err("overhead: ab"))?;
             let iperf3 = tools::iperf3(&path.client_netns, path.server_ip, cfg).await.map_err(tool_err("overhead: iperf3"))?;
-            drop(guard);
+            if let Some(guard) = guard {
+                detach(guard);
+            }
             let sample = Sample {
                 round,
                 with_agent,

@@ -21,6 +21,9 @@ pub struct ModeResult {
     pub host_path: PathResult,
     /// Pod to pod (HTTP through the NodePort); absent in `host` mode.
     pub pod_path: Option<PathResult>,
+    /// With `--profile`: the agents' reports for every step, one file per node.
+    #[serde(default)]
+    pub profiles: Vec<super::profile::ProfileFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Lab name (namespaces netprof-<lab>-*).
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
+    /// Run one eBPF agent per lab node during every benchmark and store its stage profile
+    /// beside the results (<out>/profile/<mode>/<path>-<tool>-<node>.json).
+    #[arg(long)]
+    pub profile: bool,
     /// Print the table as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,7 +67,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = bench::run(&modes, &cfg, &names, &args.out) => result.map(Some),
+            result = bench::run(&modes, &cfg, &names, &args.out, args.profile) => result.map(Some),
             signal = shutdown_signal() => {
                 eprintln!("\nnetprof: {signal}: stopping the tools and removing the lab");
                 Ok(None)

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod lab;
+pub mod overhead;
 
 use clap::{Parser, Subcommand};
 
@@ -25,4 +26,6 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Attach the datapath checkpoints to one node and write per-stage histograms as JSON.
     Agent(agent::AgentArgs),
+    /// Measure what the agents cost: ab and iperf3 alternately without and with them.
+    Overhead(overhead::OverheadArgs),
 }

@@ -1,0 +1,117 @@
+//! `bench --profile`: one agent per lab node for the whole mode, reset before every benchmark
+//! step and read after it, so each step's stage profile stands alone next to its result.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::agent::{Agent, AgentError, AgentOptions};
+use crate::lab::{addressing, Lab, Node};
+
+/// One agent report written beside the benchmark results.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProfileFile {
+    /// "host path" or "pod path".
+    pub path: String,
+    /// "ping", "iperf3" or "ab".
+    pub tool: String,
+    /// "node1" or "node2".
+    pub node: String,
+    /// Relative to the bench output directory.
+    pub file: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("starting the agent on {node}")]
+    Start {
+        node: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("reading the agent on {node}")]
+    Read {
+        node: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every address the benchmarks use in this lab: the nodes and the pods.
+pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
+    let mut endpoints: Vec<Ipv4Addr> = Node::BOTH.iter().map(|&n| addressing::node_ip(n)).collect();
+    if lab.mode().has_pods() {
+        endpoints.extend(Node::BOTH.iter().map(|&n| addressing::pod_ip(lab.mode(), n)));
+    }
+    endpoints
+}
+
+/// Starts an agent on each node of the lab (with that node's pod namespace).
+pub fn start_agents(lab: &Lab) -> Result<Vec<(Node, Agent)>, ProfileError> {
+    let endpoints = lab_endpoints(lab);
+    Node::BOTH
+        .iter()
+        .map(|&node| {
+            let mut options = AgentOptions::new(lab.names.node(node), endpoints.clone());
+            options.node = Some(format!("node{}", node.index()));
+            if lab.mode().has_pods() {
+                options.pod_netns = vec![lab.names.pod(node)];
+            }
+            Agent::start(&options)
+                .map(|agent| (node, agent))
+                .map_err(|source| ProfileError::Start { node: format!("node{}", node.index()), source })
+        })
+        .collect()
+}
+
+/// The agents of one mode, with where their reports go.
+pub struct Profiler {
+    agents: Vec<(Node, Agent)>,
+    dir: PathBuf,
+    relative: PathBuf,
+}
+
+impl Profiler {
+    /// Starts the agents; reports go to `<out>/profile/<mode>/`.
+    pub fn start(lab: &Lab, out_dir: &Path) -> Result<Self, ProfileError> {
+        let relative = PathBuf::from("profile").join(lab.mode().name());
+        let dir = out_dir.join(&relative);
+        fs::create_dir_all(&dir).map_err(|source| ProfileError::Write { path: dir.clone(), source })?;
+        Ok(Self { agents: start_agents(lab)?, dir, relative })
+    }
+
+    /// Clears the agents' histograms and counters before a step.
+    pub fn before_step(&self) -> Result<(), ProfileError> {
+        for (node, agent) in &self.agents {
+            agent.reset().map_err(|source| ProfileError::Read { node: format!("node{}", node.index()), source })?;
+        }
+        Ok(())
+    }
+
+    /// Writes each agent's report of the step just run.
+    pub fn after_step(&self, path: &str, tool: &str) -> Result<Vec<ProfileFile>, ProfileError> {
+        // The last packets' frees are traced just after the tool exits.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut files = Vec::new();
+        for (node, agent) in &self.agents {
+            let node = format!("node{}", node.index());
+            let report = agent.snapshot().map_err(|source| ProfileError::Read { node: node.clone(), source })?;
+            let name = format!("{}-{tool}-{node}.json", path.replace(' ', "-"));
+            let file = self.dir.join(&name);
+            report.write(&file).map_err(|source| ProfileError::Write { path: file.clone(), source })?;
+            files.push(ProfileFile {
+                path: path.to_owned(),
+                tool: tool.to_owned(),
+                node,
+                file: self.relative.join(name).display().to_string(),
+            });
+        }
+        Ok(files)
+    }
+}
