@@ -417,7 +417,7 @@ impl Agent {
         })
     }
 
-    /// Clears segments, hits, counters and drops, so the next snapshot covers only what
+    /// Clears segments, hits, counters, drops and journeys, so the next snapshot covers only what
     /// happens from now on (one benchmark step).
     pub fn reset(&self) -> Result<(), AgentError> {
         let mut inner = self.lock()?;

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, SegmentKey, COUNTER_ABANDONED, COUNTER_ADMITTED,
+    bucket_high, bucket_low, DropKey, Histogram, Journey, SegmentKey, COUNTER_ABANDONED, COUNTER_ADMITTED,
     COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL,
     COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SEGMENT_FULL, HIST_BUCKETS,
-    MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_SEGMENTS, MAX_CHECKPOINTS,
+    MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS,
 };
 
 use super::report::Counters;
@@ -231,6 +231,20 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
             match map.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(err) => return Err(map_error(MAP_SEGMENTS, "clear")(err)),
+            }
+        }
+    }
+    {
+        // Journeys left by the previous step (TCP skbs freed without a tracepoint) would be
+        // counted as abandoned in the next one; between steps nothing of the benchmark is in
+        // flight, so forgetting them loses nothing.
+        let mut map: HashMap<&mut MapData, u64, Journey> =
+            HashMap::try_from(find_mut(ebpf, MAP_JOURNEYS)?).map_err(map_error(MAP_JOURNEYS, "open"))?;
+        let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            match map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_error(MAP_JOURNEYS, "clear")(err)),
             }
         }
     }
