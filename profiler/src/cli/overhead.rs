@@ -1,5 +1,8 @@
 //! `netprof overhead`: what the agents cost the benchmark they profile, measured side by side.
 
+// Errors here end the command; their size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
