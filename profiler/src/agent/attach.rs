@@ -34,6 +34,7 @@ use super::{
     btf::Btf,
     collect,
     devices::{self, Device, Found, Registry},
+    nf_points,
     nf_program,
     report::{
         AgentReport, CheckpointReport, DropReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
@@ -449,7 +450,9 @@ impl Drop for Agent {
 /// Whether a catalog entry is one this agent actually watches (attached), for the report.
 fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
     match place {
-        Place::Netfilter { .. } => !inner.nf_links.is_empty(),
+        Place::Netfilter { hook, point } => inner.nf_links.iter().any(|link| {
+            link.hook() as u32 == *hook && link.priority() == NF_POINT_PRIORITIES[*point as usize]
+        }),
         Place::Consumed => !inner.trace_links.is_empty(),
         Place::Device { hook, .. } => {
             let Some(device) = inner.registry.devices().iter().find(|d| d.id(*hook) == id) else {
@@ -741,18 +744,35 @@ fn attach_tracepoints(inner: &mut Inner) {
 }
 
 fn attach_netfilter(inner: &mut Inner) {
-    match netfilter_tables(&inner.netns) {
+    // Per hook, the points worth a program (see `nf_points`); all of them when the tables
+    // cannot be listed or are not iptables' own.
+    let all_points = || (0..NF_POINT_COUNT).collect::<Vec<u32>>();
+    let points_per_hook: Vec<Vec<u32>> = match netfilter_tables(&inner.netns) {
         Some(tables) if tables.is_empty() => {
             let reason = format!("no netfilter tables in {}", inner.netns);
             inner.not_measured("netfilter", reason);
             return;
         }
-        Some(tables) => log::info!("netfilter tables in {}: {}", inner.netns, tables.join(", ")),
-        None => log::warn!(
-            "cannot list netfilter tables in {} (iptables-save and nft failed); attaching anyway",
-            inner.netns
-        ),
-    }
+        Some(tables) => {
+            log::info!("netfilter tables in {}: {}", inner.netns, tables.join(", "));
+            match nf_points::registered(&tables) {
+                Some(hooks) => {
+                    for (hook, prios) in hooks.iter().enumerate() {
+                        inner.catalog.set_registered(hook as u32, prios);
+                    }
+                    hooks.iter().map(|prios| nf_points::points(prios)).collect()
+                }
+                None => (0..NF_HOOK_COUNT).map(|_| all_points()).collect(),
+            }
+        }
+        None => {
+            log::warn!(
+                "cannot list netfilter tables in {} (iptables-save and nft failed); attaching every point",
+                inner.netns
+            );
+            (0..NF_HOOK_COUNT).map(|_| all_points()).collect()
+        }
+    };
     let mut maps = StdHashMap::new();
     for name in SHARED_MAPS {
         match inner.ebpf.map(name).and_then(map_fd) {
@@ -770,7 +790,7 @@ fn attach_netfilter(inner: &mut Inner) {
     let mut programs = Vec::new();
     let mut failures = Vec::new();
     for hook in 0..NF_HOOK_COUNT {
-        for point in 0..NF_POINT_COUNT {
+        for &point in &points_per_hook[hook as usize] {
             let name = nf_program(hook, point);
             match loader.load(name) {
                 Ok(program) => programs.push((hook, point, program)),

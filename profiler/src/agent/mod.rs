@@ -16,6 +16,7 @@ pub mod attach;
 pub mod btf;
 pub mod collect;
 pub mod devices;
+pub mod nf_points;
 pub mod report;
 pub mod stages;
 mod stats;

@@ -169,7 +169,8 @@ pub enum Stage {
     Filter,
     /// security + nat at 100 (SNAT/MASQUERADE on POST_ROUTING / LOCAL_IN).
     NatSnat,
-    /// Several netfilter brackets at once (a point in between was not seen).
+    /// Several netfilter brackets at once (a point in between was not seen), or a bracket
+    /// with no table in it: the hook's own glue.
     Netfilter,
     /// Between two netfilter hooks, or from a device's receive side to FORWARD/LOCAL_IN:
     /// the route lookup and ip_forward/ip_local_deliver.
@@ -359,6 +360,9 @@ pub fn classify(from: &Place, to: &Place) -> Stage {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     places: BTreeMap<u16, Place>,
+    /// Brackets `(hook, point)` (point -> point + 1) known to hold no hook function: their
+    /// time is the hook's own glue (and netprof's programs), not a table's.
+    empty_brackets: std::collections::BTreeSet<(u32, u32)>,
 }
 
 impl Catalog {
@@ -371,7 +375,18 @@ impl Catalog {
             }
         }
         places.insert(CP_CONSUMED, Place::Consumed);
-        Self { places }
+        Self { places, empty_brackets: Default::default() }
+    }
+
+    /// Records which priorities have hook functions on `hook`, so an empty bracket between
+    /// two attached points is not named after a table that is not there.
+    pub fn set_registered(&mut self, hook: u32, registered: &[i32]) {
+        for point in 0..NF_POINT_COUNT - 1 {
+            let (lo, hi) = (NF_POINT_PRIORITIES[point as usize], NF_POINT_PRIORITIES[point as usize + 1]);
+            if !registered.iter().any(|&p| p > lo && p < hi) {
+                self.empty_brackets.insert((hook, point));
+            }
+        }
     }
 
     /// Registers a device whose four checkpoints start at `base`.
@@ -405,6 +420,14 @@ impl Catalog {
     /// The stage of segment `from -> to` (`Other` when either id is unknown).
     pub fn stage(&self, from: u16, to: u16) -> Stage {
         match (self.get(from), self.get(to)) {
+            (Some(Place::Netfilter { hook, point }), Some(b @ Place::Netfilter { .. }))
+                if self.empty_brackets.contains(&(*hook, *point)) =>
+            {
+                match classify(&Place::Netfilter { hook: *hook, point: *point }, b) {
+                    stage if stage.is_netfilter() => Stage::Netfilter,
+                    stage => stage,
+                }
+            }
             (Some(a), Some(b)) => classify(a, b),
             _ => Stage::Other,
         }
@@ -579,5 +602,17 @@ mod tests {
         assert_eq!(Stage::TxDone.to_string(), "tx-done");
         assert!(Stage::Conntrack.is_netfilter() && !Stage::Routing.is_netfilter());
         let _ = NF_HOOK_LOCAL_IN;
+    }
+
+    #[test]
+    fn an_empty_bracket_is_not_named_after_a_table() {
+        let mut c = Catalog::new();
+        let (ct_in, ct_out) = (nf_checkpoint(NF_HOOK_PRE_ROUTING, 1), nf_checkpoint(NF_HOOK_PRE_ROUTING, 2));
+        let (mangle_in, mangle_out) = (ct_out, nf_checkpoint(NF_HOOK_PRE_ROUTING, 3));
+        assert_eq!(c.stage(mangle_in, mangle_out), Stage::Mangle);
+        // Conntrack and nat registered, no mangle table.
+        c.set_registered(NF_HOOK_PRE_ROUTING, &[-200, -100]);
+        assert_eq!(c.stage(ct_in, ct_out), Stage::Conntrack);
+        assert_eq!(c.stage(mangle_in, mangle_out), Stage::Netfilter);
     }
 }

@@ -1,0 +1,131 @@
+//! Which netfilter points to attach on each hook: only those that bracket a hook function the
+//! namespace really has. Every attached point is one more program on every packet of that hook,
+//! and most of the 7 brackets per hook are empty (no raw or mangle table under kube-proxy), so
+//! attaching all 35 cost about as much as the rest of the agent together (bpf_stats, measured).
+//!
+//! The kernel cannot list its registered hook functions here (`nft list hooks` needs
+//! CONFIG_NETFILTER_NETLINK_HOOK, absent on this kernel), so they are derived from the tables
+//! present: each iptables table registers fixed priorities on fixed hooks, and conntrack is
+//! assumed wherever any table exists (kube-proxy's rules need it).
+
+use profiler_common::datapath::{
+    NF_HOOK_COUNT, NF_HOOK_FORWARD, NF_HOOK_LOCAL_IN, NF_HOOK_LOCAL_OUT, NF_HOOK_POST_ROUTING,
+    NF_HOOK_PRE_ROUTING, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+};
+
+const PRE: u32 = NF_HOOK_PRE_ROUTING;
+const IN: u32 = NF_HOOK_LOCAL_IN;
+const FWD: u32 = NF_HOOK_FORWARD;
+const OUT: u32 = NF_HOOK_LOCAL_OUT;
+const POST: u32 = NF_HOOK_POST_ROUTING;
+
+/// Hooks and priority of each standard iptables table (`include/uapi/linux/netfilter_ipv4.h`).
+fn table_hooks(table: &str) -> Option<(&'static [u32], i32)> {
+    Some(match table {
+        "raw" => (&[PRE, OUT], -300),
+        "mangle" => (&[PRE, IN, FWD, OUT, POST], -150),
+        "nat" => return None, // two priorities; handled in `registered`
+        "filter" => (&[IN, FWD, OUT], 0),
+        "security" => (&[IN, FWD, OUT], 50),
+        _ => return None,
+    })
+}
+
+/// The registered hook priorities per hook for these tables (names as `netfilter_tables`
+/// gives them, e.g. `ip nat`), or `None` when a table is not a standard iptables one (a native
+/// nftables table may hook anywhere: then every point is attached).
+pub fn registered(tables: &[String]) -> Option<[Vec<i32>; NF_HOOK_COUNT as usize]> {
+    let mut hooks: [Vec<i32>; NF_HOOK_COUNT as usize] = Default::default();
+    for table in tables {
+        let name = table.strip_prefix("ip ")?;
+        if name == "nat" {
+            hooks[PRE as usize].push(-100);
+            hooks[OUT as usize].push(-100);
+            hooks[IN as usize].push(100);
+            hooks[POST as usize].push(100);
+            continue;
+        }
+        let (on, priority) = table_hooks(name)?;
+        for &hook in on {
+            hooks[hook as usize].push(priority);
+        }
+    }
+    if !tables.is_empty() {
+        // Conntrack on the way in and out, confirm at the end. (Defrag at -400 is left to the
+        // device -> first point segment: it only works on fragments.)
+        for hook in [PRE, OUT] {
+            hooks[hook as usize].push(-200);
+        }
+        for hook in [IN, POST] {
+            hooks[hook as usize].push(i32::MAX);
+        }
+    }
+    Some(hooks)
+}
+
+/// The point indexes to attach on a hook with these registered priorities: a point is kept when
+/// the interval on either side of it (up to the neighbouring point) holds a hook function, so
+/// every table stays bracketed by the two points around it.
+pub fn points(registered: &[i32]) -> Vec<u32> {
+    let bound = |k: i64| -> i64 {
+        if k < 0 {
+            i64::MIN
+        } else if k >= i64::from(NF_POINT_COUNT) {
+            i64::MAX
+        } else {
+            i64::from(NF_POINT_PRIORITIES[k as usize])
+        }
+    };
+    let occupied = |lo: i64, hi: i64| registered.iter().any(|&p| i64::from(p) > lo && i64::from(p) < hi);
+    (0..NF_POINT_COUNT)
+        .filter(|&k| {
+            let k = i64::from(k);
+            occupied(bound(k - 1), bound(k)) || occupied(bound(k), bound(k + 1))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| format!("ip {n}")).collect()
+    }
+
+    #[test]
+    fn kube_proxy_tables_need_sixteen_points_not_thirty_five() {
+        let hooks = registered(&tables(&["nat", "filter"])).unwrap();
+        let per_hook: Vec<Vec<u32>> = hooks.iter().map(|h| points(h)).collect();
+        // PRE: conntrack bracketed by -201/-199, nat by -101/-99.
+        assert_eq!(per_hook[PRE as usize], vec![1, 2, 3, 4]);
+        assert_eq!(per_hook[IN as usize], vec![4, 5, 6]);
+        assert_eq!(per_hook[FWD as usize], vec![4, 5]);
+        assert_eq!(per_hook[OUT as usize], vec![1, 2, 3, 4, 5]);
+        assert_eq!(per_hook[POST as usize], vec![5, 6]);
+        assert_eq!(per_hook.iter().map(Vec::len).sum::<usize>(), 16);
+    }
+
+    #[test]
+    fn every_table_stays_bracketed() {
+        let hooks = registered(&tables(&["raw", "mangle", "nat", "filter", "security"])).unwrap();
+        for (hook, prios) in hooks.iter().enumerate() {
+            let kept = points(prios);
+            for &p in prios {
+                let below = kept.iter().filter(|&&k| NF_POINT_PRIORITIES[k as usize] < p).max();
+                let above = kept.iter().filter(|&&k| NF_POINT_PRIORITIES[k as usize] > p).min();
+                // Either side may be open (before the first or after the last point).
+                if let (Some(&b), Some(&a)) = (below, above) {
+                    assert_eq!(a, b + 1, "hook {hook}: priority {p} not bracketed by adjacent points");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_tables_no_points_and_foreign_tables_mean_all() {
+        let hooks = registered(&[]).unwrap();
+        assert!(hooks.iter().all(|h| points(h).is_empty()));
+        assert!(registered(&["inet cilium".to_owned()]).is_none());
+    }
+}
