@@ -207,6 +207,16 @@ pub fn read_drops(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u32), u64>, CollectError
     Ok(out)
 }
 
+/// A key listed a moment ago that the kernel has since deleted or evicted (LRU journeys): aya
+/// reports `bpf_map_delete_elem` failing with ENOENT as a syscall error, not `KeyNotFound`.
+fn already_gone(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn zeros(cpus: usize) -> PerCpuValues<u64> {
     PerCpuValues::try_from(vec![0u64; cpus]).expect("one value per possible CPU")
 }
@@ -229,7 +239,8 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
         let keys: Vec<SegmentKey> = map.keys().filter_map(Result::ok).collect();
         for key in keys {
             match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(err) if already_gone(&err) => {}
                 Err(err) => return Err(map_error(MAP_SEGMENTS, "clear")(err)),
             }
         }
@@ -243,7 +254,8 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
         let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
         for key in keys {
             match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(err) if already_gone(&err) => {}
                 Err(err) => return Err(map_error(MAP_JOURNEYS, "clear")(err)),
             }
         }
@@ -255,7 +267,8 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
         let keys: Vec<DropKey> = map.keys().filter_map(Result::ok).collect();
         for key in keys {
             match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(err) if already_gone(&err) => {}
                 Err(err) => return Err(map_error(MAP_DROPS, "clear")(err)),
             }
         }
