@@ -8,3 +8,4 @@ pub mod ebpf;
 pub mod lab;
 pub mod netns;
 pub mod parse;
+pub mod report;

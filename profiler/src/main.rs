@@ -9,6 +9,7 @@ fn main() {
         Command::Bench(args) => cli::bench::run(args),
         Command::Agent(args) => cli::agent::run(args),
         Command::Overhead(args) => cli::overhead::run(args),
+        Command::Report(args) => cli::report::run(args),
     };
     if let Err(err) = result {
         // One line a user can act on: the chain of causes, outermost first.

@@ -32,7 +32,7 @@ impl Row {
 }
 
 /// The baseline: the `host` mode's row when it ran, else each mode's own host path.
-fn baseline<'a>(results: &'a [ModeResult], result: &'a ModeResult) -> &'a PathResult {
+pub fn baseline<'a>(results: &'a [ModeResult], result: &'a ModeResult) -> &'a PathResult {
     results
         .iter()
         .find(|r| r.mode == Mode::Host)
@@ -58,8 +58,17 @@ fn ms(value: Option<f64>) -> String {
     value.map_or("no reply".to_owned(), |v| format!("{v:.3}"))
 }
 
-/// Renders the table as aligned text (latency ratios as `Nx`, throughput changes as `±N%`).
-pub fn render(results: &[ModeResult]) -> String {
+/// The table's cells: header, one row per mode, and the note on what the deltas compare.
+/// Every format (text here, Markdown and HTML in `netprof report`) renders these same cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cells {
+    pub header: [&'static str; 8],
+    pub rows: Vec<[String; 8]>,
+    pub note: String,
+}
+
+/// Latency ratios as `Nx`, throughput changes as `±N%`.
+pub fn cells(results: &[ModeResult]) -> Cells {
     let header = [
         "mode", "path", "ping avg ms", "p50 ms", "p99 ms", "bandwidth Gbit/s", "nginx QPS", "ab mean ms",
     ];
@@ -81,6 +90,18 @@ pub fn render(results: &[ModeResult]) -> String {
             format!("{:.3}{}", row.ab_mean_ms, delta(ratio(Some(row.ab_mean_ms), Some(base.ab_mean_ms)))),
         ]);
     }
+    let base_note = if results.iter().any(|r| r.mode == Mode::Host) {
+        "against the host mode's node-to-node path"
+    } else {
+        "against each mode's own node-to-node path (host mode not run)"
+    };
+    let note = format!("pod modes: latency as a ratio, bandwidth and QPS as a change, {base_note}.");
+    Cells { header, rows, note }
+}
+
+/// Renders the table as aligned text.
+pub fn render(results: &[ModeResult]) -> String {
+    let Cells { header, rows, note } = cells(results);
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -97,11 +118,19 @@ pub fn render(results: &[ModeResult]) -> String {
     for row in &rows {
         line(&mut out, &row.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    let base_note = if results.iter().any(|r| r.mode == Mode::Host) {
-        "against the host mode's node-to-node path"
-    } else {
-        "against each mode's own node-to-node path (host mode not run)"
-    };
-    let _ = writeln!(out, "pod modes: latency as a ratio, bandwidth and QPS as a change, {base_note}.");
+    let _ = writeln!(out, "{note}");
+    out
+}
+
+/// Renders the table as Markdown (a pipe table and the note).
+pub fn render_markdown(results: &[ModeResult]) -> String {
+    let Cells { header, rows, note } = cells(results);
+    let mut out = String::new();
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "|{}", " --- |".repeat(header.len()));
+    for row in &rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(out, "\n{note}");
     out
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod lab;
 pub mod overhead;
+pub mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -28,4 +29,6 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Measure what the agents cost: ab and iperf3 alternately without and with them.
     Overhead(overhead::OverheadArgs),
+    /// Merge a `bench --profile` directory into one attributed report (table, JSON, Markdown, HTML).
+    Report(report::ReportArgs),
 }

@@ -1,0 +1,280 @@
+//! Reading what `netprof bench [--profile]` wrote: `DIR/<mode>.json` (`netprof.bench.mode/v1`)
+//! and the agent reports they list (`netprof.agent/v1`). Every file is checked for its schema,
+//! every listed profile must exist, and a profiled mode must have the ping and ab steps of each
+//! of its paths on both nodes; any problem names the file.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
+use crate::bench::profile::ProfileFile;
+use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
+use crate::lab::Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {source} (give the directory `netprof bench --out DIR` wrote)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} has no \"schema\" field: not a netprof file (remove it from the directory)")]
+    NoSchema { path: PathBuf },
+    #[error("{path} has schema {found:?}, expected {expected:?} (written by another netprof version, or not a netprof file)")]
+    Schema {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("{path} does not match schema {schema}: {source}")]
+    Shape {
+        path: PathBuf,
+        schema: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} holds mode {found}, but its name says {expected}: rename or remove it")]
+    ModeMismatch {
+        path: PathBuf,
+        found: Mode,
+        expected: String,
+    },
+    #[error("{path}: a file name that is not a network mode (host, flannel-hostgw, flannel-vxlan, calico, l2)")]
+    UnknownFile { path: PathBuf },
+    #[error("no benchmark results in {dir}: expected <mode>.json files from `netprof bench --profile --out {dir}`")]
+    Empty { dir: PathBuf },
+    #[error("{path} is missing: {mode} lists it as the {what} profile (copy the whole bench directory)")]
+    MissingProfile {
+        path: PathBuf,
+        mode: Mode,
+        what: String,
+    },
+    #[error("{mode}: incomplete profile: no {what} report (expected a file like {expected}); rerun `netprof bench --profile`")]
+    IncompleteProfile {
+        mode: Mode,
+        what: String,
+        expected: PathBuf,
+    },
+    #[error("{path} is the report of {found}, but {mode}.json lists it for {expected}")]
+    ProfileMismatch {
+        path: PathBuf,
+        mode: Mode,
+        found: String,
+        expected: String,
+    },
+}
+
+/// One agent report with where it came from.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub file: ProfileFile,
+    pub report: AgentReport,
+}
+
+/// One mode's results and its agents' reports (empty without `--profile`).
+#[derive(Debug, Clone)]
+pub struct ModeInput {
+    pub result: ModeResult,
+    pub profiles: Vec<Profile>,
+}
+
+impl ModeInput {
+    pub fn mode(&self) -> Mode {
+        self.result.mode
+    }
+
+    pub fn is_profiled(&self) -> bool {
+        !self.profiles.is_empty()
+    }
+
+    /// The reports of one step (`path` "host path" / "pod path", `tool` "ping" / "iperf3" /
+    /// "ab"), one per node, in node order.
+    pub fn step(&self, path: &str, tool: &str) -> Vec<&Profile> {
+        let mut step: Vec<&Profile> = self
+            .profiles
+            .iter()
+            .filter(|p| p.file.path == path && p.file.tool == tool)
+            .collect();
+        step.sort_by(|a, b| a.file.node.cmp(&b.file.node));
+        step
+    }
+}
+
+/// Everything in one bench output directory, modes in the study's order.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub dir: PathBuf,
+    pub modes: Vec<ModeInput>,
+}
+
+impl Input {
+    pub fn mode(&self, mode: Mode) -> Option<&ModeInput> {
+        self.modes.iter().find(|m| m.mode() == mode)
+    }
+
+    pub fn results(&self) -> Vec<ModeResult> {
+        self.modes.iter().map(|m| m.result.clone()).collect()
+    }
+}
+
+/// Schemas of other netprof documents that may sit in the directory and are not results.
+const OTHER_SCHEMAS: [&str; 1] = ["netprof.report/v1"];
+
+fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
+    let text = fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| InputError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn schema_of(path: &Path, value: &serde_json::Value) -> Result<String, InputError> {
+    value
+        .get("schema")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| InputError::NoSchema {
+            path: path.to_path_buf(),
+        })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+    expected: &'static str,
+) -> Result<T, InputError> {
+    let found = schema_of(path, &value)?;
+    if found != expected {
+        return Err(InputError::Schema {
+            path: path.to_path_buf(),
+            found,
+            expected,
+        });
+    }
+    serde_json::from_value(value).map_err(|source| InputError::Shape {
+        path: path.to_path_buf(),
+        schema: expected,
+        source,
+    })
+}
+
+/// Reads and checks a bench output directory.
+pub fn load(dir: &Path) -> Result<Input, InputError> {
+    let entries = fs::read_dir(dir).map_err(|source| InputError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| InputError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut modes: BTreeMap<Mode, ModeInput> = BTreeMap::new();
+    for path in files {
+        let value = read_json(&path)?;
+        let schema = schema_of(&path, &value)?;
+        if OTHER_SCHEMAS.contains(&schema.as_str()) {
+            continue;
+        }
+        let result: ModeResult = typed(&path, value, MODE_SCHEMA)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let named: Mode = stem
+            .parse()
+            .map_err(|_| InputError::UnknownFile { path: path.clone() })?;
+        if named != result.mode {
+            return Err(InputError::ModeMismatch {
+                path,
+                found: result.mode,
+                expected: stem,
+            });
+        }
+        let profiles = load_profiles(dir, &result)?;
+        modes.insert(result.mode, ModeInput { result, profiles });
+    }
+    if modes.is_empty() {
+        return Err(InputError::Empty {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(Input {
+        dir: dir.to_path_buf(),
+        modes: modes.into_values().collect(),
+    })
+}
+
+/// The steps a profiled mode must have, per path.
+pub const REQUIRED_TOOLS: [&str; 2] = ["ping", "ab"];
+pub const NODES: [&str; 2] = ["node1", "node2"];
+
+fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputError> {
+    let mode = result.mode;
+    let mut profiles = Vec::new();
+    for file in &result.profiles {
+        let path = dir.join(&file.file);
+        let what = format!("{} {} {}", file.path, file.tool, file.node);
+        if !path.is_file() {
+            return Err(InputError::MissingProfile { path, mode, what });
+        }
+        let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
+        if report.node != file.node {
+            return Err(InputError::ProfileMismatch {
+                path,
+                mode,
+                found: report.node,
+                expected: file.node.clone(),
+            });
+        }
+        profiles.push(Profile {
+            file: file.clone(),
+            report,
+        });
+    }
+    if profiles.is_empty() {
+        return Ok(profiles);
+    }
+    let mut paths = vec!["host path"];
+    if result.pod_path.is_some() {
+        paths.push("pod path");
+    }
+    for path in paths {
+        for tool in REQUIRED_TOOLS {
+            for node in NODES {
+                let found = profiles
+                    .iter()
+                    .any(|p| p.file.path == path && p.file.tool == tool && p.file.node == node);
+                if !found {
+                    return Err(InputError::IncompleteProfile {
+                        mode,
+                        what: format!("{path} {tool} {node}"),
+                        expected: dir.join("profile").join(mode.name()).join(format!(
+                            "{}-{tool}-{node}.json",
+                            path.replace(' ', "-")
+                        )),
+                    });
+                }
+            }
+        }
+    }
+    Ok(profiles)
+}

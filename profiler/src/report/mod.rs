@@ -1,0 +1,252 @@
+//! `netprof report`: one attributed report from a `netprof bench --profile` directory: the
+//! study's table, and next to it *why*: the extra ping RTT of each pod mode split into datapath
+//! stages (with what is not explained shown as such), the nginx QPS drop predicted from
+//! per-request stage cost, drops and retransmits, and the agent's own cost.
+//!
+//! `input` reads and checks the files, `merge` merges the nodes' histograms per step,
+//! `latency` and `throughput` attribute, `drops` and `overhead` summarize, `render` writes the
+//! formats. [`Report`] is also the JSON document (`netprof.report/v1`, docs/report-schema.md).
+
+pub mod drops;
+pub mod input;
+pub mod latency;
+pub mod merge;
+pub mod overhead;
+pub mod render;
+pub mod throughput;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bench::config::BenchConfig;
+use crate::bench::result::ModeResult;
+use crate::bench::table::{self, Row};
+use crate::lab::Mode;
+
+pub use input::{Input, InputError};
+use latency::LatencyAttribution;
+use merge::{merge_step, MergedStep};
+use throughput::ThroughputAttribution;
+
+pub const SCHEMA: &str = "netprof.report/v1";
+
+/// One row of the study's table with its comparison to the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableRow {
+    pub mode: String,
+    /// "pod" or "host".
+    pub path: String,
+    #[serde(flatten)]
+    pub values: Row,
+    /// Ratios (latency) and changes in percent (bandwidth, QPS) against the baseline; absent
+    /// for the baseline itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_baseline: Option<Comparison>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Comparison {
+    pub ping_avg_ratio: Option<f64>,
+    pub ping_p50_ratio: Option<f64>,
+    pub ping_p99_ratio: Option<f64>,
+    pub bandwidth_change_pct: Option<f64>,
+    pub qps_change_pct: Option<f64>,
+    pub ab_mean_ratio: Option<f64>,
+}
+
+/// Every RTT of one ping run, for CDFs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RttSamples {
+    pub mode: String,
+    pub path: String,
+    pub rtts_us: Vec<f64>,
+}
+
+/// Facts of the run the numbers depend on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunFacts {
+    pub kernel: String,
+    pub cpus: usize,
+    pub iptables: String,
+    pub config: BenchConfig,
+    pub modes: Vec<String>,
+    pub profiled: Vec<String>,
+}
+
+/// The report (also the `--format json` document).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub source: String,
+    pub run: RunFacts,
+    /// What the table's ratios compare against.
+    pub table_baseline: String,
+    pub table: Vec<TableRow>,
+    pub latency: Vec<LatencyAttribution>,
+    pub throughput: Vec<ThroughputAttribution>,
+    pub drops: Vec<drops::StepDrops>,
+    pub overhead: Vec<overhead::NodeOverhead>,
+    pub rtt_samples: Vec<RttSamples>,
+    /// Methods, and everything the report could not do and why.
+    pub notes: Vec<String>,
+    /// The table as text cells, for renderers (not in JSON: the rows above carry the numbers).
+    #[serde(skip)]
+    pub results: Vec<ModeResult>,
+}
+
+pub const LATENCY_METHOD: &str = "Latency: the extra ping RTT of each pod mode over the baseline, split by stage: per stage, the sum over both nodes and both directions of (segment median × passes per RTT), minus the baseline's; p99 uses segment means (percentiles do not add). Unexplained = measured delta − sum of stages, never hidden; negative when the stages add up to more than the delta.";
+pub const THROUGHPUT_METHOD: &str = "Throughput: QPS ≈ cpus / cpu time per request; the baseline's cpu time per request is cpus / its QPS; a pod mode adds its extra stage time per request (segment mean × passes per request, both nodes, minus the baseline's); predicted QPS = cpus / (cpus / QPS_base + extra).";
+pub const SEGMENT_NOTE: &str = "Segments ending at `consumed` (after delivery, or after transmission to the other node) run alongside the path and are not attributed; segments joining two packets that shared an skb address (reuse) are counted but not attributed.";
+
+fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+    match (value, base) {
+        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    }
+}
+
+fn change(value: f64, base: f64) -> Option<f64> {
+    (base > 0.0).then(|| (value / base - 1.0) * 100.0)
+}
+
+fn table_rows(results: &[ModeResult]) -> Vec<TableRow> {
+    results
+        .iter()
+        .map(|result| {
+            let row = Row::of(result.headline_path());
+            let base = Row::of(table::baseline(results, result));
+            TableRow {
+                mode: result.mode.to_string(),
+                path: if result.pod_path.is_some() { "pod" } else { "host" }.to_owned(),
+                values: row,
+                vs_baseline: (result.mode != Mode::Host).then(|| Comparison {
+                    ping_avg_ratio: ratio(row.ping_avg_ms, base.ping_avg_ms),
+                    ping_p50_ratio: ratio(row.ping_p50_ms, base.ping_p50_ms),
+                    ping_p99_ratio: ratio(row.ping_p99_ms, base.ping_p99_ms),
+                    bandwidth_change_pct: change(row.bandwidth_gbit_s, base.bandwidth_gbit_s),
+                    qps_change_pct: change(row.qps, base.qps),
+                    ab_mean_ratio: ratio(Some(row.ab_mean_ms), Some(base.ab_mean_ms)),
+                }),
+            }
+        })
+        .collect()
+}
+
+const HOST_PATH: &str = "host path";
+const POD_PATH: &str = "pod path";
+
+/// Merges a mode's step over its nodes.
+fn merged(mode: &input::ModeInput, path: &str, tool: &str) -> MergedStep {
+    merge_step(mode.step(path, tool).into_iter().map(|p| &p.report))
+}
+
+/// The attribution baseline of a pod mode: the profiled `host` mode, else the mode's own host
+/// path (same lab), with its label.
+fn baseline_of<'a>(input: &'a Input, mode: &'a input::ModeInput) -> (&'a input::ModeInput, String) {
+    match input.mode(Mode::Host) {
+        Some(host) if host.is_profiled() => (host, "host mode, host path".to_owned()),
+        _ => (mode, format!("{}'s own host path (host mode not profiled)", mode.mode())),
+    }
+}
+
+/// Builds the whole report from checked input.
+pub fn build(input: &Input) -> Report {
+    let results = input.results();
+    let first = &input.modes[0].result;
+    let cpus = first.environment.cpus;
+    let mut notes = vec![LATENCY_METHOD.to_owned(), THROUGHPUT_METHOD.to_owned(), SEGMENT_NOTE.to_owned()];
+    let mut latency = Vec::new();
+    let mut throughput = Vec::new();
+    let mut drops = Vec::new();
+    let mut overhead = Vec::new();
+    let mut rtt_samples = Vec::new();
+
+    for mode in &input.modes {
+        let name = mode.mode().to_string();
+        let path_name = if mode.result.pod_path.is_some() { POD_PATH } else { HOST_PATH };
+        rtt_samples.push(RttSamples {
+            mode: name.clone(),
+            path: path_name.to_owned(),
+            rtts_us: mode.result.headline_path().ping.rtts_us.clone(),
+        });
+        if !mode.is_profiled() {
+            notes.push(format!("{name}: not profiled (run `netprof bench --profile`): no attribution, drops or overhead"));
+            continue;
+        }
+        for path in [HOST_PATH, POD_PATH] {
+            let Some(result) = (if path == HOST_PATH { Some(&mode.result.host_path) } else { mode.result.pod_path.as_ref() }) else {
+                continue;
+            };
+            for tool in ["ping", "iperf3", "ab"] {
+                if mode.step(path, tool).is_empty() {
+                    continue;
+                }
+                let mut step = drops::step_drops(&name, path, tool, &merged(mode, path, tool));
+                match tool {
+                    "iperf3" => step.iperf3_retransmits = result.iperf3.retransmits,
+                    "ping" => step.ping_lost = Some(result.ping.transmitted.saturating_sub(result.ping.received)),
+                    _ => {}
+                }
+                drops.push(step);
+            }
+        }
+        for node in input::NODES {
+            if let Some(o) = overhead::node_overhead(mode, node, cpus) {
+                overhead.push(o);
+            }
+        }
+        let Some(pod) = mode.result.pod_path.as_ref() else { continue };
+        let (base_mode, base_label) = baseline_of(input, mode);
+        let base = &base_mode.result.host_path;
+        let (pod_ping, base_ping) = (merged(mode, POD_PATH, "ping"), merged(base_mode, HOST_PATH, "ping"));
+        match (pod.ping.stats, base.ping.stats) {
+            (Some(pod_stats), Some(base_stats)) => {
+                let (pod_probe, base_probe) = (overhead::probe_ns_by_kind(mode), overhead::probe_ns_by_kind(base_mode));
+                latency.push(latency::attribute(
+                    &name,
+                    &base_label,
+                    &latency::Side { step: &pod_ping, stats: pod_stats, replies: pod.ping.received, probe_ns: &pod_probe },
+                    &latency::Side { step: &base_ping, stats: base_stats, replies: base.ping.received, probe_ns: &base_probe },
+                ));
+            }
+            _ => notes.push(format!("{name}: no ping replies on the pod path or the baseline: no latency attribution")),
+        }
+        let (pod_ab, base_ab) = (merged(mode, POD_PATH, "ab"), merged(base_mode, HOST_PATH, "ab"));
+        throughput.push(throughput::attribute(
+            &name,
+            &base_label,
+            cpus,
+            &throughput::AbSide { step: &pod_ab, qps: pod.ab.requests_per_second, requests: pod.ab.complete_requests },
+            &throughput::AbSide { step: &base_ab, qps: base.ab.requests_per_second, requests: base.ab.complete_requests },
+        ));
+    }
+    let profiled = input.modes.iter().filter(|m| m.is_profiled()).map(|m| m.mode().to_string()).collect();
+    let cells = table::cells(&results);
+    Report {
+        schema: SCHEMA,
+        source: input.dir.display().to_string(),
+        run: RunFacts {
+            kernel: first.environment.kernel.clone(),
+            cpus,
+            iptables: first.environment.iptables.clone(),
+            config: first.config.clone(),
+            modes: input.modes.iter().map(|m| m.mode().to_string()).collect(),
+            profiled,
+        },
+        table_baseline: cells.note,
+        table: table_rows(&results),
+        latency,
+        throughput,
+        drops,
+        overhead,
+        rtt_samples,
+        notes,
+        results,
+    }
+}
+
+/// Loads `dir` and builds its report.
+pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
+    Ok(build(&input::load(dir)?))
+}

@@ -1,0 +1,100 @@
+//! The agent's own cost, from the kernel's bpf_stats: run counts and run time per program.
+//! The counters run from attach to the mode's last step (they are not reset between steps), so
+//! a node's last report holds the whole mode; the CPU share divides that run time by the time
+//! the steps covered on all CPUs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::agent::report::ProgramStats;
+
+use super::input::ModeInput;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgramCost {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+}
+
+/// One node's agent over one mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeOverhead {
+    pub mode: String,
+    pub node: String,
+    pub programs: Vec<ProgramCost>,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+    /// Seconds the steps covered (sum of the reports' `elapsed_s`).
+    pub covered_s: f64,
+    /// `run_time / (covered_s × cpus)`, percent of the machine's CPU time.
+    pub cpu_pct: f64,
+    /// Mean load + attach time, ms.
+    pub attach_ms: f64,
+}
+
+/// The checkpoint kind a program serves (`None` for drop/retransmit tracing).
+pub fn program_kind(name: &str) -> Option<&'static str> {
+    match name {
+        "cp_dev_rx" => Some("dev-rx"),
+        "cp_tc_ingress" => Some("tc-ingress"),
+        "cp_tc_egress" => Some("tc-egress"),
+        "cp_dev_tx" => Some("dev-tx"),
+        "cp_consume_skb" => Some("consumed"),
+        n if n.starts_with("nf_") => Some("netfilter"),
+        _ => None,
+    }
+}
+
+fn last_programs<'a>(mode: &'a ModeInput, node: &str) -> Option<&'a [ProgramStats]> {
+    mode.profiles
+        .iter()
+        .rev()
+        .find(|p| p.file.node == node)
+        .map(|p| p.report.programs.as_slice())
+}
+
+pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOverhead> {
+    let programs = last_programs(mode, node)?;
+    let reports: Vec<_> = mode.profiles.iter().filter(|p| p.file.node == node).collect();
+    let covered_s: f64 = reports.iter().map(|p| p.report.elapsed_s).sum();
+    let attach_ms = reports.iter().map(|p| p.report.attach_ms).sum::<f64>() / reports.len().max(1) as f64;
+    let run_count: u64 = programs.iter().map(|p| p.run_count).sum();
+    let run_time_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+    Some(NodeOverhead {
+        mode: mode.mode().to_string(),
+        node: node.to_owned(),
+        programs: programs
+            .iter()
+            .map(|p| ProgramCost { name: p.name.clone(), run_count: p.run_count, run_time_ns: p.run_time_ns, ns_per_run: p.ns_per_run })
+            .collect(),
+        run_count,
+        run_time_ns,
+        ns_per_run: if run_count > 0 { run_time_ns as f64 / run_count as f64 } else { 0.0 },
+        covered_s,
+        cpu_pct: if covered_s > 0.0 { run_time_ns as f64 / (covered_s * 1e9 * cpus.max(1) as f64) * 100.0 } else { 0.0 },
+        attach_ms,
+    })
+}
+
+/// Mean run time per checkpoint kind over both nodes of a mode, ns.
+pub fn probe_ns_by_kind(mode: &ModeInput) -> BTreeMap<String, f64> {
+    let mut totals: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+    for node in super::input::NODES {
+        for p in last_programs(mode, node).unwrap_or(&[]) {
+            if let Some(kind) = program_kind(&p.name) {
+                let t = totals.entry(kind).or_default();
+                t.0 += p.run_count;
+                t.1 += p.run_time_ns;
+            }
+        }
+    }
+    totals
+        .into_iter()
+        .filter(|(_, (count, _))| *count > 0)
+        .map(|(kind, (count, time))| (kind.to_owned(), time as f64 / count as f64))
+        .collect()
+}

@@ -1,0 +1,283 @@
+//! The report's formats. Text, Markdown and HTML render the same [`Section`]s (titles, cells,
+//! notes) built once here, so the three never disagree; JSON is the [`Report`] itself.
+
+pub mod html;
+pub mod json;
+pub mod markdown;
+pub mod table;
+
+use super::latency::{Category, LatencyAttribution, Split};
+use super::Report;
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Markdown,
+    Html,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Table, Format::Json, Format::Markdown, Format::Html];
+}
+
+pub fn render(report: &Report, format: Format) -> String {
+    match format {
+        Format::Table => table::render(report),
+        Format::Json => json::render(report),
+        Format::Markdown => markdown::render(report),
+        Format::Html => html::render(report),
+    }
+}
+
+/// One titled table with notes, format-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Section {
+    /// Anchor / machine name.
+    pub id: &'static str,
+    pub title: String,
+    pub intro: Vec<String>,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub footer: Vec<String>,
+}
+
+/// µs with one decimal from ns.
+pub fn us(ns: i64) -> String {
+    format!("{:.1}", ns as f64 / 1e3)
+}
+
+/// Signed µs with one decimal from ns.
+pub fn us_signed(ns: i64) -> String {
+    format!("{:+.1}", ns as f64 / 1e3)
+}
+
+pub fn pct(value: Option<f64>) -> String {
+    value.map_or("n/a".to_owned(), |v| format!("{v:.1}%"))
+}
+
+/// The header line every format starts with.
+pub fn headline(report: &Report) -> String {
+    let c = &report.run.config;
+    format!(
+        "netprof report: {} (kernel {}, {} CPUs; ping {} x {} ms, iperf3 {} s, ab {} x {})",
+        report.source,
+        report.run.kernel,
+        report.run.cpus,
+        c.ping_count,
+        c.ping_interval_s * 1e3,
+        c.iperf3_seconds,
+        c.ab_requests,
+        c.ab_concurrency
+    )
+}
+
+fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttribution) -> &Split) -> Option<Section> {
+    let first = report.latency.first()?;
+    let split = pick(first);
+    let mut header = vec!["stage".to_owned()];
+    header.extend(report.latency.iter().map(|l| l.mode.clone()));
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for stage in Category::ALL {
+        let mut row = vec![stage.label().to_owned()];
+        row.extend(report.latency.iter().map(|l| us_signed(pick(l).stage(stage))));
+        rows.push(row);
+    }
+    let mut line = |label: &str, f: &dyn Fn(&LatencyAttribution) -> String| {
+        let mut row = vec![label.to_owned()];
+        row.extend(report.latency.iter().map(f));
+        rows.push(row);
+    };
+    line("= explained", &|l| us_signed(pick(l).explained_ns));
+    line("unexplained", &|l| us_signed(pick(l).unexplained_ns));
+    line("measured delta", &|l| us_signed(pick(l).delta_ns));
+    line(&format!("mode RTT {}", split.statistic), &|l| us(pick(l).mode_ns));
+    line(&format!("baseline RTT {}", split.statistic), &|l| us(pick(l).baseline_ns));
+    line("explained share", &|l| pct(pick(l).explained_pct));
+    line("unexplained share", &|l| pct(pick(l).unexplained_pct));
+    if split.statistic == "p50" {
+        line("of which netprof probes", &|l| us_signed(l.probe_delta_ns));
+        line("skb-reuse passes/RTT", &|l| format!("{:.2}", l.reuse_passes));
+    }
+    let how = if split.segment_statistic == "median" {
+        "each segment's median × passes per RTT"
+    } else {
+        "each segment's mean × passes per RTT (percentiles do not add; the residual is the tail no stage's average explains)"
+    };
+    Some(Section {
+        id,
+        title: format!("Latency: extra ping RTT at {} over the baseline, by stage (µs per RTT)", split.statistic),
+        intro: vec![format!(
+            "Baseline: {}. Both nodes, both directions; a stage's time is {how}, minus the baseline's.",
+            first.baseline
+        )],
+        header,
+        rows,
+        footer: vec!["unexplained = measured delta − explained; negative: the stages add up to more than was measured.".to_owned()],
+    })
+}
+
+fn throughput_section(report: &Report) -> Option<Section> {
+    let first = report.throughput.first()?;
+    let header = [
+        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "packets/req", "top stages µs/req",
+    ];
+    let rows = report
+        .throughput
+        .iter()
+        .map(|t| {
+            let mut top: Vec<(Category, i64)> = t.split.stages.iter().map(|s| (s.stage, s.delta_ns)).filter(|(_, d)| *d != 0).collect();
+            top.sort_by_key(|(_, d)| -d.abs());
+            let top: Vec<String> = top.iter().take(3).map(|(c, d)| format!("{} {}", c.label(), us_signed(*d))).collect();
+            vec![
+                t.mode.clone(),
+                format!("{:.0}", t.baseline_qps),
+                format!("{:.1}", t.baseline_cpu_us_per_request),
+                us_signed(t.extra_ns_per_request),
+                format!("{:.0}", t.predicted_qps),
+                format!("{:.0}", t.measured_qps),
+                format!("{:+.1}%", t.prediction_error_pct),
+                format!("{:.1}", t.packets_per_request),
+                top.join(", "),
+            ]
+        })
+        .collect();
+    Some(Section {
+        id: "throughput",
+        title: "Throughput: nginx QPS predicted from per-request stage cost".to_owned(),
+        intro: vec![
+            format!(
+                "Model: QPS ≈ cpus / cpu time per request ({} CPUs). Baseline: {}; its cpu time per request = cpus / its QPS.",
+                first.cpus, first.baseline
+            ),
+            "extra = the mode's stage time per request minus the baseline's (segment mean × passes per request, both nodes); predicted QPS = cpus / (baseline µs/req + extra).".to_owned(),
+        ],
+        header: header.iter().map(|h| (*h).to_owned()).collect(),
+        rows,
+        footer: vec!["error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned()],
+    })
+}
+
+fn drops_section(report: &Report) -> Section {
+    let header = ["mode", "path", "tool", "after checkpoint", "reason", "count", "lost?"];
+    let mut rows = Vec::new();
+    for step in &report.drops {
+        for d in &step.drops {
+            rows.push(vec![
+                step.mode.clone(),
+                step.path.clone(),
+                step.tool.clone(),
+                d.after.clone(),
+                d.reason.clone(),
+                d.count.to_string(),
+                if d.expected.is_some() { "no (expected)".to_owned() } else { "yes".to_owned() },
+            ]);
+        }
+    }
+    let mut footer: Vec<String> = Vec::new();
+    let mut reasons: Vec<(&str, &str)> = report
+        .drops
+        .iter()
+        .flat_map(|s| s.drops.iter().filter_map(|d| d.expected.map(|e| (d.reason.as_str(), e))))
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    for (reason, why) in reasons {
+        footer.push(format!("{reason}: {why}."));
+    }
+    let retrans: Vec<String> = report
+        .drops
+        .iter()
+        .filter(|s| s.retransmits > 0 || s.iperf3_retransmits.unwrap_or(0) > 0 || s.ping_lost.unwrap_or(0) > 0)
+        .map(|s| {
+            let mut parts = vec![format!("{} tcp retransmits", s.retransmits)];
+            if let Some(r) = s.iperf3_retransmits {
+                parts.push(format!("iperf3 says {r}"));
+            }
+            if let Some(l) = s.ping_lost {
+                parts.push(format!("{l} pings lost"));
+            }
+            format!("{} {} {}: {}", s.mode, s.path, s.tool, parts.join(", "))
+        })
+        .collect();
+    if retrans.is_empty() {
+        footer.push("Retransmits: none on any profiled step.".to_owned());
+    } else {
+        footer.push(format!("Retransmits and losses: {}.", retrans.join("; ")));
+    }
+    Section {
+        id: "drops",
+        title: "Drops and retransmits by place and reason (both nodes)".to_owned(),
+        intro: vec![if rows.is_empty() { "No tracked packet was dropped.".to_owned() } else { "Where a tracked packet was freed as a drop: the last checkpoint it passed, and the kernel's drop reason.".to_owned() }],
+        header: header.iter().map(|h| (*h).to_owned()).collect(),
+        rows,
+        footer,
+    }
+}
+
+fn overhead_section(report: &Report) -> Section {
+    let header = ["mode", "node", "program runs", "run time ms", "ns/run", "CPU share", "attach ms"];
+    let rows = report
+        .overhead
+        .iter()
+        .map(|o| {
+            vec![
+                o.mode.clone(),
+                o.node.clone(),
+                o.run_count.to_string(),
+                format!("{:.1}", o.run_time_ns as f64 / 1e6),
+                format!("{:.0}", o.ns_per_run),
+                format!("{:.2}%", o.cpu_pct),
+                format!("{:.0}", o.attach_ms),
+            ]
+        })
+        .collect();
+    Section {
+        id: "overhead",
+        title: "The agent's own cost (bpf_stats, whole mode)".to_owned(),
+        intro: vec!["Run counts and run time of every netprof program from attach to the mode's last step; CPU share = run time / (time the steps covered × CPUs). The probes' time is inside the measured RTTs and segment times (see 'of which netprof probes').".to_owned()],
+        header: header.iter().map(|h| (*h).to_owned()).collect(),
+        rows,
+        footer: vec![],
+    }
+}
+
+/// Every section after the study's table, in order.
+pub fn sections(report: &Report) -> Vec<Section> {
+    let mut out = Vec::new();
+    out.extend(latency_section("latency-p50", report, |l| &l.p50));
+    out.extend(latency_section("latency-p99", report, |l| &l.p99));
+    out.extend(throughput_section(report));
+    if !report.run.profiled.is_empty() {
+        out.push(drops_section(report));
+        out.push(overhead_section(report));
+    }
+    out
+}
+
+/// Renders rows as left-aligned text columns two spaces apart.
+pub fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
+    use std::fmt::Write as _;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(&mut out, header);
+    line(&mut out, &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
+    for row in rows {
+        line(&mut out, row);
+    }
+    out
+}
