@@ -1,5 +1,7 @@
 //! Drops and retransmits per step: where (the last checkpoint passed) and why (the kernel's
 //! `skb_drop_reason`), both nodes merged, with the reasons that are normal endings marked.
+//! A packet that crossed to the other node and was freed there is seen by both agents (the
+//! `kfree_skb` tracepoint is global); it is counted once, where it was freed.
 
 use serde::Serialize;
 
@@ -49,6 +51,7 @@ pub fn step_drops(mode: &str, path: &str, tool: &str, step: &MergedStep) -> Step
     let drops: Vec<Drop> = step
         .drops
         .iter()
+        .filter(|d| !d.on_other_node)
         .map(|d| Drop {
             after: d.after.clone(),
             reason: d.reason.clone(),

@@ -213,6 +213,9 @@ pub struct MergedDrop {
     pub reason: String,
     pub count: u64,
     pub nodes: Vec<String>,
+    /// The packet had left this node on the uplink: the kernel freed it on the other node,
+    /// whose agent counts it too (the tracepoint is global), so this is the same drop again.
+    pub on_other_node: bool,
 }
 
 /// One step (e.g. pod path, ping) of one mode, both nodes merged.
@@ -250,6 +253,7 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
     let mut step = MergedStep::default();
     let mut segments: BTreeMap<(String, String, Stage, SegmentKind), MergedSegment> = BTreeMap::new();
     let mut drops: BTreeMap<(String, String), MergedDrop> = BTreeMap::new();
+    let mut max_retransmits = 0;
     for report in reports {
         step.nodes.push(report.node.clone());
         let cps: BTreeMap<u16, &CheckpointReport> = report.checkpoints.iter().map(|c| (c.id, c)).collect();
@@ -277,8 +281,13 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
             }
         }
         add_counters(&mut step.counters, &report.counters);
+        // `tcp:tcp_retransmit_skb` is global: every agent counts every retransmit between
+        // benchmark endpoints, wherever it happened. Counted once.
+        max_retransmits = max_retransmits.max(report.counters.retransmits);
         for drop in &report.drops {
-            let after = neutral_name(cps.get(&drop.checkpoint).copied(), &drop.checkpoint_name);
+            let cp = cps.get(&drop.checkpoint).copied();
+            let after = neutral_name(cp, &drop.checkpoint_name);
+            let on_other_node = Point::of(cp).device_tx("uplink");
             let entry = drops
                 .entry((after.clone(), drop.reason_name.clone()))
                 .or_insert_with(|| MergedDrop {
@@ -286,6 +295,7 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
                     reason: drop.reason_name.clone(),
                     count: 0,
                     nodes: Vec::new(),
+                    on_other_node,
                 });
             entry.count += drop.count;
             if !entry.nodes.contains(&report.node) {
@@ -293,6 +303,7 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
             }
         }
     }
+    step.counters.retransmits = max_retransmits;
     step.segments = segments.into_values().collect();
     step.drops = drops.into_values().collect();
     step

@@ -121,7 +121,7 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
 fn throughput_section(report: &Report) -> Option<Section> {
     let first = report.throughput.first()?;
     let header = [
-        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "packets/req", "top stages µs/req",
+        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "packets/req", "top stages µs/req",
     ];
     let rows = report
         .throughput
@@ -138,6 +138,7 @@ fn throughput_section(report: &Report) -> Option<Section> {
                 format!("{:.0}", t.predicted_qps),
                 format!("{:.0}", t.measured_qps),
                 format!("{:+.1}%", t.prediction_error_pct),
+                pct(t.split.explained_pct),
                 format!("{:.1}", t.packets_per_request),
                 top.join(", "),
             ]
@@ -155,37 +156,34 @@ fn throughput_section(report: &Report) -> Option<Section> {
         ],
         header: header.iter().map(|h| (*h).to_owned()).collect(),
         rows,
-        footer: vec!["error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned()],
+        footer: vec!["explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned()],
     })
 }
 
 fn drops_section(report: &Report) -> Section {
-    let header = ["mode", "path", "tool", "after checkpoint", "reason", "count", "lost?"];
+    let header = ["mode", "path", "tool", "after checkpoint", "reason", "count"];
     let mut rows = Vec::new();
+    // Expected endings, totalled per reason over every step.
+    let mut expected: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for step in &report.drops {
         for d in &step.drops {
-            rows.push(vec![
-                step.mode.clone(),
-                step.path.clone(),
-                step.tool.clone(),
-                d.after.clone(),
-                d.reason.clone(),
-                d.count.to_string(),
-                if d.expected.is_some() { "no (expected)".to_owned() } else { "yes".to_owned() },
-            ]);
+            match d.expected {
+                Some(why) => *expected.entry((d.reason.as_str(), why)).or_default() += d.count,
+                None => rows.push(vec![
+                    step.mode.clone(),
+                    step.path.clone(),
+                    step.tool.clone(),
+                    d.after.clone(),
+                    d.reason.clone(),
+                    d.count.to_string(),
+                ]),
+            }
         }
     }
-    let mut footer: Vec<String> = Vec::new();
-    let mut reasons: Vec<(&str, &str)> = report
-        .drops
+    let mut footer: Vec<String> = expected
         .iter()
-        .flat_map(|s| s.drops.iter().filter_map(|d| d.expected.map(|e| (d.reason.as_str(), e))))
+        .map(|((reason, why), count)| format!("Not losses: {count} × {reason} ({why})."))
         .collect();
-    reasons.sort();
-    reasons.dedup();
-    for (reason, why) in reasons {
-        footer.push(format!("{reason}: {why}."));
-    }
     let retrans: Vec<String> = report
         .drops
         .iter()
@@ -209,7 +207,11 @@ fn drops_section(report: &Report) -> Section {
     Section {
         id: "drops",
         title: "Drops and retransmits by place and reason (both nodes)".to_owned(),
-        intro: vec![if rows.is_empty() { "No tracked packet was dropped.".to_owned() } else { "Where a tracked packet was freed as a drop: the last checkpoint it passed, and the kernel's drop reason.".to_owned() }],
+        intro: vec![if rows.is_empty() {
+            "No tracked packet was lost.".to_owned()
+        } else {
+            "Tracked packets freed as drops: the last checkpoint they passed and the kernel's drop reason (a packet freed on the other node is counted there, once).".to_owned()
+        }],
         header: header.iter().map(|h| (*h).to_owned()).collect(),
         rows,
         footer,

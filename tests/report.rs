@@ -1,0 +1,230 @@
+//! `netprof report` on a recorded `bench --profile` run (tests/fixtures/report/run): golden
+//! text and Markdown, key JSON numbers, bad input named, and the HTML in headless Chromium.
+//! No root needed.
+//!
+//! Regenerate the golden files after an intended change with
+//! `NETPROF_UPDATE_GOLDEN=1 cargo test -p netprof-tests --test report`, and read the diff.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use netprof::report::{self, render, render::Format, InputError};
+
+/// Relative, so the report's `source` line is the same on every machine (tests run in tests/).
+const RUN: &str = "fixtures/report/run";
+const GOLDEN: &str = "fixtures/report/golden";
+
+fn fixture_report() -> report::Report {
+    report::from_dir(Path::new(RUN)).expect("the recorded run loads")
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(GOLDEN).join(name);
+    if std::env::var_os("NETPROF_UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(GOLDEN).unwrap();
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (create it with NETPROF_UPDATE_GOLDEN=1)", path.display()));
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the rendered report at line {}:\n  golden: {:?}\n  actual: {:?}\n(if intended: NETPROF_UPDATE_GOLDEN=1)",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first)
+        );
+    }
+}
+
+#[test]
+fn table_matches_golden() {
+    golden("report.txt", &render::render(&fixture_report(), Format::Table));
+}
+
+#[test]
+fn markdown_matches_golden() {
+    golden("report.md", &render::render(&fixture_report(), Format::Markdown));
+}
+
+#[test]
+fn json_has_the_schema_and_the_key_numbers() {
+    let report = fixture_report();
+    let json: serde_json::Value = serde_json::from_str(&render::render(&report, Format::Json)).unwrap();
+    assert_eq!(json["schema"], "netprof.report/v1");
+    assert_eq!(json["run"]["modes"].as_array().unwrap().len(), 5);
+    assert_eq!(json["run"]["profiled"].as_array().unwrap().len(), 5);
+    // The study's table: host first, its numbers straight from host.json.
+    let host: serde_json::Value = serde_json::from_str(&fs::read_to_string(Path::new(RUN).join("host.json")).unwrap()).unwrap();
+    assert_eq!(json["table"][0]["mode"], "host");
+    assert_eq!(json["table"][0]["qps"], host["host_path"]["ab"]["requests_per_second"]);
+    assert_eq!(json["table"][0]["ping_p50_ms"], host["host_path"]["ping"]["stats"]["p50_ms"]);
+    assert!(json["table"][0].get("vs_baseline").is_none());
+    // Latency attribution: one per pod mode; stages + unexplained = delta, in ns, exactly.
+    let latency = json["latency"].as_array().unwrap();
+    let modes: Vec<&str> = latency.iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["flannel-hostgw", "flannel-vxlan", "calico", "l2"]);
+    for l in latency {
+        for split in [&l["p50"], &l["p99"]] {
+            let stages: i64 = split["stages"].as_array().unwrap().iter().map(|s| s["delta_ns"].as_i64().unwrap()).sum();
+            assert_eq!(stages, split["explained_ns"].as_i64().unwrap());
+            assert_eq!(stages + split["unexplained_ns"].as_i64().unwrap(), split["delta_ns"].as_i64().unwrap());
+        }
+        assert_eq!(l["p50"]["mode_ns"].as_i64().unwrap() - l["p50"]["baseline_ns"].as_i64().unwrap(), l["p50"]["delta_ns"].as_i64().unwrap());
+    }
+    let vxlan = &latency[1];
+    let stage = |name: &str| vxlan["p50"]["stages"].as_array().unwrap().iter().find(|s| s["stage"] == name).unwrap()["delta_ns"].as_i64().unwrap();
+    // VXLAN pays for encapsulation and decapsulation; host-gw does not.
+    assert!(stage("vxlan-encap") > 1_000 && stage("vxlan-decap") > 1_000, "{vxlan}");
+    let hostgw = &latency[0];
+    assert!(hostgw["p50"]["stages"].as_array().unwrap().iter().any(|s| s["stage"] == "vxlan-encap" && s["delta_ns"] == 0));
+    // l2 has no iptables and no conntrack on its path.
+    let l2 = &latency[3];
+    for s in l2["p50"]["stages"].as_array().unwrap() {
+        if ["conntrack", "nat", "filter"].contains(&s["stage"].as_str().unwrap()) {
+            assert_eq!(s["mode_ns"], 0, "{s}");
+        }
+    }
+    // Throughput: a prediction per pod mode, with the model's inputs.
+    let throughput = json["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 4);
+    for t in throughput {
+        assert!(t["predicted_qps"].as_f64().unwrap() > 0.0 && t["cpus"].as_u64().unwrap() >= 1, "{t}");
+    }
+    assert_eq!(json["overhead"].as_array().unwrap().len(), 10, "5 modes x 2 nodes");
+    assert_eq!(json["rtt_samples"].as_array().unwrap().len(), 5);
+}
+
+/// A private copy of the recorded run to break.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("netprof-report-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        copy_dir(Path::new(RUN), &dir);
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn load_err(dir: &Path) -> (InputError, String) {
+    let err = report::input::load(dir).expect_err("bad input must be refused");
+    let text = err.to_string();
+    (err, text)
+}
+
+#[test]
+fn a_missing_profile_is_named() {
+    let s = Scratch::new("missing");
+    let gone = s.0.join("profile/flannel-vxlan/pod-path-ping-node2.json");
+    fs::remove_file(&gone).unwrap();
+    let (err, text) = load_err(&s.0);
+    assert!(matches!(err, InputError::MissingProfile { .. }), "{text}");
+    assert!(text.contains(&gone.display().to_string()) && text.contains("flannel-vxlan"), "{text}");
+}
+
+#[test]
+fn an_incomplete_profile_names_the_missing_step() {
+    let s = Scratch::new("incomplete");
+    let path = s.0.join("calico.json");
+    let mut doc: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let profiles = doc["profiles"].as_array_mut().unwrap();
+    profiles.retain(|p| !(p["path"] == "pod path" && p["tool"] == "ab" && p["node"] == "node1"));
+    fs::write(&path, doc.to_string()).unwrap();
+    let (err, text) = load_err(&s.0);
+    assert!(matches!(err, InputError::IncompleteProfile { .. }), "{text}");
+    assert!(text.contains("calico") && text.contains("pod path ab node1") && text.contains("pod-path-ab-node1.json"), "{text}");
+}
+
+#[test]
+fn a_foreign_schema_is_named() {
+    let s = Scratch::new("schema");
+    let path = s.0.join("profile/l2/host-path-ping-node1.json");
+    let text = fs::read_to_string(&path).unwrap().replace("netprof.agent/v1", "netprof.agent/v9");
+    fs::write(&path, text).unwrap();
+    let (err, text) = load_err(&s.0);
+    assert!(matches!(err, InputError::Schema { .. }), "{text}");
+    assert!(text.contains(&path.display().to_string()) && text.contains("netprof.agent/v9") && text.contains("netprof.agent/v1"), "{text}");
+
+    let s = Scratch::new("foreign");
+    let path = s.0.join("notes.json");
+    fs::write(&path, "{\"hello\": 1}").unwrap();
+    let (err, text) = load_err(&s.0);
+    assert!(matches!(err, InputError::NoSchema { .. }) && text.contains("notes.json"), "{text}");
+
+    let s = Scratch::new("renamed");
+    fs::rename(s.0.join("l2.json"), s.0.join("calico.json")).unwrap();
+    let (err, text) = load_err(&s.0);
+    assert!(matches!(err, InputError::ModeMismatch { .. }) && text.contains("calico.json") && text.contains("l2"), "{text}");
+}
+
+#[test]
+fn an_empty_or_missing_directory_says_what_to_give() {
+    let dir = std::env::temp_dir().join(format!("netprof-report-empty-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let (err, text) = load_err(&dir);
+    assert!(matches!(err, InputError::Empty { .. }) && text.contains("netprof bench --profile"), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+    let (err, text) = load_err(&dir);
+    assert!(matches!(err, InputError::Read { .. }) && text.contains(&dir.display().to_string()), "{text}");
+}
+
+#[test]
+fn without_profiles_the_table_still_renders_and_says_why_the_rest_is_missing() {
+    let s = Scratch::new("unprofiled");
+    for mode in ["host", "flannel-hostgw", "flannel-vxlan", "calico", "l2"] {
+        let path = s.0.join(format!("{mode}.json"));
+        let mut doc: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        doc["profiles"] = serde_json::json!([]);
+        fs::write(&path, doc.to_string()).unwrap();
+    }
+    fs::remove_dir_all(s.0.join("profile")).unwrap();
+    let report = report::from_dir(&s.0).unwrap();
+    assert!(report.latency.is_empty() && report.throughput.is_empty());
+    let text = render::render(&report, Format::Table);
+    assert!(text.contains("flannel-vxlan") && text.contains("not profiled (run `netprof bench --profile`)"), "{text}");
+}
+
+#[test]
+fn the_cli_writes_every_format_and_names_a_bad_directory() {
+    use std::process::Command;
+    let bin = netprof_tests::netprof_bin();
+    for format in ["table", "json", "markdown", "html"] {
+        let out = Command::new(&bin).args(["report", RUN, "--format", format]).output().unwrap();
+        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{format}");
+    }
+    let file = std::env::temp_dir().join(format!("netprof-report-cli-{}.md", std::process::id()));
+    let out = Command::new(&bin).args(["report", RUN, "--format", "markdown", "--out"]).arg(&file).output().unwrap();
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(fs::read_to_string(&file).unwrap().starts_with("# netprof report"));
+    fs::remove_file(&file).unwrap();
+    let out = Command::new(&bin).args(["report", "/nonexistent/netprof-dir"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("netprof: error: cannot read /nonexistent/netprof-dir"), "{stderr}");
+}
