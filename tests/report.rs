@@ -228,3 +228,86 @@ fn the_cli_writes_every_format_and_names_a_bad_directory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("netprof: error: cannot read /nonexistent/netprof-dir"), "{stderr}");
 }
+
+/// Runs headless Chromium on `file` with `extra` arguments; `None` (with a visible SKIPPED
+/// line) when Debian's `chromium` is not installed.
+fn chromium(file: &Path, extra: &[&str]) -> Option<std::process::Output> {
+    use std::process::Command;
+    let Ok(bin) = which_chromium() else {
+        println!("SKIPPED html_renders_in_headless_chromium: `chromium` is not installed (cargo xtask setup installs it)");
+        return None;
+    };
+    let profile = std::env::temp_dir().join(format!("netprof-chromium-{}", std::process::id()));
+    let url = format!("file://{}", file.canonicalize().unwrap().display());
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&profile);
+    Some(out)
+}
+
+fn which_chromium() -> Result<PathBuf, ()> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let candidate = Path::new(dir).join("chromium");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(())
+}
+
+#[test]
+fn html_renders_in_headless_chromium() {
+    let report = fixture_report();
+    let html = render::render(&report, Format::Html);
+    // Self-contained: nothing to fetch, nothing to run.
+    for forbidden in ["http://", "https://", "<script", "<link", "@import", "url("] {
+        assert!(!html.contains(forbidden), "the page contains {forbidden:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("netprof-report-html-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("report.html");
+    fs::write(&page, &html).unwrap();
+    let Some(out) = chromium(&page, &["--dump-dom"]) else { return };
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The browser parsed the whole page: the last section and the charts are in the DOM.
+    assert!(dom.contains("id=\"notes\"") && dom.matches("<svg").count() >= 5, "{}", &dom[..dom.len().min(2000)]);
+    // The key numbers: the study's table, each mode's measured p50 delta and explained share.
+    let cells = netprof::bench::table::cells(&report.results);
+    for row in &cells.rows {
+        for cell in row {
+            assert!(dom.contains(&render::html::escape(cell)), "table cell {cell:?} not in the page");
+        }
+    }
+    for l in &report.latency {
+        let delta = render::us_signed(l.p50.delta_ns);
+        let share = render::pct(l.p50.explained_pct);
+        let unexplained = render::us_signed(l.p50.unexplained_ns);
+        for number in [&delta, &share, &unexplained] {
+            assert!(dom.contains(number.as_str()), "{}: {number} not in the page", l.mode);
+        }
+    }
+    for t in &report.throughput {
+        assert!(dom.contains(&format!("{:.0}", t.predicted_qps)), "{}: predicted QPS", t.mode);
+    }
+    // And it paints: a screenshot of the page is written.
+    let png = dir.join("report.png");
+    let shot = chromium(&page, &["--window-size=1300,2400", &format!("--screenshot={}", png.display())]).unwrap();
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    let bytes = fs::read(&png).unwrap();
+    assert!(bytes.len() > 10_000 && bytes.starts_with(b"\x89PNG"), "screenshot of {} bytes", bytes.len());
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "inspecting conntrack state in lab namespaces"),
     ("ethtool", "inspecting lab devices (offloads)"),
     ("bpftool", "checking that no eBPF program is left attached (tests)"),
+    ("chromium", "headless browser: the report's HTML is opened and checked in a test"),
 ];
 
 /// The bpf-linker release that builds against rustc's LLVM (see shared/PLATFORM.md).
