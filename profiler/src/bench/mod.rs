@@ -11,6 +11,7 @@ pub mod result;
 pub mod servers;
 pub mod table;
 pub mod tools;
+pub mod validate;
 
 use std::fs;
 use std::io::Write as _;
@@ -96,6 +97,7 @@ pub async fn run(
     names: &LabNames,
     out_dir: &Path,
     profile: bool,
+    validate: Option<&validate::ValidatePlan>,
 ) -> Result<Vec<ModeResult>, BenchError> {
     cfg.validate()?;
     lab::require_root()?;
@@ -118,6 +120,9 @@ pub async fn run(
     }
     let summary = out_dir.join("table.txt");
     fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output { path: summary, source })?;
+    if let Some(plan) = validate {
+        validate::run(cfg, names, out_dir, plan).await?;
+    }
     Ok(results)
 }
 

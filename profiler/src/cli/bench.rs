@@ -41,6 +41,20 @@ pub struct BenchArgs {
     /// beside the results (<out>/profile/<mode>/<path>-<tool>-<node>.json).
     #[arg(long)]
     pub profile: bool,
+    /// After the modes, run the counterfactual checks of the attribution on one mode (agents
+    /// attached): conntrack off (NOTRACK), no kube-proxy rules, and a sweep of extra Services;
+    /// writes <out>/validate.json for `netprof report`.
+    #[arg(long)]
+    pub validate: bool,
+    /// The mode `--validate` runs on (one with kube-proxy: flannel-hostgw, flannel-vxlan, calico).
+    #[arg(long, default_value = "flannel-vxlan")]
+    pub validate_mode: Mode,
+    /// Interleaved rounds of base / notrack / no-kube-proxy runs.
+    #[arg(long, default_value_t = 3)]
+    pub validate_rounds: u32,
+    /// Extra Services per run of the `--validate` sweep (comma-separated).
+    #[arg(long, default_value = "0,1000,5000", value_delimiter = ',')]
+    pub sweep_services: Vec<u32>,
     /// Print the table as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +72,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
         services: args.services,
     };
     cfg.validate()?;
+    let plan = if args.validate {
+        if !args.validate_mode.has_kube_proxy() {
+            anyhow::bail!(
+                "--validate-mode {} has no kube-proxy rules to remove: use flannel-hostgw, flannel-vxlan or calico",
+                args.validate_mode
+            );
+        }
+        if args.validate_rounds == 0 {
+            anyhow::bail!("--validate-rounds must be at least 1");
+        }
+        if let Some(&n) = args.sweep_services.iter().find(|&&n| n > lab::addressing::MAX_EXTRA_SERVICES) {
+            anyhow::bail!("--sweep-services {n} is too many: the lab holds at most {}", lab::addressing::MAX_EXTRA_SERVICES);
+        }
+        Some(bench::validate::ValidatePlan {
+            mode: args.validate_mode,
+            rounds: args.validate_rounds,
+            sweep: args.sweep_services.clone(),
+        })
+    } else {
+        None
+    };
     lab::require_root()?;
     let _lock = LabLock::acquire(&args.lab)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -67,7 +102,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = bench::run(&modes, &cfg, &names, &args.out, args.profile) => result.map(Some),
+            result = bench::run(&modes, &cfg, &names, &args.out, args.profile, plan.as_ref()) => result.map(Some),
             signal = shutdown_signal() => {
                 eprintln!("\nnetprof: {signal}: stopping the tools and removing the lab");
                 Ok(None)

@@ -66,11 +66,32 @@ pub struct LabSpec {
     pub services: u32,
 }
 
+/// What `bench --validate` removes from a lab to check the attribution against reality.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ablation {
+    /// `iptables -t raw -I PREROUTING/OUTPUT -j CT --notrack` on both nodes: no packet is
+    /// tracked, so conntrack and NAT do (almost) nothing. The NodePort cannot work then
+    /// (DNAT needs conntrack), so HTTP goes straight to the pod.
+    #[serde(default)]
+    pub notrack: bool,
+    /// No kube-proxy rules at all (no iptables tables, so no conntrack hooks either); HTTP goes
+    /// straight to the pod.
+    #[serde(default)]
+    pub no_kube_proxy: bool,
+}
+
+impl Ablation {
+    pub fn is_none(&self) -> bool {
+        *self == Ablation::default()
+    }
+}
+
 /// A built lab, with the addresses the benchmarks use.
 #[derive(Debug, Clone)]
 pub struct Lab {
     pub names: LabNames,
     pub spec: LabSpec,
+    pub ablation: Ablation,
 }
 
 /// Where one benchmark path runs: client and server namespaces and the targets.
@@ -111,7 +132,7 @@ impl Lab {
             return None;
         }
         let server_ip = pod_ip(mode, Node::Two);
-        let http_target = if mode.has_kube_proxy() {
+        let http_target = if self.has_node_port() {
             SocketAddrV4::new(node_ip(Node::Two), NODE_PORT)
         } else {
             SocketAddrV4::new(server_ip, 80)
@@ -123,6 +144,11 @@ impl Lab {
             http_client_netns: self.names.node(Node::One),
             http_target,
         })
+    }
+
+    /// Whether nginx is reached through kube-proxy's NodePort (DNAT + MASQUERADE).
+    pub fn has_node_port(&self) -> bool {
+        self.mode().has_kube_proxy() && self.ablation.is_none()
     }
 
     /// Every namespace of this lab.
@@ -151,12 +177,17 @@ fn state_path(names: &LabNames) -> PathBuf {
 /// Builds the lab from scratch (first removing whatever a crashed run left) and checks that the
 /// paths the benchmarks use answer. On any failure nothing is left behind.
 pub fn up(names: &LabNames, spec: LabSpec) -> Result<Lab, LabError> {
+    up_with(names, spec, Ablation::default())
+}
+
+/// [`up`] with parts of the datapath removed (`bench --validate`).
+pub fn up_with(names: &LabNames, spec: LabSpec, ablation: Ablation) -> Result<Lab, LabError> {
     require_root()?;
     if spec.services > MAX_EXTRA_SERVICES {
         return Err(LabError::TooManyServices(spec.services));
     }
     down(names)?;
-    let plan = topology::build_plan(names, spec.mode, spec.services);
+    let plan = topology::build_plan_with(names, spec.mode, spec.services, ablation);
     for cmd in &plan {
         if let Err(source) = cmd.run() {
             let _ = down(names);
@@ -170,6 +201,7 @@ pub fn up(names: &LabNames, spec: LabSpec) -> Result<Lab, LabError> {
     let lab = Lab {
         names: names.clone(),
         spec,
+        ablation,
     };
     if let Err(err) = check_reachability(&lab) {
         let _ = down(names);

@@ -8,7 +8,7 @@ use super::addressing::{
 };
 use super::kube_proxy;
 use super::names::LabNames;
-use super::Mode;
+use super::{Ablation, Mode};
 use crate::cmd::Cmd;
 
 /// Host-side veth of the pod on a node (inside the node namespace, so a fixed name is fine).
@@ -29,6 +29,11 @@ fn sysctl(ns: &str, settings: &[&str]) -> Cmd {
 
 /// All commands, in order, that build `mode` with `extra_services` additional Service chains.
 pub fn build_plan(names: &LabNames, mode: Mode, extra_services: u32) -> Vec<Cmd> {
+    build_plan_with(names, mode, extra_services, Ablation::default())
+}
+
+/// [`build_plan`] with parts of the datapath removed (`bench --validate`).
+pub fn build_plan_with(names: &LabNames, mode: Mode, extra_services: u32, ablation: Ablation) -> Vec<Cmd> {
     let mut plan = Vec::new();
     let mut namespaces = vec![names.node(Node::One), names.node(Node::Two)];
     if mode.has_pods() {
@@ -53,12 +58,12 @@ pub fn build_plan(names: &LabNames, mode: Mode, extra_services: u32) -> Vec<Cmd>
         "link", "add", UPLINK, "netns", &n1, "type", "veth", "peer", "name", UPLINK, "netns", &n2,
     ]));
     for node in Node::BOTH {
-        node_plan(&mut plan, names, mode, node, extra_services);
+        node_plan(&mut plan, names, mode, node, extra_services, ablation);
     }
     plan
 }
 
-fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extra_services: u32) {
+fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extra_services: u32, ablation: Ablation) {
     let ns = names.node(node);
     let node_cidr = format!("{}/{UNDERLAY_PREFIX}", node_ip(node));
     if mode == Mode::L2 {
@@ -83,9 +88,14 @@ fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extr
         Mode::L2 => l2_pod(plan, names, node),
         Mode::Host => {}
     }
-    if mode.has_kube_proxy() {
+    if mode.has_kube_proxy() && !ablation.no_kube_proxy {
         let rules = kube_proxy::ruleset(mode, node, extra_services);
         plan.push(Cmd::new("iptables-restore").in_netns(&ns).stdin(rules));
+    }
+    if ablation.notrack {
+        // Nothing is tracked: conntrack sees an untracked template, NAT has nothing to do.
+        let raw = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -j CT --notrack\n-A OUTPUT -j CT --notrack\nCOMMIT\n";
+        plan.push(Cmd::new("iptables-restore").arg("--noflush").in_netns(&ns).stdin(raw.to_owned()));
     }
 }
 
@@ -206,5 +216,18 @@ mod tests {
         for mode in [Mode::FlannelHostgw, Mode::FlannelVxlan, Mode::Calico] {
             assert_eq!(plan_text(mode).matches("iptables-restore").count(), 2, "{mode}");
         }
+    }
+
+    #[test]
+    fn ablations_remove_kube_proxy_or_add_notrack_on_both_nodes() {
+        let names = LabNames::new("unit").unwrap();
+        let count = |ablation: Ablation, needle: &str| {
+            build_plan_with(&names, Mode::FlannelVxlan, 0, ablation).iter().filter(|c| c.display().contains(needle)).count()
+        };
+        assert_eq!(count(Ablation::default(), "iptables-restore"), 2);
+        assert_eq!(count(Ablation { no_kube_proxy: true, notrack: false }, "iptables-restore"), 0);
+        // kube-proxy's ruleset plus the raw table, loaded without flushing the others.
+        assert_eq!(count(Ablation { notrack: true, no_kube_proxy: false }, "iptables-restore"), 4);
+        assert_eq!(count(Ablation { notrack: true, no_kube_proxy: false }, "iptables-restore --noflush"), 2);
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
 use crate::bench::profile::ProfileFile;
 use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
+use crate::bench::validate::{ValidateResult, VariantRun, SCHEMA as VALIDATE_SCHEMA};
 use crate::lab::Mode;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +109,35 @@ impl ModeInput {
     }
 }
 
+/// One `bench --validate` run with its agent reports.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub run: VariantRun,
+    pub profiles: Vec<Profile>,
+}
+
+impl RunInput {
+    /// The reports of one tool ("ping" or "ab"), in node order.
+    pub fn step(&self, tool: &str) -> Vec<&Profile> {
+        let mut step: Vec<&Profile> = self.profiles.iter().filter(|p| p.file.tool == tool).collect();
+        step.sort_by(|a, b| a.file.node.cmp(&b.file.node));
+        step
+    }
+}
+
+/// `validate.json` and its runs.
+#[derive(Debug, Clone)]
+pub struct ValidationInput {
+    pub result: ValidateResult,
+    pub runs: Vec<RunInput>,
+}
+
 /// Everything in one bench output directory, modes in the study's order.
 #[derive(Debug, Clone)]
 pub struct Input {
     pub dir: PathBuf,
     pub modes: Vec<ModeInput>,
+    pub validation: Option<ValidationInput>,
 }
 
 impl Input {
@@ -188,10 +213,16 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
     }
     files.sort();
     let mut modes: BTreeMap<Mode, ModeInput> = BTreeMap::new();
+    let mut validation = None;
     for path in files {
         let value = read_json(&path)?;
         let schema = schema_of(&path, &value)?;
         if OTHER_SCHEMAS.contains(&schema.as_str()) {
+            continue;
+        }
+        if schema == VALIDATE_SCHEMA {
+            let result: ValidateResult = typed(&path, value, VALIDATE_SCHEMA)?;
+            validation = Some(load_validation(dir, result)?);
             continue;
         }
         let result: ModeResult = typed(&path, value, MODE_SCHEMA)?;
@@ -220,7 +251,43 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
     Ok(Input {
         dir: dir.to_path_buf(),
         modes: modes.into_values().collect(),
+        validation,
     })
+}
+
+fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput, InputError> {
+    let mode = result.mode;
+    let mut runs = Vec::new();
+    for run in &result.runs {
+        let base = dir.join(&run.dir);
+        let mut profiles = Vec::new();
+        for file in &run.profiles {
+            let path = base.join(&file.file);
+            let what = format!("validate {} {} {} {}", run.dir, file.path, file.tool, file.node);
+            if !path.is_file() {
+                return Err(InputError::MissingProfile { path, mode, what });
+            }
+            let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
+            profiles.push(Profile { file: file.clone(), report });
+        }
+        let mut tools = vec!["ping"];
+        if run.ab.is_some() {
+            tools.push("ab");
+        }
+        for tool in tools {
+            for node in NODES {
+                if !profiles.iter().any(|p| p.file.tool == tool && p.file.node == node) {
+                    return Err(InputError::IncompleteProfile {
+                        mode,
+                        what: format!("validate {} pod path {tool} {node}", run.dir),
+                        expected: base.join("profile").join(mode.name()).join(format!("pod-path-{tool}-{node}.json")),
+                    });
+                }
+            }
+        }
+        runs.push(RunInput { run: run.clone(), profiles });
+    }
+    Ok(ValidationInput { result, runs })
 }
 
 /// The steps a profiled mode must have, per path.

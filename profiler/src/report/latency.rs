@@ -127,8 +127,8 @@ pub enum Statistic {
     Mean,
 }
 
-/// A step's time per event (RTT or request) by category, in ns (unrounded).
-pub fn per_event(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeMap<Category, f64> {
+/// A step's time per event (RTT or request) by the agent's stage, in ns (unrounded).
+pub fn per_event_by_stage(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeMap<Stage, f64> {
     let mut out = BTreeMap::new();
     let events = events.max(1) as f64;
     for seg in step.of_kind(SegmentKind::Path) {
@@ -136,7 +136,16 @@ pub fn per_event(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeM
             Statistic::Median => seg.hist.summary().p50_ns as f64,
             Statistic::Mean => seg.hist.mean_ns(),
         };
-        *out.entry(Category::of(seg.stage)).or_insert(0.0) += value * seg.hist.count as f64 / events;
+        *out.entry(seg.stage).or_insert(0.0) += value * seg.hist.count as f64 / events;
+    }
+    out
+}
+
+/// A step's time per event (RTT or request) by category, in ns (unrounded).
+pub fn per_event(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeMap<Category, f64> {
+    let mut out = BTreeMap::new();
+    for (stage, ns) in per_event_by_stage(step, events, statistic) {
+        *out.entry(Category::of(stage)).or_insert(0.0) += ns;
     }
     out
 }

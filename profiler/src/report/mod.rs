@@ -14,6 +14,7 @@ pub mod merge;
 pub mod overhead;
 pub mod render;
 pub mod throughput;
+pub mod validation;
 
 use std::path::Path;
 
@@ -88,6 +89,9 @@ pub struct Report {
     pub drops: Vec<drops::StepDrops>,
     pub overhead: Vec<overhead::NodeOverhead>,
     pub rtt_samples: Vec<RttSamples>,
+    /// `bench --validate`: predicted against measured ablation gains, and the per-rule cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<validation::Validation>,
     /// Methods, and everything the report could not do and why.
     pub notes: Vec<String>,
     /// The table as text cells, for renderers (not in JSON: the rows above carry the numbers).
@@ -241,6 +245,7 @@ pub fn build(input: &Input) -> Report {
         drops,
         overhead,
         rtt_samples,
+        validation: input.validation.as_ref().map(|v| validation::validate(v, cpus)),
         notes,
         results,
     }

@@ -176,7 +176,8 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut t = (lo / step).ceil() * step;
     while t <= hi + 1e-9 {
-        out.push(t);
+        // No "-0" label.
+        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
         t += step;
     }
     out
@@ -295,6 +296,8 @@ mod tests {
     fn text_is_escaped_and_ticks_are_round() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(ticks(0.0, 100.0), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
-        assert_eq!(ticks(-7.0, 23.0), vec![-5.0, 0.0, 5.0, 10.0, 15.0, 20.0]);
+        assert_eq!(ticks(-7.0, 23.0), vec![0.0, 10.0, 20.0]);
+        assert!(ticks(-7.0, 23.0)[0].is_sign_positive());
+        assert_eq!(ticks(-12.0, 30.0), vec![-10.0, 0.0, 10.0, 20.0, 30.0]);
     }
 }

@@ -245,6 +245,109 @@ fn overhead_section(report: &Report) -> Section {
     }
 }
 
+fn validation_sections(report: &Report) -> Vec<Section> {
+    let Some(v) = &report.validation else { return Vec::new() };
+    let mut out = Vec::new();
+    let header = [
+        "ablation", "removes", "predicted gain µs", "measured gain µs", "error", "within ±30%", "base p50 µs", "ablated p50 µs", "still seen µs", "added µs", "net predicted µs",
+    ];
+    let rows = v
+        .checks
+        .iter()
+        .map(|c| {
+            let removes: Vec<&str> = c.removes.iter().map(|s| s.name()).collect();
+            vec![
+                c.ablation.to_owned(),
+                removes.join(", "),
+                us_signed(c.predicted_gain_ns),
+                us_signed(c.measured_gain_ns),
+                c.error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
+                match c.error_pct {
+                    Some(e) if e.abs() <= v.tolerance_pct => "yes".to_owned(),
+                    Some(_) => "no".to_owned(),
+                    None => "n/a".to_owned(),
+                },
+                us(c.base_p50_ns),
+                us(c.ablated_p50_ns),
+                us(c.remaining_ns),
+                us_signed(c.added_ns),
+                us_signed(c.net_predicted_gain_ns),
+            ]
+        })
+        .collect();
+    let mut footer = vec![
+        "predicted gain: from the base runs only (all rounds merged): the removed stages' per-RTT time (segment median × passes per RTT, both nodes); for NOTRACK only the part above each hook's empty-bracket floor, since its tables stay registered and probed. measured gain: base p50 − ablated p50 of all rounds' pings pooled. still seen: the removed stages' time in the ablated runs' own profiles; added: stages the ablation brings (NOTRACK's raw table) there; net predicted = predicted − added.".to_owned(),
+    ];
+    for c in &v.checks {
+        let parts: Vec<String> = c.predicted_by_stage.iter().map(|(s, ns)| format!("{} {}", s.name(), us_signed(*ns))).collect();
+        footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
+        if let Some(q) = &c.qps {
+            footer.push(format!(
+                "{} nginx (straight to the pod instead of the NodePort): QPS {:.0} -> measured {:.0} ({:+.1}%), predicted {:.0} ({:+.1}%) from {} µs less datapath time per request.",
+                c.ablation,
+                q.base_qps,
+                q.ablated_qps,
+                q.measured_change_pct,
+                q.predicted_qps,
+                q.predicted_change_pct,
+                us(q.removed_ns_per_request)
+            ));
+        }
+    }
+    out.push(Section {
+        id: "validation",
+        title: format!("Counterfactual validation on {} ({} rounds, agents attached in every run)", v.mode, v.rounds),
+        intro: vec!["Each ablation removes stages from the lab; the attribution of the base runs predicts how much p50 RTT that saves.".to_owned()],
+        header: header.iter().map(|h| (*h).to_owned()).collect(),
+        rows,
+        footer,
+    });
+    let s = &v.sweep;
+    if !s.points.is_empty() {
+        let header = ["extra Services", "rules per node", "ab mean ms", "nginx QPS", "nat ns/request", "ping p50 ms"];
+        let rows = s
+            .points
+            .iter()
+            .map(|p| {
+                vec![
+                    p.services.to_string(),
+                    p.rules_per_node.to_string(),
+                    format!("{:.3}", p.ab_mean_ms),
+                    format!("{:.0}", p.qps),
+                    format!("{:.0}", p.nat_ns_per_request),
+                    p.ping_p50_ms.map_or("no reply".to_owned(), |v| format!("{v:.3}")),
+                ]
+            })
+            .collect();
+        let mut footer = Vec::new();
+        match &s.ab_mean_us_per_rule {
+            Some(f) => footer.push(format!(
+                "Per-rule cost from ab's mean latency: {:+.3} µs per rule per node ({:+.1} µs per 1000 rules; intercept {:.0} µs, r² {:.2}).",
+                f.slope,
+                f.slope * 1e3,
+                f.intercept,
+                f.r2
+            )),
+            None => footer.push("Per-rule cost: needs at least two different rule counts.".to_owned()),
+        }
+        if let Some(f) = &s.nat_ns_per_rule {
+            footer.push(format!(
+                "Per-rule cost from the measured iptables nat time: {:+.2} ns per rule per node per request (intercept {:.0} ns, r² {:.2}).",
+                f.slope, f.intercept, f.r2
+            ));
+        }
+        out.push(Section {
+            id: "sweep",
+            title: format!("Services sweep on {}: the cost of kube-proxy rules", v.mode),
+            intro: vec!["Extra Services (5 iptables rules each) in front of nginx's NodePort; a line fitted through the points gives the cost per rule.".to_owned()],
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows,
+            footer,
+        });
+    }
+    out
+}
+
 /// Every section after the study's table, in order.
 pub fn sections(report: &Report) -> Vec<Section> {
     let mut out = Vec::new();
@@ -255,6 +358,7 @@ pub fn sections(report: &Report) -> Vec<Section> {
         out.push(drops_section(report));
         out.push(overhead_section(report));
     }
+    out.extend(validation_sections(report));
     out
 }
 

@@ -1,0 +1,203 @@
+//! `bench --validate`: counterfactual runs that check the attribution against reality. On one
+//! mode's lab, with the agents attached throughout (so every run carries the same probes):
+//! - `base`: the lab as built;
+//! - `notrack`: a raw-table `CT --notrack` on both nodes (conntrack and NAT do nothing);
+//! - `no-kube-proxy`: no kube-proxy rules (no iptables tables, no conntrack hooks);
+//!
+//! each `rounds` times, interleaved so slow drifts hit every variant alike; then a sweep of
+//! extra Services (`base` with 0, 1000, 5000 Services: 5 rules each) for the per-rule cost.
+//! Every run does the pod path's ping, and ab when nginx is reachable the same way (through
+//! the NodePort in `base` and the sweep; straight to the pod in `no-kube-proxy`; not in
+//! `notrack`, where the NodePort cannot work). `netprof report` predicts each ablation's gain
+//! from the `base` runs' profiles and sets it beside the measured one.
+
+#![allow(clippy::result_large_err)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::profile::{ProfileFile, Profiler};
+use super::{servers, tools, BenchConfig, BenchError, Progress};
+use crate::lab::{self, kube_proxy, Ablation, LabNames, LabSpec, Mode, Node};
+use crate::parse::{ab::AbReport, ping::PingReport};
+
+pub const SCHEMA: &str = "netprof.validate/v1";
+/// Where `bench --validate` writes its summary, next to the `<mode>.json` files.
+pub const FILE: &str = "validate.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    Base,
+    Notrack,
+    NoKubeProxy,
+    /// `base` with extra Services (the sweep).
+    Services,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Base => "base",
+            Variant::Notrack => "notrack",
+            Variant::NoKubeProxy => "no-kube-proxy",
+            Variant::Services => "services",
+        }
+    }
+
+    fn ablation(self) -> Ablation {
+        Ablation {
+            notrack: self == Variant::Notrack,
+            no_kube_proxy: self == Variant::NoKubeProxy,
+        }
+    }
+}
+
+/// One run of one variant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VariantRun {
+    pub variant: Variant,
+    pub round: u32,
+    /// Extra Services in the lab.
+    pub services: u32,
+    /// kube-proxy + CNI iptables rules per node (0 without kube-proxy).
+    pub rules_per_node: usize,
+    /// Where nginx was reached (NodePort or the pod).
+    pub http_target: String,
+    pub ping: PingReport,
+    /// `None` in `notrack` (the NodePort cannot work without conntrack).
+    pub ab: Option<AbReport>,
+    /// Directory of this run's agent reports, relative to the bench directory; the profile
+    /// files are relative to it (as in `<mode>.json`).
+    pub dir: String,
+    pub profiles: Vec<ProfileFile>,
+}
+
+/// `validate.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ValidateResult {
+    pub schema: String,
+    pub mode: Mode,
+    pub config: BenchConfig,
+    pub rounds: u32,
+    pub sweep: Vec<u32>,
+    pub runs: Vec<VariantRun>,
+}
+
+/// What to validate.
+#[derive(Debug, Clone)]
+pub struct ValidatePlan {
+    pub mode: Mode,
+    pub rounds: u32,
+    pub sweep: Vec<u32>,
+}
+
+fn rules(mode: Mode, services: u32, ablation: Ablation) -> usize {
+    if mode.has_kube_proxy() && !ablation.no_kube_proxy {
+        kube_proxy::rule_count(&kube_proxy::ruleset(mode, Node::Two, services))
+    } else {
+        0
+    }
+}
+
+/// Where a run goes: its variant, round and Services, and its place in the schedule.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    variant: Variant,
+    round: u32,
+    services: u32,
+    index: usize,
+    total: usize,
+}
+
+async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: Mode, slot: Slot) -> Result<VariantRun, BenchError> {
+    let Slot { variant, round, services, index, total } = slot;
+    let step = (index, total);
+    let progress = Progress { index: step.0, total: step.1, mode };
+    let ablation = variant.ablation();
+    let label = match variant {
+        Variant::Services => format!("validate services={services}"),
+        v => format!("validate {} round {}", v.name(), round + 1),
+    };
+    let t = progress.step(&format!("{label}: lab + agents"));
+    let lab = lab::up_with(names, LabSpec { mode, services }, ablation).map_err(|e| progress.failed(e))?;
+    let dir = PathBuf::from("validate").join(match variant {
+        Variant::Services => format!("services-{services}"),
+        v => format!("{}-r{}", v.name(), round + 1),
+    });
+    let run_dir = out_dir.join(&dir);
+    let profiler = Profiler::start(&lab, &run_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+    progress.done(t, "up");
+    let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
+    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
+    let server_err = |what| move |source| BenchError::Server { mode, what, source };
+    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
+    let profile_err = |source| BenchError::Profile { mode, source };
+    let tool_err = |step: &'static str| {
+        let step = format!("{label}: {step}");
+        move |source| BenchError::Tool { mode, step, source }
+    };
+
+    let t = progress.step(&format!("{label}: ping"));
+    profiler.before_step().map_err(profile_err)?;
+    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
+    let mut profiles = profiler.after_step("pod path", "ping").map_err(profile_err)?;
+    progress.done(t, &ping.stats.map_or("no replies".to_owned(), |s| format!("p50 {:.3} ms", s.p50_ms)));
+
+    let ab = if variant == Variant::Notrack {
+        None
+    } else {
+        let t = progress.step(&format!("{label}: ab -> {}", endpoints.http_target));
+        profiler.before_step().map_err(profile_err)?;
+        let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
+        profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
+        progress.done(t, &format!("{:.0} req/s, mean {:.3} ms", ab.requests_per_second, ab.mean_time_per_request_ms));
+        Some(ab)
+    };
+    drop(profiler);
+    Ok(VariantRun {
+        variant,
+        round,
+        services,
+        rules_per_node: rules(mode, services, ablation),
+        http_target: endpoints.http_target.to_string(),
+        ping,
+        ab,
+        dir: dir.display().to_string(),
+        profiles,
+    })
+}
+
+/// Runs every validation variant; writes `<out>/validate.json` and the runs' agent reports
+/// under `<out>/validate/`. The lab is always torn down.
+pub async fn run(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan) -> Result<ValidateResult, BenchError> {
+    let mut schedule: Vec<(Variant, u32, u32)> = Vec::new();
+    for round in 0..plan.rounds {
+        for variant in [Variant::Base, Variant::Notrack, Variant::NoKubeProxy] {
+            schedule.push((variant, round, 0));
+        }
+    }
+    for &services in &plan.sweep {
+        schedule.push((Variant::Services, 0, services));
+    }
+    let mut runs = Vec::new();
+    for (i, &(variant, round, services)) in schedule.iter().enumerate() {
+        let slot = Slot { variant, round, services, index: i + 1, total: schedule.len() };
+        let outcome = run_variant(cfg, names, out_dir, plan.mode, slot).await;
+        let teardown = lab::down(names);
+        runs.push(outcome?);
+        teardown?;
+    }
+    let result = ValidateResult {
+        schema: SCHEMA.to_owned(),
+        mode: plan.mode,
+        config: cfg.clone(),
+        rounds: plan.rounds,
+        sweep: plan.sweep.clone(),
+        runs,
+    };
+    let path = out_dir.join(FILE);
+    let json = serde_json::to_string_pretty(&result).expect("validation results serialize");
+    fs::write(&path, json).map_err(|source| BenchError::Output { path, source })?;
+    Ok(result)
+}

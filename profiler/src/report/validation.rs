@@ -1,0 +1,317 @@
+//! Counterfactual validation: what the attribution predicts an ablation gains, beside what the
+//! ablation measured (`bench --validate`, see `bench::validate`).
+//!
+//! Predictions come from the `base` runs' ping profiles, merged over all rounds and both nodes
+//! as histograms: the per-RTT time (segment median × passes per RTT) of the stages the ablation
+//! removes. NOTRACK removes conntrack's and NAT's work (NAT only acts on tracked packets) but
+//! leaves the tables registered and probed, so only each bracket's time above the hook's empty
+//! bracket goes; the raw-table rule it adds cannot be predicted from the base runs and is shown
+//! from the ablated runs' own profiles. No kube-proxy removes every netfilter stage whole (no
+//! tables, no hooks, no probes there). The measured gain is the difference of the p50 RTTs of all rounds' pings pooled.
+//! The Services sweep fits a line through (rules per node, ab mean latency) and (rules per
+//! node, NAT time per request) for the per-rule cost.
+
+use serde::Serialize;
+
+use crate::agent::stages::Stage;
+use crate::bench::validate::Variant;
+use crate::parse::ping::RttStats;
+
+use super::input::{RunInput, ValidationInput};
+use super::latency::{per_event_by_stage, Statistic};
+use super::merge::{merge_step, MergedStep};
+
+/// One ablation: predicted against measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub ablation: &'static str,
+    pub removes: Vec<Stage>,
+    pub rounds: usize,
+    /// Pooled p50 ping RTT of the base and the ablated runs, ns.
+    pub base_p50_ns: i64,
+    pub ablated_p50_ns: i64,
+    pub measured_gain_ns: i64,
+    pub predicted_gain_ns: i64,
+    /// The prediction by removed stage, ns per RTT.
+    pub predicted_by_stage: Vec<(Stage, i64)>,
+    /// `(measured - predicted) / predicted`, percent.
+    pub error_pct: Option<f64>,
+    /// The removed stages' time still seen in the ablated runs' own profiles, ns per RTT.
+    pub remaining_ns: i64,
+    /// Stages the ablation adds (NOTRACK: the raw table), seen in the ablated runs' own
+    /// profiles, ns per RTT; not part of the prediction, which uses the base runs only.
+    pub added_ns: i64,
+    /// `predicted_gain_ns - added_ns`.
+    pub net_predicted_gain_ns: i64,
+    /// nginx through the same kind of target (only `no-kube-proxy`: straight to the pod).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qps: Option<QpsCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QpsCheck {
+    /// Median over rounds.
+    pub base_qps: f64,
+    pub ablated_qps: f64,
+    pub predicted_qps: f64,
+    /// Removed stage time per request (means, base ab profiles), ns.
+    pub removed_ns_per_request: i64,
+    pub measured_change_pct: f64,
+    pub predicted_change_pct: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepPoint {
+    pub services: u32,
+    pub rules_per_node: usize,
+    pub ab_mean_ms: f64,
+    pub qps: f64,
+    /// iptables nat time per request (segment means × passes, both nodes), ns.
+    pub nat_ns_per_request: f64,
+    pub ping_p50_ms: Option<f64>,
+}
+
+/// A least-squares line `y = intercept + slope × rules`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Fit {
+    pub slope: f64,
+    pub intercept: f64,
+    pub r2: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sweep {
+    pub points: Vec<SweepPoint>,
+    /// ab mean latency (µs) per rule per node.
+    pub ab_mean_us_per_rule: Option<Fit>,
+    /// NAT time per request (ns) per rule per node.
+    pub nat_ns_per_rule: Option<Fit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Validation {
+    pub mode: String,
+    pub rounds: u32,
+    pub checks: Vec<Check>,
+    pub sweep: Sweep,
+    /// The target of issue 4: the conntrack ablation's measured gain within ±30% of the
+    /// prediction.
+    pub tolerance_pct: f64,
+}
+
+pub const TOLERANCE_PCT: f64 = 30.0;
+
+pub fn fit(points: &[(f64, f64)]) -> Option<Fit> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let slope = sxy / sxx;
+    let intercept = my - slope * mx;
+    let ss_tot: f64 = points.iter().map(|(_, y)| (y - my).powi(2)).sum();
+    let ss_res: f64 = points.iter().map(|(x, y)| (y - intercept - slope * x).powi(2)).sum();
+    let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 1.0 };
+    Some(Fit { slope, intercept, r2 })
+}
+
+fn runs(v: &ValidationInput, variant: Variant) -> Vec<&RunInput> {
+    v.runs.iter().filter(|r| r.run.variant == variant).collect()
+}
+
+fn merged(runs: &[&RunInput], tool: &str) -> MergedStep {
+    merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| &p.report))
+}
+
+fn pooled_p50_ns(runs: &[&RunInput]) -> Option<i64> {
+    let samples: Vec<f64> = runs.iter().flat_map(|r| r.run.ping.rtts_us.iter().copied()).collect();
+    RttStats::from_samples_us(&samples).map(|s| (s.p50_ms * 1e6).round() as i64)
+}
+
+fn replies(runs: &[&RunInput]) -> u64 {
+    runs.iter().map(|r| r.run.ping.received).sum()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn removed_time(step: &MergedStep, events: u64, statistic: Statistic, removes: &[Stage]) -> Vec<(Stage, i64)> {
+    let by_stage = per_event_by_stage(step, events, statistic);
+    removes.iter().map(|s| (*s, by_stage.get(s).copied().unwrap_or(0.0).round() as i64)).collect()
+}
+
+/// The netfilter hook of a checkpoint name (`nf PRE_ROUTING -201` -> `PRE_ROUTING`).
+fn hook_of(name: &str) -> Option<&str> {
+    name.strip_prefix("nf ").and_then(|rest| rest.split_whitespace().next())
+}
+
+/// What a table's work is worth per RTT when the table stays registered but has nothing to do
+/// (NOTRACK): each bracket keeps a floor, the cost of passing the hook with no table in it
+/// plus netprof's probe at its end, measured as the median of the same hook's empty brackets
+/// (stage `netfilter`) in the same profile. Only the time above that floor can go away.
+fn work_above_floor(step: &MergedStep, events: u64, removes: &[Stage]) -> Vec<(Stage, i64)> {
+    use super::merge::SegmentKind;
+    let mut floors: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
+    for seg in step.of_kind(SegmentKind::Path).filter(|s| s.stage == Stage::Netfilter) {
+        if let (Some(a), Some(b)) = (hook_of(&seg.from), hook_of(&seg.to)) {
+            if a == b {
+                let f = floors.entry(a).or_default();
+                f.0 += seg.hist.summary().p50_ns as f64 * seg.hist.count as f64;
+                f.1 += seg.hist.count;
+            }
+        }
+    }
+    let all: (f64, u64) = floors.values().fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let floor = |hook: Option<&str>| {
+        let (sum, n) = hook.and_then(|h| floors.get(h)).copied().unwrap_or(all);
+        if n > 0 { sum / n as f64 } else { 0.0 }
+    };
+    let events = events.max(1) as f64;
+    removes
+        .iter()
+        .map(|stage| {
+            let ns: f64 = step
+                .of_kind(SegmentKind::Path)
+                .filter(|s| s.stage == *stage)
+                .map(|s| (s.hist.summary().p50_ns as f64 - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events)
+                .sum();
+            (*stage, ns.round() as i64)
+        })
+        .collect()
+}
+
+fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Stage], cpus: usize) -> Option<Check> {
+    let (base, ablated) = (runs(v, Variant::Base), runs(v, variant));
+    if base.is_empty() || ablated.is_empty() {
+        return None;
+    }
+    let (base_p50_ns, ablated_p50_ns) = (pooled_p50_ns(&base)?, pooled_p50_ns(&ablated)?);
+    let base_ping = merged(&base, "ping");
+    let predicted_by_stage = if variant == Variant::Notrack {
+        // The tables stay registered (and probed): only their work above the floor goes.
+        work_above_floor(&base_ping, replies(&base), &removes)
+    } else {
+        // No tables, no hooks, no probes: the whole bracket goes.
+        removed_time(&base_ping, replies(&base), Statistic::Median, &removes)
+    };
+    let added_ns: i64 = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, adds).iter().map(|(_, ns)| ns).sum();
+    let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum();
+    let remaining_ns = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, &removes)
+        .iter()
+        .map(|(_, ns)| ns)
+        .sum();
+    let measured_gain_ns = base_p50_ns - ablated_p50_ns;
+    let qps = if ablated.iter().all(|r| r.run.ab.is_some()) && base.iter().all(|r| r.run.ab.is_some()) {
+        let qps_of = |runs: &[&RunInput]| median(runs.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.requests_per_second).collect());
+        let requests: u64 = base.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.complete_requests).sum();
+        let removed: i64 = removed_time(&merged(&base, "ab"), requests, Statistic::Mean, &removes).iter().map(|(_, ns)| ns).sum();
+        let (base_qps, ablated_qps) = (qps_of(&base), qps_of(&ablated));
+        let cpus = cpus.max(1) as f64;
+        let cpu_ns = if base_qps > 0.0 { cpus / base_qps * 1e9 } else { 0.0 };
+        let predicted_qps = if cpu_ns - removed as f64 > 0.0 { cpus / ((cpu_ns - removed as f64) / 1e9) } else { 0.0 };
+        let change = |q: f64| if base_qps > 0.0 { (q / base_qps - 1.0) * 100.0 } else { 0.0 };
+        Some(QpsCheck {
+            base_qps,
+            ablated_qps,
+            predicted_qps,
+            removed_ns_per_request: removed,
+            measured_change_pct: change(ablated_qps),
+            predicted_change_pct: change(predicted_qps),
+        })
+    } else {
+        None
+    };
+    Some(Check {
+        ablation: variant.name(),
+        removes,
+        rounds: base.len().min(ablated.len()),
+        base_p50_ns,
+        ablated_p50_ns,
+        measured_gain_ns,
+        predicted_gain_ns,
+        predicted_by_stage,
+        error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
+        remaining_ns,
+        added_ns,
+        net_predicted_gain_ns: predicted_gain_ns - added_ns,
+        qps,
+    })
+}
+
+fn sweep(v: &ValidationInput) -> Sweep {
+    let mut points: Vec<SweepPoint> = runs(v, Variant::Services)
+        .into_iter()
+        .filter_map(|r| {
+            let ab = r.run.ab.as_ref()?;
+            let nat = per_event_by_stage(&merged(&[r], "ab"), ab.complete_requests, Statistic::Mean);
+            Some(SweepPoint {
+                services: r.run.services,
+                rules_per_node: r.run.rules_per_node,
+                ab_mean_ms: ab.mean_time_per_request_ms,
+                qps: ab.requests_per_second,
+                nat_ns_per_request: [Stage::NatDnat, Stage::NatSnat].iter().map(|s| nat.get(s).copied().unwrap_or(0.0)).sum(),
+                ping_p50_ms: r.run.ping.stats.map(|s| s.p50_ms),
+            })
+        })
+        .collect();
+    points.sort_by_key(|p| p.services);
+    let xy = |f: fn(&SweepPoint) -> f64| points.iter().map(|p| (p.rules_per_node as f64, f(p))).collect::<Vec<_>>();
+    Sweep {
+        ab_mean_us_per_rule: fit(&xy(|p| p.ab_mean_ms * 1e3)),
+        nat_ns_per_rule: fit(&xy(|p| p.nat_ns_per_request)),
+        points,
+    }
+}
+
+pub fn validate(v: &ValidationInput, cpus: usize) -> Validation {
+    let netfilter = vec![
+        Stage::Raw,
+        Stage::Conntrack,
+        Stage::Mangle,
+        Stage::NatDnat,
+        Stage::Filter,
+        Stage::NatSnat,
+        Stage::Netfilter,
+    ];
+    let checks = [
+        check(v, Variant::Notrack, vec![Stage::Conntrack, Stage::NatDnat, Stage::NatSnat], &[Stage::Raw], cpus),
+        check(v, Variant::NoKubeProxy, netfilter, &[], cpus),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Validation {
+        mode: v.result.mode.to_string(),
+        rounds: v.result.rounds,
+        checks,
+        sweep: sweep(v),
+        tolerance_pct: TOLERANCE_PCT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_fitted_exactly_and_degenerate_input_has_none() {
+        let f = fit(&[(0.0, 3.0), (1000.0, 5.0), (5000.0, 13.0)]).unwrap();
+        assert!((f.slope - 0.002).abs() < 1e-12 && (f.intercept - 3.0).abs() < 1e-9 && (f.r2 - 1.0).abs() < 1e-12, "{f:?}");
+        assert!(fit(&[(1.0, 2.0)]).is_none());
+        assert!(fit(&[(1.0, 2.0), (1.0, 3.0)]).is_none());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
