@@ -19,7 +19,8 @@ enum Task {
     /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker) and
     /// mount bpffs/tracefs. Idempotent; fast when everything is present.
     Setup,
-    /// Setup, release build, then `netprof bench --modes all` on the lab (extra args go to bench).
+    /// Setup, release build, `netprof bench --modes all --profile` on the lab (extra args go to
+    /// bench), then `netprof report` as a table and as <out>/report.html.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         bench_args: Vec<String>,

@@ -38,11 +38,42 @@ fn release_netprof() -> Result<Command> {
     Ok(Command::new(workspace_root().join("target/release/netprof")))
 }
 
+/// The `--out` directory among bench's arguments (bench's default when absent).
+fn out_dir(bench_args: &[String]) -> PathBuf {
+    let mut args = bench_args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--out" {
+            if let Some(dir) = args.next() {
+                return PathBuf::from(dir);
+            }
+        } else if let Some(dir) = arg.strip_prefix("--out=") {
+            return PathBuf::from(dir);
+        }
+    }
+    PathBuf::from("netprof-out")
+}
+
 pub fn demo(bench_args: &[String]) -> Result<()> {
     let mut bench = release_netprof()?;
     bench.args(["bench", "--modes", "all"]);
+    // The report attributes only what the agents profiled.
+    if !bench_args.iter().any(|a| a == "--profile") {
+        bench.arg("--profile");
+    }
     bench.args(bench_args);
-    run(bench)
+    run(bench)?;
+    let out = out_dir(bench_args);
+    let netprof = workspace_root().join("target/release/netprof");
+    let mut table = Command::new(&netprof);
+    table.arg("report").arg(&out).args(["--format", "table"]);
+    run(table)?;
+    let html = out.join("report.html");
+    let mut page = Command::new(&netprof);
+    page.arg("report").arg(&out).args(["--format", "html", "--out"]).arg(&html);
+    run(page)?;
+    let shown = if html.is_absolute() { html } else { workspace_root().join(html) };
+    println!("HTML report: {}", shown.display());
+    Ok(())
 }
 
 pub fn overhead(overhead_args: &[String]) -> Result<()> {

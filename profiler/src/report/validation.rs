@@ -21,6 +21,12 @@ use super::input::{RunInput, ValidationInput};
 use super::latency::{per_event_by_stage, Statistic};
 use super::merge::{merge_step, MergedStep};
 
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageNs {
+    pub stage: Stage,
+    pub ns: i64,
+}
+
 /// One ablation: predicted against measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
@@ -33,7 +39,7 @@ pub struct Check {
     pub measured_gain_ns: i64,
     pub predicted_gain_ns: i64,
     /// The prediction by removed stage, ns per RTT.
-    pub predicted_by_stage: Vec<(Stage, i64)>,
+    pub predicted_by_stage: Vec<StageNs>,
     /// `(measured - predicted) / predicted`, percent.
     pub error_pct: Option<f64>,
     /// The removed stages' time still seen in the ablated runs' own profiles, ns per RTT.
@@ -241,7 +247,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         ablated_p50_ns,
         measured_gain_ns,
         predicted_gain_ns,
-        predicted_by_stage,
+        predicted_by_stage: predicted_by_stage.iter().map(|&(stage, ns)| StageNs { stage, ns }).collect(),
         error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
         remaining_ns,
         added_ns,

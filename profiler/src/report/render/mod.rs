@@ -279,7 +279,7 @@ fn validation_sections(report: &Report) -> Vec<Section> {
         "predicted gain: from the base runs only (all rounds merged): the removed stages' per-RTT time (segment median × passes per RTT, both nodes); for NOTRACK only the part above each hook's empty-bracket floor, since its tables stay registered and probed. measured gain: base p50 − ablated p50 of all rounds' pings pooled. still seen: the removed stages' time in the ablated runs' own profiles; added: stages the ablation brings (NOTRACK's raw table) there; net predicted = predicted − added.".to_owned(),
     ];
     for c in &v.checks {
-        let parts: Vec<String> = c.predicted_by_stage.iter().map(|(s, ns)| format!("{} {}", s.name(), us_signed(*ns))).collect();
+        let parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
         footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
         if let Some(q) = &c.qps {
             footer.push(format!(
