@@ -380,4 +380,95 @@ mod tests {
         assert_eq!(Category::of(NatSnat), Category::Nat);
         assert_eq!(Category::of(Stack), Category::Routing);
     }
+
+    /// Random agent reports (random checkpoints, segments, stages, buckets) through the whole
+    /// path: merge both nodes, attribute against a random baseline. The invariant holds for
+    /// whatever the agents report.
+    #[test]
+    fn merged_random_reports_keep_the_invariant() {
+        use crate::agent::report::{AgentReport, CheckpointReport, Counters, SegmentReport, SCHEMA};
+        use crate::report::merge::merge_step;
+        const STAGES: [Stage; 17] = [
+            Stage::Raw, Stage::Conntrack, Stage::Mangle, Stage::NatDnat, Stage::Filter, Stage::NatSnat,
+            Stage::Netfilter, Stage::Routing, Stage::VxlanEncap, Stage::VxlanDecap, Stage::Veth,
+            Stage::Bridge, Stage::Device, Stage::Uplink, Stage::Stack, Stage::TxDone, Stage::Other,
+        ];
+        const KINDS: [&str; 5] = ["dev-rx", "tc-ingress", "tc-egress", "dev-tx", "consumed"];
+        const ROLES: [&str; 5] = ["uplink", "bridge", "vxlan", "host-veth", "pod-eth"];
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let report = |rng: &mut Rng, node: &str| {
+            let checkpoints: Vec<CheckpointReport> = (0..8u16)
+                .map(|id| {
+                    let kind = KINDS[rng.below(5) as usize];
+                    let device = format!("dev{}", rng.below(3));
+                    CheckpointReport {
+                        id: 64 + id,
+                        name: format!("{device} {kind}"),
+                        kind: kind.to_owned(),
+                        device: (kind != "consumed").then(|| device.clone()),
+                        role: Some(ROLES[rng.below(5) as usize].to_owned()),
+                        hook: None,
+                        priority: None,
+                        hits: rng.below(1000),
+                    }
+                })
+                .collect();
+            let segments = (0..rng.below(12))
+                .map(|_| {
+                    let (from, to) = (64 + rng.below(8) as u16, 64 + rng.below(8) as u16);
+                    let buckets: Vec<[u64; 2]> = (0..1 + rng.below(5))
+                        .map(|_| [profiler_common::datapath::bucket_low(rng.below(600) as usize), 1 + rng.below(500)])
+                        .collect();
+                    SegmentReport {
+                        from,
+                        to,
+                        from_name: format!("checkpoint {from}"),
+                        to_name: format!("checkpoint {to}"),
+                        stage: STAGES[rng.below(17) as usize],
+                        count: buckets.iter().map(|b| b[1]).sum(),
+                        mean_ns: rng.float(1e6),
+                        p50_ns: 0,
+                        p90_ns: 0,
+                        p99_ns: 0,
+                        buckets,
+                    }
+                })
+                .collect();
+            AgentReport {
+                schema: SCHEMA.into(),
+                node: node.into(),
+                netns: node.into(),
+                kernel: "6.18".into(),
+                attach_ms: 0.0,
+                elapsed_s: 1.0,
+                checkpoints,
+                segments,
+                counters: Counters::default(),
+                drops: vec![],
+                not_measured: vec![],
+                programs: vec![],
+            }
+        };
+        let probes: BTreeMap<String, f64> = [("dev-rx".to_owned(), 250.0)].into_iter().collect();
+        for case in 0..300 {
+            let (a1, a2, b1, b2) = (report(&mut rng, "node1"), report(&mut rng, "node2"), report(&mut rng, "node1"), report(&mut rng, "node2"));
+            let (pod, base) = (merge_step([&a1, &a2]), merge_step([&b1, &b2]));
+            let stats = |rng: &mut Rng| {
+                let p50 = rng.float(2.0);
+                RttStats { count: 1, min_ms: 0.0, avg_ms: p50, p50_ms: p50, p90_ms: p50, p99_ms: p50 + rng.float(1.0), max_ms: 5.0 }
+            };
+            let (ps, bs) = (stats(&mut rng), stats(&mut rng));
+            let l = attribute(
+                "m",
+                "b",
+                &Side { step: &pod, stats: ps, replies: 1 + rng.below(500), probe_ns: &probes },
+                &Side { step: &base, stats: bs, replies: rng.below(500), probe_ns: &probes },
+            );
+            for split in [&l.p50, &l.p99] {
+                let sum: i64 = split.stages.iter().map(|s| s.delta_ns).sum();
+                assert_eq!(sum + split.unexplained_ns, split.delta_ns, "case {case}: {split:?}");
+                assert_eq!(split.delta_ns, split.mode_ns - split.baseline_ns, "case {case}");
+            }
+        }
+    }
 }

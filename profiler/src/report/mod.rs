@@ -94,7 +94,7 @@ pub struct Report {
     pub validation: Option<validation::Validation>,
     /// Methods, and everything the report could not do and why.
     pub notes: Vec<String>,
-    /// The table as text cells, for renderers (not in JSON: the rows above carry the numbers).
+    /// The mode results the study table is rendered from (not in JSON: `table` carries them).
     #[serde(skip)]
     pub results: Vec<ModeResult>,
 }
