@@ -311,3 +311,80 @@ fn html_renders_in_headless_chromium() {
     assert!(bytes.len() > 10_000 && bytes.starts_with(b"\x89PNG"), "screenshot of {} bytes", bytes.len());
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The validation arithmetic on real profiles: the recorded flannel-vxlan pod path stands in
+/// for the base runs, the recorded l2 pod path (no iptables, no conntrack) for the ablated
+/// "no-kube-proxy" runs, and flannel-vxlan and calico's ab steps for a two-point sweep.
+#[test]
+fn validation_predicts_from_base_profiles_and_measures_pooled_pings() {
+    use netprof::bench::validate::{ValidateResult, Variant, VariantRun, SCHEMA};
+    use netprof::lab::Mode;
+    use netprof::report::input::{RunInput, ValidationInput};
+    use netprof::report::validation::validate;
+
+    let input = report::input::load(Path::new(RUN)).unwrap();
+    let run_of = |mode: Mode, variant: Variant, services: u32, rules: usize| {
+        let m = input.mode(mode).unwrap();
+        let pod = m.result.pod_path.clone().unwrap();
+        RunInput {
+            run: VariantRun {
+                variant,
+                round: 0,
+                services,
+                rules_per_node: rules,
+                http_target: pod.endpoints.http_target.to_string(),
+                ping: pod.ping.clone(),
+                ab: Some(pod.ab.clone()),
+                dir: String::new(),
+                profiles: vec![],
+            },
+            profiles: m.profiles.iter().filter(|p| p.file.path == "pod path").cloned().collect(),
+        }
+    };
+    let runs = vec![
+        run_of(Mode::FlannelVxlan, Variant::Base, 0, 26),
+        run_of(Mode::L2, Variant::NoKubeProxy, 0, 0),
+        run_of(Mode::FlannelVxlan, Variant::Services, 0, 26),
+        run_of(Mode::Calico, Variant::Services, 1000, 5026),
+    ];
+    let v = ValidationInput {
+        result: ValidateResult {
+            schema: SCHEMA.into(),
+            mode: Mode::FlannelVxlan,
+            config: input.modes[0].result.config.clone(),
+            rounds: 1,
+            sweep: vec![0, 1000],
+            runs: runs.iter().map(|r| r.run.clone()).collect(),
+        },
+        runs,
+    };
+    let out = validate(&v, 2);
+    // No notrack runs: only the no-kube-proxy check.
+    assert_eq!(out.checks.len(), 1);
+    let c = &out.checks[0];
+    assert_eq!(c.ablation, "no-kube-proxy");
+    let vxlan = input.mode(Mode::FlannelVxlan).unwrap().result.pod_path.clone().unwrap();
+    let l2 = input.mode(Mode::L2).unwrap().result.pod_path.clone().unwrap();
+    assert_eq!(c.base_p50_ns, (vxlan.ping.stats.unwrap().p50_ms * 1e6).round() as i64);
+    assert_eq!(c.measured_gain_ns, c.base_p50_ns - (l2.ping.stats.unwrap().p50_ms * 1e6).round() as i64);
+    assert_eq!(c.predicted_gain_ns, c.predicted_by_stage.iter().map(|p| p.ns).sum::<i64>());
+    // l2 has no netfilter stage left; flannel-vxlan's netfilter stages are the p50 table's
+    // conntrack + nat + filter (+ glue in "other").
+    assert_eq!(c.remaining_ns, 0);
+    let report = fixture_report();
+    let split = &report.latency.iter().find(|l| l.mode == "flannel-vxlan").unwrap().p50;
+    let tables: i64 = ["conntrack", "nat", "filter"]
+        .iter()
+        .map(|k| split.stages.iter().find(|s| serde_json::to_value(s.stage).unwrap() == *k).unwrap().mode_ns)
+        .sum();
+    assert!(c.predicted_gain_ns >= tables && c.predicted_gain_ns > 10_000, "{c:?} vs {tables}");
+    let e = c.error_pct.unwrap();
+    assert!((e - (c.measured_gain_ns - c.predicted_gain_ns) as f64 / c.predicted_gain_ns as f64 * 100.0).abs() < 1e-9);
+    assert!(c.qps.is_some());
+    // Two sweep points: a line through them, with the points' own numbers.
+    assert_eq!(out.sweep.points.len(), 2);
+    let f = out.sweep.ab_mean_us_per_rule.unwrap();
+    let (p0, p1) = (&out.sweep.points[0], &out.sweep.points[1]);
+    assert!((f.slope - (p1.ab_mean_ms - p0.ab_mean_ms) * 1e3 / 5000.0).abs() < 1e-9, "{f:?}");
+    assert!(out.sweep.nat_ns_per_rule.is_some() && p0.nat_ns_per_request > 0.0);
+}
