@@ -18,8 +18,15 @@ use crate::bench::validate::Variant;
 use crate::parse::ping::RttStats;
 
 use super::input::{RunInput, ValidationInput};
-use super::latency::{per_event_by_stage, Statistic};
+use super::latency::{per_event, per_event_by_stage, Category, Statistic};
 use super::merge::{merge_step, MergedStep};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CategoryChange {
+    pub stage: Category,
+    pub base_ns: i64,
+    pub ablated_ns: i64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StageNs {
@@ -49,6 +56,10 @@ pub struct Check {
     pub added_ns: i64,
     /// `predicted_gain_ns - added_ns`.
     pub net_predicted_gain_ns: i64,
+    /// Where the time actually went: every category's per-RTT time in the base runs' and the
+    /// ablated runs' own profiles (segment medians), so a gain the prediction missed shows up
+    /// in the stage that lost it.
+    pub profiled_change: Vec<CategoryChange>,
     /// nginx through the same kind of target (only `no-kube-proxy`: straight to the pod).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qps: Option<QpsCheck>,
@@ -212,7 +223,21 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         // No tables, no hooks, no probes: the whole bracket goes.
         removed_time(&base_ping, replies(&base), Statistic::Median, &removes)
     };
-    let added_ns: i64 = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, adds).iter().map(|(_, ns)| ns).sum();
+    let ablated_ping = merged(&ablated, "ping");
+    let added_ns: i64 = removed_time(&ablated_ping, replies(&ablated), Statistic::Median, adds).iter().map(|(_, ns)| ns).sum();
+    let (before, after) = (
+        per_event(&base_ping, replies(&base), Statistic::Median),
+        per_event(&ablated_ping, replies(&ablated), Statistic::Median),
+    );
+    let profiled_change = Category::ALL
+        .iter()
+        .map(|&stage| CategoryChange {
+            stage,
+            base_ns: before.get(&stage).copied().unwrap_or(0.0).round() as i64,
+            ablated_ns: after.get(&stage).copied().unwrap_or(0.0).round() as i64,
+        })
+        .filter(|c| c.base_ns != 0 || c.ablated_ns != 0)
+        .collect();
     let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum();
     let remaining_ns = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, &removes)
         .iter()
@@ -252,6 +277,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         remaining_ns,
         added_ns,
         net_predicted_gain_ns: predicted_gain_ns - added_ns,
+        profiled_change,
         qps,
     })
 }

@@ -281,6 +281,19 @@ fn validation_sections(report: &Report) -> Vec<Section> {
     for c in &v.checks {
         let parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
         footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
+        let mut changes: Vec<&crate::report::validation::CategoryChange> = c.profiled_change.iter().filter(|x| (x.base_ns - x.ablated_ns).abs() >= 500).collect();
+        changes.sort_by_key(|x| x.ablated_ns - x.base_ns);
+        let changes: Vec<String> = changes
+            .iter()
+            .map(|x| format!("{} {} -> {} ({})", x.stage.label(), us(x.base_ns), us(x.ablated_ns), us_signed(x.ablated_ns - x.base_ns)))
+            .collect();
+        if !changes.is_empty() {
+            footer.push(format!(
+                "{}: profiled stage time per RTT, base -> ablated (µs): {} (stage boundaries move where checkpoints disappear: without netfilter points, IP receive and forwarding fall into the device-to-device segments).",
+                c.ablation,
+                changes.join(", ")
+            ));
+        }
         if let Some(q) = &c.qps {
             footer.push(format!(
                 "{} nginx (straight to the pod instead of the NodePort): QPS {:.0} -> measured {:.0} ({:+.1}%), predicted {:.0} ({:+.1}%) from {} µs less datapath time per request.",
