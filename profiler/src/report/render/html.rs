@@ -19,7 +19,7 @@ tr.sum td{font-weight:600;background:#f6f8fa}tr.unexplained td{background:#fff8c
 p.note{color:#57606a;font-size:.92em;margin:.3em 0}
 .charts{display:flex;flex-wrap:wrap;gap:1.2em}.chart{border:1px solid #d0d7de;border-radius:6px;padding:.5em}
 .chart h3{font-size:1em;margin:.1em 0 .4em}svg text{font:11px system-ui,sans-serif;fill:#1b1f24}
-ul.notes li{color:#57606a;margin:.2em 0}";
+ul.notes li{color:#57606a;margin:.2em 0}div.scroll{overflow-x:auto;max-width:100%}";
 
 /// A color per stage, and for the unexplained rest.
 fn color(stage: Option<Category>) -> &'static str {
@@ -57,7 +57,8 @@ pub fn escape(text: &str) -> String {
 }
 
 fn table(out: &mut String, id: &str, header: &[String], rows: &[Vec<String>]) {
-    let _ = write!(out, "<table id=\"{}\"><thead><tr>", escape(id));
+    // Wide tables scroll inside the page instead of widening it.
+    let _ = write!(out, "<div class=\"scroll\"><table id=\"{}\"><thead><tr>", escape(id));
     for h in header {
         let _ = write!(out, "<th>{}</th>", escape(h));
     }
@@ -77,7 +78,7 @@ fn table(out: &mut String, id: &str, header: &[String], rows: &[Vec<String>]) {
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</tbody></table>\n");
+    out.push_str("</tbody></table></div>\n");
 }
 
 fn section(out: &mut String, s: &Section) {
