@@ -282,13 +282,20 @@ impl Agent {
             since: Instant::now(),
         };
 
-        load_tc(&mut inner);
+        let hooks = options.hooks;
+        if hooks.tc {
+            load_tc(&mut inner);
+        }
         rescan(&mut inner)?;
-        attach_tp_btf(&mut inner);
-        if tracefs.is_ok() {
+        if hooks.dev {
+            attach_tp_btf(&mut inner);
+        }
+        if tracefs.is_ok() && hooks.tracepoints {
             attach_tracepoints(&mut inner);
         }
-        attach_netfilter(&mut inner);
+        if hooks.netfilter {
+            attach_netfilter(&mut inner);
+        }
         match StatsGuard::enable() {
             Ok(guard) => inner._stats = Some(guard),
             Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),

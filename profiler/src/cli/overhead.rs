@@ -29,6 +29,10 @@ pub struct OverheadArgs {
     pub iperf3_seconds: u32,
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
+    /// Checkpoint families the agents attach: all, or some of tc,dev,nf,trace (to see which
+    /// family costs what).
+    #[arg(long, default_value = "all")]
+    pub hooks: crate::agent::HookFamilies,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -66,7 +70,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 &cfg,
                 args.rounds,
                 work_dir,
-                || profile::start_agents(&built).map_err(|source| BenchError::Profile { mode: args.mode, source }),
+                || profile::start_agents_with(&built, args.hooks).map_err(|source| BenchError::Profile { mode: args.mode, source }),
                 |agents| {
                     // Keep the programs' run time of the last attached round (node 1's agent).
                     if let Some((_, agent)) = agents.first() {
