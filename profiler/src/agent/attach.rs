@@ -296,9 +296,11 @@ impl Agent {
         if hooks.netfilter {
             attach_netfilter(&mut inner);
         }
-        match StatsGuard::enable() {
-            Ok(guard) => inner._stats = Some(guard),
-            Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
+        if options.stats {
+            match StatsGuard::enable() {
+                Ok(guard) => inner._stats = Some(guard),
+                Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
+            }
         }
         let attach_ms = started.elapsed().as_secs_f64() * 1e3;
         inner.since = Instant::now();

@@ -66,6 +66,9 @@ pub struct AgentOptions {
     /// Which checkpoint families to attach (all by default). Fewer families cost less and see
     /// less; `netprof overhead --hooks` uses this to tell which family costs what.
     pub hooks: HookFamilies,
+    /// Switch on the kernel's bpf_stats (per-program run time) while attached. It costs two
+    /// clock reads per program run; `netprof overhead --no-stats` measures without it.
+    pub stats: bool,
 }
 
 /// The checkpoint families: tc on node devices, tp_btf device rx/tx, netfilter points, and the
@@ -116,6 +119,7 @@ impl AgentOptions {
             node: None,
             rescan: Some(RESCAN_INTERVAL),
             hooks: HookFamilies::default(),
+            stats: true,
         }
     }
 }
