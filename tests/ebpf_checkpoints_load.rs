@@ -37,27 +37,15 @@ use profiler_common::datapath::{
     COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED,
     COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
     COUNTER_SEGMENT_FULL, CP_CONSUMED, CP_NONE, DEVICE_CP_BASE, MAP_CONFIG, MAP_COUNTERS,
-    MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS, MAP_ZERO_HIST,
+    MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS,
     MAX_CHECKPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    NF_PROGRAMS, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
 const PINGS: u64 = 20;
 
-/// Every map of the contract (the netfilter programs reuse them all).
-const MAPS: &[&str] = &[
-    MAP_CONFIG,
-    MAP_ENDPOINTS,
-    MAP_DEVICES,
-    MAP_JOURNEYS,
-    MAP_SEGMENTS,
-    MAP_ZERO_HIST,
-    MAP_COUNTERS,
-    MAP_CP_HITS,
-    MAP_DROPS,
-];
 
 const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "admitted",
@@ -159,7 +147,7 @@ fn print_program(info: &netprof_tests::ProgramInfo) {
 /// Kernel ids of the aya object's maps.
 fn aya_map_ids(ebpf: &Ebpf) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
-    for name in MAPS {
+    for name in ALL_MAPS {
         let map = ebpf.map(name).with_context(|| format!("map {name}"))?;
         let data: &MapData = match map {
             aya::maps::Map::Array(m)
@@ -191,7 +179,7 @@ fn every_checkpoint_program_loads_and_is_freed_on_drop() -> Result<()> {
         print_program(&bpftool_program(*id)?);
     }
 
-    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(aya_map_fds(&ebpf, MAPS)?);
+    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(aya_map_fds(&ebpf, &ALL_MAPS)?);
     let mut nf = Vec::new();
     for name in NF_PROGRAMS.iter().flatten() {
         let program = loader
@@ -523,15 +511,7 @@ fn drop_and_check_freed(
     links: Vec<NetfilterLink>,
 ) -> Result<()> {
     let mut ids: Vec<u32> = nf.iter().map(NetfilterProgram::id).collect();
-    for name in [
-        PROG_TC_INGRESS,
-        PROG_TC_EGRESS,
-        PROG_DEV_RX,
-        PROG_DEV_TX,
-        PROG_KFREE_SKB,
-        PROG_CONSUME_SKB,
-        PROG_TCP_RETRANSMIT,
-    ] {
+    for name in AYA_PROGRAMS {
         ids.push(program(&mut ebpf, name)?.info()?.id());
     }
     drop(links);
@@ -562,7 +542,7 @@ fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
         &[VethLab::ADDR_A, VethLab::ADDR_B],
     )?;
     // The 7 LOCAL_OUT points in a, sharing the aya object's maps.
-    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(aya_map_fds(&ebpf, MAPS)?);
+    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(aya_map_fds(&ebpf, &ALL_MAPS)?);
     let mut nf = Vec::new();
     let mut links = Vec::new();
     for (point, priority) in NF_POINT_PRIORITIES.iter().enumerate() {

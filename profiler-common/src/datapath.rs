@@ -35,6 +35,19 @@ pub const MAP_CP_HITS: &str = "NP_CP_HITS";
 /// `PerCpuHash<DropKey, u64>`: tracked packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
 
+/// Every map of the contract; the netfilter object reuses all of them from the aya object.
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_CONFIG,
+    MAP_ENDPOINTS,
+    MAP_DEVICES,
+    MAP_JOURNEYS,
+    MAP_SEGMENTS,
+    MAP_ZERO_HIST,
+    MAP_COUNTERS,
+    MAP_CP_HITS,
+    MAP_DROPS,
+];
+
 /// Capacity of `MAP_JOURNEYS` (packets in flight at once).
 pub const MAX_JOURNEYS: u32 = 65_536;
 /// Capacity of `MAP_SEGMENTS`.
@@ -304,6 +317,16 @@ pub const TP_DEV_TX: &str = "net_dev_start_xmit";
 pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
 pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
+/// Every program of the aya object.
+pub const AYA_PROGRAMS: [&str; 7] = [
+    PROG_TC_INGRESS,
+    PROG_TC_EGRESS,
+    PROG_DEV_RX,
+    PROG_DEV_TX,
+    PROG_KFREE_SKB,
+    PROG_CONSUME_SKB,
+    PROG_TCP_RETRANSMIT,
+];
 /// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
 /// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.
 pub const NF_PROGRAMS: [[&str; NF_POINT_COUNT as usize]; NF_HOOK_COUNT as usize] = [
@@ -371,16 +394,7 @@ mod tests {
 
     #[test]
     fn program_names_are_unique_kernel_names() {
-        let mut names = [
-            PROG_TC_INGRESS,
-            PROG_TC_EGRESS,
-            PROG_DEV_RX,
-            PROG_DEV_TX,
-            PROG_KFREE_SKB,
-            PROG_CONSUME_SKB,
-            PROG_TCP_RETRANSMIT,
-        ]
-        .to_vec();
+        let mut names = AYA_PROGRAMS.to_vec();
         names.extend(NF_PROGRAMS.iter().flatten());
         for (i, name) in names.iter().enumerate() {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");

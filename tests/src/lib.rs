@@ -525,23 +525,12 @@ pub fn aya_map_fds<'a>(
     ebpf: &'a aya::Ebpf,
     names: &[&str],
 ) -> Result<std::collections::HashMap<String, std::os::fd::BorrowedFd<'a>>> {
-    use aya::maps::Map;
-    use std::os::fd::AsFd;
     let mut fds = std::collections::HashMap::new();
     for name in names {
-        let map = ebpf
-            .map(name)
-            .with_context(|| format!("map {name} is not in the object"))?;
-        let data = match map {
-            Map::Array(m)
-            | Map::HashMap(m)
-            | Map::LruHashMap(m)
-            | Map::PerCpuArray(m)
-            | Map::PerCpuHashMap(m)
-            | Map::PerCpuLruHashMap(m) => m,
-            other => bail!("map {name} has a type this helper does not handle: {other:?}"),
-        };
-        fds.insert((*name).to_owned(), data.fd().as_fd());
+        let map = ebpf.map(name).with_context(|| format!("map {name} is not in the object"))?;
+        let fd = netprof::agent::attach::map_fd(map)
+            .with_context(|| format!("map {name} has a type the netfilter loader cannot share"))?;
+        fds.insert((*name).to_owned(), fd);
     }
     Ok(fds)
 }

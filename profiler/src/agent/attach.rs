@@ -25,9 +25,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS,
-    MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS, MAP_ZERO_HIST,
-    MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, ALL_MAPS, MAP_CONFIG, MAP_DEVICES,
+    MAP_ENDPOINTS, MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
 
 use super::{
@@ -53,19 +52,6 @@ use crate::{
     },
     netns::NetnsHandle,
 };
-
-/// Every contract map, shared with the netfilter programs by name.
-const SHARED_MAPS: [&str; 9] = [
-    MAP_CONFIG,
-    MAP_ENDPOINTS,
-    MAP_DEVICES,
-    MAP_JOURNEYS,
-    MAP_SEGMENTS,
-    MAP_ZERO_HIST,
-    MAP_COUNTERS,
-    MAP_CP_HITS,
-    MAP_DROPS,
-];
 
 /// The classic tracepoints: program, group, event.
 const TRACEPOINTS: [(&str, &str, &str); 3] = [
@@ -160,7 +146,7 @@ fn map_write(map: &'static str, what: String) -> impl FnOnce(aya::maps::MapError
 }
 
 /// The fd of an aya map, to lend it to the netfilter loader.
-fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
+pub fn map_fd(map: &Map) -> Option<BorrowedFd<'_>> {
     let data: &MapData = match map {
         Map::Array(m)
         | Map::HashMap(m)
@@ -282,16 +268,25 @@ impl Agent {
             since: Instant::now(),
         };
 
-        load_tc(&mut inner);
+        let hooks = options.hooks;
+        if hooks.tc {
+            load_tc(&mut inner);
+        }
         rescan(&mut inner)?;
-        attach_tp_btf(&mut inner);
-        if tracefs.is_ok() {
+        if hooks.dev {
+            attach_tp_btf(&mut inner);
+        }
+        if tracefs.is_ok() && hooks.tracepoints {
             attach_tracepoints(&mut inner);
         }
-        attach_netfilter(&mut inner);
-        match StatsGuard::enable() {
-            Ok(guard) => inner._stats = Some(guard),
-            Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
+        if hooks.netfilter {
+            attach_netfilter(&mut inner);
+        }
+        if options.stats {
+            match StatsGuard::enable() {
+                Ok(guard) => inner._stats = Some(guard),
+                Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
+            }
         }
         let attach_ms = started.elapsed().as_secs_f64() * 1e3;
         inner.since = Instant::now();
@@ -774,7 +769,7 @@ fn attach_netfilter(inner: &mut Inner) {
         }
     };
     let mut maps = StdHashMap::new();
-    for name in SHARED_MAPS {
+    for name in ALL_MAPS {
         match inner.ebpf.map(name).and_then(map_fd) {
             Some(fd) => {
                 maps.insert(name.to_owned(), fd);

@@ -63,6 +63,50 @@ pub struct AgentOptions {
     pub node: Option<String>,
     /// Look for new devices this often (`None`: never).
     pub rescan: Option<Duration>,
+    /// Which checkpoint families to attach (all by default). Fewer families cost less and see
+    /// less; `netprof overhead --hooks` uses this to tell which family costs what.
+    pub hooks: HookFamilies,
+    /// Switch on the kernel's bpf_stats (per-program run time) while attached. It costs two
+    /// clock reads per program run; `netprof overhead --no-stats` measures without it.
+    pub stats: bool,
+}
+
+/// The checkpoint families: tc on node devices, tp_btf device rx/tx, netfilter points, and the
+/// skb free / retransmit tracepoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookFamilies {
+    pub tc: bool,
+    pub dev: bool,
+    pub netfilter: bool,
+    pub tracepoints: bool,
+}
+
+impl Default for HookFamilies {
+    fn default() -> Self {
+        Self { tc: true, dev: true, netfilter: true, tracepoints: true }
+    }
+}
+
+impl std::str::FromStr for HookFamilies {
+    type Err = String;
+
+    /// `all`, or a comma-separated subset of `tc,dev,nf,trace`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "all" {
+            return Ok(Self::default());
+        }
+        let mut set = Self { tc: false, dev: false, netfilter: false, tracepoints: false };
+        for word in text.split(',').map(str::trim) {
+            match word {
+                "tc" => set.tc = true,
+                "dev" => set.dev = true,
+                "nf" => set.netfilter = true,
+                "trace" => set.tracepoints = true,
+                other => return Err(format!("unknown hook family '{other}': use all, or some of tc,dev,nf,trace")),
+            }
+        }
+        Ok(set)
+    }
 }
 
 impl AgentOptions {
@@ -74,6 +118,8 @@ impl AgentOptions {
             endpoints,
             node: None,
             rescan: Some(RESCAN_INTERVAL),
+            hooks: HookFamilies::default(),
+            stats: true,
         }
     }
 }

@@ -54,12 +54,23 @@ pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
 
 /// Starts an agent on each node of the lab (with that node's pod namespace).
 pub fn start_agents(lab: &Lab) -> Result<Vec<(Node, Agent)>, ProfileError> {
+    start_agents_with(lab, crate::agent::HookFamilies::default(), true)
+}
+
+/// [`start_agents`] with only some checkpoint families, with or without bpf_stats.
+pub fn start_agents_with(
+    lab: &Lab,
+    hooks: crate::agent::HookFamilies,
+    stats: bool,
+) -> Result<Vec<(Node, Agent)>, ProfileError> {
     let endpoints = lab_endpoints(lab);
     Node::BOTH
         .iter()
         .map(|&node| {
             let mut options = AgentOptions::new(lab.names.node(node), endpoints.clone());
             options.node = Some(format!("node{}", node.index()));
+            options.hooks = hooks;
+            options.stats = stats;
             if lab.mode().has_pods() {
                 options.pod_netns = vec![lab.names.pod(node)];
             }

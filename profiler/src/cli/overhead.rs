@@ -29,6 +29,13 @@ pub struct OverheadArgs {
     pub iperf3_seconds: u32,
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
+    /// Checkpoint families the agents attach: all, or some of tc,dev,nf,trace (to see which
+    /// family costs what).
+    #[arg(long, default_value = "all")]
+    pub hooks: crate::agent::HookFamilies,
+    /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost).
+    #[arg(long)]
+    pub no_stats: bool,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -66,7 +73,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 &cfg,
                 args.rounds,
                 work_dir,
-                || profile::start_agents(&built).map_err(|source| BenchError::Profile { mode: args.mode, source }),
+                || profile::start_agents_with(&built, args.hooks, !args.no_stats).map_err(|source| BenchError::Profile { mode: args.mode, source }),
                 |agents| {
                     // Keep the programs' run time of the last attached round (node 1's agent).
                     if let Some((_, agent)) = agents.first() {
@@ -93,7 +100,11 @@ pub fn run(args: OverheadArgs) -> Result<()> {
     for p in &report.programs {
         println!("  {:<16} {:>10} runs  {:>7.0} ns/run", p.name, p.run_count, p.ns_per_run);
     }
-    println!("  median over programs: {:.0} ns/run", report.median_ns_per_run);
+    if report.median_ns_per_run.is_nan() {
+        println!("  not measured (bpf_stats off)");
+    } else {
+        println!("  median over programs: {:.0} ns/run", report.median_ns_per_run);
+    }
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;
     }
