@@ -276,6 +276,9 @@ pub fn render(report: &Report) -> String {
     let rows: Vec<Vec<String>> = cells.rows.iter().map(|r| r.to_vec()).collect();
     table(&mut out, "table-study", &header, &rows);
     let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(&cells.note));
+    if let Some(note) = super::profiled_note(report) {
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(note));
+    }
     waterfalls(&mut out, report);
     cdfs(&mut out, report);
     for s in sections(report) {

@@ -16,6 +16,9 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "# {}\n", headline(report));
     let _ = writeln!(out, "## The study's table\n");
     out.push_str(&study::render_markdown(&report.results));
+    if let Some(note) = super::profiled_note(report) {
+        let _ = writeln!(out, "\n{note}");
+    }
     for section in sections(report) {
         let _ = writeln!(out, "\n## {}\n", section.title);
         for line in &section.intro {

@@ -58,6 +58,13 @@ pub fn pct(value: Option<f64>) -> String {
 }
 
 /// The header line every format starts with.
+/// Said under the study's table when the agents were attached while it was measured.
+pub fn profiled_note(report: &Report) -> Option<&'static str> {
+    report.results.iter().any(|r| !r.profiles.is_empty()).then_some(
+        "Measured with netprof's agents attached: their cost (see the agent's own cost below) is inside these numbers; `netprof bench` without --profile measures the modes without them.",
+    )
+}
+
 pub fn headline(report: &Report) -> String {
     let c = &report.run.config;
     format!(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{aligned, headline, sections};
+use super::{aligned, headline, profiled_note, sections};
 use crate::bench::table as study;
 use crate::report::Report;
 
@@ -11,6 +11,9 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "{}\n", headline(report));
     let _ = writeln!(out, "The study's table");
     out.push_str(&study::render(&report.results));
+    if let Some(note) = profiled_note(report) {
+        let _ = writeln!(out, "{note}");
+    }
     for section in sections(report) {
         let _ = writeln!(out, "\n{}", section.title);
         for line in &section.intro {
