@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod ebpf;
