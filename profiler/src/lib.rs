@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod ebpf;
+pub mod k8s;
 pub mod lab;
 pub mod netns;
 pub mod parse;
