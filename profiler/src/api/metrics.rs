@@ -60,6 +60,17 @@ impl Family<'_> {
     }
 }
 
+/// One `(stage, from, to)` label set's numbers.
+#[derive(Debug, Default)]
+struct SegmentSample {
+    count: u64,
+    /// Count of the segment the quantiles come from.
+    busiest: u64,
+    p50_s: f64,
+    p99_s: f64,
+    mean_s: f64,
+}
+
 /// Renders the metrics; `None` when no agent is attached (only `netprof_agent_attached 0`).
 pub fn render(report: Option<&AgentReport>) -> String {
     let mut out = String::new();
@@ -85,31 +96,30 @@ pub fn render(report: Option<&AgentReport>) -> String {
         f.sample(&[("checkpoint", name)], count as f64);
     }
 
-    // (stage, from, to) -> (count, p50 s, p99 s, mean s) of the busiest segment with those names.
-    let mut segments: BTreeMap<(&str, &str, &str), (u64, f64, f64, f64)> = BTreeMap::new();
+    // (stage, from, to) -> the summed count and the busiest segment's quantiles.
+    let mut segments: BTreeMap<(&str, &str, &str), SegmentSample> = BTreeMap::new();
     for s in &report.segments {
         let key = (s.stage.name(), s.from_name.as_str(), s.to_name.as_str());
         let entry = segments.entry(key).or_default();
-        if s.count > entry.0 {
-            (entry.1, entry.2, entry.3) = (s.p50_ns as f64 / 1e9, s.p99_ns as f64 / 1e9, s.mean_ns / 1e9);
+        if s.count > entry.busiest {
+            entry.busiest = s.count;
+            entry.p50_s = s.p50_ns as f64 / 1e9;
+            entry.p99_s = s.p99_ns as f64 / 1e9;
+            entry.mean_s = s.mean_ns / 1e9;
         }
-        entry.0 += s.count;
+        entry.count += s.count;
     }
-    let labels = |(stage, from, to): &(&'static str, &str, &str)| -> [(&'static str, String); 3] {
-        [("stage", (*stage).to_owned()), ("from", (*from).to_owned()), ("to", (*to).to_owned())]
-    };
-    type Pick = fn(&(u64, f64, f64, f64)) -> f64;
+    type Pick = fn(&SegmentSample) -> f64;
     let series: [(&'static str, &str, Pick); 4] = [
-        ("netprof_segment_count", "Packets timed over a segment (checkpoint to checkpoint).", |v| v.0 as f64),
-        ("netprof_segment_p50_seconds", "Median time over a segment.", |v| v.1),
-        ("netprof_segment_p99_seconds", "99th percentile time over a segment.", |v| v.2),
-        ("netprof_segment_mean_seconds", "Mean time over a segment.", |v| v.3),
+        ("netprof_segment_count", "Packets timed over a segment (checkpoint to checkpoint).", |v| v.count as f64),
+        ("netprof_segment_p50_seconds", "Median time over a segment.", |v| v.p50_s),
+        ("netprof_segment_p99_seconds", "99th percentile time over a segment.", |v| v.p99_s),
+        ("netprof_segment_mean_seconds", "Mean time over a segment.", |v| v.mean_s),
     ];
     for (name, help, pick) in series {
         let mut f = family(&mut out, name, "gauge", help);
-        for (key, value) in &segments {
-            let l = labels(key);
-            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1), (l[2].0, &l[2].1)], pick(value));
+        for ((stage, from, to), value) in &segments {
+            f.sample(&[("stage", stage), ("from", from), ("to", to)], pick(value));
         }
     }
 
