@@ -71,7 +71,15 @@ fn load() -> Manifests {
     let mut m = Manifests::default();
     for file in yaml_files() {
         let text = std::fs::read_to_string(deploy_dir().join(&file)).unwrap();
-        for de in serde_yaml::Deserializer::from_str(&text) {
+        m.add(&file, &text);
+    }
+    m
+}
+
+impl Manifests {
+    /// Parses every document of `text` (from `file`) into its type.
+    fn add(&mut self, file: &str, text: &str) {
+        for de in serde_yaml::Deserializer::from_str(text) {
             let doc = serde_yaml::Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: {e}"));
             if doc.is_null() {
                 continue;
@@ -79,22 +87,21 @@ fn load() -> Manifests {
             let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind")).to_owned();
             let name = doc["metadata"]["name"].as_str().unwrap_or_else(|| panic!("{file}: {kind} without a name")).to_owned();
             let namespace = doc["metadata"]["namespace"].as_str().map(str::to_owned);
-            m.objects.push((file.clone(), kind.clone(), name, namespace));
+            self.objects.push((file.to_owned(), kind.clone(), name, namespace));
             match kind.as_str() {
-                "Namespace" => m.namespaces.push(typed(&file, &doc)),
-                "ServiceAccount" => m.service_accounts.push(typed(&file, &doc)),
-                "Role" => m.roles.push(typed(&file, &doc)),
-                "ClusterRole" => m.cluster_roles.push(typed(&file, &doc)),
-                "RoleBinding" => m.role_bindings.push(typed(&file, &doc)),
-                "ClusterRoleBinding" => m.cluster_role_bindings.push(typed(&file, &doc)),
-                "DaemonSet" => m.daemon_sets.push(typed(&file, &doc)),
-                "ConfigMap" => m.config_maps.push(typed(&file, &doc)),
-                "Pod" => m.pods.push(typed(&file, &doc)),
+                "Namespace" => self.namespaces.push(typed(file, &doc)),
+                "ServiceAccount" => self.service_accounts.push(typed(file, &doc)),
+                "Role" => self.roles.push(typed(file, &doc)),
+                "ClusterRole" => self.cluster_roles.push(typed(file, &doc)),
+                "RoleBinding" => self.role_bindings.push(typed(file, &doc)),
+                "ClusterRoleBinding" => self.cluster_role_bindings.push(typed(file, &doc)),
+                "DaemonSet" => self.daemon_sets.push(typed(file, &doc)),
+                "ConfigMap" => self.config_maps.push(typed(file, &doc)),
+                "Pod" => self.pods.push(typed(file, &doc)),
                 other => panic!("{file}: unexpected kind {other}: add it to this test"),
             }
         }
     }
-    m
 }
 
 /// The YAML files of deploy/ but the kustomization.
@@ -356,4 +363,47 @@ fn kustomization_lists_every_file() {
     let agent_repo = AGENT_IMAGE.rsplit_once(':').unwrap().0;
     assert!(images.contains(&agent_repo), "the agent image can be overridden: {images:?}");
     assert!(deploy_dir().join("Dockerfile").exists());
+}
+
+/// What `kubectl apply -k deploy/` sends is what kustomize builds; kubectl's built-in
+/// kustomize builds it here (applying needs an API server, which these machines cannot run).
+/// The built documents are the same objects, parse into the same types, and an image
+/// override in an overlay reaches every netprof container.
+#[test]
+fn kubectl_kustomize_builds_the_same_objects() {
+    let test = "manifests kubectl_kustomize_builds_the_same_objects";
+    let Some(built) = kustomize(&deploy_dir()) else {
+        netprof_tests::print_skip(test, "`kubectl` (with its built-in kustomize) is not installed");
+        return;
+    };
+    let mut from_kubectl = Manifests::default();
+    from_kubectl.add("kubectl kustomize deploy/", &built);
+    let key = |m: &Manifests| -> BTreeSet<(String, String, Option<String>)> {
+        m.objects.iter().map(|(_, kind, name, ns)| (kind.clone(), name.clone(), ns.clone())).collect()
+    };
+    let ours = load();
+    assert_eq!(key(&from_kubectl), key(&ours));
+    assert_eq!(from_kubectl.objects.len(), ours.objects.len());
+
+    let overlay = std::env::temp_dir().join(format!("netprof-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).unwrap();
+    let base = overlay.join("base");
+    let _ = std::fs::remove_file(&base);
+    std::os::unix::fs::symlink(deploy_dir().canonicalize().unwrap(), &base).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources:\n  - base\nimages:\n  - name: ghcr.io/netprof/netprof\n    newName: registry.example/netprof\n    newTag: dev\n",
+    )
+    .unwrap();
+    let built = kustomize(&overlay).expect("kubectl kustomize on the overlay");
+    let _ = std::fs::remove_dir_all(&overlay);
+    assert_eq!(built.matches("image: registry.example/netprof:dev").count(), 5, "agent + 4 tool pods");
+    assert!(!built.contains(AGENT_IMAGE));
+}
+
+/// `kubectl kustomize DIR`, or None without kubectl. Panics with kubectl's message if it fails.
+fn kustomize(dir: &Path) -> Option<String> {
+    let output = std::process::Command::new("kubectl").arg("kustomize").arg(dir).output().ok()?;
+    assert!(output.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
+    Some(String::from_utf8(output.stdout).unwrap())
 }
