@@ -37,13 +37,29 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// The network namespace the server runs in (None: the test's own).
+    netns: Option<String>,
 }
 
 impl Server {
     /// Starts `netprof agent --serve` on a port the kernel picks and reads the address back
     /// from its "listening on" line (no race for a "free" port).
     fn start() -> Self {
-        let mut child = Command::new(netprof_bin())
+        Self::start_in(None)
+    }
+
+    /// Starts the server in `netns` (`nsenter --net`: only the network namespace changes, as
+    /// for a hostNetwork pod), or in the test's own.
+    fn start_in(netns: Option<&str>) -> Self {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(netprof_bin());
+                c
+            }
+            None => Command::new(netprof_bin()),
+        };
+        let mut child = command
             .args(["agent", "--serve", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
             .spawn()
@@ -62,7 +78,7 @@ impl Server {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the server printed its address").parse().unwrap();
-        Server { child, addr, stderr }
+        Server { child, addr, stderr, netns: netns.map(str::to_owned) }
     }
 
     /// (status, headers, body) of one request.
@@ -77,7 +93,11 @@ impl Server {
 
     /// Sends `bytes` as they are and reads the response to the end.
     fn raw(&self, bytes: &[u8]) -> (u16, String, String) {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
+        let mut stream = match &self.netns {
+            // The socket belongs to the namespace it was created in: the server's loopback.
+            Some(ns) => netprof::netns::run_in(ns, || TcpStream::connect(self.addr)).unwrap().unwrap(),
+            None => TcpStream::connect(self.addr).unwrap(),
+        };
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         stream.write_all(bytes).unwrap();
         let mut response = Vec::new();
@@ -278,6 +298,61 @@ fn control_api_profiles_a_real_benchmark() {
     assert!(log.contains("terminated (SIGTERM)") && log.contains("detached from"), "{log}");
     let _ = std::fs::remove_dir_all(work);
     println!("{} programs freed after SIGTERM", ids.len());
+}
+
+/// The DaemonSet's way: the agent runs in the node's namespace (hostNetwork; here node 2's,
+/// entered with `nsenter --net`) and the start request names no namespace, so the agent names
+/// its own (`netprof.agent-PID` under /run/netns) and removes the name when it stops.
+#[test]
+fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
+    let test = "agent_api without_netns_the_agent_profiles_the_namespace_it_runs_in";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "nsenter", "bpftool"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode: Mode::FlannelHostgw, services: 0 }).unwrap();
+    let pod_path = built.pod_path().unwrap();
+    let node2 = names.node(Node::Two);
+    let server = Server::start_in(Some(&node2));
+    println!("server on {} in {node2}", server.addr);
+    let (status, _, body) = server.call("GET", "/readyz", "");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    let endpoints: Vec<String> = lab_endpoints(&built).iter().map(ToString::to_string).collect();
+    let body = serde_json::json!({"pod_netns": [names.pod(Node::Two)], "endpoints": endpoints}).to_string();
+    let started = server.json("POST", "/v1/start", &body, 200);
+    println!("start: {started}");
+    let own = started["netns"].as_str().unwrap().to_owned();
+    assert!(own.starts_with("netprof.agent-"), "{own}");
+    let own_path = std::path::Path::new("/run/netns").join(&own);
+    assert!(own_path.exists());
+
+    ping(&pod_path.client_netns, pod_path.server_ip);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = server.report("GET", "/v1/snapshot");
+    assert_eq!(report.netns, own);
+    assert_eq!(report.hits("eno1 tc-ingress"), PINGS, "node 2's uplink, seen from inside node 2");
+    assert_eq!(report.hits(&format!("{}:eth0 dev-rx", names.pod(Node::Two))), PINGS);
+    let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
+
+    let last = server.report("POST", "/v1/stop");
+    assert_eq!(last.hits("eno1 tc-ingress"), PINGS);
+    assert!(!own_path.exists(), "{} left after /v1/stop", own_path.display());
+    for id in &ids {
+        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after /v1/stop");
+    }
+
+    // Started again and then terminated: the name goes too.
+    server.json("POST", "/v1/start", &body, 200);
+    assert!(own_path.exists());
+    let mut server = server;
+    sigterm(server.child.id());
+    let status = wait(&mut server.child, Duration::from_secs(15));
+    // nsenter execs netprof: the exit status is the agent's.
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr.lock().unwrap());
+    assert!(!own_path.exists(), "{} left after SIGTERM", own_path.display());
 }
 
 /// Our programs (by id, named `cp_*`/`nf_h*`) that `bpftool -j prog show` still lists.

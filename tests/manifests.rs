@@ -208,6 +208,7 @@ fn the_agent_is_privileged_on_the_host_network_with_its_mounts() {
     assert_eq!(mount("/sys/kernel/btf").read_only, Some(true));
     assert_eq!(mount("/sys/kernel/tracing").read_only, Some(true));
     assert_eq!(mount("/run/netns").mount_propagation.as_deref(), Some("HostToContainer"));
+    assert_ne!(mount("/run/netns").read_only, Some(true), "the agent names its own namespace there");
     assert_eq!(mounts.len(), volumes.len(), "every volume is mounted");
 
     // Resources: requests and limits for cpu and memory.

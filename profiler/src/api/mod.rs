@@ -22,6 +22,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod own_netns;
 pub mod request;
 
 use std::{
@@ -101,6 +102,9 @@ struct Running {
     started: Instant,
     duration: Option<Duration>,
     timer: Option<JoinHandle<()>>,
+    /// The name of the agent's own namespace, when the start request gave none; removed after
+    /// the agent is dropped.
+    own_netns: Option<own_netns::OwnNetns>,
 }
 
 /// The shared state. Every use of the agent happens with `slot` locked, so start, stop,
@@ -229,6 +233,20 @@ impl Control {
         if let Slot::Attached(running) = &*slot {
             return Response::error(409, format!("already attached to {}: POST /v1/stop first", running.netns));
         }
+        let mut plan = plan;
+        let own_netns = if plan.own_netns {
+            match tokio::task::spawn_blocking(own_netns::OwnNetns::attach).await {
+                Ok(Ok(own)) => {
+                    plan.options.netns = own.name().to_owned();
+                    plan.options.node.get_or_insert_with(hostname);
+                    Some(own)
+                }
+                Ok(Err(err)) => return Response::error(500, error_chain(&err)),
+                Err(err) => return join_failed(err),
+            }
+        } else {
+            None
+        };
         let options = plan.options.clone();
         let agent = match tokio::task::spawn_blocking(move || Agent::start(&options)).await {
             Ok(Ok(agent)) => Arc::new(agent),
@@ -272,6 +290,7 @@ impl Control {
             started: Instant::now(),
             duration: plan.duration,
             timer,
+            own_netns,
         });
         response
     }
@@ -393,6 +412,16 @@ impl Control {
     }
 }
 
+/// The host name (with hostNetwork, the node's): the report's node name when the agent
+/// profiles its own namespace.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
 fn route_list() -> String {
     ROUTES.iter().map(|(path, method)| format!("{method} {path}")).collect::<Vec<_>>().join(", ")
 }
@@ -407,9 +436,11 @@ async fn read(running: &Running) -> Result<AgentReport, Response> {
     }
 }
 
-/// The final snapshot, then the agent dropped (everything detached) on a blocking thread.
+/// The final snapshot, then the agent dropped (everything detached) on a blocking thread,
+/// then the name of its own namespace, if it made one, removed.
 async fn detach(running: Running) -> Result<AgentReport, Response> {
     let agent = running.agent;
+    let own_netns = running.own_netns;
     let done = tokio::task::spawn_blocking(move || {
         let report = agent.snapshot();
         // Every other user of the agent holds the slot's lock, which the caller has, but a
@@ -427,6 +458,7 @@ async fn detach(running: Running) -> Result<AgentReport, Response> {
                 }
             }
         }
+        drop(own_netns);
         report
     });
     match done.await {

@@ -15,8 +15,10 @@ pub const MAX_DURATION_S: f64 = 86_400.0;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    /// The node's network namespace (`ip netns` name).
-    pub netns: String,
+    /// The node's network namespace (`ip netns` name); absent or null: the agent's own
+    /// (in Kubernetes, with hostNetwork, the node's).
+    #[serde(default)]
+    pub netns: Option<String>,
     /// Pod namespaces whose `eth0` gets the device checkpoints.
     #[serde(default)]
     pub pod_netns: Vec<String>,
@@ -39,8 +41,11 @@ pub struct StartRequest {
 /// A validated start request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartPlan {
+    /// `options.netns` is empty when `own_netns` is set: the server names its namespace.
     pub options: AgentOptions,
     pub duration: Option<Duration>,
+    /// Profile the agent's own network namespace.
+    pub own_netns: bool,
 }
 
 /// Parses and validates a start body; the error is the reason for a 400.
@@ -74,7 +79,9 @@ fn check_ifname(field: &str, name: &str) -> Result<(), String> {
 
 impl StartRequest {
     pub fn validate(self) -> Result<StartPlan, String> {
-        check_netns("netns", &self.netns)?;
+        if let Some(netns) = &self.netns {
+            check_netns("netns", netns)?;
+        }
         for (i, pod) in self.pod_netns.iter().enumerate() {
             check_netns(&format!("pod_netns[{i}]"), pod)?;
         }
@@ -111,14 +118,15 @@ impl StartRequest {
                 return Err("node: give a non-empty name without control characters".into());
             }
         }
+        let own_netns = self.netns.is_none();
         let options = AgentOptions {
             pod_netns: self.pod_netns,
             uplink: self.uplink,
             node: self.node,
             hooks,
-            ..AgentOptions::new(self.netns, endpoints)
+            ..AgentOptions::new(self.netns.unwrap_or_default(), endpoints)
         };
-        Ok(StartPlan { options, duration })
+        Ok(StartPlan { options, duration, own_netns })
     }
 }
 
@@ -141,9 +149,18 @@ mod tests {
         assert_eq!((o.uplink.as_deref(), o.node.as_deref()), (None, Some("worker2")));
         assert!(o.hooks.tc && o.hooks.netfilter && !o.hooks.dev && !o.hooks.tracepoints);
         assert_eq!(plan.duration, Some(Duration::from_millis(1500)));
+        assert!(!plan.own_netns);
         let minimal = parse_start(br#"{"netns":"n","endpoints":["198.18.0.1"]}"#).unwrap();
-        assert_eq!(minimal.duration, None);
+        assert_eq!((minimal.duration, minimal.own_netns), (None, false));
         assert_eq!(minimal.options, AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)]));
+    }
+
+    #[test]
+    fn without_netns_the_agent_profiles_its_own_namespace() {
+        for body in [r#"{"endpoints":["198.18.0.1"]}"#, r#"{"netns":null,"endpoints":["198.18.0.1"]}"#] {
+            let plan = parse_start(body.as_bytes()).unwrap();
+            assert!(plan.own_netns && plan.options.netns.is_empty(), "{body}");
+        }
     }
 
     fn reason(body: &str) -> String {
@@ -158,7 +175,6 @@ mod tests {
             ("{", "invalid start request"),
             ("[1]", "invalid start request"),
             ("garbage", "invalid start request"),
-            (r#"{"endpoints":["198.18.0.1"]}"#, "missing field `netns`"),
             (r#"{"netns":"n"}"#, "missing field `endpoints`"),
             (r#"{"netns":"n","endpoints":["198.18.0.1"],"durations":3}"#, "unknown field `durations`"),
             (r#"{"netns":"n","endpoints":[]}"#, "endpoints: give at least one"),
