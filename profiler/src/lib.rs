@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod ebpf;
+pub mod k8s;
 pub mod lab;
 pub mod netns;
 pub mod parse;

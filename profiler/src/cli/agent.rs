@@ -1,10 +1,13 @@
 //! `netprof agent`: attach the datapath checkpoints to one node, measure until SIGINT/SIGTERM
 //! (or `--duration`), write the JSON document, detach and exit 0.
+//!
+//! `netprof agent --serve`: the same agent driven over the control API ([`crate::api`]) on a
+//! loopback address, until SIGINT/SIGTERM (which detach and exit 0).
 
 use std::{
     fs::{File, OpenOptions},
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -17,8 +20,8 @@ use crate::agent::{Agent, AgentOptions};
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The node's network namespace (`ip netns` name).
-    #[arg(long)]
-    pub netns: String,
+    #[arg(long, required_unless_present = "serve")]
+    pub netns: Option<String>,
     /// Pod namespaces whose `eth0` is watched too (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub pod_netns: Vec<String>,
@@ -26,7 +29,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub uplink: Option<String>,
     /// A benchmark endpoint address; packets from or to it are followed (repeatable).
-    #[arg(long = "endpoint", required = true)]
+    #[arg(long = "endpoint", required_unless_present = "serve")]
     pub endpoints: Vec<Ipv4Addr>,
     /// Measure this many seconds, then stop (default: until SIGINT/SIGTERM).
     #[arg(long)]
@@ -35,8 +38,15 @@ pub struct AgentArgs {
     #[arg(long)]
     pub node: Option<String>,
     /// Where to write the JSON document.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "serve")]
+    pub out: Option<PathBuf>,
+    /// Serve the control API instead (start/stop/snapshot/metrics over HTTP); the flows to
+    /// follow come with each `POST /v1/start`.
+    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out"])]
+    pub serve: bool,
+    /// Loopback address of the control API (with --serve; port 0 picks a free port).
+    #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
+    pub listen: SocketAddr,
 }
 
 /// Opens the output before anything is attached, so a bad path fails first.
@@ -55,6 +65,12 @@ fn open_output(path: &PathBuf) -> Result<File> {
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
+    if args.serve {
+        return serve(args.listen);
+    }
+    let (Some(netns), Some(out_path)) = (args.netns.clone(), args.out.clone()) else {
+        anyhow::bail!("--netns and --out are required without --serve");
+    };
     if let Some(d) = args.duration {
         anyhow::ensure!(
             d > 0.0 && d.is_finite(),
@@ -62,27 +78,27 @@ pub fn run(args: AgentArgs) -> Result<()> {
         );
     }
     crate::ebpf::preflight()?;
-    let existed = args.out.exists();
-    let mut out = open_output(&args.out)?;
+    let existed = out_path.exists();
+    let mut out = open_output(&out_path)?;
     let options = AgentOptions {
         pod_netns: args.pod_netns.clone(),
         uplink: args.uplink.clone(),
         node: args.node.clone(),
-        ..AgentOptions::new(args.netns.clone(), args.endpoints.clone())
+        ..AgentOptions::new(netns.clone(), args.endpoints.clone())
     };
     let agent = match Agent::start(&options) {
         Ok(agent) => agent,
         Err(err) => {
             // Leave no empty report behind.
             if !existed {
-                let _ = std::fs::remove_file(&args.out);
+                let _ = std::fs::remove_file(&out_path);
             }
             return Err(anyhow::Error::new(err).context("cannot start the agent"));
         }
     };
     eprintln!(
         "netprof agent: attached to {} in {:.0} ms; {}",
-        args.netns,
+        netns,
         agent.attach_ms(),
         match args.duration {
             Some(d) => format!("measuring for {d} s"),
@@ -106,7 +122,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     drop(agent);
     out.set_len(0)
         .and_then(|()| out.write_all((report.to_json() + "\n").as_bytes()))
-        .with_context(|| format!("cannot write the report to {}", args.out.display()))?;
+        .with_context(|| format!("cannot write the report to {}", out_path.display()))?;
     for item in &report.not_measured {
         eprintln!(
             "netprof agent: not measured: {}: {}",
@@ -117,7 +133,28 @@ pub fn run(args: AgentArgs) -> Result<()> {
         "netprof agent: {reason}; {} segments, {} packets admitted; detached; report in {}",
         report.segments.len(),
         report.counters.admitted,
-        args.out.display()
+        out_path.display()
     );
     Ok(())
+}
+
+/// `--serve`: the control API until SIGINT/SIGTERM.
+fn serve(listen: SocketAddr) -> Result<()> {
+    // Several threads: a slow attach or snapshot on a blocking thread never holds up /healthz.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = crate::api::bind(listen).await?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        if let Some(reason) = crate::api::not_ready() {
+            eprintln!("netprof agent: warning: not ready: {reason}");
+        }
+        eprintln!("netprof agent: control API listening on http://{addr}");
+        let reason = crate::api::serve(listener, super::bench::shutdown_signal()).await;
+        eprintln!("netprof agent: {reason}; stopped serving");
+        Ok(())
+    })
 }

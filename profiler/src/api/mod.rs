@@ -1,0 +1,592 @@
+//! The agent's control API (`netprof agent --serve`): one [`Agent`] at a time, driven over
+//! HTTP/1.1 with JSON bodies.
+//!
+//! It listens on loopback only. In Kubernetes the agent runs with hostNetwork, so loopback is
+//! the node's, reachable by the kubelet's probes and by the Kubernetes port-forward API (which
+//! RBAC governs: `pods/portforward` in the netprof namespace), and no port opens on the node
+//! network.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /v1/start` | attach (body: [`request::StartRequest`]); 200 `{"attach_ms", ...}`, 400 bad request, 409 already attached, 422/500 attach failed |
+//! | `POST /v1/stop` | detach; 200 final [`AgentReport`], 409 not started |
+//! | `GET /v1/snapshot` | 200 [`AgentReport`] (live, or the final one after `duration_s`), 409 not started |
+//! | `POST /v1/reset` | 204, 409 not attached |
+//! | `GET /v1/status` | 200 `{"state": "idle" / "attached" / "stopped", ...}` |
+//! | `GET /healthz` | 200 `ok` while serving |
+//! | `GET /readyz` | 200 `ready`, or 503 with what is missing (root, BTF, bpffs) |
+//! | `GET /metrics` | Prometheus text format ([`metrics`]) |
+//!
+//! Other paths get 404, other methods 405 (with `Allow`), bodies over 64 KiB 413. A bad request
+//! only ever costs its own connection.
+
+pub mod http;
+pub mod metrics;
+pub mod own_netns;
+pub mod request;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, Semaphore},
+    task::{JoinHandle, JoinSet},
+};
+
+use crate::agent::{Agent, AgentError, AgentReport};
+use http::{Request, Response};
+
+/// The agent's default control address (the DaemonSet's too).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9476";
+/// Connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// bpffs's `f_type` (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs must be mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "refusing to listen on {addr}: the control API listens on loopback only (e.g. {DEFAULT_LISTEN}); \
+         reach it through `kubectl port-forward` or the port-forward API, which RBAC governs"
+    )]
+    NotLoopback { addr: SocketAddr },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr`, which must be a loopback address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    if !addr.ip().is_loopback() {
+        return Err(ApiError::NotLoopback { addr });
+    }
+    TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// Routes and the methods they take.
+const ROUTES: &[(&str, &str)] = &[
+    ("/v1/start", "POST"),
+    ("/v1/stop", "POST"),
+    ("/v1/snapshot", "GET"),
+    ("/v1/reset", "POST"),
+    ("/v1/status", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/metrics", "GET"),
+];
+
+/// What the control API holds.
+enum Slot {
+    Idle,
+    Attached(Running),
+    /// Stopped by `duration_s`; the final report waits for `/v1/stop` or `/v1/snapshot`.
+    Finished(Box<AgentReport>),
+}
+
+struct Running {
+    agent: Arc<Agent>,
+    /// Tells this run's duration timer from a later run's.
+    generation: u64,
+    netns: String,
+    started: Instant,
+    duration: Option<Duration>,
+    timer: Option<JoinHandle<()>>,
+    /// The name of the agent's own namespace, when the start request gave none; removed after
+    /// the agent is dropped.
+    own_netns: Option<own_netns::OwnNetns>,
+}
+
+/// The shared state. Every use of the agent happens with `slot` locked, so start, stop,
+/// snapshot and reset never overlap, and a stop holds the only reference to the agent.
+pub struct Control {
+    slot: Mutex<Slot>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Serialize)]
+struct Started<'a> {
+    attach_ms: f64,
+    netns: &'a str,
+    node: &'a str,
+    endpoints: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attach_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining_s: Option<f64>,
+}
+
+/// The error and its causes on one line, outermost first, without repeating a cause the
+/// message before already quotes.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        let text = err.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        cause = err.source();
+    }
+    line
+}
+
+/// 422 when the request named something that is not there (namespace, device), else 500.
+fn attach_status(err: &AgentError) -> u16 {
+    match err {
+        AgentError::Netns(_) | AgentError::Devices(_) | AgentError::TooManyEndpoints { .. } => 422,
+        _ => 500,
+    }
+}
+
+/// Why the node cannot run the agent (`None`: it can): root, kernel BTF, bpffs.
+pub fn not_ready() -> Option<String> {
+    let mut missing = Vec::new();
+    if let Err(err) = crate::ebpf::preflight() {
+        missing.push(err.to_string());
+    }
+    // A second BTF check would repeat preflight's message; bpffs is ours to check.
+    match std::ffi::CString::new(BPFFS) {
+        Ok(path) => {
+            // SAFETY: statfs(2) with a NUL-terminated path and a zeroed out-parameter.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+            let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+            if rc != 0 || fs.f_type as i64 != BPF_FS_MAGIC {
+                missing.push(format!(
+                    "bpffs is not mounted on {BPFFS}: mount it (`mount -t bpf bpf {BPFFS}`; in Kubernetes, a hostPath volume)"
+                ));
+            }
+        }
+        Err(_) => unreachable!("constant path"),
+    }
+    (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+fn not_started() -> Response {
+    Response::error(409, "no agent is attached: POST /v1/start first")
+}
+
+fn join_failed(err: tokio::task::JoinError) -> Response {
+    Response::error(500, format!("the agent's worker thread failed: {err}"))
+}
+
+impl Control {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { slot: Mutex::new(Slot::Idle), generation: Default::default() })
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Response {
+        let Some((_, method)) = ROUTES.iter().find(|(path, _)| *path == request.path) else {
+            return Response::error(404, format!("no route {}; routes: {}", request.path, route_list()));
+        };
+        if request.method != *method {
+            return Response::error(405, format!("{} takes {method}, not {}", request.path, request.method))
+                .with_header("Allow", *method);
+        }
+        match request.path.as_str() {
+            "/v1/start" => self.start(&request.body).await,
+            "/v1/stop" => self.stop().await,
+            "/v1/snapshot" => self.snapshot().await,
+            "/v1/reset" => self.reset().await,
+            "/v1/status" => self.status().await,
+            "/healthz" => Response::text(200, http::TEXT, "ok\n"),
+            "/readyz" => match not_ready() {
+                None => Response::text(200, http::TEXT, "ready\n"),
+                Some(reason) => Response::text(503, http::TEXT, format!("not ready: {reason}\n")),
+            },
+            "/metrics" => self.metrics().await,
+            _ => unreachable!("every route is handled"),
+        }
+    }
+
+    async fn start(self: &Arc<Self>, body: &[u8]) -> Response {
+        let plan = match request::parse_start(body) {
+            Ok(plan) => plan,
+            Err(reason) => return Response::error(400, reason),
+        };
+        let mut slot = self.slot.lock().await;
+        if let Slot::Attached(running) = &*slot {
+            return Response::error(409, format!("already attached to {}: POST /v1/stop first", running.netns));
+        }
+        let mut plan = plan;
+        let own_netns = if plan.own_netns {
+            match tokio::task::spawn_blocking(own_netns::OwnNetns::attach).await {
+                Ok(Ok(own)) => {
+                    plan.options.netns = own.name().to_owned();
+                    plan.options.node.get_or_insert_with(hostname);
+                    Some(own)
+                }
+                Ok(Err(err)) => return Response::error(500, error_chain(&err)),
+                Err(err) => return join_failed(err),
+            }
+        } else {
+            None
+        };
+        let options = plan.options.clone();
+        let agent = match tokio::task::spawn_blocking(move || Agent::start(&options)).await {
+            Ok(Ok(agent)) => Arc::new(agent),
+            Ok(Err(err)) => {
+                let status = attach_status(&err);
+                let reason = format!("cannot start the agent: {}", error_chain(&err));
+                log::warn!("{reason}");
+                return Response::error(status, reason);
+            }
+            Err(err) => return join_failed(err),
+        };
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let timer = plan.duration.map(|d| {
+            let control = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                control.finish(generation).await;
+            })
+        });
+        let attach_ms = agent.attach_ms();
+        eprintln!(
+            "netprof agent: attached to {} in {attach_ms:.0} ms{}",
+            plan.options.netns,
+            plan.duration.map(|d| format!(", for {} s", d.as_secs_f64())).unwrap_or_default()
+        );
+        let node = plan.options.node.as_deref().unwrap_or(&plan.options.netns);
+        let response = Response::json(
+            200,
+            &Started {
+                attach_ms,
+                netns: &plan.options.netns,
+                node,
+                endpoints: plan.options.endpoints.len(),
+                duration_s: plan.duration.map(|d| d.as_secs_f64()),
+            },
+        );
+        *slot = Slot::Attached(Running {
+            agent,
+            generation,
+            netns: plan.options.netns.clone(),
+            started: Instant::now(),
+            duration: plan.duration,
+            timer,
+            own_netns,
+        });
+        response
+    }
+
+    /// The duration timer: stops run `generation` if it is still the one attached.
+    async fn finish(&self, generation: u64) {
+        let mut slot = self.slot.lock().await;
+        if !matches!(&*slot, Slot::Attached(r) if r.generation == generation) {
+            return;
+        }
+        let Slot::Attached(running) = std::mem::replace(&mut *slot, Slot::Idle) else { unreachable!() };
+        let netns = running.netns.clone();
+        match detach(running).await {
+            Ok(report) => {
+                eprintln!("netprof agent: duration elapsed; detached from {netns}; report kept for /v1/stop");
+                *slot = Slot::Finished(Box::new(report));
+            }
+            Err(response) => log::warn!(
+                "detached from {netns}, but the final report was lost: {}",
+                String::from_utf8_lossy(&response.body)
+            ),
+        }
+    }
+
+    async fn stop(&self) -> Response {
+        let mut slot = self.slot.lock().await;
+        match std::mem::replace(&mut *slot, Slot::Idle) {
+            Slot::Idle => not_started(),
+            Slot::Finished(report) => Response::json(200, &*report),
+            Slot::Attached(mut running) => {
+                if let Some(timer) = running.timer.take() {
+                    timer.abort();
+                }
+                let netns = running.netns.clone();
+                match detach(running).await {
+                    Ok(report) => {
+                        eprintln!("netprof agent: detached from {netns}");
+                        Response::json(200, &report)
+                    }
+                    Err(response) => response,
+                }
+            }
+        }
+    }
+
+    async fn snapshot(&self) -> Response {
+        let slot = self.slot.lock().await;
+        match &*slot {
+            Slot::Idle => not_started(),
+            Slot::Finished(report) => Response::json(200, &**report).with_header("X-Netprof-State", "stopped"),
+            Slot::Attached(running) => match read(running).await {
+                Ok(report) => Response::json(200, &report).with_header("X-Netprof-State", "attached"),
+                Err(response) => response,
+            },
+        }
+    }
+
+    async fn reset(&self) -> Response {
+        let slot = self.slot.lock().await;
+        let Slot::Attached(running) = &*slot else {
+            return not_started();
+        };
+        let agent = Arc::clone(&running.agent);
+        match tokio::task::spawn_blocking(move || agent.reset()).await {
+            Ok(Ok(())) => Response::no_content(),
+            Ok(Err(err)) => Response::error(500, format!("cannot reset: {}", error_chain(&err))),
+            Err(err) => join_failed(err),
+        }
+    }
+
+    async fn status(&self) -> Response {
+        let slot = self.slot.lock().await;
+        let status = match &*slot {
+            Slot::Idle => Status { state: "idle", netns: None, attach_ms: None, running_s: None, remaining_s: None },
+            Slot::Finished(report) => Status {
+                state: "stopped",
+                netns: Some(&report.netns),
+                attach_ms: Some(report.attach_ms),
+                running_s: None,
+                remaining_s: None,
+            },
+            Slot::Attached(r) => {
+                let running = r.started.elapsed();
+                Status {
+                    state: "attached",
+                    netns: Some(&r.netns),
+                    attach_ms: Some(r.agent.attach_ms()),
+                    running_s: Some(running.as_secs_f64()),
+                    remaining_s: r.duration.map(|d| d.saturating_sub(running).as_secs_f64()),
+                }
+            }
+        };
+        Response::json(200, &status)
+    }
+
+    async fn metrics(&self) -> Response {
+        let slot = self.slot.lock().await;
+        let report = match &*slot {
+            Slot::Attached(running) => match read(running).await {
+                Ok(report) => Some(report),
+                Err(response) => return response,
+            },
+            _ => None,
+        };
+        Response::text(200, http::PROMETHEUS, metrics::render(report.as_ref()))
+    }
+
+    /// Detaches whatever is attached (SIGINT/SIGTERM). Waits for a request in progress.
+    pub async fn shutdown(&self) {
+        let mut slot = self.slot.lock().await;
+        if let Slot::Attached(mut running) = std::mem::replace(&mut *slot, Slot::Idle) {
+            if let Some(timer) = running.timer.take() {
+                timer.abort();
+            }
+            let netns = running.netns.clone();
+            let _ = detach(running).await;
+            eprintln!("netprof agent: detached from {netns}");
+        }
+    }
+}
+
+/// The host name (with hostNetwork, the node's): the report's node name when the agent
+/// profiles its own namespace.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+fn route_list() -> String {
+    ROUTES.iter().map(|(path, method)| format!("{method} {path}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A live snapshot, read on a blocking thread.
+async fn read(running: &Running) -> Result<AgentReport, Response> {
+    let agent = Arc::clone(&running.agent);
+    match tokio::task::spawn_blocking(move || agent.snapshot()).await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(err)) => Err(Response::error(500, format!("cannot read the measurements: {}", error_chain(&err)))),
+        Err(err) => Err(join_failed(err)),
+    }
+}
+
+/// The final snapshot, then the agent dropped (everything detached) on a blocking thread,
+/// then the name of its own namespace, if it made one, removed.
+async fn detach(running: Running) -> Result<AgentReport, Response> {
+    let agent = running.agent;
+    let own_netns = running.own_netns;
+    let done = tokio::task::spawn_blocking(move || {
+        let report = agent.snapshot();
+        // Every other user of the agent holds the slot's lock, which the caller has, but a
+        // blocking read whose request was cancelled may still hold a reference for a moment.
+        let mut agent = agent;
+        for _ in 0..500 {
+            match Arc::try_unwrap(agent) {
+                Ok(owned) => {
+                    drop(owned);
+                    break;
+                }
+                Err(shared) => {
+                    agent = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        drop(own_netns);
+        report
+    });
+    match done.await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(err)) => Err(Response::error(500, format!("detached, but cannot read the final measurements: {}", error_chain(&err)))),
+        Err(err) => Err(join_failed(err)),
+    }
+}
+
+/// Serves one connection: one request, one response.
+async fn connection(mut stream: TcpStream, control: Arc<Control>) {
+    let response = match tokio::time::timeout(http::READ_TIMEOUT, http::read_request(&mut stream)).await {
+        Err(_) => Response::error(408, format!("the request was not complete within {} s", http::READ_TIMEOUT.as_secs())),
+        Ok(Err(http::ReadError::Closed)) => return,
+        Ok(Err(http::ReadError::Reject(response))) => response,
+        Ok(Ok(request)) => {
+            let response = control.handle(request.clone()).await;
+            log::info!("{} {} -> {}", request.method, request.path, response.status);
+            response
+        }
+    };
+    http::respond(&mut stream, &response).await;
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves, then detaches the agent if
+/// one is attached. Returns what `shutdown` resolved to.
+pub async fn serve<S: Future<Output = &'static str>>(listener: TcpListener, shutdown: S) -> &'static str {
+    let control = Control::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    let reason = loop {
+        tokio::select! {
+            reason = &mut shutdown => break reason,
+            accepted = accept(&listener, &permits) => {
+                if let Some((stream, permit)) = accepted {
+                    let control = Arc::clone(&control);
+                    connections.spawn(async move {
+                        connection(stream, control).await;
+                        drop(permit);
+                    });
+                }
+            }
+            // Reap finished connections; a panicking handler costs only its connection.
+            Some(result) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(err) = result {
+                    if err.is_panic() {
+                        log::error!("a request handler panicked: {err}");
+                    }
+                }
+            }
+        }
+    };
+    drop(listener);
+    // A request in progress (an attach, say) finishes first: shutdown waits for the lock.
+    control.shutdown().await;
+    connections.shutdown().await;
+    reason
+}
+
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _)) => Some((stream, permit)),
+        Err(err) => {
+            // EMFILE and the like: back off instead of spinning.
+            log::warn!("accept failed: {err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, path: &str, body: &str) -> Request {
+        Request { method: method.into(), path: path.into(), body: body.as_bytes().to_vec() }
+    }
+
+    async fn call(control: &Arc<Control>, method: &str, path: &str, body: &str) -> (u16, String) {
+        let r = control.handle(request(method, path, body)).await;
+        (r.status, String::from_utf8(r.body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn routes_methods_and_states_without_an_agent() {
+        let c = Control::new();
+        assert_eq!(call(&c, "GET", "/healthz", "").await, (200, "ok\n".into()));
+        let (status, body) = call(&c, "GET", "/nope", "").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("POST /v1/start"), "{body}");
+        let r = c.handle(request("GET", "/v1/start", "")).await;
+        assert_eq!((r.status, r.headers.clone()), (405, vec![("Allow", "POST".to_owned())]));
+        assert_eq!(call(&c, "POST", "/healthz", "").await.0, 405);
+        for (method, path) in [("POST", "/v1/stop"), ("GET", "/v1/snapshot"), ("POST", "/v1/reset")] {
+            let (status, body) = call(&c, method, path, "").await;
+            assert_eq!(status, 409, "{path}");
+            assert!(body.contains("POST /v1/start first"), "{body}");
+        }
+        let (status, body) = call(&c, "POST", "/v1/start", "{\"netns\": 3}").await;
+        assert_eq!(status, 400);
+        assert!(body.contains("invalid type"), "{body}");
+        let (status, body) = call(&c, "GET", "/v1/status", "").await;
+        assert_eq!((status, body.contains("\"idle\"")), (200, true), "{body}");
+        let (status, body) = call(&c, "GET", "/metrics", "").await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("netprof_agent_attached 0\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn only_loopback_is_served() {
+        let err = bind("0.0.0.0:9476".parse().unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains("loopback only"), "{err}");
+        assert!(bind("198.18.0.1:9476".parse().unwrap()).await.is_err());
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert!(listener.local_addr().unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn chains_name_every_cause_once() {
+        let err = AgentError::Netns(crate::netns::NetnsError::InvalidName { name: "a/b".into() });
+        let chain = error_chain(&err);
+        assert!(chain.contains("a/b"), "{chain}");
+        assert_eq!(attach_status(&err), 422);
+    }
+}

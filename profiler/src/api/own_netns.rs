@@ -1,0 +1,125 @@
+//! An `ip netns` name for the agent's own network namespace, for `POST /v1/start` without
+//! `netns`: in Kubernetes the agent runs with hostNetwork, so the node's namespace is its own,
+//! and the agent addresses namespaces by name (`ip -n NAME`, `/run/netns/NAME`).
+//!
+//! The name is `netprof.agent-PID`: a file under `/run/netns` with `/proc/self/ns/net` bind
+//! mounted on it, as `ip netns attach NAME PID` makes; unmounted and removed on drop. (The
+//! DaemonSet mounts the host's `/run/netns` with HostToContainer propagation, so the bind
+//! mount stays in the container; the host sees only an empty file while the agent runs.)
+
+use std::{
+    ffi::CString,
+    io,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use crate::netns::{named_path, NETNS_RUN_DIR};
+
+const OWN: &str = "/proc/self/ns/net";
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot name the agent's own network namespace {path}: {action} failed \
+     (the agent needs {NETNS_RUN_DIR} writable; in Kubernetes a read-write hostPath mount)"
+)]
+pub struct OwnNetnsError {
+    path: PathBuf,
+    action: &'static str,
+    #[source]
+    source: io::Error,
+}
+
+/// The name, while it exists.
+#[derive(Debug)]
+pub struct OwnNetns {
+    name: String,
+    path: PathBuf,
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("no NUL in a netns path")
+}
+
+fn unmount_and_remove(path: &Path) {
+    // SAFETY: umount2(2) with a NUL-terminated path; failure (nothing mounted) is fine.
+    unsafe { libc::umount2(c_path(path).as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_file(path);
+}
+
+impl OwnNetns {
+    /// Names this process's network namespace.
+    pub fn attach() -> Result<Self, OwnNetnsError> {
+        let name = format!("netprof.agent-{}", std::process::id());
+        let path = named_path(&name).expect("a valid netns name");
+        let fail = |action: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| OwnNetnsError { path, action, source }
+        };
+        if path.exists() {
+            if same_file(&path, Path::new(OWN)) {
+                return Ok(Self { name, path });
+            }
+            // Left by an earlier process with this pid (a crash), in another namespace.
+            unmount_and_remove(&path);
+        }
+        std::fs::create_dir_all(NETNS_RUN_DIR).map_err(fail("creating the directory", &path))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(fail("creating the mount point", &path))?;
+        let source = c_path(Path::new(OWN));
+        let target = c_path(&path);
+        // SAFETY: mount(2) with NUL-terminated paths, no filesystem type or data.
+        let rc = unsafe {
+            libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            let _ = std::fs::remove_file(&path);
+            return Err(fail("bind-mounting /proc/self/ns/net", &path)(err));
+        }
+        Ok(Self { name, path })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for OwnNetns {
+    fn drop(&mut self) {
+        unmount_and_remove(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_own_namespace_and_removes_the_name() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIPPED: own_netns: needs root to bind-mount under {NETNS_RUN_DIR}");
+            return;
+        }
+        let own = OwnNetns::attach().unwrap();
+        let path = named_path(own.name()).unwrap();
+        assert!(same_file(&path, Path::new(OWN)), "the name is this process's namespace");
+        // A second start in the same process finds the name in place.
+        let again = OwnNetns::attach().unwrap();
+        assert_eq!(again.name(), own.name());
+        std::mem::forget(again);
+        drop(own);
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}

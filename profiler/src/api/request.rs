@@ -1,0 +1,204 @@
+//! `POST /v1/start`'s body: parsed strictly (unknown fields are refused, so a typo is not
+//! silently ignored) and validated into [`AgentOptions`] before anything is attached.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use profiler_common::datapath::MAX_ENDPOINTS;
+use serde::Deserialize;
+
+use crate::agent::{AgentOptions, HookFamilies};
+
+/// Longest `duration_s` accepted: a day.
+pub const MAX_DURATION_S: f64 = 86_400.0;
+
+/// The JSON body of `POST /v1/start`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The node's network namespace (`ip netns` name); absent or null: the agent's own
+    /// (in Kubernetes, with hostNetwork, the node's).
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Pod namespaces whose `eth0` gets the device checkpoints.
+    #[serde(default)]
+    pub pod_netns: Vec<String>,
+    /// The benchmark's endpoint addresses (IPv4, as strings).
+    pub endpoints: Vec<String>,
+    /// The node's uplink (default: the default route's device, else `eno1`).
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// Stop by itself after this many seconds (the final report is kept for `/v1/stop`).
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+    /// Node name in the report (default: the namespace's name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Checkpoint families: `all` or some of `tc,dev,nf,trace` (default all).
+    #[serde(default)]
+    pub hooks: Option<String>,
+}
+
+/// A validated start request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPlan {
+    /// `options.netns` is empty when `own_netns` is set: the server names its namespace.
+    pub options: AgentOptions,
+    pub duration: Option<Duration>,
+    /// Profile the agent's own network namespace.
+    pub own_netns: bool,
+}
+
+/// Parses and validates a start body; the error is the reason for a 400.
+pub fn parse_start(body: &[u8]) -> Result<StartPlan, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty body: send a JSON object like {\"netns\": \"...\", \"endpoints\": [\"198.19.1.2\"]}".into());
+    }
+    let request: StartRequest = serde_json::from_slice(body).map_err(|e| format!("invalid start request: {e}"))?;
+    request.validate()
+}
+
+fn check_netns(field: &str, name: &str) -> Result<(), String> {
+    crate::netns::named_path(name)
+        .map(drop)
+        .map_err(|_| format!("{field}: {name:?} is not an `ip netns` name (non-empty, no '/', not . or ..)"))
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':' or white space.
+fn check_ifname(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{field}: {name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"))
+    }
+}
+
+impl StartRequest {
+    pub fn validate(self) -> Result<StartPlan, String> {
+        if let Some(netns) = &self.netns {
+            check_netns("netns", netns)?;
+        }
+        for (i, pod) in self.pod_netns.iter().enumerate() {
+            check_netns(&format!("pod_netns[{i}]"), pod)?;
+        }
+        if self.endpoints.is_empty() {
+            return Err("endpoints: give at least one IPv4 address (packets from or to it are followed)".into());
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS as usize {
+            return Err(format!("endpoints: {} addresses; the agent follows at most {MAX_ENDPOINTS}", self.endpoints.len()));
+        }
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        for (i, text) in self.endpoints.iter().enumerate() {
+            match text.trim().parse::<Ipv4Addr>() {
+                Ok(ip) => endpoints.push(ip),
+                Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {
+                    return Err(format!("endpoints[{i}]: {text:?} is IPv6; the agent follows IPv4 flows only"))
+                }
+                Err(_) => return Err(format!("endpoints[{i}]: {text:?} is not an IPv4 address")),
+            }
+        }
+        if let Some(uplink) = &self.uplink {
+            check_ifname("uplink", uplink)?;
+        }
+        let duration = match self.duration_s {
+            None => None,
+            Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DURATION_S => Some(Duration::from_secs_f64(d)),
+            Some(d) => return Err(format!("duration_s: {d} is not a number of seconds in (0, {MAX_DURATION_S}]")),
+        };
+        let hooks = match &self.hooks {
+            None => HookFamilies::default(),
+            Some(text) => text.parse::<HookFamilies>().map_err(|e| format!("hooks: {e}"))?,
+        };
+        if let Some(node) = &self.node {
+            if node.is_empty() || node.chars().any(char::is_control) {
+                return Err("node: give a non-empty name without control characters".into());
+            }
+        }
+        let own_netns = self.netns.is_none();
+        let options = AgentOptions {
+            pod_netns: self.pod_netns,
+            uplink: self.uplink,
+            node: self.node,
+            hooks,
+            ..AgentOptions::new(self.netns.unwrap_or_default(), endpoints)
+        };
+        Ok(StartPlan { options, duration, own_netns })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_request_becomes_agent_options() {
+        let plan = parse_start(
+            br#"{"netns": "netprof-lab-node2", "pod_netns": ["netprof-lab-pod2"],
+                 "endpoints": ["198.19.1.2", " 198.19.2.2"], "uplink": null, "duration_s": 1.5,
+                 "node": "worker2", "hooks": "tc,nf"}"#,
+        )
+        .unwrap();
+        let o = &plan.options;
+        assert_eq!(o.netns, "netprof-lab-node2");
+        assert_eq!(o.pod_netns, vec!["netprof-lab-pod2".to_owned()]);
+        assert_eq!(o.endpoints, vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]);
+        assert_eq!((o.uplink.as_deref(), o.node.as_deref()), (None, Some("worker2")));
+        assert!(o.hooks.tc && o.hooks.netfilter && !o.hooks.dev && !o.hooks.tracepoints);
+        assert_eq!(plan.duration, Some(Duration::from_millis(1500)));
+        assert!(!plan.own_netns);
+        let minimal = parse_start(br#"{"netns":"n","endpoints":["198.18.0.1"]}"#).unwrap();
+        assert_eq!((minimal.duration, minimal.own_netns), (None, false));
+        assert_eq!(minimal.options, AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)]));
+    }
+
+    #[test]
+    fn without_netns_the_agent_profiles_its_own_namespace() {
+        for body in [r#"{"endpoints":["198.18.0.1"]}"#, r#"{"netns":null,"endpoints":["198.18.0.1"]}"#] {
+            let plan = parse_start(body.as_bytes()).unwrap();
+            assert!(plan.own_netns && plan.options.netns.is_empty(), "{body}");
+        }
+    }
+
+    fn reason(body: &str) -> String {
+        parse_start(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_the_field_at_fault() {
+        let cases = [
+            ("", "empty body"),
+            ("  \n", "empty body"),
+            ("{", "invalid start request"),
+            ("[1]", "invalid start request"),
+            ("garbage", "invalid start request"),
+            (r#"{"netns":"n"}"#, "missing field `endpoints`"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"durations":3}"#, "unknown field `durations`"),
+            (r#"{"netns":"n","endpoints":[]}"#, "endpoints: give at least one"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1","300.1.1.1"]}"#, "endpoints[1]: \"300.1.1.1\" is not an IPv4 address"),
+            (r#"{"netns":"n","endpoints":["fd00::1"]}"#, "is IPv6"),
+            (r#"{"netns":"n","endpoints":[198]}"#, "invalid type"),
+            (r#"{"netns":"../x","endpoints":["198.18.0.1"]}"#, "netns: \"../x\""),
+            (r#"{"netns":"","endpoints":["198.18.0.1"]}"#, "netns: \"\""),
+            (r#"{"netns":"n","pod_netns":["a","b/c"],"endpoints":["198.18.0.1"]}"#, "pod_netns[1]"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"a-very-long-name0"}"#, "uplink:"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"eth 0"}"#, "uplink:"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":0}"#, "duration_s: 0"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":-3}"#, "duration_s: -3"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":1e9}"#, "duration_s:"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":"5"}"#, "invalid type"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"hooks":"tc,xdp"}"#, "hooks: unknown hook family 'xdp'"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"node":""}"#, "node:"),
+        ];
+        for (body, expected) in cases {
+            let got = reason(body);
+            assert!(got.contains(expected), "{body:?}: {got:?} lacks {expected:?}");
+        }
+        let many: Vec<String> = (0..=MAX_ENDPOINTS).map(|i| format!("\"198.19.{}.{}\"", i / 250, i % 250 + 1)).collect();
+        let body = format!(r#"{{"netns":"n","endpoints":[{}]}}"#, many.join(","));
+        assert!(reason(&body).contains("at most 1024"));
+    }
+}
