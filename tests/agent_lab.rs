@@ -12,7 +12,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use netprof::agent::{report::AgentReport, Agent, AgentOptions, Stage};
+use netprof::agent::{report::AgentReport, Agent, AgentError, AgentOptions, Stage};
 use netprof::lab::{self, addressing, LabNames, LabSpec, Mode, Node};
 use netprof_tests::{ebpf_skip_reason, print_skip, program_unloaded, unique_lab_name};
 
@@ -632,4 +632,38 @@ fn cli_writes_the_report_on_sigterm() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn sampling_follows_a_fraction_and_decides_each_packet_once() {
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {
+        print_skip("sampling_follows_a_fraction_and_decides_each_packet_once", &reason);
+        return;
+    }
+    const N: u64 = 200;
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode: Mode::FlannelHostgw, services: 0 }).unwrap();
+    let path = built.pod_path().unwrap();
+    let endpoints = vec![addressing::pod_ip(Mode::FlannelHostgw, Node::One), addressing::pod_ip(Mode::FlannelHostgw, Node::Two)];
+    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    options.pod_netns = vec![names.pod(Node::One)];
+    options.sample = 4;
+    let agent = Agent::start(&options).unwrap();
+    ping(&path.client_netns, path.server_ip, N);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = agent.snapshot().unwrap();
+    let c = report.counters;
+    println!("sample 1/4 over {} packets: admitted {}, sampled out {}", 2 * N, c.admitted, c.sampled_out);
+    // Every request and reply is decided once, where it first meets a checkpoint of this node.
+    assert_eq!(c.admitted + c.sampled_out, 2 * N, "{c:?}");
+    // 1 in 4 on average (100 of 400); the bounds are 8 standard deviations wide.
+    assert!((30..=170).contains(&c.admitted), "{c:?}");
+    // Only followed packets count as hits; the uplink saw the followed ones exactly once.
+    let uplink = report.hits("eno1 tc-egress") + report.hits("eno1 tc-ingress");
+    assert_eq!(uplink, c.admitted, "{c:?}");
+    assert_eq!(c.abandoned, 0);
+    assert!(AgentError::Sample(3).to_string().contains("power of two"));
+    options.sample = 3;
+    assert!(matches!(Agent::start(&options), Err(AgentError::Sample(3))));
 }

@@ -58,6 +58,7 @@ const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "read_errors",
     "retransmits",
     "repeats",
+    "sampled_out",
 ];
 
 /// Device checkpoint ids the smoke test gives `eno1` in `a`.

@@ -125,7 +125,9 @@ pub const COUNTER_RETRANSMITS: u32 = 8;
 /// Segments whose two checkpoints are the same (a packet seen twice at one hook, e.g. looped);
 /// not recorded as time.
 pub const COUNTER_REPEATS: u32 = 9;
-pub const COUNTER_COUNT: u32 = 10;
+/// Benchmark packets left out by sampling (`Config::sample_shift`).
+pub const COUNTER_SAMPLED_OUT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 // ---------------------------------------------------------------------------------------------
 // Map key and value types.
@@ -168,8 +170,12 @@ pub struct Journey {
     pub last_cp: u16,
     /// Checkpoints passed so far (saturating).
     pub hops: u16,
-    pub _pad: u32,
+    /// `JOURNEY_*` flags.
+    pub flags: u32,
 }
+
+/// `Journey::flags`: a benchmark packet left out by sampling; its checkpoints record nothing.
+pub const JOURNEY_IGNORED: u32 = 1;
 
 /// A segment: from one checkpoint to the next one the same packet reached.
 #[repr(C)]
@@ -294,7 +300,9 @@ pub struct Config {
     pub node_netns_inum: u32,
     /// VXLAN UDP destination port (host order), e.g. 8472 for flannel; 0 = do not look inside.
     pub vxlan_port: u16,
-    pub _pad: u16,
+    /// Follow 1 in 2^sample_shift benchmark packets (0: every one, exact counts). The others
+    /// get an ignored journey, so later checkpoints skip them after one lookup.
+    pub sample_shift: u16,
     pub _pad2: u32,
     /// A journey whose last checkpoint is older than this is abandoned and restarted.
     pub stale_ns: u64,

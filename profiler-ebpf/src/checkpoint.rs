@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
@@ -28,7 +28,7 @@ use profiler_common::{
     datapath::{
         bucket_of, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, Journey, SegmentKey,
         COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COUNT, COUNTER_JOURNEY_FULL,
-        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SEGMENT_FULL, HIST_BUCKETS, MAP_CONFIG,
+        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS, JOURNEY_IGNORED, MAP_CONFIG,
         MAP_COUNTERS, MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS,
         MAP_SEGMENTS, MAP_ZERO_HIST, MAX_CHECKPOINTS, MAX_DEVICES, MAX_DROP_KEYS, MAX_ENDPOINTS,
         MAX_JOURNEYS, MAX_SEGMENTS,
@@ -300,6 +300,15 @@ pub fn record_segment(from: u16, to: u16, delta_ns: u64) {
 
 // ---- the checkpoint step ----
 
+/// True for all but 1 in 2^shift calls (a random draw per packet).
+#[inline(always)]
+fn sampled_out(shift: u16) -> bool {
+    // SAFETY: the helper has no preconditions.
+    let draw = unsafe { bpf_get_prandom_u32() };
+    let mask = (1u32 << (u32::from(shift) & 31)) - 1;
+    draw & mask != 0
+}
+
 /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, comparable across CPUs.
 #[inline(always)]
 pub fn now() -> u64 {
@@ -346,30 +355,55 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
         // one skb is at two checkpoints at once, which it is not.
         let journey = unsafe { &mut *journey };
         let delta = now.saturating_sub(journey.last_ns);
-        hit(cp);
-        if cfg.stale_ns != 0 && delta > cfg.stale_ns {
+        let stale = cfg.stale_ns != 0 && delta > cfg.stale_ns;
+        if journey.flags & JOURNEY_IGNORED != 0 {
+            if !stale {
+                // Sampled out: keep it from going stale mid-path, record nothing.
+                journey.last_ns = now;
+                return;
+            }
+            // A stale ignored journey: its skb was freed unseen; decide afresh below.
+            let _ = NP_JOURNEYS.remove(skb);
+        } else {
+            hit(cp);
+            if stale {
             // The skb this journey followed was freed unseen and its address reused.
             bump(COUNTER_ABANDONED);
-            *journey = Journey {
-                last_ns: now,
-                first_ns: now,
-                last_cp: cp,
-                hops: 1,
-                _pad: 0,
-            };
+                *journey = Journey {
+                    last_ns: now,
+                    first_ns: now,
+                    last_cp: cp,
+                    hops: 1,
+                    flags: 0,
+                };
+                return;
+            }
+            if journey.last_cp == cp {
+                bump(COUNTER_REPEATS);
+            } else {
+                record_segment(journey.last_cp, cp, delta);
+                journey.last_cp = cp;
+                journey.hops = journey.hops.saturating_add(1);
+            }
+            journey.last_ns = now;
             return;
         }
-        if journey.last_cp == cp {
-            bump(COUNTER_REPEATS);
-        } else {
-            record_segment(journey.last_cp, cp, delta);
-            journey.last_cp = cp;
-            journey.hops = journey.hops.saturating_add(1);
-        }
-        journey.last_ns = now;
-        return;
     }
     if !admit || !packet.is_benchmark(cfg) {
+        return;
+    }
+    if cfg.sample_shift != 0 && sampled_out(cfg.sample_shift) {
+        let ignored = Journey {
+            last_ns: now,
+            first_ns: now,
+            last_cp: cp,
+            hops: 0,
+            flags: JOURNEY_IGNORED,
+        };
+        if NP_JOURNEYS.insert(skb, ignored, 0).is_err() {
+            bump(COUNTER_JOURNEY_FULL);
+        }
+        bump(COUNTER_SAMPLED_OUT);
         return;
     }
     let journey = Journey {
@@ -377,7 +411,7 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
         first_ns: now,
         last_cp: cp,
         hops: 1,
-        _pad: 0,
+        flags: 0,
     };
     if NP_JOURNEYS.insert(skb, journey, 0).is_err() {
         bump(COUNTER_JOURNEY_FULL);

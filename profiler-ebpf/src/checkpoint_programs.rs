@@ -24,7 +24,7 @@ use profiler_common::{
     datapath::{
         Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
         COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
-        CP_NONE, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+        CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
         PROG_TC_EGRESS, PROG_TC_INGRESS,
     },
     names_match,
@@ -202,8 +202,11 @@ fn end_journey(cfg: &Config, skb: u64) -> Option<(u16, u64)> {
     let journey = NP_JOURNEYS.get_ptr(skb)?;
     let now = now();
     // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let (last_cp, last_ns) = unsafe { ((*journey).last_cp, (*journey).last_ns) };
+    let (last_cp, last_ns, flags) = unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags) };
     let _ = NP_JOURNEYS.remove(skb);
+    if flags & JOURNEY_IGNORED != 0 {
+        return None;
+    }
     let delta = now.saturating_sub(last_ns);
     if cfg.stale_ns != 0 && delta > cfg.stale_ns {
         bump(COUNTER_ABANDONED);

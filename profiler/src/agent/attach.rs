@@ -199,6 +199,14 @@ pub fn netfilter_tables(netns: &str) -> Option<Vec<String>> {
     known.then_some(tables)
 }
 
+/// `log2(sample)` for `Config::sample_shift`.
+fn sample_shift(sample: u32) -> Result<u16, AgentError> {
+    if sample == 0 || !sample.is_power_of_two() || sample > 1 << 15 {
+        return Err(AgentError::Sample(sample));
+    }
+    Ok(sample.trailing_zeros() as u16)
+}
+
 impl Agent {
     /// Loads and attaches everything for `options`. Blocks (it enters the node namespace on
     /// this thread for the attach, and runs `ip`); on tokio call it from `spawn_blocking`.
@@ -224,6 +232,7 @@ impl Agent {
             node_netns_inum: node_inum,
             vxlan_port: VXLAN_PORT,
             stale_ns: STALE.as_nanos() as u64,
+            sample_shift: sample_shift(options.sample)?,
             ..Config::default()
         };
         Btf::from_sys_fs()?.fill_config(&mut config)?;

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
     bucket_high, bucket_low, DropKey, Histogram, Journey, SegmentKey, COUNTER_ABANDONED, COUNTER_ADMITTED,
     COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL,
-    COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SEGMENT_FULL, HIST_BUCKETS,
+    COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS,
     MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS,
 };
 
@@ -188,6 +188,7 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
         read_errors: read(COUNTER_READ_ERRORS)?,
         retransmits: read(COUNTER_RETRANSMITS)?,
         repeats: read(COUNTER_REPEATS)?,
+        sampled_out: read(COUNTER_SAMPLED_OUT)?,
     })
 }
 

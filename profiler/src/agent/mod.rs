@@ -69,6 +69,10 @@ pub struct AgentOptions {
     /// Switch on the kernel's bpf_stats (per-program run time) while attached. It costs two
     /// clock reads per program run; `netprof overhead --no-stats` measures without it.
     pub stats: bool,
+    /// Follow 1 in `sample` benchmark packets (a power of two; 1 = every packet, exact counts).
+    /// Sampling makes the agent cheaper under load; the per-segment distributions stay
+    /// unbiased, the counts shrink by the factor.
+    pub sample: u32,
 }
 
 /// The checkpoint families: tc on node devices, tp_btf device rx/tx, netfilter points, and the
@@ -120,6 +124,7 @@ impl AgentOptions {
             rescan: Some(RESCAN_INTERVAL),
             hooks: HookFamilies::default(),
             stats: true,
+            sample: 1,
         }
     }
 }
@@ -139,6 +144,8 @@ pub enum AgentError {
     Devices(#[from] devices::DeviceError),
     #[error(transparent)]
     Collect(#[from] collect::CollectError),
+    #[error("--sample {0} must be a power of two from 1 to 32768")]
+    Sample(u32),
     #[error("too many endpoints ({count}): the endpoint map holds {max}")]
     TooManyEndpoints { count: usize, max: u32 },
     #[error("cannot load netprof's eBPF object")]

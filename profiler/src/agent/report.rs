@@ -84,6 +84,9 @@ pub struct Counters {
     pub read_errors: u64,
     pub retransmits: u64,
     pub repeats: u64,
+    /// Benchmark packets left out by sampling (`--sample`); 0 when every packet is followed.
+    #[serde(default)]
+    pub sampled_out: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,23 +54,34 @@ pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
 
 /// Starts an agent on each node of the lab (with that node's pod namespace).
 pub fn start_agents(lab: &Lab) -> Result<Vec<(Node, Agent)>, ProfileError> {
-    start_agents_with(lab, crate::agent::HookFamilies::default(), true)
+    start_agents_with(lab, &AgentTuning::default())
 }
 
-/// [`start_agents`] with only some checkpoint families, with or without bpf_stats.
-pub fn start_agents_with(
-    lab: &Lab,
-    hooks: crate::agent::HookFamilies,
-    stats: bool,
-) -> Result<Vec<(Node, Agent)>, ProfileError> {
+/// How the agents are run: which checkpoint families, bpf_stats, sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentTuning {
+    pub hooks: crate::agent::HookFamilies,
+    pub stats: bool,
+    pub sample: u32,
+}
+
+impl Default for AgentTuning {
+    fn default() -> Self {
+        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1 }
+    }
+}
+
+/// [`start_agents`] tuned.
+pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, Agent)>, ProfileError> {
     let endpoints = lab_endpoints(lab);
     Node::BOTH
         .iter()
         .map(|&node| {
             let mut options = AgentOptions::new(lab.names.node(node), endpoints.clone());
             options.node = Some(format!("node{}", node.index()));
-            options.hooks = hooks;
-            options.stats = stats;
+            options.hooks = tuning.hooks;
+            options.stats = tuning.stats;
+            options.sample = tuning.sample;
             if lab.mode().has_pods() {
                 options.pod_netns = vec![lab.names.pod(node)];
             }

@@ -37,12 +37,16 @@ pub struct AgentArgs {
     /// Node name in the report (default: the namespace's name).
     #[arg(long)]
     pub node: Option<String>,
+    /// Follow 1 in N benchmark packets (a power of two). 1 follows every packet (exact
+    /// counts); larger values make the agent cheaper under load.
+    #[arg(long, default_value_t = 1)]
+    pub sample: u32,
     /// Where to write the JSON document.
     #[arg(long, required_unless_present = "serve")]
     pub out: Option<PathBuf>,
     /// Serve the control API instead (start/stop/snapshot/metrics over HTTP); the flows to
     /// follow come with each `POST /v1/start`.
-    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out"])]
+    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample"])]
     pub serve: bool,
     /// Loopback address of the control API (with --serve; port 0 picks a free port).
     #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
@@ -84,6 +88,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         pod_netns: args.pod_netns.clone(),
         uplink: args.uplink.clone(),
         node: args.node.clone(),
+        sample: args.sample,
         ..AgentOptions::new(netns.clone(), args.endpoints.clone())
     };
     let agent = match Agent::start(&options) {

@@ -36,6 +36,9 @@ pub struct OverheadArgs {
     /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost).
     #[arg(long)]
     pub no_stats: bool,
+    /// The agents follow 1 in N benchmark packets (power of two; 1 = every packet).
+    #[arg(long, default_value_t = 1)]
+    pub sample: u32,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -73,7 +76,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 &cfg,
                 args.rounds,
                 work_dir,
-                || profile::start_agents_with(&built, args.hooks, !args.no_stats).map_err(|source| BenchError::Profile { mode: args.mode, source }),
+                || profile::start_agents_with(&built, &profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample }).map_err(|source| BenchError::Profile { mode: args.mode, source }),
                 |agents| {
                     // Keep the programs' run time of the last attached round (node 1's agent).
                     if let Some((_, agent)) = agents.first() {

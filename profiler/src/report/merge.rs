@@ -246,6 +246,7 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.read_errors += c.read_errors;
     total.retransmits += c.retransmits;
     total.repeats += c.repeats;
+    total.sampled_out += c.sampled_out;
 }
 
 /// Merges the reports of one step (normally node1 and node2).
