@@ -355,17 +355,12 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     assert!(!own_path.exists(), "{} left after SIGTERM", own_path.display());
 }
 
-/// Our programs (by id, named `cp_*`/`nf_h*`) that `bpftool -j prog show` still lists.
+/// Our programs (by id, named `cp_*`/`nf_h*`) that the kernel still has loaded.
 fn loaded(ids: &[u32]) -> Vec<String> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs
-        .as_array()
+    netprof_tests::loaded_netprof_programs()
         .into_iter()
-        .flatten()
-        .filter(|p| ids.contains(&(p["id"].as_u64().unwrap_or_default() as u32)))
-        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
-        .filter(|name| name.starts_with("cp_") || name.starts_with("nf_h"))
+        .filter(|(id, _)| ids.contains(id))
+        .map(|(_, name)| name)
         .collect()
 }
 

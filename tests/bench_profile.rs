@@ -5,23 +5,9 @@
 use std::process::Command;
 
 use netprof::agent::AgentReport;
-use netprof_tests::{ebpf_skip_reason, netprof_bin, print_skip, unique_lab_name};
+use netprof_tests::{ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip, unique_lab_name};
 
 const PINGS: u64 = 30;
-
-fn loaded_netprof_programs() -> usize {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| {
-            let name = p["name"].as_str().unwrap_or_default();
-            name.starts_with("cp_") || name.starts_with("nf_h")
-        })
-        .count()
-}
 
 #[test]
 fn profile_writes_a_report_per_step_and_node() {
@@ -29,7 +15,7 @@ fn profile_writes_a_report_per_step_and_node() {
         print_skip("profile_writes_a_report_per_step_and_node", &reason);
         return;
     }
-    let before = loaded_netprof_programs();
+    let before = loaded_netprof_programs().len();
     let lab = unique_lab_name();
     let out = std::env::temp_dir().join(format!("netprof-profile-{lab}"));
     let status = Command::new(netprof_bin())
@@ -56,6 +42,6 @@ fn profile_writes_a_report_per_step_and_node() {
             assert_eq!(report.counters.abandoned, 0, "{}", file.display());
         }
     }
-    assert_eq!(loaded_netprof_programs(), before, "programs left loaded after bench");
+    assert_eq!(loaded_netprof_programs().len(), before, "programs left loaded after bench");
     let _ = std::fs::remove_dir_all(out);
 }

@@ -581,3 +581,17 @@ pub fn kfree_skb_reason(name: &str) -> Result<u32> {
     let start = format[..end].rfind('{').context("malformed print fmt")? + 1;
     Ok(format[start..end].trim().parse()?)
 }
+
+/// netprof's programs (named `cp_*` or `nf_h*`) the kernel has loaded now, as (id, name), from
+/// `bpftool -j prog show`.
+pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| (p["id"].as_u64().unwrap_or_default() as u32, p["name"].as_str().unwrap_or_default().to_owned()))
+        .filter(|(_, name)| name.starts_with("cp_") || name.starts_with("nf_h"))
+        .collect()
+}
