@@ -35,6 +35,13 @@ pub const MAP_CP_HITS: &str = "NP_CP_HITS";
 /// `PerCpuHash<DropKey, u64>`: tracked packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
 
+/// `LruHash<u64, DeviceCheckpoints>`, aya object only: `struct net_device` address -> its
+/// checkpoints (all `CP_NONE`: not watched), so the tp_btf programs read a device's ifindex and
+/// namespace once, not on every packet. User space clears it whenever the watched devices change.
+pub const MAP_DEV_CACHE: &str = "NP_DEV_CACHE";
+/// Capacity of `MAP_DEV_CACHE` (devices of every namespace the tp_btf programs meet).
+pub const MAX_DEV_CACHE: u32 = 4_096;
+
 /// Every map of the contract; the netfilter object reuses all of them from the aya object.
 pub const ALL_MAPS: [&str; 9] = [
     MAP_CONFIG,

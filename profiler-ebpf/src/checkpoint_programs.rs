@@ -16,7 +16,8 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE},
-    macros::{btf_tracepoint, classifier, tracepoint},
+    macros::{btf_tracepoint, classifier, map, tracepoint},
+    maps::LruHashMap,
     programs::{BtfTracePointContext, TcContext, TracePointContext},
     EbpfContext as _,
 };
@@ -25,7 +26,7 @@ use profiler_common::{
         Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
         COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
         CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
-        PROG_TC_EGRESS, PROG_TC_INGRESS,
+        PROG_TC_EGRESS, PROG_TC_INGRESS, MAP_DEV_CACHE, MAX_DEV_CACHE,
     },
     names_match,
 };
@@ -58,11 +59,24 @@ enum Hook {
     TpTx,
 }
 
+#[map]
+static NP_DEV_CACHE: LruHashMap<u64, DeviceCheckpoints> =
+    LruHashMap::with_max_entries(MAX_DEV_CACHE, 0);
+
+const _: () = assert!(names_match(stringify!(NP_DEV_CACHE), MAP_DEV_CACHE));
+
 /// The checkpoint id of `hook` on `device` and whether it admits new packets; `None` when the
 /// device is not watched there.
 #[inline(always)]
 fn device_checkpoint(device: &DeviceKey, hook: Hook) -> Option<(u16, bool)> {
-    let cps: &DeviceCheckpoints = NP_DEVICES.get_ptr(device).map(|p| unsafe { &*p })?;
+    // SAFETY: a value of a live hash map, copied out at once.
+    let cps: DeviceCheckpoints = NP_DEVICES.get_ptr(device).map(|p| unsafe { *p })?;
+    pick(&cps, hook)
+}
+
+/// `hook`'s checkpoint in a device's entry and whether it admits; `None` for `CP_NONE`.
+#[inline(always)]
+fn pick(cps: &DeviceCheckpoints, hook: Hook) -> Option<(u16, bool)> {
     let cp = match hook {
         Hook::TpRx => cps.tp_rx,
         Hook::TcIngress => cps.tc_ingress,
@@ -161,23 +175,34 @@ fn dev_checkpoint(skb: u64, dev: Option<u64>, hook: Hook) {
             _ => return,
         },
     };
-    let Some(ifindex) = probe_read_counted::<u32>(dev + u64::from(cfg.dev_ifindex)) else {
-        return;
+    // SAFETY: a value of a live hash map, copied out at once.
+    let cps = match NP_DEV_CACHE.get_ptr(dev).map(|p| unsafe { *p }) {
+        Some(cps) => cps,
+        None => {
+            let Some(cps) = device_entry(cfg, dev) else {
+                return;
+            };
+            // A full cache evicts its least recently used device; nothing is lost.
+            let _ = NP_DEV_CACHE.insert(dev, cps, 0);
+            cps
+        }
     };
-    let Some(net) = probe_read_counted::<u64>(dev + u64::from(cfg.dev_nd_net)) else {
-        return;
-    };
-    let Some(netns_inum) = probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum)) else {
-        return;
-    };
-    let device = DeviceKey {
-        netns_inum,
-        ifindex,
-    };
-    let Some((cp, admit)) = device_checkpoint(&device, hook) else {
+    let Some((cp, admit)) = pick(&cps, hook) else {
         return;
     };
     visit(cfg, skb, cp, admit, &Skb(skb));
+}
+
+/// The `NP_DEVICES` entry of the `struct net_device` at `dev`: all `CP_NONE` when the device is
+/// not watched; `None` when its ifindex or namespace cannot be read (not cached then).
+#[inline(always)]
+fn device_entry(cfg: &Config, dev: u64) -> Option<DeviceCheckpoints> {
+    let ifindex = probe_read_counted::<u32>(dev + u64::from(cfg.dev_ifindex))?;
+    let net = probe_read_counted::<u64>(dev + u64::from(cfg.dev_nd_net))?;
+    let netns_inum = probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum))?;
+    let device = DeviceKey { netns_inum, ifindex };
+    // SAFETY: a value of a live hash map, copied out at once.
+    Some(NP_DEVICES.get_ptr(&device).map(|p| unsafe { *p }).unwrap_or_default())
 }
 
 // ---- classic tracepoints: journey ends, retransmissions ----

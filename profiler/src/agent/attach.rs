@@ -26,6 +26,7 @@ use aya::{
 };
 use profiler_common::datapath::{
     nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, ALL_MAPS, MAP_CONFIG, MAP_DEVICES,
+    MAP_DEV_CACHE,
     MAP_ENDPOINTS, MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
 
@@ -594,6 +595,22 @@ fn insert_device(ebpf: &mut Ebpf, device: &Device) -> Result<(), AgentError> {
         ))
 }
 
+/// Forgets every cached `net_device` -> checkpoints entry, so devices watched from now on are
+/// seen by the tp_btf programs (which cached them as unwatched until now).
+fn clear_device_cache(ebpf: &mut Ebpf) -> Result<(), AgentError> {
+    let mut map: HashMap<&mut MapData, u64, DeviceCheckpoints> =
+        HashMap::try_from(ebpf.map_mut(MAP_DEV_CACHE).ok_or(AgentError::Collect(
+            collect::CollectError::MapMissing { map: MAP_DEV_CACHE },
+        ))?)
+        .map_err(map_write(MAP_DEV_CACHE, "the device cache".into()))?;
+    let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        // Gone already (evicted by the kernel) is as good as removed.
+        let _ = map.remove(&key);
+    }
+    Ok(())
+}
+
 fn load_tc(inner: &mut Inner) {
     let mut ok = true;
     for program in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -635,8 +652,13 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
             }
         }
     }
+    if !new.is_empty() {
+        for device in &new {
+            insert_device(&mut inner.ebpf, device)?;
+        }
+        clear_device_cache(&mut inner.ebpf)?;
+    }
     for device in new {
-        insert_device(&mut inner.ebpf, &device)?;
         inner.catalog.add_device(device.base, device.label());
         if device.found.on_node && inner.tc_loaded {
             attach_tc(inner, &device);
