@@ -195,7 +195,7 @@ fn report(transmitted: u64, received: u64, summary_present: bool, rtts_us: Vec<f
     }
 }
 
-/// The RTT of a reply line such as `64 bytes from 10.1.25.2: seq=0 ttl=62 time=0.386 ms`.
+/// The RTT of a reply line such as `64 bytes from 198.19.2.2: seq=0 ttl=62 time=0.386 ms`.
 fn reply_rtt_us(line_no: usize, line: &str) -> Result<f64, ParseError> {
     let malformed = |reason| ParseError::Malformed {
         tool: TOOL,
