@@ -53,8 +53,31 @@ fn out_dir(bench_args: &[String]) -> PathBuf {
     PathBuf::from("netprof-out")
 }
 
+/// `bench_args` without `--out DIR` and without the flags that attach agents.
+fn clean_pass_args(bench_args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut args = bench_args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => {
+                args.next();
+            }
+            "--profile" | "--validate" => {}
+            a if a.starts_with("--out=") => {}
+            _ => kept.push(arg.clone()),
+        }
+    }
+    kept
+}
+
 pub fn demo(bench_args: &[String]) -> Result<()> {
-    let mut bench = release_netprof()?;
+    // First the study's table as the tools measure it with nothing attached (the agents' cost
+    // would be inside every number), then the same modes profiled, and the attributed report.
+    let mut clean = release_netprof()?;
+    clean.args(["bench", "--modes", "all"]).args(clean_pass_args(bench_args));
+    clean.arg("--out").arg(out_dir(bench_args).join("clean"));
+    run(clean)?;
+    let mut bench = Command::new(workspace_root().join("target/release/netprof"));
     bench.args(["bench", "--modes", "all"]);
     // The report attributes only what the agents profiled.
     if !bench_args.iter().any(|a| a == "--profile") {
