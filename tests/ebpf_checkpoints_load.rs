@@ -28,9 +28,8 @@ use netprof::ebpf::{
     OBJECT,
 };
 use netprof_tests::{
-    aya_map_fds, bpftool_program, ebpf_skip_reason, ifindex, kernel_version, kfree_skb_reason,
-    netns_inum, ping, print_skip, program_unloaded, run, tracepoint_field_offset, KernelBtf, Netns,
-    VethLab,
+    aya_map_fds, bpftool_program, ifindex, kfree_skb_reason, netns_inum, ping, program_unloaded,
+    skip_netfilter_test, tracepoint_field_offset, KernelBtf, Netns, VethLab,
 };
 use profiler_common::datapath::{
     nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, SegmentKey,
@@ -69,23 +68,6 @@ const CP_TP_TX: u16 = DEVICE_CP_BASE + 3;
 /// ... and `vxlan0` in the VXLAN test.
 const VXLAN_CP_BASE: u16 = DEVICE_CP_BASE + 4;
 const VXLAN_CP_LAST: u16 = VXLAN_CP_BASE + 3;
-
-/// Returns `true` (after printing why) when the test cannot run here.
-fn skip(test: &str) -> bool {
-    let reason = ebpf_skip_reason(TOOLS).or_else(|| match kernel_version() {
-        Some(v) if v < (6, 4) => {
-            Some("kernel < 6.4 has no BPF_PROG_TYPE_NETFILTER programs and links".to_owned())
-        }
-        _ => None,
-    });
-    match reason {
-        Some(reason) => {
-            print_skip(test, &reason);
-            true
-        }
-        None => false,
-    }
-}
 
 /// The configuration for this kernel: struct offsets from BTF, tracepoint offsets from tracefs.
 fn kernel_config(node_netns_inum: u32) -> Result<Config> {
@@ -166,7 +148,7 @@ fn aya_map_ids(ebpf: &Ebpf) -> Result<Vec<u32>> {
 #[test]
 fn every_checkpoint_program_loads_and_is_freed_on_drop() -> Result<()> {
     const TEST: &str = "every_checkpoint_program_loads_and_is_freed_on_drop";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
     let mut ebpf = Ebpf::load(OBJECT).context("loading the aya object")?;
@@ -219,17 +201,6 @@ fn every_checkpoint_program_loads_and_is_freed_on_drop() -> Result<()> {
         );
     }
     println!("after drop: all {} programs unloaded", ids.len());
-    Ok(())
-}
-
-/// Turns IPv6 off in `ns` (no router solicitations or DAD moving through the hooks).
-fn quiet(ns: &Netns) -> Result<()> {
-    for key in [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ] {
-        run(ns.command("sysctl").args(["-q", "-w", key]))?;
-    }
     Ok(())
 }
 
@@ -531,12 +502,10 @@ fn drop_and_check_freed(
 #[test]
 fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
     const TEST: &str = "pings_pass_the_checkpoints_with_exact_counts";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = VethLab::create()?;
-    quiet(&lab.a)?;
-    quiet(&lab.b)?;
+    let lab = VethLab::create_quiet()?;
     let ebpf = load_checkpoints(
         &lab.a,
         &[(VethLab::IFACE, device_checkpoints(CP_TP_RX))],
@@ -621,12 +590,10 @@ fn add_vxlan(lab: &VethLab) -> Result<()> {
 #[test]
 fn vxlan_packets_are_admitted_by_inner_addresses() -> Result<()> {
     const TEST: &str = "vxlan_packets_are_admitted_by_inner_addresses";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = VethLab::create()?;
-    quiet(&lab.a)?;
-    quiet(&lab.b)?;
+    let lab = VethLab::create_quiet()?;
     add_vxlan(&lab)?;
     // Only the inner addresses are endpoints: on eno1 a packet is admitted only by looking
     // inside the VXLAN encapsulation.
@@ -680,12 +647,10 @@ fn vxlan_packets_are_admitted_by_inner_addresses() -> Result<()> {
 #[test]
 fn vxlan_packets_are_admitted_at_tc_by_inner_addresses() -> Result<()> {
     const TEST: &str = "vxlan_packets_are_admitted_at_tc_by_inner_addresses";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = VethLab::create()?;
-    quiet(&lab.a)?;
-    quiet(&lab.b)?;
+    let lab = VethLab::create_quiet()?;
     add_vxlan(&lab)?;
     // Only eno1, without its receive tracepoint: both directions are first seen by tc, which
     // must find the inner addresses by direct packet access.
@@ -710,12 +675,10 @@ fn vxlan_packets_are_admitted_at_tc_by_inner_addresses() -> Result<()> {
 #[test]
 fn stale_journeys_are_abandoned() -> Result<()> {
     const TEST: &str = "stale_journeys_are_abandoned";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = VethLab::create()?;
-    quiet(&lab.a)?;
-    quiet(&lab.b)?;
+    let lab = VethLab::create_quiet()?;
     // Every journey is stale 1 ns after its last checkpoint: each later checkpoint abandons it
     // and starts a new one there, and its end (consumed or freed) only counts it abandoned.
     let ebpf = load_checkpoints_with(

@@ -12,47 +12,10 @@ use netprof::ebpf::netfilter::{
     SLOT_PACKETS,
 };
 use netprof_tests::{
-    ebpf_skip_reason, kernel_version, ping, print_skip, program_unloaded, run, Netns, VethLab,
+    ping, program_unloaded, run, skip_netfilter_test, VethLab,
 };
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
 const PINGS: u32 = 20;
-
-/// Returns `true` (after printing why) when the test cannot run here.
-fn skip(test: &str) -> bool {
-    let reason = ebpf_skip_reason(TOOLS).or_else(|| match kernel_version() {
-        Some(v) if v < (6, 4) => {
-            Some("kernel < 6.4 has no BPF_PROG_TYPE_NETFILTER programs and links".to_owned())
-        }
-        _ => None,
-    });
-    match reason {
-        Some(reason) => {
-            print_skip(test, &reason);
-            true
-        }
-        None => false,
-    }
-}
-
-/// Turns IPv6 off in `ns` so nothing but what the test sends moves (IPv6 never reaches the
-/// IPv4 hooks anyway; this only keeps the namespace quiet).
-fn quiet(ns: &Netns) -> Result<()> {
-    for key in [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ] {
-        run(ns.command("sysctl").args(["-q", "-w", key]))?;
-    }
-    Ok(())
-}
-
-/// A lab whose two namespaces have IPv6 disabled.
-fn quiet_lab() -> Result<VethLab> {
-    let lab = VethLab::create()?;
-    quiet(&lab.a)?;
-    quiet(&lab.b)?;
-    Ok(lab)
-}
 
 /// Netfilter links bpftool lists, as `(link id, prog id)`. bpftool 7.1 predates netfilter
 /// links: it prints their type as the number 10 (`BPF_LINK_TYPE_NETFILTER`) and no hook or
@@ -82,10 +45,10 @@ fn packets(program: &NetfilterProgram) -> Result<u64> {
 #[test]
 fn counts_pings_at_two_hooks_and_detaches_on_drop() -> Result<()> {
     const TEST: &str = "counts_pings_at_two_hooks_and_detaches_on_drop";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = quiet_lab()?;
+    let lab = VethLab::create_quiet()?;
     // Two loads of the same program: each gets its own count map.
     let out = NetfilterProgram::load_embedded(PROG_COUNT)?;
     let pre = NetfilterProgram::load_embedded(PROG_COUNT)?;
@@ -163,10 +126,10 @@ fn counts_pings_at_two_hooks_and_detaches_on_drop() -> Result<()> {
 #[test]
 fn shared_map_counts_both_programs_and_links_follow_the_namespace() -> Result<()> {
     const TEST: &str = "shared_map_counts_both_programs_and_links_follow_the_namespace";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = quiet_lab()?;
+    let lab = VethLab::create_quiet()?;
     let first = NetfilterProgram::load_embedded(PROG_COUNT)?;
     // A second load sharing the first one's map (as a program loaded next to aya maps would).
     let second = NetfilterLoader::new(NF_OBJECT)
@@ -202,10 +165,10 @@ fn shared_map_counts_both_programs_and_links_follow_the_namespace() -> Result<()
 #[test]
 fn extreme_priorities_are_refused() -> Result<()> {
     const TEST: &str = "extreme_priorities_are_refused";
-    if skip(TEST) {
+    if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let lab = quiet_lab()?;
+    let lab = VethLab::create_quiet()?;
     let program = NetfilterProgram::load_embedded(PROG_COUNT)?;
     for priority in [i32::MIN, i32::MAX] {
         let err = program

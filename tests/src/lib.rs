@@ -595,3 +595,35 @@ pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
         .filter(|(_, name)| name.starts_with("cp_") || name.starts_with("nf_h"))
         .collect()
 }
+
+/// Why a netfilter-program test cannot run here: [`ebpf_skip_reason`], or a kernel before 6.4
+/// (no BPF_PROG_TYPE_NETFILTER). Prints the skip line and returns true when it cannot.
+pub fn skip_netfilter_test(test: &str, tools: &[&str]) -> bool {
+    let reason = ebpf_skip_reason(tools).or_else(|| match kernel_version() {
+        Some(v) if v < (6, 4) => {
+            Some("kernel < 6.4 has no BPF_PROG_TYPE_NETFILTER programs and links".to_owned())
+        }
+        _ => None,
+    });
+    match reason {
+        Some(reason) => {
+            print_skip(test, &reason);
+            true
+        }
+        None => false,
+    }
+}
+
+impl VethLab {
+    /// A [`VethLab`] whose two namespaces have IPv6 off: no router solicitations or MLD, so
+    /// exact packet counts hold.
+    pub fn create_quiet() -> Result<Self> {
+        let lab = Self::create()?;
+        for ns in [&lab.a, &lab.b] {
+            for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+                run(ns.command("sysctl").args(["-q", "-w", key]))?;
+            }
+        }
+        Ok(lab)
+    }
+}
