@@ -12,7 +12,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use netprof::agent::{report::AgentReport, Agent, AgentError, AgentOptions, Stage};
+use netprof::agent::{report::AgentReport, Agent, AgentError, AgentOptions, HookFamilies, Stage};
 use netprof::lab::{self, addressing, LabNames, LabSpec, Mode, Node};
 use netprof_tests::{ebpf_skip_reason, print_skip, program_unloaded, unique_lab_name};
 
@@ -123,7 +123,16 @@ fn tcx_ids(netns: &str, iface: &str) -> Vec<u32> {
     .unwrap()
 }
 
-fn run(mode: Mode) {
+/// The device hooks `hooks` attaches: tc always, the tp_btf pair only with `dev`.
+fn device_hooks(hooks: HookFamilies) -> Vec<&'static str> {
+    if hooks.dev {
+        vec!["dev-rx", "tc-ingress", "tc-egress", "dev-tx"]
+    } else {
+        vec!["tc-ingress", "tc-egress"]
+    }
+}
+
+fn run(mode: Mode, hooks: HookFamilies) {
     let test = format!("agent_lab {mode}");
     if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool", "iptables-save"]) {
         print_skip(&test, &reason);
@@ -147,6 +156,7 @@ fn run(mode: Mode) {
     };
     let options = |node: Node| {
         let mut o = AgentOptions::new(names.node(node), endpoints.clone());
+        o.hooks = hooks;
         if mode.has_pods() {
             o.pod_netns = vec![names.pod(node)];
         }
@@ -179,20 +189,20 @@ fn run(mode: Mode) {
     }
     for (report, pod) in [(&r1, names.pod(Node::One)), (&r2, names.pod(Node::Two))] {
         for device in &devices {
-            for hook in ["dev-rx", "tc-ingress", "tc-egress", "dev-tx"] {
+            for hook in device_hooks(hooks) {
                 let name = format!("{device} {hook}");
                 assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
             }
         }
         if mode.has_pods() {
-            for hook in ["dev-rx", "dev-tx"] {
+            for hook in device_hooks(hooks) {
                 let name = format!("{pod}:eth0 {hook}");
                 assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
             }
-            // Pods get no tc programs.
-            assert!(report
-                .checkpoint(&format!("{pod}:eth0 tc-ingress"))
-                .is_none());
+        }
+        if !hooks.dev {
+            // Without the tp_btf family its checkpoints are not reported (never as zero).
+            assert!(report.checkpoint("eno1 dev-rx").is_none(), "{}", report.node);
         }
         if mode == Mode::L2 {
             // Bridged frames never reach the bridge device itself.
@@ -291,7 +301,9 @@ fn run(mode: Mode) {
             "{}",
             report.node
         );
-        assert!(has_stage(report, Stage::Uplink), "{}", report.node);
+        // The uplink's own stage is the segment between its tc and tp_btf hooks (its qdisc and
+        // driver): there only when the tp_btf family is attached.
+        assert_eq!(has_stage(report, Stage::Uplink), hooks.dev, "{}", report.node);
         if mode == Mode::Host {
             let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone];
             assert!(
@@ -349,7 +361,7 @@ fn run(mode: Mode) {
         .chain(&r2.programs)
         .map(|p| p.id)
         .collect();
-    assert!(ids.len() >= 2 * 7, "{ids:?}");
+    assert!(ids.len() >= 2 * 5, "{ids:?}");
     drop(agent1);
     drop(agent2);
     for id in &ids {
@@ -364,41 +376,49 @@ fn run(mode: Mode) {
         Mode::Calico => &["eno1", "cali0pod"],
         _ => &["eno1", "cni0", "veth-pod"],
     };
+    let mut watched: Vec<(String, &str)> = Vec::new();
     for ns in [&n1, &n2] {
-        for dev in lab_devices {
-            assert_eq!(
-                tcx_ids(ns, dev),
-                Vec::<u32>::new(),
-                "TCX left on {dev} in {ns}"
-            );
-        }
+        watched.extend(lab_devices.iter().map(|dev| (ns.clone(), *dev)));
+    }
+    if mode.has_pods() {
+        watched.extend([Node::One, Node::Two].map(|node| (names.pod(node), "eth0")));
+    }
+    for (ns, dev) in &watched {
+        assert_eq!(tcx_ids(ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
     }
     println!("{mode}: {} programs unloaded, no TCX links left", ids.len());
 }
 
 #[test]
 fn flannel_hostgw() {
-    run(Mode::FlannelHostgw);
+    run(Mode::FlannelHostgw, HookFamilies::default());
 }
 
 #[test]
 fn flannel_vxlan() {
-    run(Mode::FlannelVxlan);
+    run(Mode::FlannelVxlan, HookFamilies::default());
+}
+
+/// Every family, the tp_btf device hooks too: they count each packet once more per device and
+/// split the uplink's own stage out.
+#[test]
+fn flannel_vxlan_all_hooks() {
+    run(Mode::FlannelVxlan, HookFamilies::ALL);
 }
 
 #[test]
 fn calico() {
-    run(Mode::Calico);
+    run(Mode::Calico, HookFamilies::default());
 }
 
 #[test]
 fn l2() {
-    run(Mode::L2);
+    run(Mode::L2, HookFamilies::default());
 }
 
 #[test]
 fn host() {
-    run(Mode::Host);
+    run(Mode::Host, HookFamilies::default());
 }
 
 /// A veth created after the agent started is found by the rescan (pods come and go), gets
@@ -420,7 +440,7 @@ fn rescan_watches_devices_created_later() {
     assert!(agent
         .snapshot()
         .unwrap()
-        .checkpoint("veth-late dev-rx")
+        .checkpoint("veth-late tc-ingress")
         .is_none());
     let ip = |args: &[&str]| {
         let out = std::process::Command::new("ip")
@@ -449,10 +469,10 @@ fn rescan_watches_devices_created_later() {
     std::thread::sleep(Duration::from_millis(2500));
     let report = agent.snapshot().unwrap();
     for name in [
-        "veth-late dev-rx",
         "veth-late tc-ingress",
         "veth-late tc-egress",
-        "veth-late-p dev-tx",
+        "veth-late-p tc-ingress",
+        "veth-late-p tc-egress",
     ] {
         let cp = report
             .checkpoint(name)
@@ -466,11 +486,12 @@ fn rescan_watches_devices_created_later() {
     );
     println!(
         "rescan: veth-late watched as checkpoints {}..{}",
-        report.checkpoint("veth-late dev-rx").unwrap().id,
-        report.checkpoint("veth-late dev-tx").unwrap().id
+        report.checkpoint("veth-late tc-ingress").unwrap().id,
+        report.checkpoint("veth-late-p tc-egress").unwrap().id
     );
     drop(agent);
     assert!(tcx_ids(&node, "veth-late").is_empty());
+    assert!(tcx_ids(&node, "veth-late-p").is_empty());
 }
 
 fn netprof(args: &[&str]) -> std::process::Output {

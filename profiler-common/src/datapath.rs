@@ -322,6 +322,11 @@ pub struct Config {
 /// under `DeviceKey { netns_inum: Config::node_netns_inum, ifindex }`.
 pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
+/// The same on pods' `eth0`: an ifindex does not say which pod namespace it is in, so these
+/// find the device through `skb->dev` (namespace inode and ifindex read once per device,
+/// cached in `MAP_DEV_CACHE`), as the tp_btf programs do.
+pub const PROG_TC_POD_INGRESS: &str = "cp_tc_pod_in";
+pub const PROG_TC_POD_EGRESS: &str = "cp_tc_pod_eg";
 /// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
 /// `MAP_DEVICES` are checkpoints.
 pub const PROG_DEV_RX: &str = "cp_dev_rx";
@@ -333,9 +338,11 @@ pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
 pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 7] = [
+pub const AYA_PROGRAMS: [&str; 9] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
+    PROG_TC_POD_INGRESS,
+    PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
     PROG_DEV_TX,
     PROG_KFREE_SKB,

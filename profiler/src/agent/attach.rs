@@ -6,7 +6,7 @@
 //! Anything that cannot be attached is recorded as not measured and the rest goes on.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     net::Ipv4Addr,
     os::fd::{AsFd, BorrowedFd},
     sync::{mpsc, Arc, Mutex, MutexGuard},
@@ -43,7 +43,7 @@ use super::{
     stats::StatsGuard,
     tracefs::Tracefs,
     AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
-    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
+    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
 };
 use crate::{
     cmd::Cmd,
@@ -99,6 +99,8 @@ struct Inner {
     catalog: Catalog,
     /// Programs that loaded (tc ones are attached per device later).
     tc_loaded: bool,
+    /// Checkpoint ids of the tc hooks attached.
+    tc_attached: BTreeSet<u16>,
     not_measured: Vec<NotMeasured>,
     drop_reasons: BTreeMap<u32, String>,
     since: Instant,
@@ -273,6 +275,7 @@ impl Agent {
             registry: Registry::default(),
             catalog: Catalog::new(),
             tc_loaded: false,
+            tc_attached: BTreeSet::new(),
             not_measured,
             drop_reasons,
             since: Instant::now(),
@@ -460,14 +463,12 @@ fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
         }),
         Place::Consumed => !inner.trace_links.is_empty(),
         Place::Device { hook, .. } => {
-            let Some(device) = inner.registry.devices().iter().find(|d| d.id(*hook) == id) else {
+            if !inner.registry.devices().iter().any(|d| d.id(*hook) == id) {
                 return false;
-            };
+            }
             match hook {
                 DeviceHook::DevRx | DeviceHook::DevTx => !inner.tp_links.is_empty(),
-                DeviceHook::TcIngress | DeviceHook::TcEgress => {
-                    device.found.on_node && inner.tc_loaded
-                }
+                DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc_attached.contains(&id),
             }
         }
     }
@@ -613,7 +614,7 @@ fn clear_device_cache(ebpf: &mut Ebpf) -> Result<(), AgentError> {
 
 fn load_tc(inner: &mut Inner) {
     let mut ok = true;
-    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS] {
         let result = match inner
             .ebpf
             .program_mut(program)
@@ -660,7 +661,7 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
     }
     for device in new {
         inner.catalog.add_device(device.base, device.label());
-        if device.found.on_node && inner.tc_loaded {
+        if inner.tc_loaded {
             attach_tc(inner, &device);
         }
         log::info!(
@@ -675,22 +676,41 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// TCX on both directions of `device`, inside the device's namespace (the node's, or a pod's
+/// for its `eth0`).
 fn attach_tc(inner: &mut Inner, device: &Device) {
-    let iface = device.found.link.ifname.clone();
-    let guard = match inner.node_netns.enter_if_elsewhere() {
+    let label = device.label().label;
+    let ifname = device.found.link.ifname.clone();
+    let pod_netns = if device.found.on_node {
+        None
+    } else {
+        match NetnsHandle::open(&device.found.netns) {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                inner.not_measured(format!("{label} tc"), chain(&err));
+                return;
+            }
+        }
+    };
+    let entered = match &pod_netns {
+        Some(pod) => pod.enter_if_elsewhere(),
+        None => inner.node_netns.enter_if_elsewhere(),
+    };
+    let guard = match entered {
         Ok(guard) => guard,
         Err(err) => {
-            inner.not_measured(format!("{iface} tc"), chain(&err));
+            inner.not_measured(format!("{label} tc"), chain(&err));
             return;
         }
     };
+    let (ingress, egress) = if device.found.on_node {
+        (PROG_TC_INGRESS, PROG_TC_EGRESS)
+    } else {
+        (PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS)
+    };
     for (program, attach_type, hook) in [
-        (
-            PROG_TC_INGRESS,
-            TcAttachType::Ingress,
-            DeviceHook::TcIngress,
-        ),
-        (PROG_TC_EGRESS, TcAttachType::Egress, DeviceHook::TcEgress),
+        (ingress, TcAttachType::Ingress, DeviceHook::TcIngress),
+        (egress, TcAttachType::Egress, DeviceHook::TcEgress),
     ] {
         let Some(classifier) = inner
             .ebpf
@@ -703,12 +723,15 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         // "next", so whatever runs before decides what they see.
         let options = TcAttachOptions::TcxOrder(LinkOrder::default());
         let result = classifier
-            .attach_with_options(&iface, attach_type, options)
+            .attach_with_options(&ifname, attach_type, options)
             .and_then(|id| classifier.take_link(id));
         match result {
-            Ok(link) => inner.tc_links.push(link),
+            Ok(link) => {
+                inner.tc_links.push(link);
+                inner.tc_attached.insert(device.id(hook));
+            }
             Err(err) => {
-                let what = format!("{iface} {}", hook.name());
+                let what = format!("{label} {}", hook.name());
                 inner.not_measured(what, format!("TCX attach failed: {}", chain(&err)));
             }
         }

@@ -40,8 +40,8 @@ pub struct NodeOverhead {
 pub fn program_kind(name: &str) -> Option<&'static str> {
     match name {
         "cp_dev_rx" => Some("dev-rx"),
-        "cp_tc_ingress" => Some("tc-ingress"),
-        "cp_tc_egress" => Some("tc-egress"),
+        "cp_tc_ingress" | "cp_tc_pod_in" => Some("tc-ingress"),
+        "cp_tc_egress" | "cp_tc_pod_eg" => Some("tc-egress"),
         "cp_dev_tx" => Some("dev-tx"),
         "cp_consume_skb" => Some("consumed"),
         n if n.starts_with("nf_") => Some("netfilter"),
