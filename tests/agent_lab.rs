@@ -688,3 +688,54 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
     options.sample = 3;
     assert!(matches!(Agent::start(&options), Err(AgentError::Sample(3))));
 }
+
+/// Duty cycling: attached 40% of every 500 ms, during 500 pings 10 ms apart (~5 s). Only the
+/// windows count, every counted packet is counted whole (each packet's request and reply pass
+/// the uplink in one window or are forgotten with their epoch, never abandoned), the report
+/// says how long the agent was attached, and nothing stays attached after the agent goes.
+#[test]
+fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
+    let test = "duty_cycling_counts_only_the_windows_and_leaves_nothing";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    const N: u64 = 500;
+    let mode = Mode::FlannelVxlan;
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let path = built.pod_path().unwrap();
+    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
+    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    options.pod_netns = vec![names.pod(Node::One)];
+    options.duty = netprof::agent::duty::Duty::from_percent(40, Duration::from_millis(500)).unwrap();
+    let agent = Agent::start(&options).unwrap();
+    ping(&path.client_netns, path.server_ip, N);
+    let report = agent.snapshot().unwrap();
+    print_report(&report);
+    let duty = report.duty.clone().expect("the report says the agent was duty-cycled");
+    let share = report.attached_fraction();
+    println!("duty: {duty:?}, attached {:.0}% of {:.2} s", share * 100.0, report.elapsed_s);
+    assert!(duty.windows >= 6, "{duty:?}");
+    assert!((0.25..=0.6).contains(&share), "attached share {share}");
+    let requests = report.hits("eno1 tc-egress");
+    let replies = report.hits("eno1 tc-ingress");
+    println!("windows saw {requests} requests and {replies} replies of {N}");
+    // About 40% of the pings; wide bounds for scheduling jitter, far from 0 and from N.
+    assert!((N / 6..=N * 3 / 4).contains(&requests), "requests {requests}");
+    // A window edge can fall between a request and its reply: at most one per window.
+    assert!(requests.abs_diff(replies) <= duty.windows, "{requests} vs {replies}");
+    assert_eq!(report.counters.abandoned, 0, "{:?}", report.counters);
+    let other: Vec<String> = report.stage_segments(Stage::Other).map(|s| format!("{} x {} -> {}", s.count, s.from_name, s.to_name)).collect();
+    assert!(other.is_empty(), "unnamed segments: {other:?}");
+    assert!(report.stage_segments(Stage::VxlanEncap).next().is_some());
+    let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
+    drop(agent);
+    for id in &ids {
+        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after drop");
+    }
+    for (ns, dev) in [(names.node(Node::One), "eno1"), (names.node(Node::One), "flannel.1"), (names.pod(Node::One), "eth0")] {
+        assert_eq!(tcx_ids(&ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
+    }
+}

@@ -260,9 +260,10 @@ fn end_journey(cfg: &Config, skb: u64) -> Option<(u16, u64)> {
     let journey = NP_JOURNEYS.get_ptr(skb)?;
     let now = now();
     // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let (last_cp, last_ns, flags) = unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags) };
+    let (last_cp, last_ns, flags, epoch) =
+        unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags, (*journey).epoch) };
     let _ = NP_JOURNEYS.remove(skb);
-    if flags & JOURNEY_IGNORED != 0 {
+    if flags & JOURNEY_IGNORED != 0 || epoch != cfg.epoch {
         return None;
     }
     let delta = now.saturating_sub(last_ns);

@@ -16,6 +16,7 @@ pub mod attach;
 pub mod btf;
 pub mod collect;
 pub mod devices;
+pub mod duty;
 pub mod nf_points;
 pub mod report;
 pub mod stages;
@@ -73,6 +74,8 @@ pub struct AgentOptions {
     /// Sampling makes the agent cheaper under load; the per-segment distributions stay
     /// unbiased, the counts shrink by the factor.
     pub sample: u32,
+    /// Attach only for part of every period (`None`: always). See [`duty`].
+    pub duty: Option<duty::Duty>,
 }
 
 /// The checkpoint families: tc on every watched device (node and pod side), tp_btf device
@@ -138,6 +141,7 @@ impl AgentOptions {
             hooks: HookFamilies::default(),
             stats: true,
             sample: 1,
+            duty: None,
         }
     }
 }
@@ -175,4 +179,6 @@ pub enum AgentError {
     },
     #[error("the agent's state lock was poisoned by a panic in its rescan thread")]
     Poisoned,
+    #[error("cannot start the agent's duty-cycle thread")]
+    Thread(#[source] std::io::Error),
 }

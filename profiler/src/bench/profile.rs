@@ -63,11 +63,12 @@ pub struct AgentTuning {
     pub hooks: crate::agent::HookFamilies,
     pub stats: bool,
     pub sample: u32,
+    pub duty: Option<crate::agent::duty::Duty>,
 }
 
 impl Default for AgentTuning {
     fn default() -> Self {
-        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1 }
+        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1, duty: None }
     }
 }
 
@@ -82,6 +83,7 @@ pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, A
             options.hooks = tuning.hooks;
             options.stats = tuning.stats;
             options.sample = tuning.sample;
+            options.duty = tuning.duty;
             if lab.mode().has_pods() {
                 options.pod_netns = vec![lab.names.pod(node)];
             }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod duty_args;
 pub mod lab;
 pub mod overhead;
 pub mod report;

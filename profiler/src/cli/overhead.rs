@@ -39,6 +39,8 @@ pub struct OverheadArgs {
     /// The agents follow 1 in N benchmark packets (power of two; 1 = every packet).
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
+    #[command(flatten)]
+    pub duty: super::duty_args::DutyArgs,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -62,6 +64,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         ..BenchConfig::default()
     };
     cfg.validate()?;
+    let duty = args.duty.duty()?;
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     lab::require_root()?;
     let _lock = LabLock::acquire(&args.lab)?;
@@ -76,7 +79,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 &cfg,
                 args.rounds,
                 work_dir,
-                || profile::start_agents_with(&built, &profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample }).map_err(|source| BenchError::Profile { mode: args.mode, source }),
+                || profile::start_agents_with(&built, &profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample, duty }).map_err(|source| BenchError::Profile { mode: args.mode, source }),
                 |agents| {
                     // Keep the programs' run time of the last attached round (node 1's agent).
                     if let Some((_, agent)) = agents.first() {
