@@ -104,10 +104,15 @@ pub struct Profiler {
 impl Profiler {
     /// Starts the agents; reports go to `<out>/profile/<mode>/`.
     pub fn start(lab: &Lab, out_dir: &Path) -> Result<Self, ProfileError> {
+        Self::start_with(lab, out_dir, &AgentTuning::default())
+    }
+
+    /// [`start`](Self::start) with the agents tuned (duty cycle, sampling, ...).
+    pub fn start_with(lab: &Lab, out_dir: &Path, tuning: &AgentTuning) -> Result<Self, ProfileError> {
         let relative = PathBuf::from("profile").join(lab.mode().name());
         let dir = out_dir.join(&relative);
         fs::create_dir_all(&dir).map_err(|source| ProfileError::Write { path: dir.clone(), source })?;
-        Ok(Self { agents: start_agents(lab)?, dir, relative })
+        Ok(Self { agents: start_agents_with(lab, tuning)?, dir, relative })
     }
 
     /// Clears the agents' histograms and counters before a step.
