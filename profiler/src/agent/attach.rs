@@ -743,6 +743,21 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// How long reopening a duty-cycle window waits for the last window's TCX links to go.
+const REATTACH_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a program error is the kernel's EEXIST (that program is on that hook already).
+fn is_eexist(err: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::EEXIST);
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// TCX on both directions of `device`, inside the device's namespace (the node's, or a pod's
 /// for its `eth0`).
 fn attach_tc(inner: &mut Inner, device: &Device) {
@@ -788,10 +803,19 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         };
         // After existing TCX programs: the kernel programs return TC_ACT_PIPE-like
         // "next", so whatever runs before decides what they see.
-        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-        let result = classifier
-            .attach_with_options(&ifname, attach_type, options)
+        let mut result = classifier
+            .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .and_then(|id| classifier.take_link(id));
+        // Reopening a duty-cycle window: the last window's link on this hook can still be
+        // going (its release finishes in the kernel after the close returns, under load), and
+        // the kernel refuses the same program twice on a hook (EEXIST) until it is gone.
+        let deadline = Instant::now() + REATTACH_WAIT;
+        while inner.paused && Instant::now() < deadline && result.as_ref().is_err_and(is_eexist) {
+            std::thread::sleep(Duration::from_millis(5));
+            result = classifier
+                .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .and_then(|id| classifier.take_link(id));
+        }
         match result {
             Ok(link) => {
                 inner.tc_links.push(link);
