@@ -21,7 +21,7 @@ pub const MAP_ENDPOINTS: &str = "NP_ENDPOINTS";
 /// `Hash<DeviceKey, DeviceCheckpoints>`: the devices this agent watches and their checkpoint
 /// ids. Devices not in this map are ignored by the tp_btf programs (which see every namespace).
 pub const MAP_DEVICES: &str = "NP_DEVICES";
-/// `LruHash<u64, Journey>`: per-packet state keyed by the `struct sk_buff` address.
+/// `LruHash<u64, Journey>` (per-CPU LRU lists): per-packet state keyed by the `struct sk_buff` address.
 pub const MAP_JOURNEYS: &str = "NP_JOURNEYS";
 /// `PerCpuHash<SegmentKey, Histogram>`: one latency histogram per segment.
 pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
