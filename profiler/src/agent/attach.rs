@@ -102,8 +102,9 @@ struct Inner {
     nf_links: Vec<NetfilterLink>,
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
-    /// bpf_stats stay on while this lives (dropped between duty-cycle windows: with stats on,
-    /// every run, paused ones too, pays two clock reads).
+    /// bpf_stats stay on while this lives. Also between duty-cycle windows: no netprof program
+    /// is attached then, so they cost nothing, while switching them (a static key) patches
+    /// kernel text on every CPU.
     stats: Option<StatsGuard>,
     node_netns: NetnsHandle,
     netns: String,
@@ -127,8 +128,6 @@ struct Inner {
     config: Config,
     /// Between duty-cycle windows: links dropped, programs and maps kept.
     paused: bool,
-    /// bpf_stats were on when the window closed (so the next one turns them on again).
-    stats_between_windows: bool,
     /// The thread closing the last window's tc and tracepoint links (each waits for RCU).
     detaching: Option<JoinHandle<()>>,
     attached: AttachedTime,
@@ -317,7 +316,6 @@ impl Agent {
             nf_attached: BTreeSet::new(),
             config,
             paused: false,
-            stats_between_windows: false,
             detaching: None,
             attached: AttachedTime::default(),
             duty: options.duty,
@@ -1048,8 +1046,8 @@ fn with_inner(inner: &Mutex<Inner>, f: fn(&mut Inner)) {
     }
 }
 
-/// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`),
-/// bpf_stats go off, and every link goes, so the datapath runs without netprof (a program that
+/// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`) and
+/// every link goes, so the datapath runs without netprof (a program that
 /// only returns still costs its call on every packet). Netfilter links close at once; tc and
 /// tracepoint links each wait for an RCU grace period as they close (~300 ms for a node's
 /// set, measured), so a background thread closes those while the programs are paused.
@@ -1064,7 +1062,6 @@ fn close_window(inner: &mut Inner) {
         log::warn!("duty cycle: cannot pause the programs: {}", chain(&err));
     }
     inner.nf_links.clear();
-    inner.stats_between_windows = inner.stats.take().is_some();
     let (tc, tp, trace, trace_btf) = (
         std::mem::take(&mut inner.tc_links),
         std::mem::take(&mut inner.tp_links),
@@ -1140,9 +1137,6 @@ fn open_window(inner: &mut Inner) {
             }
             Err(err) => log::warn!("duty cycle: netfilter: {}", chain(&err)),
         }
-    }
-    if inner.stats_between_windows {
-        inner.stats = StatsGuard::enable().ok();
     }
     inner.config.epoch = inner.config.epoch.wrapping_add(1);
     inner.config.paused = 0;
