@@ -32,7 +32,7 @@ use netprof_tests::{
     skip_netfilter_test, tracepoint_field_offset, KernelBtf, Netns, VethLab,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, SegmentKey,
+    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, DropKey, SegmentKey, SegmentSlot, MAX_SEGMENTS,
     COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED,
     COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
     COUNTER_SEGMENT_FULL, CP_CONSUMED, CP_NONE, DEVICE_CP_BASE, MAP_CONFIG, MAP_COUNTERS,
@@ -234,18 +234,16 @@ type SegmentTotals = (u64, u64, u64);
 
 /// Segment histograms summed over CPUs, by (from, to).
 fn segments(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u16), SegmentTotals>> {
-    let map: PerCpuHashMap<&MapData, SegmentKey, Histogram> =
-        PerCpuHashMap::try_from(ebpf.map(MAP_SEGMENTS).context("segments map")?)?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, values) = entry?;
-        let mut total = (0, 0, 0);
-        for hist in values.iter() {
-            total.0 += hist.count;
-            total.1 += hist.sum_ns;
-            total.2 += hist.buckets.iter().sum::<u64>();
+    // Read straight from the map (not through netprof's reader): every CPU's slots.
+    let map: PerCpuArray<&MapData, SegmentSlot> = PerCpuArray::try_from(ebpf.map(MAP_SEGMENTS).context("segments map")?)?;
+    let mut out: BTreeMap<(u16, u16), SegmentTotals> = BTreeMap::new();
+    for index in 0..MAX_SEGMENTS {
+        for slot in map.get(&index, 0)?.iter().filter(|s| s.key != SegmentKey::default()) {
+            let total = out.entry((slot.key.from, slot.key.to)).or_default();
+            total.0 += slot.hist.count;
+            total.1 += slot.hist.sum_ns;
+            total.2 += slot.hist.buckets.iter().sum::<u64>();
         }
-        out.insert((key.from, key.to), total);
     }
     Ok(out)
 }

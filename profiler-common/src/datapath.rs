@@ -23,11 +23,11 @@ pub const MAP_ENDPOINTS: &str = "NP_ENDPOINTS";
 pub const MAP_DEVICES: &str = "NP_DEVICES";
 /// `LruHash<u64, Journey>` (per-CPU LRU lists): per-packet state keyed by the `struct sk_buff` address.
 pub const MAP_JOURNEYS: &str = "NP_JOURNEYS";
-/// `PerCpuHash<SegmentKey, Histogram>`: one latency histogram per segment.
+/// `PerCpuArray<SegmentSlot>`, `MAX_SEGMENTS` entries: an open-addressing table of one latency
+/// histogram per segment, per CPU (`segment_slot` is where a segment's probing starts; a slot
+/// whose key is all zero is free). An array, not a hash: its lookups are inlined by the
+/// verifier, a hash lookup is a call and a hash computation on every checkpoint.
 pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
-/// `PerCpuArray<Histogram>`, 1 entry, always zero: the value a new segment is inserted with
-/// (a histogram does not fit on the 512-byte BPF stack).
-pub const MAP_ZERO_HIST: &str = "NP_ZERO_HIST";
 /// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
 pub const MAP_COUNTERS: &str = "NP_COUNTERS";
 /// `PerCpuArray<u64>`, `MAX_CHECKPOINTS` entries: tracked packets seen at each checkpoint.
@@ -43,13 +43,12 @@ pub const MAP_DEV_CACHE: &str = "NP_DEV_CACHE";
 pub const MAX_DEV_CACHE: u32 = 4_096;
 
 /// Every map of the contract; the netfilter object reuses all of them from the aya object.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_ENDPOINTS,
     MAP_DEVICES,
     MAP_JOURNEYS,
     MAP_SEGMENTS,
-    MAP_ZERO_HIST,
     MAP_COUNTERS,
     MAP_CP_HITS,
     MAP_DROPS,
@@ -57,8 +56,17 @@ pub const ALL_MAPS: [&str; 9] = [
 
 /// Capacity of `MAP_JOURNEYS` (packets in flight at once).
 pub const MAX_JOURNEYS: u32 = 65_536;
-/// Capacity of `MAP_SEGMENTS`.
+/// Capacity of `MAP_SEGMENTS` (a power of two: slots wrap with a mask).
 pub const MAX_SEGMENTS: u32 = 512;
+/// Slots a segment may try, from `segment_slot` on, before it counts as `COUNTER_SEGMENT_FULL`.
+pub const SEGMENT_PROBES: u32 = 8;
+
+/// Where segment `from -> to` starts probing in `MAP_SEGMENTS` (a multiplicative hash).
+#[inline(always)]
+pub const fn segment_slot(from: u16, to: u16) -> u32 {
+    let key = ((from as u32) << 16) | to as u32;
+    key.wrapping_mul(0x9E37_79B1) >> (32 - MAX_SEGMENTS.trailing_zeros())
+}
 /// Capacity of `MAP_DEVICES`.
 pub const MAX_DEVICES: u32 = 1_024;
 /// Capacity of `MAP_ENDPOINTS`.
@@ -194,6 +202,15 @@ pub const JOURNEY_IGNORED: u32 = 1;
 pub struct SegmentKey {
     pub from: u16,
     pub to: u16,
+}
+
+/// A `MAP_SEGMENTS` slot: its segment (all zero: free) and that segment's histogram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentSlot {
+    pub key: SegmentKey,
+    pub _pad: u32,
+    pub hist: Histogram,
 }
 
 /// A drop: the last checkpoint the packet passed and the kernel's `enum skb_drop_reason`.
@@ -396,6 +413,7 @@ mod user {
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for Histogram {}
+    unsafe impl aya::Pod for SegmentSlot {}
     unsafe impl aya::Pod for Config {}
 }
 
@@ -405,6 +423,7 @@ const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
+const _: () = assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
 
 #[cfg(test)]
 mod tests {

@@ -19,18 +19,19 @@
 //! Untracked packets at a checkpoint that does not admit cost one hash lookup.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
+    bindings::BPF_F_NO_COMMON_LRU,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::{
     datapath::{
-        bucket_of, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, Journey, SegmentKey,
+        bucket_of, segment_slot, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, Journey,
+        SegmentKey, SegmentSlot, SEGMENT_PROBES,
         COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COUNT, COUNTER_JOURNEY_FULL,
         COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS, JOURNEY_IGNORED, MAP_CONFIG,
         MAP_COUNTERS, MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS,
-        MAP_SEGMENTS, MAP_ZERO_HIST, MAX_CHECKPOINTS, MAX_DEVICES, MAX_DROP_KEYS, MAX_ENDPOINTS,
+        MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_DEVICES, MAX_DROP_KEYS, MAX_ENDPOINTS,
         MAX_JOURNEYS, MAX_SEGMENTS,
     },
     names_match,
@@ -49,10 +50,7 @@ pub static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
 pub static NP_JOURNEYS: LruHashMap<u64, Journey> =
     LruHashMap::with_max_entries(MAX_JOURNEYS, BPF_F_NO_COMMON_LRU);
 #[map]
-pub static NP_SEGMENTS: PerCpuHashMap<SegmentKey, Histogram> =
-    PerCpuHashMap::with_max_entries(MAX_SEGMENTS, 0);
-#[map]
-pub static NP_ZERO_HIST: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(1, 0);
+pub static NP_SEGMENTS: PerCpuArray<SegmentSlot> = PerCpuArray::with_max_entries(MAX_SEGMENTS, 0);
 #[map]
 pub static NP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 #[map]
@@ -66,7 +64,6 @@ const _: () = assert!(names_match(stringify!(NP_ENDPOINTS), MAP_ENDPOINTS));
 const _: () = assert!(names_match(stringify!(NP_DEVICES), MAP_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_JOURNEYS), MAP_JOURNEYS));
 const _: () = assert!(names_match(stringify!(NP_SEGMENTS), MAP_SEGMENTS));
-const _: () = assert!(names_match(stringify!(NP_ZERO_HIST), MAP_ZERO_HIST));
 const _: () = assert!(names_match(stringify!(NP_COUNTERS), MAP_COUNTERS));
 const _: () = assert!(names_match(stringify!(NP_CP_HITS), MAP_CP_HITS));
 const _: () = assert!(names_match(stringify!(NP_DROPS), MAP_DROPS));
@@ -256,34 +253,33 @@ fn hit(cp: u16) {
     }
 }
 
-/// Adds `delta_ns` to the histogram of segment `from -> to`, creating it (from the all-zero
-/// `NP_ZERO_HIST`, since a histogram does not fit on the stack) if it is new.
+/// Adds `delta_ns` to the histogram of segment `from -> to`: in this CPU's slot of the
+/// segment, found (or taken, if free) within `SEGMENT_PROBES` slots from `segment_slot`.
 #[inline(always)]
 pub fn record_segment(from: u16, to: u16, delta_ns: u64) {
-    let key = SegmentKey { from, to };
-    let hist = match NP_SEGMENTS.get_ptr_mut(key) {
-        Some(hist) => hist,
-        None => {
-            let Some(zero) = NP_ZERO_HIST.get_ptr(0) else {
-                bump(COUNTER_SEGMENT_FULL);
-                return;
-            };
-            // SAFETY: `zero` points at this CPU's value of a live map; the helper copies it.
-            // An error (full, or another CPU inserted it first) is settled by the lookup below.
-            #[allow(
-                clippy::needless_borrows_for_generic_args,
-                reason = "by value would copy the 9 KiB histogram onto the 512-byte stack"
-            )]
-            let _ = NP_SEGMENTS.insert(key, unsafe { &*zero }, u64::from(BPF_NOEXIST));
-            match NP_SEGMENTS.get_ptr_mut(key) {
-                Some(hist) => hist,
-                None => {
-                    bump(COUNTER_SEGMENT_FULL);
-                    return;
-                }
+    let mut index = segment_slot(from, to);
+    for _ in 0..SEGMENT_PROBES {
+        let Some(slot) = NP_SEGMENTS.get_ptr_mut(index) else {
+            break;
+        };
+        // SAFETY: this CPU's value of a per-CPU array; programs on one CPU do not preempt each
+        // other in the middle of this update (see `bump`).
+        let slot = unsafe { &mut *slot };
+        let free = slot.key.from == 0 && slot.key.to == 0;
+        if free || (slot.key.from == from && slot.key.to == to) {
+            if free {
+                slot.key = SegmentKey { from, to };
             }
+            add_to_histogram(&mut slot.hist, delta_ns);
+            return;
         }
-    };
+        index = (index + 1) & (MAX_SEGMENTS - 1);
+    }
+    bump(COUNTER_SEGMENT_FULL);
+}
+
+#[inline(always)]
+fn add_to_histogram(hist: &mut Histogram, delta_ns: u64) {
     // The volatile read keeps the bounds check below in the program even where the compiler
     // could prove it redundant: the verifier must see the index bounded.
     let bucket = bucket_of(delta_ns);
@@ -292,13 +288,13 @@ pub fn record_segment(from: u16, to: u16, delta_ns: u64) {
     if bucket >= HIST_BUCKETS {
         return;
     }
-    // SAFETY: `hist` is this CPU's value in a per-CPU hash (see `bump`); the index is in range.
+    // SAFETY: the index is in range.
     unsafe {
-        let slot = (*hist).buckets.as_mut_ptr().add(bucket);
+        let slot = hist.buckets.as_mut_ptr().add(bucket);
         *slot = (*slot).wrapping_add(1);
-        (*hist).count = (*hist).count.wrapping_add(1);
-        (*hist).sum_ns = (*hist).sum_ns.wrapping_add(delta_ns);
     }
+    hist.count = hist.count.wrapping_add(1);
+    hist.sum_ns = hist.sum_ns.wrapping_add(delta_ns);
 }
 
 // ---- the checkpoint step ----
