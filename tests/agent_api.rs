@@ -217,7 +217,7 @@ fn control_api_profiles_a_real_benchmark() {
     assert_eq!((report.schema.as_str(), report.node.as_str()), (SCHEMA, "node2"));
     assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
     assert_eq!(report.hits("eno1 tc-egress"), PINGS);
-    assert_eq!(report.hits(&format!("{}:eth0 dev-rx", names.pod(Node::Two))), PINGS);
+    assert_eq!(report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))), PINGS);
     assert!(!report.segments.is_empty(), "no segments after ping");
     let program_ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
     assert!(!program_ids.is_empty(), "the report lists the agent's programs");
@@ -334,7 +334,7 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     let report = server.report("GET", "/v1/snapshot");
     assert_eq!(report.netns, own);
     assert_eq!(report.hits("eno1 tc-ingress"), PINGS, "node 2's uplink, seen from inside node 2");
-    assert_eq!(report.hits(&format!("{}:eth0 dev-rx", names.pod(Node::Two))), PINGS);
+    assert_eq!(report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))), PINGS);
     let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
 
     let last = server.report("POST", "/v1/stop");

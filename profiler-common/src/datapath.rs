@@ -458,7 +458,7 @@ mod tests {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
             assert!(!names[..i].contains(name), "{name} twice");
         }
-        assert_eq!(names.len(), 7 + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+        assert_eq!(names.len(), AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
     }
 
     #[test]
