@@ -17,7 +17,9 @@
 //! is recorded with the verbs a real API server would authorize, so a test can check the
 //! orchestrator stays inside `netprof::k8s::rbac::REQUIRED_RULES` and deletes what it made.
 
+pub mod canned;
 mod exec;
+pub mod lab_backend;
 mod portforward;
 mod routes;
 mod selectors;
