@@ -1,8 +1,5 @@
 //! What can go wrong talking to a cluster, each with what to do about it.
 
-// Errors end a run (one per run), so carrying their context inline costs nothing.
-#![allow(clippy::result_large_err)]
-
 use std::path::PathBuf;
 
 use super::rbac::{CLUSTER_SCOPED, NAMESPACE};

@@ -7,9 +7,6 @@
 //! [`run`] never deletes anything: the caller runs [`cleanup`](super::cleanup) after it, whether
 //! it finished, failed or was dropped on Ctrl-C, using the run's label and [`RunState`].
 
-// Errors here end a run (one per run), so carrying their context inline costs nothing.
-#![allow(clippy::result_large_err)]
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
