@@ -444,6 +444,22 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
 }
 
 #[test]
+fn deploy_template_pods_on_the_server_node_are_named_before_anything_is_created() {
+    let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), FakeConfig::default());
+    // As `kubectl apply -k deploy/` leaves them once the nodes are labelled.
+    harness.server.add_pod(serde_json::json!({
+        "metadata": {"name": "netprof-nginx-host", "labels": {"app.kubernetes.io/name": "netprof-bench", "netprof.io/path": "host"}},
+        "spec": {"nodeName": NODE_B, "hostNetwork": true, "containers": [{"name": "nginx", "image": "x"}]},
+        "status": {"phase": "Running"}
+    }));
+    let line = error_line(&harness.run("calico", &["--no-profile"]));
+    assert!(line.contains("deploy/bench-pods.yaml's own hostNetwork pods (netprof-nginx-host) run on the server node fake-b"), "{line}");
+    assert!(line.contains("kubectl -n netprof delete pod netprof-nginx-host"), "{line}");
+    assert!(harness.state(|s| s.created.is_empty()));
+    assert!(harness.state(|s| s.pods.contains_key("netprof-nginx-host")), "not ours to delete");
+}
+
+#[test]
 fn k8s_clean_deletes_only_run_labelled_pods() {
     let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), FakeConfig::default());
     let leftover = |name: &str, run: &str| {

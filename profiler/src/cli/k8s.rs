@@ -27,7 +27,7 @@ A complete run:
   2. Choose the nodes, as the study:  kubectl label node A workern=1   (client)
                                       kubectl label node B workern=2   (server)
      or pass --nodes A,B. deploy/bench-pods.yaml's own pods start on labelled nodes too:
-     delete them before a run (kubectl -n netprof delete pod -l app.kubernetes.io/name=netprof-bench),
+     delete them before a run (kubectl -n netprof delete pod -l 'app.kubernetes.io/name=netprof-bench,!netprof.io/run'),
      their hostNetwork servers hold ports 80 and 5201 of the server node.
   3. Run:  netprof k8s run --mode-name flannel-vxlan --out results/
      Credentials: --kubeconfig / --context, else KUBECONFIG or ~/.kube/config, else the pod's

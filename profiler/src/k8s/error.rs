@@ -34,11 +34,11 @@ pub enum K8sError {
     #[error(transparent)]
     Nodes(#[from] super::nodes::NodeError),
     #[error(
-        "{pods} of deploy/bench-pods.yaml run on the chosen nodes and hold the ports the run's \
-         hostNetwork twins need (80, 5201): delete them first (`kubectl -n {NAMESPACE} delete pod {pods}`); \
-         the ConfigMap they come with stays"
+        "deploy/bench-pods.yaml's own hostNetwork pods ({pods}) run on the server node {node} and hold \
+         the ports the run's twins need (80, 5201): delete them first (`kubectl -n {NAMESPACE} delete pod {pods}`; \
+         the ConfigMap they come with stays)"
     )]
-    TemplatePodsRunning { pods: String },
+    TemplatePodsRunning { node: String, pods: String },
     #[error("benchmark pods not ready after {secs} s (--ready-timeout): {pods}")]
     NotReady { secs: u64, pods: String },
     #[error("pod {pod} stopped before the benchmarks were done: {status}")]

@@ -169,7 +169,7 @@ async fn refuse_template_pods(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<()
     if in_the_way.is_empty() {
         Ok(())
     } else {
-        Err(K8sError::TemplatePodsRunning { pods: in_the_way.join(" ") })
+        Err(K8sError::TemplatePodsRunning { node: nodes.server.name.clone(), pods: in_the_way.join(" ") })
     }
 }
 
