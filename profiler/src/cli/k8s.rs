@@ -235,6 +235,9 @@ async fn clean_after_run(cluster: &Cluster, state: &RunState) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), NAMESPACE);
     let attached = std::mem::take(&mut *state.attached.lock().expect("not poisoned"));
     cleanup::stop_agents(&pods, attached).await;
+    if !state.may_have_created() {
+        return Ok(());
+    }
     let step = progress::step(&format!("deleting the run's pods ({})", cleanup::selector(Some(&state.run_id))));
     let deleted = cleanup::delete_selected(&pods, &cleanup::selector(Some(&state.run_id)), cleanup::GONE_WAIT, |_, _| {})
         .await

@@ -20,10 +20,21 @@ pub enum ForwardError {
     Io(#[source] std::io::Error),
     #[error("no answer within {secs} s")]
     Timeout { secs: u64 },
-    #[error("the connection closed before a whole HTTP response ({got} bytes)")]
+    #[error("{}", closed_message(*got))]
     Closed { got: usize },
     #[error("not an HTTP response: {0:?}")]
     BadResponse(String),
+}
+
+/// With nothing received, the pod's side most likely refused the connection: the error
+/// channel says so, but kube drops that message when the server closes the stream before kube
+/// has sent the request (a race in every port-forward client that writes first).
+fn closed_message(got: usize) -> String {
+    if got == 0 {
+        "the port-forward closed without any response (is anything listening on that port of the pod?)".to_owned()
+    } else {
+        format!("the connection closed before a whole HTTP response ({got} bytes)")
+    }
 }
 
 fn forbidden_hint(cause: &ApiCause) -> &'static str {

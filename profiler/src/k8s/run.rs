@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -48,11 +50,17 @@ pub struct RunPlan {
 pub struct RunState {
     pub run_id: String,
     pub attached: Attached,
+    /// Set before the first create request: from then on there may be pods to delete.
+    pub creating: Arc<AtomicBool>,
 }
 
 impl RunState {
     pub fn new(run_id: String) -> Self {
-        Self { run_id, attached: Attached::default() }
+        Self { run_id, attached: Attached::default(), creating: Arc::default() }
+    }
+
+    pub fn may_have_created(&self) -> bool {
+        self.creating.load(Ordering::SeqCst)
     }
 }
 
@@ -87,6 +95,7 @@ pub async fn run(cluster: &Cluster, plan: &RunPlan, state: &RunState) -> Result<
 
     let bench_pods = pods::plan(&state.run_id);
     let step = progress::step(&format!("creating {} pods labelled {RUN_LABEL}={}", bench_pods.len(), state.run_id));
+    state.creating.store(true, Ordering::SeqCst);
     for bench in &bench_pods {
         let node = if bench.role.on_server_node() { &nodes.server } else { &nodes.client };
         let spec = pods::spec(bench, &state.run_id, node, &plan.images);
