@@ -9,12 +9,16 @@ use netprof_tests::{ebpf_skip_reason, loaded_netprof_programs, netprof_bin, prin
 
 const PINGS: u64 = 30;
 
+/// Both tests count netprof's programs loaded in the kernel before and after: one at a time.
+static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn profile_writes_a_report_per_step_and_node() {
     if let Some(reason) = ebpf_skip_reason(&["bpftool", "ping", "iperf3", "ab", "nginx"]) {
         print_skip("profile_writes_a_report_per_step_and_node", &reason);
         return;
     }
+    let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
     let before = loaded_netprof_programs().len();
     let lab = unique_lab_name();
     let out = std::env::temp_dir().join(format!("netprof-profile-{lab}"));
@@ -44,4 +48,47 @@ fn profile_writes_a_report_per_step_and_node() {
     }
     assert_eq!(loaded_netprof_programs().len(), before, "programs left loaded after bench");
     let _ = std::fs::remove_dir_all(out);
+}
+
+/// `netprof overhead` end to end, short: off, always attached and duty-cycled agents in one run,
+/// every setting measured in every round, ratios to "off" for each, and nothing of netprof or
+/// of its lab left afterwards.
+#[test]
+fn overhead_compares_agent_settings_side_by_side() {
+    let test = "overhead_compares_agent_settings_side_by_side";
+    if let Some(reason) = ebpf_skip_reason(&["bpftool", "iperf3", "ab", "nginx"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = loaded_netprof_programs().len();
+    let lab = unique_lab_name();
+    let out = std::env::temp_dir().join(format!("netprof-overhead-{lab}.json"));
+    let output = Command::new(netprof_bin())
+        .args(["overhead", "--mode", "flannel-hostgw", "--rounds", "2", "--duty", "100,50", "--duty-period-ms", "500"])
+        .args(["--ab-requests", "2000", "--ab-concurrency", "10", "--iperf3-seconds", "1", "--lab", &lab])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    println!("{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let samples = json["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2 * 3, "2 rounds x (off + 2 settings)");
+    let variants: Vec<&str> = json["variants"].as_array().unwrap().iter().map(|v| v["variant"].as_str().unwrap()).collect();
+    assert_eq!(variants, ["off", "duty 100%", "duty 50%"]);
+    for v in json["variants"].as_array().unwrap() {
+        let (qps, ratio) = (v["qps"].as_f64().unwrap(), v["qps_ratio"].as_f64().unwrap());
+        assert!(qps > 0.0 && ratio > 0.0 && ratio < 2.0, "{v}");
+    }
+    // The always-attached agents ran their programs and bpf_stats timed them.
+    let programs = &json["programs"][0];
+    assert_eq!(programs["variant"], "duty 100%");
+    assert!(programs["median_ns_per_run"].as_f64().unwrap() > 0.0, "{programs}");
+    assert_eq!(loaded_netprof_programs().len(), before, "programs left loaded after overhead");
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&format!("netprof-{lab}-")), "lab left behind");
+    let _ = std::fs::remove_file(out);
 }

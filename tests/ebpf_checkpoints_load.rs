@@ -39,7 +39,7 @@ use profiler_common::datapath::{
     MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS,
     MAX_CHECKPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
     ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, TP_DEV_RX, TP_DEV_TX,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -91,11 +91,11 @@ fn kernel_config(node_netns_inum: u32) -> Result<Config> {
     })
 }
 
-/// Loads the aya object's seven checkpoint programs (not attached); returns (name, id).
+/// Loads the aya object's nine checkpoint programs (not attached); returns (name, id).
 fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     let btf = Btf::from_sys_fs().context("kernel BTF")?;
     let mut ids = Vec::new();
-    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS] {
         let program: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         program.load().with_context(|| format!("loading {name}"))?;
         ids.push((name, program.info()?.id()));

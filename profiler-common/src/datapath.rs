@@ -179,6 +179,10 @@ pub struct Journey {
     pub hops: u16,
     /// `JOURNEY_*` flags.
     pub flags: u32,
+    /// `Config::epoch` when the journey started: one from an earlier profiling window (its
+    /// packet crossed hooks unseen while the programs were detached) is dropped, not counted.
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// `Journey::flags`: a benchmark packet left out by sampling; its checkpoints record nothing.
@@ -310,9 +314,15 @@ pub struct Config {
     /// Follow 1 in 2^sample_shift benchmark packets (0: every one, exact counts). The others
     /// get an ignored journey, so later checkpoints skip them after one lookup.
     pub sample_shift: u16,
-    pub _pad2: u32,
+    /// Bumped by user space each time a duty-cycled agent re-attaches (a new profiling
+    /// window); journeys of other epochs are forgotten.
+    pub epoch: u32,
     /// A journey whose last checkpoint is older than this is abandoned and restarted.
     pub stale_ns: u64,
+    /// Non-zero between duty-cycle windows: every program returns at once (the netfilter
+    /// ones are detached then; tc and tracepoint links stay, their detach waits for RCU).
+    pub paused: u32,
+    pub _pad3: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,6 +332,11 @@ pub struct Config {
 /// under `DeviceKey { netns_inum: Config::node_netns_inum, ifindex }`.
 pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
+/// The same on pods' `eth0`: an ifindex does not say which pod namespace it is in, so these
+/// find the device through `skb->dev` (namespace inode and ifindex read once per device,
+/// cached in `MAP_DEV_CACHE`), as the tp_btf programs do.
+pub const PROG_TC_POD_INGRESS: &str = "cp_tc_pod_in";
+pub const PROG_TC_POD_EGRESS: &str = "cp_tc_pod_eg";
 /// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
 /// `MAP_DEVICES` are checkpoints.
 pub const PROG_DEV_RX: &str = "cp_dev_rx";
@@ -333,9 +348,11 @@ pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
 pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 7] = [
+pub const AYA_PROGRAMS: [&str; 9] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
+    PROG_TC_POD_INGRESS,
+    PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
     PROG_DEV_TX,
     PROG_KFREE_SKB,
@@ -378,8 +395,8 @@ mod user {
 const _: () = assert!(NF_CP_END <= CP_CONSUMED);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
 const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
-const _: () = assert!(core::mem::size_of::<Journey>() == 24);
-const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<Journey>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 
 #[cfg(test)]

@@ -69,11 +69,11 @@ const _: () = assert!(names_match(stringify!(NP_CP_HITS), MAP_CP_HITS));
 const _: () = assert!(names_match(stringify!(NP_DROPS), MAP_DROPS));
 
 /// The configuration; `None` until user space wrote it (the array's zeroed entry has
-/// `skb_head == 0`, which no real kernel has).
+/// `skb_head == 0`, which no real kernel has) and between duty-cycle windows (`paused`).
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     let cfg = NP_CONFIG.get(0)?;
-    (cfg.skb_head != 0).then_some(cfg)
+    (cfg.skb_head != 0 && cfg.paused == 0).then_some(cfg)
 }
 
 // ---- packet headers ----
@@ -354,6 +354,11 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
         // SAFETY: a value of a live hash map; concurrent updates of one journey only happen if
         // one skb is at two checkpoints at once, which it is not.
         let journey = unsafe { &mut *journey };
+        if journey.epoch != cfg.epoch {
+            // Left from an earlier profiling window: forget it, decide afresh below.
+            let _ = NP_JOURNEYS.remove(skb);
+            return admit_here(cfg, skb, cp, admit, packet, now);
+        }
         let delta = now.saturating_sub(journey.last_ns);
         let stale = cfg.stale_ns != 0 && delta > cfg.stale_ns;
         if journey.flags & JOURNEY_IGNORED != 0 {
@@ -375,6 +380,8 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
                     last_cp: cp,
                     hops: 1,
                     flags: 0,
+                    epoch: cfg.epoch,
+                    _pad: 0,
                 };
                 return;
             }
@@ -389,6 +396,12 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
             return;
         }
     }
+    admit_here(cfg, skb, cp, admit, packet, now);
+}
+
+/// A packet without a journey at checkpoint `cp`: starts one if it may (see [`visit`]).
+#[inline(always)]
+fn admit_here<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P, now: u64) {
     if !admit || !packet.is_benchmark(cfg) {
         return;
     }
@@ -399,6 +412,8 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
             last_cp: cp,
             hops: 0,
             flags: JOURNEY_IGNORED,
+            epoch: cfg.epoch,
+            _pad: 0,
         };
         if NP_JOURNEYS.insert(skb, ignored, 0).is_err() {
             bump(COUNTER_JOURNEY_FULL);
@@ -412,6 +427,8 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
         last_cp: cp,
         hops: 1,
         flags: 0,
+        epoch: cfg.epoch,
+        _pad: 0,
     };
     if NP_JOURNEYS.insert(skb, journey, 0).is_err() {
         bump(COUNTER_JOURNEY_FULL);

@@ -1,12 +1,15 @@
 //! The datapath profiler's checkpoint programs that aya loads (contract:
 //! `profiler_common::datapath`; the shared step is in `checkpoint.rs`):
 //!
-//! - `cp_tc_ingress` / `cp_tc_egress`: tc classifiers (TCX) on node devices. The `__sk_buff`
+//! - `cp_tc_ingress` / `cp_tc_egress`: tc classifiers (TCX) on node devices, found by ifindex in
+//!   the node's namespace; `cp_tc_pod_in` / `cp_tc_pod_eg` the same on pods' `eth0`, found
+//!   through `skb->dev` like the tracepoints' devices. The `__sk_buff`
 //!   context *is* the kernel's `struct sk_buff *` (the verifier rewrites field accesses), so its
 //!   value is the packet's key. Headers by direct packet access. Verdict `TC_ACT_PIPE` always
 //!   (next program; the packet's fate never changes).
 //! - `cp_dev_rx` / `cp_dev_tx`: tp_btf on `netif_receive_skb` / `net_dev_start_xmit`, every
 //!   device of every namespace; devices missing from `NP_DEVICES` are skipped after one lookup.
+//!   Off unless asked for (`--hooks all`): on watched devices they sit beside the tc hooks.
 //! - `cp_kfree_skb` / `cp_consume_skb`: end a tracked packet's journey (drop, by reason; or
 //!   completion, recording the segment to `CP_CONSUMED`); a stale journey ends as abandoned.
 //! - `cp_tcp_retrans`: counts TCP retransmissions between benchmark endpoints.
@@ -26,7 +29,7 @@ use profiler_common::{
         Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
         COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
         CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, MAP_DEV_CACHE, MAX_DEV_CACHE,
+        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, MAP_DEV_CACHE, MAX_DEV_CACHE,
     },
     names_match,
 };
@@ -38,6 +41,8 @@ use crate::checkpoint::{
 
 const _: () = assert!(names_match(stringify!(cp_tc_ingress), PROG_TC_INGRESS));
 const _: () = assert!(names_match(stringify!(cp_tc_egress), PROG_TC_EGRESS));
+const _: () = assert!(names_match(stringify!(cp_tc_pod_in), PROG_TC_POD_INGRESS));
+const _: () = assert!(names_match(stringify!(cp_tc_pod_eg), PROG_TC_POD_EGRESS));
 const _: () = assert!(names_match(stringify!(cp_dev_rx), PROG_DEV_RX));
 const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
 const _: () = assert!(names_match(stringify!(cp_kfree_skb), PROG_KFREE_SKB));
@@ -65,15 +70,6 @@ static NP_DEV_CACHE: LruHashMap<u64, DeviceCheckpoints> =
 
 const _: () = assert!(names_match(stringify!(NP_DEV_CACHE), MAP_DEV_CACHE));
 
-/// The checkpoint id of `hook` on `device` and whether it admits new packets; `None` when the
-/// device is not watched there.
-#[inline(always)]
-fn device_checkpoint(device: &DeviceKey, hook: Hook) -> Option<(u16, bool)> {
-    // SAFETY: a value of a live hash map, copied out at once.
-    let cps: DeviceCheckpoints = NP_DEVICES.get_ptr(device).map(|p| unsafe { *p })?;
-    pick(&cps, hook)
-}
-
 /// `hook`'s checkpoint in a device's entry and whether it admits; `None` for `CP_NONE`.
 #[inline(always)]
 fn pick(cps: &DeviceCheckpoints, hook: Hook) -> Option<(u16, bool)> {
@@ -90,18 +86,31 @@ fn pick(cps: &DeviceCheckpoints, hook: Hook) -> Option<(u16, bool)> {
 
 #[classifier]
 pub fn cp_tc_ingress(ctx: TcContext) -> i32 {
-    tc_checkpoint(&ctx, Hook::TcIngress);
+    tc_node_checkpoint(&ctx, Hook::TcIngress);
     TC_VERDICT
 }
 
 #[classifier]
 pub fn cp_tc_egress(ctx: TcContext) -> i32 {
-    tc_checkpoint(&ctx, Hook::TcEgress);
+    tc_node_checkpoint(&ctx, Hook::TcEgress);
     TC_VERDICT
 }
 
+#[classifier]
+pub fn cp_tc_pod_in(ctx: TcContext) -> i32 {
+    tc_pod_checkpoint(&ctx, Hook::TcIngress);
+    TC_VERDICT
+}
+
+#[classifier]
+pub fn cp_tc_pod_eg(ctx: TcContext) -> i32 {
+    tc_pod_checkpoint(&ctx, Hook::TcEgress);
+    TC_VERDICT
+}
+
+/// On a node device: the device is `__sk_buff.ifindex` in the node's namespace (one lookup).
 #[inline(always)]
-fn tc_checkpoint(ctx: &TcContext, hook: Hook) {
+fn tc_node_checkpoint(ctx: &TcContext, hook: Hook) {
     let Some(cfg) = config() else { return };
     // SAFETY: the context is the kernel's `__sk_buff`; `ifindex` is a readable field.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -109,11 +118,30 @@ fn tc_checkpoint(ctx: &TcContext, hook: Hook) {
         netns_inum: cfg.node_netns_inum,
         ifindex,
     };
-    let Some((cp, admit)) = device_checkpoint(&device, hook) else {
+    // SAFETY: a value of a live hash map, copied out at once.
+    let Some(cps) = NP_DEVICES.get_ptr(&device).map(|p| unsafe { *p }) else {
         return;
     };
-    let skb = ctx.as_ptr() as u64;
-    visit(cfg, skb, cp, admit, &TcHeaders { ctx });
+    tc_visit(cfg, ctx, &cps, hook);
+}
+
+/// On a pod's `eth0`: its namespace is not the node's, so the device is found through
+/// `skb->dev` (the ifindex alone could be another pod's `eth0`).
+#[inline(always)]
+fn tc_pod_checkpoint(ctx: &TcContext, hook: Hook) {
+    let Some(cfg) = config() else { return };
+    let Some(cps) = device_checkpoints(cfg, ctx.as_ptr() as u64, None) else {
+        return;
+    };
+    tc_visit(cfg, ctx, &cps, hook);
+}
+
+#[inline(always)]
+fn tc_visit(cfg: &Config, ctx: &TcContext, cps: &DeviceCheckpoints, hook: Hook) {
+    let Some((cp, admit)) = pick(cps, hook) else {
+        return;
+    };
+    visit(cfg, ctx.as_ptr() as u64, cp, admit, &TcHeaders { ctx });
 }
 
 /// Direct packet access behind an Ethernet header, for IPv4 frames.
@@ -159,38 +187,43 @@ pub fn cp_dev_tx(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A device checkpoint seen from a tracepoint: `dev` is the device if the tracepoint passes
-/// it, else `skb->dev` is read.
+/// A device checkpoint seen from a tracepoint.
 #[inline(always)]
 fn dev_checkpoint(skb: u64, dev: Option<u64>, hook: Hook) {
     let Some(cfg) = config() else { return };
-    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
-        bump(COUNTER_READ_ERRORS);
+    let Some(cps) = device_checkpoints(cfg, skb, dev) else {
         return;
-    }
-    let dev = match dev {
-        Some(dev) => dev,
-        None => match probe_read_counted::<u64>(skb + u64::from(cfg.skb_dev)) {
-            Some(dev) if dev != 0 => dev,
-            _ => return,
-        },
-    };
-    // SAFETY: a value of a live hash map, copied out at once.
-    let cps = match NP_DEV_CACHE.get_ptr(dev).map(|p| unsafe { *p }) {
-        Some(cps) => cps,
-        None => {
-            let Some(cps) = device_entry(cfg, dev) else {
-                return;
-            };
-            // A full cache evicts its least recently used device; nothing is lost.
-            let _ = NP_DEV_CACHE.insert(dev, cps, 0);
-            cps
-        }
     };
     let Some((cp, admit)) = pick(&cps, hook) else {
         return;
     };
     visit(cfg, skb, cp, admit, &Skb(skb));
+}
+
+/// The checkpoints of the device a packet is on: `dev` if the hook passes it, else `skb->dev`;
+/// looked up by `struct net_device` address in `NP_DEV_CACHE`, filled from `NP_DEVICES` (by
+/// namespace inode and ifindex, read once per device).
+#[inline(always)]
+fn device_checkpoints(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceCheckpoints> {
+    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
+        bump(COUNTER_READ_ERRORS);
+        return None;
+    }
+    let dev = match dev {
+        Some(dev) => dev,
+        None => match probe_read_counted::<u64>(skb + u64::from(cfg.skb_dev)) {
+            Some(dev) if dev != 0 => dev,
+            _ => return None,
+        },
+    };
+    // SAFETY: a value of a live hash map, copied out at once.
+    if let Some(cps) = NP_DEV_CACHE.get_ptr(dev).map(|p| unsafe { *p }) {
+        return Some(cps);
+    }
+    let cps = device_entry(cfg, dev)?;
+    // A full cache evicts its least recently used device; nothing is lost.
+    let _ = NP_DEV_CACHE.insert(dev, cps, 0);
+    Some(cps)
 }
 
 /// The `NP_DEVICES` entry of the `struct net_device` at `dev`: all `CP_NONE` when the device is
@@ -227,9 +260,10 @@ fn end_journey(cfg: &Config, skb: u64) -> Option<(u16, u64)> {
     let journey = NP_JOURNEYS.get_ptr(skb)?;
     let now = now();
     // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let (last_cp, last_ns, flags) = unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags) };
+    let (last_cp, last_ns, flags, epoch) =
+        unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags, (*journey).epoch) };
     let _ = NP_JOURNEYS.remove(skb);
-    if flags & JOURNEY_IGNORED != 0 {
+    if flags & JOURNEY_IGNORED != 0 || epoch != cfg.epoch {
         return None;
     }
     let delta = now.saturating_sub(last_ns);

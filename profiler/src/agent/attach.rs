@@ -6,7 +6,7 @@
 //! Anything that cannot be attached is recorded as not measured and the rest goes on.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     net::Ipv4Addr,
     os::fd::{AsFd, BorrowedFd},
     sync::{mpsc, Arc, Mutex, MutexGuard},
@@ -34,16 +34,17 @@ use super::{
     btf::Btf,
     collect,
     devices::{self, Device, Found, Registry},
+    duty::{AttachedTime, Cycler, Duty},
     nf_points,
     nf_program,
     report::{
-        AgentReport, CheckpointReport, DropReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
+        AgentReport, CheckpointReport, DropReport, DutyReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
     },
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
     stats::StatsGuard,
     tracefs::Tracefs,
     AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
-    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
+    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
 };
 use crate::{
     cmd::Cmd,
@@ -65,7 +66,9 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 /// program: TCX links close, tracepoint links drop, netfilter links close, maps go.
 #[derive(Debug)]
 pub struct Agent {
-    /// Stopped first on drop.
+    /// Stopped first on drop (so no window opens while the rest goes).
+    cycler: Option<Cycler>,
+    /// Stopped next.
     rescan: Option<Rescanner>,
     inner: Arc<Mutex<Inner>>,
     node: String,
@@ -89,8 +92,9 @@ struct Inner {
     nf_links: Vec<NetfilterLink>,
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
-    /// bpf_stats stay on while this lives.
-    _stats: Option<StatsGuard>,
+    /// bpf_stats stay on while this lives (dropped between duty-cycle windows: with stats on,
+    /// every run, paused ones too, pays two clock reads).
+    stats: Option<StatsGuard>,
     node_netns: NetnsHandle,
     netns: String,
     uplink: String,
@@ -99,6 +103,24 @@ struct Inner {
     catalog: Catalog,
     /// Programs that loaded (tc ones are attached per device later).
     tc_loaded: bool,
+    /// Checkpoint ids of the tc hooks attached.
+    tc_attached: BTreeSet<u16>,
+    /// The tp_btf / classic tracepoint families attached (in every window).
+    tp_attached: bool,
+    trace_attached: bool,
+    /// `(hook, point)` of each of `nf_programs`, and the ones that attached.
+    nf_points: Vec<(u32, u32)>,
+    nf_attached: BTreeSet<(u32, u32)>,
+    /// The configuration written to `NP_CONFIG` (its `epoch` changes per window).
+    config: Config,
+    /// Between duty-cycle windows: links dropped, programs and maps kept.
+    paused: bool,
+    /// bpf_stats were on when the window closed (so the next one turns them on again).
+    stats_between_windows: bool,
+    /// The thread closing the last window's tc and tracepoint links (each waits for RCU).
+    detaching: Option<JoinHandle<()>>,
+    attached: AttachedTime,
+    duty: Option<Duty>,
     not_measured: Vec<NotMeasured>,
     drop_reasons: BTreeMap<u32, String>,
     since: Instant,
@@ -265,7 +287,7 @@ impl Agent {
             nf_links: Vec::new(),
             nf_programs: Vec::new(),
             ebpf,
-            _stats: None,
+            stats: None,
             node_netns,
             netns: options.netns.clone(),
             uplink,
@@ -273,6 +295,17 @@ impl Agent {
             registry: Registry::default(),
             catalog: Catalog::new(),
             tc_loaded: false,
+            tc_attached: BTreeSet::new(),
+            tp_attached: false,
+            trace_attached: false,
+            nf_points: Vec::new(),
+            nf_attached: BTreeSet::new(),
+            config,
+            paused: false,
+            stats_between_windows: false,
+            detaching: None,
+            attached: AttachedTime::default(),
+            duty: options.duty,
             not_measured,
             drop_reasons,
             since: Instant::now(),
@@ -294,12 +327,13 @@ impl Agent {
         }
         if options.stats {
             match StatsGuard::enable() {
-                Ok(guard) => inner._stats = Some(guard),
+                Ok(guard) => inner.stats = Some(guard),
                 Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
             }
         }
         let attach_ms = started.elapsed().as_secs_f64() * 1e3;
         inner.since = Instant::now();
+        inner.attached.start();
         log::info!(
             "agent attached in {attach_ms:.1} ms on {} ({} devices, {} netfilter links)",
             options.netns,
@@ -311,7 +345,21 @@ impl Agent {
         let rescan = options
             .rescan
             .map(|every| spawn_rescanner(Arc::clone(&inner), every));
+        let cycler = match options.duty {
+            Some(duty) => {
+                let (a, b) = (Arc::clone(&inner), Arc::clone(&inner));
+                let cycler = Cycler::spawn(
+                    duty,
+                    move || with_inner(&a, close_window),
+                    move || with_inner(&b, open_window),
+                )
+                .map_err(AgentError::Thread)?;
+                Some(cycler)
+            }
+            None => None,
+        };
         Ok(Self {
+            cycler,
             rescan,
             inner,
             node: options
@@ -420,6 +468,12 @@ impl Agent {
             drops,
             not_measured: inner.not_measured.clone(),
             programs: program_stats(&inner),
+            duty: inner.duty.map(|duty| DutyReport {
+                percent: duty.percent(),
+                period_ms: duty.period.as_millis() as u64,
+                windows: inner.attached.windows,
+                attached_s: inner.attached.total().as_secs_f64(),
+            }),
         })
     }
 
@@ -429,6 +483,7 @@ impl Agent {
         let mut inner = self.lock()?;
         collect::reset(&mut inner.ebpf)?;
         inner.since = Instant::now();
+        inner.attached.restart();
         Ok(())
     }
 
@@ -440,6 +495,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        drop(self.cycler.take());
+        if let Ok(mut inner) = self.inner.lock() {
+            finish_detaching(&mut inner);
+        }
         if let Some(rescan) = self.rescan.take() {
             let _ = rescan.stop.send(());
             if rescan.thread.join().is_err() {
@@ -455,19 +514,15 @@ impl Drop for Agent {
 /// Whether a catalog entry is one this agent actually watches (attached), for the report.
 fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
     match place {
-        Place::Netfilter { hook, point } => inner.nf_links.iter().any(|link| {
-            link.hook() as u32 == *hook && link.priority() == NF_POINT_PRIORITIES[*point as usize]
-        }),
-        Place::Consumed => !inner.trace_links.is_empty(),
+        Place::Netfilter { hook, point } => inner.nf_attached.contains(&(*hook, *point)),
+        Place::Consumed => inner.trace_attached,
         Place::Device { hook, .. } => {
-            let Some(device) = inner.registry.devices().iter().find(|d| d.id(*hook) == id) else {
+            if !inner.registry.devices().iter().any(|d| d.id(*hook) == id) {
                 return false;
-            };
+            }
             match hook {
-                DeviceHook::DevRx | DeviceHook::DevTx => !inner.tp_links.is_empty(),
-                DeviceHook::TcIngress | DeviceHook::TcEgress => {
-                    device.found.on_node && inner.tc_loaded
-                }
+                DeviceHook::DevRx | DeviceHook::DevTx => inner.tp_attached,
+                DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc_attached.contains(&id),
             }
         }
     }
@@ -579,6 +634,18 @@ fn write_config(
     Ok(())
 }
 
+/// Rewrites `NP_CONFIG` alone (a new epoch).
+fn write_config_only(ebpf: &mut Ebpf, config: &Config) -> Result<(), AgentError> {
+    let map = ebpf
+        .map_mut(MAP_CONFIG)
+        .ok_or(AgentError::Collect(collect::CollectError::MapMissing { map: MAP_CONFIG }))?;
+    let mut array: Array<&mut MapData, Config> =
+        Array::try_from(map).map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
+    array
+        .set(0, config, 0)
+        .map_err(map_write(MAP_CONFIG, "the configuration".into()))
+}
+
 fn insert_device(ebpf: &mut Ebpf, device: &Device) -> Result<(), AgentError> {
     let mut map: HashMap<&mut MapData, DeviceKey, DeviceCheckpoints> =
         HashMap::try_from(ebpf.map_mut(MAP_DEVICES).ok_or(AgentError::Collect(
@@ -613,7 +680,7 @@ fn clear_device_cache(ebpf: &mut Ebpf) -> Result<(), AgentError> {
 
 fn load_tc(inner: &mut Inner) {
     let mut ok = true;
-    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS] {
         let result = match inner
             .ebpf
             .program_mut(program)
@@ -660,7 +727,8 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
     }
     for device in new {
         inner.catalog.add_device(device.base, device.label());
-        if device.found.on_node && inner.tc_loaded {
+        // Between windows the next window's opening attaches it.
+        if inner.tc_loaded && !inner.paused {
             attach_tc(inner, &device);
         }
         log::info!(
@@ -675,22 +743,56 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// How long reopening a duty-cycle window waits for the last window's TCX links to go.
+const REATTACH_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a program error is the kernel's EEXIST (that program is on that hook already).
+fn is_eexist(err: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::EEXIST);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// TCX on both directions of `device`, inside the device's namespace (the node's, or a pod's
+/// for its `eth0`).
 fn attach_tc(inner: &mut Inner, device: &Device) {
-    let iface = device.found.link.ifname.clone();
-    let guard = match inner.node_netns.enter_if_elsewhere() {
+    let label = device.label().label;
+    let ifname = device.found.link.ifname.clone();
+    let pod_netns = if device.found.on_node {
+        None
+    } else {
+        match NetnsHandle::open(&device.found.netns) {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                inner.not_measured(format!("{label} tc"), chain(&err));
+                return;
+            }
+        }
+    };
+    let entered = match &pod_netns {
+        Some(pod) => pod.enter_if_elsewhere(),
+        None => inner.node_netns.enter_if_elsewhere(),
+    };
+    let guard = match entered {
         Ok(guard) => guard,
         Err(err) => {
-            inner.not_measured(format!("{iface} tc"), chain(&err));
+            inner.not_measured(format!("{label} tc"), chain(&err));
             return;
         }
     };
+    let (ingress, egress) = if device.found.on_node {
+        (PROG_TC_INGRESS, PROG_TC_EGRESS)
+    } else {
+        (PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS)
+    };
     for (program, attach_type, hook) in [
-        (
-            PROG_TC_INGRESS,
-            TcAttachType::Ingress,
-            DeviceHook::TcIngress,
-        ),
-        (PROG_TC_EGRESS, TcAttachType::Egress, DeviceHook::TcEgress),
+        (ingress, TcAttachType::Ingress, DeviceHook::TcIngress),
+        (egress, TcAttachType::Egress, DeviceHook::TcEgress),
     ] {
         let Some(classifier) = inner
             .ebpf
@@ -701,14 +803,26 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         };
         // After existing TCX programs: the kernel programs return TC_ACT_PIPE-like
         // "next", so whatever runs before decides what they see.
-        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-        let result = classifier
-            .attach_with_options(&iface, attach_type, options)
+        let mut result = classifier
+            .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .and_then(|id| classifier.take_link(id));
+        // Reopening a duty-cycle window: the last window's link on this hook can still be
+        // going (its release finishes in the kernel after the close returns, under load), and
+        // the kernel refuses the same program twice on a hook (EEXIST) until it is gone.
+        let deadline = Instant::now() + REATTACH_WAIT;
+        while inner.paused && Instant::now() < deadline && result.as_ref().is_err_and(is_eexist) {
+            std::thread::sleep(Duration::from_millis(5));
+            result = classifier
+                .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .and_then(|id| classifier.take_link(id));
+        }
         match result {
-            Ok(link) => inner.tc_links.push(link),
+            Ok(link) => {
+                inner.tc_links.push(link);
+                inner.tc_attached.insert(device.id(hook));
+            }
             Err(err) => {
-                let what = format!("{iface} {}", hook.name());
+                let what = format!("{label} {}", hook.name());
                 inner.not_measured(what, format!("TCX attach failed: {}", chain(&err)));
             }
         }
@@ -740,7 +854,10 @@ fn attach_tp_btf(inner: &mut Inner) {
             }
         };
         match result {
-            Ok(link) => inner.tp_links.push(link),
+            Ok(link) => {
+                inner.tp_links.push(link);
+                inner.tp_attached = true;
+            }
             Err(reason) => inner.not_measured(format!("tp_btf {tracepoint} ({program})"), reason),
         }
     }
@@ -763,7 +880,10 @@ fn attach_tracepoints(inner: &mut Inner) {
             }
         };
         match result {
-            Ok(link) => inner.trace_links.push(link),
+            Ok(link) => {
+                inner.trace_links.push(link);
+                inner.trace_attached = true;
+            }
             Err(reason) => inner.not_measured(format!("{group}:{event} ({program})"), reason),
         }
     }
@@ -839,7 +959,10 @@ fn attach_netfilter(inner: &mut Inner) {
     for (hook, point, program) in &programs {
         let priority = NF_POINT_PRIORITIES[*point as usize];
         match program.attach(hook_of(*hook), priority) {
-            Ok(link) => links.push(link),
+            Ok(link) => {
+                links.push(link);
+                inner.nf_attached.insert((*hook, *point));
+            }
             Err(err) => failures.push((
                 format!(
                     "nf {} {priority} (checkpoint {})",
@@ -855,9 +978,129 @@ fn attach_netfilter(inner: &mut Inner) {
         inner.not_measured(what, reason);
     }
     inner.nf_links.extend(links);
-    inner
-        .nf_programs
-        .extend(programs.into_iter().map(|(_, _, p)| p));
+    for (hook, point, program) in programs {
+        inner.nf_points.push((hook, point));
+        inner.nf_programs.push(program);
+    }
+}
+
+/// Runs `f` on the agent's state unless its lock is poisoned (a panic elsewhere, logged there).
+fn with_inner(inner: &Mutex<Inner>, f: fn(&mut Inner)) {
+    if let Ok(mut inner) = inner.lock() {
+        f(&mut inner);
+    }
+}
+
+/// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`),
+/// bpf_stats go off, and every link goes, so the datapath runs without netprof (a program that
+/// only returns still costs its call on every packet). Netfilter links close at once; tc and
+/// tracepoint links each wait for an RCU grace period as they close (~300 ms for a node's
+/// set, measured), so a background thread closes those while the programs are paused.
+fn close_window(inner: &mut Inner) {
+    if inner.paused {
+        return;
+    }
+    let started = Instant::now();
+    inner.config.paused = 1;
+    let config = inner.config;
+    if let Err(err) = write_config_only(&mut inner.ebpf, &config) {
+        log::warn!("duty cycle: cannot pause the programs: {}", chain(&err));
+    }
+    inner.nf_links.clear();
+    inner.stats_between_windows = inner.stats.take().is_some();
+    let (tc, tp, trace) = (
+        std::mem::take(&mut inner.tc_links),
+        std::mem::take(&mut inner.tp_links),
+        std::mem::take(&mut inner.trace_links),
+    );
+    inner.detaching = std::thread::Builder::new()
+        .name("netprof-detach".into())
+        .spawn(move || drop((tc, tp, trace)))
+        .map_err(|err| log::warn!("duty cycle: closing links in the foreground: {err}"))
+        .ok();
+    inner.attached.stop();
+    inner.paused = true;
+    log::debug!("duty cycle: window closed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+}
+
+/// Waits until the last window's links are gone (before attaching new ones: the same program
+/// twice on one hook would count every packet twice).
+fn finish_detaching(inner: &mut Inner) {
+    if let Some(thread) = inner.detaching.take() {
+        if thread.join().is_err() {
+            log::error!("the agent's link-closing thread panicked");
+        }
+    }
+}
+
+/// Opens a duty-cycle window: the netfilter links again, then a new epoch (journeys of the
+/// last window are forgotten) with the programs unpaused. A link that fails now is logged;
+/// the window goes on without it.
+fn open_window(inner: &mut Inner) {
+    if !inner.paused {
+        return;
+    }
+    let started = Instant::now();
+    finish_detaching(inner);
+    // Attached paused, then unpaused at once below: the window starts with every hook in.
+    let devices: Vec<Device> = inner.registry.devices().to_vec();
+    if inner.tc_loaded {
+        for device in &devices {
+            attach_tc(inner, device);
+        }
+    }
+    if inner.tp_attached {
+        for program in [PROG_DEV_RX, PROG_DEV_TX] {
+            if let Some(p) = inner.ebpf.program_mut(program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
+                match p.attach().and_then(|id| p.take_link(id)) {
+                    Ok(link) => inner.tp_links.push(link),
+                    Err(err) => log::warn!("duty cycle: {program}: {}", chain(&err)),
+                }
+            }
+        }
+    }
+    if inner.trace_attached {
+        for (program, group, event) in TRACEPOINTS {
+            if let Some(p) = inner.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+                match p.attach(group, event).and_then(|id| p.take_link(id)) {
+                    Ok(link) => inner.trace_links.push(link),
+                    Err(err) => log::warn!("duty cycle: {program}: {}", chain(&err)),
+                }
+            }
+        }
+    }
+    if !inner.nf_attached.is_empty() {
+        match inner.node_netns.enter_if_elsewhere() {
+            Ok(guard) => {
+                let mut links = Vec::new();
+                for ((hook, point), program) in inner.nf_points.iter().zip(&inner.nf_programs) {
+                    if !inner.nf_attached.contains(&(*hook, *point)) {
+                        continue;
+                    }
+                    match program.attach(hook_of(*hook), NF_POINT_PRIORITIES[*point as usize]) {
+                        Ok(link) => links.push(link),
+                        Err(err) => log::warn!("duty cycle: {}: {}", program.name(), chain(&err)),
+                    }
+                }
+                drop(guard);
+                inner.nf_links.extend(links);
+            }
+            Err(err) => log::warn!("duty cycle: netfilter: {}", chain(&err)),
+        }
+    }
+    if inner.stats_between_windows {
+        inner.stats = StatsGuard::enable().ok();
+    }
+    inner.config.epoch = inner.config.epoch.wrapping_add(1);
+    inner.config.paused = 0;
+    let config = inner.config;
+    if let Err(err) = write_config_only(&mut inner.ebpf, &config) {
+        log::warn!("duty cycle: cannot start a new window: {}", chain(&err));
+        return;
+    }
+    inner.attached.start();
+    inner.paused = false;
+    log::debug!("duty cycle: window opened in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
 }
 
 fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Rescanner {

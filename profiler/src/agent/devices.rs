@@ -1,5 +1,5 @@
 //! Which devices an agent watches: in the node namespace the uplink, bridges, VXLAN devices and
-//! host-side veths; in each pod namespace given, the pod's `eth0` (tp_btf checkpoints only).
+//! host-side veths; in each pod namespace given, the pod's `eth0`.
 //! Devices come from `ip -j -d link show` inside the namespace; each gets four checkpoint ids
 //! from `DEVICE_CP_BASE` up (dev-rx, tc-ingress, tc-egress, dev-tx) and a `DeviceKey` made of
 //! its namespace's inode and its ifindex. A [`Registry`] keeps ids stable across rescans.
@@ -7,7 +7,7 @@
 use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use profiler_common::datapath::{
-    DeviceCheckpoints, DeviceKey, CP_NONE, DEVICE_CP_BASE, MAX_CHECKPOINTS,
+    DeviceCheckpoints, DeviceKey, DEVICE_CP_BASE, MAX_CHECKPOINTS,
 };
 use serde_json::Value;
 
@@ -225,19 +225,13 @@ impl Device {
         self.base + hook.slot()
     }
 
-    /// The `MAP_DEVICES` value: tc ids only for node devices (pods get no tc programs).
+    /// The `MAP_DEVICES` value: every hook of the device has its id (only the attached ones
+    /// ever fire).
     pub fn checkpoints(&self) -> DeviceCheckpoints {
-        let tc = |hook| {
-            if self.found.on_node {
-                self.id(hook)
-            } else {
-                CP_NONE
-            }
-        };
         DeviceCheckpoints {
             tp_rx: self.id(DeviceHook::DevRx),
-            tc_ingress: tc(DeviceHook::TcIngress),
-            tc_egress: tc(DeviceHook::TcEgress),
+            tc_ingress: self.id(DeviceHook::TcIngress),
+            tc_egress: self.id(DeviceHook::TcEgress),
             tp_tx: self.id(DeviceHook::DevTx),
             admit: 1,
             _pad: [0; 3],
@@ -417,7 +411,7 @@ mod tests {
         let cps = pod.checkpoints();
         assert_eq!(
             (cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx),
-            (68, CP_NONE, CP_NONE, 71)
+            (68, 69, 70, 71)
         );
         assert_eq!(pod.label().label, "p1:eth0");
         assert_eq!(eno1.label().label, "eno1");

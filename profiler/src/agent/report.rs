@@ -31,6 +31,21 @@ pub struct AgentReport {
     pub drops: Vec<DropReport>,
     pub not_measured: Vec<NotMeasured>,
     pub programs: Vec<ProgramStats>,
+    /// Duty-cycled profiling (`--duty`); absent when the programs were attached throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duty: Option<DutyReport>,
+}
+
+/// When a duty-cycled agent was attached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DutyReport {
+    /// Attached share of each period, %.
+    pub percent: f64,
+    pub period_ms: u64,
+    /// Windows opened during `elapsed_s`.
+    pub windows: u64,
+    /// Time attached during `elapsed_s`, s: hits, counts and segment counts cover only this.
+    pub attached_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +138,15 @@ impl AgentReport {
         self.checkpoints.iter().find(|c| c.name == name)
     }
 
+    /// The share of `elapsed_s` the programs were attached (1 without duty cycling): what
+    /// counts must be divided by to stand for the whole time.
+    pub fn attached_fraction(&self) -> f64 {
+        match &self.duty {
+            Some(d) if self.elapsed_s > 0.0 => (d.attached_s / self.elapsed_s).clamp(1e-6, 1.0),
+            _ => 1.0,
+        }
+    }
+
     /// Hits of the checkpoint called `name` (0 when absent).
     pub fn hits(&self, name: &str) -> u64 {
         self.checkpoint(name).map_or(0, |c| c.hits)
@@ -193,6 +217,7 @@ mod tests {
                 reason: "no netfilter tables in x".into(),
             }],
             programs: vec![],
+            duty: None,
         };
         let json = report.to_json();
         assert!(json.contains("\"schema\": \"netprof.agent/v1\""));

@@ -33,9 +33,15 @@ pub struct StartRequest {
     /// Node name in the report (default: the namespace's name).
     #[serde(default)]
     pub node: Option<String>,
-    /// Checkpoint families: `all` or some of `tc,dev,nf,trace` (default all).
+    /// Checkpoint families: `default`, `all` or some of `tc,dev,nf,trace` (default: tc,nf,trace).
     #[serde(default)]
     pub hooks: Option<String>,
+    /// Attach for this share of every period only (1..=100; default 100: always).
+    #[serde(default)]
+    pub duty_percent: Option<u32>,
+    /// The duty cycle's period in ms (default 1000).
+    #[serde(default)]
+    pub duty_period_ms: Option<u64>,
 }
 
 /// A validated start request.
@@ -118,12 +124,16 @@ impl StartRequest {
                 return Err("node: give a non-empty name without control characters".into());
             }
         }
+        let period = self.duty_period_ms.map_or(crate::agent::duty::DEFAULT_PERIOD, std::time::Duration::from_millis);
+        let duty = crate::agent::duty::Duty::from_percent(self.duty_percent.unwrap_or(100), period)
+            .map_err(|e| format!("duty_percent/duty_period_ms: {e}"))?;
         let own_netns = self.netns.is_none();
         let options = AgentOptions {
             pod_netns: self.pod_netns,
             uplink: self.uplink,
             node: self.node,
             hooks,
+            duty,
             ..AgentOptions::new(self.netns.unwrap_or_default(), endpoints)
         };
         Ok(StartPlan { options, duration, own_netns })
@@ -139,7 +149,7 @@ mod tests {
         let plan = parse_start(
             br#"{"netns": "netprof-lab-node2", "pod_netns": ["netprof-lab-pod2"],
                  "endpoints": ["198.19.1.2", " 198.19.2.2"], "uplink": null, "duration_s": 1.5,
-                 "node": "worker2", "hooks": "tc,nf"}"#,
+                 "node": "worker2", "hooks": "tc,nf", "duty_percent": 10}"#,
         )
         .unwrap();
         let o = &plan.options;
@@ -148,6 +158,7 @@ mod tests {
         assert_eq!(o.endpoints, vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]);
         assert_eq!((o.uplink.as_deref(), o.node.as_deref()), (None, Some("worker2")));
         assert!(o.hooks.tc && o.hooks.netfilter && !o.hooks.dev && !o.hooks.tracepoints);
+        assert_eq!(o.duty.map(|d| d.on), Some(Duration::from_millis(100)));
         assert_eq!(plan.duration, Some(Duration::from_millis(1500)));
         assert!(!plan.own_netns);
         let minimal = parse_start(br#"{"netns":"n","endpoints":["198.18.0.1"]}"#).unwrap();
@@ -191,6 +202,8 @@ mod tests {
             (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":1e9}"#, "duration_s:"),
             (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":"5"}"#, "invalid type"),
             (r#"{"netns":"n","endpoints":["198.18.0.1"],"hooks":"tc,xdp"}"#, "hooks: unknown hook family 'xdp'"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":0}"#, "duty_percent/duty_period_ms: duty 0%"),
+            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":10,"duty_period_ms":50}"#, "at least 500 ms"),
             (r#"{"netns":"n","endpoints":["198.18.0.1"],"node":""}"#, "node:"),
         ];
         for (body, expected) in cases {

@@ -96,7 +96,7 @@ pub async fn run(
     cfg: &BenchConfig,
     names: &LabNames,
     out_dir: &Path,
-    profile: bool,
+    profile: Option<&profile::AgentTuning>,
     validate: Option<&validate::ValidatePlan>,
 ) -> Result<Vec<ModeResult>, BenchError> {
     cfg.validate()?;
@@ -139,7 +139,7 @@ async fn run_mode(
     cfg: &BenchConfig,
     names: &LabNames,
     out_dir: &Path,
-    profile: bool,
+    profile: Option<&profile::AgentTuning>,
 ) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
     let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -149,9 +149,9 @@ async fn run_mode(
     let lab = lab::up(names, LabSpec { mode, services }).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
     let environment = environment(&lab)?;
-    let profiler = if profile {
+    let profiler = if let Some(tuning) = profile {
         let t = progress.step("attaching one agent per node");
-        let profiler = profile::Profiler::start(&lab, out_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+        let profiler = profile::Profiler::start_with(&lab, out_dir, tuning).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
         progress.done(t, "attached");
         Some(profiler)
     } else {

@@ -1,6 +1,7 @@
 //! The profiler's own cost, measured side by side: on one lab, ab and iperf3 on the pod path run
-//! alternately without and with the agents attached, several rounds, so drift of the machine
-//! hits both sides alike. The ratios of the medians are the overhead.
+//! without the agents and with each agent setting to compare (e.g. always attached, and
+//! duty-cycled), one after the other in every round, the order rotating each round so drift of
+//! the machine hits every setting alike. The ratios of the medians to "off" are the overhead.
 
 use std::path::PathBuf;
 
@@ -8,28 +9,38 @@ use super::config::BenchConfig;
 use super::{servers, tools, BenchError};
 use crate::lab::{Lab, Mode};
 
+/// The variant without agents.
+pub const OFF: &str = "off";
+
 /// One measurement of the pod path.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub round: u32,
-    pub with_agent: bool,
+    /// `off`, or the agents' setting (e.g. `duty 100%`).
+    pub variant: String,
     pub qps: f64,
     pub ab_mean_ms: f64,
     pub iperf3_gbit_s: f64,
 }
 
-/// The outcome: every sample, the medians and their ratios (with / without).
+/// One variant's medians and their ratios to `off`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VariantSummary {
+    pub variant: String,
+    pub qps: f64,
+    pub iperf3_gbit_s: f64,
+    pub qps_ratio: f64,
+    pub iperf3_ratio: f64,
+}
+
+/// The outcome: every sample, and each variant's medians and ratios.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OverheadResult {
     pub mode: Mode,
     pub rounds: u32,
     pub samples: Vec<Sample>,
-    pub qps_without: f64,
-    pub qps_with: f64,
-    pub qps_ratio: f64,
-    pub iperf3_without_gbit_s: f64,
-    pub iperf3_with_gbit_s: f64,
-    pub iperf3_ratio: f64,
+    /// `off` first, then the agent settings in the order given.
+    pub variants: Vec<VariantSummary>,
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -47,56 +58,59 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 impl OverheadResult {
     pub fn from_samples(mode: Mode, rounds: u32, samples: Vec<Sample>) -> Self {
-        let pick = |with: bool, f: fn(&Sample) -> f64| {
-            let mut v: Vec<f64> = samples.iter().filter(|s| s.with_agent == with).map(f).collect();
+        let mut names: Vec<String> = vec![OFF.to_owned()];
+        for s in &samples {
+            if !names.contains(&s.variant) {
+                names.push(s.variant.clone());
+            }
+        }
+        let pick = |variant: &str, f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().filter(|s| s.variant == variant).map(f).collect();
             median(&mut v)
         };
-        let (qps_without, qps_with) = (pick(false, |s| s.qps), pick(true, |s| s.qps));
-        let (bw_without, bw_with) = (pick(false, |s| s.iperf3_gbit_s), pick(true, |s| s.iperf3_gbit_s));
-        Self {
-            mode,
-            rounds,
-            qps_ratio: qps_with / qps_without,
-            iperf3_ratio: bw_with / bw_without,
-            qps_without,
-            qps_with,
-            iperf3_without_gbit_s: bw_without,
-            iperf3_with_gbit_s: bw_with,
-            samples,
-        }
+        let (qps_off, bw_off) = (pick(OFF, |s| s.qps), pick(OFF, |s| s.iperf3_gbit_s));
+        let variants = names
+            .iter()
+            .map(|name| {
+                let (qps, bw) = (pick(name, |s| s.qps), pick(name, |s| s.iperf3_gbit_s));
+                VariantSummary { variant: name.clone(), qps, iperf3_gbit_s: bw, qps_ratio: qps / qps_off, iperf3_ratio: bw / bw_off }
+            })
+            .collect();
+        Self { mode, rounds, samples, variants }
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!("overhead on {} (pod path), {} rounds alternating:\n", self.mode, self.rounds);
-        out.push_str("round  agent  nginx QPS  ab mean ms  iperf3 Gbit/s\n");
+        let mut out = format!("overhead on {} (pod path), {} rounds, settings in rotating order:\n", self.mode, self.rounds);
+        out.push_str("round  agents      nginx QPS  ab mean ms  iperf3 Gbit/s\n");
         for s in &self.samples {
             out.push_str(&format!(
-                "{:<5}  {:<5}  {:>9.0}  {:>10.3}  {:>13.2}\n",
-                s.round,
-                if s.with_agent { "on" } else { "off" },
-                s.qps,
-                s.ab_mean_ms,
-                s.iperf3_gbit_s
+                "{:<5}  {:<10}  {:>9.0}  {:>10.3}  {:>13.2}\n",
+                s.round, s.variant, s.qps, s.ab_mean_ms, s.iperf3_gbit_s
             ));
         }
-        out.push_str(&format!(
-            "median QPS: {:.0} without, {:.0} with -> {:.3}x\nmedian iperf3: {:.2} without, {:.2} with Gbit/s -> {:.3}x\n",
-            self.qps_without, self.qps_with, self.qps_ratio, self.iperf3_without_gbit_s, self.iperf3_with_gbit_s, self.iperf3_ratio
-        ));
+        out.push_str("medians:\nagents      nginx QPS  ratio   iperf3 Gbit/s  ratio\n");
+        for v in &self.variants {
+            out.push_str(&format!(
+                "{:<10}  {:>9.0}  {:>5.3}x  {:>13.2}  {:>5.3}x\n",
+                v.variant, v.qps, v.qps_ratio, v.iperf3_gbit_s, v.iperf3_ratio
+            ));
+        }
         out
     }
 }
 
-/// Runs the alternation on a built lab. `attach` starts the agents and returns what `detach`
-/// takes back after the round's runs (to read the agents' own statistics, then drop them);
-/// the order flips every round (off,on / on,off) to cancel drift.
+/// Runs the rounds on a built lab. `variants` names the agent settings; `attach(i)` starts
+/// the agents of setting `i` and returns what `detach` takes back after that run (to read the
+/// agents' own statistics, then drop them). Each round runs `off` and every setting once, the
+/// order rotated by one each round.
 pub async fn run<G, E>(
     lab: &Lab,
     cfg: &BenchConfig,
     rounds: u32,
     work_dir: PathBuf,
-    mut attach: impl FnMut() -> Result<G, E>,
-    mut detach: impl FnMut(G),
+    variants: &[String],
+    mut attach: impl FnMut(usize) -> Result<G, E>,
+    mut detach: impl FnMut(usize, G),
 ) -> Result<Vec<Sample>, BenchError>
 where
     E: Into<BenchError>,
@@ -107,28 +121,33 @@ where
     let _nginx = servers::start_nginx(&path.server_netns, &work_dir).map_err(server_err("nginx"))?;
     let _iperf3 = servers::start_iperf3(&path.server_netns).map_err(server_err("iperf3 server"))?;
     let tool_err = |step: &'static str| move |source| BenchError::Tool { mode, step: step.to_owned(), source };
+    // None: off; Some(i): variants[i].
+    let all: Vec<Option<usize>> = std::iter::once(None).chain((0..variants.len()).map(Some)).collect();
     let mut samples = Vec::new();
     for round in 1..=rounds {
-        let order = if round % 2 == 1 { [false, true] } else { [true, false] };
-        for with_agent in order {
-            let guard = if with_agent { Some(attach().map_err(Into::into)?) } else { None };
+        let mut order = all.clone();
+        order.rotate_left((round as usize - 1) % all.len());
+        for which in order {
+            let guard = match which {
+                Some(i) => Some((i, attach(i).map_err(Into::into)?)),
+                None => None,
+            };
             let ab = tools::ab(&path.http_client_netns, path.http_target, cfg).await.map_err(tool_err("overhead: ab"))?;
             let iperf3 = tools::iperf3(&path.client_netns, path.server_ip, cfg).await.map_err(tool_err("overhead: iperf3"))?;
-            if let Some(guard) = guard {
-                detach(guard);
+            if let Some((i, guard)) = guard {
+                detach(i, guard);
             }
+            let variant = which.map_or(OFF.to_owned(), |i| variants[i].clone());
             let sample = Sample {
                 round,
-                with_agent,
+                variant,
                 qps: ab.requests_per_second,
                 ab_mean_ms: ab.mean_time_per_request_ms,
                 iperf3_gbit_s: iperf3.receiver_bps / 1e9,
             };
             eprintln!(
-                "[overhead] round {round}/{rounds} agent {:<3} {:.0} req/s, {:.2} Gbit/s",
-                if with_agent { "on" } else { "off" },
-                sample.qps,
-                sample.iperf3_gbit_s
+                "[overhead] round {round}/{rounds} agents {:<10} {:.0} req/s, {:.2} Gbit/s",
+                sample.variant, sample.qps, sample.iperf3_gbit_s
             );
             samples.push(sample);
         }
@@ -148,14 +167,25 @@ mod tests {
     }
 
     #[test]
-    fn ratios_compare_medians_of_each_side() {
-        let s = |round, with_agent, qps, bw| Sample { round, with_agent, qps, ab_mean_ms: 1.0, iperf3_gbit_s: bw };
+    fn ratios_compare_medians_of_each_variant_with_off() {
+        let s = |round, variant: &str, qps, bw| Sample { round, variant: variant.into(), qps, ab_mean_ms: 1.0, iperf3_gbit_s: bw };
         let result = OverheadResult::from_samples(
             Mode::FlannelVxlan,
             2,
-            vec![s(1, false, 100.0, 10.0), s(1, true, 98.0, 9.0), s(2, true, 96.0, 9.5), s(2, false, 100.0, 10.0)],
+            vec![
+                s(1, "duty 100%", 98.0, 9.0),
+                s(1, OFF, 100.0, 10.0),
+                s(1, "duty 10%", 99.0, 10.0),
+                s(2, OFF, 100.0, 10.0),
+                s(2, "duty 10%", 101.0, 9.8),
+                s(2, "duty 100%", 96.0, 9.5),
+            ],
         );
-        assert_eq!(result.qps_ratio, 0.97);
-        assert_eq!(result.iperf3_ratio, 0.925);
+        let names: Vec<&str> = result.variants.iter().map(|v| v.variant.as_str()).collect();
+        assert_eq!(names, [OFF, "duty 100%", "duty 10%"]);
+        assert_eq!((result.variants[0].qps_ratio, result.variants[0].iperf3_ratio), (1.0, 1.0));
+        assert_eq!((result.variants[1].qps_ratio, result.variants[1].iperf3_ratio), (0.97, 0.925));
+        assert_eq!((result.variants[2].qps_ratio, result.variants[2].iperf3_ratio), (1.0, 0.99));
+        assert!(result.render().contains("duty 10%"));
     }
 }

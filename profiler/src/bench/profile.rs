@@ -63,11 +63,12 @@ pub struct AgentTuning {
     pub hooks: crate::agent::HookFamilies,
     pub stats: bool,
     pub sample: u32,
+    pub duty: Option<crate::agent::duty::Duty>,
 }
 
 impl Default for AgentTuning {
     fn default() -> Self {
-        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1 }
+        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1, duty: None }
     }
 }
 
@@ -82,6 +83,7 @@ pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, A
             options.hooks = tuning.hooks;
             options.stats = tuning.stats;
             options.sample = tuning.sample;
+            options.duty = tuning.duty;
             if lab.mode().has_pods() {
                 options.pod_netns = vec![lab.names.pod(node)];
             }
@@ -102,10 +104,15 @@ pub struct Profiler {
 impl Profiler {
     /// Starts the agents; reports go to `<out>/profile/<mode>/`.
     pub fn start(lab: &Lab, out_dir: &Path) -> Result<Self, ProfileError> {
+        Self::start_with(lab, out_dir, &AgentTuning::default())
+    }
+
+    /// [`start`](Self::start) with the agents tuned (duty cycle, sampling, ...).
+    pub fn start_with(lab: &Lab, out_dir: &Path, tuning: &AgentTuning) -> Result<Self, ProfileError> {
         let relative = PathBuf::from("profile").join(lab.mode().name());
         let dir = out_dir.join(&relative);
         fs::create_dir_all(&dir).map_err(|source| ProfileError::Write { path: dir.clone(), source })?;
-        Ok(Self { agents: start_agents(lab)?, dir, relative })
+        Ok(Self { agents: start_agents_with(lab, tuning)?, dir, relative })
     }
 
     /// Clears the agents' histograms and counters before a step.

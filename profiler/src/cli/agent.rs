@@ -41,6 +41,8 @@ pub struct AgentArgs {
     /// counts); larger values make the agent cheaper under load.
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
+    #[command(flatten)]
+    pub duty: super::duty_args::DutyArgs,
     /// Where to write the JSON document.
     #[arg(long, required_unless_present = "serve")]
     pub out: Option<PathBuf>,
@@ -89,6 +91,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         uplink: args.uplink.clone(),
         node: args.node.clone(),
         sample: args.sample,
+        duty: args.duty.duty()?,
         ..AgentOptions::new(netns.clone(), args.endpoints.clone())
     };
     let agent = match Agent::start(&options) {

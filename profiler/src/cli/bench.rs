@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// beside the results (<out>/profile/<mode>/<path>-<tool>-<node>.json).
     #[arg(long)]
     pub profile: bool,
+    /// With --profile: duty-cycle the agents (see `netprof agent --help`). The --validate runs
+    /// always keep them attached.
+    #[command(flatten)]
+    pub duty: super::duty_args::DutyArgs,
     /// After the modes, run the counterfactual checks of the attribution on one mode (agents
     /// attached): conntrack off (NOTRACK), no kube-proxy rules, and a sweep of extra Services;
     /// writes <out>/validate.json for `netprof report`.
@@ -72,6 +76,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         services: args.services,
     };
     cfg.validate()?;
+    let duty = args.duty.duty()?;
+    anyhow::ensure!(args.profile || duty.is_none(), "--duty needs --profile (it duty-cycles the agents)");
+    let tuning = args.profile.then_some(bench::profile::AgentTuning { duty, ..Default::default() });
     let plan = if args.validate {
         if !args.validate_mode.has_kube_proxy() {
             anyhow::bail!(
@@ -102,7 +109,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = bench::run(&modes, &cfg, &names, &args.out, args.profile, plan.as_ref()) => result.map(Some),
+            result = bench::run(&modes, &cfg, &names, &args.out, tuning.as_ref(), plan.as_ref()) => result.map(Some),
             signal = shutdown_signal() => {
                 eprintln!("\nnetprof: {signal}: stopping the tools and removing the lab");
                 Ok(None)

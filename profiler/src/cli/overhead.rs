@@ -18,7 +18,7 @@ pub struct OverheadArgs {
     /// The mode to measure on (the reference is flannel-vxlan, the busiest datapath).
     #[arg(long, default_value = "flannel-vxlan")]
     pub mode: Mode,
-    /// Rounds; each runs ab and iperf3 once without and once with the agents.
+    /// Rounds; each runs ab and iperf3 once without the agents and once with each --duty.
     #[arg(long, default_value_t = 4)]
     pub rounds: u32,
     #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
@@ -29,9 +29,9 @@ pub struct OverheadArgs {
     pub iperf3_seconds: u32,
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
-    /// Checkpoint families the agents attach: all, or some of tc,dev,nf,trace (to see which
-    /// family costs what).
-    #[arg(long, default_value = "all")]
+    /// Checkpoint families the agents attach: default (tc,nf,trace, what `bench --profile`
+    /// attaches), all, or some of tc,dev,nf,trace (to see which family costs what).
+    #[arg(long, default_value = "default")]
     pub hooks: crate::agent::HookFamilies,
     /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost).
     #[arg(long)]
@@ -39,6 +39,12 @@ pub struct OverheadArgs {
     /// The agents follow 1 in N benchmark packets (power of two; 1 = every packet).
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
+    /// Agent settings to compare with "off", side by side in every round: attached for this
+    /// percentage of every --duty-period-ms (100: always; comma-separated, e.g. 100,10).
+    #[arg(long, default_value = "100", value_delimiter = ',', value_name = "PERCENT")]
+    pub duty: Vec<u32>,
+    #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
+    pub duty_period_ms: u64,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -49,7 +55,15 @@ pub struct OverheadArgs {
 struct OverheadReport {
     #[serde(flatten)]
     result: OverheadResult,
+    /// Per agent setting (as in `variants` after `off`): its last run's programs.
+    programs: Vec<SettingPrograms>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct SettingPrograms {
+    variant: String,
     programs: Vec<ProgramStats>,
+    /// Median over the programs that ran (NaN without bpf_stats).
     median_ns_per_run: f64,
 }
 
@@ -62,13 +76,24 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         ..BenchConfig::default()
     };
     cfg.validate()?;
+    let period = std::time::Duration::from_millis(args.duty_period_ms);
+    let mut duties = Vec::new();
+    for &percent in &args.duty {
+        duties.push(crate::agent::duty::Duty::from_percent(percent, period).map_err(|e| anyhow::anyhow!("--{e}"))?);
+    }
+    let variants: Vec<String> = args.duty.iter().map(|p| format!("duty {p}%")).collect();
+    anyhow::ensure!(
+        variants.iter().enumerate().all(|(i, v)| !variants[..i].contains(v)),
+        "--duty lists a setting twice"
+    );
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     lab::require_root()?;
     let _lock = LabLock::acquire(&args.lab)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let built = lab::up(&names, LabSpec { mode: args.mode, services: 0 })?;
     let work_dir = PathBuf::from("/run/netprof/labs").join(&args.lab).join("overhead-nginx");
-    let mut programs: Vec<ProgramStats> = Vec::new();
+    // Per setting, the programs' run time of its last run (node 1's agent).
+    let mut programs: Vec<Vec<ProgramStats>> = vec![Vec::new(); variants.len()];
     let outcome = runtime.block_on(async {
         tokio::select! {
             result = overhead::run(
@@ -76,12 +101,15 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 &cfg,
                 args.rounds,
                 work_dir,
-                || profile::start_agents_with(&built, &profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample }).map_err(|source| BenchError::Profile { mode: args.mode, source }),
-                |agents| {
-                    // Keep the programs' run time of the last attached round (node 1's agent).
+                &variants,
+                |i| {
+                    let tuning = profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample, duty: duties[i] };
+                    profile::start_agents_with(&built, &tuning).map_err(|source| BenchError::Profile { mode: args.mode, source })
+                },
+                |i, agents| {
                     if let Some((_, agent)) = agents.first() {
                         if let Ok(report) = agent.snapshot() {
-                            programs = report.programs;
+                            programs[i] = report.programs;
                         }
                     }
                 },
@@ -96,17 +124,26 @@ pub fn run(args: OverheadArgs) -> Result<()> {
     let samples = outcome?.context("interrupted; the lab was removed")?;
     teardown?;
     let result = OverheadResult::from_samples(args.mode, args.rounds, samples);
-    let mut per_run: Vec<f64> = programs.iter().filter(|p| p.run_count > 0).map(|p| p.ns_per_run).collect();
-    let report = OverheadReport { median_ns_per_run: median(&mut per_run), result, programs };
+    let programs: Vec<SettingPrograms> = variants
+        .iter()
+        .zip(programs)
+        .map(|(variant, programs)| {
+            let mut per_run: Vec<f64> = programs.iter().filter(|p| p.run_count > 0).map(|p| p.ns_per_run).collect();
+            SettingPrograms { variant: variant.clone(), median_ns_per_run: median(&mut per_run), programs }
+        })
+        .collect();
+    let report = OverheadReport { result, programs };
     println!("{}", report.result.render());
-    println!("program run time (bpf_stats, node 1, last round with agents):");
-    for p in &report.programs {
-        println!("  {:<16} {:>10} runs  {:>7.0} ns/run", p.name, p.run_count, p.ns_per_run);
-    }
-    if report.median_ns_per_run.is_nan() {
-        println!("  not measured (bpf_stats off)");
-    } else {
-        println!("  median over programs: {:.0} ns/run", report.median_ns_per_run);
+    for setting in &report.programs {
+        println!("program run time with agents {} (bpf_stats, node 1, last run):", setting.variant);
+        for p in &setting.programs {
+            println!("  {:<16} {:>10} runs  {:>7.0} ns/run", p.name, p.run_count, p.ns_per_run);
+        }
+        if setting.median_ns_per_run.is_nan() {
+            println!("  not measured (bpf_stats off)");
+        } else {
+            println!("  median over programs: {:.0} ns/run", setting.median_ns_per_run);
+        }
     }
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;

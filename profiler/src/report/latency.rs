@@ -130,7 +130,7 @@ pub enum Statistic {
 /// A step's time per event (RTT or request) by the agent's stage, in ns (unrounded).
 pub fn per_event_by_stage(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeMap<Stage, f64> {
     let mut out = BTreeMap::new();
-    let events = events.max(1) as f64;
+    let events = step.covered(events);
     for seg in step.of_kind(SegmentKind::Path) {
         let value = match statistic {
             Statistic::Median => seg.hist.summary().p50_ns as f64,
@@ -260,13 +260,13 @@ impl Side<'_> {
             .hits_by_kind
             .iter()
             .filter(|(kind, _)| kind.as_str() != "consumed")
-            .map(|(kind, hits)| *hits as f64 / self.replies.max(1) as f64 * self.probe_ns.get(kind).copied().unwrap_or(0.0))
+            .map(|(kind, hits)| *hits as f64 / self.step.covered(self.replies) * self.probe_ns.get(kind).copied().unwrap_or(0.0))
             .sum()
     }
 
     fn reuse_per_rtt(&self) -> f64 {
         let passes: u64 = self.step.of_kind(SegmentKind::Reuse).map(|s| s.hist.count).sum();
-        passes as f64 / self.replies.max(1) as f64
+        passes as f64 / self.step.covered(self.replies)
     }
 }
 
@@ -447,6 +447,7 @@ mod tests {
                 drops: vec![],
                 not_measured: vec![],
                 programs: vec![],
+                duty: None,
             }
         };
         let probes: BTreeMap<String, f64> = [("dev-rx".to_owned(), 250.0)].into_iter().collect();

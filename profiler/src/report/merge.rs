@@ -227,9 +227,18 @@ pub struct MergedStep {
     /// Tracked packets seen per checkpoint kind, summed over nodes (probe runs).
     pub hits_by_kind: BTreeMap<String, u64>,
     pub nodes: Vec<String>,
+    /// Duty-cycled agents: the mean share of the step they were attached (their counts cover
+    /// only that share). `None`: attached throughout.
+    pub coverage: Option<f64>,
 }
 
 impl MergedStep {
+    /// `events` (pings, requests) of the whole step, as many as the counts cover: per-event
+    /// figures divide counts by this.
+    pub fn covered(&self, events: u64) -> f64 {
+        events.max(1) as f64 * self.coverage.unwrap_or(1.0)
+    }
+
     pub fn of_kind(&self, kind: SegmentKind) -> impl Iterator<Item = &MergedSegment> {
         self.segments.iter().filter(move |s| s.kind == kind)
     }
@@ -255,8 +264,12 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
     let mut segments: BTreeMap<(String, String, Stage, SegmentKind), MergedSegment> = BTreeMap::new();
     let mut drops: BTreeMap<(String, String), MergedDrop> = BTreeMap::new();
     let mut max_retransmits = 0;
+    let mut fractions = Vec::new();
     for report in reports {
         step.nodes.push(report.node.clone());
+        if report.duty.is_some() {
+            fractions.push(report.attached_fraction());
+        }
         let cps: BTreeMap<u16, &CheckpointReport> = report.checkpoints.iter().map(|c| (c.id, c)).collect();
         for cp in &report.checkpoints {
             *step.hits_by_kind.entry(cp.kind.clone()).or_default() += cp.hits;
@@ -305,6 +318,11 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
         }
     }
     step.counters.retransmits = max_retransmits;
+    if !fractions.is_empty() {
+        // Nodes without duty cycling count everything (1.0).
+        let all = step.nodes.len().max(fractions.len()) as f64;
+        step.coverage = Some((fractions.iter().sum::<f64>() + (all - fractions.len() as f64)) / all);
+    }
     step.segments = segments.into_values().collect();
     step.drops = drops.into_values().collect();
     step
@@ -409,7 +427,26 @@ mod tests {
             drops: vec![],
             not_measured: vec![],
             programs: vec![],
+            duty: None,
         }
+    }
+
+    #[test]
+    fn duty_cycled_nodes_cover_part_of_the_step() {
+        let full = merge_step([&report("n1", vec![]), &report("n2", vec![])]);
+        assert_eq!(full.coverage, None);
+        assert_eq!(full.covered(200), 200.0);
+        let mut a = report("n1", vec![]);
+        let mut b = report("n2", vec![]);
+        let duty = |attached_s| crate::agent::report::DutyReport { percent: 10.0, period_ms: 1000, windows: 2, attached_s };
+        a.duty = Some(duty(0.1));
+        b.duty = Some(duty(0.3));
+        let step = merge_step([&a, &b]);
+        assert!((step.coverage.unwrap() - 0.2).abs() < 1e-9, "{:?}", step.coverage);
+        assert!((step.covered(200) - 40.0).abs() < 1e-9);
+        // One node attached throughout counts as 1.0.
+        let step = merge_step([&a, &report("n2", vec![])]);
+        assert!((step.coverage.unwrap() - 0.55).abs() < 1e-9, "{:?}", step.coverage);
     }
 
     fn segment(buckets: Vec<[u64; 2]>, mean_ns: f64, p50_ns: u64, p99_ns: u64) -> SegmentReport {

@@ -34,14 +34,16 @@ pub struct NodeOverhead {
     pub cpu_pct: f64,
     /// Mean load + attach time, ms.
     pub attach_ms: f64,
+    /// Share of the steps the programs were attached (below 100 with `--duty`), %.
+    pub attached_pct: f64,
 }
 
 /// The checkpoint kind a program serves (`None` for drop/retransmit tracing).
 pub fn program_kind(name: &str) -> Option<&'static str> {
     match name {
         "cp_dev_rx" => Some("dev-rx"),
-        "cp_tc_ingress" => Some("tc-ingress"),
-        "cp_tc_egress" => Some("tc-egress"),
+        "cp_tc_ingress" | "cp_tc_pod_in" => Some("tc-ingress"),
+        "cp_tc_egress" | "cp_tc_pod_eg" => Some("tc-egress"),
         "cp_dev_tx" => Some("dev-tx"),
         "cp_consume_skb" => Some("consumed"),
         n if n.starts_with("nf_") => Some("netfilter"),
@@ -61,6 +63,7 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
     let programs = last_programs(mode, node)?;
     let reports: Vec<_> = mode.profiles.iter().filter(|p| p.file.node == node).collect();
     let covered_s: f64 = reports.iter().map(|p| p.report.elapsed_s).sum();
+    let attached_s: f64 = reports.iter().map(|p| p.report.elapsed_s * p.report.attached_fraction()).sum();
     let attach_ms = reports.iter().map(|p| p.report.attach_ms).sum::<f64>() / reports.len().max(1) as f64;
     let run_count: u64 = programs.iter().map(|p| p.run_count).sum();
     let run_time_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
@@ -77,6 +80,7 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
         covered_s,
         cpu_pct: if covered_s > 0.0 { run_time_ns as f64 / (covered_s * 1e9 * cpus.max(1) as f64) * 100.0 } else { 0.0 },
         attach_ms,
+        attached_pct: if covered_s > 0.0 { attached_s / covered_s * 100.0 } else { 100.0 },
     })
 }
 

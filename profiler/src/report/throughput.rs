@@ -49,7 +49,7 @@ pub struct AbSide<'a> {
 }
 
 fn packets_per_request(side: &AbSide) -> f64 {
-    side.step.counters.admitted as f64 / 2.0 / side.requests.max(1) as f64
+    side.step.counters.admitted as f64 / 2.0 / side.step.covered(side.requests)
 }
 
 pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &AbSide) -> ThroughputAttribution {
@@ -86,6 +86,6 @@ pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &A
         prediction_error_pct: if pod.qps > 0.0 { (predicted_qps - pod.qps) / pod.qps * 100.0 } else { 0.0 },
         packets_per_request: packets_per_request(pod),
         baseline_packets_per_request: packets_per_request(base),
-        reuse_passes_per_request: reuse as f64 / pod.requests.max(1) as f64,
+        reuse_passes_per_request: reuse as f64 / pod.step.covered(pod.requests),
     }
 }

@@ -195,7 +195,7 @@ fn work_above_floor(step: &MergedStep, events: u64, removes: &[Stage]) -> Vec<(S
         let (sum, n) = hook.and_then(|h| floors.get(h)).copied().unwrap_or(all);
         if n > 0 { sum / n as f64 } else { 0.0 }
     };
-    let events = events.max(1) as f64;
+    let events = step.covered(events);
     removes
         .iter()
         .map(|stage| {
