@@ -346,6 +346,10 @@ fn run(mode: Mode, hooks: HookFamilies) {
             .find(|p| p.name == "cp_tc_egress")
             .unwrap();
         assert!(tc.run_count > 0 && tc.run_time_ns > 0, "{tc:?}");
+        // Journeys end in the tp_btf programs (the classic tracepoints are the fallback).
+        let consume = report.programs.iter().find(|p| p.name == "cp_consume_btf");
+        assert!(consume.is_some_and(|p| p.run_count > 0), "{:?}", report.programs);
+        assert!(!report.programs.iter().any(|p| p.name == "cp_consume_skb"), "classic fallback loaded");
     }
 
     // The server node delivers the requests to its stack (`consumed`). The client's replies

@@ -38,7 +38,7 @@ use profiler_common::datapath::{
     COUNTER_SEGMENT_FULL, CP_CONSUMED, CP_NONE, DEVICE_CP_BASE, MAP_CONFIG, MAP_COUNTERS,
     MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS,
     MAX_CHECKPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
@@ -91,7 +91,7 @@ fn kernel_config(node_netns_inum: u32) -> Result<Config> {
     })
 }
 
-/// Loads the aya object's nine checkpoint programs (not attached); returns (name, id).
+/// Loads the aya object's eleven checkpoint programs (not attached); returns (name, id).
 fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     let btf = Btf::from_sys_fs().context("kernel BTF")?;
     let mut ids = Vec::new();
@@ -100,7 +100,12 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
         program.load().with_context(|| format!("loading {name}"))?;
         ids.push((name, program.info()?.id()));
     }
-    for (name, tp) in [(PROG_DEV_RX, TP_DEV_RX), (PROG_DEV_TX, TP_DEV_TX)] {
+    for (name, tp) in [
+        (PROG_DEV_RX, TP_DEV_RX),
+        (PROG_DEV_TX, TP_DEV_TX),
+        (PROG_KFREE_SKB_BTF, "kfree_skb"),
+        (PROG_CONSUME_SKB_BTF, "consume_skb"),
+    ] {
         let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
         program
             .load(tp, &btf)

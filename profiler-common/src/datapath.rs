@@ -21,7 +21,7 @@ pub const MAP_ENDPOINTS: &str = "NP_ENDPOINTS";
 /// `Hash<DeviceKey, DeviceCheckpoints>`: the devices this agent watches and their checkpoint
 /// ids. Devices not in this map are ignored by the tp_btf programs (which see every namespace).
 pub const MAP_DEVICES: &str = "NP_DEVICES";
-/// `LruHash<u64, Journey>`: per-packet state keyed by the `struct sk_buff` address.
+/// `LruHash<u64, Journey>` (per-CPU LRU lists): per-packet state keyed by the `struct sk_buff` address.
 pub const MAP_JOURNEYS: &str = "NP_JOURNEYS";
 /// `PerCpuHash<SegmentKey, Histogram>`: one latency histogram per segment.
 pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
@@ -346,9 +346,14 @@ pub const TP_DEV_TX: &str = "net_dev_start_xmit";
 /// Classic tracepoints `skb:kfree_skb`, `skb:consume_skb`, `tcp:tcp_retransmit_skb`.
 pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
 pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
+/// The same two as tp_btf (raw arguments: no perf record is built per event, which made the
+/// classic ones the costliest programs, ~400 ns/run, on every skb the kernel frees). Preferred;
+/// the classic ones are the fallback where these do not load.
+pub const PROG_KFREE_SKB_BTF: &str = "cp_kfree_btf";
+pub const PROG_CONSUME_SKB_BTF: &str = "cp_consume_btf";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 9] = [
+pub const AYA_PROGRAMS: [&str; 11] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_POD_INGRESS,
@@ -357,6 +362,8 @@ pub const AYA_PROGRAMS: [&str; 9] = [
     PROG_DEV_TX,
     PROG_KFREE_SKB,
     PROG_CONSUME_SKB,
+    PROG_KFREE_SKB_BTF,
+    PROG_CONSUME_SKB_BTF,
     PROG_TCP_RETRANSMIT,
 ];
 /// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint

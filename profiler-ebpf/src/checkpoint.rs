@@ -19,7 +19,7 @@
 //! Untracked packets at a checkpoint that does not admit cost one hash lookup.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -43,8 +43,11 @@ pub static NP_ENDPOINTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPO
 #[map]
 pub static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
     HashMap::with_max_entries(MAX_DEVICES, 0);
+/// Per-CPU LRU lists: admitting a packet does not take the map-wide LRU lock (measured on the
+/// pods' tc egress, where packets are admitted: 676 -> 468 ns/run).
 #[map]
-pub static NP_JOURNEYS: LruHashMap<u64, Journey> = LruHashMap::with_max_entries(MAX_JOURNEYS, 0);
+pub static NP_JOURNEYS: LruHashMap<u64, Journey> =
+    LruHashMap::with_max_entries(MAX_JOURNEYS, BPF_F_NO_COMMON_LRU);
 #[map]
 pub static NP_SEGMENTS: PerCpuHashMap<SegmentKey, Histogram> =
     PerCpuHashMap::with_max_entries(MAX_SEGMENTS, 0);

@@ -10,8 +10,9 @@
 //! - `cp_dev_rx` / `cp_dev_tx`: tp_btf on `netif_receive_skb` / `net_dev_start_xmit`, every
 //!   device of every namespace; devices missing from `NP_DEVICES` are skipped after one lookup.
 //!   Off unless asked for (`--hooks all`): on watched devices they sit beside the tc hooks.
-//! - `cp_kfree_skb` / `cp_consume_skb`: end a tracked packet's journey (drop, by reason; or
-//!   completion, recording the segment to `CP_CONSUMED`); a stale journey ends as abandoned.
+//! - `cp_kfree_btf` / `cp_consume_btf` (tp_btf), or where those do not load `cp_kfree_skb` /
+//!   `cp_consume_skb` (classic tracepoints): end a tracked packet's journey (drop, by reason;
+//!   or completion, recording the segment to `CP_CONSUMED`); a stale journey ends as abandoned.
 //! - `cp_tcp_retrans`: counts TCP retransmissions between benchmark endpoints.
 //!
 //! Kernel struct and tracepoint field offsets come from `NP_CONFIG` (user space reads them from
@@ -28,7 +29,7 @@ use profiler_common::{
     datapath::{
         Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
         COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
-        CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+        CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
         PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, MAP_DEV_CACHE, MAX_DEV_CACHE,
     },
     names_match,
@@ -47,6 +48,8 @@ const _: () = assert!(names_match(stringify!(cp_dev_rx), PROG_DEV_RX));
 const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
 const _: () = assert!(names_match(stringify!(cp_kfree_skb), PROG_KFREE_SKB));
 const _: () = assert!(names_match(stringify!(cp_consume_skb), PROG_CONSUME_SKB));
+const _: () = assert!(names_match(stringify!(cp_kfree_btf), PROG_KFREE_SKB_BTF));
+const _: () = assert!(names_match(stringify!(cp_consume_btf), PROG_CONSUME_SKB_BTF));
 const _: () = assert!(names_match(stringify!(cp_tcp_retrans), PROG_TCP_RETRANSMIT));
 
 /// tc verdict: no opinion, run the next program (see `uplink_counter.rs`).
@@ -280,17 +283,35 @@ pub fn cp_kfree_skb(ctx: TracePointContext) -> u32 {
     let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_kfree_skbaddr) else {
         return 0;
     };
+    on_kfree(cfg, skb, || tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0));
+    0
+}
+
+/// `kfree_skb(skb, location, reason, ...)`: the reason is the third argument.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn cp_kfree_btf(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let skb: u64 = ctx.arg(0);
+    on_kfree(cfg, skb, || {
+        let reason: u64 = ctx.arg(2);
+        reason as u32
+    });
+    0
+}
+
+/// A freed skb: a followed packet's journey ends as a drop, counted by `reason()` (asked only
+/// then) and the last checkpoint it passed.
+#[inline(always)]
+fn on_kfree(cfg: &Config, skb: u64, reason: impl FnOnce() -> u32) {
     let Some((last_cp, _)) = end_journey(cfg, skb) else {
-        return 0;
+        return;
     };
-    let reason = tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0);
     bump(COUNTER_DROPPED);
     count_drop(DropKey {
         last_cp,
         _pad: 0,
-        reason,
+        reason: reason(),
     });
-    0
 }
 
 /// Adds one to `NP_DROPS[key]`.
@@ -313,12 +334,25 @@ pub fn cp_consume_skb(ctx: TracePointContext) -> u32 {
     let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_consume_skbaddr) else {
         return 0;
     };
+    on_consume(cfg, skb);
+    0
+}
+
+#[btf_tracepoint(function = "consume_skb")]
+pub fn cp_consume_btf(ctx: BtfTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    on_consume(cfg, ctx.arg(0));
+    0
+}
+
+/// A consumed skb: a followed packet's journey ends, its last segment goes to `CP_CONSUMED`.
+#[inline(always)]
+fn on_consume(cfg: &Config, skb: u64) {
     let Some((last_cp, delta)) = end_journey(cfg, skb) else {
-        return 0;
+        return;
     };
     record_segment(last_cp, CP_CONSUMED, delta);
     bump(COUNTER_COMPLETED);
-    0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]

@@ -43,7 +43,7 @@ use super::{
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
     stats::StatsGuard,
     tracefs::Tracefs,
-    AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+    AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
     PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
 };
 use crate::{
@@ -55,12 +55,20 @@ use crate::{
     netns::NetnsHandle,
 };
 
-/// The classic tracepoints: program, group, event.
-const TRACEPOINTS: [(&str, &str, &str); 3] = [
-    (PROG_KFREE_SKB, "skb", "kfree_skb"),
-    (PROG_CONSUME_SKB, "skb", "consume_skb"),
-    (PROG_TCP_RETRANSMIT, "tcp", "tcp_retransmit_skb"),
+/// The tracepoints: tp_btf program (preferred; `None`: classic only), classic program, group,
+/// event. The classic ones need tracefs (field offsets).
+const TRACEPOINTS: [(Option<&str>, &str, &str, &str); 3] = [
+    (Some(PROG_KFREE_SKB_BTF), PROG_KFREE_SKB, "skb", "kfree_skb"),
+    (Some(PROG_CONSUME_SKB_BTF), PROG_CONSUME_SKB, "skb", "consume_skb"),
+    (None, PROG_TCP_RETRANSMIT, "tcp", "tcp_retransmit_skb"),
 ];
+
+/// A tracepoint program the agent attached, to attach again when a duty-cycle window opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TraceProgram {
+    Btf { program: &'static str },
+    Classic { program: &'static str, group: &'static str, event: &'static str },
+}
 
 /// The running agent. Dropping it (or [`Agent::stop`]) stops the rescan and detaches every
 /// program: TCX links close, tracepoint links drop, netfilter links close, maps go.
@@ -89,11 +97,14 @@ struct Inner {
     tc_links: Vec<SchedClassifierLink>,
     tp_links: Vec<BtfTracePointLink>,
     trace_links: Vec<TracePointLink>,
+    /// tp_btf journey ends (kfree_skb, consume_skb).
+    trace_btf_links: Vec<BtfTracePointLink>,
     nf_links: Vec<NetfilterLink>,
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
-    /// bpf_stats stay on while this lives (dropped between duty-cycle windows: with stats on,
-    /// every run, paused ones too, pays two clock reads).
+    /// bpf_stats stay on while this lives. Also between duty-cycle windows: no netprof program
+    /// is attached then, so they cost nothing, while switching them (a static key) patches
+    /// kernel text on every CPU.
     stats: Option<StatsGuard>,
     node_netns: NetnsHandle,
     netns: String,
@@ -107,7 +118,9 @@ struct Inner {
     tc_attached: BTreeSet<u16>,
     /// The tp_btf / classic tracepoint families attached (in every window).
     tp_attached: bool,
-    trace_attached: bool,
+    /// The tracepoint programs attached, and whether one of them ends journeys at `consumed`.
+    trace_programs: Vec<TraceProgram>,
+    consume_attached: bool,
     /// `(hook, point)` of each of `nf_programs`, and the ones that attached.
     nf_points: Vec<(u32, u32)>,
     nf_attached: BTreeSet<(u32, u32)>,
@@ -115,8 +128,6 @@ struct Inner {
     config: Config,
     /// Between duty-cycle windows: links dropped, programs and maps kept.
     paused: bool,
-    /// bpf_stats were on when the window closed (so the next one turns them on again).
-    stats_between_windows: bool,
     /// The thread closing the last window's tc and tracepoint links (each waits for RCU).
     detaching: Option<JoinHandle<()>>,
     attached: AttachedTime,
@@ -265,7 +276,8 @@ impl Agent {
             Ok(fs)
         });
         if let Err(err) = &tracefs {
-            for (program, group, event) in TRACEPOINTS {
+            // Only the retransmit counter has no tp_btf twin; drop reasons lose their names.
+            for (_, program, group, event) in TRACEPOINTS.iter().filter(|t| t.0.is_none()) {
                 not_measured.push(NotMeasured {
                     what: format!("{group}:{event} ({program})"),
                     reason: chain(err),
@@ -297,12 +309,13 @@ impl Agent {
             tc_loaded: false,
             tc_attached: BTreeSet::new(),
             tp_attached: false,
-            trace_attached: false,
+            trace_programs: Vec::new(),
+            consume_attached: false,
+            trace_btf_links: Vec::new(),
             nf_points: Vec::new(),
             nf_attached: BTreeSet::new(),
             config,
             paused: false,
-            stats_between_windows: false,
             detaching: None,
             attached: AttachedTime::default(),
             duty: options.duty,
@@ -319,8 +332,8 @@ impl Agent {
         if hooks.dev {
             attach_tp_btf(&mut inner);
         }
-        if tracefs.is_ok() && hooks.tracepoints {
-            attach_tracepoints(&mut inner);
+        if hooks.tracepoints {
+            attach_tracepoints(&mut inner, tracefs.as_ref().err().map(|e| chain(e)));
         }
         if hooks.netfilter {
             attach_netfilter(&mut inner);
@@ -515,7 +528,7 @@ impl Drop for Agent {
 fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
     match place {
         Place::Netfilter { hook, point } => inner.nf_attached.contains(&(*hook, *point)),
-        Place::Consumed => inner.trace_attached,
+        Place::Consumed => inner.consume_attached,
         Place::Device { hook, .. } => {
             if !inner.registry.devices().iter().any(|d| d.id(*hook) == id) {
                 return false;
@@ -863,30 +876,72 @@ fn attach_tp_btf(inner: &mut Inner) {
     }
 }
 
-fn attach_tracepoints(inner: &mut Inner) {
-    for (program, group, event) in TRACEPOINTS {
-        let result = match inner
-            .ebpf
-            .program_mut(program)
-            .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-        {
-            Some(p) => p
-                .load()
-                .and_then(|()| p.attach(group, event))
-                .and_then(|id| p.take_link(id))
-                .map_err(|e| chain(&e)),
-            None => {
-                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+/// Journey ends (kfree_skb, consume_skb) as tp_btf, else as classic tracepoints; the
+/// retransmit counter as a classic tracepoint. `tracefs_error`: why the classic ones cannot be
+/// used, if they cannot.
+fn attach_tracepoints(inner: &mut Inner, tracefs_error: Option<String>) {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| chain(&e));
+    for (btf_program, program, group, event) in TRACEPOINTS {
+        let mut reasons = Vec::new();
+        if let Some(btf_program) = btf_program {
+            let loaded = match &btf {
+                Ok(btf) => match inner.ebpf.program_mut(btf_program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
+                    Some(p) => p.load(event, btf).map_err(|e| chain(&e)),
+                    None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+                },
+                Err(reason) => Err(reason.clone()),
+            };
+            let attached = loaded.and_then(|()| attach_trace(inner, TraceProgram::Btf { program: btf_program }));
+            match attached {
+                Ok(()) => continue,
+                Err(reason) => reasons.push(format!("tp_btf: {reason}")),
             }
+        }
+        let classic = TraceProgram::Classic { program, group, event };
+        let result = match &tracefs_error {
+            Some(reason) => Err(reason.clone()),
+            None => match inner.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+                Some(p) => p.load().map_err(|e| chain(&e)),
+                None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+            }
+            .and_then(|()| attach_trace(inner, classic)),
         };
-        match result {
-            Ok(link) => {
-                inner.trace_links.push(link);
-                inner.trace_attached = true;
-            }
-            Err(reason) => inner.not_measured(format!("{group}:{event} ({program})"), reason),
+        if let Err(reason) = result {
+            reasons.push(format!("tracepoint: {reason}"));
+            inner.not_measured(format!("{group}:{event} ({program})"), reasons.join("; "));
         }
     }
+}
+
+/// Attaches a loaded tracepoint program and remembers it (for the next duty-cycle window).
+fn attach_trace(inner: &mut Inner, which: TraceProgram) -> Result<(), String> {
+    match which {
+        TraceProgram::Btf { program } => {
+            let p = inner
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                .ok_or("the program is missing from netprof's eBPF object: rebuild netprof")?;
+            let link = p.attach().and_then(|id| p.take_link(id)).map_err(|e| chain(&e))?;
+            inner.trace_btf_links.push(link);
+        }
+        TraceProgram::Classic { program, group, event } => {
+            let p = inner
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                .ok_or("the program is missing from netprof's eBPF object: rebuild netprof")?;
+            let link = p.attach(group, event).and_then(|id| p.take_link(id)).map_err(|e| chain(&e))?;
+            inner.trace_links.push(link);
+        }
+    }
+    if !inner.trace_programs.contains(&which) {
+        inner.trace_programs.push(which);
+    }
+    if matches!(which, TraceProgram::Btf { program: PROG_CONSUME_SKB_BTF } | TraceProgram::Classic { program: PROG_CONSUME_SKB, .. }) {
+        inner.consume_attached = true;
+    }
+    Ok(())
 }
 
 fn attach_netfilter(inner: &mut Inner) {
@@ -991,8 +1046,8 @@ fn with_inner(inner: &Mutex<Inner>, f: fn(&mut Inner)) {
     }
 }
 
-/// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`),
-/// bpf_stats go off, and every link goes, so the datapath runs without netprof (a program that
+/// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`) and
+/// every link goes, so the datapath runs without netprof (a program that
 /// only returns still costs its call on every packet). Netfilter links close at once; tc and
 /// tracepoint links each wait for an RCU grace period as they close (~300 ms for a node's
 /// set, measured), so a background thread closes those while the programs are paused.
@@ -1007,15 +1062,15 @@ fn close_window(inner: &mut Inner) {
         log::warn!("duty cycle: cannot pause the programs: {}", chain(&err));
     }
     inner.nf_links.clear();
-    inner.stats_between_windows = inner.stats.take().is_some();
-    let (tc, tp, trace) = (
+    let (tc, tp, trace, trace_btf) = (
         std::mem::take(&mut inner.tc_links),
         std::mem::take(&mut inner.tp_links),
         std::mem::take(&mut inner.trace_links),
+        std::mem::take(&mut inner.trace_btf_links),
     );
     inner.detaching = std::thread::Builder::new()
         .name("netprof-detach".into())
-        .spawn(move || drop((tc, tp, trace)))
+        .spawn(move || drop((tc, tp, trace, trace_btf)))
         .map_err(|err| log::warn!("duty cycle: closing links in the foreground: {err}"))
         .ok();
     inner.attached.stop();
@@ -1059,14 +1114,9 @@ fn open_window(inner: &mut Inner) {
             }
         }
     }
-    if inner.trace_attached {
-        for (program, group, event) in TRACEPOINTS {
-            if let Some(p) = inner.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
-                match p.attach(group, event).and_then(|id| p.take_link(id)) {
-                    Ok(link) => inner.trace_links.push(link),
-                    Err(err) => log::warn!("duty cycle: {program}: {}", chain(&err)),
-                }
-            }
+    for which in inner.trace_programs.clone() {
+        if let Err(reason) = attach_trace(inner, which) {
+            log::warn!("duty cycle: {which:?}: {reason}");
         }
     }
     if !inner.nf_attached.is_empty() {
@@ -1087,9 +1137,6 @@ fn open_window(inner: &mut Inner) {
             }
             Err(err) => log::warn!("duty cycle: netfilter: {}", chain(&err)),
         }
-    }
-    if inner.stats_between_windows {
-        inner.stats = StatsGuard::enable().ok();
     }
     inner.config.epoch = inner.config.epoch.wrapping_add(1);
     inner.config.paused = 0;

@@ -33,7 +33,7 @@ use crate::{ebpf::EbpfError, netns::NetnsError};
 
 /// Program names, from the contract (`profiler_common::datapath`).
 pub use profiler_common::datapath::{
-    PROG_CONSUME_SKB, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_TCP_RETRANSMIT,
+    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 

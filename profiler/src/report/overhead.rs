@@ -45,7 +45,7 @@ pub fn program_kind(name: &str) -> Option<&'static str> {
         "cp_tc_ingress" | "cp_tc_pod_in" => Some("tc-ingress"),
         "cp_tc_egress" | "cp_tc_pod_eg" => Some("tc-egress"),
         "cp_dev_tx" => Some("dev-tx"),
-        "cp_consume_skb" => Some("consumed"),
+        "cp_consume_skb" | "cp_consume_btf" => Some("consumed"),
         n if n.starts_with("nf_") => Some("netfilter"),
         _ => None,
     }
