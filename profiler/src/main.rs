@@ -10,6 +10,7 @@ fn main() {
         Command::Agent(args) => cli::agent::run(args),
         Command::Overhead(args) => cli::overhead::run(args),
         Command::Report(args) => cli::report::run(args),
+        Command::K8s(args) => cli::k8s::run(args),
     };
     if let Err(err) = result {
         // One line a user can act on: the chain of causes, outermost first.

@@ -12,6 +12,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+/// The in-process fake Kubernetes API server `tests/k8s_run.rs` drives `netprof k8s run` with.
+pub mod fake_apiserver;
+
 /// Prefix of every namespace the tests create.
 pub const NETNS_PREFIX: &str = "netprof-t-";
 

@@ -176,6 +176,7 @@ async fn run_mode(
         host_path,
         pod_path,
         profiles,
+        cluster: None,
     })
 }
 

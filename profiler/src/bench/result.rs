@@ -24,6 +24,37 @@ pub struct ModeResult {
     /// With `--profile`: the agents' reports for every step, one file per node.
     #[serde(default)]
     pub profiles: Vec<super::profile::ProfileFile>,
+    /// `netprof k8s run`: the cluster measured (absent for lab runs; older files lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRecord>,
+}
+
+/// Where a `netprof k8s run` measured. The profiles' `node1` is the client node, `node2` the
+/// server node, as in the lab.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterRecord {
+    /// The API server's URL.
+    pub api_server: String,
+    /// The `netprof.io/run` label value of every object the run created.
+    pub run_id: String,
+    pub node1: ClusterNode,
+    pub node2: ClusterNode,
+    /// The netprof image (client, iperf3) and the nginx image.
+    pub images: Vec<String>,
+    /// Profiles that could not be taken, and why; the benchmarks ran regardless.
+    #[serde(default)]
+    pub not_measured: Vec<String>,
+}
+
+/// A node as its status describes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterNode {
+    pub name: String,
+    pub internal_ip: std::net::Ipv4Addr,
+    pub kernel: String,
+    pub kubelet: String,
+    pub os_image: String,
+    pub container_runtime: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -56,27 +56,42 @@ async fn run_parsed<T>(
     }
 }
 
+/// The study's ping command line (program first), shared with `netprof k8s run`.
+pub fn ping_command(target: Ipv4Addr, cfg: &BenchConfig) -> Vec<String> {
+    let count = cfg.ping_count.to_string();
+    let interval = format!("{}", cfg.ping_interval_s);
+    let args = ["ping", "-n", "-c", &count, "-i", &interval, "-W", "1", &target.to_string()];
+    args.map(str::to_owned).to_vec()
+}
+
+/// The iperf3 client command line (JSON output).
+pub fn iperf3_command(target: Ipv4Addr, cfg: &BenchConfig) -> Vec<String> {
+    let (port, seconds) = (IPERF3_PORT.to_string(), cfg.iperf3_seconds.to_string());
+    ["iperf3", "-c", &target.to_string(), "-p", &port, "-t", &seconds, "-J"].map(str::to_owned).to_vec()
+}
+
+/// The ab command line against nginx's page at `target`.
+pub fn ab_command(target: SocketAddrV4, cfg: &BenchConfig) -> Vec<String> {
+    let (requests, concurrency) = (cfg.ab_requests.to_string(), cfg.ab_concurrency.to_string());
+    ["ab", "-q", "-n", &requests, "-c", &concurrency, "-s", "10", &format!("http://{target}/")].map(str::to_owned).to_vec()
+}
+
+fn in_netns(command: Vec<String>, netns: &str) -> Cmd {
+    Cmd::new(&command[0]).args(&command[1..]).in_netns(netns)
+}
+
 pub async fn ping(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<PingReport, ToolError> {
-    let cmd = Cmd::new("ping")
-        .args(["-n", "-c", &cfg.ping_count.to_string()])
-        .args(["-i", &format!("{}", cfg.ping_interval_s), "-W", "1", &target.to_string()])
-        .in_netns(netns);
+    let cmd = in_netns(ping_command(target, cfg), netns);
     // ping exits 1 when some replies are missing; the report's loss says so, so parse anyway.
     run_parsed(cmd, "ping", false, cfg.ping_timeout(), crate::parse::ping::parse).await
 }
 
 pub async fn iperf3(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<Iperf3Report, ToolError> {
-    let cmd = Cmd::new("iperf3")
-        .args(["-c", &target.to_string(), "-p", &IPERF3_PORT.to_string()])
-        .args(["-t", &cfg.iperf3_seconds.to_string(), "-J"])
-        .in_netns(netns);
+    let cmd = in_netns(iperf3_command(target, cfg), netns);
     run_parsed(cmd, "iperf3", false, cfg.iperf3_timeout(), crate::parse::iperf3::parse).await
 }
 
 pub async fn ab(netns: &str, target: SocketAddrV4, cfg: &BenchConfig) -> Result<AbReport, ToolError> {
-    let cmd = Cmd::new("ab")
-        .args(["-q", "-n", &cfg.ab_requests.to_string(), "-c", &cfg.ab_concurrency.to_string()])
-        .args(["-s", "10", &format!("http://{target}/")])
-        .in_netns(netns);
+    let cmd = in_netns(ab_command(target, cfg), netns);
     run_parsed(cmd, "ab", true, cfg.ab_timeout(), crate::parse::ab::parse).await
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod duty_args;
+pub mod k8s;
 pub mod lab;
 pub mod overhead;
 pub mod report;
@@ -32,4 +33,6 @@ pub enum Command {
     Overhead(overhead::OverheadArgs),
     /// Merge a `bench --profile` directory into one attributed report (table, JSON, Markdown, HTML).
     Report(report::ReportArgs),
+    /// Run the study on a Kubernetes cluster (`k8s run`), or delete a killed run's pods (`k8s clean`).
+    K8s(k8s::K8sArgs),
 }

@@ -10,16 +10,18 @@ pub const NAMESPACE: &str = "netprof";
 
 /// `(apiGroup, resource, verbs)`, verbs sorted. `""` is the core group.
 pub const REQUIRED_RULES: &[(&str, &str, &[&str])] = &[
-    // Benchmark pods: create pinned to a node, get/watch until Running, list (also the agent
-    // pods, by label), delete at the end.
-    ("", "pods", &["create", "delete", "get", "list", "watch"]),
+    // Benchmark pods: create pinned to a node, list + watch until Ready (also list the agent
+    // pods, by label, and the run's pods to delete them), delete at the end. No `get`: the
+    // watch carries every state the run needs.
+    ("", "pods", &["create", "delete", "list", "watch"]),
     // ping/iperf3/ab in the client pods. kube opens exec over WebSocket (an HTTP GET): API
     // servers before 1.35 authorize it as `get`, later ones also check `create`.
     ("", "pods/exec", &["create", "get"]),
     // The agents' control API through port-forward (WebSocket too, hence both verbs).
     ("", "pods/portforward", &["create", "get"]),
-    // Choosing the two nodes (the study's `workern` labels, or two Ready nodes).
-    ("", "nodes", &["get", "list"]),
+    // Choosing the two nodes (`--nodes A,B` or the study's `workern` labels): one list gives
+    // their names, labels, addresses and readiness; no `get`.
+    ("", "nodes", &["list"]),
 ];
 
 /// Resources of [`REQUIRED_RULES`] that are cluster-scoped (granted by a ClusterRole); all

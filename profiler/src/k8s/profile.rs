@@ -1,0 +1,137 @@
+//! The agents around each benchmark step: started on both nodes before it, stopped after it,
+//! their reports written as `bench --profile` writes them (`<out>/profile/<mode>/<path>-<tool>-
+//! <node>.json`, listed in the mode's result), so `netprof report` reads a cluster run as a lab run.
+//!
+//! An agent that stops answering mid-run does not end the run: the benchmarks already measured
+//! (minutes on a real cluster) are worth keeping, so profiling stops for the rest of the run,
+//! the result lists no profiles (the report then treats the mode as not profiled rather than
+//! attributing with one node missing), and `cluster.not_measured` records which agent failed
+//! and why. An agent that does not answer *before* the run is an error instead (see `run`):
+//! nothing has been measured yet, and `--no-profile` is the explicit way to run without.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+
+use super::agents::NodeAgent;
+use super::pods::NetPath;
+use super::progress;
+use super::K8sError;
+use crate::bench::profile::ProfileFile;
+use crate::lab::Mode;
+
+/// Agents attached right now; cleanup stops them if the run ends (or is interrupted) first.
+pub type Attached = Arc<Mutex<Vec<NodeAgent>>>;
+
+/// How long past a step's own timeout an agent stays attached if nobody stops it.
+const SAFETY_MARGIN: Duration = Duration::from_secs(30);
+
+pub struct ClusterProfiler<'a> {
+    pods: &'a Api<Pod>,
+    agents: Vec<NodeAgent>,
+    endpoints: Vec<Ipv4Addr>,
+    dir: PathBuf,
+    relative: PathBuf,
+    attached: Attached,
+    files: Vec<ProfileFile>,
+    not_measured: Option<String>,
+}
+
+impl<'a> ClusterProfiler<'a> {
+    pub fn new(pods: &'a Api<Pod>, agents: Vec<NodeAgent>, endpoints: Vec<Ipv4Addr>, out_dir: &Path, mode: Mode, attached: Attached) -> Result<Self, K8sError> {
+        let relative = PathBuf::from("profile").join(mode.name());
+        let dir = out_dir.join(&relative);
+        std::fs::create_dir_all(&dir).map_err(|source| K8sError::Write { path: dir.clone(), source })?;
+        Ok(Self { pods, agents, endpoints, dir, relative, attached, files: Vec::new(), not_measured: None })
+    }
+
+    /// Starts both agents for a step that may take up to `step_limit`.
+    pub async fn before_step(&mut self, path: NetPath, tool: &str, step_limit: Duration) {
+        if self.not_measured.is_some() {
+            return;
+        }
+        let (pods, endpoints) = (self.pods, self.endpoints.clone());
+        let starts = self.agents.iter().cloned().map(|agent| {
+            let endpoints = &endpoints;
+            async move {
+                let result = agent.start(pods, endpoints, step_limit + SAFETY_MARGIN).await;
+                (agent, result)
+            }
+        });
+        for (agent, result) in futures::future::join_all(starts).await {
+            match result {
+                Ok(()) => self.attached.lock().expect("not poisoned").push(agent),
+                Err(err) => self.give_up(&agent, path, tool, &err.to_string()).await,
+            }
+        }
+    }
+
+    /// Stops both agents and writes their reports of the step.
+    pub async fn after_step(&mut self, path: NetPath, tool: &str) {
+        if self.not_measured.is_some() {
+            return;
+        }
+        // The last packets' frees are traced just after the tool exits (as in the lab).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let pods = self.pods;
+        let stops = self.agents.iter().cloned().map(|agent| async move {
+            let result = agent.stop(pods).await;
+            (agent, result)
+        });
+        let results = futures::future::join_all(stops).await;
+        // Each was asked to stop; one that did not answer detaches at its duration's end.
+        self.attached.lock().expect("not poisoned").clear();
+        for (agent, result) in results {
+            let outcome = match result {
+                Ok(report) => self.write(&agent, path, tool, &report),
+                Err(err) => Err(err.to_string()),
+            };
+            if let Err(reason) = outcome {
+                self.give_up(&agent, path, tool, &reason).await;
+            }
+        }
+    }
+
+    fn write(&mut self, agent: &NodeAgent, path: NetPath, tool: &str, report: &crate::agent::AgentReport) -> Result<(), String> {
+        let name = format!("{}-{tool}-{}.json", path.label().replace(' ', "-"), agent.report_name);
+        let file = self.dir.join(&name);
+        report.write(&file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        self.files.push(ProfileFile {
+            path: path.label().to_owned(),
+            tool: tool.to_owned(),
+            node: agent.report_name.to_owned(),
+            file: self.relative.join(name).display().to_string(),
+        });
+        Ok(())
+    }
+
+    /// Stops profiling for the rest of the run, detaching whatever is still attached.
+    async fn give_up(&mut self, agent: &NodeAgent, path: NetPath, tool: &str, reason: &str) {
+        if self.not_measured.is_none() {
+            let text = format!(
+                "not measured: agent on {} ({}) did not answer at the {} {tool} step: {reason}; the run continued without profiles",
+                agent.node, agent.report_name, path.label()
+            );
+            progress::warn(&text);
+            self.not_measured = Some(text);
+        }
+        let still: Vec<NodeAgent> = std::mem::take(&mut *self.attached.lock().expect("not poisoned"));
+        for other in still {
+            if let Err(err) = other.stop(self.pods).await {
+                progress::warn(&format!("cannot stop the agent on {}: {err}", other.node));
+            }
+        }
+    }
+
+    /// The profiles to list in the result, and what could not be measured.
+    pub fn finish(self) -> (Vec<ProfileFile>, Vec<String>) {
+        match self.not_measured {
+            Some(reason) => (Vec::new(), vec![reason]),
+            None => (self.files, Vec::new()),
+        }
+    }
+}
