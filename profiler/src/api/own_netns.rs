@@ -54,10 +54,36 @@ fn unmount_and_remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
+/// The prefix of the names agents give their namespace.
+const PREFIX: &str = "netprof.agent-";
+
+/// Removes the names of agents that are gone (killed with SIGKILL, so their drop never ran):
+/// `netprof.agent-PID` whose PID no longer runs. Returns the names removed.
+pub fn remove_stale() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            unmount_and_remove(&entry.path());
+            removed.push(name);
+        }
+    }
+    removed
+}
+
 impl OwnNetns {
-    /// Names this process's network namespace.
+    /// Names this process's network namespace (first removing names left by killed agents).
     pub fn attach() -> Result<Self, OwnNetnsError> {
-        let name = format!("netprof.agent-{}", std::process::id());
+        for name in remove_stale() {
+            log::info!("removed {name} under {NETNS_RUN_DIR}: its agent is gone");
+        }
+        let name = format!("{PREFIX}{}", std::process::id());
         let path = named_path(&name).expect("a valid netns name");
         let fail = |action: &'static str, path: &Path| {
             let path = path.to_owned();
@@ -121,5 +147,25 @@ mod tests {
         std::mem::forget(again);
         drop(own);
         assert!(!path.exists(), "{} left behind", path.display());
+    }
+
+    #[test]
+    fn names_of_agents_that_are_gone_are_removed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIPPED: own_netns: needs root to write under {NETNS_RUN_DIR}");
+            return;
+        }
+        std::fs::create_dir_all(NETNS_RUN_DIR).unwrap();
+        // Above the kernel's largest pid_max (2^22): no process has it.
+        let stale = Path::new(NETNS_RUN_DIR).join(format!("{PREFIX}4194305"));
+        let other = Path::new(NETNS_RUN_DIR).join("netprof.agentx-4194305");
+        std::fs::write(&stale, b"").unwrap();
+        std::fs::write(&other, b"").unwrap();
+        let removed = remove_stale();
+        assert!(removed.contains(&format!("{PREFIX}4194305")), "{removed:?}");
+        assert!(!stale.exists());
+        assert!(other.exists(), "only agent names are touched");
+        std::fs::remove_file(other).unwrap();
     }
 }
