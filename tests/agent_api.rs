@@ -251,8 +251,11 @@ fn control_api_profiles_a_real_benchmark() {
     let report = server.report("GET", "/v1/snapshot");
     let stages: Vec<&str> = report.stages().iter().map(|s| s.name()).collect();
     println!("ab stages on node2: {}", stages.join(", "));
+    for s in report.stage_segments(netprof::agent::Stage::Other) {
+        println!("  other: {} x {} -> {}", s.count, s.from_name, s.to_name);
+    }
     assert!(report.hits("eno1 tc-ingress") >= 500, "every request crosses node 2's uplink");
-    for stage in ["conntrack", "nat-dnat", "bridge", "uplink"] {
+    for stage in ["conntrack", "nat-dnat", "bridge", "veth"] {
         assert!(stages.contains(&stage), "no {stage} segment for ab through the NodePort");
     }
     assert!(!report.segments.is_empty());
