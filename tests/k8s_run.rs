@@ -269,6 +269,7 @@ fn a_full_run_writes_what_netprof_report_reads() {
             assert!(endpoints.contains(&ip), "{ip} not followed: {endpoints:?}");
         }
         assert!(start["duration_s"].as_f64().unwrap() > 0.0, "a safety-net duration");
+        assert!(start.get("duty_percent").is_none(), "attached throughout unless --duty");
     }
 
     assert_eq!(harness.state(|s| s.created.len()), 6);
@@ -613,4 +614,24 @@ fn end_to_end_on_a_lab_with_real_tools_and_agents() {
         assert_eq!(log.matches("detached from").count(), 6, "{log}");
     }
     drop(agents);
+}
+
+/// `--duty` reaches every agent's start request (the agents duty-cycle themselves).
+#[test]
+fn duty_cycling_is_asked_of_the_agents() {
+    let backend = Arc::new(CannedBackend::new());
+    let harness = Harness::start(labelled_nodes(), backend.clone(), FakeConfig::default());
+    let (a, b) = with_agents(&harness, &backend, None);
+    let output = harness.run("flannel-vxlan", &["--duty", "10", "--duty-period-ms", "2000"]);
+    assert!(output.status.success(), "k8s run failed: {}", String::from_utf8_lossy(&output.stderr));
+    for agent in [&a, &b] {
+        let calls = agent.calls.lock().unwrap();
+        let starts: Vec<serde_json::Value> =
+            calls.iter().filter(|c| c.route == "POST /v1/start").map(|c| serde_json::from_str(&c.body).unwrap()).collect();
+        assert_eq!(starts.len(), 6);
+        for start in starts {
+            assert_eq!((start["duty_percent"].as_u64(), start["duty_period_ms"].as_u64()), (Some(10), Some(2000)), "{start}");
+        }
+    }
+    harness.assert_nothing_left();
 }

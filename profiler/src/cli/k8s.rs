@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Do not start the agents: benchmarks only.
     #[arg(long)]
     pub no_profile: bool,
+    /// Duty-cycle the agents: attached for this share of every period only, so a production
+    /// node pays for them only in those windows (see `netprof agent --help`).
+    #[command(flatten)]
+    pub duty: super::duty_args::DutyArgs,
     /// Echo requests per ping run.
     #[arg(long, default_value_t = BenchConfig::default().ping_count)]
     pub ping_count: u32,
@@ -168,6 +172,7 @@ fn plan(args: &RunArgs) -> Result<RunPlan> {
         images: Images { netprof: args.image.clone(), nginx: args.nginx_image.clone() },
         ready_timeout: Duration::from_secs(args.ready_timeout),
         profile: !args.no_profile,
+        duty: args.duty.duty()?,
         cfg,
     })
 }

@@ -2,6 +2,7 @@
 //! found by label, driven over their control API (`crate::api`, 127.0.0.1:9476 on the node)
 //! through the port-forward API.
 
+use crate::agent::duty::Duty;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -109,12 +110,17 @@ impl NodeAgent {
 
     /// Attaches to the node's own namespace (the agent runs with hostNetwork), following
     /// `endpoints`. `duration` is a safety net: if this run dies, the agent detaches by itself.
-    pub async fn start(&self, pods: &Api<Pod>, endpoints: &[Ipv4Addr], duration: Duration) -> Result<(), AgentCallError> {
-        let body = serde_json::json!({
+    /// `duty`: attach only for part of every period (`--duty`).
+    pub async fn start(&self, pods: &Api<Pod>, endpoints: &[Ipv4Addr], duration: Duration, duty: Option<Duty>) -> Result<(), AgentCallError> {
+        let mut body = serde_json::json!({
             "endpoints": endpoints.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>(),
             "node": self.report_name,
             "duration_s": duration.as_secs_f64(),
         });
+        if let Some(duty) = duty {
+            body["duty_percent"] = serde_json::json!(duty.percent().round() as u32);
+            body["duty_period_ms"] = serde_json::json!(duty.period.as_millis() as u64);
+        }
         let reply = self.call(pods, "POST", "/v1/start", &body.to_string(), ATTACH).await?;
         Self::expect(reply, "/v1/start", 200).map(drop)
     }

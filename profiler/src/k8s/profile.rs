@@ -21,6 +21,7 @@ use super::agents::NodeAgent;
 use super::pods::NetPath;
 use super::progress;
 use super::K8sError;
+use crate::agent::duty::Duty;
 use crate::bench::profile::ProfileFile;
 use crate::lab::Mode;
 
@@ -39,14 +40,16 @@ pub struct ClusterProfiler<'a> {
     attached: Attached,
     files: Vec<ProfileFile>,
     not_measured: Option<String>,
+    duty: Option<Duty>,
 }
 
 impl<'a> ClusterProfiler<'a> {
-    pub fn new(pods: &'a Api<Pod>, agents: Vec<NodeAgent>, endpoints: Vec<Ipv4Addr>, out_dir: &Path, mode: Mode, attached: Attached) -> Result<Self, K8sError> {
+    #[allow(clippy::too_many_arguments, reason = "one call site, every argument a different thing")]
+    pub fn new(pods: &'a Api<Pod>, agents: Vec<NodeAgent>, endpoints: Vec<Ipv4Addr>, out_dir: &Path, mode: Mode, attached: Attached, duty: Option<Duty>) -> Result<Self, K8sError> {
         let relative = PathBuf::from("profile").join(mode.name());
         let dir = out_dir.join(&relative);
         std::fs::create_dir_all(&dir).map_err(|source| K8sError::Write { path: dir.clone(), source })?;
-        Ok(Self { pods, agents, endpoints, dir, relative, attached, files: Vec::new(), not_measured: None })
+        Ok(Self { pods, agents, endpoints, dir, relative, attached, files: Vec::new(), not_measured: None, duty })
     }
 
     /// Starts both agents for a step that may take up to `step_limit`.
@@ -54,11 +57,11 @@ impl<'a> ClusterProfiler<'a> {
         if self.not_measured.is_some() {
             return;
         }
-        let (pods, endpoints) = (self.pods, self.endpoints.clone());
+        let (pods, endpoints, duty) = (self.pods, self.endpoints.clone(), self.duty);
         let starts = self.agents.iter().cloned().map(|agent| {
             let endpoints = &endpoints;
             async move {
-                let result = agent.start(pods, endpoints, step_limit + SAFETY_MARGIN).await;
+                let result = agent.start(pods, endpoints, step_limit + SAFETY_MARGIN, duty).await;
                 (agent, result)
             }
         });

@@ -42,6 +42,8 @@ pub struct RunPlan {
     pub images: Images,
     pub ready_timeout: Duration,
     pub profile: bool,
+    /// Duty-cycle the agents (`--duty`); `None`: attached throughout each step.
+    pub duty: Option<crate::agent::duty::Duty>,
     pub cfg: BenchConfig,
 }
 
@@ -112,7 +114,7 @@ pub async fn run(cluster: &Cluster, plan: &RunPlan, state: &RunState) -> Result<
 
     let endpoints = Endpoints::new(&bench_pods, &ready);
     let mut profiler = match agents {
-        Some(agents) => Some(ClusterProfiler::new(&pods, agents, endpoints.all(&nodes), &plan.out_dir, plan.mode, state.attached.clone())?),
+        Some(agents) => Some(ClusterProfiler::new(&pods, agents, endpoints.all(&nodes), &plan.out_dir, plan.mode, state.attached.clone(), plan.duty)?),
         None => None,
     };
     let mut ctx = PathContext { pods: &pods, cfg: &plan.cfg, profiler: profiler.as_mut() };
