@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::bench::{self, table, BenchConfig};
+use crate::bench::{self, table};
 use crate::lab::{self, names::DEFAULT_LAB, LabLock, LabNames, Mode};
 
 #[derive(Debug, Args)]
@@ -16,21 +16,8 @@ pub struct BenchArgs {
     /// Directory for <mode>.json results and table.txt.
     #[arg(long, default_value = "netprof-out")]
     pub out: PathBuf,
-    /// Echo requests per ping run.
-    #[arg(long, default_value_t = BenchConfig::default().ping_count)]
-    pub ping_count: u32,
-    /// Seconds between echo requests.
-    #[arg(long, default_value_t = BenchConfig::default().ping_interval_s)]
-    pub ping_interval: f64,
-    /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = BenchConfig::default().iperf3_seconds)]
-    pub iperf3_seconds: u32,
-    /// ab requests per run.
-    #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
-    pub ab_requests: u32,
-    /// ab concurrency.
-    #[arg(long, default_value_t = BenchConfig::default().ab_concurrency)]
-    pub ab_concurrency: u32,
+    #[command(flatten)]
+    pub tools: super::tool_args::ToolArgs,
     /// Extra kube-proxy Services (5 iptables rules each) in the modes with kube-proxy.
     #[arg(long, default_value_t = 0)]
     pub services: u32,
@@ -67,15 +54,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let modes = Mode::parse_list(&args.modes)?;
     let names = LabNames::new(&args.lab)?;
-    let cfg = BenchConfig {
-        ping_count: args.ping_count,
-        ping_interval_s: args.ping_interval,
-        iperf3_seconds: args.iperf3_seconds,
-        ab_requests: args.ab_requests,
-        ab_concurrency: args.ab_concurrency,
-        services: args.services,
-    };
-    cfg.validate()?;
+    let cfg = args.tools.config(args.services)?;
     let duty = args.duty.duty()?;
     anyhow::ensure!(args.profile || duty.is_none(), "--duty needs --profile (it duty-cycles the agents)");
     let tuning = args.profile.then_some(bench::profile::AgentTuning { duty, ..Default::default() });

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use super::bench::shutdown_signal;
-use crate::bench::{table, BenchConfig};
+use crate::bench::table;
 use crate::k8s::client::{self, Cluster};
 use crate::k8s::pods::Images;
 use crate::k8s::rbac::NAMESPACE;
@@ -106,21 +106,8 @@ pub struct RunArgs {
     /// node pays for them only in those windows (see `netprof agent --help`).
     #[command(flatten)]
     pub duty: super::duty_args::DutyArgs,
-    /// Echo requests per ping run.
-    #[arg(long, default_value_t = BenchConfig::default().ping_count)]
-    pub ping_count: u32,
-    /// Seconds between echo requests.
-    #[arg(long, default_value_t = BenchConfig::default().ping_interval_s)]
-    pub ping_interval: f64,
-    /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = BenchConfig::default().iperf3_seconds)]
-    pub iperf3_seconds: u32,
-    /// ab requests per run.
-    #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
-    pub ab_requests: u32,
-    /// ab concurrency.
-    #[arg(long, default_value_t = BenchConfig::default().ab_concurrency)]
-    pub ab_concurrency: u32,
+    #[command(flatten)]
+    pub tools: super::tool_args::ToolArgs,
     /// Print the result as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -153,15 +140,7 @@ fn plan(args: &RunArgs) -> Result<RunPlan> {
     if args.ready_timeout == 0 {
         bail!("--ready-timeout must be at least 1 second");
     }
-    let cfg = BenchConfig {
-        ping_count: args.ping_count,
-        ping_interval_s: args.ping_interval,
-        iperf3_seconds: args.iperf3_seconds,
-        ab_requests: args.ab_requests,
-        ab_concurrency: args.ab_concurrency,
-        services: 0,
-    };
-    cfg.validate()?;
+    let cfg = args.tools.config(0)?;
     if let Some(nodes) = &args.nodes {
         crate::k8s::nodes::parse_flag(nodes)?;
     }

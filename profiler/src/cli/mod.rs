@@ -7,6 +7,7 @@ pub mod k8s;
 pub mod lab;
 pub mod overhead;
 pub mod report;
+pub mod tool_args;
 
 use clap::{Parser, Subcommand};
 
