@@ -29,8 +29,13 @@ pub struct VariantSummary {
     pub variant: String,
     pub qps: f64,
     pub iperf3_gbit_s: f64,
+    /// Ratios of the medians to `off`'s.
     pub qps_ratio: f64,
     pub iperf3_ratio: f64,
+    /// Median over rounds of (this setting / `off`) within the same round: steadier when the
+    /// machine drifts between rounds.
+    pub qps_ratio_paired: f64,
+    pub iperf3_ratio_paired: f64,
 }
 
 /// The outcome: every sample, and each variant's medians and ratios.
@@ -69,11 +74,30 @@ impl OverheadResult {
             median(&mut v)
         };
         let (qps_off, bw_off) = (pick(OFF, |s| s.qps), pick(OFF, |s| s.iperf3_gbit_s));
+        let paired = |variant: &str, f: fn(&Sample) -> f64| {
+            let mut ratios: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.variant == variant)
+                .filter_map(|s| {
+                    let off = samples.iter().find(|o| o.round == s.round && o.variant == OFF)?;
+                    Some(f(s) / f(off))
+                })
+                .collect();
+            median(&mut ratios)
+        };
         let variants = names
             .iter()
             .map(|name| {
                 let (qps, bw) = (pick(name, |s| s.qps), pick(name, |s| s.iperf3_gbit_s));
-                VariantSummary { variant: name.clone(), qps, iperf3_gbit_s: bw, qps_ratio: qps / qps_off, iperf3_ratio: bw / bw_off }
+                VariantSummary {
+                    variant: name.clone(),
+                    qps,
+                    iperf3_gbit_s: bw,
+                    qps_ratio: qps / qps_off,
+                    iperf3_ratio: bw / bw_off,
+                    qps_ratio_paired: paired(name, |s| s.qps),
+                    iperf3_ratio_paired: paired(name, |s| s.iperf3_gbit_s),
+                }
             })
             .collect();
         Self { mode, rounds, samples, variants }
@@ -88,11 +112,12 @@ impl OverheadResult {
                 s.round, s.variant, s.qps, s.ab_mean_ms, s.iperf3_gbit_s
             ));
         }
-        out.push_str("medians:\nagents      nginx QPS  ratio   iperf3 Gbit/s  ratio\n");
+        out.push_str("medians (ratio: of the medians; paired: median of each round's ratio to off):\n");
+        out.push_str("agents      nginx QPS  ratio   paired  iperf3 Gbit/s  ratio   paired\n");
         for v in &self.variants {
             out.push_str(&format!(
-                "{:<10}  {:>9.0}  {:>5.3}x  {:>13.2}  {:>5.3}x\n",
-                v.variant, v.qps, v.qps_ratio, v.iperf3_gbit_s, v.iperf3_ratio
+                "{:<10}  {:>9.0}  {:>5.3}x  {:>5.3}x  {:>13.2}  {:>5.3}x  {:>5.3}x\n",
+                v.variant, v.qps, v.qps_ratio, v.qps_ratio_paired, v.iperf3_gbit_s, v.iperf3_ratio, v.iperf3_ratio_paired
             ));
         }
         out
@@ -186,6 +211,9 @@ mod tests {
         assert_eq!((result.variants[0].qps_ratio, result.variants[0].iperf3_ratio), (1.0, 1.0));
         assert_eq!((result.variants[1].qps_ratio, result.variants[1].iperf3_ratio), (0.97, 0.925));
         assert_eq!((result.variants[2].qps_ratio, result.variants[2].iperf3_ratio), (1.0, 0.99));
+        // Paired: round 1 duty 100% 98/100, round 2 96/100 -> median 0.97.
+        assert!((result.variants[1].qps_ratio_paired - 0.97).abs() < 1e-12);
+        assert!((result.variants[2].iperf3_ratio_paired - 0.99).abs() < 1e-12);
         assert!(result.render().contains("duty 10%"));
     }
 }
