@@ -193,6 +193,16 @@ pub struct Journey {
     pub _pad: u32,
 }
 
+impl Journey {
+    /// A journey starting now at checkpoint `cp` (an ignored one, `JOURNEY_IGNORED`, has
+    /// passed no checkpoint that counts).
+    #[inline(always)]
+    pub const fn start(now: u64, cp: u16, flags: u32, epoch: u32) -> Self {
+        let hops = if flags & JOURNEY_IGNORED != 0 { 0 } else { 1 };
+        Self { last_ns: now, first_ns: now, last_cp: cp, hops, flags, epoch, _pad: 0 }
+    }
+}
+
 /// `Journey::flags`: a benchmark packet left out by sampling; its checkpoints record nothing.
 pub const JOURNEY_IGNORED: u32 = 1;
 

@@ -373,15 +373,7 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
             if stale {
             // The skb this journey followed was freed unseen and its address reused.
             bump(COUNTER_ABANDONED);
-                *journey = Journey {
-                    last_ns: now,
-                    first_ns: now,
-                    last_cp: cp,
-                    hops: 1,
-                    flags: 0,
-                    epoch: cfg.epoch,
-                    _pad: 0,
-                };
+                *journey = Journey::start(now, cp, 0, cfg.epoch);
                 return;
             }
             if journey.last_cp == cp {
@@ -405,30 +397,14 @@ fn admit_here<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &
         return;
     }
     if cfg.sample_shift != 0 && sampled_out(cfg.sample_shift) {
-        let ignored = Journey {
-            last_ns: now,
-            first_ns: now,
-            last_cp: cp,
-            hops: 0,
-            flags: JOURNEY_IGNORED,
-            epoch: cfg.epoch,
-            _pad: 0,
-        };
+        let ignored = Journey::start(now, cp, JOURNEY_IGNORED, cfg.epoch);
         if NP_JOURNEYS.insert(skb, ignored, 0).is_err() {
             bump(COUNTER_JOURNEY_FULL);
         }
         bump(COUNTER_SAMPLED_OUT);
         return;
     }
-    let journey = Journey {
-        last_ns: now,
-        first_ns: now,
-        last_cp: cp,
-        hops: 1,
-        flags: 0,
-        epoch: cfg.epoch,
-        _pad: 0,
-    };
+    let journey = Journey::start(now, cp, 0, cfg.epoch);
     if NP_JOURNEYS.insert(skb, journey, 0).is_err() {
         bump(COUNTER_JOURNEY_FULL);
         return;
