@@ -756,3 +756,25 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
         assert_eq!(tcx_ids_after_release(&ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
     }
 }
+
+/// The agent lists a namespace's links with one rtnetlink dump (no process per rescan); it
+/// must see exactly what `ip -j -d link show` sees: names, indexes, kinds and masters.
+#[test]
+fn netlink_link_listing_matches_ip() {
+    let test = "netlink_link_listing_matches_ip";
+    if let Some(reason) = ebpf_skip_reason(&["ip"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    lab::up(&names, LabSpec { mode: Mode::FlannelVxlan, services: 0 }).unwrap();
+    for netns in [names.node(Node::One), names.pod(Node::One)] {
+        let mut ours = netprof::agent::netlink_links::list(&netns).unwrap();
+        let mut ip = netprof::agent::devices::list_links_with_ip(&netns).unwrap();
+        ours.sort_by_key(|l| l.ifindex);
+        ip.sort_by_key(|l| l.ifindex);
+        println!("{netns}: {:?}", ours.iter().map(|l| (&l.ifname, &l.kind, &l.master)).collect::<Vec<_>>());
+        assert_eq!(ours, ip, "{netns}");
+    }
+}

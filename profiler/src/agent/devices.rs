@@ -122,8 +122,18 @@ pub fn netns_inum(netns: &str) -> Result<u32, DeviceError> {
     }
 }
 
-/// The links of `netns` (`ip -n NS -j -d link show`).
+/// The links of `netns`: one rtnetlink dump ([`super::netlink_links`]), else
+/// `ip -n NS -j -d link show`.
 pub fn list_links(netns: &str) -> Result<Vec<Link>, DeviceError> {
+    match super::netlink_links::list(netns) {
+        Ok(links) => return Ok(links),
+        Err(err) => log::debug!("rtnetlink link dump in {netns} failed ({err}); asking ip"),
+    }
+    list_links_with_ip(netns)
+}
+
+/// [`list_links`] through `ip -n NS -j -d link show`.
+pub fn list_links_with_ip(netns: &str) -> Result<Vec<Link>, DeviceError> {
     let out = Cmd::new("ip")
         .args(["-n", netns, "-j", "-d", "link", "show"])
         .run()

@@ -17,6 +17,7 @@ pub mod btf;
 pub mod collect;
 pub mod devices;
 pub mod duty;
+pub mod netlink_links;
 pub mod nf_points;
 pub mod report;
 pub mod stages;
