@@ -52,12 +52,7 @@ pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
     endpoints
 }
 
-/// Starts an agent on each node of the lab (with that node's pod namespace).
-pub fn start_agents(lab: &Lab) -> Result<Vec<(Node, Agent)>, ProfileError> {
-    start_agents_with(lab, &AgentTuning::default())
-}
-
-/// How the agents are run: which checkpoint families, bpf_stats, sampling.
+/// How the agents are run: which checkpoint families, bpf_stats, sampling, duty cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentTuning {
     pub hooks: crate::agent::HookFamilies,
@@ -72,7 +67,7 @@ impl Default for AgentTuning {
     }
 }
 
-/// [`start_agents`] tuned.
+/// Starts an agent on each node of the lab (with that node's pod namespace), tuned.
 pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, Agent)>, ProfileError> {
     let endpoints = lab_endpoints(lab);
     Node::BOTH
