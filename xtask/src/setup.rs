@@ -33,6 +33,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     mount_if_missing("bpf", "/sys/fs/bpf", "pinning eBPF objects")?;
     mount_if_missing("tracefs", "/sys/kernel/tracing", "tracepoint ids for the eBPF programs")?;
+    enough_disk_for_build()?;
     eprintln!("setup: everything is present ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -172,6 +173,40 @@ fn bpf_linker() -> Result<()> {
         .args(["install", "--force", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", &format!("llvm-{major}")]);
     checked(install)
+}
+
+/// A fresh build (debug tests plus the release eBPF object) takes about 6 GB. A full disk does
+/// not fail cleanly: the linker dies with SIGBUS on its mmap'd output. So say it up front.
+const BUILD_NEEDS_BYTES: u64 = 6 << 30;
+const REFUSE_BELOW_BYTES: u64 = 2 << 30;
+
+fn enough_disk_for_build() -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    // The target directory may not exist yet on a fresh clone: its parent is the same filesystem.
+    let probe = if target.exists() { target.clone() } else { PathBuf::from(".") };
+    let Some(avail) = output("df", &["--output=avail", "-B1", &probe.to_string_lossy()])
+        .and_then(|out| out.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()))
+    else {
+        return Ok(()); // no df: nothing to say, the build itself will tell
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if avail < REFUSE_BELOW_BYTES {
+        bail!(
+            "only {:.1} GiB free for {} (a build needs up to {:.0} GiB; with less the linker dies with SIGBUS): \
+             free some space, e.g. `cargo clean` in old checkouts",
+            gib(avail),
+            target.display(),
+            gib(BUILD_NEEDS_BYTES)
+        );
+    }
+    if avail < BUILD_NEEDS_BYTES && !target.exists() {
+        eprintln!(
+            "setup: warning: {:.1} GiB free, a fresh build needs about {:.0} GiB",
+            gib(avail),
+            gib(BUILD_NEEDS_BYTES)
+        );
+    }
+    Ok(())
 }
 
 fn mount_if_missing(fstype: &str, target: &str, why: &str) -> Result<()> {
