@@ -727,6 +727,8 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     let mut options = AgentOptions::new(names.node(Node::One), endpoints);
     options.pod_netns = vec![names.pod(Node::One)];
     options.duty = netprof::agent::duty::Duty::from_percent(40, Duration::from_millis(500)).unwrap();
+    const RCU_KNOB: &str = "/sys/kernel/rcu_expedited";
+    let knob_before = std::fs::read_to_string(RCU_KNOB).unwrap();
     let agent = Agent::start(&options).unwrap();
     ping(&path.client_netns, path.server_ip, N);
     let report = agent.snapshot().unwrap();
@@ -736,6 +738,9 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     println!("duty: {duty:?}, attached {:.0}% of {:.2} s", share * 100.0, report.elapsed_s);
     assert!(duty.windows >= 6, "{duty:?}");
     assert!((0.25..=0.6).contains(&share), "attached share {share}");
+    // Every edge (a close and an open per window) ran with expedited RCU on this root machine.
+    assert!(duty.edges >= 2 * duty.windows - 2, "{duty:?}");
+    assert_eq!(duty.expedited_edges, duty.edges, "{duty:?}");
     let requests = report.hits("eno1 tc-egress");
     let replies = report.hits("eno1 tc-ingress");
     println!("windows saw {requests} requests and {replies} replies of {N}");
@@ -755,6 +760,9 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     for (ns, dev) in [(names.node(Node::One), "eno1"), (names.node(Node::One), "flannel.1"), (names.pod(Node::One), "eth0")] {
         assert_eq!(tcx_ids_after_release(&ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
     }
+    assert_eq!(std::fs::read_to_string(RCU_KNOB).unwrap(), knob_before, "{RCU_KNOB} written back");
+    let note = std::fs::read_to_string("/run/netprof/rcu_expedited.lock").unwrap_or_default();
+    assert_eq!(note, "", "no value left to restore");
 }
 
 /// The agent lists a namespace's links with one rtnetlink dump (no process per rescan); it

@@ -41,6 +41,7 @@ use super::{
         AgentReport, CheckpointReport, DropReport, DutyReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
     },
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
+    expedited_rcu::ExpeditedRcu,
     stats::StatsGuard,
     tracefs::Tracefs,
     AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
@@ -105,10 +106,13 @@ struct Inner {
     nf_links: Vec<NetfilterLink>,
     nf_programs: Vec<NetfilterProgram>,
     ebpf: Ebpf,
-    /// bpf_stats stay on while this lives. Also between duty-cycle windows: no netprof program
-    /// is attached then, so they cost nothing, while switching them (a static key) patches
-    /// kernel text on every CPU.
+    /// bpf_stats stay on while this lives. With a duty cycle only during the windows: the links
+    /// of a closing or opening window stay in for ~100 ms while the programs are paused, and
+    /// statistics would double what each of those paused runs costs (two clock reads per run)
+    /// and water down the per-run figures with runs that did nothing.
     stats: Option<StatsGuard>,
+    /// bpf_stats were asked for and came on (so each window turns them on again).
+    stats_wanted: bool,
     node_netns: NetnsHandle,
     netns: String,
     uplink: String,
@@ -131,8 +135,14 @@ struct Inner {
     config: Config,
     /// Between duty-cycle windows: links dropped, programs and maps kept.
     paused: bool,
-    /// The thread closing the last window's tc and tracepoint links (each waits for RCU).
-    detaching: Option<JoinHandle<()>>,
+    /// The threads closing the last window's tc and tracepoint links (each waits for RCU).
+    detaching: Vec<JoinHandle<()>>,
+    /// Expedited RCU for window edges; `None` once it could not be had (edges then take
+    /// ~100 ms more, see `expedited_rcu`).
+    expedite: Option<ExpeditedRcu>,
+    /// Window edges that ran with expedited RCU, and all edges.
+    expedited_edges: u64,
+    edges: u64,
     attached: AttachedTime,
     duty: Option<Duty>,
     not_measured: Vec<NotMeasured>,
@@ -303,6 +313,7 @@ impl Agent {
             nf_programs: Vec::new(),
             ebpf,
             stats: None,
+            stats_wanted: false,
             node_netns,
             netns: options.netns.clone(),
             uplink,
@@ -319,7 +330,10 @@ impl Agent {
             nf_attached: BTreeSet::new(),
             config,
             paused: false,
-            detaching: None,
+            detaching: Vec::new(),
+            expedite: options.duty.and_then(|_| ExpeditedRcu::probe()),
+            expedited_edges: 0,
+            edges: 0,
             attached: AttachedTime::default(),
             duty: options.duty,
             not_measured,
@@ -343,7 +357,10 @@ impl Agent {
         }
         if options.stats {
             match StatsGuard::enable() {
-                Ok(guard) => inner.stats = Some(guard),
+                Ok(guard) => {
+                    inner.stats = Some(guard);
+                    inner.stats_wanted = true;
+                }
                 Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
             }
         }
@@ -489,6 +506,8 @@ impl Agent {
                 period_ms: duty.period.as_millis() as u64,
                 windows: inner.attached.windows,
                 attached_s: inner.attached.total().as_secs_f64(),
+                expedited_edges: inner.expedited_edges,
+                edges: inner.edges,
             }),
         })
     }

@@ -17,6 +17,7 @@ pub mod btf;
 pub mod collect;
 pub mod devices;
 pub mod duty;
+mod expedited_rcu;
 pub mod netlink_links;
 pub mod nf_points;
 pub mod report;

@@ -46,6 +46,12 @@ pub struct DutyReport {
     pub windows: u64,
     /// Time attached during `elapsed_s`, s: hits, counts and segment counts cover only this.
     pub attached_s: f64,
+    /// Window edges (opening or closing) run with expedited RCU grace periods, of `edges`:
+    /// the others kept the paused programs in the datapath ~100 ms longer.
+    #[serde(default)]
+    pub expedited_edges: u64,
+    #[serde(default)]
+    pub edges: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

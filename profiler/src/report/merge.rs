@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(full.covered(200), 200.0);
         let mut a = report("n1", vec![]);
         let mut b = report("n2", vec![]);
-        let duty = |attached_s| crate::agent::report::DutyReport { percent: 10.0, period_ms: 1000, windows: 2, attached_s };
+        let duty = |attached_s| crate::agent::report::DutyReport { percent: 10.0, period_ms: 1000, windows: 2, attached_s, expedited_edges: 4, edges: 4 };
         a.duty = Some(duty(0.1));
         b.duty = Some(duty(0.3));
         let step = merge_step([&a, &b]);

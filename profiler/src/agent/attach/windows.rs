@@ -26,26 +26,68 @@ pub(super) fn close_window(inner: &mut Inner) {
         log::warn!("duty cycle: cannot pause the programs: {}", chain(&err));
     }
     inner.nf_links.clear();
-    let (tc, tp, trace, trace_btf) = (
-        std::mem::take(&mut inner.tc_links),
+    // Statistics off with the window (see `Inner::stats`); the sysctl fallback is shared with
+    // other holders, so it stays as it is.
+    if matches!(inner.stats, Some(StatsGuard::Fd(_))) {
+        inner.stats = None;
+    }
+    // tc links close under the RTNL lock, tracepoint links do not: two threads, so their RCU
+    // waits overlap instead of adding up.
+    let tc = std::mem::take(&mut inner.tc_links);
+    let traces = (
         std::mem::take(&mut inner.tp_links),
         std::mem::take(&mut inner.trace_links),
         std::mem::take(&mut inner.trace_btf_links),
     );
-    inner.detaching = std::thread::Builder::new()
-        .name("netprof-detach".into())
-        .spawn(move || drop((tc, tp, trace, trace_btf)))
-        .map_err(|err| log::warn!("duty cycle: closing links in the foreground: {err}"))
-        .ok();
+    let count = traces.0.len() + traces.1.len() + traces.2.len();
+    let edge = edge_pace(inner);
+    let tc_edge = edge.clone();
+    inner.detaching = [
+        closing_thread("tc", tc.len(), move || {
+            let _fast = tc_edge.map(|rcu| rcu.begin());
+            drop(tc)
+        }),
+        closing_thread("tracepoint", count, move || {
+            let _fast = edge.map(|rcu| rcu.begin());
+            drop(traces)
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     inner.attached.stop();
     inner.paused = true;
     log::debug!("duty cycle: window closed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
 }
 
+/// Closes `count` links of one `family` on a thread of its own. If no thread starts, the
+/// closure is dropped at once, which closes the links in the foreground.
+fn closing_thread(family: &'static str, count: usize, close: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+    let timed = move || {
+        let started = Instant::now();
+        close();
+        log::debug!("duty cycle: {count} {family} links closed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    };
+    std::thread::Builder::new()
+        .name(format!("netprof-detach-{family}"))
+        .spawn(timed)
+        .map_err(|err| log::warn!("duty cycle: closed the {family} links in the foreground: {err}"))
+        .ok()
+}
+
+/// Counts one window edge and returns what makes it fast, if it can be had.
+fn edge_pace(inner: &mut Inner) -> Option<ExpeditedRcu> {
+    inner.edges += 1;
+    if inner.expedite.is_some() {
+        inner.expedited_edges += 1;
+    }
+    inner.expedite.clone()
+}
+
 /// Waits until the last window's links are gone (before attaching new ones: the same program
 /// twice on one hook would count every packet twice).
 pub(super) fn finish_detaching(inner: &mut Inner) {
-    if let Some(thread) = inner.detaching.take() {
+    for thread in inner.detaching.drain(..) {
         if thread.join().is_err() {
             log::error!("the agent's link-closing thread panicked");
         }
@@ -62,6 +104,8 @@ pub(super) fn open_window(inner: &mut Inner) {
     }
     let started = Instant::now();
     finish_detaching(inner);
+    let joined = started.elapsed();
+    let _fast = edge_pace(inner).map(|rcu| rcu.begin());
     // Attached paused, then unpaused at once below: the window starts with every hook in.
     let devices: Vec<Device> = inner.registry.devices().to_vec();
     if inner.tc_loaded {
@@ -69,6 +113,7 @@ pub(super) fn open_window(inner: &mut Inner) {
             attach_tc(inner, device);
         }
     }
+    let tc_done = started.elapsed();
     if inner.tp_attached {
         for program in [PROG_DEV_RX, PROG_DEV_TX] {
             if let Some(p) = inner.ebpf.program_mut(program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
@@ -84,6 +129,7 @@ pub(super) fn open_window(inner: &mut Inner) {
             log::warn!("duty cycle: {which:?}: {reason}");
         }
     }
+    let trace_done = started.elapsed();
     if !inner.nf_attached.is_empty() {
         match inner.node_netns.enter_if_elsewhere() {
             Ok(guard) => {
@@ -103,6 +149,12 @@ pub(super) fn open_window(inner: &mut Inner) {
             Err(err) => log::warn!("duty cycle: netfilter: {}", chain(&err)),
         }
     }
+    if inner.stats_wanted && inner.stats.is_none() {
+        match StatsGuard::enable() {
+            Ok(guard) => inner.stats = Some(guard),
+            Err(reason) => log::warn!("duty cycle: bpf_stats stay off for this window: {reason}"),
+        }
+    }
     inner.config.epoch = inner.config.epoch.wrapping_add(1);
     inner.config.paused = 0;
     let config = inner.config;
@@ -112,6 +164,14 @@ pub(super) fn open_window(inner: &mut Inner) {
     }
     inner.attached.start();
     inner.paused = false;
-    log::debug!("duty cycle: window opened in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    log::debug!(
+        "duty cycle: window opened in {:.1} ms (waiting for the last detach {:.1}, tc {:.1}, tracepoints {:.1}, netfilter {:.1})",
+        ms(started.elapsed()),
+        ms(joined),
+        ms(tc_done - joined),
+        ms(trace_done - tc_done),
+        ms(started.elapsed() - trace_done)
+    );
 }
 
