@@ -312,6 +312,68 @@ fn html_renders_in_headless_chromium() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Rounds pair up: the measured gain is the median of each round's own difference (a drift
+/// between rounds, here 300 -> 250 -> 400 µs, does not enter), every round's figure is kept, and
+/// a stage the base already has (the raw table) is not counted as added by NOTRACK.
+#[test]
+fn validation_measures_the_median_of_paired_rounds() {
+    use netprof::bench::validate::{ValidateResult, Variant, VariantRun, SCHEMA};
+    use netprof::lab::Mode;
+    use netprof::report::input::{RunInput, ValidationInput};
+    use netprof::report::validation::validate;
+
+    let input = report::input::load(Path::new(RUN)).unwrap();
+    let m = input.mode(Mode::FlannelVxlan).unwrap();
+    let pod = m.result.pod_path.clone().unwrap();
+    let run = |variant: Variant, round: u32, rtt_us: f64| {
+        let mut ping = pod.ping.clone();
+        ping.rtts_us = vec![rtt_us; 200];
+        RunInput {
+            run: VariantRun {
+                variant,
+                round,
+                services: 0,
+                rules_per_node: 26,
+                http_target: pod.endpoints.http_target.to_string(),
+                ping,
+                ab: None,
+                dir: String::new(),
+                profiles: vec![],
+            },
+            profiles: m.profiles.iter().filter(|p| p.file.path == "pod path").cloned().collect(),
+        }
+    };
+    let runs = vec![
+        run(Variant::Base, 0, 300.0),
+        run(Variant::Notrack, 0, 288.0),
+        run(Variant::Notrack, 1, 240.0),
+        run(Variant::Base, 1, 250.0),
+        run(Variant::Base, 2, 400.0),
+        run(Variant::Notrack, 2, 395.0),
+    ];
+    let v = ValidationInput {
+        result: ValidateResult {
+            schema: SCHEMA.into(),
+            mode: Mode::FlannelVxlan,
+            config: m.result.config.clone(),
+            rounds: 3,
+            sweep: vec![],
+            runs: runs.iter().map(|r| r.run.clone()).collect(),
+        },
+        runs,
+    };
+    let out = validate(&v, 2);
+    let c = out.checks.iter().find(|c| c.ablation == "notrack").unwrap();
+    // (p50s come from an HDR histogram: within its ~1% resolution of 250-400 µs)
+    let near = |got: i64, want: i64| (got - want).abs() <= 400;
+    let by_round = &c.measured_by_round_ns;
+    assert!(by_round.len() == 3 && near(by_round[0], 12_000) && near(by_round[1], 10_000) && near(by_round[2], 5_000), "{by_round:?}");
+    assert_eq!(c.measured_gain_ns, by_round[1], "the median round");
+    // Both sides ran the same profiles here, so nothing is new in the ablated runs.
+    assert_eq!(c.added_ns, 0, "{c:?}");
+    assert_eq!(c.net_predicted_gain_ns, c.predicted_gain_ns);
+}
+
 /// The validation arithmetic on real profiles: the recorded flannel-vxlan pod path stands in
 /// for the base runs, the recorded l2 pod path (no iptables, no conntrack) for the ablated
 /// "no-kube-proxy" runs, and flannel-vxlan and calico's ab steps for a two-point sweep.

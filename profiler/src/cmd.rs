@@ -66,6 +66,11 @@ impl Cmd {
         self
     }
 
+    /// The text given with [`Cmd::stdin`], if any.
+    pub fn stdin_text(&self) -> Option<&str> {
+        self.stdin.as_deref()
+    }
+
     /// The command line as a user would type it, for messages.
     pub fn display(&self) -> String {
         let mut words = Vec::new();

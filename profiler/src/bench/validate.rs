@@ -1,10 +1,12 @@
 //! `bench --validate`: counterfactual runs that check the attribution against reality. On one
 //! mode's lab, with the agents attached throughout (so every run carries the same probes):
-//! - `base`: the lab as built;
-//! - `notrack`: a raw-table `CT --notrack` on both nodes (conntrack and NAT do nothing);
+//! - `base`: the lab as built plus an empty raw table on both nodes;
+//! - `notrack`: that raw table with `CT --notrack` rules (conntrack and NAT do nothing), so it
+//!   differs from `base` only by what tracking costs (and two rule matches);
 //! - `no-kube-proxy`: no kube-proxy rules (no iptables tables, no conntrack hooks);
 //!
-//! each `rounds` times, interleaved so slow drifts hit every variant alike; then a sweep of
+//! each `rounds` times, interleaved with the order rotating every round so slow drifts hit every
+//! variant alike (the report pairs each round's runs); then a sweep of
 //! extra Services (`base` with 0, 1000, 5000 Services: 5 rules each) for the per-rule cost.
 //! Every run does the pod path's ping, and ab when nginx is reachable the same way (through
 //! the NodePort in `base` and the sweep; straight to the pod in `no-kube-proxy`; not in
@@ -48,6 +50,7 @@ impl Variant {
     fn ablation(self) -> Ablation {
         Ablation {
             notrack: self == Variant::Notrack,
+            empty_raw: self == Variant::Base,
             no_kube_proxy: self == Variant::NoKubeProxy,
         }
     }
@@ -172,10 +175,12 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
 /// under `<out>/validate/`. The lab is always torn down.
 pub async fn run(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan) -> Result<ValidateResult, BenchError> {
     let mut schedule: Vec<(Variant, u32, u32)> = Vec::new();
+    let mut variants = [Variant::Base, Variant::Notrack, Variant::NoKubeProxy];
     for round in 0..plan.rounds {
-        for variant in [Variant::Base, Variant::Notrack, Variant::NoKubeProxy] {
+        for &variant in &variants {
             schedule.push((variant, round, 0));
         }
+        variants.rotate_left(1);
     }
     for &services in &plan.sweep {
         schedule.push((Variant::Services, 0, services));

@@ -40,8 +40,9 @@ pub struct BenchArgs {
     /// The mode `--validate` runs on (one with kube-proxy: flannel-hostgw, flannel-vxlan, calico).
     #[arg(long, default_value = "flannel-vxlan")]
     pub validate_mode: Mode,
-    /// Interleaved rounds of base / notrack / no-kube-proxy runs.
-    #[arg(long, default_value_t = 3)]
+    /// Interleaved rounds of base / notrack / no-kube-proxy runs (the order rotates; the
+    /// report takes the median of the rounds' paired differences, so more rounds tame drift).
+    #[arg(long, default_value_t = 6)]
     pub validate_rounds: u32,
     /// Extra Services per run of the `--validate` sweep (comma-separated).
     #[arg(long, default_value = "0,1000,5000", value_delimiter = ',')]

@@ -74,6 +74,12 @@ pub struct Ablation {
     /// (DNAT needs conntrack), so HTTP goes straight to the pod.
     #[serde(default)]
     pub notrack: bool,
+    /// An empty raw table on both nodes (PREROUTING and OUTPUT, policy ACCEPT, no rules): the
+    /// validation's base, so that `notrack` differs from it only by its rule. A raw table's
+    /// hook passes cost about what conntrack saves, so without it in the base the NOTRACK
+    /// run measured the table it adds as much as the tracking it removes.
+    #[serde(default)]
+    pub empty_raw: bool,
     /// No kube-proxy rules at all (no iptables tables, so no conntrack hooks either); HTTP goes
     /// straight to the pod.
     #[serde(default)]

@@ -92,10 +92,12 @@ fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extr
         let rules = kube_proxy::ruleset(mode, node, extra_services);
         plan.push(Cmd::new("iptables-restore").in_netns(&ns).stdin(rules));
     }
-    if ablation.notrack {
-        // Nothing is tracked: conntrack sees an untracked template, NAT has nothing to do.
-        let raw = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -j CT --notrack\n-A OUTPUT -j CT --notrack\nCOMMIT\n";
-        plan.push(Cmd::new("iptables-restore").arg("--noflush").in_netns(&ns).stdin(raw.to_owned()));
+    if ablation.notrack || ablation.empty_raw {
+        // notrack: nothing is tracked, conntrack sees an untracked template, NAT has nothing
+        // to do. empty_raw: the same table without the rules.
+        let rules = if ablation.notrack { "-A PREROUTING -j CT --notrack\n-A OUTPUT -j CT --notrack\n" } else { "" };
+        let raw = format!("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n");
+        plan.push(Cmd::new("iptables-restore").arg("--noflush").in_netns(&ns).stdin(raw));
     }
 }
 
@@ -222,12 +224,21 @@ mod tests {
     fn ablations_remove_kube_proxy_or_add_notrack_on_both_nodes() {
         let names = LabNames::new("unit").unwrap();
         let count = |ablation: Ablation, needle: &str| {
-            build_plan_with(&names, Mode::FlannelVxlan, 0, ablation).iter().filter(|c| c.display().contains(needle)).count()
+            let plan = build_plan_with(&names, Mode::FlannelVxlan, 0, ablation);
+            let lines: Vec<String> = plan.iter().map(|c| c.display()).collect();
+            let stdin: Vec<&str> = plan.iter().filter_map(|c| c.stdin_text()).collect();
+            lines.iter().filter(|l| l.contains(needle)).count() + stdin.iter().map(|t| t.matches(needle).count()).sum::<usize>()
         };
         assert_eq!(count(Ablation::default(), "iptables-restore"), 2);
-        assert_eq!(count(Ablation { no_kube_proxy: true, notrack: false }, "iptables-restore"), 0);
+        assert_eq!(count(Ablation { no_kube_proxy: true, ..Default::default() }, "iptables-restore"), 0);
         // kube-proxy's ruleset plus the raw table, loaded without flushing the others.
-        assert_eq!(count(Ablation { notrack: true, no_kube_proxy: false }, "iptables-restore"), 4);
-        assert_eq!(count(Ablation { notrack: true, no_kube_proxy: false }, "iptables-restore --noflush"), 2);
+        let notrack = Ablation { notrack: true, ..Default::default() };
+        assert_eq!(count(notrack, "iptables-restore"), 4);
+        assert_eq!(count(notrack, "iptables-restore --noflush"), 2);
+        assert_eq!(count(notrack, "CT --notrack"), 4, "PREROUTING and OUTPUT on both nodes");
+        let empty_raw = Ablation { empty_raw: true, ..Default::default() };
+        assert_eq!(count(empty_raw, "iptables-restore --noflush"), 2);
+        assert_eq!(count(empty_raw, "*raw"), 2);
+        assert_eq!(count(empty_raw, "CT --notrack"), 0);
     }
 }

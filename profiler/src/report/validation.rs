@@ -7,7 +7,9 @@
 //! leaves the tables registered and probed, so only each bracket's time above the hook's empty
 //! bracket goes; the raw-table rule it adds cannot be predicted from the base runs and is shown
 //! from the ablated runs' own profiles. No kube-proxy removes every netfilter stage whole (no
-//! tables, no hooks, no probes there). The measured gain is the difference of the p50 RTTs of all rounds' pings pooled.
+//! tables, no hooks, no probes there). The measured gain is the median over rounds of each
+//! round's base p50 minus its ablated p50 (the runs of a round ran back to back, in an order
+//! that rotates), or the difference of the pooled p50s where rounds do not pair up.
 //! The Services sweep fits a line through (rules per node, ab mean latency) and (rules per
 //! node, NAT time per request) for the per-rule cost.
 
@@ -43,7 +45,11 @@ pub struct Check {
     /// Pooled p50 ping RTT of the base and the ablated runs, ns.
     pub base_p50_ns: i64,
     pub ablated_p50_ns: i64,
+    /// The median over rounds of (base p50 − ablated p50) of the same round, whose runs ran
+    /// back to back (pooled p50s' difference when rounds do not pair up).
     pub measured_gain_ns: i64,
+    /// Each round's own difference, ns (empty when rounds do not pair up).
+    pub measured_by_round_ns: Vec<i64>,
     pub predicted_gain_ns: i64,
     /// The prediction by removed stage, ns per RTT.
     pub predicted_by_stage: Vec<StageNs>,
@@ -51,8 +57,9 @@ pub struct Check {
     pub error_pct: Option<f64>,
     /// The removed stages' time still seen in the ablated runs' own profiles, ns per RTT.
     pub remaining_ns: i64,
-    /// Stages the ablation adds (NOTRACK: the raw table), seen in the ablated runs' own
-    /// profiles, ns per RTT; not part of the prediction, which uses the base runs only.
+    /// Stages the ablation adds that the base runs did not have (NOTRACK on a lab without a
+    /// raw table: that table), seen in the ablated runs' own profiles, ns per RTT; not part of
+    /// the prediction, which uses the base runs only. 0 since the base has an empty raw table.
     pub added_ns: i64,
     /// `predicted_gain_ns - added_ns`.
     pub net_predicted_gain_ns: i64,
@@ -151,6 +158,24 @@ fn pooled_p50_ns(runs: &[&RunInput]) -> Option<i64> {
     RttStats::from_samples_us(&samples).map(|s| (s.p50_ms * 1e6).round() as i64)
 }
 
+/// Each round's base p50 minus its ablated p50, ns; `None` unless every round has exactly
+/// one run of each.
+fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput]) -> Option<Vec<i64>> {
+    if base.len() != ablated.len() {
+        return None;
+    }
+    base.iter()
+        .map(|b| {
+            let mut same_round = ablated.iter().filter(|a| a.run.round == b.run.round);
+            let a = same_round.next()?;
+            if same_round.next().is_some() {
+                return None;
+            }
+            Some(pooled_p50_ns(&[b])? - pooled_p50_ns(&[a])?)
+        })
+        .collect()
+}
+
 fn replies(runs: &[&RunInput]) -> u64 {
     runs.iter().map(|r| r.run.ping.received).sum()
 }
@@ -224,7 +249,10 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         removed_time(&base_ping, replies(&base), Statistic::Median, &removes)
     };
     let ablated_ping = merged(&ablated, "ping");
-    let added_ns: i64 = removed_time(&ablated_ping, replies(&ablated), Statistic::Median, adds).iter().map(|(_, ns)| ns).sum();
+    // Only what the base runs did not have is added (older runs had no raw table in base).
+    let in_base = per_event_by_stage(&base_ping, replies(&base), Statistic::Median);
+    let adds: Vec<Stage> = adds.iter().copied().filter(|s| in_base.get(s).copied().unwrap_or(0.0) <= 0.0).collect();
+    let added_ns: i64 = removed_time(&ablated_ping, replies(&ablated), Statistic::Median, &adds).iter().map(|(_, ns)| ns).sum();
     let (before, after) = (
         per_event(&base_ping, replies(&base), Statistic::Median),
         per_event(&ablated_ping, replies(&ablated), Statistic::Median),
@@ -243,7 +271,12 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         .iter()
         .map(|(_, ns)| ns)
         .sum();
-    let measured_gain_ns = base_p50_ns - ablated_p50_ns;
+    let measured_by_round_ns = paired_gains_ns(&base, &ablated).unwrap_or_default();
+    let measured_gain_ns = if measured_by_round_ns.is_empty() {
+        base_p50_ns - ablated_p50_ns
+    } else {
+        median(measured_by_round_ns.iter().map(|&ns| ns as f64).collect()).round() as i64
+    };
     let qps = if ablated.iter().all(|r| r.run.ab.is_some()) && base.iter().all(|r| r.run.ab.is_some()) {
         let qps_of = |runs: &[&RunInput]| median(runs.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.requests_per_second).collect());
         let requests: u64 = base.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.complete_requests).sum();
@@ -271,6 +304,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         base_p50_ns,
         ablated_p50_ns,
         measured_gain_ns,
+        measured_by_round_ns,
         predicted_gain_ns,
         predicted_by_stage: predicted_by_stage.iter().map(|&(stage, ns)| StageNs { stage, ns }).collect(),
         error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),

@@ -284,9 +284,13 @@ fn validation_sections(report: &Report) -> Vec<Section> {
         })
         .collect();
     let mut footer = vec![
-        "predicted gain: from the base runs only (all rounds merged): the removed stages' per-RTT time (segment median × passes per RTT, both nodes); for NOTRACK only the part above each hook's empty-bracket floor, since its tables stay registered and probed. measured gain: base p50 − ablated p50 of all rounds' pings pooled. still seen: the removed stages' time in the ablated runs' own profiles; added: stages the ablation brings (NOTRACK's raw table) there; net predicted = predicted − added.".to_owned(),
+        "predicted gain: from the base runs only (all rounds merged): the removed stages' per-RTT time (segment median × passes per RTT, both nodes); for NOTRACK only the part above each hook's empty-bracket floor, since its tables stay registered and probed. measured gain: the median over rounds of each round's base p50 − ablated p50 (a round's runs ran back to back, in rotating order; base and ablated p50 columns pool all rounds). The base has an empty raw table, so NOTRACK only adds its rules. still seen: the removed stages' time in the ablated runs' own profiles; added: stages the ablation brings that the base runs lacked; net predicted = predicted − added.".to_owned(),
     ];
     for c in &v.checks {
+        if !c.measured_by_round_ns.is_empty() {
+            let rounds: Vec<String> = c.measured_by_round_ns.iter().map(|&ns| us_signed(ns)).collect();
+            footer.push(format!("{}: measured gain per round (µs): {}.", c.ablation, rounds.join(", ")));
+        }
         let parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
         footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
         let mut changes: Vec<&crate::report::validation::CategoryChange> = c.profiled_change.iter().filter(|x| (x.base_ns - x.ablated_ns).abs() >= 500).collect();
