@@ -92,3 +92,74 @@ fn overhead_compares_agent_settings_side_by_side() {
     assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&format!("netprof-{lab}-")), "lab left behind");
     let _ = std::fs::remove_file(out);
 }
+
+/// `bench --validate` end to end, short: every variant in every round (order rotating), the
+/// base with an empty raw table (its profiles have the raw stage, so NOTRACK adds nothing
+/// but its rules), and a report whose two checks pair the rounds.
+#[test]
+fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
+    let test = "validate_runs_every_variant_and_the_report_pairs_the_rounds";
+    if let Some(reason) = ebpf_skip_reason(&["bpftool", "ping", "iperf3", "ab", "nginx", "iptables-restore"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = loaded_netprof_programs().len();
+    let lab = unique_lab_name();
+    let out = std::env::temp_dir().join(format!("netprof-validate-{lab}"));
+    let status = Command::new(netprof_bin())
+        .args(["bench", "--modes", "host", "--profile", "--validate", "--validate-rounds", "2", "--lab", &lab])
+        .args(["--validate-ping-count", "100", "--sweep-services", "0", "--ping-count", "20"])
+        .args(["--iperf3-seconds", "1", "--ab-requests", "300", "--ab-concurrency", "10"])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let validate: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("validate.json")).unwrap()).unwrap();
+    assert_eq!(validate["config"]["ping_count"], 100, "the validation's own ping");
+    let runs: Vec<(String, u64)> = validate["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["variant"].as_str().unwrap().to_owned(), r["round"].as_u64().unwrap()))
+        .collect();
+    let order: Vec<&str> = runs.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(order, ["base", "notrack", "no-kube-proxy", "notrack", "no-kube-proxy", "base", "services"], "{runs:?}");
+    for run in validate["runs"].as_array().unwrap() {
+        assert_eq!(run["ping"]["received"], 100, "{}", run["variant"]);
+        let stages: Vec<String> = run["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["tool"] == "ping")
+            .flat_map(|p| {
+                let file = out.join(run["dir"].as_str().unwrap()).join(p["file"].as_str().unwrap());
+                let report: AgentReport = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+                report.segments.iter().map(|s| s.stage.name().to_owned()).collect::<Vec<_>>()
+            })
+            .collect();
+        let has_raw = stages.iter().any(|s| s == "raw");
+        match run["variant"].as_str().unwrap() {
+            "base" | "notrack" => assert!(has_raw, "{}: no raw table stage in {stages:?}", run["variant"]),
+            "no-kube-proxy" => assert!(!has_raw && !stages.iter().any(|s| s == "conntrack"), "{stages:?}"),
+            _ => assert!(!has_raw, "the sweep runs the lab as built"),
+        }
+    }
+
+    let report = Command::new(netprof_bin()).args(["report", "--format", "json"]).arg(&out).output().unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let checks = report["validation"]["checks"].as_array().unwrap();
+    for (check, ablation) in checks.iter().zip(["notrack", "no-kube-proxy"]) {
+        assert_eq!(check["ablation"], ablation);
+        assert_eq!(check["measured_by_round_ns"].as_array().unwrap().len(), 2, "{check}");
+        assert_eq!(check["added_ns"], 0, "the base has the raw table too: {check}");
+    }
+    assert!(checks[1]["hook_edge_probes_ns"].as_i64().unwrap() > 0, "{}", checks[1]);
+    assert_eq!(loaded_netprof_programs().len(), before, "programs left loaded after bench");
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&lab), "lab {lab} left behind");
+    let _ = std::fs::remove_dir_all(out);
+}

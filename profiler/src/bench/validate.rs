@@ -87,12 +87,19 @@ pub struct ValidateResult {
     pub runs: Vec<VariantRun>,
 }
 
+/// The validation's own ping: 1000 echo requests 2 ms apart (see `--validate-ping-interval`).
+pub const PING_COUNT: u32 = 1000;
+pub const PING_INTERVAL_S: f64 = 0.002;
+
 /// What to validate.
 #[derive(Debug, Clone)]
 pub struct ValidatePlan {
     pub mode: Mode,
     pub rounds: u32,
     pub sweep: Vec<u32>,
+    /// The validation runs' ping (the rest of the tools' settings are the bench's).
+    pub ping_count: u32,
+    pub ping_interval_s: f64,
 }
 
 fn rules(mode: Mode, services: u32, ablation: Ablation) -> usize {
@@ -174,6 +181,7 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
 /// Runs every validation variant; writes `<out>/validate.json` and the runs' agent reports
 /// under `<out>/validate/`. The lab is always torn down.
 pub async fn run(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan) -> Result<ValidateResult, BenchError> {
+    let cfg = &BenchConfig { ping_count: plan.ping_count, ping_interval_s: plan.ping_interval_s, ..cfg.clone() };
     let mut schedule: Vec<(Variant, u32, u32)> = Vec::new();
     let mut variants = [Variant::Base, Variant::Notrack, Variant::NoKubeProxy];
     for round in 0..plan.rounds {

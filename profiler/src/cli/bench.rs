@@ -44,6 +44,15 @@ pub struct BenchArgs {
     /// report takes the median of the rounds' paired differences, so more rounds tame drift).
     #[arg(long, default_value_t = 6)]
     pub validate_rounds: u32,
+    /// Echo requests per `--validate` ping run.
+    #[arg(long, default_value_t = bench::validate::PING_COUNT)]
+    pub validate_ping_count: u32,
+    /// Seconds between `--validate`'s echo requests. Shorter than the study's 10 ms on purpose:
+    /// between pings 10 ms apart the CPUs go idle, and waking them made the p50 swing by ±40 µs
+    /// from run to run here, far more than the few µs conntrack costs. At 2 ms they stay
+    /// awake and the swing is a few µs.
+    #[arg(long, default_value_t = bench::validate::PING_INTERVAL_S)]
+    pub validate_ping_interval: f64,
     /// Extra Services per run of the `--validate` sweep (comma-separated).
     #[arg(long, default_value = "0,1000,5000", value_delimiter = ',')]
     pub sweep_services: Vec<u32>,
@@ -72,10 +81,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let Some(&n) = args.sweep_services.iter().find(|&&n| n > lab::addressing::MAX_EXTRA_SERVICES) {
             anyhow::bail!("--sweep-services {n} is too many: the lab holds at most {}", lab::addressing::MAX_EXTRA_SERVICES);
         }
+        let ping = bench::BenchConfig { ping_count: args.validate_ping_count, ping_interval_s: args.validate_ping_interval, ..cfg.clone() };
+        ping.validate().map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--ping-", "--validate-ping-")))?;
         Some(bench::validate::ValidatePlan {
             mode: args.validate_mode,
             rounds: args.validate_rounds,
             sweep: args.sweep_services.clone(),
+            ping_count: args.validate_ping_count,
+            ping_interval_s: args.validate_ping_interval,
         })
     } else {
         None

@@ -53,6 +53,10 @@ pub struct Check {
     pub predicted_gain_ns: i64,
     /// The prediction by removed stage, ns per RTT.
     pub predicted_by_stage: Vec<StageNs>,
+    /// Part of the prediction when every netfilter hook goes (no kube-proxy): netprof's own
+    /// probe time at each hook pass's edges, which no removed segment holds (see
+    /// [`hook_edge_probe_ns`]), ns per RTT. 0 for NOTRACK (the hooks and probes stay).
+    pub hook_edge_probes_ns: i64,
     /// `(measured - predicted) / predicted`, percent.
     pub error_pct: Option<f64>,
     /// The removed stages' time still seen in the ablated runs' own profiles, ns per RTT.
@@ -234,6 +238,31 @@ fn work_above_floor(step: &MergedStep, events: u64, removes: &[Stage]) -> Vec<(S
         .collect()
 }
 
+/// netprof's probe time that leaves with the netfilter hooks but sits in no removed segment.
+/// Of the probes at one hook pass, the segments between them hold all but the first probe's
+/// part before its clock read and the last one's part after it, together about one probe
+/// run per pass (the kernel's entry into the hook sits there too). So: hook passes per RTT
+/// (segments entering a hook from elsewhere) × the netfilter probes' mean run time
+/// (bpf_stats of the same base runs).
+fn hook_edge_probe_ns(base: &[&RunInput], step: &MergedStep, events: u64) -> i64 {
+    let (runs, time) = base
+        .iter()
+        .flat_map(|r| r.step("ping"))
+        .flat_map(|p| p.report.programs.iter())
+        .filter(|p| p.name.starts_with("nf_"))
+        .fold((0u64, 0u64), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
+    if runs == 0 {
+        return 0;
+    }
+    let entries: u64 = step
+        .segments
+        .iter()
+        .filter(|s| matches!(hook_of(&s.to), Some(to) if hook_of(&s.from) != Some(to)))
+        .map(|s| s.hist.count)
+        .sum();
+    (entries as f64 / step.covered(events) * time as f64 / runs as f64).round() as i64
+}
+
 fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Stage], cpus: usize) -> Option<Check> {
     let (base, ablated) = (runs(v, Variant::Base), runs(v, variant));
     if base.is_empty() || ablated.is_empty() {
@@ -266,7 +295,8 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         })
         .filter(|c| c.base_ns != 0 || c.ablated_ns != 0)
         .collect();
-    let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum();
+    let hook_edge_probes_ns = if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, &base_ping, replies(&base)) } else { 0 };
+    let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum::<i64>() + hook_edge_probes_ns;
     let remaining_ns = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, &removes)
         .iter()
         .map(|(_, ns)| ns)
@@ -307,6 +337,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         measured_by_round_ns,
         predicted_gain_ns,
         predicted_by_stage: predicted_by_stage.iter().map(|&(stage, ns)| StageNs { stage, ns }).collect(),
+        hook_edge_probes_ns,
         error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
         remaining_ns,
         added_ns,

@@ -291,7 +291,10 @@ fn validation_sections(report: &Report) -> Vec<Section> {
             let rounds: Vec<String> = c.measured_by_round_ns.iter().map(|&ns| us_signed(ns)).collect();
             footer.push(format!("{}: measured gain per round (µs): {}.", c.ablation, rounds.join(", ")));
         }
-        let parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
+        let mut parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
+        if c.hook_edge_probes_ns != 0 {
+            parts.push(format!("netprof's probes at the hooks' edges {}", us_signed(c.hook_edge_probes_ns)));
+        }
         footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
         let mut changes: Vec<&crate::report::validation::CategoryChange> = c.profiled_change.iter().filter(|x| (x.base_ns - x.ablated_ns).abs() >= 500).collect();
         changes.sort_by_key(|x| x.ablated_ns - x.base_ns);
