@@ -129,6 +129,9 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
     assert_eq!(order, ["base", "notrack", "no-kube-proxy", "notrack", "no-kube-proxy", "base", "services"], "{runs:?}");
     for run in validate["runs"].as_array().unwrap() {
         assert_eq!(run["ping"]["received"], 100, "{}", run["variant"]);
+        // nginx through the NodePort wherever kube-proxy's DNAT works (the base's raw table is empty).
+        let via_node_port = run["http_target"].as_str().unwrap().ends_with(":30001");
+        assert_eq!(via_node_port, matches!(run["variant"].as_str(), Some("base" | "services")), "{run}");
         let stages: Vec<String> = run["profiles"]
             .as_array()
             .unwrap()

@@ -86,12 +86,6 @@ pub struct Ablation {
     pub no_kube_proxy: bool,
 }
 
-impl Ablation {
-    pub fn is_none(&self) -> bool {
-        *self == Ablation::default()
-    }
-}
-
 /// A built lab, with the addresses the benchmarks use.
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -154,7 +148,8 @@ impl Lab {
 
     /// Whether nginx is reached through kube-proxy's NodePort (DNAT + MASQUERADE).
     pub fn has_node_port(&self) -> bool {
-        self.mode().has_kube_proxy() && self.ablation.is_none()
+        // The NodePort needs kube-proxy's DNAT, which needs conntrack (an empty raw table is fine).
+        self.mode().has_kube_proxy() && !self.ablation.no_kube_proxy && !self.ablation.notrack
     }
 
     /// Every namespace of this lab.
