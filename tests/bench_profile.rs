@@ -93,8 +93,8 @@ fn overhead_compares_agent_settings_side_by_side() {
     let _ = std::fs::remove_file(out);
 }
 
-/// `bench --validate` end to end, short: every variant in every round (order rotating), the
-/// base with an empty raw table (its profiles have the raw stage, so NOTRACK adds nothing
+/// `bench --validate` end to end, short: every variant in every round, the base with an empty
+/// raw table (its profiles have the raw stage, so NOTRACK adds nothing
 /// but its rules), and a report whose two checks pair the rounds.
 #[test]
 fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
@@ -126,7 +126,11 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
         .map(|r| (r["variant"].as_str().unwrap().to_owned(), r["round"].as_u64().unwrap()))
         .collect();
     let order: Vec<&str> = runs.iter().map(|(v, _)| v.as_str()).collect();
-    assert_eq!(order, ["base", "notrack", "no-kube-proxy", "notrack", "no-kube-proxy", "base", "services"], "{runs:?}");
+    // base and notrack alternate on one lab (NOTRACK switched in place), then no-kube-proxy
+    // (a lab each), then the sweep.
+    assert_eq!(order, ["base", "notrack", "notrack", "base", "no-kube-proxy", "no-kube-proxy", "services"], "{runs:?}");
+    let rounds: Vec<u64> = runs.iter().map(|(_, r)| *r).collect();
+    assert_eq!(rounds, [0, 0, 1, 1, 0, 1, 0]);
     for run in validate["runs"].as_array().unwrap() {
         assert_eq!(run["ping"]["received"], 100, "{}", run["variant"]);
         // nginx through the NodePort wherever kube-proxy's DNAT works (the base's raw table is empty).

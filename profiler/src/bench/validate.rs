@@ -5,8 +5,9 @@
 //!   differs from `base` only by what tracking costs (and two rule matches);
 //! - `no-kube-proxy`: no kube-proxy rules (no iptables tables, no conntrack hooks);
 //!
-//! each `rounds` times, interleaved with the order rotating every round so slow drifts hit every
-//! variant alike (the report pairs each round's runs); then a sweep of
+//! each `rounds` times. `base` and `notrack` share one lab and alternate, NOTRACK switched in
+//! place (rebuilding the lab per run moved the p50 by more than conntrack costs); each
+//! `no-kube-proxy` run needs its own lab. The report pairs the runs of a round. Then a sweep of
 //! extra Services (`base` with 0, 1000, 5000 Services: 5 rules each) for the per-rule cost.
 //! Every run does the pod path's ping, and ab when nginx is reachable the same way (through
 //! the NodePort in `base` and the sweep; straight to the pod in `no-kube-proxy`; not in
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use super::profile::{ProfileFile, Profiler};
 use super::{servers, tools, BenchConfig, BenchError, Progress};
-use crate::lab::{self, kube_proxy, Ablation, LabNames, LabSpec, Mode, Node};
+use crate::cmd::Cmd;
+use crate::lab::{self, kube_proxy, Ablation, Lab, LabNames, LabSpec, Mode, Node};
 use crate::parse::{ab::AbReport, ping::PingReport};
 
 pub const SCHEMA: &str = "netprof.validate/v1";
@@ -120,28 +122,56 @@ struct Slot {
     total: usize,
 }
 
+/// Builds the lab for one run (its own ablation), measures it, tears it down.
 async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: Mode, slot: Slot) -> Result<VariantRun, BenchError> {
+    let progress = Progress { index: slot.index, total: slot.total, mode };
+    let t = progress.step(&format!("{}: lab", label(slot)));
+    let lab = lab::up_with(names, LabSpec { mode, services: slot.services }, slot.variant.ablation()).map_err(|e| progress.failed(e))?;
+    progress.done(t, "up");
+    let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
+    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
+    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode, what: "nginx", source })?;
+    measure(cfg, &lab, out_dir, slot).await
+}
+
+fn label(slot: Slot) -> String {
+    match slot.variant {
+        Variant::Services => format!("validate services={}", slot.services),
+        v => format!("validate {} round {}", v.name(), slot.round + 1),
+    }
+}
+
+/// Switches NOTRACK on or off in a lab built with an empty raw table (`Ablation::empty_raw`):
+/// the rules go into, or out of, raw PREROUTING and OUTPUT on both nodes. Nothing else moves.
+fn set_notrack(lab: &Lab, on: bool) -> Result<(), BenchError> {
+    for node in [Node::One, Node::Two] {
+        let ns = lab.names.node(node);
+        Cmd::new("iptables").args(["-t", "raw", "-F"]).in_netns(&ns).run()?;
+        if on {
+            for chain in ["PREROUTING", "OUTPUT"] {
+                Cmd::new("iptables").args(["-t", "raw", "-A", chain, "-j", "CT", "--notrack"]).in_netns(&ns).run()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run on a lab that is up with nginx serving: agents attached for its ping (and ab,
+/// except with NOTRACK, where the NodePort cannot work), reports under `validate/<run>/`.
+async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Result<VariantRun, BenchError> {
     let Slot { variant, round, services, index, total } = slot;
-    let step = (index, total);
-    let progress = Progress { index: step.0, total: step.1, mode };
-    let ablation = variant.ablation();
-    let label = match variant {
-        Variant::Services => format!("validate services={services}"),
-        v => format!("validate {} round {}", v.name(), round + 1),
-    };
-    let t = progress.step(&format!("{label}: lab + agents"));
-    let lab = lab::up_with(names, LabSpec { mode, services }, ablation).map_err(|e| progress.failed(e))?;
+    let mode = lab.mode();
+    let progress = Progress { index, total, mode };
+    let label = label(slot);
     let dir = PathBuf::from("validate").join(match variant {
         Variant::Services => format!("services-{services}"),
         v => format!("{}-r{}", v.name(), round + 1),
     });
     let run_dir = out_dir.join(&dir);
-    let profiler = Profiler::start(&lab, &run_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
-    progress.done(t, "up");
+    let t = progress.step(&format!("{label}: agents"));
+    let profiler = Profiler::start(lab, &run_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+    progress.done(t, "attached");
     let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
-    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
-    let server_err = |what| move |source| BenchError::Server { mode, what, source };
-    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
     let profile_err = |source| BenchError::Profile { mode, source };
     let tool_err = |step: &'static str| {
         let step = format!("{label}: {step}");
@@ -169,8 +199,8 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
         variant,
         round,
         services,
-        rules_per_node: rules(mode, services, ablation),
-        http_target: endpoints.http_target.to_string(),
+        rules_per_node: rules(mode, services, variant.ablation()),
+        http_target: if variant == Variant::Notrack { "none (the NodePort needs conntrack)".to_owned() } else { endpoints.http_target.to_string() },
         ping,
         ab,
         dir: dir.display().to_string(),
@@ -178,24 +208,43 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
     })
 }
 
+/// `base` and `notrack` on one lab, NOTRACK switched in place between runs (base first in
+/// even rounds, NOTRACK first in odd ones): rebuilding the lab for each run moved the p50 by
+/// more than conntrack costs.
+async fn run_notrack_pairs(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan, total: usize) -> Result<Vec<VariantRun>, BenchError> {
+    let mode = plan.mode;
+    let progress = Progress { index: 1, total, mode };
+    let t = progress.step("validate base/notrack: lab");
+    let lab = lab::up_with(names, LabSpec { mode, services: 0 }, Variant::Base.ablation()).map_err(|e| progress.failed(e))?;
+    progress.done(t, "up (NOTRACK is switched in place)");
+    let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
+    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
+    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode, what: "nginx", source })?;
+    let mut runs = Vec::new();
+    for round in 0..plan.rounds {
+        let order = if round % 2 == 0 { [Variant::Base, Variant::Notrack] } else { [Variant::Notrack, Variant::Base] };
+        for variant in order {
+            set_notrack(&lab, variant == Variant::Notrack)?;
+            let slot = Slot { variant, round, services: 0, index: runs.len() + 1, total };
+            runs.push(measure(cfg, &lab, out_dir, slot).await?);
+        }
+    }
+    Ok(runs)
+}
+
 /// Runs every validation variant; writes `<out>/validate.json` and the runs' agent reports
 /// under `<out>/validate/`. The lab is always torn down.
 pub async fn run(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan) -> Result<ValidateResult, BenchError> {
     let cfg = &BenchConfig { ping_count: plan.ping_count, ping_interval_s: plan.ping_interval_s, ..cfg.clone() };
-    let mut schedule: Vec<(Variant, u32, u32)> = Vec::new();
-    let mut variants = [Variant::Base, Variant::Notrack, Variant::NoKubeProxy];
-    for round in 0..plan.rounds {
-        for &variant in &variants {
-            schedule.push((variant, round, 0));
-        }
-        variants.rotate_left(1);
-    }
-    for &services in &plan.sweep {
-        schedule.push((Variant::Services, 0, services));
-    }
-    let mut runs = Vec::new();
-    for (i, &(variant, round, services)) in schedule.iter().enumerate() {
-        let slot = Slot { variant, round, services, index: i + 1, total: schedule.len() };
+    let total = 3 * plan.rounds as usize + plan.sweep.len();
+    let pairs = run_notrack_pairs(cfg, names, out_dir, plan, total).await;
+    let teardown = lab::down(names);
+    let mut runs = pairs?;
+    teardown?;
+    let mut schedule: Vec<(Variant, u32, u32)> = (0..plan.rounds).map(|round| (Variant::NoKubeProxy, round, 0)).collect();
+    schedule.extend(plan.sweep.iter().map(|&services| (Variant::Services, 0, services)));
+    for (variant, round, services) in schedule {
+        let slot = Slot { variant, round, services, index: runs.len() + 1, total };
         let outcome = run_variant(cfg, names, out_dir, plan.mode, slot).await;
         let teardown = lab::down(names);
         runs.push(outcome?);
