@@ -133,9 +133,12 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
     assert_eq!(rounds, [0, 0, 1, 1, 0, 1, 0]);
     for run in validate["runs"].as_array().unwrap() {
         assert_eq!(run["ping"]["received"], 100, "{}", run["variant"]);
-        // nginx through the NodePort wherever kube-proxy's DNAT works (the base's raw table is empty).
+        // nginx through the NodePort in the sweep only (its rules are what it measures), straight
+        // to the pod elsewhere; every run measured the CPU time of its requests.
         let via_node_port = run["http_target"].as_str().unwrap().ends_with(":30001");
-        assert_eq!(via_node_port, matches!(run["variant"].as_str(), Some("base" | "services")), "{run}");
+        assert_eq!(via_node_port, run["variant"] == "services", "{}", run["http_target"]);
+        assert!(run["ab"]["complete_requests"].as_u64().unwrap() > 0);
+        assert!(run["ab_cpu_ns_per_request"].as_f64().unwrap() > 1000.0, "{}", run["ab_cpu_ns_per_request"]);
         let stages: Vec<String> = run["profiles"]
             .as_array()
             .unwrap()
@@ -165,6 +168,11 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
         assert_eq!(check["added_ns"], 0, "the base has the raw table too: {check}");
     }
     assert!(checks[1]["hook_edge_probes_ns"].as_i64().unwrap() > 0, "{}", checks[1]);
+    for check in checks {
+        let cpu = &check["qps"]["cpu"];
+        assert_eq!(cpu["measured_by_round_ns"].as_array().unwrap().len(), 2, "{check}");
+        assert!(cpu["predicted_gain_ns"].as_i64().unwrap() > 0, "{cpu}");
+    }
     assert_eq!(loaded_netprof_programs().len(), before, "programs left loaded after bench");
     let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&lab), "lab {lab} left behind");

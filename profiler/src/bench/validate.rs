@@ -9,18 +9,18 @@
 //! place (rebuilding the lab per run moved the p50 by more than conntrack costs); each
 //! `no-kube-proxy` run needs its own lab. The report pairs the runs of a round. Then a sweep of
 //! extra Services (`base` with 0, 1000, 5000 Services: 5 rules each) for the per-rule cost.
-//! Every run does the pod path's ping, and ab when nginx is reachable the same way (through
-//! the NodePort in `base` and the sweep; straight to the pod in `no-kube-proxy`; not in
-//! `notrack`, where the NodePort cannot work). `netprof report` predicts each ablation's gain
+//! Every run does the pod path's ping and ab: through the NodePort in the sweep, straight to
+//! the pod elsewhere (NOTRACK leaves no DNAT), measuring the machine's CPU time per request. `netprof report` predicts each ablation's gain
 //! from the `base` runs' profiles and sets it beside the measured one.
 
 #![allow(clippy::result_large_err)]
 
 use std::fs;
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use super::profile::{ProfileFile, Profiler};
-use super::{servers, tools, BenchConfig, BenchError, Progress};
+use super::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::cmd::Cmd;
 use crate::lab::{self, kube_proxy, Ablation, Lab, LabNames, LabSpec, Mode, Node};
 use crate::parse::{ab::AbReport, ping::PingReport};
@@ -70,8 +70,11 @@ pub struct VariantRun {
     /// Where nginx was reached (NodePort or the pod).
     pub http_target: String,
     pub ping: PingReport,
-    /// `None` in `notrack` (the NodePort cannot work without conntrack).
+    /// `None` only in old runs' `notrack` (the NodePort cannot work without conntrack).
     pub ab: Option<AbReport>,
+    /// Busy CPU time of the whole machine (both lab nodes) during ab, per request, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_cpu_ns_per_request: Option<f64>,
     /// Directory of this run's agent reports, relative to the bench directory; the profile
     /// files are relative to it (as in `<mode>.json`).
     pub dir: String,
@@ -156,8 +159,8 @@ fn set_notrack(lab: &Lab, on: bool) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// One run on a lab that is up with nginx serving: agents attached for its ping (and ab,
-/// except with NOTRACK, where the NodePort cannot work), reports under `validate/<run>/`.
+/// One run on a lab that is up with nginx serving: agents attached for its ping and ab (with
+/// the machine's CPU time per request), reports under `validate/<run>/`.
 async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Result<VariantRun, BenchError> {
     let Slot { variant, round, services, index, total } = slot;
     let mode = lab.mode();
@@ -184,25 +187,36 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
     let mut profiles = profiler.after_step("pod path", "ping").map_err(profile_err)?;
     progress.done(t, &ping.stats.map_or("no replies".to_owned(), |s| format!("p50 {:.3} ms", s.p50_ms)));
 
-    let ab = if variant == Variant::Notrack {
-        None
-    } else {
-        let t = progress.step(&format!("{label}: ab -> {}", endpoints.http_target));
-        profiler.before_step().map_err(profile_err)?;
-        let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
-        profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
-        progress.done(t, &format!("{:.0} req/s, mean {:.3} ms", ab.requests_per_second, ab.mean_time_per_request_ms));
-        Some(ab)
-    };
+    // The sweep goes through the NodePort (its rules are what it measures); every other run
+    // straight to the pod, so base, NOTRACK (no DNAT without conntrack) and no kube-proxy
+    // compare the same requests.
+    let http_target = if variant == Variant::Services { endpoints.http_target } else { SocketAddrV4::new(endpoints.server_ip, 80) };
+    let t = progress.step(&format!("{label}: ab -> {http_target}"));
+    profiler.before_step().map_err(profile_err)?;
+    let busy_before = cpu_time::busy();
+    let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg).await.map_err(tool_err("ab"))?;
+    let busy = cpu_time::busy().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+    profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
+    let ab_cpu_ns_per_request = busy.filter(|_| ab.complete_requests > 0).map(|b| b.as_nanos() as f64 / ab.complete_requests as f64);
+    progress.done(
+        t,
+        &format!(
+            "{:.0} req/s, mean {:.3} ms{}",
+            ab.requests_per_second,
+            ab.mean_time_per_request_ms,
+            ab_cpu_ns_per_request.map_or(String::new(), |ns| format!(", {:.0} µs CPU per request", ns / 1e3))
+        ),
+    );
     drop(profiler);
     Ok(VariantRun {
         variant,
         round,
         services,
         rules_per_node: rules(mode, services, variant.ablation()),
-        http_target: if variant == Variant::Notrack { "none (the NodePort needs conntrack)".to_owned() } else { endpoints.http_target.to_string() },
+        http_target: http_target.to_string(),
         ping,
-        ab,
+        ab: Some(ab),
+        ab_cpu_ns_per_request,
         dir: dir.display().to_string(),
         profiles,
     })

@@ -76,7 +76,7 @@ pub struct Check {
     pub qps: Option<QpsCheck>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QpsCheck {
     /// Median over rounds.
     pub base_qps: f64,
@@ -86,6 +86,24 @@ pub struct QpsCheck {
     pub removed_ns_per_request: i64,
     pub measured_change_pct: f64,
     pub predicted_change_pct: f64,
+    /// The same prediction against the machine's measured CPU time per request (both lab
+    /// nodes share one kernel), which moves far less between runs than QPS or ping RTT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuCheck>,
+}
+
+/// CPU time per request: predicted saving (the removed stages' time per request, means) against
+/// the measured one, the median over rounds of each round's base minus ablated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuCheck {
+    /// Medians over the runs, ns per request.
+    pub base_ns: f64,
+    pub ablated_ns: f64,
+    pub predicted_gain_ns: i64,
+    pub measured_gain_ns: i64,
+    pub measured_by_round_ns: Vec<i64>,
+    /// `(measured - predicted) / predicted`, percent.
+    pub error_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,6 +198,29 @@ fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput]) -> Option<Vec<i64>
         .collect()
 }
 
+/// [`CpuCheck`] when every run measured its CPU time per request and the rounds pair up.
+fn cpu_per_request(base: &[&RunInput], ablated: &[&RunInput], predicted_gain_ns: i64) -> Option<CpuCheck> {
+    let cpu = |r: &RunInput| r.run.ab_cpu_ns_per_request;
+    let all = |runs: &[&RunInput]| runs.iter().map(|r| cpu(r)).collect::<Option<Vec<f64>>>();
+    let (base_all, ablated_all) = (all(base)?, all(ablated)?);
+    let by_round: Vec<i64> = base
+        .iter()
+        .map(|b| {
+            let a = ablated.iter().find(|a| a.run.round == b.run.round)?;
+            Some((cpu(b)? - cpu(a)?).round() as i64)
+        })
+        .collect::<Option<_>>()?;
+    let measured_gain_ns = median(by_round.iter().map(|&ns| ns as f64).collect()).round() as i64;
+    Some(CpuCheck {
+        base_ns: median(base_all),
+        ablated_ns: median(ablated_all),
+        predicted_gain_ns,
+        measured_gain_ns,
+        measured_by_round_ns: by_round,
+        error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
+    })
+}
+
 fn replies(runs: &[&RunInput]) -> u64 {
     runs.iter().map(|r| r.run.ping.received).sum()
 }
@@ -207,14 +248,18 @@ fn hook_of(name: &str) -> Option<&str> {
 /// (NOTRACK): each bracket keeps a floor, the cost of passing the hook with no table in it
 /// plus netprof's probe at its end, measured as the median of the same hook's empty brackets
 /// (stage `netfilter`) in the same profile. Only the time above that floor can go away.
-fn work_above_floor(step: &MergedStep, events: u64, removes: &[Stage]) -> Vec<(Stage, i64)> {
+fn work_above_floor(step: &MergedStep, events: u64, statistic: Statistic, removes: &[Stage]) -> Vec<(Stage, i64)> {
+    let value = |seg: &super::merge::MergedSegment| match statistic {
+        Statistic::Median => seg.hist.summary().p50_ns as f64,
+        Statistic::Mean => seg.hist.mean_ns(),
+    };
     use super::merge::SegmentKind;
     let mut floors: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
     for seg in step.of_kind(SegmentKind::Path).filter(|s| s.stage == Stage::Netfilter) {
         if let (Some(a), Some(b)) = (hook_of(&seg.from), hook_of(&seg.to)) {
             if a == b {
                 let f = floors.entry(a).or_default();
-                f.0 += seg.hist.summary().p50_ns as f64 * seg.hist.count as f64;
+                f.0 += value(seg) * seg.hist.count as f64;
                 f.1 += seg.hist.count;
             }
         }
@@ -231,7 +276,7 @@ fn work_above_floor(step: &MergedStep, events: u64, removes: &[Stage]) -> Vec<(S
             let ns: f64 = step
                 .of_kind(SegmentKind::Path)
                 .filter(|s| s.stage == *stage)
-                .map(|s| (s.hist.summary().p50_ns as f64 - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events)
+                .map(|s| (value(s) - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events)
                 .sum();
             (*stage, ns.round() as i64)
         })
@@ -272,7 +317,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
     let base_ping = merged(&base, "ping");
     let predicted_by_stage = if variant == Variant::Notrack {
         // The tables stay registered (and probed): only their work above the floor goes.
-        work_above_floor(&base_ping, replies(&base), &removes)
+        work_above_floor(&base_ping, replies(&base), Statistic::Median, &removes)
     } else {
         // No tables, no hooks, no probes: the whole bracket goes.
         removed_time(&base_ping, replies(&base), Statistic::Median, &removes)
@@ -310,12 +355,21 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
     let qps = if ablated.iter().all(|r| r.run.ab.is_some()) && base.iter().all(|r| r.run.ab.is_some()) {
         let qps_of = |runs: &[&RunInput]| median(runs.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.requests_per_second).collect());
         let requests: u64 = base.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.complete_requests).sum();
-        let removed: i64 = removed_time(&merged(&base, "ab"), requests, Statistic::Mean, &removes).iter().map(|(_, ns)| ns).sum();
+        let base_ab = merged(&base, "ab");
+        let removed: i64 = if variant == Variant::Notrack {
+            work_above_floor(&base_ab, requests, Statistic::Mean, &removes)
+        } else {
+            removed_time(&base_ab, requests, Statistic::Mean, &removes)
+        }
+        .iter()
+        .map(|(_, ns)| ns)
+        .sum();
         let (base_qps, ablated_qps) = (qps_of(&base), qps_of(&ablated));
         let cpus = cpus.max(1) as f64;
         let cpu_ns = if base_qps > 0.0 { cpus / base_qps * 1e9 } else { 0.0 };
         let predicted_qps = if cpu_ns - removed as f64 > 0.0 { cpus / ((cpu_ns - removed as f64) / 1e9) } else { 0.0 };
         let change = |q: f64| if base_qps > 0.0 { (q / base_qps - 1.0) * 100.0 } else { 0.0 };
+        let cpu = cpu_per_request(&base, &ablated, removed);
         Some(QpsCheck {
             base_qps,
             ablated_qps,
@@ -323,6 +377,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
             removed_ns_per_request: removed,
             measured_change_pct: change(ablated_qps),
             predicted_change_pct: change(predicted_qps),
+            cpu,
         })
     } else {
         None
