@@ -289,10 +289,10 @@ fn work_above_floor(step: &MergedStep, events: u64, statistic: Statistic, remove
 /// run per pass (the kernel's entry into the hook sits there too). So: hook passes per RTT
 /// (segments entering a hook from elsewhere) × the netfilter probes' mean run time
 /// (bpf_stats of the same base runs).
-fn hook_edge_probe_ns(base: &[&RunInput], step: &MergedStep, events: u64) -> i64 {
+fn hook_edge_probe_ns(base: &[&RunInput], tool: &str, step: &MergedStep, events: u64) -> i64 {
     let (runs, time) = base
         .iter()
-        .flat_map(|r| r.step("ping"))
+        .flat_map(|r| r.step(tool))
         .flat_map(|p| p.report.programs.iter())
         .filter(|p| p.name.starts_with("nf_"))
         .fold((0u64, 0u64), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
@@ -340,7 +340,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         })
         .filter(|c| c.base_ns != 0 || c.ablated_ns != 0)
         .collect();
-    let hook_edge_probes_ns = if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, &base_ping, replies(&base)) } else { 0 };
+    let hook_edge_probes_ns = if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, "ping", &base_ping, replies(&base)) } else { 0 };
     let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum::<i64>() + hook_edge_probes_ns;
     let remaining_ns = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, &removes)
         .iter()
@@ -363,7 +363,8 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         }
         .iter()
         .map(|(_, ns)| ns)
-        .sum();
+        .sum::<i64>()
+            + if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, "ab", &base_ab, requests) } else { 0 };
         let (base_qps, ablated_qps) = (qps_of(&base), qps_of(&ablated));
         let cpus = cpus.max(1) as f64;
         let cpu_ns = if base_qps > 0.0 { cpus / base_qps * 1e9 } else { 0.0 };
