@@ -454,3 +454,36 @@ fn validation_predicts_from_base_profiles_and_measures_pooled_pings() {
     assert!((f.slope - (p1.ab_mean_ms - p0.ab_mean_ms) * 1e3 / 5000.0).abs() < 1e-9, "{f:?}");
     assert!(out.sweep.nat_ns_per_rule.is_some() && p0.nat_ns_per_request > 0.0);
 }
+
+/// A probe's cost comes from the ping step itself: bpf_stats count from each program's load,
+/// and one agent serves a mode's six steps, so the step before (same node, same program id)
+/// is taken off (checked against the recorded files).
+#[test]
+fn probe_costs_are_the_ping_steps_own() {
+    use netprof::lab::Mode;
+    use netprof::report::overhead::probe_ns_by_kind;
+
+    let input = report::input::load(Path::new(RUN)).unwrap();
+    let mode = input.mode(Mode::FlannelVxlan).unwrap();
+    let (mut count, mut time) = (0u64, 0u64);
+    for node in ["node1", "node2"] {
+        let steps: Vec<_> = mode.profiles.iter().filter(|p| p.file.node == node).collect();
+        let at = steps.iter().position(|p| p.file.path == "pod path" && p.file.tool == "ping").unwrap();
+        assert!(at > 0, "the pod path's ping follows the host path's steps");
+        for p in steps[at].report.programs.iter().filter(|p| p.name.starts_with("nf_")) {
+            let before = steps[at - 1].report.programs.iter().find(|b| b.id == p.id).unwrap();
+            count += p.run_count - before.run_count;
+            time += p.run_time_ns - before.run_time_ns;
+        }
+    }
+    let expected = time as f64 / count as f64;
+    let got = probe_ns_by_kind(mode, "pod path", "ping")["netfilter"];
+    assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    // Not the whole mode's average, which ab's warm runs dominate.
+    let whole: f64 = {
+        let last = mode.profiles.iter().rev().find(|p| p.file.node == "node1").unwrap();
+        let nf: Vec<_> = last.report.programs.iter().filter(|p| p.name.starts_with("nf_")).collect();
+        nf.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / nf.iter().map(|p| p.run_count).sum::<u64>() as f64
+    };
+    assert!((got - whole).abs() > 1.0, "{got} vs whole-mode {whole}");
+}

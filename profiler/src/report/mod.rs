@@ -206,7 +206,8 @@ pub fn build(input: &Input) -> Report {
         let (pod_ping, base_ping) = (merged(mode, POD_PATH, "ping"), merged(base_mode, HOST_PATH, "ping"));
         match (pod.ping.stats, base.ping.stats) {
             (Some(pod_stats), Some(base_stats)) => {
-                let (pod_probe, base_probe) = (overhead::probe_ns_by_kind(mode), overhead::probe_ns_by_kind(base_mode));
+                let (pod_probe, base_probe) =
+                    (overhead::probe_ns_by_kind(mode, POD_PATH, "ping"), overhead::probe_ns_by_kind(base_mode, HOST_PATH, "ping"));
                 latency.push(latency::attribute(
                     &name,
                     &base_label,

@@ -121,7 +121,13 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
         )],
         header,
         rows,
-        footer: vec!["unexplained = measured delta − explained; negative: the stages add up to more than was measured.".to_owned()],
+        footer: {
+            let mut footer = vec!["unexplained = measured delta − explained; negative: the stages add up to more than was measured.".to_owned()];
+            if split.statistic == "p50" {
+                footer.push("of which netprof probes: checkpoints passed per RTT × each probe's mean run time during the ping steps themselves (bpf_stats, mode minus baseline). Pings 10 ms apart find cold caches, so a probe run costs several times what it does under load: this much of the delta, and of the stage times, is netprof's own. `cargo xtask demo` also writes DIR/clean/, the same benchmarks without agents.".to_owned());
+            }
+            footer
+        },
     })
 }
 
