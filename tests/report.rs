@@ -487,3 +487,56 @@ fn probe_costs_are_the_ping_steps_own() {
     };
     assert!((got - whole).abs() > 1.0, "{got} vs whole-mode {whole}");
 }
+
+/// A run with its unprofiled twin in `DIR/clean/` (what `cargo xtask demo` writes): the report
+/// shows the twin's table beside the profiled one, in every format.
+#[test]
+fn the_clean_twin_is_shown_beside_the_profiled_table() {
+    let dir = std::env::temp_dir().join(format!("netprof-report-clean-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("clean")).unwrap();
+    let copy = |from: &Path, to: &Path| {
+        for entry in fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    };
+    copy(Path::new(RUN), &dir);
+    fs::create_dir_all(dir.join("profile")).unwrap();
+    for mode_dir in fs::read_dir(Path::new(RUN).join("profile")).unwrap() {
+        let mode_dir = mode_dir.unwrap().path();
+        let to = dir.join("profile").join(mode_dir.file_name().unwrap());
+        fs::create_dir_all(&to).unwrap();
+        copy(&mode_dir, &to);
+    }
+    // The twin: the same results without profiles, nginx 12345 req/s in flannel-vxlan.
+    for entry in fs::read_dir(Path::new(RUN)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let mut value: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+            if value["schema"] != "netprof.bench.mode/v1" {
+                continue;
+            }
+            value["profiles"] = serde_json::json!([]);
+            if value["mode"] == "flannel-vxlan" {
+                value["pod_path"]["ab"]["requests_per_second"] = serde_json::json!(12345.0);
+            }
+            fs::write(dir.join("clean").join(path.file_name().unwrap()), value.to_string()).unwrap();
+        }
+    }
+    let report = report::from_dir(&dir).unwrap();
+    let clean = report.clean_table.as_ref().expect("the clean twin is read");
+    assert_eq!(clean.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
+    assert_ne!(report.table.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
+    for format in Format::ALL {
+        let text = render::render(&report, format);
+        let named = if format == Format::Json { "\"clean_table\"" } else { "without agents" };
+        assert!(text.contains(named) && text.contains("12345"), "{format:?}");
+    }
+    // Without the twin: no such section.
+    let plain = report::from_dir(Path::new(RUN)).unwrap();
+    assert!(plain.clean_table.is_none() && !render::render(&plain, Format::Table).contains("table without agents"));
+    let _ = fs::remove_dir_all(&dir);
+}

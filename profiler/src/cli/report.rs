@@ -27,7 +27,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let started = Instant::now();
     let input = report::input::load(&args.dir)?;
     let loaded = started.elapsed();
-    let report = report::build(&input);
+    let mut report = report::build(&input);
+    report::add_clean(&mut report, &args.dir)?;
     let built = started.elapsed();
     let text = report::render::render(&report, args.format);
     let rendered = started.elapsed();

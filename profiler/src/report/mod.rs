@@ -97,7 +97,16 @@ pub struct Report {
     /// The mode results the study table is rendered from (not in JSON: `table` carries them).
     #[serde(skip)]
     pub results: Vec<ModeResult>,
+    /// The same benchmarks without agents, from `DIR/clean/` (`cargo xtask demo` writes it),
+    /// so the study's numbers are seen without netprof's own cost inside them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_table: Option<Vec<TableRow>>,
+    #[serde(skip)]
+    pub clean_results: Vec<ModeResult>,
 }
+
+/// Where a profiled run keeps its unprofiled twin.
+pub const CLEAN_DIR: &str = "clean";
 
 pub const LATENCY_METHOD: &str = "Latency: the extra ping RTT of each pod mode over the baseline, split by stage: per stage, the sum over both nodes and both directions of (segment median × passes per RTT), minus the baseline's; p99 uses segment means (percentiles do not add). Unexplained = measured delta − sum of stages, never hidden; negative when the stages add up to more than the delta.";
 pub const THROUGHPUT_METHOD: &str = "Throughput: QPS ≈ cpus / cpu time per request; the baseline's cpu time per request is cpus / its QPS; a pod mode adds its extra stage time per request (segment mean × passes per request, both nodes, minus the baseline's); predicted QPS = cpus / (cpus / QPS_base + extra).";
@@ -249,10 +258,27 @@ pub fn build(input: &Input) -> Report {
         validation: input.validation.as_ref().map(|v| validation::validate(v, cpus)),
         notes,
         results,
+        clean_table: None,
+        clean_results: Vec::new(),
     }
 }
 
-/// Loads `dir` and builds its report.
+/// Loads `dir` and builds its report, with `dir/clean/` beside it when present.
 pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
-    Ok(build(&input::load(dir)?))
+    let mut report = build(&input::load(dir)?);
+    add_clean(&mut report, dir)?;
+    Ok(report)
+}
+
+/// Adds the unprofiled twin of the run in `dir/clean/` (`cargo xtask demo` writes one), if any.
+pub fn add_clean(report: &mut Report, dir: &Path) -> Result<(), InputError> {
+    let clean = dir.join(CLEAN_DIR);
+    if clean.is_dir() {
+        let results = input::load(&clean)?.results();
+        if !results.is_empty() {
+            report.clean_table = Some(table_rows(&results));
+            report.clean_results = results;
+        }
+    }
+    Ok(())
 }

@@ -415,9 +415,26 @@ fn validation_sections(report: &Report) -> Vec<Section> {
     out
 }
 
+/// The study's table measured without agents (`DIR/clean/`), when the run has it.
+fn clean_table_section(report: &Report) -> Option<Section> {
+    if report.clean_results.is_empty() {
+        return None;
+    }
+    let cells = crate::bench::table::cells(&report.clean_results);
+    Some(Section {
+        id: "clean-table",
+        title: "The study's table without agents (DIR/clean/)".to_owned(),
+        intro: vec!["The same benchmarks run without netprof, for the numbers as the study would see them; the attribution below explains the profiled runs above, netprof's own cost included ('of which netprof probes').".to_owned()],
+        header: cells.header.iter().map(|h| (*h).to_owned()).collect(),
+        rows: cells.rows.iter().map(|r| r.to_vec()).collect(),
+        footer: vec![cells.note],
+    })
+}
+
 /// Every section after the study's table, in order.
 pub fn sections(report: &Report) -> Vec<Section> {
     let mut out = Vec::new();
+    out.extend(clean_table_section(report));
     out.extend(latency_section("latency-p50", report, |l| &l.p50));
     out.extend(latency_section("latency-p99", report, |l| &l.p99));
     out.extend(throughput_section(report));
