@@ -34,6 +34,10 @@ fn profile_writes_a_report_per_step_and_node() {
     let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("flannel-hostgw.json")).unwrap()).unwrap();
     let profiles = result["profiles"].as_array().unwrap();
     assert_eq!(profiles.len(), 2 * 3 * 2, "2 paths x 3 tools x 2 nodes");
+    for path in ["host_path", "pod_path"] {
+        let cpu = result[path]["ab_cpu_ns_per_request"].as_f64().unwrap();
+        assert!(cpu > 1_000.0, "{path}: {cpu} ns of CPU per request");
+    }
     for entry in profiles {
         let file = out.join(entry["file"].as_str().unwrap());
         let report: AgentReport = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

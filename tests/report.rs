@@ -540,3 +540,28 @@ fn the_clean_twin_is_shown_beside_the_profiled_table() {
     assert!(plain.clean_table.is_none() && !render::render(&plain, Format::Table).contains("table without agents"));
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// With the machine's CPU time per request measured (lab runs), the throughput attribution
+/// sets the predicted extra against the measured one.
+#[test]
+fn throughput_sets_the_extra_against_measured_cpu_per_request() {
+    use netprof::lab::Mode;
+
+    let mut input = report::input::load(Path::new(RUN)).unwrap();
+    for m in input.modes.iter_mut() {
+        match m.mode() {
+            Mode::Host => m.result.host_path.ab_cpu_ns_per_request = Some(100_000.0),
+            Mode::FlannelVxlan => m.result.pod_path.as_mut().unwrap().ab_cpu_ns_per_request = Some(180_000.0),
+            _ => {}
+        }
+    }
+    let report = report::build(&input);
+    let vxlan = report.throughput.iter().find(|t| t.mode == "flannel-vxlan").unwrap();
+    let cpu = vxlan.cpu.expect("both sides measured");
+    assert_eq!((cpu.baseline_ns, cpu.mode_ns, cpu.measured_extra_ns), (100_000.0, 180_000.0, 80_000.0));
+    let explained = cpu.explained_pct.unwrap();
+    assert!((explained - vxlan.extra_ns_per_request as f64 / 80_000.0 * 100.0).abs() < 1e-9, "{explained}");
+    // A mode without the measurement has none.
+    assert!(report.throughput.iter().find(|t| t.mode == "calico").unwrap().cpu.is_none());
+    assert!(render::render(&report, Format::Table).contains("100.0 -> 180.0"));
+}

@@ -63,6 +63,11 @@ pub struct PathResult {
     pub ping: PingReport,
     pub iperf3: Iperf3Report,
     pub ab: AbReport,
+    /// The machine's busy CPU time during ab per request, ns: in the lab both nodes share one
+    /// kernel, so this is the whole request's cost (absent on clusters, where it would be one
+    /// node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_cpu_ns_per_request: Option<f64>,
 }
 
 /// Facts about the machine that change what the numbers mean.

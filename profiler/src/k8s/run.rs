@@ -269,7 +269,8 @@ async fn run_path(ctx: &mut PathContext<'_, '_>, path: NetPath, endpoints: &Endp
         http_client_netns: client.name.clone(),
         http_target,
     };
-    Ok(PathResult { endpoints, ping, iperf3, ab })
+    // The CPU time of a request is spread over two machines here: not measured.
+    Ok(PathResult { endpoints, ping, iperf3, ab, ab_cpu_ns_per_request: None })
 }
 
 /// What the nodes report; the lab's iptables facts are not read on a cluster.

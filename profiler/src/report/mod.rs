@@ -231,8 +231,18 @@ pub fn build(input: &Input) -> Report {
             &name,
             &base_label,
             cpus,
-            &throughput::AbSide { step: &pod_ab, qps: pod.ab.requests_per_second, requests: pod.ab.complete_requests },
-            &throughput::AbSide { step: &base_ab, qps: base.ab.requests_per_second, requests: base.ab.complete_requests },
+            &throughput::AbSide {
+                step: &pod_ab,
+                qps: pod.ab.requests_per_second,
+                requests: pod.ab.complete_requests,
+                cpu_ns_per_request: pod.ab_cpu_ns_per_request,
+            },
+            &throughput::AbSide {
+                step: &base_ab,
+                qps: base.ab.requests_per_second,
+                requests: base.ab.complete_requests,
+                cpu_ns_per_request: base.ab_cpu_ns_per_request,
+            },
         ));
     }
     let profiled = input.modes.iter().filter(|m| m.is_profiled()).map(|m| m.mode().to_string()).collect();

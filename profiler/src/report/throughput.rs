@@ -39,6 +39,21 @@ pub struct ThroughputAttribution {
     pub baseline_packets_per_request: f64,
     /// Segment passes per request left out as skb reuse (mode's ab step).
     pub reuse_passes_per_request: f64,
+    /// The extra per request against the machine's measured CPU time per request (lab runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPerRequest>,
+}
+
+/// Measured CPU time per request (busy time of the machine during ab / requests) of the
+/// baseline and the mode, beside the predicted extra.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CpuPerRequest {
+    pub baseline_ns: f64,
+    pub mode_ns: f64,
+    /// `mode_ns - baseline_ns`.
+    pub measured_extra_ns: f64,
+    /// `extra_ns_per_request / measured_extra_ns`, percent.
+    pub explained_pct: Option<f64>,
 }
 
 /// One side's ab step.
@@ -46,6 +61,8 @@ pub struct AbSide<'a> {
     pub step: &'a MergedStep,
     pub qps: f64,
     pub requests: u64,
+    /// Measured busy CPU time per request, ns (lab runs).
+    pub cpu_ns_per_request: Option<f64>,
 }
 
 fn packets_per_request(side: &AbSide) -> f64 {
@@ -87,5 +104,14 @@ pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &A
         packets_per_request: packets_per_request(pod),
         baseline_packets_per_request: packets_per_request(base),
         reuse_passes_per_request: reuse as f64 / pod.step.covered(pod.requests),
+        cpu: pod.cpu_ns_per_request.zip(base.cpu_ns_per_request).map(|(mode_ns, baseline_ns)| {
+            let measured_extra_ns = mode_ns - baseline_ns;
+            CpuPerRequest {
+                baseline_ns,
+                mode_ns,
+                measured_extra_ns,
+                explained_pct: (measured_extra_ns.abs() > 0.0).then(|| extra as f64 / measured_extra_ns * 100.0),
+            }
+        }),
     }
 }

@@ -134,7 +134,7 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
 fn throughput_section(report: &Report) -> Option<Section> {
     let first = report.throughput.first()?;
     let header = [
-        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "packets/req", "top stages µs/req",
+        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "CPU µs/req base -> mode", "CPU explained", "packets/req", "top stages µs/req",
     ];
     let rows = report
         .throughput
@@ -152,6 +152,8 @@ fn throughput_section(report: &Report) -> Option<Section> {
                 format!("{:.0}", t.measured_qps),
                 format!("{:+.1}%", t.prediction_error_pct),
                 pct(t.split.explained_pct),
+                t.cpu.map_or("n/a".to_owned(), |c| format!("{:.1} -> {:.1}", c.baseline_ns / 1e3, c.mode_ns / 1e3)),
+                pct(t.cpu.and_then(|c| c.explained_pct)),
                 format!("{:.1}", t.packets_per_request),
                 top.join(", "),
             ]
@@ -169,7 +171,10 @@ fn throughput_section(report: &Report) -> Option<Section> {
         ],
         header: header.iter().map(|h| (*h).to_owned()).collect(),
         rows,
-        footer: vec!["explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned()],
+        footer: vec![
+            "explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned(),
+            "CPU µs/req: the machine's busy CPU time during ab / requests, measured (both lab nodes share one kernel; not on clusters); CPU explained = extra / (mode − base), the same prediction against a measurement instead of the model.".to_owned(),
+        ],
     })
 }
 
