@@ -6,9 +6,25 @@ use std::time::Duration;
 
 /// Busy time of all CPUs so far (user, nice, system, irq, softirq, steal), `None` if
 /// `/proc/stat` cannot be read.
-pub fn busy() -> Option<Duration> {
+fn busy() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     busy_of(&stat, clock_ticks_per_second())
+}
+
+/// Counts the machine's busy time from its start.
+pub struct CpuMeter(Option<Duration>);
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        CpuMeter(busy())
+    }
+
+    /// Busy time since the start per request, ns; `None` if `/proc/stat` could not be read or
+    /// no request completed.
+    pub fn per_request(&self, requests: u64) -> Option<f64> {
+        let used = busy()?.saturating_sub(self.0?);
+        (requests > 0).then(|| used.as_nanos() as f64 / requests as f64)
+    }
 }
 
 fn clock_ticks_per_second() -> u64 {

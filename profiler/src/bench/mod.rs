@@ -247,11 +247,10 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
     ctx.before()?;
-    let busy_before = cpu_time::busy();
+    let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
-    let busy = cpu_time::busy().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+    let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
     ctx.after(label, "ab")?;
-    let ab_cpu_ns_per_request = busy.filter(|_| ab.complete_requests > 0).map(|b| b.as_nanos() as f64 / ab.complete_requests as f64);
     progress.done(t, &format!("{:.0} req/s, mean {:.3} ms, {} failed", ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests));
 
     Ok(PathResult { endpoints: endpoints.clone(), ping, iperf3, ab, ab_cpu_ns_per_request })

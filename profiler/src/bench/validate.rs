@@ -131,10 +131,15 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
     let t = progress.step(&format!("{}: lab", label(slot)));
     let lab = lab::up_with(names, LabSpec { mode, services: slot.services }, slot.variant.ablation()).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
+    let _nginx = start_nginx(&lab)?;
+    measure(cfg, &lab, out_dir, slot).await
+}
+
+/// nginx on the pod path's server, its files under the lab's state directory.
+fn start_nginx(lab: &Lab) -> Result<servers::RunningServer, BenchError> {
     let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
     let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
-    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode, what: "nginx", source })?;
-    measure(cfg, &lab, out_dir, slot).await
+    servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode: lab.mode(), what: "nginx", source })
 }
 
 fn label(slot: Slot) -> String {
@@ -193,11 +198,10 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
     let http_target = if variant == Variant::Services { endpoints.http_target } else { SocketAddrV4::new(endpoints.server_ip, 80) };
     let t = progress.step(&format!("{label}: ab -> {http_target}"));
     profiler.before_step().map_err(profile_err)?;
-    let busy_before = cpu_time::busy();
+    let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg).await.map_err(tool_err("ab"))?;
-    let busy = cpu_time::busy().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+    let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
     profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
-    let ab_cpu_ns_per_request = busy.filter(|_| ab.complete_requests > 0).map(|b| b.as_nanos() as f64 / ab.complete_requests as f64);
     progress.done(
         t,
         &format!(
@@ -231,9 +235,7 @@ async fn run_notrack_pairs(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, 
     let t = progress.step("validate base/notrack: lab");
     let lab = lab::up_with(names, LabSpec { mode, services: 0 }, Variant::Base.ablation()).map_err(|e| progress.failed(e))?;
     progress.done(t, "up (NOTRACK is switched in place)");
-    let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
-    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
-    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode, what: "nginx", source })?;
+    let _nginx = start_nginx(&lab)?;
     let mut runs = Vec::new();
     for round in 0..plan.rounds {
         let order = if round % 2 == 0 { [Variant::Base, Variant::Notrack] } else { [Variant::Notrack, Variant::Base] };
