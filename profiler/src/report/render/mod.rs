@@ -264,6 +264,16 @@ fn overhead_section(report: &Report) -> Section {
     }
 }
 
+/// "yes" when a prediction's error is within the tolerance, "no" outside, "n/a" without one.
+fn within(error_pct: Option<f64>, tolerance_pct: f64) -> String {
+    match error_pct {
+        Some(e) if e.abs() <= tolerance_pct => "yes",
+        Some(_) => "no",
+        None => "n/a",
+    }
+    .to_owned()
+}
+
 fn validation_sections(report: &Report) -> Vec<Section> {
     let Some(v) = &report.validation else { return Vec::new() };
     let mut out = Vec::new();
@@ -281,11 +291,7 @@ fn validation_sections(report: &Report) -> Vec<Section> {
                 us_signed(c.predicted_gain_ns),
                 us_signed(c.measured_gain_ns),
                 c.error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
-                match c.error_pct {
-                    Some(e) if e.abs() <= v.tolerance_pct => "yes".to_owned(),
-                    Some(_) => "no".to_owned(),
-                    None => "n/a".to_owned(),
-                },
+                within(c.error_pct, v.tolerance_pct),
                 us(c.base_p50_ns),
                 us(c.ablated_p50_ns),
                 us(c.remaining_ns),
@@ -354,11 +360,7 @@ fn validation_sections(report: &Report) -> Vec<Section> {
                     us_signed(cpu.predicted_gain_ns),
                     us_signed(cpu.measured_gain_ns),
                     cpu.error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
-                    match cpu.error_pct {
-                        Some(e) if e.abs() <= v.tolerance_pct => "yes".to_owned(),
-                        Some(_) => "no".to_owned(),
-                        None => "n/a".to_owned(),
-                    },
+                    within(cpu.error_pct, v.tolerance_pct),
                     format!("{:.1}", cpu.base_ns / 1e3),
                     format!("{:.1}", cpu.ablated_ns / 1e3),
                     rounds.join(" "),
