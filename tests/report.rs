@@ -530,6 +530,14 @@ fn the_clean_twin_is_shown_beside_the_profiled_table() {
     let clean = report.clean_table.as_ref().expect("the clean twin is read");
     assert_eq!(clean.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
     assert_ne!(report.table.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
+    // The twin's pings are the profiled ones here, so its delta is the profiled delta and the
+    // net check's unexplained is the profiled one plus the probes taken off.
+    let net = report.net_of_probes.iter().find(|n| n.mode == "flannel-vxlan").expect("a net-of-probes row");
+    let l = report.latency.iter().find(|l| l.mode == "flannel-vxlan").unwrap();
+    assert_eq!(net.explained_net_ns, l.p50.explained_ns - l.probe_delta_ns);
+    assert_eq!(net.clean_delta_ns, l.p50.delta_ns);
+    assert_eq!(net.unexplained_ns, l.p50.unexplained_ns + l.probe_delta_ns);
+    assert_eq!(report.net_of_probes.len(), report.latency.len());
     for format in Format::ALL {
         let text = render::render(&report, format);
         let named = if format == Format::Json { "\"clean_table\"" } else { "without agents" };
@@ -538,6 +546,7 @@ fn the_clean_twin_is_shown_beside_the_profiled_table() {
     // Without the twin: no such section.
     let plain = report::from_dir(Path::new(RUN)).unwrap();
     assert!(plain.clean_table.is_none() && !render::render(&plain, Format::Table).contains("table without agents"));
+    assert!(plain.net_of_probes.is_empty());
     let _ = fs::remove_dir_all(&dir);
 }
 
