@@ -570,6 +570,10 @@ fn throughput_sets_the_extra_against_measured_cpu_per_request() {
     assert_eq!((cpu.baseline_ns, cpu.mode_ns, cpu.measured_extra_ns), (100_000.0, 180_000.0, 80_000.0));
     let explained = cpu.explained_pct.unwrap();
     assert!((explained - vxlan.extra_ns_per_request as f64 / 80_000.0 * 100.0).abs() < 1e-9, "{explained}");
+    let expected_qps = vxlan.baseline_qps * 100_000.0 / (100_000.0 + vxlan.extra_ns_per_request as f64);
+    assert!((cpu.predicted_qps - expected_qps).abs() < 1e-6, "{} vs {expected_qps}", cpu.predicted_qps);
+    let error = cpu.prediction_error_pct.unwrap();
+    assert!((error - (expected_qps - vxlan.measured_qps) / vxlan.measured_qps * 100.0).abs() < 1e-9);
     // A mode without the measurement has none.
     assert!(report.throughput.iter().find(|t| t.mode == "calico").unwrap().cpu.is_none());
     assert!(render::render(&report, Format::Table).contains("100.0 -> 180.0"));

@@ -54,6 +54,11 @@ pub struct CpuPerRequest {
     pub measured_extra_ns: f64,
     /// `extra_ns_per_request / measured_extra_ns`, percent.
     pub explained_pct: Option<f64>,
+    /// QPS if it scales with the inverse of the CPU time per request (the machine as busy as in
+    /// the baseline, not necessarily fully): `baseline QPS × baseline_ns / (baseline_ns + extra)`.
+    pub predicted_qps: f64,
+    /// `(predicted_qps - measured) / measured`, percent.
+    pub prediction_error_pct: Option<f64>,
 }
 
 /// One side's ab step.
@@ -106,11 +111,14 @@ pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &A
         reuse_passes_per_request: reuse as f64 / pod.step.covered(pod.requests),
         cpu: pod.cpu_ns_per_request.zip(base.cpu_ns_per_request).map(|(mode_ns, baseline_ns)| {
             let measured_extra_ns = mode_ns - baseline_ns;
+            let predicted_qps = if baseline_ns + extra as f64 > 0.0 { base.qps * baseline_ns / (baseline_ns + extra as f64) } else { 0.0 };
             CpuPerRequest {
                 baseline_ns,
                 mode_ns,
                 measured_extra_ns,
                 explained_pct: (measured_extra_ns.abs() > 0.0).then(|| extra as f64 / measured_extra_ns * 100.0),
+                predicted_qps,
+                prediction_error_pct: (pod.qps > 0.0).then(|| (predicted_qps - pod.qps) / pod.qps * 100.0),
             }
         }),
     }

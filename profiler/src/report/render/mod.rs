@@ -134,7 +134,7 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
 fn throughput_section(report: &Report) -> Option<Section> {
     let first = report.throughput.first()?;
     let header = [
-        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "CPU µs/req base -> mode", "CPU explained", "packets/req", "top stages µs/req",
+        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "CPU µs/req base -> mode", "CPU explained", "QPS from CPU (error)", "packets/req", "top stages µs/req",
     ];
     let rows = report
         .throughput
@@ -154,6 +154,9 @@ fn throughput_section(report: &Report) -> Option<Section> {
                 pct(t.split.explained_pct),
                 t.cpu.map_or("n/a".to_owned(), |c| format!("{:.1} -> {:.1}", c.baseline_ns / 1e3, c.mode_ns / 1e3)),
                 pct(t.cpu.and_then(|c| c.explained_pct)),
+                t.cpu.map_or("n/a".to_owned(), |c| {
+                    format!("{:.0} ({})", c.predicted_qps, c.prediction_error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")))
+                }),
                 format!("{:.1}", t.packets_per_request),
                 top.join(", "),
             ]
@@ -173,7 +176,7 @@ fn throughput_section(report: &Report) -> Option<Section> {
         rows,
         footer: vec![
             "explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned(),
-            "CPU µs/req: the machine's busy CPU time during ab / requests, measured (both lab nodes share one kernel; not on clusters); CPU explained = extra / (mode − base), the same prediction against a measurement instead of the model.".to_owned(),
+            "CPU µs/req: the machine's busy CPU time during ab / requests, measured (both lab nodes share one kernel; not on clusters); CPU explained = extra / (mode − base), the same prediction against a measurement instead of the model; QPS from CPU = baseline QPS × base / (base + extra), QPS scaling with 1 / CPU time per request at the baseline's busy share rather than with all cores busy.".to_owned(),
         ],
     })
 }
