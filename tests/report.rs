@@ -530,23 +530,27 @@ fn the_clean_twin_is_shown_beside_the_profiled_table() {
     let clean = report.clean_table.as_ref().expect("the clean twin is read");
     assert_eq!(clean.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
     assert_ne!(report.table.iter().find(|r| r.mode == "flannel-vxlan").unwrap().values.qps, 12345.0);
-    // The twin's pings are the profiled ones here, so its delta is the profiled delta and the
-    // net check's unexplained is the profiled one plus the probes taken off.
-    let net = report.net_of_probes.iter().find(|n| n.mode == "flannel-vxlan").expect("a net-of-probes row");
+    // The p50 split less netprof's probes is set against the twin's p50s; the twin's pings are
+    // the profiled ones here, so its delta is the profiled delta.
     let l = report.latency.iter().find(|l| l.mode == "flannel-vxlan").unwrap();
-    assert_eq!(net.explained_net_ns, l.p50.explained_ns - l.probe_delta_ns);
-    assert_eq!(net.clean_delta_ns, l.p50.delta_ns);
-    assert_eq!(net.unexplained_ns, l.p50.unexplained_ns + l.probe_delta_ns);
-    assert_eq!(report.net_of_probes.len(), report.latency.len());
+    assert_eq!(l.p50_net.statistic, "p50 without agents");
+    assert_eq!(l.p50_net.delta_ns, l.p50.delta_ns);
+    assert!(l.p50_net.explained_ns < l.p50.explained_ns, "{} vs {}", l.p50_net.explained_ns, l.p50.explained_ns);
+    assert_eq!(l.p50_net.explained_ns + l.p50_net.unexplained_ns, l.p50_net.delta_ns);
+    for stage in &l.p50_net.stages {
+        let full = l.p50.stages.iter().find(|s| s.stage == stage.stage).unwrap();
+        assert!(stage.mode_ns <= full.mode_ns && stage.mode_ns >= 0, "{stage:?} vs {full:?}");
+    }
     for format in Format::ALL {
         let text = render::render(&report, format);
-        let named = if format == Format::Json { "\"clean_table\"" } else { "without agents" };
+        let named = if format == Format::Json { "\"clean_table\"" } else { "Latency without netprof" };
         assert!(text.contains(named) && text.contains("12345"), "{format:?}");
     }
     // Without the twin: no such section.
     let plain = report::from_dir(Path::new(RUN)).unwrap();
     assert!(plain.clean_table.is_none() && !render::render(&plain, Format::Table).contains("table without agents"));
-    assert!(plain.net_of_probes.is_empty());
+    assert_eq!(plain.latency[0].p50_net.statistic, "p50 less probes");
+    assert!(!render::render(&plain, Format::Table).contains("Latency without netprof's own cost"));
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -150,6 +150,21 @@ pub fn per_event(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeM
     out
 }
 
+/// [`per_event`] at segment medians without netprof's own time: each segment holds the end of
+/// the probe it starts at and the start of the one it ends at, together about one probe run,
+/// taken off as half the mean run time of each end's kind (`probe_ns`, from the same step).
+/// A segment never goes below zero.
+pub fn per_event_net_of_probes(step: &MergedStep, events: u64, probe_ns: &BTreeMap<String, f64>) -> BTreeMap<Category, f64> {
+    let mut out = BTreeMap::new();
+    let events = step.covered(events);
+    let probe = |kind: &str| probe_ns.get(kind).copied().unwrap_or(0.0);
+    for seg in step.of_kind(SegmentKind::Path) {
+        let net = (seg.hist.summary().p50_ns as f64 - (probe(&seg.from_kind) + probe(&seg.to_kind)) / 2.0).max(0.0);
+        *out.entry(Category::of(seg.stage)).or_insert(0.0) += net * seg.hist.count as f64 / events;
+    }
+    out
+}
+
 /// One category's share of a delta.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StageShare {
@@ -218,6 +233,15 @@ impl Split {
         }
     }
 
+    /// The same stage times against other measured values.
+    pub fn remeasured(&self, statistic: &'static str, mode_ns: i64, baseline_ns: i64) -> Split {
+        let (mode, base): (BTreeMap<Category, f64>, BTreeMap<Category, f64>) = (
+            self.stages.iter().map(|s| (s.stage, s.mode_ns as f64)).collect(),
+            self.stages.iter().map(|s| (s.stage, s.baseline_ns as f64)).collect(),
+        );
+        Split::new(statistic, self.segment_statistic, mode_ns, baseline_ns, &mode, &base)
+    }
+
     pub fn stage(&self, stage: Category) -> i64 {
         self.stages.iter().find(|s| s.stage == stage).map_or(0, |s| s.delta_ns)
     }
@@ -234,6 +258,11 @@ pub struct LatencyAttribution {
     pub baseline_rtts: u64,
     pub p50: Split,
     pub p99: Split,
+    /// The p50 split without netprof's probes in the segments (see
+    /// [`per_event_net_of_probes`]), against the p50s the benchmarks measured without agents
+    /// when the run has that twin (`DIR/clean/`), else against the profiled p50s less the
+    /// probes (`probe_per_rtt` of each side).
+    pub p50_net: Split,
     /// netprof's own probes inside the delta (checkpoints passed per RTT × their mean run
     /// time, mode minus baseline), ns; already part of the stage times above.
     pub probe_delta_ns: i64,
@@ -287,6 +316,14 @@ pub fn attribute(mode: &str, baseline: &str, pod: &Side, base: &Side) -> Latency
         &per_event(pod.step, pod.replies, Statistic::Mean),
         &per_event(base.step, base.replies, Statistic::Mean),
     );
+    let p50_net = Split::new(
+        "p50 less probes",
+        "median less probes",
+        ns(pod.stats.p50_ms) - pod.probe_per_rtt().round() as i64,
+        ns(base.stats.p50_ms) - base.probe_per_rtt().round() as i64,
+        &per_event_net_of_probes(pod.step, pod.replies, pod.probe_ns),
+        &per_event_net_of_probes(base.step, base.replies, base.probe_ns),
+    );
     LatencyAttribution {
         mode: mode.to_owned(),
         baseline: baseline.to_owned(),
@@ -294,6 +331,7 @@ pub fn attribute(mode: &str, baseline: &str, pod: &Side, base: &Side) -> Latency
         baseline_rtts: base.replies,
         p50,
         p99,
+        p50_net,
         probe_delta_ns: (pod.probe_per_rtt() - base.probe_per_rtt()).round() as i64,
         reuse_passes: pod.reuse_per_rtt() + base.reuse_per_rtt(),
     }

@@ -198,6 +198,9 @@ pub fn neutral_name(cp: Option<&CheckpointReport>, fallback: &str) -> String {
 pub struct MergedSegment {
     pub from: String,
     pub to: String,
+    /// The checkpoint kinds at its ends (`tc-ingress`, `netfilter`, ...; empty if unknown).
+    pub from_kind: String,
+    pub to_kind: String,
     pub stage: Stage,
     pub kind: SegmentKind,
     pub hist: Hist,
@@ -284,6 +287,8 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
                 .or_insert_with(|| MergedSegment {
                     from,
                     to,
+                    from_kind: from_cp.map(|c| c.kind.clone()).unwrap_or_default(),
+                    to_kind: to_cp.map(|c| c.kind.clone()).unwrap_or_default(),
                     stage: seg.stage,
                     kind,
                     hist: Hist::default(),

@@ -103,50 +103,18 @@ pub struct Report {
     pub clean_table: Option<Vec<TableRow>>,
     #[serde(skip)]
     pub clean_results: Vec<ModeResult>,
-    /// With the clean twin: the p50 attribution net of netprof's probes against the delta the
-    /// twin measured without them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub net_of_probes: Vec<NetOfProbes>,
 }
 
-/// One pod mode's p50 attribution without netprof's own cost, checked against the benchmarks
-/// run without agents (`DIR/clean/`): an independent measurement of the same delta.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NetOfProbes {
-    pub mode: String,
-    /// The profiled attribution's explained extra RTT and the probes' part of it, ns.
-    pub explained_ns: i64,
-    pub probe_ns: i64,
-    /// `explained_ns - probe_ns`.
-    pub explained_net_ns: i64,
-    /// The twin's p50 RTT delta over its baseline (the same baseline as the table's), ns.
-    pub clean_delta_ns: i64,
-    /// `clean_delta_ns - explained_net_ns`.
-    pub unexplained_ns: i64,
-    pub unexplained_pct: Option<f64>,
-}
-
-/// [`NetOfProbes`] for every attributed mode the twin also ran.
-fn net_of_probes(latency: &[LatencyAttribution], clean: &[ModeResult]) -> Vec<NetOfProbes> {
-    latency
-        .iter()
-        .filter_map(|l| {
-            let twin = clean.iter().find(|r| r.mode.to_string() == l.mode)?;
-            let p50 = |path: &crate::bench::result::PathResult| path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64);
-            let clean_delta_ns = p50(twin.headline_path())? - p50(table::baseline(clean, twin))?;
-            let explained_net_ns = l.p50.explained_ns - l.probe_delta_ns;
-            let unexplained_ns = clean_delta_ns - explained_net_ns;
-            Some(NetOfProbes {
-                mode: l.mode.clone(),
-                explained_ns: l.p50.explained_ns,
-                probe_ns: l.probe_delta_ns,
-                explained_net_ns,
-                clean_delta_ns,
-                unexplained_ns,
-                unexplained_pct: (clean_delta_ns != 0).then(|| unexplained_ns as f64 / clean_delta_ns as f64 * 100.0),
-            })
-        })
-        .collect()
+/// Each attributed mode's p50 split without probes, set against the twin's p50s (the delta
+/// the same benchmarks measured without agents, over the same baseline as the table's).
+fn remeasure_without_agents(latency: &mut [LatencyAttribution], clean: &[ModeResult]) {
+    let p50 = |path: &crate::bench::result::PathResult| path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64);
+    for l in latency.iter_mut() {
+        let Some(twin) = clean.iter().find(|r| r.mode.to_string() == l.mode) else { continue };
+        if let (Some(mode_ns), Some(baseline_ns)) = (p50(twin.headline_path()), p50(table::baseline(clean, twin))) {
+            l.p50_net = l.p50_net.remeasured("p50 without agents", mode_ns, baseline_ns);
+        }
+    }
 }
 
 /// Where a profiled run keeps its unprofiled twin.
@@ -314,7 +282,6 @@ pub fn build(input: &Input) -> Report {
         results,
         clean_table: None,
         clean_results: Vec::new(),
-        net_of_probes: Vec::new(),
     }
 }
 
@@ -332,7 +299,7 @@ pub fn add_clean(report: &mut Report, dir: &Path) -> Result<(), InputError> {
         let results = input::load(&clean)?.results();
         if !results.is_empty() {
             report.clean_table = Some(table_rows(&results));
-            report.net_of_probes = net_of_probes(&report.latency, &results);
+            remeasure_without_agents(&mut report.latency, &results);
             report.clean_results = results;
         }
     }

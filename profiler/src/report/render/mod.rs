@@ -107,14 +107,19 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
         line("of which netprof probes", &|l| us_signed(l.probe_delta_ns));
         line("skb-reuse passes/RTT", &|l| format!("{:.2}", l.reuse_passes));
     }
-    let how = if split.segment_statistic == "median" {
-        "each segment's median × passes per RTT"
+    let how = match split.segment_statistic {
+        "median" => "each segment's median × passes per RTT",
+        "median less probes" => "each segment's median less the probe runs at its two ends (half the mean run time of each end's kind during the ping step) × passes per RTT",
+        _ => "each segment's mean × passes per RTT (percentiles do not add; the residual is the tail no stage's average explains)",
+    };
+    let title = if split.segment_statistic == "median less probes" {
+        format!("Latency without netprof's own cost: extra ping RTT at p50 by stage, against the {} (µs per RTT)", split.statistic)
     } else {
-        "each segment's mean × passes per RTT (percentiles do not add; the residual is the tail no stage's average explains)"
+        format!("Latency: extra ping RTT at {} over the baseline, by stage (µs per RTT)", split.statistic)
     };
     Some(Section {
         id,
-        title: format!("Latency: extra ping RTT at {} over the baseline, by stage (µs per RTT)", split.statistic),
+        title,
         intro: vec![format!(
             "Baseline: {}. Both nodes, both directions; a stage's time is {how}, minus the baseline's.",
             first.baseline
@@ -123,6 +128,9 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
         rows,
         footer: {
             let mut footer = vec!["unexplained = measured delta − explained; negative: the stages add up to more than was measured.".to_owned()];
+            if split.statistic == "p50 without agents" {
+                footer.push("The stage times are the profiled run's, less netprof's probes; the measured p50s are the run without agents (DIR/clean/), minutes apart, so run-to-run swing is in the unexplained part too: an independent check of the split.".to_owned());
+            }
             if split.statistic == "p50" {
                 footer.push("of which netprof probes: checkpoints passed per RTT × each probe's mean run time during the ping steps themselves (bpf_stats, mode minus baseline). Pings 10 ms apart find cold caches, so a probe run costs several times what it does under load: this much of the delta, and of the stage times, is netprof's own. `cargo xtask demo` also writes DIR/clean/, the same benchmarks without agents.".to_owned());
             }
@@ -441,43 +449,14 @@ fn clean_table_section(report: &Report) -> Option<Section> {
     })
 }
 
-/// The p50 attribution without netprof's probes against the clean twin's delta.
-fn net_of_probes_section(report: &Report) -> Option<Section> {
-    if report.net_of_probes.is_empty() {
-        return None;
-    }
-    let header = ["mode", "explained µs", "netprof probes µs", "explained net µs", "delta without agents µs", "unexplained µs", "unexplained share"];
-    let rows = report
-        .net_of_probes
-        .iter()
-        .map(|n| {
-            vec![
-                n.mode.clone(),
-                us_signed(n.explained_ns),
-                us_signed(n.probe_ns),
-                us_signed(n.explained_net_ns),
-                us_signed(n.clean_delta_ns),
-                us_signed(n.unexplained_ns),
-                pct(n.unexplained_pct),
-            ]
-        })
-        .collect();
-    Some(Section {
-        id: "latency-net",
-        title: "Latency at p50 without netprof's own cost, against the run without agents".to_owned(),
-        intro: vec!["The attribution above explains the profiled RTTs, probes included. Here the probes' part ('of which netprof probes') is taken off and the rest is set against the p50 delta the same benchmarks measured without agents (DIR/clean/): a second, independent check of the split.".to_owned()],
-        header: header.iter().map(|h| (*h).to_owned()).collect(),
-        rows,
-        footer: vec!["unexplained = delta without agents − explained net; the two runs were minutes apart, so run-to-run swing is in it too.".to_owned()],
-    })
-}
-
 /// Every section after the study's table, in order.
 pub fn sections(report: &Report) -> Vec<Section> {
     let mut out = Vec::new();
     out.extend(clean_table_section(report));
     out.extend(latency_section("latency-p50", report, |l| &l.p50));
-    out.extend(net_of_probes_section(report));
+    if !report.clean_results.is_empty() {
+        out.extend(latency_section("latency-p50-net", report, |l| &l.p50_net));
+    }
     out.extend(latency_section("latency-p99", report, |l| &l.p99));
     out.extend(throughput_section(report));
     if !report.run.profiled.is_empty() {
