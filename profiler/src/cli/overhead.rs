@@ -41,7 +41,7 @@ pub struct OverheadArgs {
     pub sample: u32,
     /// Agent settings to compare with "off", side by side in every round: attached for this
     /// percentage of every --duty-period-ms (100: always; comma-separated). The default sets
-    /// always attached beside 2%, where the agents met the 0.97x QPS / 0.95x iperf3 goal here.
+    /// always attached beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
     #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT")]
     pub duty: Vec<u32>,
     #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
