@@ -180,9 +180,9 @@ fn pooled_p50_ns(runs: &[&RunInput]) -> Option<i64> {
     RttStats::from_samples_us(&samples).map(|s| (s.p50_ms * 1e6).round() as i64)
 }
 
-/// Each round's base p50 minus its ablated p50, ns; `None` unless every round has exactly
-/// one run of each.
-fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput]) -> Option<Vec<i64>> {
+/// Each round's `value` of its base run minus that of its ablated run, ns; `None` unless
+/// every round has exactly one run of each and every run has the value.
+fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput], value: impl Fn(&RunInput) -> Option<f64>) -> Option<Vec<i64>> {
     if base.len() != ablated.len() {
         return None;
     }
@@ -193,9 +193,14 @@ fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput]) -> Option<Vec<i64>
             if same_round.next().is_some() {
                 return None;
             }
-            Some(pooled_p50_ns(&[b])? - pooled_p50_ns(&[a])?)
+            Some((value(b)? - value(a)?).round() as i64)
         })
         .collect()
+}
+
+/// `(measured - predicted) / predicted`, percent; `None` for a zero prediction.
+fn error_pct(measured_ns: i64, predicted_ns: i64) -> Option<f64> {
+    (predicted_ns != 0).then(|| (measured_ns - predicted_ns) as f64 / predicted_ns as f64 * 100.0)
 }
 
 /// [`CpuCheck`] when every run measured its CPU time per request and the rounds pair up.
@@ -203,13 +208,7 @@ fn cpu_per_request(base: &[&RunInput], ablated: &[&RunInput], predicted_gain_ns:
     let cpu = |r: &RunInput| r.run.ab_cpu_ns_per_request;
     let all = |runs: &[&RunInput]| runs.iter().map(|r| cpu(r)).collect::<Option<Vec<f64>>>();
     let (base_all, ablated_all) = (all(base)?, all(ablated)?);
-    let by_round: Vec<i64> = base
-        .iter()
-        .map(|b| {
-            let a = ablated.iter().find(|a| a.run.round == b.run.round)?;
-            Some((cpu(b)? - cpu(a)?).round() as i64)
-        })
-        .collect::<Option<_>>()?;
+    let by_round = paired_gains_ns(base, ablated, cpu)?;
     let measured_gain_ns = median(by_round.iter().map(|&ns| ns as f64).collect()).round() as i64;
     Some(CpuCheck {
         base_ns: median(base_all),
@@ -217,7 +216,7 @@ fn cpu_per_request(base: &[&RunInput], ablated: &[&RunInput], predicted_gain_ns:
         predicted_gain_ns,
         measured_gain_ns,
         measured_by_round_ns: by_round,
-        error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
+        error_pct: error_pct(measured_gain_ns, predicted_gain_ns),
     })
 }
 
@@ -346,7 +345,8 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         .iter()
         .map(|(_, ns)| ns)
         .sum();
-    let measured_by_round_ns = paired_gains_ns(&base, &ablated).unwrap_or_default();
+    let ping_p50 = |r: &RunInput| pooled_p50_ns(&[r]).map(|ns| ns as f64);
+    let measured_by_round_ns = paired_gains_ns(&base, &ablated, ping_p50).unwrap_or_default();
     let measured_gain_ns = if measured_by_round_ns.is_empty() {
         base_p50_ns - ablated_p50_ns
     } else {
@@ -394,7 +394,7 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         predicted_gain_ns,
         predicted_by_stage: predicted_by_stage.iter().map(|&(stage, ns)| StageNs { stage, ns }).collect(),
         hook_edge_probes_ns,
-        error_pct: (predicted_gain_ns != 0).then(|| (measured_gain_ns - predicted_gain_ns) as f64 / predicted_gain_ns as f64 * 100.0),
+        error_pct: error_pct(measured_gain_ns, predicted_gain_ns),
         remaining_ns,
         added_ns,
         net_predicted_gain_ns: predicted_gain_ns - added_ns,
