@@ -69,7 +69,7 @@ fn overhead_compares_agent_settings_side_by_side() {
     let lab = unique_lab_name();
     let out = std::env::temp_dir().join(format!("netprof-overhead-{lab}.json"));
     let output = Command::new(netprof_bin())
-        .args(["overhead", "--mode", "flannel-hostgw", "--rounds", "2", "--duty", "100,50", "--duty-period-ms", "500"])
+        .args(["overhead", "--mode", "flannel-hostgw", "--rounds", "3", "--duty", "100,50@600", "--duty-period-ms", "500"])
         .args(["--ab-requests", "2000", "--ab-concurrency", "10", "--iperf3-seconds", "1", "--lab", &lab])
         .arg("--out")
         .arg(&out)
@@ -80,13 +80,18 @@ fn overhead_compares_agent_settings_side_by_side() {
     println!("{stdout}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let samples = json["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 2 * 3, "2 rounds x (off + 2 settings)");
+    assert_eq!(samples.len(), 3 * 3, "3 rounds x (off + 2 settings)");
     let variants: Vec<&str> = json["variants"].as_array().unwrap().iter().map(|v| v["variant"].as_str().unwrap()).collect();
-    assert_eq!(variants, ["off", "duty 100%", "duty 50%"]);
+    assert_eq!(variants, ["off", "duty 100%", "duty 50%@600ms"], "a setting's own period is in its name");
     for v in json["variants"].as_array().unwrap() {
         let (qps, ratio) = (v["qps"].as_f64().unwrap(), v["qps_ratio"].as_f64().unwrap());
         assert!(qps > 0.0 && ratio > 0.0 && ratio < 2.0, "{v}");
+        // Three paired rounds give an interval around the paired median.
+        let (lo, hi) = (v["qps_ratio_paired_interval"][0].as_f64().unwrap(), v["qps_ratio_paired_interval"][1].as_f64().unwrap());
+        let paired = v["qps_ratio_paired"].as_f64().unwrap();
+        assert!(lo <= paired && paired <= hi, "{v}");
     }
+    assert!(stdout.contains("against the targets"), "{stdout}");
     // The always-attached agents ran their programs and bpf_stats timed them.
     let programs = &json["programs"][0];
     assert_eq!(programs["variant"], "duty 100%");

@@ -4,6 +4,7 @@
 // Errors here end a run (one per run), so carrying their context inline costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod bootstrap;
 pub mod config;
 pub mod cpu_time;
 pub mod overhead;

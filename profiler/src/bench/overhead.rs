@@ -5,12 +5,18 @@
 
 use std::path::PathBuf;
 
+use super::bootstrap::{median_interval, verdict, Verdict};
 use super::config::BenchConfig;
 use super::{servers, tools, BenchError};
 use crate::lab::{Lab, Mode};
 
 /// The variant without agents.
 pub const OFF: &str = "off";
+
+/// The agents' cost targets (issue 3): ab QPS and iperf3 throughput with the agents, as a share
+/// of without.
+pub const QPS_TARGET: f64 = 0.97;
+pub const IPERF3_TARGET: f64 = 0.95;
 
 /// One measurement of the pod path.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +42,11 @@ pub struct VariantSummary {
     /// machine drifts between rounds.
     pub qps_ratio_paired: f64,
     pub iperf3_ratio_paired: f64,
+    /// 95% bootstrap intervals of the paired ratios (`None` under 3 rounds).
+    #[serde(default)]
+    pub qps_ratio_paired_interval: Option<(f64, f64)>,
+    #[serde(default)]
+    pub iperf3_ratio_paired_interval: Option<(f64, f64)>,
 }
 
 /// The outcome: every sample, and each variant's medians and ratios.
@@ -74,29 +85,31 @@ impl OverheadResult {
             median(&mut v)
         };
         let (qps_off, bw_off) = (pick(OFF, |s| s.qps), pick(OFF, |s| s.iperf3_gbit_s));
-        let paired = |variant: &str, f: fn(&Sample) -> f64| {
-            let mut ratios: Vec<f64> = samples
+        let paired = |variant: &str, f: fn(&Sample) -> f64| -> Vec<f64> {
+            samples
                 .iter()
                 .filter(|s| s.variant == variant)
                 .filter_map(|s| {
                     let off = samples.iter().find(|o| o.round == s.round && o.variant == OFF)?;
                     Some(f(s) / f(off))
                 })
-                .collect();
-            median(&mut ratios)
+                .collect()
         };
         let variants = names
             .iter()
             .map(|name| {
                 let (qps, bw) = (pick(name, |s| s.qps), pick(name, |s| s.iperf3_gbit_s));
+                let (mut qps_pairs, mut bw_pairs) = (paired(name, |s| s.qps), paired(name, |s| s.iperf3_gbit_s));
                 VariantSummary {
                     variant: name.clone(),
                     qps,
                     iperf3_gbit_s: bw,
                     qps_ratio: qps / qps_off,
                     iperf3_ratio: bw / bw_off,
-                    qps_ratio_paired: paired(name, |s| s.qps),
-                    iperf3_ratio_paired: paired(name, |s| s.iperf3_gbit_s),
+                    qps_ratio_paired_interval: median_interval(&qps_pairs),
+                    iperf3_ratio_paired_interval: median_interval(&bw_pairs),
+                    qps_ratio_paired: median(&mut qps_pairs),
+                    iperf3_ratio_paired: median(&mut bw_pairs),
                 }
             })
             .collect();
@@ -104,23 +117,54 @@ impl OverheadResult {
     }
 
     pub fn render(&self) -> String {
+        let width = self.variants.iter().map(|v| v.variant.len()).max().unwrap_or(0).max("agents".len());
         let mut out = format!("overhead on {} (pod path), {} rounds, settings in rotating order:\n", self.mode, self.rounds);
-        out.push_str("round  agents      nginx QPS  ab mean ms  iperf3 Gbit/s\n");
+        out.push_str(&format!("round  {:<width$}  nginx QPS  ab mean ms  iperf3 Gbit/s\n", "agents"));
         for s in &self.samples {
             out.push_str(&format!(
-                "{:<5}  {:<10}  {:>9.0}  {:>10.3}  {:>13.2}\n",
+                "{:<5}  {:<width$}  {:>9.0}  {:>10.3}  {:>13.2}\n",
                 s.round, s.variant, s.qps, s.ab_mean_ms, s.iperf3_gbit_s
             ));
         }
-        out.push_str("medians (ratio: of the medians; paired: median of each round's ratio to off):\n");
-        out.push_str("agents      nginx QPS  ratio   paired  iperf3 Gbit/s  ratio   paired\n");
+        out.push_str("medians (ratio: of the medians; paired: median of each round's ratio to off, with its 95% interval):\n");
+        out.push_str(&format!("{:<width$}  nginx QPS  ratio   paired  interval       iperf3 Gbit/s  ratio   paired  interval\n", "agents"));
         for v in &self.variants {
             out.push_str(&format!(
-                "{:<10}  {:>9.0}  {:>5.3}x  {:>5.3}x  {:>13.2}  {:>5.3}x  {:>5.3}x\n",
-                v.variant, v.qps, v.qps_ratio, v.qps_ratio_paired, v.iperf3_gbit_s, v.iperf3_ratio, v.iperf3_ratio_paired
+                "{:<width$}  {:>9.0}  {:>5.3}x  {:>5.3}x  {:<13}  {:>13.2}  {:>5.3}x  {:>5.3}x  {}\n",
+                v.variant,
+                v.qps,
+                v.qps_ratio,
+                v.qps_ratio_paired,
+                interval_text(v.qps_ratio_paired_interval),
+                v.iperf3_gbit_s,
+                v.iperf3_ratio,
+                v.iperf3_ratio_paired,
+                interval_text(v.iperf3_ratio_paired_interval)
+            ));
+        }
+        out.push_str(&format!("against the targets (nginx QPS >= {QPS_TARGET}x, iperf3 >= {IPERF3_TARGET}x), by the paired intervals:\n"));
+        for v in self.variants.iter().filter(|v| v.variant != OFF) {
+            out.push_str(&format!(
+                "  {:<width$}  QPS {}; iperf3 {}\n",
+                v.variant,
+                verdict_text(v.qps_ratio_paired_interval, QPS_TARGET),
+                verdict_text(v.iperf3_ratio_paired_interval, IPERF3_TARGET)
             ));
         }
         out
+    }
+}
+
+fn interval_text(interval: Option<(f64, f64)>) -> String {
+    interval.map_or_else(|| "-".to_owned(), |(lo, hi)| format!("{lo:.3}-{hi:.3}"))
+}
+
+fn verdict_text(interval: Option<(f64, f64)>, target: f64) -> &'static str {
+    match interval.map(|i| verdict(i, target)) {
+        Some(Verdict::Met) => "met",
+        Some(Verdict::Missed) => "missed",
+        Some(Verdict::Unresolved) => "not resolved (the interval holds the target: more rounds, or a quieter machine)",
+        None => "not judged (fewer than 3 rounds)",
     }
 }
 
@@ -215,5 +259,25 @@ mod tests {
         assert!((result.variants[1].qps_ratio_paired - 0.97).abs() < 1e-12);
         assert!((result.variants[2].iperf3_ratio_paired - 0.99).abs() < 1e-12);
         assert!(result.render().contains("duty 10%"));
+        assert!(result.render().contains("not judged (fewer than 3 rounds)"));
+        assert_eq!(result.variants[1].qps_ratio_paired_interval, None);
+    }
+
+    #[test]
+    fn paired_intervals_and_verdicts_with_enough_rounds() {
+        let s = |round, variant: &str, qps, bw| Sample { round, variant: variant.into(), qps, ab_mean_ms: 1.0, iperf3_gbit_s: bw };
+        let mut samples = Vec::new();
+        for round in 1..=8 {
+            let wobble = f64::from(round % 3) * 0.004;
+            samples.push(s(round, OFF, 100.0, 10.0));
+            samples.push(s(round, "always", 65.0 + wobble * 100.0, 6.5));
+            samples.push(s(round, "light", 99.0 + wobble * 100.0, 9.9));
+        }
+        let result = OverheadResult::from_samples(Mode::FlannelVxlan, 8, samples);
+        let (lo, hi) = result.variants[1].qps_ratio_paired_interval.unwrap();
+        assert!(lo <= result.variants[1].qps_ratio_paired && result.variants[1].qps_ratio_paired <= hi);
+        let text = result.render();
+        assert!(text.contains("always  QPS missed; iperf3 missed"), "{text}");
+        assert!(text.contains("light   QPS met; iperf3 met"), "{text}");
     }
 }

@@ -40,15 +40,63 @@ pub struct OverheadArgs {
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
     /// Agent settings to compare with "off", side by side in every round: attached for this
-    /// percentage of every --duty-period-ms (100: always; comma-separated). The default sets
-    /// always attached beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
-    #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT")]
-    pub duty: Vec<u32>,
+    /// percentage of every --duty-period-ms, or of every MS with PERCENT@MS (100: always;
+    /// comma-separated, e.g. `100,2,2@4000`). 0 attaches and detaches at once at every
+    /// period's start: what the window edges cost by themselves (with a long period such as
+    /// 0@100000, what the agents' mere presence costs). The default sets always attached
+    /// beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
+    #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT[@MS]")]
+    pub duty: Vec<DutySetting>,
     #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
     pub duty_period_ms: u64,
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// One `--duty` setting: a percentage, and its own period if it names one (`2@4000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DutySetting {
+    pub percent: u32,
+    pub period_ms: Option<u64>,
+}
+
+impl std::str::FromStr for DutySetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |part: &str, what: &str| {
+            part.trim().parse::<u64>().map_err(|_| format!("duty setting {text:?}: {what} {part:?} is not a whole number (write PERCENT or PERCENT@MS, e.g. 2@4000)"))
+        };
+        let (percent, period_ms) = match text.split_once('@') {
+            Some((percent, ms)) => (number(percent, "percentage")?, Some(number(ms, "period")?)),
+            None => (number(text, "percentage")?, None),
+        };
+        let percent = u32::try_from(percent).map_err(|_| format!("duty setting {text:?}: give a percentage from 1 to 100"))?;
+        Ok(DutySetting { percent, period_ms })
+    }
+}
+
+impl DutySetting {
+    /// The duty cycle (`None`: always attached), with `default_period_ms` unless it names its own.
+    /// 0% (here only) attaches and detaches at every period's start with no window between:
+    /// what the window edges cost by themselves, or with a long period what the agents' mere
+    /// presence costs.
+    fn duty(&self, default_period_ms: u64) -> Result<Option<crate::agent::duty::Duty>, String> {
+        let period = std::time::Duration::from_millis(self.period_ms.unwrap_or(default_period_ms));
+        if self.percent == 0 {
+            return crate::agent::duty::Duty::from_percent(1, period).map(|_| Some(crate::agent::duty::Duty { on: std::time::Duration::ZERO, period }));
+        }
+        crate::agent::duty::Duty::from_percent(self.percent, period)
+    }
+
+    /// The setting's name in the output: `duty 2%`, or `duty 2%@4000ms` with its own period.
+    fn name(&self) -> String {
+        match self.period_ms {
+            Some(ms) => format!("duty {}%@{ms}ms", self.percent),
+            None => format!("duty {}%", self.percent),
+        }
+    }
 }
 
 /// The result plus the kernel programs' own run time, from bpf_stats.
@@ -77,12 +125,11 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         ..BenchConfig::default()
     };
     cfg.validate()?;
-    let period = std::time::Duration::from_millis(args.duty_period_ms);
     let mut duties = Vec::new();
-    for &percent in &args.duty {
-        duties.push(crate::agent::duty::Duty::from_percent(percent, period).map_err(|e| anyhow::anyhow!("--{e}"))?);
+    for setting in &args.duty {
+        duties.push(setting.duty(args.duty_period_ms).map_err(|e| anyhow::anyhow!("--{e}"))?);
     }
-    let variants: Vec<String> = args.duty.iter().map(|p| format!("duty {p}%")).collect();
+    let variants: Vec<String> = args.duty.iter().map(|s| s.name()).collect();
     anyhow::ensure!(
         variants.iter().enumerate().all(|(i, v)| !variants[..i].contains(v)),
         "--duty lists a setting twice"
@@ -150,4 +197,24 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duty_settings_take_an_optional_period_and_name_it() {
+        let plain: DutySetting = "2".parse().unwrap();
+        assert_eq!(plain, DutySetting { percent: 2, period_ms: None });
+        assert_eq!(plain.name(), "duty 2%");
+        assert_eq!(plain.duty(1000).unwrap().unwrap().on, std::time::Duration::from_millis(20));
+        let own: DutySetting = "2@4000".parse().unwrap();
+        assert_eq!(own.name(), "duty 2%@4000ms");
+        assert_eq!(own.duty(1000).unwrap().unwrap().on, std::time::Duration::from_millis(80));
+        assert_eq!("100".parse::<DutySetting>().unwrap().duty(1000), Ok(None));
+        assert!("2@fast".parse::<DutySetting>().unwrap_err().contains("PERCENT@MS"));
+        assert!("x".parse::<DutySetting>().unwrap_err().contains("not a whole number"));
+        assert!("2@100".parse::<DutySetting>().unwrap().duty(1000).unwrap_err().contains("at least 500 ms"));
+    }
 }
