@@ -706,6 +706,58 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
     assert!(matches!(Agent::start(&options), Err(AgentError::Sample(3))));
 }
 
+/// The netfilter fallback for kernels without netfilter links, forced (`nf-fentry`): where the
+/// kernel loads fentry programs, conntrack and the tables are measured at the same points as
+/// with links (exact counts); where it refuses them (this CI kernel: EPERM), each traced
+/// function is reported as not measured with the kernel's reason, no netfilter checkpoint is
+/// reported (never zero), the tc checkpoints still count exactly, and nothing stays loaded.
+#[test]
+fn netfilter_through_fentry_is_measured_or_reported_not_measured() {
+    let test = "netfilter_through_fentry_is_measured_or_reported_not_measured";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let mode = Mode::FlannelHostgw;
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let path = built.pod_path().unwrap();
+    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
+    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    options.pod_netns = vec![names.pod(Node::One)];
+    options.hooks = "tc,nf-fentry,trace".parse().unwrap();
+    let agent = Agent::start(&options).unwrap();
+    ping(&path.client_netns, path.server_ip, PINGS);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = agent.snapshot().unwrap();
+    print_report(&report);
+    let refused: Vec<_> = report.not_measured.iter().filter(|n| n.what.starts_with("netfilter via fentry/fexit on ")).collect();
+    for entry in &refused {
+        println!("not measured: {}: {}", entry.what, entry.reason);
+        assert!(entry.reason.contains("asked for") && entry.reason.len() > "asked for (--hooks nf-fentry); ".len(), "{entry:?}");
+    }
+    if refused.len() == profiler_common::datapath::NF_TRACED.len() {
+        print_skip(test, "this kernel refuses fentry programs: checked the refusal path only");
+        assert!(report.checkpoints.iter().all(|c| c.kind != "netfilter"), "netfilter checkpoints reported though nothing traces them");
+    } else {
+        // Forwarded pod traffic crosses PRE_ROUTING, FORWARD and POST_ROUTING, 40 passes each.
+        let nf = nf_hits(&report);
+        for hook in ["PRE_ROUTING", "FORWARD", "POST_ROUTING"] {
+            assert_eq!(nf.get(hook), Some(&(2 * PINGS)), "{hook}: {nf:?}");
+        }
+        assert!(report.stage_segments(Stage::Conntrack).next().is_some());
+    }
+    assert_eq!(report.hits("eno1 tc-egress"), PINGS);
+    assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
+    assert_eq!(report.counters.abandoned, 0, "{:?}", report.counters);
+    let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
+    drop(agent);
+    for id in &ids {
+        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after drop");
+    }
+}
+
 /// Duty cycling: attached 40% of every 500 ms, during 500 pings 10 ms apart (~5 s). Only the
 /// windows count, every counted packet is counted whole (each packet's request and reply pass
 /// the uplink in one window or are forgotten with their epoch, never abandoned), the report

@@ -107,6 +107,31 @@ pub const fn nf_checkpoint(hook: u32, point: u32) -> u16 {
     NF_CP_BASE + (hook * NF_POINT_COUNT + point) as u16
 }
 
+/// The netfilter points just below and just above a hook function at `priority`: the
+/// checkpoints its entry and its exit stand for when it is traced with fentry/fexit instead of
+/// bracketed by links (`None` beyond the first or last point).
+#[inline(always)]
+pub const fn nf_points_around(priority: i32) -> (Option<u32>, Option<u32>) {
+    let mut below = None;
+    let mut point = 0;
+    while point < NF_POINT_COUNT {
+        if NF_POINT_PRIORITIES[point as usize] < priority {
+            below = Some(point);
+        }
+        point += 1;
+    }
+    let above = match below {
+        Some(b) if b + 1 < NF_POINT_COUNT => Some(b + 1),
+        Some(_) => None,
+        None => Some(0),
+    };
+    (below, above)
+}
+
+/// Conntrack's priority on PRE_ROUTING and LOCAL_OUT (`NF_IP_PRI_CONNTRACK`), where
+/// `nf_conntrack_in` runs.
+pub const NF_PRI_CONNTRACK: i32 = -200;
+
 /// One past the last netfilter checkpoint id.
 pub const NF_CP_END: u16 = NF_CP_BASE + (NF_HOOK_COUNT * NF_POINT_COUNT) as u16;
 /// Pseudo checkpoint: the packet was consumed normally (`skb:consume_skb`), e.g. delivered to a
@@ -349,8 +374,34 @@ pub struct Config {
     /// Non-zero between duty-cycle windows: every program returns at once (the netfilter
     /// ones are detached then; tc and tracepoint links stay, their detach waits for RCU).
     pub paused: u32,
-    pub _pad3: u32,
+    /// The fentry/fexit netfilter fallback (`nf_fentry`): `struct nf_hook_state`'s `hook` (u8)
+    /// and `net` (pointer; never at offset 0, so 0 means unknown); `struct xt_table`'s `priority` (int); `struct nft_pktinfo`'s `skb`
+    /// and `state` (pointers). 0 where the kernel's BTF lacks them (that program then skips).
+    pub nf_state_hook: u32,
+    pub nf_state_net: u32,
+    pub xt_table_priority: u32,
+    pub nft_pkt_skb: u32,
+    pub nft_pkt_state: u32,
+    /// From a base chain's `struct nft_chain` (what `nft_do_chain` gets) to its
+    /// `ops.priority`: negative, `chain` sits after `ops` in `struct nft_base_chain`.
+    pub nft_chain_priority: i32,
+    /// Argument positions in the traced functions, which differ between kernel versions
+    /// (`ARG_*` indexes; `ARG_UNKNOWN` where the function or argument is missing).
+    pub fentry_args: [u8; 8],
+    /// `struct nf_hook_state`'s `pf` (u8): only IPv4 passes count (bridge or ARP chains reuse
+    /// the hook numbers).
+    pub nf_state_pf: u32,
 }
+
+/// Indexes into `Config::fentry_args`.
+pub const ARG_IPT_SKB: usize = 0;
+pub const ARG_IPT_STATE: usize = 1;
+pub const ARG_IPT_TABLE: usize = 2;
+pub const ARG_CT_SKB: usize = 3;
+pub const ARG_CT_STATE: usize = 4;
+pub const ARG_NFT_PKT: usize = 5;
+pub const ARG_NFT_CHAIN: usize = 6;
+pub const ARG_UNKNOWN: u8 = 0xff;
 
 // ---------------------------------------------------------------------------------------------
 // Program names (at most 15 bytes: the kernel cuts longer names) and where they attach.
@@ -379,8 +430,24 @@ pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
 pub const PROG_KFREE_SKB_BTF: &str = "cp_kfree_btf";
 pub const PROG_CONSUME_SKB_BTF: &str = "cp_consume_btf";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
+/// The fentry/fexit fallback for kernels without netfilter links (`nf_fentry.rs`): entry and
+/// exit of conntrack (`nf_conntrack_in`) and of the table walkers of iptables-legacy
+/// (`ipt_do_table`) and nftables / iptables-nft (`nft_do_chain`). Each pair records the
+/// checkpoints of the netfilter points around the function's priority (`nf_points_around`).
+pub const PROG_FENTRY_CT: &str = "cp_fe_ct";
+pub const PROG_FEXIT_CT: &str = "cp_fx_ct";
+pub const PROG_FENTRY_IPT: &str = "cp_fe_ipt";
+pub const PROG_FEXIT_IPT: &str = "cp_fx_ipt";
+pub const PROG_FENTRY_NFT: &str = "cp_fe_nft";
+pub const PROG_FEXIT_NFT: &str = "cp_fx_nft";
+/// `(function, entry program, exit program)`.
+pub const NF_TRACED: [(&str, &str, &str); 3] = [
+    ("nf_conntrack_in", PROG_FENTRY_CT, PROG_FEXIT_CT),
+    ("ipt_do_table", PROG_FENTRY_IPT, PROG_FEXIT_IPT),
+    ("nft_do_chain", PROG_FENTRY_NFT, PROG_FEXIT_NFT),
+];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 11] = [
+pub const AYA_PROGRAMS: [&str; 17] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_POD_INGRESS,
@@ -392,6 +459,12 @@ pub const AYA_PROGRAMS: [&str; 11] = [
     PROG_KFREE_SKB_BTF,
     PROG_CONSUME_SKB_BTF,
     PROG_TCP_RETRANSMIT,
+    PROG_FENTRY_CT,
+    PROG_FEXIT_CT,
+    PROG_FENTRY_IPT,
+    PROG_FEXIT_IPT,
+    PROG_FENTRY_NFT,
+    PROG_FEXIT_NFT,
 ];
 /// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
 /// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.
@@ -431,7 +504,7 @@ const _: () = assert!(NF_CP_END <= CP_CONSUMED);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
 const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () = assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
 
@@ -469,6 +542,19 @@ mod tests {
             assert!(!names[..i].contains(name), "{name} twice");
         }
         assert_eq!(names.len(), AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+    }
+
+    #[test]
+    fn traced_functions_map_onto_the_points_around_them() {
+        // Conntrack on PRE_ROUTING: the link points -201 and -199.
+        assert_eq!(nf_points_around(NF_PRI_CONNTRACK), (Some(1), Some(2)));
+        // Every standard table lands between the two points that bracket it as links.
+        for (priority, points) in [(-300, (0, 1)), (-150, (2, 3)), (-100, (3, 4)), (0, (4, 5)), (50, (5, 6)), (100, (5, 6))] {
+            assert_eq!(nf_points_around(priority), (Some(points.0), Some(points.1)), "priority {priority}");
+        }
+        // Before the first point (defrag -400) and after the last (confirm).
+        assert_eq!(nf_points_around(-400), (None, Some(0)));
+        assert_eq!(nf_points_around(i32::MAX), (Some(NF_POINT_COUNT - 1), None));
     }
 
     #[test]

@@ -56,6 +56,7 @@ use crate::{
     netns::NetnsHandle,
 };
 
+mod nf_fentry;
 mod windows;
 use windows::{close_window, finish_detaching, open_window, with_inner};
 
@@ -105,6 +106,9 @@ struct Inner {
     trace_btf_links: Vec<BtfTracePointLink>,
     nf_links: Vec<NetfilterLink>,
     nf_programs: Vec<NetfilterProgram>,
+    /// The fentry/fexit netfilter fallback's links, and the functions it traces.
+    fentry_links: nf_fentry::Links,
+    fentry_functions: Vec<&'static str>,
     ebpf: Ebpf,
     /// bpf_stats stay on while this lives. With a duty cycle only during the windows: the links
     /// of a closing or opening window stay in for ~100 ms while the programs are paused, and
@@ -328,6 +332,8 @@ impl Agent {
             trace_btf_links: Vec::new(),
             nf_points: Vec::new(),
             nf_attached: BTreeSet::new(),
+            fentry_links: nf_fentry::Links::default(),
+            fentry_functions: Vec::new(),
             config,
             paused: false,
             detaching: Vec::new(),
@@ -353,7 +359,7 @@ impl Agent {
             attach_tracepoints(&mut inner, tracefs.as_ref().err().map(|e| chain(e)));
         }
         if hooks.netfilter {
-            attach_netfilter(&mut inner);
+            attach_netfilter_family(&mut inner, hooks.nf_fentry);
         }
         if options.stats {
             match StatsGuard::enable() {
@@ -966,35 +972,56 @@ fn attach_trace(inner: &mut Inner, which: TraceProgram) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_netfilter(inner: &mut Inner) {
-    // Per hook, the points worth a program (see `nf_points`); all of them when the tables
-    // cannot be listed or are not iptables' own.
-    let all_points = || (0..NF_POINT_COUNT).collect::<Vec<u32>>();
-    let points_per_hook: Vec<Vec<u32>> = match netfilter_tables(&inner.netns) {
+/// Per hook, the priorities of the hook functions the node namespace has registered (`None`:
+/// unknown, e.g. native nftables tables, so every point counts); `None` outside when it has
+/// no tables at all (recorded as not measured).
+type NetfilterLayout = Option<[Vec<i32>; NF_HOOK_COUNT as usize]>;
+
+fn netfilter_layout(inner: &mut Inner) -> Option<NetfilterLayout> {
+    match netfilter_tables(&inner.netns) {
         Some(tables) if tables.is_empty() => {
             let reason = format!("no netfilter tables in {}", inner.netns);
             inner.not_measured("netfilter", reason);
-            return;
+            None
         }
         Some(tables) => {
             log::info!("netfilter tables in {}: {}", inner.netns, tables.join(", "));
-            match nf_points::registered(&tables) {
-                Some(hooks) => {
-                    for (hook, prios) in hooks.iter().enumerate() {
-                        inner.catalog.set_registered(hook as u32, prios);
-                    }
-                    hooks.iter().map(|prios| nf_points::points(prios)).collect()
-                }
-                None => (0..NF_HOOK_COUNT).map(|_| all_points()).collect(),
+            let hooks = nf_points::registered(&tables);
+            for (hook, prios) in hooks.iter().flatten().enumerate() {
+                inner.catalog.set_registered(hook as u32, prios);
             }
+            Some(hooks)
         }
         None => {
             log::warn!(
                 "cannot list netfilter tables in {} (iptables-save and nft failed); attaching every point",
                 inner.netns
             );
-            (0..NF_HOOK_COUNT).map(|_| all_points()).collect()
+            Some(None)
         }
+    }
+}
+
+/// The netfilter checkpoints: links where the kernel has them, else (or when asked for) the
+/// fentry/fexit fallback (`nf_fentry`).
+fn attach_netfilter_family(inner: &mut Inner, force_fentry: bool) {
+    let Some(layout) = netfilter_layout(inner) else { return };
+    if force_fentry {
+        nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
+        return;
+    }
+    attach_netfilter(inner, &layout);
+    if inner.nf_attached.is_empty() {
+        nf_fentry::attach(inner, &layout, "no netfilter link attached");
+    }
+}
+
+fn attach_netfilter(inner: &mut Inner, layout: &NetfilterLayout) {
+    // Per hook, the points worth a program (see `nf_points`); all of them when the tables
+    // cannot be listed or are not iptables' own.
+    let points_per_hook: Vec<Vec<u32>> = match layout {
+        Some(hooks) => hooks.iter().map(|prios| nf_points::points(prios)).collect(),
+        None => (0..NF_HOOK_COUNT).map(|_| (0..NF_POINT_COUNT).collect()).collect(),
     };
     let mut maps = StdHashMap::new();
     for name in ALL_MAPS {

@@ -10,7 +10,10 @@
 
 use std::{collections::HashMap, path::Path};
 
-use profiler_common::datapath::Config;
+use profiler_common::datapath::{
+    Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT,
+    ARG_UNKNOWN,
+};
 
 /// BTF magic as it reads in the file's byte order (little-endian here).
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -91,6 +94,8 @@ pub struct Btf {
     strings: Vec<u8>,
     /// First struct (with members) of each name.
     structs: HashMap<String, u32>,
+    /// First function of each name.
+    funcs: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -180,7 +185,20 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_FUNC_PROTO => {
+                    // Parameters, kept as members: name, type, position (in `bit_offset`).
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        members.push(Member {
+                            name_off: tword(m)?,
+                            type_id: tword(m + 4)?,
+                            bit_offset: i as u32,
+                            bitfield_size: 0,
+                        });
+                    }
+                    vlen * 8
+                }
+                KIND_ENUM => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
@@ -206,11 +224,16 @@ impl Btf {
             types,
             strings,
             structs: HashMap::new(),
+            funcs: HashMap::new(),
         };
         for (i, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && ty.name_off != 0 && !ty.members.is_empty() {
                 let name = btf.name(ty.name_off).to_owned();
                 btf.structs.entry(name).or_insert(i as u32 + 1);
+            }
+            if ty.kind == KIND_FUNC && ty.name_off != 0 {
+                let name = btf.name(ty.name_off).to_owned();
+                btf.funcs.entry(name).or_insert(i as u32 + 1);
             }
         }
         Ok(btf)
@@ -307,6 +330,52 @@ impl Btf {
         None
     }
 
+    /// The parameter names of kernel function `name`, in order; `None` if it is not in BTF.
+    pub fn params(&self, name: &str) -> Option<Vec<&str>> {
+        let func = self.get(*self.funcs.get(name)?)?;
+        let proto = self.get(func.size_or_type).filter(|t| t.kind == KIND_FUNC_PROTO)?;
+        Some(proto.members.iter().map(|m| self.name(m.name_off)).collect())
+    }
+
+    /// Fills what the fentry/fexit netfilter fallback reads (`Config::nf_*`, `xt_*`, `nft_*`,
+    /// `fentry_args`). Never fails: whatever this kernel lacks stays 0 / `ARG_UNKNOWN`, and the
+    /// program that needs it then records nothing (its load is refused first, in practice:
+    /// a function missing from BTF cannot be traced).
+    pub fn fill_fentry_config(&self, config: &mut Config) {
+        let offset = |name: &str, path: &str| self.member_offset(name, path).unwrap_or(0);
+        config.nf_state_hook = offset("nf_hook_state", "hook");
+        config.nf_state_net = offset("nf_hook_state", "net");
+        config.nf_state_pf = offset("nf_hook_state", "pf");
+        config.xt_table_priority = offset("xt_table", "priority");
+        config.nft_pkt_skb = offset("nft_pktinfo", "skb");
+        config.nft_pkt_state = offset("nft_pktinfo", "state");
+        config.nft_chain_priority = match (
+            self.member_offset("nft_base_chain", "ops.priority"),
+            self.member_offset("nft_base_chain", "chain"),
+        ) {
+            (Ok(priority), Ok(chain)) => priority as i32 - chain as i32,
+            _ => 0,
+        };
+        config.fentry_args = [ARG_UNKNOWN; 8];
+        let position = |func: &str, param: &str| -> u8 {
+            self.params(func)
+                .and_then(|params| params.iter().position(|p| *p == param))
+                .map_or(ARG_UNKNOWN, |i| i as u8)
+        };
+        // ipt_do_table(priv, skb, state) since 5.19 (the table is `priv`); (skb, state, table)
+        // before.
+        config.fentry_args[ARG_IPT_SKB] = position("ipt_do_table", "skb");
+        config.fentry_args[ARG_IPT_STATE] = position("ipt_do_table", "state");
+        config.fentry_args[ARG_IPT_TABLE] = match position("ipt_do_table", "priv") {
+            ARG_UNKNOWN => position("ipt_do_table", "table"),
+            at => at,
+        };
+        config.fentry_args[ARG_CT_SKB] = position("nf_conntrack_in", "skb");
+        config.fentry_args[ARG_CT_STATE] = position("nf_conntrack_in", "state");
+        config.fentry_args[ARG_NFT_PKT] = position("nft_do_chain", "pkt");
+        config.fentry_args[ARG_NFT_CHAIN] = position("nft_do_chain", "priv");
+    }
+
     /// Fills the kernel-struct offsets of `config` (`skb_*`, `dev_*`, `net_ns_inum`).
     pub fn fill_config(&self, config: &mut Config) -> Result<(), BtfError> {
         config.skb_head = self.member_offset("sk_buff", "head")?;
@@ -371,6 +440,18 @@ pub(crate) mod tests {
                 let n = self.string(name);
                 self.push(&[n, *ty, *off]);
             }
+        }
+        /// A function `name` with parameters `params` (name, type): FUNC_PROTO then FUNC.
+        /// Returns nothing; the caller counts ids (the proto is the next id, the FUNC the one
+        /// after).
+        fn function(&mut self, name: &str, proto_id: u32, params: &[(&str, u32)]) {
+            self.push(&[0, KIND_FUNC_PROTO << 24 | params.len() as u32, 1]);
+            for (param, ty) in params {
+                let n = self.string(param);
+                self.push(&[n, *ty]);
+            }
+            let n = self.string(name);
+            self.push(&[n, KIND_FUNC << 24, proto_id]);
         }
         fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
@@ -551,6 +632,76 @@ pub(crate) mod tests {
             id = resolve(&types, ty);
         }
         Some(bits / 8)
+    }
+
+    #[test]
+    fn fentry_arguments_follow_each_kernels_signature() {
+        // Since 5.19: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state).
+        let mut b = Builder::new();
+        b.int("int", 4); // 1
+        b.function("ipt_do_table", 2, &[("priv", 1), ("skb", 1), ("state", 1)]); // 2, 3
+        b.function("nft_do_chain", 4, &[("pkt", 1), ("priv", 1)]); // 4, 5
+        let mut config = Config::default();
+        Btf::parse(&b.build(), "new").unwrap().fill_fentry_config(&mut config);
+        assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [1, 2, 0]);
+        assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);
+        // nf_conntrack_in is missing: its positions stay unknown, and so do absent structs.
+        assert_eq!(config.fentry_args[ARG_CT_SKB], ARG_UNKNOWN);
+        assert_eq!((config.nf_state_net, config.nft_chain_priority), (0, 0));
+
+        // Before: ipt_do_table(struct sk_buff *skb, const struct nf_hook_state *state, struct xt_table *table).
+        let mut b = Builder::new();
+        b.int("int", 4); // 1
+        b.function("ipt_do_table", 2, &[("skb", 1), ("state", 1), ("table", 1)]);
+        b.function("nf_conntrack_in", 4, &[("skb", 1), ("state", 1)]);
+        let mut config = Config::default();
+        Btf::parse(&b.build(), "old").unwrap().fill_fentry_config(&mut config);
+        assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [0, 1, 2]);
+        assert_eq!(config.fentry_args[ARG_CT_SKB..=ARG_CT_STATE], [0, 1]);
+    }
+
+    #[test]
+    fn live_kernel_fentry_fallback_offsets_match_bpftool() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            println!("SKIPPED: no readable {}", crate::ebpf::VMLINUX_BTF);
+            return;
+        };
+        let mut config = Config::default();
+        btf.fill_fentry_config(&mut config);
+        println!("{config:?}");
+        let Ok(raw) = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", crate::ebpf::VMLINUX_BTF, "format", "raw"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        else {
+            println!("SKIPPED cross-check: bpftool is not installed");
+            return;
+        };
+        for (strukt, path, ours) in [
+            ("nf_hook_state", "hook", config.nf_state_hook),
+            ("nf_hook_state", "net", config.nf_state_net),
+            ("nf_hook_state", "pf", config.nf_state_pf),
+            ("xt_table", "priority", config.xt_table_priority),
+            ("nft_pktinfo", "skb", config.nft_pkt_skb),
+            ("nft_pktinfo", "state", config.nft_pkt_state),
+        ] {
+            // A kernel without the struct leaves 0, and bpftool finds nothing either.
+            assert_eq!(bpftool_offset(&raw, strukt, path).unwrap_or(0), ours, "{strukt}.{path}");
+        }
+        if let (Some(priority), Some(chain)) =
+            (bpftool_offset(&raw, "nft_base_chain", "ops.priority"), bpftool_offset(&raw, "nft_base_chain", "chain"))
+        {
+            assert_eq!(config.nft_chain_priority, priority as i32 - chain as i32);
+            assert!(config.nft_chain_priority < 0, "ops comes before chain");
+        }
+        // The traced functions take distinct arguments where present.
+        if btf.params("ipt_do_table").is_some() {
+            let ipt = &config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE];
+            assert!(ipt.iter().all(|&a| a < 3) && ipt[0] != ipt[1] && ipt[1] != ipt[2] && ipt[0] != ipt[2], "{ipt:?}");
+        }
+        if btf.params("nft_do_chain").is_some() {
+            assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);
+        }
     }
 
     #[test]

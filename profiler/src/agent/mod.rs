@@ -94,37 +94,45 @@ pub struct HookFamilies {
     pub dev: bool,
     pub netfilter: bool,
     pub tracepoints: bool,
+    /// Netfilter through fentry/fexit on conntrack and the table walkers instead of netfilter
+    /// links (the fallback for kernels before 6.4, used there without asking).
+    pub nf_fentry: bool,
 }
 
 impl Default for HookFamilies {
     fn default() -> Self {
-        Self { tc: true, dev: false, netfilter: true, tracepoints: true }
+        Self { tc: true, dev: false, netfilter: true, tracepoints: true, nf_fentry: false }
     }
 }
 
 impl HookFamilies {
     /// Every family, tp_btf device hooks included.
-    pub const ALL: Self = Self { tc: true, dev: true, netfilter: true, tracepoints: true };
+    pub const ALL: Self = Self { tc: true, dev: true, netfilter: true, tracepoints: true, nf_fentry: false };
 }
 
 impl std::str::FromStr for HookFamilies {
     type Err = String;
 
-    /// `default` (tc,nf,trace), `all`, or a comma-separated subset of `tc,dev,nf,trace`.
+    /// `default` (tc,nf,trace), `all`, or a comma-separated subset of `tc,dev,nf,trace`, where
+    /// `nf-fentry` in place of `nf` takes netfilter through fentry/fexit instead of links.
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
             "default" => return Ok(Self::default()),
             "all" => return Ok(Self::ALL),
             _ => {}
         }
-        let mut set = Self { tc: false, dev: false, netfilter: false, tracepoints: false };
+        let mut set = Self { tc: false, dev: false, netfilter: false, tracepoints: false, nf_fentry: false };
         for word in text.split(',').map(str::trim) {
             match word {
                 "tc" => set.tc = true,
                 "dev" => set.dev = true,
                 "nf" => set.netfilter = true,
                 "trace" => set.tracepoints = true,
-                other => return Err(format!("unknown hook family '{other}': use default, all, or some of tc,dev,nf,trace")),
+                "nf-fentry" => {
+                    set.netfilter = true;
+                    set.nf_fentry = true;
+                }
+                other => return Err(format!("unknown hook family '{other}': use default, all, or some of tc,dev,nf,nf-fentry,trace")),
             }
         }
         Ok(set)

@@ -43,12 +43,17 @@ pub struct AgentArgs {
     pub sample: u32,
     #[command(flatten)]
     pub duty: super::duty_args::DutyArgs,
+    /// Checkpoint families to attach: default (tc,nf,trace), all, or some of
+    /// tc,dev,nf,nf-fentry,trace (nf-fentry: netfilter through fentry/fexit on conntrack and
+    /// the table walkers instead of netfilter links, the fallback kernels before 6.4 get).
+    #[arg(long, default_value = "default")]
+    pub hooks: crate::agent::HookFamilies,
     /// Where to write the JSON document.
     #[arg(long, required_unless_present = "serve")]
     pub out: Option<PathBuf>,
     /// Serve the control API instead (start/stop/snapshot/metrics over HTTP); the flows to
     /// follow come with each `POST /v1/start`.
-    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample"])]
+    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample", "hooks"])]
     pub serve: bool,
     /// Loopback address of the control API (with --serve; port 0 picks a free port).
     #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
@@ -91,6 +96,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         uplink: args.uplink.clone(),
         node: args.node.clone(),
         sample: args.sample,
+        hooks: args.hooks,
         duty: args.duty.duty()?,
         ..AgentOptions::new(netns.clone(), args.endpoints.clone())
     };

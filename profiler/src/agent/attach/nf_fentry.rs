@@ -1,0 +1,183 @@
+//! The netfilter checkpoints where the kernel has no netfilter links (before 6.4), or when
+//! asked for (`--hooks nf-fentry`): fentry/fexit pairs on conntrack and the table walkers
+//! (`NF_TRACED`, programs in `profiler-ebpf/src/nf_fentry.rs`). Each pair stands for the two
+//! netfilter points around its function's priority, so the catalog, segments and stages are
+//! those of the links.
+//!
+//! A pair attaches whole or not at all (an entry without its exit would leave every journey
+//! at the entry point). What cannot be had is reported as not measured with the kernel's
+//! reason; this CI kernel refuses fentry (EPERM), so there the reasons are what the tests see.
+
+use aya::programs::{
+    fentry::FEntryLink,
+    fexit::FExitLink,
+    FEntry, FExit,
+};
+use profiler_common::datapath::{nf_points_around, NF_PRI_CONNTRACK, NF_TRACED};
+
+use super::*;
+
+/// The fallback's links, closed like tracepoint links (each waits for RCU).
+#[derive(Debug, Default)]
+pub(super) struct Links {
+    entries: Vec<FEntryLink>,
+    exits: Vec<FExitLink>,
+}
+
+impl Links {
+    pub(super) fn len(&self) -> usize {
+        self.entries.len() + self.exits.len()
+    }
+}
+
+/// Loads and attaches every traced function's pair it can; `why` says why links were not used.
+pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => {
+            inner.not_measured("netfilter via fentry/fexit", format!("{why}; the kernel's BTF cannot be read: {err}"));
+            return;
+        }
+    };
+    log::info!("netfilter via fentry/fexit: {why}");
+    for (function, entry, exit) in NF_TRACED {
+        match load_pair(&mut inner.ebpf, function, entry, exit, &btf).and_then(|()| attach_pair(&mut inner.ebpf, entry, exit)) {
+            Ok((entry_link, exit_link)) => {
+                inner.fentry_links.entries.push(entry_link);
+                inner.fentry_links.exits.push(exit_link);
+                inner.fentry_functions.push(function);
+            }
+            Err(reason) => inner.not_measured(format!("netfilter via fentry/fexit on {function} ({entry}, {exit})"), format!("{why}; {reason}")),
+        }
+    }
+    let watched = watched_points(layout, &inner.fentry_functions);
+    inner.nf_attached.extend(watched);
+}
+
+fn load_pair(ebpf: &mut Ebpf, function: &str, entry: &str, exit: &str, btf: &aya::Btf) -> Result<(), String> {
+    let entry_program: &mut FEntry = program(ebpf, entry)?;
+    entry_program.load(function, btf).map_err(|err| load_failure("fentry", &chain(&err)))?;
+    let exit_program: &mut FExit = program(ebpf, exit)?;
+    exit_program.load(function, btf).map_err(|err| load_failure("fexit", &chain(&err)))
+}
+
+/// The kernel's refusal, without aya's empty verifier log, and what EPERM means here.
+fn load_failure(kind: &str, error: &str) -> String {
+    let error = error.trim_end().trim_end_matches("Verifier output:").trim_end().trim_end_matches('.');
+    if error.contains("os error 1)") {
+        format!("{kind} load: {error}; this kernel refuses {kind} programs")
+    } else {
+        format!("{kind} load: {error}")
+    }
+}
+
+/// Attaches a loaded pair: the exit first, so no pass is seen entering without leaving.
+fn attach_pair(ebpf: &mut Ebpf, entry: &str, exit: &str) -> Result<(FEntryLink, FExitLink), String> {
+    let exit_program: &mut FExit = program(ebpf, exit)?;
+    let exit_link = exit_program
+        .attach()
+        .and_then(|id| exit_program.take_link(id))
+        .map_err(|err| format!("fexit attach: {}", chain(&err)))?;
+    let entry_program: &mut FEntry = program(ebpf, entry)?;
+    let entry_link = entry_program
+        .attach()
+        .and_then(|id| entry_program.take_link(id))
+        .map_err(|err| format!("fentry attach: {}", chain(&err)))?;
+    Ok((entry_link, exit_link))
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let found = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is missing from the aya object: rebuild netprof"))?;
+    <&mut P>::try_from(found).map_err(|_| format!("program {name} has the wrong type in the aya object: rebuild netprof"))
+}
+
+/// Takes the links out, to close them (a duty-cycle window closing).
+pub(super) fn take_links(inner: &mut Inner) -> Links {
+    std::mem::take(&mut inner.fentry_links)
+}
+
+/// Attaches the traced functions' pairs again (a duty-cycle window opening).
+pub(super) fn reattach(inner: &mut Inner) {
+    for (function, entry, exit) in NF_TRACED {
+        if !inner.fentry_functions.contains(&function) {
+            continue;
+        }
+        match attach_pair(&mut inner.ebpf, entry, exit) {
+            Ok((entry_link, exit_link)) => {
+                inner.fentry_links.entries.push(entry_link);
+                inner.fentry_links.exits.push(exit_link);
+            }
+            Err(reason) => log::warn!("duty cycle: netfilter via fentry/fexit on {function}: {reason}"),
+        }
+    }
+}
+
+/// The `(hook, point)`s the traced functions stand for: around conntrack on the hooks it has,
+/// and around every table chain (either walker) on its hook; with an unknown layout, every
+/// point. Conntrack's confirm at the very end of a hook is not traced (as with the links, it
+/// is part of the segment after the last point).
+fn watched_points(layout: &NetfilterLayout, traced: &[&str]) -> BTreeSet<(u32, u32)> {
+    let conntrack = traced.contains(&"nf_conntrack_in");
+    let tables = traced.iter().any(|f| *f == "ipt_do_table" || *f == "nft_do_chain");
+    let mut watched = BTreeSet::new();
+    let Some(hooks) = layout else {
+        if conntrack || tables {
+            watched.extend((0..NF_HOOK_COUNT).flat_map(|hook| (0..NF_POINT_COUNT).map(move |point| (hook, point))));
+        }
+        return watched;
+    };
+    for (hook, priorities) in hooks.iter().enumerate() {
+        for &priority in priorities {
+            let traced_here = match priority {
+                i32::MAX => false,
+                NF_PRI_CONNTRACK => conntrack,
+                _ => tables,
+            };
+            if !traced_here {
+                continue;
+            }
+            let (below, above) = nf_points_around(priority);
+            watched.extend([below, above].into_iter().flatten().map(|point| (hook as u32, point)));
+        }
+    }
+    watched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_plainly() {
+        let eperm = "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier output: ";
+        assert_eq!(
+            load_failure("fentry", eperm),
+            "fentry load: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); this kernel refuses fentry programs"
+        );
+        assert_eq!(load_failure("fexit", "function nft_do_chain not found"), "fexit load: function nft_do_chain not found");
+    }
+
+    #[test]
+    fn the_traced_functions_stand_for_the_points_the_links_would_be() {
+        let tables: Vec<String> = ["nat", "filter"].iter().map(|t| format!("ip {t}")).collect();
+        let layout = nf_points::registered(&tables);
+        let links: BTreeSet<(u32, u32)> = layout
+            .as_ref()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .flat_map(|(hook, prios)| nf_points::points(prios).into_iter().map(move |p| (hook as u32, p)))
+            .collect();
+        let all = watched_points(&layout, &["nf_conntrack_in", "nft_do_chain"]);
+        assert_eq!(all, links, "kube-proxy's tables: the same sixteen points as the links");
+        // Without conntrack traced, its brackets (-201/-199 on PRE_ROUTING and LOCAL_OUT) are
+        // watched only where a table sits next to them.
+        let tables_only = watched_points(&layout, &["nft_do_chain"]);
+        assert!(!tables_only.contains(&(0, 1)) && tables_only.contains(&(0, 3)), "{tables_only:?}");
+        assert!(watched_points(&layout, &[]).is_empty());
+        assert_eq!(watched_points(&None, &["ipt_do_table"]).len(), (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+    }
+}
