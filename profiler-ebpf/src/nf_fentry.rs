@@ -65,17 +65,27 @@ impl Args for FExitContext {
     }
 }
 
-/// Argument `index` (a position from `Config::fentry_args`). A match, not an indexed read: the
-/// verifier allows context reads at constant offsets only.
+/// Argument `index` (a position from `Config::fentry_args`) of a function taking `ARITY`
+/// arguments. A match, not an indexed read: the verifier allows context reads at constant
+/// offsets only, and rejects a read past the traced function's arguments even on a branch
+/// the configuration never takes, hence the bound.
 #[inline(always)]
-fn arg_at<C: Args>(ctx: &C, index: u8) -> Option<u64> {
+fn arg_at<const ARITY: u8, C: Args>(ctx: &C, index: u8) -> Option<u64> {
+    if index >= ARITY {
+        return None;
+    }
     match index {
         0 => Some(ctx.arg_u64(0)),
         1 => Some(ctx.arg_u64(1)),
-        2 => Some(ctx.arg_u64(2)),
+        2 if ARITY > 2 => Some(ctx.arg_u64(2)),
         _ => None,
     }
 }
+
+/// `nf_conntrack_in(skb, state)`, `nft_do_chain(pkt, priv)`, `ipt_do_table` (three).
+const CT_ARITY: u8 = 2;
+const NFT_ARITY: u8 = 2;
+const IPT_ARITY: u8 = 3;
 
 // ---- conntrack ----
 
@@ -94,8 +104,8 @@ pub fn cp_fx_ct(ctx: FExitContext) -> i32 {
 #[inline(always)]
 fn conntrack<C: Args>(ctx: &C, edge: Edge) {
     let Some(cfg) = config() else { return };
-    let skb = arg_at(ctx, cfg.fentry_args[ARG_CT_SKB]);
-    let state = arg_at(ctx, cfg.fentry_args[ARG_CT_STATE]);
+    let skb = arg_at::<CT_ARITY, C>(ctx, cfg.fentry_args[ARG_CT_SKB]);
+    let state = arg_at::<CT_ARITY, C>(ctx, cfg.fentry_args[ARG_CT_STATE]);
     if let (Some(skb), Some(state)) = (skb, state) {
         pass(cfg, skb, state, NF_PRI_CONNTRACK, edge);
     }
@@ -121,9 +131,9 @@ fn iptables<C: Args>(ctx: &C, edge: Edge) {
     if cfg.xt_table_priority == 0 {
         return;
     }
-    let skb = arg_at(ctx, cfg.fentry_args[ARG_IPT_SKB]);
-    let state = arg_at(ctx, cfg.fentry_args[ARG_IPT_STATE]);
-    let table = arg_at(ctx, cfg.fentry_args[ARG_IPT_TABLE]);
+    let skb = arg_at::<IPT_ARITY, C>(ctx, cfg.fentry_args[ARG_IPT_SKB]);
+    let state = arg_at::<IPT_ARITY, C>(ctx, cfg.fentry_args[ARG_IPT_STATE]);
+    let table = arg_at::<IPT_ARITY, C>(ctx, cfg.fentry_args[ARG_IPT_TABLE]);
     let (Some(skb), Some(state), Some(table)) = (skb, state, table) else {
         return;
     };
@@ -153,8 +163,8 @@ fn nftables<C: Args>(ctx: &C, edge: Edge) {
     if cfg.nft_chain_priority == 0 {
         return;
     }
-    let pkt = arg_at(ctx, cfg.fentry_args[ARG_NFT_PKT]);
-    let chain = arg_at(ctx, cfg.fentry_args[ARG_NFT_CHAIN]);
+    let pkt = arg_at::<NFT_ARITY, C>(ctx, cfg.fentry_args[ARG_NFT_PKT]);
+    let chain = arg_at::<NFT_ARITY, C>(ctx, cfg.fentry_args[ARG_NFT_CHAIN]);
     let (Some(pkt), Some(chain)) = (pkt, chain) else {
         return;
     };

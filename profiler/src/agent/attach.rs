@@ -286,7 +286,9 @@ impl Agent {
             sample_shift: sample_shift(options.sample)?,
             ..Config::default()
         };
-        Btf::from_sys_fs()?.fill_config(&mut config)?;
+        let kernel_btf = Btf::from_sys_fs()?;
+        kernel_btf.fill_config(&mut config)?;
+        kernel_btf.fill_fentry_config(&mut config);
         let mut drop_reasons = BTreeMap::new();
         let tracefs = Tracefs::system().and_then(|fs| {
             drop_reasons = fs.fill_config(&mut config)?;

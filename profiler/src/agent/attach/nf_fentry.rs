@@ -13,7 +13,10 @@ use aya::programs::{
     fexit::FExitLink,
     FEntry, FExit,
 };
-use profiler_common::datapath::{nf_points_around, NF_PRI_CONNTRACK, NF_TRACED};
+use profiler_common::datapath::{
+    nf_points_around, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT,
+    NF_PRI_CONNTRACK, NF_TRACED,
+};
 
 use super::*;
 
@@ -41,7 +44,11 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
     };
     log::info!("netfilter via fentry/fexit: {why}");
     for (function, entry, exit) in NF_TRACED {
-        match load_pair(&mut inner.ebpf, function, entry, exit, &btf).and_then(|()| attach_pair(&mut inner.ebpf, entry, exit)) {
+        let ready = layout_known(&inner.config, function);
+        match ready
+            .and_then(|()| load_pair(&mut inner.ebpf, function, entry, exit, &btf))
+            .and_then(|()| attach_pair(&mut inner.ebpf, entry, exit))
+        {
             Ok((entry_link, exit_link)) => {
                 inner.fentry_links.entries.push(entry_link);
                 inner.fentry_links.exits.push(exit_link);
@@ -52,6 +59,34 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
     }
     let watched = watched_points(layout, &inner.fentry_functions);
     inner.nf_attached.extend(watched);
+}
+
+/// Whether this kernel's BTF gave everything `function`'s programs read: the argument
+/// positions (within the arity the programs assume) and the struct offsets.
+fn layout_known(config: &Config, function: &str) -> Result<(), String> {
+    let args = &config.fentry_args;
+    let (positions, arity, offsets): (&[usize], u8, &[(&str, bool)]) = match function {
+        "nf_conntrack_in" => (&[ARG_CT_SKB, ARG_CT_STATE], 2, &[]),
+        "ipt_do_table" => (&[ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE], 3, &[("xt_table.priority", config.xt_table_priority != 0)]),
+        "nft_do_chain" => (
+            &[ARG_NFT_PKT, ARG_NFT_CHAIN],
+            2,
+            &[("nft_base_chain.ops.priority", config.nft_chain_priority != 0), ("nft_pktinfo.state", config.nft_pkt_state != 0)],
+        ),
+        other => return Err(format!("{other} is not a function netprof traces")),
+    };
+    if positions.iter().any(|&p| args[p] >= arity) {
+        return Err(format!("its signature in this kernel's BTF is not one netprof knows (expected {arity} arguments with skb/state/table or pkt/priv)"));
+    }
+    let mut missing: Vec<&str> = offsets.iter().filter(|(_, known)| !known).map(|(name, _)| *name).collect();
+    if config.nf_state_net == 0 {
+        missing.push("nf_hook_state.net");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("this kernel's BTF lacks {}", missing.join(", ")))
+    }
 }
 
 fn load_pair(ebpf: &mut Ebpf, function: &str, entry: &str, exit: &str, btf: &aya::Btf) -> Result<(), String> {
@@ -149,6 +184,33 @@ fn watched_points(layout: &NetfilterLayout, traced: &[&str]) -> BTreeSet<(u32, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_function_is_loaded_only_when_btf_gave_all_it_reads() {
+        let mut config = Config::default();
+        let btf = crate::agent::btf::Btf::from_sys_fs();
+        let Ok(btf) = btf else {
+            println!("SKIPPED: no kernel BTF");
+            return;
+        };
+        btf.fill_fentry_config(&mut config);
+        btf.fill_config(&mut config).unwrap();
+        for (function, _, _) in NF_TRACED {
+            if btf.params(function).is_some() {
+                assert_eq!(layout_known(&config, function), Ok(()), "{function}");
+            }
+        }
+        let mut old = config;
+        old.fentry_args[ARG_CT_STATE] = 2;
+        assert!(layout_known(&old, "nf_conntrack_in").unwrap_err().contains("signature"));
+        let mut bare = config;
+        bare.nft_chain_priority = 0;
+        bare.nf_state_net = 0;
+        assert_eq!(
+            layout_known(&bare, "nft_do_chain").unwrap_err(),
+            "this kernel's BTF lacks nft_base_chain.ops.priority, nf_hook_state.net"
+        );
+    }
 
     #[test]
     fn refusals_read_plainly() {
