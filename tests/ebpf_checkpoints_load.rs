@@ -38,7 +38,7 @@ use profiler_common::datapath::{
     COUNTER_SEGMENT_FULL, CP_CONSUMED, CP_NONE, DEVICE_CP_BASE, MAP_CONFIG, MAP_COUNTERS,
     MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS,
     MAX_CHECKPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, NF_TRACED, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
+    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, NF_TRACED, VERIFIER_TWINS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
@@ -115,6 +115,12 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     for name in [PROG_KFREE_SKB, PROG_CONSUME_SKB, PROG_TCP_RETRANSMIT] {
         let program: &mut TracePoint = program(ebpf, name)?.try_into()?;
         program.load().with_context(|| format!("loading {name}"))?;
+        ids.push((name, program.info()?.id()));
+    }
+    // The fallback's bodies through this kernel's verifier, as tp_btf twins: they must load.
+    for (name, tp) in VERIFIER_TWINS {
+        let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+        program.load(tp, &btf).with_context(|| format!("loading the verifier twin {name}"))?;
         ids.push((name, program.info()?.id()));
     }
     // The netfilter fallback's fentry/fexit pairs: where the kernel refuses them (this CI

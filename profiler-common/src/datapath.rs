@@ -446,8 +446,16 @@ pub const NF_TRACED: [(&str, &str, &str); 3] = [
     ("ipt_do_table", PROG_FENTRY_IPT, PROG_FEXIT_IPT),
     ("nft_do_chain", PROG_FENTRY_NFT, PROG_FEXIT_NFT),
 ];
+/// Verifier twins of the fallback (`(program, tracepoint)`): the fentry/fexit bodies behind
+/// tp_btf entries with as many arguments, loaded by the tests only, so the fallback's code
+/// passes a verifier on kernels that refuse fentry. The agent never loads them.
+pub const VERIFIER_TWINS: [(&str, &str); 3] = [
+    ("cp_vt_ct", "consume_skb"),
+    ("cp_vt_ipt", "kfree_skb"),
+    ("cp_vt_nft", "consume_skb"),
+];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 17] = [
+pub const AYA_PROGRAMS: [&str; 20] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_POD_INGRESS,
@@ -465,6 +473,9 @@ pub const AYA_PROGRAMS: [&str; 17] = [
     PROG_FEXIT_IPT,
     PROG_FENTRY_NFT,
     PROG_FEXIT_NFT,
+    VERIFIER_TWINS[0].0,
+    VERIFIER_TWINS[1].0,
+    VERIFIER_TWINS[2].0,
 ];
 /// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
 /// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.

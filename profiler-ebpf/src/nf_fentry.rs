@@ -15,15 +15,16 @@
 //! agent reports a refusal as "not measured".
 
 use aya_ebpf::{
-    macros::{fentry, fexit},
-    programs::{FEntryContext, FExitContext},
+    macros::{btf_tracepoint, fentry, fexit},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext},
+    EbpfContext,
 };
 use profiler_common::{
     datapath::{
         nf_checkpoint, nf_points_around, Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB,
         ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT, NF_HOOK_COUNT, NF_PRI_CONNTRACK,
         PROG_FENTRY_CT, PROG_FENTRY_IPT, PROG_FENTRY_NFT, PROG_FEXIT_CT, PROG_FEXIT_IPT,
-        PROG_FEXIT_NFT,
+        PROG_FEXIT_NFT, VERIFIER_TWINS,
     },
     names_match,
 };
@@ -37,6 +38,10 @@ const _: () = assert!(names_match(stringify!(cp_fx_ipt), PROG_FEXIT_IPT));
 const _: () = assert!(names_match(stringify!(cp_fe_nft), PROG_FENTRY_NFT));
 const _: () = assert!(names_match(stringify!(cp_fx_nft), PROG_FEXIT_NFT));
 
+const _: () = assert!(names_match(stringify!(cp_vt_ct), VERIFIER_TWINS[0].0));
+const _: () = assert!(names_match(stringify!(cp_vt_ipt), VERIFIER_TWINS[1].0));
+const _: () = assert!(names_match(stringify!(cp_vt_nft), VERIFIER_TWINS[2].0));
+
 /// `NFPROTO_IPV4`.
 const NFPROTO_IPV4: u8 = 2;
 
@@ -46,38 +51,25 @@ enum Edge {
     Exit,
 }
 
-/// The traced function's arguments, from an fentry or an fexit context.
-trait Args {
-    fn arg_u64(&self, n: usize) -> u64;
-}
-
-impl Args for FEntryContext {
-    #[inline(always)]
-    fn arg_u64(&self, n: usize) -> u64 {
-        self.arg(n)
-    }
-}
-
-impl Args for FExitContext {
-    #[inline(always)]
-    fn arg_u64(&self, n: usize) -> u64 {
-        self.arg(n)
-    }
-}
-
 /// Argument `index` (a position from `Config::fentry_args`) of a function taking `ARITY`
-/// arguments. A match, not an indexed read: the verifier allows context reads at constant
-/// offsets only, and rejects a read past the traced function's arguments even on a branch
-/// the configuration never takes, hence the bound.
+/// arguments (at most 3), from an fentry, fexit or tp_btf context: an array of u64s.
+///
+/// The verifier allows context reads at constant offsets only, and never past the traced
+/// function's arguments, even on a branch the configuration never takes. So each argument is
+/// read once at its constant offset (volatile: the compiler must not merge the reads into one
+/// indexed read, which it does for a plain `match`), then one is picked.
 #[inline(always)]
-fn arg_at<const ARITY: u8, C: Args>(ctx: &C, index: u8) -> Option<u64> {
-    if index >= ARITY {
-        return None;
-    }
+fn arg_at<const ARITY: u8, C: EbpfContext>(ctx: &C, index: u8) -> Option<u64> {
+    let args = ctx.as_ptr() as *const u64;
+    // SAFETY: the context of these program types holds the traced function's arguments as
+    // u64s; only the first ARITY are read.
+    let read = |n: usize| unsafe { core::ptr::read_volatile(args.add(n)) };
+    let (a0, a1) = (read(0), read(1));
+    let a2 = if ARITY > 2 { read(2) } else { 0 };
     match index {
-        0 => Some(ctx.arg_u64(0)),
-        1 => Some(ctx.arg_u64(1)),
-        2 if ARITY > 2 => Some(ctx.arg_u64(2)),
+        0 => Some(a0),
+        1 => Some(a1),
+        2 if ARITY > 2 => Some(a2),
         _ => None,
     }
 }
@@ -102,7 +94,7 @@ pub fn cp_fx_ct(ctx: FExitContext) -> i32 {
 }
 
 #[inline(always)]
-fn conntrack<C: Args>(ctx: &C, edge: Edge) {
+fn conntrack<C: EbpfContext>(ctx: &C, edge: Edge) {
     let Some(cfg) = config() else { return };
     let skb = arg_at::<CT_ARITY, C>(ctx, cfg.fentry_args[ARG_CT_SKB]);
     let state = arg_at::<CT_ARITY, C>(ctx, cfg.fentry_args[ARG_CT_STATE]);
@@ -126,7 +118,7 @@ pub fn cp_fx_ipt(ctx: FExitContext) -> i32 {
 }
 
 #[inline(always)]
-fn iptables<C: Args>(ctx: &C, edge: Edge) {
+fn iptables<C: EbpfContext>(ctx: &C, edge: Edge) {
     let Some(cfg) = config() else { return };
     if cfg.xt_table_priority == 0 {
         return;
@@ -158,7 +150,7 @@ pub fn cp_fx_nft(ctx: FExitContext) -> i32 {
 }
 
 #[inline(always)]
-fn nftables<C: Args>(ctx: &C, edge: Edge) {
+fn nftables<C: EbpfContext>(ctx: &C, edge: Edge) {
     let Some(cfg) = config() else { return };
     if cfg.nft_chain_priority == 0 {
         return;
@@ -172,7 +164,13 @@ fn nftables<C: Args>(ctx: &C, edge: Edge) {
     let state = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_state));
     // The chain sits inside its `struct nft_base_chain`, after the hook ops holding the
     // priority (`nft_do_chain` runs base chains only; jumps stay inside it).
-    let priority = probe_read_counted::<i32>(chain.wrapping_add_signed(i64::from(cfg.nft_chain_priority)));
+    // Bounded, so the verifier accepts the arithmetic on a trusted pointer (its limit is
+    // ±2^29; struct offsets are far smaller).
+    let back = cfg.nft_chain_priority;
+    if !(-4096..0).contains(&back) {
+        return;
+    }
+    let priority = probe_read_counted::<i32>(chain.wrapping_add_signed(i64::from(back)));
     if let (Some(skb), Some(state), Some(priority)) = (skb, state, priority) {
         pass(cfg, skb, state, priority, edge);
     }
@@ -210,4 +208,32 @@ fn pass(cfg: &Config, skb: u64, state: u64, priority: i32, edge: Edge) {
     if let Some(point) = point {
         visit(cfg, skb, nf_checkpoint(u32::from(hook), point), true, &Skb(skb));
     }
+}
+
+// ---- verifier twins ----
+//
+// The same bodies behind tp_btf entries (`VERIFIER_TWINS`), which this kernel loads while it
+// refuses fentry: loading them in the tests puts the fallback's code through a real verifier
+// (context reads within the arity, pointer arithmetic on BTF pointers, map access). Both
+// edges run, so both points' code paths are checked. Never attached.
+
+#[btf_tracepoint(function = "consume_skb")]
+pub fn cp_vt_ct(ctx: BtfTracePointContext) -> i32 {
+    conntrack(&ctx, Edge::Entry);
+    conntrack(&ctx, Edge::Exit);
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn cp_vt_ipt(ctx: BtfTracePointContext) -> i32 {
+    iptables(&ctx, Edge::Entry);
+    iptables(&ctx, Edge::Exit);
+    0
+}
+
+#[btf_tracepoint(function = "consume_skb")]
+pub fn cp_vt_nft(ctx: BtfTracePointContext) -> i32 {
+    nftables(&ctx, Edge::Entry);
+    nftables(&ctx, Edge::Exit);
+    0
 }
