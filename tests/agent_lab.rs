@@ -706,6 +706,46 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
     assert!(matches!(Agent::start(&options), Err(AgentError::Sample(3))));
 }
 
+/// bpf_stats in slices: an always-attached agent keeps them on for 10% of every second (they
+/// cost two clock reads per program run), so its report says how long they were on, the
+/// programs counted runs only then, every packet still counts (hits come from netprof's own
+/// maps), and the kernel's statistics are off again afterwards.
+#[test]
+fn statistics_are_sampled_in_slices_and_hits_stay_exact() {
+    let test = "statistics_are_sampled_in_slices_and_hits_stay_exact";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    const N: u64 = 250;
+    let mode = Mode::FlannelHostgw;
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let _cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let path = built.pod_path().unwrap();
+    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
+    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    options.pod_netns = vec![names.pod(Node::One)];
+    assert_eq!(options.stats_share, netprof::agent::stats::DEFAULT_STATS_SHARE);
+    let agent = Agent::start(&options).unwrap();
+    // 250 pings 10 ms apart: about 2.5 s, three slices of 100 ms.
+    ping(&path.client_netns, path.server_ip, N);
+    let report = agent.snapshot().unwrap();
+    let stats_s = report.stats_s.expect("the report says how long bpf_stats were on");
+    println!("bpf_stats on {stats_s:.3} s of {:.3} s", report.elapsed_s);
+    assert!((0.15..=0.6).contains(&stats_s), "stats on {stats_s} s of {} s", report.elapsed_s);
+    let uplink = report.programs.iter().find(|p| p.name == "cp_tc_egress").expect("cp_tc_egress in the programs");
+    // Runs counted only in the slices: far fewer than the programs' runs, but some.
+    let hits = report.hits("eno1 tc-egress");
+    assert_eq!(hits, N, "every request counted by netprof's own maps");
+    assert!(uplink.run_count > 0 && uplink.ns_per_run > 0.0, "{uplink:?}");
+    assert!(uplink.run_count < 4 * N * 6 / 10, "runs counted outside the slices? {uplink:?}");
+    drop(agent);
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
+    assert_eq!(enabled.trim(), "0", "bpf_stats left on");
+    assert!(Agent::start(&AgentOptions { stats_share: 0, ..options }).is_err_and(|e| matches!(e, AgentError::StatsShare(0))));
+}
+
 /// The netfilter fallback for kernels without netfilter links, forced (`nf-fentry`): where the
 /// kernel loads fentry programs, conntrack and the tables are measured at the same points as
 /// with links (exact counts); where it refuses them (this CI kernel: EPERM), each traced

@@ -42,7 +42,7 @@ use super::{
     },
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
     expedited_rcu::ExpeditedRcu,
-    stats::StatsGuard,
+    stats::{StatsGuard, STATS_PERIOD},
     tracefs::Tracefs,
     AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
     PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
@@ -81,6 +81,8 @@ enum TraceProgram {
 pub struct Agent {
     /// Stopped first on drop (so no window opens while the rest goes).
     cycler: Option<Cycler>,
+    /// Switches bpf_stats on and off (always-attached agents with a stats share under 100%).
+    stats_cycler: Option<Cycler>,
     /// Stopped next.
     rescan: Option<Rescanner>,
     inner: Arc<Mutex<Inner>>,
@@ -148,6 +150,8 @@ struct Inner {
     expedited_edges: u64,
     edges: u64,
     attached: AttachedTime,
+    /// Time with bpf_stats on while attached (program runs and run time cover only this).
+    stats_time: AttachedTime,
     duty: Option<Duty>,
     not_measured: Vec<NotMeasured>,
     drop_reasons: BTreeMap<u32, String>,
@@ -279,6 +283,7 @@ impl Agent {
         let uplink = devices::find_uplink(&options.netns, options.uplink.as_deref(), &links)?;
 
         let mut not_measured = Vec::new();
+        check_stats_share(options.stats_share)?;
         let mut config = Config {
             node_netns_inum: node_inum,
             vxlan_port: VXLAN_PORT,
@@ -343,6 +348,7 @@ impl Agent {
             expedited_edges: 0,
             edges: 0,
             attached: AttachedTime::default(),
+            stats_time: AttachedTime::default(),
             duty: options.duty,
             not_measured,
             drop_reasons,
@@ -368,6 +374,7 @@ impl Agent {
                 Ok(guard) => {
                     inner.stats = Some(guard);
                     inner.stats_wanted = true;
+                    inner.stats_time.start();
                 }
                 Err(reason) => inner.not_measured("bpf_stats (program run time)", reason),
             }
@@ -382,10 +389,22 @@ impl Agent {
             inner.nf_links.len()
         );
 
+        // Only statistics of our own fd can be switched off and on; the sysctl fallback is
+        // shared with other holders and stays as it is.
+        let stats_by_fd = matches!(inner.stats, Some(StatsGuard::Fd(_)));
         let inner = Arc::new(Mutex::new(inner));
         let rescan = options
             .rescan
             .map(|every| spawn_rescanner(Arc::clone(&inner), every));
+        // Statistics in slices when attached throughout (duty windows already limit them).
+        let stats_slices = match (options.duty, options.stats_share) {
+            (None, share) if share < 100 && stats_by_fd => {
+                let slices = Duty { on: STATS_PERIOD * share / 100, period: STATS_PERIOD };
+                let (a, b) = (Arc::clone(&inner), Arc::clone(&inner));
+                Some(Cycler::spawn(slices, move || with_inner(&a, stats_off), move || with_inner(&b, stats_on)).map_err(AgentError::Thread)?)
+            }
+            _ => None,
+        };
         let cycler = match options.duty {
             Some(duty) => {
                 let (a, b) = (Arc::clone(&inner), Arc::clone(&inner));
@@ -401,6 +420,7 @@ impl Agent {
         };
         Ok(Self {
             cycler,
+            stats_cycler: stats_slices,
             rescan,
             inner,
             node: options
@@ -509,6 +529,7 @@ impl Agent {
             drops,
             not_measured: inner.not_measured.clone(),
             programs: program_stats(&inner),
+            stats_s: inner.stats_wanted.then(|| inner.stats_time.total().as_secs_f64()),
             duty: inner.duty.map(|duty| DutyReport {
                 percent: duty.percent(),
                 period_ms: duty.period.as_millis() as u64,
@@ -527,6 +548,7 @@ impl Agent {
         collect::reset(&mut inner.ebpf)?;
         inner.since = Instant::now();
         inner.attached.restart();
+        inner.stats_time.restart();
         Ok(())
     }
 
@@ -538,6 +560,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        drop(self.stats_cycler.take());
         drop(self.cycler.take());
         if let Ok(mut inner) = self.inner.lock() {
             finish_detaching(&mut inner);
@@ -1087,6 +1110,35 @@ fn attach_netfilter(inner: &mut Inner, layout: &NetfilterLayout) {
     for (hook, point, program) in programs {
         inner.nf_points.push((hook, point));
         inner.nf_programs.push(program);
+    }
+}
+
+fn check_stats_share(share: u32) -> Result<(), AgentError> {
+    if (1..=100).contains(&share) {
+        Ok(())
+    } else {
+        Err(AgentError::StatsShare(share))
+    }
+}
+
+/// Ends a bpf_stats slice (see `stats::DEFAULT_STATS_SHARE`).
+fn stats_off(inner: &mut Inner) {
+    if matches!(inner.stats, Some(StatsGuard::Fd(_))) {
+        inner.stats = None;
+        inner.stats_time.stop();
+    }
+}
+
+/// Starts a bpf_stats slice.
+fn stats_on(inner: &mut Inner) {
+    if inner.stats_wanted && inner.stats.is_none() {
+        match StatsGuard::enable() {
+            Ok(guard) => {
+                inner.stats = Some(guard);
+                inner.stats_time.start();
+            }
+            Err(reason) => log::warn!("bpf_stats stay off for this slice: {reason}"),
+        }
     }
 }
 

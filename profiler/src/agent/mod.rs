@@ -22,7 +22,7 @@ pub mod netlink_links;
 pub mod nf_points;
 pub mod report;
 pub mod stages;
-mod stats;
+pub mod stats;
 pub mod tracefs;
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -72,6 +72,9 @@ pub struct AgentOptions {
     /// Switch on the kernel's bpf_stats (per-program run time) while attached. It costs two
     /// clock reads per program run; `netprof overhead --no-stats` measures without it.
     pub stats: bool,
+    /// With `stats` and no duty cycle: bpf_stats are on for this percentage of every second
+    /// only (100: throughout). See [`stats::DEFAULT_STATS_SHARE`].
+    pub stats_share: u32,
     /// Follow 1 in `sample` benchmark packets (a power of two; 1 = every packet, exact counts).
     /// Sampling makes the agent cheaper under load; the per-segment distributions stay
     /// unbiased, the counts shrink by the factor.
@@ -150,6 +153,7 @@ impl AgentOptions {
             rescan: Some(RESCAN_INTERVAL),
             hooks: HookFamilies::default(),
             stats: true,
+            stats_share: stats::DEFAULT_STATS_SHARE,
             sample: 1,
             duty: None,
         }
@@ -173,6 +177,8 @@ pub enum AgentError {
     Collect(#[from] collect::CollectError),
     #[error("--sample {0} must be a power of two from 1 to 32768")]
     Sample(u32),
+    #[error("--stats-share {0}: give a percentage from 1 to 100 (100: bpf_stats on throughout)")]
+    StatsShare(u32),
     #[error("too many endpoints ({count}): the endpoint map holds {max}")]
     TooManyEndpoints { count: usize, max: u32 },
     #[error("cannot load netprof's eBPF object")]

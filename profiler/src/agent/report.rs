@@ -31,6 +31,12 @@ pub struct AgentReport {
     pub drops: Vec<DropReport>,
     pub not_measured: Vec<NotMeasured>,
     pub programs: Vec<ProgramStats>,
+    /// Time bpf_stats were on while attached during `elapsed_s`, s; absent without bpf_stats.
+    /// `programs`' run counts and times cover only this (always-attached agents sample
+    /// statistics, see `stats::DEFAULT_STATS_SHARE`); their run time per run stands for the
+    /// whole attached time. Absent in documents from before sampling: on throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_s: Option<f64>,
     /// Duty-cycled profiling (`--duty`); absent when the programs were attached throughout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duty: Option<DutyReport>,
@@ -223,6 +229,7 @@ mod tests {
                 reason: "no netfilter tables in x".into(),
             }],
             programs: vec![],
+            stats_s: None,
             duty: None,
         };
         let json = report.to_json();

@@ -245,6 +245,7 @@ mod tests {
             }],
             not_measured: vec![],
             programs: vec![ProgramStats { name: "cp_tc_in".into(), id: 7, run_count: 80, run_time_ns: 4_000, ns_per_run: 50.0 }],
+            stats_s: None,
             duty: None,
         };
         let text = render(Some(&report));

@@ -57,13 +57,21 @@ pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
 pub struct AgentTuning {
     pub hooks: crate::agent::HookFamilies,
     pub stats: bool,
+    /// bpf_stats' share of each second when attached throughout (see `AgentOptions`).
+    pub stats_share: u32,
     pub sample: u32,
     pub duty: Option<crate::agent::duty::Duty>,
 }
 
 impl Default for AgentTuning {
     fn default() -> Self {
-        Self { hooks: crate::agent::HookFamilies::default(), stats: true, sample: 1, duty: None }
+        Self {
+            hooks: crate::agent::HookFamilies::default(),
+            stats: true,
+            stats_share: crate::agent::stats::DEFAULT_STATS_SHARE,
+            sample: 1,
+            duty: None,
+        }
     }
 }
 
@@ -77,6 +85,7 @@ pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, A
             options.node = Some(format!("node{}", node.index()));
             options.hooks = tuning.hooks;
             options.stats = tuning.stats;
+            options.stats_share = tuning.stats_share;
             options.sample = tuning.sample;
             options.duty = tuning.duty;
             if lab.mode().has_pods() {

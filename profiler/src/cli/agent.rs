@@ -43,6 +43,11 @@ pub struct AgentArgs {
     pub sample: u32,
     #[command(flatten)]
     pub duty: super::duty_args::DutyArgs,
+    /// With bpf_stats (per-program run time): keep them on for this percentage of every second
+    /// only, when attached throughout (100: all the time). Statistics cost two clock reads per
+    /// program run; the run time per run comes from the slices, totals are scaled.
+    #[arg(long, default_value_t = crate::agent::stats::DEFAULT_STATS_SHARE, value_name = "PERCENT")]
+    pub stats_share: u32,
     /// Checkpoint families to attach: default (tc,nf,trace), all, or some of
     /// tc,dev,nf,nf-fentry,trace (nf-fentry: netfilter through fentry/fexit on conntrack and
     /// the table walkers instead of netfilter links, the fallback kernels before 6.4 get).
@@ -53,7 +58,7 @@ pub struct AgentArgs {
     pub out: Option<PathBuf>,
     /// Serve the control API instead (start/stop/snapshot/metrics over HTTP); the flows to
     /// follow come with each `POST /v1/start`.
-    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample", "hooks"])]
+    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample", "hooks", "stats_share"])]
     pub serve: bool,
     /// Loopback address of the control API (with --serve; port 0 picks a free port).
     #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
@@ -97,6 +102,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         node: args.node.clone(),
         sample: args.sample,
         hooks: args.hooks,
+        stats_share: args.stats_share,
         duty: args.duty.duty()?,
         ..AgentOptions::new(netns.clone(), args.endpoints.clone())
     };

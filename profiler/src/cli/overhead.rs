@@ -41,11 +41,13 @@ pub struct OverheadArgs {
     pub sample: u32,
     /// Agent settings to compare with "off", side by side in every round: attached for this
     /// percentage of every --duty-period-ms, or of every MS with PERCENT@MS (100: always;
-    /// comma-separated, e.g. `100,2,2@4000`). 0 attaches and detaches at once at every
+    /// comma-separated, e.g. `100,2,2@4000`; `:nostats` runs a setting without bpf_stats,
+    /// `:fullstats` with them on throughout rather than sampled, e.g. `100,100:nostats`). 0
+    /// attaches and detaches at once at every
     /// period's start: what the window edges cost by themselves (with a long period such as
     /// 0@100000, what the agents' mere presence costs). The default sets always attached
     /// beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
-    #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT[@MS]")]
+    #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT[@MS][:nostats|:fullstats]")]
     pub duty: Vec<DutySetting>,
     #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
     pub duty_period_ms: u64,
@@ -59,12 +61,22 @@ pub struct OverheadArgs {
 pub struct DutySetting {
     pub percent: u32,
     pub period_ms: Option<u64>,
+    /// `:nostats`: this setting runs without bpf_stats; `:fullstats`: with them on throughout
+    /// instead of sampled (to weigh their cost side by side).
+    pub no_stats: bool,
+    pub full_stats: bool,
 }
 
 impl std::str::FromStr for DutySetting {
     type Err = String;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(full: &str) -> Result<Self, String> {
+        let (text, no_stats, full_stats) = match full.split_once(':') {
+            Some((text, "nostats")) => (text, true, false),
+            Some((text, "fullstats")) => (text, false, true),
+            Some((_, other)) => return Err(format!("duty setting {full:?}: unknown flag {other:?} (use :nostats or :fullstats)")),
+            None => (full, false, false),
+        };
         let number = |part: &str, what: &str| {
             part.trim().parse::<u64>().map_err(|_| format!("duty setting {text:?}: {what} {part:?} is not a whole number (write PERCENT or PERCENT@MS, e.g. 2@4000)"))
         };
@@ -73,7 +85,7 @@ impl std::str::FromStr for DutySetting {
             None => (number(text, "percentage")?, None),
         };
         let percent = u32::try_from(percent).map_err(|_| format!("duty setting {text:?}: give a percentage from 1 to 100"))?;
-        Ok(DutySetting { percent, period_ms })
+        Ok(DutySetting { percent, period_ms, no_stats, full_stats })
     }
 }
 
@@ -90,12 +102,20 @@ impl DutySetting {
         crate::agent::duty::Duty::from_percent(self.percent, period)
     }
 
-    /// The setting's name in the output: `duty 2%`, or `duty 2%@4000ms` with its own period.
+    /// The setting's name in the output: `duty 2%`, `duty 2%@4000ms` with its own period,
+    /// `duty 100% nostats` without bpf_stats.
     fn name(&self) -> String {
-        match self.period_ms {
+        let mut name = match self.period_ms {
             Some(ms) => format!("duty {}%@{ms}ms", self.percent),
             None => format!("duty {}%", self.percent),
+        };
+        if self.no_stats {
+            name.push_str(" nostats");
         }
+        if self.full_stats {
+            name.push_str(" fullstats");
+        }
+        name
     }
 }
 
@@ -151,7 +171,14 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                 work_dir,
                 &variants,
                 |i| {
-                    let tuning = profile::AgentTuning { hooks: args.hooks, stats: !args.no_stats, sample: args.sample, duty: duties[i] };
+                    let setting = args.duty[i];
+                    let tuning = profile::AgentTuning {
+                        hooks: args.hooks,
+                        stats: !args.no_stats && !setting.no_stats,
+                        stats_share: if setting.full_stats { 100 } else { crate::agent::stats::DEFAULT_STATS_SHARE },
+                        sample: args.sample,
+                        duty: duties[i],
+                    };
                     profile::start_agents_with(&built, &tuning).map_err(|source| BenchError::Profile { mode: args.mode, source })
                 },
                 |i, agents| {
@@ -206,7 +233,12 @@ mod tests {
     #[test]
     fn duty_settings_take_an_optional_period_and_name_it() {
         let plain: DutySetting = "2".parse().unwrap();
-        assert_eq!(plain, DutySetting { percent: 2, period_ms: None });
+        assert_eq!(plain, DutySetting { percent: 2, period_ms: None, no_stats: false, full_stats: false });
+        let bare: DutySetting = "100@2000:nostats".parse().unwrap();
+        assert_eq!(bare, DutySetting { percent: 100, period_ms: Some(2000), no_stats: true, full_stats: false });
+        assert_eq!("100:fullstats".parse::<DutySetting>().unwrap().name(), "duty 100% fullstats");
+        assert_eq!(bare.name(), "duty 100%@2000ms nostats");
+        assert!("100:fast".parse::<DutySetting>().unwrap_err().contains(":nostats"));
         assert_eq!(plain.name(), "duty 2%");
         assert_eq!(plain.duty(1000).unwrap().unwrap().on, std::time::Duration::from_millis(20));
         let own: DutySetting = "2@4000".parse().unwrap();

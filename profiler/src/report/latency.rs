@@ -485,6 +485,7 @@ mod tests {
                 drops: vec![],
                 not_measured: vec![],
                 programs: vec![],
+                stats_s: None,
                 duty: None,
             }
         };

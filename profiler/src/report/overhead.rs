@@ -36,6 +36,9 @@ pub struct NodeOverhead {
     pub attach_ms: f64,
     /// Share of the steps the programs were attached (below 100 with `--duty`), %.
     pub attached_pct: f64,
+    /// Share of the attached time bpf_stats were on, %: the run counts and times above are
+    /// scaled up from it (100: counted throughout).
+    pub stats_pct: f64,
 }
 
 /// The checkpoint kind a program serves (`None` for drop/retransmit tracing).
@@ -65,14 +68,16 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
     let covered_s: f64 = reports.iter().map(|p| p.report.elapsed_s).sum();
     let attached_s: f64 = reports.iter().map(|p| p.report.elapsed_s * p.report.attached_fraction()).sum();
     let attach_ms = reports.iter().map(|p| p.report.attach_ms).sum::<f64>() / reports.len().max(1) as f64;
-    let run_count: u64 = programs.iter().map(|p| p.run_count).sum();
-    let run_time_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+    let scale = stats_scale(reports.iter().map(|p| (p.report.elapsed_s * p.report.attached_fraction(), p.report.stats_s)));
+    let scaled = |v: u64| (v as f64 * scale).round() as u64;
+    let run_count: u64 = programs.iter().map(|p| scaled(p.run_count)).sum();
+    let run_time_ns: u64 = programs.iter().map(|p| scaled(p.run_time_ns)).sum();
     Some(NodeOverhead {
         mode: mode.mode().to_string(),
         node: node.to_owned(),
         programs: programs
             .iter()
-            .map(|p| ProgramCost { name: p.name.clone(), run_count: p.run_count, run_time_ns: p.run_time_ns, ns_per_run: p.ns_per_run })
+            .map(|p| ProgramCost { name: p.name.clone(), run_count: scaled(p.run_count), run_time_ns: scaled(p.run_time_ns), ns_per_run: p.ns_per_run })
             .collect(),
         run_count,
         run_time_ns,
@@ -81,7 +86,16 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
         cpu_pct: if covered_s > 0.0 { run_time_ns as f64 / (covered_s * 1e9 * cpus.max(1) as f64) * 100.0 } else { 0.0 },
         attach_ms,
         attached_pct: if covered_s > 0.0 { attached_s / covered_s * 100.0 } else { 100.0 },
+        stats_pct: 100.0 / scale,
     })
+}
+
+/// How much the programs' counters undercount the attached time, from each report's attached
+/// seconds and seconds with bpf_stats on (`None`: on throughout, as before sampling): always
+/// attached agents sample statistics in slices, so their counts cover only those.
+fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
+    let (attached_s, stats_s) = reports.fold((0.0, 0.0), |(a, s), (attached, stats)| (a + attached, s + stats.unwrap_or(attached)));
+    if stats_s > 0.0 && attached_s > stats_s { attached_s / stats_s } else { 1.0 }
 }
 
 /// One step's own program runs on one node: bpf_stats count from each program's load, and in a
@@ -127,4 +141,20 @@ pub fn probe_ns_by_kind(mode: &ModeInput, path: &str, tool: &str) -> BTreeMap<St
         .filter(|(_, (count, _))| *count > 0)
         .map(|(kind, (count, time))| (kind.to_owned(), time as f64 / count as f64))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_statistics_scale_to_the_attached_time() {
+        // Two steps of 4 s and 2 s, statistics on 10% of each.
+        let scale = stats_scale([(4.0, Some(0.4)), (2.0, Some(0.2))].into_iter());
+        assert!((scale - 10.0).abs() < 1e-9, "{scale}");
+        // Documents from before sampling (on throughout), and duty windows (statistics on in
+        // every window, programs attached only then): nothing to scale.
+        assert_eq!(stats_scale([(4.0, None), (0.2, Some(0.2))].into_iter()), 1.0);
+        assert_eq!(stats_scale(std::iter::empty()), 1.0);
+    }
 }

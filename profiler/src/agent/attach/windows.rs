@@ -31,6 +31,8 @@ pub(super) fn close_window(inner: &mut Inner) {
     if matches!(inner.stats, Some(StatsGuard::Fd(_))) {
         inner.stats = None;
     }
+    // Detached, no program runs: nothing is counted, whatever the statistics do.
+    inner.stats_time.stop();
     // tc links close under the RTNL lock, tracepoint links do not: two threads, so their RCU
     // waits overlap instead of adding up.
     let tc = std::mem::take(&mut inner.tc_links);
@@ -166,6 +168,9 @@ pub(super) fn open_window(inner: &mut Inner) {
         return;
     }
     inner.attached.start();
+    if inner.stats.is_some() {
+        inner.stats_time.start();
+    }
     inner.paused = false;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     log::debug!(

@@ -248,7 +248,7 @@ fn drops_section(report: &Report) -> Section {
 }
 
 fn overhead_section(report: &Report) -> Section {
-    let header = ["mode", "node", "program runs", "run time ms", "ns/run", "CPU share", "attach ms", "attached"];
+    let header = ["mode", "node", "program runs", "run time ms", "ns/run", "CPU share", "attach ms", "attached", "bpf_stats on"];
     let rows = report
         .overhead
         .iter()
@@ -262,13 +262,14 @@ fn overhead_section(report: &Report) -> Section {
                 format!("{:.2}%", o.cpu_pct),
                 format!("{:.0}", o.attach_ms),
                 format!("{:.0}%", o.attached_pct),
+                format!("{:.0}%", o.stats_pct),
             ]
         })
         .collect();
     Section {
         id: "overhead",
         title: "The agent's own cost (bpf_stats, whole mode)".to_owned(),
-        intro: vec!["Run counts and run time of every netprof program from attach to the mode's last step; CPU share = run time / (time the steps covered × CPUs). The probes' time is inside the measured RTTs and segment times (see 'of which netprof probes'). 'attached' below 100% means duty-cycled agents (`--duty`): their counts cover that share of each step and per-event figures are scaled to the whole step.".to_owned()],
+        intro: vec!["Run counts and run time of every netprof program from attach to the mode's last step; CPU share = run time / (time the steps covered × CPUs). The probes' time is inside the measured RTTs and segment times (see 'of which netprof probes'). 'attached' below 100% means duty-cycled agents (`--duty`): their counts cover that share of each step and per-event figures are scaled to the whole step. 'bpf_stats on' below 100%: statistics were sampled in slices of the attached time (they cost two clock reads per run); runs and run time are scaled up from them, ns/run is the slices' own.".to_owned()],
         header: header.iter().map(|h| (*h).to_owned()).collect(),
         rows,
         footer: vec![],
