@@ -127,7 +127,10 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
         header,
         rows,
         footer: {
-            let mut footer = vec!["unexplained = measured delta − explained; negative: the stages add up to more than was measured.".to_owned()];
+            let mut footer = vec![format!(
+                "unexplained = measured delta − explained; negative: the stages add up to more than was measured. Shares are n/a for a delta under {} µs (run-to-run swing).",
+                crate::report::latency::MIN_SHARE_DELTA_NS / 1000
+            )];
             if split.statistic == "p50 without agents" {
                 footer.push("The stage times are the profiled run's, less netprof's probes; the measured p50s are the run without agents (DIR/clean/), minutes apart, so run-to-run swing is in the unexplained part too: an independent check of the split.".to_owned());
             }
