@@ -26,6 +26,19 @@ impl Drop for Cleanup {
     }
 }
 
+/// A lab of `mode` (removed when the returned `Cleanup` drops), its pod path, and the options
+/// of an agent on node 1 watching pod 1, with both pods as endpoints.
+fn node_one_lab(mode: Mode) -> (Cleanup, LabNames, netprof::lab::PathEndpoints, AgentOptions) {
+    let names = LabNames::new(&unique_lab_name()).unwrap();
+    let cleanup = Cleanup(names.clone());
+    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
+    let path = built.pod_path().unwrap();
+    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
+    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    options.pod_netns = vec![names.pod(Node::One)];
+    (cleanup, names, path, options)
+}
+
 /// Hits per netfilter hook name (all points of a hook must agree).
 fn nf_hits(report: &AgentReport) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -679,13 +692,7 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
         return;
     }
     const N: u64 = 200;
-    let names = LabNames::new(&unique_lab_name()).unwrap();
-    let _cleanup = Cleanup(names.clone());
-    let built = lab::up(&names, LabSpec { mode: Mode::FlannelHostgw, services: 0 }).unwrap();
-    let path = built.pod_path().unwrap();
-    let endpoints = vec![addressing::pod_ip(Mode::FlannelHostgw, Node::One), addressing::pod_ip(Mode::FlannelHostgw, Node::Two)];
-    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
-    options.pod_netns = vec![names.pod(Node::One)];
+    let (_cleanup, _names, path, mut options) = node_one_lab(Mode::FlannelHostgw);
     options.sample = 4;
     let agent = Agent::start(&options).unwrap();
     ping(&path.client_netns, path.server_ip, N);
@@ -719,13 +726,7 @@ fn statistics_are_sampled_in_slices_and_hits_stay_exact() {
     }
     const N: u64 = 250;
     let mode = Mode::FlannelHostgw;
-    let names = LabNames::new(&unique_lab_name()).unwrap();
-    let _cleanup = Cleanup(names.clone());
-    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
-    let path = built.pod_path().unwrap();
-    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
-    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
-    options.pod_netns = vec![names.pod(Node::One)];
+    let (_cleanup, _names, path, options) = node_one_lab(mode);
     assert_eq!(options.stats_share, netprof::agent::stats::DEFAULT_STATS_SHARE);
     let agent = Agent::start(&options).unwrap();
     // 250 pings 10 ms apart: about 2.5 s, three slices of 100 ms.
@@ -759,13 +760,7 @@ fn netfilter_through_fentry_is_measured_or_reported_not_measured() {
         return;
     }
     let mode = Mode::FlannelHostgw;
-    let names = LabNames::new(&unique_lab_name()).unwrap();
-    let _cleanup = Cleanup(names.clone());
-    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
-    let path = built.pod_path().unwrap();
-    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
-    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
-    options.pod_netns = vec![names.pod(Node::One)];
+    let (_cleanup, _names, path, mut options) = node_one_lab(mode);
     options.hooks = "tc,nf-fentry,trace".parse().unwrap();
     let agent = Agent::start(&options).unwrap();
     ping(&path.client_netns, path.server_ip, PINGS);
@@ -811,13 +806,7 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     }
     const N: u64 = 500;
     let mode = Mode::FlannelVxlan;
-    let names = LabNames::new(&unique_lab_name()).unwrap();
-    let _cleanup = Cleanup(names.clone());
-    let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
-    let path = built.pod_path().unwrap();
-    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
-    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
-    options.pod_netns = vec![names.pod(Node::One)];
+    let (_cleanup, names, path, mut options) = node_one_lab(mode);
     options.duty = netprof::agent::duty::Duty::from_percent(40, Duration::from_millis(500)).unwrap();
     const RCU_KNOB: &str = "/sys/kernel/rcu_expedited";
     let knob_before = std::fs::read_to_string(RCU_KNOB).unwrap();
