@@ -19,7 +19,9 @@ pub struct OverheadArgs {
     #[arg(long, default_value = "flannel-vxlan")]
     pub mode: Mode,
     /// Rounds; each runs ab and iperf3 once without the agents and once with each --duty.
-    #[arg(long, default_value_t = 4)]
+    /// A sample swings by about ±8% on a 2-CPU lab, so 12 rounds (about 3.5 minutes with two
+    /// settings) resolve about ±4%; use more to judge a 3% target.
+    #[arg(long, default_value_t = 12)]
     pub rounds: u32,
     #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
     pub ab_requests: u32,
