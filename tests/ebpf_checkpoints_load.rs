@@ -87,6 +87,9 @@ fn kernel_config(node_netns_inum: u32) -> Result<Config> {
         node_netns_inum,
         vxlan_port: VXLAN_PORT,
         stale_ns: 1_000_000_000,
+        // The tests' netfilter points sit on LOCAL_OUT from point 0, where pings from `a`
+        // first meet netprof (as the agent sets it: its first LOCAL_OUT point admits).
+        nf_admit_cp: nf_checkpoint(NF_HOOK_LOCAL_OUT, 0),
         ..Config::default()
     })
 }

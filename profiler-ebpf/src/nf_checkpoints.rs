@@ -5,9 +5,9 @@
 //! consecutive points bracket one iptables table.
 //!
 //! The checkpoint id is a constant in each program (no globals: netprof's netfilter loader has
-//! none), which is why there are 35 programs rather than one. Every program may admit packets:
-//! a packet that starts its journey at a netfilter hook (locally sent, for instance) is still
-//! followed.
+//! none), which is why there are 35 programs rather than one. Only `Config::nf_admit_cp` (the
+//! first point on LOCAL_OUT) admits packets: a locally sent packet meets netprof there first;
+//! every other one has passed an admitting tc checkpoint before.
 //!
 //! The skb is `ctx->skb`; its headers are read with `bpf_probe_read_kernel` from
 //! `skb->head + skb->network_header` at offsets from `NP_CONFIG`.
@@ -40,7 +40,7 @@ fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
     // SAFETY: the kernel passes a valid `struct bpf_nf_ctx`; reading `skb` is a context access
     // the verifier allows (8 bytes at offset 8).
     let skb = unsafe { (*ctx).skb } as u64;
-    visit(cfg, skb, cp, true, &Skb(skb));
+    visit(cfg, skb, cp, cp == cfg.nf_admit_cp, &Skb(skb));
     NF_ACCEPT
 }
 

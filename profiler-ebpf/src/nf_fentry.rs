@@ -206,7 +206,8 @@ fn pass(cfg: &Config, skb: u64, state: u64, priority: i32, edge: Edge) {
         Edge::Exit => above,
     };
     if let Some(point) = point {
-        visit(cfg, skb, nf_checkpoint(u32::from(hook), point), true, &Skb(skb));
+        let cp = nf_checkpoint(u32::from(hook), point);
+        visit(cfg, skb, cp, cp == cfg.nf_admit_cp, &Skb(skb));
     }
 }
 

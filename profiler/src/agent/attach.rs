@@ -25,7 +25,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, ALL_MAPS, MAP_CONFIG, MAP_DEVICES,
+    nf_checkpoint, Config, DeviceCheckpoints, CP_NONE, NF_HOOK_LOCAL_OUT, DeviceKey, ALL_MAPS, MAP_CONFIG, MAP_DEVICES,
     MAP_DEV_CACHE,
     MAP_ENDPOINTS, MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
@@ -1033,12 +1033,26 @@ fn attach_netfilter_family(inner: &mut Inner, force_fentry: bool) {
     let Some(layout) = netfilter_layout(inner) else { return };
     if force_fentry {
         nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
-        return;
+    } else {
+        attach_netfilter(inner, &layout);
+        if inner.nf_attached.is_empty() {
+            nf_fentry::attach(inner, &layout, "no netfilter link attached");
+        }
     }
-    attach_netfilter(inner, &layout);
-    if inner.nf_attached.is_empty() {
-        nf_fentry::attach(inner, &layout, "no netfilter link attached");
+    inner.config.nf_admit_cp = nf_admit_checkpoint(&inner.nf_attached);
+    let config = inner.config;
+    if let Err(err) = write_config_only(&mut inner.ebpf, &config) {
+        inner.not_measured("netfilter (locally sent packets)", chain(&err));
     }
+}
+
+/// The netfilter checkpoint that admits (`Config::nf_admit_cp`): the first point watched on
+/// LOCAL_OUT, or none.
+fn nf_admit_checkpoint(watched: &BTreeSet<(u32, u32)>) -> u16 {
+    watched
+        .iter()
+        .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT)
+        .map_or(CP_NONE, |&(hook, point)| nf_checkpoint(hook, point))
 }
 
 fn attach_netfilter(inner: &mut Inner, layout: &NetfilterLayout) {
@@ -1163,6 +1177,14 @@ fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Rescanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_first_local_out_point_admits() {
+        let watched: BTreeSet<(u32, u32)> = [(0, 1), (0, 2), (3, 2), (3, 1), (4, 5)].into_iter().collect();
+        assert_eq!(nf_admit_checkpoint(&watched), nf_checkpoint(NF_HOOK_LOCAL_OUT, 1));
+        assert_eq!(nf_admit_checkpoint(&[(0, 1), (4, 5)].into_iter().collect()), CP_NONE);
+        assert_eq!(nf_admit_checkpoint(&BTreeSet::new()), CP_NONE);
+    }
 
     #[test]
     fn agent_can_move_to_another_thread() {
