@@ -716,7 +716,8 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
 /// bpf_stats in slices: an always-attached agent keeps them on for 10% of every second (they
 /// cost two clock reads per program run), so its report says how long they were on, the
 /// programs counted runs only then, every packet still counts (hits come from netprof's own
-/// maps), and the kernel's statistics are off again afterwards.
+/// maps), a light step can keep them on throughout, and the kernel's statistics are off again
+/// afterwards.
 #[test]
 fn statistics_are_sampled_in_slices_and_hits_stay_exact() {
     let test = "statistics_are_sampled_in_slices_and_hits_stay_exact";
@@ -741,6 +742,15 @@ fn statistics_are_sampled_in_slices_and_hits_stay_exact() {
     assert_eq!(hits, N, "every request counted by netprof's own maps");
     assert!(uplink.run_count > 0 && uplink.ns_per_run > 0.0, "{uplink:?}");
     assert!(uplink.run_count < 4 * N * 6 / 10, "runs counted outside the slices? {uplink:?}");
+    // A light step keeps them on throughout (bench --profile does so for pings).
+    agent.full_stats(true).unwrap();
+    agent.reset().unwrap();
+    ping(&path.client_netns, path.server_ip, 100);
+    let full = agent.snapshot().unwrap();
+    let full_s = full.stats_s.unwrap();
+    println!("with full statistics: on {full_s:.3} s of {:.3} s", full.elapsed_s);
+    assert!(full_s >= 0.95 * full.elapsed_s, "{full_s} of {}", full.elapsed_s);
+    agent.full_stats(false).unwrap();
     drop(agent);
     let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
     assert_eq!(enabled.trim(), "0", "bpf_stats left on");

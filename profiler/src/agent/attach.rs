@@ -152,6 +152,8 @@ struct Inner {
     attached: AttachedTime,
     /// Time with bpf_stats on while attached (program runs and run time cover only this).
     stats_time: AttachedTime,
+    /// Statistics stay on between slices (a light step, e.g. pings: see `Agent::full_stats`).
+    stats_full: bool,
     duty: Option<Duty>,
     not_measured: Vec<NotMeasured>,
     drop_reasons: BTreeMap<u32, String>,
@@ -349,6 +351,7 @@ impl Agent {
             edges: 0,
             attached: AttachedTime::default(),
             stats_time: AttachedTime::default(),
+            stats_full: false,
             duty: options.duty,
             not_measured,
             drop_reasons,
@@ -539,6 +542,24 @@ impl Agent {
                 edges: inner.edges,
             }),
         })
+    }
+
+    /// Keeps bpf_stats on throughout (`true`) or back in slices (`false`) from now on, for an
+    /// always-attached agent whose statistics are sampled. A light step such as pings 10 ms
+    /// apart costs nothing measurable with statistics on, and its per-run probe cost (which
+    /// the report takes off the stage times) then comes from every run instead of a slice.
+    pub fn full_stats(&self, full: bool) -> Result<(), AgentError> {
+        let mut inner = self.lock()?;
+        if self.stats_cycler.is_none() {
+            return Ok(());
+        }
+        inner.stats_full = full;
+        if full {
+            stats_on(&mut inner);
+        } else {
+            stats_off(&mut inner);
+        }
+        Ok(())
     }
 
     /// Clears segments, hits, counters, drops and journeys, so the next snapshot covers only what
@@ -1135,9 +1156,9 @@ fn check_stats_share(share: u32) -> Result<(), AgentError> {
     }
 }
 
-/// Ends a bpf_stats slice (see `stats::DEFAULT_STATS_SHARE`).
+/// Ends a bpf_stats slice (see `stats::DEFAULT_STATS_SHARE`), unless they are kept on.
 fn stats_off(inner: &mut Inner) {
-    if matches!(inner.stats, Some(StatsGuard::Fd(_))) {
+    if !inner.stats_full && matches!(inner.stats, Some(StatsGuard::Fd(_))) {
         inner.stats = None;
         inner.stats_time.stop();
     }

@@ -192,10 +192,10 @@ struct PathContext<'a> {
 }
 
 impl PathContext<'_> {
-    fn before(&self) -> Result<(), BenchError> {
+    fn before(&self, tool: &str) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         match self.profiler {
-            Some(p) => p.before_step().map_err(|source| BenchError::Profile { mode, source }),
+            Some(p) => p.before_step(tool).map_err(|source| BenchError::Profile { mode, source }),
             None => Ok(()),
         }
     }
@@ -229,7 +229,7 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
         endpoints.client_netns,
         endpoints.server_ip
     ));
-    ctx.before()?;
+    ctx.before("ping")?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
     ctx.after(label, "ping")?;
     let loss = ping.loss_ratio() * 100.0;
@@ -237,7 +237,7 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
     progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
-    ctx.before()?;
+    ctx.before("iperf3")?;
     let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("iperf3"))?;
     ctx.after(label, "iperf3")?;
     let retrans = iperf3.retransmits.map_or(String::new(), |r| format!(", {r} retransmits"));
@@ -247,7 +247,7 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
         "{label}: ab {} requests x {} concurrent -> {}",
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
-    ctx.before()?;
+    ctx.before("ab")?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);

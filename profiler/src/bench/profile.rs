@@ -119,10 +119,14 @@ impl Profiler {
         Ok(Self { agents: start_agents_with(lab, tuning)?, dir, relative })
     }
 
-    /// Clears the agents' histograms and counters before a step.
-    pub fn before_step(&self) -> Result<(), ProfileError> {
+    /// Clears the agents' histograms and counters before a step of `tool`. Pings keep
+    /// bpf_stats on throughout (light traffic; their per-run probe cost feeds the report's
+    /// "of which netprof probes"), the loads have them in slices.
+    pub fn before_step(&self, tool: &str) -> Result<(), ProfileError> {
         for (node, agent) in &self.agents {
-            agent.reset().map_err(|source| ProfileError::Read { node: format!("node{}", node.index()), source })?;
+            let read_err = |source| ProfileError::Read { node: format!("node{}", node.index()), source };
+            agent.full_stats(tool == "ping").map_err(read_err)?;
+            agent.reset().map_err(read_err)?;
         }
         Ok(())
     }

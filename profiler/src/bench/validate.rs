@@ -187,7 +187,7 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
     };
 
     let t = progress.step(&format!("{label}: ping"));
-    profiler.before_step().map_err(profile_err)?;
+    profiler.before_step("ping").map_err(profile_err)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
     let mut profiles = profiler.after_step("pod path", "ping").map_err(profile_err)?;
     progress.done(t, &ping.stats.map_or("no replies".to_owned(), |s| format!("p50 {:.3} ms", s.p50_ms)));
@@ -197,7 +197,7 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
     // compare the same requests.
     let http_target = if variant == Variant::Services { endpoints.http_target } else { SocketAddrV4::new(endpoints.server_ip, 80) };
     let t = progress.step(&format!("{label}: ab -> {http_target}"));
-    profiler.before_step().map_err(profile_err)?;
+    profiler.before_step("ab").map_err(profile_err)?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg).await.map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
