@@ -152,7 +152,12 @@ pub fn cp_fx_nft(ctx: FExitContext) -> i32 {
 #[inline(always)]
 fn nftables<C: EbpfContext>(ctx: &C, edge: Edge) {
     let Some(cfg) = config() else { return };
-    if cfg.nft_chain_priority == 0 {
+    // The chain sits inside its `struct nft_base_chain`, after the hook ops holding the
+    // priority (`nft_do_chain` runs base chains only; jumps stay inside it). 0: unknown. The
+    // bound also lets the verifier accept the arithmetic on a trusted pointer (its limit is
+    // ±2^29; struct offsets are far smaller).
+    let back = cfg.nft_chain_priority;
+    if !(-4096..0).contains(&back) {
         return;
     }
     let pkt = arg_at::<NFT_ARITY, C>(ctx, cfg.fentry_args[ARG_NFT_PKT]);
@@ -162,14 +167,6 @@ fn nftables<C: EbpfContext>(ctx: &C, edge: Edge) {
     };
     let skb = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_skb));
     let state = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_state));
-    // The chain sits inside its `struct nft_base_chain`, after the hook ops holding the
-    // priority (`nft_do_chain` runs base chains only; jumps stay inside it).
-    // Bounded, so the verifier accepts the arithmetic on a trusted pointer (its limit is
-    // ±2^29; struct offsets are far smaller).
-    let back = cfg.nft_chain_priority;
-    if !(-4096..0).contains(&back) {
-        return;
-    }
     let priority = probe_read_counted::<i32>(chain.wrapping_add_signed(i64::from(back)));
     if let (Some(skb), Some(state), Some(priority)) = (skb, state, priority) {
         pass(cfg, skb, state, priority, edge);

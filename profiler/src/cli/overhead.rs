@@ -63,21 +63,29 @@ pub struct OverheadArgs {
 pub struct DutySetting {
     pub percent: u32,
     pub period_ms: Option<u64>,
-    /// `:nostats`: this setting runs without bpf_stats; `:fullstats`: with them on throughout
-    /// instead of sampled (to weigh their cost side by side).
-    pub no_stats: bool,
-    pub full_stats: bool,
+    pub stats: SettingStats,
+}
+
+/// bpf_stats for one setting, to weigh their cost side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingStats {
+    /// In slices, as agents run by default.
+    Sampled,
+    /// `:fullstats`: on throughout.
+    Full,
+    /// `:nostats`: off.
+    Off,
 }
 
 impl std::str::FromStr for DutySetting {
     type Err = String;
 
     fn from_str(full: &str) -> Result<Self, String> {
-        let (text, no_stats, full_stats) = match full.split_once(':') {
-            Some((text, "nostats")) => (text, true, false),
-            Some((text, "fullstats")) => (text, false, true),
+        let (text, stats) = match full.split_once(':') {
+            Some((text, "nostats")) => (text, SettingStats::Off),
+            Some((text, "fullstats")) => (text, SettingStats::Full),
             Some((_, other)) => return Err(format!("duty setting {full:?}: unknown flag {other:?} (use :nostats or :fullstats)")),
-            None => (full, false, false),
+            None => (full, SettingStats::Sampled),
         };
         let number = |part: &str, what: &str| {
             part.trim().parse::<u64>().map_err(|_| format!("duty setting {text:?}: {what} {part:?} is not a whole number (write PERCENT or PERCENT@MS, e.g. 2@4000)"))
@@ -87,7 +95,7 @@ impl std::str::FromStr for DutySetting {
             None => (number(text, "percentage")?, None),
         };
         let percent = u32::try_from(percent).map_err(|_| format!("duty setting {text:?}: give a percentage from 1 to 100"))?;
-        Ok(DutySetting { percent, period_ms, no_stats, full_stats })
+        Ok(DutySetting { percent, period_ms, stats })
     }
 }
 
@@ -111,11 +119,10 @@ impl DutySetting {
             Some(ms) => format!("duty {}%@{ms}ms", self.percent),
             None => format!("duty {}%", self.percent),
         };
-        if self.no_stats {
-            name.push_str(" nostats");
-        }
-        if self.full_stats {
-            name.push_str(" fullstats");
+        match self.stats {
+            SettingStats::Sampled => {}
+            SettingStats::Full => name.push_str(" fullstats"),
+            SettingStats::Off => name.push_str(" nostats"),
         }
         name
     }
@@ -176,8 +183,8 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                     let setting = args.duty[i];
                     let tuning = profile::AgentTuning {
                         hooks: args.hooks,
-                        stats: !args.no_stats && !setting.no_stats,
-                        stats_share: if setting.full_stats { 100 } else { crate::agent::stats::DEFAULT_STATS_SHARE },
+                        stats: !args.no_stats && setting.stats != SettingStats::Off,
+                        stats_share: if setting.stats == SettingStats::Full { 100 } else { crate::agent::stats::DEFAULT_STATS_SHARE },
                         sample: args.sample,
                         duty: duties[i],
                     };
@@ -235,9 +242,9 @@ mod tests {
     #[test]
     fn duty_settings_take_an_optional_period_and_name_it() {
         let plain: DutySetting = "2".parse().unwrap();
-        assert_eq!(plain, DutySetting { percent: 2, period_ms: None, no_stats: false, full_stats: false });
+        assert_eq!(plain, DutySetting { percent: 2, period_ms: None, stats: SettingStats::Sampled });
         let bare: DutySetting = "100@2000:nostats".parse().unwrap();
-        assert_eq!(bare, DutySetting { percent: 100, period_ms: Some(2000), no_stats: true, full_stats: false });
+        assert_eq!(bare, DutySetting { percent: 100, period_ms: Some(2000), stats: SettingStats::Off });
         assert_eq!("100:fullstats".parse::<DutySetting>().unwrap().name(), "duty 100% fullstats");
         assert_eq!(bare.name(), "duty 100%@2000ms nostats");
         assert!("100:fast".parse::<DutySetting>().unwrap_err().contains(":nostats"));

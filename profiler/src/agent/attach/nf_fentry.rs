@@ -129,11 +129,6 @@ where
     <&mut P>::try_from(found).map_err(|_| format!("program {name} has the wrong type in the aya object: rebuild netprof"))
 }
 
-/// Takes the links out, to close them (a duty-cycle window closing).
-pub(super) fn take_links(inner: &mut Inner) -> Links {
-    std::mem::take(&mut inner.fentry_links)
-}
-
 /// Attaches the traced functions' pairs again (a duty-cycle window opening).
 pub(super) fn reattach(inner: &mut Inner) {
     for (function, entry, exit) in NF_TRACED {

@@ -36,14 +36,13 @@ pub(super) fn close_window(inner: &mut Inner) {
     // tc links close under the RTNL lock, tracepoint links do not: two threads, so their RCU
     // waits overlap instead of adding up.
     let tc = std::mem::take(&mut inner.tc_links);
-    let fentry = super::nf_fentry::take_links(inner);
-    let count = inner.tp_links.len() + inner.trace_links.len() + inner.trace_btf_links.len() + fentry.len();
     let traces = (
         std::mem::take(&mut inner.tp_links),
         std::mem::take(&mut inner.trace_links),
         std::mem::take(&mut inner.trace_btf_links),
-        fentry,
+        std::mem::take(&mut inner.fentry_links),
     );
+    let count = traces.0.len() + traces.1.len() + traces.2.len() + traces.3.len();
     let edge = edge_pace(inner);
     let tc_edge = edge.clone();
     inner.detaching = [
