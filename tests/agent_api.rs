@@ -77,8 +77,17 @@ impl Server {
                 log.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the server printed its address").parse().unwrap();
-        Server { child, addr, stderr, netns: netns.map(str::to_owned) }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server printed its address")
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            addr,
+            stderr,
+            netns: netns.map(str::to_owned),
+        }
     }
 
     /// (status, headers, body) of one request.
@@ -95,16 +104,26 @@ impl Server {
     fn raw(&self, bytes: &[u8]) -> (u16, String, String) {
         let mut stream = match &self.netns {
             // The socket belongs to the namespace it was created in: the server's loopback.
-            Some(ns) => netprof::netns::run_in(ns, || TcpStream::connect(self.addr)).unwrap().unwrap(),
+            Some(ns) => netprof::netns::run_in(ns, || TcpStream::connect(self.addr))
+                .unwrap()
+                .unwrap(),
             None => TcpStream::connect(self.addr).unwrap(),
         };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.write_all(bytes).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
         let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {head:?}"));
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head in {text:?}"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {head:?}"));
         (status, head.to_owned(), body.to_owned())
     }
 
@@ -135,24 +154,45 @@ impl Drop for Server {
 
 fn ping(netns: &str, target: std::net::Ipv4Addr) {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "ping", "-n", "-c", &PINGS.to_string(), "-i", "0.01", "-W", "1"])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-n",
+            "-c",
+            &PINGS.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+        ])
         .arg(target.to_string())
         .output()
         .unwrap();
-    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Asserts 4xx and that the reason mentions `needle`.
 fn refused(server: &Server, (status, _, body): (u16, String, String), expected: u16, needle: &str) {
     assert_eq!(status, expected, "{body}");
-    assert!(body.contains(needle), "{expected}: {body:?} lacks {needle:?}");
+    assert!(
+        body.contains(needle),
+        "{expected}: {body:?} lacks {needle:?}"
+    );
     server.healthy();
 }
 
 #[test]
 fn control_api_profiles_a_real_benchmark() {
     let test = "agent_api control_api_profiles_a_real_benchmark";
-    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "ab", "nginx", "bpftool", "iptables-save"]) {
+    if let Some(reason) =
+        ebpf_skip_reason(&["ip", "ping", "ab", "nginx", "bpftool", "iptables-save"])
+    {
         print_skip(test, &reason);
         return;
     }
@@ -168,22 +208,79 @@ fn control_api_profiles_a_real_benchmark() {
     server.healthy();
     let (status, _, body) = server.call("GET", "/readyz", "");
     assert_eq!((status, body.as_str()), (200, "ready\n"));
-    refused(&server, server.call("POST", "/v1/start", "garbage"), 400, "invalid start request");
-    refused(&server, server.call("POST", "/v1/start", r#"{"netns":"x","endpoints":["1.2.3"]}"#), 400, "endpoints[0]");
-    refused(&server, server.call("POST", "/v1/start", r#"{"netns":"x","endpoints":["198.18.0.1"],"bogus":1}"#), 400, "unknown field `bogus`");
-    refused(&server, server.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"), 400, "request");
-    refused(&server, server.raw(b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 411, "Content-Length");
+    refused(
+        &server,
+        server.call("POST", "/v1/start", "garbage"),
+        400,
+        "invalid start request",
+    );
+    refused(
+        &server,
+        server.call(
+            "POST",
+            "/v1/start",
+            r#"{"netns":"x","endpoints":["1.2.3"]}"#,
+        ),
+        400,
+        "endpoints[0]",
+    );
+    refused(
+        &server,
+        server.call(
+            "POST",
+            "/v1/start",
+            r#"{"netns":"x","endpoints":["198.18.0.1"],"bogus":1}"#,
+        ),
+        400,
+        "unknown field `bogus`",
+    );
+    refused(
+        &server,
+        server.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+        400,
+        "request",
+    );
+    refused(
+        &server,
+        server.raw(b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        411,
+        "Content-Length",
+    );
     let big = "x".repeat(70 * 1024);
-    refused(&server, server.call("POST", "/v1/start", &big), 413, "limit is 65536");
-    refused(&server, server.call("GET", "/v2/anything", ""), 404, "POST /v1/start");
+    refused(
+        &server,
+        server.call("POST", "/v1/start", &big),
+        413,
+        "limit is 65536",
+    );
+    refused(
+        &server,
+        server.call("GET", "/v2/anything", ""),
+        404,
+        "POST /v1/start",
+    );
     let (status, head, _) = server.call("DELETE", "/v1/snapshot", "");
     assert_eq!(status, 405);
     assert!(head.contains("Allow: GET"), "{head}");
-    refused(&server, server.call("GET", "/v1/snapshot", ""), 409, "POST /v1/start first");
-    refused(&server, server.call("POST", "/v1/stop", ""), 409, "POST /v1/start first");
     refused(
         &server,
-        server.call("POST", "/v1/start", r#"{"netns":"netprof-no-such-ns","endpoints":["198.18.0.1"]}"#),
+        server.call("GET", "/v1/snapshot", ""),
+        409,
+        "POST /v1/start first",
+    );
+    refused(
+        &server,
+        server.call("POST", "/v1/stop", ""),
+        409,
+        "POST /v1/start first",
+    );
+    refused(
+        &server,
+        server.call(
+            "POST",
+            "/v1/start",
+            r#"{"netns":"netprof-no-such-ns","endpoints":["198.18.0.1"]}"#,
+        ),
         422,
         "netprof-no-such-ns",
     );
@@ -192,7 +289,10 @@ fn control_api_profiles_a_real_benchmark() {
     server.healthy();
 
     // ---- start on node 2, as the DaemonSet's agent on the server's node ----
-    let endpoints: Vec<String> = lab_endpoints(&built).iter().map(ToString::to_string).collect();
+    let endpoints: Vec<String> = lab_endpoints(&built)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let start = serde_json::json!({
         "netns": names.node(Node::Two),
         "pod_netns": [names.pod(Node::Two)],
@@ -204,8 +304,16 @@ fn control_api_profiles_a_real_benchmark() {
     let started = server.json("POST", "/v1/start", &start, 200);
     println!("start: {started}");
     assert!(started["attach_ms"].as_f64().unwrap() > 0.0);
-    refused(&server, server.call("POST", "/v1/start", &start), 409, "already attached");
-    assert_eq!(server.json("GET", "/v1/status", "", 200)["state"], "attached");
+    refused(
+        &server,
+        server.call("POST", "/v1/start", &start),
+        409,
+        "already attached",
+    );
+    assert_eq!(
+        server.json("GET", "/v1/status", "", 200)["state"],
+        "attached"
+    );
 
     // ---- ping pod1 -> pod2: exact hits in the snapshot and in /metrics ----
     ping(&pod_path.client_netns, pod_path.server_ip);
@@ -214,38 +322,78 @@ fn control_api_profiles_a_real_benchmark() {
     assert_eq!(status, 200);
     assert!(head.contains("X-Netprof-State: attached"), "{head}");
     let report = server.report("GET", "/v1/snapshot");
-    assert_eq!((report.schema.as_str(), report.node.as_str()), (SCHEMA, "node2"));
+    assert_eq!(
+        (report.schema.as_str(), report.node.as_str()),
+        (SCHEMA, "node2")
+    );
     assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
     assert_eq!(report.hits("eno1 tc-egress"), PINGS);
-    assert_eq!(report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))), PINGS);
+    assert_eq!(
+        report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))),
+        PINGS
+    );
     assert!(!report.segments.is_empty(), "no segments after ping");
     let program_ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
-    assert!(!program_ids.is_empty(), "the report lists the agent's programs");
+    assert!(
+        !program_ids.is_empty(),
+        "the report lists the agent's programs"
+    );
     let (status, head, metrics) = server.call("GET", "/metrics", "");
     assert_eq!(status, 200);
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     for line in [
         "netprof_agent_attached 1",
         "# TYPE netprof_checkpoint_hits_total counter",
         "netprof_checkpoint_hits_total{checkpoint=\"eno1 tc-ingress\"} 20",
         "netprof_checkpoint_hits_total{checkpoint=\"eno1 tc-egress\"} 20",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
     }
-    for family in ["netprof_segment_count{stage=", "netprof_segment_p50_seconds{stage=", "netprof_counter_total{counter=\"admitted\"}", "netprof_program_runs_total{program=\"cp_"] {
+    for family in [
+        "netprof_segment_count{stage=",
+        "netprof_segment_p50_seconds{stage=",
+        "netprof_counter_total{counter=\"admitted\"}",
+        "netprof_program_runs_total{program=\"cp_",
+    ] {
         assert!(metrics.contains(family), "no {family} in\n{metrics}");
     }
 
     // ---- reset, then ab through the NodePort (DNAT to the nginx pod on node 2) ----
     let (status, _, _) = server.call("POST", "/v1/reset", "");
     assert_eq!(status, 204);
-    assert_eq!(server.report("GET", "/v1/snapshot").hits("eno1 tc-ingress"), 0, "reset clears the hits");
+    assert_eq!(
+        server.report("GET", "/v1/snapshot").hits("eno1 tc-ingress"),
+        0,
+        "reset clears the hits"
+    );
     let work = std::env::temp_dir().join(format!("netprof-agent-api-{}", names.lab()));
     let nginx = servers::start_nginx(&pod_path.server_netns, &work).unwrap();
-    let cfg = BenchConfig { ab_requests: 500, ab_concurrency: 10, ..BenchConfig::default() };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let ab = runtime.block_on(tools::ab(&pod_path.http_client_netns, pod_path.http_target, &cfg)).unwrap();
-    println!("ab: {} requests, {:.0} req/s, {} failed", ab.complete_requests, ab.requests_per_second, ab.failed_requests);
+    let cfg = BenchConfig {
+        ab_requests: 500,
+        ab_concurrency: 10,
+        ..BenchConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ab = runtime
+        .block_on(tools::ab(
+            &pod_path.http_client_netns,
+            pod_path.http_target,
+            &cfg,
+        ))
+        .unwrap();
+    println!(
+        "ab: {} requests, {:.0} req/s, {} failed",
+        ab.complete_requests, ab.requests_per_second, ab.failed_requests
+    );
     assert_eq!((ab.complete_requests, ab.failed_requests), (500, 0));
     std::thread::sleep(Duration::from_millis(200));
     let report = server.report("GET", "/v1/snapshot");
@@ -254,9 +402,15 @@ fn control_api_profiles_a_real_benchmark() {
     for s in report.stage_segments(netprof::agent::Stage::Other) {
         println!("  other: {} x {} -> {}", s.count, s.from_name, s.to_name);
     }
-    assert!(report.hits("eno1 tc-ingress") >= 500, "every request crosses node 2's uplink");
+    assert!(
+        report.hits("eno1 tc-ingress") >= 500,
+        "every request crosses node 2's uplink"
+    );
     for stage in ["conntrack", "nat-dnat", "bridge", "veth"] {
-        assert!(stages.contains(&stage), "no {stage} segment for ab through the NodePort");
+        assert!(
+            stages.contains(&stage),
+            "no {stage} segment for ab through the NodePort"
+        );
     }
     assert!(!report.segments.is_empty());
     assert!(report.counters.admitted > 0);
@@ -265,11 +419,22 @@ fn control_api_profiles_a_real_benchmark() {
     // ---- stop: the final report; then nothing attached ----
     let last = server.report("POST", "/v1/stop");
     assert!(last.hits("eno1 tc-ingress") >= 500);
-    refused(&server, server.call("GET", "/v1/snapshot", ""), 409, "POST /v1/start first");
+    refused(
+        &server,
+        server.call("GET", "/v1/snapshot", ""),
+        409,
+        "POST /v1/start first",
+    );
     for id in &program_ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after /v1/stop");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after /v1/stop"
+        );
     }
-    assert!(server.call("GET", "/metrics", "").2.ends_with("netprof_agent_attached 0\n"));
+    assert!(server
+        .call("GET", "/metrics", "")
+        .2
+        .ends_with("netprof_agent_attached 0\n"));
 
     // ---- duration_s: stops by itself, the final report waits for /v1/stop ----
     let timed = start.replacen('{', "{\"duration_s\": 2,", 1);
@@ -277,28 +442,50 @@ fn control_api_profiles_a_real_benchmark() {
     ping(&pod_path.client_netns, pod_path.server_ip);
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.json("GET", "/v1/status", "", 200)["state"] != "stopped" {
-        assert!(Instant::now() < deadline, "duration_s did not stop the agent");
+        assert!(
+            Instant::now() < deadline,
+            "duration_s did not stop the agent"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, head, _) = server.call("GET", "/v1/snapshot", "");
     assert!(head.contains("X-Netprof-State: stopped"), "{head}");
-    assert_eq!(server.report("POST", "/v1/stop").hits("eno1 tc-ingress"), PINGS);
+    assert_eq!(
+        server.report("POST", "/v1/stop").hits("eno1 tc-ingress"),
+        PINGS
+    );
     assert_eq!(server.json("GET", "/v1/status", "", 200)["state"], "idle");
 
     // ---- SIGTERM while attached: detach, exit 0, nothing left in the kernel ----
     server.json("POST", "/v1/start", &start, 200);
-    let ids: Vec<u32> = server.report("GET", "/v1/snapshot").programs.iter().map(|p| p.id).collect();
+    let ids: Vec<u32> = server
+        .report("GET", "/v1/snapshot")
+        .programs
+        .iter()
+        .map(|p| p.id)
+        .collect();
     let mut server = server;
     sigterm(server.child.id());
     let status = wait(&mut server.child, Duration::from_secs(15));
-    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{}", server.stderr.lock().unwrap());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; stderr:\n{}",
+        server.stderr.lock().unwrap()
+    );
     for id in &ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after SIGTERM");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after SIGTERM"
+        );
     }
     let left = loaded(&ids);
     assert!(left.is_empty(), "still loaded after SIGTERM: {left:?}");
     let log = server.stderr.lock().unwrap().clone();
-    assert!(log.contains("terminated (SIGTERM)") && log.contains("detached from"), "{log}");
+    assert!(
+        log.contains("terminated (SIGTERM)") && log.contains("detached from"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(work);
     println!("{} programs freed after SIGTERM", ids.len());
 }
@@ -315,7 +502,14 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     }
     let names = LabNames::new(&unique_lab_name()).unwrap();
     let _cleanup = Cleanup(names.clone());
-    let built = lab::up(&names, LabSpec { mode: Mode::FlannelHostgw, services: 0 }).unwrap();
+    let built = lab::up(
+        &names,
+        LabSpec {
+            mode: Mode::FlannelHostgw,
+            services: 0,
+        },
+    )
+    .unwrap();
     let pod_path = built.pod_path().unwrap();
     let node2 = names.node(Node::Two);
     let server = Server::start_in(Some(&node2));
@@ -323,8 +517,12 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     let (status, _, body) = server.call("GET", "/readyz", "");
     assert_eq!((status, body.as_str()), (200, "ready\n"));
 
-    let endpoints: Vec<String> = lab_endpoints(&built).iter().map(ToString::to_string).collect();
-    let body = serde_json::json!({"pod_netns": [names.pod(Node::Two)], "endpoints": endpoints}).to_string();
+    let endpoints: Vec<String> = lab_endpoints(&built)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let body = serde_json::json!({"pod_netns": [names.pod(Node::Two)], "endpoints": endpoints})
+        .to_string();
     let started = server.json("POST", "/v1/start", &body, 200);
     println!("start: {started}");
     let own = started["netns"].as_str().unwrap().to_owned();
@@ -336,15 +534,29 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     std::thread::sleep(Duration::from_millis(200));
     let report = server.report("GET", "/v1/snapshot");
     assert_eq!(report.netns, own);
-    assert_eq!(report.hits("eno1 tc-ingress"), PINGS, "node 2's uplink, seen from inside node 2");
-    assert_eq!(report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))), PINGS);
+    assert_eq!(
+        report.hits("eno1 tc-ingress"),
+        PINGS,
+        "node 2's uplink, seen from inside node 2"
+    );
+    assert_eq!(
+        report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))),
+        PINGS
+    );
     let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
 
     let last = server.report("POST", "/v1/stop");
     assert_eq!(last.hits("eno1 tc-ingress"), PINGS);
-    assert!(!own_path.exists(), "{} left after /v1/stop", own_path.display());
+    assert!(
+        !own_path.exists(),
+        "{} left after /v1/stop",
+        own_path.display()
+    );
     for id in &ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after /v1/stop");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after /v1/stop"
+        );
     }
 
     // Started again and then terminated: the name goes too.
@@ -354,8 +566,17 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     sigterm(server.child.id());
     let status = wait(&mut server.child, Duration::from_secs(15));
     // nsenter execs netprof: the exit status is the agent's.
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr.lock().unwrap());
-    assert!(!own_path.exists(), "{} left after SIGTERM", own_path.display());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr:\n{}",
+        server.stderr.lock().unwrap()
+    );
+    assert!(
+        !own_path.exists(),
+        "{} left after SIGTERM",
+        own_path.display()
+    );
 }
 
 /// Our programs (by id, named `cp_*`/`nf_h*`) that the kernel still has loaded.
@@ -368,7 +589,10 @@ fn loaded(ids: &[u32]) -> Vec<String> {
 }
 
 fn sigterm(pid: u32) {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -378,7 +602,10 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "the server did not exit within {limit:?} of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit within {limit:?} of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -33,7 +33,10 @@ fn node_one_lab(mode: Mode) -> (Cleanup, LabNames, netprof::lab::PathEndpoints, 
     let cleanup = Cleanup(names.clone());
     let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
     let path = built.pod_path().unwrap();
-    let endpoints = vec![addressing::pod_ip(mode, Node::One), addressing::pod_ip(mode, Node::Two)];
+    let endpoints = vec![
+        addressing::pod_ip(mode, Node::One),
+        addressing::pod_ip(mode, Node::Two),
+    ];
     let mut options = AgentOptions::new(names.node(Node::One), endpoints);
     options.pod_netns = vec![names.pod(Node::One)];
     (cleanup, names, path, options)
@@ -228,7 +231,11 @@ fn run(mode: Mode, hooks: HookFamilies) {
         }
         if !hooks.dev {
             // Without the tp_btf family its checkpoints are not reported (never as zero).
-            assert!(report.checkpoint("eno1 dev-rx").is_none(), "{}", report.node);
+            assert!(
+                report.checkpoint("eno1 dev-rx").is_none(),
+                "{}",
+                report.node
+            );
         }
         if mode == Mode::L2 {
             // Bridged frames never reach the bridge device itself.
@@ -329,7 +336,12 @@ fn run(mode: Mode, hooks: HookFamilies) {
         );
         // The uplink's own stage is the segment between its tc and tp_btf hooks (its qdisc and
         // driver): there only when the tp_btf family is attached.
-        assert_eq!(has_stage(report, Stage::Uplink), hooks.dev, "{}", report.node);
+        assert_eq!(
+            has_stage(report, Stage::Uplink),
+            hooks.dev,
+            "{}",
+            report.node
+        );
         if mode == Mode::Host {
             let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone];
             assert!(
@@ -361,8 +373,15 @@ fn run(mode: Mode, hooks: HookFamilies) {
         assert!(tc.run_count > 0 && tc.run_time_ns > 0, "{tc:?}");
         // Journeys end in the tp_btf programs (the classic tracepoints are the fallback).
         let consume = report.programs.iter().find(|p| p.name == "cp_consume_btf");
-        assert!(consume.is_some_and(|p| p.run_count > 0), "{:?}", report.programs);
-        assert!(!report.programs.iter().any(|p| p.name == "cp_consume_skb"), "classic fallback loaded");
+        assert!(
+            consume.is_some_and(|p| p.run_count > 0),
+            "{:?}",
+            report.programs
+        );
+        assert!(
+            !report.programs.iter().any(|p| p.name == "cp_consume_skb"),
+            "classic fallback loaded"
+        );
     }
 
     // The server node delivers the requests to its stack (`consumed`). The client's replies
@@ -414,7 +433,11 @@ fn run(mode: Mode, hooks: HookFamilies) {
         watched.extend([Node::One, Node::Two].map(|node| (names.pod(node), "eth0")));
     }
     for (ns, dev) in &watched {
-        assert_eq!(tcx_ids_after_release(ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
+        assert_eq!(
+            tcx_ids_after_release(ns, dev),
+            Vec::<u32>::new(),
+            "TCX left on {dev} in {ns}"
+        );
     }
     println!("{mode}: {} programs unloaded, no TCX links left", ids.len());
 }
@@ -553,7 +576,10 @@ fn cli_errors_come_before_attaching() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
-    assert!(!std::path::Path::new("/tmp/netprof-agent-x.json").exists(), "empty report left behind");
+    assert!(
+        !std::path::Path::new("/tmp/netprof-agent-x.json").exists(),
+        "empty report left behind"
+    );
 
     let out = netprof(&[
         "agent",
@@ -688,7 +714,10 @@ extern "C" {
 #[test]
 fn sampling_follows_a_fraction_and_decides_each_packet_once() {
     if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {
-        print_skip("sampling_follows_a_fraction_and_decides_each_packet_once", &reason);
+        print_skip(
+            "sampling_follows_a_fraction_and_decides_each_packet_once",
+            &reason,
+        );
         return;
     }
     const N: u64 = 200;
@@ -699,7 +728,12 @@ fn sampling_follows_a_fraction_and_decides_each_packet_once() {
     std::thread::sleep(Duration::from_millis(200));
     let report = agent.snapshot().unwrap();
     let c = report.counters;
-    println!("sample 1/4 over {} packets: admitted {}, sampled out {}", 2 * N, c.admitted, c.sampled_out);
+    println!(
+        "sample 1/4 over {} packets: admitted {}, sampled out {}",
+        2 * N,
+        c.admitted,
+        c.sampled_out
+    );
     // Every request and reply is decided once, where it first meets a checkpoint of this node.
     assert_eq!(c.admitted + c.sampled_out, 2 * N, "{c:?}");
     // 1 in 4 on average (100 of 400); the bounds are 8 standard deviations wide.
@@ -728,33 +762,63 @@ fn statistics_are_sampled_in_slices_and_hits_stay_exact() {
     const N: u64 = 250;
     let mode = Mode::FlannelHostgw;
     let (_cleanup, _names, path, options) = node_one_lab(mode);
-    assert_eq!(options.stats_share, netprof::agent::stats::DEFAULT_STATS_SHARE);
+    assert_eq!(
+        options.stats_share,
+        netprof::agent::stats::DEFAULT_STATS_SHARE
+    );
     let agent = Agent::start(&options).unwrap();
     // 250 pings 10 ms apart: about 2.5 s, three slices of 100 ms.
     ping(&path.client_netns, path.server_ip, N);
     let report = agent.snapshot().unwrap();
-    let stats_s = report.stats_s.expect("the report says how long bpf_stats were on");
+    let stats_s = report
+        .stats_s
+        .expect("the report says how long bpf_stats were on");
     println!("bpf_stats on {stats_s:.3} s of {:.3} s", report.elapsed_s);
-    assert!((0.15..=0.6).contains(&stats_s), "stats on {stats_s} s of {} s", report.elapsed_s);
-    let uplink = report.programs.iter().find(|p| p.name == "cp_tc_egress").expect("cp_tc_egress in the programs");
+    assert!(
+        (0.15..=0.6).contains(&stats_s),
+        "stats on {stats_s} s of {} s",
+        report.elapsed_s
+    );
+    let uplink = report
+        .programs
+        .iter()
+        .find(|p| p.name == "cp_tc_egress")
+        .expect("cp_tc_egress in the programs");
     // Runs counted only in the slices: far fewer than the programs' runs, but some.
     let hits = report.hits("eno1 tc-egress");
     assert_eq!(hits, N, "every request counted by netprof's own maps");
-    assert!(uplink.run_count > 0 && uplink.ns_per_run > 0.0, "{uplink:?}");
-    assert!(uplink.run_count < 4 * N * 6 / 10, "runs counted outside the slices? {uplink:?}");
+    assert!(
+        uplink.run_count > 0 && uplink.ns_per_run > 0.0,
+        "{uplink:?}"
+    );
+    assert!(
+        uplink.run_count < 4 * N * 6 / 10,
+        "runs counted outside the slices? {uplink:?}"
+    );
     // A light step keeps them on throughout (bench --profile does so for pings).
     agent.full_stats(true).unwrap();
     agent.reset().unwrap();
     ping(&path.client_netns, path.server_ip, 100);
     let full = agent.snapshot().unwrap();
     let full_s = full.stats_s.unwrap();
-    println!("with full statistics: on {full_s:.3} s of {:.3} s", full.elapsed_s);
-    assert!(full_s >= 0.95 * full.elapsed_s, "{full_s} of {}", full.elapsed_s);
+    println!(
+        "with full statistics: on {full_s:.3} s of {:.3} s",
+        full.elapsed_s
+    );
+    assert!(
+        full_s >= 0.95 * full.elapsed_s,
+        "{full_s} of {}",
+        full.elapsed_s
+    );
     agent.full_stats(false).unwrap();
     drop(agent);
     let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
     assert_eq!(enabled.trim(), "0", "bpf_stats left on");
-    assert!(Agent::start(&AgentOptions { stats_share: 0, ..options }).is_err_and(|e| matches!(e, AgentError::StatsShare(0))));
+    assert!(Agent::start(&AgentOptions {
+        stats_share: 0,
+        ..options
+    })
+    .is_err_and(|e| matches!(e, AgentError::StatsShare(0))));
 }
 
 /// The netfilter fallback for kernels without netfilter links, forced (`nf-fentry`): where the
@@ -777,14 +841,28 @@ fn netfilter_through_fentry_is_measured_or_reported_not_measured() {
     std::thread::sleep(Duration::from_millis(200));
     let report = agent.snapshot().unwrap();
     print_report(&report);
-    let refused: Vec<_> = report.not_measured.iter().filter(|n| n.what.starts_with("netfilter via fentry/fexit on ")).collect();
+    let refused: Vec<_> = report
+        .not_measured
+        .iter()
+        .filter(|n| n.what.starts_with("netfilter via fentry/fexit on "))
+        .collect();
     for entry in &refused {
         println!("not measured: {}: {}", entry.what, entry.reason);
-        assert!(entry.reason.contains("asked for") && entry.reason.len() > "asked for (--hooks nf-fentry); ".len(), "{entry:?}");
+        assert!(
+            entry.reason.contains("asked for")
+                && entry.reason.len() > "asked for (--hooks nf-fentry); ".len(),
+            "{entry:?}"
+        );
     }
     if refused.len() == profiler_common::datapath::NF_TRACED.len() {
-        print_skip(test, "this kernel refuses fentry programs: checked the refusal path only");
-        assert!(report.checkpoints.iter().all(|c| c.kind != "netfilter"), "netfilter checkpoints reported though nothing traces them");
+        print_skip(
+            test,
+            "this kernel refuses fentry programs: checked the refusal path only",
+        );
+        assert!(
+            report.checkpoints.iter().all(|c| c.kind != "netfilter"),
+            "netfilter checkpoints reported though nothing traces them"
+        );
     } else {
         // Forwarded pod traffic crosses PRE_ROUTING, FORWARD and POST_ROUTING, 40 passes each.
         let nf = nf_hits(&report);
@@ -799,7 +877,10 @@ fn netfilter_through_fentry_is_measured_or_reported_not_measured() {
     let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
     drop(agent);
     for id in &ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after drop");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after drop"
+        );
     }
 }
 
@@ -817,16 +898,24 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     const N: u64 = 500;
     let mode = Mode::FlannelVxlan;
     let (_cleanup, names, path, mut options) = node_one_lab(mode);
-    options.duty = netprof::agent::duty::Duty::from_percent(40, Duration::from_millis(500)).unwrap();
+    options.duty =
+        netprof::agent::duty::Duty::from_percent(40, Duration::from_millis(500)).unwrap();
     const RCU_KNOB: &str = "/sys/kernel/rcu_expedited";
     let knob_before = std::fs::read_to_string(RCU_KNOB).unwrap();
     let agent = Agent::start(&options).unwrap();
     ping(&path.client_netns, path.server_ip, N);
     let report = agent.snapshot().unwrap();
     print_report(&report);
-    let duty = report.duty.clone().expect("the report says the agent was duty-cycled");
+    let duty = report
+        .duty
+        .clone()
+        .expect("the report says the agent was duty-cycled");
     let share = report.attached_fraction();
-    println!("duty: {duty:?}, attached {:.0}% of {:.2} s", share * 100.0, report.elapsed_s);
+    println!(
+        "duty: {duty:?}, attached {:.0}% of {:.2} s",
+        share * 100.0,
+        report.elapsed_s
+    );
     assert!(duty.windows >= 6, "{duty:?}");
     assert!((0.25..=0.6).contains(&share), "attached share {share}");
     // Every edge (a close and an open per window) ran with expedited RCU on this root machine.
@@ -836,22 +925,50 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
     let replies = report.hits("eno1 tc-ingress");
     println!("windows saw {requests} requests and {replies} replies of {N}");
     // About 40% of the pings; wide bounds for scheduling jitter, far from 0 and from N.
-    assert!((N / 6..=N * 3 / 4).contains(&requests), "requests {requests}");
+    assert!(
+        (N / 6..=N * 3 / 4).contains(&requests),
+        "requests {requests}"
+    );
     // A window edge can fall between a request and its reply: at most one per window.
-    assert!(requests.abs_diff(replies) <= duty.windows, "{requests} vs {replies}");
+    assert!(
+        requests.abs_diff(replies) <= duty.windows,
+        "{requests} vs {replies}"
+    );
     assert_eq!(report.counters.abandoned, 0, "{:?}", report.counters);
-    let other: Vec<String> = report.stage_segments(Stage::Other).map(|s| format!("{} x {} -> {}", s.count, s.from_name, s.to_name)).collect();
-    assert!(other.is_empty(), "unnamed segments: {other:?}; not measured: {:?}", report.not_measured);
+    let other: Vec<String> = report
+        .stage_segments(Stage::Other)
+        .map(|s| format!("{} x {} -> {}", s.count, s.from_name, s.to_name))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "unnamed segments: {other:?}; not measured: {:?}",
+        report.not_measured
+    );
     assert!(report.stage_segments(Stage::VxlanEncap).next().is_some());
     let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
     drop(agent);
     for id in &ids {
-        assert!(program_unloaded(*id).unwrap(), "program {id} still loaded after drop");
+        assert!(
+            program_unloaded(*id).unwrap(),
+            "program {id} still loaded after drop"
+        );
     }
-    for (ns, dev) in [(names.node(Node::One), "eno1"), (names.node(Node::One), "flannel.1"), (names.pod(Node::One), "eth0")] {
-        assert_eq!(tcx_ids_after_release(&ns, dev), Vec::<u32>::new(), "TCX left on {dev} in {ns}");
+    for (ns, dev) in [
+        (names.node(Node::One), "eno1"),
+        (names.node(Node::One), "flannel.1"),
+        (names.pod(Node::One), "eth0"),
+    ] {
+        assert_eq!(
+            tcx_ids_after_release(&ns, dev),
+            Vec::<u32>::new(),
+            "TCX left on {dev} in {ns}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(RCU_KNOB).unwrap(), knob_before, "{RCU_KNOB} written back");
+    assert_eq!(
+        std::fs::read_to_string(RCU_KNOB).unwrap(),
+        knob_before,
+        "{RCU_KNOB} written back"
+    );
     let note = std::fs::read_to_string("/run/netprof/rcu_expedited.lock").unwrap_or_default();
     assert_eq!(note, "", "no value left to restore");
 }
@@ -867,13 +984,25 @@ fn netlink_link_listing_matches_ip() {
     }
     let names = LabNames::new(&unique_lab_name()).unwrap();
     let _cleanup = Cleanup(names.clone());
-    lab::up(&names, LabSpec { mode: Mode::FlannelVxlan, services: 0 }).unwrap();
+    lab::up(
+        &names,
+        LabSpec {
+            mode: Mode::FlannelVxlan,
+            services: 0,
+        },
+    )
+    .unwrap();
     for netns in [names.node(Node::One), names.pod(Node::One)] {
         let mut ours = netprof::agent::netlink_links::list(&netns).unwrap();
         let mut ip = netprof::agent::devices::list_links_with_ip(&netns).unwrap();
         ours.sort_by_key(|l| l.ifindex);
         ip.sort_by_key(|l| l.ifindex);
-        println!("{netns}: {:?}", ours.iter().map(|l| (&l.ifname, &l.kind, &l.master)).collect::<Vec<_>>());
+        println!(
+            "{netns}: {:?}",
+            ours.iter()
+                .map(|l| (&l.ifname, &l.kind, &l.master))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(ours, ip, "{netns}");
     }
 }

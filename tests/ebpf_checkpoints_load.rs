@@ -19,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        tc::TcAttachOptions, BtfTracePoint, FEntry, FExit, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        tc::TcAttachOptions, BtfTracePoint, FEntry, FExit, LinkOrder, SchedClassifier,
+        TcAttachType, TracePoint,
     },
     Btf, Ebpf,
 };
@@ -32,19 +33,20 @@ use netprof_tests::{
     skip_netfilter_test, tracepoint_field_offset, KernelBtf, Netns, VethLab,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, DropKey, SegmentKey, SegmentSlot, MAX_SEGMENTS,
-    COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED,
-    COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
+    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, DropKey, SegmentKey, SegmentSlot,
+    ALL_MAPS, AYA_PROGRAMS, COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT,
+    COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
     COUNTER_SEGMENT_FULL, CP_CONSUMED, CP_NONE, DEVICE_CP_BASE, MAP_CONFIG, MAP_COUNTERS,
     MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS,
-    MAX_CHECKPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    ALL_MAPS, AYA_PROGRAMS, NF_PROGRAMS, NF_TRACED, VERIFIER_TWINS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
+    MAX_CHECKPOINTS, MAX_SEGMENTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
+    NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF,
+    PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
+    VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
 const PINGS: u64 = 20;
-
 
 const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "admitted",
@@ -98,7 +100,12 @@ fn kernel_config(node_netns_inum: u32) -> Result<Config> {
 fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     let btf = Btf::from_sys_fs().context("kernel BTF")?;
     let mut ids = Vec::new();
-    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS] {
+    for name in [
+        PROG_TC_INGRESS,
+        PROG_TC_EGRESS,
+        PROG_TC_POD_INGRESS,
+        PROG_TC_POD_EGRESS,
+    ] {
         let program: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         program.load().with_context(|| format!("loading {name}"))?;
         ids.push((name, program.info()?.id()));
@@ -123,7 +130,9 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     // The fallback's bodies through this kernel's verifier, as tp_btf twins: they must load.
     for (name, tp) in VERIFIER_TWINS {
         let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
-        program.load(tp, &btf).with_context(|| format!("loading the verifier twin {name}"))?;
+        program
+            .load(tp, &btf)
+            .with_context(|| format!("loading the verifier twin {name}"))?;
         ids.push((name, program.info()?.id()));
     }
     // The netfilter fallback's fentry/fexit pairs: where the kernel refuses them (this CI
@@ -139,7 +148,9 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
         })();
         match loaded {
             Ok([entry_id, exit_id]) => ids.extend([(entry, entry_id), (exit, exit_id)]),
-            Err(err) => println!("not loaded, the kernel refuses it: {entry}/{exit} on {function}: {err:#}"),
+            Err(err) => {
+                println!("not loaded, the kernel refuses it: {entry}/{exit} on {function}: {err:#}")
+            }
         }
     }
     Ok(ids)
@@ -260,10 +271,15 @@ type SegmentTotals = (u64, u64, u64);
 /// Segment histograms summed over CPUs, by (from, to).
 fn segments(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u16), SegmentTotals>> {
     // Read straight from the map (not through netprof's reader): every CPU's slots.
-    let map: PerCpuArray<&MapData, SegmentSlot> = PerCpuArray::try_from(ebpf.map(MAP_SEGMENTS).context("segments map")?)?;
+    let map: PerCpuArray<&MapData, SegmentSlot> =
+        PerCpuArray::try_from(ebpf.map(MAP_SEGMENTS).context("segments map")?)?;
     let mut out: BTreeMap<(u16, u16), SegmentTotals> = BTreeMap::new();
     for index in 0..MAX_SEGMENTS {
-        for slot in map.get(&index, 0)?.iter().filter(|s| s.key != SegmentKey::default()) {
+        for slot in map
+            .get(&index, 0)?
+            .iter()
+            .filter(|s| s.key != SegmentKey::default())
+        {
             let total = out.entry((slot.key.from, slot.key.to)).or_default();
             total.0 += slot.hist.count;
             total.1 += slot.hist.sum_ns;
@@ -515,7 +531,10 @@ fn drop_and_check_freed(
         match program(&mut ebpf, name)?.info() {
             Ok(info) => ids.push(info.id()),
             // Refused by this kernel (printed when loading), so never loaded.
-            Err(_) if NF_TRACED.iter().any(|(_, entry, exit)| [entry, exit].contains(&&name)) => {}
+            Err(_)
+                if NF_TRACED
+                    .iter()
+                    .any(|(_, entry, exit)| [entry, exit].contains(&&name)) => {}
             Err(err) => return Err(err).with_context(|| format!("{name} was not loaded")),
         }
     }

@@ -27,11 +27,26 @@ fn ping_pods_and_count(mode: Mode) -> Option<netprof::ebpf::IcmpCounts> {
     let pod = built.pod_path().unwrap();
     let counter = UplinkCounter::attach(Some(&names.node(Node::One)), "eno1").unwrap();
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &pod.client_netns, "ping", "-c", &PINGS.to_string(), "-i", "0.01", "-W", "1"])
+        .args([
+            "netns",
+            "exec",
+            &pod.client_netns,
+            "ping",
+            "-c",
+            &PINGS.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+        ])
         .arg(pod.server_ip.to_string())
         .output()
         .unwrap();
-    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let counts = counter.counts().unwrap();
     counter.detach().unwrap();
     println!("{mode}: {}", serde_json::to_string(&counts).unwrap());
@@ -40,7 +55,9 @@ fn ping_pods_and_count(mode: Mode) -> Option<netprof::ebpf::IcmpCounts> {
 
 #[test]
 fn hostgw_pod_pings_cross_the_uplink_as_icmp() {
-    let Some(counts) = ping_pods_and_count(Mode::FlannelHostgw) else { return };
+    let Some(counts) = ping_pods_and_count(Mode::FlannelHostgw) else {
+        return;
+    };
     assert_eq!(counts.egress_echo_requests, u64::from(PINGS));
     assert_eq!(counts.ingress_echo_replies, u64::from(PINGS));
     assert_eq!(counts.ingress_echo_requests + counts.egress_echo_replies, 0);
@@ -48,7 +65,9 @@ fn hostgw_pod_pings_cross_the_uplink_as_icmp() {
 
 #[test]
 fn vxlan_pod_pings_cross_the_uplink_encapsulated() {
-    let Some(counts) = ping_pods_and_count(Mode::FlannelVxlan) else { return };
+    let Some(counts) = ping_pods_and_count(Mode::FlannelVxlan) else {
+        return;
+    };
     // Every echo is inside a VXLAN/UDP packet on eno1: no bare ICMP echo, and at least one
     // encapsulated packet per echo and per reply.
     assert_eq!(counts.egress_echo_requests + counts.ingress_echo_replies, 0);

@@ -11,9 +11,7 @@ use netprof::ebpf::netfilter::{
     Hook, NetfilterLoader, NetfilterProgram, MAP_NAME, NFPROTO_IPV4, NF_OBJECT, PROG_COUNT,
     SLOT_PACKETS,
 };
-use netprof_tests::{
-    ping, program_unloaded, run, skip_netfilter_test, VethLab,
-};
+use netprof_tests::{ping, program_unloaded, run, skip_netfilter_test, VethLab};
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
 const PINGS: u32 = 20;
 

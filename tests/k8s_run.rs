@@ -24,9 +24,13 @@ use std::time::{Duration, Instant};
 use netprof::bench::result::ModeResult;
 use netprof::k8s::rbac::REQUIRED_RULES;
 use netprof::lab::{self, LabNames, LabSpec, Mode};
-use netprof_tests::fake_apiserver::canned::{agent_pod, fixture_output, CannedAgent, CannedBackend, NODE_A, NODE_A_IP, NODE_B, NODE_B_IP};
+use netprof_tests::fake_apiserver::canned::{
+    agent_pod, fixture_output, CannedAgent, CannedBackend, NODE_A, NODE_A_IP, NODE_B, NODE_B_IP,
+};
 use netprof_tests::fake_apiserver::lab_backend::{LabAgents, LabBackend};
-use netprof_tests::fake_apiserver::{Backend, ExecOutcome, FakeApiServer, FakeConfig, FakeNode, State};
+use netprof_tests::fake_apiserver::{
+    Backend, ExecOutcome, FakeApiServer, FakeConfig, FakeNode, State,
+};
 use netprof_tests::{ebpf_skip_reason, netprof_bin, print_skip, unique_lab_name};
 
 /// A directory removed on drop.
@@ -35,7 +39,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!("netprof-k8s-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "netprof-k8s-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -73,13 +81,21 @@ impl Harness {
     /// `netprof k8s <args> --kubeconfig <fake>`.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(netprof_bin());
-        command.arg("k8s").args(args).arg("--kubeconfig").arg(self.kubeconfig());
+        command
+            .arg("k8s")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig());
         command
     }
 
     fn k8s(&self, args: &[&str]) -> Output {
         let output = self.command(args).output().unwrap();
-        eprintln!("--- netprof k8s {args:?} ({})\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "--- netprof k8s {args:?} ({})\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
         output
     }
 
@@ -102,13 +118,21 @@ impl Harness {
             let left: Vec<String> = s
                 .pods
                 .values()
-                .filter(|p| p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("netprof.io/run")))
+                .filter(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key("netprof.io/run"))
+                })
                 .filter_map(|p| p.metadata.name.clone())
                 .collect();
             (s.created.clone(), s.deleted.clone(), left)
         });
         for pod in &created {
-            assert!(deleted.contains(pod), "{pod} was created but not deleted (deleted: {deleted:?})");
+            assert!(
+                deleted.contains(pod),
+                "{pod} was created but not deleted (deleted: {deleted:?})"
+            );
         }
         assert!(left.is_empty(), "pods left on the cluster: {left:?}");
     }
@@ -118,24 +142,44 @@ impl Harness {
         let used = self.state(State::verbs_used);
         let required = required_verbs();
         let extra: Vec<_> = used.difference(&required).collect();
-        assert!(extra.is_empty(), "API calls outside netprof::k8s::rbac::REQUIRED_RULES: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "API calls outside netprof::k8s::rbac::REQUIRED_RULES: {extra:?}"
+        );
         used
     }
 }
 
-const SMALL_RUN: [&str; 8] = ["--ping-count", "20", "--iperf3-seconds", "1", "--ab-requests", "200", "--ab-concurrency", "4"];
+const SMALL_RUN: [&str; 8] = [
+    "--ping-count",
+    "20",
+    "--iperf3-seconds",
+    "1",
+    "--ab-requests",
+    "200",
+    "--ab-concurrency",
+    "4",
+];
 
 fn required_verbs() -> BTreeSet<(String, String)> {
     REQUIRED_RULES
         .iter()
-        .flat_map(|(_, resource, verbs)| verbs.iter().map(move |v| ((*resource).to_owned(), (*v).to_owned())))
+        .flat_map(|(_, resource, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| ((*resource).to_owned(), (*v).to_owned()))
+        })
         .collect()
 }
 
 /// The study's two labelled nodes and an unlabelled control-plane node.
 fn labelled_nodes() -> Vec<FakeNode> {
     vec![
-        FakeNode::new("fake-cp", "198.18.0.9".parse().unwrap(), &[("node-role.kubernetes.io/control-plane", "")]),
+        FakeNode::new(
+            "fake-cp",
+            "198.18.0.9".parse().unwrap(),
+            &[("node-role.kubernetes.io/control-plane", "")],
+        ),
         FakeNode::new(NODE_A, NODE_A_IP, &[("workern", "1")]),
         FakeNode::new(NODE_B, NODE_B_IP, &[("workern", "2")]),
     ]
@@ -143,9 +187,16 @@ fn labelled_nodes() -> Vec<FakeNode> {
 
 /// The one `netprof: error:` line of a failed run.
 fn error_line(output: &Output) -> String {
-    assert!(!output.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        !output.status.success(),
+        "expected a failure; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("netprof: error:")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("netprof: error:"))
+        .collect();
     assert_eq!(lines.len(), 1, "stderr: {stderr}");
     lines[0].to_owned()
 }
@@ -162,19 +213,39 @@ fn run_id(stderr: &str) -> String {
 
 fn read_result(dir: &Path, mode: &str) -> ModeResult {
     let path = dir.join(format!("{mode}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn netprof_report(dir: &Path, format: &str) -> String {
-    let output = Command::new(netprof_bin()).arg("report").arg(dir).args(["--format", format]).output().unwrap();
-    assert!(output.status.success(), "netprof report {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(netprof_bin())
+        .arg("report")
+        .arg(dir)
+        .args(["--format", format])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "netprof report {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Canned agents on both nodes, routed from their pods.
-fn with_agents(harness: &Harness, backend: &CannedBackend, fail_b: Option<&'static str>) -> (CannedAgent, CannedAgent) {
+fn with_agents(
+    harness: &Harness,
+    backend: &CannedBackend,
+    fail_b: Option<&'static str>,
+) -> (CannedAgent, CannedAgent) {
     let (a, b) = (CannedAgent::start(None), CannedAgent::start(fail_b));
-    for (pod, node, ip, agent) in [("netprof-agent-a", NODE_A, NODE_A_IP, &a), ("netprof-agent-b", NODE_B, NODE_B_IP, &b)] {
+    for (pod, node, ip, agent) in [
+        ("netprof-agent-a", NODE_A, NODE_A_IP, &a),
+        ("netprof-agent-b", NODE_B, NODE_B_IP, &b),
+    ] {
         harness.server.add_pod(agent_pod(pod, node, ip));
         backend.route_agent(pod, agent.addr);
     }
@@ -183,10 +254,28 @@ fn with_agents(harness: &Harness, backend: &CannedBackend, fail_b: Option<&'stat
 
 #[test]
 fn run_help_documents_a_complete_run() {
-    let output = Command::new(netprof_bin()).args(["k8s", "run", "--help"]).output().unwrap();
+    let output = Command::new(netprof_bin())
+        .args(["k8s", "run", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    for needle in ["kubectl apply -k deploy/", "workern=1", "--mode-name", "netprof.io/run", "hostNetwork", "netprof report <out>", "netprof k8s clean", "--image", "--nginx-image", "--ready-timeout", "--no-profile"] {
-        assert!(help.contains(needle), "`k8s run --help` lacks {needle:?}:\n{help}");
+    for needle in [
+        "kubectl apply -k deploy/",
+        "workern=1",
+        "--mode-name",
+        "netprof.io/run",
+        "hostNetwork",
+        "netprof report <out>",
+        "netprof k8s clean",
+        "--image",
+        "--nginx-image",
+        "--ready-timeout",
+        "--no-profile",
+    ] {
+        assert!(
+            help.contains(needle),
+            "`k8s run --help` lacks {needle:?}:\n{help}"
+        );
     }
 }
 
@@ -195,7 +284,10 @@ fn generated_pods_mirror_deploy_bench_pods() {
     use k8s_openapi::api::core::v1::Pod;
     use netprof::k8s::nodes::NodeInfo;
     use netprof::k8s::pods::{self, Images, NetPath};
-    let yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench-pods.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench-pods.yaml"),
+    )
+    .unwrap();
     let templates: Vec<Pod> = yaml
         .split("\n---")
         .filter(|doc| doc.contains("kind: Pod"))
@@ -203,20 +295,46 @@ fn generated_pods_mirror_deploy_bench_pods() {
         .collect();
     assert_eq!(templates.len(), 6);
     let node = NodeInfo::from_node(&serde_json::from_value(serde_json::json!({"metadata": {"name": "n", "labels": {"kubernetes.io/hostname": "n"}}})).unwrap());
-    let images = Images { netprof: "ghcr.io/netprof/netprof:0.1.0".into(), nginx: "docker.io/library/nginx:1.27-bookworm".into() };
+    let images = Images {
+        netprof: "ghcr.io/netprof/netprof:0.1.0".into(),
+        nginx: "docker.io/library/nginx:1.27-bookworm".into(),
+    };
     for bench in pods::plan("r1") {
         let mut made = pods::spec(&bench, "r1", &node, &images);
-        let suffix = if bench.path == NetPath::Host { "-host" } else { "" };
+        let suffix = if bench.path == NetPath::Host {
+            "-host"
+        } else {
+            ""
+        };
         let template_name = format!("netprof-{}{suffix}", bench.role.name());
-        let mut template = templates.iter().find(|t| t.metadata.name.as_deref() == Some(&template_name)).unwrap().clone();
+        let mut template = templates
+            .iter()
+            .find(|t| t.metadata.name.as_deref() == Some(&template_name))
+            .unwrap()
+            .clone();
         // What differs on purpose: name, the run label, the node pinning.
         let labels = made.metadata.labels.as_mut().unwrap();
         assert_eq!(labels.remove("netprof.io/run").as_deref(), Some("r1"));
-        assert_eq!(made.metadata.labels, template.metadata.labels, "{template_name}: labels");
-        let (made_spec, template_spec) = (made.spec.as_mut().unwrap(), template.spec.as_mut().unwrap());
-        assert_eq!(made_spec.node_selector.take().unwrap().get("kubernetes.io/hostname").map(String::as_str), Some("n"));
+        assert_eq!(
+            made.metadata.labels, template.metadata.labels,
+            "{template_name}: labels"
+        );
+        let (made_spec, template_spec) =
+            (made.spec.as_mut().unwrap(), template.spec.as_mut().unwrap());
+        assert_eq!(
+            made_spec
+                .node_selector
+                .take()
+                .unwrap()
+                .get("kubernetes.io/hostname")
+                .map(String::as_str),
+            Some("n")
+        );
         assert_eq!(template_spec.node_selector.take().unwrap().len(), 1);
-        assert_eq!(made_spec, template_spec, "{template_name}: spec differs from deploy/bench-pods.yaml");
+        assert_eq!(
+            made_spec, template_spec,
+            "{template_name}: spec differs from deploy/bench-pods.yaml"
+        );
     }
 }
 
@@ -229,30 +347,68 @@ fn a_full_run_writes_what_netprof_report_reads() {
     assert!(output.status.success(), "k8s run failed");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let id = run_id(&stderr);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("calico"), "the table on stdout");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("calico"),
+        "the table on stdout"
+    );
 
     let result = read_result(&harness.out(), "calico");
     assert_eq!(result.mode, Mode::Calico);
     let cluster = result.cluster.as_ref().unwrap();
-    assert_eq!((cluster.node1.name.as_str(), cluster.node2.name.as_str(), cluster.run_id.as_str()), (NODE_A, NODE_B, id.as_str()));
+    assert_eq!(
+        (
+            cluster.node1.name.as_str(),
+            cluster.node2.name.as_str(),
+            cluster.run_id.as_str()
+        ),
+        (NODE_A, NODE_B, id.as_str())
+    );
     assert!(cluster.not_measured.is_empty());
     // Host path: node IP to node IP; pod path: the server pods' IPs (iperf3 .30, nginx .20).
     assert_eq!(result.host_path.endpoints.server_ip, NODE_B_IP);
-    assert_eq!(result.host_path.endpoints.http_target.to_string(), "198.18.0.2:80");
+    assert_eq!(
+        result.host_path.endpoints.http_target.to_string(),
+        "198.18.0.2:80"
+    );
     let pod = result.pod_path.as_ref().unwrap();
-    assert_eq!((pod.endpoints.server_ip.to_string(), pod.endpoints.http_target.to_string()), ("198.19.2.30".into(), "198.19.2.20:80".into()));
+    assert_eq!(
+        (
+            pod.endpoints.server_ip.to_string(),
+            pod.endpoints.http_target.to_string()
+        ),
+        ("198.19.2.30".into(), "198.19.2.20:80".into())
+    );
     assert_eq!(pod.ab.document_length_bytes, 612);
     assert_eq!(result.profiles.len(), 12, "2 paths x 3 tools x 2 nodes");
     for profile in &result.profiles {
-        assert!(harness.out().join(&profile.file).is_file(), "{} missing", profile.file);
+        assert!(
+            harness.out().join(&profile.file).is_file(),
+            "{} missing",
+            profile.file
+        );
     }
     assert!(harness.out().join("table.txt").is_file());
 
     let execs = harness.state(State::execs);
     assert_eq!(execs.len(), 6, "{execs:#?}");
-    assert!(execs.contains(&format!("netprof-{id}-client-host: ping -n -c 20 -i 0.01 -W 1 198.18.0.2")), "{execs:#?}");
-    assert!(execs.contains(&format!("netprof-{id}-client: iperf3 -c 198.19.2.30 -p 5201 -t 1 -J")), "{execs:#?}");
-    assert!(execs.contains(&format!("netprof-{id}-client: ab -q -n 200 -c 4 -s 10 http://198.19.2.20:80/")), "{execs:#?}");
+    assert!(
+        execs.contains(&format!(
+            "netprof-{id}-client-host: ping -n -c 20 -i 0.01 -W 1 198.18.0.2"
+        )),
+        "{execs:#?}"
+    );
+    assert!(
+        execs.contains(&format!(
+            "netprof-{id}-client: iperf3 -c 198.19.2.30 -p 5201 -t 1 -J"
+        )),
+        "{execs:#?}"
+    );
+    assert!(
+        execs.contains(&format!(
+            "netprof-{id}-client: ab -q -n 200 -c 4 -s 10 http://198.19.2.20:80/"
+        )),
+        "{execs:#?}"
+    );
 
     // Each agent: checked, then started and stopped around each of the 6 steps.
     for (agent, node) in [(&a, "node1"), (&b, "node2")] {
@@ -262,47 +418,90 @@ fn a_full_run_writes_what_netprof_report_reads() {
         for pair in routes[2..].chunks(2) {
             assert_eq!(pair, ["POST /v1/start", "POST /v1/stop"]);
         }
-        let start: serde_json::Value = serde_json::from_str(&agent.calls.lock().unwrap()[2].body).unwrap();
+        let start: serde_json::Value =
+            serde_json::from_str(&agent.calls.lock().unwrap()[2].body).unwrap();
         assert_eq!(start["node"], node);
-        let endpoints: Vec<&str> = start["endpoints"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-        for ip in ["198.18.0.1", "198.18.0.2", "198.19.1.10", "198.19.2.20", "198.19.2.30"] {
+        let endpoints: Vec<&str> = start["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        for ip in [
+            "198.18.0.1",
+            "198.18.0.2",
+            "198.19.1.10",
+            "198.19.2.20",
+            "198.19.2.30",
+        ] {
             assert!(endpoints.contains(&ip), "{ip} not followed: {endpoints:?}");
         }
-        assert!(start["duration_s"].as_f64().unwrap() > 0.0, "a safety-net duration");
-        assert!(start.get("duty_percent").is_none(), "attached throughout unless --duty");
+        assert!(
+            start["duration_s"].as_f64().unwrap() > 0.0,
+            "a safety-net duration"
+        );
+        assert!(
+            start.get("duty_percent").is_none(),
+            "attached throughout unless --duty"
+        );
     }
 
     assert_eq!(harness.state(|s| s.created.len()), 6);
     harness.assert_nothing_left();
-    assert_eq!(harness.assert_within_rbac(), required_verbs(), "a full run uses exactly REQUIRED_RULES");
+    assert_eq!(
+        harness.assert_within_rbac(),
+        required_verbs(),
+        "a full run uses exactly REQUIRED_RULES"
+    );
     let report = netprof_report(&harness.out(), "table");
     assert!(report.contains("calico"), "{report}");
 }
 
 #[test]
 fn pods_that_never_get_ready_time_out_by_name_and_are_deleted() {
-    let config = FakeConfig { never_ready: vec!["-nginx".into()], ..Default::default() };
+    let config = FakeConfig {
+        never_ready: vec!["-nginx".into()],
+        ..Default::default()
+    };
     let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), config);
     let started = Instant::now();
     let output = harness.run("flannel-vxlan", &["--ready-timeout", "2", "--no-profile"]);
     let line = error_line(&output);
     let id = run_id(&String::from_utf8_lossy(&output.stderr));
-    assert!(line.contains("benchmark pods not ready after 2 s (--ready-timeout)"), "{line}");
-    assert!(line.contains(&format!("netprof-{id}-nginx: Pending, on fake-b, nginx ContainerCreating")), "{line}");
+    assert!(
+        line.contains("benchmark pods not ready after 2 s (--ready-timeout)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "netprof-{id}-nginx: Pending, on fake-b, nginx ContainerCreating"
+        )),
+        "{line}"
+    );
     assert!(line.contains("ConfigMap netprof-bench-nginx"), "{line}");
-    assert!(!line.contains("nginx-host:"), "only the pod that is not ready is named: {line}");
+    assert!(
+        !line.contains("nginx-host:"),
+        "only the pod that is not ready is named: {line}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(harness.state(|s| s.created.len()), 6);
     harness.assert_nothing_left();
     harness.assert_within_rbac();
-    assert!(!harness.out().join("flannel-vxlan.json").exists(), "no result from a failed run");
+    assert!(
+        !harness.out().join("flannel-vxlan.json").exists(),
+        "no result from a failed run"
+    );
 }
 
 #[test]
 fn a_failing_exec_names_the_pod_the_command_and_stderr() {
     let backend = CannedBackend::with_exec(|_, command| {
         let outcome = if command[0] == "ping" {
-            ExecOutcome::Exited { stdout: Vec::new(), stderr: b"ping: connect: Network is unreachable\n".to_vec(), code: 2 }
+            ExecOutcome::Exited {
+                stdout: Vec::new(),
+                stderr: b"ping: connect: Network is unreachable\n".to_vec(),
+                code: 2,
+            }
         } else {
             fixture_output(command)
         };
@@ -323,18 +522,29 @@ fn a_failing_exec_names_the_pod_the_command_and_stderr() {
 #[test]
 fn a_tool_missing_from_the_image_is_named() {
     let backend = CannedBackend::with_exec(|_, command| {
-        let outcome = if command[0] == "iperf3" { fixture_output(&["iperf3-missing".to_owned()]) } else { fixture_output(command) };
+        let outcome = if command[0] == "iperf3" {
+            fixture_output(&["iperf3-missing".to_owned()])
+        } else {
+            fixture_output(command)
+        };
         Box::pin(async move { outcome })
     });
     let harness = Harness::start(labelled_nodes(), Arc::new(backend), FakeConfig::default());
     let line = error_line(&harness.run("flannel-hostgw", &["--no-profile"]));
-    assert!(line.contains("`iperf3 -c 198.18.0.2 -p 5201 -t 1 -J`") && line.contains("could not run: exec: \"iperf3-missing\""), "{line}");
+    assert!(
+        line.contains("`iperf3 -c 198.18.0.2 -p 5201 -t 1 -J`")
+            && line.contains("could not run: exec: \"iperf3-missing\""),
+        "{line}"
+    );
     harness.assert_nothing_left();
 }
 
 #[test]
 fn rbac_403_on_pod_create_names_the_verb_and_resource() {
-    let config = FakeConfig { forbidden: vec![("create".into(), "pods".into())], ..Default::default() };
+    let config = FakeConfig {
+        forbidden: vec![("create".into(), "pods".into())],
+        ..Default::default()
+    };
     let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), config);
     let line = error_line(&harness.run("calico", &["--no-profile"]));
     assert!(line.contains("cannot create pods netprof-"), "{line}");
@@ -342,7 +552,10 @@ fn rbac_403_on_pod_create_names_the_verb_and_resource() {
         line.contains("is forbidden: User \"system:serviceaccount:netprof:netprof-orchestrator\" cannot create resource \"pods\""),
         "{line}"
     );
-    assert!(line.contains("(HTTP 403 Forbidden)") && line.contains("netprof needs `create` on `pods`"), "{line}");
+    assert!(
+        line.contains("(HTTP 403 Forbidden)") && line.contains("netprof needs `create` on `pods`"),
+        "{line}"
+    );
     assert!(harness.state(|s| s.created.is_empty()));
     harness.assert_nothing_left();
 }
@@ -352,25 +565,45 @@ fn an_agent_that_does_not_answer_stops_the_run_before_anything_is_created() {
     let backend = Arc::new(CannedBackend::new());
     let harness = Harness::start(labelled_nodes(), backend.clone(), FakeConfig::default());
     let a = CannedAgent::start(None);
-    harness.server.add_pod(agent_pod("netprof-agent-a", NODE_A, NODE_A_IP));
+    harness
+        .server
+        .add_pod(agent_pod("netprof-agent-a", NODE_A, NODE_A_IP));
     backend.route_agent("netprof-agent-a", a.addr);
 
     // No agent pod on fake-b at all.
     let line = error_line(&harness.run("calico", &[]));
-    assert!(line.contains("no netprof agent pod on node fake-b (agent pods found on: fake-a (Running))"), "{line}");
+    assert!(
+        line.contains(
+            "no netprof agent pod on node fake-b (agent pods found on: fake-a (Running))"
+        ),
+        "{line}"
+    );
     assert!(line.contains("--no-profile"), "{line}");
 
     // An agent pod whose port-forward is refused (nothing listens on 9476).
-    harness.server.add_pod(agent_pod("netprof-agent-b", NODE_B, NODE_B_IP));
+    harness
+        .server
+        .add_pod(agent_pod("netprof-agent-b", NODE_B, NODE_B_IP));
     let line = error_line(&harness.run("calico", &[]));
-    assert!(line.contains("the agent on node fake-b (pod netprof/netprof-agent-b) did not answer: /readyz: "), "{line}");
+    assert!(
+        line.contains(
+            "the agent on node fake-b (pod netprof/netprof-agent-b) did not answer: /readyz: "
+        ),
+        "{line}"
+    );
     // The error channel's message, unless the stream closed before kube read it (a race kube has
     // with any server that closes right after the error, the kubelet too).
     let refused = "the port-forward reported: error forwarding port 9476 to pod netprof-agent-b";
     let closed = "the port-forward closed without any response (is anything listening on that port of the pod?)";
-    assert!((line.contains(refused) && line.contains("connection refused")) || line.contains(closed), "{line}");
+    assert!(
+        (line.contains(refused) && line.contains("connection refused")) || line.contains(closed),
+        "{line}"
+    );
     assert!(line.contains("--no-profile"), "{line}");
-    assert!(harness.state(|s| s.created.is_empty()), "nothing created before the agents answered");
+    assert!(
+        harness.state(|s| s.created.is_empty()),
+        "nothing created before the agents answered"
+    );
     harness.assert_within_rbac();
 }
 
@@ -384,14 +617,37 @@ fn an_agent_failing_mid_run_keeps_the_benchmarks_without_profiles() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = "not measured: agent on fake-b (node2) did not answer at the host path ping step: /v1/stop answered HTTP 500";
     assert!(stderr.contains(expected), "{stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains(expected), "the reason is repeated under the table");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(expected),
+        "the reason is repeated under the table"
+    );
     let result = read_result(&harness.out(), "flannel-vxlan");
-    assert!(result.profiles.is_empty(), "no profiles listed: {:?}", result.profiles);
+    assert!(
+        result.profiles.is_empty(),
+        "no profiles listed: {:?}",
+        result.profiles
+    );
     assert!(result.cluster.unwrap().not_measured[0].starts_with(expected));
     assert!(result.pod_path.is_some());
     // Both agents were started once and stopped; none was started again.
-    assert_eq!(a.routes(), ["GET /readyz", "GET /v1/status", "POST /v1/start", "POST /v1/stop"]);
-    assert_eq!(b.routes(), ["GET /readyz", "GET /v1/status", "POST /v1/start", "POST /v1/stop"]);
+    assert_eq!(
+        a.routes(),
+        [
+            "GET /readyz",
+            "GET /v1/status",
+            "POST /v1/start",
+            "POST /v1/stop"
+        ]
+    );
+    assert_eq!(
+        b.routes(),
+        [
+            "GET /readyz",
+            "GET /v1/status",
+            "POST /v1/start",
+            "POST /v1/stop"
+        ]
+    );
     harness.assert_nothing_left();
     let report = netprof_report(&harness.out(), "table");
     assert!(report.contains("flannel-vxlan"), "{report}");
@@ -413,9 +669,20 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
     let harness = Harness::start(labelled_nodes(), backend.clone(), FakeConfig::default());
     let (a, b) = with_agents(&harness, &backend, None);
     let out = harness.out();
-    let mut args = vec!["run", "--mode-name", "calico", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        "--mode-name",
+        "calico",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend(SMALL_RUN);
-    let mut child = harness.command(&args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = harness
+        .command(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let stderr = Arc::new(Mutex::new(String::new()));
     let (pipe, log) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
     let reader = std::thread::spawn(move || {
@@ -424,25 +691,47 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
             log.lock().unwrap().push_str(&(line + "\n"));
         }
     });
-    let in_ping = harness.server.wait_for(Duration::from_secs(60), |s| !s.execs().is_empty());
+    let in_ping = harness
+        .server
+        .wait_for(Duration::from_secs(60), |s| !s.execs().is_empty());
     assert!(in_ping, "the run never reached ping");
-    assert!(a.routes().contains(&"POST /v1/start".to_owned()) && b.routes().contains(&"POST /v1/start".to_owned()));
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(
+        a.routes().contains(&"POST /v1/start".to_owned())
+            && b.routes().contains(&"POST /v1/start".to_owned())
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "k8s run did not exit after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "k8s run did not exit after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     reader.join().unwrap();
     let stderr = stderr.lock().unwrap().clone();
     assert!(!status.success());
-    assert!(stderr.contains("interrupted (SIGINT): stopping the benchmarks and deleting the run's pods"), "{stderr}");
-    assert!(stderr.contains("netprof: error: interrupted; the run's pods were deleted"), "{stderr}");
+    assert!(
+        stderr
+            .contains("interrupted (SIGINT): stopping the benchmarks and deleting the run's pods"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("netprof: error: interrupted; the run's pods were deleted"),
+        "{stderr}"
+    );
     for agent in [&a, &b] {
-        assert_eq!(agent.routes().last().map(String::as_str), Some("POST /v1/stop"), "the attached agent was stopped");
+        assert_eq!(
+            agent.routes().last().map(String::as_str),
+            Some("POST /v1/stop"),
+            "the attached agent was stopped"
+        );
     }
     assert_eq!(harness.state(|s| s.created.len()), 6);
     harness.assert_nothing_left();
@@ -451,7 +740,11 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
 
 #[test]
 fn deploy_template_pods_on_the_server_node_are_named_before_anything_is_created() {
-    let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), FakeConfig::default());
+    let harness = Harness::start(
+        labelled_nodes(),
+        Arc::new(CannedBackend::new()),
+        FakeConfig::default(),
+    );
     // As `kubectl apply -k deploy/` leaves them once the nodes are labelled.
     harness.server.add_pod(serde_json::json!({
         "metadata": {"name": "netprof-nginx-host", "labels": {"app.kubernetes.io/name": "netprof-bench", "netprof.io/path": "host"}},
@@ -460,32 +753,61 @@ fn deploy_template_pods_on_the_server_node_are_named_before_anything_is_created(
     }));
     let line = error_line(&harness.run("calico", &["--no-profile"]));
     assert!(line.contains("deploy/bench-pods.yaml's own hostNetwork pods (netprof-nginx-host) run on the server node fake-b"), "{line}");
-    assert!(line.contains("kubectl -n netprof delete pod netprof-nginx-host"), "{line}");
+    assert!(
+        line.contains("kubectl -n netprof delete pod netprof-nginx-host"),
+        "{line}"
+    );
     assert!(harness.state(|s| s.created.is_empty()));
-    assert!(harness.state(|s| s.pods.contains_key("netprof-nginx-host")), "not ours to delete");
+    assert!(
+        harness.state(|s| s.pods.contains_key("netprof-nginx-host")),
+        "not ours to delete"
+    );
 }
 
 #[test]
 fn k8s_clean_deletes_only_run_labelled_pods() {
-    let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), FakeConfig::default());
+    let harness = Harness::start(
+        labelled_nodes(),
+        Arc::new(CannedBackend::new()),
+        FakeConfig::default(),
+    );
     let leftover = |name: &str, run: &str| {
         serde_json::json!({"metadata": {"name": name, "labels": {"netprof.io/run": run, "app.kubernetes.io/part-of": "netprof"}},
             "spec": {"nodeName": NODE_A, "containers": [{"name": "client", "image": "x"}]}, "status": {"phase": "Running"}})
     };
-    harness.server.add_pod(leftover("netprof-a1b2c3d4-client", "a1b2c3d4"));
-    harness.server.add_pod(leftover("netprof-0badf00d-nginx-host", "0badf00d"));
-    harness.server.add_pod(agent_pod("netprof-agent-a", NODE_A, NODE_A_IP));
+    harness
+        .server
+        .add_pod(leftover("netprof-a1b2c3d4-client", "a1b2c3d4"));
+    harness
+        .server
+        .add_pod(leftover("netprof-0badf00d-nginx-host", "0badf00d"));
+    harness
+        .server
+        .add_pod(agent_pod("netprof-agent-a", NODE_A, NODE_A_IP));
 
     let output = harness.k8s(&["clean", "--run", "0badf00d"]);
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(stdout, "deleted pod netprof/netprof-0badf00d-nginx-host (run 0badf00d)\n1 pods deleted\n");
+    assert_eq!(
+        stdout,
+        "deleted pod netprof/netprof-0badf00d-nginx-host (run 0badf00d)\n1 pods deleted\n"
+    );
 
     let output = harness.k8s(&["clean"]);
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "deleted pod netprof/netprof-a1b2c3d4-client (run a1b2c3d4)\n1 pods deleted\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "deleted pod netprof/netprof-a1b2c3d4-client (run a1b2c3d4)\n1 pods deleted\n"
+    );
     let output = harness.k8s(&["clean"]);
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "nothing to clean: no pod labelled netprof.io/run in namespace netprof\n");
-    assert_eq!(harness.state(|s| s.pods.keys().cloned().collect::<Vec<_>>()), ["netprof-agent-a"], "the agent stays");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "nothing to clean: no pod labelled netprof.io/run in namespace netprof\n"
+    );
+    assert_eq!(
+        harness.state(|s| s.pods.keys().cloned().collect::<Vec<_>>()),
+        ["netprof-agent-a"],
+        "the agent stays"
+    );
     harness.assert_nothing_left();
     harness.assert_within_rbac();
 
@@ -495,13 +817,31 @@ fn k8s_clean_deletes_only_run_labelled_pods() {
 
 #[test]
 fn nodes_are_chosen_by_flag_or_labels_and_a_failure_lists_them() {
-    let unlabelled = vec![FakeNode::new(NODE_A, NODE_A_IP, &[]), FakeNode::new(NODE_B, NODE_B_IP, &[])];
-    let harness = Harness::start(unlabelled, Arc::new(CannedBackend::new()), FakeConfig::default());
+    let unlabelled = vec![
+        FakeNode::new(NODE_A, NODE_A_IP, &[]),
+        FakeNode::new(NODE_B, NODE_B_IP, &[]),
+    ];
+    let harness = Harness::start(
+        unlabelled,
+        Arc::new(CannedBackend::new()),
+        FakeConfig::default(),
+    );
     let line = error_line(&harness.run("calico", &["--no-profile"]));
-    assert!(line.contains("no nodes chosen: give --nodes CLIENT,SERVER, or label two nodes as the study did"), "{line}");
-    assert!(line.contains("nodes found: fake-a (Ready, 198.18.0.1), fake-b (Ready, 198.18.0.2)"), "{line}");
+    assert!(
+        line.contains(
+            "no nodes chosen: give --nodes CLIENT,SERVER, or label two nodes as the study did"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("nodes found: fake-a (Ready, 198.18.0.1), fake-b (Ready, 198.18.0.2)"),
+        "{line}"
+    );
     let line = error_line(&harness.run("calico", &["--no-profile", "--nodes", "fake-a,nope"]));
-    assert!(line.contains("node nope (from --nodes) does not exist; nodes: fake-a (Ready, 198.18.0.1)"), "{line}");
+    assert!(
+        line.contains("node nope (from --nodes) does not exist; nodes: fake-a (Ready, 198.18.0.1)"),
+        "{line}"
+    );
     assert!(harness.state(|s| s.created.is_empty()));
     // --nodes reversed: fake-b runs the client.
     let output = harness.run("calico", &["--no-profile", "--nodes", "fake-b,fake-a"]);
@@ -514,7 +854,11 @@ fn nodes_are_chosen_by_flag_or_labels_and_a_failure_lists_them() {
 
 #[test]
 fn the_context_flag_picks_the_cluster_and_an_unreachable_one_is_named() {
-    let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), FakeConfig::default());
+    let harness = Harness::start(
+        labelled_nodes(),
+        Arc::new(CannedBackend::new()),
+        FakeConfig::default(),
+    );
     // Current context: a server nobody listens on; context `fake`: the fake server.
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
@@ -534,10 +878,18 @@ fn the_context_flag_picks_the_cluster_and_an_unreachable_one_is_named() {
         command.output().unwrap()
     };
     let output = clean(Some("fake"));
-    assert!(output.status.success(), "{}\n{kubeconfig}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}\n{kubeconfig}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("nothing to clean"));
     let line = error_line(&clean(None));
-    assert!(line.contains("cannot list pods in namespace netprof") && line.contains("is the API server reachable?"), "{line}");
+    assert!(
+        line.contains("cannot list pods in namespace netprof")
+            && line.contains("is the API server reachable?"),
+        "{line}"
+    );
 }
 
 /// Tears the lab down even when an assertion fails.
@@ -552,7 +904,9 @@ impl Drop for LabGuard {
 #[test]
 fn end_to_end_on_a_lab_with_real_tools_and_agents() {
     let test = "k8s_run end_to_end_on_a_lab_with_real_tools_and_agents";
-    if let Some(reason) = ebpf_skip_reason(&["ping", "iperf3", "ab", "nginx", "ss", "nsenter"]).or_else(netprof::api::not_ready) {
+    if let Some(reason) = ebpf_skip_reason(&["ping", "iperf3", "ab", "nginx", "ss", "nsenter"])
+        .or_else(netprof::api::not_ready)
+    {
         print_skip(test, &reason);
         return;
     }
@@ -566,43 +920,102 @@ fn end_to_end_on_a_lab_with_real_tools_and_agents() {
     let agents = LabAgents::start(&netprof_bin(), &lab);
     for (i, node) in ["node1", "node2"].iter().enumerate() {
         let ip = netprof::lab::addressing::node_ip(netprof::lab::Node::BOTH[i]);
-        harness.server.add_pod(agent_pod(&format!("netprof-agent-{node}"), &format!("{}-{node}", names.lab()), ip));
+        harness.server.add_pod(agent_pod(
+            &format!("netprof-agent-{node}"),
+            &format!("{}-{node}", names.lab()),
+            ip,
+        ));
     }
 
     // KUBECONFIG instead of --kubeconfig: kube's own configuration lookup.
     let out = harness.out();
     let started = Instant::now();
     let output = Command::new(netprof_bin())
-        .args(["k8s", "run", "--mode-name", mode.name(), "--out", out.to_str().unwrap()])
-        .args(["--ping-count", "50", "--iperf3-seconds", "1", "--ab-requests", "500", "--ab-concurrency", "5"])
+        .args([
+            "k8s",
+            "run",
+            "--mode-name",
+            mode.name(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--ping-count",
+            "50",
+            "--iperf3-seconds",
+            "1",
+            "--ab-requests",
+            "500",
+            "--ab-concurrency",
+            "5",
+        ])
         .env("KUBECONFIG", harness.kubeconfig())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("--- netprof k8s run ({}, {:.1} s)\n{stderr}", output.status, started.elapsed().as_secs_f64());
+    eprintln!(
+        "--- netprof k8s run ({}, {:.1} s)\n{stderr}",
+        output.status,
+        started.elapsed().as_secs_f64()
+    );
     println!("{}", String::from_utf8_lossy(&output.stdout));
     assert!(output.status.success(), "k8s run on the lab failed");
 
     let result = read_result(&out, mode.name());
-    for (path, server) in [(&result.host_path, "198.18.0.2"), (result.pod_path.as_ref().unwrap(), "198.19.2.2")] {
+    for (path, server) in [
+        (&result.host_path, "198.18.0.2"),
+        (result.pod_path.as_ref().unwrap(), "198.19.2.2"),
+    ] {
         assert_eq!(path.endpoints.server_ip.to_string(), server);
-        assert_eq!((path.ping.transmitted, path.ping.received), (50, 50), "every echo answered");
-        assert!(path.iperf3.receiver_bps > 1e6, "iperf3 moved data: {}", path.iperf3.receiver_bps);
-        assert_eq!((path.ab.complete_requests, path.ab.failed_requests, path.ab.document_length_bytes), (500, 0, 612));
+        assert_eq!(
+            (path.ping.transmitted, path.ping.received),
+            (50, 50),
+            "every echo answered"
+        );
+        assert!(
+            path.iperf3.receiver_bps > 1e6,
+            "iperf3 moved data: {}",
+            path.iperf3.receiver_bps
+        );
+        assert_eq!(
+            (
+                path.ab.complete_requests,
+                path.ab.failed_requests,
+                path.ab.document_length_bytes
+            ),
+            (500, 0, 612)
+        );
     }
     assert_eq!(result.profiles.len(), 12);
     for profile in &result.profiles {
-        let report: netprof::agent::AgentReport = serde_json::from_str(&std::fs::read_to_string(out.join(&profile.file)).unwrap()).unwrap();
+        let report: netprof::agent::AgentReport =
+            serde_json::from_str(&std::fs::read_to_string(out.join(&profile.file)).unwrap())
+                .unwrap();
         assert_eq!(report.node, profile.node);
         if profile.tool == "ping" {
             // 50 echo requests and 50 replies cross each node's uplink.
-            assert!(report.hits("eno1 tc-ingress") + report.hits("eno1 tc-egress") >= 100, "{}: {:?}", profile.file, report.checkpoints.iter().map(|c| (&c.name, c.hits)).collect::<Vec<_>>());
+            assert!(
+                report.hits("eno1 tc-ingress") + report.hits("eno1 tc-egress") >= 100,
+                "{}: {:?}",
+                profile.file,
+                report
+                    .checkpoints
+                    .iter()
+                    .map(|c| (&c.name, c.hits))
+                    .collect::<Vec<_>>()
+            );
         }
     }
     let report = netprof_report(&out, "json");
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["run"]["profiled"], serde_json::json!(["flannel-hostgw"]));
-    assert_eq!(report["latency"][0]["mode"], "flannel-hostgw", "the pod path's extra latency is attributed");
+    assert_eq!(
+        report["run"]["profiled"],
+        serde_json::json!(["flannel-hostgw"])
+    );
+    assert_eq!(
+        report["latency"][0]["mode"], "flannel-hostgw",
+        "the pod path's extra latency is attributed"
+    );
     println!("{}", netprof_report(&out, "table"));
 
     harness.assert_nothing_left();
@@ -622,15 +1035,32 @@ fn duty_cycling_is_asked_of_the_agents() {
     let backend = Arc::new(CannedBackend::new());
     let harness = Harness::start(labelled_nodes(), backend.clone(), FakeConfig::default());
     let (a, b) = with_agents(&harness, &backend, None);
-    let output = harness.run("flannel-vxlan", &["--duty", "10", "--duty-period-ms", "2000"]);
-    assert!(output.status.success(), "k8s run failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = harness.run(
+        "flannel-vxlan",
+        &["--duty", "10", "--duty-period-ms", "2000"],
+    );
+    assert!(
+        output.status.success(),
+        "k8s run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for agent in [&a, &b] {
         let calls = agent.calls.lock().unwrap();
-        let starts: Vec<serde_json::Value> =
-            calls.iter().filter(|c| c.route == "POST /v1/start").map(|c| serde_json::from_str(&c.body).unwrap()).collect();
+        let starts: Vec<serde_json::Value> = calls
+            .iter()
+            .filter(|c| c.route == "POST /v1/start")
+            .map(|c| serde_json::from_str(&c.body).unwrap())
+            .collect();
         assert_eq!(starts.len(), 6);
         for start in starts {
-            assert_eq!((start["duty_percent"].as_u64(), start["duty_period_ms"].as_u64()), (Some(10), Some(2000)), "{start}");
+            assert_eq!(
+                (
+                    start["duty_percent"].as_u64(),
+                    start["duty_period_ms"].as_u64()
+                ),
+                (Some(10), Some(2000)),
+                "{start}"
+            );
         }
     }
     harness.assert_nothing_left();

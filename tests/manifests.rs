@@ -41,12 +41,18 @@ struct Manifests {
 
 /// Parses `doc` as `T` and demands that it serializes back to the same document: fields
 /// k8s-openapi does not know would otherwise be dropped without a word.
-fn try_typed<T: DeserializeOwned + serde::Serialize>(file: &str, doc: &serde_yaml::Value) -> Result<T, String> {
+fn try_typed<T: DeserializeOwned + serde::Serialize>(
+    file: &str,
+    doc: &serde_yaml::Value,
+) -> Result<T, String> {
     let value: T = serde_yaml::from_value(doc.clone()).map_err(|e| format!("{file}: {e}"))?;
     let original: serde_json::Value = serde_json::to_value(doc).unwrap();
     let back = serde_json::to_value(&value).unwrap();
     match first_difference(&original, &back, String::new()) {
-        Some(path) => Err(format!("{file}: {path} is not a field of {} (misspelt?)", std::any::type_name::<T>())),
+        Some(path) => Err(format!(
+            "{file}: {path} is not a field of {} (misspelt?)",
+            std::any::type_name::<T>()
+        )),
         None => Ok(value),
     }
 }
@@ -63,9 +69,11 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
             Some(w) => first_difference(v, w, format!("{at}.{k}")),
             None => Some(format!("{at}.{k}")),
         }),
-        (Array(a), Array(b)) if a.len() == b.len() => {
-            a.iter().zip(b).enumerate().find_map(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]")))
-        }
+        (Array(a), Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]"))),
         (a, b) if a == b => None,
         _ => Some(at),
     }
@@ -88,10 +96,17 @@ impl Manifests {
             if doc.is_null() {
                 continue;
             }
-            let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind")).to_owned();
-            let name = doc["metadata"]["name"].as_str().unwrap_or_else(|| panic!("{file}: {kind} without a name")).to_owned();
+            let kind = doc["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: a document without kind"))
+                .to_owned();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: {kind} without a name"))
+                .to_owned();
             let namespace = doc["metadata"]["namespace"].as_str().map(str::to_owned);
-            self.objects.push((file.to_owned(), kind.clone(), name, namespace));
+            self.objects
+                .push((file.to_owned(), kind.clone(), name, namespace));
             match kind.as_str() {
                 "Namespace" => self.namespaces.push(typed(file, &doc)),
                 "ServiceAccount" => self.service_accounts.push(typed(file, &doc)),
@@ -136,7 +151,9 @@ fn every_document_is_a_known_kind_in_the_netprof_namespace() {
     assert_eq!(ns.metadata.name.as_deref(), Some(NAMESPACE));
     let labels = ns.metadata.labels.as_ref().unwrap();
     assert_eq!(
-        labels.get("pod-security.kubernetes.io/enforce").map(String::as_str),
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
         Some("privileged"),
         "Pod Security Admission must allow the privileged agent"
     );
@@ -147,7 +164,11 @@ fn every_document_is_a_known_kind_in_the_netprof_namespace() {
         if CLUSTER_KINDS.contains(&kind.as_str()) {
             assert_eq!(namespace, &None, "{file}: {kind} {name} is cluster-scoped");
         } else {
-            assert_eq!(namespace.as_deref(), Some(NAMESPACE), "{file}: {kind} {name}");
+            assert_eq!(
+                namespace.as_deref(),
+                Some(NAMESPACE),
+                "{file}: {kind} {name}"
+            );
         }
     }
 }
@@ -159,7 +180,10 @@ fn a_misspelt_field_is_caught() {
     )
     .unwrap();
     let message = try_typed::<ServiceAccount>("x.yaml", &doc).unwrap_err();
-    assert!(message.contains(".automountServiceAccountTokn is not a field"), "{message}");
+    assert!(
+        message.contains(".automountServiceAccountTokn is not a field"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -171,54 +195,102 @@ fn the_agent_is_privileged_on_the_host_network_with_its_mounts() {
 
     // Selector matches the template's labels.
     let selector = spec.selector.match_labels.as_ref().expect("matchLabels");
-    let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
     assert!(!selector.is_empty());
     for (k, v) in selector {
-        assert_eq!(labels.get(k), Some(v), "selector {k}={v} not in the template's labels");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "selector {k}={v} not in the template's labels"
+        );
     }
     assert!(spec.selector.match_expressions.is_none());
 
     assert_eq!(pod.host_network, Some(true));
     assert_ne!(pod.host_pid, Some(true), "hostPID is not needed");
-    assert_eq!(c.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    assert_eq!(
+        c.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
     assert_eq!(c.image.as_deref(), Some(AGENT_IMAGE));
 
     // No API access for the agent.
     assert_eq!(pod.service_account_name.as_deref(), Some("netprof-agent"));
     assert_eq!(pod.automount_service_account_token, Some(false));
-    assert!(m.service_accounts.iter().any(|sa| sa.metadata.name.as_deref() == Some("netprof-agent")));
+    assert!(m
+        .service_accounts
+        .iter()
+        .any(|sa| sa.metadata.name.as_deref() == Some("netprof-agent")));
 
     // Tolerates every taint: a toleration with operator Exists and no key or effect.
     let tolerations = pod.tolerations.as_ref().expect("tolerations");
     assert!(
-        tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
         "{tolerations:?}"
     );
 
     // Mounts exist, reference declared volumes, and those are the host's same paths.
-    let volumes: BTreeMap<&str, _> = pod.volumes.as_ref().unwrap().iter().map(|v| (v.name.as_str(), v)).collect();
+    let volumes: BTreeMap<&str, _> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| (v.name.as_str(), v))
+        .collect();
     let mounts = c.volume_mounts.as_ref().unwrap();
     for mount in mounts {
-        let volume = volumes.get(mount.name.as_str()).unwrap_or_else(|| panic!("mount {} has no volume", mount.name));
-        let host = volume.host_path.as_ref().unwrap_or_else(|| panic!("volume {} is not a hostPath", mount.name));
+        let volume = volumes
+            .get(mount.name.as_str())
+            .unwrap_or_else(|| panic!("mount {} has no volume", mount.name));
+        let host = volume
+            .host_path
+            .as_ref()
+            .unwrap_or_else(|| panic!("volume {} is not a hostPath", mount.name));
         assert_eq!(host.path, mount.mount_path, "volume {}", mount.name);
     }
     let mount = |path: &str| {
-        mounts.iter().find(|m| m.mount_path == path).unwrap_or_else(|| panic!("no mount at {path}"))
+        mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"))
     };
-    assert_eq!(mount("/sys/fs/bpf").mount_propagation.as_deref(), Some("Bidirectional"));
+    assert_eq!(
+        mount("/sys/fs/bpf").mount_propagation.as_deref(),
+        Some("Bidirectional")
+    );
     assert_eq!(mount("/sys/fs/bpf").read_only, None);
     assert_eq!(mount("/sys/kernel/btf").read_only, Some(true));
     assert_eq!(mount("/sys/kernel/tracing").read_only, Some(true));
-    assert_eq!(mount("/run/netns").mount_propagation.as_deref(), Some("HostToContainer"));
-    assert_ne!(mount("/run/netns").read_only, Some(true), "the agent names its own namespace there");
+    assert_eq!(
+        mount("/run/netns").mount_propagation.as_deref(),
+        Some("HostToContainer")
+    );
+    assert_ne!(
+        mount("/run/netns").read_only,
+        Some(true),
+        "the agent names its own namespace there"
+    );
     assert_eq!(mounts.len(), volumes.len(), "every volume is mounted");
 
     // Resources: requests and limits for cpu and memory.
     let resources = c.resources.as_ref().expect("resources");
     for set in [resources.requests.as_ref(), resources.limits.as_ref()] {
         let set = set.expect("requests and limits");
-        assert!(set.contains_key("cpu") && set.contains_key("memory"), "{set:?}");
+        assert!(
+            set.contains_key("cpu") && set.contains_key("memory"),
+            "{set:?}"
+        );
     }
 }
 
@@ -229,16 +301,29 @@ fn probes_and_command_agree_with_the_control_api() {
     let listen: std::net::SocketAddr = netprof::api::DEFAULT_LISTEN.parse().unwrap();
     let command = c.command.as_ref().unwrap().join(" ");
     assert_eq!(command, format!("netprof agent --serve --listen {listen}"));
-    for (probe, path) in [(&c.liveness_probe, "/healthz"), (&c.readiness_probe, "/readyz")] {
-        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("no httpGet probe on {path}"));
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("no httpGet probe on {path}"));
         assert_eq!(get.path.as_deref(), Some(path));
-        assert_eq!(get.host.as_deref(), Some("127.0.0.1"), "{path}: the API is on loopback only");
+        assert_eq!(
+            get.host.as_deref(),
+            Some("127.0.0.1"),
+            "{path}: the API is on loopback only"
+        );
         assert_eq!(get.port, IntOrString::Int(listen.port() as i32), "{path}");
     }
     // The routes exist: a request to them is answered by the API, not with 404.
     for path in ["/healthz", "/readyz"] {
         let control = netprof::api::Control::new();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let response = runtime.block_on(control.handle(netprof::api::http::Request {
             method: "GET".into(),
             path: path.into(),
@@ -246,18 +331,27 @@ fn probes_and_command_agree_with_the_control_api() {
         }));
         assert_ne!(response.status, 404, "{path}");
     }
-    assert!(c.ports.is_none(), "no port is declared: hostNetwork would make it a host port");
+    assert!(
+        c.ports.is_none(),
+        "no port is declared: hostNetwork would make it a host port"
+    );
 }
 
 /// (group, resource, verb) triples of `rules`, refusing what the set cannot express.
 fn triples(rules: &[PolicyRule], scope: &str) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
     for rule in rules {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{scope}: {rule:?}");
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{scope}: {rule:?}"
+        );
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
-                    assert!(out.insert((group.clone(), resource.clone(), verb.clone())), "{scope}: {group}/{resource} {verb} granted twice");
+                    assert!(
+                        out.insert((group.clone(), resource.clone(), verb.clone())),
+                        "{scope}: {group}/{resource} {verb} granted twice"
+                    );
                 }
             }
         }
@@ -272,7 +366,11 @@ fn rbac_grants_exactly_what_the_orchestrator_uses() {
         REQUIRED_RULES
             .iter()
             .filter(|(_, resource, _)| CLUSTER_SCOPED.contains(resource) == cluster)
-            .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+            .flat_map(|(g, r, verbs)| {
+                verbs
+                    .iter()
+                    .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+            })
             .collect()
     };
     let mut namespaced = BTreeSet::new();
@@ -283,73 +381,148 @@ fn rbac_grants_exactly_what_the_orchestrator_uses() {
     let mut cluster = BTreeSet::new();
     for role in &m.cluster_roles {
         assert!(role.aggregation_rule.is_none());
-        cluster.extend(triples(role.rules.as_deref().unwrap_or_default(), "ClusterRole"));
+        cluster.extend(triples(
+            role.rules.as_deref().unwrap_or_default(),
+            "ClusterRole",
+        ));
     }
-    assert_eq!(namespaced, required(false), "the Role must grant exactly REQUIRED_RULES' namespaced rules");
-    assert_eq!(cluster, required(true), "the ClusterRole must grant exactly REQUIRED_RULES' cluster-scoped rules");
+    assert_eq!(
+        namespaced,
+        required(false),
+        "the Role must grant exactly REQUIRED_RULES' namespaced rules"
+    );
+    assert_eq!(
+        cluster,
+        required(true),
+        "the ClusterRole must grant exactly REQUIRED_RULES' cluster-scoped rules"
+    );
 
     // Bindings: to declared roles, for the orchestrator's ServiceAccount only.
-    let roles: BTreeSet<&str> = m.roles.iter().filter_map(|r| r.metadata.name.as_deref()).collect();
-    let cluster_roles: BTreeSet<&str> = m.cluster_roles.iter().filter_map(|r| r.metadata.name.as_deref()).collect();
-    let accounts: BTreeSet<&str> = m.service_accounts.iter().filter_map(|s| s.metadata.name.as_deref()).collect();
+    let roles: BTreeSet<&str> = m
+        .roles
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    let cluster_roles: BTreeSet<&str> = m
+        .cluster_roles
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    let accounts: BTreeSet<&str> = m
+        .service_accounts
+        .iter()
+        .filter_map(|s| s.metadata.name.as_deref())
+        .collect();
     let mut bound = BTreeSet::new();
     let bindings = m
         .role_bindings
         .iter()
         .map(|b| (&b.role_ref, &b.subjects, "RoleBinding"))
-        .chain(m.cluster_role_bindings.iter().map(|b| (&b.role_ref, &b.subjects, "ClusterRoleBinding")));
+        .chain(
+            m.cluster_role_bindings
+                .iter()
+                .map(|b| (&b.role_ref, &b.subjects, "ClusterRoleBinding")),
+        );
     for (role_ref, subjects, kind) in bindings {
         match role_ref.kind.as_str() {
-            "Role" => assert!(kind == "RoleBinding" && roles.contains(role_ref.name.as_str()), "{role_ref:?}"),
-            "ClusterRole" => assert!(cluster_roles.contains(role_ref.name.as_str()), "{role_ref:?}"),
+            "Role" => assert!(
+                kind == "RoleBinding" && roles.contains(role_ref.name.as_str()),
+                "{role_ref:?}"
+            ),
+            "ClusterRole" => assert!(
+                cluster_roles.contains(role_ref.name.as_str()),
+                "{role_ref:?}"
+            ),
             other => panic!("{kind} to a {other}"),
         }
         bound.insert(role_ref.name.as_str());
         for subject in subjects.iter().flatten() {
             assert_eq!(subject.kind, "ServiceAccount");
-            assert_eq!(subject.name, "netprof-orchestrator", "only the orchestrator gets API access");
+            assert_eq!(
+                subject.name, "netprof-orchestrator",
+                "only the orchestrator gets API access"
+            );
             assert_eq!(subject.namespace.as_deref(), Some(NAMESPACE));
             assert!(accounts.contains(subject.name.as_str()));
         }
     }
-    assert_eq!(bound.len(), roles.len() + cluster_roles.len(), "every role is bound");
+    assert_eq!(
+        bound.len(),
+        roles.len() + cluster_roles.len(),
+        "every role is bound"
+    );
 }
 
 #[test]
 fn bench_pods_are_the_studys() {
     let m = load();
-    let page = m.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some("netprof-bench-nginx")).expect("nginx ConfigMap");
+    let page = m
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("netprof-bench-nginx"))
+        .expect("nginx ConfigMap");
     let data = page.data.as_ref().unwrap();
-    assert_eq!(data["index.html"], netprof::bench::servers::page(), "the 612-byte page of the lab's nginx");
-    assert_eq!(data["index.html"].len(), netprof::bench::servers::PAGE_BYTES);
-    assert!(data["nginx.conf"].lines().any(|l| l.trim() == "worker_processes 1;"));
+    assert_eq!(
+        data["index.html"],
+        netprof::bench::servers::page(),
+        "the 612-byte page of the lab's nginx"
+    );
+    assert_eq!(
+        data["index.html"].len(),
+        netprof::bench::servers::PAGE_BYTES
+    );
+    assert!(data["nginx.conf"]
+        .lines()
+        .any(|l| l.trim() == "worker_processes 1;"));
 
     let mut seen = BTreeSet::new();
     for pod in &m.pods {
         let name = pod.metadata.name.as_deref().unwrap();
         let labels = pod.metadata.labels.as_ref().unwrap();
-        let (role, path) = (labels["netprof.io/role"].as_str(), labels["netprof.io/path"].as_str());
+        let (role, path) = (
+            labels["netprof.io/role"].as_str(),
+            labels["netprof.io/path"].as_str(),
+        );
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.host_network == Some(true), path == "host", "{name}");
         let node = if role == "client" { "1" } else { "2" };
-        assert_eq!(spec.node_selector.as_ref().unwrap().get("workern").map(String::as_str), Some(node), "{name}");
+        assert_eq!(
+            spec.node_selector
+                .as_ref()
+                .unwrap()
+                .get("workern")
+                .map(String::as_str),
+            Some(node),
+            "{name}"
+        );
         let c = &spec.containers[0];
         if role != "nginx" {
-            assert_eq!(c.image.as_deref(), Some(AGENT_IMAGE), "{name}: the tools come from the netprof image");
+            assert_eq!(
+                c.image.as_deref(),
+                Some(AGENT_IMAGE),
+                "{name}: the tools come from the netprof image"
+            );
         }
         // ConfigMap volumes point at the ConfigMap and its keys.
         for volume in spec.volumes.iter().flatten() {
             let cm = volume.config_map.as_ref().unwrap();
             assert_eq!(cm.name, "netprof-bench-nginx");
-            for mount in c.volume_mounts.iter().flatten().filter(|m| m.name == volume.name) {
+            for mount in c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == volume.name)
+            {
                 let key = mount.sub_path.as_deref().unwrap();
                 assert!(data.contains_key(key), "{name}: no key {key}");
             }
         }
         assert!(seen.insert((role, path)), "{name}: {role}/{path} twice");
     }
-    let expected: BTreeSet<(&str, &str)> =
-        ["nginx", "iperf3", "client"].iter().flat_map(|r| [(*r, "pod"), (*r, "host")]).collect();
+    let expected: BTreeSet<(&str, &str)> = ["nginx", "iperf3", "client"]
+        .iter()
+        .flat_map(|r| [(*r, "pod"), (*r, "host")])
+        .collect();
     assert_eq!(seen, expected);
 }
 
@@ -359,13 +532,29 @@ fn kustomization_lists_every_file() {
     let k: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(k["kind"].as_str(), Some("Kustomization"));
     assert_eq!(k["namespace"].as_str(), Some(NAMESPACE));
-    let mut listed: Vec<String> =
-        k["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect();
+    let mut listed: Vec<String> = k["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
     listed.sort();
-    assert_eq!(listed, yaml_files(), "kustomization.yaml resources vs the YAML files in deploy/");
-    let images: Vec<&str> = k["images"].as_sequence().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        listed,
+        yaml_files(),
+        "kustomization.yaml resources vs the YAML files in deploy/"
+    );
+    let images: Vec<&str> = k["images"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
     let agent_repo = AGENT_IMAGE.rsplit_once(':').unwrap().0;
-    assert!(images.contains(&agent_repo), "the agent image can be overridden: {images:?}");
+    assert!(
+        images.contains(&agent_repo),
+        "the agent image can be overridden: {images:?}"
+    );
     assert!(deploy_dir().join("Dockerfile").exists());
 }
 
@@ -377,13 +566,19 @@ fn kustomization_lists_every_file() {
 fn kubectl_kustomize_builds_the_same_objects() {
     let test = "manifests kubectl_kustomize_builds_the_same_objects";
     let Some(built) = kustomize(&deploy_dir()) else {
-        netprof_tests::print_skip(test, "`kubectl` (with its built-in kustomize) is not installed");
+        netprof_tests::print_skip(
+            test,
+            "`kubectl` (with its built-in kustomize) is not installed",
+        );
         return;
     };
     let mut from_kubectl = Manifests::default();
     from_kubectl.add("kubectl kustomize deploy/", &built);
     let key = |m: &Manifests| -> BTreeSet<(String, String, Option<String>)> {
-        m.objects.iter().map(|(_, kind, name, ns)| (kind.clone(), name.clone(), ns.clone())).collect()
+        m.objects
+            .iter()
+            .map(|(_, kind, name, ns)| (kind.clone(), name.clone(), ns.clone()))
+            .collect()
     };
     let ours = load();
     assert_eq!(key(&from_kubectl), key(&ours));
@@ -401,13 +596,26 @@ fn kubectl_kustomize_builds_the_same_objects() {
     .unwrap();
     let built = kustomize(&overlay).expect("kubectl kustomize on the overlay");
     let _ = std::fs::remove_dir_all(&overlay);
-    assert_eq!(built.matches("image: registry.example/netprof:dev").count(), 5, "agent + 4 tool pods");
+    assert_eq!(
+        built.matches("image: registry.example/netprof:dev").count(),
+        5,
+        "agent + 4 tool pods"
+    );
     assert!(!built.contains(AGENT_IMAGE));
 }
 
 /// `kubectl kustomize DIR`, or None without kubectl. Panics with kubectl's message if it fails.
 fn kustomize(dir: &Path) -> Option<String> {
-    let output = std::process::Command::new("kubectl").arg("kustomize").arg(dir).output().ok()?;
-    assert!(output.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
+    let output = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .ok()?;
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Some(String::from_utf8(output.stdout).unwrap())
 }

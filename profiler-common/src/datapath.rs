@@ -224,7 +224,15 @@ impl Journey {
     #[inline(always)]
     pub const fn start(now: u64, cp: u16, flags: u32, epoch: u32) -> Self {
         let hops = if flags & JOURNEY_IGNORED != 0 { 0 } else { 1 };
-        Self { last_ns: now, first_ns: now, last_cp: cp, hops, flags, epoch, _pad: 0 }
+        Self {
+            last_ns: now,
+            first_ns: now,
+            last_cp: cp,
+            hops,
+            flags,
+            epoch,
+            _pad: 0,
+        }
     }
 }
 
@@ -282,7 +290,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: [0; HIST_BUCKETS], count: 0, sum_ns: 0 }
+        Self {
+            buckets: [0; HIST_BUCKETS],
+            count: 0,
+            sum_ns: 0,
+        }
     }
 }
 
@@ -290,12 +302,29 @@ impl Default for Histogram {
 #[inline(always)]
 pub const fn log2(mut v: u64) -> u32 {
     let mut r = 0;
-    if v >= 1 << 32 { v >>= 32; r += 32; }
-    if v >= 1 << 16 { v >>= 16; r += 16; }
-    if v >= 1 << 8 { v >>= 8; r += 8; }
-    if v >= 1 << 4 { v >>= 4; r += 4; }
-    if v >= 1 << 2 { v >>= 2; r += 2; }
-    if v >= 1 << 1 { r += 1; }
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
     r
 }
 
@@ -525,7 +554,8 @@ const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 112);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
-const _: () = assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
+const _: () =
+    assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
 
 #[cfg(test)]
 mod tests {
@@ -539,7 +569,10 @@ mod tests {
             assert_eq!(bucket_of(lo), b);
             assert_eq!(bucket_of(hi - 1), b);
             if lo >= HIST_SUB_COUNT as u64 {
-                assert!((hi - lo) * HIST_SUB_COUNT as u64 <= lo, "bucket {b} too wide");
+                assert!(
+                    (hi - lo) * HIST_SUB_COUNT as u64 <= lo,
+                    "bucket {b} too wide"
+                );
             }
         }
         assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
@@ -560,7 +593,10 @@ mod tests {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
             assert!(!names[..i].contains(name), "{name} twice");
         }
-        assert_eq!(names.len(), AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+        assert_eq!(
+            names.len(),
+            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize
+        );
     }
 
     #[test]
@@ -568,8 +604,19 @@ mod tests {
         // Conntrack on PRE_ROUTING: the link points -201 and -199.
         assert_eq!(nf_points_around(NF_PRI_CONNTRACK), (Some(1), Some(2)));
         // Every standard table lands between the two points that bracket it as links.
-        for (priority, points) in [(-300, (0, 1)), (-150, (2, 3)), (-100, (3, 4)), (0, (4, 5)), (50, (5, 6)), (100, (5, 6))] {
-            assert_eq!(nf_points_around(priority), (Some(points.0), Some(points.1)), "priority {priority}");
+        for (priority, points) in [
+            (-300, (0, 1)),
+            (-150, (2, 3)),
+            (-100, (3, 4)),
+            (0, (4, 5)),
+            (50, (5, 6)),
+            (100, (5, 6)),
+        ] {
+            assert_eq!(
+                nf_points_around(priority),
+                (Some(points.0), Some(points.1)),
+                "priority {priority}"
+            );
         }
         // Before the first point (defrag -400) and after the last (confirm).
         assert_eq!(nf_points_around(-400), (None, Some(0)));
@@ -579,6 +626,9 @@ mod tests {
     #[test]
     fn netfilter_ids_fit_before_the_pseudo_checkpoints() {
         assert_eq!(nf_checkpoint(NF_HOOK_PRE_ROUTING, 0), NF_CP_BASE);
-        assert_eq!(nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1, NF_CP_END);
+        assert_eq!(
+            nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1,
+            NF_CP_END
+        );
     }
 }

@@ -27,12 +27,11 @@ use aya_ebpf::{
 use profiler_common::{
     datapath::{
         bucket_of, segment_slot, Config, DeviceCheckpoints, DeviceKey, DropKey, Histogram, Journey,
-        SegmentKey, SegmentSlot, SEGMENT_PROBES,
-        COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COUNT, COUNTER_JOURNEY_FULL,
-        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS, JOURNEY_IGNORED, MAP_CONFIG,
-        MAP_COUNTERS, MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS,
-        MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_DEVICES, MAX_DROP_KEYS, MAX_ENDPOINTS,
-        MAX_JOURNEYS, MAX_SEGMENTS,
+        SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COUNT,
+        COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT,
+        COUNTER_SEGMENT_FULL, HIST_BUCKETS, JOURNEY_IGNORED, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS,
+        MAP_DEVICES, MAP_DROPS, MAP_ENDPOINTS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS,
+        MAX_DEVICES, MAX_DROP_KEYS, MAX_ENDPOINTS, MAX_JOURNEYS, MAX_SEGMENTS, SEGMENT_PROBES,
     },
     names_match,
 };
@@ -371,8 +370,8 @@ pub fn visit<P: Packet>(cfg: &Config, skb: u64, cp: u16, admit: bool, packet: &P
         } else {
             hit(cp);
             if stale {
-            // The skb this journey followed was freed unseen and its address reused.
-            bump(COUNTER_ABANDONED);
+                // The skb this journey followed was freed unseen and its address reused.
+                bump(COUNTER_ABANDONED);
                 *journey = Journey::start(now, cp, 0, cfg.epoch);
                 return;
             }

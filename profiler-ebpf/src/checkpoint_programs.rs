@@ -29,8 +29,10 @@ use profiler_common::{
     datapath::{
         Config, DeviceCheckpoints, DeviceKey, DropKey, COUNTER_ABANDONED, COUNTER_COMPLETED,
         COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
-        CP_NONE, JOURNEY_IGNORED, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, MAP_DEV_CACHE, MAX_DEV_CACHE,
+        CP_NONE, JOURNEY_IGNORED, MAP_DEV_CACHE, MAX_DEV_CACHE, PROG_CONSUME_SKB,
+        PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
+        PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
+        PROG_TC_POD_INGRESS,
     },
     names_match,
 };
@@ -49,7 +51,10 @@ const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
 const _: () = assert!(names_match(stringify!(cp_kfree_skb), PROG_KFREE_SKB));
 const _: () = assert!(names_match(stringify!(cp_consume_skb), PROG_CONSUME_SKB));
 const _: () = assert!(names_match(stringify!(cp_kfree_btf), PROG_KFREE_SKB_BTF));
-const _: () = assert!(names_match(stringify!(cp_consume_btf), PROG_CONSUME_SKB_BTF));
+const _: () = assert!(names_match(
+    stringify!(cp_consume_btf),
+    PROG_CONSUME_SKB_BTF
+));
 const _: () = assert!(names_match(stringify!(cp_tcp_retrans), PROG_TCP_RETRANSMIT));
 
 /// tc verdict: no opinion, run the next program (see `uplink_counter.rs`).
@@ -236,9 +241,17 @@ fn device_entry(cfg: &Config, dev: u64) -> Option<DeviceCheckpoints> {
     let ifindex = probe_read_counted::<u32>(dev + u64::from(cfg.dev_ifindex))?;
     let net = probe_read_counted::<u64>(dev + u64::from(cfg.dev_nd_net))?;
     let netns_inum = probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum))?;
-    let device = DeviceKey { netns_inum, ifindex };
+    let device = DeviceKey {
+        netns_inum,
+        ifindex,
+    };
     // SAFETY: a value of a live hash map, copied out at once.
-    Some(NP_DEVICES.get_ptr(&device).map(|p| unsafe { *p }).unwrap_or_default())
+    Some(
+        NP_DEVICES
+            .get_ptr(&device)
+            .map(|p| unsafe { *p })
+            .unwrap_or_default(),
+    )
 }
 
 // ---- classic tracepoints: journey ends, retransmissions ----
@@ -263,8 +276,14 @@ fn end_journey(cfg: &Config, skb: u64) -> Option<(u16, u64)> {
     let journey = NP_JOURNEYS.get_ptr(skb)?;
     let now = now();
     // SAFETY: a value of a live hash map, copied out before the entry is deleted.
-    let (last_cp, last_ns, flags, epoch) =
-        unsafe { ((*journey).last_cp, (*journey).last_ns, (*journey).flags, (*journey).epoch) };
+    let (last_cp, last_ns, flags, epoch) = unsafe {
+        (
+            (*journey).last_cp,
+            (*journey).last_ns,
+            (*journey).flags,
+            (*journey).epoch,
+        )
+    };
     let _ = NP_JOURNEYS.remove(skb);
     if flags & JOURNEY_IGNORED != 0 || epoch != cfg.epoch {
         return None;
@@ -283,7 +302,9 @@ pub fn cp_kfree_skb(ctx: TracePointContext) -> u32 {
     let Some(skb) = tp_field::<u64>(&ctx, cfg.tp_kfree_skbaddr) else {
         return 0;
     };
-    on_kfree(cfg, skb, || tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0));
+    on_kfree(cfg, skb, || {
+        tp_field::<u32>(&ctx, cfg.tp_kfree_reason).unwrap_or(0)
+    });
     0
 }
 

@@ -146,7 +146,11 @@ impl Cmd {
     pub fn failed(&self, output: &Output) -> CmdError {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let text = if stderr.trim().is_empty() { stdout } else { stderr };
+        let text = if stderr.trim().is_empty() {
+            stdout
+        } else {
+            stderr
+        };
         CmdError::Failed {
             command: self.display(),
             status: output.status.to_string(),
@@ -194,6 +198,9 @@ mod tests {
             .run()
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("boom") && text.contains("exit status: 3"), "{text}");
+        assert!(
+            text.contains("boom") && text.contains("exit status: 3"),
+            "{text}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! netprof: benchmarks pod networks and attributes their cost to datapath stages.
 
-pub mod bench;
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod cmd;
 pub mod ebpf;

@@ -299,15 +299,26 @@ pub fn skip_unless_kernel_ready(test: &str) -> bool {
 /// A lab name no other test (or user) has: `it<pid>-<n>`.
 pub fn unique_lab_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("it{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "it{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// The `netprof` binary next to the test executable (`cargo xtask test` builds it first).
 pub fn netprof_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
     let bin = dir.join("netprof");
-    assert!(bin.exists(), "{} is missing: run `cargo build` (cargo xtask test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build` (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -530,7 +541,9 @@ pub fn aya_map_fds<'a>(
 ) -> Result<std::collections::HashMap<String, std::os::fd::BorrowedFd<'a>>> {
     let mut fds = std::collections::HashMap::new();
     for name in names {
-        let map = ebpf.map(name).with_context(|| format!("map {name} is not in the object"))?;
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("map {name} is not in the object"))?;
         let fd = netprof::agent::attach::map_fd(map)
             .with_context(|| format!("map {name} has a type the netfilter loader cannot share"))?;
         fds.insert((*name).to_owned(), fd);
@@ -588,13 +601,21 @@ pub fn kfree_skb_reason(name: &str) -> Result<u32> {
 /// netprof's programs (named `cp_*` or `nf_h*`) the kernel has loaded now, as (id, name), from
 /// `bpftool -j prog show`.
 pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap();
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     progs
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| (p["id"].as_u64().unwrap_or_default() as u32, p["name"].as_str().unwrap_or_default().to_owned()))
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap_or_default() as u32,
+                p["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .filter(|(_, name)| name.starts_with("cp_") || name.starts_with("nf_h"))
         .collect()
 }
@@ -623,7 +644,10 @@ impl VethLab {
     pub fn create_quiet() -> Result<Self> {
         let lab = Self::create()?;
         for ns in [&lab.a, &lab.b] {
-            for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ] {
                 run(ns.command("sysctl").args(["-q", "-w", key]))?;
             }
         }

@@ -35,7 +35,9 @@ fn release_netprof() -> Result<Command> {
     let mut build = cargo();
     build.args(["build", "--release", "--package", "netprof"]);
     run(build)?;
-    Ok(Command::new(workspace_root().join("target/release/netprof")))
+    Ok(Command::new(
+        workspace_root().join("target/release/netprof"),
+    ))
 }
 
 /// The `--out` directory among bench's arguments (bench's default when absent).
@@ -74,7 +76,9 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
     // First the study's table as the tools measure it with nothing attached (the agents' cost
     // would be inside every number), then the same modes profiled, and the attributed report.
     let mut clean = release_netprof()?;
-    clean.args(["bench", "--modes", "all"]).args(clean_pass_args(bench_args));
+    clean
+        .args(["bench", "--modes", "all"])
+        .args(clean_pass_args(bench_args));
     clean.arg("--out").arg(out_dir(bench_args).join("clean"));
     run(clean)?;
     let mut bench = Command::new(workspace_root().join("target/release/netprof"));
@@ -92,9 +96,16 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
     run(table)?;
     let html = out.join("report.html");
     let mut page = Command::new(&netprof);
-    page.arg("report").arg(&out).args(["--format", "html", "--out"]).arg(&html);
+    page.arg("report")
+        .arg(&out)
+        .args(["--format", "html", "--out"])
+        .arg(&html);
     run(page)?;
-    let shown = if html.is_absolute() { html } else { workspace_root().join(html) };
+    let shown = if html.is_absolute() {
+        html
+    } else {
+        workspace_root().join(html)
+    };
     println!("HTML report: {}", shown.display());
     Ok(())
 }
@@ -113,7 +124,9 @@ pub fn test(cargo_args: &[String]) -> Result<()> {
     let mut test = cargo();
     // Default members: the eBPF crate is built by profiler/build.rs, not for the host.
     // Serial (the tests share the kernel) and uncaptured, so every SKIPPED line is seen.
-    test.arg("test").args(cargo_args).args(["--", "--test-threads=1", "--nocapture"]);
+    test.arg("test")
+        .args(cargo_args)
+        .args(["--", "--test-threads=1", "--nocapture"]);
     test.current_dir(workspace_root()).stdout(Stdio::piped());
     let mut child = test.spawn().context("cannot start cargo test")?;
     let mut totals = Totals::default();
@@ -124,7 +137,10 @@ pub fn test(cargo_args: &[String]) -> Result<()> {
     }
     let status = child.wait().context("waiting for cargo test")?;
     // One closing line for all test binaries (cargo's own last line is the doc-tests' count).
-    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.skipped);
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.skipped
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
@@ -147,11 +163,17 @@ impl Totals {
         if line.starts_with("SKIPPED") {
             self.skipped += 1;
         }
-        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
         for part in rest.split(';') {
             let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(count)) = (words.next(), words.next()) else { continue };
-            let Ok(count) = count.parse::<u64>() else { continue };
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
             match what {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,

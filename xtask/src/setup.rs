@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 /// The one list of Debian packages netprof needs, with why.
 pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip, bridge, ss: builds the namespace lab"),
-    ("iptables", "iptables-restore: kube-proxy's rules in the lab"),
+    (
+        "iptables",
+        "iptables-restore: kube-proxy's rules in the lab",
+    ),
     ("procps", "sysctl: per-namespace forwarding, proxy ARP"),
     ("iputils-ping", "ping: the latency benchmark"),
     ("iperf3", "the bandwidth benchmark"),
@@ -19,8 +22,14 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nginx-light", "the HTTP server (one worker, 612-byte page)"),
     ("conntrack", "inspecting conntrack state in lab namespaces"),
     ("ethtool", "inspecting lab devices (offloads)"),
-    ("bpftool", "checking that no eBPF program is left attached (tests)"),
-    ("chromium", "headless browser: the report's HTML is opened and checked in a test"),
+    (
+        "bpftool",
+        "checking that no eBPF program is left attached (tests)",
+    ),
+    (
+        "chromium",
+        "headless browser: the report's HTML is opened and checked in a test",
+    ),
 ];
 
 /// The bpf-linker release that builds against rustc's LLVM (see shared/PLATFORM.md).
@@ -32,9 +41,16 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     mount_if_missing("bpf", "/sys/fs/bpf", "pinning eBPF objects")?;
-    mount_if_missing("tracefs", "/sys/kernel/tracing", "tracepoint ids for the eBPF programs")?;
+    mount_if_missing(
+        "tracefs",
+        "/sys/kernel/tracing",
+        "tracepoint ids for the eBPF programs",
+    )?;
     enough_disk_for_build()?;
-    eprintln!("setup: everything is present ({:.1} s)", started.elapsed().as_secs_f64());
+    eprintln!(
+        "setup: everything is present ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -42,18 +58,30 @@ fn is_root() -> bool {
     // /proc/self/status has the effective uid as the second field of "Uid:".
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn checked(mut command: Command) -> Result<()> {
     let shown = format!("{command:?}");
-    let status = command.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -63,8 +91,13 @@ fn checked(mut command: Command) -> Result<()> {
 fn debian_packages() -> Result<()> {
     let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(name, _)| *name).collect();
     let mut query = Command::new("dpkg-query");
-    query.args(["-W", "-f", "${Package} ${db:Status-Status}\n"]).args(&names);
-    let listed = query.stderr(Stdio::null()).output().context("dpkg-query is missing: netprof's setup expects a Debian-based machine")?;
+    query
+        .args(["-W", "-f", "${Package} ${db:Status-Status}\n"])
+        .args(&names);
+    let listed = query
+        .stderr(Stdio::null())
+        .output()
+        .context("dpkg-query is missing: netprof's setup expects a Debian-based machine")?;
     let listed = String::from_utf8_lossy(&listed.stdout);
     let missing: Vec<&(&str, &str)> = DEBIAN_PACKAGES
         .iter()
@@ -91,7 +124,10 @@ fn debian_packages() -> Result<()> {
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]);
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    );
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
         Some(_) => {
@@ -103,7 +139,15 @@ fn nightly_rust_src() -> Result<()> {
         None => {
             eprintln!("setup: installing the nightly toolchain with rust-src (the eBPF crate needs nightly)");
             let mut install = Command::new("rustup");
-            install.args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]);
+            install.args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]);
             checked(install)
         }
     }
@@ -112,7 +156,9 @@ fn nightly_rust_src() -> Result<()> {
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// Where the symlink to nightly's libLLVM lives; bpf-linker keeps an rpath to it.
@@ -135,29 +181,50 @@ pub fn cargo_env(command: &mut Command) {
 }
 
 fn bpf_linker() -> Result<()> {
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"]).context("rustc +nightly does not run: the nightly toolchain is missing")?;
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("rustc +nightly does not run: the nightly toolchain is missing")?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let libllvm = fs::read_dir(&lib_dir)
         .with_context(|| format!("cannot read {}", lib_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-")))
-        .with_context(|| format!("no libLLVM.so.* in {}: the nightly toolchain is incomplete", lib_dir.display()))?;
-    let file_name = libllvm.file_name().and_then(|n| n.to_str()).expect("matched as UTF-8").to_owned();
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: the nightly toolchain is incomplete",
+                lib_dir.display()
+            )
+        })?;
+    let file_name = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("matched as UTF-8")
+        .to_owned();
     // bpf-linker links against `libLLVM.so` at build time and loads the versioned name at run
     // time, both through its rpath to this directory. A nightly update changes the library, so
     // the links are renewed every time and the binary is rebuilt only if it no longer runs.
     let prefix_lib = llvm_prefix().join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("cannot create {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
     for name in ["libLLVM.so", file_name.as_str()] {
         let link = prefix_lib.join(name);
         if fs::read_link(&link).is_ok_and(|target| target == libllvm) {
             continue;
         }
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(&libllvm, &link).with_context(|| format!("cannot link {}", link.display()))?;
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
     }
     let binary = cargo_home().join("bin/bpf-linker");
-    let works = Command::new(&binary).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let works = Command::new(&binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if works {
         return Ok(());
     }
@@ -170,8 +237,19 @@ fn bpf_linker() -> Result<()> {
     let mut install = Command::new("cargo");
     install
         .env("LLVM_PREFIX", llvm_prefix())
-        .args(["install", "--force", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")]);
+        .args([
+            "install",
+            "--force",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ]);
     checked(install)
 }
 
@@ -181,11 +259,21 @@ const BUILD_NEEDS_BYTES: u64 = 4 << 30;
 const REFUSE_BELOW_BYTES: u64 = 2 << 30;
 
 fn enough_disk_for_build() -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
     // The target directory may not exist yet on a fresh clone: its parent is the same filesystem.
-    let probe = if target.exists() { target.clone() } else { PathBuf::from(".") };
-    let Some(avail) = output("df", &["--output=avail", "-B1", &probe.to_string_lossy()])
-        .and_then(|out| out.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()))
+    let probe = if target.exists() {
+        target.clone()
+    } else {
+        PathBuf::from(".")
+    };
+    let Some(avail) =
+        output("df", &["--output=avail", "-B1", &probe.to_string_lossy()]).and_then(|out| {
+            out.lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+        })
     else {
         return Ok(()); // no df: nothing to say, the build itself will tell
     };
@@ -211,7 +299,10 @@ fn enough_disk_for_build() -> Result<()> {
 
 fn mount_if_missing(fstype: &str, target: &str, why: &str) -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(target)) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(target))
+    {
         return Ok(());
     }
     if !is_root() {

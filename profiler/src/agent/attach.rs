@@ -25,9 +25,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, Config, DeviceCheckpoints, CP_NONE, NF_HOOK_LOCAL_OUT, DeviceKey, ALL_MAPS, MAP_CONFIG, MAP_DEVICES,
-    MAP_DEV_CACHE,
-    MAP_ENDPOINTS, MAX_ENDPOINTS, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+    nf_checkpoint, Config, DeviceCheckpoints, DeviceKey, ALL_MAPS, CP_NONE, MAP_CONFIG,
+    MAP_DEVICES, MAP_DEV_CACHE, MAP_ENDPOINTS, MAX_ENDPOINTS, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT,
+    NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
 
 use super::{
@@ -35,17 +35,18 @@ use super::{
     collect,
     devices::{self, Device, Found, Registry},
     duty::{AttachedTime, Cycler, Duty},
-    nf_points,
-    nf_program,
+    expedited_rcu::ExpeditedRcu,
+    nf_points, nf_program,
     report::{
-        AgentReport, CheckpointReport, DropReport, DutyReport, NotMeasured, ProgramStats, SegmentReport, SCHEMA,
+        AgentReport, CheckpointReport, DropReport, DutyReport, NotMeasured, ProgramStats,
+        SegmentReport, SCHEMA,
     },
     stages::{Catalog, DeviceHook, Place, NF_HOOK_NAMES},
-    expedited_rcu::ExpeditedRcu,
     stats::{StatsGuard, STATS_PERIOD},
     tracefs::Tracefs,
-    AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
-    PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
+    AgentError, AgentOptions, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX,
+    PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, STALE, TP_DEV_RX, TP_DEV_TX, VXLAN_PORT,
 };
 use crate::{
     cmd::Cmd,
@@ -64,15 +65,26 @@ use windows::{close_window, finish_detaching, open_window, with_inner};
 /// event. The classic ones need tracefs (field offsets).
 const TRACEPOINTS: [(Option<&str>, &str, &str, &str); 3] = [
     (Some(PROG_KFREE_SKB_BTF), PROG_KFREE_SKB, "skb", "kfree_skb"),
-    (Some(PROG_CONSUME_SKB_BTF), PROG_CONSUME_SKB, "skb", "consume_skb"),
+    (
+        Some(PROG_CONSUME_SKB_BTF),
+        PROG_CONSUME_SKB,
+        "skb",
+        "consume_skb",
+    ),
     (None, PROG_TCP_RETRANSMIT, "tcp", "tcp_retransmit_skb"),
 ];
 
 /// A tracepoint program the agent attached, to attach again when a duty-cycle window opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TraceProgram {
-    Btf { program: &'static str },
-    Classic { program: &'static str, group: &'static str, event: &'static str },
+    Btf {
+        program: &'static str,
+    },
+    Classic {
+        program: &'static str,
+        group: &'static str,
+        event: &'static str,
+    },
 }
 
 /// The running agent. Dropping it (or [`Agent::stop`]) stops the rescan and detaches every
@@ -402,9 +414,19 @@ impl Agent {
         // Statistics in slices when attached throughout (duty windows already limit them).
         let stats_slices = match (options.duty, options.stats_share) {
             (None, share) if share < 100 && stats_by_fd => {
-                let slices = Duty { on: STATS_PERIOD * share / 100, period: STATS_PERIOD };
+                let slices = Duty {
+                    on: STATS_PERIOD * share / 100,
+                    period: STATS_PERIOD,
+                };
                 let (a, b) = (Arc::clone(&inner), Arc::clone(&inner));
-                Some(Cycler::spawn(slices, move || with_inner(&a, stats_off), move || with_inner(&b, stats_on)).map_err(AgentError::Thread)?)
+                Some(
+                    Cycler::spawn(
+                        slices,
+                        move || with_inner(&a, stats_off),
+                        move || with_inner(&b, stats_on),
+                    )
+                    .map_err(AgentError::Thread)?,
+                )
             }
             _ => None,
         };
@@ -532,7 +554,9 @@ impl Agent {
             drops,
             not_measured: inner.not_measured.clone(),
             programs: program_stats(&inner),
-            stats_s: inner.stats_wanted.then(|| inner.stats_time.total().as_secs_f64()),
+            stats_s: inner
+                .stats_wanted
+                .then(|| inner.stats_time.total().as_secs_f64()),
             duty: inner.duty.map(|duty| DutyReport {
                 percent: duty.percent(),
                 period_ms: duty.period.as_millis() as u64,
@@ -723,9 +747,11 @@ fn write_config(
 
 /// Rewrites `NP_CONFIG` alone (a new epoch).
 fn write_config_only(ebpf: &mut Ebpf, config: &Config) -> Result<(), AgentError> {
-    let map = ebpf
-        .map_mut(MAP_CONFIG)
-        .ok_or(AgentError::Collect(collect::CollectError::MapMissing { map: MAP_CONFIG }))?;
+    let map =
+        ebpf.map_mut(MAP_CONFIG)
+            .ok_or(AgentError::Collect(collect::CollectError::MapMissing {
+                map: MAP_CONFIG,
+            }))?;
     let mut array: Array<&mut MapData, Config> =
         Array::try_from(map).map_err(map_write(MAP_CONFIG, "the configuration".into()))?;
     array
@@ -767,7 +793,12 @@ fn clear_device_cache(ebpf: &mut Ebpf) -> Result<(), AgentError> {
 
 fn load_tc(inner: &mut Inner) {
     let mut ok = true;
-    for program in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS] {
+    for program in [
+        PROG_TC_INGRESS,
+        PROG_TC_EGRESS,
+        PROG_TC_POD_INGRESS,
+        PROG_TC_POD_EGRESS,
+    ] {
         let result = match inner
             .ebpf
             .program_mut(program)
@@ -891,7 +922,11 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         // After existing TCX programs: the kernel programs return TC_ACT_PIPE-like
         // "next", so whatever runs before decides what they see.
         let mut result = classifier
-            .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .attach_with_options(
+                &ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
             .and_then(|id| classifier.take_link(id));
         // Reopening a duty-cycle window: the last window's link on this hook can still be
         // going (its release finishes in the kernel after the close returns, under load), and
@@ -900,7 +935,11 @@ fn attach_tc(inner: &mut Inner, device: &Device) {
         while inner.paused && Instant::now() < deadline && result.as_ref().is_err_and(is_eexist) {
             std::thread::sleep(Duration::from_millis(5));
             result = classifier
-                .attach_with_options(&ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    &ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .and_then(|id| classifier.take_link(id));
         }
         match result {
@@ -959,24 +998,47 @@ fn attach_tracepoints(inner: &mut Inner, tracefs_error: Option<String>) {
         let mut reasons = Vec::new();
         if let Some(btf_program) = btf_program {
             let loaded = match &btf {
-                Ok(btf) => match inner.ebpf.program_mut(btf_program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
+                Ok(btf) => match inner
+                    .ebpf
+                    .program_mut(btf_program)
+                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                {
                     Some(p) => p.load(event, btf).map_err(|e| chain(&e)),
-                    None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+                    None => Err(
+                        "the program is missing from netprof's eBPF object: rebuild netprof".into(),
+                    ),
                 },
                 Err(reason) => Err(reason.clone()),
             };
-            let attached = loaded.and_then(|()| attach_trace(inner, TraceProgram::Btf { program: btf_program }));
+            let attached = loaded.and_then(|()| {
+                attach_trace(
+                    inner,
+                    TraceProgram::Btf {
+                        program: btf_program,
+                    },
+                )
+            });
             match attached {
                 Ok(()) => continue,
                 Err(reason) => reasons.push(format!("tp_btf: {reason}")),
             }
         }
-        let classic = TraceProgram::Classic { program, group, event };
+        let classic = TraceProgram::Classic {
+            program,
+            group,
+            event,
+        };
         let result = match &tracefs_error {
             Some(reason) => Err(reason.clone()),
-            None => match inner.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+            None => match inner
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+            {
                 Some(p) => p.load().map_err(|e| chain(&e)),
-                None => Err("the program is missing from netprof's eBPF object: rebuild netprof".into()),
+                None => {
+                    Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+                }
             }
             .and_then(|()| attach_trace(inner, classic)),
         };
@@ -996,23 +1058,41 @@ fn attach_trace(inner: &mut Inner, which: TraceProgram) -> Result<(), String> {
                 .program_mut(program)
                 .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
                 .ok_or("the program is missing from netprof's eBPF object: rebuild netprof")?;
-            let link = p.attach().and_then(|id| p.take_link(id)).map_err(|e| chain(&e))?;
+            let link = p
+                .attach()
+                .and_then(|id| p.take_link(id))
+                .map_err(|e| chain(&e))?;
             inner.trace_btf_links.push(link);
         }
-        TraceProgram::Classic { program, group, event } => {
+        TraceProgram::Classic {
+            program,
+            group,
+            event,
+        } => {
             let p = inner
                 .ebpf
                 .program_mut(program)
                 .and_then(|p| <&mut TracePoint>::try_from(p).ok())
                 .ok_or("the program is missing from netprof's eBPF object: rebuild netprof")?;
-            let link = p.attach(group, event).and_then(|id| p.take_link(id)).map_err(|e| chain(&e))?;
+            let link = p
+                .attach(group, event)
+                .and_then(|id| p.take_link(id))
+                .map_err(|e| chain(&e))?;
             inner.trace_links.push(link);
         }
     }
     if !inner.trace_programs.contains(&which) {
         inner.trace_programs.push(which);
     }
-    if matches!(which, TraceProgram::Btf { program: PROG_CONSUME_SKB_BTF } | TraceProgram::Classic { program: PROG_CONSUME_SKB, .. }) {
+    if matches!(
+        which,
+        TraceProgram::Btf {
+            program: PROG_CONSUME_SKB_BTF
+        } | TraceProgram::Classic {
+            program: PROG_CONSUME_SKB,
+            ..
+        }
+    ) {
         inner.consume_attached = true;
     }
     Ok(())
@@ -1051,7 +1131,9 @@ fn netfilter_layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 /// The netfilter checkpoints: links where the kernel has them, else (or when asked for) the
 /// fentry/fexit fallback (`nf_fentry`).
 fn attach_netfilter_family(inner: &mut Inner, force_fentry: bool) {
-    let Some(layout) = netfilter_layout(inner) else { return };
+    let Some(layout) = netfilter_layout(inner) else {
+        return;
+    };
     if force_fentry {
         nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
     } else {
@@ -1081,7 +1163,9 @@ fn attach_netfilter(inner: &mut Inner, layout: &NetfilterLayout) {
     // cannot be listed or are not iptables' own.
     let points_per_hook: Vec<Vec<u32>> = match layout {
         Some(hooks) => hooks.iter().map(|prios| nf_points::points(prios)).collect(),
-        None => (0..NF_HOOK_COUNT).map(|_| (0..NF_POINT_COUNT).collect()).collect(),
+        None => (0..NF_HOOK_COUNT)
+            .map(|_| (0..NF_POINT_COUNT).collect())
+            .collect(),
     };
     let mut maps = StdHashMap::new();
     for name in ALL_MAPS {
@@ -1201,9 +1285,17 @@ mod tests {
 
     #[test]
     fn only_the_first_local_out_point_admits() {
-        let watched: BTreeSet<(u32, u32)> = [(0, 1), (0, 2), (3, 2), (3, 1), (4, 5)].into_iter().collect();
-        assert_eq!(nf_admit_checkpoint(&watched), nf_checkpoint(NF_HOOK_LOCAL_OUT, 1));
-        assert_eq!(nf_admit_checkpoint(&[(0, 1), (4, 5)].into_iter().collect()), CP_NONE);
+        let watched: BTreeSet<(u32, u32)> = [(0, 1), (0, 2), (3, 2), (3, 1), (4, 5)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            nf_admit_checkpoint(&watched),
+            nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
+        );
+        assert_eq!(
+            nf_admit_checkpoint(&[(0, 1), (4, 5)].into_iter().collect()),
+            CP_NONE
+        );
         assert_eq!(nf_admit_checkpoint(&BTreeSet::new()), CP_NONE);
     }
 

@@ -11,8 +11,8 @@
 use std::{collections::HashMap, path::Path};
 
 use profiler_common::datapath::{
-    Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT,
-    ARG_UNKNOWN,
+    Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN,
+    ARG_NFT_PKT, ARG_UNKNOWN,
 };
 
 /// BTF magic as it reads in the file's byte order (little-endian here).
@@ -333,8 +333,16 @@ impl Btf {
     /// The parameter names of kernel function `name`, in order; `None` if it is not in BTF.
     pub fn params(&self, name: &str) -> Option<Vec<&str>> {
         let func = self.get(*self.funcs.get(name)?)?;
-        let proto = self.get(func.size_or_type).filter(|t| t.kind == KIND_FUNC_PROTO)?;
-        Some(proto.members.iter().map(|m| self.name(m.name_off)).collect())
+        let proto = self
+            .get(func.size_or_type)
+            .filter(|t| t.kind == KIND_FUNC_PROTO)?;
+        Some(
+            proto
+                .members
+                .iter()
+                .map(|m| self.name(m.name_off))
+                .collect(),
+        )
     }
 
     /// Fills what the fentry/fexit netfilter fallback reads (`Config::nf_*`, `xt_*`, `nft_*`,
@@ -642,7 +650,9 @@ pub(crate) mod tests {
         b.function("ipt_do_table", 2, &[("priv", 1), ("skb", 1), ("state", 1)]); // 2, 3
         b.function("nft_do_chain", 4, &[("pkt", 1), ("priv", 1)]); // 4, 5
         let mut config = Config::default();
-        Btf::parse(&b.build(), "new").unwrap().fill_fentry_config(&mut config);
+        Btf::parse(&b.build(), "new")
+            .unwrap()
+            .fill_fentry_config(&mut config);
         assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [1, 2, 0]);
         assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);
         // nf_conntrack_in is missing: its positions stay unknown, and so do absent structs.
@@ -655,7 +665,9 @@ pub(crate) mod tests {
         b.function("ipt_do_table", 2, &[("skb", 1), ("state", 1), ("table", 1)]);
         b.function("nf_conntrack_in", 4, &[("skb", 1), ("state", 1)]);
         let mut config = Config::default();
-        Btf::parse(&b.build(), "old").unwrap().fill_fentry_config(&mut config);
+        Btf::parse(&b.build(), "old")
+            .unwrap()
+            .fill_fentry_config(&mut config);
         assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [0, 1, 2]);
         assert_eq!(config.fentry_args[ARG_CT_SKB..=ARG_CT_STATE], [0, 1]);
     }
@@ -670,7 +682,14 @@ pub(crate) mod tests {
         btf.fill_fentry_config(&mut config);
         println!("{config:?}");
         let Ok(raw) = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file", crate::ebpf::VMLINUX_BTF, "format", "raw"])
+            .args([
+                "btf",
+                "dump",
+                "file",
+                crate::ebpf::VMLINUX_BTF,
+                "format",
+                "raw",
+            ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         else {
@@ -686,18 +705,29 @@ pub(crate) mod tests {
             ("nft_pktinfo", "state", config.nft_pkt_state),
         ] {
             // A kernel without the struct leaves 0, and bpftool finds nothing either.
-            assert_eq!(bpftool_offset(&raw, strukt, path).unwrap_or(0), ours, "{strukt}.{path}");
+            assert_eq!(
+                bpftool_offset(&raw, strukt, path).unwrap_or(0),
+                ours,
+                "{strukt}.{path}"
+            );
         }
-        if let (Some(priority), Some(chain)) =
-            (bpftool_offset(&raw, "nft_base_chain", "ops.priority"), bpftool_offset(&raw, "nft_base_chain", "chain"))
-        {
+        if let (Some(priority), Some(chain)) = (
+            bpftool_offset(&raw, "nft_base_chain", "ops.priority"),
+            bpftool_offset(&raw, "nft_base_chain", "chain"),
+        ) {
             assert_eq!(config.nft_chain_priority, priority as i32 - chain as i32);
             assert!(config.nft_chain_priority < 0, "ops comes before chain");
         }
         // The traced functions take distinct arguments where present.
         if btf.params("ipt_do_table").is_some() {
             let ipt = &config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE];
-            assert!(ipt.iter().all(|&a| a < 3) && ipt[0] != ipt[1] && ipt[1] != ipt[2] && ipt[0] != ipt[2], "{ipt:?}");
+            assert!(
+                ipt.iter().all(|&a| a < 3)
+                    && ipt[0] != ipt[1]
+                    && ipt[1] != ipt[2]
+                    && ipt[0] != ipt[2],
+                "{ipt:?}"
+            );
         }
         if btf.params("nft_do_chain").is_some() {
             assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);

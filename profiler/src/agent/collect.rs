@@ -10,10 +10,11 @@ use aya::{
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, Journey, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED,
-    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL,
-    COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS,
-    MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_SEGMENTS,
+    bucket_high, bucket_low, DropKey, Histogram, Journey, SegmentKey, SegmentSlot,
+    COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED,
+    COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
+    COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS, MAP_COUNTERS,
+    MAP_CP_HITS, MAP_DROPS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_SEGMENTS,
 };
 
 use super::report::Counters;
@@ -136,16 +137,24 @@ pub fn summarize(hist: &Histogram) -> Summary {
 /// Every segment's histogram, summed over CPUs (each CPU keeps its own slots: one segment may
 /// sit in different slots on different CPUs).
 pub fn read_segments(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u16), Histogram>, CollectError> {
-    let map: PerCpuArray<&MapData, SegmentSlot> =
-        PerCpuArray::try_from(find(ebpf, MAP_SEGMENTS)?).map_err(map_error(MAP_SEGMENTS, "open"))?;
+    let map: PerCpuArray<&MapData, SegmentSlot> = PerCpuArray::try_from(find(ebpf, MAP_SEGMENTS)?)
+        .map_err(map_error(MAP_SEGMENTS, "open"))?;
     let mut per_segment: BTreeMap<(u16, u16), Vec<Histogram>> = BTreeMap::new();
     for index in 0..MAX_SEGMENTS {
-        let slots = map.get(&index, 0).map_err(map_error(MAP_SEGMENTS, "read"))?;
+        let slots = map
+            .get(&index, 0)
+            .map_err(map_error(MAP_SEGMENTS, "read"))?;
         for slot in slots.iter().filter(|s| s.key != SegmentKey::default()) {
-            per_segment.entry((slot.key.from, slot.key.to)).or_default().push(slot.hist);
+            per_segment
+                .entry((slot.key.from, slot.key.to))
+                .or_default()
+                .push(slot.hist);
         }
     }
-    Ok(per_segment.into_iter().map(|(key, hists)| (key, sum_histograms(&hists))).collect())
+    Ok(per_segment
+        .into_iter()
+        .map(|(key, hists)| (key, sum_histograms(&hists)))
+        .collect())
 }
 
 fn sum_u64(values: &PerCpuValues<u64>) -> u64 {
@@ -232,16 +241,25 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
     })?;
     {
         let mut map: PerCpuArray<&mut MapData, SegmentSlot> =
-            PerCpuArray::try_from(find_mut(ebpf, MAP_SEGMENTS)?).map_err(map_error(MAP_SEGMENTS, "open"))?;
-        let free = SegmentSlot { key: SegmentKey::default(), _pad: 0, hist: Histogram::default() };
+            PerCpuArray::try_from(find_mut(ebpf, MAP_SEGMENTS)?)
+                .map_err(map_error(MAP_SEGMENTS, "open"))?;
+        let free = SegmentSlot {
+            key: SegmentKey::default(),
+            _pad: 0,
+            hist: Histogram::default(),
+        };
         for index in 0..MAX_SEGMENTS {
             // Only slots in use are written (a free slot is zero already on every CPU).
-            let slots = map.get(&index, 0).map_err(map_error(MAP_SEGMENTS, "read"))?;
+            let slots = map
+                .get(&index, 0)
+                .map_err(map_error(MAP_SEGMENTS, "read"))?;
             if slots.iter().all(|s| s.key == SegmentKey::default()) {
                 continue;
             }
-            let zero = PerCpuValues::try_from(vec![free; cpus]).expect("one value per possible CPU");
-            map.set(index, zero, 0).map_err(map_error(MAP_SEGMENTS, "clear"))?;
+            let zero =
+                PerCpuValues::try_from(vec![free; cpus]).expect("one value per possible CPU");
+            map.set(index, zero, 0)
+                .map_err(map_error(MAP_SEGMENTS, "clear"))?;
         }
     }
     {
@@ -249,7 +267,8 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
         // counted as abandoned in the next one; between steps nothing of the benchmark is in
         // flight, so forgetting them loses nothing.
         let mut map: HashMap<&mut MapData, u64, Journey> =
-            HashMap::try_from(find_mut(ebpf, MAP_JOURNEYS)?).map_err(map_error(MAP_JOURNEYS, "open"))?;
+            HashMap::try_from(find_mut(ebpf, MAP_JOURNEYS)?)
+                .map_err(map_error(MAP_JOURNEYS, "open"))?;
         let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
         for key in keys {
             match map.remove(&key) {

@@ -6,9 +6,7 @@
 
 use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
-use profiler_common::datapath::{
-    DeviceCheckpoints, DeviceKey, DEVICE_CP_BASE, MAX_CHECKPOINTS,
-};
+use profiler_common::datapath::{DeviceCheckpoints, DeviceKey, DEVICE_CP_BASE, MAX_CHECKPOINTS};
 use serde_json::Value;
 
 use super::stages::{DeviceHook, DeviceLabel, DeviceRole};

@@ -37,7 +37,9 @@ impl Duty {
     /// `percent` of every `period` (1..=100; 100 means always attached: `None`).
     pub fn from_percent(percent: u32, period: Duration) -> Result<Option<Duty>, String> {
         if percent == 0 || percent > 100 {
-            return Err(format!("duty {percent}%: give a percentage from 1 to 100 (100: always attached)"));
+            return Err(format!(
+                "duty {percent}%: give a percentage from 1 to 100 (100: always attached)"
+            ));
         }
         if period < MIN_PERIOD {
             return Err(format!(
@@ -171,11 +173,18 @@ mod tests {
         let second = Duration::from_secs(1);
         assert_eq!(Duty::from_percent(100, second), Ok(None));
         let duty = Duty::from_percent(10, second).unwrap().unwrap();
-        assert_eq!((duty.on, duty.off()), (Duration::from_millis(100), Duration::from_millis(900)));
+        assert_eq!(
+            (duty.on, duty.off()),
+            (Duration::from_millis(100), Duration::from_millis(900))
+        );
         assert!((duty.percent() - 10.0).abs() < 1e-9);
-        assert!(Duty::from_percent(0, second).unwrap_err().contains("1 to 100"));
+        assert!(Duty::from_percent(0, second)
+            .unwrap_err()
+            .contains("1 to 100"));
         assert!(Duty::from_percent(101, second).is_err());
-        assert!(Duty::from_percent(50, Duration::from_millis(10)).unwrap_err().contains("at least 500 ms"));
+        assert!(Duty::from_percent(50, Duration::from_millis(10))
+            .unwrap_err()
+            .contains("at least 500 ms"));
     }
 
     #[test]
@@ -186,7 +195,10 @@ mod tests {
         t.stop();
         std::thread::sleep(Duration::from_millis(30));
         let closed = t.total();
-        assert!(closed >= Duration::from_millis(30) && closed < Duration::from_millis(55), "{closed:?}");
+        assert!(
+            closed >= Duration::from_millis(30) && closed < Duration::from_millis(55),
+            "{closed:?}"
+        );
         t.start();
         t.start(); // already open: not a new window
         assert_eq!(t.windows, 2);

@@ -29,7 +29,10 @@ pub struct ExpeditedRcu {
 
 impl Default for ExpeditedRcu {
     fn default() -> Self {
-        ExpeditedRcu { knob: KNOB.into(), lock_file: LOCK_FILE.into() }
+        ExpeditedRcu {
+            knob: KNOB.into(),
+            lock_file: LOCK_FILE.into(),
+        }
     }
 }
 
@@ -44,7 +47,10 @@ pub struct Expedited {
 impl ExpeditedRcu {
     #[cfg(test)]
     pub fn at(knob: &Path, lock_file: &Path) -> Self {
-        ExpeditedRcu { knob: knob.into(), lock_file: lock_file.into() }
+        ExpeditedRcu {
+            knob: knob.into(),
+            lock_file: lock_file.into(),
+        }
     }
 
     /// Expedites grace periods until the guard drops. `Err` says why not (the edge then runs
@@ -55,14 +61,23 @@ impl ExpeditedRcu {
         let old = read_knob(&self.knob)?;
         if old == "1" {
             // Already expedited (by the administrator): nothing to change or restore.
-            return Ok(Expedited { lock, knob: self.knob.clone(), old });
+            return Ok(Expedited {
+                lock,
+                knob: self.knob.clone(),
+                old,
+            });
         }
-        write_all(&mut lock, old.as_bytes()).map_err(|e| format!("cannot write {}: {e}", self.lock_file.display()))?;
+        write_all(&mut lock, old.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", self.lock_file.display()))?;
         if let Err(err) = fs::write(&self.knob, "1") {
             let _ = lock.set_len(0);
             return Err(format!("cannot write {}: {err}", self.knob.display()));
         }
-        Ok(Expedited { lock, knob: self.knob.clone(), old })
+        Ok(Expedited {
+            lock,
+            knob: self.knob.clone(),
+            old,
+        })
     }
 
     /// The default knob if this agent can set it (tried once: set and written back), else
@@ -95,7 +110,11 @@ impl ExpeditedRcu {
         // SAFETY: flock on an fd this function owns; the lock goes with the file.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc != 0 {
-            return Err(format!("cannot lock {}: {}", self.lock_file.display(), std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot lock {}: {}",
+                self.lock_file.display(),
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(file)
     }
@@ -111,7 +130,11 @@ impl Drop for Expedited {
             Ok(()) => {
                 let _ = self.lock.set_len(0);
             }
-            Err(err) => log::warn!("cannot write {} back to {}: {err}", self.knob.display(), self.old),
+            Err(err) => log::warn!(
+                "cannot write {} back to {}: {err}",
+                self.knob.display(),
+                self.old
+            ),
         }
     }
 }
@@ -119,18 +142,26 @@ impl Drop for Expedited {
 /// A value left in the lock file is the knob's value before an agent died mid-edge.
 fn restore_left_over(lock: &mut File, knob: &Path) -> Result<(), String> {
     let mut left = String::new();
-    lock.seek(SeekFrom::Start(0)).and_then(|_| lock.read_to_string(&mut left)).map_err(|e| format!("cannot read the lock file: {e}"))?;
+    lock.seek(SeekFrom::Start(0))
+        .and_then(|_| lock.read_to_string(&mut left))
+        .map_err(|e| format!("cannot read the lock file: {e}"))?;
     let left = left.trim();
     if left.is_empty() {
         return Ok(());
     }
-    log::info!("writing {} back to {left} (a netprof agent died while it had changed it)", knob.display());
+    log::info!(
+        "writing {} back to {left} (a netprof agent died while it had changed it)",
+        knob.display()
+    );
     fs::write(knob, left).map_err(|e| format!("cannot write {}: {e}", knob.display()))?;
-    lock.set_len(0).map_err(|e| format!("cannot clear the lock file: {e}"))
+    lock.set_len(0)
+        .map_err(|e| format!("cannot clear the lock file: {e}"))
 }
 
 fn read_knob(knob: &Path) -> Result<String, String> {
-    fs::read_to_string(knob).map(|s| s.trim().to_owned()).map_err(|e| format!("cannot read {}: {e}", knob.display()))
+    fs::read_to_string(knob)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", knob.display()))
 }
 
 fn write_all(file: &mut File, text: &[u8]) -> std::io::Result<()> {
@@ -162,7 +193,10 @@ mod tests {
     }
 
     fn read(dir: &Scratch, name: &str) -> String {
-        fs::read_to_string(dir.0.join(name)).unwrap().trim().to_owned()
+        fs::read_to_string(dir.0.join(name))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     #[test]
@@ -170,7 +204,11 @@ mod tests {
         let (dir, rcu) = setup("set", "0\n");
         let guard = rcu.begin().unwrap();
         assert_eq!(read(&dir, "knob"), "1");
-        assert_eq!(read(&dir, "run/lock"), "0", "the old value is noted for a crash");
+        assert_eq!(
+            read(&dir, "run/lock"),
+            "0",
+            "the old value is noted for a crash"
+        );
         drop(guard);
         assert_eq!(read(&dir, "knob"), "0");
         assert_eq!(read(&dir, "run/lock"), "");
@@ -193,7 +231,11 @@ mod tests {
         let guard = rcu.begin().unwrap();
         assert_eq!(read(&dir, "knob"), "1");
         drop(guard);
-        assert_eq!(read(&dir, "knob"), "0", "the value from before the killed agent");
+        assert_eq!(
+            read(&dir, "knob"),
+            "0",
+            "the value from before the killed agent"
+        );
         assert_eq!(read(&dir, "run/lock"), "");
     }
 

@@ -35,8 +35,9 @@ use crate::{ebpf::EbpfError, netns::NetnsError};
 
 /// Program names, from the contract (`profiler_common::datapath`).
 pub use profiler_common::datapath::{
-    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
+    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+    PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
+    PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
 /// The netfilter program of `hook`, `point` in the netfilter object.
@@ -104,13 +105,25 @@ pub struct HookFamilies {
 
 impl Default for HookFamilies {
     fn default() -> Self {
-        Self { tc: true, dev: false, netfilter: true, tracepoints: true, nf_fentry: false }
+        Self {
+            tc: true,
+            dev: false,
+            netfilter: true,
+            tracepoints: true,
+            nf_fentry: false,
+        }
     }
 }
 
 impl HookFamilies {
     /// Every family, tp_btf device hooks included.
-    pub const ALL: Self = Self { tc: true, dev: true, netfilter: true, tracepoints: true, nf_fentry: false };
+    pub const ALL: Self = Self {
+        tc: true,
+        dev: true,
+        netfilter: true,
+        tracepoints: true,
+        nf_fentry: false,
+    };
 }
 
 impl std::str::FromStr for HookFamilies {
@@ -124,7 +137,13 @@ impl std::str::FromStr for HookFamilies {
             "all" => return Ok(Self::ALL),
             _ => {}
         }
-        let mut set = Self { tc: false, dev: false, netfilter: false, tracepoints: false, nf_fentry: false };
+        let mut set = Self {
+            tc: false,
+            dev: false,
+            netfilter: false,
+            tracepoints: false,
+            nf_fentry: false,
+        };
         for word in text.split(',').map(str::trim) {
             match word {
                 "tc" => set.tc = true,

@@ -4,7 +4,11 @@
 //! `netprof overhead --duty 1`). The socket is opened inside the namespace (a netlink socket
 //! stays bound to the namespace it was created in), then the thread returns.
 
-use std::{collections::BTreeMap, io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use super::devices::Link;
 use crate::netns::NetnsHandle;
@@ -34,7 +38,13 @@ pub fn list(netns: &str) -> io::Result<Vec<Link>> {
     let socket = {
         let _inside = handle.enter_if_elsewhere().map_err(io::Error::other)?;
         // SAFETY: socket(2) with constant arguments; the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -52,7 +62,14 @@ fn dump(socket: &OwnedFd) -> io::Result<Vec<Link>> {
     request[8..12].copy_from_slice(&1u32.to_ne_bytes());
     // ifinfomsg: family AF_UNSPEC and everything else zero: every link.
     // SAFETY: sending a buffer we own on a valid socket (the kernel is the default peer).
-    let sent = unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -70,12 +87,17 @@ fn dump(socket: &OwnedFd) -> io::Result<Vec<Link>> {
             let len = u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize;
             let kind = u16::from_ne_bytes(msg[4..6].try_into().unwrap());
             if len < NLMSG_HDR || len > msg.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink message",
+                ));
             }
             match kind {
                 NLMSG_DONE => return Ok(resolve_masters(links, masters)),
                 NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(msg[NLMSG_HDR..NLMSG_HDR + 4].try_into().unwrap_or([0; 4]));
+                    let errno = i32::from_ne_bytes(
+                        msg[NLMSG_HDR..NLMSG_HDR + 4].try_into().unwrap_or([0; 4]),
+                    );
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
                 RTM_NEWLINK => {
@@ -95,7 +117,10 @@ fn dump(socket: &OwnedFd) -> io::Result<Vec<Link>> {
 
 /// Masters come as ifindexes; `Link` names them.
 fn resolve_masters(mut links: Vec<Link>, masters: Vec<(usize, u32)>) -> Vec<Link> {
-    let names: BTreeMap<u32, String> = links.iter().map(|l| (l.ifindex, l.ifname.clone())).collect();
+    let names: BTreeMap<u32, String> = links
+        .iter()
+        .map(|l| (l.ifindex, l.ifname.clone()))
+        .collect();
     for (i, master) in masters {
         links[i].master = names.get(&master).cloned();
     }
@@ -109,7 +134,12 @@ fn parse_link(payload: &[u8]) -> Option<(Link, Option<u32>)> {
     for (ty, value) in attributes(payload.get(IFINFOMSG..)?) {
         match ty {
             IFLA_IFNAME => ifname = Some(c_string(value)),
-            IFLA_MASTER => master = value.get(0..4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes),
+            IFLA_MASTER => {
+                master = value
+                    .get(0..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_ne_bytes)
+            }
             IFLA_LINKINFO => {
                 for (ty, value) in attributes(value) {
                     if ty == IFLA_INFO_KIND {
@@ -120,7 +150,15 @@ fn parse_link(payload: &[u8]) -> Option<(Link, Option<u32>)> {
             _ => {}
         }
     }
-    Some((Link { ifname: ifname?, ifindex, kind, master: None }, master))
+    Some((
+        Link {
+            ifname: ifname?,
+            ifindex,
+            kind,
+            master: None,
+        },
+        master,
+    ))
 }
 
 /// The attributes (type without the nested/byte-order flags, value) in `data`.
@@ -165,8 +203,21 @@ mod tests {
         payload.extend(nla(IFLA_MASTER, &3u32.to_ne_bytes()));
         payload.extend(nla(IFLA_LINKINFO, &nla(IFLA_INFO_KIND, b"veth\0")));
         let (link, master) = parse_link(&payload).unwrap();
-        assert_eq!((link.ifname.as_str(), link.ifindex, link.kind.as_str(), master), ("veth-pod", 7, "veth", Some(3)));
-        let bridge = Link { ifname: "cni0".into(), ifindex: 3, kind: "bridge".into(), master: None };
+        assert_eq!(
+            (
+                link.ifname.as_str(),
+                link.ifindex,
+                link.kind.as_str(),
+                master
+            ),
+            ("veth-pod", 7, "veth", Some(3))
+        );
+        let bridge = Link {
+            ifname: "cni0".into(),
+            ifindex: 3,
+            kind: "bridge".into(),
+            master: None,
+        };
         let links = resolve_masters(vec![link, bridge], vec![(0, 3)]);
         assert_eq!(links[0].master.as_deref(), Some("cni0"));
         // No name: not a link we can use.

@@ -76,7 +76,11 @@ pub fn points(registered: &[i32]) -> Vec<u32> {
             i64::from(NF_POINT_PRIORITIES[k as usize])
         }
     };
-    let occupied = |lo: i64, hi: i64| registered.iter().any(|&p| i64::from(p) > lo && i64::from(p) < hi);
+    let occupied = |lo: i64, hi: i64| {
+        registered
+            .iter()
+            .any(|&p| i64::from(p) > lo && i64::from(p) < hi)
+    };
     (0..NF_POINT_COUNT)
         .filter(|&k| {
             let k = i64::from(k);
@@ -112,11 +116,21 @@ mod tests {
         for (hook, prios) in hooks.iter().enumerate() {
             let kept = points(prios);
             for &p in prios {
-                let below = kept.iter().filter(|&&k| NF_POINT_PRIORITIES[k as usize] < p).max();
-                let above = kept.iter().filter(|&&k| NF_POINT_PRIORITIES[k as usize] > p).min();
+                let below = kept
+                    .iter()
+                    .filter(|&&k| NF_POINT_PRIORITIES[k as usize] < p)
+                    .max();
+                let above = kept
+                    .iter()
+                    .filter(|&&k| NF_POINT_PRIORITIES[k as usize] > p)
+                    .min();
                 // Either side may be open (before the first or after the last point).
                 if let (Some(&b), Some(&a)) = (below, above) {
-                    assert_eq!(a, b + 1, "hook {hook}: priority {p} not bracketed by adjacent points");
+                    assert_eq!(
+                        a,
+                        b + 1,
+                        "hook {hook}: priority {p} not bracketed by adjacent points"
+                    );
                 }
             }
         }

@@ -375,14 +375,20 @@ impl Catalog {
             }
         }
         places.insert(CP_CONSUMED, Place::Consumed);
-        Self { places, empty_brackets: Default::default() }
+        Self {
+            places,
+            empty_brackets: Default::default(),
+        }
     }
 
     /// Records which priorities have hook functions on `hook`, so an empty bracket between
     /// two attached points is not named after a table that is not there.
     pub fn set_registered(&mut self, hook: u32, registered: &[i32]) {
         for point in 0..NF_POINT_COUNT - 1 {
-            let (lo, hi) = (NF_POINT_PRIORITIES[point as usize], NF_POINT_PRIORITIES[point as usize + 1]);
+            let (lo, hi) = (
+                NF_POINT_PRIORITIES[point as usize],
+                NF_POINT_PRIORITIES[point as usize + 1],
+            );
             if !registered.iter().any(|&p| p > lo && p < hi) {
                 self.empty_brackets.insert((hook, point));
             }
@@ -423,7 +429,13 @@ impl Catalog {
             (Some(Place::Netfilter { hook, point }), Some(b @ Place::Netfilter { .. }))
                 if self.empty_brackets.contains(&(*hook, *point)) =>
             {
-                match classify(&Place::Netfilter { hook: *hook, point: *point }, b) {
+                match classify(
+                    &Place::Netfilter {
+                        hook: *hook,
+                        point: *point,
+                    },
+                    b,
+                ) {
                     stage if stage.is_netfilter() => Stage::Netfilter,
                     stage => stage,
                 }
@@ -607,7 +619,10 @@ mod tests {
     #[test]
     fn an_empty_bracket_is_not_named_after_a_table() {
         let mut c = Catalog::new();
-        let (ct_in, ct_out) = (nf_checkpoint(NF_HOOK_PRE_ROUTING, 1), nf_checkpoint(NF_HOOK_PRE_ROUTING, 2));
+        let (ct_in, ct_out) = (
+            nf_checkpoint(NF_HOOK_PRE_ROUTING, 1),
+            nf_checkpoint(NF_HOOK_PRE_ROUTING, 2),
+        );
         let (mangle_in, mangle_out) = (ct_out, nf_checkpoint(NF_HOOK_PRE_ROUTING, 3));
         assert_eq!(c.stage(mangle_in, mangle_out), Stage::Mangle);
         // Conntrack and nat registered, no mangle table.

@@ -57,11 +57,21 @@ impl Response {
     pub fn json(status: u16, value: &impl Serialize) -> Self {
         let mut body = serde_json::to_vec_pretty(value).expect("response values serialize");
         body.push(b'\n');
-        Self { status, content_type: JSON, headers: Vec::new(), body }
+        Self {
+            status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body,
+        }
     }
 
     pub fn text(status: u16, content_type: &'static str, body: impl Into<String>) -> Self {
-        Self { status, content_type, headers: Vec::new(), body: body.into().into_bytes() }
+        Self {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into().into_bytes(),
+        }
     }
 
     /// `{"error": reason, "status": N}`.
@@ -71,11 +81,22 @@ impl Response {
             status: u16,
             error: String,
         }
-        Self::json(status, &ErrorBody { status, error: reason.into() })
+        Self::json(
+            status,
+            &ErrorBody {
+                status,
+                error: reason.into(),
+            },
+        )
     }
 
     pub fn no_content() -> Self {
-        Self { status: 204, content_type: TEXT, headers: Vec::new(), body: Vec::new() }
+        Self {
+            status: 204,
+            content_type: TEXT,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -85,7 +106,11 @@ impl Response {
 
     /// The bytes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            self.status,
+            reason_phrase(self.status)
+        );
         if self.status != 204 {
             head.push_str(&format!(
                 "Content-Type: {}\r\nContent-Length: {}\r\n",
@@ -143,20 +168,33 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
     let request_line = lines.next().unwrap_or_default();
     let parts: Vec<&str> = request_line.split(' ').collect();
     let [method, target, version] = parts[..] else {
-        return Err(bad("malformed request line: expected `METHOD /path HTTP/1.1`"));
+        return Err(bad(
+            "malformed request line: expected `METHOD /path HTTP/1.1`",
+        ));
     };
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(bad("malformed request line: the method must be an upper-case token"));
+        return Err(bad(
+            "malformed request line: the method must be an upper-case token",
+        ));
     }
     if !target.starts_with('/') {
-        return Err(bad("malformed request line: the target must be a path starting with /"));
+        return Err(bad(
+            "malformed request line: the target must be a path starting with /",
+        ));
     }
     match version {
         "HTTP/1.1" | "HTTP/1.0" => {}
         v if v.starts_with("HTTP/") => {
-            return Err(Response::error(505, format!("{v} is not supported: use HTTP/1.1")))
+            return Err(Response::error(
+                505,
+                format!("{v} is not supported: use HTTP/1.1"),
+            ))
         }
-        _ => return Err(bad("malformed request line: expected `METHOD /path HTTP/1.1`")),
+        _ => {
+            return Err(bad(
+                "malformed request line: expected `METHOD /path HTTP/1.1`",
+            ))
+        }
     }
     let mut content_length: Option<usize> = None;
     let mut expect_continue = false;
@@ -167,7 +205,11 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
         let Some((name, value)) = line.split_once(':') else {
             return Err(bad("malformed header line: expected `Name: value`"));
         };
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(bad("malformed header name"));
         }
         let value = value.trim();
@@ -192,13 +234,24 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
         }
     }
     let path = target.split(['?', '#']).next().unwrap_or(target).to_owned();
-    Ok(Head { method: method.to_owned(), path, content_length: content_length.unwrap_or(0), expect_continue })
+    Ok(Head {
+        method: method.to_owned(),
+        path,
+        content_length: content_length.unwrap_or(0),
+        expect_continue,
+    })
 }
 
 /// Where the head ends: (end of head, start of body).
 fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    let lf = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -206,7 +259,9 @@ fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Reads one request. The caller bounds the time ([`READ_TIMEOUT`]).
-pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Request, ReadError> {
+pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (end, body_start) = loop {
@@ -224,12 +279,18 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> 
                 format!("the request line and headers exceed {MAX_HEAD} bytes"),
             )));
         }
-        let n = stream.read(&mut chunk).await.map_err(|_| ReadError::Closed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| ReadError::Closed)?;
         if n == 0 {
             if buf.is_empty() {
                 return Err(ReadError::Closed);
             }
-            return Err(ReadError::Reject(Response::error(400, "the connection closed inside the request head")));
+            return Err(ReadError::Reject(Response::error(
+                400,
+                "the connection closed inside the request head",
+            )));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -243,7 +304,10 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> 
     if head.content_length > MAX_BODY {
         return Err(ReadError::Reject(Response::error(
             413,
-            format!("the body has {} bytes; the limit is {MAX_BODY}", head.content_length),
+            format!(
+                "the body has {} bytes; the limit is {MAX_BODY}",
+                head.content_length
+            ),
         )));
     }
     let mut body = buf.split_off(body_start);
@@ -254,18 +318,29 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> 
             .map_err(|_| ReadError::Closed)?;
     }
     while body.len() < head.content_length {
-        let n = stream.read(&mut chunk).await.map_err(|_| ReadError::Closed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| ReadError::Closed)?;
         if n == 0 {
             return Err(ReadError::Reject(Response::error(
                 400,
-                format!("the body ended after {} of {} bytes (Content-Length)", body.len(), head.content_length),
+                format!(
+                    "the body ended after {} of {} bytes (Content-Length)",
+                    body.len(),
+                    head.content_length
+                ),
             )));
         }
         body.extend_from_slice(&chunk[..n]);
     }
     // Pipelined bytes after the body are ignored: one request per connection.
     body.truncate(head.content_length);
-    Ok(Request { method: head.method, path: head.path, body })
+    Ok(Request {
+        method: head.method,
+        path: head.path,
+        body,
+    })
 }
 
 /// Writes `response`, half-closes, and drains what the client still sends (up to a bound), so
@@ -301,10 +376,21 @@ mod tests {
     #[test]
     fn parses_a_post_with_a_body_length() {
         let h = head("POST /v1/start?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 42\r\nExpect: 100-continue").unwrap();
-        assert_eq!(h, Head { method: "POST".into(), path: "/v1/start".into(), content_length: 42, expect_continue: true });
+        assert_eq!(
+            h,
+            Head {
+                method: "POST".into(),
+                path: "/v1/start".into(),
+                content_length: 42,
+                expect_continue: true
+            }
+        );
         assert_eq!(head("GET /healthz HTTP/1.0").unwrap().content_length, 0);
         // Bare LF line ends are tolerated.
-        assert_eq!(head("GET /metrics HTTP/1.1\nHost: x").unwrap().path, "/metrics");
+        assert_eq!(
+            head("GET /metrics HTTP/1.1\nHost: x").unwrap().path,
+            "/metrics"
+        );
     }
 
     #[test]
@@ -326,7 +412,10 @@ mod tests {
             assert_eq!(head(raw), Err(400), "{raw:?}");
         }
         assert_eq!(head("GET / HTTP/2.0"), Err(505));
-        assert_eq!(head("POST /v1/start HTTP/1.1\r\nTransfer-Encoding: chunked"), Err(411));
+        assert_eq!(
+            head("POST /v1/start HTTP/1.1\r\nTransfer-Encoding: chunked"),
+            Err(411)
+        );
         assert_eq!(parse_head(&[0xff, 0xfe]).unwrap_err().status, 400);
         let reason = String::from_utf8(parse_head(b"nonsense").unwrap_err().body).unwrap();
         assert!(reason.contains("METHOD /path HTTP/1.1"), "{reason}");
@@ -341,7 +430,8 @@ mod tests {
         );
         let r = String::from_utf8(Response::no_content().to_bytes()).unwrap();
         assert_eq!(r, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        let e: serde_json::Value = serde_json::from_slice(&Response::error(409, "busy").body).unwrap();
+        let e: serde_json::Value =
+            serde_json::from_slice(&Response::error(409, "busy").body).unwrap();
         assert_eq!(e, serde_json::json!({"status": 409, "error": "busy"}));
     }
 
@@ -357,16 +447,33 @@ mod tests {
 
     #[tokio::test]
     async fn reads_requests_within_the_limits() {
-        let r = read(b"\r\nPOST /v1/start HTTP/1.1\r\nContent-Length: 4\r\n\r\n{}\r\nextra").await.unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.body.as_slice()), ("POST", "/v1/start", &b"{}\r\n"[..]));
+        let r = read(b"\r\nPOST /v1/start HTTP/1.1\r\nContent-Length: 4\r\n\r\n{}\r\nextra")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.body.as_slice()),
+            ("POST", "/v1/start", &b"{}\r\n"[..])
+        );
         assert_eq!(read(b"").await, Err(0));
         assert_eq!(read(b"GET /healthz HTTP/1.1\r\n").await, Err(400));
-        assert_eq!(read(b"POST /v1/start HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}").await, Err(400));
-        let big = format!("POST /v1/start HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(
+            read(b"POST /v1/start HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}").await,
+            Err(400)
+        );
+        let big = format!(
+            "POST /v1/start HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         assert_eq!(read(big.as_bytes()).await, Err(413));
-        let fat = format!("GET /healthz HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let fat = format!(
+            "GET /healthz HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
         assert_eq!(read(fat.as_bytes()).await, Err(431));
-        let exact = format!("POST /v1/start HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n{}", " ".repeat(MAX_BODY));
+        let exact = format!(
+            "POST /v1/start HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n{}",
+            " ".repeat(MAX_BODY)
+        );
         assert_eq!(read(exact.as_bytes()).await.unwrap().body.len(), MAX_BODY);
     }
 }

@@ -52,8 +52,10 @@ impl Family<'_> {
     fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
         let _ = write!(self.out, "{}", self.name);
         if !labels.is_empty() {
-            let pairs: Vec<String> =
-                labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
+            let pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
             let _ = write!(self.out, "{{{}}}", pairs.join(","));
         }
         let _ = writeln!(self.out, " {}", format_value(value));
@@ -74,8 +76,13 @@ struct SegmentSample {
 /// Renders the metrics; `None` when no agent is attached (only `netprof_agent_attached 0`).
 pub fn render(report: Option<&AgentReport>) -> String {
     let mut out = String::new();
-    family(&mut out, "netprof_agent_attached", "gauge", "1 while the agent's checkpoints are attached, else 0.")
-        .sample(&[], if report.is_some() { 1.0 } else { 0.0 });
+    family(
+        &mut out,
+        "netprof_agent_attached",
+        "gauge",
+        "1 while the agent's checkpoints are attached, else 0.",
+    )
+    .sample(&[], if report.is_some() { 1.0 } else { 0.0 });
     let Some(report) = report else {
         return out;
     };
@@ -91,7 +98,12 @@ pub fn render(report: Option<&AgentReport>) -> String {
     for cp in &report.checkpoints {
         *hits.entry(&cp.name).or_default() += cp.hits;
     }
-    let mut f = family(&mut out, "netprof_checkpoint_hits_total", "counter", "Tracked packets seen at a checkpoint.");
+    let mut f = family(
+        &mut out,
+        "netprof_checkpoint_hits_total",
+        "counter",
+        "Tracked packets seen at a checkpoint.",
+    );
     for (name, count) in hits {
         f.sample(&[("checkpoint", name)], count as f64);
     }
@@ -111,10 +123,26 @@ pub fn render(report: Option<&AgentReport>) -> String {
     }
     type Pick = fn(&SegmentSample) -> f64;
     let series: [(&'static str, &str, Pick); 4] = [
-        ("netprof_segment_count", "Packets timed over a segment (checkpoint to checkpoint).", |v| v.count as f64),
-        ("netprof_segment_p50_seconds", "Median time over a segment.", |v| v.p50_s),
-        ("netprof_segment_p99_seconds", "99th percentile time over a segment.", |v| v.p99_s),
-        ("netprof_segment_mean_seconds", "Mean time over a segment.", |v| v.mean_s),
+        (
+            "netprof_segment_count",
+            "Packets timed over a segment (checkpoint to checkpoint).",
+            |v| v.count as f64,
+        ),
+        (
+            "netprof_segment_p50_seconds",
+            "Median time over a segment.",
+            |v| v.p50_s,
+        ),
+        (
+            "netprof_segment_p99_seconds",
+            "99th percentile time over a segment.",
+            |v| v.p99_s,
+        ),
+        (
+            "netprof_segment_mean_seconds",
+            "Mean time over a segment.",
+            |v| v.mean_s,
+        ),
     ];
     for (name, help, pick) in series {
         let mut f = family(&mut out, name, "gauge", help);
@@ -123,17 +151,27 @@ pub fn render(report: Option<&AgentReport>) -> String {
         }
     }
 
-    let mut f = family(&mut out, "netprof_counter_total", "counter", "The datapath programs' own counters.");
+    let mut f = family(
+        &mut out,
+        "netprof_counter_total",
+        "counter",
+        "The datapath programs' own counters.",
+    );
     // The counter names are the report's field names, so they cannot drift apart.
     if let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(report.counters) {
         for (name, value) in counters {
-            f.sample(&[("counter", &name)], value.as_u64().unwrap_or_default() as f64);
+            f.sample(
+                &[("counter", &name)],
+                value.as_u64().unwrap_or_default() as f64,
+            );
         }
     }
 
     let mut drops: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for d in &report.drops {
-        *drops.entry((&d.checkpoint_name, &d.reason_name)).or_default() += d.count;
+        *drops
+            .entry((&d.checkpoint_name, &d.reason_name))
+            .or_default() += d.count;
     }
     let mut f = family(
         &mut out,
@@ -142,7 +180,10 @@ pub fn render(report: Option<&AgentReport>) -> String {
         "Tracked packets dropped, by the last checkpoint passed and the kernel's drop reason.",
     );
     for ((checkpoint, reason), count) in drops {
-        f.sample(&[("checkpoint", checkpoint), ("reason", reason)], count as f64);
+        f.sample(
+            &[("checkpoint", checkpoint), ("reason", reason)],
+            count as f64,
+        );
     }
 
     let mut programs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -160,7 +201,12 @@ pub fn render(report: Option<&AgentReport>) -> String {
     for (name, (ns, _)) in &programs {
         f.sample(&[("program", name)], *ns as f64 / 1e9);
     }
-    let mut f = family(&mut out, "netprof_program_runs_total", "counter", "Runs of the agent's eBPF programs (kernel bpf_stats).");
+    let mut f = family(
+        &mut out,
+        "netprof_program_runs_total",
+        "counter",
+        "Runs of the agent's eBPF programs (kernel bpf_stats).",
+    );
     for (name, (_, runs)) in &programs {
         f.sample(&[("program", name)], *runs as f64);
     }
@@ -179,7 +225,10 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
         assert_eq!(escape_label("two\nlines"), "two\\nlines");
-        assert_eq!(escape_label("netprof-x-pod1:eth0 dev-rx"), "netprof-x-pod1:eth0 dev-rx");
+        assert_eq!(
+            escape_label("netprof-x-pod1:eth0 dev-rx"),
+            "netprof-x-pod1:eth0 dev-rx"
+        );
         assert_eq!(format_value(f64::NAN), "NaN");
         assert_eq!(format_value(f64::INFINITY), "+Inf");
         assert_eq!(format_value(0.0000012), "0.0000012");
@@ -233,9 +282,19 @@ mod tests {
             kernel: "6.18".into(),
             attach_ms: 10.0,
             elapsed_s: 2.5,
-            checkpoints: vec![checkpoint("eno1 tc-ingress", 20), checkpoint("we\"ird\\dev\nx", 3)],
-            segments: vec![segment("eno1 dev-rx", "eno1 tc-ingress", 20, 1500), segment("eno1 dev-rx", "eno1 tc-ingress", 5, 9000)],
-            counters: Counters { admitted: 40, retransmits: 1, ..Counters::default() },
+            checkpoints: vec![
+                checkpoint("eno1 tc-ingress", 20),
+                checkpoint("we\"ird\\dev\nx", 3),
+            ],
+            segments: vec![
+                segment("eno1 dev-rx", "eno1 tc-ingress", 20, 1500),
+                segment("eno1 dev-rx", "eno1 tc-ingress", 5, 9000),
+            ],
+            counters: Counters {
+                admitted: 40,
+                retransmits: 1,
+                ..Counters::default()
+            },
             drops: vec![DropReport {
                 checkpoint: 1,
                 checkpoint_name: "eno1 tc-ingress".into(),
@@ -244,7 +303,13 @@ mod tests {
                 count: 4,
             }],
             not_measured: vec![],
-            programs: vec![ProgramStats { name: "cp_tc_in".into(), id: 7, run_count: 80, run_time_ns: 4_000, ns_per_run: 50.0 }],
+            programs: vec![ProgramStats {
+                name: "cp_tc_in".into(),
+                id: 7,
+                run_count: 80,
+                run_time_ns: 4_000,
+                ns_per_run: 50.0,
+            }],
             stats_s: None,
             duty: None,
         };

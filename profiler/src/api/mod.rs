@@ -71,7 +71,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
     if !addr.ip().is_loopback() {
         return Err(ApiError::NotLoopback { addr });
     }
-    TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
 }
 
 /// Routes and the methods they take.
@@ -196,17 +198,26 @@ fn join_failed(err: tokio::task::JoinError) -> Response {
 
 impl Control {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { slot: Mutex::new(Slot::Idle), generation: Default::default() })
+        Arc::new(Self {
+            slot: Mutex::new(Slot::Idle),
+            generation: Default::default(),
+        })
     }
 
     /// Answers one request.
     pub async fn handle(self: &Arc<Self>, request: Request) -> Response {
         let Some((_, method)) = ROUTES.iter().find(|(path, _)| *path == request.path) else {
-            return Response::error(404, format!("no route {}; routes: {}", request.path, route_list()));
+            return Response::error(
+                404,
+                format!("no route {}; routes: {}", request.path, route_list()),
+            );
         };
         if request.method != *method {
-            return Response::error(405, format!("{} takes {method}, not {}", request.path, request.method))
-                .with_header("Allow", *method);
+            return Response::error(
+                405,
+                format!("{} takes {method}, not {}", request.path, request.method),
+            )
+            .with_header("Allow", *method);
         }
         match request.path.as_str() {
             "/v1/start" => self.start(&request.body).await,
@@ -231,7 +242,10 @@ impl Control {
         };
         let mut slot = self.slot.lock().await;
         if let Slot::Attached(running) = &*slot {
-            return Response::error(409, format!("already attached to {}: POST /v1/stop first", running.netns));
+            return Response::error(
+                409,
+                format!("already attached to {}: POST /v1/stop first", running.netns),
+            );
         }
         let mut plan = plan;
         let own_netns = if plan.own_netns {
@@ -258,7 +272,10 @@ impl Control {
             }
             Err(err) => return join_failed(err),
         };
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let timer = plan.duration.map(|d| {
             let control = Arc::clone(self);
             tokio::spawn(async move {
@@ -270,7 +287,9 @@ impl Control {
         eprintln!(
             "netprof agent: attached to {} in {attach_ms:.0} ms{}",
             plan.options.netns,
-            plan.duration.map(|d| format!(", for {} s", d.as_secs_f64())).unwrap_or_default()
+            plan.duration
+                .map(|d| format!(", for {} s", d.as_secs_f64()))
+                .unwrap_or_default()
         );
         let node = plan.options.node.as_deref().unwrap_or(&plan.options.netns);
         let response = Response::json(
@@ -301,7 +320,9 @@ impl Control {
         if !matches!(&*slot, Slot::Attached(r) if r.generation == generation) {
             return;
         }
-        let Slot::Attached(running) = std::mem::replace(&mut *slot, Slot::Idle) else { unreachable!() };
+        let Slot::Attached(running) = std::mem::replace(&mut *slot, Slot::Idle) else {
+            unreachable!()
+        };
         let netns = running.netns.clone();
         match detach(running).await {
             Ok(report) => {
@@ -340,9 +361,13 @@ impl Control {
         let slot = self.slot.lock().await;
         match &*slot {
             Slot::Idle => not_started(),
-            Slot::Finished(report) => Response::json(200, &**report).with_header("X-Netprof-State", "stopped"),
+            Slot::Finished(report) => {
+                Response::json(200, &**report).with_header("X-Netprof-State", "stopped")
+            }
             Slot::Attached(running) => match read(running).await {
-                Ok(report) => Response::json(200, &report).with_header("X-Netprof-State", "attached"),
+                Ok(report) => {
+                    Response::json(200, &report).with_header("X-Netprof-State", "attached")
+                }
                 Err(response) => response,
             },
         }
@@ -364,7 +389,13 @@ impl Control {
     async fn status(&self) -> Response {
         let slot = self.slot.lock().await;
         let status = match &*slot {
-            Slot::Idle => Status { state: "idle", netns: None, attach_ms: None, running_s: None, remaining_s: None },
+            Slot::Idle => Status {
+                state: "idle",
+                netns: None,
+                attach_ms: None,
+                running_s: None,
+                remaining_s: None,
+            },
             Slot::Finished(report) => Status {
                 state: "stopped",
                 netns: Some(&report.netns),
@@ -423,7 +454,11 @@ fn hostname() -> String {
 }
 
 fn route_list() -> String {
-    ROUTES.iter().map(|(path, method)| format!("{method} {path}")).collect::<Vec<_>>().join(", ")
+    ROUTES
+        .iter()
+        .map(|(path, method)| format!("{method} {path}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A live snapshot, read on a blocking thread.
@@ -431,7 +466,10 @@ async fn read(running: &Running) -> Result<AgentReport, Response> {
     let agent = Arc::clone(&running.agent);
     match tokio::task::spawn_blocking(move || agent.snapshot()).await {
         Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(Response::error(500, format!("cannot read the measurements: {}", error_chain(&err)))),
+        Ok(Err(err)) => Err(Response::error(
+            500,
+            format!("cannot read the measurements: {}", error_chain(&err)),
+        )),
         Err(err) => Err(join_failed(err)),
     }
 }
@@ -463,29 +501,45 @@ async fn detach(running: Running) -> Result<AgentReport, Response> {
     });
     match done.await {
         Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(Response::error(500, format!("detached, but cannot read the final measurements: {}", error_chain(&err)))),
+        Ok(Err(err)) => Err(Response::error(
+            500,
+            format!(
+                "detached, but cannot read the final measurements: {}",
+                error_chain(&err)
+            ),
+        )),
         Err(err) => Err(join_failed(err)),
     }
 }
 
 /// Serves one connection: one request, one response.
 async fn connection(mut stream: TcpStream, control: Arc<Control>) {
-    let response = match tokio::time::timeout(http::READ_TIMEOUT, http::read_request(&mut stream)).await {
-        Err(_) => Response::error(408, format!("the request was not complete within {} s", http::READ_TIMEOUT.as_secs())),
-        Ok(Err(http::ReadError::Closed)) => return,
-        Ok(Err(http::ReadError::Reject(response))) => response,
-        Ok(Ok(request)) => {
-            let response = control.handle(request.clone()).await;
-            log::info!("{} {} -> {}", request.method, request.path, response.status);
-            response
-        }
-    };
+    let response =
+        match tokio::time::timeout(http::READ_TIMEOUT, http::read_request(&mut stream)).await {
+            Err(_) => Response::error(
+                408,
+                format!(
+                    "the request was not complete within {} s",
+                    http::READ_TIMEOUT.as_secs()
+                ),
+            ),
+            Ok(Err(http::ReadError::Closed)) => return,
+            Ok(Err(http::ReadError::Reject(response))) => response,
+            Ok(Ok(request)) => {
+                let response = control.handle(request.clone()).await;
+                log::info!("{} {} -> {}", request.method, request.path, response.status);
+                response
+            }
+        };
     http::respond(&mut stream, &response).await;
 }
 
 /// Serves the control API on `listener` until `shutdown` resolves, then detaches the agent if
 /// one is attached. Returns what `shutdown` resolved to.
-pub async fn serve<S: Future<Output = &'static str>>(listener: TcpListener, shutdown: S) -> &'static str {
+pub async fn serve<S: Future<Output = &'static str>>(
+    listener: TcpListener,
+    shutdown: S,
+) -> &'static str {
     let control = Control::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -540,7 +594,11 @@ mod tests {
     use super::*;
 
     fn request(method: &str, path: &str, body: &str) -> Request {
-        Request { method: method.into(), path: path.into(), body: body.as_bytes().to_vec() }
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     async fn call(control: &Arc<Control>, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -556,9 +614,16 @@ mod tests {
         assert_eq!(status, 404);
         assert!(body.contains("POST /v1/start"), "{body}");
         let r = c.handle(request("GET", "/v1/start", "")).await;
-        assert_eq!((r.status, r.headers.clone()), (405, vec![("Allow", "POST".to_owned())]));
+        assert_eq!(
+            (r.status, r.headers.clone()),
+            (405, vec![("Allow", "POST".to_owned())])
+        );
         assert_eq!(call(&c, "POST", "/healthz", "").await.0, 405);
-        for (method, path) in [("POST", "/v1/stop"), ("GET", "/v1/snapshot"), ("POST", "/v1/reset")] {
+        for (method, path) in [
+            ("POST", "/v1/stop"),
+            ("GET", "/v1/snapshot"),
+            ("POST", "/v1/reset"),
+        ] {
             let (status, body) = call(&c, method, path, "").await;
             assert_eq!(status, 409, "{path}");
             assert!(body.contains("POST /v1/start first"), "{body}");

@@ -66,7 +66,10 @@ pub fn remove_stale() -> Vec<String> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -87,7 +90,11 @@ impl OwnNetns {
         let path = named_path(&name).expect("a valid netns name");
         let fail = |action: &'static str, path: &Path| {
             let path = path.to_owned();
-            move |source| OwnNetnsError { path, action, source }
+            move |source| OwnNetnsError {
+                path,
+                action,
+                source,
+            }
         };
         if path.exists() {
             if same_file(&path, Path::new(OWN)) {
@@ -106,7 +113,13 @@ impl OwnNetns {
         let target = c_path(&path);
         // SAFETY: mount(2) with NUL-terminated paths, no filesystem type or data.
         let rc = unsafe {
-            libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
             let err = io::Error::last_os_error();
@@ -140,7 +153,10 @@ mod tests {
         }
         let own = OwnNetns::attach().unwrap();
         let path = named_path(own.name()).unwrap();
-        assert!(same_file(&path, Path::new(OWN)), "the name is this process's namespace");
+        assert!(
+            same_file(&path, Path::new(OWN)),
+            "the name is this process's namespace"
+        );
         // A second start in the same process finds the name in place.
         let again = OwnNetns::attach().unwrap();
         assert_eq!(again.name(), own.name());

@@ -59,14 +59,15 @@ pub fn parse_start(body: &[u8]) -> Result<StartPlan, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err("empty body: send a JSON object like {\"netns\": \"...\", \"endpoints\": [\"198.19.1.2\"]}".into());
     }
-    let request: StartRequest = serde_json::from_slice(body).map_err(|e| format!("invalid start request: {e}"))?;
+    let request: StartRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid start request: {e}"))?;
     request.validate()
 }
 
 fn check_netns(field: &str, name: &str) -> Result<(), String> {
-    crate::netns::named_path(name)
-        .map(drop)
-        .map_err(|_| format!("{field}: {name:?} is not an `ip netns` name (non-empty, no '/', not . or ..)"))
+    crate::netns::named_path(name).map(drop).map_err(|_| {
+        format!("{field}: {name:?} is not an `ip netns` name (non-empty, no '/', not . or ..)")
+    })
 }
 
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or white space.
@@ -75,11 +76,15 @@ fn check_ifname(field: &str, name: &str) -> Result<(), String> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
     if ok {
         Ok(())
     } else {
-        Err(format!("{field}: {name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"))
+        Err(format!(
+            "{field}: {name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        ))
     }
 }
 
@@ -92,17 +97,25 @@ impl StartRequest {
             check_netns(&format!("pod_netns[{i}]"), pod)?;
         }
         if self.endpoints.is_empty() {
-            return Err("endpoints: give at least one IPv4 address (packets from or to it are followed)".into());
+            return Err(
+                "endpoints: give at least one IPv4 address (packets from or to it are followed)"
+                    .into(),
+            );
         }
         if self.endpoints.len() > MAX_ENDPOINTS as usize {
-            return Err(format!("endpoints: {} addresses; the agent follows at most {MAX_ENDPOINTS}", self.endpoints.len()));
+            return Err(format!(
+                "endpoints: {} addresses; the agent follows at most {MAX_ENDPOINTS}",
+                self.endpoints.len()
+            ));
         }
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         for (i, text) in self.endpoints.iter().enumerate() {
             match text.trim().parse::<Ipv4Addr>() {
                 Ok(ip) => endpoints.push(ip),
                 Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {
-                    return Err(format!("endpoints[{i}]: {text:?} is IPv6; the agent follows IPv4 flows only"))
+                    return Err(format!(
+                        "endpoints[{i}]: {text:?} is IPv6; the agent follows IPv4 flows only"
+                    ))
                 }
                 Err(_) => return Err(format!("endpoints[{i}]: {text:?} is not an IPv4 address")),
             }
@@ -112,19 +125,30 @@ impl StartRequest {
         }
         let duration = match self.duration_s {
             None => None,
-            Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DURATION_S => Some(Duration::from_secs_f64(d)),
-            Some(d) => return Err(format!("duration_s: {d} is not a number of seconds in (0, {MAX_DURATION_S}]")),
+            Some(d) if d.is_finite() && d > 0.0 && d <= MAX_DURATION_S => {
+                Some(Duration::from_secs_f64(d))
+            }
+            Some(d) => {
+                return Err(format!(
+                    "duration_s: {d} is not a number of seconds in (0, {MAX_DURATION_S}]"
+                ))
+            }
         };
         let hooks = match &self.hooks {
             None => HookFamilies::default(),
-            Some(text) => text.parse::<HookFamilies>().map_err(|e| format!("hooks: {e}"))?,
+            Some(text) => text
+                .parse::<HookFamilies>()
+                .map_err(|e| format!("hooks: {e}"))?,
         };
         if let Some(node) = &self.node {
             if node.is_empty() || node.chars().any(char::is_control) {
                 return Err("node: give a non-empty name without control characters".into());
             }
         }
-        let period = self.duty_period_ms.map_or(crate::agent::duty::DEFAULT_PERIOD, std::time::Duration::from_millis);
+        let period = self.duty_period_ms.map_or(
+            crate::agent::duty::DEFAULT_PERIOD,
+            std::time::Duration::from_millis,
+        );
         let duty = crate::agent::duty::Duty::from_percent(self.duty_percent.unwrap_or(100), period)
             .map_err(|e| format!("duty_percent/duty_period_ms: {e}"))?;
         let own_netns = self.netns.is_none();
@@ -136,7 +160,11 @@ impl StartRequest {
             duty,
             ..AgentOptions::new(self.netns.unwrap_or_default(), endpoints)
         };
-        Ok(StartPlan { options, duration, own_netns })
+        Ok(StartPlan {
+            options,
+            duration,
+            own_netns,
+        })
     }
 }
 
@@ -155,20 +183,32 @@ mod tests {
         let o = &plan.options;
         assert_eq!(o.netns, "netprof-lab-node2");
         assert_eq!(o.pod_netns, vec!["netprof-lab-pod2".to_owned()]);
-        assert_eq!(o.endpoints, vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]);
-        assert_eq!((o.uplink.as_deref(), o.node.as_deref()), (None, Some("worker2")));
+        assert_eq!(
+            o.endpoints,
+            vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]
+        );
+        assert_eq!(
+            (o.uplink.as_deref(), o.node.as_deref()),
+            (None, Some("worker2"))
+        );
         assert!(o.hooks.tc && o.hooks.netfilter && !o.hooks.dev && !o.hooks.tracepoints);
         assert_eq!(o.duty.map(|d| d.on), Some(Duration::from_millis(100)));
         assert_eq!(plan.duration, Some(Duration::from_millis(1500)));
         assert!(!plan.own_netns);
         let minimal = parse_start(br#"{"netns":"n","endpoints":["198.18.0.1"]}"#).unwrap();
         assert_eq!((minimal.duration, minimal.own_netns), (None, false));
-        assert_eq!(minimal.options, AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)]));
+        assert_eq!(
+            minimal.options,
+            AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)])
+        );
     }
 
     #[test]
     fn without_netns_the_agent_profiles_its_own_namespace() {
-        for body in [r#"{"endpoints":["198.18.0.1"]}"#, r#"{"netns":null,"endpoints":["198.18.0.1"]}"#] {
+        for body in [
+            r#"{"endpoints":["198.18.0.1"]}"#,
+            r#"{"netns":null,"endpoints":["198.18.0.1"]}"#,
+        ] {
             let plan = parse_start(body.as_bytes()).unwrap();
             assert!(plan.own_netns && plan.options.netns.is_empty(), "{body}");
         }
@@ -187,30 +227,80 @@ mod tests {
             ("[1]", "invalid start request"),
             ("garbage", "invalid start request"),
             (r#"{"netns":"n"}"#, "missing field `endpoints`"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"durations":3}"#, "unknown field `durations`"),
-            (r#"{"netns":"n","endpoints":[]}"#, "endpoints: give at least one"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1","300.1.1.1"]}"#, "endpoints[1]: \"300.1.1.1\" is not an IPv4 address"),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"durations":3}"#,
+                "unknown field `durations`",
+            ),
+            (
+                r#"{"netns":"n","endpoints":[]}"#,
+                "endpoints: give at least one",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1","300.1.1.1"]}"#,
+                "endpoints[1]: \"300.1.1.1\" is not an IPv4 address",
+            ),
             (r#"{"netns":"n","endpoints":["fd00::1"]}"#, "is IPv6"),
             (r#"{"netns":"n","endpoints":[198]}"#, "invalid type"),
-            (r#"{"netns":"../x","endpoints":["198.18.0.1"]}"#, "netns: \"../x\""),
+            (
+                r#"{"netns":"../x","endpoints":["198.18.0.1"]}"#,
+                "netns: \"../x\"",
+            ),
             (r#"{"netns":"","endpoints":["198.18.0.1"]}"#, "netns: \"\""),
-            (r#"{"netns":"n","pod_netns":["a","b/c"],"endpoints":["198.18.0.1"]}"#, "pod_netns[1]"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"a-very-long-name0"}"#, "uplink:"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"eth 0"}"#, "uplink:"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":0}"#, "duration_s: 0"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":-3}"#, "duration_s: -3"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":1e9}"#, "duration_s:"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":"5"}"#, "invalid type"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"hooks":"tc,xdp"}"#, "hooks: unknown hook family 'xdp'"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":0}"#, "duty_percent/duty_period_ms: duty 0%"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":10,"duty_period_ms":50}"#, "at least 500 ms"),
-            (r#"{"netns":"n","endpoints":["198.18.0.1"],"node":""}"#, "node:"),
+            (
+                r#"{"netns":"n","pod_netns":["a","b/c"],"endpoints":["198.18.0.1"]}"#,
+                "pod_netns[1]",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"a-very-long-name0"}"#,
+                "uplink:",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"uplink":"eth 0"}"#,
+                "uplink:",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":0}"#,
+                "duration_s: 0",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":-3}"#,
+                "duration_s: -3",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":1e9}"#,
+                "duration_s:",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duration_s":"5"}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"hooks":"tc,xdp"}"#,
+                "hooks: unknown hook family 'xdp'",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":0}"#,
+                "duty_percent/duty_period_ms: duty 0%",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"duty_percent":10,"duty_period_ms":50}"#,
+                "at least 500 ms",
+            ),
+            (
+                r#"{"netns":"n","endpoints":["198.18.0.1"],"node":""}"#,
+                "node:",
+            ),
         ];
         for (body, expected) in cases {
             let got = reason(body);
-            assert!(got.contains(expected), "{body:?}: {got:?} lacks {expected:?}");
+            assert!(
+                got.contains(expected),
+                "{body:?}: {got:?} lacks {expected:?}"
+            );
         }
-        let many: Vec<String> = (0..=MAX_ENDPOINTS).map(|i| format!("\"198.19.{}.{}\"", i / 250, i % 250 + 1)).collect();
+        let many: Vec<String> = (0..=MAX_ENDPOINTS)
+            .map(|i| format!("\"198.19.{}.{}\"", i / 250, i % 250 + 1))
+            .collect();
         let body = format!(r#"{{"netns":"n","endpoints":[{}]}}"#, many.join(","));
         assert!(reason(&body).contains("at most 1024"));
     }

@@ -17,7 +17,9 @@ pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
     let mut rng = SplitMix64(0x6e65_7470_726f_6631);
     let mut medians: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
-            let mut draw: Vec<f64> = (0..values.len()).map(|_| values[rng.below(values.len())]).collect();
+            let mut draw: Vec<f64> = (0..values.len())
+                .map(|_| values[rng.below(values.len())])
+                .collect();
             median(&mut draw)
         })
         .collect();
@@ -71,14 +73,24 @@ mod tests {
 
     #[test]
     fn the_interval_holds_the_median_and_narrows_with_more_samples() {
-        let noisy: Vec<f64> = (0..12).map(|i| 0.96 + 0.08 * (((i * 7) % 12) as f64 / 11.0 - 0.5)).collect();
+        let noisy: Vec<f64> = (0..12)
+            .map(|i| 0.96 + 0.08 * (((i * 7) % 12) as f64 / 11.0 - 0.5))
+            .collect();
         let (lo, hi) = median_interval(&noisy).unwrap();
         let mid = median(&mut noisy.clone());
         assert!(lo <= mid && mid <= hi, "{lo} {mid} {hi}");
-        assert!(hi - lo > 0.01, "twelve samples spread over ±4% leave a wide interval: {lo}..{hi}");
-        let many: Vec<f64> = (0..300).map(|i| 0.96 + 0.08 * (((i * 7) % 300) as f64 / 299.0 - 0.5)).collect();
+        assert!(
+            hi - lo > 0.01,
+            "twelve samples spread over ±4% leave a wide interval: {lo}..{hi}"
+        );
+        let many: Vec<f64> = (0..300)
+            .map(|i| 0.96 + 0.08 * (((i * 7) % 300) as f64 / 299.0 - 0.5))
+            .collect();
         let (lo_many, hi_many) = median_interval(&many).unwrap();
-        assert!(hi_many - lo_many < (hi - lo) / 2.0, "{lo_many}..{hi_many} vs {lo}..{hi}");
+        assert!(
+            hi_many - lo_many < (hi - lo) / 2.0,
+            "{lo_many}..{hi_many} vs {lo}..{hi}"
+        );
         assert_eq!(median_interval(&noisy), Some((lo, hi)), "deterministic");
         assert_eq!(median_interval(&[1.0, 2.0]), None);
     }

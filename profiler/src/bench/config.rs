@@ -39,7 +39,9 @@ pub enum ConfigError {
     PingInterval(f64),
     #[error("--iperf3-seconds must be 1 to 600")]
     IperfSeconds,
-    #[error("--ab-concurrency {concurrency} must be 1 to 1000 and at most --ab-requests {requests}")]
+    #[error(
+        "--ab-concurrency {concurrency} must be 1 to 1000 and at most --ab-requests {requests}"
+    )]
     AbConcurrency { concurrency: u32, requests: u32 },
 }
 
@@ -54,7 +56,10 @@ impl BenchConfig {
         if !(1..=600).contains(&self.iperf3_seconds) {
             return Err(ConfigError::IperfSeconds);
         }
-        if self.ab_concurrency == 0 || self.ab_concurrency > 1000 || self.ab_concurrency > self.ab_requests {
+        if self.ab_concurrency == 0
+            || self.ab_concurrency > 1000
+            || self.ab_concurrency > self.ab_requests
+        {
             return Err(ConfigError::AbConcurrency {
                 concurrency: self.ab_concurrency,
                 requests: self.ab_requests,
@@ -89,9 +94,24 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cfg = BenchConfig { ab_concurrency: 100, ab_requests: 10, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("--ab-concurrency"));
-        let cfg = BenchConfig { ping_interval_s: 0.0, ..Default::default() };
-        assert!(cfg.validate().unwrap_err().to_string().contains("--ping-interval"));
+        let cfg = BenchConfig {
+            ab_concurrency: 100,
+            ab_requests: 10,
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--ab-concurrency"));
+        let cfg = BenchConfig {
+            ping_interval_s: 0.0,
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--ping-interval"));
     }
 }

@@ -30,16 +30,26 @@ impl CpuMeter {
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
 }
 
 /// The aggregate `cpu` line: user nice system idle iowait irq softirq steal ...
 fn busy_of(stat: &str, ticks_per_second: u64) -> Option<Duration> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
     let field = |i: usize| fields.get(i).copied().unwrap_or(0);
     let ticks = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
-    Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second.max(1))))
+    Some(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000 / ticks_per_second.max(1)),
+    ))
 }
 
 #[cfg(test)]

@@ -27,7 +27,15 @@ use result::{Environment, ModeResult, PathResult, SCHEMA};
 
 /// Every program a benchmark run needs, checked before anything is built.
 pub const REQUIRED_TOOLS: [&str; 9] = [
-    "ip", "bridge", "sysctl", "ss", "iptables-restore", "ping", "iperf3", "ab", "nginx",
+    "ip",
+    "bridge",
+    "sysctl",
+    "ss",
+    "iptables-restore",
+    "ping",
+    "iperf3",
+    "ab",
+    "nginx",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +83,12 @@ struct Progress {
 
 impl Progress {
     fn step(&self, text: &str) -> Instant {
-        eprint!("[{}/{}] {:<14} {text} ... ", self.index, self.total, self.mode.name());
+        eprint!(
+            "[{}/{}] {:<14} {text} ... ",
+            self.index,
+            self.total,
+            self.mode.name()
+        );
         let _ = std::io::stderr().flush();
         Instant::now()
     }
@@ -109,7 +122,11 @@ pub async fn run(
     prepare_out_dir(out_dir)?;
     let mut results = Vec::new();
     for (i, &mode) in modes.iter().enumerate() {
-        let progress = Progress { index: i + 1, total: modes.len(), mode };
+        let progress = Progress {
+            index: i + 1,
+            total: modes.len(),
+            mode,
+        };
         let outcome = run_mode(&progress, cfg, names, out_dir, profile).await;
         // Whatever happened, nothing of this mode's lab may survive.
         let teardown = lab::down(names);
@@ -121,7 +138,10 @@ pub async fn run(
         results.push(result);
     }
     let summary = out_dir.join("table.txt");
-    fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output { path: summary, source })?;
+    fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output {
+        path: summary,
+        source,
+    })?;
     if let Some(plan) = validate {
         validate::run(cfg, names, out_dir, plan).await?;
     }
@@ -133,7 +153,10 @@ fn prepare_out_dir(out_dir: &Path) -> Result<(), BenchError> {
     fs::create_dir_all(out_dir)
         .and_then(|_| fs::write(&probe, b""))
         .and_then(|_| fs::remove_file(&probe))
-        .map_err(|source| BenchError::Output { path: out_dir.to_path_buf(), source })
+        .map_err(|source| BenchError::Output {
+            path: out_dir.to_path_buf(),
+            source,
+        })
 }
 
 async fn run_mode(
@@ -144,23 +167,36 @@ async fn run_mode(
     profile: Option<&profile::AgentTuning>,
 ) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
-    let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mode_start = Instant::now();
-    let services = if mode.has_kube_proxy() { cfg.services } else { 0 };
+    let services = if mode.has_kube_proxy() {
+        cfg.services
+    } else {
+        0
+    };
     let t = progress.step(&format!("building the lab (+{services} services)"));
     let lab = lab::up(names, LabSpec { mode, services }).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
     let environment = environment(&lab)?;
     let profiler = if let Some(tuning) = profile {
         let t = progress.step("attaching one agent per node");
-        let profiler = profile::Profiler::start_with(&lab, out_dir, tuning).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+        let profiler = profile::Profiler::start_with(&lab, out_dir, tuning)
+            .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
         progress.done(t, "attached");
         Some(profiler)
     } else {
         None
     };
     let mut profiles = Vec::new();
-    let mut ctx = PathContext { progress, cfg, lab: &lab, profiler: profiler.as_ref(), profiles: &mut profiles };
+    let mut ctx = PathContext {
+        progress,
+        cfg,
+        lab: &lab,
+        profiler: profiler.as_ref(),
+        profiles: &mut profiles,
+    };
     let host_path = run_path(&mut ctx, "host path", &lab.host_path()).await?;
     let pod_path = match lab.pod_path() {
         Some(endpoints) => Some(run_path(&mut ctx, "pod path", &endpoints).await?),
@@ -195,7 +231,9 @@ impl PathContext<'_> {
     fn before(&self, tool: &str) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         match self.profiler {
-            Some(p) => p.before_step(tool).map_err(|source| BenchError::Profile { mode, source }),
+            Some(p) => p
+                .before_step(tool)
+                .map_err(|source| BenchError::Profile { mode, source }),
             None => Ok(()),
         }
     }
@@ -203,24 +241,34 @@ impl PathContext<'_> {
     fn after(&mut self, path: &str, tool: &str) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         if let Some(p) = self.profiler {
-            let files = p.after_step(path, tool).map_err(|source| BenchError::Profile { mode, source })?;
+            let files = p
+                .after_step(path, tool)
+                .map_err(|source| BenchError::Profile { mode, source })?;
             self.profiles.extend(files);
         }
         Ok(())
     }
 }
 
-async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoints) -> Result<PathResult, BenchError> {
+async fn run_path(
+    ctx: &mut PathContext<'_>,
+    label: &str,
+    endpoints: &PathEndpoints,
+) -> Result<PathResult, BenchError> {
     let (progress, cfg, lab) = (ctx.progress, ctx.cfg, ctx.lab);
     let mode = lab.mode();
     let tool_err = |step: &str| {
         let step = format!("{label}: {step}");
         move |source| progress.failed(BenchError::Tool { mode, step, source })
     };
-    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
+    let work_dir = PathBuf::from("/run/netprof/labs")
+        .join(lab.names.lab())
+        .join(format!("nginx-{}", endpoints.server_netns));
     let server_err = |what| move |source| BenchError::Server { mode, what, source };
-    let _nginx = servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
-    let _iperf3 = servers::start_iperf3(&endpoints.server_netns).map_err(server_err("iperf3 server"))?;
+    let _nginx =
+        servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
+    let _iperf3 =
+        servers::start_iperf3(&endpoints.server_netns).map_err(server_err("iperf3 server"))?;
 
     let t = progress.step(&format!(
         "{label}: ping {} x {} ms {} -> {}",
@@ -230,18 +278,29 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
         endpoints.server_ip
     ));
     ctx.before("ping")?;
-    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
+    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
+        .await
+        .map_err(tool_err("ping"))?;
     ctx.after(label, "ping")?;
     let loss = ping.loss_ratio() * 100.0;
-    let summary = ping.stats.map_or("no replies".to_owned(), |s| format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms));
+    let summary = ping.stats.map_or("no replies".to_owned(), |s| {
+        format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms)
+    });
     progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
     ctx.before("iperf3")?;
-    let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("iperf3"))?;
+    let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg)
+        .await
+        .map_err(tool_err("iperf3"))?;
     ctx.after(label, "iperf3")?;
-    let retrans = iperf3.retransmits.map_or(String::new(), |r| format!(", {r} retransmits"));
-    progress.done(t, &format!("{:.2} Gbit/s{retrans}", iperf3.receiver_bps / 1e9));
+    let retrans = iperf3
+        .retransmits
+        .map_or(String::new(), |r| format!(", {r} retransmits"));
+    progress.done(
+        t,
+        &format!("{:.2} Gbit/s{retrans}", iperf3.receiver_bps / 1e9),
+    );
 
     let t = progress.step(&format!(
         "{label}: ab {} requests x {} concurrent -> {}",
@@ -249,19 +308,44 @@ async fn run_path(ctx: &mut PathContext<'_>, label: &str, endpoints: &PathEndpoi
     ));
     ctx.before("ab")?;
     let cpu = cpu_time::CpuMeter::start();
-    let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg).await.map_err(tool_err("ab"))?;
+    let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg)
+        .await
+        .map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
     ctx.after(label, "ab")?;
-    progress.done(t, &format!("{:.0} req/s, mean {:.3} ms, {} failed", ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests));
+    progress.done(
+        t,
+        &format!(
+            "{:.0} req/s, mean {:.3} ms, {} failed",
+            ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests
+        ),
+    );
 
-    Ok(PathResult { endpoints: endpoints.clone(), ping, iperf3, ab, ab_cpu_ns_per_request })
+    Ok(PathResult {
+        endpoints: endpoints.clone(),
+        ping,
+        iperf3,
+        ab,
+        ab_cpu_ns_per_request,
+    })
 }
 
 fn environment(lab: &Lab) -> Result<Environment, BenchError> {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
-    let iptables = Cmd::new("iptables").arg("-V").run().map(|s| s.trim().to_owned()).unwrap_or_else(|_| "not installed".to_owned());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let iptables = Cmd::new("iptables")
+        .arg("-V")
+        .run()
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "not installed".to_owned());
     let rules = if lab.mode().has_kube_proxy() {
-        kube_proxy::rule_count(&kube_proxy::ruleset(lab.mode(), lab::Node::Two, lab.spec.services))
+        kube_proxy::rule_count(&kube_proxy::ruleset(
+            lab.mode(),
+            lab::Node::Two,
+            lab.spec.services,
+        ))
     } else {
         0
     };

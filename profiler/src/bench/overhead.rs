@@ -81,7 +81,11 @@ impl OverheadResult {
             }
         }
         let pick = |variant: &str, f: fn(&Sample) -> f64| {
-            let mut v: Vec<f64> = samples.iter().filter(|s| s.variant == variant).map(f).collect();
+            let mut v: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.variant == variant)
+                .map(f)
+                .collect();
             median(&mut v)
         };
         let (qps_off, bw_off) = (pick(OFF, |s| s.qps), pick(OFF, |s| s.iperf3_gbit_s));
@@ -90,7 +94,9 @@ impl OverheadResult {
                 .iter()
                 .filter(|s| s.variant == variant)
                 .filter_map(|s| {
-                    let off = samples.iter().find(|o| o.round == s.round && o.variant == OFF)?;
+                    let off = samples
+                        .iter()
+                        .find(|o| o.round == s.round && o.variant == OFF)?;
                     Some(f(s) / f(off))
                 })
                 .collect()
@@ -99,7 +105,8 @@ impl OverheadResult {
             .iter()
             .map(|name| {
                 let (qps, bw) = (pick(name, |s| s.qps), pick(name, |s| s.iperf3_gbit_s));
-                let (mut qps_pairs, mut bw_pairs) = (paired(name, |s| s.qps), paired(name, |s| s.iperf3_gbit_s));
+                let (mut qps_pairs, mut bw_pairs) =
+                    (paired(name, |s| s.qps), paired(name, |s| s.iperf3_gbit_s));
                 VariantSummary {
                     variant: name.clone(),
                     qps,
@@ -113,13 +120,30 @@ impl OverheadResult {
                 }
             })
             .collect();
-        Self { mode, rounds, samples, variants }
+        Self {
+            mode,
+            rounds,
+            samples,
+            variants,
+        }
     }
 
     pub fn render(&self) -> String {
-        let width = self.variants.iter().map(|v| v.variant.len()).max().unwrap_or(0).max("agents".len());
-        let mut out = format!("overhead on {} (pod path), {} rounds, settings in rotating order:\n", self.mode, self.rounds);
-        out.push_str(&format!("round  {:<width$}  nginx QPS  ab mean ms  iperf3 Gbit/s\n", "agents"));
+        let width = self
+            .variants
+            .iter()
+            .map(|v| v.variant.len())
+            .max()
+            .unwrap_or(0)
+            .max("agents".len());
+        let mut out = format!(
+            "overhead on {} (pod path), {} rounds, settings in rotating order:\n",
+            self.mode, self.rounds
+        );
+        out.push_str(&format!(
+            "round  {:<width$}  nginx QPS  ab mean ms  iperf3 Gbit/s\n",
+            "agents"
+        ));
         for s in &self.samples {
             out.push_str(&format!(
                 "{:<5}  {:<width$}  {:>9.0}  {:>10.3}  {:>13.2}\n",
@@ -163,7 +187,9 @@ fn verdict_text(interval: Option<(f64, f64)>, target: f64) -> &'static str {
     match interval.map(|i| verdict(i, target)) {
         Some(Verdict::Met) => "met",
         Some(Verdict::Missed) => "missed",
-        Some(Verdict::Unresolved) => "not resolved (the interval holds the target: more rounds, or a quieter machine)",
+        Some(Verdict::Unresolved) => {
+            "not resolved (the interval holds the target: more rounds, or a quieter machine)"
+        }
         None => "not judged (fewer than 3 rounds)",
     }
 }
@@ -187,11 +213,20 @@ where
     let mode = lab.mode();
     let path = lab.pod_path().unwrap_or_else(|| lab.host_path());
     let server_err = |what| move |source| BenchError::Server { mode, what, source };
-    let _nginx = servers::start_nginx(&path.server_netns, &work_dir).map_err(server_err("nginx"))?;
+    let _nginx =
+        servers::start_nginx(&path.server_netns, &work_dir).map_err(server_err("nginx"))?;
     let _iperf3 = servers::start_iperf3(&path.server_netns).map_err(server_err("iperf3 server"))?;
-    let tool_err = |step: &'static str| move |source| BenchError::Tool { mode, step: step.to_owned(), source };
+    let tool_err = |step: &'static str| {
+        move |source| BenchError::Tool {
+            mode,
+            step: step.to_owned(),
+            source,
+        }
+    };
     // None: off; Some(i): variants[i].
-    let all: Vec<Option<usize>> = std::iter::once(None).chain((0..variants.len()).map(Some)).collect();
+    let all: Vec<Option<usize>> = std::iter::once(None)
+        .chain((0..variants.len()).map(Some))
+        .collect();
     let mut samples = Vec::new();
     for round in 1..=rounds {
         let mut order = all.clone();
@@ -201,8 +236,12 @@ where
                 Some(i) => Some((i, attach(i).map_err(Into::into)?)),
                 None => None,
             };
-            let ab = tools::ab(&path.http_client_netns, path.http_target, cfg).await.map_err(tool_err("overhead: ab"))?;
-            let iperf3 = tools::iperf3(&path.client_netns, path.server_ip, cfg).await.map_err(tool_err("overhead: iperf3"))?;
+            let ab = tools::ab(&path.http_client_netns, path.http_target, cfg)
+                .await
+                .map_err(tool_err("overhead: ab"))?;
+            let iperf3 = tools::iperf3(&path.client_netns, path.server_ip, cfg)
+                .await
+                .map_err(tool_err("overhead: iperf3"))?;
             if let Some((i, guard)) = guard {
                 detach(i, guard);
             }
@@ -237,7 +276,13 @@ mod tests {
 
     #[test]
     fn ratios_compare_medians_of_each_variant_with_off() {
-        let s = |round, variant: &str, qps, bw| Sample { round, variant: variant.into(), qps, ab_mean_ms: 1.0, iperf3_gbit_s: bw };
+        let s = |round, variant: &str, qps, bw| Sample {
+            round,
+            variant: variant.into(),
+            qps,
+            ab_mean_ms: 1.0,
+            iperf3_gbit_s: bw,
+        };
         let result = OverheadResult::from_samples(
             Mode::FlannelVxlan,
             2,
@@ -252,9 +297,27 @@ mod tests {
         );
         let names: Vec<&str> = result.variants.iter().map(|v| v.variant.as_str()).collect();
         assert_eq!(names, [OFF, "duty 100%", "duty 10%"]);
-        assert_eq!((result.variants[0].qps_ratio, result.variants[0].iperf3_ratio), (1.0, 1.0));
-        assert_eq!((result.variants[1].qps_ratio, result.variants[1].iperf3_ratio), (0.97, 0.925));
-        assert_eq!((result.variants[2].qps_ratio, result.variants[2].iperf3_ratio), (1.0, 0.99));
+        assert_eq!(
+            (
+                result.variants[0].qps_ratio,
+                result.variants[0].iperf3_ratio
+            ),
+            (1.0, 1.0)
+        );
+        assert_eq!(
+            (
+                result.variants[1].qps_ratio,
+                result.variants[1].iperf3_ratio
+            ),
+            (0.97, 0.925)
+        );
+        assert_eq!(
+            (
+                result.variants[2].qps_ratio,
+                result.variants[2].iperf3_ratio
+            ),
+            (1.0, 0.99)
+        );
         // Paired: round 1 duty 100% 98/100, round 2 96/100 -> median 0.97.
         assert!((result.variants[1].qps_ratio_paired - 0.97).abs() < 1e-12);
         assert!((result.variants[2].iperf3_ratio_paired - 0.99).abs() < 1e-12);
@@ -265,7 +328,13 @@ mod tests {
 
     #[test]
     fn paired_intervals_and_verdicts_with_enough_rounds() {
-        let s = |round, variant: &str, qps, bw| Sample { round, variant: variant.into(), qps, ab_mean_ms: 1.0, iperf3_gbit_s: bw };
+        let s = |round, variant: &str, qps, bw| Sample {
+            round,
+            variant: variant.into(),
+            qps,
+            ab_mean_ms: 1.0,
+            iperf3_gbit_s: bw,
+        };
         let mut samples = Vec::new();
         for round in 1..=8 {
             let wobble = f64::from(round % 3) * 0.004;
@@ -275,7 +344,9 @@ mod tests {
         }
         let result = OverheadResult::from_samples(Mode::FlannelVxlan, 8, samples);
         let (lo, hi) = result.variants[1].qps_ratio_paired_interval.unwrap();
-        assert!(lo <= result.variants[1].qps_ratio_paired && result.variants[1].qps_ratio_paired <= hi);
+        assert!(
+            lo <= result.variants[1].qps_ratio_paired && result.variants[1].qps_ratio_paired <= hi
+        );
         let text = result.render();
         assert!(text.contains("always  QPS missed; iperf3 missed"), "{text}");
         assert!(text.contains("light   QPS met; iperf3 met"), "{text}");

@@ -47,7 +47,11 @@ pub enum ProfileError {
 pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
     let mut endpoints: Vec<Ipv4Addr> = Node::BOTH.iter().map(|&n| addressing::node_ip(n)).collect();
     if lab.mode().has_pods() {
-        endpoints.extend(Node::BOTH.iter().map(|&n| addressing::pod_ip(lab.mode(), n)));
+        endpoints.extend(
+            Node::BOTH
+                .iter()
+                .map(|&n| addressing::pod_ip(lab.mode(), n)),
+        );
     }
     endpoints
 }
@@ -76,7 +80,10 @@ impl Default for AgentTuning {
 }
 
 /// Starts an agent on each node of the lab (with that node's pod namespace), tuned.
-pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, Agent)>, ProfileError> {
+pub fn start_agents_with(
+    lab: &Lab,
+    tuning: &AgentTuning,
+) -> Result<Vec<(Node, Agent)>, ProfileError> {
     let endpoints = lab_endpoints(lab);
     Node::BOTH
         .iter()
@@ -93,7 +100,10 @@ pub fn start_agents_with(lab: &Lab, tuning: &AgentTuning) -> Result<Vec<(Node, A
             }
             Agent::start(&options)
                 .map(|agent| (node, agent))
-                .map_err(|source| ProfileError::Start { node: format!("node{}", node.index()), source })
+                .map_err(|source| ProfileError::Start {
+                    node: format!("node{}", node.index()),
+                    source,
+                })
         })
         .collect()
 }
@@ -112,11 +122,22 @@ impl Profiler {
     }
 
     /// [`start`](Self::start) with the agents tuned (duty cycle, sampling, ...).
-    pub fn start_with(lab: &Lab, out_dir: &Path, tuning: &AgentTuning) -> Result<Self, ProfileError> {
+    pub fn start_with(
+        lab: &Lab,
+        out_dir: &Path,
+        tuning: &AgentTuning,
+    ) -> Result<Self, ProfileError> {
         let relative = PathBuf::from("profile").join(lab.mode().name());
         let dir = out_dir.join(&relative);
-        fs::create_dir_all(&dir).map_err(|source| ProfileError::Write { path: dir.clone(), source })?;
-        Ok(Self { agents: start_agents_with(lab, tuning)?, dir, relative })
+        fs::create_dir_all(&dir).map_err(|source| ProfileError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self {
+            agents: start_agents_with(lab, tuning)?,
+            dir,
+            relative,
+        })
     }
 
     /// Clears the agents' histograms and counters before a step of `tool`. Pings keep
@@ -124,7 +145,10 @@ impl Profiler {
     /// "of which netprof probes"), the loads have them in slices.
     pub fn before_step(&self, tool: &str) -> Result<(), ProfileError> {
         for (node, agent) in &self.agents {
-            let read_err = |source| ProfileError::Read { node: format!("node{}", node.index()), source };
+            let read_err = |source| ProfileError::Read {
+                node: format!("node{}", node.index()),
+                source,
+            };
             agent.full_stats(tool == "ping").map_err(read_err)?;
             agent.reset().map_err(read_err)?;
         }
@@ -138,10 +162,16 @@ impl Profiler {
         let mut files = Vec::new();
         for (node, agent) in &self.agents {
             let node = format!("node{}", node.index());
-            let report = agent.snapshot().map_err(|source| ProfileError::Read { node: node.clone(), source })?;
+            let report = agent.snapshot().map_err(|source| ProfileError::Read {
+                node: node.clone(),
+                source,
+            })?;
             let name = format!("{}-{tool}-{node}.json", path.replace(' ', "-"));
             let file = self.dir.join(&name);
-            report.write(&file).map_err(|source| ProfileError::Write { path: file.clone(), source })?;
+            report.write(&file).map_err(|source| ProfileError::Write {
+                path: file.clone(),
+                source,
+            })?;
             files.push(ProfileFile {
                 path: path.to_owned(),
                 tool: tool.to_owned(),

@@ -113,12 +113,23 @@ fn spawn(cmd: &Cmd, what: &'static str, netns: &str) -> Result<RunningServer, Se
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|source| CmdError::Spawn { command: cmd.display(), source })?;
-    Ok(RunningServer { child, what, netns: netns.to_owned() })
+        .map_err(|source| CmdError::Spawn {
+            command: cmd.display(),
+            source,
+        })?;
+    Ok(RunningServer {
+        child,
+        what,
+        netns: netns.to_owned(),
+    })
 }
 
 fn cmd_program(what: &str) -> &'static str {
-    if what.starts_with("nginx") { "nginx" } else { "iperf3" }
+    if what.starts_with("nginx") {
+        "nginx"
+    } else {
+        "iperf3"
+    }
 }
 
 /// Polls the namespace's listening sockets (`ss`) until `port` shows up or the server exits.
@@ -131,7 +142,10 @@ fn wait_listening(
     let start = Instant::now();
     let filter = format!("sport = :{port}");
     loop {
-        let out = Cmd::new("ss").args(["-Hltn", &filter]).in_netns(&server.netns).run()?;
+        let out = Cmd::new("ss")
+            .args(["-Hltn", &filter])
+            .in_netns(&server.netns)
+            .run()?;
         if !out.trim().is_empty() {
             return Ok(server);
         }
@@ -143,7 +157,11 @@ fn wait_listening(
                 netns: server.netns.clone(),
                 port,
                 secs: LIMIT.as_secs(),
-                detail: if exited { format!(" (it exited: {extra})") } else { String::new() },
+                detail: if exited {
+                    format!(" (it exited: {extra})")
+                } else {
+                    String::new()
+                },
             });
         }
         std::thread::sleep(Duration::from_millis(20));

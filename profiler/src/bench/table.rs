@@ -70,7 +70,14 @@ pub struct Cells {
 /// Latency ratios as `Nx`, throughput changes as `±N%`.
 pub fn cells(results: &[ModeResult]) -> Cells {
     let header = [
-        "mode", "path", "ping avg ms", "p50 ms", "p99 ms", "bandwidth Gbit/s", "nginx QPS", "ab mean ms",
+        "mode",
+        "path",
+        "ping avg ms",
+        "p50 ms",
+        "p99 ms",
+        "bandwidth Gbit/s",
+        "nginx QPS",
+        "ab mean ms",
     ];
     let mut rows: Vec<[String; 8]> = Vec::new();
     for result in results {
@@ -81,13 +88,38 @@ pub fn cells(results: &[ModeResult]) -> Cells {
         let delta = |text: String| if is_base { String::new() } else { text };
         rows.push([
             result.mode.to_string(),
-            if result.pod_path.is_some() { "pod" } else { "host" }.to_owned(),
-            format!("{}{}", ms(row.ping_avg_ms), delta(ratio(row.ping_avg_ms, base.ping_avg_ms))),
-            format!("{}{}", ms(row.ping_p50_ms), delta(ratio(row.ping_p50_ms, base.ping_p50_ms))),
-            format!("{}{}", ms(row.ping_p99_ms), delta(ratio(row.ping_p99_ms, base.ping_p99_ms))),
-            format!("{:.2}{}", row.bandwidth_gbit_s, delta(percent(row.bandwidth_gbit_s, base.bandwidth_gbit_s))),
+            if result.pod_path.is_some() {
+                "pod"
+            } else {
+                "host"
+            }
+            .to_owned(),
+            format!(
+                "{}{}",
+                ms(row.ping_avg_ms),
+                delta(ratio(row.ping_avg_ms, base.ping_avg_ms))
+            ),
+            format!(
+                "{}{}",
+                ms(row.ping_p50_ms),
+                delta(ratio(row.ping_p50_ms, base.ping_p50_ms))
+            ),
+            format!(
+                "{}{}",
+                ms(row.ping_p99_ms),
+                delta(ratio(row.ping_p99_ms, base.ping_p99_ms))
+            ),
+            format!(
+                "{:.2}{}",
+                row.bandwidth_gbit_s,
+                delta(percent(row.bandwidth_gbit_s, base.bandwidth_gbit_s))
+            ),
             format!("{:.0}{}", row.qps, delta(percent(row.qps, base.qps))),
-            format!("{:.3}{}", row.ab_mean_ms, delta(ratio(Some(row.ab_mean_ms), Some(base.ab_mean_ms)))),
+            format!(
+                "{:.3}{}",
+                row.ab_mean_ms,
+                delta(ratio(Some(row.ab_mean_ms), Some(base.ab_mean_ms)))
+            ),
         ]);
     }
     let base_note = if results.iter().any(|r| r.mode == Mode::Host) {
@@ -95,7 +127,8 @@ pub fn cells(results: &[ModeResult]) -> Cells {
     } else {
         "against each mode's own node-to-node path (host mode not run)"
     };
-    let note = format!("pod modes: latency as a ratio, bandwidth and QPS as a change, {base_note}.");
+    let note =
+        format!("pod modes: latency as a ratio, bandwidth and QPS as a change, {base_note}.");
     Cells { header, rows, note }
 }
 
@@ -110,13 +143,29 @@ pub fn render(results: &[ModeResult]) -> String {
     }
     let mut out = String::new();
     let line = |out: &mut String, cells: &[&str]| {
-        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(&mut out, &header);
-    line(&mut out, &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>());
+    line(
+        &mut out,
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     for row in &rows {
-        line(&mut out, &row.iter().map(String::as_str).collect::<Vec<_>>());
+        line(
+            &mut out,
+            &row.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
     }
     let _ = writeln!(out, "{note}");
     out

@@ -36,8 +36,16 @@ async fn run_parsed<T>(
     let mut command = cmd.to_tokio();
     command.stdin(std::process::Stdio::null());
     let output = match tokio::time::timeout(limit, command.output()).await {
-        Ok(result) => result.map_err(|source| CmdError::Spawn { command: cmd.display(), source })?,
-        Err(_) => return Err(ToolError::Timeout { command: cmd.display(), secs: limit.as_secs() }),
+        Ok(result) => result.map_err(|source| CmdError::Spawn {
+            command: cmd.display(),
+            source,
+        })?,
+        Err(_) => {
+            return Err(ToolError::Timeout {
+                command: cmd.display(),
+                secs: limit.as_secs(),
+            })
+        }
     };
     let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if with_stderr {
@@ -47,7 +55,9 @@ async fn run_parsed<T>(
     match parse(&stdout) {
         Ok(report) => Ok(report),
         // A tool that failed and printed nothing useful: its stderr says why.
-        Err(_) if !output.status.success() && stdout.trim().is_empty() => Err(cmd.failed(&output).into()),
+        Err(_) if !output.status.success() && stdout.trim().is_empty() => {
+            Err(cmd.failed(&output).into())
+        }
         Err(source) => Err(ToolError::Output {
             command: cmd.display(),
             status: output.status.to_string(),
@@ -60,38 +70,97 @@ async fn run_parsed<T>(
 pub fn ping_command(target: Ipv4Addr, cfg: &BenchConfig) -> Vec<String> {
     let count = cfg.ping_count.to_string();
     let interval = format!("{}", cfg.ping_interval_s);
-    let args = ["ping", "-n", "-c", &count, "-i", &interval, "-W", "1", &target.to_string()];
+    let args = [
+        "ping",
+        "-n",
+        "-c",
+        &count,
+        "-i",
+        &interval,
+        "-W",
+        "1",
+        &target.to_string(),
+    ];
     args.map(str::to_owned).to_vec()
 }
 
 /// The iperf3 client command line (JSON output).
 pub fn iperf3_command(target: Ipv4Addr, cfg: &BenchConfig) -> Vec<String> {
     let (port, seconds) = (IPERF3_PORT.to_string(), cfg.iperf3_seconds.to_string());
-    ["iperf3", "-c", &target.to_string(), "-p", &port, "-t", &seconds, "-J"].map(str::to_owned).to_vec()
+    [
+        "iperf3",
+        "-c",
+        &target.to_string(),
+        "-p",
+        &port,
+        "-t",
+        &seconds,
+        "-J",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// The ab command line against nginx's page at `target`.
 pub fn ab_command(target: SocketAddrV4, cfg: &BenchConfig) -> Vec<String> {
     let (requests, concurrency) = (cfg.ab_requests.to_string(), cfg.ab_concurrency.to_string());
-    ["ab", "-q", "-n", &requests, "-c", &concurrency, "-s", "10", &format!("http://{target}/")].map(str::to_owned).to_vec()
+    [
+        "ab",
+        "-q",
+        "-n",
+        &requests,
+        "-c",
+        &concurrency,
+        "-s",
+        "10",
+        &format!("http://{target}/"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 fn in_netns(command: Vec<String>, netns: &str) -> Cmd {
     Cmd::new(&command[0]).args(&command[1..]).in_netns(netns)
 }
 
-pub async fn ping(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<PingReport, ToolError> {
+pub async fn ping(
+    netns: &str,
+    target: Ipv4Addr,
+    cfg: &BenchConfig,
+) -> Result<PingReport, ToolError> {
     let cmd = in_netns(ping_command(target, cfg), netns);
     // ping exits 1 when some replies are missing; the report's loss says so, so parse anyway.
-    run_parsed(cmd, "ping", false, cfg.ping_timeout(), crate::parse::ping::parse).await
+    run_parsed(
+        cmd,
+        "ping",
+        false,
+        cfg.ping_timeout(),
+        crate::parse::ping::parse,
+    )
+    .await
 }
 
-pub async fn iperf3(netns: &str, target: Ipv4Addr, cfg: &BenchConfig) -> Result<Iperf3Report, ToolError> {
+pub async fn iperf3(
+    netns: &str,
+    target: Ipv4Addr,
+    cfg: &BenchConfig,
+) -> Result<Iperf3Report, ToolError> {
     let cmd = in_netns(iperf3_command(target, cfg), netns);
-    run_parsed(cmd, "iperf3", false, cfg.iperf3_timeout(), crate::parse::iperf3::parse).await
+    run_parsed(
+        cmd,
+        "iperf3",
+        false,
+        cfg.iperf3_timeout(),
+        crate::parse::iperf3::parse,
+    )
+    .await
 }
 
-pub async fn ab(netns: &str, target: SocketAddrV4, cfg: &BenchConfig) -> Result<AbReport, ToolError> {
+pub async fn ab(
+    netns: &str,
+    target: SocketAddrV4,
+    cfg: &BenchConfig,
+) -> Result<AbReport, ToolError> {
     let cmd = in_netns(ab_command(target, cfg), netns);
     run_parsed(cmd, "ab", true, cfg.ab_timeout(), crate::parse::ab::parse).await
 }

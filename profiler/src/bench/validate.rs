@@ -29,7 +29,9 @@ pub const SCHEMA: &str = "netprof.validate/v1";
 /// Where `bench --validate` writes its summary, next to the `<mode>.json` files.
 pub const FILE: &str = "validate.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     Base,
@@ -126,10 +128,28 @@ struct Slot {
 }
 
 /// Builds the lab for one run (its own ablation), measures it, tears it down.
-async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: Mode, slot: Slot) -> Result<VariantRun, BenchError> {
-    let progress = Progress { index: slot.index, total: slot.total, mode };
+async fn run_variant(
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out_dir: &Path,
+    mode: Mode,
+    slot: Slot,
+) -> Result<VariantRun, BenchError> {
+    let progress = Progress {
+        index: slot.index,
+        total: slot.total,
+        mode,
+    };
     let t = progress.step(&format!("{}: lab", label(slot)));
-    let lab = lab::up_with(names, LabSpec { mode, services: slot.services }, slot.variant.ablation()).map_err(|e| progress.failed(e))?;
+    let lab = lab::up_with(
+        names,
+        LabSpec {
+            mode,
+            services: slot.services,
+        },
+        slot.variant.ablation(),
+    )
+    .map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
     let _nginx = start_nginx(&lab)?;
     measure(cfg, &lab, out_dir, slot).await
@@ -138,8 +158,14 @@ async fn run_variant(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, mode: 
 /// nginx on the pod path's server, its files under the lab's state directory.
 fn start_nginx(lab: &Lab) -> Result<servers::RunningServer, BenchError> {
     let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
-    let work_dir = PathBuf::from("/run/netprof/labs").join(lab.names.lab()).join(format!("nginx-{}", endpoints.server_netns));
-    servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server { mode: lab.mode(), what: "nginx", source })
+    let work_dir = PathBuf::from("/run/netprof/labs")
+        .join(lab.names.lab())
+        .join(format!("nginx-{}", endpoints.server_netns));
+    servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(|source| BenchError::Server {
+        mode: lab.mode(),
+        what: "nginx",
+        source,
+    })
 }
 
 fn label(slot: Slot) -> String {
@@ -154,10 +180,16 @@ fn label(slot: Slot) -> String {
 fn set_notrack(lab: &Lab, on: bool) -> Result<(), BenchError> {
     for node in [Node::One, Node::Two] {
         let ns = lab.names.node(node);
-        Cmd::new("iptables").args(["-t", "raw", "-F"]).in_netns(&ns).run()?;
+        Cmd::new("iptables")
+            .args(["-t", "raw", "-F"])
+            .in_netns(&ns)
+            .run()?;
         if on {
             for chain in ["PREROUTING", "OUTPUT"] {
-                Cmd::new("iptables").args(["-t", "raw", "-A", chain, "-j", "CT", "--notrack"]).in_netns(&ns).run()?;
+                Cmd::new("iptables")
+                    .args(["-t", "raw", "-A", chain, "-j", "CT", "--notrack"])
+                    .in_netns(&ns)
+                    .run()?;
             }
         }
     }
@@ -166,8 +198,19 @@ fn set_notrack(lab: &Lab, on: bool) -> Result<(), BenchError> {
 
 /// One run on a lab that is up with nginx serving: agents attached for its ping and ab (with
 /// the machine's CPU time per request), reports under `validate/<run>/`.
-async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Result<VariantRun, BenchError> {
-    let Slot { variant, round, services, index, total } = slot;
+async fn measure(
+    cfg: &BenchConfig,
+    lab: &Lab,
+    out_dir: &Path,
+    slot: Slot,
+) -> Result<VariantRun, BenchError> {
+    let Slot {
+        variant,
+        round,
+        services,
+        index,
+        total,
+    } = slot;
     let mode = lab.mode();
     let progress = Progress { index, total, mode };
     let label = label(slot);
@@ -177,7 +220,8 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
     });
     let run_dir = out_dir.join(&dir);
     let t = progress.step(&format!("{label}: agents"));
-    let profiler = Profiler::start(lab, &run_dir).map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
+    let profiler = Profiler::start(lab, &run_dir)
+        .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
     progress.done(t, "attached");
     let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
     let profile_err = |source| BenchError::Profile { mode, source };
@@ -188,18 +232,33 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
 
     let t = progress.step(&format!("{label}: ping"));
     profiler.before_step("ping").map_err(profile_err)?;
-    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg).await.map_err(tool_err("ping"))?;
-    let mut profiles = profiler.after_step("pod path", "ping").map_err(profile_err)?;
-    progress.done(t, &ping.stats.map_or("no replies".to_owned(), |s| format!("p50 {:.3} ms", s.p50_ms)));
+    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
+        .await
+        .map_err(tool_err("ping"))?;
+    let mut profiles = profiler
+        .after_step("pod path", "ping")
+        .map_err(profile_err)?;
+    progress.done(
+        t,
+        &ping.stats.map_or("no replies".to_owned(), |s| {
+            format!("p50 {:.3} ms", s.p50_ms)
+        }),
+    );
 
     // The sweep goes through the NodePort (its rules are what it measures); every other run
     // straight to the pod, so base, NOTRACK (no DNAT without conntrack) and no kube-proxy
     // compare the same requests.
-    let http_target = if variant == Variant::Services { endpoints.http_target } else { SocketAddrV4::new(endpoints.server_ip, 80) };
+    let http_target = if variant == Variant::Services {
+        endpoints.http_target
+    } else {
+        SocketAddrV4::new(endpoints.server_ip, 80)
+    };
     let t = progress.step(&format!("{label}: ab -> {http_target}"));
     profiler.before_step("ab").map_err(profile_err)?;
     let cpu = cpu_time::CpuMeter::start();
-    let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg).await.map_err(tool_err("ab"))?;
+    let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg)
+        .await
+        .map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
     profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
     progress.done(
@@ -208,7 +267,10 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
             "{:.0} req/s, mean {:.3} ms{}",
             ab.requests_per_second,
             ab.mean_time_per_request_ms,
-            ab_cpu_ns_per_request.map_or(String::new(), |ns| format!(", {:.0} µs CPU per request", ns / 1e3))
+            ab_cpu_ns_per_request.map_or(String::new(), |ns| format!(
+                ", {:.0} µs CPU per request",
+                ns / 1e3
+            ))
         ),
     );
     drop(profiler);
@@ -229,19 +291,44 @@ async fn measure(cfg: &BenchConfig, lab: &Lab, out_dir: &Path, slot: Slot) -> Re
 /// `base` and `notrack` on one lab, NOTRACK switched in place between runs (base first in
 /// even rounds, NOTRACK first in odd ones): rebuilding the lab for each run moved the p50 by
 /// more than conntrack costs.
-async fn run_notrack_pairs(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan, total: usize) -> Result<Vec<VariantRun>, BenchError> {
+async fn run_notrack_pairs(
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out_dir: &Path,
+    plan: &ValidatePlan,
+    total: usize,
+) -> Result<Vec<VariantRun>, BenchError> {
     let mode = plan.mode;
-    let progress = Progress { index: 1, total, mode };
+    let progress = Progress {
+        index: 1,
+        total,
+        mode,
+    };
     let t = progress.step("validate base/notrack: lab");
-    let lab = lab::up_with(names, LabSpec { mode, services: 0 }, Variant::Base.ablation()).map_err(|e| progress.failed(e))?;
+    let lab = lab::up_with(
+        names,
+        LabSpec { mode, services: 0 },
+        Variant::Base.ablation(),
+    )
+    .map_err(|e| progress.failed(e))?;
     progress.done(t, "up (NOTRACK is switched in place)");
     let _nginx = start_nginx(&lab)?;
     let mut runs = Vec::new();
     for round in 0..plan.rounds {
-        let order = if round % 2 == 0 { [Variant::Base, Variant::Notrack] } else { [Variant::Notrack, Variant::Base] };
+        let order = if round % 2 == 0 {
+            [Variant::Base, Variant::Notrack]
+        } else {
+            [Variant::Notrack, Variant::Base]
+        };
         for variant in order {
             set_notrack(&lab, variant == Variant::Notrack)?;
-            let slot = Slot { variant, round, services: 0, index: runs.len() + 1, total };
+            let slot = Slot {
+                variant,
+                round,
+                services: 0,
+                index: runs.len() + 1,
+                total,
+            };
             runs.push(measure(cfg, &lab, out_dir, slot).await?);
         }
     }
@@ -250,17 +337,38 @@ async fn run_notrack_pairs(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, 
 
 /// Runs every validation variant; writes `<out>/validate.json` and the runs' agent reports
 /// under `<out>/validate/`. The lab is always torn down.
-pub async fn run(cfg: &BenchConfig, names: &LabNames, out_dir: &Path, plan: &ValidatePlan) -> Result<ValidateResult, BenchError> {
-    let cfg = &BenchConfig { ping_count: plan.ping_count, ping_interval_s: plan.ping_interval_s, ..cfg.clone() };
+pub async fn run(
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out_dir: &Path,
+    plan: &ValidatePlan,
+) -> Result<ValidateResult, BenchError> {
+    let cfg = &BenchConfig {
+        ping_count: plan.ping_count,
+        ping_interval_s: plan.ping_interval_s,
+        ..cfg.clone()
+    };
     let total = 3 * plan.rounds as usize + plan.sweep.len();
     let pairs = run_notrack_pairs(cfg, names, out_dir, plan, total).await;
     let teardown = lab::down(names);
     let mut runs = pairs?;
     teardown?;
-    let mut schedule: Vec<(Variant, u32, u32)> = (0..plan.rounds).map(|round| (Variant::NoKubeProxy, round, 0)).collect();
-    schedule.extend(plan.sweep.iter().map(|&services| (Variant::Services, 0, services)));
+    let mut schedule: Vec<(Variant, u32, u32)> = (0..plan.rounds)
+        .map(|round| (Variant::NoKubeProxy, round, 0))
+        .collect();
+    schedule.extend(
+        plan.sweep
+            .iter()
+            .map(|&services| (Variant::Services, 0, services)),
+    );
     for (variant, round, services) in schedule {
-        let slot = Slot { variant, round, services, index: runs.len() + 1, total };
+        let slot = Slot {
+            variant,
+            round,
+            services,
+            index: runs.len() + 1,
+            total,
+        };
         let outcome = run_variant(cfg, names, out_dir, plan.mode, slot).await;
         let teardown = lab::down(names);
         runs.push(outcome?);

@@ -168,7 +168,9 @@ fn serve(listen: SocketAddr) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = crate::api::bind(listen).await?;
-        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
         if let Some(reason) = crate::api::not_ready() {
             eprintln!("netprof agent: warning: not ready: {reason}");
         }

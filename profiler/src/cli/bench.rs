@@ -66,8 +66,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let names = LabNames::new(&args.lab)?;
     let cfg = args.tools.config(args.services)?;
     let duty = args.duty.duty()?;
-    anyhow::ensure!(args.profile || duty.is_none(), "--duty needs --profile (it duty-cycles the agents)");
-    let tuning = args.profile.then_some(bench::profile::AgentTuning { duty, ..Default::default() });
+    anyhow::ensure!(
+        args.profile || duty.is_none(),
+        "--duty needs --profile (it duty-cycles the agents)"
+    );
+    let tuning = args.profile.then_some(bench::profile::AgentTuning {
+        duty,
+        ..Default::default()
+    });
     let plan = if args.validate {
         if !args.validate_mode.has_kube_proxy() {
             anyhow::bail!(
@@ -78,11 +84,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.validate_rounds == 0 {
             anyhow::bail!("--validate-rounds must be at least 1");
         }
-        if let Some(&n) = args.sweep_services.iter().find(|&&n| n > lab::addressing::MAX_EXTRA_SERVICES) {
-            anyhow::bail!("--sweep-services {n} is too many: the lab holds at most {}", lab::addressing::MAX_EXTRA_SERVICES);
+        if let Some(&n) = args
+            .sweep_services
+            .iter()
+            .find(|&&n| n > lab::addressing::MAX_EXTRA_SERVICES)
+        {
+            anyhow::bail!(
+                "--sweep-services {n} is too many: the lab holds at most {}",
+                lab::addressing::MAX_EXTRA_SERVICES
+            );
         }
-        let ping = bench::BenchConfig { ping_count: args.validate_ping_count, ping_interval_s: args.validate_ping_interval, ..cfg.clone() };
-        ping.validate().map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--ping-", "--validate-ping-")))?;
+        let ping = bench::BenchConfig {
+            ping_count: args.validate_ping_count,
+            ping_interval_s: args.validate_ping_interval,
+            ..cfg.clone()
+        };
+        ping.validate().map_err(|e| {
+            anyhow::anyhow!("{}", e.to_string().replace("--ping-", "--validate-ping-"))
+        })?;
         Some(bench::validate::ValidatePlan {
             mode: args.validate_mode,
             rounds: args.validate_rounds,
@@ -115,7 +134,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(results) => results,
         None => {
             teardown?;
-            anyhow::bail!("interrupted; the lab was removed and partial results are in {}", args.out.display());
+            anyhow::bail!(
+                "interrupted; the lab was removed and partial results are in {}",
+                args.out.display()
+            );
         }
     };
     teardown?;

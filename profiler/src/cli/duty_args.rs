@@ -19,6 +19,7 @@ pub struct DutyArgs {
 impl DutyArgs {
     /// The duty cycle asked for (`None`: always attached).
     pub fn duty(&self) -> anyhow::Result<Option<Duty>> {
-        Duty::from_percent(self.duty, Duration::from_millis(self.duty_period_ms)).map_err(|reason| anyhow::anyhow!("--{reason}"))
+        Duty::from_percent(self.duty, Duration::from_millis(self.duty_period_ms))
+            .map_err(|reason| anyhow::anyhow!("--{reason}"))
     }
 }

@@ -148,7 +148,10 @@ fn plan(args: &RunArgs) -> Result<RunPlan> {
         nodes: args.nodes.clone(),
         mode: args.mode_name,
         out_dir: args.out.clone(),
-        images: Images { netprof: args.image.clone(), nginx: args.nginx_image.clone() },
+        images: Images {
+            netprof: args.image.clone(),
+            nginx: args.nginx_image.clone(),
+        },
         ready_timeout: Duration::from_secs(args.ready_timeout),
         profile: !args.no_profile,
         duty: args.duty.duty()?,
@@ -164,7 +167,10 @@ async fn run_command(args: RunArgs) -> Result<()> {
     let plan = plan(&args)?;
     let cluster = connect(&args.cluster).await?;
     let state = RunState::new(new_run_id());
-    progress::note(&format!("run {} on {} (namespace {NAMESPACE}), mode {}", state.run_id, cluster.server, plan.mode));
+    progress::note(&format!(
+        "run {} on {} (namespace {NAMESPACE}), mode {}",
+        state.run_id, cluster.server, plan.mode
+    ));
     let outcome = tokio::select! {
         result = run::run(&cluster, &plan, &state) => Some(result),
         signal = shutdown_signal() => {
@@ -190,7 +196,10 @@ async fn run_command(args: RunArgs) -> Result<()> {
         }
         None => {
             cleaned?;
-            bail!("interrupted; the run's pods were deleted (run {})", state.run_id);
+            bail!(
+                "interrupted; the run's pods were deleted (run {})",
+                state.run_id
+            );
         }
     };
     cleaned?;
@@ -222,15 +231,32 @@ async fn clean_after_run(cluster: &Cluster, state: &RunState) -> Result<()> {
     if !state.may_have_created() {
         return Ok(());
     }
-    let step = progress::step(&format!("deleting the run's pods ({})", cleanup::selector(Some(&state.run_id))));
-    let deleted = cleanup::delete_selected(&pods, &cleanup::selector(Some(&state.run_id)), cleanup::GONE_WAIT, |_, _| {})
-        .await
-        .map_err(|e| step.failed(e))
-        .with_context(|| format!("deleting the run's pods; `netprof k8s clean --run {}` retries", state.run_id))?;
+    let step = progress::step(&format!(
+        "deleting the run's pods ({})",
+        cleanup::selector(Some(&state.run_id))
+    ));
+    let deleted = cleanup::delete_selected(
+        &pods,
+        &cleanup::selector(Some(&state.run_id)),
+        cleanup::GONE_WAIT,
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| step.failed(e))
+    .with_context(|| {
+        format!(
+            "deleting the run's pods; `netprof k8s clean --run {}` retries",
+            state.run_id
+        )
+    })?;
     if deleted.still_terminating.is_empty() {
         step.done(&format!("{} deleted", deleted.pods.len()));
     } else {
-        step.done(&format!("{} deleted, still terminating: {}", deleted.pods.len(), deleted.still_terminating.join(" ")));
+        step.done(&format!(
+            "{} deleted, still terminating: {}",
+            deleted.pods.len(),
+            deleted.still_terminating.join(" ")
+        ));
     }
     Ok(())
 }

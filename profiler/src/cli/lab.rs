@@ -42,7 +42,12 @@ pub enum LabAction {
 
 pub fn run(args: LabArgs) -> Result<()> {
     match args.action {
-        LabAction::Up { mode, services, lab, dry_run } => {
+        LabAction::Up {
+            mode,
+            services,
+            lab,
+            dry_run,
+        } => {
             let names = LabNames::new(&lab)?;
             let spec = LabSpec { mode, services };
             if dry_run {
@@ -54,11 +59,17 @@ pub fn run(args: LabArgs) -> Result<()> {
             lab::require_root()?;
             let _lock = LabLock::acquire(&lab)?;
             let built = lab::up(&names, spec)?;
-            println!("lab '{lab}' is up in mode {mode}: {}", built.namespaces().join(", "));
+            println!(
+                "lab '{lab}' is up in mode {mode}: {}",
+                built.namespaces().join(", ")
+            );
             let host = built.host_path();
             println!("  host path: {} -> {}", host.client_netns, host.server_ip);
             if let Some(pod) = built.pod_path() {
-                println!("  pod path:  {} -> {} (HTTP via {})", pod.client_netns, pod.server_ip, pod.http_target);
+                println!(
+                    "  pod path:  {} -> {} (HTTP via {})",
+                    pod.client_netns, pod.server_ip, pod.http_target
+                );
             }
             Ok(())
         }
@@ -86,11 +97,21 @@ pub fn run(args: LabArgs) -> Result<()> {
                 println!("no netprof lab is up");
             } else {
                 for entry in labs {
-                    let mode = entry.spec.map_or("unknown (no state file)".to_owned(), |s| {
-                        format!("{} (+{} services)", s.mode, s.services)
-                    });
-                    let health = if entry.complete { "complete" } else { "INCOMPLETE: run `netprof lab down` or `lab up` again" };
-                    println!("{}: {mode}, {health}: {}", entry.lab, entry.namespaces.join(" "));
+                    let mode = entry
+                        .spec
+                        .map_or("unknown (no state file)".to_owned(), |s| {
+                            format!("{} (+{} services)", s.mode, s.services)
+                        });
+                    let health = if entry.complete {
+                        "complete"
+                    } else {
+                        "INCOMPLETE: run `netprof lab down` or `lab up` again"
+                    };
+                    println!(
+                        "{}: {mode}, {health}: {}",
+                        entry.lab,
+                        entry.namespaces.join(" ")
+                    );
                 }
             }
             Ok(())

@@ -49,7 +49,12 @@ pub struct OverheadArgs {
     /// period's start: what the window edges cost by themselves (with a long period such as
     /// 0@100000, what the agents' mere presence costs). The default sets always attached
     /// beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
-    #[arg(long, default_value = "100,2", value_delimiter = ',', value_name = "PERCENT[@MS][:nostats|:fullstats]")]
+    #[arg(
+        long,
+        default_value = "100,2",
+        value_delimiter = ',',
+        value_name = "PERCENT[@MS][:nostats|:fullstats]"
+    )]
     pub duty: Vec<DutySetting>,
     #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
     pub duty_period_ms: u64,
@@ -81,12 +86,15 @@ impl std::str::FromStr for DutySetting {
     type Err = String;
 
     fn from_str(full: &str) -> Result<Self, String> {
-        let (text, stats) = match full.split_once(':') {
-            Some((text, "nostats")) => (text, SettingStats::Off),
-            Some((text, "fullstats")) => (text, SettingStats::Full),
-            Some((_, other)) => return Err(format!("duty setting {full:?}: unknown flag {other:?} (use :nostats or :fullstats)")),
-            None => (full, SettingStats::Sampled),
-        };
+        let (text, stats) =
+            match full.split_once(':') {
+                Some((text, "nostats")) => (text, SettingStats::Off),
+                Some((text, "fullstats")) => (text, SettingStats::Full),
+                Some((_, other)) => return Err(format!(
+                    "duty setting {full:?}: unknown flag {other:?} (use :nostats or :fullstats)"
+                )),
+                None => (full, SettingStats::Sampled),
+            };
         let number = |part: &str, what: &str| {
             part.trim().parse::<u64>().map_err(|_| format!("duty setting {text:?}: {what} {part:?} is not a whole number (write PERCENT or PERCENT@MS, e.g. 2@4000)"))
         };
@@ -94,8 +102,13 @@ impl std::str::FromStr for DutySetting {
             Some((percent, ms)) => (number(percent, "percentage")?, Some(number(ms, "period")?)),
             None => (number(text, "percentage")?, None),
         };
-        let percent = u32::try_from(percent).map_err(|_| format!("duty setting {text:?}: give a percentage from 1 to 100"))?;
-        Ok(DutySetting { percent, period_ms, stats })
+        let percent = u32::try_from(percent)
+            .map_err(|_| format!("duty setting {text:?}: give a percentage from 1 to 100"))?;
+        Ok(DutySetting {
+            percent,
+            period_ms,
+            stats,
+        })
     }
 }
 
@@ -107,7 +120,12 @@ impl DutySetting {
     fn duty(&self, default_period_ms: u64) -> Result<Option<crate::agent::duty::Duty>, String> {
         let period = std::time::Duration::from_millis(self.period_ms.unwrap_or(default_period_ms));
         if self.percent == 0 {
-            return crate::agent::duty::Duty::from_percent(1, period).map(|_| Some(crate::agent::duty::Duty { on: std::time::Duration::ZERO, period }));
+            return crate::agent::duty::Duty::from_percent(1, period).map(|_| {
+                Some(crate::agent::duty::Duty {
+                    on: std::time::Duration::ZERO,
+                    period,
+                })
+            });
         }
         crate::agent::duty::Duty::from_percent(self.percent, period)
     }
@@ -156,19 +174,37 @@ pub fn run(args: OverheadArgs) -> Result<()> {
     cfg.validate()?;
     let mut duties = Vec::new();
     for setting in &args.duty {
-        duties.push(setting.duty(args.duty_period_ms).map_err(|e| anyhow::anyhow!("--{e}"))?);
+        duties.push(
+            setting
+                .duty(args.duty_period_ms)
+                .map_err(|e| anyhow::anyhow!("--{e}"))?,
+        );
     }
     let variants: Vec<String> = args.duty.iter().map(|s| s.name()).collect();
     anyhow::ensure!(
-        variants.iter().enumerate().all(|(i, v)| !variants[..i].contains(v)),
+        variants
+            .iter()
+            .enumerate()
+            .all(|(i, v)| !variants[..i].contains(v)),
         "--duty lists a setting twice"
     );
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     lab::require_root()?;
     let _lock = LabLock::acquire(&args.lab)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let built = lab::up(&names, LabSpec { mode: args.mode, services: 0 })?;
-    let work_dir = PathBuf::from("/run/netprof/labs").join(&args.lab).join("overhead-nginx");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let built = lab::up(
+        &names,
+        LabSpec {
+            mode: args.mode,
+            services: 0,
+        },
+    )?;
+    let work_dir = PathBuf::from("/run/netprof/labs")
+        .join(&args.lab)
+        .join("overhead-nginx");
     // Per setting, the programs' run time of its last run (node 1's agent).
     let mut programs: Vec<Vec<ProgramStats>> = vec![Vec::new(); variants.len()];
     let outcome = runtime.block_on(async {
@@ -212,25 +248,43 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         .iter()
         .zip(programs)
         .map(|(variant, programs)| {
-            let mut per_run: Vec<f64> = programs.iter().filter(|p| p.run_count > 0).map(|p| p.ns_per_run).collect();
-            SettingPrograms { variant: variant.clone(), median_ns_per_run: median(&mut per_run), programs }
+            let mut per_run: Vec<f64> = programs
+                .iter()
+                .filter(|p| p.run_count > 0)
+                .map(|p| p.ns_per_run)
+                .collect();
+            SettingPrograms {
+                variant: variant.clone(),
+                median_ns_per_run: median(&mut per_run),
+                programs,
+            }
         })
         .collect();
     let report = OverheadReport { result, programs };
     println!("{}", report.result.render());
     for setting in &report.programs {
-        println!("program run time with agents {} (bpf_stats, node 1, last run):", setting.variant);
+        println!(
+            "program run time with agents {} (bpf_stats, node 1, last run):",
+            setting.variant
+        );
         for p in &setting.programs {
-            println!("  {:<16} {:>10} runs  {:>7.0} ns/run", p.name, p.run_count, p.ns_per_run);
+            println!(
+                "  {:<16} {:>10} runs  {:>7.0} ns/run",
+                p.name, p.run_count, p.ns_per_run
+            );
         }
         if setting.median_ns_per_run.is_nan() {
             println!("  not measured (bpf_stats off)");
         } else {
-            println!("  median over programs: {:.0} ns/run", setting.median_ns_per_run);
+            println!(
+                "  median over programs: {:.0} ns/run",
+                setting.median_ns_per_run
+            );
         }
     }
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
     }
     Ok(())
 }
@@ -242,20 +296,57 @@ mod tests {
     #[test]
     fn duty_settings_take_an_optional_period_and_name_it() {
         let plain: DutySetting = "2".parse().unwrap();
-        assert_eq!(plain, DutySetting { percent: 2, period_ms: None, stats: SettingStats::Sampled });
+        assert_eq!(
+            plain,
+            DutySetting {
+                percent: 2,
+                period_ms: None,
+                stats: SettingStats::Sampled
+            }
+        );
         let bare: DutySetting = "100@2000:nostats".parse().unwrap();
-        assert_eq!(bare, DutySetting { percent: 100, period_ms: Some(2000), stats: SettingStats::Off });
-        assert_eq!("100:fullstats".parse::<DutySetting>().unwrap().name(), "duty 100% fullstats");
+        assert_eq!(
+            bare,
+            DutySetting {
+                percent: 100,
+                period_ms: Some(2000),
+                stats: SettingStats::Off
+            }
+        );
+        assert_eq!(
+            "100:fullstats".parse::<DutySetting>().unwrap().name(),
+            "duty 100% fullstats"
+        );
         assert_eq!(bare.name(), "duty 100%@2000ms nostats");
-        assert!("100:fast".parse::<DutySetting>().unwrap_err().contains(":nostats"));
+        assert!("100:fast"
+            .parse::<DutySetting>()
+            .unwrap_err()
+            .contains(":nostats"));
         assert_eq!(plain.name(), "duty 2%");
-        assert_eq!(plain.duty(1000).unwrap().unwrap().on, std::time::Duration::from_millis(20));
+        assert_eq!(
+            plain.duty(1000).unwrap().unwrap().on,
+            std::time::Duration::from_millis(20)
+        );
         let own: DutySetting = "2@4000".parse().unwrap();
         assert_eq!(own.name(), "duty 2%@4000ms");
-        assert_eq!(own.duty(1000).unwrap().unwrap().on, std::time::Duration::from_millis(80));
+        assert_eq!(
+            own.duty(1000).unwrap().unwrap().on,
+            std::time::Duration::from_millis(80)
+        );
         assert_eq!("100".parse::<DutySetting>().unwrap().duty(1000), Ok(None));
-        assert!("2@fast".parse::<DutySetting>().unwrap_err().contains("PERCENT@MS"));
-        assert!("x".parse::<DutySetting>().unwrap_err().contains("not a whole number"));
-        assert!("2@100".parse::<DutySetting>().unwrap().duty(1000).unwrap_err().contains("at least 500 ms"));
+        assert!("2@fast"
+            .parse::<DutySetting>()
+            .unwrap_err()
+            .contains("PERCENT@MS"));
+        assert!("x"
+            .parse::<DutySetting>()
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!("2@100"
+            .parse::<DutySetting>()
+            .unwrap()
+            .duty(1000)
+            .unwrap_err()
+            .contains("at least 500 ms"));
     }
 }

@@ -37,7 +37,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let t = Instant::now();
         let sizes: Vec<String> = Format::ALL
             .iter()
-            .map(|&f| format!("{f:?} {} KB", report::render::render(&report, f).len() / 1024))
+            .map(|&f| {
+                format!(
+                    "{f:?} {} KB",
+                    report::render::render(&report, f).len() / 1024
+                )
+            })
             .collect();
         let all_formats = t.elapsed();
         eprintln!(
@@ -52,7 +57,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         );
     }
     match &args.out {
-        Some(path) => std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => std::fs::write(path, &text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),
     }
     Ok(())

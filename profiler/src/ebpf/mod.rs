@@ -16,8 +16,7 @@ use crate::netns::NetnsError;
 
 /// The eBPF object built from `profiler-ebpf`: every kernel program aya loads (the netfilter
 /// ones are in [`netfilter::NF_OBJECT`]). Public so tests and tools can load it themselves.
-pub static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// The kernel's own BTF; present when the kernel was built with `CONFIG_DEBUG_INFO_BTF=y`.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -24,7 +24,11 @@ pub enum AgentCallError {
         source: ForwardError,
     },
     #[error("{route} answered HTTP {status}: {body}")]
-    Status { route: &'static str, status: u16, body: String },
+    Status {
+        route: &'static str,
+        status: u16,
+        body: String,
+    },
     #[error("{route} answered something that is not {what}")]
     Json {
         route: &'static str,
@@ -55,55 +59,110 @@ pub struct NodeAgent {
 /// Finds the agent pod on each chosen node (RBAC: `list` pods).
 pub async fn find(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<Vec<NodeAgent>, K8sError> {
     let selector = format!("{NAME_LABEL}={AGENT_APP}");
-    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(api("list", "pods", ""))?;
-    let on_node = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(api("list", "pods", ""))?;
+    let on_node = |pod: &Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default()
+    };
     let running = |pod: &&Pod| {
-        pod.metadata.deletion_timestamp.is_none() && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        pod.metadata.deletion_timestamp.is_none()
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     };
     let mut agents = Vec::new();
     for (node, report_name) in [(&nodes.client, "node1"), (&nodes.server, "node2")] {
-        let pod = listed.items.iter().filter(|p| on_node(p) == node.name).find(running).ok_or_else(|| {
-            let found: Vec<String> = listed
-                .items
-                .iter()
-                .map(|p| {
-                    let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-                    format!("{} ({phase})", on_node(p))
-                })
-                .collect();
-            K8sError::NoAgent {
-                node: node.name.clone(),
-                found: if found.is_empty() { "none".to_owned() } else { found.join(", ") },
-            }
-        })?;
-        agents.push(NodeAgent { node: node.name.clone(), pod: pod.metadata.name.clone().unwrap_or_default(), report_name });
+        let pod = listed
+            .items
+            .iter()
+            .filter(|p| on_node(p) == node.name)
+            .find(running)
+            .ok_or_else(|| {
+                let found: Vec<String> = listed
+                    .items
+                    .iter()
+                    .map(|p| {
+                        let phase = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_default();
+                        format!("{} ({phase})", on_node(p))
+                    })
+                    .collect();
+                K8sError::NoAgent {
+                    node: node.name.clone(),
+                    found: if found.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        found.join(", ")
+                    },
+                }
+            })?;
+        agents.push(NodeAgent {
+            node: node.name.clone(),
+            pod: pod.metadata.name.clone().unwrap_or_default(),
+            report_name,
+        });
     }
     Ok(agents)
 }
 
 impl NodeAgent {
-    async fn call(&self, pods: &Api<Pod>, method: &str, route: &'static str, body: &str, limit: Duration) -> Result<HttpReply, AgentCallError> {
+    async fn call(
+        &self,
+        pods: &Api<Pod>,
+        method: &str,
+        route: &'static str,
+        body: &str,
+        limit: Duration,
+    ) -> Result<HttpReply, AgentCallError> {
         forward::request(pods, &self.pod, AGENT_PORT, method, route, body, limit)
             .await
             .map_err(|source| AgentCallError::Forward { route, source })
     }
 
-    fn expect(reply: HttpReply, route: &'static str, status: u16) -> Result<HttpReply, AgentCallError> {
+    fn expect(
+        reply: HttpReply,
+        route: &'static str,
+        status: u16,
+    ) -> Result<HttpReply, AgentCallError> {
         if reply.status == status {
             Ok(reply)
         } else {
-            Err(AgentCallError::Status { route, status: reply.status, body: reply.text() })
+            Err(AgentCallError::Status {
+                route,
+                status: reply.status,
+                body: reply.text(),
+            })
         }
     }
 
     /// Ready (root, BTF, bpffs on the node) and not attached to anything.
     pub async fn check(&self, pods: &Api<Pod>) -> Result<(), AgentCallError> {
-        Self::expect(self.call(pods, "GET", "/readyz", "", QUICK).await?, "/readyz", 200)?;
-        let reply = Self::expect(self.call(pods, "GET", "/v1/status", "", QUICK).await?, "/v1/status", 200)?;
-        let status: serde_json::Value = serde_json::from_slice(&reply.body)
-            .map_err(|source| AgentCallError::Json { route: "/v1/status", what: "a status object", source })?;
+        Self::expect(
+            self.call(pods, "GET", "/readyz", "", QUICK).await?,
+            "/readyz",
+            200,
+        )?;
+        let reply = Self::expect(
+            self.call(pods, "GET", "/v1/status", "", QUICK).await?,
+            "/v1/status",
+            200,
+        )?;
+        let status: serde_json::Value =
+            serde_json::from_slice(&reply.body).map_err(|source| AgentCallError::Json {
+                route: "/v1/status",
+                what: "a status object",
+                source,
+            })?;
         if status["state"] == "attached" {
-            return Err(AgentCallError::Busy { detail: reply.text() });
+            return Err(AgentCallError::Busy {
+                detail: reply.text(),
+            });
         }
         Ok(())
     }
@@ -111,7 +170,13 @@ impl NodeAgent {
     /// Attaches to the node's own namespace (the agent runs with hostNetwork), following
     /// `endpoints`. `duration` is a safety net: if this run dies, the agent detaches by itself.
     /// `duty`: attach only for part of every period (`--duty`).
-    pub async fn start(&self, pods: &Api<Pod>, endpoints: &[Ipv4Addr], duration: Duration, duty: Option<Duty>) -> Result<(), AgentCallError> {
+    pub async fn start(
+        &self,
+        pods: &Api<Pod>,
+        endpoints: &[Ipv4Addr],
+        duration: Duration,
+        duty: Option<Duty>,
+    ) -> Result<(), AgentCallError> {
         let mut body = serde_json::json!({
             "endpoints": endpoints.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>(),
             "node": self.report_name,
@@ -121,13 +186,23 @@ impl NodeAgent {
             body["duty_percent"] = serde_json::json!(duty.percent().round() as u32);
             body["duty_period_ms"] = serde_json::json!(duty.period.as_millis() as u64);
         }
-        let reply = self.call(pods, "POST", "/v1/start", &body.to_string(), ATTACH).await?;
+        let reply = self
+            .call(pods, "POST", "/v1/start", &body.to_string(), ATTACH)
+            .await?;
         Self::expect(reply, "/v1/start", 200).map(drop)
     }
 
     /// Detaches and returns the report of everything since the start.
     pub async fn stop(&self, pods: &Api<Pod>) -> Result<AgentReport, AgentCallError> {
-        let reply = Self::expect(self.call(pods, "POST", "/v1/stop", "", ATTACH).await?, "/v1/stop", 200)?;
-        serde_json::from_slice(&reply.body).map_err(|source| AgentCallError::Json { route: "/v1/stop", what: "an agent report", source })
+        let reply = Self::expect(
+            self.call(pods, "POST", "/v1/stop", "", ATTACH).await?,
+            "/v1/stop",
+            200,
+        )?;
+        serde_json::from_slice(&reply.body).map_err(|source| AgentCallError::Json {
+            route: "/v1/stop",
+            what: "an agent report",
+            source,
+        })
     }
 }

@@ -35,12 +35,20 @@ pub fn selector(run_id: Option<&str>) -> String {
 
 /// Deletes every pod matching `selector` and waits up to `wait` until none is left. A pod that
 /// appears meanwhile (a create still in flight when the run was interrupted) is deleted too.
-pub async fn delete_selected(pods: &Api<Pod>, selector: &str, wait: Duration, mut on_delete: impl FnMut(&str, &str)) -> Result<Deleted, K8sError> {
+pub async fn delete_selected(
+    pods: &Api<Pod>,
+    selector: &str,
+    wait: Duration,
+    mut on_delete: impl FnMut(&str, &str),
+) -> Result<Deleted, K8sError> {
     let deadline = Instant::now() + wait;
     let mut deleted = Deleted::default();
     let mut asked: BTreeSet<String> = BTreeSet::new();
     loop {
-        let listed = pods.list(&ListParams::default().labels(selector)).await.map_err(api("list", "pods", ""))?;
+        let listed = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(api("list", "pods", ""))?;
         if listed.items.is_empty() {
             return Ok(deleted);
         }
@@ -55,13 +63,23 @@ pub async fn delete_selected(pods: &Api<Pod>, selector: &str, wait: Duration, mu
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(err) => return Err(api("delete", "pods", name)(err)),
             }
-            let run = pod.metadata.labels.as_ref().and_then(|l| l.get(RUN_LABEL)).cloned().unwrap_or_default();
+            let run = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(RUN_LABEL))
+                .cloned()
+                .unwrap_or_default();
             on_delete(&name, &run);
             deleted.pods.push((name.clone(), run));
             asked.insert(name);
         }
         if Instant::now() >= deadline {
-            deleted.still_terminating = listed.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            deleted.still_terminating = listed
+                .items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
             return Ok(deleted);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -72,7 +90,10 @@ pub async fn delete_selected(pods: &Api<Pod>, selector: &str, wait: Duration, mu
 pub async fn stop_agents(pods: &Api<Pod>, attached: Vec<NodeAgent>) {
     for agent in attached {
         match agent.stop(pods).await {
-            Ok(_) => progress::note(&format!("stopped the agent on {} (the step did not finish)", agent.node)),
+            Ok(_) => progress::note(&format!(
+                "stopped the agent on {} (the step did not finish)",
+                agent.node
+            )),
             Err(err) => progress::warn(&format!(
                 "cannot stop the agent on {}: {err}; it detaches by itself when its duration ends",
                 agent.node

@@ -90,7 +90,11 @@ pub enum K8sError {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiCause {
     #[error("{message} (HTTP {code} {reason})")]
-    Status { code: u16, reason: String, message: String },
+    Status {
+        code: u16,
+        reason: String,
+        message: String,
+    },
     #[error(transparent)]
     Transport(kube::Error),
 }
@@ -118,9 +122,18 @@ impl ApiCause {
 }
 
 /// `map_err` for an API call: which verb on which resource (and object) failed.
-pub fn api(verb: &'static str, resource: &'static str, name: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
+pub fn api(
+    verb: &'static str,
+    resource: &'static str,
+    name: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> K8sError {
     let name = name.into();
-    move |err| K8sError::Api { verb, resource, name, source: err.into() }
+    move |err| K8sError::Api {
+        verb,
+        resource,
+        name,
+        source: err.into(),
+    }
 }
 
 fn stderr_note(stderr: &str) -> String {
@@ -140,8 +153,16 @@ pub fn excerpt(text: &str) -> String {
 }
 
 fn api_message(verb: &str, resource: &str, name: &str, cause: &ApiCause) -> String {
-    let object = if name.is_empty() { resource.to_owned() } else { format!("{resource} {name}") };
-    let scope = if CLUSTER_SCOPED.contains(&resource) { String::new() } else { format!(" in namespace {NAMESPACE}") };
+    let object = if name.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource} {name}")
+    };
+    let scope = if CLUSTER_SCOPED.contains(&resource) {
+        String::new()
+    } else {
+        format!(" in namespace {NAMESPACE}")
+    };
     let hint = match cause.code() {
         Some(401) => "; the API server did not accept the credentials: check the kubeconfig's user (expired token?)".to_owned(),
         Some(403) => format!(
@@ -162,7 +183,11 @@ mod tests {
     use super::*;
 
     fn status(code: u16, reason: &str, message: &str) -> ApiCause {
-        ApiCause::Status { code, reason: reason.into(), message: message.into() }
+        ApiCause::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 
     #[test]
@@ -171,18 +196,38 @@ mod tests {
             verb: "create",
             resource: "pods",
             name: "netprof-1-client".into(),
-            source: status(403, "Forbidden", "pods is forbidden: User \"u\" cannot create resource \"pods\""),
+            source: status(
+                403,
+                "Forbidden",
+                "pods is forbidden: User \"u\" cannot create resource \"pods\"",
+            ),
         };
         let text = err.to_string();
-        assert!(text.starts_with("cannot create pods netprof-1-client in namespace netprof: pods is forbidden"), "{text}");
-        assert!(text.contains("(HTTP 403 Forbidden)") && text.contains("needs `create` on `pods`"), "{text}");
+        assert!(
+            text.starts_with(
+                "cannot create pods netprof-1-client in namespace netprof: pods is forbidden"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("(HTTP 403 Forbidden)") && text.contains("needs `create` on `pods`"),
+            "{text}"
+        );
         assert!(text.contains("deploy/rbac.yaml"), "{text}");
     }
 
     #[test]
     fn nodes_are_cluster_scoped_and_a_missing_namespace_says_apply_deploy() {
-        let err = K8sError::Api { verb: "list", resource: "nodes", name: String::new(), source: status(500, "InternalError", "boom") };
-        assert_eq!(err.to_string(), "cannot list nodes: boom (HTTP 500 InternalError)");
+        let err = K8sError::Api {
+            verb: "list",
+            resource: "nodes",
+            name: String::new(),
+            source: status(500, "InternalError", "boom"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot list nodes: boom (HTTP 500 InternalError)"
+        );
         let err = K8sError::Api {
             verb: "create",
             resource: "pods",
@@ -194,7 +239,10 @@ mod tests {
 
     #[test]
     fn stderr_excerpt_keeps_the_last_lines() {
-        let text = (1..=8).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        let text = (1..=8)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert_eq!(excerpt(&text), "line 4 / line 5 / line 6 / line 7 / line 8");
     }
 }

@@ -69,13 +69,25 @@ pub async fn request(
 ) -> Result<HttpReply, ForwardError> {
     match tokio::time::timeout(limit, exchange(pods, pod, port, method, path, body)).await {
         Ok(result) => result,
-        Err(_) => Err(ForwardError::Timeout { secs: limit.as_secs() }),
+        Err(_) => Err(ForwardError::Timeout {
+            secs: limit.as_secs(),
+        }),
     }
 }
 
-async fn exchange(pods: &Api<Pod>, pod: &str, port: u16, method: &str, path: &str, body: &str) -> Result<HttpReply, ForwardError> {
+async fn exchange(
+    pods: &Api<Pod>,
+    pod: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<HttpReply, ForwardError> {
     // A WebSocket GET on pods/portforward; RBAC checks `create` (and `get` before 1.35).
-    let mut forwarder = pods.portforward(pod, &[port]).await.map_err(|e| ForwardError::Open(e.into()))?;
+    let mut forwarder = pods
+        .portforward(pod, &[port])
+        .await
+        .map_err(|e| ForwardError::Open(e.into()))?;
     let mut stream = forwarder.take_stream(port).expect("the port was requested");
     let mut port_error = Box::pin(forwarder.take_error(port).expect("the port was requested"));
     let request = format!(
@@ -83,7 +95,10 @@ async fn exchange(pods: &Api<Pod>, pod: &str, port: u16, method: &str, path: &st
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.map_err(ForwardError::Io)?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(ForwardError::Io)?;
     let mut received = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut errors_open = true;
@@ -138,8 +153,14 @@ fn parse(bytes: &[u8], at_end: bool) -> Result<Option<HttpReply>, ForwardError> 
         .and_then(|(_, value)| value.trim().parse::<usize>().ok());
     let body = &bytes[head_end + 4..];
     match length {
-        Some(length) if body.len() >= length => Ok(Some(HttpReply { status, body: body[..length].to_vec() })),
-        None if at_end => Ok(Some(HttpReply { status, body: body.to_vec() })),
+        Some(length) if body.len() >= length => Ok(Some(HttpReply {
+            status,
+            body: body[..length].to_vec(),
+        })),
+        None if at_end => Ok(Some(HttpReply {
+            status,
+            body: body.to_vec(),
+        })),
         _ => Ok(None),
     }
 }
@@ -151,12 +172,21 @@ mod tests {
     #[test]
     fn responses_complete_by_content_length() {
         let full = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nready\n";
-        assert_eq!(parse(full, false).unwrap(), Some(HttpReply { status: 200, body: b"ready\n".to_vec() }));
+        assert_eq!(
+            parse(full, false).unwrap(),
+            Some(HttpReply {
+                status: 200,
+                body: b"ready\n".to_vec()
+            })
+        );
         assert_eq!(parse(&full[..full.len() - 2], false).unwrap(), None);
         assert_eq!(parse(&full[..10], false).unwrap(), None);
         let no_length = b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot ready";
         assert_eq!(parse(no_length, false).unwrap(), None);
         assert_eq!(parse(no_length, true).unwrap().unwrap().status, 503);
-        assert!(matches!(parse(b"SSH-2.0-OpenSSH\r\n\r\n", false), Err(ForwardError::BadResponse(_))));
+        assert!(matches!(
+            parse(b"SSH-2.0-OpenSSH\r\n\r\n", false),
+            Err(ForwardError::BadResponse(_))
+        ));
     }
 }

@@ -67,7 +67,11 @@ pub fn new_run_id() -> String {
 
 /// Whether `id` is a valid run label value as `new_run_id` makes them (for `k8s clean --run`).
 pub fn is_run_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -79,7 +83,12 @@ mod tests {
         let id = new_run_id();
         assert_eq!(id.len(), 8);
         assert!(is_run_id(&id), "{id}");
-        assert!(!is_run_id("") && !is_run_id("a b") && !is_run_id("Run1") && !is_run_id(&"a".repeat(64)));
+        assert!(
+            !is_run_id("")
+                && !is_run_id("a b")
+                && !is_run_id("Run1")
+                && !is_run_id(&"a".repeat(64))
+        );
     }
 
     #[test]

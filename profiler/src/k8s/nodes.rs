@@ -20,7 +20,9 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("--nodes {given:?}: give two different node names, client first: --nodes CLIENT,SERVER")]
+    #[error(
+        "--nodes {given:?}: give two different node names, client first: --nodes CLIENT,SERVER"
+    )]
     BadFlag { given: String },
     #[error("node {name} (from --nodes) does not exist; nodes: {found}")]
     Missing { name: String, found: String },
@@ -30,7 +32,11 @@ pub enum NodeError {
     )]
     NoLabels { found: String },
     #[error("{count} nodes are labelled workern={value} ({names}): keep the label on one, or give --nodes CLIENT,SERVER")]
-    Ambiguous { value: &'static str, count: usize, names: String },
+    Ambiguous {
+        value: &'static str,
+        count: usize,
+        names: String,
+    },
     #[error("node {name} is not Ready ({why}): choose another with --nodes CLIENT,SERVER")]
     NotReady { name: String, why: String },
     #[error("node {name} has no IPv4 InternalIP (addresses: {addresses}): netprof follows IPv4 flows only")]
@@ -65,10 +71,18 @@ impl NodeInfo {
             .iter()
             .filter(|a| a.type_ == "InternalIP")
             .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-        let ready = status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready");
         let not_ready = match ready {
             Some(c) if c.status == "True" => None,
-            Some(c) => Some(format!("Ready={}{}", c.status, c.reason.map(|r| format!(", {r}")).unwrap_or_default())),
+            Some(c) => Some(format!(
+                "Ready={}{}",
+                c.status,
+                c.reason.map(|r| format!(", {r}")).unwrap_or_default()
+            )),
             None => Some("no Ready condition".to_owned()),
         };
         let info = status.node_info.unwrap_or_default();
@@ -81,7 +95,10 @@ impl NodeInfo {
             name,
             labels,
             internal_ip,
-            addresses: addresses.iter().map(|a| format!("{} {}", a.type_, a.address)).collect(),
+            addresses: addresses
+                .iter()
+                .map(|a| format!("{} {}", a.type_, a.address))
+                .collect(),
             not_ready,
             kernel: info.kernel_version,
             kubelet: info.kubelet_version,
@@ -94,7 +111,11 @@ impl NodeInfo {
     /// The nodeSelector that pins a pod here: the node's own hostname label, which is what
     /// the scheduler matches (it can differ from the node's name).
     pub fn selector(&self) -> (String, String) {
-        let value = self.labels.get(HOSTNAME_LABEL).cloned().unwrap_or_else(|| self.name.clone());
+        let value = self
+            .labels
+            .get(HOSTNAME_LABEL)
+            .cloned()
+            .unwrap_or_else(|| self.name.clone());
         (HOSTNAME_LABEL.to_owned(), value)
     }
 
@@ -114,8 +135,14 @@ impl NodeInfo {
     }
 
     fn describe(&self) -> String {
-        let worker = self.labels.get(WORKER_LABEL).map(|v| format!(", workern={v}")).unwrap_or_default();
-        let ip = self.internal_ip.map_or("no IPv4 InternalIP".to_owned(), |ip| ip.to_string());
+        let worker = self
+            .labels
+            .get(WORKER_LABEL)
+            .map(|v| format!(", workern={v}"))
+            .unwrap_or_default();
+        let ip = self
+            .internal_ip
+            .map_or("no IPv4 InternalIP".to_owned(), |ip| ip.to_string());
         let ready = self.not_ready.as_deref().unwrap_or("Ready");
         format!("{} ({ready}, {ip}{worker})", self.name)
     }
@@ -142,15 +169,26 @@ fn found(nodes: &[NodeInfo]) -> String {
     if nodes.is_empty() {
         return "the cluster lists no nodes".to_owned();
     }
-    format!("nodes found: {}", nodes.iter().map(NodeInfo::describe).collect::<Vec<_>>().join(", "))
+    format!(
+        "nodes found: {}",
+        nodes
+            .iter()
+            .map(NodeInfo::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Splits `--nodes CLIENT,SERVER`.
 pub fn parse_flag(text: &str) -> Result<(String, String), NodeError> {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     match parts.as_slice() {
-        [a, b] if !a.is_empty() && !b.is_empty() && a != b => Ok(((*a).to_owned(), (*b).to_owned())),
-        _ => Err(NodeError::BadFlag { given: text.to_owned() }),
+        [a, b] if !a.is_empty() && !b.is_empty() && a != b => {
+            Ok(((*a).to_owned(), (*b).to_owned()))
+        }
+        _ => Err(NodeError::BadFlag {
+            given: text.to_owned(),
+        }),
     }
 }
 
@@ -160,42 +198,66 @@ pub fn choose(nodes: &[NodeInfo], flag: Option<&str>) -> Result<ChosenNodes, Nod
         Some(text) => {
             let (a, b) = parse_flag(text)?;
             let by_name = |name: &str| {
-                nodes.iter().find(|n| n.name == name).cloned().ok_or_else(|| NodeError::Missing {
-                    name: name.to_owned(),
-                    found: found(nodes).trim_start_matches("nodes found: ").to_owned(),
-                })
+                nodes
+                    .iter()
+                    .find(|n| n.name == name)
+                    .cloned()
+                    .ok_or_else(|| NodeError::Missing {
+                        name: name.to_owned(),
+                        found: found(nodes).trim_start_matches("nodes found: ").to_owned(),
+                    })
             };
             (by_name(&a)?, by_name(&b)?, "--nodes")
         }
         None => {
             let labelled = |value: &'static str| -> Result<Option<NodeInfo>, NodeError> {
-                let matching: Vec<&NodeInfo> =
-                    nodes.iter().filter(|n| n.labels.get(WORKER_LABEL).map(String::as_str) == Some(value)).collect();
+                let matching: Vec<&NodeInfo> = nodes
+                    .iter()
+                    .filter(|n| n.labels.get(WORKER_LABEL).map(String::as_str) == Some(value))
+                    .collect();
                 match matching.as_slice() {
                     [] => Ok(None),
                     [one] => Ok(Some((*one).clone())),
                     many => Err(NodeError::Ambiguous {
                         value,
                         count: many.len(),
-                        names: many.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+                        names: many
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     }),
                 }
             };
             match (labelled("1")?, labelled("2")?) {
                 (Some(a), Some(b)) => (a, b, "labels workern=1/2"),
-                _ => return Err(NodeError::NoLabels { found: found(nodes) }),
+                _ => {
+                    return Err(NodeError::NoLabels {
+                        found: found(nodes),
+                    })
+                }
             }
         }
     };
     for node in [&client, &server] {
         if let Some(why) = &node.not_ready {
-            return Err(NodeError::NotReady { name: node.name.clone(), why: why.clone() });
+            return Err(NodeError::NotReady {
+                name: node.name.clone(),
+                why: why.clone(),
+            });
         }
         if node.internal_ip.is_none() {
-            return Err(NodeError::NoIpv4 { name: node.name.clone(), addresses: node.addresses.join(", ") });
+            return Err(NodeError::NoIpv4 {
+                name: node.name.clone(),
+                addresses: node.addresses.join(", "),
+            });
         }
     }
-    Ok(ChosenNodes { client, server, how })
+    Ok(ChosenNodes {
+        client,
+        server,
+        how,
+    })
 }
 
 /// Lists the cluster's nodes (RBAC: `list nodes`) and picks two.
@@ -203,7 +265,10 @@ pub async fn pick(client: &Client, flag: Option<&str>) -> Result<ChosenNodes, K8
     if let Some(text) = flag {
         parse_flag(text)?;
     }
-    let list = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.map_err(api("list", "nodes", ""))?;
+    let list = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(api("list", "nodes", ""))?;
     let nodes: Vec<NodeInfo> = list.items.iter().map(NodeInfo::from_node).collect();
     Ok(choose(&nodes, flag)?)
 }
@@ -221,7 +286,9 @@ mod tests {
             name: name.to_owned(),
             labels,
             internal_ip: ip.map(|i| i.parse().unwrap()),
-            addresses: ip.map(|i| vec![format!("InternalIP {i}")]).unwrap_or_default(),
+            addresses: ip
+                .map(|i| vec![format!("InternalIP {i}")])
+                .unwrap_or_default(),
             not_ready: None,
             kernel: "6.18.0".into(),
             kubelet: "v1.35.0".into(),
@@ -233,43 +300,95 @@ mod tests {
 
     #[test]
     fn labels_pick_client_and_server() {
-        let nodes = [node("cp", None, Some("198.18.0.9")), node("b", Some("2"), Some("198.18.0.2")), node("a", Some("1"), Some("198.18.0.1"))];
+        let nodes = [
+            node("cp", None, Some("198.18.0.9")),
+            node("b", Some("2"), Some("198.18.0.2")),
+            node("a", Some("1"), Some("198.18.0.1")),
+        ];
         let chosen = choose(&nodes, None).unwrap();
-        assert_eq!((chosen.client.name.as_str(), chosen.server.name.as_str()), ("a", "b"));
-        assert_eq!(chosen.server.selector(), (HOSTNAME_LABEL.to_owned(), "b-host".to_owned()));
+        assert_eq!(
+            (chosen.client.name.as_str(), chosen.server.name.as_str()),
+            ("a", "b")
+        );
+        assert_eq!(
+            chosen.server.selector(),
+            (HOSTNAME_LABEL.to_owned(), "b-host".to_owned())
+        );
     }
 
     #[test]
     fn the_flag_wins_over_labels() {
-        let nodes = [node("a", Some("1"), Some("198.18.0.1")), node("b", Some("2"), Some("198.18.0.2")), node("c", None, Some("198.18.0.3"))];
+        let nodes = [
+            node("a", Some("1"), Some("198.18.0.1")),
+            node("b", Some("2"), Some("198.18.0.2")),
+            node("c", None, Some("198.18.0.3")),
+        ];
         let chosen = choose(&nodes, Some("c, a")).unwrap();
-        assert_eq!((chosen.client.name.as_str(), chosen.server.name.as_str(), chosen.how), ("c", "a", "--nodes"));
+        assert_eq!(
+            (
+                chosen.client.name.as_str(),
+                chosen.server.name.as_str(),
+                chosen.how
+            ),
+            ("c", "a", "--nodes")
+        );
     }
 
     #[test]
     fn failures_list_what_was_found() {
-        let nodes = [node("a", Some("1"), Some("198.18.0.1")), node("c", None, None)];
+        let nodes = [
+            node("a", Some("1"), Some("198.18.0.1")),
+            node("c", None, None),
+        ];
         let text = choose(&nodes, None).unwrap_err().to_string();
-        assert!(text.contains("workern=1") && text.contains("a (Ready, 198.18.0.1, workern=1)"), "{text}");
+        assert!(
+            text.contains("workern=1") && text.contains("a (Ready, 198.18.0.1, workern=1)"),
+            "{text}"
+        );
         assert!(text.contains("c (Ready, no IPv4 InternalIP)"), "{text}");
         let text = choose(&nodes, Some("a,x")).unwrap_err().to_string();
-        assert!(text.contains("node x (from --nodes) does not exist") && text.contains("a (Ready"), "{text}");
+        assert!(
+            text.contains("node x (from --nodes) does not exist") && text.contains("a (Ready"),
+            "{text}"
+        );
         let text = choose(&nodes, Some("a,c")).unwrap_err().to_string();
         assert!(text.contains("node c has no IPv4 InternalIP"), "{text}");
         assert!(matches!(parse_flag("a"), Err(NodeError::BadFlag { .. })));
         assert!(matches!(parse_flag("a,a"), Err(NodeError::BadFlag { .. })));
-        assert!(matches!(parse_flag("a,b,c"), Err(NodeError::BadFlag { .. })));
-        assert!(choose(&[], None).unwrap_err().to_string().contains("the cluster lists no nodes"));
+        assert!(matches!(
+            parse_flag("a,b,c"),
+            Err(NodeError::BadFlag { .. })
+        ));
+        assert!(choose(&[], None)
+            .unwrap_err()
+            .to_string()
+            .contains("the cluster lists no nodes"));
     }
 
     #[test]
     fn two_nodes_with_one_label_or_a_not_ready_node_are_refused() {
-        let nodes = [node("a", Some("1"), Some("198.18.0.1")), node("b", Some("1"), Some("198.18.0.2")), node("c", Some("2"), Some("198.18.0.3"))];
-        assert!(matches!(choose(&nodes, None), Err(NodeError::Ambiguous { value: "1", count: 2, .. })));
+        let nodes = [
+            node("a", Some("1"), Some("198.18.0.1")),
+            node("b", Some("1"), Some("198.18.0.2")),
+            node("c", Some("2"), Some("198.18.0.3")),
+        ];
+        assert!(matches!(
+            choose(&nodes, None),
+            Err(NodeError::Ambiguous {
+                value: "1",
+                count: 2,
+                ..
+            })
+        ));
         let mut down = node("d", None, Some("198.18.0.4"));
         down.not_ready = Some("Ready=False, KubeletNotReady".into());
-        let text = choose(&[nodes[0].clone(), down], Some("a,d")).unwrap_err().to_string();
-        assert!(text.contains("node d is not Ready (Ready=False, KubeletNotReady)"), "{text}");
+        let text = choose(&[nodes[0].clone(), down], Some("a,d"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("node d is not Ready (Ready=False, KubeletNotReady)"),
+            "{text}"
+        );
     }
 
     #[test]

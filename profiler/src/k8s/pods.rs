@@ -10,7 +10,10 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::nodes::NodeInfo;
-use super::{BENCH_APP, NAME_LABEL, NGINX_CONFIGMAP, PART_OF, PART_OF_LABEL, PATH_LABEL, ROLE_LABEL, RUN_LABEL};
+use super::{
+    BENCH_APP, NAME_LABEL, NGINX_CONFIGMAP, PART_OF, PART_OF_LABEL, PATH_LABEL, ROLE_LABEL,
+    RUN_LABEL,
+};
 use crate::bench::servers::IPERF3_PORT;
 
 /// What a benchmark pod runs.
@@ -111,7 +114,11 @@ pub fn plan(run_id: &str) -> Vec<BenchPod> {
     let mut pods = Vec::new();
     for role in Role::ALL {
         for path in NetPath::ALL {
-            pods.push(BenchPod { role, path, name: pod_name(run_id, role, path) });
+            pods.push(BenchPod {
+                role,
+                path,
+                name: pod_name(run_id, role, path),
+            });
         }
     }
     pods
@@ -119,7 +126,8 @@ pub fn plan(run_id: &str) -> Vec<BenchPod> {
 
 /// The container: image and command per role, resources as in the templates.
 fn container(role: Role, images: &Images) -> serde_json::Value {
-    let resources = json!({"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}});
+    let resources =
+        json!({"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}});
     match role {
         Role::Nginx => json!({
             "name": role.name(),
@@ -210,20 +218,38 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 6);
-        assert!(names.contains(&"netprof-1a2b3c4d-iperf3-host") && names.contains(&"netprof-1a2b3c4d-client"));
+        assert!(
+            names.contains(&"netprof-1a2b3c4d-iperf3-host")
+                && names.contains(&"netprof-1a2b3c4d-client")
+        );
     }
 
     #[test]
     fn pods_carry_the_run_label_and_are_pinned() {
-        let images = Images { netprof: "registry.example/netprof:1".into(), nginx: "registry.example/nginx:1".into() };
+        let images = Images {
+            netprof: "registry.example/netprof:1".into(),
+            nginx: "registry.example/nginx:1".into(),
+        };
         for bench in plan("r1") {
             let pod = spec(&bench, "r1", &node(), &images);
             let labels = pod.metadata.labels.as_ref().unwrap();
             assert_eq!(labels.get(RUN_LABEL).map(String::as_str), Some("r1"));
-            assert_eq!(labels.get(PART_OF_LABEL).map(String::as_str), Some("netprof"));
+            assert_eq!(
+                labels.get(PART_OF_LABEL).map(String::as_str),
+                Some("netprof")
+            );
             let spec = pod.spec.unwrap();
-            assert_eq!(spec.node_selector.unwrap().get(HOSTNAME_LABEL).map(String::as_str), Some("b.example"));
-            assert_eq!(spec.host_network.unwrap_or(false), bench.path == NetPath::Host);
+            assert_eq!(
+                spec.node_selector
+                    .unwrap()
+                    .get(HOSTNAME_LABEL)
+                    .map(String::as_str),
+                Some("b.example")
+            );
+            assert_eq!(
+                spec.host_network.unwrap_or(false),
+                bench.path == NetPath::Host
+            );
             let image = spec.containers[0].image.clone().unwrap();
             assert!(image.starts_with("registry.example/"), "{image}");
             assert_eq!(spec.volumes.is_some(), bench.role == Role::Nginx);

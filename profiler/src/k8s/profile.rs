@@ -44,12 +44,36 @@ pub struct ClusterProfiler<'a> {
 }
 
 impl<'a> ClusterProfiler<'a> {
-    #[allow(clippy::too_many_arguments, reason = "one call site, every argument a different thing")]
-    pub fn new(pods: &'a Api<Pod>, agents: Vec<NodeAgent>, endpoints: Vec<Ipv4Addr>, out_dir: &Path, mode: Mode, attached: Attached, duty: Option<Duty>) -> Result<Self, K8sError> {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, every argument a different thing"
+    )]
+    pub fn new(
+        pods: &'a Api<Pod>,
+        agents: Vec<NodeAgent>,
+        endpoints: Vec<Ipv4Addr>,
+        out_dir: &Path,
+        mode: Mode,
+        attached: Attached,
+        duty: Option<Duty>,
+    ) -> Result<Self, K8sError> {
         let relative = PathBuf::from("profile").join(mode.name());
         let dir = out_dir.join(&relative);
-        std::fs::create_dir_all(&dir).map_err(|source| K8sError::Write { path: dir.clone(), source })?;
-        Ok(Self { pods, agents, endpoints, dir, relative, attached, files: Vec::new(), not_measured: None, duty })
+        std::fs::create_dir_all(&dir).map_err(|source| K8sError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self {
+            pods,
+            agents,
+            endpoints,
+            dir,
+            relative,
+            attached,
+            files: Vec::new(),
+            not_measured: None,
+            duty,
+        })
     }
 
     /// Starts both agents for a step that may take up to `step_limit`.
@@ -61,7 +85,9 @@ impl<'a> ClusterProfiler<'a> {
         let starts = self.agents.iter().cloned().map(|agent| {
             let endpoints = &endpoints;
             async move {
-                let result = agent.start(pods, endpoints, step_limit + SAFETY_MARGIN, duty).await;
+                let result = agent
+                    .start(pods, endpoints, step_limit + SAFETY_MARGIN, duty)
+                    .await;
                 (agent, result)
             }
         });
@@ -99,10 +125,22 @@ impl<'a> ClusterProfiler<'a> {
         }
     }
 
-    fn write(&mut self, agent: &NodeAgent, path: NetPath, tool: &str, report: &crate::agent::AgentReport) -> Result<(), String> {
-        let name = format!("{}-{tool}-{}.json", path.label().replace(' ', "-"), agent.report_name);
+    fn write(
+        &mut self,
+        agent: &NodeAgent,
+        path: NetPath,
+        tool: &str,
+        report: &crate::agent::AgentReport,
+    ) -> Result<(), String> {
+        let name = format!(
+            "{}-{tool}-{}.json",
+            path.label().replace(' ', "-"),
+            agent.report_name
+        );
         let file = self.dir.join(&name);
-        report.write(&file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        report
+            .write(&file)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
         self.files.push(ProfileFile {
             path: path.label().to_owned(),
             tool: tool.to_owned(),
@@ -122,7 +160,8 @@ impl<'a> ClusterProfiler<'a> {
             progress::warn(&text);
             self.not_measured = Some(text);
         }
-        let still: Vec<NodeAgent> = std::mem::take(&mut *self.attached.lock().expect("not poisoned"));
+        let still: Vec<NodeAgent> =
+            std::mem::take(&mut *self.attached.lock().expect("not poisoned"));
         for other in still {
             if let Err(err) = other.stop(self.pods).await {
                 progress::warn(&format!("cannot stop the agent on {}: {err}", other.node));

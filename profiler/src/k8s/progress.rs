@@ -11,7 +11,9 @@ pub struct Step {
 pub fn step(text: &str) -> Step {
     eprint!("k8s: {text} ... ");
     let _ = std::io::stderr().flush();
-    Step { started: Instant::now() }
+    Step {
+        started: Instant::now(),
+    }
 }
 
 impl Step {

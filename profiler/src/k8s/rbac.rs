@@ -35,16 +35,30 @@ mod tests {
     #[test]
     fn rules_are_unique_sorted_and_read_only_on_nodes() {
         for (i, (group, resource, verbs)) in REQUIRED_RULES.iter().enumerate() {
-            assert!(verbs.windows(2).all(|w| w[0] < w[1]), "{resource}: verbs sorted, no duplicates");
-            assert!(!verbs.contains(&"*") && *group != "*" && *resource != "*", "no wildcards");
             assert!(
-                REQUIRED_RULES[..i].iter().all(|(g, r, _)| (g, r) != (group, resource)),
+                verbs.windows(2).all(|w| w[0] < w[1]),
+                "{resource}: verbs sorted, no duplicates"
+            );
+            assert!(
+                !verbs.contains(&"*") && *group != "*" && *resource != "*",
+                "no wildcards"
+            );
+            assert!(
+                REQUIRED_RULES[..i]
+                    .iter()
+                    .all(|(g, r, _)| (g, r) != (group, resource)),
                 "{resource} listed twice"
             );
         }
         for resource in CLUSTER_SCOPED {
-            let (_, _, verbs) = REQUIRED_RULES.iter().find(|(_, r, _)| r == resource).unwrap();
-            assert!(verbs.iter().all(|v| ["get", "list", "watch"].contains(v)), "{resource}: read only");
+            let (_, _, verbs) = REQUIRED_RULES
+                .iter()
+                .find(|(_, r, _)| r == resource)
+                .unwrap();
+            assert!(
+                verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                "{resource}: read only"
+            );
         }
     }
 }

@@ -35,19 +35,29 @@ pub async fn wait_ready(
 ) -> Result<BTreeMap<String, ReadyPod>, K8sError> {
     let deadline = Instant::now() + limit;
     let mut seen: BTreeMap<String, Pod> = BTreeMap::new();
-    let not_ready = |seen: &BTreeMap<String, Pod>| K8sError::NotReady { secs: limit.as_secs(), pods: describe_waiting(seen, expected) };
+    let not_ready = |seen: &BTreeMap<String, Pod>| K8sError::NotReady {
+        secs: limit.as_secs(),
+        pods: describe_waiting(seen, expected),
+    };
     loop {
-        let listed = match timeout_at(deadline, pods.list(&ListParams::default().labels(selector))).await {
-            Ok(result) => result.map_err(api("list", "pods", ""))?,
-            Err(_) => return Err(not_ready(&seen)),
-        };
-        seen = listed.items.into_iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
+        let listed =
+            match timeout_at(deadline, pods.list(&ListParams::default().labels(selector))).await {
+                Ok(result) => result.map_err(api("list", "pods", ""))?,
+                Err(_) => return Err(not_ready(&seen)),
+            };
+        seen = listed
+            .items
+            .into_iter()
+            .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
+            .collect();
         if let Some(ready) = check(&seen, expected)? {
             return Ok(ready);
         }
         let version = listed.metadata.resource_version.unwrap_or_default();
         let left = deadline.saturating_duration_since(Instant::now()).as_secs() as u32;
-        let params = WatchParams::default().labels(selector).timeout(left.clamp(1, WATCH_SECS));
+        let params = WatchParams::default()
+            .labels(selector)
+            .timeout(left.clamp(1, WATCH_SECS));
         let stream = match timeout_at(deadline, pods.watch(&params, &version)).await {
             Ok(result) => result.map_err(api("watch", "pods", ""))?,
             Err(_) => return Err(not_ready(&seen)),
@@ -74,7 +84,9 @@ pub async fn wait_ready(
                 WatchEvent::Bookmark(_) => {}
                 // 410 Gone: the resource version is too old; list again.
                 WatchEvent::Error(status) if status.code == 410 => break,
-                WatchEvent::Error(status) => return Err(api("watch", "pods", "")(kube::Error::Api(status))),
+                WatchEvent::Error(status) => {
+                    return Err(api("watch", "pods", "")(kube::Error::Api(status)))
+                }
             }
             if let Some(ready) = check(&seen, expected)? {
                 return Ok(ready);
@@ -84,14 +96,24 @@ pub async fn wait_ready(
 }
 
 /// `Some` when every expected pod is ready; an error when one has stopped.
-fn check(seen: &BTreeMap<String, Pod>, expected: &[String]) -> Result<Option<BTreeMap<String, ReadyPod>>, K8sError> {
+fn check(
+    seen: &BTreeMap<String, Pod>,
+    expected: &[String],
+) -> Result<Option<BTreeMap<String, ReadyPod>>, K8sError> {
     let mut ready = BTreeMap::new();
     for name in expected {
         let Some(pod) = seen.get(name) else { continue };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         // restartPolicy Never: a pod whose container exited will not come back.
         if phase == "Failed" || phase == "Succeeded" {
-            return Err(K8sError::PodFailed { pod: name.clone(), status: describe(pod) });
+            return Err(K8sError::PodFailed {
+                pod: name.clone(),
+                status: describe(pod),
+            });
         }
         if let Some(r) = as_ready(pod) {
             ready.insert(name.clone(), r);
@@ -102,18 +124,28 @@ fn check(seen: &BTreeMap<String, Pod>, expected: &[String]) -> Result<Option<BTr
 
 fn as_ready(pod: &Pod) -> Option<ReadyPod> {
     let status = pod.status.as_ref()?;
-    let ready = status.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     let ip = status.pod_ip.as_deref()?.parse().ok()?;
     ready.then(|| ReadyPod {
         name: pod.metadata.name.clone().unwrap_or_default(),
         ip,
-        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
     })
 }
 
 /// One line about a pod's state: phase, scheduling, each container's state.
 pub fn describe(pod: &Pod) -> String {
-    let Some(status) = pod.status.as_ref() else { return "no status yet".to_owned() };
+    let Some(status) = pod.status.as_ref() else {
+        return "no status yet".to_owned();
+    };
     let mut parts = vec![status.phase.clone().unwrap_or_else(|| "Pending".to_owned())];
     if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         parts.push(format!("on {node}"));
@@ -121,19 +153,34 @@ pub fn describe(pod: &Pod) -> String {
     for c in status.conditions.iter().flatten() {
         if c.type_ == "PodScheduled" && c.status == "False" {
             let reason = c.reason.as_deref().unwrap_or("not scheduled");
-            parts.push(format!("{reason}: {}", c.message.as_deref().unwrap_or("")).trim_end_matches(": ").to_owned());
+            parts.push(
+                format!("{reason}: {}", c.message.as_deref().unwrap_or(""))
+                    .trim_end_matches(": ")
+                    .to_owned(),
+            );
         }
     }
     for c in status.container_statuses.iter().flatten() {
         let state = c.state.as_ref();
         if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
             let reason = w.reason.as_deref().unwrap_or("waiting");
-            let message = w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            let message = w
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
             parts.push(format!("{} {reason}{message}", c.name));
         } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
             let reason = t.reason.as_deref().unwrap_or("terminated");
-            let message = t.message.as_deref().map(|m| format!(": {}", m.trim())).unwrap_or_default();
-            parts.push(format!("{} {reason} (exit {}){message}", c.name, t.exit_code));
+            let message = t
+                .message
+                .as_deref()
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default();
+            parts.push(format!(
+                "{} {reason} (exit {}){message}",
+                c.name, t.exit_code
+            ));
         } else if !c.ready {
             parts.push(format!("{} running, not ready", c.name));
         }
@@ -151,7 +198,10 @@ fn describe_waiting(seen: &BTreeMap<String, Pod>, expected: &[String]) -> String
             Some(pod) => describe(pod),
             None => "not seen by the watch".to_owned(),
         };
-        if line.contains("ErrImagePull") || line.contains("ImagePullBackOff") || line.contains("InvalidImageName") {
+        if line.contains("ErrImagePull")
+            || line.contains("ImagePullBackOff")
+            || line.contains("InvalidImageName")
+        {
             hints.push("set --image / --nginx-image to images the nodes can pull".to_owned());
         }
         if line.contains("ContainerCreating") && name.contains("-nginx") {
@@ -160,7 +210,10 @@ fn describe_waiting(seen: &BTreeMap<String, Pod>, expected: &[String]) -> String
             ));
         }
         if line.contains("Unschedulable") {
-            hints.push("the nodes cannot take the pods (taints, resources?): see `kubectl describe node`".to_owned());
+            hints.push(
+                "the nodes cannot take the pods (taints, resources?): see `kubectl describe node`"
+                    .to_owned(),
+            );
         }
         lines.push(format!("{name}: {line}"));
     }
@@ -186,10 +239,19 @@ mod tests {
             "metadata": {"name": "a"}, "spec": {"nodeName": "n1", "containers": []},
             "status": {"phase": "Running", "podIP": "198.19.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
         }));
-        assert_eq!(as_ready(&p), Some(ReadyPod { name: "a".into(), ip: "198.19.1.5".parse().unwrap(), node: "n1".into() }));
+        assert_eq!(
+            as_ready(&p),
+            Some(ReadyPod {
+                name: "a".into(),
+                ip: "198.19.1.5".parse().unwrap(),
+                node: "n1".into()
+            })
+        );
         let seen = BTreeMap::from([("a".to_owned(), p)]);
         assert!(check(&seen, &["a".to_owned()]).unwrap().is_some());
-        assert!(check(&seen, &["a".to_owned(), "b".to_owned()]).unwrap().is_none());
+        assert!(check(&seen, &["a".to_owned(), "b".to_owned()])
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -200,7 +262,10 @@ mod tests {
                 "image": "", "imageID": "", "state": {"waiting": {"reason": "ContainerCreating"}}}]}
         }));
         let seen = BTreeMap::from([("netprof-r-nginx".to_owned(), p)]);
-        let text = describe_waiting(&seen, &["netprof-r-nginx".to_owned(), "netprof-r-client".to_owned()]);
+        let text = describe_waiting(
+            &seen,
+            &["netprof-r-nginx".to_owned(), "netprof-r-client".to_owned()],
+        );
         assert!(text.starts_with("netprof-r-nginx: Pending, on n2, nginx ContainerCreating; netprof-r-client: not seen"), "{text}");
         assert!(text.contains("ConfigMap netprof-bench-nginx"), "{text}");
     }

@@ -23,8 +23,8 @@ use super::error::api;
 use super::nodes::{self, ChosenNodes};
 use super::pods::{self, BenchPod, Images, NetPath, Role};
 use super::profile::{Attached, ClusterProfiler};
-use super::ready::{self, ReadyPod};
 use super::rbac::NAMESPACE;
+use super::ready::{self, ReadyPod};
 use super::{progress, tools, K8sError, BENCH_APP, NAME_LABEL, PATH_LABEL, RUN_LABEL};
 use crate::bench::result::{ClusterRecord, Environment, ModeResult, PathResult, SCHEMA};
 use crate::bench::servers::IPERF3_PORT;
@@ -58,7 +58,11 @@ pub struct RunState {
 
 impl RunState {
     pub fn new(run_id: String) -> Self {
-        Self { run_id, attached: Attached::default(), creating: Arc::default() }
+        Self {
+            run_id,
+            attached: Attached::default(),
+            creating: Arc::default(),
+        }
     }
 
     pub fn may_have_created(&self) -> bool {
@@ -67,15 +71,28 @@ impl RunState {
 }
 
 /// Runs the study once and writes its results; see the module doc.
-pub async fn run(cluster: &Cluster, plan: &RunPlan, state: &RunState) -> Result<ModeResult, K8sError> {
+pub async fn run(
+    cluster: &Cluster,
+    plan: &RunPlan,
+    state: &RunState,
+) -> Result<ModeResult, K8sError> {
     plan.cfg.validate()?;
     prepare_out_dir(&plan.out_dir)?;
-    let started_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let started = Instant::now();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), NAMESPACE);
 
-    let step = progress::step(&format!("choosing the nodes ({})", plan.nodes.as_deref().map_or("labels workern=1/2".to_owned(), |n| format!("--nodes {n}"))));
-    let nodes = nodes::pick(&cluster.client, plan.nodes.as_deref()).await.map_err(|e| step.failed(e))?;
+    let step = progress::step(&format!(
+        "choosing the nodes ({})",
+        plan.nodes
+            .as_deref()
+            .map_or("labels workern=1/2".to_owned(), |n| format!("--nodes {n}"))
+    ));
+    let nodes = nodes::pick(&cluster.client, plan.nodes.as_deref())
+        .await
+        .map_err(|e| step.failed(e))?;
     step.done(&format!(
         "client {} ({}), server {} ({})",
         nodes.client.name,
@@ -86,7 +103,9 @@ pub async fn run(cluster: &Cluster, plan: &RunPlan, state: &RunState) -> Result<
 
     let agents = if plan.profile {
         let step = progress::step("checking the agents on both nodes");
-        let agents = check_agents(&pods, &nodes).await.map_err(|e| step.failed(e))?;
+        let agents = check_agents(&pods, &nodes)
+            .await
+            .map_err(|e| step.failed(e))?;
         step.done(&format!("{} and {} ready", agents[0].pod, agents[1].pod));
         Some(agents)
     } else {
@@ -96,28 +115,58 @@ pub async fn run(cluster: &Cluster, plan: &RunPlan, state: &RunState) -> Result<
     refuse_template_pods(&pods, &nodes).await?;
 
     let bench_pods = pods::plan(&state.run_id);
-    let step = progress::step(&format!("creating {} pods labelled {RUN_LABEL}={}", bench_pods.len(), state.run_id));
+    let step = progress::step(&format!(
+        "creating {} pods labelled {RUN_LABEL}={}",
+        bench_pods.len(),
+        state.run_id
+    ));
     state.creating.store(true, Ordering::SeqCst);
     for bench in &bench_pods {
-        let node = if bench.role.on_server_node() { &nodes.server } else { &nodes.client };
+        let node = if bench.role.on_server_node() {
+            &nodes.server
+        } else {
+            &nodes.client
+        };
         let spec = pods::spec(bench, &state.run_id, node, &plan.images);
-        pods.create(&PostParams::default(), &spec).await.map_err(|e| step.failed(api("create", "pods", &bench.name)(e)))?;
+        pods.create(&PostParams::default(), &spec)
+            .await
+            .map_err(|e| step.failed(api("create", "pods", &bench.name)(e)))?;
     }
     step.done("created");
 
-    let step = progress::step(&format!("waiting for the pods to be ready (at most {} s)", plan.ready_timeout.as_secs()));
+    let step = progress::step(&format!(
+        "waiting for the pods to be ready (at most {} s)",
+        plan.ready_timeout.as_secs()
+    ));
     let names: Vec<String> = bench_pods.iter().map(|p| p.name.clone()).collect();
-    let ready = ready::wait_ready(&pods, &pods::run_selector(&state.run_id), &names, plan.ready_timeout)
-        .await
-        .map_err(|e| step.failed(e))?;
+    let ready = ready::wait_ready(
+        &pods,
+        &pods::run_selector(&state.run_id),
+        &names,
+        plan.ready_timeout,
+    )
+    .await
+    .map_err(|e| step.failed(e))?;
     step.done("ready");
 
     let endpoints = Endpoints::new(&bench_pods, &ready);
     let mut profiler = match agents {
-        Some(agents) => Some(ClusterProfiler::new(&pods, agents, endpoints.all(&nodes), &plan.out_dir, plan.mode, state.attached.clone(), plan.duty)?),
+        Some(agents) => Some(ClusterProfiler::new(
+            &pods,
+            agents,
+            endpoints.all(&nodes),
+            &plan.out_dir,
+            plan.mode,
+            state.attached.clone(),
+            plan.duty,
+        )?),
         None => None,
     };
-    let mut ctx = PathContext { pods: &pods, cfg: &plan.cfg, profiler: profiler.as_mut() };
+    let mut ctx = PathContext {
+        pods: &pods,
+        cfg: &plan.cfg,
+        profiler: profiler.as_mut(),
+    };
     let host_path = run_path(&mut ctx, NetPath::Host, &endpoints).await?;
     let pod_path = run_path(&mut ctx, NetPath::Pod, &endpoints).await?;
     let (profiles, not_measured) = profiler.map(ClusterProfiler::finish).unwrap_or_default();
@@ -150,7 +199,10 @@ fn prepare_out_dir(out_dir: &Path) -> Result<(), K8sError> {
     std::fs::create_dir_all(out_dir)
         .and_then(|_| std::fs::write(&probe, b""))
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|source| K8sError::Write { path: out_dir.to_path_buf(), source })
+        .map_err(|source| K8sError::Write {
+            path: out_dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Both agents found and answering, before anything is created: without them the run would
@@ -159,7 +211,11 @@ async fn check_agents(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<Vec<NodeAg
     let agents = agents::find(pods, nodes).await?;
     let checks = agents.iter().map(|agent| agent.check(pods));
     for (agent, result) in agents.iter().zip(futures::future::join_all(checks).await) {
-        result.map_err(|source| K8sError::Agent { node: agent.node.clone(), pod: agent.pod.clone(), source })?;
+        result.map_err(|source| K8sError::Agent {
+            node: agent.node.clone(),
+            pod: agent.pod.clone(),
+            source,
+        })?;
     }
     Ok(agents)
 }
@@ -169,18 +225,31 @@ async fn check_agents(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<Vec<NodeAg
 /// could not listen.
 async fn refuse_template_pods(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<(), K8sError> {
     let selector = format!("{NAME_LABEL}={BENCH_APP},{PATH_LABEL}=host,!{RUN_LABEL}");
-    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(api("list", "pods", ""))?;
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(api("list", "pods", ""))?;
     let in_the_way: Vec<String> = listed
         .items
         .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.server.name.as_str()))
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.server.name.as_str())
+        })
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     if in_the_way.is_empty() {
         Ok(())
     } else {
-        Err(K8sError::TemplatePodsRunning { node: nodes.server.name.clone(), pods: in_the_way.join(" ") })
+        Err(K8sError::TemplatePodsRunning {
+            node: nodes.server.name.clone(),
+            pods: in_the_way.join(" "),
+        })
     }
 }
 
@@ -191,7 +260,10 @@ struct Endpoints {
 
 impl Endpoints {
     fn new(bench_pods: &[BenchPod], ready: &BTreeMap<String, ReadyPod>) -> Self {
-        let pods = bench_pods.iter().map(|p| ((p.role, p.path), (p.clone(), ready[&p.name].ip))).collect();
+        let pods = bench_pods
+            .iter()
+            .map(|p| ((p.role, p.path), (p.clone(), ready[&p.name].ip)))
+            .collect();
         Self { pods }
     }
 
@@ -232,7 +304,11 @@ impl PathContext<'_, '_> {
 }
 
 /// ping and iperf3 to the iperf3 server, ab to nginx, from the path's client pod.
-async fn run_path(ctx: &mut PathContext<'_, '_>, path: NetPath, endpoints: &Endpoints) -> Result<PathResult, K8sError> {
+async fn run_path(
+    ctx: &mut PathContext<'_, '_>,
+    path: NetPath,
+    endpoints: &Endpoints,
+) -> Result<PathResult, K8sError> {
     let cfg = ctx.cfg;
     let label = path.label();
     let (client, _) = endpoints.get(Role::Client, path);
@@ -240,26 +316,49 @@ async fn run_path(ctx: &mut PathContext<'_, '_>, path: NetPath, endpoints: &Endp
     let (_, nginx_ip) = endpoints.get(Role::Nginx, path);
     let http_target = SocketAddrV4::new(*nginx_ip, 80);
 
-    let step = progress::step(&format!("{label}: ping {} x {} ms {client} -> {server_ip}", cfg.ping_count, cfg.ping_interval_s * 1e3));
+    let step = progress::step(&format!(
+        "{label}: ping {} x {} ms {client} -> {server_ip}",
+        cfg.ping_count,
+        cfg.ping_interval_s * 1e3
+    ));
     ctx.before(path, "ping", cfg.ping_timeout()).await;
-    let ping = tools::ping(ctx.pods, client, *server_ip, cfg).await.map_err(|e| step.failed(e))?;
+    let ping = tools::ping(ctx.pods, client, *server_ip, cfg)
+        .await
+        .map_err(|e| step.failed(e))?;
     ctx.after(path, "ping").await;
     let loss = ping.loss_ratio() * 100.0;
-    let summary = ping.stats.map_or("no replies".to_owned(), |s| format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms));
+    let summary = ping.stats.map_or("no replies".to_owned(), |s| {
+        format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms)
+    });
     step.done(&format!("{summary}, {loss:.1}% loss"));
 
-    let step = progress::step(&format!("{label}: iperf3 {} s -> {server_ip}:{IPERF3_PORT}", cfg.iperf3_seconds));
+    let step = progress::step(&format!(
+        "{label}: iperf3 {} s -> {server_ip}:{IPERF3_PORT}",
+        cfg.iperf3_seconds
+    ));
     ctx.before(path, "iperf3", cfg.iperf3_timeout()).await;
-    let iperf3 = tools::iperf3(ctx.pods, client, *server_ip, cfg).await.map_err(|e| step.failed(e))?;
+    let iperf3 = tools::iperf3(ctx.pods, client, *server_ip, cfg)
+        .await
+        .map_err(|e| step.failed(e))?;
     ctx.after(path, "iperf3").await;
-    let retrans = iperf3.retransmits.map_or(String::new(), |r| format!(", {r} retransmits"));
+    let retrans = iperf3
+        .retransmits
+        .map_or(String::new(), |r| format!(", {r} retransmits"));
     step.done(&format!("{:.2} Gbit/s{retrans}", iperf3.receiver_bps / 1e9));
 
-    let step = progress::step(&format!("{label}: ab {} requests x {} concurrent -> {http_target}", cfg.ab_requests, cfg.ab_concurrency));
+    let step = progress::step(&format!(
+        "{label}: ab {} requests x {} concurrent -> {http_target}",
+        cfg.ab_requests, cfg.ab_concurrency
+    ));
     ctx.before(path, "ab", cfg.ab_timeout()).await;
-    let ab = tools::ab(ctx.pods, client, http_target, cfg).await.map_err(|e| step.failed(e))?;
+    let ab = tools::ab(ctx.pods, client, http_target, cfg)
+        .await
+        .map_err(|e| step.failed(e))?;
     ctx.after(path, "ab").await;
-    step.done(&format!("{:.0} req/s, mean {:.3} ms, {} failed", ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests));
+    step.done(&format!(
+        "{:.0} req/s, mean {:.3} ms, {} failed",
+        ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests
+    ));
 
     // The lab's namespace fields name the pods here.
     let endpoints = PathEndpoints {
@@ -270,13 +369,23 @@ async fn run_path(ctx: &mut PathContext<'_, '_>, path: NetPath, endpoints: &Endp
         http_target,
     };
     // The CPU time of a request is spread over two machines here: not measured.
-    Ok(PathResult { endpoints, ping, iperf3, ab, ab_cpu_ns_per_request: None })
+    Ok(PathResult {
+        endpoints,
+        ping,
+        iperf3,
+        ab,
+        ab_cpu_ns_per_request: None,
+    })
 }
 
 /// What the nodes report; the lab's iptables facts are not read on a cluster.
 fn environment(nodes: &ChosenNodes) -> Environment {
     let (a, b) = (&nodes.client.kernel, &nodes.server.kernel);
-    let kernel = if a == b { a.clone() } else { format!("{} {a}, {} {b}", nodes.client.name, nodes.server.name) };
+    let kernel = if a == b {
+        a.clone()
+    } else {
+        format!("{} {a}, {} {b}", nodes.client.name, nodes.server.name)
+    };
     Environment {
         kernel,
         iptables: "not read (cluster run)".to_owned(),
@@ -288,8 +397,13 @@ fn environment(nodes: &ChosenNodes) -> Environment {
 }
 
 fn write_results(out_dir: &Path, result: &ModeResult) -> Result<(), K8sError> {
-    let write = |path: PathBuf, text: String| std::fs::write(&path, text).map_err(|source| K8sError::Write { path, source });
+    let write = |path: PathBuf, text: String| {
+        std::fs::write(&path, text).map_err(|source| K8sError::Write { path, source })
+    };
     let json = serde_json::to_string_pretty(result).expect("results serialize");
     write(out_dir.join(format!("{}.json", result.mode)), json)?;
-    write(out_dir.join("table.txt"), table::render(std::slice::from_ref(result)))
+    write(
+        out_dir.join("table.txt"),
+        table::render(std::slice::from_ref(result)),
+    )
 }

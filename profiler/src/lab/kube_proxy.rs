@@ -76,21 +76,38 @@ pub fn ruleset(mode: Mode, node: Node, extra_services: u32) -> String {
 
 fn nat_table(out: &mut String, mode: Mode, node: Node, services: &[Service]) {
     out.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-    for chain in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ] {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
     for svc in services {
-        let _ = writeln!(out, ":{} - [0:0]\n:{} - [0:0]", svc.svc_chain(), svc.sep_chain());
+        let _ = writeln!(
+            out,
+            ":{} - [0:0]\n:{} - [0:0]",
+            svc.svc_chain(),
+            svc.sep_chain()
+        );
         if svc.node_port.is_some() {
             let _ = writeln!(out, ":{} - [0:0]", svc.ext_chain());
         }
     }
-    out.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
-    out.push_str("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    out.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    out.push_str(
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
     out.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
     cni_masquerade(out, mode, node);
     let _ = writeln!(out, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
-    let _ = writeln!(out, "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN");
+    let _ = writeln!(
+        out,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
     let _ = writeln!(out, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
     out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
     for svc in services {
@@ -116,8 +133,16 @@ fn nat_table(out: &mut String, mode: Mode, node: Node, services: &[Service]) {
             "-A {svc_chain} ! -s {POD_NETWORK} -d {}/32 -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ",
             svc.cluster_ip, svc.name
         );
-        let _ = writeln!(out, "-A {svc_chain} -m comment --comment \"{} -> {}:80\" -j {sep_chain}", svc.name, svc.endpoint);
-        let _ = writeln!(out, "-A {sep_chain} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ", svc.endpoint, svc.name);
+        let _ = writeln!(
+            out,
+            "-A {svc_chain} -m comment --comment \"{} -> {}:80\" -j {sep_chain}",
+            svc.name, svc.endpoint
+        );
+        let _ = writeln!(
+            out,
+            "-A {sep_chain} -s {}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ",
+            svc.endpoint, svc.name
+        );
         let _ = writeln!(
             out,
             "-A {sep_chain} -p tcp -m comment --comment \"{}\" -m tcp -j DNAT --to-destination {}:80",
@@ -146,14 +171,22 @@ fn cni_masquerade(out: &mut String, mode: Mode, node: Node) {
 
 fn filter_table(out: &mut String, mode: Mode) {
     out.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n");
-    out.push_str("-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n");
+    out.push_str(
+        "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n",
+    );
     out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
     let _ = writeln!(out, "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT");
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     if matches!(mode, Mode::FlannelHostgw | Mode::FlannelVxlan) {
         // flanneld's FLANNEL-FWD accepts pod traffic on hosts whose FORWARD policy is DROP.
-        let _ = writeln!(out, "-A FORWARD -s {POD_NETWORK} -m comment --comment \"flanneld forward\" -j ACCEPT");
-        let _ = writeln!(out, "-A FORWARD -d {POD_NETWORK} -m comment --comment \"flanneld forward\" -j ACCEPT");
+        let _ = writeln!(
+            out,
+            "-A FORWARD -s {POD_NETWORK} -m comment --comment \"flanneld forward\" -j ACCEPT"
+        );
+        let _ = writeln!(
+            out,
+            "-A FORWARD -d {POD_NETWORK} -m comment --comment \"flanneld forward\" -j ACCEPT"
+        );
     }
     out.push_str("COMMIT\n");
 }
@@ -174,7 +207,10 @@ mod tests {
         assert!(rules.contains("-j DNAT --to-destination 198.19.2.2:80"));
         assert!(rules.contains("-j MASQUERADE --random-fully"));
         // The NodePort jump must stay the last rule of KUBE-SERVICES, as kube-proxy keeps it.
-        let last = rules.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
+        let last = rules
+            .lines()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
+            .unwrap();
         assert!(last.ends_with("-j KUBE-NODEPORTS"), "{last}");
     }
 
@@ -188,8 +224,14 @@ mod tests {
     #[test]
     fn chain_names_are_unique_and_fit_iptables() {
         let svcs = services(Mode::Calico, 2000);
-        let mut names: Vec<String> = svcs.iter().flat_map(|s| [s.svc_chain(), s.sep_chain()]).collect();
-        assert!(names.iter().all(|n| n.len() <= 28), "iptables chain names are at most 28 chars");
+        let mut names: Vec<String> = svcs
+            .iter()
+            .flat_map(|s| [s.svc_chain(), s.sep_chain()])
+            .collect();
+        assert!(
+            names.iter().all(|n| n.len() <= 28),
+            "iptables chain names are at most 28 chars"
+        );
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 2 * 2001);

@@ -29,7 +29,10 @@ pub struct LabLock {
 impl LabLock {
     pub fn acquire(lab: &str) -> Result<Self, LockError> {
         let path = PathBuf::from(STATE_DIR).join(format!("{lab}.lock"));
-        let io = |source| LockError::Io { path: path.clone(), source };
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
         fs::create_dir_all(STATE_DIR).map_err(io)?;
         let mut file = OpenOptions::new()
             .read(true)
@@ -69,7 +72,10 @@ mod tests {
         let first = LabLock::acquire(&lab).unwrap();
         // flock locks belong to the open file description, so a second open conflicts.
         let err = LabLock::acquire(&lab).unwrap_err();
-        assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
         drop(first);
         LabLock::acquire(&lab).unwrap();
         let _ = fs::remove_file(PathBuf::from(STATE_DIR).join(format!("{lab}.lock")));

@@ -25,11 +25,15 @@ use addressing::{node_ip, pod_ip, MAX_EXTRA_SERVICES, NODE_PORT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("the lab needs root (it creates network namespaces and iptables rules): run with sudo")]
+    #[error(
+        "the lab needs root (it creates network namespaces and iptables rules): run with sudo"
+    )]
     NotRoot,
     #[error(transparent)]
     Name(#[from] InvalidLabName),
-    #[error("--services {0} is too many: the lab's service range holds at most {MAX_EXTRA_SERVICES}")]
+    #[error(
+        "--services {0} is too many: the lab's service range holds at most {MAX_EXTRA_SERVICES}"
+    )]
     TooManyServices(u32),
     #[error("building lab '{lab}' ({mode}) failed, and what was built was removed: {source}")]
     Build {
@@ -318,8 +322,12 @@ pub fn status() -> Result<Vec<LabStatus>, LabError> {
     let mut labs: Vec<LabStatus> = Vec::new();
     for ns in &namespaces {
         let rest = &ns[names::PREFIX.len()..];
-        let Some((lab, _)) = rest.rsplit_once('-') else { continue };
-        let Ok(names) = LabNames::new(lab) else { continue };
+        let Some((lab, _)) = rest.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(names) = LabNames::new(lab) else {
+            continue;
+        };
         if !names.owns(ns) {
             continue;
         }

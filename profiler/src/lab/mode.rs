@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A pod network mode (or the bare `host` baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Node to node over the uplink, no pods: the physical baseline.
@@ -46,7 +48,10 @@ impl Mode {
     /// Whether kube-proxy's iptables rules (NodePort DNAT, MASQUERADE) are installed.
     /// `l2` is the study's GCE-like setup without iptables and conntrack on the path.
     pub fn has_kube_proxy(self) -> bool {
-        matches!(self, Mode::FlannelHostgw | Mode::FlannelVxlan | Mode::Calico)
+        matches!(
+            self,
+            Mode::FlannelHostgw | Mode::FlannelVxlan | Mode::Calico
+        )
     }
 
     /// Parses `all` or a comma-separated list, keeping the order given and dropping repeats.

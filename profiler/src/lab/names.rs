@@ -20,9 +20,13 @@ impl LabNames {
         let valid = !lab.is_empty()
             && lab.len() <= 24
             && !lab.starts_with('-')
-            && lab.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && lab
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if valid {
-            Ok(Self { lab: lab.to_owned() })
+            Ok(Self {
+                lab: lab.to_owned(),
+            })
         } else {
             Err(InvalidLabName(lab.to_owned()))
         }

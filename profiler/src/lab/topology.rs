@@ -24,7 +24,10 @@ fn ip(ns: &str) -> Cmd {
 }
 
 fn sysctl(ns: &str, settings: &[&str]) -> Cmd {
-    Cmd::new("sysctl").arg("-qw").args(settings.iter().copied()).in_netns(ns)
+    Cmd::new("sysctl")
+        .arg("-qw")
+        .args(settings.iter().copied())
+        .in_netns(ns)
 }
 
 /// All commands, in order, that build `mode` with `extra_services` additional Service chains.
@@ -33,7 +36,12 @@ pub fn build_plan(names: &LabNames, mode: Mode, extra_services: u32) -> Vec<Cmd>
 }
 
 /// [`build_plan`] with parts of the datapath removed (`bench --validate`).
-pub fn build_plan_with(names: &LabNames, mode: Mode, extra_services: u32, ablation: Ablation) -> Vec<Cmd> {
+pub fn build_plan_with(
+    names: &LabNames,
+    mode: Mode,
+    extra_services: u32,
+    ablation: Ablation,
+) -> Vec<Cmd> {
     let mut plan = Vec::new();
     let mut namespaces = vec![names.node(Node::One), names.node(Node::Two)];
     if mode.has_pods() {
@@ -48,7 +56,11 @@ pub fn build_plan_with(names: &LabNames, mode: Mode, extra_services: u32, ablati
         // third run on one lab). Beyond 1024 the kernel closes them at once instead.
         plan.push(sysctl(
             ns,
-            &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.tcp_max_tw_buckets=1024"],
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv4.tcp_max_tw_buckets=1024",
+            ],
         ));
         plan.push(ip(ns).args(["link", "set", "lo", "up"]));
     }
@@ -63,7 +75,14 @@ pub fn build_plan_with(names: &LabNames, mode: Mode, extra_services: u32, ablati
     plan
 }
 
-fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extra_services: u32, ablation: Ablation) {
+fn node_plan(
+    plan: &mut Vec<Cmd>,
+    names: &LabNames,
+    mode: Mode,
+    node: Node,
+    extra_services: u32,
+    ablation: Ablation,
+) {
     let ns = names.node(node);
     let node_cidr = format!("{}/{UNDERLAY_PREFIX}", node_ip(node));
     if mode == Mode::L2 {
@@ -95,9 +114,18 @@ fn node_plan(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node, extr
     if ablation.notrack || ablation.empty_raw {
         // notrack: nothing is tracked, conntrack sees an untracked template, NAT has nothing
         // to do. empty_raw: the same table without the rules.
-        let rules = if ablation.notrack { "-A PREROUTING -j CT --notrack\n-A OUTPUT -j CT --notrack\n" } else { "" };
+        let rules = if ablation.notrack {
+            "-A PREROUTING -j CT --notrack\n-A OUTPUT -j CT --notrack\n"
+        } else {
+            ""
+        };
         let raw = format!("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n");
-        plan.push(Cmd::new("iptables-restore").arg("--noflush").in_netns(&ns).stdin(raw));
+        plan.push(
+            Cmd::new("iptables-restore")
+                .arg("--noflush")
+                .in_netns(&ns)
+                .stdin(raw),
+        );
     }
 }
 
@@ -115,34 +143,120 @@ fn pod_veth(plan: &mut Vec<Cmd>, names: &LabNames, node: Node, host_side: &str, 
 
 fn flannel_node(plan: &mut Vec<Cmd>, names: &LabNames, mode: Mode, node: Node) {
     let (ns, pod, peer) = (names.node(node), names.pod(node), node.peer());
-    let mtu = if mode == Mode::FlannelVxlan { VXLAN_MTU } else { 1500 };
+    let mtu = if mode == Mode::FlannelVxlan {
+        VXLAN_MTU
+    } else {
+        1500
+    };
     plan.push(sysctl(&ns, &["net.bridge.bridge-nf-call-iptables=1"]));
-    plan.push(ip(&ns).args(["link", "add", BRIDGE, "mtu", &mtu.to_string(), "type", "bridge"]));
-    plan.push(ip(&ns).args(["addr", "add", &format!("{}/24", pod_gateway(node)), "dev", BRIDGE]));
+    plan.push(ip(&ns).args([
+        "link",
+        "add",
+        BRIDGE,
+        "mtu",
+        &mtu.to_string(),
+        "type",
+        "bridge",
+    ]));
+    plan.push(ip(&ns).args([
+        "addr",
+        "add",
+        &format!("{}/24", pod_gateway(node)),
+        "dev",
+        BRIDGE,
+    ]));
     plan.push(ip(&ns).args(["link", "set", BRIDGE, "up"]));
     pod_veth(plan, names, node, POD_VETH, mtu);
     plan.push(ip(&ns).args(["link", "set", POD_VETH, "master", BRIDGE]));
-    plan.push(ip(&pod).args(["addr", "add", &format!("{}/24", pod_ip(mode, node)), "dev", "eth0"]));
-    plan.push(ip(&pod).args(["route", "add", "default", "via", &pod_gateway(node).to_string()]));
+    plan.push(ip(&pod).args([
+        "addr",
+        "add",
+        &format!("{}/24", pod_ip(mode, node)),
+        "dev",
+        "eth0",
+    ]));
+    plan.push(ip(&pod).args([
+        "route",
+        "add",
+        "default",
+        "via",
+        &pod_gateway(node).to_string(),
+    ]));
     let peer_subnet = pod_subnet(peer);
     if mode == Mode::FlannelHostgw {
-        plan.push(ip(&ns).args(["route", "add", &peer_subnet, "via", &node_ip(peer).to_string(), "dev", UPLINK]));
+        plan.push(ip(&ns).args([
+            "route",
+            "add",
+            &peer_subnet,
+            "via",
+            &node_ip(peer).to_string(),
+            "dev",
+            UPLINK,
+        ]));
         return;
     }
     // vxlan as flanneld sets it up: no learning, static neighbour + FDB entries per remote node.
     plan.push(ip(&ns).args([
-        "link", "add", VXLAN_DEV, "address", &vtep_mac(node), "mtu", &VXLAN_MTU.to_string(),
-        "type", "vxlan", "id", "1", "local", &node_ip(node).to_string(), "dev", UPLINK,
-        "dstport", &VXLAN_PORT.to_string(), "nolearning",
+        "link",
+        "add",
+        VXLAN_DEV,
+        "address",
+        &vtep_mac(node),
+        "mtu",
+        &VXLAN_MTU.to_string(),
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &node_ip(node).to_string(),
+        "dev",
+        UPLINK,
+        "dstport",
+        &VXLAN_PORT.to_string(),
+        "nolearning",
     ]));
-    plan.push(ip(&ns).args(["addr", "add", &format!("{}/32", vtep_ip(node)), "dev", VXLAN_DEV]));
+    plan.push(ip(&ns).args([
+        "addr",
+        "add",
+        &format!("{}/32", vtep_ip(node)),
+        "dev",
+        VXLAN_DEV,
+    ]));
     plan.push(ip(&ns).args(["link", "set", VXLAN_DEV, "up"]));
     let peer_vtep = vtep_ip(peer).to_string();
-    plan.push(ip(&ns).args(["neigh", "add", &peer_vtep, "lladdr", &vtep_mac(peer), "dev", VXLAN_DEV, "nud", "permanent"]));
-    plan.push(Cmd::new("bridge").args([
-        "-n", &ns, "fdb", "append", &vtep_mac(peer), "dev", VXLAN_DEV, "dst", &node_ip(peer).to_string(),
+    plan.push(ip(&ns).args([
+        "neigh",
+        "add",
+        &peer_vtep,
+        "lladdr",
+        &vtep_mac(peer),
+        "dev",
+        VXLAN_DEV,
+        "nud",
+        "permanent",
     ]));
-    plan.push(ip(&ns).args(["route", "add", &peer_subnet, "via", &peer_vtep, "dev", VXLAN_DEV, "onlink"]));
+    plan.push(Cmd::new("bridge").args([
+        "-n",
+        &ns,
+        "fdb",
+        "append",
+        &vtep_mac(peer),
+        "dev",
+        VXLAN_DEV,
+        "dst",
+        &node_ip(peer).to_string(),
+    ]));
+    plan.push(ip(&ns).args([
+        "route",
+        "add",
+        &peer_subnet,
+        "via",
+        &peer_vtep,
+        "dev",
+        VXLAN_DEV,
+        "onlink",
+    ]));
 }
 
 fn calico_node(plan: &mut Vec<Cmd>, names: &LabNames, node: Node) {
@@ -154,10 +268,34 @@ fn calico_node(plan: &mut Vec<Cmd>, names: &LabNames, node: Node) {
     let delay = format!("net.ipv4.neigh.{CALICO_VETH}.proxy_delay=0");
     plan.push(sysctl(&ns, &[&proxy_arp, &delay]));
     // Proxy ARP needs a unicast route to the gateway through another device: the node's default.
-    plan.push(ip(&ns).args(["route", "add", "default", "via", &node_ip(peer).to_string(), "dev", UPLINK]));
+    plan.push(ip(&ns).args([
+        "route",
+        "add",
+        "default",
+        "via",
+        &node_ip(peer).to_string(),
+        "dev",
+        UPLINK,
+    ]));
     let pod_addr = pod_ip(Mode::Calico, node).to_string();
-    plan.push(ip(&ns).args(["route", "add", &format!("{pod_addr}/32"), "dev", CALICO_VETH, "scope", "link"]));
-    plan.push(ip(&ns).args(["route", "add", &pod_subnet(peer), "via", &node_ip(peer).to_string(), "dev", UPLINK]));
+    plan.push(ip(&ns).args([
+        "route",
+        "add",
+        &format!("{pod_addr}/32"),
+        "dev",
+        CALICO_VETH,
+        "scope",
+        "link",
+    ]));
+    plan.push(ip(&ns).args([
+        "route",
+        "add",
+        &pod_subnet(peer),
+        "via",
+        &node_ip(peer).to_string(),
+        "dev",
+        UPLINK,
+    ]));
     plan.push(ip(&pod).args(["addr", "add", &format!("{pod_addr}/32"), "dev", "eth0"]));
     let gateway = CALICO_GATEWAY.to_string();
     plan.push(ip(&pod).args(["route", "add", &gateway, "dev", "eth0", "scope", "link"]));
@@ -178,7 +316,11 @@ mod tests {
 
     fn plan_text(mode: Mode) -> String {
         let names = LabNames::new("unit").unwrap();
-        build_plan(&names, mode, 0).iter().map(Cmd::display).collect::<Vec<_>>().join("\n")
+        build_plan(&names, mode, 0)
+            .iter()
+            .map(Cmd::display)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -192,7 +334,11 @@ mod tests {
     #[test]
     fn only_vxlan_mode_has_a_vxlan_device() {
         for mode in Mode::ALL {
-            assert_eq!(plan_text(mode).contains("type vxlan"), mode == Mode::FlannelVxlan, "{mode}");
+            assert_eq!(
+                plan_text(mode).contains("type vxlan"),
+                mode == Mode::FlannelVxlan,
+                "{mode}"
+            );
         }
         let vxlan = plan_text(Mode::FlannelVxlan);
         assert!(vxlan.contains("dstport 8472") && vxlan.contains("mtu 1450"));
@@ -216,7 +362,11 @@ mod tests {
     #[test]
     fn every_mode_with_kube_proxy_loads_rules_on_both_nodes() {
         for mode in [Mode::FlannelHostgw, Mode::FlannelVxlan, Mode::Calico] {
-            assert_eq!(plan_text(mode).matches("iptables-restore").count(), 2, "{mode}");
+            assert_eq!(
+                plan_text(mode).matches("iptables-restore").count(),
+                2,
+                "{mode}"
+            );
         }
     }
 
@@ -227,16 +377,39 @@ mod tests {
             let plan = build_plan_with(&names, Mode::FlannelVxlan, 0, ablation);
             let lines: Vec<String> = plan.iter().map(|c| c.display()).collect();
             let stdin: Vec<&str> = plan.iter().filter_map(|c| c.stdin_text()).collect();
-            lines.iter().filter(|l| l.contains(needle)).count() + stdin.iter().map(|t| t.matches(needle).count()).sum::<usize>()
+            lines.iter().filter(|l| l.contains(needle)).count()
+                + stdin
+                    .iter()
+                    .map(|t| t.matches(needle).count())
+                    .sum::<usize>()
         };
         assert_eq!(count(Ablation::default(), "iptables-restore"), 2);
-        assert_eq!(count(Ablation { no_kube_proxy: true, ..Default::default() }, "iptables-restore"), 0);
+        assert_eq!(
+            count(
+                Ablation {
+                    no_kube_proxy: true,
+                    ..Default::default()
+                },
+                "iptables-restore"
+            ),
+            0
+        );
         // kube-proxy's ruleset plus the raw table, loaded without flushing the others.
-        let notrack = Ablation { notrack: true, ..Default::default() };
+        let notrack = Ablation {
+            notrack: true,
+            ..Default::default()
+        };
         assert_eq!(count(notrack, "iptables-restore"), 4);
         assert_eq!(count(notrack, "iptables-restore --noflush"), 2);
-        assert_eq!(count(notrack, "CT --notrack"), 4, "PREROUTING and OUTPUT on both nodes");
-        let empty_raw = Ablation { empty_raw: true, ..Default::default() };
+        assert_eq!(
+            count(notrack, "CT --notrack"),
+            4,
+            "PREROUTING and OUTPUT on both nodes"
+        );
+        let empty_raw = Ablation {
+            empty_raw: true,
+            ..Default::default()
+        };
         assert_eq!(count(empty_raw, "iptables-restore --noflush"), 2);
         assert_eq!(count(empty_raw, "*raw"), 2);
         assert_eq!(count(empty_raw, "CT --notrack"), 0);

@@ -9,7 +9,13 @@
 #[cfg(test)]
 macro_rules! fixture {
     ($dir:literal, $name:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/", $dir, "/", $name))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/",
+            $dir,
+            "/",
+            $name
+        ))
     };
 }
 

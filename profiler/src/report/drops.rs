@@ -64,7 +64,11 @@ pub fn step_drops(mode: &str, path: &str, tool: &str, step: &MergedStep) -> Step
         mode: mode.to_owned(),
         path: path.to_owned(),
         tool: tool.to_owned(),
-        lost: drops.iter().filter(|d| d.expected.is_none()).map(|d| d.count).sum(),
+        lost: drops
+            .iter()
+            .filter(|d| d.expected.is_none())
+            .map(|d| d.count)
+            .sum(),
         drops,
         retransmits: step.counters.retransmits,
         iperf3_retransmits: None,

@@ -52,7 +52,9 @@ pub enum InputError {
     UnknownFile { path: PathBuf },
     #[error("no benchmark results in {dir}: expected <mode>.json files from `netprof bench --profile --out {dir}`")]
     Empty { dir: PathBuf },
-    #[error("{path} is missing: {mode} lists it as the {what} profile (copy the whole bench directory)")]
+    #[error(
+        "{path} is missing: {mode} lists it as the {what} profile (copy the whole bench directory)"
+    )]
     MissingProfile {
         path: PathBuf,
         mode: Mode,
@@ -119,7 +121,11 @@ pub struct RunInput {
 impl RunInput {
     /// The reports of one tool ("ping" or "ab"), in node order.
     pub fn step(&self, tool: &str) -> Vec<&Profile> {
-        let mut step: Vec<&Profile> = self.profiles.iter().filter(|p| p.file.tool == tool).collect();
+        let mut step: Vec<&Profile> = self
+            .profiles
+            .iter()
+            .filter(|p| p.file.tool == tool)
+            .collect();
         step.sort_by(|a, b| a.file.node.cmp(&b.file.node));
         step
     }
@@ -263,12 +269,18 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
         let mut profiles = Vec::new();
         for file in &run.profiles {
             let path = base.join(&file.file);
-            let what = format!("validate {} {} {} {}", run.dir, file.path, file.tool, file.node);
+            let what = format!(
+                "validate {} {} {} {}",
+                run.dir, file.path, file.tool, file.node
+            );
             if !path.is_file() {
                 return Err(InputError::MissingProfile { path, mode, what });
             }
             let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
-            profiles.push(Profile { file: file.clone(), report });
+            profiles.push(Profile {
+                file: file.clone(),
+                report,
+            });
         }
         let mut tools = vec!["ping"];
         if run.ab.is_some() {
@@ -276,16 +288,25 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
         }
         for tool in tools {
             for node in NODES {
-                if !profiles.iter().any(|p| p.file.tool == tool && p.file.node == node) {
+                if !profiles
+                    .iter()
+                    .any(|p| p.file.tool == tool && p.file.node == node)
+                {
                     return Err(InputError::IncompleteProfile {
                         mode,
                         what: format!("validate {} pod path {tool} {node}", run.dir),
-                        expected: base.join("profile").join(mode.name()).join(format!("pod-path-{tool}-{node}.json")),
+                        expected: base
+                            .join("profile")
+                            .join(mode.name())
+                            .join(format!("pod-path-{tool}-{node}.json")),
                     });
                 }
             }
         }
-        runs.push(RunInput { run: run.clone(), profiles });
+        runs.push(RunInput {
+            run: run.clone(),
+            profiles,
+        });
     }
     Ok(ValidationInput { result, runs })
 }
@@ -334,10 +355,10 @@ fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputE
                     return Err(InputError::IncompleteProfile {
                         mode,
                         what: format!("{path} {tool} {node}"),
-                        expected: dir.join("profile").join(mode.name()).join(format!(
-                            "{}-{tool}-{node}.json",
-                            path.replace(' ', "-")
-                        )),
+                        expected: dir
+                            .join("profile")
+                            .join(mode.name())
+                            .join(format!("{}-{tool}-{node}.json", path.replace(' ', "-"))),
                     });
                 }
             }

@@ -81,7 +81,9 @@ impl Category {
             Stage::VxlanDecap => Category::VxlanDecap,
             Stage::Uplink => Category::Uplink,
             Stage::Device => Category::Device,
-            Stage::Raw | Stage::Mangle | Stage::Netfilter | Stage::TxDone | Stage::Other => Category::Other,
+            Stage::Raw | Stage::Mangle | Stage::Netfilter | Stage::TxDone | Stage::Other => {
+                Category::Other
+            }
         }
     }
 
@@ -128,7 +130,11 @@ pub enum Statistic {
 }
 
 /// A step's time per event (RTT or request) by the agent's stage, in ns (unrounded).
-pub fn per_event_by_stage(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeMap<Stage, f64> {
+pub fn per_event_by_stage(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+) -> BTreeMap<Stage, f64> {
     let mut out = BTreeMap::new();
     let events = step.covered(events);
     for seg in step.of_kind(SegmentKind::Path) {
@@ -154,12 +160,18 @@ pub fn per_event(step: &MergedStep, events: u64, statistic: Statistic) -> BTreeM
 /// the probe it starts at and the start of the one it ends at, together about one probe run,
 /// taken off as half the mean run time of each end's kind (`probe_ns`, from the same step).
 /// A segment never goes below zero.
-pub fn per_event_net_of_probes(step: &MergedStep, events: u64, probe_ns: &BTreeMap<String, f64>) -> BTreeMap<Category, f64> {
+pub fn per_event_net_of_probes(
+    step: &MergedStep,
+    events: u64,
+    probe_ns: &BTreeMap<String, f64>,
+) -> BTreeMap<Category, f64> {
     let mut out = BTreeMap::new();
     let events = step.covered(events);
     let probe = |kind: &str| probe_ns.get(kind).copied().unwrap_or(0.0);
     for seg in step.of_kind(SegmentKind::Path) {
-        let net = (seg.hist.summary().p50_ns as f64 - (probe(&seg.from_kind) + probe(&seg.to_kind)) / 2.0).max(0.0);
+        let net = (seg.hist.summary().p50_ns as f64
+            - (probe(&seg.from_kind) + probe(&seg.to_kind)) / 2.0)
+            .max(0.0);
         *out.entry(Category::of(seg.stage)).or_insert(0.0) += net * seg.hist.count as f64 / events;
     }
     out
@@ -218,12 +230,19 @@ impl Split {
             .map(|&stage| {
                 let m = mode_stages.get(&stage).copied().unwrap_or(0.0).round() as i64;
                 let b = baseline_stages.get(&stage).copied().unwrap_or(0.0).round() as i64;
-                StageShare { stage, mode_ns: m, baseline_ns: b, delta_ns: m - b }
+                StageShare {
+                    stage,
+                    mode_ns: m,
+                    baseline_ns: b,
+                    delta_ns: m - b,
+                }
             })
             .collect();
         let explained_ns: i64 = stages.iter().map(|s| s.delta_ns).sum();
         let unexplained_ns = delta_ns - explained_ns;
-        let pct = |part: i64| (delta_ns.abs() >= MIN_SHARE_DELTA_NS).then(|| part as f64 / delta_ns as f64 * 100.0);
+        let pct = |part: i64| {
+            (delta_ns.abs() >= MIN_SHARE_DELTA_NS).then(|| part as f64 / delta_ns as f64 * 100.0)
+        };
         Split {
             statistic,
             segment_statistic,
@@ -241,14 +260,30 @@ impl Split {
     /// The same stage times against other measured values.
     pub fn remeasured(&self, statistic: &'static str, mode_ns: i64, baseline_ns: i64) -> Split {
         let (mode, base): (BTreeMap<Category, f64>, BTreeMap<Category, f64>) = (
-            self.stages.iter().map(|s| (s.stage, s.mode_ns as f64)).collect(),
-            self.stages.iter().map(|s| (s.stage, s.baseline_ns as f64)).collect(),
+            self.stages
+                .iter()
+                .map(|s| (s.stage, s.mode_ns as f64))
+                .collect(),
+            self.stages
+                .iter()
+                .map(|s| (s.stage, s.baseline_ns as f64))
+                .collect(),
         );
-        Split::new(statistic, self.segment_statistic, mode_ns, baseline_ns, &mode, &base)
+        Split::new(
+            statistic,
+            self.segment_statistic,
+            mode_ns,
+            baseline_ns,
+            &mode,
+            &base,
+        )
     }
 
     pub fn stage(&self, stage: Category) -> i64 {
-        self.stages.iter().find(|s| s.stage == stage).map_or(0, |s| s.delta_ns)
+        self.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .map_or(0, |s| s.delta_ns)
     }
 }
 
@@ -294,12 +329,19 @@ impl Side<'_> {
             .hits_by_kind
             .iter()
             .filter(|(kind, _)| kind.as_str() != "consumed")
-            .map(|(kind, hits)| *hits as f64 / self.step.covered(self.replies) * self.probe_ns.get(kind).copied().unwrap_or(0.0))
+            .map(|(kind, hits)| {
+                *hits as f64 / self.step.covered(self.replies)
+                    * self.probe_ns.get(kind).copied().unwrap_or(0.0)
+            })
             .sum()
     }
 
     fn reuse_per_rtt(&self) -> f64 {
-        let passes: u64 = self.step.of_kind(SegmentKind::Reuse).map(|s| s.hist.count).sum();
+        let passes: u64 = self
+            .step
+            .of_kind(SegmentKind::Reuse)
+            .map(|s| s.hist.count)
+            .sum();
         passes as f64 / self.step.covered(self.replies)
     }
 }
@@ -391,19 +433,29 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for case in 0..20_000 {
             let mode_ns = rng.below(10_000_000_000) as i64;
-            let baseline_ns = if rng.below(10) == 0 { mode_ns } else { rng.below(10_000_000_000) as i64 };
+            let baseline_ns = if rng.below(10) == 0 {
+                mode_ns
+            } else {
+                rng.below(10_000_000_000) as i64
+            };
             let (m, b) = (random_stages(&mut rng), random_stages(&mut rng));
             let split = Split::new("p50", "median", mode_ns, baseline_ns, &m, &b);
             let sum: i64 = split.stages.iter().map(|s| s.delta_ns).sum();
             assert_eq!(split.delta_ns, mode_ns - baseline_ns, "case {case}");
-            assert_eq!(sum + split.unexplained_ns, split.delta_ns, "case {case}: {split:?}");
+            assert_eq!(
+                sum + split.unexplained_ns,
+                split.delta_ns,
+                "case {case}: {split:?}"
+            );
             assert_eq!(sum, split.explained_ns, "case {case}");
             assert_eq!(split.stages.len(), Category::ALL.len());
             for s in &split.stages {
                 assert_eq!(s.delta_ns, s.mode_ns - s.baseline_ns, "case {case}");
             }
             match (split.explained_pct, split.unexplained_pct) {
-                (Some(e), Some(u)) => assert!((e + u - 100.0).abs() < 1e-6, "case {case}: {e} + {u}"),
+                (Some(e), Some(u)) => {
+                    assert!((e + u - 100.0).abs() < 1e-6, "case {case}: {e} + {u}")
+                }
                 (None, None) => assert!(split.delta_ns.abs() < MIN_SHARE_DELTA_NS, "case {case}"),
                 other => panic!("case {case}: {other:?}"),
             }
@@ -414,8 +466,8 @@ mod tests {
     fn every_agent_stage_has_a_category() {
         use Stage::*;
         for stage in [
-            Raw, Conntrack, Mangle, NatDnat, Filter, NatSnat, Netfilter, Routing, VxlanEncap, VxlanDecap, Veth,
-            Bridge, Device, Uplink, Stack, TxDone, Other,
+            Raw, Conntrack, Mangle, NatDnat, Filter, NatSnat, Netfilter, Routing, VxlanEncap,
+            VxlanDecap, Veth, Bridge, Device, Uplink, Stack, TxDone, Other,
         ] {
             let c = Category::of(stage);
             assert_eq!(serde_json::to_value(c).unwrap(), c.key());
@@ -429,12 +481,28 @@ mod tests {
     /// whatever the agents report.
     #[test]
     fn merged_random_reports_keep_the_invariant() {
-        use crate::agent::report::{AgentReport, CheckpointReport, Counters, SegmentReport, SCHEMA};
+        use crate::agent::report::{
+            AgentReport, CheckpointReport, Counters, SegmentReport, SCHEMA,
+        };
         use crate::report::merge::merge_step;
         const STAGES: [Stage; 17] = [
-            Stage::Raw, Stage::Conntrack, Stage::Mangle, Stage::NatDnat, Stage::Filter, Stage::NatSnat,
-            Stage::Netfilter, Stage::Routing, Stage::VxlanEncap, Stage::VxlanDecap, Stage::Veth,
-            Stage::Bridge, Stage::Device, Stage::Uplink, Stage::Stack, Stage::TxDone, Stage::Other,
+            Stage::Raw,
+            Stage::Conntrack,
+            Stage::Mangle,
+            Stage::NatDnat,
+            Stage::Filter,
+            Stage::NatSnat,
+            Stage::Netfilter,
+            Stage::Routing,
+            Stage::VxlanEncap,
+            Stage::VxlanDecap,
+            Stage::Veth,
+            Stage::Bridge,
+            Stage::Device,
+            Stage::Uplink,
+            Stage::Stack,
+            Stage::TxDone,
+            Stage::Other,
         ];
         const KINDS: [&str; 5] = ["dev-rx", "tc-ingress", "tc-egress", "dev-tx", "consumed"];
         const ROLES: [&str; 5] = ["uplink", "bridge", "vxlan", "host-veth", "pod-eth"];
@@ -460,7 +528,12 @@ mod tests {
                 .map(|_| {
                     let (from, to) = (64 + rng.below(8) as u16, 64 + rng.below(8) as u16);
                     let buckets: Vec<[u64; 2]> = (0..1 + rng.below(5))
-                        .map(|_| [profiler_common::datapath::bucket_low(rng.below(600) as usize), 1 + rng.below(500)])
+                        .map(|_| {
+                            [
+                                profiler_common::datapath::bucket_low(rng.below(600) as usize),
+                                1 + rng.below(500),
+                            ]
+                        })
                         .collect();
                     SegmentReport {
                         from,
@@ -496,23 +569,54 @@ mod tests {
         };
         let probes: BTreeMap<String, f64> = [("dev-rx".to_owned(), 250.0)].into_iter().collect();
         for case in 0..300 {
-            let (a1, a2, b1, b2) = (report(&mut rng, "node1"), report(&mut rng, "node2"), report(&mut rng, "node1"), report(&mut rng, "node2"));
+            let (a1, a2, b1, b2) = (
+                report(&mut rng, "node1"),
+                report(&mut rng, "node2"),
+                report(&mut rng, "node1"),
+                report(&mut rng, "node2"),
+            );
             let (pod, base) = (merge_step([&a1, &a2]), merge_step([&b1, &b2]));
             let stats = |rng: &mut Rng| {
                 let p50 = rng.float(2.0);
-                RttStats { count: 1, min_ms: 0.0, avg_ms: p50, p50_ms: p50, p90_ms: p50, p99_ms: p50 + rng.float(1.0), max_ms: 5.0 }
+                RttStats {
+                    count: 1,
+                    min_ms: 0.0,
+                    avg_ms: p50,
+                    p50_ms: p50,
+                    p90_ms: p50,
+                    p99_ms: p50 + rng.float(1.0),
+                    max_ms: 5.0,
+                }
             };
             let (ps, bs) = (stats(&mut rng), stats(&mut rng));
             let l = attribute(
                 "m",
                 "b",
-                &Side { step: &pod, stats: ps, replies: 1 + rng.below(500), probe_ns: &probes },
-                &Side { step: &base, stats: bs, replies: rng.below(500), probe_ns: &probes },
+                &Side {
+                    step: &pod,
+                    stats: ps,
+                    replies: 1 + rng.below(500),
+                    probe_ns: &probes,
+                },
+                &Side {
+                    step: &base,
+                    stats: bs,
+                    replies: rng.below(500),
+                    probe_ns: &probes,
+                },
             );
             for split in [&l.p50, &l.p99] {
                 let sum: i64 = split.stages.iter().map(|s| s.delta_ns).sum();
-                assert_eq!(sum + split.unexplained_ns, split.delta_ns, "case {case}: {split:?}");
-                assert_eq!(split.delta_ns, split.mode_ns - split.baseline_ns, "case {case}");
+                assert_eq!(
+                    sum + split.unexplained_ns,
+                    split.delta_ns,
+                    "case {case}: {split:?}"
+                );
+                assert_eq!(
+                    split.delta_ns,
+                    split.mode_ns - split.baseline_ns,
+                    "case {case}"
+                );
             }
         }
     }

@@ -141,18 +141,41 @@ impl<'a> Point<'a> {
 }
 
 /// Sorts the segment `from -> to` (checkpoints as the node's report lists them).
-pub fn classify_segment(from: Option<&CheckpointReport>, to: Option<&CheckpointReport>) -> SegmentKind {
+pub fn classify_segment(
+    from: Option<&CheckpointReport>,
+    to: Option<&CheckpointReport>,
+) -> SegmentKind {
     let (a, b) = (Point::of(from), Point::of(to));
     if b == Point::Consumed {
         return SegmentKind::Overlap;
     }
-    let ok = |valid: bool| if valid { SegmentKind::Path } else { SegmentKind::Reuse };
+    let ok = |valid: bool| {
+        if valid {
+            SegmentKind::Path
+        } else {
+            SegmentKind::Reuse
+        }
+    };
     match (a, b) {
         (Point::Consumed, _) => SegmentKind::Reuse,
         (Point::Unknown, _) | (_, Point::Unknown) => SegmentKind::Path,
-        (Point::Device { label: la, kind: ka, .. }, Point::Device { label: lb, kind: kb, .. }) if la == lb => {
+        (
+            Point::Device {
+                label: la,
+                kind: ka,
+                ..
+            },
+            Point::Device {
+                label: lb,
+                kind: kb,
+                ..
+            },
+        ) if la == lb => {
             // Only forward within one device: dev-rx -> tc-ingress, tc-egress -> dev-tx.
-            ok(matches!((ka, kb), ("dev-rx", "tc-ingress") | ("tc-egress", "dev-tx")))
+            ok(matches!(
+                (ka, kb),
+                ("dev-rx", "tc-ingress") | ("tc-egress", "dev-tx")
+            ))
         }
         // Past the uplink's transmit side the packet is on the other node.
         _ if a.device_tx("uplink") => SegmentKind::Reuse,
@@ -163,17 +186,44 @@ pub fn classify_segment(from: Option<&CheckpointReport>, to: Option<&CheckpointR
         _ if a.device_tx("pod-eth") => ok(b.device_rx("host-veth")),
         // Packets enter the node on the uplink and leave a pod through its eth0 only.
         _ if b.device_rx("uplink") || b.device_tx("pod-eth") => SegmentKind::Reuse,
-        (Point::Netfilter { hook: "LOCAL_IN", priority: pa }, _) => ok(match b {
-            Point::Netfilter { hook: "LOCAL_IN", priority: pb } => pb > pa,
+        (
+            Point::Netfilter {
+                hook: "LOCAL_IN",
+                priority: pa,
+            },
+            _,
+        ) => ok(match b {
+            Point::Netfilter {
+                hook: "LOCAL_IN",
+                priority: pb,
+            } => pb > pa,
             // The outer packet of a VXLAN tunnel delivered to the vxlan socket: decapsulation.
             _ => b.device_rx("vxlan"),
         }),
-        (_, Point::Netfilter { hook: "LOCAL_OUT", priority: pb }) => ok(match a {
-            Point::Netfilter { hook: "LOCAL_OUT", priority: pa } => pb > pa,
+        (
+            _,
+            Point::Netfilter {
+                hook: "LOCAL_OUT",
+                priority: pb,
+            },
+        ) => ok(match a {
+            Point::Netfilter {
+                hook: "LOCAL_OUT",
+                priority: pa,
+            } => pb > pa,
             // Encapsulation: the inner packet becomes the outer one at LOCAL_OUT.
             _ => a.device_tx("vxlan"),
         }),
-        (Point::Netfilter { hook: ha, priority: pa }, Point::Netfilter { hook: hb, priority: pb }) if ha == hb => ok(pb > pa),
+        (
+            Point::Netfilter {
+                hook: ha,
+                priority: pa,
+            },
+            Point::Netfilter {
+                hook: hb,
+                priority: pb,
+            },
+        ) if ha == hb => ok(pb > pa),
         _ => SegmentKind::Path,
     }
 }
@@ -264,7 +314,8 @@ fn add_counters(total: &mut Counters, c: &Counters) {
 /// Merges the reports of one step (normally node1 and node2).
 pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> MergedStep {
     let mut step = MergedStep::default();
-    let mut segments: BTreeMap<(String, String, Stage, SegmentKind), MergedSegment> = BTreeMap::new();
+    let mut segments: BTreeMap<(String, String, Stage, SegmentKind), MergedSegment> =
+        BTreeMap::new();
     let mut drops: BTreeMap<(String, String), MergedDrop> = BTreeMap::new();
     let mut max_retransmits = 0;
     let mut fractions = Vec::new();
@@ -273,7 +324,8 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
         if report.duty.is_some() {
             fractions.push(report.attached_fraction());
         }
-        let cps: BTreeMap<u16, &CheckpointReport> = report.checkpoints.iter().map(|c| (c.id, c)).collect();
+        let cps: BTreeMap<u16, &CheckpointReport> =
+            report.checkpoints.iter().map(|c| (c.id, c)).collect();
         for cp in &report.checkpoints {
             *step.hits_by_kind.entry(cp.kind.clone()).or_default() += cp.hits;
         }
@@ -326,7 +378,8 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
     if !fractions.is_empty() {
         // Nodes without duty cycling count everything (1.0).
         let all = step.nodes.len().max(fractions.len()) as f64;
-        step.coverage = Some((fractions.iter().sum::<f64>() + (all - fractions.len() as f64)) / all);
+        step.coverage =
+            Some((fractions.iter().sum::<f64>() + (all - fractions.len() as f64)) / all);
     }
     step.segments = segments.into_values().collect();
     step.drops = drops.into_values().collect();
@@ -338,7 +391,15 @@ mod tests {
     use super::*;
     use crate::agent::report::SCHEMA;
 
-    fn cp(id: u16, name: &str, kind: &str, device: Option<&str>, role: Option<&str>, hook: Option<&str>, priority: Option<i32>) -> CheckpointReport {
+    fn cp(
+        id: u16,
+        name: &str,
+        kind: &str,
+        device: Option<&str>,
+        role: Option<&str>,
+        hook: Option<&str>,
+        priority: Option<i32>,
+    ) -> CheckpointReport {
         CheckpointReport {
             id,
             name: name.into(),
@@ -352,11 +413,27 @@ mod tests {
     }
 
     fn dev(id: u16, device: &str, role: &str, kind: &str) -> CheckpointReport {
-        cp(id, &format!("{device} {kind}"), kind, Some(device), Some(role), None, None)
+        cp(
+            id,
+            &format!("{device} {kind}"),
+            kind,
+            Some(device),
+            Some(role),
+            None,
+            None,
+        )
     }
 
     fn nf(id: u16, hook: &str, priority: i32) -> CheckpointReport {
-        cp(id, &format!("nf {hook} {priority}"), "netfilter", None, None, Some(hook), Some(priority))
+        cp(
+            id,
+            &format!("nf {hook} {priority}"),
+            "netfilter",
+            None,
+            None,
+            Some(hook),
+            Some(priority),
+        )
     }
 
     #[test]
@@ -428,7 +505,10 @@ mod tests {
                 dev(65, "eno1", "uplink", "tc-ingress"),
             ],
             segments,
-            counters: Counters { admitted: 3, ..Default::default() },
+            counters: Counters {
+                admitted: 3,
+                ..Default::default()
+            },
             drops: vec![],
             not_measured: vec![],
             programs: vec![],
@@ -444,15 +524,30 @@ mod tests {
         assert_eq!(full.covered(200), 200.0);
         let mut a = report("n1", vec![]);
         let mut b = report("n2", vec![]);
-        let duty = |attached_s| crate::agent::report::DutyReport { percent: 10.0, period_ms: 1000, windows: 2, attached_s, expedited_edges: 4, edges: 4 };
+        let duty = |attached_s| crate::agent::report::DutyReport {
+            percent: 10.0,
+            period_ms: 1000,
+            windows: 2,
+            attached_s,
+            expedited_edges: 4,
+            edges: 4,
+        };
         a.duty = Some(duty(0.1));
         b.duty = Some(duty(0.3));
         let step = merge_step([&a, &b]);
-        assert!((step.coverage.unwrap() - 0.2).abs() < 1e-9, "{:?}", step.coverage);
+        assert!(
+            (step.coverage.unwrap() - 0.2).abs() < 1e-9,
+            "{:?}",
+            step.coverage
+        );
         assert!((step.covered(200) - 40.0).abs() < 1e-9);
         // One node attached throughout counts as 1.0.
         let step = merge_step([&a, &report("n2", vec![])]);
-        assert!((step.coverage.unwrap() - 0.55).abs() < 1e-9, "{:?}", step.coverage);
+        assert!(
+            (step.coverage.unwrap() - 0.55).abs() < 1e-9,
+            "{:?}",
+            step.coverage
+        );
     }
 
     fn segment(buckets: Vec<[u64; 2]>, mean_ns: f64, p50_ns: u64, p99_ns: u64) -> SegmentReport {
@@ -502,6 +597,9 @@ mod tests {
         let mut merged = Hist::default();
         merged.add_segment(&seg);
         let s = merged.summary();
-        assert_eq!((s.p50_ns, s.p90_ns, s.p99_ns), (agent.p50_ns, agent.p90_ns, agent.p99_ns));
+        assert_eq!(
+            (s.p50_ns, s.p90_ns, s.p99_ns),
+            (agent.p50_ns, agent.p90_ns, agent.p99_ns)
+        );
     }
 }

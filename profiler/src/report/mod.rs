@@ -108,11 +108,19 @@ pub struct Report {
 /// Each attributed mode's p50 split without probes, set against the twin's p50s (the delta
 /// the same benchmarks measured without agents, over the same baseline as the table's).
 fn remeasure_without_agents(latency: &mut [LatencyAttribution], clean: &[ModeResult]) {
-    let p50 = |path: &crate::bench::result::PathResult| path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64);
+    let p50 = |path: &crate::bench::result::PathResult| {
+        path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
+    };
     for l in latency.iter_mut() {
-        let Some(twin) = clean.iter().find(|r| r.mode.to_string() == l.mode) else { continue };
-        if let (Some(mode_ns), Some(baseline_ns)) = (p50(twin.headline_path()), p50(table::baseline(clean, twin))) {
-            l.p50_net = l.p50_net.remeasured("p50 without agents", mode_ns, baseline_ns);
+        let Some(twin) = clean.iter().find(|r| r.mode.to_string() == l.mode) else {
+            continue;
+        };
+        if let (Some(mode_ns), Some(baseline_ns)) =
+            (p50(twin.headline_path()), p50(table::baseline(clean, twin)))
+        {
+            l.p50_net = l
+                .p50_net
+                .remeasured("p50 without agents", mode_ns, baseline_ns);
         }
     }
 }
@@ -143,7 +151,12 @@ fn table_rows(results: &[ModeResult]) -> Vec<TableRow> {
             let base = Row::of(table::baseline(results, result));
             TableRow {
                 mode: result.mode.to_string(),
-                path: if result.pod_path.is_some() { "pod" } else { "host" }.to_owned(),
+                path: if result.pod_path.is_some() {
+                    "pod"
+                } else {
+                    "host"
+                }
+                .to_owned(),
                 values: row,
                 vs_baseline: (result.mode != Mode::Host).then(|| Comparison {
                     ping_avg_ratio: ratio(row.ping_avg_ms, base.ping_avg_ms),
@@ -171,7 +184,10 @@ fn merged(mode: &input::ModeInput, path: &str, tool: &str) -> MergedStep {
 fn baseline_of<'a>(input: &'a Input, mode: &'a input::ModeInput) -> (&'a input::ModeInput, String) {
     match input.mode(Mode::Host) {
         Some(host) if host.is_profiled() => (host, "host mode, host path".to_owned()),
-        _ => (mode, format!("{}'s own host path (host mode not profiled)", mode.mode())),
+        _ => (
+            mode,
+            format!("{}'s own host path (host mode not profiled)", mode.mode()),
+        ),
     }
 }
 
@@ -180,7 +196,11 @@ pub fn build(input: &Input) -> Report {
     let results = input.results();
     let first = &input.modes[0].result;
     let cpus = first.environment.cpus;
-    let mut notes = vec![LATENCY_METHOD.to_owned(), THROUGHPUT_METHOD.to_owned(), SEGMENT_NOTE.to_owned()];
+    let mut notes = vec![
+        LATENCY_METHOD.to_owned(),
+        THROUGHPUT_METHOD.to_owned(),
+        SEGMENT_NOTE.to_owned(),
+    ];
     let mut latency = Vec::new();
     let mut throughput = Vec::new();
     let mut drops = Vec::new();
@@ -189,7 +209,11 @@ pub fn build(input: &Input) -> Report {
 
     for mode in &input.modes {
         let name = mode.mode().to_string();
-        let path_name = if mode.result.pod_path.is_some() { POD_PATH } else { HOST_PATH };
+        let path_name = if mode.result.pod_path.is_some() {
+            POD_PATH
+        } else {
+            HOST_PATH
+        };
         rtt_samples.push(RttSamples {
             mode: name.clone(),
             path: path_name.to_owned(),
@@ -200,7 +224,11 @@ pub fn build(input: &Input) -> Report {
             continue;
         }
         for path in [HOST_PATH, POD_PATH] {
-            let Some(result) = (if path == HOST_PATH { Some(&mode.result.host_path) } else { mode.result.pod_path.as_ref() }) else {
+            let Some(result) = (if path == HOST_PATH {
+                Some(&mode.result.host_path)
+            } else {
+                mode.result.pod_path.as_ref()
+            }) else {
                 continue;
             };
             for tool in ["ping", "iperf3", "ab"] {
@@ -210,7 +238,10 @@ pub fn build(input: &Input) -> Report {
                 let mut step = drops::step_drops(&name, path, tool, &merged(mode, path, tool));
                 match tool {
                     "iperf3" => step.iperf3_retransmits = result.iperf3.retransmits,
-                    "ping" => step.ping_lost = Some(result.ping.transmitted.saturating_sub(result.ping.received)),
+                    "ping" => {
+                        step.ping_lost =
+                            Some(result.ping.transmitted.saturating_sub(result.ping.received))
+                    }
                     _ => {}
                 }
                 drops.push(step);
@@ -221,24 +252,46 @@ pub fn build(input: &Input) -> Report {
                 overhead.push(o);
             }
         }
-        let Some(pod) = mode.result.pod_path.as_ref() else { continue };
+        let Some(pod) = mode.result.pod_path.as_ref() else {
+            continue;
+        };
         let (base_mode, base_label) = baseline_of(input, mode);
         let base = &base_mode.result.host_path;
-        let (pod_ping, base_ping) = (merged(mode, POD_PATH, "ping"), merged(base_mode, HOST_PATH, "ping"));
+        let (pod_ping, base_ping) = (
+            merged(mode, POD_PATH, "ping"),
+            merged(base_mode, HOST_PATH, "ping"),
+        );
         match (pod.ping.stats, base.ping.stats) {
             (Some(pod_stats), Some(base_stats)) => {
-                let (pod_probe, base_probe) =
-                    (overhead::probe_ns_by_kind(mode, POD_PATH, "ping"), overhead::probe_ns_by_kind(base_mode, HOST_PATH, "ping"));
+                let (pod_probe, base_probe) = (
+                    overhead::probe_ns_by_kind(mode, POD_PATH, "ping"),
+                    overhead::probe_ns_by_kind(base_mode, HOST_PATH, "ping"),
+                );
                 latency.push(latency::attribute(
                     &name,
                     &base_label,
-                    &latency::Side { step: &pod_ping, stats: pod_stats, replies: pod.ping.received, probe_ns: &pod_probe },
-                    &latency::Side { step: &base_ping, stats: base_stats, replies: base.ping.received, probe_ns: &base_probe },
+                    &latency::Side {
+                        step: &pod_ping,
+                        stats: pod_stats,
+                        replies: pod.ping.received,
+                        probe_ns: &pod_probe,
+                    },
+                    &latency::Side {
+                        step: &base_ping,
+                        stats: base_stats,
+                        replies: base.ping.received,
+                        probe_ns: &base_probe,
+                    },
                 ));
             }
-            _ => notes.push(format!("{name}: no ping replies on the pod path or the baseline: no latency attribution")),
+            _ => notes.push(format!(
+                "{name}: no ping replies on the pod path or the baseline: no latency attribution"
+            )),
         }
-        let (pod_ab, base_ab) = (merged(mode, POD_PATH, "ab"), merged(base_mode, HOST_PATH, "ab"));
+        let (pod_ab, base_ab) = (
+            merged(mode, POD_PATH, "ab"),
+            merged(base_mode, HOST_PATH, "ab"),
+        );
         throughput.push(throughput::attribute(
             &name,
             &base_label,
@@ -257,7 +310,12 @@ pub fn build(input: &Input) -> Report {
             },
         ));
     }
-    let profiled = input.modes.iter().filter(|m| m.is_profiled()).map(|m| m.mode().to_string()).collect();
+    let profiled = input
+        .modes
+        .iter()
+        .filter(|m| m.is_profiled())
+        .map(|m| m.mode().to_string())
+        .collect();
     let cells = table::cells(&results);
     Report {
         schema: SCHEMA,
@@ -277,7 +335,10 @@ pub fn build(input: &Input) -> Report {
         drops,
         overhead,
         rtt_samples,
-        validation: input.validation.as_ref().map(|v| validation::validate(v, cpus)),
+        validation: input
+            .validation
+            .as_ref()
+            .map(|v| validation::validate(v, cpus)),
         notes,
         results,
         clean_table: None,

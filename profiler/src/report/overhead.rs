@@ -64,11 +64,24 @@ fn last_programs<'a>(mode: &'a ModeInput, node: &str) -> Option<&'a [ProgramStat
 
 pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOverhead> {
     let programs = last_programs(mode, node)?;
-    let reports: Vec<_> = mode.profiles.iter().filter(|p| p.file.node == node).collect();
+    let reports: Vec<_> = mode
+        .profiles
+        .iter()
+        .filter(|p| p.file.node == node)
+        .collect();
     let covered_s: f64 = reports.iter().map(|p| p.report.elapsed_s).sum();
-    let attached_s: f64 = reports.iter().map(|p| p.report.elapsed_s * p.report.attached_fraction()).sum();
-    let attach_ms = reports.iter().map(|p| p.report.attach_ms).sum::<f64>() / reports.len().max(1) as f64;
-    let scale = stats_scale(reports.iter().map(|p| (p.report.elapsed_s * p.report.attached_fraction(), p.report.stats_s)));
+    let attached_s: f64 = reports
+        .iter()
+        .map(|p| p.report.elapsed_s * p.report.attached_fraction())
+        .sum();
+    let attach_ms =
+        reports.iter().map(|p| p.report.attach_ms).sum::<f64>() / reports.len().max(1) as f64;
+    let scale = stats_scale(reports.iter().map(|p| {
+        (
+            p.report.elapsed_s * p.report.attached_fraction(),
+            p.report.stats_s,
+        )
+    }));
     let scaled = |v: u64| (v as f64 * scale).round() as u64;
     let run_count: u64 = programs.iter().map(|p| scaled(p.run_count)).sum();
     let run_time_ns: u64 = programs.iter().map(|p| scaled(p.run_time_ns)).sum();
@@ -77,15 +90,32 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
         node: node.to_owned(),
         programs: programs
             .iter()
-            .map(|p| ProgramCost { name: p.name.clone(), run_count: scaled(p.run_count), run_time_ns: scaled(p.run_time_ns), ns_per_run: p.ns_per_run })
+            .map(|p| ProgramCost {
+                name: p.name.clone(),
+                run_count: scaled(p.run_count),
+                run_time_ns: scaled(p.run_time_ns),
+                ns_per_run: p.ns_per_run,
+            })
             .collect(),
         run_count,
         run_time_ns,
-        ns_per_run: if run_count > 0 { run_time_ns as f64 / run_count as f64 } else { 0.0 },
+        ns_per_run: if run_count > 0 {
+            run_time_ns as f64 / run_count as f64
+        } else {
+            0.0
+        },
         covered_s,
-        cpu_pct: if covered_s > 0.0 { run_time_ns as f64 / (covered_s * 1e9 * cpus.max(1) as f64) * 100.0 } else { 0.0 },
+        cpu_pct: if covered_s > 0.0 {
+            run_time_ns as f64 / (covered_s * 1e9 * cpus.max(1) as f64) * 100.0
+        } else {
+            0.0
+        },
         attach_ms,
-        attached_pct: if covered_s > 0.0 { attached_s / covered_s * 100.0 } else { 100.0 },
+        attached_pct: if covered_s > 0.0 {
+            attached_s / covered_s * 100.0
+        } else {
+            100.0
+        },
         stats_pct: 100.0 / scale,
     })
 }
@@ -94,8 +124,14 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
 /// seconds and seconds with bpf_stats on (`None`: on throughout, as before sampling): always
 /// attached agents sample statistics in slices, so their counts cover only those.
 fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
-    let (attached_s, stats_s) = reports.fold((0.0, 0.0), |(a, s), (attached, stats)| (a + attached, s + stats.unwrap_or(attached)));
-    if stats_s > 0.0 && attached_s > stats_s { attached_s / stats_s } else { 1.0 }
+    let (attached_s, stats_s) = reports.fold((0.0, 0.0), |(a, s), (attached, stats)| {
+        (a + attached, s + stats.unwrap_or(attached))
+    });
+    if stats_s > 0.0 && attached_s > stats_s {
+        attached_s / stats_s
+    } else {
+        1.0
+    }
 }
 
 /// One step's own program runs on one node: bpf_stats count from each program's load, and in a
@@ -103,20 +139,33 @@ fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
 /// the same program (same id) are taken off. Agents loaded per step (Kubernetes runs) have
 /// nothing to take off.
 fn step_programs(mode: &ModeInput, node: &str, path: &str, tool: &str) -> Vec<(String, u64, u64)> {
-    let reports: Vec<&super::input::Profile> = mode.profiles.iter().filter(|p| p.file.node == node).collect();
-    let Some(at) = reports.iter().position(|p| p.file.path == path && p.file.tool == tool) else {
+    let reports: Vec<&super::input::Profile> = mode
+        .profiles
+        .iter()
+        .filter(|p| p.file.node == node)
+        .collect();
+    let Some(at) = reports
+        .iter()
+        .position(|p| p.file.path == path && p.file.tool == tool)
+    else {
         return Vec::new();
     };
-    let before: &[ProgramStats] = if at > 0 { &reports[at - 1].report.programs } else { &[] };
+    let before: &[ProgramStats] = if at > 0 {
+        &reports[at - 1].report.programs
+    } else {
+        &[]
+    };
     reports[at]
         .report
         .programs
         .iter()
         .map(|p| {
-            let (count, time) = before
-                .iter()
-                .find(|b| b.id == p.id)
-                .map_or((0, 0), |b| (b.run_count.min(p.run_count), b.run_time_ns.min(p.run_time_ns)));
+            let (count, time) = before.iter().find(|b| b.id == p.id).map_or((0, 0), |b| {
+                (
+                    b.run_count.min(p.run_count),
+                    b.run_time_ns.min(p.run_time_ns),
+                )
+            });
             (p.name.clone(), p.run_count - count, p.run_time_ns - time)
         })
         .collect()
@@ -154,7 +203,10 @@ mod tests {
         assert!((scale - 10.0).abs() < 1e-9, "{scale}");
         // Documents from before sampling (on throughout), and duty windows (statistics on in
         // every window, programs attached only then): nothing to scale.
-        assert_eq!(stats_scale([(4.0, None), (0.2, Some(0.2))].into_iter()), 1.0);
+        assert_eq!(
+            stats_scale([(4.0, None), (0.2, Some(0.2))].into_iter()),
+            1.0
+        );
         assert_eq!(stats_scale(std::iter::empty()), 1.0);
     }
 }

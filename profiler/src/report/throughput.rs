@@ -74,9 +74,21 @@ fn packets_per_request(side: &AbSide) -> f64 {
     side.step.counters.admitted as f64 / 2.0 / side.step.covered(side.requests)
 }
 
-pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &AbSide) -> ThroughputAttribution {
+pub fn attribute(
+    mode: &str,
+    baseline: &str,
+    cpus: usize,
+    pod: &AbSide,
+    base: &AbSide,
+) -> ThroughputAttribution {
     let cpus_f = cpus.max(1) as f64;
-    let cpu_ns = |qps: f64| if qps > 0.0 { (cpus_f / qps * 1e9).round() as i64 } else { 0 };
+    let cpu_ns = |qps: f64| {
+        if qps > 0.0 {
+            (cpus_f / qps * 1e9).round() as i64
+        } else {
+            0
+        }
+    };
     let split = Split::new(
         "cpu time per request",
         "mean",
@@ -92,7 +104,11 @@ pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &A
     } else {
         0.0
     };
-    let reuse: u64 = pod.step.of_kind(SegmentKind::Reuse).map(|s| s.hist.count).sum();
+    let reuse: u64 = pod
+        .step
+        .of_kind(SegmentKind::Reuse)
+        .map(|s| s.hist.count)
+        .sum();
     ThroughputAttribution {
         mode: mode.to_owned(),
         baseline: baseline.to_owned(),
@@ -105,21 +121,34 @@ pub fn attribute(mode: &str, baseline: &str, cpus: usize, pod: &AbSide, base: &A
         split,
         extra_ns_per_request: extra,
         predicted_qps,
-        prediction_error_pct: if pod.qps > 0.0 { (predicted_qps - pod.qps) / pod.qps * 100.0 } else { 0.0 },
+        prediction_error_pct: if pod.qps > 0.0 {
+            (predicted_qps - pod.qps) / pod.qps * 100.0
+        } else {
+            0.0
+        },
         packets_per_request: packets_per_request(pod),
         baseline_packets_per_request: packets_per_request(base),
         reuse_passes_per_request: reuse as f64 / pod.step.covered(pod.requests),
-        cpu: pod.cpu_ns_per_request.zip(base.cpu_ns_per_request).map(|(mode_ns, baseline_ns)| {
-            let measured_extra_ns = mode_ns - baseline_ns;
-            let predicted_qps = if baseline_ns + extra as f64 > 0.0 { base.qps * baseline_ns / (baseline_ns + extra as f64) } else { 0.0 };
-            CpuPerRequest {
-                baseline_ns,
-                mode_ns,
-                measured_extra_ns,
-                explained_pct: (measured_extra_ns.abs() > 0.0).then(|| extra as f64 / measured_extra_ns * 100.0),
-                predicted_qps,
-                prediction_error_pct: (pod.qps > 0.0).then(|| (predicted_qps - pod.qps) / pod.qps * 100.0),
-            }
-        }),
+        cpu: pod
+            .cpu_ns_per_request
+            .zip(base.cpu_ns_per_request)
+            .map(|(mode_ns, baseline_ns)| {
+                let measured_extra_ns = mode_ns - baseline_ns;
+                let predicted_qps = if baseline_ns + extra as f64 > 0.0 {
+                    base.qps * baseline_ns / (baseline_ns + extra as f64)
+                } else {
+                    0.0
+                };
+                CpuPerRequest {
+                    baseline_ns,
+                    mode_ns,
+                    measured_extra_ns,
+                    explained_pct: (measured_extra_ns.abs() > 0.0)
+                        .then(|| extra as f64 / measured_extra_ns * 100.0),
+                    predicted_qps,
+                    prediction_error_pct: (pod.qps > 0.0)
+                        .then(|| (predicted_qps - pod.qps) / pod.qps * 100.0),
+                }
+            }),
     }
 }

@@ -152,7 +152,9 @@ pub fn fit(points: &[(f64, f64)]) -> Option<Fit> {
     if points.len() < 2 {
         return None;
     }
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
     if sxx == 0.0 {
@@ -162,9 +164,20 @@ pub fn fit(points: &[(f64, f64)]) -> Option<Fit> {
     let slope = sxy / sxx;
     let intercept = my - slope * mx;
     let ss_tot: f64 = points.iter().map(|(_, y)| (y - my).powi(2)).sum();
-    let ss_res: f64 = points.iter().map(|(x, y)| (y - intercept - slope * x).powi(2)).sum();
-    let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 1.0 };
-    Some(Fit { slope, intercept, r2 })
+    let ss_res: f64 = points
+        .iter()
+        .map(|(x, y)| (y - intercept - slope * x).powi(2))
+        .sum();
+    let r2 = if ss_tot > 0.0 {
+        1.0 - ss_res / ss_tot
+    } else {
+        1.0
+    };
+    Some(Fit {
+        slope,
+        intercept,
+        r2,
+    })
 }
 
 fn runs(v: &ValidationInput, variant: Variant) -> Vec<&RunInput> {
@@ -176,13 +189,20 @@ fn merged(runs: &[&RunInput], tool: &str) -> MergedStep {
 }
 
 fn pooled_p50_ns(runs: &[&RunInput]) -> Option<i64> {
-    let samples: Vec<f64> = runs.iter().flat_map(|r| r.run.ping.rtts_us.iter().copied()).collect();
+    let samples: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.run.ping.rtts_us.iter().copied())
+        .collect();
     RttStats::from_samples_us(&samples).map(|s| (s.p50_ms * 1e6).round() as i64)
 }
 
 /// Each round's `value` of its base run minus that of its ablated run, ns; `None` unless
 /// every round has exactly one run of each and every run has the value.
-fn paired_gains_ns(base: &[&RunInput], ablated: &[&RunInput], value: impl Fn(&RunInput) -> Option<f64>) -> Option<Vec<i64>> {
+fn paired_gains_ns(
+    base: &[&RunInput],
+    ablated: &[&RunInput],
+    value: impl Fn(&RunInput) -> Option<f64>,
+) -> Option<Vec<i64>> {
     if base.len() != ablated.len() {
         return None;
     }
@@ -204,7 +224,11 @@ fn error_pct(measured_ns: i64, predicted_ns: i64) -> Option<f64> {
 }
 
 /// [`CpuCheck`] when every run measured its CPU time per request and the rounds pair up.
-fn cpu_per_request(base: &[&RunInput], ablated: &[&RunInput], predicted_gain_ns: i64) -> Option<CpuCheck> {
+fn cpu_per_request(
+    base: &[&RunInput],
+    ablated: &[&RunInput],
+    predicted_gain_ns: i64,
+) -> Option<CpuCheck> {
     let cpu = |r: &RunInput| r.run.ab_cpu_ns_per_request;
     let all = |runs: &[&RunInput]| runs.iter().map(|r| cpu(r)).collect::<Option<Vec<f64>>>();
     let (base_all, ablated_all) = (all(base)?, all(ablated)?);
@@ -233,28 +257,45 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn removed_time(step: &MergedStep, events: u64, statistic: Statistic, removes: &[Stage]) -> Vec<(Stage, i64)> {
+fn removed_time(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+    removes: &[Stage],
+) -> Vec<(Stage, i64)> {
     let by_stage = per_event_by_stage(step, events, statistic);
-    removes.iter().map(|s| (*s, by_stage.get(s).copied().unwrap_or(0.0).round() as i64)).collect()
+    removes
+        .iter()
+        .map(|s| (*s, by_stage.get(s).copied().unwrap_or(0.0).round() as i64))
+        .collect()
 }
 
 /// The netfilter hook of a checkpoint name (`nf PRE_ROUTING -201` -> `PRE_ROUTING`).
 fn hook_of(name: &str) -> Option<&str> {
-    name.strip_prefix("nf ").and_then(|rest| rest.split_whitespace().next())
+    name.strip_prefix("nf ")
+        .and_then(|rest| rest.split_whitespace().next())
 }
 
 /// What a table's work is worth per RTT when the table stays registered but has nothing to do
 /// (NOTRACK): each bracket keeps a floor, the cost of passing the hook with no table in it
 /// plus netprof's probe at its end, measured as the median of the same hook's empty brackets
 /// (stage `netfilter`) in the same profile. Only the time above that floor can go away.
-fn work_above_floor(step: &MergedStep, events: u64, statistic: Statistic, removes: &[Stage]) -> Vec<(Stage, i64)> {
+fn work_above_floor(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+    removes: &[Stage],
+) -> Vec<(Stage, i64)> {
     let value = |seg: &super::merge::MergedSegment| match statistic {
         Statistic::Median => seg.hist.summary().p50_ns as f64,
         Statistic::Mean => seg.hist.mean_ns(),
     };
     use super::merge::SegmentKind;
     let mut floors: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
-    for seg in step.of_kind(SegmentKind::Path).filter(|s| s.stage == Stage::Netfilter) {
+    for seg in step
+        .of_kind(SegmentKind::Path)
+        .filter(|s| s.stage == Stage::Netfilter)
+    {
         if let (Some(a), Some(b)) = (hook_of(&seg.from), hook_of(&seg.to)) {
             if a == b {
                 let f = floors.entry(a).or_default();
@@ -263,10 +304,16 @@ fn work_above_floor(step: &MergedStep, events: u64, statistic: Statistic, remove
             }
         }
     }
-    let all: (f64, u64) = floors.values().fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let all: (f64, u64) = floors
+        .values()
+        .fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d));
     let floor = |hook: Option<&str>| {
         let (sum, n) = hook.and_then(|h| floors.get(h)).copied().unwrap_or(all);
-        if n > 0 { sum / n as f64 } else { 0.0 }
+        if n > 0 {
+            sum / n as f64
+        } else {
+            0.0
+        }
     };
     let events = step.covered(events);
     removes
@@ -275,7 +322,9 @@ fn work_above_floor(step: &MergedStep, events: u64, statistic: Statistic, remove
             let ns: f64 = step
                 .of_kind(SegmentKind::Path)
                 .filter(|s| s.stage == *stage)
-                .map(|s| (value(s) - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events)
+                .map(|s| {
+                    (value(s) - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events
+                })
                 .sum();
             (*stage, ns.round() as i64)
         })
@@ -294,7 +343,9 @@ fn hook_edge_probe_ns(base: &[&RunInput], tool: &str, step: &MergedStep, events:
         .flat_map(|r| r.step(tool))
         .flat_map(|p| p.report.programs.iter())
         .filter(|p| p.name.starts_with("nf_"))
-        .fold((0u64, 0u64), |(n, t), p| (n + p.run_count, t + p.run_time_ns));
+        .fold((0u64, 0u64), |(n, t), p| {
+            (n + p.run_count, t + p.run_time_ns)
+        });
     if runs == 0 {
         return 0;
     }
@@ -307,7 +358,13 @@ fn hook_edge_probe_ns(base: &[&RunInput], tool: &str, step: &MergedStep, events:
     (entries as f64 / step.covered(events) * time as f64 / runs as f64).round() as i64
 }
 
-fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Stage], cpus: usize) -> Option<Check> {
+fn check(
+    v: &ValidationInput,
+    variant: Variant,
+    removes: Vec<Stage>,
+    adds: &[Stage],
+    cpus: usize,
+) -> Option<Check> {
     let (base, ablated) = (runs(v, Variant::Base), runs(v, variant));
     if base.is_empty() || ablated.is_empty() {
         return None;
@@ -324,8 +381,15 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
     let ablated_ping = merged(&ablated, "ping");
     // Only what the base runs did not have is added (older runs had no raw table in base).
     let in_base = per_event_by_stage(&base_ping, replies(&base), Statistic::Median);
-    let adds: Vec<Stage> = adds.iter().copied().filter(|s| in_base.get(s).copied().unwrap_or(0.0) <= 0.0).collect();
-    let added_ns: i64 = removed_time(&ablated_ping, replies(&ablated), Statistic::Median, &adds).iter().map(|(_, ns)| ns).sum();
+    let adds: Vec<Stage> = adds
+        .iter()
+        .copied()
+        .filter(|s| in_base.get(s).copied().unwrap_or(0.0) <= 0.0)
+        .collect();
+    let added_ns: i64 = removed_time(&ablated_ping, replies(&ablated), Statistic::Median, &adds)
+        .iter()
+        .map(|(_, ns)| ns)
+        .sum();
     let (before, after) = (
         per_event(&base_ping, replies(&base), Statistic::Median),
         per_event(&ablated_ping, replies(&ablated), Statistic::Median),
@@ -339,12 +403,22 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         })
         .filter(|c| c.base_ns != 0 || c.ablated_ns != 0)
         .collect();
-    let hook_edge_probes_ns = if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, "ping", &base_ping, replies(&base)) } else { 0 };
-    let predicted_gain_ns: i64 = predicted_by_stage.iter().map(|(_, ns)| ns).sum::<i64>() + hook_edge_probes_ns;
-    let remaining_ns = removed_time(&merged(&ablated, "ping"), replies(&ablated), Statistic::Median, &removes)
-        .iter()
-        .map(|(_, ns)| ns)
-        .sum();
+    let hook_edge_probes_ns = if variant == Variant::NoKubeProxy {
+        hook_edge_probe_ns(&base, "ping", &base_ping, replies(&base))
+    } else {
+        0
+    };
+    let predicted_gain_ns: i64 =
+        predicted_by_stage.iter().map(|(_, ns)| ns).sum::<i64>() + hook_edge_probes_ns;
+    let remaining_ns = removed_time(
+        &merged(&ablated, "ping"),
+        replies(&ablated),
+        Statistic::Median,
+        &removes,
+    )
+    .iter()
+    .map(|(_, ns)| ns)
+    .sum();
     let ping_p50 = |r: &RunInput| pooled_p50_ns(&[r]).map(|ns| ns as f64);
     let measured_by_round_ns = paired_gains_ns(&base, &ablated, ping_p50).unwrap_or_default();
     let measured_gain_ns = if measured_by_round_ns.is_empty() {
@@ -352,37 +426,67 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
     } else {
         median(measured_by_round_ns.iter().map(|&ns| ns as f64).collect()).round() as i64
     };
-    let qps = if ablated.iter().all(|r| r.run.ab.is_some()) && base.iter().all(|r| r.run.ab.is_some()) {
-        let qps_of = |runs: &[&RunInput]| median(runs.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.requests_per_second).collect());
-        let requests: u64 = base.iter().filter_map(|r| r.run.ab.as_ref()).map(|a| a.complete_requests).sum();
-        let base_ab = merged(&base, "ab");
-        let removed: i64 = if variant == Variant::Notrack {
-            work_above_floor(&base_ab, requests, Statistic::Mean, &removes)
+    let qps =
+        if ablated.iter().all(|r| r.run.ab.is_some()) && base.iter().all(|r| r.run.ab.is_some()) {
+            let qps_of = |runs: &[&RunInput]| {
+                median(
+                    runs.iter()
+                        .filter_map(|r| r.run.ab.as_ref())
+                        .map(|a| a.requests_per_second)
+                        .collect(),
+                )
+            };
+            let requests: u64 = base
+                .iter()
+                .filter_map(|r| r.run.ab.as_ref())
+                .map(|a| a.complete_requests)
+                .sum();
+            let base_ab = merged(&base, "ab");
+            let removed: i64 = if variant == Variant::Notrack {
+                work_above_floor(&base_ab, requests, Statistic::Mean, &removes)
+            } else {
+                removed_time(&base_ab, requests, Statistic::Mean, &removes)
+            }
+            .iter()
+            .map(|(_, ns)| ns)
+            .sum::<i64>()
+                + if variant == Variant::NoKubeProxy {
+                    hook_edge_probe_ns(&base, "ab", &base_ab, requests)
+                } else {
+                    0
+                };
+            let (base_qps, ablated_qps) = (qps_of(&base), qps_of(&ablated));
+            let cpus = cpus.max(1) as f64;
+            let cpu_ns = if base_qps > 0.0 {
+                cpus / base_qps * 1e9
+            } else {
+                0.0
+            };
+            let predicted_qps = if cpu_ns - removed as f64 > 0.0 {
+                cpus / ((cpu_ns - removed as f64) / 1e9)
+            } else {
+                0.0
+            };
+            let change = |q: f64| {
+                if base_qps > 0.0 {
+                    (q / base_qps - 1.0) * 100.0
+                } else {
+                    0.0
+                }
+            };
+            let cpu = cpu_per_request(&base, &ablated, removed);
+            Some(QpsCheck {
+                base_qps,
+                ablated_qps,
+                predicted_qps,
+                removed_ns_per_request: removed,
+                measured_change_pct: change(ablated_qps),
+                predicted_change_pct: change(predicted_qps),
+                cpu,
+            })
         } else {
-            removed_time(&base_ab, requests, Statistic::Mean, &removes)
-        }
-        .iter()
-        .map(|(_, ns)| ns)
-        .sum::<i64>()
-            + if variant == Variant::NoKubeProxy { hook_edge_probe_ns(&base, "ab", &base_ab, requests) } else { 0 };
-        let (base_qps, ablated_qps) = (qps_of(&base), qps_of(&ablated));
-        let cpus = cpus.max(1) as f64;
-        let cpu_ns = if base_qps > 0.0 { cpus / base_qps * 1e9 } else { 0.0 };
-        let predicted_qps = if cpu_ns - removed as f64 > 0.0 { cpus / ((cpu_ns - removed as f64) / 1e9) } else { 0.0 };
-        let change = |q: f64| if base_qps > 0.0 { (q / base_qps - 1.0) * 100.0 } else { 0.0 };
-        let cpu = cpu_per_request(&base, &ablated, removed);
-        Some(QpsCheck {
-            base_qps,
-            ablated_qps,
-            predicted_qps,
-            removed_ns_per_request: removed,
-            measured_change_pct: change(ablated_qps),
-            predicted_change_pct: change(predicted_qps),
-            cpu,
-        })
-    } else {
-        None
-    };
+            None
+        };
     Some(Check {
         ablation: variant.name(),
         removes,
@@ -392,7 +496,10 @@ fn check(v: &ValidationInput, variant: Variant, removes: Vec<Stage>, adds: &[Sta
         measured_gain_ns,
         measured_by_round_ns,
         predicted_gain_ns,
-        predicted_by_stage: predicted_by_stage.iter().map(|&(stage, ns)| StageNs { stage, ns }).collect(),
+        predicted_by_stage: predicted_by_stage
+            .iter()
+            .map(|&(stage, ns)| StageNs { stage, ns })
+            .collect(),
         hook_edge_probes_ns,
         error_pct: error_pct(measured_gain_ns, predicted_gain_ns),
         remaining_ns,
@@ -408,19 +515,28 @@ fn sweep(v: &ValidationInput) -> Sweep {
         .into_iter()
         .filter_map(|r| {
             let ab = r.run.ab.as_ref()?;
-            let nat = per_event_by_stage(&merged(&[r], "ab"), ab.complete_requests, Statistic::Mean);
+            let nat =
+                per_event_by_stage(&merged(&[r], "ab"), ab.complete_requests, Statistic::Mean);
             Some(SweepPoint {
                 services: r.run.services,
                 rules_per_node: r.run.rules_per_node,
                 ab_mean_ms: ab.mean_time_per_request_ms,
                 qps: ab.requests_per_second,
-                nat_ns_per_request: [Stage::NatDnat, Stage::NatSnat].iter().map(|s| nat.get(s).copied().unwrap_or(0.0)).sum(),
+                nat_ns_per_request: [Stage::NatDnat, Stage::NatSnat]
+                    .iter()
+                    .map(|s| nat.get(s).copied().unwrap_or(0.0))
+                    .sum(),
                 ping_p50_ms: r.run.ping.stats.map(|s| s.p50_ms),
             })
         })
         .collect();
     points.sort_by_key(|p| p.services);
-    let xy = |f: fn(&SweepPoint) -> f64| points.iter().map(|p| (p.rules_per_node as f64, f(p))).collect::<Vec<_>>();
+    let xy = |f: fn(&SweepPoint) -> f64| {
+        points
+            .iter()
+            .map(|p| (p.rules_per_node as f64, f(p)))
+            .collect::<Vec<_>>()
+    };
     Sweep {
         ab_mean_us_per_rule: fit(&xy(|p| p.ab_mean_ms * 1e3)),
         nat_ns_per_rule: fit(&xy(|p| p.nat_ns_per_request)),
@@ -439,7 +555,13 @@ pub fn validate(v: &ValidationInput, cpus: usize) -> Validation {
         Stage::Netfilter,
     ];
     let checks = [
-        check(v, Variant::Notrack, vec![Stage::Conntrack, Stage::NatDnat, Stage::NatSnat], &[Stage::Raw], cpus),
+        check(
+            v,
+            Variant::Notrack,
+            vec![Stage::Conntrack, Stage::NatDnat, Stage::NatSnat],
+            &[Stage::Raw],
+            cpus,
+        ),
         check(v, Variant::NoKubeProxy, netfilter, &[], cpus),
     ]
     .into_iter()
@@ -461,7 +583,12 @@ mod tests {
     #[test]
     fn a_line_is_fitted_exactly_and_degenerate_input_has_none() {
         let f = fit(&[(0.0, 3.0), (1000.0, 5.0), (5000.0, 13.0)]).unwrap();
-        assert!((f.slope - 0.002).abs() < 1e-12 && (f.intercept - 3.0).abs() < 1e-9 && (f.r2 - 1.0).abs() < 1e-12, "{f:?}");
+        assert!(
+            (f.slope - 0.002).abs() < 1e-12
+                && (f.intercept - 3.0).abs() < 1e-9
+                && (f.r2 - 1.0).abs() < 1e-12,
+            "{f:?}"
+        );
         assert!(fit(&[(1.0, 2.0)]).is_none());
         assert!(fit(&[(1.0, 2.0), (1.0, 3.0)]).is_none());
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);

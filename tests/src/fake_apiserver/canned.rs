@@ -19,7 +19,9 @@ pub const NODE_A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const NODE_B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path)
 }
 
 fn read_fixture(path: &str) -> Vec<u8> {
@@ -34,10 +36,16 @@ pub fn fixture_output(command: &[String]) -> ExecOutcome {
         Some("ab") => read_fixture("ab/nginx-loopback-n2000-c20.txt"),
         other => {
             let program = other.unwrap_or_default();
-            return ExecOutcome::NotRun(format!("exec: \"{program}\": executable file not found in $PATH"));
+            return ExecOutcome::NotRun(format!(
+                "exec: \"{program}\": executable file not found in $PATH"
+            ));
         }
     };
-    ExecOutcome::Exited { stdout, stderr: Vec::new(), code: 0 }
+    ExecOutcome::Exited {
+        stdout,
+        stderr: Vec::new(),
+        code: 0,
+    }
 }
 
 pub type ExecFn = dyn Fn(&PodInfo, &[String]) -> BoxFuture<ExecOutcome> + Send + Sync;
@@ -58,8 +66,13 @@ impl CannedBackend {
         })
     }
 
-    pub fn with_exec(exec: impl Fn(&PodInfo, &[String]) -> BoxFuture<ExecOutcome> + Send + Sync + 'static) -> Self {
-        Self { exec: Box::new(exec), agents: Mutex::new(BTreeMap::new()) }
+    pub fn with_exec(
+        exec: impl Fn(&PodInfo, &[String]) -> BoxFuture<ExecOutcome> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            exec: Box::new(exec),
+            agents: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Port-forwards to `pod` reach `addr`.
@@ -86,11 +99,20 @@ impl Backend for CannedBackend {
         Ipv4Addr::new(198, 19, node, host)
     }
 
-    fn exec(&self, pod: &PodInfo, _container: &str, command: Vec<String>) -> BoxFuture<ExecOutcome> {
+    fn exec(
+        &self,
+        pod: &PodInfo,
+        _container: &str,
+        command: Vec<String>,
+    ) -> BoxFuture<ExecOutcome> {
         (self.exec)(pod, &command)
     }
 
-    fn port_forward(&self, pod: &PodInfo, port: u16) -> BoxFuture<std::io::Result<tokio::net::TcpStream>> {
+    fn port_forward(
+        &self,
+        pod: &PodInfo,
+        port: u16,
+    ) -> BoxFuture<std::io::Result<tokio::net::TcpStream>> {
         let target = self.agents.lock().unwrap().get(&pod.name).copied();
         Box::pin(async move {
             match target {
@@ -150,11 +172,21 @@ impl CannedAgent {
                 }
             }
         });
-        Self { addr, calls, stop, thread: Some(thread) }
+        Self {
+            addr,
+            calls,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn routes(&self) -> Vec<String> {
-        self.calls.lock().unwrap().iter().map(|c| c.route.clone()).collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.route.clone())
+            .collect()
     }
 }
 
@@ -167,7 +199,12 @@ impl Drop for CannedAgent {
     }
 }
 
-fn answer(mut stream: TcpStream, log: &Mutex<Vec<AgentCall>>, attached: &mut Option<String>, fail: Option<&str>) {
+fn answer(
+    mut stream: TcpStream,
+    log: &Mutex<Vec<AgentCall>>,
+    attached: &mut Option<String>,
+    fail: Option<&str>,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut bytes = Vec::new();
@@ -177,7 +214,9 @@ fn answer(mut stream: TcpStream, log: &Mutex<Vec<AgentCall>>, attached: &mut Opt
             Ok(0) | Err(_) => return,
             Ok(n) => bytes.extend_from_slice(&chunk[..n]),
         }
-        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let length = head
             .lines()
@@ -186,11 +225,23 @@ fn answer(mut stream: TcpStream, log: &Mutex<Vec<AgentCall>>, attached: &mut Opt
             .and_then(|(_, v)| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
         if bytes.len() >= end + 4 + length {
-            break (head, String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned());
+            break (
+                head,
+                String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned(),
+            );
         }
     };
-    let route = head.lines().next().unwrap_or_default().rsplit_once(' ').map_or("", |(r, _)| r).to_owned();
-    log.lock().unwrap().push(AgentCall { route: route.clone(), body: body.clone() });
+    let route = head
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .rsplit_once(' ')
+        .map_or("", |(r, _)| r)
+        .to_owned();
+    log.lock().unwrap().push(AgentCall {
+        route: route.clone(),
+        body: body.clone(),
+    });
     let (status, text) = if fail == Some(route.as_str()) {
         (500, r#"{"error":"canned failure"}"#.to_owned())
     } else {
@@ -200,7 +251,9 @@ fn answer(mut stream: TcpStream, log: &Mutex<Vec<AgentCall>>, attached: &mut Opt
                 Some(_) => (200, r#"{"state":"attached"}"#.to_owned()),
                 None => (200, r#"{"state":"idle"}"#.to_owned()),
             },
-            "POST /v1/start" if attached.is_some() => (409, r#"{"error":"already attached"}"#.to_owned()),
+            "POST /v1/start" if attached.is_some() => {
+                (409, r#"{"error":"already attached"}"#.to_owned())
+            }
             "POST /v1/start" => {
                 let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 *attached = Some(request["node"].as_str().unwrap_or("node?").to_owned());
@@ -208,12 +261,17 @@ fn answer(mut stream: TcpStream, log: &Mutex<Vec<AgentCall>>, attached: &mut Opt
             }
             "POST /v1/stop" => match attached.take() {
                 Some(node) => {
-                    let mut report: serde_json::Value =
-                        serde_json::from_slice(&read_fixture("report/run/profile/flannel-hostgw/pod-path-ping-node1.json")).unwrap();
+                    let mut report: serde_json::Value = serde_json::from_slice(&read_fixture(
+                        "report/run/profile/flannel-hostgw/pod-path-ping-node1.json",
+                    ))
+                    .unwrap();
                     report["node"] = serde_json::json!(node);
                     (200, report.to_string())
                 }
-                None => (409, r#"{"error":"no agent is attached: POST /v1/start first"}"#.to_owned()),
+                None => (
+                    409,
+                    r#"{"error":"no agent is attached: POST /v1/start first"}"#.to_owned(),
+                ),
             },
             _ => (404, r#"{"error":"no route"}"#.to_owned()),
         }

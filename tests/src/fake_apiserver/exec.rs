@@ -19,7 +19,13 @@ const STATUS: u8 = 3;
 /// Output goes out in frames of at most this many bytes, as a real server streams it.
 const FRAME: usize = 32 * 1024;
 
-pub fn serve<B>(req: &mut Request<B>, backend: Arc<dyn Backend>, pod: PodInfo, container: String, command: Vec<String>) -> Response<Body> {
+pub fn serve<B>(
+    req: &mut Request<B>,
+    backend: Arc<dyn Backend>,
+    pod: PodInfo,
+    container: String,
+    command: Vec<String>,
+) -> Response<Body> {
     let accepted = match websocket::accept(req, &["v5.channel.k8s.io", "v4.channel.k8s.io"]) {
         Ok(accepted) => accepted,
         Err(response) => return response,
@@ -39,7 +45,13 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::binary(bytes)
 }
 
-async fn run(socket: Socket, backend: Arc<dyn Backend>, pod: PodInfo, container: String, command: Vec<String>) {
+async fn run(
+    socket: Socket,
+    backend: Arc<dyn Backend>,
+    pod: PodInfo,
+    container: String,
+    command: Vec<String>,
+) {
     let (mut sink, mut stream) = socket.split();
     for channel in [STDOUT, STDERR, STATUS] {
         if sink.send(frame(channel, &[])).await.is_err() {
@@ -61,7 +73,11 @@ async fn run(socket: Socket, backend: Arc<dyn Backend>, pod: PodInfo, container:
         _ = client_gone => return,
     };
     let document = match &outcome {
-        ExecOutcome::Exited { stdout, stderr, code } => {
+        ExecOutcome::Exited {
+            stdout,
+            stderr,
+            code,
+        } => {
             for (channel, data) in [(STDOUT, stdout), (STDERR, stderr)] {
                 for chunk in data.chunks(FRAME) {
                     if sink.send(frame(channel, chunk)).await.is_err() {
@@ -69,10 +85,16 @@ async fn run(socket: Socket, backend: Arc<dyn Backend>, pod: PodInfo, container:
                     }
                 }
             }
-            if *code == 0 { status::exec_success() } else { status::exec_exit(&command, *code) }
+            if *code == 0 {
+                status::exec_success()
+            } else {
+                status::exec_exit(&command, *code)
+            }
         }
         ExecOutcome::NotRun(message) => status::exec_not_run(message),
     };
-    let _ = sink.send(frame(STATUS, document.to_string().as_bytes())).await;
+    let _ = sink
+        .send(frame(STATUS, document.to_string().as_bytes()))
+        .await;
     let _ = sink.send(Message::Close(None)).await;
 }

@@ -50,14 +50,29 @@ impl LabBackend {
         for node in Node::BOTH {
             let name = format!("{}-node{}", lab.names.lab(), node.index());
             let worker = node.index().to_string();
-            fake.push(FakeNode::new(&name, addressing::node_ip(node), &[("workern", &worker)]));
+            fake.push(FakeNode::new(
+                &name,
+                addressing::node_ip(node),
+                &[("workern", &worker)],
+            ));
             nodes.insert(name, node);
         }
-        (Self { lab, nodes, work_dir, running: Mutex::new(BTreeMap::new()) }, fake)
+        (
+            Self {
+                lab,
+                nodes,
+                work_dir,
+                running: Mutex::new(BTreeMap::new()),
+            },
+            fake,
+        )
     }
 
     fn node(&self, pod: &PodInfo) -> Node {
-        *self.nodes.get(&pod.node).unwrap_or_else(|| panic!("pod {} is on unknown node {:?}", pod.name, pod.node))
+        *self
+            .nodes
+            .get(&pod.node)
+            .unwrap_or_else(|| panic!("pod {} is on unknown node {:?}", pod.name, pod.node))
     }
 
     /// The lab namespace a pod's network is.
@@ -99,13 +114,24 @@ impl LabBackend {
 fn wait_listening(netns: &str, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let out = Command::new("ip").args(["netns", "exec", netns, "ss", "-Hltn", &format!("sport = :{port}")]).output();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "ss",
+                "-Hltn",
+                &format!("sport = :{port}"),
+            ])
+            .output();
         if out.is_ok_and(|o| !o.stdout.is_empty()) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("nothing listens on port {port} in {netns} after 5 s"))
+    Err(format!(
+        "nothing listens on port {port} in {netns} after 5 s"
+    ))
 }
 
 impl Backend for LabBackend {
@@ -118,7 +144,10 @@ impl Backend for LabBackend {
         // the few ms it takes, and it keeps the backend free of 'static juggling.
         let result = self.start_blocking(pod).map(|running| {
             if let Some(running) = running {
-                self.running.lock().unwrap().insert(pod.name.clone(), running);
+                self.running
+                    .lock()
+                    .unwrap()
+                    .insert(pod.name.clone(), running);
             }
         });
         Box::pin(async move { result })
@@ -128,23 +157,45 @@ impl Backend for LabBackend {
         self.running.lock().unwrap().remove(&pod.name);
     }
 
-    fn exec(&self, pod: &PodInfo, _container: &str, command: Vec<String>) -> BoxFuture<ExecOutcome> {
+    fn exec(
+        &self,
+        pod: &PodInfo,
+        _container: &str,
+        command: Vec<String>,
+    ) -> BoxFuture<ExecOutcome> {
         let netns = self.netns(pod);
         Box::pin(async move {
             let mut cmd = tokio::process::Command::new("ip");
-            cmd.args(["netns", "exec", &netns]).args(&command).stdin(Stdio::null()).kill_on_drop(true);
+            cmd.args(["netns", "exec", &netns])
+                .args(&command)
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
             match cmd.output().await {
                 // `ip netns exec` reports a missing program on stderr with 255.
-                Ok(out) if out.status.code() == Some(255) && String::from_utf8_lossy(&out.stderr).contains("No such file") => {
-                    ExecOutcome::NotRun(format!("exec: {:?}: executable file not found in $PATH", command[0]))
+                Ok(out)
+                    if out.status.code() == Some(255)
+                        && String::from_utf8_lossy(&out.stderr).contains("No such file") =>
+                {
+                    ExecOutcome::NotRun(format!(
+                        "exec: {:?}: executable file not found in $PATH",
+                        command[0]
+                    ))
                 }
-                Ok(out) => ExecOutcome::Exited { stdout: out.stdout, stderr: out.stderr, code: out.status.code().unwrap_or(128) },
+                Ok(out) => ExecOutcome::Exited {
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                    code: out.status.code().unwrap_or(128),
+                },
                 Err(err) => ExecOutcome::NotRun(format!("cannot run ip netns exec: {err}")),
             }
         })
     }
 
-    fn port_forward(&self, pod: &PodInfo, port: u16) -> BoxFuture<std::io::Result<tokio::net::TcpStream>> {
+    fn port_forward(
+        &self,
+        pod: &PodInfo,
+        port: u16,
+    ) -> BoxFuture<std::io::Result<tokio::net::TcpStream>> {
         // Agent pods use the host network: the node's loopback.
         let netns = self.lab.names.node(self.node(pod));
         Box::pin(async move {
@@ -170,7 +221,10 @@ pub struct LabAgents {
 
 impl LabAgents {
     pub fn start(netprof: &std::path::Path, lab: &Lab) -> Self {
-        let mut agents = Self { children: Vec::new(), logs: Vec::new() };
+        let mut agents = Self {
+            children: Vec::new(),
+            logs: Vec::new(),
+        };
         for node in Node::BOTH {
             let netns = lab.names.node(node);
             let mut child = Command::new("nsenter")
@@ -182,7 +236,10 @@ impl LabAgents {
                 .expect("start netprof agent --serve");
             let (tx, rx) = std::sync::mpsc::channel();
             let log = std::sync::Arc::new(Mutex::new(String::new()));
-            let (pipe, sink) = (child.stderr.take().expect("piped"), std::sync::Arc::clone(&log));
+            let (pipe, sink) = (
+                child.stderr.take().expect("piped"),
+                std::sync::Arc::clone(&log),
+            );
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if line.contains("listening on http://") {
@@ -194,7 +251,8 @@ impl LabAgents {
             });
             agents.children.push(child);
             agents.logs.push(log);
-            rx.recv_timeout(Duration::from_secs(15)).expect("the agent printed its address");
+            rx.recv_timeout(Duration::from_secs(15))
+                .expect("the agent printed its address");
         }
         agents
     }
@@ -216,5 +274,7 @@ impl Drop for LabAgents {
 
 /// SIGTERM to `pid` (`kill -TERM`: the tests crate has no libc).
 pub fn sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }

@@ -82,7 +82,11 @@ impl PodInfo {
 /// How an exec ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecOutcome {
-    Exited { stdout: Vec<u8>, stderr: Vec<u8>, code: i32 },
+    Exited {
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        code: i32,
+    },
     /// The runtime could not start the command (e.g. not in the image).
     NotRun(String),
 }
@@ -100,7 +104,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Runs `command` in the pod; dropping the future must stop it (the client went away).
     fn exec(&self, pod: &PodInfo, container: &str, command: Vec<String>) -> BoxFuture<ExecOutcome>;
     /// Connects to `port` on the pod's loopback.
-    fn port_forward(&self, pod: &PodInfo, port: u16) -> BoxFuture<std::io::Result<tokio::net::TcpStream>>;
+    fn port_forward(
+        &self,
+        pod: &PodInfo,
+        port: u16,
+    ) -> BoxFuture<std::io::Result<tokio::net::TcpStream>>;
 }
 
 /// How the fake behaves.
@@ -138,9 +146,16 @@ pub struct FakeNode {
 impl FakeNode {
     /// A Ready node with the usual hostname label plus `labels`.
     pub fn new(name: &str, ip: Ipv4Addr, labels: &[(&str, &str)]) -> Self {
-        let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         all.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
-        Self { name: name.to_owned(), ip, labels: all }
+        Self {
+            name: name.to_owned(),
+            ip,
+            labels: all,
+        }
     }
 }
 
@@ -165,22 +180,42 @@ impl FakeApiServer {
     /// tests may block while a `netprof` subprocess talks to it.
     pub fn start(nodes: Vec<FakeNode>, backend: Arc<dyn Backend>, config: FakeConfig) -> Self {
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let shared = Arc::new(Shared { state: Mutex::new(State::new(&nodes)), events, backend, config });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(&nodes)),
+            events,
+            backend,
+            config,
+        });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let serving = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-                addr_tx.send(listener.local_addr().expect("local addr")).expect("test waits");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1");
+                addr_tx
+                    .send(listener.local_addr().expect("local addr"))
+                    .expect("test waits");
                 routes::serve(listener, serving, shutdown_rx).await;
             });
             // Abandon connections still open (a client that never hung up).
             runtime.shutdown_timeout(Duration::from_secs(1));
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the fake API server started");
-        Self { addr, shared, shutdown: Some(shutdown), thread: Some(thread) }
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the fake API server started");
+        Self {
+            addr,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
     }
 
     /// A kubeconfig for this server (plain HTTP, a bearer token that is never checked).

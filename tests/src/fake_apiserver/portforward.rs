@@ -18,7 +18,12 @@ use super::{Backend, PodInfo};
 const DATA: u8 = 0;
 const ERROR: u8 = 1;
 
-pub fn serve<B>(req: &mut Request<B>, backend: Arc<dyn Backend>, pod: PodInfo, port: u16) -> Response<Body> {
+pub fn serve<B>(
+    req: &mut Request<B>,
+    backend: Arc<dyn Backend>,
+    pod: PodInfo,
+    port: u16,
+) -> Response<Body> {
     let accepted = match websocket::accept(req, &["v4.channel.k8s.io"]) {
         Ok(accepted) => accepted,
         Err(response) => return response,
@@ -40,7 +45,11 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 async fn run(socket: Socket, backend: Arc<dyn Backend>, pod: PodInfo, port: u16) {
     let (mut sink, mut stream) = socket.split();
     for channel in [DATA, ERROR] {
-        if sink.send(frame(channel, &port.to_le_bytes())).await.is_err() {
+        if sink
+            .send(frame(channel, &port.to_le_bytes()))
+            .await
+            .is_err()
+        {
             return;
         }
     }

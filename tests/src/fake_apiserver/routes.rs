@@ -33,7 +33,10 @@ pub fn json_response(code: StatusCode, value: Value) -> Response<Body> {
 
 /// A `Status` answer with its own code.
 fn failure(value: Value) -> Response<Body> {
-    let code = value["code"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = value["code"]
+        .as_u64()
+        .and_then(|c| StatusCode::from_u16(c as u16).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(code, value)
 }
 
@@ -45,15 +48,13 @@ pub fn decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -76,11 +77,18 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
 }
 
 fn param<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Accepts connections until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: tokio::sync::oneshot::Receiver<()>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -95,7 +103,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
         });
     }
 }
@@ -112,12 +123,30 @@ fn route(path: &str) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let owned = |s: &&str| (*s).to_owned();
     match parts.as_slice() {
-        ["api", "v1", "nodes"] => Some(Route { resource: "nodes".into(), name: None, namespace: None, sub: None }),
-        ["api", "v1", "nodes", name] => Some(Route { resource: "nodes".into(), name: Some(owned(name)), namespace: None, sub: None }),
-        ["api", "v1", "namespaces", ns, "pods"] => Some(Route { resource: "pods".into(), name: None, namespace: Some(owned(ns)), sub: None }),
-        ["api", "v1", "namespaces", ns, "pods", name] => {
-            Some(Route { resource: "pods".into(), name: Some(owned(name)), namespace: Some(owned(ns)), sub: None })
-        }
+        ["api", "v1", "nodes"] => Some(Route {
+            resource: "nodes".into(),
+            name: None,
+            namespace: None,
+            sub: None,
+        }),
+        ["api", "v1", "nodes", name] => Some(Route {
+            resource: "nodes".into(),
+            name: Some(owned(name)),
+            namespace: None,
+            sub: None,
+        }),
+        ["api", "v1", "namespaces", ns, "pods"] => Some(Route {
+            resource: "pods".into(),
+            name: None,
+            namespace: Some(owned(ns)),
+            sub: None,
+        }),
+        ["api", "v1", "namespaces", ns, "pods", name] => Some(Route {
+            resource: "pods".into(),
+            name: Some(owned(name)),
+            namespace: Some(owned(ns)),
+            sub: None,
+        }),
         ["api", "v1", "namespaces", ns, "pods", name, sub] => Some(Route {
             resource: format!("pods/{sub}"),
             name: Some(owned(name)),
@@ -166,12 +195,27 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
         verbs: verbs.clone(),
         query: req.uri().query().unwrap_or_default().to_owned(),
     });
-    if let Some(verb) = verbs.iter().find(|v| shared.config.forbidden.iter().any(|(fv, fr)| fv == *v && *fr == route.resource)) {
-        return failure(status::forbidden(verb, &route.resource, route.name.as_deref()));
+    if let Some(verb) = verbs.iter().find(|v| {
+        shared
+            .config
+            .forbidden
+            .iter()
+            .any(|(fv, fr)| fv == *v && *fr == route.resource)
+    }) {
+        return failure(status::forbidden(
+            verb,
+            &route.resource,
+            route.name.as_deref(),
+        ));
     }
     if let Some(ns) = &route.namespace {
         if ns != NAMESPACE {
-            return failure(status::failure(404, "NotFound", &format!("namespaces \"{ns}\" not found"), json!({"name": ns, "kind": "namespaces"})));
+            return failure(status::failure(
+                404,
+                "NotFound",
+                &format!("namespaces \"{ns}\" not found"),
+                json!({"name": ns, "kind": "namespaces"}),
+            ));
         }
     }
     let labels = match Selector::parse(param(&query, "labelSelector").unwrap_or_default()) {
@@ -188,7 +232,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
         ("nodes", Some(name), Method::GET) => {
             let state = shared.state.lock().unwrap();
             match state.node(name) {
-                Some(node) => json_response(StatusCode::OK, serde_json::to_value(State::node_object(node)).unwrap()),
+                Some(node) => json_response(
+                    StatusCode::OK,
+                    serde_json::to_value(State::node_object(node)).unwrap(),
+                ),
                 None => failure(status::not_found("nodes", name)),
             }
         }
@@ -202,34 +249,76 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
         ("pods", Some(name), Method::DELETE) => delete_pod(&shared, name),
         ("pods/exec", Some(name), Method::GET) => {
             let container = param(&query, "container").map(str::to_owned);
-            let command: Vec<String> = query.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+            let command: Vec<String> = query
+                .iter()
+                .filter(|(k, _)| k == "command")
+                .map(|(_, v)| v.clone())
+                .collect();
             match running_pod(&shared, name, container.as_deref()) {
-                Ok((info, container)) => exec::serve(&mut req, Arc::clone(&shared.backend), info, container, command),
+                Ok((info, container)) => exec::serve(
+                    &mut req,
+                    Arc::clone(&shared.backend),
+                    info,
+                    container,
+                    command,
+                ),
                 Err(response) => response,
             }
         }
         ("pods/portforward", Some(name), Method::GET) => {
-            let ports: Vec<u16> = param(&query, "ports").unwrap_or_default().split(',').filter_map(|p| p.trim().parse().ok()).collect();
+            let ports: Vec<u16> = param(&query, "ports")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect();
             match (running_pod(&shared, name, None), ports.as_slice()) {
-                (Ok((info, _)), [port]) => portforward::serve(&mut req, Arc::clone(&shared.backend), info, *port),
-                (Ok(_), _) => failure(status::bad_request("the fake forwards exactly one port per request")),
+                (Ok((info, _)), [port]) => {
+                    portforward::serve(&mut req, Arc::clone(&shared.backend), info, *port)
+                }
+                (Ok(_), _) => failure(status::bad_request(
+                    "the fake forwards exactly one port per request",
+                )),
                 (Err(response), _) => response,
             }
         }
-        _ => failure(status::failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", json!({}))),
+        _ => failure(status::failure(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            json!({}),
+        )),
     }
 }
 
 /// The pod, Running, and the container to use (its first by default).
-fn running_pod(shared: &Shared, name: &str, container: Option<&str>) -> Result<(PodInfo, String), Response<Body>> {
+fn running_pod(
+    shared: &Shared,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(PodInfo, String), Response<Body>> {
     let state = shared.state.lock().unwrap();
-    let Some(pod) = state.pods.get(name) else { return Err(failure(status::not_found("pods", name))) };
-    let names: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
-    let container = container.map(str::to_owned).or_else(|| names.first().cloned()).unwrap_or_default();
+    let Some(pod) = state.pods.get(name) else {
+        return Err(failure(status::not_found("pods", name)));
+    };
+    let names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect();
+    let container = container
+        .map(str::to_owned)
+        .or_else(|| names.first().cloned())
+        .unwrap_or_default();
     if !names.contains(&container) {
-        return Err(failure(status::bad_request(&format!("container {container} is not valid for pod {name}"))));
+        return Err(failure(status::bad_request(&format!(
+            "container {container} is not valid for pod {name}"
+        ))));
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     if phase != "Running" {
         return Err(failure(status::bad_request(&format!("pod {name} is not running (phase {phase}): unable to upgrade connection: container not found (\"{container}\")"))));
     }
@@ -244,7 +333,10 @@ fn list_nodes(shared: &Shared, labels: &Selector) -> Response<Body> {
         .filter(|n| labels.matches(&n.labels))
         .map(|n| serde_json::to_value(State::node_object(n)).unwrap())
         .collect();
-    json_response(StatusCode::OK, json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": state.version().to_string()}, "items": items}))
+    json_response(
+        StatusCode::OK,
+        json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": state.version().to_string()}, "items": items}),
+    )
 }
 
 fn selected(pod: &Pod, labels: &Selector, fields: &Selector) -> bool {
@@ -253,8 +345,16 @@ fn selected(pod: &Pod, labels: &Selector, fields: &Selector) -> bool {
 
 fn list_pods(shared: &Shared, labels: &Selector, fields: &Selector) -> Response<Body> {
     let state = shared.state.lock().unwrap();
-    let items: Vec<Value> = state.pods.values().filter(|p| selected(p, labels, fields)).map(|p| serde_json::to_value(p).unwrap()).collect();
-    json_response(StatusCode::OK, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": state.version().to_string()}, "items": items}))
+    let items: Vec<Value> = state
+        .pods
+        .values()
+        .filter(|p| selected(p, labels, fields))
+        .map(|p| serde_json::to_value(p).unwrap())
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": state.version().to_string()}, "items": items}),
+    )
 }
 
 fn event_line(event: &Event) -> Bytes {
@@ -264,15 +364,33 @@ fn event_line(event: &Event) -> Bytes {
 
 /// `watch=true`: the changes after `resourceVersion` (or every pod as ADDED when it is empty or
 /// 0), then live ones, until `timeoutSeconds` or the client hangs up.
-fn watch_pods(shared: &Arc<Shared>, labels: &Selector, fields: &Selector, query: &[(String, String)]) -> Response<Body> {
-    let timeout = param(query, "timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(300).min(300);
-    let since = param(query, "resourceVersion").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+fn watch_pods(
+    shared: &Arc<Shared>,
+    labels: &Selector,
+    fields: &Selector,
+    query: &[(String, String)],
+) -> Response<Body> {
+    let timeout = param(query, "timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(300)
+        .min(300);
+    let since = param(query, "resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
     // Subscribing under the lock: a change is either in the history read here or broadcast later.
     let (backlog, mut live) = {
         let state = shared.state.lock().unwrap();
         let backlog: Vec<Event> = if since == 0 {
-            state.pods.values().map(|p| Event { version: state.version(), kind: "ADDED", pod: p.clone() }).collect()
+            state
+                .pods
+                .values()
+                .map(|p| Event {
+                    version: state.version(),
+                    kind: "ADDED",
+                    pod: p.clone(),
+                })
+                .collect()
         } else {
             state.events_since(since)
         };
@@ -284,7 +402,9 @@ fn watch_pods(shared: &Arc<Shared>, labels: &Selector, fields: &Selector, query:
         let mut last = since;
         for event in backlog {
             last = last.max(event.version);
-            if selected(&event.pod, &labels, &fields) && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err() {
+            if selected(&event.pod, &labels, &fields)
+                && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err()
+            {
                 return;
             }
         }
@@ -310,7 +430,9 @@ fn watch_pods(shared: &Arc<Shared>, labels: &Selector, fields: &Selector, query:
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -325,10 +447,19 @@ async fn create_pod(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bo
     };
     let pod: Pod = match serde_json::from_slice(&body) {
         Ok(pod) => pod,
-        Err(err) => return failure(status::bad_request(&format!("the body is not a Pod: {err}"))),
+        Err(err) => {
+            return failure(status::bad_request(&format!(
+                "the body is not a Pod: {err}"
+            )))
+        }
     };
     let Some(name) = pod.metadata.name.clone() else {
-        return failure(status::failure(422, "Invalid", "Pod \"\" is invalid: metadata.name: Required value: name or generateName is required", json!({"kind": "Pod"})));
+        return failure(status::failure(
+            422,
+            "Invalid",
+            "Pod \"\" is invalid: metadata.name: Required value: name or generateName is required",
+            json!({"kind": "Pod"}),
+        ));
     };
     let created = {
         let mut state = shared.state.lock().unwrap();
@@ -339,7 +470,11 @@ async fn create_pod(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bo
         let _ = shared.events.send(event.clone());
         event.pod
     };
-    let never = shared.config.never_ready.iter().any(|suffix| name.ends_with(suffix.as_str()));
+    let never = shared
+        .config
+        .never_ready
+        .iter()
+        .any(|suffix| name.ends_with(suffix.as_str()));
     if !never {
         tokio::spawn(start_pod(Arc::clone(shared), name));
     }
@@ -352,7 +487,14 @@ async fn start_pod(shared: Arc<Shared>, name: String) {
     let info = {
         let state = shared.state.lock().unwrap();
         match state.pods.get(&name) {
-            Some(pod) if pod.metadata.deletion_timestamp.is_none() && pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() => {
+            Some(pod)
+                if pod.metadata.deletion_timestamp.is_none()
+                    && pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some() =>
+            {
                 PodInfo::from_pod(pod)
             }
             _ => return,
@@ -360,13 +502,20 @@ async fn start_pod(shared: Arc<Shared>, name: String) {
     };
     let started = shared.backend.start(&info).await;
     let mut state = shared.state.lock().unwrap();
-    if state.pods.get(&name).is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+    if state
+        .pods
+        .get(&name)
+        .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    {
         drop(state);
         shared.backend.stop(&info);
         return;
     }
     let ip = match info.host_network {
-        true => state.node(&info.node).map(|n| n.ip).expect("scheduled on a known node"),
+        true => state
+            .node(&info.node)
+            .map(|n| n.ip)
+            .expect("scheduled on a known node"),
         false => shared.backend.pod_ip(&info),
     };
     let event = match started {
@@ -386,7 +535,11 @@ fn delete_pod(shared: &Arc<Shared>, name: &str) -> Response<Body> {
             return failure(status::not_found("pods", name));
         }
         let already = state.pods[name].metadata.deletion_timestamp.is_some();
-        let event = if already { None } else { state.mark_deleting(name) };
+        let event = if already {
+            None
+        } else {
+            state.mark_deleting(name)
+        };
         if let Some(event) = &event {
             let _ = shared.events.send(event.clone());
         }

@@ -49,9 +49,21 @@ impl Selector {
     /// As a field selector on a pod.
     pub fn matches_fields(&self, pod: &Pod) -> bool {
         let mut fields = BTreeMap::new();
-        fields.insert("metadata.name".to_owned(), pod.metadata.name.clone().unwrap_or_default());
-        fields.insert("metadata.namespace".to_owned(), pod.metadata.namespace.clone().unwrap_or_default());
-        fields.insert("spec.nodeName".to_owned(), pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default());
+        fields.insert(
+            "metadata.name".to_owned(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        fields.insert(
+            "metadata.namespace".to_owned(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        );
+        fields.insert(
+            "spec.nodeName".to_owned(),
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+        );
         self.matches(&fields)
     }
 }
@@ -62,7 +74,11 @@ mod tests {
 
     #[test]
     fn selectors_as_the_api_server_reads_them() {
-        let labels: BTreeMap<String, String> = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "x".to_owned())].into();
+        let labels: BTreeMap<String, String> = [
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "x".to_owned()),
+        ]
+        .into();
         for (text, expected) in [
             ("", true),
             ("a=1", true),
@@ -75,7 +91,11 @@ mod tests {
             ("!a", false),
             ("a=1,!c", true),
         ] {
-            assert_eq!(Selector::parse(text).unwrap().matches(&labels), expected, "{text}");
+            assert_eq!(
+                Selector::parse(text).unwrap().matches(&labels),
+                expected,
+                "{text}"
+            );
         }
         assert!(Selector::parse("a in (1,2)").is_err());
     }

@@ -68,7 +68,11 @@ impl State {
     pub fn verbs_used(&self) -> BTreeSet<(String, String)> {
         self.requests
             .iter()
-            .flat_map(|r| r.verbs.iter().map(move |v| (r.resource.clone(), (*v).to_owned())))
+            .flat_map(|r| {
+                r.verbs
+                    .iter()
+                    .map(move |v| (r.resource.clone(), (*v).to_owned()))
+            })
             .collect()
     }
 
@@ -99,14 +103,22 @@ impl State {
     }
 
     fn push(&mut self, kind: &'static str, pod: Pod) -> Event {
-        let event = Event { version: self.version, kind, pod };
+        let event = Event {
+            version: self.version,
+            kind,
+            pod,
+        };
         self.history.push(event.clone());
         event
     }
 
     /// Changes since `version` (exclusive).
     pub fn events_since(&self, version: u64) -> Vec<Event> {
-        self.history.iter().filter(|e| e.version > version).cloned().collect()
+        self.history
+            .iter()
+            .filter(|e| e.version > version)
+            .cloned()
+            .collect()
     }
 
     /// Stores `pod` as it is, filling in what the server owns (uid, version, timestamps).
@@ -114,7 +126,9 @@ impl State {
         let version = self.bump();
         let name = pod.metadata.name.clone().unwrap_or_default();
         pod.metadata.namespace = Some(NAMESPACE.to_owned());
-        pod.metadata.uid.get_or_insert_with(|| format!("00000000-0000-4000-8000-{:012}", self.next_uid));
+        pod.metadata
+            .uid
+            .get_or_insert_with(|| format!("00000000-0000-4000-8000-{:012}", self.next_uid));
         self.next_uid += 1;
         pod.metadata.resource_version = Some(version.to_string());
         pod.metadata.creation_timestamp.get_or_insert_with(now);
@@ -125,7 +139,11 @@ impl State {
     /// A pod as the API server stores it on create: scheduled by its nodeSelector (or
     /// nodeName), Pending with its containers being created.
     pub fn create(&mut self, mut pod: Pod) -> Event {
-        let selector = pod.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default();
+        let selector = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default();
         let wanted = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let node = match wanted {
             Some(name) => self.node(&name).map(|n| n.name.clone()),
@@ -169,7 +187,11 @@ impl State {
     pub fn mark_running(&mut self, name: &str, ip: Ipv4Addr) -> Option<Event> {
         let host_ip = {
             let pod = self.pods.get(name)?;
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
             self.node(&node).map(|n| n.ip)
         };
         self.modify(name, |pod| {

@@ -27,7 +27,11 @@ pub fn forbidden(verb: &str, resource: &str, name: Option<&str>) -> Value {
         Some(name) => format!("{kind} \"{name}\""),
         None => kind.to_owned(),
     };
-    let scope = if kind == "nodes" { "at the cluster scope".to_owned() } else { format!("in the namespace \"{NAMESPACE}\"") };
+    let scope = if kind == "nodes" {
+        "at the cluster scope".to_owned()
+    } else {
+        format!("in the namespace \"{NAMESPACE}\"")
+    };
     let message = format!("{object} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"\" {scope}");
     let mut details = json!({"kind": kind});
     if let Some(name) = name {
@@ -37,15 +41,30 @@ pub fn forbidden(verb: &str, resource: &str, name: Option<&str>) -> Value {
 }
 
 pub fn not_found(kind: &str, name: &str) -> Value {
-    failure(404, "NotFound", &format!("{kind} \"{name}\" not found"), json!({"name": name, "kind": kind}))
+    failure(
+        404,
+        "NotFound",
+        &format!("{kind} \"{name}\" not found"),
+        json!({"name": name, "kind": kind}),
+    )
 }
 
 pub fn no_route() -> Value {
-    failure(404, "NotFound", "the server could not find the requested resource", json!({}))
+    failure(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        json!({}),
+    )
 }
 
 pub fn already_exists(kind: &str, name: &str) -> Value {
-    failure(409, "AlreadyExists", &format!("{kind} \"{name}\" already exists"), json!({"name": name, "kind": kind}))
+    failure(
+        409,
+        "AlreadyExists",
+        &format!("{kind} \"{name}\" already exists"),
+        json!({"name": name, "kind": kind}),
+    )
 }
 
 pub fn bad_request(message: &str) -> Value {

@@ -21,17 +21,29 @@ pub struct Accepted {
 }
 
 /// Accepts the upgrade if the client offers one of `supported` (in the server's order).
-pub fn accept<B>(req: &mut Request<B>, supported: &[&'static str]) -> Result<Accepted, Response<Body>> {
+pub fn accept<B>(
+    req: &mut Request<B>,
+    supported: &[&'static str],
+) -> Result<Accepted, Response<Body>> {
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) else {
-        return Err(json_response(StatusCode::BAD_REQUEST, status::bad_request("Upgrade request required")));
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            status::bad_request("Upgrade request required"),
+        ));
     };
     if !is_upgrade {
-        return Err(json_response(StatusCode::BAD_REQUEST, status::bad_request("Upgrade request required")));
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            status::bad_request("Upgrade request required"),
+        ));
     }
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -39,9 +51,18 @@ pub fn accept<B>(req: &mut Request<B>, supported: &[&'static str]) -> Result<Acc
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
         .collect();
-    let Some(protocol) = supported.iter().copied().find(|p| offered.iter().any(|o| o == p)) else {
-        let message = format!("no supported WebSocket subprotocol among {offered:?} (supported: {supported:?})");
-        return Err(json_response(StatusCode::BAD_REQUEST, status::bad_request(&message)));
+    let Some(protocol) = supported
+        .iter()
+        .copied()
+        .find(|p| offered.iter().any(|o| o == p))
+    else {
+        let message = format!(
+            "no supported WebSocket subprotocol among {offered:?} (supported: {supported:?})"
+        );
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            status::bad_request(&message),
+        ));
     };
     let accept_key = derive_accept_key(key.as_bytes());
     let response = Response::builder()
@@ -52,7 +73,10 @@ pub fn accept<B>(req: &mut Request<B>, supported: &[&'static str]) -> Result<Acc
         .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(super::routes::empty())
         .expect("a valid 101 response");
-    Ok(Accepted { response, upgrade: hyper::upgrade::on(req) })
+    Ok(Accepted {
+        response,
+        upgrade: hyper::upgrade::on(req),
+    })
 }
 
 /// The WebSocket once hyper has handed over the connection.

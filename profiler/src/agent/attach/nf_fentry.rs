@@ -8,14 +8,10 @@
 //! at the entry point). What cannot be had is reported as not measured with the kernel's
 //! reason; this CI kernel refuses fentry (EPERM), so there the reasons are what the tests see.
 
-use aya::programs::{
-    fentry::FEntryLink,
-    fexit::FExitLink,
-    FEntry, FExit,
-};
+use aya::programs::{fentry::FEntryLink, fexit::FExitLink, FEntry, FExit};
 use profiler_common::datapath::{
-    nf_points_around, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT,
-    NF_PRI_CONNTRACK, NF_TRACED,
+    nf_points_around, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE,
+    ARG_NFT_CHAIN, ARG_NFT_PKT, NF_PRI_CONNTRACK, NF_TRACED,
 };
 
 use super::*;
@@ -38,7 +34,10 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
     let btf = match aya::Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(err) => {
-            inner.not_measured("netfilter via fentry/fexit", format!("{why}; the kernel's BTF cannot be read: {err}"));
+            inner.not_measured(
+                "netfilter via fentry/fexit",
+                format!("{why}; the kernel's BTF cannot be read: {err}"),
+            );
             return;
         }
     };
@@ -54,7 +53,10 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
                 inner.fentry_links.exits.push(exit_link);
                 inner.fentry_functions.push(function);
             }
-            Err(reason) => inner.not_measured(format!("netfilter via fentry/fexit on {function} ({entry}, {exit})"), format!("{why}; {reason}")),
+            Err(reason) => inner.not_measured(
+                format!("netfilter via fentry/fexit on {function} ({entry}, {exit})"),
+                format!("{why}; {reason}"),
+            ),
         }
     }
     let watched = watched_points(layout, &inner.fentry_functions);
@@ -67,18 +69,32 @@ fn layout_known(config: &Config, function: &str) -> Result<(), String> {
     let args = &config.fentry_args;
     let (positions, arity, offsets): (&[usize], u8, &[(&str, bool)]) = match function {
         "nf_conntrack_in" => (&[ARG_CT_SKB, ARG_CT_STATE], 2, &[]),
-        "ipt_do_table" => (&[ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE], 3, &[("xt_table.priority", config.xt_table_priority != 0)]),
+        "ipt_do_table" => (
+            &[ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE],
+            3,
+            &[("xt_table.priority", config.xt_table_priority != 0)],
+        ),
         "nft_do_chain" => (
             &[ARG_NFT_PKT, ARG_NFT_CHAIN],
             2,
-            &[("nft_base_chain.ops.priority", config.nft_chain_priority != 0), ("nft_pktinfo.state", config.nft_pkt_state != 0)],
+            &[
+                (
+                    "nft_base_chain.ops.priority",
+                    config.nft_chain_priority != 0,
+                ),
+                ("nft_pktinfo.state", config.nft_pkt_state != 0),
+            ],
         ),
         other => return Err(format!("{other} is not a function netprof traces")),
     };
     if positions.iter().any(|&p| args[p] >= arity) {
         return Err(format!("its signature in this kernel's BTF is not one netprof knows (expected {arity} arguments with skb/state/table or pkt/priv)"));
     }
-    let mut missing: Vec<&str> = offsets.iter().filter(|(_, known)| !known).map(|(name, _)| *name).collect();
+    let mut missing: Vec<&str> = offsets
+        .iter()
+        .filter(|(_, known)| !known)
+        .map(|(name, _)| *name)
+        .collect();
     if config.nf_state_net == 0 {
         missing.push("nf_hook_state.net");
     }
@@ -89,16 +105,30 @@ fn layout_known(config: &Config, function: &str) -> Result<(), String> {
     }
 }
 
-fn load_pair(ebpf: &mut Ebpf, function: &str, entry: &str, exit: &str, btf: &aya::Btf) -> Result<(), String> {
+fn load_pair(
+    ebpf: &mut Ebpf,
+    function: &str,
+    entry: &str,
+    exit: &str,
+    btf: &aya::Btf,
+) -> Result<(), String> {
     let entry_program: &mut FEntry = program(ebpf, entry)?;
-    entry_program.load(function, btf).map_err(|err| load_failure("fentry", &chain(&err)))?;
+    entry_program
+        .load(function, btf)
+        .map_err(|err| load_failure("fentry", &chain(&err)))?;
     let exit_program: &mut FExit = program(ebpf, exit)?;
-    exit_program.load(function, btf).map_err(|err| load_failure("fexit", &chain(&err)))
+    exit_program
+        .load(function, btf)
+        .map_err(|err| load_failure("fexit", &chain(&err)))
 }
 
 /// The kernel's refusal, without aya's empty verifier log, and what EPERM means here.
 fn load_failure(kind: &str, error: &str) -> String {
-    let error = error.trim_end().trim_end_matches("Verifier output:").trim_end().trim_end_matches('.');
+    let error = error
+        .trim_end()
+        .trim_end_matches("Verifier output:")
+        .trim_end()
+        .trim_end_matches('.');
     if error.contains("os error 1)") {
         format!("{kind} load: {error}; this kernel refuses {kind} programs")
     } else {
@@ -107,7 +137,11 @@ fn load_failure(kind: &str, error: &str) -> String {
 }
 
 /// Attaches a loaded pair: the exit first, so no pass is seen entering without leaving.
-fn attach_pair(ebpf: &mut Ebpf, entry: &str, exit: &str) -> Result<(FEntryLink, FExitLink), String> {
+fn attach_pair(
+    ebpf: &mut Ebpf,
+    entry: &str,
+    exit: &str,
+) -> Result<(FEntryLink, FExitLink), String> {
     let exit_program: &mut FExit = program(ebpf, exit)?;
     let exit_link = exit_program
         .attach()
@@ -125,8 +159,12 @@ fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program>,
 {
-    let found = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is missing from the aya object: rebuild netprof"))?;
-    <&mut P>::try_from(found).map_err(|_| format!("program {name} has the wrong type in the aya object: rebuild netprof"))
+    let found = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the aya object: rebuild netprof"))?;
+    <&mut P>::try_from(found).map_err(|_| {
+        format!("program {name} has the wrong type in the aya object: rebuild netprof")
+    })
 }
 
 /// Attaches the traced functions' pairs again (a duty-cycle window opening).
@@ -140,7 +178,9 @@ pub(super) fn reattach(inner: &mut Inner) {
                 inner.fentry_links.entries.push(entry_link);
                 inner.fentry_links.exits.push(exit_link);
             }
-            Err(reason) => log::warn!("duty cycle: netfilter via fentry/fexit on {function}: {reason}"),
+            Err(reason) => {
+                log::warn!("duty cycle: netfilter via fentry/fexit on {function}: {reason}")
+            }
         }
     }
 }
@@ -151,11 +191,16 @@ pub(super) fn reattach(inner: &mut Inner) {
 /// is part of the segment after the last point).
 fn watched_points(layout: &NetfilterLayout, traced: &[&str]) -> BTreeSet<(u32, u32)> {
     let conntrack = traced.contains(&"nf_conntrack_in");
-    let tables = traced.iter().any(|f| *f == "ipt_do_table" || *f == "nft_do_chain");
+    let tables = traced
+        .iter()
+        .any(|f| *f == "ipt_do_table" || *f == "nft_do_chain");
     let mut watched = BTreeSet::new();
     let Some(hooks) = layout else {
         if conntrack || tables {
-            watched.extend((0..NF_HOOK_COUNT).flat_map(|hook| (0..NF_POINT_COUNT).map(move |point| (hook, point))));
+            watched.extend(
+                (0..NF_HOOK_COUNT)
+                    .flat_map(|hook| (0..NF_POINT_COUNT).map(move |point| (hook, point))),
+            );
         }
         return watched;
     };
@@ -170,7 +215,12 @@ fn watched_points(layout: &NetfilterLayout, traced: &[&str]) -> BTreeSet<(u32, u
                 continue;
             }
             let (below, above) = nf_points_around(priority);
-            watched.extend([below, above].into_iter().flatten().map(|point| (hook as u32, point)));
+            watched.extend(
+                [below, above]
+                    .into_iter()
+                    .flatten()
+                    .map(|point| (hook as u32, point)),
+            );
         }
     }
     watched
@@ -197,7 +247,9 @@ mod tests {
         }
         let mut old = config;
         old.fentry_args[ARG_CT_STATE] = 2;
-        assert!(layout_known(&old, "nf_conntrack_in").unwrap_err().contains("signature"));
+        assert!(layout_known(&old, "nf_conntrack_in")
+            .unwrap_err()
+            .contains("signature"));
         let mut bare = config;
         bare.nft_chain_priority = 0;
         bare.nf_state_net = 0;
@@ -214,27 +266,46 @@ mod tests {
             load_failure("fentry", eperm),
             "fentry load: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); this kernel refuses fentry programs"
         );
-        assert_eq!(load_failure("fexit", "function nft_do_chain not found"), "fexit load: function nft_do_chain not found");
+        assert_eq!(
+            load_failure("fexit", "function nft_do_chain not found"),
+            "fexit load: function nft_do_chain not found"
+        );
     }
 
     #[test]
     fn the_traced_functions_stand_for_the_points_the_links_would_be() {
-        let tables: Vec<String> = ["nat", "filter"].iter().map(|t| format!("ip {t}")).collect();
+        let tables: Vec<String> = ["nat", "filter"]
+            .iter()
+            .map(|t| format!("ip {t}"))
+            .collect();
         let layout = nf_points::registered(&tables);
         let links: BTreeSet<(u32, u32)> = layout
             .as_ref()
             .unwrap()
             .iter()
             .enumerate()
-            .flat_map(|(hook, prios)| nf_points::points(prios).into_iter().map(move |p| (hook as u32, p)))
+            .flat_map(|(hook, prios)| {
+                nf_points::points(prios)
+                    .into_iter()
+                    .map(move |p| (hook as u32, p))
+            })
             .collect();
         let all = watched_points(&layout, &["nf_conntrack_in", "nft_do_chain"]);
-        assert_eq!(all, links, "kube-proxy's tables: the same sixteen points as the links");
+        assert_eq!(
+            all, links,
+            "kube-proxy's tables: the same sixteen points as the links"
+        );
         // Without conntrack traced, its brackets (-201/-199 on PRE_ROUTING and LOCAL_OUT) are
         // watched only where a table sits next to them.
         let tables_only = watched_points(&layout, &["nft_do_chain"]);
-        assert!(!tables_only.contains(&(0, 1)) && tables_only.contains(&(0, 3)), "{tables_only:?}");
+        assert!(
+            !tables_only.contains(&(0, 1)) && tables_only.contains(&(0, 3)),
+            "{tables_only:?}"
+        );
         assert!(watched_points(&layout, &[]).is_empty());
-        assert_eq!(watched_points(&None, &["ipt_do_table"]).len(), (NF_HOOK_COUNT * NF_POINT_COUNT) as usize);
+        assert_eq!(
+            watched_points(&None, &["ipt_do_table"]).len(),
+            (NF_HOOK_COUNT * NF_POINT_COUNT) as usize
+        );
     }
 }

@@ -60,16 +60,26 @@ pub(super) fn close_window(inner: &mut Inner) {
     .collect();
     inner.attached.stop();
     inner.paused = true;
-    log::debug!("duty cycle: window closed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    log::debug!(
+        "duty cycle: window closed in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 /// Closes `count` links of one `family` on a thread of its own. If no thread starts, the
 /// closure is dropped at once, which closes the links in the foreground.
-fn closing_thread(family: &'static str, count: usize, close: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+fn closing_thread(
+    family: &'static str,
+    count: usize,
+    close: impl FnOnce() + Send + 'static,
+) -> Option<JoinHandle<()>> {
     let timed = move || {
         let started = Instant::now();
         close();
-        log::debug!("duty cycle: {count} {family} links closed in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        log::debug!(
+            "duty cycle: {count} {family} links closed in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
     };
     std::thread::Builder::new()
         .name(format!("netprof-detach-{family}"))
@@ -119,7 +129,11 @@ pub(super) fn open_window(inner: &mut Inner) {
     let tc_done = started.elapsed();
     if inner.tp_attached {
         for program in [PROG_DEV_RX, PROG_DEV_TX] {
-            if let Some(p) = inner.ebpf.program_mut(program).and_then(|p| <&mut BtfTracePoint>::try_from(p).ok()) {
+            if let Some(p) = inner
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+            {
                 match p.attach().and_then(|id| p.take_link(id)) {
                     Ok(link) => inner.tp_links.push(link),
                     Err(err) => log::warn!("duty cycle: {program}: {}", chain(&err)),
@@ -181,4 +195,3 @@ pub(super) fn open_window(inner: &mut Inner) {
         ms(started.elapsed() - trace_done)
     );
 }
-

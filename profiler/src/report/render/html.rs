@@ -39,7 +39,9 @@ fn color(stage: Option<Category>) -> &'static str {
     }
 }
 
-const MODE_COLORS: [&str; 6] = ["#1b1f24", "#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1"];
+const MODE_COLORS: [&str; 6] = [
+    "#1b1f24", "#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1",
+];
 
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -58,7 +60,11 @@ pub fn escape(text: &str) -> String {
 
 fn table(out: &mut String, id: &str, header: &[String], rows: &[Vec<String>]) {
     // Wide tables scroll inside the page instead of widening it.
-    let _ = write!(out, "<div class=\"scroll\"><table id=\"{}\"><thead><tr>", escape(id));
+    let _ = write!(
+        out,
+        "<div class=\"scroll\"><table id=\"{}\"><thead><tr>",
+        escape(id)
+    );
     for h in header {
         let _ = write!(out, "<th>{}</th>", escape(h));
     }
@@ -110,7 +116,9 @@ fn waterfall(out: &mut String, l: &LatencyAttribution, lo: f64, hi: f64) {
     let height = (rows.len() + 1) as f64 * row_h + 26.0;
     let width = label_w + plot_w + value_w;
     let x = |us: f64| label_w + (us - lo) / (hi - lo) * plot_w;
-    let share = split.explained_pct.map_or("n/a".to_owned(), |p| format!("{p:.1}%"));
+    let share = split
+        .explained_pct
+        .map_or("n/a".to_owned(), |p| format!("{p:.1}%"));
     let _ = write!(
         out,
         "<div class=\"chart\"><h3>{} — p50 +{:.1} µs, explained {}</h3><svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"{} waterfall\">",
@@ -128,7 +136,11 @@ fn waterfall(out: &mut String, l: &LatencyAttribution, lo: f64, hi: f64) {
         let (a, b) = (x(total), x(total + d));
         let (left, w) = (a.min(b), (a - b).abs().max(1.0));
         let fill = color(*stage);
-        let pattern = if stage.is_none() { " stroke=\"#57606a\" stroke-dasharray=\"3 2\" fill-opacity=\"0.55\"" } else { "" };
+        let pattern = if stage.is_none() {
+            " stroke=\"#57606a\" stroke-dasharray=\"3 2\" fill-opacity=\"0.55\""
+        } else {
+            ""
+        };
         let _ = write!(
             out,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{fill}\"{pattern}><title>{}: {} µs</title></rect><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
@@ -173,7 +185,11 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let span = (hi - lo).max(1e-9);
     let raw = span / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(raw);
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(raw);
     let mut out = Vec::new();
     let mut t = (lo / step).ceil() * step;
     while t <= hi + 1e-9 {
@@ -192,7 +208,13 @@ fn waterfalls(out: &mut String, report: &Report) {
     let (mut lo, mut hi) = (0.0_f64, 0.0_f64);
     for l in &report.latency {
         let mut total = 0.0;
-        for ns in l.p50.stages.iter().map(|s| s.delta_ns).chain([l.p50.unexplained_ns]) {
+        for ns in l
+            .p50
+            .stages
+            .iter()
+            .map(|s| s.delta_ns)
+            .chain([l.p50.unexplained_ns])
+        {
             total += ns as f64 / 1e3;
             lo = lo.min(total);
             hi = hi.max(total);
@@ -201,7 +223,11 @@ fn waterfalls(out: &mut String, report: &Report) {
         hi = hi.max(l.p50.delta_ns as f64 / 1e3);
     }
     let pad = (hi - lo) * 0.04;
-    let _ = writeln!(out, "<h2 id=\"waterfall\">Where the extra p50 RTT goes (µs per RTT, against {})</h2>", escape(&report.latency[0].baseline));
+    let _ = writeln!(
+        out,
+        "<h2 id=\"waterfall\">Where the extra p50 RTT goes (µs per RTT, against {})</h2>",
+        escape(&report.latency[0].baseline)
+    );
     out.push_str("<p class=\"note\">Each bar starts where the previous stage ended; a bar to the left is a stage the pod path spends less time in than the baseline. The dashed bar is what the stages do not explain; the black bar is the measured delta.</p><div class=\"charts\">\n");
     for l in &report.latency {
         waterfall(out, l, lo - pad, hi + pad);
@@ -216,7 +242,12 @@ fn cdfs(out: &mut String, report: &Report) {
         .iter()
         .filter(|s| !s.rtts_us.is_empty())
         .map(|s| {
-            let mut v: Vec<f64> = s.rtts_us.iter().copied().filter(|x| x.is_finite() && *x >= 0.0).collect();
+            let mut v: Vec<f64> = s
+                .rtts_us
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .collect();
             v.sort_by(f64::total_cmp);
             (s.mode.as_str(), v)
         })
@@ -227,7 +258,10 @@ fn cdfs(out: &mut String, report: &Report) {
     // The x axis ends a little past the highest p99, so one outlier does not flatten the rest.
     let p99 = |v: &[f64]| v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1];
     let max_x = series.iter().map(|(_, v)| p99(v)).fold(0.0_f64, f64::max) * 1.15;
-    let clipped: usize = series.iter().map(|(_, v)| v.iter().filter(|x| **x > max_x).count()).sum();
+    let clipped: usize = series
+        .iter()
+        .map(|(_, v)| v.iter().filter(|x| **x > max_x).count())
+        .sum();
     let (left, top, plot_w, plot_h) = (46.0, 10.0, 620.0, 260.0);
     let (width, height) = (left + plot_w + 200.0, top + plot_h + 36.0);
     let x = |us: f64| left + us.min(max_x) / max_x * plot_w;
@@ -243,12 +277,24 @@ fn cdfs(out: &mut String, report: &Report) {
     for tick in ticks(0.0, max_x) {
         let _ = write!(out, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#57606a\">{tick:.0}</text>", x(tick), top + plot_h + 16.0);
     }
-    let _ = write!(out, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">RTT µs</text>", left + plot_w / 2.0, top + plot_h + 32.0);
+    let _ = write!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">RTT µs</text>",
+        left + plot_w / 2.0,
+        top + plot_h + 32.0
+    );
     for (i, (mode, v)) in series.iter().enumerate() {
         let n = v.len() as f64;
         let mut points = format!("{:.1},{:.1}", x(v[0]), y(0.0));
         for (k, us) in v.iter().enumerate() {
-            let _ = write!(points, " {:.1},{:.1} {:.1},{:.1}", x(*us), y(k as f64 / n), x(*us), y((k + 1) as f64 / n));
+            let _ = write!(
+                points,
+                " {:.1},{:.1} {:.1},{:.1}",
+                x(*us),
+                y(k as f64 / n),
+                x(*us),
+                y((k + 1) as f64 / n)
+            );
         }
         let c = MODE_COLORS[i % MODE_COLORS.len()];
         let _ = write!(out, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{points}\"><title>{}</title></polyline>", escape(mode));
@@ -258,7 +304,10 @@ fn cdfs(out: &mut String, report: &Report) {
     }
     out.push_str("</svg>");
     if clipped > 0 {
-        let _ = write!(out, "<p class=\"note\">{clipped} RTTs above {max_x:.0} µs are drawn at the right edge.</p>");
+        let _ = write!(
+            out,
+            "<p class=\"note\">{clipped} RTTs above {max_x:.0} µs are drawn at the right edge.</p>"
+        );
     }
     out.push_str("</div>\n");
 }
@@ -298,7 +347,10 @@ mod tests {
 
     #[test]
     fn text_is_escaped_and_ticks_are_round() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(ticks(0.0, 100.0), vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
         assert_eq!(ticks(-7.0, 23.0), vec![0.0, 10.0, 20.0]);
         assert!(ticks(-7.0, 23.0)[0].is_sign_positive());

@@ -80,7 +80,11 @@ pub fn headline(report: &Report) -> String {
     )
 }
 
-fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttribution) -> &Split) -> Option<Section> {
+fn latency_section(
+    id: &'static str,
+    report: &Report,
+    pick: fn(&LatencyAttribution) -> &Split,
+) -> Option<Section> {
     let first = report.latency.first()?;
     let split = pick(first);
     let mut header = vec!["stage".to_owned()];
@@ -88,7 +92,12 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
     let mut rows: Vec<Vec<String>> = Vec::new();
     for stage in Category::ALL {
         let mut row = vec![stage.label().to_owned()];
-        row.extend(report.latency.iter().map(|l| us_signed(pick(l).stage(stage))));
+        row.extend(
+            report
+                .latency
+                .iter()
+                .map(|l| us_signed(pick(l).stage(stage))),
+        );
         rows.push(row);
     }
     let mut line = |label: &str, f: &dyn Fn(&LatencyAttribution) -> String| {
@@ -99,13 +108,19 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
     line("= explained", &|l| us_signed(pick(l).explained_ns));
     line("unexplained", &|l| us_signed(pick(l).unexplained_ns));
     line("measured delta", &|l| us_signed(pick(l).delta_ns));
-    line(&format!("mode RTT {}", split.statistic), &|l| us(pick(l).mode_ns));
-    line(&format!("baseline RTT {}", split.statistic), &|l| us(pick(l).baseline_ns));
+    line(&format!("mode RTT {}", split.statistic), &|l| {
+        us(pick(l).mode_ns)
+    });
+    line(&format!("baseline RTT {}", split.statistic), &|l| {
+        us(pick(l).baseline_ns)
+    });
     line("explained share", &|l| pct(pick(l).explained_pct));
     line("unexplained share", &|l| pct(pick(l).unexplained_pct));
     if split.statistic == "p50" {
         line("of which netprof probes", &|l| us_signed(l.probe_delta_ns));
-        line("skb-reuse passes/RTT", &|l| format!("{:.2}", l.reuse_passes));
+        line("skb-reuse passes/RTT", &|l| {
+            format!("{:.2}", l.reuse_passes)
+        });
     }
     let how = match split.segment_statistic {
         "median" => "each segment's median × passes per RTT",
@@ -115,7 +130,10 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
     let title = if split.segment_statistic == "median less probes" {
         format!("Latency without netprof's own cost: extra ping RTT at p50 by stage, against the {} (µs per RTT)", split.statistic)
     } else {
-        format!("Latency: extra ping RTT at {} over the baseline, by stage (µs per RTT)", split.statistic)
+        format!(
+            "Latency: extra ping RTT at {} over the baseline, by stage (µs per RTT)",
+            split.statistic
+        )
     };
     Some(Section {
         id,
@@ -145,15 +163,37 @@ fn latency_section(id: &'static str, report: &Report, pick: fn(&LatencyAttributi
 fn throughput_section(report: &Report) -> Option<Section> {
     let first = report.throughput.first()?;
     let header = [
-        "mode", "baseline QPS", "baseline µs/req", "extra µs/req", "predicted QPS", "measured QPS", "error", "explained", "CPU µs/req base -> mode", "CPU explained", "QPS from CPU (error)", "packets/req", "top stages µs/req",
+        "mode",
+        "baseline QPS",
+        "baseline µs/req",
+        "extra µs/req",
+        "predicted QPS",
+        "measured QPS",
+        "error",
+        "explained",
+        "CPU µs/req base -> mode",
+        "CPU explained",
+        "QPS from CPU (error)",
+        "packets/req",
+        "top stages µs/req",
     ];
     let rows = report
         .throughput
         .iter()
         .map(|t| {
-            let mut top: Vec<(Category, i64)> = t.split.stages.iter().map(|s| (s.stage, s.delta_ns)).filter(|(_, d)| *d != 0).collect();
+            let mut top: Vec<(Category, i64)> = t
+                .split
+                .stages
+                .iter()
+                .map(|s| (s.stage, s.delta_ns))
+                .filter(|(_, d)| *d != 0)
+                .collect();
             top.sort_by_key(|(_, d)| -d.abs());
-            let top: Vec<String> = top.iter().take(3).map(|(c, d)| format!("{} {}", c.label(), us_signed(*d))).collect();
+            let top: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(c, d)| format!("{} {}", c.label(), us_signed(*d)))
+                .collect();
             vec![
                 t.mode.clone(),
                 format!("{:.0}", t.baseline_qps),
@@ -163,10 +203,17 @@ fn throughput_section(report: &Report) -> Option<Section> {
                 format!("{:.0}", t.measured_qps),
                 format!("{:+.1}%", t.prediction_error_pct),
                 pct(t.split.explained_pct),
-                t.cpu.map_or("n/a".to_owned(), |c| format!("{:.1} -> {:.1}", c.baseline_ns / 1e3, c.mode_ns / 1e3)),
+                t.cpu.map_or("n/a".to_owned(), |c| {
+                    format!("{:.1} -> {:.1}", c.baseline_ns / 1e3, c.mode_ns / 1e3)
+                }),
                 pct(t.cpu.and_then(|c| c.explained_pct)),
                 t.cpu.map_or("n/a".to_owned(), |c| {
-                    format!("{:.0} ({})", c.predicted_qps, c.prediction_error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")))
+                    format!(
+                        "{:.0} ({})",
+                        c.predicted_qps,
+                        c.prediction_error_pct
+                            .map_or("n/a".to_owned(), |e| format!("{e:+.1}%"))
+                    )
                 }),
                 format!("{:.1}", t.packets_per_request),
                 top.join(", "),
@@ -193,7 +240,14 @@ fn throughput_section(report: &Report) -> Option<Section> {
 }
 
 fn drops_section(report: &Report) -> Section {
-    let header = ["mode", "path", "tool", "after checkpoint", "reason", "count"];
+    let header = [
+        "mode",
+        "path",
+        "tool",
+        "after checkpoint",
+        "reason",
+        "count",
+    ];
     let mut rows = Vec::new();
     // Expected endings, totalled per reason over every step.
     let mut expected: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
@@ -219,7 +273,11 @@ fn drops_section(report: &Report) -> Section {
     let retrans: Vec<String> = report
         .drops
         .iter()
-        .filter(|s| s.retransmits > 0 || s.iperf3_retransmits.unwrap_or(0) > 0 || s.ping_lost.unwrap_or(0) > 0)
+        .filter(|s| {
+            s.retransmits > 0
+                || s.iperf3_retransmits.unwrap_or(0) > 0
+                || s.ping_lost.unwrap_or(0) > 0
+        })
         .map(|s| {
             let mut parts = vec![format!("{} tcp retransmits", s.retransmits)];
             if let Some(r) = s.iperf3_retransmits {
@@ -251,7 +309,17 @@ fn drops_section(report: &Report) -> Section {
 }
 
 fn overhead_section(report: &Report) -> Section {
-    let header = ["mode", "node", "program runs", "run time ms", "ns/run", "CPU share", "attach ms", "attached", "bpf_stats on"];
+    let header = [
+        "mode",
+        "node",
+        "program runs",
+        "run time ms",
+        "ns/run",
+        "CPU share",
+        "attach ms",
+        "attached",
+        "bpf_stats on",
+    ];
     let rows = report
         .overhead
         .iter()
@@ -290,10 +358,22 @@ fn within(error_pct: Option<f64>, tolerance_pct: f64) -> String {
 }
 
 fn validation_sections(report: &Report) -> Vec<Section> {
-    let Some(v) = &report.validation else { return Vec::new() };
+    let Some(v) = &report.validation else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let header = [
-        "ablation", "removes", "predicted gain µs", "measured gain µs", "error", "within ±30%", "base p50 µs", "ablated p50 µs", "still seen µs", "added µs", "net predicted µs",
+        "ablation",
+        "removes",
+        "predicted gain µs",
+        "measured gain µs",
+        "error",
+        "within ±30%",
+        "base p50 µs",
+        "ablated p50 µs",
+        "still seen µs",
+        "added µs",
+        "net predicted µs",
     ];
     let rows = v
         .checks
@@ -305,7 +385,8 @@ fn validation_sections(report: &Report) -> Vec<Section> {
                 removes.join(", "),
                 us_signed(c.predicted_gain_ns),
                 us_signed(c.measured_gain_ns),
-                c.error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
+                c.error_pct
+                    .map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
                 within(c.error_pct, v.tolerance_pct),
                 us(c.base_p50_ns),
                 us(c.ablated_p50_ns),
@@ -320,19 +401,50 @@ fn validation_sections(report: &Report) -> Vec<Section> {
     ];
     for c in &v.checks {
         if !c.measured_by_round_ns.is_empty() {
-            let rounds: Vec<String> = c.measured_by_round_ns.iter().map(|&ns| us_signed(ns)).collect();
-            footer.push(format!("{}: measured gain per round (µs): {}.", c.ablation, rounds.join(", ")));
+            let rounds: Vec<String> = c
+                .measured_by_round_ns
+                .iter()
+                .map(|&ns| us_signed(ns))
+                .collect();
+            footer.push(format!(
+                "{}: measured gain per round (µs): {}.",
+                c.ablation,
+                rounds.join(", ")
+            ));
         }
-        let mut parts: Vec<String> = c.predicted_by_stage.iter().map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns))).collect();
+        let mut parts: Vec<String> = c
+            .predicted_by_stage
+            .iter()
+            .map(|p| format!("{} {}", p.stage.name(), us_signed(p.ns)))
+            .collect();
         if c.hook_edge_probes_ns != 0 {
-            parts.push(format!("netprof's probes at the hooks' edges {}", us_signed(c.hook_edge_probes_ns)));
+            parts.push(format!(
+                "netprof's probes at the hooks' edges {}",
+                us_signed(c.hook_edge_probes_ns)
+            ));
         }
-        footer.push(format!("{}: predicted = {}.", c.ablation, parts.join(" + ")));
-        let mut changes: Vec<&crate::report::validation::CategoryChange> = c.profiled_change.iter().filter(|x| (x.base_ns - x.ablated_ns).abs() >= 500).collect();
+        footer.push(format!(
+            "{}: predicted = {}.",
+            c.ablation,
+            parts.join(" + ")
+        ));
+        let mut changes: Vec<&crate::report::validation::CategoryChange> = c
+            .profiled_change
+            .iter()
+            .filter(|x| (x.base_ns - x.ablated_ns).abs() >= 500)
+            .collect();
         changes.sort_by_key(|x| x.ablated_ns - x.base_ns);
         let changes: Vec<String> = changes
             .iter()
-            .map(|x| format!("{} {} -> {} ({})", x.stage.label(), us(x.base_ns), us(x.ablated_ns), us_signed(x.ablated_ns - x.base_ns)))
+            .map(|x| {
+                format!(
+                    "{} {} -> {} ({})",
+                    x.stage.label(),
+                    us(x.base_ns),
+                    us(x.ablated_ns),
+                    us_signed(x.ablated_ns - x.base_ns)
+                )
+            })
             .collect();
         if !changes.is_empty() {
             footer.push(format!(
@@ -362,19 +474,41 @@ fn validation_sections(report: &Report) -> Vec<Section> {
         rows,
         footer,
     });
-    let cpu_checks: Vec<(&str, &crate::report::validation::CpuCheck)> =
-        v.checks.iter().filter_map(|c| c.qps.as_ref().and_then(|q| q.cpu.as_ref()).map(|cpu| (c.ablation, cpu))).collect();
+    let cpu_checks: Vec<(&str, &crate::report::validation::CpuCheck)> = v
+        .checks
+        .iter()
+        .filter_map(|c| {
+            c.qps
+                .as_ref()
+                .and_then(|q| q.cpu.as_ref())
+                .map(|cpu| (c.ablation, cpu))
+        })
+        .collect();
     if !cpu_checks.is_empty() {
-        let header = ["ablation", "predicted gain µs", "measured gain µs", "error", "within ±30%", "base µs", "ablated µs", "measured per round µs"];
+        let header = [
+            "ablation",
+            "predicted gain µs",
+            "measured gain µs",
+            "error",
+            "within ±30%",
+            "base µs",
+            "ablated µs",
+            "measured per round µs",
+        ];
         let rows = cpu_checks
             .iter()
             .map(|(ablation, cpu)| {
-                let rounds: Vec<String> = cpu.measured_by_round_ns.iter().map(|&ns| us_signed(ns)).collect();
+                let rounds: Vec<String> = cpu
+                    .measured_by_round_ns
+                    .iter()
+                    .map(|&ns| us_signed(ns))
+                    .collect();
                 vec![
                     (*ablation).to_owned(),
                     us_signed(cpu.predicted_gain_ns),
                     us_signed(cpu.measured_gain_ns),
-                    cpu.error_pct.map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
+                    cpu.error_pct
+                        .map_or("n/a".to_owned(), |e| format!("{e:+.1}%")),
                     within(cpu.error_pct, v.tolerance_pct),
                     format!("{:.1}", cpu.base_ns / 1e3),
                     format!("{:.1}", cpu.ablated_ns / 1e3),
@@ -393,7 +527,14 @@ fn validation_sections(report: &Report) -> Vec<Section> {
     }
     let s = &v.sweep;
     if !s.points.is_empty() {
-        let header = ["extra Services", "rules per node", "ab mean ms", "nginx QPS", "nat ns/request", "ping p50 ms"];
+        let header = [
+            "extra Services",
+            "rules per node",
+            "ab mean ms",
+            "nginx QPS",
+            "nat ns/request",
+            "ping p50 ms",
+        ];
         let rows = s
             .points
             .iter()
@@ -404,7 +545,8 @@ fn validation_sections(report: &Report) -> Vec<Section> {
                     format!("{:.3}", p.ab_mean_ms),
                     format!("{:.0}", p.qps),
                     format!("{:.0}", p.nat_ns_per_request),
-                    p.ping_p50_ms.map_or("no reply".to_owned(), |v| format!("{v:.3}")),
+                    p.ping_p50_ms
+                        .map_or("no reply".to_owned(), |v| format!("{v:.3}")),
                 ]
             })
             .collect();
@@ -490,7 +632,10 @@ pub fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(&mut out, header);
-    line(&mut out, &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
+    line(
+        &mut out,
+        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+    );
     for row in rows {
         line(&mut out, row);
     }
