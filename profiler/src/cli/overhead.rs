@@ -86,15 +86,16 @@ impl std::str::FromStr for DutySetting {
     type Err = String;
 
     fn from_str(full: &str) -> Result<Self, String> {
-        let (text, stats) =
-            match full.split_once(':') {
-                Some((text, "nostats")) => (text, SettingStats::Off),
-                Some((text, "fullstats")) => (text, SettingStats::Full),
-                Some((_, other)) => return Err(format!(
+        let (text, stats) = match full.split_once(':') {
+            Some((text, "nostats")) => (text, SettingStats::Off),
+            Some((text, "fullstats")) => (text, SettingStats::Full),
+            Some((_, other)) => {
+                return Err(format!(
                     "duty setting {full:?}: unknown flag {other:?} (use :nostats or :fullstats)"
-                )),
-                None => (full, SettingStats::Sampled),
-            };
+                ))
+            }
+            None => (full, SettingStats::Sampled),
+        };
         let number = |part: &str, what: &str| {
             part.trim().parse::<u64>().map_err(|_| format!("duty setting {text:?}: {what} {part:?} is not a whole number (write PERCENT or PERCENT@MS, e.g. 2@4000)"))
         };
