@@ -1,6 +1,7 @@
 //! netprof's developer tasks. `cargo xtask setup` prepares a fresh machine, `cargo xtask demo`
 //! runs the main job (all modes on the namespace lab), `cargo xtask test` runs every test.
 
+mod demo;
 mod run;
 mod setup;
 
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Demo { bench_args } => {
             setup::run()?;
-            run::demo(&bench_args)
+            demo::demo(&bench_args)
         }
         Task::Overhead { overhead_args } => {
             setup::run()?;
