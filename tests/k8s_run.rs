@@ -991,8 +991,8 @@ fn end_to_end_on_a_lab_with_real_tools_and_agents() {
         let report: netprof::agent::AgentReport =
             serde_json::from_str(&std::fs::read_to_string(out.join(&profile.file)).unwrap())
                 .unwrap();
-        assert_eq!(report.node, profile.node);
-        if profile.tool == "ping" {
+        assert_eq!(report.node, profile.node.name());
+        if profile.tool == netprof::rundir::Tool::Ping {
             // 50 echo requests and 50 replies cross each node's uplink.
             assert!(
                 report.hits("eno1 tc-ingress") + report.hits("eno1 tc-egress") >= 100,

@@ -495,7 +495,7 @@ fn validation_measures_the_median_of_paired_rounds() {
             profiles: m
                 .profiles
                 .iter()
-                .filter(|p| p.file.path == "pod path")
+                .filter(|p| p.file.path == netprof::rundir::NetPath::Pod)
                 .cloned()
                 .collect(),
         }
@@ -567,7 +567,7 @@ fn validation_predicts_from_base_profiles_and_measures_pooled_pings() {
             profiles: m
                 .profiles
                 .iter()
-                .filter(|p| p.file.path == "pod path")
+                .filter(|p| p.file.path == netprof::rundir::NetPath::Pod)
                 .cloned()
                 .collect(),
         }
@@ -677,7 +677,7 @@ fn probe_costs_are_the_ping_steps_own() {
     let input = report::input::load(Path::new(RUN)).unwrap();
     let mode = input.mode(Mode::FlannelVxlan).unwrap();
     let (mut count, mut time) = (0u64, 0u64);
-    for node in ["node1", "node2"] {
+    for node in netprof::rundir::Node::BOTH {
         let steps: Vec<_> = mode
             .profiles
             .iter()
@@ -685,7 +685,10 @@ fn probe_costs_are_the_ping_steps_own() {
             .collect();
         let at = steps
             .iter()
-            .position(|p| p.file.path == "pod path" && p.file.tool == "ping")
+            .position(|p| {
+                p.file.path == netprof::rundir::NetPath::Pod
+                    && p.file.tool == netprof::rundir::Tool::Ping
+            })
             .unwrap();
         assert!(at > 0, "the pod path's ping follows the host path's steps");
         for p in steps[at]
@@ -705,7 +708,11 @@ fn probe_costs_are_the_ping_steps_own() {
         }
     }
     let expected = time as f64 / count as f64;
-    let got = probe_ns_by_kind(mode, "pod path", "ping")["netfilter"];
+    let got = probe_ns_by_kind(
+        mode,
+        netprof::rundir::NetPath::Pod,
+        netprof::rundir::Tool::Ping,
+    )["netfilter"];
     assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
     // Not the whole mode's average, which ab's warm runs dominate.
     let whole: f64 = {
@@ -713,7 +720,7 @@ fn probe_costs_are_the_ping_steps_own() {
             .profiles
             .iter()
             .rev()
-            .find(|p| p.file.node == "node1")
+            .find(|p| p.file.node == netprof::rundir::Node::One)
             .unwrap();
         let nf: Vec<_> = last
             .report

@@ -11,3 +11,4 @@ pub mod lab;
 pub mod netns;
 pub mod parse;
 pub mod report;
+pub mod rundir;

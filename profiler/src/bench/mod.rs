@@ -22,6 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cmd::{ensure_installed, Cmd, CmdError};
 use crate::lab::{self, kube_proxy, Lab, LabError, LabNames, LabSpec, Mode, PathEndpoints};
+use crate::rundir::{NetPath, RunDir, Tool};
 pub use config::BenchConfig;
 use result::{Environment, ModeResult, PathResult, SCHEMA};
 
@@ -119,7 +120,11 @@ pub async fn run(
     for tool in REQUIRED_TOOLS {
         ensure_installed(tool)?;
     }
-    prepare_out_dir(out_dir)?;
+    let out = RunDir::new(out_dir);
+    out.prepare().map_err(|source| BenchError::Output {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
     let mut results = Vec::new();
     for (i, &mode) in modes.iter().enumerate() {
         let progress = Progress {
@@ -127,17 +132,17 @@ pub async fn run(
             total: modes.len(),
             mode,
         };
-        let outcome = run_mode(&progress, cfg, names, out_dir, profile).await;
+        let outcome = run_mode(&progress, cfg, names, &out, profile).await;
         // Whatever happened, nothing of this mode's lab may survive.
         let teardown = lab::down(names);
         let result = outcome?;
         teardown?;
-        let path = out_dir.join(format!("{mode}.json"));
+        let path = out.mode_file(mode);
         let json = serde_json::to_string_pretty(&result).expect("results serialize");
         fs::write(&path, json).map_err(|source| BenchError::Output { path, source })?;
         results.push(result);
     }
-    let summary = out_dir.join("table.txt");
+    let summary = out.table_file();
     fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output {
         path: summary,
         source,
@@ -148,22 +153,11 @@ pub async fn run(
     Ok(results)
 }
 
-fn prepare_out_dir(out_dir: &Path) -> Result<(), BenchError> {
-    let probe = out_dir.join(".netprof-write-test");
-    fs::create_dir_all(out_dir)
-        .and_then(|_| fs::write(&probe, b""))
-        .and_then(|_| fs::remove_file(&probe))
-        .map_err(|source| BenchError::Output {
-            path: out_dir.to_path_buf(),
-            source,
-        })
-}
-
 async fn run_mode(
     progress: &Progress,
     cfg: &BenchConfig,
     names: &LabNames,
-    out_dir: &Path,
+    out: &RunDir,
     profile: Option<&profile::AgentTuning>,
 ) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
@@ -182,7 +176,7 @@ async fn run_mode(
     let environment = environment(&lab)?;
     let profiler = if let Some(tuning) = profile {
         let t = progress.step("attaching one agent per node");
-        let profiler = profile::Profiler::start_with(&lab, out_dir, tuning)
+        let profiler = profile::Profiler::start_with(&lab, out, tuning)
             .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
         progress.done(t, "attached");
         Some(profiler)
@@ -197,9 +191,9 @@ async fn run_mode(
         profiler: profiler.as_ref(),
         profiles: &mut profiles,
     };
-    let host_path = run_path(&mut ctx, "host path", &lab.host_path()).await?;
+    let host_path = run_path(&mut ctx, NetPath::Host, &lab.host_path()).await?;
     let pod_path = match lab.pod_path() {
-        Some(endpoints) => Some(run_path(&mut ctx, "pod path", &endpoints).await?),
+        Some(endpoints) => Some(run_path(&mut ctx, NetPath::Pod, &endpoints).await?),
         None => None,
     };
     // Detach before the lab goes away.
@@ -224,11 +218,11 @@ struct PathContext<'a> {
     cfg: &'a BenchConfig,
     lab: &'a Lab,
     profiler: Option<&'a profile::Profiler>,
-    profiles: &'a mut Vec<profile::ProfileFile>,
+    profiles: &'a mut Vec<crate::rundir::ProfileFile>,
 }
 
 impl PathContext<'_> {
-    fn before(&self, tool: &str) -> Result<(), BenchError> {
+    fn before(&self, tool: Tool) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         match self.profiler {
             Some(p) => p
@@ -238,7 +232,7 @@ impl PathContext<'_> {
         }
     }
 
-    fn after(&mut self, path: &str, tool: &str) -> Result<(), BenchError> {
+    fn after(&mut self, path: NetPath, tool: Tool) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         if let Some(p) = self.profiler {
             let files = p
@@ -252,11 +246,12 @@ impl PathContext<'_> {
 
 async fn run_path(
     ctx: &mut PathContext<'_>,
-    label: &str,
+    path: NetPath,
     endpoints: &PathEndpoints,
 ) -> Result<PathResult, BenchError> {
     let (progress, cfg, lab) = (ctx.progress, ctx.cfg, ctx.lab);
     let mode = lab.mode();
+    let label = path.label();
     let tool_err = |step: &str| {
         let step = format!("{label}: {step}");
         move |source| progress.failed(BenchError::Tool { mode, step, source })
@@ -277,11 +272,11 @@ async fn run_path(
         endpoints.client_netns,
         endpoints.server_ip
     ));
-    ctx.before("ping")?;
+    ctx.before(Tool::Ping)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
         .await
         .map_err(tool_err("ping"))?;
-    ctx.after(label, "ping")?;
+    ctx.after(path, Tool::Ping)?;
     let loss = ping.loss_ratio() * 100.0;
     let summary = ping.stats.map_or("no replies".to_owned(), |s| {
         format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms)
@@ -289,11 +284,11 @@ async fn run_path(
     progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
-    ctx.before("iperf3")?;
+    ctx.before(Tool::Iperf3)?;
     let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg)
         .await
         .map_err(tool_err("iperf3"))?;
-    ctx.after(label, "iperf3")?;
+    ctx.after(path, Tool::Iperf3)?;
     let retrans = iperf3
         .retransmits
         .map_or(String::new(), |r| format!(", {r} retransmits"));
@@ -306,13 +301,13 @@ async fn run_path(
         "{label}: ab {} requests x {} concurrent -> {}",
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
-    ctx.before("ab")?;
+    ctx.before(Tool::Ab)?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg)
         .await
         .map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
-    ctx.after(label, "ab")?;
+    ctx.after(path, Tool::Ab)?;
     progress.done(
         t,
         &format!(

@@ -3,23 +3,11 @@
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::agent::{Agent, AgentError, AgentOptions};
-use crate::lab::{addressing, Lab, Node};
-
-/// One agent report written beside the benchmark results.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProfileFile {
-    /// "host path" or "pod path".
-    pub path: String,
-    /// "ping", "iperf3" or "ab".
-    pub tool: String,
-    /// "node1" or "node2".
-    pub node: String,
-    /// Relative to the bench output directory.
-    pub file: String,
-}
+use crate::lab::{addressing, Lab, Mode, Node};
+use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -89,7 +77,7 @@ pub fn start_agents_with(
         .iter()
         .map(|&node| {
             let mut options = AgentOptions::new(lab.names.node(node), endpoints.clone());
-            options.node = Some(format!("node{}", node.index()));
+            options.node = Some(node.name().to_owned());
             options.hooks = tuning.hooks;
             options.stats = tuning.stats;
             options.stats_share = tuning.stats_share;
@@ -101,7 +89,7 @@ pub fn start_agents_with(
             Agent::start(&options)
                 .map(|agent| (node, agent))
                 .map_err(|source| ProfileError::Start {
-                    node: format!("node{}", node.index()),
+                    node: node.name().to_owned(),
                     source,
                 })
         })
@@ -111,73 +99,62 @@ pub fn start_agents_with(
 /// The agents of one mode, with where their reports go.
 pub struct Profiler {
     agents: Vec<(Node, Agent)>,
-    dir: PathBuf,
-    relative: PathBuf,
+    out: RunDir,
+    mode: Mode,
 }
 
 impl Profiler {
-    /// Starts the agents; reports go to `<out>/profile/<mode>/`.
-    pub fn start(lab: &Lab, out_dir: &Path) -> Result<Self, ProfileError> {
-        Self::start_with(lab, out_dir, &AgentTuning::default())
+    /// Starts the agents; reports go to the run directory's `profile/<mode>/`.
+    pub fn start(lab: &Lab, out: &RunDir) -> Result<Self, ProfileError> {
+        Self::start_with(lab, out, &AgentTuning::default())
     }
 
     /// [`start`](Self::start) with the agents tuned (duty cycle, sampling, ...).
-    pub fn start_with(
-        lab: &Lab,
-        out_dir: &Path,
-        tuning: &AgentTuning,
-    ) -> Result<Self, ProfileError> {
-        let relative = PathBuf::from("profile").join(lab.mode().name());
-        let dir = out_dir.join(&relative);
+    pub fn start_with(lab: &Lab, out: &RunDir, tuning: &AgentTuning) -> Result<Self, ProfileError> {
+        let dir = out.resolve(RunDir::profile_dir_relative(lab.mode()));
         fs::create_dir_all(&dir).map_err(|source| ProfileError::Write {
             path: dir.clone(),
             source,
         })?;
         Ok(Self {
             agents: start_agents_with(lab, tuning)?,
-            dir,
-            relative,
+            out: out.clone(),
+            mode: lab.mode(),
         })
     }
 
     /// Clears the agents' histograms and counters before a step of `tool`. Pings keep
     /// bpf_stats on throughout (light traffic; their per-run probe cost feeds the report's
     /// "of which netprof probes"), the loads have them in slices.
-    pub fn before_step(&self, tool: &str) -> Result<(), ProfileError> {
+    pub fn before_step(&self, tool: Tool) -> Result<(), ProfileError> {
         for (node, agent) in &self.agents {
             let read_err = |source| ProfileError::Read {
-                node: format!("node{}", node.index()),
+                node: node.name().to_owned(),
                 source,
             };
-            agent.full_stats(tool == "ping").map_err(read_err)?;
+            agent.full_stats(tool == Tool::Ping).map_err(read_err)?;
             agent.reset().map_err(read_err)?;
         }
         Ok(())
     }
 
     /// Writes each agent's report of the step just run.
-    pub fn after_step(&self, path: &str, tool: &str) -> Result<Vec<ProfileFile>, ProfileError> {
+    pub fn after_step(&self, path: NetPath, tool: Tool) -> Result<Vec<ProfileFile>, ProfileError> {
         // The last packets' frees are traced just after the tool exits.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let mut files = Vec::new();
         for (node, agent) in &self.agents {
-            let node = format!("node{}", node.index());
             let report = agent.snapshot().map_err(|source| ProfileError::Read {
-                node: node.clone(),
+                node: node.name().to_owned(),
                 source,
             })?;
-            let name = format!("{}-{tool}-{node}.json", path.replace(' ', "-"));
-            let file = self.dir.join(&name);
+            let entry = ProfileFile::of(self.mode, path, tool, *node);
+            let file = self.out.resolve(&entry.file);
             report.write(&file).map_err(|source| ProfileError::Write {
                 path: file.clone(),
                 source,
             })?;
-            files.push(ProfileFile {
-                path: path.to_owned(),
-                tool: tool.to_owned(),
-                node,
-                file: self.relative.join(name).display().to_string(),
-            });
+            files.push(entry);
         }
         Ok(files)
     }

@@ -23,7 +23,7 @@ pub struct ModeResult {
     pub pod_path: Option<PathResult>,
     /// With `--profile`: the agents' reports for every step, one file per node.
     #[serde(default)]
-    pub profiles: Vec<super::profile::ProfileFile>,
+    pub profiles: Vec<crate::rundir::ProfileFile>,
     /// `netprof k8s run`: the cluster measured (absent for lab runs; older files lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRecord>,

@@ -19,11 +19,12 @@ use std::fs;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
-use super::profile::{ProfileFile, Profiler};
+use super::profile::Profiler;
 use super::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::cmd::Cmd;
 use crate::lab::{self, kube_proxy, Ablation, Lab, LabNames, LabSpec, Mode, Node};
 use crate::parse::{ab::AbReport, ping::PingReport};
+use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
 
 pub const SCHEMA: &str = "netprof.validate/v1";
 /// Where `bench --validate` writes its summary, next to the `<mode>.json` files.
@@ -214,13 +215,13 @@ async fn measure(
     let mode = lab.mode();
     let progress = Progress { index, total, mode };
     let label = label(slot);
-    let dir = PathBuf::from("validate").join(match variant {
+    let dir = RunDir::validate_run_relative(&match variant {
         Variant::Services => format!("services-{services}"),
         v => format!("{}-r{}", v.name(), round + 1),
     });
     let run_dir = out_dir.join(&dir);
     let t = progress.step(&format!("{label}: agents"));
-    let profiler = Profiler::start(lab, &run_dir)
+    let profiler = Profiler::start(lab, &RunDir::new(&run_dir))
         .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
     progress.done(t, "attached");
     let endpoints = lab.pod_path().expect("validation runs on a mode with pods");
@@ -231,12 +232,12 @@ async fn measure(
     };
 
     let t = progress.step(&format!("{label}: ping"));
-    profiler.before_step("ping").map_err(profile_err)?;
+    profiler.before_step(Tool::Ping).map_err(profile_err)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
         .await
         .map_err(tool_err("ping"))?;
     let mut profiles = profiler
-        .after_step("pod path", "ping")
+        .after_step(NetPath::Pod, Tool::Ping)
         .map_err(profile_err)?;
     progress.done(
         t,
@@ -254,13 +255,17 @@ async fn measure(
         SocketAddrV4::new(endpoints.server_ip, 80)
     };
     let t = progress.step(&format!("{label}: ab -> {http_target}"));
-    profiler.before_step("ab").map_err(profile_err)?;
+    profiler.before_step(Tool::Ab).map_err(profile_err)?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, http_target, cfg)
         .await
         .map_err(tool_err("ab"))?;
     let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
-    profiles.extend(profiler.after_step("pod path", "ab").map_err(profile_err)?);
+    profiles.extend(
+        profiler
+            .after_step(NetPath::Pod, Tool::Ab)
+            .map_err(profile_err)?,
+    );
     progress.done(
         t,
         &format!(

@@ -14,6 +14,7 @@ use super::forward::{self, ForwardError, HttpReply};
 use super::nodes::ChosenNodes;
 use super::{K8sError, AGENT_APP, AGENT_PORT, NAME_LABEL};
 use crate::agent::AgentReport;
+use crate::lab::Node;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentCallError {
@@ -53,7 +54,7 @@ const ATTACH: Duration = Duration::from_secs(90);
 pub struct NodeAgent {
     pub node: String,
     pub pod: String,
-    pub report_name: &'static str,
+    pub report_name: Node,
 }
 
 /// Finds the agent pod on each chosen node (RBAC: `list` pods).
@@ -74,7 +75,7 @@ pub async fn find(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<Vec<NodeAgent>
             && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     };
     let mut agents = Vec::new();
-    for (node, report_name) in [(&nodes.client, "node1"), (&nodes.server, "node2")] {
+    for (node, report_name) in [(&nodes.client, Node::One), (&nodes.server, Node::Two)] {
         let pod = listed
             .items
             .iter()
@@ -179,7 +180,7 @@ impl NodeAgent {
     ) -> Result<(), AgentCallError> {
         let mut body = serde_json::json!({
             "endpoints": endpoints.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>(),
-            "node": self.report_name,
+            "node": self.report_name.name(),
             "duration_s": duration.as_secs_f64(),
         });
         if let Some(duty) = duty {

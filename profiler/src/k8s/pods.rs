@@ -42,32 +42,9 @@ impl Role {
     }
 }
 
-/// Which network the pod uses: its own (the pod path) or the node's (hostNetwork, the host path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NetPath {
-    Pod,
-    Host,
-}
-
-impl NetPath {
-    pub const ALL: [NetPath; 2] = [NetPath::Host, NetPath::Pod];
-
-    /// The `netprof.io/path` label value.
-    pub fn name(self) -> &'static str {
-        match self {
-            NetPath::Pod => "pod",
-            NetPath::Host => "host",
-        }
-    }
-
-    /// How the lab names the path in results and profiles.
-    pub fn label(self) -> &'static str {
-        match self {
-            NetPath::Pod => "pod path",
-            NetPath::Host => "host path",
-        }
-    }
-}
+/// Which network the pod uses: its own (the pod path) or the node's (hostNetwork, the host
+/// path); one definition with the run directory's.
+pub use crate::rundir::NetPath;
 
 /// Image references (flags, so air-gapped clusters can point at a mirror).
 #[derive(Debug, Clone, PartialEq, Eq)]

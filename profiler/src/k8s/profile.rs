@@ -10,7 +10,7 @@
 //! nothing has been measured yet, and `--no-profile` is the explicit way to run without.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +22,8 @@ use super::pods::NetPath;
 use super::progress;
 use super::K8sError;
 use crate::agent::duty::Duty;
-use crate::bench::profile::ProfileFile;
 use crate::lab::Mode;
+use crate::rundir::{ProfileFile, RunDir, Tool};
 
 /// Agents attached right now; cleanup stops them if the run ends (or is interrupted) first.
 pub type Attached = Arc<Mutex<Vec<NodeAgent>>>;
@@ -35,8 +35,8 @@ pub struct ClusterProfiler<'a> {
     pods: &'a Api<Pod>,
     agents: Vec<NodeAgent>,
     endpoints: Vec<Ipv4Addr>,
-    dir: PathBuf,
-    relative: PathBuf,
+    out: RunDir,
+    mode: Mode,
     attached: Attached,
     files: Vec<ProfileFile>,
     not_measured: Option<String>,
@@ -57,8 +57,8 @@ impl<'a> ClusterProfiler<'a> {
         attached: Attached,
         duty: Option<Duty>,
     ) -> Result<Self, K8sError> {
-        let relative = PathBuf::from("profile").join(mode.name());
-        let dir = out_dir.join(&relative);
+        let out = RunDir::new(out_dir);
+        let dir = out.resolve(RunDir::profile_dir_relative(mode));
         std::fs::create_dir_all(&dir).map_err(|source| K8sError::Write {
             path: dir.clone(),
             source,
@@ -67,8 +67,8 @@ impl<'a> ClusterProfiler<'a> {
             pods,
             agents,
             endpoints,
-            dir,
-            relative,
+            out,
+            mode,
             attached,
             files: Vec::new(),
             not_measured: None,
@@ -77,7 +77,7 @@ impl<'a> ClusterProfiler<'a> {
     }
 
     /// Starts both agents for a step that may take up to `step_limit`.
-    pub async fn before_step(&mut self, path: NetPath, tool: &str, step_limit: Duration) {
+    pub async fn before_step(&mut self, path: NetPath, tool: Tool, step_limit: Duration) {
         if self.not_measured.is_some() {
             return;
         }
@@ -100,7 +100,7 @@ impl<'a> ClusterProfiler<'a> {
     }
 
     /// Stops both agents and writes their reports of the step.
-    pub async fn after_step(&mut self, path: NetPath, tool: &str) {
+    pub async fn after_step(&mut self, path: NetPath, tool: Tool) {
         if self.not_measured.is_some() {
             return;
         }
@@ -129,33 +129,24 @@ impl<'a> ClusterProfiler<'a> {
         &mut self,
         agent: &NodeAgent,
         path: NetPath,
-        tool: &str,
+        tool: Tool,
         report: &crate::agent::AgentReport,
     ) -> Result<(), String> {
-        let name = format!(
-            "{}-{tool}-{}.json",
-            path.label().replace(' ', "-"),
-            agent.report_name
-        );
-        let file = self.dir.join(&name);
+        let entry = ProfileFile::of(self.mode, path, tool, agent.report_name);
+        let file = self.out.resolve(&entry.file);
         report
             .write(&file)
             .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        self.files.push(ProfileFile {
-            path: path.label().to_owned(),
-            tool: tool.to_owned(),
-            node: agent.report_name.to_owned(),
-            file: self.relative.join(name).display().to_string(),
-        });
+        self.files.push(entry);
         Ok(())
     }
 
     /// Stops profiling for the rest of the run, detaching whatever is still attached.
-    async fn give_up(&mut self, agent: &NodeAgent, path: NetPath, tool: &str, reason: &str) {
+    async fn give_up(&mut self, agent: &NodeAgent, path: NetPath, tool: Tool, reason: &str) {
         if self.not_measured.is_none() {
             let text = format!(
                 "not measured: agent on {} ({}) did not answer at the {} {tool} step: {reason}; the run continued without profiles",
-                agent.node, agent.report_name, path.label()
+                agent.node, agent.report_name.name(), path.label()
             );
             progress::warn(&text);
             self.not_measured = Some(text);

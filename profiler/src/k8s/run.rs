@@ -30,6 +30,7 @@ use crate::bench::result::{ClusterRecord, Environment, ModeResult, PathResult, S
 use crate::bench::servers::IPERF3_PORT;
 use crate::bench::{table, BenchConfig};
 use crate::lab::{Mode, PathEndpoints};
+use crate::rundir::{RunDir, Tool};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -195,10 +196,8 @@ pub async fn run(
 }
 
 fn prepare_out_dir(out_dir: &Path) -> Result<(), K8sError> {
-    let probe = out_dir.join(".netprof-write-test");
-    std::fs::create_dir_all(out_dir)
-        .and_then(|_| std::fs::write(&probe, b""))
-        .and_then(|_| std::fs::remove_file(&probe))
+    RunDir::new(out_dir)
+        .prepare()
         .map_err(|source| K8sError::Write {
             path: out_dir.to_path_buf(),
             source,
@@ -290,13 +289,13 @@ struct PathContext<'a, 'p> {
 }
 
 impl PathContext<'_, '_> {
-    async fn before(&mut self, path: NetPath, tool: &str, limit: Duration) {
+    async fn before(&mut self, path: NetPath, tool: Tool, limit: Duration) {
         if let Some(p) = self.profiler.as_mut() {
             p.before_step(path, tool, limit).await;
         }
     }
 
-    async fn after(&mut self, path: NetPath, tool: &str) {
+    async fn after(&mut self, path: NetPath, tool: Tool) {
         if let Some(p) = self.profiler.as_mut() {
             p.after_step(path, tool).await;
         }
@@ -321,11 +320,11 @@ async fn run_path(
         cfg.ping_count,
         cfg.ping_interval_s * 1e3
     ));
-    ctx.before(path, "ping", cfg.ping_timeout()).await;
+    ctx.before(path, Tool::Ping, cfg.ping_timeout()).await;
     let ping = tools::ping(ctx.pods, client, *server_ip, cfg)
         .await
         .map_err(|e| step.failed(e))?;
-    ctx.after(path, "ping").await;
+    ctx.after(path, Tool::Ping).await;
     let loss = ping.loss_ratio() * 100.0;
     let summary = ping.stats.map_or("no replies".to_owned(), |s| {
         format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms)
@@ -336,11 +335,11 @@ async fn run_path(
         "{label}: iperf3 {} s -> {server_ip}:{IPERF3_PORT}",
         cfg.iperf3_seconds
     ));
-    ctx.before(path, "iperf3", cfg.iperf3_timeout()).await;
+    ctx.before(path, Tool::Iperf3, cfg.iperf3_timeout()).await;
     let iperf3 = tools::iperf3(ctx.pods, client, *server_ip, cfg)
         .await
         .map_err(|e| step.failed(e))?;
-    ctx.after(path, "iperf3").await;
+    ctx.after(path, Tool::Iperf3).await;
     let retrans = iperf3
         .retransmits
         .map_or(String::new(), |r| format!(", {r} retransmits"));
@@ -350,11 +349,11 @@ async fn run_path(
         "{label}: ab {} requests x {} concurrent -> {http_target}",
         cfg.ab_requests, cfg.ab_concurrency
     ));
-    ctx.before(path, "ab", cfg.ab_timeout()).await;
+    ctx.before(path, Tool::Ab, cfg.ab_timeout()).await;
     let ab = tools::ab(ctx.pods, client, http_target, cfg)
         .await
         .map_err(|e| step.failed(e))?;
-    ctx.after(path, "ab").await;
+    ctx.after(path, Tool::Ab).await;
     step.done(&format!(
         "{:.0} req/s, mean {:.3} ms, {} failed",
         ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests
@@ -401,9 +400,10 @@ fn write_results(out_dir: &Path, result: &ModeResult) -> Result<(), K8sError> {
         std::fs::write(&path, text).map_err(|source| K8sError::Write { path, source })
     };
     let json = serde_json::to_string_pretty(result).expect("results serialize");
-    write(out_dir.join(format!("{}.json", result.mode)), json)?;
+    let out = RunDir::new(out_dir);
+    write(out.mode_file(result.mode), json)?;
     write(
-        out_dir.join("table.txt"),
+        out.table_file(),
         table::render(std::slice::from_ref(result)),
     )
 }

@@ -6,14 +6,31 @@ use std::net::Ipv4Addr;
 use super::Mode;
 
 /// The two lab nodes. Node 1 hosts the client pod, node 2 the server pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Node {
+    #[serde(rename = "node1")]
     One,
+    #[serde(rename = "node2")]
     Two,
 }
 
 impl Node {
     pub const BOTH: [Node; 2] = [Node::One, Node::Two];
+
+    /// `node1`, `node2`: how results, agent reports and the report name the node.
+    pub fn name(self) -> &'static str {
+        match self {
+            Node::One => "node1",
+            Node::Two => "node2",
+        }
+    }
+
+    /// The node a name stands for (`node1`, `node2`).
+    pub fn from_name(name: &str) -> Option<Node> {
+        Node::BOTH.into_iter().find(|n| n.name() == name)
+    }
 
     pub fn index(self) -> u8 {
         match self {
@@ -27,6 +44,12 @@ impl Node {
             Node::One => Node::Two,
             Node::Two => Node::One,
         }
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::merge::MergedStep;
+use crate::rundir::{NetPath, Tool};
 
 /// One place and reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,8 +24,8 @@ pub struct Drop {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepDrops {
     pub mode: String,
-    pub path: String,
-    pub tool: String,
+    pub path: NetPath,
+    pub tool: Tool,
     pub drops: Vec<Drop>,
     /// Tracked packets freed as drops that are not expected endings.
     pub lost: u64,
@@ -39,15 +40,15 @@ pub struct StepDrops {
 }
 
 /// Why a drop reason on this step is a normal ending rather than a loss.
-pub fn expected(tool: &str, reason: &str) -> Option<&'static str> {
+pub fn expected(tool: Tool, reason: &str) -> Option<&'static str> {
     match (tool, reason) {
-        ("ping", "NO_SOCKET") => Some("ICMP echo handled (raw socket or reply sent), then freed as NO_SOCKET by the ping-socket lookup"),
+        (Tool::Ping, "NO_SOCKET") => Some("ICMP echo handled (raw socket or reply sent), then freed as NO_SOCKET by the ping-socket lookup"),
         (_, "QUEUE_PURGE") => Some("queued skbs freed when a socket closes (TCP teardown)"),
         _ => None,
     }
 }
 
-pub fn step_drops(mode: &str, path: &str, tool: &str, step: &MergedStep) -> StepDrops {
+pub fn step_drops(mode: &str, path: NetPath, tool: Tool, step: &MergedStep) -> StepDrops {
     let drops: Vec<Drop> = step
         .drops
         .iter()
@@ -62,8 +63,8 @@ pub fn step_drops(mode: &str, path: &str, tool: &str, step: &MergedStep) -> Step
         .collect();
     StepDrops {
         mode: mode.to_owned(),
-        path: path.to_owned(),
-        tool: tool.to_owned(),
+        path,
+        tool,
         lost: drops
             .iter()
             .filter(|d| d.expected.is_none())

@@ -8,10 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
-use crate::bench::profile::ProfileFile;
 use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
 use crate::bench::validate::{ValidateResult, VariantRun, SCHEMA as VALIDATE_SCHEMA};
 use crate::lab::Mode;
+use crate::rundir::{NetPath, Node, ProfileFile, RunDir, Tool, TopFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -48,7 +48,7 @@ pub enum InputError {
         found: Mode,
         expected: String,
     },
-    #[error("{path}: a file name that is not a network mode (host, flannel-hostgw, flannel-vxlan, calico, l2)")]
+    #[error("{path}: not a file netprof writes here (<mode>.json for host, flannel-hostgw, flannel-vxlan, calico, l2; validate.json; calibration.json; report.json): move it out of the run directory")]
     UnknownFile { path: PathBuf },
     #[error("no benchmark results in {dir}: expected <mode>.json files from `netprof bench --profile --out {dir}`")]
     Empty { dir: PathBuf },
@@ -71,7 +71,7 @@ pub enum InputError {
         path: PathBuf,
         mode: Mode,
         found: String,
-        expected: String,
+        expected: Node,
     },
 }
 
@@ -98,15 +98,14 @@ impl ModeInput {
         !self.profiles.is_empty()
     }
 
-    /// The reports of one step (`path` "host path" / "pod path", `tool` "ping" / "iperf3" /
-    /// "ab"), one per node, in node order.
-    pub fn step(&self, path: &str, tool: &str) -> Vec<&Profile> {
+    /// The reports of one step, one per node, in node order.
+    pub fn step(&self, path: NetPath, tool: Tool) -> Vec<&Profile> {
         let mut step: Vec<&Profile> = self
             .profiles
             .iter()
             .filter(|p| p.file.path == path && p.file.tool == tool)
             .collect();
-        step.sort_by(|a, b| a.file.node.cmp(&b.file.node));
+        step.sort_by_key(|p| p.file.node);
         step
     }
 }
@@ -119,14 +118,14 @@ pub struct RunInput {
 }
 
 impl RunInput {
-    /// The reports of one tool ("ping" or "ab"), in node order.
-    pub fn step(&self, tool: &str) -> Vec<&Profile> {
+    /// The reports of one tool, in node order.
+    pub fn step(&self, tool: Tool) -> Vec<&Profile> {
         let mut step: Vec<&Profile> = self
             .profiles
             .iter()
             .filter(|p| p.file.tool == tool)
             .collect();
-        step.sort_by(|a, b| a.file.node.cmp(&b.file.node));
+        step.sort_by_key(|p| p.file.node);
         step
     }
 }
@@ -155,9 +154,6 @@ impl Input {
         self.modes.iter().map(|m| m.result.clone()).collect()
     }
 }
-
-/// Schemas of other netprof documents that may sit in the directory and are not results.
-const OTHER_SCHEMAS: [&str; 1] = ["netprof.report/v1"];
 
 fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
     let text = fs::read_to_string(path).map_err(|source| InputError::Read {
@@ -213,7 +209,9 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
             source,
         })?;
         let path = entry.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        // Directories (profile/, clean/, ...) are read through the files that list them;
+        // anything else named *.json is read, so a dangling link is an error, not a gap.
+        if path.extension().is_some_and(|e| e == "json") && !path.is_dir() {
             files.push(path);
         }
     }
@@ -222,28 +220,30 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
     let mut validation = None;
     for path in files {
         let value = read_json(&path)?;
-        let schema = schema_of(&path, &value)?;
-        if OTHER_SCHEMAS.contains(&schema.as_str()) {
-            continue;
-        }
-        if schema == VALIDATE_SCHEMA {
-            let result: ValidateResult = typed(&path, value, VALIDATE_SCHEMA)?;
-            validation = Some(load_validation(dir, result)?);
-            continue;
-        }
-        let result: ModeResult = typed(&path, value, MODE_SCHEMA)?;
-        let stem = path
-            .file_stem()
+        let name = path
+            .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let named: Mode = stem
-            .parse()
-            .map_err(|_| InputError::UnknownFile { path: path.clone() })?;
+        let named = match RunDir::classify(&name) {
+            Some(TopFile::Mode(mode)) => mode,
+            Some(TopFile::Validate) => {
+                let result: ValidateResult = typed(&path, value, VALIDATE_SCHEMA)?;
+                validation = Some(load_validation(dir, result)?);
+                continue;
+            }
+            Some(TopFile::Calibration | TopFile::Report) => continue,
+            None => {
+                // Tell a foreign file from a netprof file under the wrong name.
+                schema_of(&path, &value)?;
+                return Err(InputError::UnknownFile { path });
+            }
+        };
+        let result: ModeResult = typed(&path, value, MODE_SCHEMA)?;
         if named != result.mode {
             return Err(InputError::ModeMismatch {
                 path,
                 found: result.mode,
-                expected: stem,
+                expected: named.name().to_owned(),
             });
         }
         let profiles = load_profiles(dir, &result)?;
@@ -282,12 +282,12 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
                 report,
             });
         }
-        let mut tools = vec!["ping"];
+        let mut tools = vec![Tool::Ping];
         if run.ab.is_some() {
-            tools.push("ab");
+            tools.push(Tool::Ab);
         }
         for tool in tools {
-            for node in NODES {
+            for node in Node::BOTH {
                 if !profiles
                     .iter()
                     .any(|p| p.file.tool == tool && p.file.node == node)
@@ -295,10 +295,12 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
                     return Err(InputError::IncompleteProfile {
                         mode,
                         what: format!("validate {} pod path {tool} {node}", run.dir),
-                        expected: base
-                            .join("profile")
-                            .join(mode.name())
-                            .join(format!("pod-path-{tool}-{node}.json")),
+                        expected: base.join(RunDir::profile_relative(
+                            mode,
+                            NetPath::Pod,
+                            tool,
+                            node,
+                        )),
                     });
                 }
             }
@@ -312,8 +314,7 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
 }
 
 /// The steps a profiled mode must have, per path.
-pub const REQUIRED_TOOLS: [&str; 2] = ["ping", "ab"];
-pub const NODES: [&str; 2] = ["node1", "node2"];
+pub const REQUIRED_TOOLS: [Tool; 2] = [Tool::Ping, Tool::Ab];
 
 fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputError> {
     let mode = result.mode;
@@ -325,12 +326,12 @@ fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputE
             return Err(InputError::MissingProfile { path, mode, what });
         }
         let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
-        if report.node != file.node {
+        if report.node != file.node.name() {
             return Err(InputError::ProfileMismatch {
                 path,
                 mode,
                 found: report.node,
-                expected: file.node.clone(),
+                expected: file.node,
             });
         }
         profiles.push(Profile {
@@ -341,13 +342,13 @@ fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputE
     if profiles.is_empty() {
         return Ok(profiles);
     }
-    let mut paths = vec!["host path"];
+    let mut paths = vec![NetPath::Host];
     if result.pod_path.is_some() {
-        paths.push("pod path");
+        paths.push(NetPath::Pod);
     }
     for path in paths {
         for tool in REQUIRED_TOOLS {
-            for node in NODES {
+            for node in Node::BOTH {
                 let found = profiles
                     .iter()
                     .any(|p| p.file.path == path && p.file.tool == tool && p.file.node == node);
@@ -355,10 +356,7 @@ fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputE
                     return Err(InputError::IncompleteProfile {
                         mode,
                         what: format!("{path} {tool} {node}"),
-                        expected: dir
-                            .join("profile")
-                            .join(mode.name())
-                            .join(format!("{}-{tool}-{node}.json", path.replace(' ', "-"))),
+                        expected: dir.join(RunDir::profile_relative(mode, path, tool, node)),
                     });
                 }
             }

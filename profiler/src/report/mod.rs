@@ -24,6 +24,7 @@ use crate::bench::config::BenchConfig;
 use crate::bench::result::ModeResult;
 use crate::bench::table::{self, Row};
 use crate::lab::Mode;
+use crate::rundir::{NetPath, Node, Tool};
 
 pub use input::{Input, InputError};
 use latency::LatencyAttribution;
@@ -60,7 +61,7 @@ pub struct Comparison {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RttSamples {
     pub mode: String,
-    pub path: String,
+    pub path: NetPath,
     pub rtts_us: Vec<f64>,
 }
 
@@ -171,11 +172,8 @@ fn table_rows(results: &[ModeResult]) -> Vec<TableRow> {
         .collect()
 }
 
-const HOST_PATH: &str = "host path";
-const POD_PATH: &str = "pod path";
-
 /// Merges a mode's step over its nodes.
-fn merged(mode: &input::ModeInput, path: &str, tool: &str) -> MergedStep {
+fn merged(mode: &input::ModeInput, path: NetPath, tool: Tool) -> MergedStep {
     merge_step(mode.step(path, tool).into_iter().map(|p| &p.report))
 }
 
@@ -210,44 +208,44 @@ pub fn build(input: &Input) -> Report {
     for mode in &input.modes {
         let name = mode.mode().to_string();
         let path_name = if mode.result.pod_path.is_some() {
-            POD_PATH
+            NetPath::Pod
         } else {
-            HOST_PATH
+            NetPath::Host
         };
         rtt_samples.push(RttSamples {
             mode: name.clone(),
-            path: path_name.to_owned(),
+            path: path_name,
             rtts_us: mode.result.headline_path().ping.rtts_us.clone(),
         });
         if !mode.is_profiled() {
             notes.push(format!("{name}: not profiled (run `netprof bench --profile`): no attribution, drops or overhead"));
             continue;
         }
-        for path in [HOST_PATH, POD_PATH] {
-            let Some(result) = (if path == HOST_PATH {
+        for path in NetPath::ALL {
+            let Some(result) = (if path == NetPath::Host {
                 Some(&mode.result.host_path)
             } else {
                 mode.result.pod_path.as_ref()
             }) else {
                 continue;
             };
-            for tool in ["ping", "iperf3", "ab"] {
+            for tool in Tool::ALL {
                 if mode.step(path, tool).is_empty() {
                     continue;
                 }
                 let mut step = drops::step_drops(&name, path, tool, &merged(mode, path, tool));
                 match tool {
-                    "iperf3" => step.iperf3_retransmits = result.iperf3.retransmits,
-                    "ping" => {
+                    Tool::Iperf3 => step.iperf3_retransmits = result.iperf3.retransmits,
+                    Tool::Ping => {
                         step.ping_lost =
                             Some(result.ping.transmitted.saturating_sub(result.ping.received))
                     }
-                    _ => {}
+                    Tool::Ab => {}
                 }
                 drops.push(step);
             }
         }
-        for node in input::NODES {
+        for node in Node::BOTH {
             if let Some(o) = overhead::node_overhead(mode, node, cpus) {
                 overhead.push(o);
             }
@@ -258,14 +256,14 @@ pub fn build(input: &Input) -> Report {
         let (base_mode, base_label) = baseline_of(input, mode);
         let base = &base_mode.result.host_path;
         let (pod_ping, base_ping) = (
-            merged(mode, POD_PATH, "ping"),
-            merged(base_mode, HOST_PATH, "ping"),
+            merged(mode, NetPath::Pod, Tool::Ping),
+            merged(base_mode, NetPath::Host, Tool::Ping),
         );
         match (pod.ping.stats, base.ping.stats) {
             (Some(pod_stats), Some(base_stats)) => {
                 let (pod_probe, base_probe) = (
-                    overhead::probe_ns_by_kind(mode, POD_PATH, "ping"),
-                    overhead::probe_ns_by_kind(base_mode, HOST_PATH, "ping"),
+                    overhead::probe_ns_by_kind(mode, NetPath::Pod, Tool::Ping),
+                    overhead::probe_ns_by_kind(base_mode, NetPath::Host, Tool::Ping),
                 );
                 latency.push(latency::attribute(
                     &name,
@@ -289,8 +287,8 @@ pub fn build(input: &Input) -> Report {
             )),
         }
         let (pod_ab, base_ab) = (
-            merged(mode, POD_PATH, "ab"),
-            merged(base_mode, HOST_PATH, "ab"),
+            merged(mode, NetPath::Pod, Tool::Ab),
+            merged(base_mode, NetPath::Host, Tool::Ab),
         );
         throughput.push(throughput::attribute(
             &name,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::agent::report::ProgramStats;
 
 use super::input::ModeInput;
+use crate::rundir::{NetPath, Node, Tool};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProgramCost {
@@ -23,7 +24,7 @@ pub struct ProgramCost {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeOverhead {
     pub mode: String,
-    pub node: String,
+    pub node: Node,
     pub programs: Vec<ProgramCost>,
     pub run_count: u64,
     pub run_time_ns: u64,
@@ -54,7 +55,7 @@ pub fn program_kind(name: &str) -> Option<&'static str> {
     }
 }
 
-fn last_programs<'a>(mode: &'a ModeInput, node: &str) -> Option<&'a [ProgramStats]> {
+fn last_programs(mode: &ModeInput, node: Node) -> Option<&[ProgramStats]> {
     mode.profiles
         .iter()
         .rev()
@@ -62,7 +63,7 @@ fn last_programs<'a>(mode: &'a ModeInput, node: &str) -> Option<&'a [ProgramStat
         .map(|p| p.report.programs.as_slice())
 }
 
-pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOverhead> {
+pub fn node_overhead(mode: &ModeInput, node: Node, cpus: usize) -> Option<NodeOverhead> {
     let programs = last_programs(mode, node)?;
     let reports: Vec<_> = mode
         .profiles
@@ -87,7 +88,7 @@ pub fn node_overhead(mode: &ModeInput, node: &str, cpus: usize) -> Option<NodeOv
     let run_time_ns: u64 = programs.iter().map(|p| scaled(p.run_time_ns)).sum();
     Some(NodeOverhead {
         mode: mode.mode().to_string(),
-        node: node.to_owned(),
+        node,
         programs: programs
             .iter()
             .map(|p| ProgramCost {
@@ -138,7 +139,12 @@ fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
 /// lab run one agent (one load) serves every step of a mode, so the previous step's figures of
 /// the same program (same id) are taken off. Agents loaded per step (Kubernetes runs) have
 /// nothing to take off.
-fn step_programs(mode: &ModeInput, node: &str, path: &str, tool: &str) -> Vec<(String, u64, u64)> {
+fn step_programs(
+    mode: &ModeInput,
+    node: Node,
+    path: NetPath,
+    tool: Tool,
+) -> Vec<(String, u64, u64)> {
     let reports: Vec<&super::input::Profile> = mode
         .profiles
         .iter()
@@ -174,9 +180,9 @@ fn step_programs(mode: &ModeInput, node: &str, path: &str, tool: &str) -> Vec<(S
 /// Mean run time per checkpoint kind over both nodes, during one step (`path`, `tool`), ns.
 /// Per step because a probe's cost depends on the traffic: pings 10 ms apart find cold caches
 /// and cost ~1.7-2 µs per run here, ten times what the same programs cost under ab's load.
-pub fn probe_ns_by_kind(mode: &ModeInput, path: &str, tool: &str) -> BTreeMap<String, f64> {
+pub fn probe_ns_by_kind(mode: &ModeInput, path: NetPath, tool: Tool) -> BTreeMap<String, f64> {
     let mut totals: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
-    for node in super::input::NODES {
+    for node in Node::BOTH {
         for (name, count, time) in step_programs(mode, node, path, tool) {
             if let Some(kind) = program_kind(&name) {
                 let t = totals.entry(kind).or_default();

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::agent::stages::Stage;
 use crate::bench::validate::Variant;
 use crate::parse::ping::RttStats;
+use crate::rundir::Tool;
 
 use super::input::{RunInput, ValidationInput};
 use super::latency::{per_event, per_event_by_stage, Category, Statistic};
@@ -184,7 +185,7 @@ fn runs(v: &ValidationInput, variant: Variant) -> Vec<&RunInput> {
     v.runs.iter().filter(|r| r.run.variant == variant).collect()
 }
 
-fn merged(runs: &[&RunInput], tool: &str) -> MergedStep {
+fn merged(runs: &[&RunInput], tool: Tool) -> MergedStep {
     merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| &p.report))
 }
 
@@ -337,7 +338,7 @@ fn work_above_floor(
 /// run per pass (the kernel's entry into the hook sits there too). So: hook passes per RTT
 /// (segments entering a hook from elsewhere) × the netfilter probes' mean run time
 /// (bpf_stats of the same base runs).
-fn hook_edge_probe_ns(base: &[&RunInput], tool: &str, step: &MergedStep, events: u64) -> i64 {
+fn hook_edge_probe_ns(base: &[&RunInput], tool: Tool, step: &MergedStep, events: u64) -> i64 {
     let (runs, time) = base
         .iter()
         .flat_map(|r| r.step(tool))
@@ -370,7 +371,7 @@ fn check(
         return None;
     }
     let (base_p50_ns, ablated_p50_ns) = (pooled_p50_ns(&base)?, pooled_p50_ns(&ablated)?);
-    let base_ping = merged(&base, "ping");
+    let base_ping = merged(&base, Tool::Ping);
     let predicted_by_stage = if variant == Variant::Notrack {
         // The tables stay registered (and probed): only their work above the floor goes.
         work_above_floor(&base_ping, replies(&base), Statistic::Median, &removes)
@@ -378,7 +379,7 @@ fn check(
         // No tables, no hooks, no probes: the whole bracket goes.
         removed_time(&base_ping, replies(&base), Statistic::Median, &removes)
     };
-    let ablated_ping = merged(&ablated, "ping");
+    let ablated_ping = merged(&ablated, Tool::Ping);
     // Only what the base runs did not have is added (older runs had no raw table in base).
     let in_base = per_event_by_stage(&base_ping, replies(&base), Statistic::Median);
     let adds: Vec<Stage> = adds
@@ -404,14 +405,14 @@ fn check(
         .filter(|c| c.base_ns != 0 || c.ablated_ns != 0)
         .collect();
     let hook_edge_probes_ns = if variant == Variant::NoKubeProxy {
-        hook_edge_probe_ns(&base, "ping", &base_ping, replies(&base))
+        hook_edge_probe_ns(&base, Tool::Ping, &base_ping, replies(&base))
     } else {
         0
     };
     let predicted_gain_ns: i64 =
         predicted_by_stage.iter().map(|(_, ns)| ns).sum::<i64>() + hook_edge_probes_ns;
     let remaining_ns = removed_time(
-        &merged(&ablated, "ping"),
+        &merged(&ablated, Tool::Ping),
         replies(&ablated),
         Statistic::Median,
         &removes,
@@ -441,7 +442,7 @@ fn check(
                 .filter_map(|r| r.run.ab.as_ref())
                 .map(|a| a.complete_requests)
                 .sum();
-            let base_ab = merged(&base, "ab");
+            let base_ab = merged(&base, Tool::Ab);
             let removed: i64 = if variant == Variant::Notrack {
                 work_above_floor(&base_ab, requests, Statistic::Mean, &removes)
             } else {
@@ -451,7 +452,7 @@ fn check(
             .map(|(_, ns)| ns)
             .sum::<i64>()
                 + if variant == Variant::NoKubeProxy {
-                    hook_edge_probe_ns(&base, "ab", &base_ab, requests)
+                    hook_edge_probe_ns(&base, Tool::Ab, &base_ab, requests)
                 } else {
                     0
                 };
@@ -515,8 +516,11 @@ fn sweep(v: &ValidationInput) -> Sweep {
         .into_iter()
         .filter_map(|r| {
             let ab = r.run.ab.as_ref()?;
-            let nat =
-                per_event_by_stage(&merged(&[r], "ab"), ab.complete_requests, Statistic::Mean);
+            let nat = per_event_by_stage(
+                &merged(&[r], Tool::Ab),
+                ab.complete_requests,
+                Statistic::Mean,
+            );
             Some(SweepPoint {
                 services: r.run.services,
                 rules_per_node: r.run.rules_per_node,

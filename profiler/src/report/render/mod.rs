@@ -257,8 +257,8 @@ fn drops_section(report: &Report) -> Section {
                 Some(why) => *expected.entry((d.reason.as_str(), why)).or_default() += d.count,
                 None => rows.push(vec![
                     step.mode.clone(),
-                    step.path.clone(),
-                    step.tool.clone(),
+                    step.path.label().to_owned(),
+                    step.tool.name().to_owned(),
                     d.after.clone(),
                     d.reason.clone(),
                     d.count.to_string(),
@@ -326,7 +326,7 @@ fn overhead_section(report: &Report) -> Section {
         .map(|o| {
             vec![
                 o.mode.clone(),
-                o.node.clone(),
+                o.node.name().to_owned(),
                 o.run_count.to_string(),
                 format!("{:.1}", o.run_time_ns as f64 / 1e6),
                 format!("{:.0}", o.ns_per_run),
