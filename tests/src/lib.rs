@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 
 /// The in-process fake Kubernetes API server `tests/k8s_run.rs` drives `netprof k8s run` with.
 pub mod fake_apiserver;
+/// Checks that a test left nothing in the kernel or its namespaces.
+pub mod leftovers;
 
 /// Prefix of every namespace the tests create.
 pub const NETNS_PREFIX: &str = "netprof-t-";
@@ -246,20 +248,15 @@ pub fn tc_hook_programs(ns: &Netns, iface: &str) -> Result<Vec<AttachedProgram>>
     Ok(programs)
 }
 
-/// Waits up to a second for the kernel to free program `id` (freeing is RCU-deferred);
-/// `true` once `bpftool prog show id ID` no longer finds it.
+/// Waits (up to [`leftovers::RELEASE_DEADLINE`]: freeing is RCU-deferred) for the kernel to
+/// free program `id`; `true` once it is gone. A failed listing is an error.
 pub fn program_unloaded(id: u32) -> Result<bool> {
-    let id = id.to_string();
-    for _ in 0..100 {
-        if !output(Command::new("bpftool").args(["prog", "show", "id", &id]))?
-            .status
-            .success()
-        {
-            return Ok(true);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    Ok(false)
+    let loaded = leftovers::poll(
+        leftovers::RELEASE_DEADLINE,
+        leftovers::loaded_program_ids,
+        |ids| !ids.contains(&id),
+    )?;
+    Ok(!loaded.contains(&id))
 }
 
 /// Whether `tc qdisc show dev IFACE` lists a clsact qdisc.
@@ -322,19 +319,11 @@ pub fn netprof_bin() -> PathBuf {
     bin
 }
 
-/// Runs `iptables-save` in the root namespace (what the lab must never change).
+/// `iptables-save` of the root namespace (what the lab must never change), without comments
+/// and counters. Panics if `iptables-save` fails: an empty string would compare equal to
+/// another failure.
 pub fn root_iptables() -> String {
-    std::process::Command::new("iptables-save")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+    leftovers::iptables_rules(None).expect("iptables-save in the root namespace")
 }
 
 // ---- datapath checkpoint tests: kernel offsets, namespaces, maps ----
@@ -598,26 +587,27 @@ pub fn kfree_skb_reason(name: &str) -> Result<u32> {
     Ok(format[start..end].trim().parse()?)
 }
 
-/// netprof's programs (named `cp_*` or `nf_h*`) the kernel has loaded now, as (id, name), from
-/// `bpftool -j prog show`.
+/// netprof's programs (named `cp_*` or `nf_h*`) the kernel has loaded now, as (id, name).
+/// Panics if the kernel's program list cannot be read.
 pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .unwrap();
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            (
-                p["id"].as_u64().unwrap_or_default() as u32,
-                p["name"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .filter(|(_, name)| name.starts_with("cp_") || name.starts_with("nf_h"))
-        .collect()
+    let mut programs = Vec::new();
+    for info in aya::programs::loaded_programs() {
+        let info = match info {
+            Ok(info) => info,
+            // Freed between listing its id and opening it.
+            Err(aya::programs::ProgramError::SyscallError(err))
+                if err.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(err) => panic!("listing the kernel's BPF programs: {err}"),
+        };
+        let name = info.name_as_str().unwrap_or_default().to_owned();
+        if name.starts_with("cp_") || name.starts_with("nf_h") {
+            programs.push((info.id(), name));
+        }
+    }
+    programs
 }
 
 /// Why a netfilter-program test cannot run here: [`ebpf_skip_reason`], or a kernel before 6.4
