@@ -9,7 +9,7 @@
 //!
 //! The kernel struct offsets come from the running kernel's BTF (via bpftool) and tracefs, as
 //! the agent will compute them. Needs root, kernel BTF, kernel >= 6.4, iproute2, iputils-ping,
-//! sysctl and bpftool; otherwise each test prints `SKIPPED: <reason> (kernel X)` and passes.
+//! sysctl and bpftool; otherwise each test prints `NETPROF-SKIP <test>: <reason> (kernel X)` and returns.
 //! Run serially: `cargo test -p netprof-tests --test ebpf_checkpoints_load -- --test-threads=1
 //! --nocapture`
 

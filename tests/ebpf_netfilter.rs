@@ -3,7 +3,7 @@
 //! real pings exactly, and check that dropping the links detaches and frees everything.
 //!
 //! Needs root, kernel BTF, kernel >= 6.4, iproute2, iputils-ping and bpftool; otherwise every
-//! test prints `SKIPPED: <reason> (kernel X)` and passes. Run serially (shared kernel state):
+//! test prints the skip marker `NETPROF-SKIP <test>: <reason> (kernel X)` and returns. Run serially (shared kernel state):
 //! `cargo test -p netprof-tests --test ebpf_netfilter -- --test-threads=1 --nocapture`
 
 use anyhow::{Context, Result};

@@ -2,7 +2,7 @@
 //! veth inside a namespace, count real pings exactly, detach without leftovers.
 //!
 //! Needs root, kernel BTF, iproute2, iputils-ping and bpftool; otherwise every test prints
-//! `SKIPPED: <reason> (kernel X)` and passes. Run serially (shared kernel state):
+//! `NETPROF-SKIP <test>: <reason> (kernel X)` and returns. Run serially (shared kernel state):
 //! `cargo test -p netprof-tests --test ebpf_uplink_counter -- --test-threads=1 --nocapture`
 
 use std::net::UdpSocket;

@@ -344,12 +344,15 @@ fn the_cli_writes_every_format_and_names_a_bad_directory() {
     );
 }
 
-/// Runs headless Chromium on `file` with `extra` arguments; `None` (with a visible SKIPPED
-/// line) when Debian's `chromium` is not installed.
+/// Runs headless Chromium on `file` with `extra` arguments; `None` (with the skip marker
+/// printed) when Debian's `chromium` is not installed.
 fn chromium(file: &Path, extra: &[&str]) -> Option<std::process::Output> {
     use std::process::Command;
     let Ok(bin) = which_chromium() else {
-        println!("SKIPPED html_renders_in_headless_chromium: `chromium` is not installed (cargo xtask setup installs it)");
+        netprof_tests::print_skip(
+            "html_renders_in_headless_chromium",
+            "`chromium` is not installed (cargo xtask setup installs it)",
+        );
         return None;
     };
     let profile = std::env::temp_dir().join(format!("netprof-chromium-{}", std::process::id()));

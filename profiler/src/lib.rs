@@ -12,3 +12,4 @@ pub mod netns;
 pub mod parse;
 pub mod report;
 pub mod rundir;
+pub mod testing;

@@ -267,12 +267,12 @@ mod tests {
     struct TempNetns(String);
 
     impl TempNetns {
-        /// `None` (with a visible SKIPPED line) when this process cannot create namespaces.
+        /// `None` (with the skip marker printed) when this process cannot create namespaces.
         fn create(test: &str) -> Option<Self> {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
-                println!("SKIPPED {test}: needs root to create network namespaces");
+                crate::testing::print_skip(test, "needs root to create network namespaces");
                 return None;
             }
             let name = format!(
@@ -284,7 +284,7 @@ mod tests {
                 Ok(status) if status.success() => Some(Self(name)),
                 Ok(status) => panic!("`ip netns add {name}` failed: {status}"),
                 Err(err) => {
-                    println!("SKIPPED {test}: cannot run `ip` (iproute2): {err}");
+                    crate::testing::print_skip(test, &format!("cannot run `ip` (iproute2): {err}"));
                     None
                 }
             }

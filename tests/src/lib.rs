@@ -46,9 +46,11 @@ pub fn ebpf_skip_reason(tools: &[&str]) -> Option<String> {
         .map(|tool| format!("`{tool}` is not installed"))
 }
 
-/// Prints the visible skip line. Call it and return from the test.
+/// Prints the skip marker `cargo xtask test` counts (`NETPROF-SKIP <test>: <reason>`), with
+/// the kernel release. Call it and return from the test. `test` names the test only when this
+/// is called from a thread libtest did not name after it.
 pub fn print_skip(test: &str, reason: &str) {
-    println!("SKIPPED: {test}: {reason} (kernel {})", kernel_release());
+    netprof::testing::print_skip(test, &format!("{reason} (kernel {})", kernel_release()));
 }
 
 fn which(tool: &str) -> Option<std::path::PathBuf> {

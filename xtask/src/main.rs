@@ -4,6 +4,7 @@
 mod demo;
 mod run;
 mod setup;
+mod test_run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,9 +33,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         overhead_args: Vec<String>,
     },
-    /// Setup, build, then every unit and integration test (serially: they share the kernel).
+    /// Setup, rustfmt and clippy checks, build, then every test binary (serially: they share
+    /// the kernel), counted test by test; the summary names skipped and failed tests.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// `[CARGO_TEST_OPTIONS] [TESTNAME] [-- TEST_BINARY_ARGS]`, e.g. `--test agent_lab
+        /// flannel` or `-p netprof --lib -- --exact lab::lock::tests::x`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
@@ -53,7 +56,7 @@ fn main() -> Result<()> {
         }
         Task::Test { cargo_args } => {
             setup::run()?;
-            run::test(&cargo_args)
+            test_run::test(&cargo_args)
         }
     }
 }

@@ -675,7 +675,7 @@ pub(crate) mod tests {
     #[test]
     fn live_kernel_fentry_fallback_offsets_match_bpftool() {
         let Ok(btf) = Btf::from_sys_fs() else {
-            println!("SKIPPED: no readable {}", crate::ebpf::VMLINUX_BTF);
+            crate::testing::print_skip("btf", &format!("no readable {}", crate::ebpf::VMLINUX_BTF));
             return;
         };
         let mut config = Config::default();
@@ -693,7 +693,7 @@ pub(crate) mod tests {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         else {
-            println!("SKIPPED cross-check: bpftool is not installed");
+            crate::testing::print_skip("btf", "cross-check: bpftool is not installed");
             return;
         };
         for (strukt, path, ours) in [
@@ -737,7 +737,7 @@ pub(crate) mod tests {
     #[test]
     fn live_kernel_offsets_match_bpftool() {
         let Ok(btf) = Btf::from_sys_fs() else {
-            println!("SKIPPED: no readable {}", crate::ebpf::VMLINUX_BTF);
+            crate::testing::print_skip("btf", &format!("no readable {}", crate::ebpf::VMLINUX_BTF));
             return;
         };
         let mut config = Config::default();
@@ -754,7 +754,7 @@ pub(crate) mod tests {
             ])
             .output();
         let Ok(raw) = raw.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()) else {
-            println!("SKIPPED cross-check: bpftool is not installed");
+            crate::testing::print_skip("btf", "cross-check: bpftool is not installed");
             return;
         };
         for (strukt, path, ours) in [

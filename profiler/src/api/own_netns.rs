@@ -148,7 +148,10 @@ mod tests {
     fn names_the_own_namespace_and_removes_the_name() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            println!("SKIPPED: own_netns: needs root to bind-mount under {NETNS_RUN_DIR}");
+            crate::testing::print_skip(
+                "own_netns",
+                &format!("needs root to bind-mount under {NETNS_RUN_DIR}"),
+            );
             return;
         }
         let own = OwnNetns::attach().unwrap();
@@ -169,7 +172,10 @@ mod tests {
     fn names_of_agents_that_are_gone_are_removed() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            println!("SKIPPED: own_netns: needs root to write under {NETNS_RUN_DIR}");
+            crate::testing::print_skip(
+                "own_netns",
+                &format!("needs root to write under {NETNS_RUN_DIR}"),
+            );
             return;
         }
         std::fs::create_dir_all(NETNS_RUN_DIR).unwrap();

@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn a_second_holder_is_refused_with_the_pid() {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: needs root for {STATE_DIR}");
+            crate::testing::print_skip("lab lock", &format!("needs root for {STATE_DIR}"));
             return;
         }
         let lab = format!("unit-lock-{}", std::process::id());

@@ -235,7 +235,7 @@ mod tests {
         let mut config = Config::default();
         let btf = crate::agent::btf::Btf::from_sys_fs();
         let Ok(btf) = btf else {
-            println!("SKIPPED: no kernel BTF");
+            crate::testing::print_skip("nf_fentry", "no kernel BTF");
             return;
         };
         btf.fill_fentry_config(&mut config);
