@@ -135,8 +135,9 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
             .with_context(|| format!("loading the verifier twin {name}"))?;
         ids.push((name, program.info()?.id()));
     }
-    // The netfilter fallback's fentry/fexit pairs: where the kernel refuses them (this CI
-    // kernel: EPERM) they are left out with the reason printed.
+    // The netfilter fallback's fentry/fexit pairs: where the kernel refuses them (EPERM) they
+    // are left out with the reason printed; any other error (the verifier rejecting our
+    // program, a missing function) fails.
     for (function, entry, exit) in NF_TRACED {
         let loaded = (|| -> Result<[u32; 2]> {
             let fentry: &mut FEntry = program(ebpf, entry)?.try_into()?;
@@ -148,12 +149,26 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
         })();
         match loaded {
             Ok([entry_id, exit_id]) => ids.extend([(entry, entry_id), (exit, exit_id)]),
-            Err(err) => {
+            Err(err) if refused_by_kernel(&err) => {
                 println!("not loaded, the kernel refuses it: {entry}/{exit} on {function}: {err:#}")
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("loading {entry}/{exit} on {function}"))
             }
         }
     }
     Ok(ids)
+}
+
+/// Whether a load failed because the kernel refuses the program type (EPERM in the cause
+/// chain), as opposed to the verifier (EACCES, EINVAL) or BTF rejecting this program.
+fn refused_by_kernel(err: &anyhow::Error) -> bool {
+    const EPERM: i32 = 1;
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(EPERM))
+    })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
@@ -531,7 +546,7 @@ fn drop_and_check_freed(
         match program(&mut ebpf, name)?.info() {
             Ok(info) => ids.push(info.id()),
             // Refused by this kernel (printed when loading), so never loaded.
-            Err(_)
+            Err(aya::programs::ProgramError::NotLoaded)
                 if NF_TRACED
                     .iter()
                     .any(|(_, entry, exit)| [entry, exit].contains(&&name)) => {}

@@ -105,13 +105,17 @@ fn parse_messages(messages: &str) -> Result<Vec<TestBinary>> {
     Ok(binaries)
 }
 
-/// The package's name from a package id: `path+file:///dir/tests#netprof-tests@0.1.0`, or
-/// the older `netprof-tests 0.1.0 (path+file:///dir/tests)`.
+/// The package's name from a package id: `path+file:///dir/tests#netprof-tests@0.1.0`,
+/// `path+file:///dir/xtask#0.1.0` (the name is the directory's when they agree), or the older
+/// `netprof-tests 0.1.0 (path+file:///dir/tests)`.
 fn package_name(id: &str) -> String {
-    if let Some((_, fragment)) = id.rsplit_once('#') {
-        return fragment.split('@').next().unwrap_or(fragment).to_owned();
+    let Some((url, fragment)) = id.rsplit_once('#') else {
+        return id.split(' ').next().unwrap_or(id).to_owned();
+    };
+    match fragment.split_once('@') {
+        Some((name, _)) => name.to_owned(),
+        None => url.rsplit('/').next().unwrap_or(url).to_owned(),
     }
-    id.split(' ').next().unwrap_or(id).to_owned()
 }
 
 #[cfg(test)]
@@ -126,6 +130,8 @@ mod tests {
             r#"{"reason":"compiler-artifact","package_id":"path+file:///w/profiler#netprof@0.1.0","manifest_path":"/w/profiler/Cargo.toml","target":{"kind":["lib"],"name":"netprof"},"profile":{"test":false},"executable":null}"#,
             "\n",
             r#"{"reason":"compiler-artifact","package_id":"netprof 0.1.0 (path+file:///w/profiler)","manifest_path":"/w/profiler/Cargo.toml","target":{"kind":["lib"],"name":"netprof"},"profile":{"test":true},"executable":"/w/target/debug/deps/netprof-2"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/xtask#0.1.0","manifest_path":"/w/xtask/Cargo.toml","target":{"kind":["bin"],"name":"xtask"},"profile":{"test":true},"executable":"/w/target/debug/deps/xtask-3"}"#,
             "\n",
             r#"{"reason":"build-finished","success":true}"#,
         );
@@ -146,6 +152,13 @@ mod tests {
                     kind: "lib".into(),
                     name: "netprof".into(),
                     executable: "/w/target/debug/deps/netprof-2".into(),
+                },
+                TestBinary {
+                    package: "xtask".into(),
+                    package_dir: "/w/xtask".into(),
+                    kind: "bin".into(),
+                    name: "xtask".into(),
+                    executable: "/w/target/debug/deps/xtask-3".into(),
                 },
             ]
         );
