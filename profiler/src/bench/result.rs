@@ -85,4 +85,12 @@ impl ModeResult {
     pub fn headline_path(&self) -> &PathResult {
         self.pod_path.as_ref().unwrap_or(&self.host_path)
     }
+
+    /// One path's results (`None`: the pod path of `host` mode).
+    pub fn path(&self, path: crate::rundir::NetPath) -> Option<&PathResult> {
+        match path {
+            crate::rundir::NetPath::Host => Some(&self.host_path),
+            crate::rundir::NetPath::Pod => self.pod_path.as_ref(),
+        }
+    }
 }

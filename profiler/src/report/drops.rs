@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::merge::MergedStep;
-use crate::rundir::{NetPath, Tool};
+use crate::rundir::{NetPath, Node, Tool};
 
 /// One place and reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,7 +14,7 @@ pub struct Drop {
     pub after: String,
     pub reason: String,
     pub count: u64,
-    pub nodes: Vec<String>,
+    pub nodes: Vec<Node>,
     /// Why this is not a lost packet, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<&'static str>,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::merge::NodeDoc;
 use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
 use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
 use crate::bench::validate::{ValidateResult, VariantRun, SCHEMA as VALIDATE_SCHEMA};
@@ -66,6 +67,13 @@ pub enum InputError {
         what: String,
         expected: PathBuf,
     },
+    #[error("{path}: {field} = {value}: {why} (a file netprof did not write, or a damaged one: rerun the benchmark)")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        value: String,
+        why: &'static str,
+    },
     #[error("{path} is the report of {found}, but {mode}.json lists it for {expected}")]
     ProfileMismatch {
         path: PathBuf,
@@ -80,6 +88,43 @@ pub enum InputError {
 pub struct Profile {
     pub file: ProfileFile,
     pub report: AgentReport,
+    /// The agent followed 1 in `sample` benchmark flows: its counts are multiplied by it.
+    /// Read from the document's `sample` field (absent: 1, every flow).
+    pub sample: u32,
+}
+
+impl Profile {
+    pub fn doc(&self) -> NodeDoc<'_> {
+        NodeDoc {
+            node: self.file.node,
+            report: &self.report,
+            sample: self.sample,
+        }
+    }
+}
+
+/// Reads and checks one agent report.
+fn load_profile(path: &Path, file: &ProfileFile) -> Result<Profile, InputError> {
+    let value = read_json(path)?;
+    let sample = match value.get("sample") {
+        None | Some(serde_json::Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| InputError::Invalid {
+                path: path.to_path_buf(),
+                field: "sample".to_owned(),
+                value: v.to_string(),
+                why: "1 in N flows is followed, N a whole number",
+            })?,
+    };
+    let report: AgentReport = typed(path, value, AGENT_SCHEMA)?;
+    super::sanity::agent_report(path, &report, sample)?;
+    Ok(Profile {
+        file: file.clone(),
+        report,
+        sample,
+    })
 }
 
 /// One mode's results and its agents' reports (empty without `--profile`).
@@ -155,7 +200,7 @@ impl Input {
     }
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
     let text = fs::read_to_string(path).map_err(|source| InputError::Read {
         path: path.to_path_buf(),
         source,
@@ -176,7 +221,7 @@ fn schema_of(path: &Path, value: &serde_json::Value) -> Result<String, InputErro
         })
 }
 
-fn typed<T: serde::de::DeserializeOwned>(
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(
     path: &Path,
     value: serde_json::Value,
     expected: &'static str,
@@ -239,6 +284,7 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
             }
         };
         let result: ModeResult = typed(&path, value, MODE_SCHEMA)?;
+        super::sanity::mode_result(&path, &result)?;
         if named != result.mode {
             return Err(InputError::ModeMismatch {
                 path,
@@ -276,11 +322,7 @@ fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput
             if !path.is_file() {
                 return Err(InputError::MissingProfile { path, mode, what });
             }
-            let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
-            profiles.push(Profile {
-                file: file.clone(),
-                report,
-            });
+            profiles.push(load_profile(&path, file)?);
         }
         let mut tools = vec![Tool::Ping];
         if run.ab.is_some() {
@@ -325,19 +367,16 @@ fn load_profiles(dir: &Path, result: &ModeResult) -> Result<Vec<Profile>, InputE
         if !path.is_file() {
             return Err(InputError::MissingProfile { path, mode, what });
         }
-        let report: AgentReport = typed(&path, read_json(&path)?, AGENT_SCHEMA)?;
-        if report.node != file.node.name() {
+        let profile = load_profile(&path, file)?;
+        if profile.report.node != file.node.name() {
             return Err(InputError::ProfileMismatch {
                 path,
                 mode,
-                found: report.node,
+                found: profile.report.node,
                 expected: file.node,
             });
         }
-        profiles.push(Profile {
-            file: file.clone(),
-            report,
-        });
+        profiles.push(profile);
     }
     if profiles.is_empty() {
         return Ok(profiles);

@@ -1,6 +1,7 @@
-//! One benchmark step's agent reports (one per node) merged into one profile: segments of both
-//! nodes and both directions with the same node-neutral name are one histogram, made by adding
-//! bucket counts (percentiles are recomputed from the merged buckets, never averaged).
+//! One benchmark step's agent reports (one per node) gathered into one profile: each node's
+//! segments stay that node's (both directions of one segment on one node are one histogram;
+//! several reports of one node, e.g. a validation's rounds, add bucket counts: percentiles are
+//! recomputed from the merged buckets, never averaged), drops and counters over the nodes.
 //!
 //! Before merging, each segment is sorted into what it is:
 //! - `Path`: one packet moving from one checkpoint to the next: the time attribution adds up;
@@ -19,6 +20,7 @@ use profiler_common::datapath::{bucket_of, Histogram};
 use crate::agent::collect::summarize;
 use crate::agent::report::{AgentReport, CheckpointReport, Counters, SegmentReport};
 use crate::agent::stages::Stage;
+use crate::rundir::Node;
 
 /// A latency distribution in the agent's log-linear buckets, mergeable by adding counts.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -243,9 +245,20 @@ pub fn neutral_name(cp: Option<&CheckpointReport>, fallback: &str) -> String {
     }
 }
 
-/// One segment of the merged step.
+/// One node's agent report of a step, with what it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeDoc<'a> {
+    pub node: Node,
+    pub report: &'a AgentReport,
+    /// The agent followed 1 in `sample` benchmark flows (1: all).
+    pub sample: u32,
+}
+
+/// One segment of the merged step, on one node (nodes are never mixed: one node's segment
+/// may cost thirty times the other's, and the median of such a mixture is neither).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergedSegment {
+    pub node: Node,
     pub from: String,
     pub to: String,
     /// The checkpoint kinds at its ends (`tc-ingress`, `netfilter`, ...; empty if unknown).
@@ -254,8 +267,6 @@ pub struct MergedSegment {
     pub stage: Stage,
     pub kind: SegmentKind,
     pub hist: Hist,
-    /// The nodes it was seen on.
-    pub nodes: Vec<String>,
 }
 
 /// Drops at one place for one reason, both nodes.
@@ -265,35 +276,40 @@ pub struct MergedDrop {
     pub after: String,
     pub reason: String,
     pub count: u64,
-    pub nodes: Vec<String>,
+    pub nodes: Vec<Node>,
     /// The packet had left this node on the uplink: the kernel freed it on the other node,
     /// whose agent counts it too (the tracepoint is global), so this is the same drop again.
     pub on_other_node: bool,
 }
 
-/// One step (e.g. pod path, ping) of one mode, both nodes merged.
+/// One step (e.g. pod path, ping) of one mode: each node's segments, and what the nodes saw.
 #[derive(Debug, Clone, Default)]
 pub struct MergedStep {
     pub segments: Vec<MergedSegment>,
     pub counters: Counters,
     pub drops: Vec<MergedDrop>,
-    /// Tracked packets seen per checkpoint kind, summed over nodes (probe runs).
-    pub hits_by_kind: BTreeMap<String, u64>,
-    pub nodes: Vec<String>,
-    /// Duty-cycled agents: the mean share of the step they were attached (their counts cover
-    /// only that share). `None`: attached throughout.
-    pub coverage: Option<f64>,
+    /// Tracked packets seen per node and checkpoint kind (probe runs).
+    pub hits_by_kind: BTreeMap<(Node, String), u64>,
+    pub nodes: Vec<Node>,
+    /// The share of the step's events each node's counts cover: below 1 when its agent was
+    /// duty-cycled (attached part of the time) or sampled flows (1 in N). Absent: all.
+    pub coverage: BTreeMap<Node, f64>,
 }
 
 impl MergedStep {
-    /// `events` (pings, requests) of the whole step, as many as the counts cover: per-event
-    /// figures divide counts by this.
-    pub fn covered(&self, events: u64) -> f64 {
-        events.max(1) as f64 * self.coverage.unwrap_or(1.0)
+    /// `events` (pings, requests) of the whole step, as many as `node`'s counts cover:
+    /// per-event figures divide that node's counts by this.
+    pub fn covered(&self, node: Node, events: u64) -> f64 {
+        events.max(1) as f64 * self.coverage.get(&node).copied().unwrap_or(1.0)
     }
 
     pub fn of_kind(&self, kind: SegmentKind) -> impl Iterator<Item = &MergedSegment> {
         self.segments.iter().filter(move |s| s.kind == kind)
+    }
+
+    /// Whether any node's counts stand for more events than they saw.
+    pub fn is_partial(&self) -> bool {
+        self.coverage.values().any(|c| *c < 1.0)
     }
 }
 
@@ -311,32 +327,41 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.sampled_out += c.sampled_out;
 }
 
-/// Merges the reports of one step (normally node1 and node2).
-pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> MergedStep {
+/// Merges the reports of one step: segments per node (several reports of one node, e.g. the
+/// rounds of a validation, add up), drops and counters over the nodes.
+pub fn merge_step<'a>(docs: impl IntoIterator<Item = NodeDoc<'a>>) -> MergedStep {
     let mut step = MergedStep::default();
-    let mut segments: BTreeMap<(String, String, Stage, SegmentKind), MergedSegment> =
+    let mut segments: BTreeMap<(Node, String, String, Stage, SegmentKind), MergedSegment> =
         BTreeMap::new();
     let mut drops: BTreeMap<(String, String), MergedDrop> = BTreeMap::new();
     let mut max_retransmits = 0;
-    let mut fractions = Vec::new();
-    for report in reports {
-        step.nodes.push(report.node.clone());
-        if report.duty.is_some() {
-            fractions.push(report.attached_fraction());
+    let mut coverage: BTreeMap<Node, Vec<f64>> = BTreeMap::new();
+    for doc in docs {
+        let (node, report) = (doc.node, doc.report);
+        if !step.nodes.contains(&node) {
+            step.nodes.push(node);
         }
+        coverage
+            .entry(node)
+            .or_default()
+            .push(report.attached_fraction() / f64::from(doc.sample.max(1)));
         let cps: BTreeMap<u16, &CheckpointReport> =
             report.checkpoints.iter().map(|c| (c.id, c)).collect();
         for cp in &report.checkpoints {
-            *step.hits_by_kind.entry(cp.kind.clone()).or_default() += cp.hits;
+            *step
+                .hits_by_kind
+                .entry((node, cp.kind.clone()))
+                .or_default() += cp.hits;
         }
         for seg in &report.segments {
             let (from_cp, to_cp) = (cps.get(&seg.from).copied(), cps.get(&seg.to).copied());
             let kind = classify_segment(from_cp, to_cp);
             let from = neutral_name(from_cp, &seg.from_name);
             let to = neutral_name(to_cp, &seg.to_name);
-            let entry = segments
-                .entry((from.clone(), to.clone(), seg.stage, kind))
+            segments
+                .entry((node, from.clone(), to.clone(), seg.stage, kind))
                 .or_insert_with(|| MergedSegment {
+                    node,
                     from,
                     to,
                     from_kind: from_cp.map(|c| c.kind.clone()).unwrap_or_default(),
@@ -344,12 +369,9 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
                     stage: seg.stage,
                     kind,
                     hist: Hist::default(),
-                    nodes: Vec::new(),
-                });
-            entry.hist.add_segment(seg);
-            if !entry.nodes.contains(&report.node) {
-                entry.nodes.push(report.node.clone());
-            }
+                })
+                .hist
+                .add_segment(seg);
         }
         add_counters(&mut step.counters, &report.counters);
         // `tcp:tcp_retransmit_skb` is global: every agent counts every retransmit between
@@ -369,18 +391,19 @@ pub fn merge_step<'a>(reports: impl IntoIterator<Item = &'a AgentReport>) -> Mer
                     on_other_node,
                 });
             entry.count += drop.count;
-            if !entry.nodes.contains(&report.node) {
-                entry.nodes.push(report.node.clone());
+            if !entry.nodes.contains(&node) {
+                entry.nodes.push(node);
             }
         }
     }
     step.counters.retransmits = max_retransmits;
-    if !fractions.is_empty() {
-        // Nodes without duty cycling count everything (1.0).
-        let all = step.nodes.len().max(fractions.len()) as f64;
-        step.coverage =
-            Some((fractions.iter().sum::<f64>() + (all - fractions.len() as f64)) / all);
-    }
+    step.coverage = coverage
+        .into_iter()
+        .filter_map(|(node, parts)| {
+            let mean = parts.iter().sum::<f64>() / parts.len() as f64;
+            (mean < 1.0).then_some((node, mean))
+        })
+        .collect();
     step.segments = segments.into_values().collect();
     step.drops = drops.into_values().collect();
     step
@@ -517,13 +540,20 @@ mod tests {
         }
     }
 
+    fn doc(node: Node, report: &AgentReport) -> NodeDoc<'_> {
+        NodeDoc {
+            node,
+            report,
+            sample: 1,
+        }
+    }
+
     #[test]
-    fn duty_cycled_nodes_cover_part_of_the_step() {
-        let full = merge_step([&report("n1", vec![]), &report("n2", vec![])]);
-        assert_eq!(full.coverage, None);
-        assert_eq!(full.covered(200), 200.0);
-        let mut a = report("n1", vec![]);
-        let mut b = report("n2", vec![]);
+    fn duty_cycled_and_sampled_nodes_cover_part_of_the_step() {
+        let (a, b) = (report("node1", vec![]), report("node2", vec![]));
+        let full = merge_step([doc(Node::One, &a), doc(Node::Two, &b)]);
+        assert!(full.coverage.is_empty() && !full.is_partial());
+        assert_eq!(full.covered(Node::One, 200), 200.0);
         let duty = |attached_s| crate::agent::report::DutyReport {
             percent: 10.0,
             period_ms: 1000,
@@ -532,22 +562,21 @@ mod tests {
             expedited_edges: 4,
             edges: 4,
         };
+        let (mut a, mut b) = (a, b);
         a.duty = Some(duty(0.1));
-        b.duty = Some(duty(0.3));
-        let step = merge_step([&a, &b]);
-        assert!(
-            (step.coverage.unwrap() - 0.2).abs() < 1e-9,
-            "{:?}",
-            step.coverage
-        );
-        assert!((step.covered(200) - 40.0).abs() < 1e-9);
-        // One node attached throughout counts as 1.0.
-        let step = merge_step([&a, &report("n2", vec![])]);
-        assert!(
-            (step.coverage.unwrap() - 0.55).abs() < 1e-9,
-            "{:?}",
-            step.coverage
-        );
+        b.duty = Some(duty(0.25));
+        let step = merge_step([doc(Node::One, &a), doc(Node::Two, &b)]);
+        // Each node's counts stand for its own share: 200 pings, 20 and 50 of them seen.
+        assert_eq!(step.covered(Node::One, 200), 20.0);
+        assert_eq!(step.covered(Node::Two, 200), 50.0);
+        // 1 in 4 flows followed, attached throughout: a quarter of the events.
+        let plain = report("node1", vec![]);
+        let sampled = merge_step([NodeDoc {
+            node: Node::One,
+            report: &plain,
+            sample: 4,
+        }]);
+        assert_eq!(sampled.covered(Node::One, 200), 50.0);
     }
 
     fn segment(buckets: Vec<[u64; 2]>, mean_ns: f64, p50_ns: u64, p99_ns: u64) -> SegmentReport {
@@ -567,21 +596,28 @@ mod tests {
     }
 
     #[test]
-    fn nodes_merge_by_adding_buckets_not_by_averaging_percentiles() {
-        // node1: 90 packets at ~1000 ns; node2: 10 at ~9000 ns. Averaged p50s would be ~5000;
-        // the merged distribution's median is still ~1000, its p99 ~9000.
+    fn nodes_are_kept_apart_and_one_nodes_reports_add_buckets() {
+        // node1: 90 packets at 1000 ns; node2: 10 at 9000 ns. Mixed, the median would be
+        // 1000 for both; kept apart, each node keeps its own.
         let one = report("node1", vec![segment(vec![[992, 90]], 1000.0, 1000, 1000)]);
         let two = report("node2", vec![segment(vec![[8960, 10]], 9000.0, 9000, 9000)]);
-        let step = merge_step([&one, &two]);
-        assert_eq!(step.segments.len(), 1);
-        let s = &step.segments[0];
-        assert_eq!(s.nodes, vec!["node1", "node2"]);
-        let sum = s.hist.summary();
-        assert_eq!(sum.count, 100);
-        assert!((sum.mean_ns - 1800.0).abs() < 1e-9);
-        assert!((990..1010).contains(&sum.p50_ns), "{}", sum.p50_ns);
-        assert!((8900..9200).contains(&sum.p99_ns), "{}", sum.p99_ns);
+        let step = merge_step([doc(Node::One, &one), doc(Node::Two, &two)]);
+        assert_eq!(step.segments.len(), 2);
+        let (s1, s2) = (&step.segments[0], &step.segments[1]);
+        assert_eq!((s1.node, s2.node), (Node::One, Node::Two));
+        assert_eq!((s1.hist.count, s2.hist.count), (90, 10));
+        assert_eq!(s1.hist.summary().p50_ns, 1000);
+        assert!((9000..9100).contains(&s2.hist.summary().p50_ns));
         assert_eq!(step.counters.admitted, 6);
+        assert_eq!(step.hits_by_kind[&(Node::Two, "tc-ingress".to_owned())], 1);
+        // Two rounds of node1: one histogram, 90 at 1000 ns and 30 at 2000 ns.
+        let again = report("node1", vec![segment(vec![[1984, 30]], 2000.0, 2000, 2000)]);
+        let step = merge_step([doc(Node::One, &one), doc(Node::One, &again)]);
+        assert_eq!(step.segments.len(), 1);
+        let s = step.segments[0].hist.summary();
+        assert_eq!((s.count, s.p50_ns), (120, 1000));
+        // (90 x 1000 + 30 x 2000) / 120
+        assert_eq!(s.mean_ns, 1250.0);
     }
 
     #[test]

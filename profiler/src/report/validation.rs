@@ -20,9 +20,35 @@ use crate::bench::validate::Variant;
 use crate::parse::ping::RttStats;
 use crate::rundir::Tool;
 
+use super::category::Category;
 use super::input::{RunInput, ValidationInput};
-use super::latency::{per_event, per_event_by_stage, Category, Statistic};
 use super::merge::{merge_step, MergedStep};
+use super::stage_time::{self, Statistic};
+
+/// Per-event times summed over the nodes (this check compares totals).
+fn per_event_by_stage(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+) -> std::collections::BTreeMap<Stage, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((_, stage), ns) in stage_time::by_stage(step, events, statistic, None) {
+        *out.entry(stage).or_insert(0.0) += ns;
+    }
+    out
+}
+
+fn per_event(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+) -> std::collections::BTreeMap<Category, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((_, c), ns) in stage_time::by_category(step, events, statistic, None) {
+        *out.entry(c).or_insert(0.0) += ns;
+    }
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CategoryChange {
@@ -186,7 +212,7 @@ fn runs(v: &ValidationInput, variant: Variant) -> Vec<&RunInput> {
 }
 
 fn merged(runs: &[&RunInput], tool: Tool) -> MergedStep {
-    merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| &p.report))
+    merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| p.doc()))
 }
 
 fn pooled_p50_ns(runs: &[&RunInput]) -> Option<i64> {
@@ -316,7 +342,6 @@ fn work_above_floor(
             0.0
         }
     };
-    let events = step.covered(events);
     removes
         .iter()
         .map(|stage| {
@@ -324,7 +349,8 @@ fn work_above_floor(
                 .of_kind(SegmentKind::Path)
                 .filter(|s| s.stage == *stage)
                 .map(|s| {
-                    (value(s) - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64 / events
+                    (value(s) - floor(hook_of(&s.from))).max(0.0) * s.hist.count as f64
+                        / step.covered(s.node, events)
                 })
                 .sum();
             (*stage, ns.round() as i64)
@@ -356,7 +382,8 @@ fn hook_edge_probe_ns(base: &[&RunInput], tool: Tool, step: &MergedStep, events:
         .filter(|s| matches!(hook_of(&s.to), Some(to) if hook_of(&s.from) != Some(to)))
         .map(|s| s.hist.count)
         .sum();
-    (entries as f64 / step.covered(events) * time as f64 / runs as f64).round() as i64
+    (entries as f64 / step.covered(crate::rundir::Node::One, events) * time as f64 / runs as f64)
+        .round() as i64
 }
 
 fn check(

@@ -1,14 +1,16 @@
 //! `--format html`: one self-contained page, viewable offline: inline CSS and inline SVG, no
-//! scripts, no fonts or images from anywhere. The study's table, a waterfall per pod mode of
-//! what each stage adds to the p50 RTT (ending with what is unexplained), the RTT CDFs, and the
-//! same sections as the text report.
+//! scripts, no fonts or images from anywhere. The same sections as the text report, and after
+//! the split without netprof a waterfall per pod mode of what each stage adds to the p50 RTT
+//! (each bar in two shades: node 1's part, then node 2's; ending with what is unexplained),
+//! and the RTT CDFs.
 
 use std::fmt::Write as _;
 
-use super::{headline, sections, us_signed, Section};
-use crate::bench::table as study;
-use crate::report::latency::{Category, LatencyAttribution};
+use super::{headline, sections, us_signed, Part, Section, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
+use crate::report::category::Category;
+use crate::report::latency::LatencyAttribution;
 use crate::report::Report;
+use crate::rundir::Node;
 
 const CSS: &str = "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:76em;padding:0 1em;color:#1b1f24}
 h1{font-size:1.35em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #d0d7de;padding-bottom:.2em}
@@ -19,7 +21,7 @@ tr.sum td{font-weight:600;background:#f6f8fa}tr.unexplained td{background:#fff8c
 p.note{color:#57606a;font-size:.92em;margin:.3em 0}
 .charts{display:flex;flex-wrap:wrap;gap:1.2em}.chart{border:1px solid #d0d7de;border-radius:6px;padding:.5em}
 .chart h3{font-size:1em;margin:.1em 0 .4em}svg text{font:11px system-ui,sans-serif;fill:#1b1f24}
-ul.notes li{color:#57606a;margin:.2em 0}div.scroll{overflow-x:auto;max-width:100%}";
+ul.notes li{color:#57606a;margin:.2em 0}h2.part{font-size:1.3em;border-bottom:3px solid #1b1f24}div.scroll{overflow-x:auto;max-width:100%}";
 
 /// A color per stage, and for the unexplained rest.
 fn color(stage: Option<Category>) -> &'static str {
@@ -104,14 +106,22 @@ fn section(out: &mut String, s: &Section) {
 /// from the running total before the stage to after it), then the unexplained rest, then the
 /// measured delta as a bar from 0. Scale shared by all modes (`lo..hi` µs).
 fn waterfall(out: &mut String, l: &LatencyAttribution, lo: f64, hi: f64) {
-    let split = &l.p50;
-    let mut rows: Vec<(String, Option<Category>, i64)> = split
+    let split = &l.clean;
+    // (label, stage, node 1's part, node 2's part)
+    let mut rows: Vec<(String, Option<Category>, i64, i64)> = split
         .stages
         .iter()
         .filter(|s| s.delta_ns != 0)
-        .map(|s| (s.stage.label().to_owned(), Some(s.stage), s.delta_ns))
+        .map(|s| {
+            (
+                s.stage.label().to_owned(),
+                Some(s.stage),
+                s.node(Node::One),
+                s.node(Node::Two),
+            )
+        })
         .collect();
-    rows.push(("unexplained".to_owned(), None, split.unexplained_ns));
+    rows.push(("unexplained".to_owned(), None, split.unexplained_ns, 0));
     let (label_w, plot_w, value_w, row_h) = (104.0, 300.0, 56.0, 16.0);
     let height = (rows.len() + 1) as f64 * row_h + 26.0;
     let width = label_w + plot_w + value_w;
@@ -130,11 +140,9 @@ fn waterfall(out: &mut String, l: &LatencyAttribution, lo: f64, hi: f64) {
     let zero = x(0.0);
     let _ = write!(out, "<line x1=\"{zero:.1}\" y1=\"4\" x2=\"{zero:.1}\" y2=\"{:.1}\" stroke=\"#8c959f\" stroke-width=\"1\"/>", height - 20.0);
     let mut total = 0.0_f64;
-    for (i, (label, stage, ns)) in rows.iter().enumerate() {
+    for (i, (label, stage, n1, n2)) in rows.iter().enumerate() {
         let y = 4.0 + i as f64 * row_h;
-        let d = *ns as f64 / 1e3;
-        let (a, b) = (x(total), x(total + d));
-        let (left, w) = (a.min(b), (a - b).abs().max(1.0));
+        let ns = n1 + n2;
         let fill = color(*stage);
         let pattern = if stage.is_none() {
             " stroke=\"#57606a\" stroke-dasharray=\"3 2\" fill-opacity=\"0.55\""
@@ -143,19 +151,41 @@ fn waterfall(out: &mut String, l: &LatencyAttribution, lo: f64, hi: f64) {
         };
         let _ = write!(
             out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{fill}\"{pattern}><title>{}: {} µs</title></rect><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             label_w - 6.0,
             y + 11.5,
-            escape(label),
-            y + 2.0,
-            row_h - 4.0,
-            escape(label),
-            us_signed(*ns),
+            escape(label)
+        );
+        // Node 1's part in full colour, node 2's lighter, one after the other.
+        for (node, part, opacity) in [(Node::One, *n1, "1"), (Node::Two, *n2, "0.5")] {
+            if part == 0 {
+                continue;
+            }
+            let d = part as f64 / 1e3;
+            let (a, b) = (x(total), x(total + d));
+            let (left, w) = (a.min(b), (a - b).abs().max(1.0));
+            let whose = if stage.is_some() {
+                format!(" on {}", node.name())
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                out,
+                "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{fill}\" fill-opacity=\"{opacity}\"{pattern}><title>{}{whose}: {} µs</title></rect>",
+                y + 2.0,
+                row_h - 4.0,
+                escape(label),
+                us_signed(part),
+            );
+            total += d;
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
             label_w + plot_w + 6.0,
             y + 11.5,
-            us_signed(*ns)
+            us_signed(ns)
         );
-        total += d;
     }
     let y = 4.0 + rows.len() as f64 * row_h;
     let (a, b) = (x(0.0), x(split.delta_ns as f64 / 1e3));
@@ -209,26 +239,27 @@ fn waterfalls(out: &mut String, report: &Report) {
     for l in &report.latency {
         let mut total = 0.0;
         for ns in l
-            .p50
+            .clean
             .stages
             .iter()
-            .map(|s| s.delta_ns)
-            .chain([l.p50.unexplained_ns])
+            .flat_map(|s| [s.node(Node::One), s.node(Node::Two)])
+            .chain([l.clean.unexplained_ns])
         {
             total += ns as f64 / 1e3;
             lo = lo.min(total);
             hi = hi.max(total);
         }
-        lo = lo.min(l.p50.delta_ns as f64 / 1e3);
-        hi = hi.max(l.p50.delta_ns as f64 / 1e3);
+        lo = lo.min(l.clean.delta_ns as f64 / 1e3);
+        hi = hi.max(l.clean.delta_ns as f64 / 1e3);
     }
     let pad = (hi - lo) * 0.04;
     let _ = writeln!(
         out,
-        "<h2 id=\"waterfall\">Where the extra p50 RTT goes (µs per RTT, against {})</h2>",
-        escape(&report.latency[0].baseline)
+        "<h2 id=\"waterfall\">Where the extra p50 RTT goes, without netprof (µs per RTT, against {}, {})</h2>",
+        escape(&report.latency[0].baseline),
+        escape(report.latency[0].clean.measure.label())
     );
-    out.push_str("<p class=\"note\">Each bar starts where the previous stage ended; a bar to the left is a stage the pod path spends less time in than the baseline. The dashed bar is what the stages do not explain; the black bar is the measured delta.</p><div class=\"charts\">\n");
+    out.push_str("<p class=\"note\">Each bar starts where the previous stage ended; a bar to the left is a stage the pod path spends less time in than the baseline. A stage's bar is node 1's part in full colour, then node 2's lighter. The dashed bar is what the stages do not explain; the black bar is the measured delta.</p><div class=\"charts\">\n");
     for l in &report.latency {
         waterfall(out, l, lo - pad, hi + pad);
     }
@@ -319,19 +350,27 @@ pub fn render(report: &Report) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>netprof report</title><style>{CSS}</style></head><body>\n<h1>{}</h1>\n",
         escape(&headline(report))
     );
-    let cells = study::cells(&report.results);
-    let _ = writeln!(out, "<h2 id=\"study\">The study's table</h2>");
-    let header: Vec<String> = cells.header.iter().map(|h| (*h).to_owned()).collect();
-    let rows: Vec<Vec<String>> = cells.rows.iter().map(|r| r.to_vec()).collect();
-    table(&mut out, "table-study", &header, &rows);
-    let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(&cells.note));
-    if let Some(note) = super::profiled_note(report) {
-        let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(note));
-    }
-    waterfalls(&mut out, report);
-    cdfs(&mut out, report);
+    let mut part = Part::Clean;
+    let mut charts_drawn = false;
     for s in sections(report) {
+        if s.part != part {
+            part = s.part;
+            let _ = writeln!(
+                out,
+                "<h2 id=\"with-agents\" class=\"part\">{}</h2><p class=\"note\">{}</p>",
+                escape(WITH_AGENTS_TITLE),
+                escape(WITH_AGENTS_INTRO)
+            );
+        }
         section(&mut out, &s);
+        if s.id == "latency" {
+            waterfalls(&mut out, report);
+            cdfs(&mut out, report);
+            charts_drawn = true;
+        }
+    }
+    if !charts_drawn {
+        cdfs(&mut out, report);
     }
     out.push_str("<h2 id=\"notes\">Notes</h2><ul class=\"notes\">\n");
     for note in &report.notes {

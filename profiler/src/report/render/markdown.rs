@@ -2,8 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{headline, sections};
-use crate::bench::table as study;
+use super::{headline, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
 use crate::report::Report;
 
 /// A cell safe inside a pipe table.
@@ -13,14 +12,14 @@ fn cell(text: &str) -> String {
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# {}\n", headline(report));
-    let _ = writeln!(out, "## The study's table\n");
-    out.push_str(&study::render_markdown(&report.results));
-    if let Some(note) = super::profiled_note(report) {
-        let _ = writeln!(out, "\n{note}");
-    }
+    let _ = writeln!(out, "# {}", headline(report));
+    let mut part = Part::Clean;
     for section in sections(report) {
-        let _ = writeln!(out, "\n## {}\n", section.title);
+        if section.part != part {
+            part = section.part;
+            let _ = writeln!(out, "\n## {WITH_AGENTS_TITLE}\n\n{WITH_AGENTS_INTRO}");
+        }
+        let _ = writeln!(out, "\n### {}\n", section.title);
         for line in &section.intro {
             let _ = writeln!(out, "{line}\n");
         }

@@ -2,19 +2,22 @@
 
 use std::fmt::Write as _;
 
-use super::{aligned, headline, profiled_note, sections};
-use crate::bench::table as study;
+use super::{aligned, headline, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
 use crate::report::Report;
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", headline(report));
-    let _ = writeln!(out, "The study's table");
-    out.push_str(&study::render(&report.results));
-    if let Some(note) = profiled_note(report) {
-        let _ = writeln!(out, "{note}");
-    }
+    let _ = writeln!(out, "{}", headline(report));
+    let mut part = Part::Clean;
     for section in sections(report) {
+        if section.part != part {
+            part = section.part;
+            let rule = "=".repeat(WITH_AGENTS_TITLE.chars().count());
+            let _ = writeln!(
+                out,
+                "\n{rule}\n{WITH_AGENTS_TITLE}\n{rule}\n{WITH_AGENTS_INTRO}"
+            );
+        }
         let _ = writeln!(out, "\n{}", section.title);
         for line in &section.intro {
             let _ = writeln!(out, "{line}");

@@ -1,0 +1,337 @@
+//! Builds the [`Report`] of one run directory from its checked input: per profiled pod mode,
+//! the latency and throughput attribution against the baseline, drops and the agents' cost.
+
+use super::calibration::CalibrationFile;
+use super::input::{Input, ModeInput};
+use super::latency::{self, CleanP50};
+use super::merge::{merge_step, MergedStep};
+use super::probe_cost::ProbeCosts;
+use super::throughput::{self, AbMeasured, AbSide};
+use super::{
+    drops, overhead, CalibrationFacts, Report, RttSamples, RunFacts, TableRow, LATENCY_METHOD,
+    SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
+};
+use crate::bench::result::{ModeResult, PathResult};
+use crate::bench::table;
+use crate::lab::Mode;
+use crate::rundir::{NetPath, Node, Tool};
+
+/// One step of a mode, its nodes' reports gathered.
+fn merged(mode: &ModeInput, path: NetPath, tool: Tool) -> MergedStep {
+    merge_step(mode.step(path, tool).into_iter().map(|p| p.doc()))
+}
+
+/// The attribution baseline of a pod mode: the profiled `host` mode, else the mode's own host
+/// path (same lab), with its label.
+fn baseline_of<'a>(input: &'a Input, mode: &'a ModeInput) -> (&'a ModeInput, String) {
+    match input.mode(Mode::Host) {
+        Some(host) if host.is_profiled() => (host, "host mode, host path".to_owned()),
+        _ => (
+            mode,
+            format!("{}'s own host path (host mode not profiled)", mode.mode()),
+        ),
+    }
+}
+
+/// The per-run probe costs of a step: the calibration's, with bpf_stats of the step itself
+/// for any kind the calibration lacks (or all, without one).
+fn probe_costs(
+    mode: &ModeInput,
+    path: NetPath,
+    tool: Tool,
+    calibration: Option<&ProbeCosts>,
+) -> ProbeCosts {
+    let bpf = ProbeCosts::from_bpf_stats(&overhead::probe_ns_by_kind(mode, path, tool));
+    match calibration {
+        Some(c) => c.clone().or(&bpf),
+        None => bpf,
+    }
+}
+
+/// The unprofiled twin's path results for a mode and its baseline, matching the profiled
+/// baseline's choice (host mode, or the mode's own host path).
+fn twin(
+    clean: &[ModeResult],
+    mode: Mode,
+    host_baseline: bool,
+) -> Option<(&PathResult, &PathResult)> {
+    let m = clean.iter().find(|r| r.mode == mode)?;
+    let base = if host_baseline {
+        &clean.iter().find(|r| r.mode == Mode::Host)?.host_path
+    } else {
+        &m.host_path
+    };
+    Some((m.pod_path.as_ref()?, base))
+}
+
+fn p50_ns(path: &PathResult) -> Option<i64> {
+    path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
+}
+
+/// Everything built per mode.
+#[derive(Default)]
+struct Parts {
+    latency: Vec<latency::LatencyAttribution>,
+    throughput: Vec<throughput::ThroughputAttribution>,
+    drops: Vec<drops::StepDrops>,
+    overhead: Vec<overhead::NodeOverhead>,
+    notes: Vec<String>,
+}
+
+fn step_drops(parts: &mut Parts, mode: &ModeInput) {
+    let name = mode.mode().to_string();
+    for path in NetPath::ALL {
+        let Some(result) = mode.result.path(path) else {
+            continue;
+        };
+        for tool in Tool::ALL {
+            if mode.step(path, tool).is_empty() {
+                continue;
+            }
+            let mut step = drops::step_drops(&name, path, tool, &merged(mode, path, tool));
+            match tool {
+                Tool::Iperf3 => step.iperf3_retransmits = result.iperf3.retransmits,
+                Tool::Ping => {
+                    step.ping_lost =
+                        Some(result.ping.transmitted.saturating_sub(result.ping.received))
+                }
+                Tool::Ab => {}
+            }
+            parts.drops.push(step);
+        }
+    }
+}
+
+/// Latency and throughput of one profiled pod mode.
+fn attribute(
+    parts: &mut Parts,
+    input: &Input,
+    mode: &ModeInput,
+    clean: Option<&[ModeResult]>,
+    calibration: Option<&ProbeCosts>,
+    cpus: usize,
+) {
+    let name = mode.mode().to_string();
+    let Some(pod) = mode.result.pod_path.as_ref() else {
+        return;
+    };
+    let (base_mode, base_label) = baseline_of(input, mode);
+    let base = &base_mode.result.host_path;
+    let host_baseline = base_mode.mode() == Mode::Host;
+    let twin = clean.and_then(|c| twin(c, mode.mode(), host_baseline));
+    if clean.is_some() && twin.is_none() {
+        parts.notes.push(format!(
+            "{name}: the run without agents lacks this mode or its baseline: its split is set against the profiled p50s less the probes, and its QPS against the profiled ones"
+        ));
+    }
+    let (pod_ping, base_ping) = (
+        merged(mode, NetPath::Pod, Tool::Ping),
+        merged(base_mode, NetPath::Host, Tool::Ping),
+    );
+    let (pod_costs, base_costs) = (
+        probe_costs(mode, NetPath::Pod, Tool::Ping, calibration),
+        probe_costs(base_mode, NetPath::Host, Tool::Ping, calibration),
+    );
+    match (pod.ping.stats, base.ping.stats) {
+        (Some(pod_stats), Some(base_stats)) => {
+            let clean_p50 = twin.and_then(|(m, b)| {
+                Some(CleanP50 {
+                    mode_ns: p50_ns(m)?,
+                    baseline_ns: p50_ns(b)?,
+                })
+            });
+            parts.latency.push(latency::attribute(
+                &name,
+                &base_label,
+                &latency::Side {
+                    step: &pod_ping,
+                    stats: pod_stats,
+                    replies: pod.ping.received,
+                    probes: &pod_costs,
+                },
+                &latency::Side {
+                    step: &base_ping,
+                    stats: base_stats,
+                    replies: base.ping.received,
+                    probes: &base_costs,
+                },
+                clean_p50,
+            ));
+        }
+        _ => parts.notes.push(format!(
+            "{name}: no ping replies on the pod path or the baseline: no latency attribution"
+        )),
+    }
+    let (pod_ab, base_ab) = (
+        merged(mode, NetPath::Pod, Tool::Ab),
+        merged(base_mode, NetPath::Host, Tool::Ab),
+    );
+    let (pod_ab_costs, base_ab_costs) = (
+        probe_costs(mode, NetPath::Pod, Tool::Ab, calibration),
+        probe_costs(base_mode, NetPath::Host, Tool::Ab, calibration),
+    );
+    let measured = |p: &PathResult| AbMeasured {
+        qps: p.ab.requests_per_second,
+        cpu_ns_per_request: p.ab_cpu_ns_per_request,
+    };
+    let (pod_measured, base_measured) = match twin {
+        Some((m, b)) => (measured(m), measured(b)),
+        None => (measured(pod), measured(base)),
+    };
+    parts.throughput.push(throughput::attribute(
+        &name,
+        &base_label,
+        cpus,
+        twin.is_some(),
+        &AbSide {
+            step: &pod_ab,
+            requests: pod.ab.complete_requests,
+            probes: &pod_ab_costs,
+            measured: pod_measured,
+        },
+        &AbSide {
+            step: &base_ab,
+            requests: base.ab.complete_requests,
+            probes: &base_ab_costs,
+            measured: base_measured,
+        },
+    ));
+}
+
+fn calibration_facts(file: &CalibrationFile, run_dir: &std::path::Path) -> CalibrationFacts {
+    let c = &file.calibration;
+    // Relative to the run directory where it lies there (a repeated run's is one level up).
+    let shown = file
+        .path
+        .strip_prefix(run_dir)
+        .or_else(|_| file.path.strip_prefix(run_dir.parent().unwrap_or(run_dir)))
+        .unwrap_or(&file.path);
+    CalibrationFacts {
+        file: shown.display().to_string(),
+        mode: c.mode.clone(),
+        kernel: c.kernel.clone(),
+        rounds: c.rounds,
+        followed_ns: c
+            .per_run
+            .iter()
+            .map(|(k, v)| (k.clone(), v.followed_ns))
+            .collect(),
+        rtt_shift_ns: c.rtt_shift_ns,
+    }
+}
+
+fn rtt_samples(input: &Input, clean: Option<&[ModeResult]>) -> Vec<RttSamples> {
+    let (results, without_agents) = match clean {
+        Some(c) if !c.is_empty() => (c.to_vec(), true),
+        _ => (input.results(), false),
+    };
+    results
+        .iter()
+        .map(|r| RttSamples {
+            mode: r.mode.to_string(),
+            path: if r.pod_path.is_some() {
+                NetPath::Pod
+            } else {
+                NetPath::Host
+            },
+            without_agents,
+            rtts_us: r.headline_path().ping.rtts_us.clone(),
+        })
+        .collect()
+}
+
+/// Builds the report of one run from checked input, with its unprofiled twin and the
+/// calibration when present.
+pub fn build(
+    input: &Input,
+    clean: Option<&Input>,
+    calibration: Option<&CalibrationFile>,
+) -> Report {
+    let results = input.results();
+    let clean_results = clean.map(Input::results);
+    let first = &input.modes[0].result;
+    let cpus = first.environment.cpus;
+    let calibrated = calibration.map(ProbeCosts::from_calibration);
+    let mut parts = Parts {
+        notes: vec![
+            LATENCY_METHOD.to_owned(),
+            THROUGHPUT_METHOD.to_owned(),
+            SEGMENT_NOTE.to_owned(),
+        ],
+        ..Default::default()
+    };
+    if clean.is_none() {
+        parts.notes.push("No run without agents (DIR/clean/, which `cargo xtask demo` writes): every measured number includes netprof's own cost, and the splits are set against the profiled p50s less the probes' time.".to_owned());
+    }
+    if calibration.is_none() {
+        parts.notes.push("No calibration (DIR/calibration.json, from `netprof overhead --calibrate`): netprof's in-path cost per probe run is the bpf_stats estimate of each step (the programs' own run time, without the hook's dispatch or the cache misses they cause).".to_owned());
+    }
+    for mode in &input.modes {
+        if !mode.is_profiled() {
+            parts.notes.push(format!("{}: not profiled (run `netprof bench --profile`): no attribution, drops or overhead", mode.mode()));
+            continue;
+        }
+        step_drops(&mut parts, mode);
+        for node in Node::BOTH {
+            if let Some(o) = overhead::node_overhead(mode, node, cpus) {
+                parts.overhead.push(o);
+            }
+        }
+        if mode.profiles.iter().any(|p| p.sample > 1) {
+            parts.notes.push(format!("{}: the agents followed 1 in N flows (`sample` in their reports): counts are multiplied by N to stand for every event.", mode.mode()));
+        }
+        attribute(
+            &mut parts,
+            input,
+            mode,
+            clean_results.as_deref(),
+            calibrated.as_ref(),
+            cpus,
+        );
+    }
+    let host_mode_baseline = table::host_mode_ran(&results);
+    let profiled_lines = table::lines(&results);
+    let clean_lines = clean_results
+        .as_deref()
+        .map(table::lines)
+        .unwrap_or_default();
+    let cells = table::cells(&profiled_lines, host_mode_baseline);
+    Report {
+        schema: SCHEMA,
+        source: input.dir.display().to_string(),
+        run: RunFacts {
+            kernel: first.environment.kernel.clone(),
+            cpus,
+            iptables: first.environment.iptables.clone(),
+            config: first.config.clone(),
+            modes: input.modes.iter().map(|m| m.mode().to_string()).collect(),
+            profiled: input
+                .modes
+                .iter()
+                .filter(|m| m.is_profiled())
+                .map(|m| m.mode().to_string())
+                .collect(),
+            repeats: 1,
+        },
+        table_baseline: cells.note,
+        clean_table: clean
+            .is_some()
+            .then(|| clean_lines.iter().map(TableRow::of).collect()),
+        latency: parts.latency,
+        throughput: parts.throughput,
+        repeats: None,
+        validation: input
+            .validation
+            .as_ref()
+            .map(|v| super::validation::validate(v, cpus)),
+        profiled_table: profiled_lines.iter().map(TableRow::of).collect(),
+        calibration: calibration.map(|c| calibration_facts(c, &input.dir)),
+        drops: parts.drops,
+        overhead: parts.overhead,
+        rtt_samples: rtt_samples(input, clean_results.as_deref()),
+        notes: parts.notes,
+        clean_lines,
+        profiled_lines,
+        host_mode_baseline,
+    }
+}

@@ -1,0 +1,269 @@
+//! Reader of `DIR/calibration.json` (`netprof.calibration/v1`, written by
+//! `netprof overhead --calibrate`): netprof's own in-path cost per program run, measured by
+//! interleaving runs without programs, with programs that only return, and with netprof, per
+//! checkpoint kind (the agent report's checkpoint `kind`), and the ping RTT's p50 shift.
+//!
+//! Every number is checked (finite, not negative, `lo <= median <= hi`); a bad one is an
+//! error naming the file and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::input::InputError;
+
+pub const SCHEMA: &str = "netprof.calibration/v1";
+
+/// A median with its interval, ns.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+pub struct Interval {
+    pub median: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Interval {
+    /// A single value with no spread known.
+    pub fn point(value: f64) -> Interval {
+        Interval {
+            median: value,
+            lo: value,
+            hi: value,
+        }
+    }
+
+    pub fn scaled(self, factor: f64) -> Interval {
+        let (a, b) = (self.lo * factor, self.hi * factor);
+        Interval {
+            median: self.median * factor,
+            lo: a.min(b),
+            hi: a.max(b),
+        }
+    }
+
+    pub fn plus(self, other: Interval) -> Interval {
+        Interval {
+            median: self.median + other.median,
+            lo: self.lo + other.lo,
+            hi: self.hi + other.hi,
+        }
+    }
+
+    pub fn minus(self, other: Interval) -> Interval {
+        Interval {
+            median: self.median - other.median,
+            lo: self.lo - other.hi,
+            hi: self.hi - other.lo,
+        }
+    }
+}
+
+/// One checkpoint kind's cost per program run.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct KindCalibration {
+    /// A run on a packet netprof follows: what a segment's ends hold of netprof.
+    pub followed_ns: Interval,
+    /// A run on any other packet.
+    pub untracked_ns: Interval,
+    /// A program that only returns: the hook's dispatch alone.
+    pub dispatch_ns: Interval,
+}
+
+/// `calibration.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Calibration {
+    pub schema: String,
+    /// Checkpoint kind -> cost per run.
+    pub per_run: BTreeMap<String, KindCalibration>,
+    /// The ping RTT's p50 with netprof minus without (same lab, interleaved rounds).
+    pub rtt_shift_ns: Interval,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub rounds: Option<u32>,
+    #[serde(default)]
+    pub ping_interval_s: Option<f64>,
+}
+
+/// A calibration with the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationFile {
+    pub path: PathBuf,
+    pub calibration: Calibration,
+}
+
+fn check_interval(path: &Path, field: &str, i: Interval, signed: bool) -> Result<(), InputError> {
+    let invalid = |value: f64, why: &'static str| InputError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_owned(),
+        value: value.to_string(),
+        why,
+    };
+    for v in [i.median, i.lo, i.hi] {
+        if !v.is_finite() {
+            return Err(invalid(v, "not a finite number"));
+        }
+        if !signed && v < 0.0 {
+            return Err(invalid(v, "a cost cannot be negative"));
+        }
+    }
+    if !(i.lo <= i.median && i.median <= i.hi) {
+        return Err(invalid(
+            i.median,
+            "the median must lie within its interval [lo, hi]",
+        ));
+    }
+    Ok(())
+}
+
+impl Calibration {
+    /// Checks every value; errors name `path` and the field.
+    pub fn check(&self, path: &Path) -> Result<(), InputError> {
+        if self.per_run.is_empty() {
+            return Err(InputError::Invalid {
+                path: path.to_path_buf(),
+                field: "per_run".to_owned(),
+                value: "{}".to_owned(),
+                why: "no checkpoint kind calibrated: rerun `netprof overhead --calibrate`",
+            });
+        }
+        for (kind, k) in &self.per_run {
+            for (name, i) in [
+                ("followed_ns", k.followed_ns),
+                ("untracked_ns", k.untracked_ns),
+                ("dispatch_ns", k.dispatch_ns),
+            ] {
+                check_interval(path, &format!("per_run.{kind}.{name}"), i, false)?;
+            }
+        }
+        // A shift is a difference of two measured p50s: it may come out below zero.
+        check_interval(path, "rtt_shift_ns", self.rtt_shift_ns, true)
+    }
+}
+
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> Result<CalibrationFile, InputError> {
+    let value = super::input::read_json(path)?;
+    let calibration: Calibration = super::input::typed(path, value, SCHEMA)?;
+    calibration.check(path)?;
+    Ok(CalibrationFile {
+        path: path.to_path_buf(),
+        calibration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HAND_WRITTEN: &str = r#"{
+      "schema": "netprof.calibration/v1",
+      "mode": "flannel-vxlan",
+      "kernel": "6.18.0",
+      "rounds": 12,
+      "ping_interval_s": 0.002,
+      "per_run": {
+        "netfilter": {"followed_ns": {"median": 180.0, "lo": 150.0, "hi": 210.0},
+                      "untracked_ns": {"median": 40.0, "lo": 35.0, "hi": 46.0},
+                      "dispatch_ns": {"median": 25.0, "lo": 20.0, "hi": 31.0}},
+        "tc-ingress": {"followed_ns": {"median": 220.0, "lo": 200.0, "hi": 260.0},
+                       "untracked_ns": {"median": 30.0, "lo": 28.0, "hi": 33.0},
+                       "dispatch_ns": {"median": 15.0, "lo": 12.0, "hi": 18.0}}
+      },
+      "rtt_shift_ns": {"median": 6400.0, "lo": 5100.0, "hi": 7900.0}
+    }"#;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "netprof-calibration-{name}-{}.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_hand_written_file_reads_back_its_numbers() {
+        let path = write("good", HAND_WRITTEN);
+        let file = load(&path).unwrap();
+        let c = &file.calibration;
+        assert_eq!(c.per_run.len(), 2);
+        assert_eq!(
+            c.per_run["netfilter"].followed_ns,
+            Interval {
+                median: 180.0,
+                lo: 150.0,
+                hi: 210.0
+            }
+        );
+        assert_eq!(c.per_run["tc-ingress"].dispatch_ns.hi, 18.0);
+        assert_eq!(c.rtt_shift_ns.lo, 5100.0);
+        assert_eq!(c.mode.as_deref(), Some("flannel-vxlan"));
+        assert_eq!(c.rounds, Some(12));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn impossible_values_name_the_file_and_the_field() {
+        let cases = [
+            (
+                HAND_WRITTEN.replace("\"median\": 180.0", "\"median\": -180.0"),
+                "per_run.netfilter.followed_ns",
+            ),
+            (
+                HAND_WRITTEN.replace("\"median\": 220.0", "\"median\": 999.0"),
+                "per_run.tc-ingress.followed_ns",
+            ),
+            (
+                HAND_WRITTEN.replace("\"hi\": 7900.0", "\"hi\": 1e999"),
+                "is not valid JSON",
+            ),
+        ];
+        for (i, (text, field)) in cases.iter().enumerate() {
+            let path = write(&format!("bad{i}"), text);
+            let err = load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(field),
+                "{err}"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        let path = write("schema", &HAND_WRITTEN.replace("/v1", "/v7"));
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("netprof.calibration/v7"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn interval_arithmetic_keeps_the_bounds_ordered() {
+        let a = Interval {
+            median: 10.0,
+            lo: 8.0,
+            hi: 13.0,
+        };
+        let b = Interval {
+            median: 4.0,
+            lo: 3.0,
+            hi: 6.0,
+        };
+        assert_eq!(
+            a.minus(b),
+            Interval {
+                median: 6.0,
+                lo: 2.0,
+                hi: 10.0
+            }
+        );
+        assert_eq!(
+            a.scaled(-1.0),
+            Interval {
+                median: -10.0,
+                lo: -13.0,
+                hi: -8.0
+            }
+        );
+    }
+}
