@@ -177,12 +177,13 @@ fn overhead_compares_agent_settings_side_by_side() {
     let _ = std::fs::remove_file(out);
 }
 
-/// `bench --validate` end to end, short: every variant in every round, the base with an empty
-/// raw table (its profiles have the raw stage, so NOTRACK adds nothing
-/// but its rules), and a report whose two checks pair the rounds.
+/// `bench --validate` end to end, short: every check profiles its `a` (and `b` where the
+/// prediction needs it) and measures both states in alternating rounds with no agent attached;
+/// the one-node rules are really in node 2's FORWARD chain; the report sets each round's
+/// difference against the prediction; nothing of netprof or of either lab is left.
 #[test]
-fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
-    let test = "validate_runs_every_variant_and_the_report_pairs_the_rounds";
+fn validate_runs_every_check_and_the_report_judges_each() {
+    let test = "validate_runs_every_check_and_the_report_judges_each";
     if let Some(reason) = ebpf_skip_reason(&[
         "bpftool",
         "ping",
@@ -199,33 +200,16 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
     let lab = unique_lab_name();
     let out = std::env::temp_dir().join(format!("netprof-validate-{lab}"));
     let status = Command::new(netprof_bin())
+        .args(["bench", "--modes", "host", "--profile", "--validate"])
         .args([
-            "bench",
-            "--modes",
-            "host",
-            "--profile",
-            "--validate",
             "--validate-rounds",
-            "2",
-            "--lab",
-            &lab,
+            "3",
+            "--validate-one-node-rules",
+            "2000",
         ])
-        .args([
-            "--validate-ping-count",
-            "100",
-            "--sweep-services",
-            "0",
-            "--ping-count",
-            "20",
-        ])
-        .args([
-            "--iperf3-seconds",
-            "1",
-            "--ab-requests",
-            "300",
-            "--ab-concurrency",
-            "10",
-        ])
+        .args(["--validate-ping-count", "100", "--lab", &lab])
+        .args(["--ping-count", "20", "--iperf3-seconds", "1"])
+        .args(["--ab-requests", "300", "--ab-concurrency", "10"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -234,88 +218,93 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
 
     let validate: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("validate.json")).unwrap()).unwrap();
+    assert_eq!(validate["schema"], "netprof.validate/v2");
     assert_eq!(
         validate["config"]["ping_count"], 100,
         "the validation's own ping"
     );
-    let runs: Vec<(String, u64)> = validate["runs"]
-        .as_array()
-        .unwrap()
+    let checks = validate["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks
         .iter()
-        .map(|r| {
-            (
-                r["variant"].as_str().unwrap().to_owned(),
-                r["round"].as_u64().unwrap(),
-            )
-        })
+        .map(|c| c["check"].as_str().unwrap())
         .collect();
-    let order: Vec<&str> = runs.iter().map(|(v, _)| v.as_str()).collect();
-    // base and notrack alternate on one lab (NOTRACK switched in place), then no-kube-proxy
-    // (a lab each), then the sweep.
     assert_eq!(
-        order,
+        names,
         [
-            "base",
             "notrack",
-            "notrack",
-            "base",
             "no-kube-proxy",
-            "no-kube-proxy",
-            "services"
-        ],
-        "{runs:?}"
+            "one-node-rules",
+            "encapsulation"
+        ]
     );
-    let rounds: Vec<u64> = runs.iter().map(|(_, r)| *r).collect();
-    assert_eq!(rounds, [0, 0, 1, 1, 0, 1, 0]);
-    for run in validate["runs"].as_array().unwrap() {
-        assert_eq!(run["ping"]["received"], 100, "{}", run["variant"]);
-        // nginx through the NodePort in the sweep only (its rules are what it measures), straight
-        // to the pod elsewhere; every run measured the CPU time of its requests.
-        let via_node_port = run["http_target"].as_str().unwrap().ends_with(":30001");
+    for check in checks {
+        let name = check["check"].as_str().unwrap();
+        let rounds = check["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 3, "{name}");
+        let orders: Vec<String> = rounds.iter().map(|r| r["order"].to_string()).collect();
         assert_eq!(
-            via_node_port,
-            run["variant"] == "services",
-            "{}",
-            run["http_target"]
+            orders,
+            ["[\"a\",\"b\"]", "[\"b\",\"a\"]", "[\"a\",\"b\"]"],
+            "{name}"
         );
-        assert!(run["ab"]["complete_requests"].as_u64().unwrap() > 0);
-        assert!(
-            run["ab_cpu_ns_per_request"].as_f64().unwrap() > 1000.0,
-            "{}",
-            run["ab_cpu_ns_per_request"]
-        );
-        let stages: Vec<String> = run["profiles"]
+        for r in rounds {
+            for side in ["a", "b"] {
+                assert_eq!(r[side]["ping"]["received"], 100, "{name} {side}");
+                assert!(
+                    r[side]["ab_cpu_ns_per_request"].as_f64().unwrap() > 1000.0,
+                    "{name}"
+                );
+            }
+        }
+        let sides: Vec<&str> = check["profiled"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|p| p["tool"] == "ping")
-            .flat_map(|p| {
-                let file = out
-                    .join(run["dir"].as_str().unwrap())
-                    .join(p["file"].as_str().unwrap());
-                let report: AgentReport =
-                    serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-                report
-                    .segments
-                    .iter()
-                    .map(|s| s.stage.name().to_owned())
-                    .collect::<Vec<_>>()
-            })
+            .map(|p| p["side"].as_str().unwrap())
             .collect();
-        let has_raw = stages.iter().any(|s| s == "raw");
-        match run["variant"].as_str().unwrap() {
-            "base" | "notrack" => assert!(
-                has_raw,
-                "{}: no raw table stage in {stages:?}",
-                run["variant"]
-            ),
-            "no-kube-proxy" => assert!(
-                !has_raw && !stages.iter().any(|s| s == "conntrack"),
-                "{stages:?}"
-            ),
-            _ => assert!(!has_raw, "the sweep runs the lab as built"),
+        let expected: &[&str] = if ["one-node-rules", "encapsulation"].contains(&name) {
+            &["a", "b"]
+        } else {
+            &["a"]
+        };
+        assert_eq!(sides, expected, "{name}");
+        for p in check["profiled"].as_array().unwrap() {
+            assert_eq!(
+                p["profiles"].as_array().unwrap().len(),
+                4,
+                "ping and ab, two nodes"
+            );
         }
     }
+    assert_eq!(
+        checks[2]["rules"], 2000,
+        "the rules counted in node 2's chain"
+    );
+    assert_eq!(
+        (checks[3]["mode_a"].as_str(), checks[3]["mode_b"].as_str()),
+        (Some("flannel-vxlan"), Some("flannel-hostgw"))
+    );
+    // The NOTRACK profile is the tracked lab: it has conntrack's bracket and the raw table.
+    let notrack_a = &checks[0]["profiled"][0];
+    let ping_file = notrack_a["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "ping")
+        .unwrap();
+    let doc: AgentReport = serde_json::from_str(
+        &std::fs::read_to_string(
+            out.join(notrack_a["dir"].as_str().unwrap())
+                .join(ping_file["file"].as_str().unwrap()),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let stages: Vec<&str> = doc.segments.iter().map(|s| s.stage.name()).collect();
+    assert!(
+        stages.contains(&"raw") && stages.contains(&"conntrack"),
+        "{stages:?}"
+    );
 
     let report = Command::new(netprof_bin())
         .args(["report", "--format", "json"])
@@ -328,33 +317,30 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
         String::from_utf8_lossy(&report.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    let checks = report["validation"]["checks"].as_array().unwrap();
-    for (check, ablation) in checks.iter().zip(["notrack", "no-kube-proxy"]) {
-        assert_eq!(check["ablation"], ablation);
-        assert_eq!(
-            check["measured_by_round_ns"].as_array().unwrap().len(),
-            2,
-            "{check}"
+    let judged = report["validation"]["checks"].as_array().unwrap();
+    assert_eq!(judged.len(), 4);
+    for c in judged {
+        let rtt = &c["rtt"];
+        assert_eq!(rtt["by_round_ns"].as_array().unwrap().len(), 3, "{c}");
+        assert!(rtt["interval_ns"].is_array(), "{c}");
+        assert!(
+            ["within", "outside"].contains(&rtt["verdict"].as_str().unwrap()),
+            "{c}"
         );
-        assert_eq!(
-            check["added_ns"], 0,
-            "the base has the raw table too: {check}"
-        );
+        assert!(c["cpu"]["predicted_ns"].is_i64(), "{c}");
     }
+    // The rules cost something, and the prediction puts it on node 2's filter stage first.
+    let rules = &judged[2];
     assert!(
-        checks[1]["hook_edge_probes_ns"].as_i64().unwrap() > 0,
-        "{}",
-        checks[1]
+        rules["rtt"]["predicted_ns"].as_i64().unwrap() > 0,
+        "{rules}"
     );
-    for check in checks {
-        let cpu = &check["qps"]["cpu"];
-        assert_eq!(
-            cpu["measured_by_round_ns"].as_array().unwrap().len(),
-            2,
-            "{check}"
-        );
-        assert!(cpu["predicted_gain_ns"].as_i64().unwrap() > 0, "{cpu}");
-    }
+    assert_eq!(rules["rtt"]["predicted_by"][0]["node"], "node2", "{rules}");
+    assert_eq!(
+        rules["rtt"]["predicted_by"][0]["stage"], "filter",
+        "{rules}"
+    );
+    assert!(rules["right_place_pct"].is_f64(), "{rules}");
     assert_eq!(
         loaded_netprof_programs().len(),
         before,
@@ -363,7 +349,7 @@ fn validate_runs_every_variant_and_the_report_pairs_the_rounds() {
     let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&leftover.stdout).contains(&lab),
-        "lab {lab} left behind"
+        "lab {lab} (or {lab}-b) left behind"
     );
     let _ = std::fs::remove_dir_all(out);
 }

@@ -206,6 +206,76 @@ fn repeats_are_judged_on_their_medians() {
     assert_eq!(clean[1].values.ping_p50_ms, Some(0.061));
 }
 
+/// The checks against ground truth, worked out by hand (inputs in `known_run.rs`), with the
+/// calibrated 30 ns per netfilter probe run (15 ns at each end of a segment):
+/// - one-node-rules, ping: node 2's filter (1200 - 30) × 2 in `a` against (40 - 30) × 2 in
+///   `b`: 2320 ns, node 1 unchanged. Measured: the median of 1800, 2000, 2200, 2400, 2600,
+///   3100 = 2300. Bound: 30% of 2320 is 696, under the 2 µs floor: within, -0.86%; 2320 of
+///   the 2300 measured are predicted in node 2's filter stage: 100.87%.
+///   CPU: (1170 - 10) × 4 passes per request = 4640 against a median of 5100: within, +9.91%.
+/// - notrack, ping: conntrack above its hook's empty-bracket floor (40 - 30 = 10): node 1
+///   (1000 - 30 - 10) × 1 = 960, node 2 (2000 - 30 - 10) × 1 = 1960: 2920 against 2800.
+///   CPU: the same × 2 passes per request: 5840 against 8500: outside (bound 2000).
+#[test]
+fn ground_truth_checks_are_judged_as_worked_out_by_hand() {
+    use netprof::report::validation::Verdict;
+    let dir = Scratch(known_run::write_known_run("validate"));
+    known_run::write_known_validation(&dir.0);
+    let report = report::from_dir(&dir.0).unwrap();
+    let v = report.validation.as_ref().expect("validate.json is read");
+    assert_eq!(v.checks.len(), 2);
+    let notrack = &v.checks[0];
+    assert_eq!(notrack.rtt.predicted_ns, 2920);
+    let by: Vec<(Node, Category, i64)> = notrack
+        .rtt
+        .predicted_by
+        .iter()
+        .map(|n| (n.node, n.stage, n.ns))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (Node::Two, Category::Conntrack, 1960),
+            (Node::One, Category::Conntrack, 960)
+        ]
+    );
+    assert_eq!(
+        (notrack.rtt.measured_ns, notrack.rtt.verdict),
+        (2800, Verdict::Within)
+    );
+    let cpu = notrack.cpu.as_ref().unwrap();
+    assert_eq!(
+        (cpu.predicted_ns, cpu.measured_ns, cpu.verdict),
+        (5840, 8500, Verdict::Outside)
+    );
+    let rules = &v.checks[1];
+    assert_eq!(rules.rtt.predicted_ns, 2320);
+    assert_eq!(
+        rules.rtt.predicted_by.len(),
+        1,
+        "node 1 unchanged: {:?}",
+        rules.rtt.predicted_by
+    );
+    assert_eq!((rules.rtt.measured_ns, rules.rtt.bound_ns), (2300, 2000));
+    assert_eq!(rules.rtt.verdict, Verdict::Within);
+    assert_eq!(format!("{:.2}", rules.rtt.error_pct.unwrap()), "-0.86");
+    assert_eq!(format!("{:.2}", rules.right_place_pct.unwrap()), "100.87");
+    let (lo, hi) = rules.rtt.interval_ns.unwrap();
+    assert!(
+        lo >= 1800 && hi <= 3100 && lo <= 2300 && 2300 <= hi,
+        "{lo}..{hi}"
+    );
+    let cpu = rules.cpu.as_ref().unwrap();
+    assert_eq!(
+        (cpu.predicted_ns, cpu.measured_ns, cpu.verdict),
+        (4640, 5100, Verdict::Within)
+    );
+    let text = render::render(&report, Format::Table);
+    let section = &text[text.find("Ground truth").unwrap()..];
+    assert_eq!(row(section, "one-node-rules  ping")[4..6], ["+2.3", "+2.3"]);
+    assert!(section.contains("OUTSIDE"), "{section}");
+}
+
 fn golden(name: &str, actual: &str) -> String {
     let path = Path::new(GOLDEN).join(name);
     if std::env::var_os("NETPROF_UPDATE_GOLDEN").is_some() {
@@ -628,7 +698,7 @@ fn bpf_stats_probe_costs_are_the_ping_steps_own() {
             time += p.run_time_ns - before.run_time_ns;
         }
     }
-    let got = probe_ns_by_kind(mode, NetPath::Pod, Tool::Ping)["netfilter"];
+    let got = probe_ns_by_kind(&mode.profiles, NetPath::Pod, Tool::Ping)["netfilter"];
     assert!((got - time as f64 / count as f64).abs() < 1e-6);
 }
 

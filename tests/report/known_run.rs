@@ -44,6 +44,9 @@ const VETH_IN: u16 = 73;
 const CNI_OUT: u16 = 70;
 const FWD_IN: u16 = 30;
 const FWD_OUT: u16 = 31;
+const PRE_M201: u16 = 2;
+const PRE_M199: u16 = 3;
+const PRE_M101: u16 = 4;
 
 fn checkpoint(id: u16) -> Value {
     let dev = |name: &str, device: &str, role: &str, kind: &str| json!({"id": id, "name": name, "kind": kind, "device": device, "role": role, "hits": 0});
@@ -58,6 +61,15 @@ fn checkpoint(id: u16) -> Value {
             "hook": "FORWARD", "priority": -1, "hits": 0}),
         FWD_OUT => json!({"id": id, "name": "nf FORWARD 1", "kind": "netfilter",
             "hook": "FORWARD", "priority": 1, "hits": 0}),
+        PRE_M201 | PRE_M199 | PRE_M101 => {
+            let priority = match id {
+                PRE_M201 => -201,
+                PRE_M199 => -199,
+                _ => -101,
+            };
+            json!({"id": id, "name": format!("nf PRE_ROUTING {priority}"), "kind": "netfilter",
+                "hook": "PRE_ROUTING", "priority": priority, "hits": 0})
+        }
         _ => unreachable!("no checkpoint {id}"),
     }
 }
@@ -321,4 +333,150 @@ fn agent_doc_pair(node1: &[Seg], node2: &[Seg], attached_s: Option<f64>) -> (Val
         agent_doc("node1", node1, None, None),
         agent_doc("node2", node2, attached_s, None),
     )
+}
+
+/// `validate.json` of two checks, with hand-picked profiles (1000 pings, 10000 requests) and
+/// rounds, written into `dir` (see `tests/report.rs` for the expected verdicts).
+///
+/// one-node-rules, a: filter (netfilter -> netfilter) 2 passes per RTT at 40 ns on node 1 and
+/// 1200 ns on node 2; b: 40 ns on both; ab: 4 passes per request, the same times. Rounds a - b
+/// (ns): ping 2000, 2600, 3100, 1800, 2400, 2200; CPU 5000, 4000, 6000, 4500, 5500, 5200.
+/// notrack, a: conntrack (PRE_ROUTING -201 -> -199) 1 pass per RTT at 1000 ns on node 1 and
+/// 2000 ns on node 2, the empty bracket after it (-199 -> -101) at 40 ns on both; ab: the same
+/// 2 passes per request. Rounds: ping 2500, 3000, 2800; CPU 9000, 8000, 8500.
+pub fn write_known_validation(dir: &Path) {
+    let filter = |low, ns, count| seg(FWD_IN, FWD_OUT, "filter", low, ns, count);
+    let ct = |low, ns, count| seg(PRE_M201, PRE_M199, "conntrack", low, ns, count);
+    let empty = |count| seg(PRE_M199, PRE_M101, "netfilter", 40, 40, count);
+    let run = |dir_name: &str, side: &str, mode: &str, docs: Vec<(&str, &str, Value)>| {
+        let files: Vec<Value> = docs
+            .into_iter()
+            .map(|(tool, node, doc)| {
+                let file = format!("profile/{mode}/pod-path-{tool}-{node}.json");
+                write(&dir.join(dir_name).join(&file), &doc);
+                json!({"path": "pod path", "tool": tool, "node": node, "file": file})
+            })
+            .collect();
+        json!({"side": side, "mode": mode, "dir": dir_name, "sample": sample(50_000.0, 150_000.0),
+            "profiles": files})
+    };
+    let rules_a = run(
+        "validate/one-node-rules-a",
+        "a",
+        "flannel-vxlan",
+        vec![
+            (
+                "ping",
+                "node1",
+                agent_doc("node1", &[filter(40, 40, 2000)], None, None),
+            ),
+            (
+                "ping",
+                "node2",
+                agent_doc("node2", &[filter(1184, 1200, 2000)], None, None),
+            ),
+            (
+                "ab",
+                "node1",
+                agent_doc("node1", &[filter(40, 40, 40000)], None, None),
+            ),
+            (
+                "ab",
+                "node2",
+                agent_doc("node2", &[filter(1184, 1200, 40000)], None, None),
+            ),
+        ],
+    );
+    let rules_b = run(
+        "validate/one-node-rules-b",
+        "b",
+        "flannel-vxlan",
+        vec![
+            (
+                "ping",
+                "node1",
+                agent_doc("node1", &[filter(40, 40, 2000)], None, None),
+            ),
+            (
+                "ping",
+                "node2",
+                agent_doc("node2", &[filter(40, 40, 2000)], None, None),
+            ),
+            (
+                "ab",
+                "node1",
+                agent_doc("node1", &[filter(40, 40, 40000)], None, None),
+            ),
+            (
+                "ab",
+                "node2",
+                agent_doc("node2", &[filter(40, 40, 40000)], None, None),
+            ),
+        ],
+    );
+    let notrack_a = run(
+        "validate/notrack-a",
+        "a",
+        "flannel-vxlan",
+        vec![
+            (
+                "ping",
+                "node1",
+                agent_doc("node1", &[ct(992, 1000, 1000), empty(1000)], None, None),
+            ),
+            (
+                "ping",
+                "node2",
+                agent_doc("node2", &[ct(1984, 2000, 1000), empty(1000)], None, None),
+            ),
+            (
+                "ab",
+                "node1",
+                agent_doc("node1", &[ct(992, 1000, 20000), empty(20000)], None, None),
+            ),
+            (
+                "ab",
+                "node2",
+                agent_doc("node2", &[ct(1984, 2000, 20000), empty(20000)], None, None),
+            ),
+        ],
+    );
+    let rounds = |ping: &[f64], cpu: &[f64]| -> Vec<Value> {
+        ping.iter()
+            .zip(cpu)
+            .enumerate()
+            .map(|(i, (p, c))| {
+                let order = if i % 2 == 0 {
+                    json!(["a", "b"])
+                } else {
+                    json!(["b", "a"])
+                };
+                json!({"round": i, "order": order,
+                    "a": sample(50_000.0 + p, 150_000.0 + c),
+                    "b": sample(50_000.0, 150_000.0)})
+            })
+            .collect()
+    };
+    write(
+        &dir.join("validate.json"),
+        &json!({"schema": "netprof.validate/v2", "mode": "flannel-vxlan",
+        "config": {"ping_count": 1000, "ping_interval_s": 0.002, "iperf3_seconds": 1,
+            "ab_requests": 10000, "ab_concurrency": 50, "services": 0},
+        "rounds": 6, "one_node_rules": 5000,
+        "checks": [
+            {"check": "notrack", "mode_a": "flannel-vxlan", "mode_b": "flannel-vxlan",
+             "profiled": [notrack_a],
+             "rounds": rounds(&[2500.0, 3000.0, 2800.0], &[9000.0, 8000.0, 8500.0])},
+            {"check": "one-node-rules", "mode_a": "flannel-vxlan", "mode_b": "flannel-vxlan",
+             "rules": 5000, "profiled": [rules_a, rules_b],
+             "rounds": rounds(&[2000.0, 2600.0, 3100.0, 1800.0, 2400.0, 2200.0],
+                 &[5000.0, 4000.0, 6000.0, 4500.0, 5500.0, 5200.0])}
+        ]}),
+    );
+}
+
+/// One state's measurement: 1000 pings all at `p50_ns`, 10000 requests, the CPU per request.
+fn sample(p50_ns: f64, cpu_ns: f64) -> Value {
+    let us = p50_ns / 1e3;
+    json!({"ping": ping(us, us), "ab": ab(7000.0), "ab_cpu_ns_per_request": cpu_ns})
 }

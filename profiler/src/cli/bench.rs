@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::bench::validate::CheckKind;
 use crate::bench::{self, table};
 use crate::lab::{self, names::DEFAULT_LAB, LabLock, LabNames, Mode};
 
@@ -32,18 +33,30 @@ pub struct BenchArgs {
     /// always keep them attached.
     #[command(flatten)]
     pub duty: super::duty_args::DutyArgs,
-    /// After the modes, run the counterfactual checks of the attribution on one mode (agents
-    /// attached): conntrack off (NOTRACK), no kube-proxy rules, and a sweep of extra Services;
-    /// writes <out>/validate.json for `netprof report`.
+    /// After the modes, check the attribution against ground truth: for each check, profile
+    /// the lab with the cost, then measure it against the lab without the cost in interleaved
+    /// rounds with no agent attached; writes <out>/validate.json for `netprof report`.
     #[arg(long)]
     pub validate: bool,
-    /// The mode `--validate` runs on (one with kube-proxy: flannel-hostgw, flannel-vxlan, calico).
+    /// The mode of the checks (one with kube-proxy: flannel-hostgw, flannel-vxlan, calico);
+    /// the encapsulation check always compares flannel-vxlan with flannel-hostgw.
     #[arg(long, default_value = "flannel-vxlan")]
     pub validate_mode: Mode,
-    /// Interleaved rounds of base / notrack / no-kube-proxy runs (the order rotates; the
-    /// report takes the median of the rounds' paired differences, so more rounds tame drift).
+    /// Which checks (comma-separated): notrack, no-kube-proxy, one-node-rules, encapsulation.
+    #[arg(
+        long,
+        default_value = "notrack,no-kube-proxy,one-node-rules,encapsulation",
+        value_delimiter = ','
+    )]
+    pub validate_checks: Vec<CheckKind>,
+    /// Interleaved rounds per check (each round measures both states, the order alternating;
+    /// the report takes the median of the rounds' differences and its bootstrap interval,
+    /// which needs at least 3).
     #[arg(long, default_value_t = 6)]
     pub validate_rounds: u32,
+    /// Non-matching iptables rules at the top of node 2's FORWARD chain in the one-node check.
+    #[arg(long, default_value_t = bench::validate::ONE_NODE_RULES)]
+    pub validate_one_node_rules: u32,
     /// Echo requests per `--validate` ping run.
     #[arg(long, default_value_t = bench::validate::PING_COUNT)]
     pub validate_ping_count: u32,
@@ -53,9 +66,6 @@ pub struct BenchArgs {
     /// awake and the swing is a few µs.
     #[arg(long, default_value_t = bench::validate::PING_INTERVAL_S)]
     pub validate_ping_interval: f64,
-    /// Extra Services per run of the `--validate` sweep (comma-separated).
-    #[arg(long, default_value = "0,1000,5000", value_delimiter = ',')]
-    pub sweep_services: Vec<u32>,
     /// Print the table as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -75,40 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ..Default::default()
     });
     let plan = if args.validate {
-        if !args.validate_mode.has_kube_proxy() {
-            anyhow::bail!(
-                "--validate-mode {} has no kube-proxy rules to remove: use flannel-hostgw, flannel-vxlan or calico",
-                args.validate_mode
-            );
-        }
-        if args.validate_rounds == 0 {
-            anyhow::bail!("--validate-rounds must be at least 1");
-        }
-        if let Some(&n) = args
-            .sweep_services
-            .iter()
-            .find(|&&n| n > lab::addressing::MAX_EXTRA_SERVICES)
-        {
-            anyhow::bail!(
-                "--sweep-services {n} is too many: the lab holds at most {}",
-                lab::addressing::MAX_EXTRA_SERVICES
-            );
-        }
-        let ping = bench::BenchConfig {
-            ping_count: args.validate_ping_count,
-            ping_interval_s: args.validate_ping_interval,
-            ..cfg.clone()
-        };
-        ping.validate().map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().replace("--ping-", "--validate-ping-"))
-        })?;
-        Some(bench::validate::ValidatePlan {
-            mode: args.validate_mode,
-            rounds: args.validate_rounds,
-            sweep: args.sweep_services.clone(),
-            ping_count: args.validate_ping_count,
-            ping_interval_s: args.validate_ping_interval,
-        })
+        Some(validate_plan(&args, &cfg)?)
     } else {
         None
     };
@@ -128,8 +105,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     });
-    // The benchmark future is gone (its tools were killed); now nothing of the lab may remain.
+    // The benchmark future is gone (its tools were killed); now nothing of the labs may remain.
     let teardown = lab::down(&names);
+    if plan.is_some() {
+        lab::down(&bench::validate::second_lab(&names)?)?;
+    }
     let results = match outcome? {
         Some(results) => results,
         None => {
@@ -153,6 +133,58 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `--validate-*` flags checked.
+fn validate_plan(
+    args: &BenchArgs,
+    cfg: &bench::BenchConfig,
+) -> Result<bench::validate::ValidatePlan> {
+    use bench::validate::{CheckKind, MAX_ONE_NODE_RULES};
+    let needs_kube_proxy = args
+        .validate_checks
+        .iter()
+        .any(|c| *c != CheckKind::Encapsulation);
+    if needs_kube_proxy && !args.validate_mode.has_kube_proxy() {
+        anyhow::bail!(
+            "--validate-mode {} has no kube-proxy rules to check: use flannel-hostgw, flannel-vxlan or calico",
+            args.validate_mode
+        );
+    }
+    if args.validate_rounds < 3 {
+        anyhow::bail!(
+            "--validate-rounds must be at least 3 (a median's interval needs three rounds)"
+        );
+    }
+    if args.validate_checks.is_empty() {
+        anyhow::bail!("--validate-checks is empty: name at least one check");
+    }
+    if !(1..=MAX_ONE_NODE_RULES).contains(&args.validate_one_node_rules) {
+        anyhow::bail!("--validate-one-node-rules must be 1 to {MAX_ONE_NODE_RULES}");
+    }
+    if args.lab.len() > 22 {
+        anyhow::bail!(
+            "--lab {}: with --validate at most 22 characters (a second lab <lab>-b runs beside it)",
+            args.lab
+        );
+    }
+    let ping = bench::BenchConfig {
+        ping_count: args.validate_ping_count,
+        ping_interval_s: args.validate_ping_interval,
+        ..cfg.clone()
+    };
+    ping.validate()
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--ping-", "--validate-ping-")))?;
+    let mut checks = args.validate_checks.clone();
+    checks.dedup();
+    Ok(bench::validate::ValidatePlan {
+        mode: args.validate_mode,
+        checks,
+        rounds: args.validate_rounds,
+        one_node_rules: args.validate_one_node_rules,
+        ping_count: args.validate_ping_count,
+        ping_interval_s: args.validate_ping_interval,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM, naming which.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use addressing::Node;
-pub use lock::{LabLock, LockError};
+pub use lock::{LabLock, LockError, STATE_DIR};
 pub use mode::{Mode, UnknownMode};
 pub use names::{InvalidLabName, LabNames};
 

@@ -41,7 +41,7 @@ fn probe_costs(
     tool: Tool,
     calibration: Option<&ProbeCosts>,
 ) -> ProbeCosts {
-    let bpf = ProbeCosts::from_bpf_stats(&overhead::probe_ns_by_kind(mode, path, tool));
+    let bpf = ProbeCosts::from_bpf_stats(&overhead::probe_ns_by_kind(&mode.profiles, path, tool));
     match calibration {
         Some(c) => c.clone().or(&bpf),
         None => bpf,
@@ -323,7 +323,7 @@ pub fn build(
         validation: input
             .validation
             .as_ref()
-            .map(|v| super::validation::validate(v, cpus)),
+            .map(|v| super::validation::validate(v, calibration)),
         profiled_table: profiled_lines.iter().map(TableRow::of).collect(),
         calibration: calibration.map(|c| calibration_facts(c, &input.dir)),
         drops: parts.drops,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::merge::NodeDoc;
 use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
 use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
-use crate::bench::validate::{ValidateResult, VariantRun, SCHEMA as VALIDATE_SCHEMA};
+use crate::bench::validate::{CheckRun, ProfiledRun, ValidateResult, SCHEMA as VALIDATE_SCHEMA};
 use crate::lab::Mode;
 use crate::rundir::{NetPath, Node, ProfileFile, RunDir, Tool, TopFile};
 
@@ -155,14 +155,14 @@ impl ModeInput {
     }
 }
 
-/// One `bench --validate` run with its agent reports.
+/// A profiled validation run with its agent reports.
 #[derive(Debug, Clone)]
-pub struct RunInput {
-    pub run: VariantRun,
+pub struct ProfiledInput {
+    pub run: ProfiledRun,
     pub profiles: Vec<Profile>,
 }
 
-impl RunInput {
+impl ProfiledInput {
     /// The reports of one tool, in node order.
     pub fn step(&self, tool: Tool) -> Vec<&Profile> {
         let mut step: Vec<&Profile> = self
@@ -175,11 +175,18 @@ impl RunInput {
     }
 }
 
-/// `validate.json` and its runs.
+/// One check with its profiled runs' reports.
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub run: CheckRun,
+    pub profiled: Vec<ProfiledInput>,
+}
+
+/// `validate.json` and its profiled runs.
 #[derive(Debug, Clone)]
 pub struct ValidationInput {
     pub result: ValidateResult,
-    pub runs: Vec<RunInput>,
+    pub checks: Vec<CheckInput>,
 }
 
 /// Everything in one bench output directory, modes in the study's order.
@@ -273,7 +280,7 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
             Some(TopFile::Mode(mode)) => mode,
             Some(TopFile::Validate) => {
                 let result: ValidateResult = typed(&path, value, VALIDATE_SCHEMA)?;
-                validation = Some(load_validation(dir, result)?);
+                validation = Some(load_validation(dir, &path, result)?);
                 continue;
             }
             Some(TopFile::Calibration | TopFile::Report) => continue,
@@ -307,52 +314,59 @@ pub fn load(dir: &Path) -> Result<Input, InputError> {
     })
 }
 
-fn load_validation(dir: &Path, result: ValidateResult) -> Result<ValidationInput, InputError> {
-    let mode = result.mode;
-    let mut runs = Vec::new();
-    for run in &result.runs {
-        let base = dir.join(&run.dir);
-        let mut profiles = Vec::new();
-        for file in &run.profiles {
-            let path = base.join(&file.file);
-            let what = format!(
-                "validate {} {} {} {}",
-                run.dir, file.path, file.tool, file.node
-            );
-            if !path.is_file() {
-                return Err(InputError::MissingProfile { path, mode, what });
-            }
-            profiles.push(load_profile(&path, file)?);
-        }
-        let mut tools = vec![Tool::Ping];
-        if run.ab.is_some() {
-            tools.push(Tool::Ab);
-        }
-        for tool in tools {
-            for node in Node::BOTH {
-                if !profiles
-                    .iter()
-                    .any(|p| p.file.tool == tool && p.file.node == node)
-                {
-                    return Err(InputError::IncompleteProfile {
-                        mode,
-                        what: format!("validate {} pod path {tool} {node}", run.dir),
-                        expected: base.join(RunDir::profile_relative(
-                            mode,
-                            NetPath::Pod,
-                            tool,
-                            node,
-                        )),
+fn load_validation(
+    dir: &Path,
+    path: &Path,
+    result: ValidateResult,
+) -> Result<ValidationInput, InputError> {
+    super::sanity::validate_result(path, &result)?;
+    let mut checks = Vec::new();
+    for check in &result.checks {
+        let mut profiled = Vec::new();
+        for run in &check.profiled {
+            let base = dir.join(&run.dir);
+            let mut profiles = Vec::new();
+            for file in &run.profiles {
+                let at = base.join(&file.file);
+                if !at.is_file() {
+                    return Err(InputError::MissingProfile {
+                        path: at,
+                        mode: run.mode,
+                        what: format!("validate {} {} {}", run.dir, file.tool, file.node),
                     });
                 }
+                profiles.push(load_profile(&at, file)?);
             }
+            for tool in REQUIRED_TOOLS {
+                for node in Node::BOTH {
+                    if !profiles
+                        .iter()
+                        .any(|p| p.file.tool == tool && p.file.node == node)
+                    {
+                        return Err(InputError::IncompleteProfile {
+                            mode: run.mode,
+                            what: format!("validate {} pod path {tool} {node}", run.dir),
+                            expected: base.join(RunDir::profile_relative(
+                                run.mode,
+                                NetPath::Pod,
+                                tool,
+                                node,
+                            )),
+                        });
+                    }
+                }
+            }
+            profiled.push(ProfiledInput {
+                run: run.clone(),
+                profiles,
+            });
         }
-        runs.push(RunInput {
-            run: run.clone(),
-            profiles,
+        checks.push(CheckInput {
+            run: check.clone(),
+            profiled,
         });
     }
-    Ok(ValidationInput { result, runs })
+    Ok(ValidationInput { result, checks })
 }
 
 /// The steps a profiled mode must have, per path.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::agent::report::ProgramStats;
 
-use super::input::ModeInput;
+use super::input::{ModeInput, Profile};
 use crate::rundir::{NetPath, Node, Tool};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -140,16 +140,12 @@ fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
 /// the same program (same id) are taken off. Agents loaded per step (Kubernetes runs) have
 /// nothing to take off.
 fn step_programs(
-    mode: &ModeInput,
+    profiles: &[Profile],
     node: Node,
     path: NetPath,
     tool: Tool,
 ) -> Vec<(String, u64, u64)> {
-    let reports: Vec<&super::input::Profile> = mode
-        .profiles
-        .iter()
-        .filter(|p| p.file.node == node)
-        .collect();
+    let reports: Vec<&Profile> = profiles.iter().filter(|p| p.file.node == node).collect();
     let Some(at) = reports
         .iter()
         .position(|p| p.file.path == path && p.file.tool == tool)
@@ -179,11 +175,11 @@ fn step_programs(
 
 /// Mean run time per checkpoint kind over both nodes, during one step (`path`, `tool`), ns.
 /// Per step because a probe's cost depends on the traffic: pings 10 ms apart find cold caches
-/// and cost ~1.7-2 µs per run here, ten times what the same programs cost under ab's load.
-pub fn probe_ns_by_kind(mode: &ModeInput, path: NetPath, tool: Tool) -> BTreeMap<String, f64> {
+/// and cost several times what the same programs cost under ab's load.
+pub fn probe_ns_by_kind(profiles: &[Profile], path: NetPath, tool: Tool) -> BTreeMap<String, f64> {
     let mut totals: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
     for node in Node::BOTH {
-        for (name, count, time) in step_programs(mode, node, path, tool) {
+        for (name, count, time) in step_programs(profiles, node, path, tool) {
             if let Some(kind) = program_kind(&name) {
                 let t = totals.entry(kind).or_default();
                 t.0 += count;

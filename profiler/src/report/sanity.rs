@@ -9,6 +9,7 @@ use profiler_common::datapath::{bucket_low, bucket_of};
 use super::input::InputError;
 use crate::agent::report::AgentReport;
 use crate::bench::result::{ModeResult, PathResult};
+use crate::bench::validate::{Sample, Side, ValidateResult};
 use crate::parse::ping::PingReport;
 
 /// No RTT, step or run of the lab lasts this long.
@@ -129,6 +130,48 @@ impl Check<'_> {
         }
         Ok(())
     }
+}
+
+/// Checks `validate.json`: every sample's ping and ab, and that each check has its rounds and
+/// its profiled `a`.
+pub fn validate_result(path: &Path, r: &ValidateResult) -> Result<(), InputError> {
+    let c = Check { path };
+    for (i, check) in r.checks.iter().enumerate() {
+        let at = format!("checks[{i}] ({})", check.check);
+        if check.rounds.is_empty() {
+            return Err(c.fail(
+                format!("{at}.rounds"),
+                "[]",
+                "a check without rounds measured nothing",
+            ));
+        }
+        if !check.profiled.iter().any(|p| p.side == Side::A) {
+            return Err(c.fail(
+                format!("{at}.profiled"),
+                check.profiled.len(),
+                "no profiled `a` run to predict from",
+            ));
+        }
+        let mut samples: Vec<(String, &Sample)> = Vec::new();
+        for (j, p) in check.profiled.iter().enumerate() {
+            samples.push((format!("{at}.profiled[{j}].sample"), &p.sample));
+        }
+        for (j, round) in check.rounds.iter().enumerate() {
+            samples.push((format!("{at}.rounds[{j}].a"), &round.a));
+            samples.push((format!("{at}.rounds[{j}].b"), &round.b));
+        }
+        for (field, s) in samples {
+            c.ping(&field, &s.ping)?;
+            c.amount(
+                || format!("{field}.ab.requests_per_second"),
+                s.ab.requests_per_second,
+            )?;
+            if let Some(cpu) = s.ab_cpu_ns_per_request {
+                c.amount(|| format!("{field}.ab_cpu_ns_per_request"), cpu)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks one `<mode>.json`.
