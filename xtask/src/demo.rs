@@ -1,79 +1,197 @@
-//! `cargo xtask demo`: the main job. The study's table with nothing attached, the same modes
-//! profiled, and the attributed report as a table and as `<out>/report.html`.
+//! `cargo xtask demo [--repeat K] [bench args]`: the main job. The study's table with nothing
+//! attached, the same modes profiled, and the attributed report as a table and as
+//! `<out>/report.html`.
+//!
+//! With `--repeat K` (K > 1) the two passes run K times, interleaved (in repeat k the pass
+//! without agents goes first when k is odd, second when k is even, so a drift of the machine
+//! does not fall on one side), into `<out>/repeat-<k>/` and `<out>/repeat-<k>/clean/`; the
+//! report takes each stage's median over the repeats. `--validate` runs once, in the last
+//! repeat's profiled pass.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::run::{release_netprof, run, workspace_root};
 
-/// The `--out` directory among bench's arguments (bench's default when absent).
-fn out_dir(bench_args: &[String]) -> PathBuf {
-    let mut args = bench_args.iter();
-    while let Some(arg) = args.next() {
-        if arg == "--out" {
-            if let Some(dir) = args.next() {
-                return PathBuf::from(dir);
-            }
-        } else if let Some(dir) = arg.strip_prefix("--out=") {
-            return PathBuf::from(dir);
+/// The value of `--flag V` or `--flag=V` among the arguments.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == flag {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            return Some(v);
         }
     }
-    PathBuf::from("netprof-out")
+    None
 }
 
-/// `bench_args` without `--out DIR` and without the flags that attach agents.
-fn clean_pass_args(bench_args: &[String]) -> Vec<String> {
+/// The arguments without `--flag V` / `--flag=V` and without the bare `drop` flags.
+fn without(args: &[String], flags: &[&str], drop: &[&str]) -> Vec<String> {
     let mut kept = Vec::new();
-    let mut args = bench_args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--out" => {
-                args.next();
-            }
-            "--profile" | "--validate" => {}
-            a if a.starts_with("--out=") => {}
-            _ => kept.push(arg.clone()),
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let with_value = flags
+            .iter()
+            .any(|f| arg.strip_prefix(f).is_some_and(|r| r.starts_with('=')));
+        if flags.contains(&arg.as_str()) {
+            it.next();
+        } else if !with_value && !drop.contains(&arg.as_str()) {
+            kept.push(arg.clone());
         }
     }
     kept
 }
 
-pub fn demo(bench_args: &[String]) -> Result<()> {
-    // First the study's table as the tools measure it with nothing attached (the agents' cost
-    // would be inside every number), then the same modes profiled, and the attributed report.
-    let mut clean = release_netprof()?;
-    clean
-        .args(["bench", "--modes", "all"])
-        .args(clean_pass_args(bench_args));
-    clean.arg("--out").arg(out_dir(bench_args).join("clean"));
-    run(clean)?;
-    let mut bench = Command::new(workspace_root().join("target/release/netprof"));
-    bench.args(["bench", "--modes", "all"]);
-    // The report attributes only what the agents profiled.
-    if !bench_args.iter().any(|a| a == "--profile") {
+/// The demo's own options, taken out of the arguments meant for `netprof bench`.
+struct DemoArgs {
+    repeat: u32,
+    out: PathBuf,
+    validate: bool,
+    /// What both passes get (no `--out`, `--profile`, `--validate`, `--repeat`).
+    common: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<DemoArgs> {
+    let repeat = match flag_value(args, "--repeat") {
+        None => 1,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|k| (1..=20).contains(k))
+            .with_context(|| format!("--repeat {v}: give a number of repeats from 1 to 20"))?,
+    };
+    // A fresh directory by default: a report reads everything in its directory, so a second
+    // demo into the first one's would mix them.
+    let out = flag_value(args, "--out").map_or_else(
+        || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("netprof-out").join(format!("demo-{now}"))
+        },
+        PathBuf::from,
+    );
+    // The passes run from the workspace root: a relative --out means the same place for all.
+    let out = if out.is_absolute() {
+        out
+    } else {
+        workspace_root().join(out)
+    };
+    Ok(DemoArgs {
+        repeat,
+        out,
+        validate: args.iter().any(|a| a == "--validate"),
+        common: without(args, &["--out", "--repeat"], &["--profile", "--validate"]),
+    })
+}
+
+fn refuse_used(out: &Path) -> Result<()> {
+    let used = std::fs::read_dir(out).map(|mut d| d.next().is_some());
+    if let Ok(true) = used {
+        bail!(
+            "{} already holds files: give a new --out DIR (or remove it); the report reads everything in its directory, so two runs would mix",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn netprof() -> Command {
+    Command::new(workspace_root().join("target/release/netprof"))
+}
+
+/// One `netprof bench --modes all` pass into `dir`, profiled or not.
+fn pass(args: &DemoArgs, dir: &Path, profiled: bool, validate: bool) -> Result<()> {
+    let mut bench = netprof();
+    bench.args(["bench", "--modes", "all"]).args(&args.common);
+    if profiled {
         bench.arg("--profile");
     }
-    bench.args(bench_args);
-    run(bench)?;
-    let out = out_dir(bench_args);
-    let netprof = workspace_root().join("target/release/netprof");
-    let mut table = Command::new(&netprof);
-    table.arg("report").arg(&out).args(["--format", "table"]);
+    if validate {
+        bench.arg("--validate");
+    }
+    bench.arg("--out").arg(dir);
+    run(bench)
+}
+
+pub fn demo(bench_args: &[String]) -> Result<()> {
+    let args = parse(bench_args)?;
+    refuse_used(&args.out)?;
+    release_netprof()?;
+    // First the study's table as the tools measure it with nothing attached (the agents' cost
+    // would be inside every number), then the same modes profiled, and the attributed report.
+    if args.repeat == 1 {
+        pass(&args, &args.out.join("clean"), false, false)?;
+        pass(&args, &args.out, true, args.validate)?;
+    } else {
+        for k in 1..=args.repeat {
+            let dir = args.out.join(format!("repeat-{k}"));
+            let validate = args.validate && k == args.repeat;
+            if k % 2 == 1 {
+                pass(&args, &dir.join("clean"), false, false)?;
+                pass(&args, &dir, true, validate)?;
+            } else {
+                pass(&args, &dir, true, validate)?;
+                pass(&args, &dir.join("clean"), false, false)?;
+            }
+        }
+    }
+    let mut table = netprof();
+    table
+        .arg("report")
+        .arg(&args.out)
+        .args(["--format", "table"]);
     run(table)?;
-    let html = out.join("report.html");
-    let mut page = Command::new(&netprof);
+    let html = args.out.join("report.html");
+    let mut page = netprof();
     page.arg("report")
-        .arg(&out)
+        .arg(&args.out)
         .args(["--format", "html", "--out"])
         .arg(&html);
     run(page)?;
-    let shown = if html.is_absolute() {
-        html
-    } else {
-        workspace_root().join(html)
-    };
-    println!("HTML report: {}", shown.display());
+    println!("HTML report: {}", html.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_demos_own_flags_are_taken_out_of_the_bench_arguments() {
+        let a = parse(&strings(&[
+            "--services",
+            "10",
+            "--repeat",
+            "3",
+            "--out=/tmp/x",
+            "--validate",
+            "--profile",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (a.repeat, a.out.as_path(), a.validate),
+            (3, Path::new("/tmp/x"), true)
+        );
+        assert_eq!(a.common, ["--services", "10"]);
+        let a = parse(&strings(&["--out", "/tmp/y"])).unwrap();
+        assert_eq!((a.repeat, a.common.len()), (1, 0));
+        assert!(parse(&strings(&["--repeat", "0"]))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("--repeat 0"));
+        assert!(parse(&[])
+            .unwrap()
+            .out
+            .starts_with(workspace_root().join("netprof-out")));
+    }
 }
