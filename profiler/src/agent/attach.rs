@@ -31,7 +31,7 @@ use profiler_common::datapath::{
 };
 
 use super::{
-    btf::Btf,
+    btf::{self, KernelBtf},
     collect,
     devices::{self, Device, Found, Registry},
     duty::{AttachedTime, Cycler, Duty},
@@ -122,7 +122,7 @@ struct Inner {
     nf_programs: Vec<NetfilterProgram>,
     /// The fentry/fexit netfilter fallback's links, and the functions it traces.
     fentry_links: nf_fentry::Links,
-    fentry_functions: Vec<&'static str>,
+    fentry_programs: Vec<nf_fentry::Pair>,
     ebpf: Ebpf,
     /// bpf_stats stay on while this lives. With a duty cycle only during the windows: the links
     /// of a closing or opening window stay in for ~100 ms while the programs are paused, and
@@ -305,9 +305,9 @@ impl Agent {
             sample_shift: sample_shift(options.sample)?,
             ..Config::default()
         };
-        let kernel_btf = Btf::from_sys_fs()?;
-        kernel_btf.fill_config(&mut config)?;
-        kernel_btf.fill_fentry_config(&mut config);
+        let mut kernel_btf = KernelBtf::from_sys_fs()?;
+        kernel_btf.vmlinux().fill_config(&mut config)?;
+        btf::fill_fentry_config(&mut kernel_btf, &mut config);
         let mut drop_reasons = BTreeMap::new();
         let tracefs = Tracefs::system().and_then(|fs| {
             drop_reasons = fs.fill_config(&mut config)?;
@@ -354,7 +354,7 @@ impl Agent {
             nf_points: Vec::new(),
             nf_attached: BTreeSet::new(),
             fentry_links: nf_fentry::Links::default(),
-            fentry_functions: Vec::new(),
+            fentry_programs: Vec::new(),
             config,
             paused: false,
             detaching: Vec::new(),
@@ -699,6 +699,7 @@ fn program_stats(inner: &Inner) -> Vec<ProgramStats> {
         .nf_programs
         .iter()
         .map(|p| (p.id(), p.name()))
+        .chain(inner.fentry_programs.iter().flat_map(|p| p.program_ids()))
         .collect();
     if !nf_ids.is_empty() {
         for info in aya::programs::loaded_programs().flatten() {

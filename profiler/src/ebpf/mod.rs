@@ -4,8 +4,10 @@
 //! One module per program family; each owns its `Ebpf` instance and its links, and detaches
 //! everything when dropped.
 
+pub mod btf_objects;
 mod clsact;
 pub mod netfilter;
+pub mod tracing;
 pub mod uplink_counter;
 
 use std::{error::Error as StdError, io, path::Path};

@@ -49,8 +49,8 @@ pub const LICENSE_SECTION: &str = "license";
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `BPF_PROG_TYPE_NETFILTER` in `enum bpf_prog_type`.
@@ -77,7 +77,7 @@ const INSN_SIZE: usize = 8;
 /// Bytes every attr struct is padded to (more than any command used here needs).
 pub const ATTR_SIZE: usize = 128;
 /// Verifier log buffer for the retry after a failed load.
-const LOG_SIZE: usize = 1 << 20;
+pub(crate) const LOG_SIZE: usize = 1 << 20;
 /// How much of the verifier log an error message shows (the whole log is in the error).
 const LOG_TAIL_LINES: usize = 20;
 
@@ -226,7 +226,7 @@ fn link_hint(err: &io::Error) -> &'static str {
 }
 
 /// The last [`LOG_TAIL_LINES`] non-empty lines of a verifier log, joined with " | ".
-fn log_tail(log: &str) -> String {
+pub(crate) fn log_tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
         return "(empty verifier log)".to_owned();
@@ -234,7 +234,7 @@ fn log_tail(log: &str) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ")
 }
 
-fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| format!("Linux {}", s.trim()))
         .unwrap_or_else(|_| "an unknown kernel".to_owned())
@@ -320,14 +320,14 @@ const _: () = assert!(size_of::<LinkCreateAttr>() == ATTR_SIZE);
 const _: () = assert!(size_of::<InfoAttr>() == ATTR_SIZE);
 
 /// All-zero value of an attr struct (every field is an integer or a byte array).
-fn zeroed<T: Copy>() -> T {
+pub(crate) fn zeroed<T: Copy>() -> T {
     // SAFETY: only used on the `#[repr(C)]` attr structs above, whose fields are all integers
     // or byte arrays, for which all-zero bytes are valid.
     unsafe { std::mem::zeroed() }
 }
 
 /// `bpf(cmd, attr, size_of(attr))`; returns the non-negative result.
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live `#[repr(C)]` bpf_attr mirror of `size_of::<T>()` bytes; the
     // kernel reads at most that many and writes only into buffers the attr points at, which
     // the callers keep alive across the call.
@@ -347,14 +347,14 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 }
 
 /// [`sys_bpf`] for commands returning a new file descriptor.
-fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+pub(crate) fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     let fd = sys_bpf(cmd, attr)?;
     // SAFETY: on success these commands return a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Copies `name` into a kernel object name (at most 15 bytes, NUL-terminated).
-fn object_name(name: &str) -> [u8; 16] {
+pub(crate) fn object_name(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (dst, src) in out.iter_mut().zip(
         name.bytes()
@@ -366,7 +366,7 @@ fn object_name(name: &str) -> [u8; 16] {
     out
 }
 
-fn is_permission(err: &io::Error) -> bool {
+pub(crate) fn is_permission(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES))
 }
 
@@ -411,6 +411,15 @@ impl ParsedProgram {
 
 /// Finds `program` in the `netfilter` section of `elf` and collects its map references.
 pub fn parse(elf: &[u8], program: &str) -> Result<ParsedProgram, NetfilterError> {
+    parse_section(elf, SECTION, program)
+}
+
+/// [`parse`] for a program in another section (e.g. `fentry/FUNCTION` of the aya object).
+pub fn parse_section(
+    elf: &[u8],
+    section: &str,
+    program: &str,
+) -> Result<ParsedProgram, NetfilterError> {
     let file = object::File::parse(elf).map_err(|source| NetfilterError::Parse { source })?;
     let unsupported = |insn: usize, what: String| NetfilterError::UnsupportedRelocation {
         program: program.to_owned(),
@@ -419,7 +428,7 @@ pub fn parse(elf: &[u8], program: &str) -> Result<ParsedProgram, NetfilterError>
     };
 
     let section = file
-        .section_by_name(SECTION)
+        .section_by_name(section)
         .ok_or_else(|| NetfilterError::ProgramMissing {
             program: program.to_owned(),
         })?;

@@ -7,32 +7,56 @@
 //! A pair attaches whole or not at all (an entry without its exit would leave every journey
 //! at the entry point). What cannot be had is reported as not measured with the kernel's
 //! reason; this CI kernel refuses fentry (EPERM), so there the reasons are what the tests see.
+//!
+//! The programs are loaded by netprof's own tracing loader ([`crate::ebpf::tracing`]), not
+//! aya: on distribution kernels the traced functions live in modules, and a program on a
+//! module's function needs the module's BTF object at load.
 
-use aya::programs::{fentry::FEntryLink, fexit::FExitLink, FEntry, FExit};
 use profiler_common::datapath::{
-    nf_points_around, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE,
-    ARG_NFT_CHAIN, ARG_NFT_PKT, NF_PRI_CONNTRACK, NF_TRACED,
+    nf_points_around, ALL_MAPS, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE,
+    ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT, NF_PRI_CONNTRACK, NF_TRACED,
 };
 
 use super::*;
+use crate::{
+    agent::btf::KernelBtf,
+    ebpf::{
+        btf_objects,
+        tracing::{TraceEdge, TraceTarget, TracingLink, TracingProgram},
+    },
+};
 
 /// The fallback's links, closed like tracepoint links (each waits for RCU).
 #[derive(Debug, Default)]
-pub(super) struct Links {
-    entries: Vec<FEntryLink>,
-    exits: Vec<FExitLink>,
-}
+pub(super) struct Links(Vec<TracingLink>);
 
 impl Links {
     pub(super) fn len(&self) -> usize {
-        self.entries.len() + self.exits.len()
+        self.0.len()
+    }
+}
+
+/// A traced function's two loaded programs (attached again at each duty-cycle window).
+#[derive(Debug)]
+pub(super) struct Pair {
+    pub(super) function: &'static str,
+    entry: TracingProgram,
+    exit: TracingProgram,
+}
+
+impl Pair {
+    pub(super) fn program_ids(&self) -> [(u32, &str); 2] {
+        [
+            (self.entry.id(), self.entry.name()),
+            (self.exit.id(), self.exit.name()),
+        ]
     }
 }
 
 /// Loads and attaches every traced function's pair it can; `why` says why links were not used.
 pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(btf) => btf,
+    let mut kernel = match KernelBtf::from_sys_fs() {
+        Ok(kernel) => kernel,
         Err(err) => {
             inner.not_measured(
                 "netfilter via fentry/fexit",
@@ -42,16 +66,26 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
         }
     };
     log::info!("netfilter via fentry/fexit: {why}");
-    for (function, entry, exit) in NF_TRACED {
-        let ready = layout_known(&inner.config, function);
-        match ready
-            .and_then(|()| load_pair(&mut inner.ebpf, function, entry, exit, &btf))
-            .and_then(|()| attach_pair(&mut inner.ebpf, entry, exit))
-        {
-            Ok((entry_link, exit_link)) => {
-                inner.fentry_links.entries.push(entry_link);
-                inner.fentry_links.exits.push(exit_link);
-                inner.fentry_functions.push(function);
+    let mut outcomes = Vec::new();
+    {
+        let mut maps = StdHashMap::new();
+        for name in ALL_MAPS {
+            if let Some(fd) = inner.ebpf.map(name).and_then(map_fd) {
+                maps.insert(name.to_owned(), fd);
+            }
+        }
+        for (function, entry, exit) in NF_TRACED {
+            let outcome = layout_known(&inner.config, function)
+                .and_then(|()| load_pair(&mut kernel, &maps, function, entry, exit))
+                .and_then(|pair| attach_pair(&pair).map(|links| (pair, links)));
+            outcomes.push((function, entry, exit, outcome));
+        }
+    }
+    for (function, entry, exit, outcome) in outcomes {
+        match outcome {
+            Ok((pair, links)) => {
+                inner.fentry_links.0.extend(links);
+                inner.fentry_programs.push(pair);
             }
             Err(reason) => inner.not_measured(
                 format!("netfilter via fentry/fexit on {function} ({entry}, {exit})"),
@@ -59,7 +93,8 @@ pub(super) fn attach(inner: &mut Inner, layout: &NetfilterLayout, why: &str) {
             ),
         }
     }
-    let watched = watched_points(layout, &inner.fentry_functions);
+    let traced: Vec<&str> = inner.fentry_programs.iter().map(|p| p.function).collect();
+    let watched = watched_points(layout, &traced);
     inner.nf_attached.extend(watched);
 }
 
@@ -105,84 +140,55 @@ fn layout_known(config: &Config, function: &str) -> Result<(), String> {
     }
 }
 
+/// Loads `function`'s entry and exit programs against the BTF that defines it: vmlinux's,
+/// or its module's (then with that module's BTF object, which aya cannot pass).
 fn load_pair(
-    ebpf: &mut Ebpf,
-    function: &str,
+    kernel: &mut KernelBtf,
+    maps: &StdHashMap<String, BorrowedFd<'_>>,
+    function: &'static str,
     entry: &str,
     exit: &str,
-    btf: &aya::Btf,
-) -> Result<(), String> {
-    let entry_program: &mut FEntry = program(ebpf, entry)?;
-    entry_program
-        .load(function, btf)
-        .map_err(|err| load_failure("fentry", &chain(&err)))?;
-    let exit_program: &mut FExit = program(ebpf, exit)?;
-    exit_program
-        .load(function, btf)
-        .map_err(|err| load_failure("fexit", &chain(&err)))
-}
-
-/// The kernel's refusal, without aya's empty verifier log, and what EPERM means here.
-fn load_failure(kind: &str, error: &str) -> String {
-    let error = error
-        .trim_end()
-        .trim_end_matches("Verifier output:")
-        .trim_end()
-        .trim_end_matches('.');
-    if error.contains("os error 1)") {
-        format!("{kind} load: {error}; this kernel refuses {kind} programs")
-    } else {
-        format!("{kind} load: {error}")
-    }
+) -> Result<Pair, String> {
+    let located = kernel.function(function).map_err(|err| err.to_string())?;
+    let object = match &located.module {
+        Some(module) => Some(btf_objects::find(module).map_err(|err| chain(&err))?),
+        None => None,
+    };
+    let target = TraceTarget {
+        function,
+        btf_id: located.type_id,
+        btf_object: object.as_ref().map(|o| o.fd()),
+    };
+    let load = |program: &str, edge: TraceEdge| {
+        TracingProgram::load(ebpf::OBJECT, program, edge, &target, maps).map_err(|err| chain(&err))
+    };
+    Ok(Pair {
+        function,
+        entry: load(entry, TraceEdge::Entry)?,
+        exit: load(exit, TraceEdge::Exit)?,
+    })
 }
 
 /// Attaches a loaded pair: the exit first, so no pass is seen entering without leaving.
-fn attach_pair(
-    ebpf: &mut Ebpf,
-    entry: &str,
-    exit: &str,
-) -> Result<(FEntryLink, FExitLink), String> {
-    let exit_program: &mut FExit = program(ebpf, exit)?;
-    let exit_link = exit_program
-        .attach()
-        .and_then(|id| exit_program.take_link(id))
-        .map_err(|err| format!("fexit attach: {}", chain(&err)))?;
-    let entry_program: &mut FEntry = program(ebpf, entry)?;
-    let entry_link = entry_program
-        .attach()
-        .and_then(|id| entry_program.take_link(id))
-        .map_err(|err| format!("fentry attach: {}", chain(&err)))?;
-    Ok((entry_link, exit_link))
-}
-
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
-{
-    let found = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} is missing from the aya object: rebuild netprof"))?;
-    <&mut P>::try_from(found).map_err(|_| {
-        format!("program {name} has the wrong type in the aya object: rebuild netprof")
-    })
+fn attach_pair(pair: &Pair) -> Result<[TracingLink; 2], String> {
+    let exit = pair.exit.attach().map_err(|err| chain(&err))?;
+    let entry = pair.entry.attach().map_err(|err| chain(&err))?;
+    Ok([exit, entry])
 }
 
 /// Attaches the traced functions' pairs again (a duty-cycle window opening).
 pub(super) fn reattach(inner: &mut Inner) {
-    for (function, entry, exit) in NF_TRACED {
-        if !inner.fentry_functions.contains(&function) {
-            continue;
-        }
-        match attach_pair(&mut inner.ebpf, entry, exit) {
-            Ok((entry_link, exit_link)) => {
-                inner.fentry_links.entries.push(entry_link);
-                inner.fentry_links.exits.push(exit_link);
-            }
-            Err(reason) => {
-                log::warn!("duty cycle: netfilter via fentry/fexit on {function}: {reason}")
-            }
+    let mut links = Vec::new();
+    for pair in &inner.fentry_programs {
+        match attach_pair(pair) {
+            Ok(pair_links) => links.extend(pair_links),
+            Err(reason) => log::warn!(
+                "duty cycle: netfilter via fentry/fexit on {}: {reason}",
+                pair.function
+            ),
         }
     }
+    inner.fentry_links.0.extend(links);
 }
 
 /// The `(hook, point)`s the traced functions stand for: around conntrack on the hooks it has,
@@ -233,12 +239,12 @@ mod tests {
     #[test]
     fn a_function_is_loaded_only_when_btf_gave_all_it_reads() {
         let mut config = Config::default();
-        let btf = crate::agent::btf::Btf::from_sys_fs();
-        let Ok(btf) = btf else {
+        let Ok(mut kernel) = crate::agent::btf::KernelBtf::from_sys_fs() else {
             crate::testing::print_skip("nf_fentry", "no kernel BTF");
             return;
         };
-        btf.fill_fentry_config(&mut config);
+        crate::agent::btf::fill_fentry_config(&mut kernel, &mut config);
+        let btf = std::sync::Arc::clone(kernel.vmlinux());
         btf.fill_config(&mut config).unwrap();
         for (function, _, _) in NF_TRACED {
             if btf.params(function).is_some() {
@@ -256,19 +262,6 @@ mod tests {
         assert_eq!(
             layout_known(&bare, "nft_do_chain").unwrap_err(),
             "this kernel's BTF lacks nft_base_chain.ops.priority, nf_hook_state.net"
-        );
-    }
-
-    #[test]
-    fn refusals_read_plainly() {
-        let eperm = "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier output: ";
-        assert_eq!(
-            load_failure("fentry", eperm),
-            "fentry load: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); this kernel refuses fentry programs"
-        );
-        assert_eq!(
-            load_failure("fexit", "function nft_do_chain not found"),
-            "fexit load: function nft_do_chain not found"
         );
     }
 

@@ -7,13 +7,19 @@
 //! hdr_len, then type and string section offsets/lengths relative to the header's end), a type
 //! section of variable-length records (`struct btf_type`: name_off, info, size/type, then
 //! kind-specific data), and a string section of NUL-terminated names. Type ids start at 1.
+//!
+//! A module's BTF (`/sys/kernel/btf/<module>`) is *split* BTF on top of vmlinux's: its type
+//! ids continue after vmlinux's last one and its string offsets after vmlinux's string
+//! section, and its types refer to vmlinux's freely (`struct sk_buff`, parameter names). It is
+//! parsed with vmlinux's as its base ([`Btf::parse_split`]) and then answers for both.
 
-use std::{collections::HashMap, path::Path};
+mod kernel;
+mod offsets;
 
-use profiler_common::datapath::{
-    Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB, ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN,
-    ARG_NFT_PKT, ARG_UNKNOWN,
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+pub use kernel::{FunctionBtf, KernelBtf, LocateError};
+pub use offsets::fill_fentry_config;
 
 /// BTF magic as it reads in the file's byte order (little-endian here).
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -96,6 +102,12 @@ pub struct Btf {
     structs: HashMap<String, u32>,
     /// First function of each name.
     funcs: HashMap<String, u32>,
+    /// The BTF this one is split from (vmlinux's, for a module's).
+    base: Option<Arc<Btf>>,
+    /// Id of `types[0]`: 1, or the id after the base's last type.
+    first_id: u32,
+    /// Offset of `strings[0]`: 0, or the end of the base's string section.
+    first_string: u32,
 }
 
 impl Btf {
@@ -114,6 +126,15 @@ impl Btf {
 
     /// Parses a raw BTF blob; `what` names it in errors.
     pub fn parse(data: &[u8], what: &str) -> Result<Self, BtfError> {
+        Self::parse_with(data, what, None)
+    }
+
+    /// Parses a module's split BTF on top of `base` (vmlinux's).
+    pub fn parse_split(data: &[u8], what: &str, base: Arc<Btf>) -> Result<Self, BtfError> {
+        Self::parse_with(data, what, Some(base))
+    }
+
+    fn parse_with(data: &[u8], what: &str, base: Option<Arc<Btf>>) -> Result<Self, BtfError> {
         let bad = |reason: String| BtfError::Malformed {
             what: what.to_owned(),
             reason,
@@ -225,22 +246,39 @@ impl Btf {
             strings,
             structs: HashMap::new(),
             funcs: HashMap::new(),
+            first_id: base.as_ref().map_or(1, |b| b.end_id()),
+            first_string: base.as_ref().map_or(0, |b| b.end_string()),
+            base,
         };
         for (i, ty) in btf.types.iter().enumerate() {
+            let id = btf.first_id + i as u32;
             if ty.kind == KIND_STRUCT && ty.name_off != 0 && !ty.members.is_empty() {
                 let name = btf.name(ty.name_off).to_owned();
-                btf.structs.entry(name).or_insert(i as u32 + 1);
+                btf.structs.entry(name).or_insert(id);
             }
             if ty.kind == KIND_FUNC && ty.name_off != 0 {
                 let name = btf.name(ty.name_off).to_owned();
-                btf.funcs.entry(name).or_insert(i as u32 + 1);
+                btf.funcs.entry(name).or_insert(id);
             }
         }
         Ok(btf)
     }
 
+    /// The id after this BTF's last type (a split BTF's first).
+    fn end_id(&self) -> u32 {
+        self.first_id + self.types.len() as u32
+    }
+
+    /// The offset after this BTF's string section (a split BTF's first).
+    fn end_string(&self) -> u32 {
+        self.first_string + self.strings.len() as u32
+    }
+
     fn name(&self, off: u32) -> &str {
-        let start = off as usize;
+        if off < self.first_string {
+            return self.base.as_ref().map_or("", |base| base.name(off));
+        }
+        let start = (off - self.first_string) as usize;
         let Some(rest) = self.strings.get(start..) else {
             return "";
         };
@@ -249,7 +287,32 @@ impl Btf {
     }
 
     fn get(&self, id: u32) -> Option<&Type> {
-        id.checked_sub(1).and_then(|i| self.types.get(i as usize))
+        if id < self.first_id {
+            return self.base.as_ref().and_then(|base| base.get(id));
+        }
+        self.types.get((id - self.first_id) as usize)
+    }
+
+    /// The id of the first struct (with members) named `name`, here or in the base.
+    fn struct_id(&self, name: &str) -> Option<u32> {
+        self.structs
+            .get(name)
+            .copied()
+            .or_else(|| self.base.as_ref()?.struct_id(name))
+    }
+
+    /// The type id of kernel function `name` (`BTF_KIND_FUNC`), here or in the base: what
+    /// fentry/fexit programs are loaded against.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs
+            .get(name)
+            .copied()
+            .or_else(|| self.base.as_ref()?.func_id(name))
+    }
+
+    /// Whether function `name` is defined in this BTF itself (not only in its base).
+    pub fn defines_func(&self, name: &str) -> bool {
+        self.funcs.contains_key(name)
     }
 
     /// Follows typedefs and modifiers (const, volatile, restrict, type tags).
@@ -269,7 +332,7 @@ impl Btf {
     /// Byte offset of the member at `path` (dot-separated, e.g. `nd_net.net`) in struct `name`.
     /// Anonymous struct/union members are searched through at every level.
     pub fn member_offset(&self, name: &str, path: &str) -> Result<u32, BtfError> {
-        let id = *self.structs.get(name).ok_or_else(|| BtfError::NoStruct {
+        let id = self.struct_id(name).ok_or_else(|| BtfError::NoStruct {
             name: name.to_owned(),
         })?;
         let no_member = || BtfError::NoMember {
@@ -332,7 +395,7 @@ impl Btf {
 
     /// The parameter names of kernel function `name`, in order; `None` if it is not in BTF.
     pub fn params(&self, name: &str) -> Option<Vec<&str>> {
-        let func = self.get(*self.funcs.get(name)?)?;
+        let func = self.get(self.func_id(name)?)?;
         let proto = self
             .get(func.size_or_type)
             .filter(|t| t.kind == KIND_FUNC_PROTO)?;
@@ -344,82 +407,51 @@ impl Btf {
                 .collect(),
         )
     }
-
-    /// Fills what the fentry/fexit netfilter fallback reads (`Config::nf_*`, `xt_*`, `nft_*`,
-    /// `fentry_args`). Never fails: whatever this kernel lacks stays 0 / `ARG_UNKNOWN`, and the
-    /// program that needs it then records nothing (its load is refused first, in practice:
-    /// a function missing from BTF cannot be traced).
-    pub fn fill_fentry_config(&self, config: &mut Config) {
-        let offset = |name: &str, path: &str| self.member_offset(name, path).unwrap_or(0);
-        config.nf_state_hook = offset("nf_hook_state", "hook");
-        config.nf_state_net = offset("nf_hook_state", "net");
-        config.nf_state_pf = offset("nf_hook_state", "pf");
-        config.xt_table_priority = offset("xt_table", "priority");
-        config.nft_pkt_skb = offset("nft_pktinfo", "skb");
-        config.nft_pkt_state = offset("nft_pktinfo", "state");
-        config.nft_chain_priority = match (
-            self.member_offset("nft_base_chain", "ops.priority"),
-            self.member_offset("nft_base_chain", "chain"),
-        ) {
-            (Ok(priority), Ok(chain)) => priority as i32 - chain as i32,
-            _ => 0,
-        };
-        config.fentry_args = [ARG_UNKNOWN; 8];
-        let position = |func: &str, param: &str| -> u8 {
-            self.params(func)
-                .and_then(|params| params.iter().position(|p| *p == param))
-                .map_or(ARG_UNKNOWN, |i| i as u8)
-        };
-        // ipt_do_table(priv, skb, state) since 5.19 (the table is `priv`); (skb, state, table)
-        // before.
-        config.fentry_args[ARG_IPT_SKB] = position("ipt_do_table", "skb");
-        config.fentry_args[ARG_IPT_STATE] = position("ipt_do_table", "state");
-        config.fentry_args[ARG_IPT_TABLE] = match position("ipt_do_table", "priv") {
-            ARG_UNKNOWN => position("ipt_do_table", "table"),
-            at => at,
-        };
-        config.fentry_args[ARG_CT_SKB] = position("nf_conntrack_in", "skb");
-        config.fentry_args[ARG_CT_STATE] = position("nf_conntrack_in", "state");
-        config.fentry_args[ARG_NFT_PKT] = position("nft_do_chain", "pkt");
-        config.fentry_args[ARG_NFT_CHAIN] = position("nft_do_chain", "priv");
-    }
-
-    /// Fills the kernel-struct offsets of `config` (`skb_*`, `dev_*`, `net_ns_inum`).
-    pub fn fill_config(&self, config: &mut Config) -> Result<(), BtfError> {
-        config.skb_head = self.member_offset("sk_buff", "head")?;
-        config.skb_network_header = self.member_offset("sk_buff", "network_header")?;
-        config.skb_dev = self.member_offset("sk_buff", "dev")?;
-        config.dev_ifindex = self.member_offset("net_device", "ifindex")?;
-        // `possible_net_t nd_net` holds `struct net *net` (without CONFIG_NET_NS it is empty,
-        // and `dev_net()` is always init_net; netprof needs namespaces anyway).
-        config.dev_nd_net = self.member_offset("net_device", "nd_net.net")?;
-        config.net_ns_inum = self.member_offset("net", "ns.inum")?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// Builds a raw BTF blob from type records and strings.
-    struct Builder {
+    /// Builds a raw BTF blob from type records and strings; with [`Builder::split`], a
+    /// module's split BTF whose names reuse the base's strings as libbpf's dedup does.
+    pub(crate) struct Builder {
         types: Vec<u8>,
         strings: Vec<u8>,
+        /// For split BTF: the base's string section (its names are reused, not repeated).
+        base_strings: Vec<u8>,
     }
 
     impl Builder {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Self {
                 types: Vec::new(),
                 strings: vec![0],
+                base_strings: Vec::new(),
             }
         }
-        fn string(&mut self, s: &str) -> u32 {
+        /// A split BTF on top of `base` (a [`Builder`]'s blob): ids continue after the
+        /// base's, string offsets after its strings.
+        pub(crate) fn split(base: &Builder) -> Self {
+            Self {
+                types: Vec::new(),
+                strings: Vec::new(),
+                base_strings: base.strings.clone(),
+            }
+        }
+        pub(crate) fn string(&mut self, s: &str) -> u32 {
             if s.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let needle: Vec<u8> = [&[0], s.as_bytes(), &[0]].concat();
+            if let Some(at) = self
+                .base_strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice())
+            {
+                return at as u32 + 1;
+            }
+            let off = (self.base_strings.len() + self.strings.len()) as u32;
             self.strings.extend_from_slice(s.as_bytes());
             self.strings.push(0);
             off
@@ -429,19 +461,25 @@ pub(crate) mod tests {
                 self.types.extend_from_slice(&w.to_le_bytes());
             }
         }
-        fn int(&mut self, name: &str, size: u32) {
+        pub(crate) fn int(&mut self, name: &str, size: u32) {
             let n = self.string(name);
             self.push(&[n, KIND_INT << 24, size, size * 8]);
         }
-        fn ptr(&mut self, to: u32) {
+        pub(crate) fn ptr(&mut self, to: u32) {
             self.push(&[0, KIND_PTR << 24, to]);
         }
-        fn typedef(&mut self, name: &str, to: u32) {
+        pub(crate) fn typedef(&mut self, name: &str, to: u32) {
             let n = self.string(name);
             self.push(&[n, KIND_TYPEDEF << 24, to]);
         }
         /// members: (name, type, bit offset)
-        fn aggregate(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) {
+        pub(crate) fn aggregate(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) {
             let n = self.string(name);
             self.push(&[n, kind << 24 | members.len() as u32, size]);
             for (name, ty, off) in members {
@@ -452,7 +490,7 @@ pub(crate) mod tests {
         /// A function `name` with parameters `params` (name, type): FUNC_PROTO then FUNC.
         /// Returns nothing; the caller counts ids (the proto is the next id, the FUNC the one
         /// after).
-        fn function(&mut self, name: &str, proto_id: u32, params: &[(&str, u32)]) {
+        pub(crate) fn function(&mut self, name: &str, proto_id: u32, params: &[(&str, u32)]) {
             self.push(&[0, KIND_FUNC_PROTO << 24 | params.len() as u32, 1]);
             for (param, ty) in params {
                 let n = self.string(param);
@@ -461,7 +499,7 @@ pub(crate) mod tests {
             let n = self.string(name);
             self.push(&[n, KIND_FUNC << 24, proto_id]);
         }
-        fn build(&self) -> Vec<u8> {
+        pub(crate) fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
             out.extend_from_slice(&[1, 0]);
@@ -567,213 +605,52 @@ pub(crate) mod tests {
         assert!(Btf::parse(&blob, "x").is_err());
     }
 
-    /// Offsets as `bpftool btf dump file /sys/kernel/btf/vmlinux format raw` prints them
-    /// (`bits_offset`), found by walking its text the same way (anonymous members included).
-    /// id -> (kind, [(name, type id, bit offset)]); entry 0 holds the type's own name/target.
-    type RawTypes = HashMap<u32, (String, Vec<(String, u32, u32)>)>;
-
-    fn bpftool_offset(raw: &str, strukt: &str, path: &str) -> Option<u32> {
-        let mut types: RawTypes = HashMap::new();
-        let mut by_name: HashMap<String, u32> = HashMap::new();
-        let mut current = None;
-        for line in raw.lines() {
-            if let Some(rest) = line.strip_prefix('[') {
-                let (id, rest) = rest.split_once("] ")?;
-                let id: u32 = id.parse().ok()?;
-                let mut words = rest.split_whitespace();
-                let kind = words.next()?.to_owned();
-                let name = words.next()?.trim_matches('\'').to_owned();
-                let target = rest
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("type_id="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if kind == "STRUCT" && !by_name.contains_key(&name) {
-                    by_name.insert(name.clone(), id);
-                }
-                types.insert(id, (kind, vec![(name, target, 0)]));
-                current = Some(id);
-            } else if let (Some(id), Some(rest)) = (current, line.strip_prefix('\t')) {
-                let name = rest.split('\'').nth(1)?.to_owned();
-                let field = |key: &str| {
-                    rest.split_whitespace()
-                        .find_map(|w| w.strip_prefix(key))
-                        .and_then(|v| v.parse::<u32>().ok())
-                };
-                // Enum values and function parameters have no bits_offset: not members.
-                if let (Some(entry), Some(ty), Some(off)) =
-                    (types.get_mut(&id), field("type_id="), field("bits_offset="))
-                {
-                    entry.1.push((name, ty, off));
-                }
-            }
-        }
-        fn resolve(types: &RawTypes, mut id: u32) -> u32 {
-            while let Some((kind, m)) = types.get(&id) {
-                if ["TYPEDEF", "CONST", "VOLATILE"].contains(&kind.as_str()) {
-                    id = m[0].1;
-                } else {
-                    break;
-                }
-            }
-            id
-        }
-        fn find(types: &RawTypes, id: u32, want: &str) -> Option<(u32, u32)> {
-            for (name, ty, off) in types.get(&id)?.1.iter().skip(1) {
-                if name == want {
-                    return Some((*off, *ty));
-                }
-                if name == "(anon)" {
-                    let inner = resolve(types, *ty);
-                    if let Some((o, t)) = find(types, inner, want) {
-                        return Some((off + o, t));
-                    }
-                }
-            }
-            None
-        }
-        let mut id = *by_name.get(strukt)?;
-        let mut bits = 0;
-        for segment in path.split('.') {
-            let (off, ty) = find(&types, id, segment)?;
-            bits += off;
-            id = resolve(&types, ty);
-        }
-        Some(bits / 8)
+    /// A base with `sk_buff` and the names `skb`/`state`, and a module on top whose function
+    /// takes a base type and reuses base names, and whose own struct holds a base struct.
+    fn base_and_module() -> (Vec<u8>, Vec<u8>) {
+        let mut base = Builder::new();
+        base.int("int", 4); // 1
+        base.aggregate(KIND_STRUCT, "sk_buff", 16, &[("len", 1, 0), ("skb", 1, 32)]); // 2
+        base.ptr(2); // 3
+        base.aggregate(
+            KIND_STRUCT,
+            "nf_hook_ops",
+            8,
+            &[("hooknum", 1, 0), ("priority", 1, 32)],
+        ); // 4
+        let mut module = Builder::split(&base);
+        module.function("nf_conntrack_in", 5, &[("skb", 3), ("state", 1)]); // 5, 6
+        module.aggregate(
+            KIND_STRUCT,
+            "nft_base_chain",
+            24,
+            &[("ops", 4, 0), ("type", 1, 64), ("chain", 1, 128)],
+        ); // 7
+        (base.build(), module.build())
     }
 
     #[test]
-    fn fentry_arguments_follow_each_kernels_signature() {
-        // Since 5.19: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state).
-        let mut b = Builder::new();
-        b.int("int", 4); // 1
-        b.function("ipt_do_table", 2, &[("priv", 1), ("skb", 1), ("state", 1)]); // 2, 3
-        b.function("nft_do_chain", 4, &[("pkt", 1), ("priv", 1)]); // 4, 5
-        let mut config = Config::default();
-        Btf::parse(&b.build(), "new")
-            .unwrap()
-            .fill_fentry_config(&mut config);
-        assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [1, 2, 0]);
-        assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);
-        // nf_conntrack_in is missing: its positions stay unknown, and so do absent structs.
-        assert_eq!(config.fentry_args[ARG_CT_SKB], ARG_UNKNOWN);
-        assert_eq!((config.nf_state_net, config.nft_chain_priority), (0, 0));
-
-        // Before: ipt_do_table(struct sk_buff *skb, const struct nf_hook_state *state, struct xt_table *table).
-        let mut b = Builder::new();
-        b.int("int", 4); // 1
-        b.function("ipt_do_table", 2, &[("skb", 1), ("state", 1), ("table", 1)]);
-        b.function("nf_conntrack_in", 4, &[("skb", 1), ("state", 1)]);
-        let mut config = Config::default();
-        Btf::parse(&b.build(), "old")
-            .unwrap()
-            .fill_fentry_config(&mut config);
-        assert_eq!(config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE], [0, 1, 2]);
-        assert_eq!(config.fentry_args[ARG_CT_SKB..=ARG_CT_STATE], [0, 1]);
-    }
-
-    #[test]
-    fn live_kernel_fentry_fallback_offsets_match_bpftool() {
-        let Ok(btf) = Btf::from_sys_fs() else {
-            crate::testing::print_skip("btf", &format!("no readable {}", crate::ebpf::VMLINUX_BTF));
-            return;
-        };
-        let mut config = Config::default();
-        btf.fill_fentry_config(&mut config);
-        println!("{config:?}");
-        let Ok(raw) = std::process::Command::new("bpftool")
-            .args([
-                "btf",
-                "dump",
-                "file",
-                crate::ebpf::VMLINUX_BTF,
-                "format",
-                "raw",
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        else {
-            crate::testing::print_skip("btf", "cross-check: bpftool is not installed");
-            return;
-        };
-        for (strukt, path, ours) in [
-            ("nf_hook_state", "hook", config.nf_state_hook),
-            ("nf_hook_state", "net", config.nf_state_net),
-            ("nf_hook_state", "pf", config.nf_state_pf),
-            ("xt_table", "priority", config.xt_table_priority),
-            ("nft_pktinfo", "skb", config.nft_pkt_skb),
-            ("nft_pktinfo", "state", config.nft_pkt_state),
-        ] {
-            // A kernel without the struct leaves 0, and bpftool finds nothing either.
-            assert_eq!(
-                bpftool_offset(&raw, strukt, path).unwrap_or(0),
-                ours,
-                "{strukt}.{path}"
-            );
-        }
-        if let (Some(priority), Some(chain)) = (
-            bpftool_offset(&raw, "nft_base_chain", "ops.priority"),
-            bpftool_offset(&raw, "nft_base_chain", "chain"),
-        ) {
-            assert_eq!(config.nft_chain_priority, priority as i32 - chain as i32);
-            assert!(config.nft_chain_priority < 0, "ops comes before chain");
-        }
-        // The traced functions take distinct arguments where present.
-        if btf.params("ipt_do_table").is_some() {
-            let ipt = &config.fentry_args[ARG_IPT_SKB..=ARG_IPT_TABLE];
-            assert!(
-                ipt.iter().all(|&a| a < 3)
-                    && ipt[0] != ipt[1]
-                    && ipt[1] != ipt[2]
-                    && ipt[0] != ipt[2],
-                "{ipt:?}"
-            );
-        }
-        if btf.params("nft_do_chain").is_some() {
-            assert_eq!(config.fentry_args[ARG_NFT_PKT..=ARG_NFT_CHAIN], [0, 1]);
-        }
-    }
-
-    #[test]
-    fn live_kernel_offsets_match_bpftool() {
-        let Ok(btf) = Btf::from_sys_fs() else {
-            crate::testing::print_skip("btf", &format!("no readable {}", crate::ebpf::VMLINUX_BTF));
-            return;
-        };
-        let mut config = Config::default();
-        btf.fill_config(&mut config).unwrap();
-        println!("{config:?}");
-        let raw = std::process::Command::new("bpftool")
-            .args([
-                "btf",
-                "dump",
-                "file",
-                crate::ebpf::VMLINUX_BTF,
-                "format",
-                "raw",
-            ])
-            .output();
-        let Ok(raw) = raw.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()) else {
-            crate::testing::print_skip("btf", "cross-check: bpftool is not installed");
-            return;
-        };
-        for (strukt, path, ours) in [
-            ("sk_buff", "head", config.skb_head),
-            ("sk_buff", "network_header", config.skb_network_header),
-            ("sk_buff", "dev", config.skb_dev),
-            ("net_device", "ifindex", config.dev_ifindex),
-            ("net_device", "nd_net.net", config.dev_nd_net),
-            ("net", "ns.inum", config.net_ns_inum),
-        ] {
-            assert_eq!(
-                bpftool_offset(&raw, strukt, path),
-                Some(ours),
-                "{strukt}.{path}"
-            );
-        }
-        // Sanity: pointers are 8-aligned, the fields are inside their structs.
-        assert_eq!(config.skb_head % 8, 0);
-        assert_eq!(config.skb_dev % 8, 0);
-        assert!(config.skb_network_header < 224 && config.skb_network_header > 0);
+    fn split_btf_continues_the_base_ids_and_names() {
+        let (base, module) = base_and_module();
+        let base = Arc::new(Btf::parse(&base, "base").unwrap());
+        let module = Btf::parse_split(&module, "module", Arc::clone(&base)).unwrap();
+        assert_eq!(base.func_id("nf_conntrack_in"), None);
+        assert_eq!(module.func_id("nf_conntrack_in"), Some(6));
+        assert!(module.defines_func("nf_conntrack_in"));
+        assert_eq!(module.params("nf_conntrack_in").unwrap(), ["skb", "state"]);
+        // Own struct, descending into a base struct's member.
+        assert_eq!(
+            module
+                .member_offset("nft_base_chain", "ops.priority")
+                .unwrap(),
+            4
+        );
+        assert_eq!(module.member_offset("nft_base_chain", "chain").unwrap(), 16);
+        // Base structs are found through the module too.
+        assert_eq!(module.member_offset("sk_buff", "skb").unwrap(), 4);
+        assert!(base.member_offset("nft_base_chain", "chain").is_err());
+        // Parsed without its base (what reading only vmlinux's way did), the names are lost.
+        let alone = Btf::parse(&base_and_module().1, "alone").unwrap();
+        assert_eq!(alone.func_id("nf_conntrack_in"), None);
     }
 }
