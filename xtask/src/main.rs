@@ -5,6 +5,9 @@ mod demo;
 mod run;
 mod setup;
 mod test_run;
+mod vm;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -43,6 +46,26 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Setup, build, then the kernel matrix alone: boots Debian's 6.1 and 6.12 cloud kernels
+    /// under qemu, runs the lab and the agents in each, and checks the results
+    /// (`tests/vm_matrix.rs`).
+    Vm {
+        /// Which pinned kernels: all, or ids such as 6.1,6.12.
+        #[arg(long, default_value = "all")]
+        kernels: String,
+        /// Results directory (default target/vm-matrix).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run this netprof binary instead of building one.
+        #[arg(long)]
+        netprof: Option<PathBuf>,
+    },
+    /// Inside the matrix's VM: run the scenarios and write the results (not for the host).
+    #[command(hide = true)]
+    VmGuest {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,5 +83,14 @@ fn main() -> Result<()> {
             setup::run()?;
             test_run::test(&cargo_args)
         }
+        Task::Vm {
+            kernels,
+            out,
+            netprof,
+        } => {
+            setup::run()?;
+            vm::task(&kernels, &out.unwrap_or_else(vm::default_out), netprof)
+        }
+        Task::VmGuest { out } => vm::guest::run(&out),
     }
 }

@@ -27,6 +27,30 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "checking that no eBPF program is left attached (tests)",
     ),
     (
+        "qemu-system-x86",
+        "the kernel matrix boots Debian's 6.1 and 6.12 kernels under qemu (cargo xtask vm)",
+    ),
+    (
+        "busybox-static",
+        "the kernel matrix's guest shell and small utilities",
+    ),
+    (
+        "kmod",
+        "the kernel matrix: depmod for the guest's modules, modprobe inside it",
+    ),
+    (
+        "cpio",
+        "the kernel matrix packs the guest's initramfs with it",
+    ),
+    (
+        "zstd",
+        "the kernel matrix compresses the guest's initramfs with it",
+    ),
+    (
+        "xz-utils",
+        "the kernel matrix unpacks the 6.12 kernel's .ko.xz modules",
+    ),
+    (
         "chromium",
         "headless browser: the report's HTML is opened and checked in a test",
     ),
