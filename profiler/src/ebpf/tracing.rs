@@ -72,7 +72,7 @@ pub enum TracingError {
         program: String,
         function: String,
         #[source]
-        source: NetfilterError,
+        source: Box<NetfilterError>,
     },
     #[error(
         "{kind} program {program} uses map {map}, which the agent does not have: rebuild netprof"
@@ -201,7 +201,7 @@ impl TracingProgram {
                 kind,
                 program: program.to_owned(),
                 function: target.function.to_owned(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let mut owned = Vec::new();

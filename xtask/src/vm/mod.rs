@@ -21,6 +21,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::run::{cargo, workspace_root};
+
 /// What the host-side test reads: the results directory (set by `cargo xtask test` and
 /// `cargo xtask vm`).
 pub const RESULTS_ENV: &str = "NETPROF_VM_RESULTS";
@@ -28,10 +30,6 @@ pub const RESULTS_ENV: &str = "NETPROF_VM_RESULTS";
 /// Boot to power-off, per kernel. A whole run takes about a minute under emulation; this
 /// leaves room for a loaded machine and still ends a hung guest.
 const VM_TIMEOUT: Duration = Duration::from_secs(420);
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The default results directory, `target/vm-matrix`.
 pub fn default_out() -> PathBuf {
@@ -62,12 +60,6 @@ pub fn build_netprof() -> Result<PathBuf> {
         .current_dir(workspace_root());
     checked(build)?;
     Ok(workspace_root().join("target/release/netprof"))
-}
-
-fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    crate::setup::cargo_env(&mut command);
-    command
 }
 
 /// Runs the matrix for `kernels` (`all` or ids) with `netprof`, results into `out`. A kernel
