@@ -15,7 +15,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 use netprof::agent::{report::AgentReport, Agent, AgentError, AgentOptions, HookFamilies, Stage};
 use netprof::lab::{self, addressing, LabNames, LabSpec, Mode, Node};
 use netprof_tests::leftovers::{self, BpfObjects};
-use netprof_tests::{ebpf_skip_reason, print_skip, unique_lab_name};
+use netprof_tests::{
+    ebpf_skip_reason, print_skip, unique_lab_name, LabCleanup as Cleanup, TempPath,
+};
 
 const PINGS: u64 = 20;
 
@@ -31,23 +33,6 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a device created after the start may wait to be watched: the agent rescans every
 /// second and attaches in a fraction of one (typical: about a second in all).
 const RESCAN_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Removes the lab when dropped. Failing to remove it fails the test (unless the test is
-/// already failing: then the error is printed, since a second panic would abort).
-struct Cleanup(LabNames);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Err(err) = lab::down(&self.0) {
-            let message = format!("cannot remove lab {}: {err}", self.0.lab());
-            if std::thread::panicking() {
-                eprintln!("{message}");
-            } else {
-                panic!("{message}");
-            }
-        }
-    }
-}
 
 /// Journeys admitted but not yet ended (completed, dropped or abandoned).
 fn in_flight(report: &AgentReport) -> u64 {
@@ -284,6 +269,10 @@ fn run(mode: Mode, hooks: HookFamilies) {
     let before = Before::take(netns);
     let agent1 = Agent::start(&options(Node::One)).unwrap();
     let agent2 = Agent::start(&options(Node::Two)).unwrap();
+    // Statistics throughout this light step (as bench --profile does for pings): in 10%
+    // slices, 20 pings could fall between two slices and leave the run counts at zero.
+    agent1.full_stats(true).unwrap();
+    agent2.full_stats(true).unwrap();
 
     ping(&path.client_netns, path.server_ip, PINGS);
     let r1 = settled(&agent1);
@@ -647,34 +636,6 @@ fn netprof(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// A path under the temporary directory no other test or run uses, removed on drop.
-struct TempPath(std::path::PathBuf);
-
-impl TempPath {
-    fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("netprof-agent-{}-{tag}.json", unique_lab_name())))
-    }
-
-    fn as_str(&self) -> &str {
-        self.0.to_str().expect("temporary paths are UTF-8")
-    }
-
-    fn exists(&self) -> bool {
-        self.0.exists()
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        match std::fs::remove_file(&self.0) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                eprintln!("cleanup: cannot remove {}: {err}", self.0.display())
-            }
-            _ => {}
-        }
-    }
-}
-
 /// The CLI's errors name what to do, and come before anything is attached (no report file
 /// is written for a run that never started).
 #[test]
@@ -686,7 +647,7 @@ fn cli_errors_come_before_attaching() {
     }
     let ns = netprof_tests::Netns::create("agent-cli").unwrap();
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    let report = TempPath::new("cli-errors");
+    let report = TempPath::new("agent-cli-errors");
 
     let out = netprof(&[
         "agent",
@@ -699,7 +660,7 @@ fn cli_errors_come_before_attaching() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("ip netns list"), "{}", stderr(&out));
-    assert!(!report.exists(), "empty report left behind");
+    assert!(!report.path().exists(), "empty report left behind");
 
     let out = netprof(&[
         "agent",
@@ -720,7 +681,7 @@ fn cli_errors_come_before_attaching() {
     let out = netprof(&["agent", "--netns", ns.name(), "--out", report.as_str()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--endpoint"), "{}", stderr(&out));
-    assert!(!report.exists(), "report written without --endpoint");
+    assert!(!report.path().exists(), "report written without --endpoint");
 
     // Not root: told so before anything else. std drops the supplementary groups too.
     let out = {
@@ -742,7 +703,7 @@ fn cli_errors_come_before_attaching() {
     };
     assert!(!out.status.success());
     assert!(stderr(&out).contains("run as root"), "{}", stderr(&out));
-    assert!(!report.exists(), "report written by a non-root run");
+    assert!(!report.path().exists(), "report written by a non-root run");
 
     // A namespace without the uplink says how to name it.
     let out = netprof(&[
@@ -756,7 +717,7 @@ fn cli_errors_come_before_attaching() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--uplink"), "{}", stderr(&out));
-    assert!(!report.exists(), "report written without an uplink");
+    assert!(!report.path().exists(), "report written without an uplink");
     println!("{}", stderr(&out).trim());
 }
 
@@ -779,7 +740,7 @@ fn cli_writes_the_report_on_sigterm() {
     )
     .unwrap();
     let before = Before::take(vec![names.node(Node::Two)]);
-    let out = TempPath::new("sigterm");
+    let out = TempPath::new("agent-sigterm");
     let child = std::process::Command::new(netprof_tests::netprof_bin())
         .args([
             "agent",
@@ -791,7 +752,7 @@ fn cli_writes_the_report_on_sigterm() {
             "198.18.0.2",
             "--out",
         ])
-        .arg(&out.0)
+        .arg(out.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -820,7 +781,7 @@ fn cli_writes_the_report_on_sigterm() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     let report: AgentReport =
-        serde_json::from_str(&std::fs::read_to_string(&out.0).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.path()).unwrap()).unwrap();
     assert_eq!(report.schema, "netprof.agent/v1");
     assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
     assert_eq!(report.hits("eno1 tc-egress"), PINGS);

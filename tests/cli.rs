@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use netprof::lab::{self, LabLock, LabNames};
-use netprof_tests::{netprof_bin, skip_unless_kernel_ready, unique_lab_name};
+use netprof_tests::{netprof_bin, skip_unless_kernel_ready, unique_lab_name, TempPath};
 
 fn netprof(args: &[&str]) -> Output {
     Command::new(netprof_bin()).args(args).output().unwrap()
@@ -38,29 +38,49 @@ fn lab_namespaces(lab: &str) -> Vec<String> {
         .collect()
 }
 
+/// nginx workers running now (`pgrep -c` prints the count, 0 included; anything else fails).
 fn nginx_workers() -> usize {
     let out = Command::new("pgrep")
         .args(["-c", "-f", "nginx: worker process"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
         .parse()
-        .unwrap_or(0)
+        .unwrap_or_else(|_| panic!("pgrep -c printed {text:?} ({})", out.status))
+}
+
+/// Nothing of lab `lab` is left: namespaces, its state file, work directory and lock.
+fn assert_lab_gone(lab: &str) {
+    assert!(lab_namespaces(lab).is_empty(), "namespaces of {lab} left");
+    let state = Path::new(lab::STATE_DIR);
+    for left in [
+        state.join(format!("{lab}.json")),
+        state.join(format!("{lab}.lock")),
+        state.join(lab),
+    ] {
+        assert!(!left.exists(), "{} left behind", left.display());
+    }
 }
 
 #[test]
 fn unknown_mode_names_the_valid_ones() {
-    let line = error_line(&netprof(&[
-        "bench",
-        "--modes",
-        "host,weave",
-        "--out",
-        "/tmp/netprof-unused",
-    ]));
+    let out = TempPath::new("out");
+    let line = error_line(
+        &Command::new(netprof_bin())
+            .args(["bench", "--modes", "host,weave", "--out"])
+            .arg(out.path())
+            .output()
+            .unwrap(),
+    );
     assert!(
         line.contains("unknown network mode 'weave'") && line.contains("flannel-vxlan"),
         "{line}"
+    );
+    assert!(
+        !out.path().exists(),
+        "{} created for a refused run",
+        out.as_str()
     );
 }
 
@@ -85,14 +105,18 @@ fn not_root_is_told_to_use_sudo() {
     if skip_unless_kernel_ready("not_root_is_told_to_use_sudo") {
         return;
     }
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(netprof_bin())
-        .args(["lab", "up", "--mode", "host", "--lab", &unique_lab_name()])
+    use std::os::unix::process::CommandExt;
+    let lab = unique_lab_name();
+    // std drops the supplementary groups when it changes the uid.
+    let output = Command::new(netprof_bin())
+        .uid(65534)
+        .gid(65534)
+        .args(["lab", "up", "--mode", "host", "--lab", &lab])
         .output()
         .unwrap();
     let line = error_line(&output);
     assert!(line.contains("needs root"), "{line}");
+    assert_lab_gone(&lab);
 }
 
 #[test]
@@ -101,13 +125,14 @@ fn an_occupied_lab_is_refused_with_the_holder() {
         return;
     }
     let lab = unique_lab_name();
-    let _held = LabLock::acquire(&lab).unwrap();
+    let held = LabLock::acquire(&lab).unwrap();
     let line = error_line(&netprof(&["lab", "up", "--mode", "host", "--lab", &lab]));
     assert!(
         line.contains("in use") && line.contains(&std::process::id().to_string()),
         "{line}"
     );
-    assert!(lab_namespaces(&lab).is_empty());
+    drop(held);
+    assert_lab_gone(&lab);
 }
 
 #[test]
@@ -126,7 +151,7 @@ fn unwritable_output_fails_before_building_anything() {
         "/proc/netprof-out",
     ]));
     assert!(line.contains("--out"), "{line}");
-    assert!(lab_namespaces(&lab).is_empty());
+    assert_lab_gone(&lab);
 }
 
 /// A PATH holding links to the real tools, with some replaced or left out.
@@ -174,10 +199,10 @@ fn which(tool: &str) -> PathBuf {
     panic!("{tool} not found: run cargo xtask setup");
 }
 
-fn bench_with_path(path: &FakePath, lab: &str) -> Output {
+fn bench_with_path(path: &FakePath, lab: &str, out: &TempPath) -> Output {
     Command::new(netprof_bin())
         .args(["bench", "--modes", "flannel-hostgw", "--lab", lab, "--out"])
-        .arg(std::env::temp_dir().join(format!("netprof-out-{lab}")))
+        .arg(out.path())
         .args([
             "--ping-count",
             "3",
@@ -200,12 +225,13 @@ fn a_missing_tool_is_named_with_the_fix() {
     }
     let path = FakePath::new(&["iperf3"], &[]);
     let lab = unique_lab_name();
-    let line = error_line(&bench_with_path(&path, &lab));
+    let out = TempPath::new("out");
+    let line = error_line(&bench_with_path(&path, &lab, &out));
     assert!(
         line.contains("`iperf3` is not installed") && line.contains("cargo xtask setup"),
         "{line}"
     );
-    assert!(lab_namespaces(&lab).is_empty());
+    assert_lab_gone(&lab);
 }
 
 #[test]
@@ -219,9 +245,10 @@ fn a_tool_printing_garbage_fails_cleanly() {
         &[("ab", "echo 'Segmentation fault (not really)'; exit 139")],
     );
     let lab = unique_lab_name();
-    let line = error_line(&bench_with_path(&path, &lab));
+    let out = TempPath::new("out");
+    let line = error_line(&bench_with_path(&path, &lab, &out));
     assert!(line.contains("flannel-hostgw: host path: ab"), "{line}");
-    assert!(lab_namespaces(&lab).is_empty(), "namespaces left");
+    assert_lab_gone(&lab);
     assert_eq!(nginx_workers(), workers, "nginx left running");
 }
 
@@ -232,6 +259,7 @@ fn ctrl_c_during_bench_removes_everything() {
     }
     let workers = nginx_workers();
     let lab = unique_lab_name();
+    let out = TempPath::new("out");
     let child = Command::new(netprof_bin())
         .args([
             "bench",
@@ -245,12 +273,13 @@ fn ctrl_c_during_bench_removes_everything() {
             "5",
             "--out",
         ])
-        .arg(std::env::temp_dir().join(format!("netprof-out-{lab}")))
+        .arg(out.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until iperf3 (60 s) is running, then interrupt.
+    // Wait until iperf3 (60 s) is running, then interrupt. Reaching it takes a lab and a
+    // ping step (seconds); the deadline only catches a bench that never gets there.
     let start = Instant::now();
     while !Command::new("pgrep")
         .args(["-f", "iperf3 -c"])
@@ -259,22 +288,27 @@ fn ctrl_c_during_bench_removes_everything() {
         .success()
     {
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(120),
             "iperf3 never started"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let started = start.elapsed();
     // SAFETY: signalling our own child.
     unsafe { libc_kill(child.id() as i32, 2) };
+    let interrupted = Instant::now();
     let output = child.wait_with_output().unwrap();
+    let stopped = interrupted.elapsed();
+    println!("iperf3 running after {started:?}; bench stopped {stopped:?} after SIGINT");
+    // Well before iperf3's 60 s would have ended on its own.
     assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "interrupt took too long"
+        stopped < Duration::from_secs(30),
+        "interrupt took {stopped:?}"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(lab_namespaces(&lab).is_empty(), "namespaces left");
+    assert_lab_gone(&lab);
     assert_eq!(nginx_workers(), workers, "nginx left running");
     assert!(
         !Command::new("pgrep")

@@ -70,6 +70,47 @@ pub fn unique_netns_name(tag: &str) -> String {
     )
 }
 
+/// A unique path under the temporary directory (`netprof-TAG-PID-N`), removed with whatever
+/// was written there (a file or a directory tree) when dropped, also when the test fails.
+#[derive(Debug)]
+pub struct TempPath(PathBuf);
+
+impl TempPath {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        Self(std::env::temp_dir().join(format!(
+            "netprof-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The path as text, for command lines.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let removed = match std::fs::symlink_metadata(&self.0) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&self.0),
+            Ok(_) => std::fs::remove_file(&self.0),
+            Err(err) => Err(err),
+        };
+        match removed {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("cleanup: cannot remove {}: {err}", self.0.display())
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Runs `command`, failing with its stderr unless it exits 0. Returns stdout.
 pub fn run(command: &mut Command) -> Result<String> {
     let output = output(command)?;
@@ -292,6 +333,24 @@ pub fn skip_unless_kernel_ready(test: &str) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Removes a lab (`lab::down`) when dropped. A failed removal fails the test, unless the
+/// test is already failing: then it is printed, since a second panic would abort.
+#[derive(Debug)]
+pub struct LabCleanup(pub netprof::lab::LabNames);
+
+impl Drop for LabCleanup {
+    fn drop(&mut self) {
+        if let Err(err) = netprof::lab::down(&self.0) {
+            let message = format!("cannot remove lab {}: {err}", self.0.lab());
+            if std::thread::panicking() {
+                eprintln!("{message}");
+            } else {
+                panic!("{message}");
+            }
+        }
     }
 }
 

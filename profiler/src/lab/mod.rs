@@ -54,7 +54,7 @@ pub enum LabError {
     Cmd(#[from] CmdError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("cannot write lab state {path}: {source}")]
+    #[error("cannot write or remove lab state {path}: {source}")]
     State {
         path: PathBuf,
         #[source]
@@ -266,8 +266,22 @@ pub fn down(names: &LabNames) -> Result<DownReport, LabError> {
         Cmd::new("ip").args(["netns", "del", ns]).run()?;
     }
     let _ = fs::remove_file(state_path(names));
+    // The servers' files (nginx's configuration, page and logs) live here while the lab is up.
+    let work = work_dir(names);
+    match fs::remove_dir_all(&work) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LabError::State { path: work, source })
+        }
+        _ => {}
+    }
     report.namespaces = namespaces;
     Ok(report)
+}
+
+/// The directory for files a lab's servers need (`/run/netprof/labs/<lab>/`), removed by
+/// [`down`].
+pub fn work_dir(names: &LabNames) -> PathBuf {
+    PathBuf::from(lock::STATE_DIR).join(names.lab())
 }
 
 /// All named network namespaces starting with `netprof-`.
