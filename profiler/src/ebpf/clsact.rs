@@ -1,15 +1,269 @@
-//! The two clsact qdisc operations aya 0.14 lacks: "are any tc filters left on it?" and
-//! "delete it". Used only by the netlink (pre-TCX) attach fallback, to remove a clsact qdisc
-//! netprof created once its own filters are gone, without taking other tools' filters with it.
+//! tc through a clsact qdisc, for kernels without TCX (before 6.6): netprof's programs as
+//! direct-action cls_bpf filters, owned like links ([`ClsactFilters`]), and the two clsact
+//! qdisc operations aya 0.14 lacks ("are any tc filters left on it?" and "delete it").
+//!
+//! The qdisc is shared ground: another tool (a CNI, tc by hand) may have created it and put its
+//! own filters on it, before or after netprof. So netprof removes only its own filters, and the
+//! qdisc only when netprof created it and no other filter is on it ([`qdisc_fate`]).
 //!
 //! Plain rtnetlink over a `NETLINK_ROUTE` socket. Like every netlink call it acts in the network
-//! namespace of the calling thread: call inside a [`crate::netns::NetnsGuard`] when needed.
+//! namespace of the calling thread; [`ClsactFilters`] keeps its device's namespace open and
+//! goes back into it to detach, from whichever thread drops it.
 
 use std::{
+    ffi::CString,
     io,
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
+
+use aya::programs::{
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
+    Link as _, SchedClassifier, TcAttachType,
+};
+
+use super::{denied_or, EbpfError};
+use crate::netns::NetnsHandle;
+
+/// Who put the clsact qdisc on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QdiscOwner {
+    /// netprof added it (there was none).
+    Netprof,
+    /// It was there already: another tool's.
+    Other,
+}
+
+/// What becomes of a clsact qdisc once netprof's filters are off it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QdiscFate {
+    Keep,
+    Delete,
+}
+
+/// The ownership rule: netprof deletes only a qdisc it created, and not while another tool's
+/// filter is on it (deleting the qdisc would take that filter along).
+pub fn qdisc_fate(owner: QdiscOwner, other_filters: bool) -> QdiscFate {
+    match (owner, other_filters) {
+        (QdiscOwner::Netprof, false) => QdiscFate::Delete,
+        (QdiscOwner::Netprof, true) | (QdiscOwner::Other, _) => QdiscFate::Keep,
+    }
+}
+
+/// netprof's filters on one device's clsact qdisc, and the qdisc when netprof created it.
+/// Dropping it (or [`ClsactFilters::detach`]) goes back into the device's namespace, deletes
+/// the filters, then the qdisc as [`qdisc_fate`] says.
+#[derive(Debug)]
+pub struct ClsactFilters {
+    netns: NetnsHandle,
+    iface: String,
+    ifindex: u32,
+    owner: QdiscOwner,
+    links: Vec<(&'static str, SchedClassifierLink)>,
+    /// Filters removed and the qdisc dealt with (or given up on).
+    done: bool,
+}
+
+impl ClsactFilters {
+    /// The clsact qdisc of `iface` in the calling thread's namespace, added if absent.
+    pub fn prepare(iface: &str) -> Result<Self, EbpfError> {
+        let netns = NetnsHandle::current()?;
+        let ifindex = ifindex(iface).ok_or_else(|| EbpfError::InterfaceNotFound {
+            iface: iface.to_owned(),
+            netns: None,
+        })?;
+        let owner = match tc::qdisc_add_clsact(iface) {
+            Ok(()) => QdiscOwner::Netprof,
+            Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {
+                QdiscOwner::Other
+            }
+            Err(err) => {
+                return Err(denied_or(
+                    format!("adding a clsact qdisc to {iface}"),
+                    err,
+                    |source| EbpfError::AddClsact {
+                        iface: iface.to_owned(),
+                        source: source.into(),
+                    },
+                ))
+            }
+        };
+        Ok(Self {
+            netns,
+            iface: iface.to_owned(),
+            ifindex,
+            owner,
+            links: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Attaches the loaded `classifier` (`program`) as a direct-action filter on `direction`,
+    /// ahead of the filters already there (the kernel picks the priority before the first):
+    /// a filter behind one that ends classification never runs, and netprof's programs never
+    /// end it (they return "unspecified", so the next filter runs as if they were not there).
+    /// Call it in the device's namespace, as [`ClsactFilters::prepare`].
+    pub fn attach(
+        &mut self,
+        program: &'static str,
+        classifier: &mut SchedClassifier,
+        direction: TcAttachType,
+    ) -> Result<(), EbpfError> {
+        let name = match direction {
+            TcAttachType::Ingress => "ingress",
+            TcAttachType::Egress => "egress",
+            TcAttachType::Custom(_) => "custom",
+        };
+        let options = TcAttachOptions::Netlink(NlOptions::default());
+        let link = classifier
+            .attach_with_options(&self.iface, direction, options)
+            .and_then(|id| classifier.take_link(id))
+            .map_err(|err| {
+                denied_or(
+                    format!("attaching {program} to {} {name}", self.iface),
+                    err,
+                    |source| EbpfError::Attach {
+                        program,
+                        iface: self.iface.clone(),
+                        direction: name,
+                        method: "clsact",
+                        source: source.into(),
+                    },
+                )
+            })?;
+        self.links.push((program, link));
+        Ok(())
+    }
+
+    pub fn owner(&self) -> QdiscOwner {
+        self.owner
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// How many filters netprof has on the qdisc.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Removes netprof's filters, then the qdisc if netprof owns it and nothing else is on it.
+    pub fn detach(mut self) -> Result<(), EbpfError> {
+        self.remove()
+    }
+
+    fn remove(&mut self) -> Result<(), EbpfError> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let guard = match self.netns.enter_if_elsewhere() {
+            Ok(guard) => guard,
+            Err(err) => {
+                // Filters are deleted by interface index, which means something only inside
+                // their namespace: leave them rather than hit another device here.
+                for (program, link) in self.links.drain(..) {
+                    log::error!(
+                        "leaving {program} on {} (interface index {}): its namespace {} cannot                          be entered",
+                        self.iface,
+                        self.ifindex,
+                        self.netns.path().display()
+                    );
+                    std::mem::forget(link);
+                }
+                return Err(err.into());
+            }
+        };
+        let mut first_error = None;
+        for (program, link) in self.links.drain(..) {
+            if let Err(source) = link.detach() {
+                // The device went away (and its qdisc and filters with it).
+                if !is_gone(&source) {
+                    first_error.get_or_insert(EbpfError::Detach {
+                        program,
+                        ifindex: self.ifindex,
+                        source: source.into(),
+                    });
+                }
+            }
+        }
+        if let Err(err) = self.settle_qdisc() {
+            first_error.get_or_insert(err);
+        }
+        drop(guard);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Applies [`qdisc_fate`] once netprof's filters are off.
+    fn settle_qdisc(&self) -> Result<(), EbpfError> {
+        let remove_error = |source| EbpfError::RemoveClsact {
+            ifindex: self.ifindex,
+            source,
+        };
+        let others = match self.owner {
+            QdiscOwner::Other => false,
+            QdiscOwner::Netprof => has_filters(self.ifindex).map_err(remove_error)?,
+        };
+        match qdisc_fate(self.owner, others) {
+            QdiscFate::Keep => {
+                if self.owner == QdiscOwner::Netprof {
+                    log::warn!(
+                        "leaving the clsact qdisc netprof added on {}: another tool's filters                          are on it",
+                        self.iface
+                    );
+                }
+                Ok(())
+            }
+            QdiscFate::Delete => match delete(self.ifindex) {
+                Ok(()) => Ok(()),
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(err) => Err(remove_error(err)),
+            },
+        }
+    }
+}
+
+impl Drop for ClsactFilters {
+    fn drop(&mut self) {
+        if let Err(err) = self.remove() {
+            log::error!("removing netprof's tc filters from {}: {err}", self.iface);
+        }
+    }
+}
+
+/// Whether a detach failed because the device (or its qdisc) is gone already.
+fn is_gone(err: &aya::programs::ProgramError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
+            );
+        }
+        cause = err.source();
+    }
+    false
+}
+
+fn ifindex(iface: &str) -> Option<u32> {
+    let name = CString::new(iface).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
 
 /// `TC_H_CLSACT`: parent handle of the clsact qdisc (shared with `TC_H_INGRESS`).
 const TC_H_CLSACT: u32 = 0xffff_fff1;
@@ -26,7 +280,7 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 
 /// Whether any tc filter (from any tool) is attached to the ingress or egress block of the
 /// clsact qdisc on `ifindex`. `Ok(false)` too when there is no clsact qdisc.
-pub(crate) fn has_filters(ifindex: u32) -> io::Result<bool> {
+pub fn has_filters(ifindex: u32) -> io::Result<bool> {
     let socket = RouteSocket::open()?;
     for parent in [CLSACT_INGRESS, CLSACT_EGRESS] {
         let request = tc_request(
@@ -50,7 +304,7 @@ pub(crate) fn has_filters(ifindex: u32) -> io::Result<bool> {
 
 /// Deletes the clsact qdisc on `ifindex`, and with it any filters still attached to it. The
 /// kind is part of the request, so an `ingress` qdisc in the same slot is never touched.
-pub(crate) fn delete(ifindex: u32) -> io::Result<()> {
+pub fn delete(ifindex: u32) -> io::Result<()> {
     let socket = RouteSocket::open()?;
     let request = tc_request(
         libc::RTM_DELQDISC,
@@ -189,6 +443,21 @@ fn u32_at(bytes: &[u8], offset: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_qdisc_netprof_created_and_nobody_else_uses_is_deleted() {
+        use QdiscOwner::{Netprof, Other};
+        assert_eq!(qdisc_fate(Netprof, false), QdiscFate::Delete);
+        assert_eq!(qdisc_fate(Netprof, true), QdiscFate::Keep);
+        assert_eq!(qdisc_fate(Other, false), QdiscFate::Keep);
+        assert_eq!(qdisc_fate(Other, true), QdiscFate::Keep);
+    }
+
+    #[test]
+    fn filters_can_move_to_the_thread_that_drops_them() {
+        fn assert_send<T: Send>() {}
+        assert_send::<ClsactFilters>();
+    }
 
     #[test]
     fn request_layout_matches_rtnetlink() {

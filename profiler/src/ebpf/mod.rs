@@ -5,13 +5,14 @@
 //! everything when dropped.
 
 pub mod btf_objects;
-mod clsact;
+pub mod clsact;
 pub mod netfilter;
 pub mod tracing;
 pub mod uplink_counter;
 
 use std::{error::Error as StdError, io, path::Path};
 
+pub use clsact::{ClsactFilters, QdiscOwner};
 pub use uplink_counter::{AttachMode, Attachment, IcmpCounts, UplinkCounter};
 
 use crate::netns::NetnsError;

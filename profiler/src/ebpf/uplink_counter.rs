@@ -14,7 +14,7 @@ use std::ffi::CString;
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
+        tc::{SchedClassifierLink, TcAttachOptions},
         Link as _, LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfLoader,
@@ -26,7 +26,10 @@ use profiler_common::counter::{
 };
 use serde::Serialize;
 
-use super::{clsact, denied_or, EbpfError, OBJECT};
+use super::{
+    clsact::{ClsactFilters, QdiscOwner},
+    denied_or, EbpfError, OBJECT,
+};
 use crate::netns::NetnsHandle;
 
 /// Which kernel interface to attach the classifiers with.
@@ -77,9 +80,6 @@ pub struct UplinkCounter {
     ebpf: Ebpf,
     /// The `ip netns` name given to attach, if any.
     netns_name: Option<String>,
-    /// The namespace the interface lives in (also when attached without a name); held open so
-    /// detach acts in the same namespace whichever thread drops the counter.
-    netns: NetnsHandle,
     iface: String,
     attachment: Attachment,
 }
@@ -140,7 +140,6 @@ impl UplinkCounter {
             hooks: Some(hooks),
             ebpf,
             netns_name,
-            netns,
             iface: iface.to_owned(),
             attachment,
         })
@@ -200,19 +199,10 @@ impl UplinkCounter {
     }
 
     fn detach_hooks(&mut self) -> Result<(), EbpfError> {
-        let Some(hooks) = self.hooks.take() else {
-            return Ok(());
-        };
-        let guard = match self.netns.enter_if_elsewhere() {
-            Ok(guard) => guard,
-            Err(err) => {
-                hooks.abandon();
-                return Err(err.into());
-            }
-        };
-        let result = hooks.detach();
-        drop(guard);
-        result
+        match self.hooks.take() {
+            Some(hooks) => hooks.detach(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -224,74 +214,35 @@ impl Drop for UplinkCounter {
     }
 }
 
-/// The attached classifiers of one counter, and what must be undone to remove them.
+/// The attached classifiers of one counter: TCX links (closing them detaches, wherever the
+/// thread is), or filters on a clsact qdisc (which go back to their namespace to detach).
 #[derive(Debug)]
-struct Hooks {
-    ifindex: u32,
-    netlink: bool,
-    created_clsact: bool,
-    links: Vec<(&'static str, SchedClassifierLink)>,
+enum Hooks {
+    Tcx {
+        ifindex: u32,
+        links: Vec<(&'static str, SchedClassifierLink)>,
+    },
+    Clsact(ClsactFilters),
 }
 
 impl Hooks {
-    /// Detaches everything. Must run in the interface's network namespace: netlink filters
-    /// are addressed by ifindex, which only means something inside one namespace.
-    fn detach(mut self) -> Result<(), EbpfError> {
-        let mut first_error = None;
-        for (program, link) in self.links.drain(..) {
-            // TCX: closes the link fd. Netlink: deletes the filter by (ifindex, parent,
-            // priority, handle).
-            if let Err(source) = link.detach() {
-                first_error.get_or_insert(EbpfError::Detach {
-                    program,
-                    ifindex: self.ifindex,
-                    source: source.into(),
-                });
+    fn detach(self) -> Result<(), EbpfError> {
+        match self {
+            Hooks::Tcx { ifindex, links } => {
+                let mut first_error = None;
+                for (program, link) in links {
+                    if let Err(source) = link.detach() {
+                        first_error.get_or_insert(EbpfError::Detach {
+                            program,
+                            ifindex,
+                            source: source.into(),
+                        });
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
             }
+            Hooks::Clsact(filters) => filters.detach(),
         }
-        if self.created_clsact {
-            if let Err(err) = remove_clsact_if_unused(self.ifindex) {
-                first_error.get_or_insert(err);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Gives up on the hooks without entering their namespace (it could not be entered).
-    /// TCX links are closed, which detaches them wherever they are. Netlink filters are left
-    /// alone: deleting by ifindex here could hit an unrelated interface of this namespace.
-    fn abandon(mut self) {
-        for (program, link) in self.links.drain(..) {
-            if self.netlink {
-                log::error!(
-                    "leaving {program} attached to interface index {} in a network namespace \
-                     netprof can no longer enter",
-                    self.ifindex
-                );
-                std::mem::forget(link);
-            } else {
-                drop(link);
-            }
-        }
-    }
-}
-
-/// Removes the clsact qdisc netprof added on `ifindex`, unless another tool attached filters
-/// to it in the meantime (deleting the qdisc would take theirs along).
-fn remove_clsact_if_unused(ifindex: u32) -> Result<(), EbpfError> {
-    let remove_error = |source| EbpfError::RemoveClsact { ifindex, source };
-    if clsact::has_filters(ifindex).map_err(remove_error)? {
-        log::warn!(
-            "leaving the clsact qdisc netprof added on interface index {ifindex}: other tc \
-             filters are attached to it"
-        );
-        return Ok(());
-    }
-    match clsact::delete(ifindex) {
-        Ok(()) => Ok(()),
-        // Already gone (the interface went away, or someone removed it).
-        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => Ok(()),
-        Err(err) => Err(remove_error(err)),
     }
 }
 
@@ -329,11 +280,11 @@ fn attach_hooks(
     }
     match mode {
         AttachMode::Tcx => attach_tcx(ebpf, iface, ifindex),
-        AttachMode::Netlink => attach_netlink(ebpf, iface, ifindex),
+        AttachMode::Netlink => attach_netlink(ebpf, iface),
         AttachMode::Auto => match attach_tcx(ebpf, iface, ifindex) {
             Err(err) if tcx_unsupported(&err) => {
                 log::info!("TCX is not available ({err}); attaching with netlink/clsact");
-                attach_netlink(ebpf, iface, ifindex)
+                attach_netlink(ebpf, iface)
             }
             other => other,
         },
@@ -345,69 +296,29 @@ fn attach_tcx(
     iface: &str,
     ifindex: u32,
 ) -> Result<(Hooks, Attachment), EbpfError> {
-    let mut hooks = Hooks {
-        ifindex,
-        netlink: false,
-        created_clsact: false,
-        links: Vec::new(),
-    };
+    let mut links = Vec::new();
     for (program, attach_type, direction) in HOOKS {
         // LinkOrder::default() is "after every existing TCX program": with TC_ACT_PIPE the
         // counter never ends the chain, so the programs before it decide what it sees.
         let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-        // On error, `hooks` drops here: closing the TCX link fds detaches what was attached.
+        // On error, `links` drops here: closing the TCX link fds detaches what was attached.
         let link = attach_one(ebpf, program, iface, attach_type, direction, "TCX", options)?;
-        hooks.links.push((program, link));
+        links.push((program, link));
     }
-    Ok((hooks, Attachment::Tcx))
+    Ok((Hooks::Tcx { ifindex, links }, Attachment::Tcx))
 }
 
-fn attach_netlink(
-    ebpf: &mut Ebpf,
-    iface: &str,
-    ifindex: u32,
-) -> Result<(Hooks, Attachment), EbpfError> {
-    let created_clsact = match tc::qdisc_add_clsact(iface) {
-        Ok(()) => true,
-        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => false,
-        Err(err) => {
-            return Err(denied_or(
-                format!("adding a clsact qdisc to {iface}"),
-                err,
-                |source| EbpfError::AddClsact {
-                    iface: iface.to_owned(),
-                    source: source.into(),
-                },
-            ));
-        }
-    };
-    let mut hooks = Hooks {
-        ifindex,
-        netlink: true,
-        created_clsact,
-        links: Vec::new(),
-    };
-    for (program, attach_type, direction) in HOOKS {
-        let options = TcAttachOptions::Netlink(NlOptions::default());
-        match attach_one(
-            ebpf,
-            program,
-            iface,
-            attach_type,
-            direction,
-            "netlink/clsact",
-            options,
-        ) {
-            Ok(link) => hooks.links.push((program, link)),
-            Err(err) => {
-                if let Err(cleanup) = hooks.detach() {
-                    log::error!("cleaning up after a failed attach on {iface}: {cleanup}");
-                }
-                return Err(err);
-            }
-        }
+fn attach_netlink(ebpf: &mut Ebpf, iface: &str) -> Result<(Hooks, Attachment), EbpfError> {
+    // On error, `filters` drops: the filters attached so far go, and the qdisc if it was ours.
+    let mut filters = ClsactFilters::prepare(iface)?;
+    for (program, attach_type, _) in HOOKS {
+        filters.attach(program, classifier(ebpf, program)?, attach_type)?;
     }
-    Ok((hooks, Attachment::Netlink { created_clsact }))
+    let created_clsact = filters.owner() == QdiscOwner::Netprof;
+    Ok((
+        Hooks::Clsact(filters),
+        Attachment::Netlink { created_clsact },
+    ))
 }
 
 fn attach_one(
