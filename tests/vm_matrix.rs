@@ -151,7 +151,9 @@ fn check_kernel(verdict: &mut Verdict, kernel: &Value, release: &str, results: &
     let pings = summary["pings"].as_u64().expect("pings");
     let features = Features::of(kernel);
     println!("kernel {}: {features:?}", verdict.kernel);
-    for scenario in summary["scenarios"].as_array().expect("scenarios") {
+    let scenarios = summary["scenarios"].as_array().expect("scenarios");
+    check_coverage(verdict, scenarios, features);
+    for scenario in scenarios {
         let name = scenario["name"].as_str().expect("name");
         let mut steps_ok = true;
         for step in scenario["steps"].as_array().expect("steps") {
@@ -166,6 +168,25 @@ fn check_kernel(verdict: &mut Verdict, kernel: &Value, release: &str, results: &
             check_scenario(verdict, &run, release, &dir);
         }
     }
+}
+
+/// Every lab mode ran with the default hooks, and netfilter through fentry ran on its own
+/// where the kernel would otherwise take links.
+fn check_coverage(verdict: &mut Verdict, scenarios: &[Value], features: Features) {
+    for mode in ["host", "flannel-hostgw", "flannel-vxlan", "calico", "l2"] {
+        let ran = scenarios
+            .iter()
+            .any(|s| s["mode"] == mode && s["hooks"].is_null());
+        verdict.check(mode, ran, "the guest did not run this mode");
+    }
+    let forced = scenarios
+        .iter()
+        .any(|s| s["hooks"].as_str().is_some_and(|h| h.contains("nf-fentry")));
+    verdict.check(
+        "nf-fentry",
+        forced == features.nf_links,
+        format!("a forced fentry run: {forced}, want it exactly where links exist"),
+    );
 }
 
 /// One scenario as the test reads it.

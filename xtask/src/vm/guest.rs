@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::scenarios::{Scenario, LAB, PINGS, SCENARIOS};
+use super::scenarios::{Scenario, LAB, NF_LINKS_PARAM, PINGS, SCENARIOS};
 
 /// Modules loaded up front: the lab's devices and netfilter (br_netfilter: the lab's bridges
 /// hand frames to iptables), tc's clsact and bpf classifier, and the table walkers the
@@ -57,8 +57,12 @@ pub fn run(out: &Path) -> Result<()> {
         Command::new("modprobe").arg("-a").args(MODULES),
         &out.join("modprobe.log"),
     );
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let nf_links = cmdline
+        .split_whitespace()
+        .any(|p| p == format!("{NF_LINKS_PARAM}=y"));
     let mut scenarios = Vec::new();
-    for scenario in SCENARIOS {
+    for scenario in SCENARIOS.iter().filter(|s| s.runs_with(nf_links)) {
         let dir = out.join(scenario.name);
         fs::create_dir_all(&dir)?;
         println!("vm-guest: scenario {}", scenario.name);
@@ -148,6 +152,10 @@ fn profile(scenario: &Scenario, dir: &Path) -> Vec<Value> {
         steps.push(command_step("ping", &mut ping, &dir.join("ping.txt")));
         // The last reply's skb is freed right after ping reads it.
         thread::sleep(Duration::from_millis(300));
+    }
+    // Both stop at once: each waits for RCU grace periods as its links close.
+    for agent in &agents {
+        agent.terminate();
     }
     for agent in agents {
         steps.push(agent.stop());
@@ -287,12 +295,16 @@ impl Agent {
         }
     }
 
-    /// SIGTERM, then wait for the document and the detach.
+    /// Asks the agent to stop (SIGTERM: it writes its document and detaches).
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// Waits for the document and the detach after [`Agent::terminate`].
     fn stop(mut self) -> Value {
         let started = Instant::now();
         let name = format!("agent{}-stop", self.node);
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + STOP_TIMEOUT;
         let result = loop {
             match self.child.try_wait() {

@@ -125,11 +125,18 @@ fn run_kernel(kernel: &kernels::Unpacked, tools: &Path, out: &Path) -> Value {
         let initrd = dir.join("initramfs.cpio.zst");
         concat(&[tools, &modules], &initrd)?;
         eprintln!("vm: booting {} ({})", k.id, k.release);
+        let nf_links = kernel.config_facts()["CONFIG_NETFILTER_BPF_LINK"] == "y";
+        let params = format!(
+            "{}={}",
+            scenarios::NF_LINKS_PARAM,
+            if nf_links { "y" } else { "n" }
+        );
         let booted = qemu::boot(&qemu::Boot {
             vmlinuz: &kernel.vmlinuz(),
             initramfs: &initrd,
             dir: &dir,
             timeout: VM_TIMEOUT,
+            params: &params,
         });
         fs::remove_file(&initrd)?;
         booted

@@ -28,6 +28,8 @@ pub struct Boot<'a> {
     pub dir: &'a Path,
     /// The whole run, boot to power-off; qemu is killed after it.
     pub timeout: Duration,
+    /// Appended to the kernel command line (facts for the guest runner).
+    pub params: &'a str,
 }
 
 /// A finished boot: how long it took and where the results were unpacked.
@@ -66,7 +68,8 @@ pub fn boot(boot: &Boot) -> Result<Booted> {
         .arg(boot.vmlinuz)
         .arg("-initrd")
         .arg(boot.initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 loglevel=4 {}", boot.params))
         .stdin(Stdio::null())
         .status()
         .context("cannot run qemu-system-x86_64: run `cargo xtask setup`")?;

@@ -22,6 +22,9 @@ pub struct Scenario {
     pub hooks: Option<&'static str>,
     /// Node 2's uplink carries another tool's clsact qdisc and filter before the agents start.
     pub foreign_clsact: bool,
+    /// Worth running only where the kernel has netfilter links (elsewhere the default hooks
+    /// take the same path).
+    pub needs_nf_links: bool,
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -30,36 +33,42 @@ pub const SCENARIOS: &[Scenario] = &[
         mode: "host",
         hooks: None,
         foreign_clsact: false,
+        needs_nf_links: false,
     },
     Scenario {
         name: "flannel-hostgw",
         mode: "flannel-hostgw",
         hooks: None,
         foreign_clsact: true,
+        needs_nf_links: false,
     },
     Scenario {
         name: "flannel-vxlan",
         mode: "flannel-vxlan",
         hooks: None,
         foreign_clsact: false,
+        needs_nf_links: false,
     },
     Scenario {
         name: "calico",
         mode: "calico",
         hooks: None,
         foreign_clsact: false,
+        needs_nf_links: false,
     },
     Scenario {
         name: "l2",
         mode: "l2",
         hooks: None,
         foreign_clsact: false,
+        needs_nf_links: false,
     },
     Scenario {
         name: "flannel-vxlan-nf-fentry",
         mode: "flannel-vxlan",
         hooks: Some("tc,nf-fentry,trace"),
         foreign_clsact: false,
+        needs_nf_links: true,
     },
 ];
 
@@ -72,7 +81,16 @@ pub struct TestPath {
     pub follow: Vec<String>,
 }
 
+/// The kernel command line parameter by which the host tells the guest whether the kernel
+/// has netfilter links (`y` or `n`, from its configuration).
+pub const NF_LINKS_PARAM: &str = "netprof.nf_links";
+
 impl Scenario {
+    /// Whether to run it on a kernel with (or without) netfilter links.
+    pub fn runs_with(&self, nf_links: bool) -> bool {
+        nf_links || !self.needs_nf_links
+    }
+
     pub fn has_pods(&self) -> bool {
         self.mode != "host"
     }
