@@ -165,12 +165,21 @@ fn nftables<C: EbpfContext>(ctx: &C, edge: Edge) {
     let (Some(pkt), Some(chain)) = (pkt, chain) else {
         return;
     };
-    let skb = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_skb));
-    let state = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_state));
-    let priority = probe_read_counted::<i32>(chain.wrapping_add_signed(i64::from(back)));
-    if let (Some(skb), Some(state), Some(priority)) = (skb, state, priority) {
-        pass(cfg, skb, state, priority, edge);
-    }
+    // One read at a time, leaving at the first failure: with the three reads' results matched
+    // together, LLVM emitted code that reads a register a helper call had clobbered on a path
+    // only the correlation of the three results rules out, which older verifiers (6.1's) do
+    // not track, so they refused the program.
+    let Some(skb) = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_skb)) else {
+        return;
+    };
+    let Some(state) = probe_read_counted::<u64>(pkt + u64::from(cfg.nft_pkt_state)) else {
+        return;
+    };
+    let Some(priority) = probe_read_counted::<i32>(chain.wrapping_add_signed(i64::from(back)))
+    else {
+        return;
+    };
+    pass(cfg, skb, state, priority, edge);
 }
 
 // ---- the shared step ----
