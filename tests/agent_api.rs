@@ -20,7 +20,9 @@ use std::{
 use netprof::agent::{AgentReport, SCHEMA};
 use netprof::bench::{config::BenchConfig, profile::lab_endpoints, servers, tools};
 use netprof::lab::{self, LabNames, LabSpec, Mode, Node};
-use netprof_tests::{ebpf_skip_reason, netprof_bin, print_skip, program_unloaded, unique_lab_name};
+use netprof_tests::{
+    ebpf_skip_reason, netprof_bin, print_skip, program_unloaded, settled, unique_lab_name,
+};
 
 const PINGS: u64 = 20;
 
@@ -317,7 +319,7 @@ fn control_api_profiles_a_real_benchmark() {
 
     // ---- ping pod1 -> pod2: exact hits in the snapshot and in /metrics ----
     ping(&pod_path.client_netns, pod_path.server_ip);
-    std::thread::sleep(Duration::from_millis(200));
+    settled(|| Ok(server.report("GET", "/v1/snapshot"))).unwrap();
     let (status, head, _) = server.call("GET", "/v1/snapshot", "");
     assert_eq!(status, 200);
     assert!(head.contains("X-Netprof-State: attached"), "{head}");
@@ -395,8 +397,7 @@ fn control_api_profiles_a_real_benchmark() {
         ab.complete_requests, ab.requests_per_second, ab.failed_requests
     );
     assert_eq!((ab.complete_requests, ab.failed_requests), (500, 0));
-    std::thread::sleep(Duration::from_millis(200));
-    let report = server.report("GET", "/v1/snapshot");
+    let report = settled(|| Ok(server.report("GET", "/v1/snapshot"))).unwrap();
     let stages: Vec<&str> = report.stages().iter().map(|s| s.name()).collect();
     println!("ab stages on node2: {}", stages.join(", "));
     for s in report.stage_segments(netprof::agent::Stage::Other) {
@@ -531,8 +532,7 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     assert!(own_path.exists());
 
     ping(&pod_path.client_netns, pod_path.server_ip);
-    std::thread::sleep(Duration::from_millis(200));
-    let report = server.report("GET", "/v1/snapshot");
+    let report = settled(|| Ok(server.report("GET", "/v1/snapshot"))).unwrap();
     assert_eq!(report.netns, own);
     assert_eq!(
         report.hits("eno1 tc-ingress"),

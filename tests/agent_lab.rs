@@ -26,30 +26,13 @@ const PINGS: u64 = 20;
 /// (e.g. one RCU grace period per link without expedited RCU), not a slow moment.
 const ATTACH_BOUND_MS: f64 = 20_000.0;
 
-/// How long the last journeys may take to end after ping returns (the last reply's skb is
-/// freed just after ping reads it). Milliseconds in practice; polled, not slept.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(5);
-
 /// How long a device created after the start may wait to be watched: the agent rescans every
 /// second and attaches in a fraction of one (typical: about a second in all).
 const RESCAN_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Journeys admitted but not yet ended (completed, dropped or abandoned).
-fn in_flight(report: &AgentReport) -> u64 {
-    let c = &report.counters;
-    c.admitted
-        .saturating_sub(c.completed + c.dropped + c.abandoned)
-}
-
-/// A snapshot once every admitted journey has ended, polled up to [`SETTLE_DEADLINE`] (the
-/// last snapshot either way: the caller's exact asserts say what is missing).
+/// A snapshot once every admitted journey has ended.
 fn settled(agent: &Agent) -> AgentReport {
-    leftovers::poll(
-        SETTLE_DEADLINE,
-        || Ok(agent.snapshot()?),
-        |r| in_flight(r) == 0,
-    )
-    .unwrap()
+    netprof_tests::settled(|| Ok(agent.snapshot()?)).unwrap()
 }
 
 /// What a test's namespaces look like before any agent attaches: the tc side of every device

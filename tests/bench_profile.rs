@@ -145,17 +145,47 @@ fn overhead_compares_agent_settings_side_by_side() {
         ["off", "duty 100%", "duty 50%@600ms"],
         "a setting's own period is in its name"
     );
+    // Each variant's figures follow from its raw samples: the middle of its three rounds'
+    // QPS, its ratio to off's, and the middle of its per-round ratios to off.
+    let qps_of = |variant: &str, round: u64| -> f64 {
+        samples
+            .iter()
+            .find(|s| s["variant"] == variant && s["round"] == round)
+            .and_then(|s| s["qps"].as_f64())
+            .unwrap_or_else(|| panic!("no sample of {variant} in round {round}"))
+    };
+    let middle = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[1]
+    };
+    let rounds = [1, 2, 3];
+    let off_qps = middle(rounds.iter().map(|&r| qps_of("off", r)).collect());
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
     for v in json["variants"].as_array().unwrap() {
-        let (qps, ratio) = (v["qps"].as_f64().unwrap(), v["qps_ratio"].as_f64().unwrap());
-        assert!(qps > 0.0 && ratio > 0.0 && ratio < 2.0, "{v}");
+        let name = v["variant"].as_str().unwrap();
+        let qps = middle(rounds.iter().map(|&r| qps_of(name, r)).collect());
+        assert!(qps > 0.0, "{v}");
+        assert!(close(v["qps"].as_f64().unwrap(), qps), "{v}: qps {qps}");
+        let ratio = v["qps_ratio"].as_f64().unwrap();
+        assert!(close(ratio, qps / off_qps), "{v}: ratio {}", qps / off_qps);
+        let paired = middle(
+            rounds
+                .iter()
+                .map(|&r| qps_of(name, r) / qps_of("off", r))
+                .collect(),
+        );
+        assert!(
+            close(v["qps_ratio_paired"].as_f64().unwrap(), paired),
+            "{v}: paired {paired}"
+        );
         // Three paired rounds give an interval around the paired median.
         let (lo, hi) = (
             v["qps_ratio_paired_interval"][0].as_f64().unwrap(),
             v["qps_ratio_paired_interval"][1].as_f64().unwrap(),
         );
-        let paired = v["qps_ratio_paired"].as_f64().unwrap();
         assert!(lo <= paired && paired <= hi, "{v}");
     }
+    assert_eq!(json["variants"][0]["qps_ratio"].as_f64(), Some(1.0));
     assert!(stdout.contains("against the targets"), "{stdout}");
     // The always-attached agents ran their programs and bpf_stats timed them.
     let programs = &json["programs"][0];

@@ -127,11 +127,13 @@ fn counts_pings_exactly_and_detaches_cleanly() -> Result<()> {
     let summary = ping(&lab.a, VethLab::ADDR_B, 25)?;
     println!("ping: {summary}");
     send_udp(lab.a.name(), VethLab::ADDR_B, 3)?;
-    // The port-unreachable replies are sent synchronously by B's receive path; give the
-    // last one a moment to cross the veth before reading.
-    std::thread::sleep(std::time::Duration::from_millis(100));
-
-    let counts = counter.counts()?;
+    // The port-unreachable replies are sent by B's receive path and may still be crossing
+    // the veth when send_udp returns: poll (milliseconds) until one is counted.
+    let counts = netprof_tests::leftovers::poll(
+        std::time::Duration::from_secs(5),
+        || Ok(counter.counts()?),
+        |c| c.ingress_other_ipv4 >= 1,
+    )?;
     print_counts("uplink counts", &counts);
     assert_eq!(counts.egress_echo_requests, 25, "{counts:?}");
     assert_eq!(counts.ingress_echo_replies, 25, "{counts:?}");

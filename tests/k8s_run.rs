@@ -993,9 +993,10 @@ fn end_to_end_on_a_lab_with_real_tools_and_agents() {
                 .unwrap();
         assert_eq!(report.node, profile.node.name());
         if profile.tool == netprof::rundir::Tool::Ping {
-            // 50 echo requests and 50 replies cross each node's uplink.
-            assert!(
-                report.hits("eno1 tc-ingress") + report.hits("eno1 tc-egress") >= 100,
+            // 50 echo requests and 50 replies cross each node's uplink, once each.
+            assert_eq!(
+                report.hits("eno1 tc-ingress") + report.hits("eno1 tc-egress"),
+                100,
                 "{}: {:?}",
                 profile.file,
                 report

@@ -354,6 +354,36 @@ impl Drop for LabCleanup {
     }
 }
 
+/// Journeys an agent admitted that have not ended yet (completed, dropped or abandoned).
+pub fn journeys_in_flight(report: &netprof::agent::AgentReport) -> u64 {
+    let c = &report.counters;
+    c.admitted
+        .saturating_sub(c.completed + c.dropped + c.abandoned)
+}
+
+/// How long the last journeys may take to end after the traffic stops (the last reply's skb
+/// is freed just after the client reads it). Milliseconds in practice; polled, not slept.
+pub const SETTLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `snapshot()` polled until every admitted journey has ended, up to [`SETTLE_DEADLINE`]
+/// (the last snapshot either way: the caller's exact asserts say what is missing).
+pub fn settled(
+    mut snapshot: impl FnMut() -> Result<netprof::agent::AgentReport>,
+) -> Result<netprof::agent::AgentReport> {
+    let report = leftovers::poll(SETTLE_DEADLINE, &mut snapshot, |r| {
+        journeys_in_flight(r) == 0
+    })?;
+    let left = journeys_in_flight(&report);
+    if left > 0 {
+        println!(
+            "{left} journeys still in flight after {} s: {:?}",
+            SETTLE_DEADLINE.as_secs(),
+            report.counters
+        );
+    }
+    Ok(report)
+}
+
 /// A lab name no other test (or user) has: `it<pid>-<n>`.
 pub fn unique_lab_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
