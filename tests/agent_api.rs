@@ -22,17 +22,10 @@ use netprof::bench::{config::BenchConfig, profile::lab_endpoints, servers, tools
 use netprof::lab::{self, LabNames, LabSpec, Mode, Node};
 use netprof_tests::{
     ebpf_skip_reason, netprof_bin, print_skip, program_unloaded, settled, unique_lab_name,
+    LabCleanup as Cleanup,
 };
 
 const PINGS: u64 = 20;
-
-struct Cleanup(LabNames);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = lab::down(&self.0);
-    }
-}
 
 /// The server process; killed on drop if a failed assertion left it running.
 struct Server {

@@ -4,17 +4,9 @@
 
 use netprof::ebpf::UplinkCounter;
 use netprof::lab::{self, LabNames, LabSpec, Mode, Node};
-use netprof_tests::{ebpf_skip_reason, print_skip, unique_lab_name};
+use netprof_tests::{ebpf_skip_reason, print_skip, unique_lab_name, LabCleanup as Cleanup};
 
 const PINGS: u32 = 40;
-
-struct Cleanup(LabNames);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = lab::down(&self.0);
-    }
-}
 
 fn ping_pods_and_count(mode: Mode) -> Option<netprof::ebpf::IcmpCounts> {
     if let Some(reason) = ebpf_skip_reason(&["ip", "ping"]) {

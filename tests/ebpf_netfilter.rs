@@ -29,8 +29,10 @@ fn bpftool_netfilter_links() -> Result<Vec<(u64, u64)>> {
         .filter(|l| l["type"] == "netfilter" || l["type"] == 10)
         .map(|l| {
             (
-                l["id"].as_u64().unwrap_or_default(),
-                l["prog_id"].as_u64().unwrap_or_default(),
+                l["id"].as_u64().expect("bpftool lists a link id"),
+                l["prog_id"]
+                    .as_u64()
+                    .expect("bpftool lists a link's program id"),
             )
         })
         .collect())

@@ -31,7 +31,9 @@ use netprof_tests::fake_apiserver::lab_backend::{LabAgents, LabBackend};
 use netprof_tests::fake_apiserver::{
     Backend, ExecOutcome, FakeApiServer, FakeConfig, FakeNode, State,
 };
-use netprof_tests::{ebpf_skip_reason, netprof_bin, print_skip, unique_lab_name};
+use netprof_tests::{
+    ebpf_skip_reason, netprof_bin, print_skip, unique_lab_name, LabCleanup as LabGuard,
+};
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);
@@ -890,15 +892,6 @@ fn the_context_flag_picks_the_cluster_and_an_unreachable_one_is_named() {
             && line.contains("is the API server reachable?"),
         "{line}"
     );
-}
-
-/// Tears the lab down even when an assertion fails.
-struct LabGuard(LabNames);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = lab::down(&self.0);
-    }
 }
 
 #[test]
