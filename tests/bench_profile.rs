@@ -6,7 +6,7 @@ use std::process::Command;
 
 use netprof::agent::AgentReport;
 use netprof_tests::{
-    ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip, unique_lab_name,
+    ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip, unique_lab_name, TempPath,
 };
 
 const PINGS: u64 = 30;
@@ -23,7 +23,9 @@ fn profile_writes_a_report_per_step_and_node() {
     let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
     let before = loaded_netprof_programs().len();
     let lab = unique_lab_name();
-    let out = std::env::temp_dir().join(format!("netprof-profile-{lab}"));
+    // Removed when the test ends, also when it fails.
+    let scratch = TempPath::new("profile");
+    let out = scratch.path();
     let status = Command::new(netprof_bin())
         .args([
             "bench",
@@ -80,7 +82,6 @@ fn profile_writes_a_report_per_step_and_node() {
         before,
         "programs left loaded after bench"
     );
-    let _ = std::fs::remove_dir_all(out);
 }
 
 /// `netprof overhead` end to end, short: off, always attached and duty-cycled agents in one run,
@@ -96,7 +97,8 @@ fn overhead_compares_agent_settings_side_by_side() {
     let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
     let before = loaded_netprof_programs().len();
     let lab = unique_lab_name();
-    let out = std::env::temp_dir().join(format!("netprof-overhead-{lab}.json"));
+    let scratch = TempPath::new("overhead");
+    let out = scratch.path();
     let output = Command::new(netprof_bin())
         .args([
             "overhead",
@@ -204,7 +206,6 @@ fn overhead_compares_agent_settings_side_by_side() {
         !String::from_utf8_lossy(&leftover.stdout).contains(&format!("netprof-{lab}-")),
         "lab left behind"
     );
-    let _ = std::fs::remove_file(out);
 }
 
 /// `bench --validate` end to end, short: every check profiles its `a` (and `b` where the
@@ -228,7 +229,8 @@ fn validate_runs_every_check_and_the_report_judges_each() {
     let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
     let before = loaded_netprof_programs().len();
     let lab = unique_lab_name();
-    let out = std::env::temp_dir().join(format!("netprof-validate-{lab}"));
+    let scratch = TempPath::new("validate");
+    let out = scratch.path();
     let status = Command::new(netprof_bin())
         .args(["bench", "--modes", "host", "--profile", "--validate"])
         .args([
@@ -381,5 +383,4 @@ fn validate_runs_every_check_and_the_report_judges_each() {
         !String::from_utf8_lossy(&leftover.stdout).contains(&lab),
         "lab {lab} (or {lab}-b) left behind"
     );
-    let _ = std::fs::remove_dir_all(out);
 }
