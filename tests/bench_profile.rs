@@ -46,7 +46,7 @@ fn profile_writes_a_report_per_step_and_node() {
             "10",
         ])
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .status()
         .unwrap();
     assert!(status.success());
@@ -122,7 +122,7 @@ fn overhead_compares_agent_settings_side_by_side() {
             &lab,
         ])
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -133,7 +133,7 @@ fn overhead_compares_agent_settings_side_by_side() {
     );
     println!("{stdout}");
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
     let samples = json["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 3 * 3, "3 rounds x (off + 2 settings)");
     let variants: Vec<&str> = json["variants"]
@@ -243,7 +243,7 @@ fn validate_runs_every_check_and_the_report_judges_each() {
         .args(["--ping-count", "20", "--iperf3-seconds", "1"])
         .args(["--ab-requests", "300", "--ab-concurrency", "10"])
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .status()
         .unwrap();
     assert!(status.success());
@@ -340,7 +340,7 @@ fn validate_runs_every_check_and_the_report_judges_each() {
 
     let report = Command::new(netprof_bin())
         .args(["report", "--format", "json"])
-        .arg(&out)
+        .arg(out)
         .output()
         .unwrap();
     assert!(
