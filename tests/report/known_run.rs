@@ -11,7 +11,7 @@
 //! | step | node | segment (stage, kinds) | passes | ns |
 //! | --- | --- | --- | --- | --- |
 //! | host ping | 1, 2 | uplink (dev-rx -> tc-ingress) | 1000 each | 1000 |
-//! | pod ping | 1 | uplink | 1000 | 1000 |
+//! | pod ping | 1, run with 1 flow in 4 (pings are always all followed) | uplink | 1000 | 1000 |
 //! | pod ping | 1 | veth (dev-tx -> dev-rx) | 2000 | 2000 |
 //! | pod ping | 1 | bridge (tc-ingress -> tc-egress), node 1 only | 2000 | 1000 |
 //! | pod ping | 1 | filter (netfilter -> netfilter) | 2100 | 40 |
@@ -250,7 +250,7 @@ pub fn write_known_run(name: &str) -> PathBuf {
             "pod path",
             "ping",
             "node1",
-            agent_doc("node1", &pod_ping_1, None, None),
+            agent_doc("node1", &pod_ping_1, None, Some(4)),
         ),
         (
             "pod path",

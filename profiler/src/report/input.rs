@@ -88,8 +88,8 @@ pub enum InputError {
 pub struct Profile {
     pub file: ProfileFile,
     pub report: AgentReport,
-    /// The agent followed 1 in `sample` benchmark flows: its counts are multiplied by it.
-    /// Read from the document's `sample` field (absent: 1, every flow).
+    /// The agent followed 1 in `sample` TCP/UDP benchmark flows: those counts are multiplied by
+    /// it. Read from the document's `sample` field (absent: 1, every flow).
     pub sample: u32,
 }
 
@@ -98,7 +98,12 @@ impl Profile {
         NodeDoc {
             node: self.file.node,
             report: &self.report,
-            sample: self.sample,
+            // Sampling picks TCP and UDP flows; an agent follows every ping.
+            sample: if self.file.tool == Tool::Ping {
+                1
+            } else {
+                self.sample
+            },
         }
     }
 }
