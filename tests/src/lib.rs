@@ -365,19 +365,35 @@ pub fn journeys_in_flight(report: &netprof::agent::AgentReport) -> u64 {
 /// is freed just after the client reads it). Milliseconds in practice; polled, not slept.
 pub const SETTLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `snapshot()` polled until every admitted journey has ended, up to [`SETTLE_DEADLINE`]
-/// (the last snapshot either way: the caller's exact asserts say what is missing).
+/// How long an agent's counters must stay unchanged for its journeys to count as settled when
+/// some never end in its view (a TCP skb kept in a socket's queue, a journey abandoned).
+const SETTLE_QUIET: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `snapshot()` polled until every admitted journey has ended, or the counters have not moved
+/// for [`SETTLE_QUIET`], up to [`SETTLE_DEADLINE`]; the last snapshot either way (the
+/// caller's exact asserts say what is missing).
 pub fn settled(
     mut snapshot: impl FnMut() -> Result<netprof::agent::AgentReport>,
 ) -> Result<netprof::agent::AgentReport> {
-    let report = leftovers::poll(SETTLE_DEADLINE, &mut snapshot, |r| {
-        journeys_in_flight(r) == 0
-    })?;
+    use std::time::Instant;
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let mut report = snapshot()?;
+    let mut quiet_since = Instant::now();
+    while journeys_in_flight(&report) > 0
+        && quiet_since.elapsed() < SETTLE_QUIET
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let next = snapshot()?;
+        if next.counters != report.counters {
+            quiet_since = Instant::now();
+        }
+        report = next;
+    }
     let left = journeys_in_flight(&report);
     if left > 0 {
         println!(
-            "{left} journeys still in flight after {} s: {:?}",
-            SETTLE_DEADLINE.as_secs(),
+            "{left} journeys still in flight in the settled snapshot: {:?}",
             report.counters
         );
     }
