@@ -367,7 +367,8 @@ fn control_api_profiles_a_real_benchmark() {
         0,
         "reset clears the hits"
     );
-    let work = std::env::temp_dir().join(format!("netprof-agent-api-{}", names.lab()));
+    // Under the lab's work directory: removed with the lab, also when the test fails.
+    let work = lab::work_dir(&names).join("nginx");
     let nginx = servers::start_nginx(&pod_path.server_netns, &work).unwrap();
     let cfg = BenchConfig {
         ab_requests: 500,
@@ -480,7 +481,6 @@ fn control_api_profiles_a_real_benchmark() {
         log.contains("terminated (SIGTERM)") && log.contains("detached from"),
         "{log}"
     );
-    let _ = std::fs::remove_dir_all(work);
     println!("{} programs freed after SIGTERM", ids.len());
 }
 
