@@ -34,6 +34,8 @@ struct Server {
     stderr: Arc<Mutex<String>>,
     /// The network namespace the server runs in (None: the test's own).
     netns: Option<String>,
+    /// Sent as `Authorization: Bearer` when set (the server was started with it).
+    token: Option<String>,
 }
 
 impl Server {
@@ -46,6 +48,11 @@ impl Server {
     /// Starts the server in `netns` (`nsenter --net`: only the network namespace changes, as
     /// for a hostNetwork pod), or in the test's own.
     fn start_in(netns: Option<&str>) -> Self {
+        Self::start_with(netns, None)
+    }
+
+    /// As [`Server::start_in`], with `--token-file` holding `token`.
+    fn start_with(netns: Option<&str>, token: Option<(&std::path::Path, &str)>) -> Self {
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -54,11 +61,12 @@ impl Server {
             }
             None => Command::new(netprof_bin()),
         };
-        let mut child = command
-            .args(["agent", "--serve", "--listen", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        command.args(["agent", "--serve", "--listen", "127.0.0.1:0"]);
+        if let Some((file, text)) = token {
+            std::fs::write(file, format!("{text}\n")).unwrap();
+            command.arg("--token-file").arg(file);
+        }
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let pipe = child.stderr.take().unwrap();
@@ -82,13 +90,28 @@ impl Server {
             addr,
             stderr,
             netns: netns.map(str::to_owned),
+            token: token.map(|(_, text)| text.to_owned()),
         }
     }
 
     /// (status, headers, body) of one request.
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, String, String) {
+        self.call_as(self.token.as_deref(), method, path, body)
+    }
+
+    /// [`Server::call`] with `token` (or none) instead of the server's.
+    fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let raw = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
         );
@@ -130,6 +153,11 @@ impl Server {
 
     fn report(&self, method: &str, path: &str) -> AgentReport {
         serde_json::from_value(self.json(method, path, "", 200)).unwrap()
+    }
+
+    /// The agent's pid (nsenter execs it, so the child's).
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn healthy(&self) {
@@ -202,7 +230,8 @@ fn control_api_profiles_a_real_benchmark() {
     // ---- before anything is attached: bad input costs one connection, never the server ----
     server.healthy();
     let (status, _, body) = server.call("GET", "/readyz", "");
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready: tc via "), "{body}");
     refused(
         &server,
         server.call("POST", "/v1/start", "garbage"),
@@ -485,12 +514,15 @@ fn control_api_profiles_a_real_benchmark() {
 }
 
 /// The DaemonSet's way: the agent runs in the node's namespace (hostNetwork; here node 2's,
-/// entered with `nsenter --net`) and the start request names no namespace, so the agent names
-/// its own (`netprof.agent-PID` under /run/netns) and removes the name when it stops.
+/// entered with `nsenter --net`), with a token, and the start request names no namespace, so
+/// the agent names its own (`netprof.agent-PID` under /run/netns) and removes the name when it
+/// stops. The pods come by IP: pod 2's namespace has an `ip netns` name, as containerd leaves
+/// them; a second "pod" is a namespace only a process holds, as cri-dockerd leaves them, which
+/// the agent names (`netprof.pod-PID-0`) while attached.
 #[test]
 fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     let test = "agent_api without_netns_the_agent_profiles_the_namespace_it_runs_in";
-    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "nsenter", "bpftool"]) {
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "nsenter", "unshare", "bpftool"]) {
         print_skip(test, &reason);
         return;
     }
@@ -505,24 +537,87 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     )
     .unwrap();
     let pod_path = built.pod_path().unwrap();
+    let hidden = ProcessPod::start(HIDDEN_POD_IP);
     let node2 = names.node(Node::Two);
-    let server = Server::start_in(Some(&node2));
+    let token_file = std::env::temp_dir().join(format!("netprof-api-token-{}", std::process::id()));
+    let _token_gone = RemoveFile(token_file.clone());
+    let server = Server::start_with(
+        Some(&node2),
+        Some((&token_file, "agent-api-test-token-0123")),
+    );
     println!("server on {} in {node2}", server.addr);
     let (status, _, body) = server.call("GET", "/readyz", "");
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready: tc via "), "{body}");
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/start"),
+        ("GET", "/metrics"),
+    ] {
+        let (status, _, body) = server.call_as(None, method, path, "{}");
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, _, body) =
+            server.call_as(Some("agent-api-test-token-0124"), method, path, "{}");
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    assert_eq!(server.call_as(None, "GET", "/healthz", "").0, 200);
+
+    // Where the pods are, before anything is attached; an IP on no pod of the node is named.
+    let located = server.json(
+        "POST",
+        "/v1/locate",
+        &format!(
+            r#"{{"pod_ips": ["{}", "{HIDDEN_POD_IP}", "198.19.99.99"]}}"#,
+            pod_path.server_ip
+        ),
+        200,
+    );
+    println!("locate: {located}");
+    assert_eq!(located["found"][0]["netns"]["named"], names.pod(Node::Two));
+    assert_eq!(located["found"][0]["interface"], "eth0");
+    assert_eq!(located["found"][1]["netns"]["process"], hidden.pid());
+    assert_eq!(located["missing"], serde_json::json!(["198.19.99.99"]));
+    assert!(
+        located["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("198.19.99.99 in no network namespace on this node"),
+        "{located}"
+    );
 
     let endpoints: Vec<String> = lab_endpoints(&built)
         .iter()
         .map(ToString::to_string)
         .collect();
-    let body = serde_json::json!({"pod_netns": [names.pod(Node::Two)], "endpoints": endpoints})
-        .to_string();
+    refused(
+        &server,
+        server.call(
+            "POST",
+            "/v1/start",
+            &serde_json::json!({"pod_ips": ["198.19.99.99"], "endpoints": endpoints}).to_string(),
+        ),
+        422,
+        "pod_ips: 198.19.99.99 in no network namespace on this node",
+    );
+    let body = serde_json::json!({
+        "pod_ips": [pod_path.server_ip.to_string(), HIDDEN_POD_IP],
+        "endpoints": endpoints,
+    })
+    .to_string();
     let started = server.json("POST", "/v1/start", &body, 200);
     println!("start: {started}");
     let own = started["netns"].as_str().unwrap().to_owned();
     assert!(own.starts_with("netprof.agent-"), "{own}");
     let own_path = std::path::Path::new("/run/netns").join(&own);
     assert!(own_path.exists());
+    assert_eq!(started["pods"][0]["netns"]["named"], names.pod(Node::Two));
+    let alias = format!("netprof.pod-{}-0", server.pid());
+    let alias_path = std::path::Path::new("/run/netns").join(&alias);
+    assert!(
+        alias_path.exists(),
+        "{} while attached",
+        alias_path.display()
+    );
 
     ping(&pod_path.client_netns, pod_path.server_ip);
     let report = settled(|| Ok(server.report("GET", "/v1/snapshot"))).unwrap();
@@ -534,17 +629,28 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
     );
     assert_eq!(
         report.hits(&format!("{}:eth0 tc-ingress", names.pod(Node::Two))),
-        PINGS
+        PINGS,
+        "pod 2's eth0, found from its IP"
+    );
+    assert!(
+        report
+            .checkpoints
+            .iter()
+            .any(|c| c.name == format!("{alias}:eth0 tc-ingress")),
+        "the process-held pod's eth0 is watched: {:?}",
+        report
+            .checkpoints
+            .iter()
+            .map(|c| &c.name)
+            .collect::<Vec<_>>()
     );
     let ids: Vec<u32> = report.programs.iter().map(|p| p.id).collect();
 
     let last = server.report("POST", "/v1/stop");
     assert_eq!(last.hits("eno1 tc-ingress"), PINGS);
-    assert!(
-        !own_path.exists(),
-        "{} left after /v1/stop",
-        own_path.display()
-    );
+    for path in [&own_path, &alias_path] {
+        assert!(!path.exists(), "{} left after /v1/stop", path.display());
+    }
     for id in &ids {
         assert!(
             program_unloaded(*id).unwrap(),
@@ -552,9 +658,9 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
         );
     }
 
-    // Started again and then terminated: the name goes too.
+    // Started again and then terminated: the names go too.
     server.json("POST", "/v1/start", &body, 200);
-    assert!(own_path.exists());
+    assert!(own_path.exists() && alias_path.exists());
     let mut server = server;
     sigterm(server.child.id());
     let status = wait(&mut server.child, Duration::from_secs(15));
@@ -565,11 +671,78 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
         "stderr:\n{}",
         server.stderr.lock().unwrap()
     );
-    assert!(
-        !own_path.exists(),
-        "{} left after SIGTERM",
-        own_path.display()
-    );
+    for path in [&own_path, &alias_path] {
+        assert!(!path.exists(), "{} left after SIGTERM", path.display());
+    }
+}
+
+/// The address of the pod only a process holds (a lab-range address no lab uses).
+const HIDDEN_POD_IP: &str = "198.19.250.7";
+
+/// A network namespace with no name under /run/netns, held by a `sleep` (as a sandbox process
+/// holds a pod's under cri-dockerd), with an `eth0` (a veth whose peer stays inside) carrying
+/// `ip`. Killed, and with it the namespace, on drop.
+struct ProcessPod(Child);
+
+impl ProcessPod {
+    fn start(ip: &str) -> Self {
+        let child = Command::new("unshare")
+            .args(["--net", "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let pod = ProcessPod(child);
+        let netns = format!("--net=/proc/{}/ns/net", pod.pid());
+        // unshare execs sleep once the namespace is made: wait for that.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{}/ns/net", pod.pid())).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "unshare did not make a namespace"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for args in [
+            vec![
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+            ],
+            vec!["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+            vec!["ip", "link", "set", "eth0", "up"],
+            vec!["ip", "link", "set", "peer0", "up"],
+        ] {
+            let out = Command::new("nsenter")
+                .arg(&netns)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        pod
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ProcessPod {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Our programs (by id, named `cp_*`/`nf_h*`) that the kernel still has loaded.

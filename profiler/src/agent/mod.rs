@@ -20,6 +20,7 @@ pub mod duty;
 mod expedited_rcu;
 pub mod netlink_links;
 pub mod nf_points;
+pub mod pod_netns;
 pub mod report;
 pub mod stages;
 pub mod stats;

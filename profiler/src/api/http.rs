@@ -22,11 +22,13 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Time a client has to send its whole request (408 after).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A parsed request: method, path without the query string, body.
+/// A parsed request: method, path without the query string, credentials, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// The `Authorization` header's value.
+    pub authorization: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -37,6 +39,7 @@ pub struct Head {
     pub path: String,
     pub content_length: usize,
     pub expect_continue: bool,
+    pub authorization: Option<String>,
 }
 
 /// A response; always sent with `Content-Length` and `Connection: close`.
@@ -136,6 +139,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -198,6 +202,7 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
     }
     let mut content_length: Option<usize> = None;
     let mut expect_continue = false;
+    let mut authorization = None;
     for line in lines {
         if line.is_empty() {
             continue;
@@ -231,6 +236,8 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
                 return Err(bad("unsupported Expect header"));
             }
             expect_continue = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_owned());
         }
     }
     let path = target.split(['?', '#']).next().unwrap_or(target).to_owned();
@@ -239,6 +246,7 @@ pub fn parse_head(raw: &[u8]) -> Result<Head, Response> {
         path,
         content_length: content_length.unwrap_or(0),
         expect_continue,
+        authorization,
     })
 }
 
@@ -339,6 +347,7 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Request {
         method: head.method,
         path: head.path,
+        authorization: head.authorization,
         body,
     })
 }
@@ -375,16 +384,18 @@ mod tests {
 
     #[test]
     fn parses_a_post_with_a_body_length() {
-        let h = head("POST /v1/start?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 42\r\nExpect: 100-continue").unwrap();
+        let h = head("POST /v1/start?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 42\r\nExpect: 100-continue\r\nauthorization: Bearer abc ").unwrap();
         assert_eq!(
             h,
             Head {
                 method: "POST".into(),
                 path: "/v1/start".into(),
                 content_length: 42,
-                expect_continue: true
+                expect_continue: true,
+                authorization: Some("Bearer abc".into()),
             }
         );
+        assert_eq!(head("GET /healthz HTTP/1.1").unwrap().authorization, None);
         assert_eq!(head("GET /healthz HTTP/1.0").unwrap().content_length, 0);
         // Bare LF line ends are tolerated.
         assert_eq!(

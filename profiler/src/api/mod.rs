@@ -13,16 +13,20 @@
 //! | `GET /v1/snapshot` | 200 [`AgentReport`] (live, or the final one after `duration_s`), 409 not started |
 //! | `POST /v1/reset` | 204, 409 not attached |
 //! | `GET /v1/status` | 200 `{"state": "idle" / "attached" / "stopped", ...}` |
+//! | `GET /v1/features` | 200 what the kernel lets the agent attach ([`crate::ebpf::features`]) |
 //! | `GET /healthz` | 200 `ok` while serving |
-//! | `GET /readyz` | 200 `ready`, or 503 with what is missing (root, BTF, bpffs) |
+//! | `GET /readyz` | 200 `ready: <the ways tc and netfilter attach>`, or 503 with what is missing |
 //! | `GET /metrics` | Prometheus text format ([`metrics`]) |
 //!
 //! Other paths get 404, other methods 405 (with `Allow`), bodies over 64 KiB 413. A bad request
-//! only ever costs its own connection.
+//! only ever costs its own connection. With a token ([`auth`]), every route but `/healthz` and
+//! `/readyz` answers 401 to a request without it.
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
-pub mod own_netns;
+pub mod netns_name;
+mod pods;
 pub mod request;
 
 use std::{
@@ -40,16 +44,13 @@ use tokio::{
 };
 
 use crate::agent::{Agent, AgentError, AgentReport};
+use crate::ebpf::features::{Feature, KernelFeatures};
 use http::{Request, Response};
 
 /// The agent's default control address (the DaemonSet's too).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9476";
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 64;
-/// bpffs's `f_type` (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// Where bpffs must be mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,6 +84,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/snapshot", "GET"),
     ("/v1/reset", "POST"),
     ("/v1/status", "GET"),
+    ("/v1/features", "GET"),
+    ("/v1/locate", "POST"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
@@ -106,7 +109,9 @@ struct Running {
     timer: Option<JoinHandle<()>>,
     /// The name of the agent's own namespace, when the start request gave none; removed after
     /// the agent is dropped.
-    own_netns: Option<own_netns::OwnNetns>,
+    own_netns: Option<netns_name::NetnsName>,
+    /// Names made for pods' namespaces (`pod_ips`); removed after the agent is dropped too.
+    pod_aliases: Vec<netns_name::NetnsName>,
 }
 
 /// The shared state. Every use of the agent happens with `slot` locked, so start, stop,
@@ -114,6 +119,10 @@ struct Running {
 pub struct Control {
     slot: Mutex<Slot>,
     generation: std::sync::atomic::AtomicU64,
+    /// Asked of every request but the probes' (`None`: no authentication).
+    token: Option<auth::Token>,
+    /// The kernel's features, probed once: they do not change while the kernel runs.
+    features: KernelFeatures,
 }
 
 #[derive(Serialize)]
@@ -124,6 +133,9 @@ struct Started<'a> {
     endpoints: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_s: Option<f64>,
+    /// Where the `pod_ips` were found.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pods: &'a [crate::agent::pod_netns::PodNetns],
 }
 
 #[derive(Serialize)]
@@ -165,27 +177,23 @@ fn attach_status(err: &AgentError) -> u16 {
     }
 }
 
-/// Why the node cannot run the agent (`None`: it can): root, kernel BTF, bpffs.
+/// Why this node cannot run the agent (`None`: it can): root, kernel BTF, and a way to attach
+/// tc and netfilter checkpoints, probed now ([`KernelFeatures::probe`]).
 pub fn not_ready() -> Option<String> {
-    let mut missing = Vec::new();
-    if let Err(err) = crate::ebpf::preflight() {
-        missing.push(err.to_string());
-    }
-    // A second BTF check would repeat preflight's message; bpffs is ours to check.
-    match std::ffi::CString::new(BPFFS) {
-        Ok(path) => {
-            // SAFETY: statfs(2) with a NUL-terminated path and a zeroed out-parameter.
-            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-            let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
-            if rc != 0 || fs.f_type as i64 != BPF_FS_MAGIC {
-                missing.push(format!(
-                    "bpffs is not mounted on {BPFFS}: mount it (`mount -t bpf bpf {BPFFS}`; in Kubernetes, a hostPath volume)"
-                ));
-            }
-        }
-        Err(_) => unreachable!("constant path"),
-    }
-    (!missing.is_empty()).then(|| missing.join("; "))
+    KernelFeatures::probe().not_ready()
+}
+
+/// `GET /v1/features`: the probes, and what they mean for the agent.
+#[derive(Serialize)]
+struct FeaturesAnswer<'a> {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_ready: Option<String>,
+    summary: String,
+    tc: Vec<Feature>,
+    netfilter: Vec<Feature>,
+    #[serde(flatten)]
+    features: &'a KernelFeatures,
 }
 
 fn not_started() -> Response {
@@ -197,10 +205,13 @@ fn join_failed(err: tokio::task::JoinError) -> Response {
 }
 
 impl Control {
-    pub fn new() -> Arc<Self> {
+    /// `features`: this kernel's, probed by the caller (it blocks for a moment).
+    pub fn new(token: Option<auth::Token>, features: KernelFeatures) -> Arc<Self> {
         Arc::new(Self {
             slot: Mutex::new(Slot::Idle),
             generation: Default::default(),
+            token,
+            features,
         })
     }
 
@@ -219,17 +230,47 @@ impl Control {
             )
             .with_header("Allow", *method);
         }
+        if let Some(token) = &self.token {
+            if !auth::OPEN_ROUTES.contains(&request.path.as_str())
+                && !token.accepts(request.authorization.as_deref())
+            {
+                let reason = match request.authorization {
+                    None => "this agent needs a token: send `Authorization: Bearer <token>` (the token is in the agent's Secret, netprof-agent-token)",
+                    Some(_) => "wrong token: send the one in the agent's Secret (netprof-agent-token)",
+                };
+                return Response::error(401, reason).with_header("WWW-Authenticate", "Bearer");
+            }
+        }
         match request.path.as_str() {
             "/v1/start" => self.start(&request.body).await,
             "/v1/stop" => self.stop().await,
             "/v1/snapshot" => self.snapshot().await,
             "/v1/reset" => self.reset().await,
             "/v1/status" => self.status().await,
+            "/v1/locate" => match request::parse_locate(&request.body) {
+                Ok(ips) => pods::locate(ips).await,
+                Err(reason) => Response::error(400, reason),
+            },
             "/healthz" => Response::text(200, http::TEXT, "ok\n"),
-            "/readyz" => match not_ready() {
-                None => Response::text(200, http::TEXT, "ready\n"),
+            "/readyz" => match self.features.not_ready() {
+                None => Response::text(
+                    200,
+                    http::TEXT,
+                    format!("ready: {}\n", self.features.summary()),
+                ),
                 Some(reason) => Response::text(503, http::TEXT, format!("not ready: {reason}\n")),
             },
+            "/v1/features" => Response::json(
+                200,
+                &FeaturesAnswer {
+                    ready: self.features.not_ready().is_none(),
+                    not_ready: self.features.not_ready(),
+                    summary: self.features.summary(),
+                    tc: self.features.tc_ways(),
+                    netfilter: self.features.netfilter_ways(),
+                    features: &self.features,
+                },
+            ),
             "/metrics" => self.metrics().await,
             _ => unreachable!("every route is handled"),
         }
@@ -249,7 +290,7 @@ impl Control {
         }
         let mut plan = plan;
         let own_netns = if plan.own_netns {
-            match tokio::task::spawn_blocking(own_netns::OwnNetns::attach).await {
+            match tokio::task::spawn_blocking(netns_name::NetnsName::attach).await {
                 Ok(Ok(own)) => {
                     plan.options.netns = own.name().to_owned();
                     plan.options.node.get_or_insert_with(hostname);
@@ -261,6 +302,19 @@ impl Control {
         } else {
             None
         };
+        let pods = if plan.pod_ips.is_empty() {
+            pods::FoundPods::default()
+        } else {
+            match pods::find(&plan.options.netns, plan.pod_ips.clone()).await {
+                Ok(found) => found,
+                Err(response) => return response,
+            }
+        };
+        for name in &pods.netns {
+            if !plan.options.pod_netns.contains(name) {
+                plan.options.pod_netns.push(name.clone());
+            }
+        }
         let options = plan.options.clone();
         let agent = match tokio::task::spawn_blocking(move || Agent::start(&options)).await {
             Ok(Ok(agent)) => Arc::new(agent),
@@ -300,6 +354,7 @@ impl Control {
                 node,
                 endpoints: plan.options.endpoints.len(),
                 duration_s: plan.duration.map(|d| d.as_secs_f64()),
+                pods: &pods.pods,
             },
         );
         *slot = Slot::Attached(Running {
@@ -310,6 +365,7 @@ impl Control {
             duration: plan.duration,
             timer,
             own_netns,
+            pod_aliases: pods.aliases,
         });
         response
     }
@@ -479,6 +535,7 @@ async fn read(running: &Running) -> Result<AgentReport, Response> {
 async fn detach(running: Running) -> Result<AgentReport, Response> {
     let agent = running.agent;
     let own_netns = running.own_netns;
+    let pod_aliases = running.pod_aliases;
     let done = tokio::task::spawn_blocking(move || {
         let report = agent.snapshot();
         // Every other user of the agent holds the slot's lock, which the caller has, but a
@@ -497,6 +554,7 @@ async fn detach(running: Running) -> Result<AgentReport, Response> {
             }
         }
         drop(own_netns);
+        drop(pod_aliases);
         report
     });
     match done.await {
@@ -538,9 +596,9 @@ async fn connection(mut stream: TcpStream, control: Arc<Control>) {
 /// one is attached. Returns what `shutdown` resolved to.
 pub async fn serve<S: Future<Output = &'static str>>(
     listener: TcpListener,
+    control: Arc<Control>,
     shutdown: S,
 ) -> &'static str {
-    let control = Control::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -597,7 +655,24 @@ mod tests {
         Request {
             method: method.into(),
             path: path.into(),
+            authorization: None,
             body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// A kernel that offers everything, without probing this one.
+    fn capable() -> KernelFeatures {
+        KernelFeatures {
+            kernel: "test".into(),
+            cannot_probe: None,
+            probes: Feature::ALL
+                .iter()
+                .map(|f| crate::ebpf::features::Probe {
+                    feature: *f,
+                    available: *f != Feature::Fentry,
+                    detail: String::new(),
+                })
+                .collect(),
         }
     }
 
@@ -608,7 +683,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_methods_and_states_without_an_agent() {
-        let c = Control::new();
+        let c = Control::new(None, capable());
         assert_eq!(call(&c, "GET", "/healthz", "").await, (200, "ok\n".into()));
         let (status, body) = call(&c, "GET", "/nope", "").await;
         assert_eq!(status, 404);
@@ -636,6 +711,69 @@ mod tests {
         let (status, body) = call(&c, "GET", "/metrics", "").await;
         assert_eq!(status, 200);
         assert!(body.ends_with("netprof_agent_attached 0\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_the_probes_are_open() {
+        let token = auth::Token::new("0123456789abcdef0123").unwrap();
+        let c = Control::new(Some(token.clone()), capable());
+        let (status, body) = call(&c, "GET", "/readyz", "").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            "ready: tc via tcx, clsact; netfilter via netfilter-links; kernel BTF\n"
+        );
+        assert_eq!(call(&c, "GET", "/healthz", "").await.0, 200);
+        for (method, path) in [
+            ("GET", "/v1/status"),
+            ("POST", "/v1/start"),
+            ("POST", "/v1/stop"),
+            ("GET", "/v1/features"),
+            ("GET", "/metrics"),
+        ] {
+            let r = c.handle(request(method, path, "")).await;
+            assert_eq!(r.status, 401, "{path}");
+            assert!(String::from_utf8_lossy(&r.body).contains("needs a token"));
+            assert_eq!(r.headers, vec![("WWW-Authenticate", "Bearer".to_owned())]);
+            let mut wrong = request(method, path, "");
+            wrong.authorization = Some("Bearer 0123456789abcdef0124".into());
+            let r = c.handle(wrong).await;
+            assert_eq!(r.status, 401, "{path}");
+            assert!(String::from_utf8_lossy(&r.body).contains("wrong token"));
+        }
+        let mut right = request("GET", "/v1/features", "");
+        right.authorization = Some(token.header_value());
+        let r = c.handle(right).await;
+        assert_eq!(r.status, 200);
+        let features: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(features["ready"], true);
+        assert_eq!(features["tc"], serde_json::json!(["tcx", "clsact"]));
+        assert_eq!(
+            features["netfilter"],
+            serde_json::json!(["netfilter-links"])
+        );
+        assert_eq!(
+            features["probes"].as_array().unwrap().len(),
+            Feature::ALL.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_names_what_the_kernel_lacks() {
+        let mut features = capable();
+        for p in &mut features.probes {
+            if matches!(p.feature, Feature::NetfilterLinks | Feature::Fentry) {
+                p.available = false;
+                p.detail = format!("{} refused (EPERM)", p.feature);
+            }
+        }
+        let c = Control::new(None, features);
+        let (status, body) = call(&c, "GET", "/readyz", "").await;
+        assert_eq!(status, 503);
+        assert!(
+            body.starts_with("not ready: no way to attach netfilter checkpoints (netfilter links: netfilter-links refused (EPERM); fentry: fentry refused (EPERM))"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

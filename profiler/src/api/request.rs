@@ -1,7 +1,10 @@
 //! `POST /v1/start`'s body: parsed strictly (unknown fields are refused, so a typo is not
 //! silently ignored) and validated into [`AgentOptions`] before anything is attached.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use profiler_common::datapath::MAX_ENDPOINTS;
 use serde::Deserialize;
@@ -22,6 +25,10 @@ pub struct StartRequest {
     /// Pod namespaces whose `eth0` gets the device checkpoints.
     #[serde(default)]
     pub pod_netns: Vec<String>,
+    /// Pods on this node by IP (IPv4 or IPv6): the agent finds their namespaces itself
+    /// ([`crate::agent::pod_netns`]) and watches their `eth0` as with `pod_netns`.
+    #[serde(default)]
+    pub pod_ips: Vec<String>,
     /// The benchmark's endpoint addresses (IPv4, as strings).
     pub endpoints: Vec<String>,
     /// The node's uplink (default: the default route's device, else `eno1`).
@@ -52,6 +59,8 @@ pub struct StartPlan {
     pub duration: Option<Duration>,
     /// Profile the agent's own network namespace.
     pub own_netns: bool,
+    /// Pods whose namespaces the server finds before starting the agent.
+    pub pod_ips: Vec<IpAddr>,
 }
 
 /// Parses and validates a start body; the error is the reason for a 400.
@@ -96,6 +105,7 @@ impl StartRequest {
         for (i, pod) in self.pod_netns.iter().enumerate() {
             check_netns(&format!("pod_netns[{i}]"), pod)?;
         }
+        let pod_ips = parse_pod_ips(&self.pod_ips)?;
         if self.endpoints.is_empty() {
             return Err(
                 "endpoints: give at least one IPv4 address (packets from or to it are followed)"
@@ -164,8 +174,55 @@ impl StartRequest {
             options,
             duration,
             own_netns,
+            pod_ips,
         })
     }
+}
+
+/// Most pods one start may name (each is searched for on the node).
+pub const MAX_POD_IPS: usize = 64;
+
+/// `pod_ips` as addresses: IPv4 or IPv6, no duplicates.
+pub fn parse_pod_ips(texts: &[String]) -> Result<Vec<IpAddr>, String> {
+    if texts.len() > MAX_POD_IPS {
+        return Err(format!(
+            "pod_ips: {} addresses; give at most {MAX_POD_IPS} (the pods on this node)",
+            texts.len()
+        ));
+    }
+    let mut ips = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let ip: IpAddr = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("pod_ips[{i}]: {text:?} is not an IP address"))?;
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!("pod_ips[{i}]: {ip} cannot be a pod's address"));
+        }
+        if ips.contains(&ip) {
+            return Err(format!("pod_ips[{i}]: {ip} is listed twice"));
+        }
+        ips.push(ip);
+    }
+    Ok(ips)
+}
+
+/// The body of `POST /v1/locate`: which namespaces hold these pod IPs (nothing is attached).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocateRequest {
+    pub pod_ips: Vec<String>,
+}
+
+/// Parses a locate body; the error is the reason for a 400.
+pub fn parse_locate(body: &[u8]) -> Result<Vec<IpAddr>, String> {
+    let request: LocateRequest = serde_json::from_slice(body).map_err(|e| {
+        format!("invalid locate request (expected {{\"pod_ips\": [\"IP\", ...]}}): {e}")
+    })?;
+    if request.pod_ips.is_empty() {
+        return Err("pod_ips: give at least one pod IP".into());
+    }
+    parse_pod_ips(&request.pod_ips)
 }
 
 #[cfg(test)]
@@ -194,13 +251,45 @@ mod tests {
         assert!(o.hooks.tc && o.hooks.netfilter && !o.hooks.dev && !o.hooks.tracepoints);
         assert_eq!(o.duty.map(|d| d.on), Some(Duration::from_millis(100)));
         assert_eq!(plan.duration, Some(Duration::from_millis(1500)));
-        assert!(!plan.own_netns);
+        assert!(!plan.own_netns && plan.pod_ips.is_empty());
         let minimal = parse_start(br#"{"netns":"n","endpoints":["198.18.0.1"]}"#).unwrap();
         assert_eq!((minimal.duration, minimal.own_netns), (None, false));
         assert_eq!(
             minimal.options,
             AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)])
         );
+    }
+
+    #[test]
+    fn pod_ips_are_addresses_of_either_family() {
+        let plan = parse_start(
+            br#"{"endpoints":["198.18.0.1"],"pod_ips":["198.19.1.2"," fd00:10:244::5"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.pod_ips,
+            vec![
+                "198.19.1.2".parse::<IpAddr>().unwrap(),
+                "fd00:10:244::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            parse_locate(br#"{"pod_ips":["198.19.2.2"]}"#).unwrap(),
+            vec!["198.19.2.2".parse::<IpAddr>().unwrap()]
+        );
+        for (body, expected) in [
+            (r#"{"pod_ips":[]}"#, "at least one"),
+            (
+                r#"{"pod_ips":["x"]}"#,
+                "pod_ips[0]: \"x\" is not an IP address",
+            ),
+            (r#"{"pod_ips":["127.0.0.1"]}"#, "cannot be a pod's address"),
+            (r#"{"pod_ips":["198.19.1.2","198.19.1.2"]}"#, "listed twice"),
+            (r#"{"ips":["198.19.1.2"]}"#, "unknown field `ips`"),
+        ] {
+            let got = parse_locate(body.as_bytes()).unwrap_err();
+            assert!(got.contains(expected), "{body}: {got}");
+        }
     }
 
     #[test]

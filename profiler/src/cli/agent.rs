@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// Loopback address of the control API (with --serve; port 0 picks a free port).
     #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
     pub listen: SocketAddr,
+    /// With --serve: every route but /healthz and /readyz needs `Authorization: Bearer` with
+    /// the token in this file (the DaemonSet mounts it from a Secret). Without it the API is
+    /// open to anything that reaches the loopback address.
+    #[arg(long, requires = "serve", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Opens the output before anything is attached, so a bad path fails first.
@@ -82,7 +87,7 @@ fn open_output(path: &PathBuf) -> Result<File> {
 
 pub fn run(args: AgentArgs) -> Result<()> {
     if args.serve {
-        return serve(args.listen);
+        return serve(args.listen, args.token_file.as_deref());
     }
     let (Some(netns), Some(out_path)) = (args.netns.clone(), args.out.clone()) else {
         anyhow::bail!("--netns and --out are required without --serve");
@@ -159,7 +164,10 @@ pub fn run(args: AgentArgs) -> Result<()> {
 }
 
 /// `--serve`: the control API until SIGINT/SIGTERM.
-fn serve(listen: SocketAddr) -> Result<()> {
+fn serve(listen: SocketAddr, token_file: Option<&std::path::Path>) -> Result<()> {
+    let token = token_file
+        .map(crate::api::auth::Token::from_file)
+        .transpose()?;
     // Several threads: a slow attach or snapshot on a blocking thread never holds up /healthz.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -171,11 +179,21 @@ fn serve(listen: SocketAddr) -> Result<()> {
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        if let Some(reason) = crate::api::not_ready() {
-            eprintln!("netprof agent: warning: not ready: {reason}");
+        let features = tokio::task::spawn_blocking(crate::ebpf::features::KernelFeatures::probe)
+            .await
+            .context("the kernel feature probe failed")?;
+        match features.not_ready() {
+            Some(reason) => eprintln!("netprof agent: warning: not ready: {reason}"),
+            None => eprintln!("netprof agent: {}: {}", features.kernel, features.summary()),
         }
-        eprintln!("netprof agent: control API listening on http://{addr}");
-        let reason = crate::api::serve(listener, super::bench::shutdown_signal()).await;
+        let auth = if token.is_some() {
+            "token required"
+        } else {
+            "no token: open to every process on this host's loopback"
+        };
+        eprintln!("netprof agent: control API listening on http://{addr} ({auth})");
+        let control = crate::api::Control::new(token, features);
+        let reason = crate::api::serve(listener, control, super::bench::shutdown_signal()).await;
         eprintln!("netprof agent: {reason}; stopped serving");
         Ok(())
     })

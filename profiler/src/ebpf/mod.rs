@@ -6,6 +6,7 @@
 
 pub mod btf_objects;
 pub mod clsact;
+pub mod features;
 pub mod netfilter;
 pub mod tracing;
 pub mod uplink_counter;
