@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netprof::bench::result::ModeResult;
-use netprof::k8s::rbac::REQUIRED_RULES;
+use netprof::k8s::rbac::{Namespaces, REQUIRED_RULES};
 use netprof::lab::{self, LabNames, LabSpec, Mode};
 use netprof_tests::fake_apiserver::canned::{
-    agent_pod, fixture_output, CannedAgent, CannedBackend, NODE_A, NODE_A_IP, NODE_B, NODE_B_IP,
+    agent_pod, fixture_output, CannedAgent, CannedBackend, AGENT_IMAGE, NODE_A, NODE_A_IP, NODE_B,
+    NODE_B_IP,
 };
 use netprof_tests::fake_apiserver::lab_backend::{LabAgents, LabBackend};
 use netprof_tests::fake_apiserver::{
@@ -139,9 +140,20 @@ impl Harness {
         assert!(left.is_empty(), "pods left on the cluster: {left:?}");
     }
 
-    /// Only verbs of REQUIRED_RULES were used.
-    fn assert_within_rbac(&self) -> BTreeSet<(String, String)> {
-        let used = self.state(State::verbs_used);
+    /// Only verbs of REQUIRED_RULES were used, each in the scope that grants it.
+    fn assert_within_rbac(&self) -> BTreeSet<(String, String, String)> {
+        let namespaces = Namespaces::default();
+        let used: BTreeSet<(String, String, String)> = self
+            .state(State::verbs_used)
+            .into_iter()
+            .map(|(ns, resource, verb)| {
+                (
+                    format!("{:?}", namespaces.scope_of(ns.as_deref())),
+                    resource,
+                    verb,
+                )
+            })
+            .collect();
         let required = required_verbs();
         let extra: Vec<_> = used.difference(&required).collect();
         assert!(
@@ -163,13 +175,18 @@ const SMALL_RUN: [&str; 8] = [
     "4",
 ];
 
-fn required_verbs() -> BTreeSet<(String, String)> {
+/// `(scope, resource, verb)` of REQUIRED_RULES.
+fn required_verbs() -> BTreeSet<(String, String, String)> {
     REQUIRED_RULES
         .iter()
-        .flat_map(|(_, resource, verbs)| {
-            verbs
-                .iter()
-                .map(move |v| ((*resource).to_owned(), (*v).to_owned()))
+        .flat_map(|rule| {
+            rule.verbs.iter().map(move |v| {
+                (
+                    format!("{:?}", rule.scope),
+                    rule.resource.to_owned(),
+                    (*v).to_owned(),
+                )
+            })
         })
         .collect()
 }
@@ -187,7 +204,8 @@ fn labelled_nodes() -> Vec<FakeNode> {
     ]
 }
 
-/// The one `netprof: error:` line of a failed run.
+/// The one `netprof: error:` of a failed run, to the end of stderr (a doctor's table follows
+/// its first line).
 fn error_line(output: &Output) -> String {
     assert!(
         !output.status.success(),
@@ -195,12 +213,18 @@ fn error_line(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("netprof: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "stderr: {stderr}");
-    lines[0].to_owned()
+    assert_eq!(
+        stderr.matches("netprof: error:").count(),
+        1,
+        "stderr: {stderr}"
+    );
+    let start = stderr.find("netprof: error:").unwrap();
+    stderr[start..].to_owned()
+}
+
+/// The benchmark's ping (SMALL_RUN's 20 echoes), not the doctor's three.
+fn is_benchmark_ping(command: &[String]) -> bool {
+    command[0] == "ping" && command.iter().any(|a| a == "20")
 }
 
 /// The run id from `k8s: run <id> on ...`.
@@ -285,9 +309,9 @@ fn run_help_documents_a_complete_run() {
 fn generated_pods_mirror_deploy_bench_pods() {
     use k8s_openapi::api::core::v1::Pod;
     use netprof::k8s::nodes::NodeInfo;
-    use netprof::k8s::pods::{self, Images, NetPath};
+    use netprof::k8s::pods::{self, Images, NetPath, PodSettings};
     let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bench-pods.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manual/bench-pods.yaml"),
     )
     .unwrap();
     let templates: Vec<Pod> = yaml
@@ -297,12 +321,17 @@ fn generated_pods_mirror_deploy_bench_pods() {
         .collect();
     assert_eq!(templates.len(), 6);
     let node = NodeInfo::from_node(&serde_json::from_value(serde_json::json!({"metadata": {"name": "n", "labels": {"kubernetes.io/hostname": "n"}}})).unwrap());
-    let images = Images {
-        netprof: "ghcr.io/netprof/netprof:0.1.0".into(),
-        nginx: "docker.io/library/nginx:1.27-bookworm".into(),
+    let settings = PodSettings {
+        run_id: "r1".into(),
+        namespace: "netprof".into(),
+        images: Images {
+            netprof: "ghcr.io/netprof/netprof:0.1.0".into(),
+            nginx: "docker.io/library/nginx:1.27-bookworm".into(),
+        },
+        deadline: Duration::from_secs(600),
     };
     for bench in pods::plan("r1") {
-        let mut made = pods::spec(&bench, "r1", &node, &images);
+        let mut made = pods::spec(&bench, &node, &settings);
         let suffix = if bench.path == NetPath::Host {
             "-host"
         } else {
@@ -314,7 +343,8 @@ fn generated_pods_mirror_deploy_bench_pods() {
             .find(|t| t.metadata.name.as_deref() == Some(&template_name))
             .unwrap()
             .clone();
-        // What differs on purpose: name, the run label, the node pinning.
+        // What differs on purpose: name, the run label, the node pinning, the deadline (a
+        // run's own length; the templates, run by hand, get an hour).
         let labels = made.metadata.labels.as_mut().unwrap();
         assert_eq!(labels.remove("netprof.io/run").as_deref(), Some("r1"));
         assert_eq!(
@@ -333,6 +363,8 @@ fn generated_pods_mirror_deploy_bench_pods() {
             Some("n")
         );
         assert_eq!(template_spec.node_selector.take().unwrap().len(), 1);
+        assert_eq!(made_spec.active_deadline_seconds.take(), Some(600));
+        assert_eq!(template_spec.active_deadline_seconds.take(), Some(3600));
         assert_eq!(
             made_spec, template_spec,
             "{template_name}: spec differs from deploy/bench-pods.yaml"
@@ -392,7 +424,14 @@ fn a_full_run_writes_what_netprof_report_reads() {
     assert!(harness.out().join("table.txt").is_file());
 
     let execs = harness.state(State::execs);
-    assert_eq!(execs.len(), 6, "{execs:#?}");
+    assert_eq!(execs.len(), 12, "6 doctor checks, 6 benchmarks: {execs:#?}");
+    for check in [
+        format!("netprof-{id}-client-host: ping -n -c 3 -i 0.2 -W 1 198.18.0.2"),
+        format!("netprof-{id}-client-host: timeout 3 bash -c exec 3<>/dev/tcp/198.18.0.2/80"),
+        format!("netprof-{id}-client: timeout 3 bash -c exec 3<>/dev/tcp/198.19.2.30/5201"),
+    ] {
+        assert!(execs.contains(&check), "{check} missing: {execs:#?}");
+    }
     assert!(
         execs.contains(&format!(
             "netprof-{id}-client-host: ping -n -c 20 -i 0.01 -W 1 198.18.0.2"
@@ -412,17 +451,54 @@ fn a_full_run_writes_what_netprof_report_reads() {
         "{execs:#?}"
     );
 
-    // Each agent: checked, then started and stopped around each of the 6 steps.
-    for (agent, node) in [(&a, "node1"), (&b, "node2")] {
+    // Each agent: checked by the doctor (ready, idle, its kernel, refusing anonymous calls,
+    // finding its node's pods), then started and stopped around each of the 6 steps, always
+    // with the token.
+    for (agent, node, pods) in [
+        (&a, "node1", vec!["198.19.1.10"]),
+        (&b, "node2", vec!["198.19.2.20", "198.19.2.30"]),
+    ] {
         let routes = agent.routes();
-        assert_eq!(&routes[..2], ["GET /readyz", "GET /v1/status"]);
-        assert_eq!(routes[2..].len(), 12, "{routes:?}");
-        for pair in routes[2..].chunks(2) {
+        assert_eq!(
+            &routes[..4],
+            [
+                "GET /readyz",
+                "GET /v1/status",
+                "GET /v1/features",
+                "POST /v1/locate"
+            ]
+        );
+        assert_eq!(routes[4..].len(), 12, "{routes:?}");
+        for pair in routes[4..].chunks(2) {
             assert_eq!(pair, ["POST /v1/start", "POST /v1/stop"]);
         }
-        let start: serde_json::Value =
-            serde_json::from_str(&agent.calls.lock().unwrap()[2].body).unwrap();
+        let anonymous: Vec<String> = agent
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.authorized)
+            .map(|c| c.route.clone())
+            .collect();
+        assert_eq!(anonymous, ["GET /v1/status"], "the doctor's anonymous try");
+        let mut located = agent.bodies("POST /v1/locate")[0]["pod_ips"].clone();
+        located
+            .as_array_mut()
+            .unwrap()
+            .sort_by_key(|v| v.to_string());
+        assert_eq!(located, serde_json::json!(pods));
+        let start = agent.bodies("POST /v1/start")[0].clone();
         assert_eq!(start["node"], node);
+        let mut pod_ips = start["pod_ips"].clone();
+        pod_ips
+            .as_array_mut()
+            .unwrap()
+            .sort_by_key(|v| v.to_string());
+        assert_eq!(
+            pod_ips,
+            serde_json::json!(pods),
+            "each agent watches its node's pods"
+        );
         let endpoints: Vec<&str> = start["endpoints"]
             .as_array()
             .unwrap()
@@ -449,6 +525,10 @@ fn a_full_run_writes_what_netprof_report_reads() {
     }
 
     assert_eq!(harness.state(|s| s.created.len()), 6);
+    assert_eq!(
+        cluster.images[0], AGENT_IMAGE,
+        "the benchmark pods run the agents' image"
+    );
     harness.assert_nothing_left();
     assert_eq!(
         harness.assert_within_rbac(),
@@ -497,8 +577,9 @@ fn pods_that_never_get_ready_time_out_by_name_and_are_deleted() {
 
 #[test]
 fn a_failing_exec_names_the_pod_the_command_and_stderr() {
+    // The benchmark's ping (20 echoes), not the doctor's three.
     let backend = CannedBackend::with_exec(|_, command| {
-        let outcome = if command[0] == "ping" {
+        let outcome = if is_benchmark_ping(command) {
             ExecOutcome::Exited {
                 stdout: Vec::new(),
                 stderr: b"ping: connect: Network is unreachable\n".to_vec(),
@@ -549,13 +630,18 @@ fn rbac_403_on_pod_create_names_the_verb_and_resource() {
     };
     let harness = Harness::start(labelled_nodes(), Arc::new(CannedBackend::new()), config);
     let line = error_line(&harness.run("calico", &["--no-profile"]));
-    assert!(line.contains("cannot create pods netprof-"), "{line}");
+    // The doctor's dry run meets the refusal before anything is created.
+    assert!(line.contains("FAIL  admission"), "{line}");
     assert!(
-        line.contains("is forbidden: User \"system:serviceaccount:netprof:netprof-orchestrator\" cannot create resource \"pods\""),
+        line.contains("6 of 6 pods refused; first: cannot create pods netprof-"),
         "{line}"
     );
     assert!(
-        line.contains("(HTTP 403 Forbidden)") && line.contains("netprof needs `create` on `pods`"),
+        line.contains("is forbidden: User \"system:serviceaccount:netprof-system:netprof-orchestrator\" cannot create resource \"pods\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("(HTTP 403 Forbidden); RBAC: netprof needs `create` on `pods` in netprof"),
         "{line}"
     );
     assert!(harness.state(|s| s.created.is_empty()));
@@ -575,9 +661,10 @@ fn an_agent_that_does_not_answer_stops_the_run_before_anything_is_created() {
     // No agent pod on fake-b at all.
     let line = error_line(&harness.run("calico", &[]));
     assert!(
-        line.contains(
-            "no netprof agent pod on node fake-b (agent pods found on: fake-a (Running))"
-        ),
+        line.contains("FAIL  agents ")
+            && line.contains(
+                "no netprof agent pod on node fake-b (agent pods in namespace netprof-system found on: fake-a (Running))"
+            ),
         "{line}"
     );
     assert!(line.contains("--no-profile"), "{line}");
@@ -588,9 +675,8 @@ fn an_agent_that_does_not_answer_stops_the_run_before_anything_is_created() {
         .add_pod(agent_pod("netprof-agent-b", NODE_B, NODE_B_IP));
     let line = error_line(&harness.run("calico", &[]));
     assert!(
-        line.contains(
-            "the agent on node fake-b (pod netprof/netprof-agent-b) did not answer: /readyz: "
-        ),
+        line.contains("FAIL  agent on fake-b ")
+            && line.contains("netprof-agent-b did not answer: /readyz: "),
         "{line}"
     );
     // The error channel's message, unless the stream closed before kube read it (a race kube has
@@ -601,7 +687,10 @@ fn an_agent_that_does_not_answer_stops_the_run_before_anything_is_created() {
         (line.contains(refused) && line.contains("connection refused")) || line.contains(closed),
         "{line}"
     );
-    assert!(line.contains("--no-profile"), "{line}");
+    assert!(
+        line.contains("fix: `kubectl -n netprof-system logs netprof-agent-b`"),
+        "{line}"
+    );
     assert!(
         harness.state(|s| s.created.is_empty()),
         "nothing created before the agents answered"
@@ -632,24 +721,19 @@ fn an_agent_failing_mid_run_keeps_the_benchmarks_without_profiles() {
     assert!(result.cluster.unwrap().not_measured[0].starts_with(expected));
     assert!(result.pod_path.is_some());
     // Both agents were started once and stopped; none was started again.
-    assert_eq!(
-        a.routes(),
-        [
-            "GET /readyz",
-            "GET /v1/status",
-            "POST /v1/start",
-            "POST /v1/stop"
-        ]
-    );
-    assert_eq!(
-        b.routes(),
-        [
-            "GET /readyz",
-            "GET /v1/status",
-            "POST /v1/start",
-            "POST /v1/stop"
-        ]
-    );
+    for agent in [&a, &b] {
+        assert_eq!(
+            agent.routes(),
+            [
+                "GET /readyz",
+                "GET /v1/status",
+                "GET /v1/features",
+                "POST /v1/locate",
+                "POST /v1/start",
+                "POST /v1/stop"
+            ]
+        );
+    }
     harness.assert_nothing_left();
     let report = netprof_report(&harness.out(), "table");
     assert!(report.contains("flannel-vxlan"), "{report}");
@@ -660,7 +744,7 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
     // ping never ends: the run is interrupted in its first step, agents attached.
     let backend = Arc::new(CannedBackend::with_exec(|_, command| {
         let outcome = fixture_output(command);
-        let hang = command[0] == "ping";
+        let hang = is_benchmark_ping(command);
         Box::pin(async move {
             if hang {
                 std::future::pending::<()>().await;
@@ -693,9 +777,9 @@ fn ctrl_c_stops_the_agents_and_deletes_every_pod() {
             log.lock().unwrap().push_str(&(line + "\n"));
         }
     });
-    let in_ping = harness
-        .server
-        .wait_for(Duration::from_secs(60), |s| !s.execs().is_empty());
+    let in_ping = harness.server.wait_for(Duration::from_secs(60), |s| {
+        s.execs().iter().any(|e| e.contains("ping -n -c 20"))
+    });
     assert!(in_ping, "the run never reached ping");
     assert!(
         a.routes().contains(&"POST /v1/start".to_owned())
@@ -754,7 +838,7 @@ fn deploy_template_pods_on_the_server_node_are_named_before_anything_is_created(
         "status": {"phase": "Running"}
     }));
     let line = error_line(&harness.run("calico", &["--no-profile"]));
-    assert!(line.contains("deploy/bench-pods.yaml's own hostNetwork pods (netprof-nginx-host) run on the server node fake-b"), "{line}");
+    assert!(line.contains("FAIL  other pods in the way  pods not of this run hold the host ports the run's hostNetwork servers need on the server node fake-b (netprof-nginx-host)"), "{line}");
     assert!(
         line.contains("kubectl -n netprof delete pod netprof-nginx-host"),
         "{line}"
@@ -795,12 +879,25 @@ fn k8s_clean_deletes_only_run_labelled_pods() {
         "deleted pod netprof/netprof-0badf00d-nginx-host (run 0badf00d)\n1 pods deleted\n"
     );
 
+    // Without --run or --all nothing is deleted: other users' runs are not ours to take.
     let output = harness.k8s(&["clean"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--run <RUN>"),
+        "clap names the missing flag"
+    );
+    let output = harness.k8s(&["clean", "--run", "12345678"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "nothing to clean: no pod labelled netprof.io/run=12345678 in namespace netprof\nruns with pods left: a1b2c3d4\n",
+        "a mistyped id lists the runs there are"
+    );
+    let output = harness.k8s(&["clean", "--all"]);
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "deleted pod netprof/netprof-a1b2c3d4-client (run a1b2c3d4)\n1 pods deleted\n"
     );
-    let output = harness.k8s(&["clean"]);
+    let output = harness.k8s(&["clean", "--all"]);
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "nothing to clean: no pod labelled netprof.io/run in namespace netprof\n"
@@ -873,7 +970,9 @@ fn the_context_flag_picks_the_cluster_and_an_unreachable_one_is_named() {
     std::fs::write(&path, &kubeconfig).unwrap();
     let clean = |context: Option<&str>| {
         let mut command = Command::new(netprof_bin());
-        command.args(["k8s", "clean"]).env("KUBECONFIG", &path);
+        command
+            .args(["k8s", "clean", "--all"])
+            .env("KUBECONFIG", &path);
         if let Some(context) = context {
             command.args(["--context", context]);
         }

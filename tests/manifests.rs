@@ -1,20 +1,26 @@
 //! `deploy/` parsed into k8s-openapi types and checked: every document is a known kind whose
 //! fields all exist (a typo such as `mountPropogation` fails: the typed value must serialize
-//! back to exactly the YAML), the agent DaemonSet is privileged on the host network with the
-//! mounts it needs, its probes reach the control API, it tolerates every taint; the RBAC
-//! grants exactly `netprof::k8s::rbac::REQUIRED_RULES`, nothing to the agent; the benchmark
-//! pods are the study's; the kustomization lists every file.
+//! back to exactly the YAML), in one of netprof's two namespaces; the agent DaemonSet is
+//! privileged on the host network, on Linux nodes, with the mounts it needs and its token
+//! Secret, its probes reach the control API, it tolerates every taint; the RBAC grants exactly
+//! `netprof::k8s::rbac::REQUIRED_RULES` per namespace, nothing to the agent; the benchmark
+//! namespace is guarded by the admission policy; the manual benchmark pods are the study's;
+//! the kustomization lists every file; the Dockerfile's build context is what `.dockerignore`
+//! leaves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::DaemonSet,
     core::v1::{ConfigMap, Container, Namespace, Pod, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use netprof::k8s::rbac::{CLUSTER_SCOPED, NAMESPACE, REQUIRED_RULES};
+use netprof::k8s::rbac::{
+    Scope, AGENT_NAMESPACE, AGENT_TOKEN_KEY, AGENT_TOKEN_SECRET, BENCH_NAMESPACE, REQUIRED_RULES,
+};
 use serde::{de::DeserializeOwned, Deserialize};
 
 const AGENT_IMAGE: &str = "ghcr.io/netprof/netprof:0.1.0";
@@ -35,6 +41,8 @@ struct Manifests {
     daemon_sets: Vec<DaemonSet>,
     config_maps: Vec<ConfigMap>,
     pods: Vec<Pod>,
+    policies: Vec<ValidatingAdmissionPolicy>,
+    policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
     /// (file, kind, name, namespace) of every object.
     objects: Vec<(String, String, String, Option<String>)>,
 }
@@ -79,12 +87,24 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
     }
 }
 
+/// What `kubectl apply -k deploy/` applies.
 fn load() -> Manifests {
     let mut m = Manifests::default();
     for file in yaml_files() {
         let text = std::fs::read_to_string(deploy_dir().join(&file)).unwrap();
         m.add(&file, &text);
     }
+    m
+}
+
+/// deploy/manual/: applied by hand, not by the kustomization.
+fn load_manual() -> Manifests {
+    let mut m = Manifests::default();
+    let file = "manual/bench-pods.yaml";
+    m.add(
+        file,
+        &std::fs::read_to_string(deploy_dir().join(file)).unwrap(),
+    );
     m
 }
 
@@ -117,6 +137,8 @@ impl Manifests {
                 "DaemonSet" => self.daemon_sets.push(typed(file, &doc)),
                 "ConfigMap" => self.config_maps.push(typed(file, &doc)),
                 "Pod" => self.pods.push(typed(file, &doc)),
+                "ValidatingAdmissionPolicy" => self.policies.push(typed(file, &doc)),
+                "ValidatingAdmissionPolicyBinding" => self.policy_bindings.push(typed(file, &doc)),
                 other => panic!("{file}: unexpected kind {other}: add it to this test"),
             }
         }
@@ -143,33 +165,74 @@ fn agent(m: &Manifests) -> (&DaemonSet, &Container) {
 }
 
 #[test]
-fn every_document_is_a_known_kind_in_the_netprof_namespace() {
+fn every_document_is_a_known_kind_in_one_of_netprofs_namespaces() {
     let m = load();
-    assert!(m.objects.len() >= 10, "{:?}", m.objects);
-    assert_eq!(m.namespaces.len(), 1);
-    let ns = &m.namespaces[0];
-    assert_eq!(ns.metadata.name.as_deref(), Some(NAMESPACE));
-    let labels = ns.metadata.labels.as_ref().unwrap();
+    assert!(m.objects.len() >= 14, "{:?}", m.objects);
+    let label = |name: &str| -> Option<String> {
+        let ns = m
+            .namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no namespace {name}"));
+        ns.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-security.kubernetes.io/enforce").cloned())
+    };
+    assert_eq!(m.namespaces.len(), 2);
     assert_eq!(
-        labels
-            .get("pod-security.kubernetes.io/enforce")
-            .map(String::as_str),
+        label(AGENT_NAMESPACE).as_deref(),
         Some("privileged"),
         "Pod Security Admission must allow the privileged agent"
     );
-    const CLUSTER_KINDS: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+    assert_eq!(
+        label(BENCH_NAMESPACE),
+        None,
+        "the benchmark namespace is not labelled privileged (bench-policy.yaml guards it)"
+    );
+    const CLUSTER_KINDS: &[&str] = &[
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    // The agents, their identity and the orchestrator's identity live with the agents; what
+    // the benchmark pods use lives in the benchmark namespace.
+    const IN_AGENT_NAMESPACE: &[&str] = &["DaemonSet", "ServiceAccount"];
     let mut seen = BTreeSet::new();
     for (file, kind, name, namespace) in &m.objects {
-        assert!(seen.insert((kind, name)), "{file}: {kind} {name} twice");
+        assert!(
+            seen.insert((kind, name, namespace)),
+            "{file}: {kind} {name} twice"
+        );
         if CLUSTER_KINDS.contains(&kind.as_str()) {
             assert_eq!(namespace, &None, "{file}: {kind} {name} is cluster-scoped");
-        } else {
+        } else if IN_AGENT_NAMESPACE.contains(&kind.as_str()) {
             assert_eq!(
                 namespace.as_deref(),
-                Some(NAMESPACE),
+                Some(AGENT_NAMESPACE),
                 "{file}: {kind} {name}"
             );
+        } else if kind == "ConfigMap" {
+            assert_eq!(
+                namespace.as_deref(),
+                Some(BENCH_NAMESPACE),
+                "{file}: {kind} {name}"
+            );
+        } else {
+            assert!(
+                [Some(AGENT_NAMESPACE), Some(BENCH_NAMESPACE)].contains(&namespace.as_deref()),
+                "{file}: {kind} {name} in {namespace:?}"
+            );
         }
+    }
+    for (file, _, name, namespace) in &load_manual().objects {
+        assert_eq!(
+            namespace.as_deref(),
+            Some(BENCH_NAMESPACE),
+            "{file}: {name}"
+        );
     }
 }
 
@@ -214,7 +277,19 @@ fn the_agent_is_privileged_on_the_host_network_with_its_mounts() {
     assert!(spec.selector.match_expressions.is_none());
 
     assert_eq!(pod.host_network, Some(true));
-    assert_ne!(pod.host_pid, Some(true), "hostPID is not needed");
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "pods' namespaces held only by a process are found through /proc"
+    );
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str),
+        Some("linux"),
+        "Linux nodes only"
+    );
     assert_eq!(
         c.security_context.as_ref().and_then(|s| s.privileged),
         Some(true)
@@ -253,10 +328,15 @@ fn the_agent_is_privileged_on_the_host_network_with_its_mounts() {
         let volume = volumes
             .get(mount.name.as_str())
             .unwrap_or_else(|| panic!("mount {} has no volume", mount.name));
+        if let Some(secret) = &volume.secret {
+            assert_eq!(secret.secret_name.as_deref(), Some(AGENT_TOKEN_SECRET));
+            assert_eq!(mount.read_only, Some(true));
+            continue;
+        }
         let host = volume
             .host_path
             .as_ref()
-            .unwrap_or_else(|| panic!("volume {} is not a hostPath", mount.name));
+            .unwrap_or_else(|| panic!("volume {} is neither the token nor a hostPath", mount.name));
         assert_eq!(host.path, mount.mount_path, "volume {}", mount.name);
     }
     let mount = |path: &str| {
@@ -267,9 +347,10 @@ fn the_agent_is_privileged_on_the_host_network_with_its_mounts() {
     };
     assert_eq!(
         mount("/sys/fs/bpf").mount_propagation.as_deref(),
-        Some("Bidirectional")
+        Some("HostToContainer"),
+        "nothing is pinned: nothing goes back to the host"
     );
-    assert_eq!(mount("/sys/fs/bpf").read_only, None);
+    assert_eq!(mount("/sys/fs/bpf").read_only, Some(true));
     assert_eq!(mount("/sys/kernel/btf").read_only, Some(true));
     assert_eq!(mount("/sys/kernel/tracing").read_only, Some(true));
     assert_eq!(
@@ -300,7 +381,39 @@ fn probes_and_command_agree_with_the_control_api() {
     let (_, c) = agent(&m);
     let listen: std::net::SocketAddr = netprof::api::DEFAULT_LISTEN.parse().unwrap();
     let command = c.command.as_ref().unwrap().join(" ");
-    assert_eq!(command, format!("netprof agent --serve --listen {listen}"));
+    let token_dir = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "token")
+        .map(|m| m.mount_path.clone())
+        .expect("the token Secret is mounted");
+    assert_eq!(
+        command,
+        format!(
+            "netprof agent --serve --listen {listen} --token-file {token_dir}/{AGENT_TOKEN_KEY}"
+        )
+    );
+    // The Secret's key lands at that file name.
+    let pod = m.daemon_sets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref())
+        .unwrap();
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        (AGENT_TOKEN_KEY, AGENT_TOKEN_KEY)
+    );
     for (probe, path) in [
         (&c.liveness_probe, "/healthz"),
         (&c.readiness_probe, "/readyz"),
@@ -319,7 +432,12 @@ fn probes_and_command_agree_with_the_control_api() {
     }
     // The routes exist: a request to them is answered by the API, not with 404.
     for path in ["/healthz", "/readyz"] {
-        let control = netprof::api::Control::new();
+        let features = netprof::ebpf::features::KernelFeatures {
+            kernel: "not probed".into(),
+            cannot_probe: Some("not probed".into()),
+            probes: Vec::new(),
+        };
+        let control = netprof::api::Control::new(None, features);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -327,6 +445,7 @@ fn probes_and_command_agree_with_the_control_api() {
         let response = runtime.block_on(control.handle(netprof::api::http::Request {
             method: "GET".into(),
             path: path.into(),
+            authorization: None,
             body: vec![],
         }));
         assert_ne!(response.status, 404, "{path}");
@@ -337,19 +456,19 @@ fn probes_and_command_agree_with_the_control_api() {
     );
 }
 
-/// (group, resource, verb) triples of `rules`, refusing what the set cannot express.
-fn triples(rules: &[PolicyRule], scope: &str) -> BTreeSet<(String, String, String)> {
+/// (group, resource, verb, resource names) of `rules`, refusing what the set cannot express.
+type Grant = (String, String, String, Vec<String>);
+
+fn grants(rules: &[PolicyRule], scope: &str) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for rule in rules {
-        assert!(
-            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
-            "{scope}: {rule:?}"
-        );
+        assert!(rule.non_resource_urls.is_none(), "{scope}: {rule:?}");
+        let names = rule.resource_names.clone().unwrap_or_default();
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
                     assert!(
-                        out.insert((group.clone(), resource.clone(), verb.clone())),
+                        out.insert((group.clone(), resource.clone(), verb.clone(), names.clone())),
                         "{scope}: {group}/{resource} {verb} granted twice"
                     );
                 }
@@ -359,91 +478,120 @@ fn triples(rules: &[PolicyRule], scope: &str) -> BTreeSet<(String, String, Strin
     out
 }
 
+fn required(scope: Scope) -> BTreeSet<Grant> {
+    REQUIRED_RULES
+        .iter()
+        .filter(|r| r.scope == scope)
+        .flat_map(|r| {
+            r.verbs.iter().map(move |v| {
+                (
+                    r.group.to_owned(),
+                    r.resource.to_owned(),
+                    (*v).to_owned(),
+                    r.names.iter().map(|n| (*n).to_owned()).collect(),
+                )
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn rbac_grants_exactly_what_the_orchestrator_uses() {
     let m = load();
-    let required = |cluster: bool| -> BTreeSet<(String, String, String)> {
-        REQUIRED_RULES
-            .iter()
-            .filter(|(_, resource, _)| CLUSTER_SCOPED.contains(resource) == cluster)
-            .flat_map(|(g, r, verbs)| {
-                verbs
-                    .iter()
-                    .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-            })
-            .collect()
-    };
-    let mut namespaced = BTreeSet::new();
+    let mut by_namespace: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
     for role in &m.roles {
-        assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
-        namespaced.extend(triples(role.rules.as_deref().unwrap_or_default(), "Role"));
+        let ns = role.metadata.namespace.clone().unwrap();
+        by_namespace
+            .entry(ns)
+            .or_default()
+            .extend(grants(role.rules.as_deref().unwrap_or_default(), "Role"));
     }
     let mut cluster = BTreeSet::new();
     for role in &m.cluster_roles {
         assert!(role.aggregation_rule.is_none());
-        cluster.extend(triples(
+        cluster.extend(grants(
             role.rules.as_deref().unwrap_or_default(),
             "ClusterRole",
         ));
     }
     assert_eq!(
-        namespaced,
-        required(false),
-        "the Role must grant exactly REQUIRED_RULES' namespaced rules"
+        by_namespace.remove(BENCH_NAMESPACE).unwrap_or_default(),
+        required(Scope::Bench),
+        "the Role in the benchmark namespace must grant exactly REQUIRED_RULES' Bench rules"
     );
     assert_eq!(
+        by_namespace.remove(AGENT_NAMESPACE).unwrap_or_default(),
+        required(Scope::Agents),
+        "the Role in the agents' namespace must grant exactly REQUIRED_RULES' Agents rules"
+    );
+    assert!(by_namespace.is_empty(), "Roles elsewhere: {by_namespace:?}");
+    assert_eq!(
         cluster,
-        required(true),
+        required(Scope::Cluster),
         "the ClusterRole must grant exactly REQUIRED_RULES' cluster-scoped rules"
     );
 
-    // Bindings: to declared roles, for the orchestrator's ServiceAccount only.
-    let roles: BTreeSet<&str> = m
+    // Bindings: to declared roles in their namespace, for the orchestrator's ServiceAccount only.
+    let roles: BTreeSet<(&str, &str)> = m
         .roles
         .iter()
-        .filter_map(|r| r.metadata.name.as_deref())
+        .filter_map(|r| {
+            Some((
+                r.metadata.namespace.as_deref()?,
+                r.metadata.name.as_deref()?,
+            ))
+        })
         .collect();
     let cluster_roles: BTreeSet<&str> = m
         .cluster_roles
         .iter()
         .filter_map(|r| r.metadata.name.as_deref())
         .collect();
-    let accounts: BTreeSet<&str> = m
+    let accounts: BTreeSet<(&str, &str)> = m
         .service_accounts
         .iter()
-        .filter_map(|s| s.metadata.name.as_deref())
+        .filter_map(|s| {
+            Some((
+                s.metadata.namespace.as_deref()?,
+                s.metadata.name.as_deref()?,
+            ))
+        })
         .collect();
     let mut bound = BTreeSet::new();
     let bindings = m
         .role_bindings
         .iter()
-        .map(|b| (&b.role_ref, &b.subjects, "RoleBinding"))
+        .map(|b| (&b.role_ref, &b.subjects, b.metadata.namespace.as_deref()))
         .chain(
             m.cluster_role_bindings
                 .iter()
-                .map(|b| (&b.role_ref, &b.subjects, "ClusterRoleBinding")),
+                .map(|b| (&b.role_ref, &b.subjects, None)),
         );
-    for (role_ref, subjects, kind) in bindings {
-        match role_ref.kind.as_str() {
-            "Role" => assert!(
-                kind == "RoleBinding" && roles.contains(role_ref.name.as_str()),
-                "{role_ref:?}"
+    for (role_ref, subjects, namespace) in bindings {
+        match (role_ref.kind.as_str(), namespace) {
+            ("Role", Some(ns)) => assert!(
+                roles.contains(&(ns, role_ref.name.as_str())),
+                "{role_ref:?} in {ns}"
             ),
-            "ClusterRole" => assert!(
+            ("ClusterRole", _) => assert!(
                 cluster_roles.contains(role_ref.name.as_str()),
                 "{role_ref:?}"
             ),
-            other => panic!("{kind} to a {other}"),
+            other => panic!("{other:?}"),
         }
-        bound.insert(role_ref.name.as_str());
+        bound.insert((namespace, role_ref.name.as_str()));
         for subject in subjects.iter().flatten() {
             assert_eq!(subject.kind, "ServiceAccount");
             assert_eq!(
                 subject.name, "netprof-orchestrator",
                 "only the orchestrator gets API access"
             );
-            assert_eq!(subject.namespace.as_deref(), Some(NAMESPACE));
-            assert!(accounts.contains(subject.name.as_str()));
+            assert_eq!(
+                subject.namespace.as_deref(),
+                Some(AGENT_NAMESPACE),
+                "the orchestrator's account is not in the namespace where it creates pods"
+            );
+            assert!(accounts.contains(&(AGENT_NAMESPACE, subject.name.as_str())));
         }
     }
     assert_eq!(
@@ -453,10 +601,85 @@ fn rbac_grants_exactly_what_the_orchestrator_uses() {
     );
 }
 
+/// The benchmark namespace is guarded: the policy is bound to it, denies, and allows exactly
+/// the host ports the twins declare.
+#[test]
+fn the_benchmark_namespace_is_guarded_by_the_admission_policy() {
+    let m = load();
+    assert_eq!((m.policies.len(), m.policy_bindings.len()), (1, 1));
+    let policy = &m.policies[0];
+    let name = policy.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        name, "netprof-bench-pods",
+        "the name k8s::error's 403 advice uses"
+    );
+    let binding = m.policy_bindings[0].spec.as_ref().unwrap();
+    assert_eq!(binding.policy_name.as_deref(), Some(name));
+    assert_eq!(
+        binding.validation_actions.as_deref(),
+        Some(&["Deny".to_owned()][..])
+    );
+    let selector = binding
+        .match_resources
+        .as_ref()
+        .and_then(|r| r.namespace_selector.as_ref())
+        .and_then(|s| s.match_labels.as_ref())
+        .unwrap();
+    assert_eq!(
+        selector
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some(BENCH_NAMESPACE)
+    );
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let expressions: Vec<&str> = spec
+        .validations
+        .iter()
+        .flatten()
+        .map(|v| v.expression.as_str())
+        .collect();
+    for needle in [
+        "privileged",
+        "allowPrivilegeEscalation",
+        "capabilities.add",
+        "hostPath",
+        "hostPID",
+        "hostIPC",
+        "ephemeralContainers",
+    ] {
+        assert!(
+            expressions.iter().any(|e| e.contains(needle)),
+            "no rule on {needle}"
+        );
+    }
+    let manual = load_manual();
+    for pod in &manual.pods {
+        for port in pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+        {
+            if let Some(host) = port.host_port {
+                assert!(
+                    expressions
+                        .iter()
+                        .any(|e| e.contains(&format!("p.hostPort == {host}"))),
+                    "the policy must allow host port {host}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bench_pods_are_the_studys() {
-    let m = load();
-    let page = m
+    let m = load_manual();
+    let applied = load();
+    let page = applied
         .config_maps
         .iter()
         .find(|c| c.metadata.name.as_deref() == Some("netprof-bench-nginx"))
@@ -496,6 +719,22 @@ fn bench_pods_are_the_studys() {
             "{name}"
         );
         let c = &spec.containers[0];
+        let host_ports: Vec<i32> = c
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.host_port)
+            .collect();
+        let want: Vec<i32> = match (role, path) {
+            ("nginx", "host") => vec![80],
+            ("iperf3", "host") => vec![5201],
+            _ => vec![],
+        };
+        assert_eq!(host_ports, want, "{name}: host ports declared");
+        assert!(
+            spec.active_deadline_seconds.is_some(),
+            "{name}: stops by itself"
+        );
         if role != "nginx" {
             assert_eq!(
                 c.image.as_deref(),
@@ -531,7 +770,10 @@ fn kustomization_lists_every_file() {
     let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
     let k: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(k["kind"].as_str(), Some("Kustomization"));
-    assert_eq!(k["namespace"].as_str(), Some(NAMESPACE));
+    assert!(
+        k["namespace"].is_null(),
+        "no `namespace:`: it would move every object into one namespace"
+    );
     let mut listed: Vec<String> = k["resources"]
         .as_sequence()
         .unwrap()
@@ -598,8 +840,8 @@ fn kubectl_kustomize_builds_the_same_objects() {
     let _ = std::fs::remove_dir_all(&overlay);
     assert_eq!(
         built.matches("image: registry.example/netprof:dev").count(),
-        5,
-        "agent + 4 tool pods"
+        1,
+        "the agent's (k8s run gives the benchmark pods the agents' image)"
     );
     assert!(!built.contains(AGENT_IMAGE));
 }
@@ -618,4 +860,73 @@ fn kustomize(dir: &Path) -> Option<String> {
         String::from_utf8_lossy(&output.stderr)
     );
     Some(String::from_utf8(output.stdout).unwrap())
+}
+
+/// The image's build context: `.dockerignore` keeps out what is built or versioned, and keeps
+/// in what the Dockerfile copies and what cargo needs to build (every workspace member, the
+/// lock file for `--locked`); bpf-linker's version is the one `cargo xtask setup` installs.
+#[test]
+fn the_dockerfile_builds_from_what_dockerignore_leaves() {
+    let root = deploy_dir().join("..");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    let patterns: Vec<String> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').trim_start_matches("**/").to_owned())
+        .collect();
+    let ignored = |path: &str| {
+        let first = path
+            .trim_start_matches("./")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        patterns.iter().any(|p| p == first || p == path)
+    };
+    for out in ["target", ".git"] {
+        assert!(ignored(out), ".dockerignore must exclude {out}");
+    }
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    for line in dockerfile.lines().map(str::trim) {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if args.contains("--from=") {
+            continue;
+        }
+        let parts: Vec<&str> = args.split_whitespace().collect();
+        for source in &parts[..parts.len() - 1] {
+            assert!(
+                *source == "." || !ignored(source),
+                "the Dockerfile copies {source}, which .dockerignore excludes"
+            );
+        }
+    }
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members_line = cargo
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("workspace members");
+    for member in members_line.split('"').skip(1).step_by(2) {
+        assert!(
+            !ignored(member),
+            "workspace member {member} is excluded from the image's context"
+        );
+        assert!(root.join(member).join("Cargo.toml").exists(), "{member}");
+    }
+    assert!(!ignored("Cargo.lock") && dockerfile.contains("--locked"));
+    let setup = std::fs::read_to_string(root.join("xtask/src/setup.rs")).unwrap();
+    let version = |text: &str, prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|rest| {
+                rest.trim_matches(|c| c == '"' || c == ';' || c == ' ')
+                    .to_owned()
+            })
+    };
+    assert_eq!(
+        version(&dockerfile, "ARG BPF_LINKER_VERSION="),
+        version(&setup, "const BPF_LINKER_VERSION: &str ="),
+        "deploy/Dockerfile and xtask setup build the same bpf-linker"
+    );
 }

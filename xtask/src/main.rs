@@ -2,6 +2,7 @@
 //! runs the main job (all modes on the namespace lab), `cargo xtask test` runs every test.
 
 mod demo;
+mod image;
 mod run;
 mod setup;
 mod test_run;
@@ -37,6 +38,18 @@ enum Task {
     Overhead {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         overhead_args: Vec<String>,
+    },
+    /// Build the netprof image (deploy/Dockerfile), push it, and set it in
+    /// deploy/kustomization.yaml: step 0 of running netprof on a cluster.
+    Image {
+        /// Where to push it, with a fixed tag: REGISTRY/netprof:TAG.
+        reference: String,
+        /// The container engine.
+        #[arg(long, default_value = "docker")]
+        engine: String,
+        /// Build and set the image, but do not push it (the nodes can pull it by themselves).
+        #[arg(long)]
+        no_push: bool,
     },
     /// Setup, rustfmt and clippy checks, build, then every test binary (serially: they share
     /// the kernel), counted test by test; the summary names skipped and failed tests.
@@ -79,6 +92,11 @@ fn main() -> Result<()> {
             setup::run()?;
             run::overhead(&overhead_args)
         }
+        Task::Image {
+            reference,
+            engine,
+            no_push,
+        } => image::image(&reference, &engine, !no_push),
         Task::Test { cargo_args } => {
             setup::run()?;
             test_run::test(&cargo_args)

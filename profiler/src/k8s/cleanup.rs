@@ -48,7 +48,7 @@ pub async fn delete_selected(
         let listed = pods
             .list(&ListParams::default().labels(selector))
             .await
-            .map_err(api("list", "pods", ""))?;
+            .map_err(api(pods, "list", "pods", ""))?;
         if listed.items.is_empty() {
             return Ok(deleted);
         }
@@ -61,7 +61,7 @@ pub async fn delete_selected(
                 Ok(_) => {}
                 // Gone between the list and the delete: what we wanted.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(api("delete", "pods", name)(err)),
+                Err(err) => return Err(api(pods, "delete", "pods", name)(err)),
             }
             let run = pod
                 .metadata

@@ -54,6 +54,7 @@ pub async fn exec(
     limit: Duration,
 ) -> Result<ExecOutput, K8sError> {
     let wrap = |source| K8sError::Exec {
+        namespace: pods.namespace().unwrap_or_default().to_owned(),
         pod: pod.to_owned(),
         command: command.join(" "),
         source,
@@ -70,7 +71,7 @@ pub async fn exec(
         let mut process = pods
             .exec(pod, command.to_vec(), &params)
             .await
-            .map_err(api("create", "pods/exec", pod))?;
+            .map_err(api(pods, "create", "pods/exec", pod))?;
         let (mut stdout, mut stderr) = (
             process.stdout().expect("stdout requested"),
             process.stderr().expect("stderr requested"),

@@ -39,7 +39,7 @@ fn closed_message(got: usize) -> String {
 
 fn forbidden_hint(cause: &ApiCause) -> &'static str {
     match cause.code() {
-        Some(403) => "; netprof needs `create` on `pods/portforward` (deploy/rbac.yaml)",
+        Some(403) => "; netprof needs `create` and `get` on `pods/portforward` in the agents' namespace (deploy/rbac.yaml)",
         _ => "",
     }
 }
@@ -57,17 +57,26 @@ impl HttpReply {
     }
 }
 
-/// Sends `method path` (with a JSON `body`) to `port` of `pod` and reads the response.
+/// One HTTP request to a pod's loopback port.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// A JSON body ("" for none).
+    pub body: &'a str,
+    /// The `Authorization` header's value.
+    pub authorization: Option<&'a str>,
+}
+
+/// Sends `request` to `port` of `pod` and reads the response.
 pub async fn request(
     pods: &Api<Pod>,
     pod: &str,
     port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
+    request: HttpRequest<'_>,
     limit: Duration,
 ) -> Result<HttpReply, ForwardError> {
-    match tokio::time::timeout(limit, exchange(pods, pod, port, method, path, body)).await {
+    match tokio::time::timeout(limit, exchange(pods, pod, port, request)).await {
         Ok(result) => result,
         Err(_) => Err(ForwardError::Timeout {
             secs: limit.as_secs(),
@@ -79,10 +88,14 @@ async fn exchange(
     pods: &Api<Pod>,
     pod: &str,
     port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
+    http: HttpRequest<'_>,
 ) -> Result<HttpReply, ForwardError> {
+    let HttpRequest {
+        method,
+        path,
+        body,
+        authorization,
+    } = http;
     // A WebSocket GET on pods/portforward; RBAC checks `create` (and `get` before 1.35).
     let mut forwarder = pods
         .portforward(pod, &[port])
@@ -90,8 +103,9 @@ async fn exchange(
         .map_err(|e| ForwardError::Open(e.into()))?;
     let mut stream = forwarder.take_stream(port).expect("the port was requested");
     let mut port_error = Box::pin(forwarder.take_error(port).expect("the port was requested"));
+    let auth = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

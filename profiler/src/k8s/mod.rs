@@ -1,14 +1,16 @@
 //! Kubernetes: `netprof k8s run` runs the study's benchmarks on a real cluster with the kube
 //! crate, and `netprof k8s clean` removes what a killed run left.
 //!
-//! A run: [`client`] connects (kubeconfig or in-cluster), [`nodes`] picks the client and server
-//! nodes, [`agents`] checks the agent DaemonSet's pods on both, [`pods`] builds the benchmark
-//! pods (pod and hostNetwork twins), [`ready`] waits for them, [`tools`] runs ping, iperf3 and ab
-//! through [`exec`], [`profile`] starts and stops the agents around each step over
-//! [`forward`] (HTTP through the port-forward API), [`run`] writes `<out>/<mode>.json` as the
-//! lab does, and [`cleanup`] deletes everything carrying the run's label, also after a failure
-//! or Ctrl-C. The manifests are in `deploy/`; `tests/manifests.rs` checks them against [`rbac`],
-//! and `tests/k8s_run.rs` drives all of this against an in-process fake API server.
+//! A run: [`client`] connects (kubeconfig or in-cluster), [`doctor`] checks the cluster first
+//! ([`nodes`] picks the client and server nodes, [`agents`] checks the agent DaemonSet's pods on
+//! both, admission answers a dry run, and with the pods up [`reach`] checks ICMP and TCP),
+//! [`pods`] builds the benchmark pods (pod and hostNetwork twins), [`ready`] waits for them,
+//! [`tools`] runs ping, iperf3 and ab through [`exec`], [`profile`] starts and stops the agents
+//! around each step over [`forward`] (HTTP through the port-forward API), [`run`] writes
+//! `<out>/<mode>.json` as the lab does, and [`cleanup`] deletes everything carrying the run's
+//! label, also after a failure or a signal. The manifests are in `deploy/`; `tests/manifests.rs`
+//! checks them against [`rbac`], and `tests/k8s_run.rs` drives all of this against an
+//! in-process fake API server.
 
 // Errors here end a run (one per run), so carrying their context inline costs nothing.
 #![allow(clippy::result_large_err)]
@@ -16,6 +18,7 @@
 pub mod agents;
 pub mod cleanup;
 pub mod client;
+pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod forward;
@@ -24,6 +27,7 @@ pub mod pods;
 pub mod profile;
 pub mod progress;
 pub mod rbac;
+pub mod reach;
 pub mod ready;
 pub mod run;
 pub mod tools;
@@ -52,7 +56,7 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/netprof/netprof:", env!("CARGO_
 /// The nginx image of deploy/bench-pods.yaml.
 pub const DEFAULT_NGINX_IMAGE: &str = "docker.io/library/nginx:1.27-bookworm";
 /// The ConfigMap with nginx's one-worker configuration and the 612-byte page, applied with
-/// deploy/ (bench-pods.yaml); the nginx pods mount it.
+/// deploy/ (bench-nginx.yaml); the nginx pods mount it.
 pub const NGINX_CONFIGMAP: &str = "netprof-bench-nginx";
 
 /// A fresh run id: 8 hex digits from the clock and the process id, short enough that pod

@@ -59,7 +59,41 @@ pub struct NodeInfo {
     pub container_runtime: String,
     /// CPU capacity (whole cores).
     pub cpus: usize,
+    /// Cordoned (`kubectl cordon`): new pods are not scheduled there.
+    pub unschedulable: bool,
+    /// Taints as `key=value:Effect`.
+    pub taints: Vec<Taint>,
+    /// The `kubernetes.io/os` label, else the kubelet's operating system.
+    pub os: String,
 }
+
+/// A node taint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: String,
+    pub effect: String,
+}
+
+impl Taint {
+    /// NoSchedule and NoExecute keep pods without a toleration off the node.
+    pub fn repels(&self) -> bool {
+        self.effect == "NoSchedule" || self.effect == "NoExecute"
+    }
+}
+
+impl std::fmt::Display for Taint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}:{}", self.key, self.effect)
+        } else {
+            write!(f, "{}={}:{}", self.key, self.value, self.effect)
+        }
+    }
+}
+
+/// The label every kubelet sets with its operating system.
+pub const OS_LABEL: &str = "kubernetes.io/os";
 
 impl NodeInfo {
     pub fn from_node(node: &Node) -> Self {
@@ -86,6 +120,21 @@ impl NodeInfo {
             None => Some("no Ready condition".to_owned()),
         };
         let info = status.node_info.unwrap_or_default();
+        let spec = node.spec.clone().unwrap_or_default();
+        let taints = spec
+            .taints
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| Taint {
+                key: t.key,
+                value: t.value.unwrap_or_default(),
+                effect: t.effect,
+            })
+            .collect();
+        let os = labels
+            .get(OS_LABEL)
+            .cloned()
+            .unwrap_or_else(|| info.operating_system.clone());
         let cpus = status
             .capacity
             .and_then(|c| c.get("cpu").map(|q| q.0.clone()))
@@ -105,6 +154,9 @@ impl NodeInfo {
             os_image: info.os_image,
             container_runtime: info.container_runtime_version,
             cpus,
+            unschedulable: spec.unschedulable.unwrap_or(false),
+            taints,
+            os,
         }
     }
 
@@ -265,10 +317,11 @@ pub async fn pick(client: &Client, flag: Option<&str>) -> Result<ChosenNodes, K8
     if let Some(text) = flag {
         parse_flag(text)?;
     }
-    let list = Api::<Node>::all(client.clone())
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
         .list(&ListParams::default())
         .await
-        .map_err(api("list", "nodes", ""))?;
+        .map_err(api(&nodes, "list", "nodes", ""))?;
     let nodes: Vec<NodeInfo> = list.items.iter().map(NodeInfo::from_node).collect();
     Ok(choose(&nodes, flag)?)
 }
@@ -295,6 +348,9 @@ mod tests {
             os_image: "Debian".into(),
             container_runtime: "containerd://2.1".into(),
             cpus: 2,
+            unschedulable: false,
+            taints: Vec::new(),
+            os: "linux".into(),
         }
     }
 

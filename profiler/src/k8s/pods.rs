@@ -1,10 +1,18 @@
-//! The benchmark pods of one run, built in code from the templates of deploy/bench-pods.yaml
-//! (tests/k8s_run.rs checks they stay the same): nginx (one worker, the 612-byte page from the
-//! ConfigMap) and an iperf3 server on the server node, a client with ping, iperf3 and ab on the
-//! client node, and each as a hostNetwork twin for the host path. Every pod is pinned with a
-//! nodeSelector and carries the run's label.
+//! The benchmark pods of one run, built in code from the templates of
+//! deploy/manual/bench-pods.yaml (tests/k8s_run.rs checks they stay the same): nginx (one
+//! worker, the 612-byte page from the ConfigMap) and an iperf3 server on the server node, a
+//! client with ping, iperf3 and ab on the client node, and each as a hostNetwork twin for the
+//! host path. Every pod is pinned with a nodeSelector and carries the run's label.
+//!
+//! The servers declare their ports, and the hostNetwork twins theirs as host ports, so the
+//! scheduler sees a conflict with another pod holding 80 or 5201 on the node (the pod stays
+//! Pending with the reason) instead of nginx failing to bind. Every pod has an
+//! `activeDeadlineSeconds` a little past the run's longest possible duration: a run killed
+//! with SIGKILL, or whose machine went away, leaves pods that stop by themselves (Failed,
+//! `DeadlineExceeded`) and free the host ports; their objects stay for `k8s clean`.
 
 use std::fmt;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
@@ -40,18 +48,42 @@ impl Role {
     pub fn on_server_node(self) -> bool {
         self != Role::Client
     }
+
+    /// The TCP port a server listens on (`None`: the client).
+    pub fn port(self) -> Option<(&'static str, u16)> {
+        match self {
+            Role::Nginx => Some(("http", HTTP_PORT)),
+            Role::Iperf3 => Some(("iperf3", IPERF3_PORT)),
+            Role::Client => None,
+        }
+    }
 }
+
+/// nginx's port, on the pod IP and (hostNetwork twin) on the server node.
+pub const HTTP_PORT: u16 = 80;
 
 /// Which network the pod uses: its own (the pod path) or the node's (hostNetwork, the host
 /// path); one definition with the run directory's.
 pub use crate::rundir::NetPath;
 
-/// Image references (flags, so air-gapped clusters can point at a mirror).
+/// Image references: netprof's is the agents' unless `--image` says otherwise (one image for
+/// the agent and the clients: deploy/Dockerfile); nginx's is `--nginx-image` (mirrors for
+/// air-gapped clusters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Images {
     /// ping, iperf3, ab (and the agent): deploy/Dockerfile.
     pub netprof: String,
     pub nginx: String,
+}
+
+/// What every pod of a run shares besides its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSettings {
+    pub run_id: String,
+    pub namespace: String,
+    pub images: Images,
+    /// `activeDeadlineSeconds`: the pods stop by themselves this long after they start.
+    pub deadline: Duration,
 }
 
 /// One benchmark pod of a run.
@@ -101,11 +133,11 @@ pub fn plan(run_id: &str) -> Vec<BenchPod> {
     pods
 }
 
-/// The container: image and command per role, resources as in the templates.
-fn container(role: Role, images: &Images) -> serde_json::Value {
+/// The container: image and command per role, resources and ports as in the templates.
+fn container(role: Role, path: NetPath, images: &Images) -> serde_json::Value {
     let resources =
         json!({"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}});
-    match role {
+    let mut container = match role {
         Role::Nginx => json!({
             "name": role.name(),
             "image": images.nginx,
@@ -128,18 +160,29 @@ fn container(role: Role, images: &Images) -> serde_json::Value {
             "command": ["sleep", "infinity"],
             "resources": resources,
         }),
+    };
+    if let Some((name, port)) = role.port() {
+        let mut declared = json!({"name": name, "containerPort": port, "protocol": "TCP"});
+        if path == NetPath::Host {
+            // With hostNetwork the container's port is the node's: declared, the scheduler
+            // keeps two pods wanting it apart.
+            declared["hostPort"] = json!(port);
+        }
+        container["ports"] = json!([declared]);
     }
+    container
 }
 
 /// The pod object to create.
-pub fn spec(pod: &BenchPod, run_id: &str, node: &NodeInfo, images: &Images) -> Pod {
+pub fn spec(pod: &BenchPod, node: &NodeInfo, settings: &PodSettings) -> Pod {
     let (selector_key, selector_value) = node.selector();
     let mut spec = json!({
         "nodeSelector": {selector_key: selector_value},
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 5,
+        "activeDeadlineSeconds": settings.deadline.as_secs().max(1),
         "automountServiceAccountToken": false,
-        "containers": [container(pod.role, images)],
+        "containers": [container(pod.role, pod.path, &settings.images)],
     });
     if pod.path == NetPath::Host {
         spec["hostNetwork"] = json!(true);
@@ -153,13 +196,13 @@ pub fn spec(pod: &BenchPod, run_id: &str, node: &NodeInfo, images: &Images) -> P
         "kind": "Pod",
         "metadata": {
             "name": pod.name,
-            "namespace": super::rbac::NAMESPACE,
+            "namespace": settings.namespace,
             "labels": {
                 NAME_LABEL: BENCH_APP,
                 PART_OF_LABEL: PART_OF,
                 ROLE_LABEL: pod.role.name(),
                 PATH_LABEL: pod.path.name(),
-                RUN_LABEL: run_id,
+                RUN_LABEL: settings.run_id,
             },
         },
         "spec": spec,
@@ -184,6 +227,9 @@ mod tests {
             os_image: String::new(),
             container_runtime: String::new(),
             cpus: 2,
+            unschedulable: false,
+            taints: Vec::new(),
+            os: "linux".into(),
         }
     }
 
@@ -201,14 +247,42 @@ mod tests {
         );
     }
 
+    fn settings() -> PodSettings {
+        PodSettings {
+            run_id: "r1".into(),
+            namespace: "bench".into(),
+            images: Images {
+                netprof: "registry.example/netprof:1".into(),
+                nginx: "registry.example/nginx:1".into(),
+            },
+            deadline: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn servers_declare_their_ports_and_twins_as_host_ports() {
+        for bench in plan("r1") {
+            let pod = spec(&bench, &node(), &settings());
+            let spec = pod.spec.unwrap();
+            assert_eq!(spec.active_deadline_seconds, Some(900));
+            let ports = spec.containers[0].ports.clone().unwrap_or_default();
+            match bench.role.port() {
+                None => assert!(ports.is_empty()),
+                Some((_, port)) => {
+                    assert_eq!(ports.len(), 1);
+                    assert_eq!(ports[0].container_port, i32::from(port));
+                    let host = (bench.path == NetPath::Host).then_some(i32::from(port));
+                    assert_eq!(ports[0].host_port, host, "{}", bench.name);
+                }
+            }
+        }
+    }
+
     #[test]
     fn pods_carry_the_run_label_and_are_pinned() {
-        let images = Images {
-            netprof: "registry.example/netprof:1".into(),
-            nginx: "registry.example/nginx:1".into(),
-        };
         for bench in plan("r1") {
-            let pod = spec(&bench, "r1", &node(), &images);
+            let pod = spec(&bench, &node(), &settings());
+            assert_eq!(pod.metadata.namespace.as_deref(), Some("bench"));
             let labels = pod.metadata.labels.as_ref().unwrap();
             assert_eq!(labels.get(RUN_LABEL).map(String::as_str), Some("r1"));
             assert_eq!(

@@ -9,7 +9,8 @@
 //! and why. An agent that does not answer *before* the run is an error instead (see `run`):
 //! nothing has been measured yet, and `--no-profile` is the explicit way to run without.
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,10 +32,18 @@ pub type Attached = Arc<Mutex<Vec<NodeAgent>>>;
 /// How long past a step's own timeout an agent stays attached if nobody stops it.
 const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 
+/// What the agents follow: every address of the benchmarks, and per node the IPs of the pods
+/// there whose `eth0` each agent watches (it finds their namespaces from the IPs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub endpoints: Vec<Ipv4Addr>,
+    pub pod_ips: BTreeMap<String, Vec<IpAddr>>,
+}
+
 pub struct ClusterProfiler<'a> {
     pods: &'a Api<Pod>,
     agents: Vec<NodeAgent>,
-    endpoints: Vec<Ipv4Addr>,
+    targets: Targets,
     out: RunDir,
     mode: Mode,
     attached: Attached,
@@ -51,7 +60,7 @@ impl<'a> ClusterProfiler<'a> {
     pub fn new(
         pods: &'a Api<Pod>,
         agents: Vec<NodeAgent>,
-        endpoints: Vec<Ipv4Addr>,
+        targets: Targets,
         out_dir: &Path,
         mode: Mode,
         attached: Attached,
@@ -66,7 +75,7 @@ impl<'a> ClusterProfiler<'a> {
         Ok(Self {
             pods,
             agents,
-            endpoints,
+            targets,
             out,
             mode,
             attached,
@@ -81,17 +90,25 @@ impl<'a> ClusterProfiler<'a> {
         if self.not_measured.is_some() {
             return;
         }
-        let (pods, endpoints, duty) = (self.pods, self.endpoints.clone(), self.duty);
-        let starts = self.agents.iter().cloned().map(|agent| {
-            let endpoints = &endpoints;
-            async move {
-                let result = agent
-                    .start(pods, endpoints, step_limit + SAFETY_MARGIN, duty)
-                    .await;
-                (agent, result)
-            }
+        let (pods, targets, duty) = (self.pods, &self.targets, self.duty);
+        let starts = self.agents.iter().cloned().map(|agent| async move {
+            let pod_ips = targets
+                .pod_ips
+                .get(&agent.node)
+                .map_or(&[][..], Vec::as_slice);
+            let result = agent
+                .start(
+                    pods,
+                    &targets.endpoints,
+                    pod_ips,
+                    step_limit + SAFETY_MARGIN,
+                    duty,
+                )
+                .await;
+            (agent, result)
         });
-        for (agent, result) in futures::future::join_all(starts).await {
+        let results = futures::future::join_all(starts).await;
+        for (agent, result) in results {
             match result {
                 Ok(()) => self.attached.lock().expect("not poisoned").push(agent),
                 Err(err) => self.give_up(&agent, path, tool, &err.to_string()).await,

@@ -3,7 +3,7 @@
 //! not ready with its last status, so the cause (image pull, scheduling, volume) is visible.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -18,7 +18,10 @@ use super::{K8sError, NGINX_CONFIGMAP};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyPod {
     pub name: String,
+    /// The address the benchmarks use: the agents follow IPv4 flows.
     pub ip: Ipv4Addr,
+    /// Every address of the pod (`podIPs`: both families on a dual-stack cluster).
+    pub ips: Vec<IpAddr>,
     pub node: String,
 }
 
@@ -42,7 +45,7 @@ pub async fn wait_ready(
     loop {
         let listed =
             match timeout_at(deadline, pods.list(&ListParams::default().labels(selector))).await {
-                Ok(result) => result.map_err(api("list", "pods", ""))?,
+                Ok(result) => result.map_err(api(pods, "list", "pods", ""))?,
                 Err(_) => return Err(not_ready(&seen)),
             };
         seen = listed
@@ -59,14 +62,14 @@ pub async fn wait_ready(
             .labels(selector)
             .timeout(left.clamp(1, WATCH_SECS));
         let stream = match timeout_at(deadline, pods.watch(&params, &version)).await {
-            Ok(result) => result.map_err(api("watch", "pods", ""))?,
+            Ok(result) => result.map_err(api(pods, "watch", "pods", ""))?,
             Err(_) => return Err(not_ready(&seen)),
         };
         let mut stream = stream.boxed();
         loop {
             let event = match timeout_at(deadline, stream.try_next()).await {
                 Err(_) => return Err(not_ready(&seen)),
-                Ok(Err(err)) => return Err(api("watch", "pods", "")(err)),
+                Ok(Err(err)) => return Err(api(pods, "watch", "pods", "")(err)),
                 // The server ended the watch: list again and renew it.
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(event))) => event,
@@ -85,7 +88,7 @@ pub async fn wait_ready(
                 // 410 Gone: the resource version is too old; list again.
                 WatchEvent::Error(status) if status.code == 410 => break,
                 WatchEvent::Error(status) => {
-                    return Err(api("watch", "pods", "")(kube::Error::Api(status)))
+                    return Err(api(pods, "watch", "pods", "")(kube::Error::Api(status)))
                 }
             }
             if let Some(ready) = check(&seen, expected)? {
@@ -116,12 +119,28 @@ fn check(
             });
         }
         if let Some(r) = as_ready(pod) {
-            ready.insert(name.clone(), r);
+            let ipv4 = r.ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            });
+            let Some(ip) = ipv4 else {
+                return Err(K8sError::NoIpv4Pod {
+                    pod: name.clone(),
+                    ips: r
+                        .ips
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            ready.insert(name.clone(), ReadyPod { ip, ..r });
         }
     }
     Ok((ready.len() == expected.len()).then_some(ready))
 }
 
+/// Ready with at least one address; `ip` is filled by [`check`] from `ips`.
 fn as_ready(pod: &Pod) -> Option<ReadyPod> {
     let status = pod.status.as_ref()?;
     let ready = status
@@ -129,10 +148,21 @@ fn as_ready(pod: &Pod) -> Option<ReadyPod> {
         .as_ref()?
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    let ip = status.pod_ip.as_deref()?.parse().ok()?;
-    ready.then(|| ReadyPod {
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+        if !ips.contains(&ip) {
+            ips.insert(0, ip);
+        }
+    }
+    (ready && !ips.is_empty()).then(|| ReadyPod {
         name: pod.metadata.name.clone().unwrap_or_default(),
-        ip,
+        ip: Ipv4Addr::UNSPECIFIED,
+        ips,
         node: pod
             .spec
             .as_ref()
@@ -188,6 +218,11 @@ pub fn describe(pod: &Pod) -> String {
     parts.join(", ")
 }
 
+/// What to do when a node cannot pull an image.
+pub const IMAGE_HINT: &str = "the nodes cannot pull that image: build and push netprof's (`cargo xtask image \
+    REGISTRY/netprof:TAG` sets it in deploy/kustomization.yaml; then `kubectl apply -k deploy/`), or give --image / \
+    --nginx-image (a mirror the nodes reach)";
+
 /// The not-ready pods with their last state, and a hint for the usual causes.
 fn describe_waiting(seen: &BTreeMap<String, Pod>, expected: &[String]) -> String {
     let mut lines = Vec::new();
@@ -202,7 +237,15 @@ fn describe_waiting(seen: &BTreeMap<String, Pod>, expected: &[String]) -> String
             || line.contains("ImagePullBackOff")
             || line.contains("InvalidImageName")
         {
-            hints.push("set --image / --nginx-image to images the nodes can pull".to_owned());
+            hints.push(IMAGE_HINT.to_owned());
+        }
+        if line.contains("free ports") {
+            hints.push(format!(
+                "another pod holds port {} or {} on that node (a hostPort, or a hostNetwork pod declaring it): \
+                 find it with `kubectl get pods -A -o wide --field-selector spec.nodeName=NODE`",
+                super::pods::HTTP_PORT,
+                crate::bench::servers::IPERF3_PORT
+            ));
         }
         if line.contains("ContainerCreating") && name.contains("-nginx") {
             hints.push(format!(
@@ -239,19 +282,45 @@ mod tests {
             "metadata": {"name": "a"}, "spec": {"nodeName": "n1", "containers": []},
             "status": {"phase": "Running", "podIP": "198.19.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
         }));
+        let seen = BTreeMap::from([("a".to_owned(), p)]);
+        let ready = check(&seen, &["a".to_owned()]).unwrap().unwrap();
         assert_eq!(
-            as_ready(&p),
-            Some(ReadyPod {
+            ready["a"],
+            ReadyPod {
                 name: "a".into(),
                 ip: "198.19.1.5".parse().unwrap(),
+                ips: vec!["198.19.1.5".parse().unwrap()],
                 node: "n1".into()
-            })
+            }
         );
-        let seen = BTreeMap::from([("a".to_owned(), p)]);
-        assert!(check(&seen, &["a".to_owned()]).unwrap().is_some());
         assert!(check(&seen, &["a".to_owned(), "b".to_owned()])
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn dual_stack_pods_use_their_ipv4_and_single_stack_ipv6_is_named() {
+        let dual = pod(serde_json::json!({
+            "metadata": {"name": "a"}, "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": "Running", "podIP": "fd00:10:244::5",
+                "podIPs": [{"ip": "fd00:10:244::5"}, {"ip": "198.19.1.5"}],
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }));
+        let seen = BTreeMap::from([("a".to_owned(), dual)]);
+        let ready = check(&seen, &["a".to_owned()]).unwrap().unwrap();
+        assert_eq!(ready["a"].ip, Ipv4Addr::new(198, 19, 1, 5));
+        assert_eq!(ready["a"].ips.len(), 2);
+        let v6 = pod(serde_json::json!({
+            "metadata": {"name": "b"}, "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": "Running", "podIP": "fd00:10:244::6", "podIPs": [{"ip": "fd00:10:244::6"}],
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }));
+        let seen = BTreeMap::from([("b".to_owned(), v6)]);
+        let err = check(&seen, &["b".to_owned()]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("pod b has only IPv6 addresses (fd00:10:244::6)"),
+            "{err}"
+        );
     }
 
     #[test]

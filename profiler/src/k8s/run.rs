@@ -8,7 +8,7 @@
 //! it finished, failed or was dropped on Ctrl-C, using the run's label and [`RunState`].
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,15 +17,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 
-use super::agents::{self, NodeAgent};
+use super::agents::NodeAgent;
 use super::client::Cluster;
 use super::error::api;
-use super::nodes::{self, ChosenNodes};
-use super::pods::{self, BenchPod, Images, NetPath, Role};
-use super::profile::{Attached, ClusterProfiler};
-use super::rbac::NAMESPACE;
+use super::nodes::ChosenNodes;
+use super::pods::{self, BenchPod, Images, NetPath, PodSettings, Role};
+use super::profile::{Attached, ClusterProfiler, Targets};
 use super::ready::{self, ReadyPod};
-use super::{progress, tools, K8sError, BENCH_APP, NAME_LABEL, PATH_LABEL, RUN_LABEL};
+use super::{doctor, progress, tools, K8sError, BENCH_APP, NAME_LABEL, PATH_LABEL, RUN_LABEL};
 use crate::bench::result::{ClusterRecord, Environment, ModeResult, PathResult, SCHEMA};
 use crate::bench::servers::IPERF3_PORT;
 use crate::bench::{table, BenchConfig};
@@ -40,12 +39,30 @@ pub struct RunPlan {
     /// The cluster's pod network, as `netprof report` names modes.
     pub mode: Mode,
     pub out_dir: PathBuf,
-    pub images: Images,
+    /// `--image` (`None`: the agents' image) and `--nginx-image`.
+    pub netprof_image: Option<String>,
+    pub nginx_image: String,
     pub ready_timeout: Duration,
     pub profile: bool,
     /// Duty-cycle the agents (`--duty`); `None`: attached throughout each step.
     pub duty: Option<crate::agent::duty::Duty>,
     pub cfg: BenchConfig,
+}
+
+impl RunPlan {
+    /// How long the run's pods may live: waiting for them, then every step with both agents'
+    /// start and stop at their longest, and the cleanup. Past it they stop by themselves
+    /// (`activeDeadlineSeconds`), should the run have died without deleting them.
+    pub fn pod_deadline(&self) -> Duration {
+        let agent_calls = 2 * super::agents::ATTACH;
+        let steps = [
+            self.cfg.ping_timeout(),
+            self.cfg.iperf3_timeout(),
+            self.cfg.ab_timeout(),
+        ];
+        let per_path: Duration = steps.iter().map(|s| *s + agent_calls).sum();
+        self.ready_timeout + doctor::CHECKS_LIMIT + 2 * per_path + super::cleanup::GONE_WAIT
+    }
 }
 
 /// What cleanup needs to know, shared with the run (which may be dropped half-way).
@@ -71,6 +88,14 @@ impl RunState {
     }
 }
 
+/// Everything a run (or `k8s doctor`) settles before it creates pods.
+pub struct Prepared {
+    pub nodes: ChosenNodes,
+    /// The agents of both nodes (`None` with `--no-profile`).
+    pub agents: Option<Vec<NodeAgent>>,
+    pub images: Images,
+}
+
 /// Runs the study once and writes its results; see the module doc.
 pub async fn run(
     cluster: &Cluster,
@@ -83,55 +108,93 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let started = Instant::now();
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let pods = cluster.bench_pods();
+    let agent_pods = cluster.agent_pods();
 
-    let step = progress::step(&format!(
-        "choosing the nodes ({})",
-        plan.nodes
-            .as_deref()
-            .map_or("labels workern=1/2".to_owned(), |n| format!("--nodes {n}"))
-    ));
-    let nodes = nodes::pick(&cluster.client, plan.nodes.as_deref())
-        .await
-        .map_err(|e| step.failed(e))?;
-    step.done(&format!(
-        "client {} ({}), server {} ({})",
-        nodes.client.name,
-        nodes.client.ip(),
-        nodes.server.name,
-        nodes.server.ip()
-    ));
+    let prepared = doctor::before_pods(cluster, plan, &state.run_id).await?;
+    let (bench_pods, ready) = create_and_wait(cluster, plan, state, &prepared).await?;
+    doctor::with_pods(cluster, &prepared, &bench_pods, &ready).await?;
 
-    let agents = if plan.profile {
-        let step = progress::step("checking the agents on both nodes");
-        let agents = check_agents(&pods, &nodes)
-            .await
-            .map_err(|e| step.failed(e))?;
-        step.done(&format!("{} and {} ready", agents[0].pod, agents[1].pod));
-        Some(agents)
-    } else {
-        progress::note("--no-profile: the agents stay idle");
-        None
+    let endpoints = Endpoints::new(&bench_pods, &ready);
+    let mut profiler = match prepared.agents.clone() {
+        Some(agents) => Some(ClusterProfiler::new(
+            &agent_pods,
+            agents,
+            endpoints.targets(&prepared.nodes),
+            &plan.out_dir,
+            plan.mode,
+            state.attached.clone(),
+            plan.duty,
+        )?),
+        None => None,
     };
-    refuse_template_pods(&pods, &nodes).await?;
+    let mut ctx = PathContext {
+        pods: &pods,
+        cfg: &plan.cfg,
+        profiler: profiler.as_mut(),
+    };
+    let host_path = run_path(&mut ctx, NetPath::Host, &endpoints).await?;
+    let pod_path = run_path(&mut ctx, NetPath::Pod, &endpoints).await?;
+    let (profiles, not_measured) = profiler.map(ClusterProfiler::finish).unwrap_or_default();
 
+    let nodes = &prepared.nodes;
+    let result = ModeResult {
+        schema: SCHEMA.to_owned(),
+        mode: plan.mode,
+        environment: environment(nodes),
+        config: plan.cfg.clone(),
+        started_unix_s,
+        duration_s: started.elapsed().as_secs_f64(),
+        host_path,
+        pod_path: Some(pod_path),
+        profiles,
+        cluster: Some(ClusterRecord {
+            api_server: cluster.server.clone(),
+            run_id: state.run_id.clone(),
+            node1: nodes.client.record(),
+            node2: nodes.server.record(),
+            images: vec![
+                prepared.images.netprof.clone(),
+                prepared.images.nginx.clone(),
+            ],
+            not_measured,
+        }),
+    };
+    write_results(&plan.out_dir, &result)?;
+    Ok(result)
+}
+
+/// Creates the run's six pods and waits until they are ready.
+pub async fn create_and_wait(
+    cluster: &Cluster,
+    plan: &RunPlan,
+    state: &RunState,
+    prepared: &Prepared,
+) -> Result<(Vec<BenchPod>, BTreeMap<String, ReadyPod>), K8sError> {
+    let pods = cluster.bench_pods();
     let bench_pods = pods::plan(&state.run_id);
+    let settings = PodSettings {
+        run_id: state.run_id.clone(),
+        namespace: cluster.namespaces.bench.clone(),
+        images: prepared.images.clone(),
+        deadline: plan.pod_deadline(),
+    };
     let step = progress::step(&format!(
-        "creating {} pods labelled {RUN_LABEL}={}",
+        "creating {} pods labelled {RUN_LABEL}={} in {}",
         bench_pods.len(),
-        state.run_id
+        state.run_id,
+        cluster.namespaces.bench
     ));
     state.creating.store(true, Ordering::SeqCst);
     for bench in &bench_pods {
         let node = if bench.role.on_server_node() {
-            &nodes.server
+            &prepared.nodes.server
         } else {
-            &nodes.client
+            &prepared.nodes.client
         };
-        let spec = pods::spec(bench, &state.run_id, node, &plan.images);
-        pods.create(&PostParams::default(), &spec)
+        pods.create(&PostParams::default(), &pods::spec(bench, node, &settings))
             .await
-            .map_err(|e| step.failed(api("create", "pods", &bench.name)(e)))?;
+            .map_err(|e| step.failed(api(&pods, "create", "pods", &bench.name)(e)))?;
     }
     step.done("created");
 
@@ -149,50 +212,7 @@ pub async fn run(
     .await
     .map_err(|e| step.failed(e))?;
     step.done("ready");
-
-    let endpoints = Endpoints::new(&bench_pods, &ready);
-    let mut profiler = match agents {
-        Some(agents) => Some(ClusterProfiler::new(
-            &pods,
-            agents,
-            endpoints.all(&nodes),
-            &plan.out_dir,
-            plan.mode,
-            state.attached.clone(),
-            plan.duty,
-        )?),
-        None => None,
-    };
-    let mut ctx = PathContext {
-        pods: &pods,
-        cfg: &plan.cfg,
-        profiler: profiler.as_mut(),
-    };
-    let host_path = run_path(&mut ctx, NetPath::Host, &endpoints).await?;
-    let pod_path = run_path(&mut ctx, NetPath::Pod, &endpoints).await?;
-    let (profiles, not_measured) = profiler.map(ClusterProfiler::finish).unwrap_or_default();
-
-    let result = ModeResult {
-        schema: SCHEMA.to_owned(),
-        mode: plan.mode,
-        environment: environment(&nodes),
-        config: plan.cfg.clone(),
-        started_unix_s,
-        duration_s: started.elapsed().as_secs_f64(),
-        host_path,
-        pod_path: Some(pod_path),
-        profiles,
-        cluster: Some(ClusterRecord {
-            api_server: cluster.server.clone(),
-            run_id: state.run_id.clone(),
-            node1: nodes.client.record(),
-            node2: nodes.server.record(),
-            images: vec![plan.images.netprof.clone(), plan.images.nginx.clone()],
-            not_measured,
-        }),
-    };
-    write_results(&plan.out_dir, &result)?;
-    Ok(result)
+    Ok((bench_pods, ready))
 }
 
 fn prepare_out_dir(out_dir: &Path) -> Result<(), K8sError> {
@@ -204,36 +224,78 @@ fn prepare_out_dir(out_dir: &Path) -> Result<(), K8sError> {
         })
 }
 
-/// Both agents found and answering, before anything is created: without them the run would
-/// measure without profiles, which `--no-profile` asks for explicitly.
-async fn check_agents(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<Vec<NodeAgent>, K8sError> {
-    let agents = agents::find(pods, nodes).await?;
-    let checks = agents.iter().map(|agent| agent.check(pods));
-    for (agent, result) in agents.iter().zip(futures::future::join_all(checks).await) {
-        result.map_err(|source| K8sError::Agent {
-            node: agent.node.clone(),
-            pod: agent.pod.clone(),
-            source,
-        })?;
+/// Pods in the benchmark namespace that are not this run's but would share the chosen nodes:
+/// a killed run's (refused with the `k8s clean --run` to type), and hostNetwork servers of
+/// deploy/manual/bench-pods.yaml, which hold the host ports the twins need.
+pub async fn refuse_others(
+    pods: &Api<Pod>,
+    nodes: &ChosenNodes,
+    run_id: &str,
+) -> Result<(), K8sError> {
+    let namespace = pods.namespace().unwrap_or_default().to_owned();
+    let chosen = [nodes.client.name.as_str(), nodes.server.name.as_str()];
+    let on_node = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .map(str::to_owned)
+    };
+    let listed = pods
+        .list(&ListParams::default().labels(RUN_LABEL))
+        .await
+        .map_err(api(pods, "list", "pods", ""))?;
+    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pod in &listed.items {
+        let run = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(RUN_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        let node = on_node(pod).unwrap_or_default();
+        if run != run_id && chosen.contains(&node.as_str()) {
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Pending".into());
+            let gone = if pod.metadata.deletion_timestamp.is_some() {
+                ", terminating"
+            } else {
+                ""
+            };
+            runs.entry(run).or_default().push(format!(
+                "{} {phase}{gone} on {node}",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
     }
-    Ok(agents)
-}
-
-/// deploy/bench-pods.yaml's own pods (no run label) start once the nodes are labelled; their
-/// hostNetwork servers would hold ports 80 and 5201 of the server node, so the run's twins
-/// could not listen.
-async fn refuse_template_pods(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<(), K8sError> {
+    if !runs.is_empty() {
+        return Err(K8sError::LeftoverRun {
+            runs: runs
+                .iter()
+                .map(|(run, pods)| {
+                    format!("run {run} left {} pods ({})", pods.len(), pods.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            commands: runs
+                .keys()
+                .map(|run| format!("`netprof k8s clean --run {run}`"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+        });
+    }
     let selector = format!("{NAME_LABEL}={BENCH_APP},{PATH_LABEL}=host,!{RUN_LABEL}");
     let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(api("list", "pods", ""))?;
+        .map_err(api(pods, "list", "pods", ""))?;
     let in_the_way: Vec<String> = listed
         .items
         .iter()
-        .filter(|p| {
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.server.name.as_str())
-        })
+        .filter(|p| on_node(p).as_deref() == Some(nodes.server.name.as_str()))
         .filter(|p| {
             !matches!(
                 p.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -245,28 +307,53 @@ async fn refuse_template_pods(pods: &Api<Pod>, nodes: &ChosenNodes) -> Result<()
     if in_the_way.is_empty() {
         Ok(())
     } else {
-        Err(K8sError::TemplatePodsRunning {
+        Err(K8sError::HostPortsTaken {
             node: nodes.server.name.clone(),
-            pods: in_the_way.join(" "),
+            namespace,
+            pods: in_the_way.join(", "),
+            names: in_the_way.join(" "),
         })
     }
 }
 
 /// The pods and addresses of both paths.
-struct Endpoints {
+pub struct Endpoints {
     pods: BTreeMap<(Role, NetPath), (BenchPod, Ipv4Addr)>,
+    /// Every address of the pods with their own network, by node.
+    pod_ips: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Endpoints {
-    fn new(bench_pods: &[BenchPod], ready: &BTreeMap<String, ReadyPod>) -> Self {
+    pub fn new(bench_pods: &[BenchPod], ready: &BTreeMap<String, ReadyPod>) -> Self {
         let pods = bench_pods
             .iter()
             .map(|p| ((p.role, p.path), (p.clone(), ready[&p.name].ip)))
             .collect();
-        Self { pods }
+        let mut pod_ips: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for pod in bench_pods.iter().filter(|p| p.path == NetPath::Pod) {
+            let ready = &ready[&pod.name];
+            pod_ips
+                .entry(ready.node.clone())
+                .or_default()
+                .extend(ready.ips.iter().copied());
+        }
+        Self { pods, pod_ips }
     }
 
-    fn get(&self, role: Role, path: NetPath) -> &(BenchPod, Ipv4Addr) {
+    /// What the agents follow: the addresses, and the pods each agent's node has.
+    fn targets(&self, nodes: &ChosenNodes) -> Targets {
+        Targets {
+            endpoints: self.all(nodes),
+            pod_ips: self.pod_ips.clone(),
+        }
+    }
+
+    /// The pods of each node (their own network only), for the agents to find.
+    pub fn pod_ips(&self) -> &BTreeMap<String, Vec<IpAddr>> {
+        &self.pod_ips
+    }
+
+    pub fn get(&self, role: Role, path: NetPath) -> &(BenchPod, Ipv4Addr) {
         &self.pods[&(role, path)]
     }
 

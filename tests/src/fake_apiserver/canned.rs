@@ -28,12 +28,15 @@ fn read_fixture(path: &str) -> Vec<u8> {
     std::fs::read(fixture(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
-/// What ping, iperf3 -J and ab printed in captured runs; anything else is not in the image.
+/// What ping, iperf3 -J and ab printed in captured runs, and a TCP connect that succeeds
+/// (`timeout 3 bash -c 'exec 3<>/dev/tcp/...'` prints nothing); anything else is not in the
+/// image.
 pub fn fixture_output(command: &[String]) -> ExecOutcome {
     let stdout = match command.first().map(String::as_str) {
         Some("ping") => read_fixture("ping/iputils-loopback.txt"),
         Some("iperf3") => read_fixture("iperf3/tcp-loopback-1s.json"),
         Some("ab") => read_fixture("ab/nginx-loopback-n2000-c20.txt"),
+        Some("timeout") => Vec::new(),
         other => {
             let program = other.unwrap_or_default();
             return ExecOutcome::NotRun(format!(
@@ -126,27 +129,33 @@ impl Backend for CannedBackend {
     }
 }
 
-/// The JSON of an agent pod Running on `node` (as the DaemonSet would have made it).
+/// The image the fake's agent pods run (the benchmark pods get it too).
+pub const AGENT_IMAGE: &str = "registry.example/netprof:fake";
+
+/// The JSON of an agent pod Running on `node` (as the DaemonSet would have made it), in the
+/// agents' namespace.
 pub fn agent_pod(name: &str, node: &str, node_ip: Ipv4Addr) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "netprof-agent", "app.kubernetes.io/part-of": "netprof"}},
-        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "agent", "image": "ghcr.io/netprof/netprof:0.1.0"}]},
+        "metadata": {"name": name, "namespace": super::AGENT_NAMESPACE, "labels": {"app.kubernetes.io/name": "netprof-agent", "app.kubernetes.io/part-of": "netprof"}},
+        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "agent", "image": AGENT_IMAGE}]},
         "status": {"phase": "Running", "podIP": node_ip.to_string(), "hostIP": node_ip.to_string(),
             "conditions": [{"type": "Ready", "status": "True"}]}
     })
 }
 
-/// One call an agent received: method and path, and the body.
+/// One call an agent received: method and path, the body, and whether it carried the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentCall {
     pub route: String,
     pub body: String,
+    pub authorized: bool,
 }
 
-/// A stand-in for `netprof agent --serve`: health, status, start (remembers the node name),
-/// stop (answers a captured report under that name), one request per connection.
+/// A stand-in for `netprof agent --serve`: health, status, features, locate (every pod is
+/// found), start (remembers the node name), stop (answers a captured report under that name),
+/// one request per connection; with a token, every route but the probes answers 401 without it.
 pub struct CannedAgent {
     pub addr: SocketAddr,
     pub calls: Arc<Mutex<Vec<AgentCall>>>,
@@ -155,8 +164,14 @@ pub struct CannedAgent {
 }
 
 impl CannedAgent {
-    /// `fail`: a route (e.g. "POST /v1/stop") answered with HTTP 500.
+    /// `fail`: a route (e.g. "POST /v1/stop") answered with HTTP 500. Asks for the fake's
+    /// token ([`super::AGENT_TOKEN`]).
     pub fn start(fail: Option<&'static str>) -> Self {
+        Self::with_token(fail, Some(super::AGENT_TOKEN))
+    }
+
+    /// `token`: `None` answers anyone (an agent started without `--token-file`).
+    pub fn with_token(fail: Option<&'static str>, token: Option<&'static str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -167,7 +182,7 @@ impl CannedAgent {
             let mut attached: Option<String> = None;
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => answer(stream, &log, &mut attached, fail),
+                    Ok((stream, _)) => answer(stream, &log, &mut attached, fail, token),
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
@@ -180,12 +195,26 @@ impl CannedAgent {
         }
     }
 
+    /// The routes called with the token (an anonymous call, as `k8s doctor` makes one to see
+    /// it refused, is left out).
     pub fn routes(&self) -> Vec<String> {
         self.calls
             .lock()
             .unwrap()
             .iter()
+            .filter(|c| c.authorized)
             .map(|c| c.route.clone())
+            .collect()
+    }
+
+    /// The bodies of the calls to `route`, as JSON.
+    pub fn bodies(&self, route: &str) -> Vec<serde_json::Value> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.route == route)
+            .map(|c| serde_json::from_str(&c.body).unwrap_or_default())
             .collect()
     }
 }
@@ -199,11 +228,30 @@ impl Drop for CannedAgent {
     }
 }
 
+/// What a capable kernel reports (`GET /v1/features`).
+fn features() -> String {
+    use netprof::ebpf::features::{Feature, KernelFeatures, Probe};
+    let features = KernelFeatures {
+        kernel: "6.18.0-fake".into(),
+        cannot_probe: None,
+        probes: Feature::ALL
+            .iter()
+            .map(|f| Probe {
+                feature: *f,
+                available: *f != Feature::Fentry,
+                detail: "canned".into(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&features).unwrap()
+}
+
 fn answer(
     mut stream: TcpStream,
     log: &Mutex<Vec<AgentCall>>,
     attached: &mut Option<String>,
     fail: Option<&str>,
+    token: Option<&str>,
 ) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -238,15 +286,28 @@ fn answer(
         .rsplit_once(' ')
         .map_or("", |(r, _)| r)
         .to_owned();
+    let authorized = token.is_none_or(|t| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(k, v)| {
+                k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {t}")
+            })
+    });
     log.lock().unwrap().push(AgentCall {
         route: route.clone(),
         body: body.clone(),
+        authorized,
     });
-    let (status, text) = if fail == Some(route.as_str()) {
+    let open = route == "GET /readyz" || route == "GET /healthz";
+    let (status, text) = if !authorized && !open {
+        (401, r#"{"error":"this agent needs a token"}"#.to_owned())
+    } else if fail == Some(route.as_str()) {
         (500, r#"{"error":"canned failure"}"#.to_owned())
     } else {
         match route.as_str() {
-            "GET /readyz" => (200, "ready\n".to_owned()),
+            "GET /readyz" => (200, "ready: tc via tcx, clsact; netfilter via netfilter-links; kernel BTF\n".to_owned()),
+            "GET /v1/features" => (200, features()),
+            "POST /v1/locate" => (200, r#"{"found":[],"missing":[],"named_searched":1,"process_searched":0,"unreadable":[]}"#.to_owned()),
             "GET /v1/status" => match attached {
                 Some(_) => (200, r#"{"state":"attached"}"#.to_owned()),
                 None => (200, r#"{"state":"idle"}"#.to_owned()),

@@ -212,25 +212,41 @@ impl Backend for LabBackend {
     }
 }
 
-/// `netprof agent --serve --listen 127.0.0.1:9476` in both lab nodes' namespaces (as the
-/// DaemonSet runs it with hostNetwork); SIGTERM on drop, which detaches whatever is attached.
+/// `netprof agent --serve --listen 127.0.0.1:9476 --token-file F` in both lab nodes'
+/// namespaces (as the DaemonSet runs it with hostNetwork, F holding the fake Secret's token);
+/// SIGTERM on drop, which detaches whatever is attached, and the token file removed.
 pub struct LabAgents {
     children: Vec<Child>,
     pub logs: Vec<std::sync::Arc<Mutex<String>>>,
+    token_file: PathBuf,
 }
 
 impl LabAgents {
     pub fn start(netprof: &std::path::Path, lab: &Lab) -> Self {
+        let token_file = std::env::temp_dir().join(format!(
+            "netprof-lab-agents-token-{}-{}",
+            std::process::id(),
+            lab.names.lab()
+        ));
+        std::fs::write(&token_file, super::AGENT_TOKEN).expect("write the token file");
         let mut agents = Self {
             children: Vec::new(),
             logs: Vec::new(),
+            token_file,
         };
         for node in Node::BOTH {
             let netns = lab.names.node(node);
             let mut child = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{netns}"))
                 .arg(netprof)
-                .args(["agent", "--serve", "--listen", "127.0.0.1:9476"])
+                .args([
+                    "agent",
+                    "--serve",
+                    "--listen",
+                    "127.0.0.1:9476",
+                    "--token-file",
+                ])
+                .arg(&agents.token_file)
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("start netprof agent --serve");
@@ -269,6 +285,7 @@ impl Drop for LabAgents {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_file(&self.token_file);
     }
 }
 

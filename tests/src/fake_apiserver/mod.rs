@@ -2,17 +2,19 @@
 //! these machines, so the orchestrator talks to this one, over the same protocols kube uses
 //! with a real cluster:
 //!
-//! - HTTP/1.1 JSON on `/api/v1`: nodes (list, get), pods in the `netprof` namespace (list with
-//!   label and field selectors, `watch=true` streams of `{"type","object"}` lines from a
-//!   resourceVersion, get, create, graceful delete), errors as `Status` objects (403 with the
-//!   RBAC message, 404, 409);
+//! - HTTP/1.1 JSON on `/api/v1`: nodes (list, get), pods in netprof's two namespaces (list
+//!   with label and field selectors, `watch=true` streams of `{"type","object"}` lines from a
+//!   resourceVersion, get, create (also `dryRun=All`), graceful delete), the agents' token
+//!   Secret (get), NetworkPolicies (list, `/apis/networking.k8s.io/v1`), errors as `Status`
+//!   objects (403 worded as RBAC or Pod Security word it, 404, 409);
 //! - exec over WebSocket (`v5.channel.k8s.io`, else `v4.channel.k8s.io`): stdout on channel
 //!   1, stderr on 2, the exit `Status` on 3;
 //! - port-forward over WebSocket (`v4.channel.k8s.io`, as the kubelet answers kube): a data and
 //!   an error channel per port, each opened with the port number (2 bytes, little endian).
 //!
-//! Pods are scheduled by their nodeSelector, then marked Running and Ready after a delay (or
-//! never). What "runs" in a pod is the [`Backend`]'s job: a test maps pods onto namespace-lab
+//! Pods are scheduled by their nodeSelector (Unschedulable when another pod on the node declares
+//! one of their host ports), then marked Running and Ready after a delay, or never (containers
+//! being created, an image that cannot be pulled, Running but not Ready). What "runs" in a pod is the [`Backend`]'s job: a test maps pods onto namespace-lab
 //! namespaces and runs the real commands there, or answers with canned output. Every request
 //! is recorded with the verbs a real API server would authorize, so a test can check the
 //! orchestrator stays inside `netprof::k8s::rbac::REQUIRED_RULES` and deletes what it made.
@@ -42,8 +44,11 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub use state::{RequestRecord, State};
 
-/// The only namespace the fake serves (netprof's).
-pub const NAMESPACE: &str = "netprof";
+/// The namespaces the fake serves by default: netprof's (deploy/namespace.yaml).
+pub const NAMESPACE: &str = netprof::k8s::rbac::BENCH_NAMESPACE;
+pub const AGENT_NAMESPACE: &str = netprof::k8s::rbac::AGENT_NAMESPACE;
+/// The agents' API token the fake's Secret holds by default (canned agents ask for it).
+pub const AGENT_TOKEN: &str = "fake-agent-token-0123456789";
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -122,6 +127,30 @@ pub struct FakeConfig {
     pub forbidden: Vec<(String, String)>,
     /// Time a deleted pod stays Terminating before it is gone.
     pub terminate_after: Duration,
+    /// The namespaces served (others answer 404 as a missing namespace does).
+    pub namespaces: Vec<String>,
+    /// The token in the Secret netprof-agent-token of the agents' namespace (`None`: no Secret).
+    pub agent_token: Option<String>,
+    /// NetworkPolicies in every served namespace (their JSON).
+    pub network_policies: Vec<serde_json::Value>,
+    /// Pod Security Admission enforcing `baseline`: hostNetwork pods are refused with its 403.
+    pub pod_security_baseline: bool,
+    /// Pods running one of these images never start: ErrImagePull, then ImagePullBackOff.
+    pub unpullable_images: Vec<String>,
+    /// Pods whose name ends with one of these run but never become Ready.
+    pub running_not_ready: Vec<String>,
+    /// Pods with their own network also get an IPv6 address (`podIPs`), or only one.
+    pub ipv6: Ipv6Pods,
+}
+
+/// The address families of the pods' own network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ipv6Pods {
+    #[default]
+    None,
+    /// IPv6 first in `podIPs` (as an IPv6-primary dual-stack cluster lists them), then IPv4.
+    DualStack,
+    Only,
 }
 
 impl Default for FakeConfig {
@@ -131,6 +160,13 @@ impl Default for FakeConfig {
             never_ready: Vec::new(),
             forbidden: Vec::new(),
             terminate_after: Duration::from_millis(200),
+            namespaces: vec![NAMESPACE.to_owned(), AGENT_NAMESPACE.to_owned()],
+            agent_token: Some(AGENT_TOKEN.to_owned()),
+            network_policies: Vec::new(),
+            pod_security_baseline: false,
+            unpullable_images: Vec::new(),
+            running_not_ready: Vec::new(),
+            ipv6: Ipv6Pods::None,
         }
     }
 }
@@ -141,6 +177,9 @@ pub struct FakeNode {
     pub name: String,
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
+    /// `(key, effect)` taints.
+    pub taints: Vec<(String, String)>,
+    pub unschedulable: bool,
 }
 
 impl FakeNode {
@@ -151,10 +190,14 @@ impl FakeNode {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         all.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+        all.entry("kubernetes.io/os".to_owned())
+            .or_insert_with(|| "linux".to_owned());
         Self {
             name: name.to_owned(),
             ip,
             labels: all,
+            taints: Vec::new(),
+            unschedulable: false,
         }
     }
 }
@@ -220,8 +263,14 @@ impl FakeApiServer {
 
     /// A kubeconfig for this server (plain HTTP, a bearer token that is never checked).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_via(None)
+    }
+
+    /// ... reaching it through `proxy-url` when given.
+    pub fn kubeconfig_via(&self, proxy: Option<&str>) -> String {
+        let proxy = proxy.map_or(String::new(), |p| format!("    proxy-url: {p}\n"));
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n{proxy}\
              users:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    \
              cluster: fake\n    user: fake\n    namespace: {NAMESPACE}\ncurrent-context: fake\n",
             self.addr

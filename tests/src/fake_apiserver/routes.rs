@@ -1,5 +1,6 @@
-//! The HTTP side: routing `/api/v1/...`, recording each request with the verbs RBAC would
-//! check, answering forbidden verbs with 403, and serving list, watch, get, create and delete.
+//! The HTTP side: routing `/api/v1/...` (and NetworkPolicies under `/apis`), recording each
+//! request with the verbs RBAC would check, answering forbidden verbs with 403, and serving
+//! list, watch, get, create (and its dry run, after admission) and delete.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::selectors::Selector;
 use super::state::{Event, RequestRecord, State};
-use super::{exec, portforward, status, PodInfo, Shared, NAMESPACE};
+use super::{exec, portforward, status, Ipv6Pods, PodInfo, Shared};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -123,6 +124,18 @@ fn route(path: &str) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let owned = |s: &&str| (*s).to_owned();
     match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "secrets", name] => Some(Route {
+            resource: "secrets".into(),
+            name: Some(owned(name)),
+            namespace: Some(owned(ns)),
+            sub: None,
+        }),
+        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies"] => Some(Route {
+            resource: "networkpolicies".into(),
+            name: None,
+            namespace: Some(owned(ns)),
+            sub: None,
+        }),
         ["api", "v1", "nodes"] => Some(Route {
             resource: "nodes".into(),
             name: None,
@@ -181,6 +194,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
         shared.state.lock().unwrap().requests.push(RequestRecord {
             method: req.method().to_string(),
             resource: req.uri().path().to_owned(),
+            namespace: None,
             name: None,
             verbs: vec![],
             query: req.uri().query().unwrap_or_default().to_owned(),
@@ -191,6 +205,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
     shared.state.lock().unwrap().requests.push(RequestRecord {
         method: req.method().to_string(),
         resource: route.resource.clone(),
+        namespace: route.namespace.clone(),
         name: route.name.clone(),
         verbs: verbs.clone(),
         query: req.uri().query().unwrap_or_default().to_owned(),
@@ -206,10 +221,11 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             verb,
             &route.resource,
             route.name.as_deref(),
+            route.namespace.as_deref(),
         ));
     }
     if let Some(ns) = &route.namespace {
-        if ns != NAMESPACE {
+        if !shared.config.namespaces.contains(ns) {
             return failure(status::failure(
                 404,
                 "NotFound",
@@ -239,9 +255,31 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
                 None => failure(status::not_found("nodes", name)),
             }
         }
-        ("pods", None, Method::GET) if watch => watch_pods(&shared, &labels, &fields, &query),
-        ("pods", None, Method::GET) => list_pods(&shared, &labels, &fields),
-        ("pods", None, Method::POST) => create_pod(&shared, req).await,
+        ("secrets", Some(name), Method::GET) => {
+            get_secret(&shared, route.namespace.as_deref(), name)
+        }
+        ("networkpolicies", None, Method::GET) => {
+            let items = shared.config.network_policies.clone();
+            json_response(
+                StatusCode::OK,
+                json!({"kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        ("pods", None, Method::GET) if watch => {
+            let ns = route.namespace.clone().unwrap_or_default();
+            watch_pods(&shared, &ns, &labels, &fields, &query)
+        }
+        ("pods", None, Method::GET) => list_pods(
+            &shared,
+            route.namespace.as_deref().unwrap_or_default(),
+            &labels,
+            &fields,
+        ),
+        ("pods", None, Method::POST) => {
+            let dry_run = param(&query, "dryRun") == Some("All");
+            let ns = route.namespace.clone().unwrap_or_default();
+            create_pod(&shared, &ns, dry_run, req).await
+        }
         ("pods", Some(name), Method::GET) => match shared.state.lock().unwrap().pods.get(name) {
             Some(pod) => json_response(StatusCode::OK, serde_json::to_value(pod).unwrap()),
             None => failure(status::not_found("pods", name)),
@@ -343,12 +381,62 @@ fn selected(pod: &Pod, labels: &Selector, fields: &Selector) -> bool {
     labels.matches(&pod.metadata.labels.clone().unwrap_or_default()) && fields.matches_fields(pod)
 }
 
-fn list_pods(shared: &Shared, labels: &Selector, fields: &Selector) -> Response<Body> {
+/// The agents' token Secret, if the fake has one.
+fn get_secret(shared: &Shared, namespace: Option<&str>, name: &str) -> Response<Body> {
+    use base64_lite::encode;
+    let ours =
+        namespace == Some(super::AGENT_NAMESPACE) && name == netprof::k8s::rbac::AGENT_TOKEN_SECRET;
+    match (&shared.config.agent_token, ours) {
+        (Some(token), true) => json_response(
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+                "data": {netprof::k8s::rbac::AGENT_TOKEN_KEY: encode(format!("{token}\n").as_bytes())}}),
+        ),
+        _ => failure(status::not_found("secrets", name)),
+    }
+}
+
+/// Base64 for the Secret's data (the tests crate has no base64 dependency).
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+fn in_namespace(pod: &Pod, namespace: &str) -> bool {
+    pod.metadata.namespace.as_deref() == Some(namespace)
+}
+
+fn list_pods(
+    shared: &Shared,
+    namespace: &str,
+    labels: &Selector,
+    fields: &Selector,
+) -> Response<Body> {
     let state = shared.state.lock().unwrap();
     let items: Vec<Value> = state
         .pods
         .values()
-        .filter(|p| selected(p, labels, fields))
+        .filter(|p| in_namespace(p, namespace) && selected(p, labels, fields))
         .map(|p| serde_json::to_value(p).unwrap())
         .collect();
     json_response(
@@ -366,6 +454,7 @@ fn event_line(event: &Event) -> Bytes {
 /// 0), then live ones, until `timeoutSeconds` or the client hangs up.
 fn watch_pods(
     shared: &Arc<Shared>,
+    namespace: &str,
     labels: &Selector,
     fields: &Selector,
     query: &[(String, String)],
@@ -396,15 +485,15 @@ fn watch_pods(
         };
         (backlog, shared.events.subscribe())
     };
-    let (labels, fields) = (labels.clone(), fields.clone());
+    let (labels, fields, namespace) = (labels.clone(), fields.clone(), namespace.to_owned());
+    let selected =
+        move |pod: &Pod| in_namespace(pod, &namespace) && selected(pod, &labels, &fields);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let mut last = since;
         for event in backlog {
             last = last.max(event.version);
-            if selected(&event.pod, &labels, &fields)
-                && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err()
-            {
+            if selected(&event.pod) && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err() {
                 return;
             }
         }
@@ -413,7 +502,7 @@ fn watch_pods(
                 received = live.recv() => match received {
                     Ok(event) if event.version > last => {
                         last = event.version;
-                        if selected(&event.pod, &labels, &fields) && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err() {
+                        if selected(&event.pod) && tx.send(Ok(Frame::data(event_line(&event)))).await.is_err() {
                             return;
                         }
                     }
@@ -440,12 +529,52 @@ fn watch_pods(
         .expect("a valid response")
 }
 
-async fn create_pod(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// Admission as the fake's configuration has it: Pod Security `baseline` refuses host
+/// networking and host ports, with the API server's wording.
+fn admit(shared: &Shared, namespace: &str, pod: &Pod) -> Result<(), Response<Body>> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    if shared.config.pod_security_baseline && spec.host_network == Some(true) {
+        let ports: Vec<String> = spec
+            .containers
+            .iter()
+            .flat_map(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| p.host_port)
+                    .map(move |p| format!("container \"{}\" uses hostPort {p}", c.name))
+            })
+            .collect();
+        let mut reasons = vec!["host namespaces (hostNetwork=true)".to_owned()];
+        if !ports.is_empty() {
+            reasons.push(format!("hostPort ({})", ports.join(", ")));
+        }
+        return Err(failure(status::failure(
+            403,
+            "Forbidden",
+            &format!(
+                "pods \"{name}\" is forbidden: violates PodSecurity \"baseline:latest\": {}",
+                reasons.join(", ")
+            ),
+            json!({"name": name, "kind": "pods"}),
+        )));
+    }
+    let _ = namespace;
+    Ok(())
+}
+
+async fn create_pod(
+    shared: &Arc<Shared>,
+    namespace: &str,
+    dry_run: bool,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(err) => return failure(status::bad_request(&format!("reading the body: {err}"))),
     };
-    let pod: Pod = match serde_json::from_slice(&body) {
+    let mut pod: Pod = match serde_json::from_slice(&body) {
         Ok(pod) => pod,
         Err(err) => {
             return failure(status::bad_request(&format!(
@@ -461,6 +590,20 @@ async fn create_pod(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bo
             json!({"kind": "Pod"}),
         ));
     };
+    match pod.metadata.namespace.as_deref() {
+        Some(ns) if ns != namespace => {
+            return failure(status::bad_request(&format!(
+                "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({namespace})"
+            )))
+        }
+        _ => pod.metadata.namespace = Some(namespace.to_owned()),
+    }
+    if let Err(refused) = admit(shared, namespace, &pod) {
+        return refused;
+    }
+    if dry_run {
+        return json_response(StatusCode::CREATED, serde_json::to_value(&pod).unwrap());
+    }
     let created = {
         let mut state = shared.state.lock().unwrap();
         if state.pods.contains_key(&name) {
@@ -470,12 +613,17 @@ async fn create_pod(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bo
         let _ = shared.events.send(event.clone());
         event.pod
     };
+    let scheduled = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some();
     let never = shared
         .config
         .never_ready
         .iter()
         .any(|suffix| name.ends_with(suffix.as_str()));
-    if !never {
+    if scheduled && !never {
         tokio::spawn(start_pod(Arc::clone(shared), name));
     }
     json_response(StatusCode::CREATED, serde_json::to_value(created).unwrap())
@@ -500,6 +648,28 @@ async fn start_pod(shared: Arc<Shared>, name: String) {
             _ => return,
         }
     };
+    let image = {
+        let state = shared.state.lock().unwrap();
+        state
+            .pods
+            .get(&name)
+            .and_then(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+            .unwrap_or_default()
+    };
+    if shared.config.unpullable_images.contains(&image) {
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let event = shared
+                .state
+                .lock()
+                .unwrap()
+                .mark_pull_failing(&name, &image, reason);
+            if let Some(event) = event {
+                let _ = shared.events.send(event);
+            }
+            tokio::time::sleep(shared.config.ready_after).await;
+        }
+        return;
+    }
     let started = shared.backend.start(&info).await;
     let mut state = shared.state.lock().unwrap();
     if state
@@ -511,15 +681,40 @@ async fn start_pod(shared: Arc<Shared>, name: String) {
         shared.backend.stop(&info);
         return;
     }
-    let ip = match info.host_network {
-        true => state
+    let ips: Vec<std::net::IpAddr> = match info.host_network {
+        true => vec![state
             .node(&info.node)
             .map(|n| n.ip)
-            .expect("scheduled on a known node"),
-        false => shared.backend.pod_ip(&info),
+            .expect("scheduled on a known node")
+            .into()],
+        false => {
+            let v4 = shared.backend.pod_ip(&info);
+            // fd00:198:19::/48 mirrors the lab's 198.19.0.0/16 (unique local, never routed).
+            let o = v4.octets();
+            let v6 = std::net::Ipv6Addr::new(
+                0xfd00,
+                0x198,
+                0x19,
+                u16::from(o[2]),
+                0,
+                0,
+                0,
+                u16::from(o[3]),
+            );
+            match shared.config.ipv6 {
+                Ipv6Pods::None => vec![v4.into()],
+                Ipv6Pods::DualStack => vec![v6.into(), v4.into()],
+                Ipv6Pods::Only => vec![v6.into()],
+            }
+        }
     };
+    let ready = !shared
+        .config
+        .running_not_ready
+        .iter()
+        .any(|suffix| name.ends_with(suffix.as_str()));
     let event = match started {
-        Ok(()) => state.mark_running(&name, ip),
+        Ok(()) => state.mark_started(&name, &ips, ready),
         Err(message) => state.mark_failed(&name, &message),
     };
     if let Some(event) = event {

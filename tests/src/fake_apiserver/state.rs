@@ -2,12 +2,21 @@
 //! every request.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::json;
 
 use super::{FakeNode, NAMESPACE};
+
+/// A pod's declared host ports.
+fn host_ports(pod: &Pod) -> Vec<i32> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| p.host_port)
+        .collect()
+}
 
 /// One change, as a watch reports it.
 #[derive(Debug, Clone)]
@@ -22,8 +31,11 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
     pub method: String,
-    /// `pods`, `pods/exec`, `pods/portforward`, `nodes`, or the unknown path.
+    /// `pods`, `pods/exec`, `pods/portforward`, `nodes`, `secrets`, `networkpolicies`, or the
+    /// unknown path.
     pub resource: String,
+    /// The namespace of a namespaced request.
+    pub namespace: Option<String>,
     pub name: Option<String>,
     /// What RBAC checks for it: `list`, `watch`, `get`, `create`, `delete`; a WebSocket exec
     /// or port-forward (an HTTP GET) is checked as `get` and, from Kubernetes 1.35, `create`.
@@ -64,14 +76,15 @@ impl State {
         self.version
     }
 
-    /// `(resource, verb)` of every request, e.g. `("pods/exec", "create")`.
-    pub fn verbs_used(&self) -> BTreeSet<(String, String)> {
+    /// `(namespace, resource, verb)` of every request, e.g. `(Some("netprof"), "pods/exec",
+    /// "create")`.
+    pub fn verbs_used(&self) -> BTreeSet<(Option<String>, String, String)> {
         self.requests
             .iter()
             .flat_map(|r| {
                 r.verbs
                     .iter()
-                    .map(move |v| (r.resource.clone(), (*v).to_owned()))
+                    .map(move |v| (r.namespace.clone(), r.resource.clone(), (*v).to_owned()))
             })
             .collect()
     }
@@ -125,7 +138,9 @@ impl State {
     pub fn insert(&mut self, mut pod: Pod) -> Event {
         let version = self.bump();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        pod.metadata.namespace = Some(NAMESPACE.to_owned());
+        pod.metadata
+            .namespace
+            .get_or_insert_with(|| NAMESPACE.to_owned());
         pod.metadata
             .uid
             .get_or_insert_with(|| format!("00000000-0000-4000-8000-{:012}", self.next_uid));
@@ -136,9 +151,9 @@ impl State {
         self.push("ADDED", pod)
     }
 
-    /// A pod as the API server stores it on create: scheduled by its nodeSelector (or
-    /// nodeName), Pending with its containers being created.
-    pub fn create(&mut self, mut pod: Pod) -> Event {
+    /// The node a pod would go to, or why none: its nodeSelector (or nodeName), and no other
+    /// pod there holding one of its host ports (what the scheduler's NodePorts filter checks).
+    fn schedule(&self, pod: &Pod) -> Result<String, String> {
         let selector = pod
             .spec
             .as_ref()
@@ -153,6 +168,30 @@ impl State {
                 .find(|n| selector.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
                 .map(|n| n.name.clone()),
         };
+        let total = self.nodes.len();
+        let Some(node) = node else {
+            return Err(format!("0/{total} nodes are available: {total} node(s) didn't match Pod's node affinity/selector. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."));
+        };
+        let wanted_ports = host_ports(pod);
+        let taken = self.pods.values().any(|other| {
+            other.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+                && !matches!(
+                    other.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+                && host_ports(other).iter().any(|p| wanted_ports.contains(p))
+        });
+        if taken {
+            return Err(format!("0/{total} nodes are available: 1 node(s) didn't have free ports for the requested pod ports, {} node(s) didn't match Pod's node affinity/selector. preemption: 0/{total} nodes are available: {total} No preemption victims found for incoming pod.", total - 1));
+        }
+        Ok(node)
+    }
+
+    /// A pod as the API server stores it on create: scheduled ([`State::schedule`]), Pending
+    /// with its containers being created, or Pending and Unschedulable with the reason.
+    pub fn create(&mut self, mut pod: Pod) -> Event {
+        let scheduled = self.schedule(&pod);
+        let node = scheduled.as_ref().ok().cloned();
         let spec = pod.spec.get_or_insert_with(Default::default);
         spec.node_name = node.clone();
         let containers: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
@@ -165,7 +204,7 @@ impl State {
             None => status(json!({
                 "phase": "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": format!("0/{} nodes are available: {} node(s) didn't match Pod's node affinity/selector.", self.nodes.len(), self.nodes.len())}],
+                    "message": scheduled.err().unwrap_or_default()}],
             })),
         });
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -183,8 +222,18 @@ impl State {
         Some(self.push("MODIFIED", pod))
     }
 
-    /// Running and Ready at `ip`.
-    pub fn mark_running(&mut self, name: &str, ip: Ipv4Addr) -> Option<Event> {
+    /// Running and Ready at `ips` (the first is `podIP`).
+    pub fn mark_running(&mut self, name: &str, ips: &[std::net::IpAddr]) -> Option<Event> {
+        self.mark_started(name, ips, true)
+    }
+
+    /// Running at `ips`, Ready or (a failing readiness probe) not.
+    pub fn mark_started(
+        &mut self,
+        name: &str,
+        ips: &[std::net::IpAddr],
+        ready: bool,
+    ) -> Option<Event> {
         let host_ip = {
             let pod = self.pods.get(name)?;
             let node = pod
@@ -196,19 +245,20 @@ impl State {
         };
         self.modify(name, |pod| {
             let containers: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
+            let condition = if ready { "True" } else { "False" };
             pod.status = Some(status(json!({
                 "phase": "Running",
                 "hostIP": host_ip.map(|i| i.to_string()),
-                "podIP": ip.to_string(),
-                "podIPs": [{"ip": ip.to_string()}],
+                "podIP": ips[0].to_string(),
+                "podIPs": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
                 "startTime": now().0.to_string(),
                 "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Initialized", "status": "True"},
-                    {"type": "ContainersReady", "status": "True"},
-                    {"type": "Ready", "status": "True"},
+                    {"type": "ContainersReady", "status": condition},
+                    {"type": "Ready", "status": condition},
                 ],
-                "containerStatuses": containers.iter().map(|c| container(c, json!({"running": {"startedAt": now().0.to_string()}}), true)).collect::<Vec<_>>(),
+                "containerStatuses": containers.iter().map(|c| container(c, json!({"running": {"startedAt": now().0.to_string()}}), ready)).collect::<Vec<_>>(),
             })));
         })
     }
@@ -221,6 +271,19 @@ impl State {
                 "phase": "Failed",
                 "conditions": [{"type": "Ready", "status": "False", "reason": "PodFailed"}],
                 "containerStatuses": containers.iter().map(|c| container(c, json!({"terminated": {"exitCode": 1, "reason": "Error", "message": message}}), false)).collect::<Vec<_>>(),
+            })));
+        })
+    }
+
+    /// Waiting to pull `image`, which fails: ErrImagePull, as the kubelet says it.
+    pub fn mark_pull_failing(&mut self, name: &str, image: &str, reason: &str) -> Option<Event> {
+        self.modify(name, |pod| {
+            let containers: Vec<String> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect();
+            let message = format!("Back-off pulling image \"{image}\": ErrImagePull: failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": not found");
+            pod.status = Some(status(json!({
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+                "containerStatuses": containers.iter().map(|c| container(c, json!({"waiting": {"reason": reason, "message": message}}), false)).collect::<Vec<_>>(),
             })));
         })
     }
@@ -247,6 +310,10 @@ impl State {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": node.name, "labels": node.labels, "resourceVersion": "1", "uid": format!("node-{}", node.name)},
+            "spec": {
+                "unschedulable": node.unschedulable,
+                "taints": node.taints.iter().map(|(key, effect)| json!({"key": key, "effect": effect})).collect::<Vec<_>>(),
+            },
             "status": {
                 "addresses": [{"type": "InternalIP", "address": node.ip.to_string()}, {"type": "Hostname", "address": node.name}],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],

@@ -2,10 +2,8 @@
 
 use serde_json::{json, Value};
 
-use super::NAMESPACE;
-
 /// The identity the fake pretends the client authenticated as.
-pub const USER: &str = "system:serviceaccount:netprof:netprof-orchestrator";
+pub const USER: &str = "system:serviceaccount:netprof-system:netprof-orchestrator";
 
 pub fn failure(code: u16, reason: &str, message: &str, details: Value) -> Value {
     json!({
@@ -21,18 +19,22 @@ pub fn failure(code: u16, reason: &str, message: &str, details: Value) -> Value 
 }
 
 /// 403 as RBAC answers it.
-pub fn forbidden(verb: &str, resource: &str, name: Option<&str>) -> Value {
+pub fn forbidden(verb: &str, resource: &str, name: Option<&str>, namespace: Option<&str>) -> Value {
     let kind = resource.split('/').next().unwrap_or(resource);
     let object = match name {
         Some(name) => format!("{kind} \"{name}\""),
         None => kind.to_owned(),
     };
-    let scope = if kind == "nodes" {
-        "at the cluster scope".to_owned()
-    } else {
-        format!("in the namespace \"{NAMESPACE}\"")
+    let scope = match namespace {
+        None => "at the cluster scope".to_owned(),
+        Some(ns) => format!("in the namespace \"{ns}\""),
     };
-    let message = format!("{object} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"\" {scope}");
+    let group = if resource == "networkpolicies" {
+        "networking.k8s.io"
+    } else {
+        ""
+    };
+    let message = format!("{object} is forbidden: User \"{USER}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}");
     let mut details = json!({"kind": kind});
     if let Some(name) = name {
         details["name"] = json!(name);
