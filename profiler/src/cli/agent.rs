@@ -186,12 +186,11 @@ fn serve(listen: SocketAddr, token_file: Option<&std::path::Path>) -> Result<()>
             Some(reason) => eprintln!("netprof agent: warning: not ready: {reason}"),
             None => eprintln!("netprof agent: {}: {}", features.kernel, features.summary()),
         }
-        let auth = if token.is_some() {
-            "token required"
-        } else {
-            "no token: open to every process on this host's loopback"
-        };
-        eprintln!("netprof agent: control API listening on http://{addr} ({auth})");
+        if token.is_none() {
+            eprintln!("netprof agent: no --token-file: the API answers every process that reaches this loopback");
+        }
+        // Tools read the address from the end of this line.
+        eprintln!("netprof agent: control API listening on http://{addr}");
         let control = crate::api::Control::new(token, features);
         let reason = crate::api::serve(listener, control, super::bench::shutdown_signal()).await;
         eprintln!("netprof agent: {reason}; stopped serving");

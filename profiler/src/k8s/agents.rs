@@ -18,8 +18,8 @@ use super::rbac::{AGENT_TOKEN_KEY, AGENT_TOKEN_SECRET};
 use super::ready::{describe, IMAGE_HINT};
 use super::{K8sError, AGENT_APP, AGENT_PORT, NAME_LABEL};
 use crate::agent::AgentReport;
-use crate::lab::Node;
 use crate::ebpf::features::KernelFeatures;
+use crate::lab::Node;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentCallError {

@@ -332,10 +332,12 @@ impl Endpoints {
         let mut pod_ips: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for pod in bench_pods.iter().filter(|p| p.path == NetPath::Pod) {
             let ready = &ready[&pod.name];
-            pod_ips
-                .entry(ready.node.clone())
-                .or_default()
-                .extend(ready.ips.iter().copied());
+            let ips = pod_ips.entry(ready.node.clone()).or_default();
+            for ip in &ready.ips {
+                if !ips.contains(ip) {
+                    ips.push(*ip);
+                }
+            }
         }
         Self { pods, pod_ips }
     }

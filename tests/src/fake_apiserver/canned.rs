@@ -135,10 +135,20 @@ pub const AGENT_IMAGE: &str = "registry.example/netprof:fake";
 /// The JSON of an agent pod Running on `node` (as the DaemonSet would have made it), in the
 /// agents' namespace.
 pub fn agent_pod(name: &str, node: &str, node_ip: Ipv4Addr) -> serde_json::Value {
+    agent_pod_in(super::AGENT_NAMESPACE, name, node, node_ip)
+}
+
+/// ... in `namespace`.
+pub fn agent_pod_in(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    node_ip: Ipv4Addr,
+) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": super::AGENT_NAMESPACE, "labels": {"app.kubernetes.io/name": "netprof-agent", "app.kubernetes.io/part-of": "netprof"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "netprof-agent", "app.kubernetes.io/part-of": "netprof"}},
         "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "agent", "image": AGENT_IMAGE}]},
         "status": {"phase": "Running", "podIP": node_ip.to_string(), "hostIP": node_ip.to_string(),
             "conditions": [{"type": "Ready", "status": "True"}]}

@@ -24,6 +24,7 @@
 
 pub mod canned;
 mod exec;
+pub mod harness;
 pub mod lab_backend;
 mod portforward;
 mod routes;
@@ -141,6 +142,15 @@ pub struct FakeConfig {
     pub running_not_ready: Vec<String>,
     /// Pods with their own network also get an IPv6 address (`podIPs`), or only one.
     pub ipv6: Ipv6Pods,
+}
+
+impl FakeConfig {
+    /// The agents' namespace: the second served one (the first is the benchmark's).
+    pub fn agent_namespace(&self) -> &str {
+        self.namespaces
+            .get(1)
+            .map_or(AGENT_NAMESPACE, String::as_str)
+    }
 }
 
 /// The address families of the pods' own network.

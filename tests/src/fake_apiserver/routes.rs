@@ -384,8 +384,8 @@ fn selected(pod: &Pod, labels: &Selector, fields: &Selector) -> bool {
 /// The agents' token Secret, if the fake has one.
 fn get_secret(shared: &Shared, namespace: Option<&str>, name: &str) -> Response<Body> {
     use base64_lite::encode;
-    let ours =
-        namespace == Some(super::AGENT_NAMESPACE) && name == netprof::k8s::rbac::AGENT_TOKEN_SECRET;
+    let ours = namespace == Some(shared.config.agent_namespace())
+        && name == netprof::k8s::rbac::AGENT_TOKEN_SECRET;
     match (&shared.config.agent_token, ours) {
         (Some(token), true) => json_response(
             StatusCode::OK,
@@ -691,16 +691,9 @@ async fn start_pod(shared: Arc<Shared>, name: String) {
             let v4 = shared.backend.pod_ip(&info);
             // fd00:198:19::/48 mirrors the lab's 198.19.0.0/16 (unique local, never routed).
             let o = v4.octets();
-            let v6 = std::net::Ipv6Addr::new(
-                0xfd00,
-                0x198,
-                0x19,
-                u16::from(o[2]),
-                0,
-                0,
-                0,
-                u16::from(o[3]),
-            );
+            // Each octet's decimal digits read as hex: 198.19.2.30 -> fd00:198:19:2::30.
+            let hex = |b: u8| u16::from_str_radix(&b.to_string(), 16).expect("decimal digits");
+            let v6 = std::net::Ipv6Addr::new(0xfd00, 0x198, 0x19, hex(o[2]), 0, 0, 0, hex(o[3]));
             match shared.config.ipv6 {
                 Ipv6Pods::None => vec![v4.into()],
                 Ipv6Pods::DualStack => vec![v6.into(), v4.into()],
