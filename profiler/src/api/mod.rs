@@ -28,54 +28,24 @@ pub mod metrics;
 pub mod netns_name;
 mod pods;
 pub mod request;
+mod running;
+mod server;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use running::{detach, read, Running, Slot};
+
+pub use server::{bind, serve, ApiError};
+
+use std::{sync::Arc, time::Instant};
 
 use serde::Serialize;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Mutex, Semaphore},
-    task::{JoinHandle, JoinSet},
-};
+use tokio::sync::Mutex;
 
-use crate::agent::{Agent, AgentError, AgentReport};
+use crate::agent::{Agent, AgentError};
 use crate::ebpf::features::{Feature, KernelFeatures};
 use http::{Request, Response};
 
 /// The agent's default control address (the DaemonSet's too).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9476";
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(
-        "refusing to listen on {addr}: the control API listens on loopback only (e.g. {DEFAULT_LISTEN}); \
-         reach it through `kubectl port-forward` or the port-forward API, which RBAC governs"
-    )]
-    NotLoopback { addr: SocketAddr },
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Binds `addr`, which must be a loopback address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
-    if !addr.ip().is_loopback() {
-        return Err(ApiError::NotLoopback { addr });
-    }
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ApiError::Bind { addr, source })
-}
 
 /// Routes and the methods they take.
 const ROUTES: &[(&str, &str)] = &[
@@ -90,29 +60,6 @@ const ROUTES: &[(&str, &str)] = &[
     ("/readyz", "GET"),
     ("/metrics", "GET"),
 ];
-
-/// What the control API holds.
-enum Slot {
-    Idle,
-    Attached(Running),
-    /// Stopped by `duration_s`; the final report waits for `/v1/stop` or `/v1/snapshot`.
-    Finished(Box<AgentReport>),
-}
-
-struct Running {
-    agent: Arc<Agent>,
-    /// Tells this run's duration timer from a later run's.
-    generation: u64,
-    netns: String,
-    started: Instant,
-    duration: Option<Duration>,
-    timer: Option<JoinHandle<()>>,
-    /// The name of the agent's own namespace, when the start request gave none; removed after
-    /// the agent is dropped.
-    own_netns: Option<netns_name::NetnsName>,
-    /// Names made for pods' namespaces (`pod_ips`); removed after the agent is dropped too.
-    pod_aliases: Vec<netns_name::NetnsName>,
-}
 
 /// The shared state. Every use of the agent happens with `slot` locked, so start, stop,
 /// snapshot and reset never overlap, and a stop holds the only reference to the agent.
@@ -517,136 +464,6 @@ fn route_list() -> String {
         .join(", ")
 }
 
-/// A live snapshot, read on a blocking thread.
-async fn read(running: &Running) -> Result<AgentReport, Response> {
-    let agent = Arc::clone(&running.agent);
-    match tokio::task::spawn_blocking(move || agent.snapshot()).await {
-        Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(Response::error(
-            500,
-            format!("cannot read the measurements: {}", error_chain(&err)),
-        )),
-        Err(err) => Err(join_failed(err)),
-    }
-}
-
-/// The final snapshot, then the agent dropped (everything detached) on a blocking thread,
-/// then the name of its own namespace, if it made one, removed.
-async fn detach(running: Running) -> Result<AgentReport, Response> {
-    let agent = running.agent;
-    let own_netns = running.own_netns;
-    let pod_aliases = running.pod_aliases;
-    let done = tokio::task::spawn_blocking(move || {
-        let report = agent.snapshot();
-        // Every other user of the agent holds the slot's lock, which the caller has, but a
-        // blocking read whose request was cancelled may still hold a reference for a moment.
-        let mut agent = agent;
-        for _ in 0..500 {
-            match Arc::try_unwrap(agent) {
-                Ok(owned) => {
-                    drop(owned);
-                    break;
-                }
-                Err(shared) => {
-                    agent = shared;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-        drop(own_netns);
-        drop(pod_aliases);
-        report
-    });
-    match done.await {
-        Ok(Ok(report)) => Ok(report),
-        Ok(Err(err)) => Err(Response::error(
-            500,
-            format!(
-                "detached, but cannot read the final measurements: {}",
-                error_chain(&err)
-            ),
-        )),
-        Err(err) => Err(join_failed(err)),
-    }
-}
-
-/// Serves one connection: one request, one response.
-async fn connection(mut stream: TcpStream, control: Arc<Control>) {
-    let response =
-        match tokio::time::timeout(http::READ_TIMEOUT, http::read_request(&mut stream)).await {
-            Err(_) => Response::error(
-                408,
-                format!(
-                    "the request was not complete within {} s",
-                    http::READ_TIMEOUT.as_secs()
-                ),
-            ),
-            Ok(Err(http::ReadError::Closed)) => return,
-            Ok(Err(http::ReadError::Reject(response))) => response,
-            Ok(Ok(request)) => {
-                let response = control.handle(request.clone()).await;
-                log::info!("{} {} -> {}", request.method, request.path, response.status);
-                response
-            }
-        };
-    http::respond(&mut stream, &response).await;
-}
-
-/// Serves the control API on `listener` until `shutdown` resolves, then detaches the agent if
-/// one is attached. Returns what `shutdown` resolved to.
-pub async fn serve<S: Future<Output = &'static str>>(
-    listener: TcpListener,
-    control: Arc<Control>,
-    shutdown: S,
-) -> &'static str {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    let reason = loop {
-        tokio::select! {
-            reason = &mut shutdown => break reason,
-            accepted = accept(&listener, &permits) => {
-                if let Some((stream, permit)) = accepted {
-                    let control = Arc::clone(&control);
-                    connections.spawn(async move {
-                        connection(stream, control).await;
-                        drop(permit);
-                    });
-                }
-            }
-            // Reap finished connections; a panicking handler costs only its connection.
-            Some(result) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(err) = result {
-                    if err.is_panic() {
-                        log::error!("a request handler panicked: {err}");
-                    }
-                }
-            }
-        }
-    };
-    drop(listener);
-    // A request in progress (an attach, say) finishes first: shutdown waits for the lock.
-    control.shutdown().await;
-    connections.shutdown().await;
-    reason
-}
-
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
-    let permit = Arc::clone(permits).acquire_owned().await.ok()?;
-    match listener.accept().await {
-        Ok((stream, _)) => Some((stream, permit)),
-        Err(err) => {
-            // EMFILE and the like: back off instead of spinning.
-            log::warn!("accept failed: {err}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,15 +591,6 @@ mod tests {
             body.starts_with("not ready: no way to attach netfilter checkpoints (netfilter links: netfilter-links refused (EPERM); fentry: fentry refused (EPERM))"),
             "{body}"
         );
-    }
-
-    #[tokio::test]
-    async fn only_loopback_is_served() {
-        let err = bind("0.0.0.0:9476".parse().unwrap()).await.unwrap_err();
-        assert!(err.to_string().contains("loopback only"), "{err}");
-        assert!(bind("198.18.0.1:9476".parse().unwrap()).await.is_err());
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        assert!(listener.local_addr().unwrap().ip().is_loopback());
     }
 
     #[test]

@@ -503,5 +503,36 @@ mod tests {
             assert!(!p.detail.is_empty());
         }
         assert_eq!(f.probes.len(), Feature::ALL.len());
+        // The probe never reads the version; the test does, to check it against the kernels
+        // that brought each hook in: a probe that wrongly says no fails here.
+        let version: Vec<u32> = f
+            .kernel
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [major, minor] = version[..] {
+            let at_least = |a: u32, b: u32| (major, minor) >= (a, b);
+            assert_eq!(
+                f.has(Feature::Btf),
+                std::path::Path::new(super::super::VMLINUX_BTF).exists()
+            );
+            if at_least(6, 6) {
+                assert!(
+                    f.has(Feature::Tcx),
+                    "TCX is in {}: {:?}",
+                    f.kernel,
+                    f.probe_of(Feature::Tcx)
+                );
+            }
+            if at_least(6, 4) {
+                assert!(
+                    f.has(Feature::NetfilterLinks),
+                    "netfilter links are in {}: {:?}",
+                    f.kernel,
+                    f.probe_of(Feature::NetfilterLinks)
+                );
+            }
+        }
     }
 }

@@ -161,6 +161,10 @@ fn container(role: Role, path: NetPath, images: &Images) -> serde_json::Value {
             "resources": resources,
         }),
     };
+    // A container that exits (nginx failing to bind a host port taken by a program outside
+    // Kubernetes, say) leaves its last log lines as its termination message, which the run's
+    // error then quotes.
+    container["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
     if let Some((name, port)) = role.port() {
         let mut declared = json!({"name": name, "containerPort": port, "protocol": "TCP"});
         if path == NetPath::Host {

@@ -113,9 +113,14 @@ fn check(
             .unwrap_or("Pending");
         // restartPolicy Never: a pod whose container exited will not come back.
         if phase == "Failed" || phase == "Succeeded" {
+            let mut status = describe(pod);
+            let hints = hints_for(name, &status);
+            if !hints.is_empty() {
+                status.push_str(&format!(" ({})", hints.join("; ")));
+            }
             return Err(K8sError::PodFailed {
                 pod: name.clone(),
-                status: describe(pod),
+                status,
             });
         }
         if let Some(r) = as_ready(pod) {
@@ -233,39 +238,55 @@ fn describe_waiting(seen: &BTreeMap<String, Pod>, expected: &[String]) -> String
             Some(pod) => describe(pod),
             None => "not seen by the watch".to_owned(),
         };
-        if line.contains("ErrImagePull")
-            || line.contains("ImagePullBackOff")
-            || line.contains("InvalidImageName")
-        {
-            hints.push(IMAGE_HINT.to_owned());
-        }
-        if line.contains("free ports") {
-            hints.push(format!(
-                "another pod holds port {} or {} on that node (a hostPort, or a hostNetwork pod declaring it): \
-                 find it with `kubectl get pods -A -o wide --field-selector spec.nodeName=NODE`",
-                super::pods::HTTP_PORT,
-                crate::bench::servers::IPERF3_PORT
-            ));
-        }
-        if line.contains("ContainerCreating") && name.contains("-nginx") {
-            hints.push(format!(
-                "the nginx pods mount the ConfigMap {NGINX_CONFIGMAP} of deploy/bench-pods.yaml: is deploy/ applied (`kubectl apply -k deploy/`)?"
-            ));
-        }
-        if line.contains("Unschedulable") {
-            hints.push(
-                "the nodes cannot take the pods (taints, resources?): see `kubectl describe node`"
-                    .to_owned(),
-            );
+        for hint in hints_for(name, &line) {
+            if !hints.contains(&hint) {
+                hints.push(hint);
+            }
         }
         lines.push(format!("{name}: {line}"));
     }
-    hints.dedup();
     let mut text = lines.join("; ");
     if !hints.is_empty() {
         text.push_str(&format!(" ({})", hints.join("; ")));
     }
     text
+}
+
+/// What usually causes the state `line` describes of pod `name`, and what to do.
+fn hints_for(name: &str, line: &str) -> Vec<String> {
+    let mut hints = Vec::new();
+    if line.contains("ErrImagePull")
+        || line.contains("ImagePullBackOff")
+        || line.contains("InvalidImageName")
+    {
+        hints.push(IMAGE_HINT.to_owned());
+    }
+    if line.to_ascii_lowercase().contains("address already in use") {
+        hints.push(
+            "a program outside Kubernetes holds that port on the node (the scheduler knows only \
+             pods' declared host ports): find it with `ss -ltnp` on the node"
+                .to_owned(),
+        );
+    }
+    if line.contains("free ports") {
+        hints.push(format!(
+            "another pod holds port {} or {} on that node (a hostPort, or a hostNetwork pod declaring it): \
+             find it with `kubectl get pods -A -o wide --field-selector spec.nodeName=NODE`",
+            super::pods::HTTP_PORT,
+            crate::bench::servers::IPERF3_PORT
+        ));
+    } else if line.contains("Unschedulable") {
+        hints.push(
+            "the nodes cannot take the pods (taints, resources?): see `kubectl describe node`"
+                .to_owned(),
+        );
+    }
+    if line.contains("ContainerCreating") && name.contains("-nginx") {
+        hints.push(format!(
+            "the nginx pods mount the ConfigMap {NGINX_CONFIGMAP} of deploy/bench-nginx.yaml: is deploy/ applied (`kubectl apply -k deploy/`)?"
+        ));
+    }
+    hints
 }
 
 #[cfg(test)]
@@ -337,6 +358,25 @@ mod tests {
         );
         assert!(text.starts_with("netprof-r-nginx: Pending, on n2, nginx ContainerCreating; netprof-r-client: not seen"), "{text}");
         assert!(text.contains("ConfigMap netprof-bench-nginx"), "{text}");
+    }
+
+    #[test]
+    fn a_server_that_cannot_bind_its_host_port_is_explained() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "netprof-r-nginx-host"}, "spec": {"containers": []},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "nginx", "ready": false, "restartCount": 0,
+                "image": "", "imageID": "", "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                "message": "nginx: [emerg] bind() to 0.0.0.0:80 failed (98: Address already in use)\n"}}}]}
+        }));
+        let seen = BTreeMap::from([("netprof-r-nginx-host".to_owned(), p)]);
+        let err = check(&seen, &["netprof-r-nginx-host".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nginx Error (exit 1): nginx: [emerg] bind() to 0.0.0.0:80 failed (98: Address already in use)"), "{err}");
+        assert!(
+            err.contains("a program outside Kubernetes holds that port on the node"),
+            "{err}"
+        );
     }
 
     #[test]
