@@ -431,7 +431,8 @@ fn an_agent_that_does_not_answer_stops_the_run_before_anything_is_created() {
         .add_pod(agent_pod("netprof-agent-b", NODE_B, NODE_B_IP));
     let line = error_line(&harness.run("calico", &[]));
     assert!(
-        line.contains("FAIL  agent on fake-b ")
+        line.contains("k8s doctor found 1 problem(s)")
+            && line.contains("FAIL  agent on fake-b ")
             && line.contains("netprof-agent-b did not answer: /readyz: "),
         "{line}"
     );

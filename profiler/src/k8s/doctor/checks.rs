@@ -138,6 +138,8 @@ pub(super) async fn check_agents(
                     format!("{} did not answer: {err}", agent.pod),
                     format!("`kubectl -n {} logs {}`", agent.namespace, agent.pod),
                 );
+                // One row per fault: an agent that does not answer cannot be asked anything.
+                continue;
             }
         }
         check_anonymous_refused(&pods, agent, findings).await;
