@@ -5,8 +5,10 @@
 //!   device of a scratch network namespace made for the probe (so no device of the node is
 //!   touched, and whatever is left goes with the namespace);
 //! - netfilter: a netfilter link on LOCAL_IN, in the same scratch namespace;
-//! - fentry: a program on a netfilter function the fallback traces, attached and detached at
-//!   once (fentry is kernel-wide: its only trace is a moment's trampoline);
+//! - fentry: a program on the first netfilter function the fallback traces that this kernel
+//!   has, in vmlinux's BTF or its module's (loaded against the module's BTF object, as the
+//!   fallback loads its own), attached and detached at once (fentry is kernel-wide: its only
+//!   trace is a moment's trampoline);
 //! - kernel BTF (CO-RE and tp_btf need it) and bpffs (reported; nothing is pinned, so not needed).
 //!
 //! The agent is ready when it has at least one way for tc and one for netfilter (the agent
@@ -82,9 +84,6 @@ pub struct KernelFeatures {
 
 /// Netfilter functions the fentry fallback traces, in the order it prefers them.
 const FENTRY_TARGETS: [&str; 3] = ["nf_conntrack_in", "ipt_do_table", "nft_do_chain"];
-/// Always in vmlinux when netfilter is: what fentry is probed on when the targets above are in
-/// modules (whose BTF the fallback loads against by itself).
-const FENTRY_CORE_TARGET: &str = "nf_hook_slow";
 /// A netfilter priority no table uses; the probe's link lives only in its scratch namespace.
 const PROBE_PRIORITY: i32 = -123;
 
@@ -380,8 +379,8 @@ fn probe_netfilter_link() -> Probe {
 }
 
 fn probe_fentry() -> Probe {
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(btf) => btf,
+    let mut kernel = match crate::agent::btf::KernelBtf::from_sys_fs() {
+        Ok(kernel) => kernel,
         Err(err) => {
             return missing(
                 Feature::Fentry,
@@ -389,28 +388,33 @@ fn probe_fentry() -> Probe {
             )
         }
     };
-    let func = |name: &str| {
-        btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
-            .ok()
-            .map(|id| (name.to_owned(), id))
-    };
-    let Some((target, id)) = FENTRY_TARGETS
+    let mut reasons = Vec::new();
+    let located = FENTRY_TARGETS
         .iter()
-        .find_map(|name| func(name))
-        .or_else(|| func(FENTRY_CORE_TARGET))
-    else {
-        return missing(
-            Feature::Fentry,
-            format!(
-                "none of {}, {FENTRY_CORE_TARGET} is in the kernel's BTF (netfilter not built?)",
-                FENTRY_TARGETS.join(", ")
-            ),
-        );
+        .find_map(|name| match kernel.function(name) {
+            Ok(located) => Some(located),
+            Err(err) => {
+                reasons.push(err.to_string());
+                None
+            }
+        });
+    let Some(located) = located else {
+        return missing(Feature::Fentry, reasons.join("; "));
+    };
+    let target = match &located.module {
+        Some(module) => format!("{} (module {module})", located.function),
+        None => located.function.clone(),
+    };
+    let object = match located.module.as_deref().map(super::btf_objects::find) {
+        None => None,
+        Some(Ok(object)) => Some(object),
+        Some(Err(err)) => return missing(Feature::Fentry, format!("fentry on {target}: {err}")),
     };
     let prog = match sys::load(ProgSpec {
         prog_type: sys::BPF_PROG_TYPE_TRACING,
         expected_attach_type: sys::BPF_TRACE_FENTRY,
-        attach_btf_id: id,
+        attach_btf_id: located.type_id,
+        attach_btf_object: object.as_ref().map(|o| o.fd()),
         verdict: 0,
     }) {
         Ok(prog) => prog,

@@ -7,11 +7,10 @@
 use std::{
     io,
     mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-/// `union bpf_attr` is read up to the size we pass; 128 bytes covers every member used here.
-const ATTR_SIZE: usize = 128;
+use crate::ebpf::netfilter::{sys_bpf_fd, zeroed, ATTR_SIZE};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -82,29 +81,6 @@ const _: () = assert!(size_of::<ProgLoadAttr>() == ATTR_SIZE);
 const _: () = assert!(size_of::<LinkCreateAttr>() == ATTR_SIZE);
 const _: () = assert!(size_of::<RawTracepointAttr>() == ATTR_SIZE);
 
-fn zeroed<T: Copy>() -> T {
-    // SAFETY: only used on the attr structs above, all integers and byte arrays.
-    unsafe { std::mem::zeroed() }
-}
-
-fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live `#[repr(C)]` bpf_attr mirror of `size_of::<T>()` bytes; the
-    // buffers it points at (instructions, license, log) outlive the call in the callers.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: these commands return a new descriptor on success.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
-}
-
 /// `r0 = verdict; exit`: the smallest program of any type.
 fn return_insns(verdict: i32) -> [u64; 2] {
     // BPF_ALU64 | BPF_MOV | BPF_K, dst r0; then BPF_JMP | BPF_EXIT.
@@ -114,17 +90,19 @@ fn return_insns(verdict: i32) -> [u64; 2] {
 
 /// What a program load needs beyond its type.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProgSpec {
+pub struct ProgSpec<'a> {
     pub prog_type: u32,
     pub expected_attach_type: u32,
-    /// BTF id of the traced function (tracing programs), in vmlinux's BTF.
+    /// BTF id of the traced function (tracing programs).
     pub attach_btf_id: u32,
+    /// The module's BTF object when the function is a module's (`None`: vmlinux's).
+    pub attach_btf_object: Option<BorrowedFd<'a>>,
     pub verdict: i32,
 }
 
 /// Loads `r0 = verdict; exit` as `spec` says. The error carries the verifier's log when it has
 /// one (a refusal for the program type shows there, not in errno alone).
-pub fn load(spec: ProgSpec) -> Result<OwnedFd, String> {
+pub fn load(spec: ProgSpec<'_>) -> Result<OwnedFd, String> {
     let insns = return_insns(spec.verdict);
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
@@ -139,6 +117,7 @@ pub fn load(spec: ProgSpec) -> Result<OwnedFd, String> {
     attr.prog_name[..13].copy_from_slice(b"netprof_probe");
     attr.expected_attach_type = spec.expected_attach_type;
     attr.attach_btf_id = spec.attach_btf_id;
+    attr.attach_btf_obj_fd = spec.attach_btf_object.map_or(0, |fd| fd.as_raw_fd() as u32);
     sys_bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|err| {
         let text = String::from_utf8_lossy(&log);
         let text = text.trim_end_matches('\0').trim();
