@@ -7,7 +7,7 @@
 //! nodes cannot pull; a pod Running but not Ready; a host port taken by another pod; a TCP port
 //! dropped on the way and ICMP blocked; a killed run's pods on the nodes; the agents' token
 //! Secret missing, and agents that answer without it; SIGHUP; a kubeconfig's proxy-url;
-//! dual-stack and IPv6-only pods; other namespaces by flag.
+//! dual-stack and IPv6-only pods; other namespaces by flag; a default-deny NetworkPolicy.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -599,5 +599,50 @@ fn other_namespaces_by_flag() {
         &["--namespace", "same", "--agent-namespace", "same"],
     ));
     assert!(line.contains("live apart"), "{line}");
+    harness.assert_nothing_left();
+}
+
+#[test]
+fn a_default_deny_policy_is_named_beside_the_ports_it_blocks() {
+    let backend = CannedBackend::with_exec(|_, command| {
+        let line = command.join(" ");
+        // The policy drops pod-to-pod TCP: the connects to the pods' IPs get no answer.
+        let outcome = if line.starts_with("timeout") && line.contains("/dev/tcp/198.19.") {
+            ExecOutcome::Exited {
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                code: 124,
+            }
+        } else {
+            fixture_output(command)
+        };
+        Box::pin(async move { outcome })
+    });
+    let config = FakeConfig {
+        network_policies: vec![serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "default-deny", "namespace": "netprof"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+        })],
+        ..FakeConfig::default()
+    };
+    let (harness, _a, _b) = cluster(config, backend);
+    let output = harness.k8s(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("note  NetworkPolicies")
+            && stdout.contains("default-deny (Ingress) may select the benchmark pods"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FAIL  pod path TCP 80"), "{stdout}");
+    assert!(
+        stdout.contains("check the NetworkPolicies listed above"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    host path TCP 80"),
+        "host networking is not subject to it: {stdout}"
+    );
     harness.assert_nothing_left();
 }
