@@ -112,7 +112,7 @@ struct Candidate {
 }
 
 /// Searches the node's network namespaces for `ips`. `node` is the node's namespace file
-/// (skipped); blocks for a few milliseconds per namespace, on a thread of its own.
+/// (skipped); blocks while it enters each namespace in turn, on a thread of its own.
 pub fn locate(ips: &[IpAddr], node: &Path) -> Result<Located, PodNetnsError> {
     let skip = std::fs::metadata(node).map(|m| m.ino()).map_err(|source| {
         PodNetnsError::Own(NetnsError::Open {

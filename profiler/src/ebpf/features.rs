@@ -92,7 +92,8 @@ const TC_WAYS: [Feature; 2] = [Feature::Tcx, Feature::Clsact];
 const NETFILTER_WAYS: [Feature; 2] = [Feature::NetfilterLinks, Feature::Fentry];
 
 impl KernelFeatures {
-    /// Runs every probe (a few milliseconds; the fentry one parses the kernel's BTF, ~0.1 s).
+    /// Runs every probe. Blocks while the fentry one reads the kernel's BTF: call it once (at
+    /// start) and keep the answer, or from a blocking thread.
     pub fn probe() -> Self {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
