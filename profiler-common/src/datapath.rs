@@ -1,11 +1,18 @@
 //! The datapath profiler's contract between the kernel programs (`profiler-ebpf`) and the agent
-//! (`netprof::agent`): map names, checkpoint ids, the per-packet journey, the per-segment
-//! histogram layout and the configuration user space writes before attaching.
+//! (`netprof::agent`): map names, checkpoint ids, the per-packet journey, the flows to follow,
+//! the per-segment histogram layout and the configuration user space writes before attaching.
 //!
 //! Model (shared/DESIGN.md "Stage model"): a *checkpoint* is a hook where a packet is seen with a
-//! timestamp. A packet is followed across checkpoints by its `struct sk_buff` address. At each
-//! checkpoint the kernel adds `now - last` to the histogram of the *segment*
-//! (previous checkpoint -> this checkpoint). User space names segments into stages.
+//! timestamp. A packet of a benchmark *flow* is admitted where its path starts (a pod's `eth0`
+//! egress, the uplink's ingress, the first LOCAL_OUT netfilter point) and then followed by its
+//! `struct sk_buff` address: each checkpoint it reaches appends (checkpoint, time) to its
+//! *journey*. When the kernel frees the skb, the journey ends and, in that one place, each
+//! *segment* (one checkpoint -> the next) goes into its latency histogram. User space names
+//! segments into stages.
+//!
+//! The per-packet budget shapes the layout: a packet that is not followed leaves every
+//! checkpoint after one read of a small global tag array (`MAP_TAGS`, direct-mapped by a hash
+//! of the skb address), before any helper call or hash lookup.
 //!
 //! Every struct is `#[repr(C)]`, `Copy`, with explicit padding and no bool/enum/Option.
 
@@ -14,39 +21,56 @@
 
 /// `Array<Config>`, 1 entry (key 0): offsets and settings written by user space before attach.
 pub const MAP_CONFIG: &str = "NP_CONFIG";
-/// `Hash<u32, u32>`: IPv4 addresses (key in network byte order, as read from the IP header)
-/// of the benchmark's endpoints; value unused (1). A packet is admitted when its source or
-/// destination (or, for VXLAN, its inner source or destination) is in this set.
-pub const MAP_ENDPOINTS: &str = "NP_ENDPOINTS";
-/// `Hash<DeviceKey, DeviceCheckpoints>`: the devices this agent watches and their checkpoint
-/// ids. Devices not in this map are ignored by the tp_btf programs (which see every namespace).
-pub const MAP_DEVICES: &str = "NP_DEVICES";
-/// `LruHash<u64, Journey>` (per-CPU LRU lists): per-packet state keyed by the `struct sk_buff` address.
+/// `Hash<FlowKey, FlowRule>`: the benchmark flows to follow (see [`FlowKey`]). Looked up only
+/// where a path starts, for a packet that is not followed yet.
+pub const MAP_FLOWS: &str = "NP_FLOWS";
+/// `Array<u64>`, `JOURNEY_SLOTS` entries, global (an skb moves between CPUs): slot
+/// `journey_slot(skb)` holds the address of the followed skb whose journey is in the same slot
+/// of `MAP_JOURNEYS`, 0 when free. Every checkpoint reads it first; a packet whose address is
+/// not there is not followed and leaves.
+pub const MAP_TAGS: &str = "NP_TAGS";
+/// `Array<Journey>`, `JOURNEY_SLOTS` entries, global: the journeys, in their tags' slots.
 pub const MAP_JOURNEYS: &str = "NP_JOURNEYS";
+/// `Array<NodeDevice>`, `NODE_DEVICE_SLOTS` entries: the node's watched devices by
+/// `ifindex & (NODE_DEVICE_SLOTS - 1)` (the slot repeats the ifindex; user space refuses a
+/// second device on a taken slot), for the tc programs in the node's namespace.
+pub const MAP_NODE_DEVICES: &str = "NP_NODE_DEVS";
+/// `Array<PodDevice>`, `POD_DEVICE_SLOTS` entries: pods' `eth0` by `pod_device_slot(mac)`. An
+/// ifindex does not tell pod namespaces apart (every pod's `eth0` may be index 2); the MAC
+/// address in the frame does, and costs nothing to read in tc.
+pub const MAP_POD_DEVICES: &str = "NP_POD_DEVS";
 /// `PerCpuArray<SegmentSlot>`, `MAX_SEGMENTS` entries: an open-addressing table of one latency
 /// histogram per segment, per CPU (`segment_slot` is where a segment's probing starts; a slot
-/// whose key is all zero is free). An array, not a hash: its lookups are inlined by the
-/// verifier, a hash lookup is a call and a hash computation on every checkpoint.
+/// whose key is all zero is free). Written only when a journey ends.
 pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
 /// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
 pub const MAP_COUNTERS: &str = "NP_COUNTERS";
-/// `PerCpuArray<u64>`, `MAX_CHECKPOINTS` entries: tracked packets seen at each checkpoint.
+/// `PerCpuArray<u64>`, `MAX_CHECKPOINTS` entries: followed packets seen at each checkpoint,
+/// counted when their journeys end.
 pub const MAP_CP_HITS: &str = "NP_CP_HITS";
-/// `PerCpuHash<DropKey, u64>`: tracked packets dropped, by last checkpoint and drop reason.
+/// `PerCpuHash<DropKey, u64>`: followed packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
+/// `PerCpuArray<u64>`, 1 entry: where a program turns the skb pointer it was handed into a
+/// number (the verifier forbids hashing a pointer; stored and read back it is a number).
+pub const MAP_SCRATCH: &str = "NP_SCRATCH";
 
+/// `Hash<DeviceKey, DeviceCheckpoints>`, aya object only: the watched devices by namespace
+/// and ifindex, for the optional tp_btf device programs (`--hooks dev`), which see every
+/// device of every namespace through `skb->dev`.
+pub const MAP_DEVICES: &str = "NP_DEVICES";
 /// `LruHash<u64, DeviceCheckpoints>`, aya object only: `struct net_device` address -> its
-/// checkpoints (all `CP_NONE`: not watched), so the tp_btf programs read a device's ifindex and
-/// namespace once, not on every packet. User space clears it whenever the watched devices change.
+/// checkpoints (all `CP_NONE`: not watched), so the tp_btf device programs read a device's
+/// ifindex and namespace once. User space clears it whenever the watched devices change.
 pub const MAP_DEV_CACHE: &str = "NP_DEV_CACHE";
-/// Capacity of `MAP_DEV_CACHE` (devices of every namespace the tp_btf programs meet).
+/// Capacity of `MAP_DEV_CACHE`.
 pub const MAX_DEV_CACHE: u32 = 4_096;
 
-/// Every map of the contract; the netfilter object reuses all of them from the aya object.
-pub const ALL_MAPS: [&str; 8] = [
+/// The maps the netfilter object shares with the aya object (it reuses them by name).
+pub const ALL_MAPS: [&str; 9] = [
     MAP_CONFIG,
-    MAP_ENDPOINTS,
-    MAP_DEVICES,
+    MAP_SCRATCH,
+    MAP_FLOWS,
+    MAP_TAGS,
     MAP_JOURNEYS,
     MAP_SEGMENTS,
     MAP_COUNTERS,
@@ -54,12 +78,35 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_DROPS,
 ];
 
-/// Capacity of `MAP_JOURNEYS` (packets in flight at once).
-pub const MAX_JOURNEYS: u32 = 65_536;
+/// Slots of `MAP_TAGS` and `MAP_JOURNEYS` (a power of two). A packet whose slot holds another
+/// live journey is not admitted (`COUNTER_SLOT_BUSY`): with one ping in flight that never
+/// happens; under load it leaves out a few packets, not a flow.
+pub const JOURNEY_SLOTS: u32 = 8_192;
+/// Checkpoints one journey records; later ones count as `COUNTER_JOURNEY_LONG`. A VXLAN pod
+/// path crosses about 25 on one node.
+pub const JOURNEY_CAP: usize = 40;
+/// Slots of `MAP_NODE_DEVICES` (a power of two).
+pub const NODE_DEVICE_SLOTS: u32 = 65_536;
+/// Slots of `MAP_POD_DEVICES` (a power of two).
+pub const POD_DEVICE_SLOTS: u32 = 1_024;
+/// Capacity of `MAP_FLOWS`.
+pub const MAX_FLOWS: u32 = 1_024;
 /// Capacity of `MAP_SEGMENTS` (a power of two: slots wrap with a mask).
 pub const MAX_SEGMENTS: u32 = 512;
 /// Slots a segment may try, from `segment_slot` on, before it counts as `COUNTER_SEGMENT_FULL`.
 pub const SEGMENT_PROBES: u32 = 8;
+/// Capacity of `MAP_DEVICES`.
+pub const MAX_DEVICES: u32 = 1_024;
+/// Capacity of `MAP_DROPS`.
+pub const MAX_DROP_KEYS: u32 = 1_024;
+
+/// The slot of the skb at address `skb` in `MAP_TAGS` / `MAP_JOURNEYS`. skbs come from a slab
+/// of 64-byte aligned objects, so the low bits carry nothing; a multiplicative hash of the
+/// rest spreads neighbours.
+#[inline(always)]
+pub const fn journey_slot(skb: u64) -> u32 {
+    ((skb >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - JOURNEY_SLOTS.trailing_zeros())) as u32
+}
 
 /// Where segment `from -> to` starts probing in `MAP_SEGMENTS` (a multiplicative hash).
 #[inline(always)]
@@ -67,12 +114,21 @@ pub const fn segment_slot(from: u16, to: u16) -> u32 {
     let key = ((from as u32) << 16) | to as u32;
     key.wrapping_mul(0x9E37_79B1) >> (32 - MAX_SEGMENTS.trailing_zeros())
 }
-/// Capacity of `MAP_DEVICES`.
-pub const MAX_DEVICES: u32 = 1_024;
-/// Capacity of `MAP_ENDPOINTS`.
-pub const MAX_ENDPOINTS: u32 = 1_024;
-/// Capacity of `MAP_DROPS`.
-pub const MAX_DROP_KEYS: u32 = 1_024;
+
+/// The slot of a pod device with this MAC address in `MAP_POD_DEVICES`.
+#[inline(always)]
+pub const fn pod_device_slot(mac: [u8; 6]) -> u32 {
+    let low = u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
+    let high = u16::from_le_bytes([mac[0], mac[1]]) as u32;
+    (low ^ high.wrapping_mul(0x8530_2C1B)).wrapping_mul(0x9E37_79B1)
+        >> (32 - POD_DEVICE_SLOTS.trailing_zeros())
+}
+
+/// The slot of the node device with this ifindex in `MAP_NODE_DEVICES`.
+#[inline(always)]
+pub const fn node_device_slot(ifindex: u32) -> u32 {
+    ifindex & (NODE_DEVICE_SLOTS - 1)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoint ids (u16). 0 means "none". Netfilter points have fixed ids; device checkpoints are
@@ -82,7 +138,6 @@ pub const MAX_DROP_KEYS: u32 = 1_024;
 pub const MAX_CHECKPOINTS: u32 = 512;
 /// "No checkpoint" (a device direction that is not watched).
 pub const CP_NONE: u16 = 0;
-
 /// Netfilter hooks (`enum nf_inet_hooks`), in kernel numbering.
 pub const NF_HOOK_PRE_ROUTING: u32 = 0;
 pub const NF_HOOK_LOCAL_IN: u32 = 1;
@@ -143,34 +198,107 @@ pub const DEVICE_CP_BASE: u16 = 64;
 // ---------------------------------------------------------------------------------------------
 // Counters (`MAP_COUNTERS` slots).
 
-/// Packets admitted (matched `MAP_ENDPOINTS` at a checkpoint with no journey yet).
+/// Packets admitted: a benchmark flow's packet with no journey at a checkpoint where paths start.
 pub const COUNTER_ADMITTED: u32 = 0;
-/// Journeys ended by `skb:consume_skb`.
+/// Journeys ended by the skb's consumption (`consume_skb`).
 pub const COUNTER_COMPLETED: u32 = 1;
-/// Journeys ended by `skb:kfree_skb` (a drop; see `MAP_DROPS`).
+/// Journeys ended by `kfree_skb` (a drop; see `MAP_DROPS`).
 pub const COUNTER_DROPPED: u32 = 2;
-/// Journeys abandoned: a checkpoint found a journey older than `Config::stale_ns` (its skb was
-/// freed unseen and the address reused), and started a new one.
+/// Journeys abandoned: one idle longer than `Config::stale_ns` (its skb was freed unseen, e.g.
+/// merged by GRO or TCP coalescing), found by a checkpoint or by an admission taking its slot.
 pub const COUNTER_ABANDONED: u32 = 3;
-/// `MAP_JOURNEYS` insert failures (should be 0: it is an LRU).
-pub const COUNTER_JOURNEY_FULL: u32 = 4;
+/// Benchmark packets not admitted because their slot held another live journey.
+pub const COUNTER_SLOT_BUSY: u32 = 4;
 /// `MAP_SEGMENTS` insert failures: a segment's time was lost.
 pub const COUNTER_SEGMENT_FULL: u32 = 5;
 /// `MAP_DROPS` insert failures.
 pub const COUNTER_DROP_FULL: u32 = 6;
 /// `bpf_probe_read_kernel` failures while reading an skb, a device or a header.
 pub const COUNTER_READ_ERRORS: u32 = 7;
-/// `tcp:tcp_retransmit_skb` events whose addresses are benchmark endpoints.
+/// `tcp:tcp_retransmit_skb` events of followed flows.
 pub const COUNTER_RETRANSMITS: u32 = 8;
-/// Segments whose two checkpoints are the same (a packet seen twice at one hook, e.g. looped);
-/// not recorded as time.
+/// A followed packet seen twice in a row at one checkpoint (e.g. looped); not a segment.
 pub const COUNTER_REPEATS: u32 = 9;
-/// Benchmark packets left out by sampling (`Config::sample_shift`).
+/// Benchmark packets left out by flow sampling (`Config::sample_shift`).
 pub const COUNTER_SAMPLED_OUT: u32 = 10;
-pub const COUNTER_COUNT: u32 = 11;
+/// Checkpoints a followed packet reached after its journey held `JOURNEY_CAP` (not recorded).
+pub const COUNTER_JOURNEY_LONG: u32 = 11;
+pub const COUNTER_COUNT: u32 = 12;
 
 // ---------------------------------------------------------------------------------------------
 // Map key and value types.
+
+/// A benchmark flow (`MAP_FLOWS` key): a protocol, the two endpoints' IPv4 addresses in
+/// ascending order (as `u32`s of the header's bytes, `u32::from_ne_bytes`), and the server's
+/// port (host order; 0 for ICMP). Both directions of a connection give the same key. A key
+/// with `addr_lo == 0` matches any peer of `addr_hi`, one with `port == 0` any TCP/UDP port
+/// (`FLOW_ANY_PEER` / `FLOW_ANY_PORT` in the config say such keys exist, so they are looked
+/// up only then).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr_lo: u32,
+    pub addr_hi: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl FlowKey {
+    /// The key of a flow between `a` and `b` (header-order `u32`s) to `port` of `proto`.
+    #[inline(always)]
+    pub const fn new(proto: u8, a: u32, b: u32, port: u16) -> Self {
+        let (addr_lo, addr_hi) = if a <= b { (a, b) } else { (b, a) };
+        Self {
+            addr_lo,
+            addr_hi,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The key matching any peer of `server`'s `port`.
+    #[inline(always)]
+    pub const fn any_peer(proto: u8, server: u32, port: u16) -> Self {
+        Self {
+            addr_lo: 0,
+            addr_hi: server,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// What to do with a flow's packets (`MAP_FLOWS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowRule {
+    /// `FLOW_*` flags.
+    pub flags: u32,
+}
+
+/// `FlowRule::flags`: follow every packet of the flow whatever `Config::sample_shift` says
+/// (pings: their counts must be exact).
+pub const FLOW_ALWAYS: u32 = 1;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Whether a flow's packet with this client port is followed under sampling of 1 in
+/// `2^shift` flows: a hash of the protocol and the client's port (the port that is not the
+/// server's), so a request and its reply, seen on either node, decide alike. NAT keeps the
+/// client's port unless it collides with another connection's.
+#[inline(always)]
+pub const fn flow_sampled_in(proto: u8, client_port: u16, shift: u16) -> bool {
+    if shift == 0 {
+        return true;
+    }
+    let h = ((client_port as u32) | ((proto as u32) << 16)).wrapping_mul(0x9E37_79B1);
+    (h >> (32 - (shift as u32 & 15))) == 0
+}
 
 /// Which device: its network namespace (`struct net`'s `ns.inum`, as `ls -i /proc/PID/ns/net`
 /// or `stat -L /run/netns/NAME` shows) and its ifindex in that namespace.
@@ -187,57 +315,75 @@ pub struct DeviceKey {
 pub struct DeviceCheckpoints {
     /// tp_btf `netif_receive_skb` (device receives; runs before tc ingress).
     pub tp_rx: u16,
-    /// tc ingress (TCX) on the device.
+    /// tc ingress on the device.
     pub tc_ingress: u16,
-    /// tc egress (TCX) on the device.
+    /// tc egress on the device.
     pub tc_egress: u16,
     /// tp_btf `net_dev_start_xmit` (handed to the driver; runs after tc egress and the qdisc).
     pub tp_tx: u16,
-    /// Non-zero: a packet with no journey may be admitted at this device's checkpoints.
-    pub admit: u16,
-    pub _pad: [u16; 3],
 }
 
-/// Per-packet state, keyed by skb address in `MAP_JOURNEYS`.
+/// A `MAP_NODE_DEVICES` slot: a node device's ifindex (0: free) and its tc checkpoints.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeDevice {
+    pub ifindex: u32,
+    pub tc_ingress: u16,
+    pub tc_egress: u16,
+}
+
+/// A `MAP_POD_DEVICES` slot: a pod `eth0`'s MAC address (all zero: free) and its tc checkpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodDevice {
+    pub mac: [u8; 6],
+    pub tc_ingress: u16,
+    pub tc_egress: u16,
+    pub _pad: [u8; 6],
+}
+
+/// One followed packet's journey (`MAP_JOURNEYS` value, in its tag's slot): the checkpoints it
+/// reached with their times, appended by each checkpoint and turned into segments once, when
+/// the skb is freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Journey {
-    /// `bpf_ktime_get_ns()` at the last checkpoint.
-    pub last_ns: u64,
+    /// The followed skb (the tag repeats it; a mismatch means the slot changed hands).
+    pub skb: u64,
     /// `bpf_ktime_get_ns()` at admission.
     pub first_ns: u64,
-    /// The last checkpoint id.
-    pub last_cp: u16,
-    /// Checkpoints passed so far (saturating).
-    pub hops: u16,
-    /// `JOURNEY_*` flags.
-    pub flags: u32,
-    /// `Config::epoch` when the journey started: one from an earlier profiling window (its
-    /// packet crossed hooks unseen while the programs were detached) is dropped, not counted.
+    /// `bpf_ktime_get_ns()` at the last checkpoint (staleness).
+    pub last_ns: u64,
+    /// `Config::epoch` at admission: a journey of an earlier window or step is forgotten.
     pub epoch: u32,
-    pub _pad: u32,
+    /// The last checkpoint (repeats are not segments).
+    pub last_cp: u16,
+    /// Entries used in `cps` / `offsets_ns`.
+    pub len: u16,
+    /// Checkpoint ids, in the order reached.
+    pub cps: [u16; JOURNEY_CAP],
+    /// ns since `first_ns` when each was reached (a journey is stale long before 4 s).
+    pub offsets_ns: [u32; JOURNEY_CAP],
 }
 
 impl Journey {
-    /// A journey starting now at checkpoint `cp` (an ignored one, `JOURNEY_IGNORED`, has
-    /// passed no checkpoint that counts).
+    /// A journey of `skb` starting now at checkpoint `cp`.
     #[inline(always)]
-    pub const fn start(now: u64, cp: u16, flags: u32, epoch: u32) -> Self {
-        let hops = if flags & JOURNEY_IGNORED != 0 { 0 } else { 1 };
+    pub const fn start(skb: u64, now: u64, cp: u16, epoch: u32) -> Self {
+        let mut cps = [0; JOURNEY_CAP];
+        cps[0] = cp;
         Self {
-            last_ns: now,
+            skb,
             first_ns: now,
-            last_cp: cp,
-            hops,
-            flags,
+            last_ns: now,
             epoch,
-            _pad: 0,
+            last_cp: cp,
+            len: 1,
+            cps,
+            offsets_ns: [0; JOURNEY_CAP],
         }
     }
 }
-
-/// `Journey::flags`: a benchmark packet left out by sampling; its checkpoints record nothing.
-pub const JOURNEY_IGNORED: u32 = 1;
 
 /// A segment: from one checkpoint to the next one the same packet reached.
 #[repr(C)]
@@ -265,7 +411,6 @@ pub struct DropKey {
     pub reason: u32,
 }
 
-// ---------------------------------------------------------------------------------------------
 // Histogram: log-linear buckets over nanoseconds. Values below 2^SUB_BITS have one bucket each;
 // above, every power of two is split into 2^SUB_BITS equal sub-buckets, so a bucket's width is
 // at most 1/32 of its lower bound (<= 3.2% relative error; <= 1.6% at the bucket's middle).
@@ -364,6 +509,8 @@ pub const fn bucket_high(bucket: usize) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // Configuration, written by user space into `MAP_CONFIG[0]` before any program is attached.
+// ---------------------------------------------------------------------------------------------
+// Configuration, written by user space into `MAP_CONFIG[0]` before any program is attached.
 // Kernel struct offsets come from the running kernel's BTF; tracepoint field offsets from
 // tracefs `events/<group>/<name>/format`. A zero offset where a field cannot be at offset 0
 // means "unknown": the programs then count a read error instead of guessing.
@@ -385,27 +532,30 @@ pub struct Config {
     pub tp_kfree_reason: u32,
     /// `skb:consume_skb`: `skbaddr`.
     pub tp_consume_skbaddr: u32,
-    /// `tcp:tcp_retransmit_skb`: `saddr` and `daddr` (4 bytes each, network order).
+    /// `tcp:tcp_retransmit_skb`: `saddr` and `daddr` (4 bytes each, network order), `sport`
+    /// and `dport` (2 bytes each, host order).
     pub tp_retrans_saddr: u32,
     pub tp_retrans_daddr: u32,
-    /// The namespace the tc programs are attached in (the node's), for their `DeviceKey`.
+    pub tp_retrans_sport: u32,
+    pub tp_retrans_dport: u32,
+    /// The namespace the node's programs watch (fentry passes of other namespaces are skipped).
     pub node_netns_inum: u32,
     /// VXLAN UDP destination port (host order), e.g. 8472 for flannel; 0 = do not look inside.
     pub vxlan_port: u16,
-    /// Follow 1 in 2^sample_shift benchmark packets (0: every one, exact counts). The others
-    /// get an ignored journey, so later checkpoints skip them after one lookup.
+    /// Follow 1 in 2^sample_shift flows (0: every one, exact counts); flows marked
+    /// `FLOW_ALWAYS` are always followed.
     pub sample_shift: u16,
-    /// Bumped by user space each time a duty-cycled agent re-attaches (a new profiling
-    /// window); journeys of other epochs are forgotten.
+    /// Changed by user space for each profiling window or step: journeys of other epochs are
+    /// forgotten (their packets crossed hooks unseen, or belong to the last step).
     pub epoch: u32,
-    /// A journey whose last checkpoint is older than this is abandoned and restarted.
+    /// A journey whose last checkpoint is older than this is abandoned.
     pub stale_ns: u64,
-    /// Non-zero between duty-cycle windows: every program returns at once (the netfilter
-    /// ones are detached then; tc and tracepoint links stay, their detach waits for RCU).
+    /// Non-zero between duty-cycle windows: every program returns at once.
     pub paused: u32,
     /// The fentry/fexit netfilter fallback (`nf_fentry`): `struct nf_hook_state`'s `hook` (u8)
-    /// and `net` (pointer; never at offset 0, so 0 means unknown); `struct xt_table`'s `priority` (int); `struct nft_pktinfo`'s `skb`
-    /// and `state` (pointers). 0 where the kernel's BTF lacks them (that program then skips).
+    /// and `net` (pointer; never at offset 0, so 0 means unknown); `struct xt_table`'s
+    /// `priority` (int); `struct nft_pktinfo`'s `skb` and `state` (pointers). 0 where the
+    /// kernel's BTF lacks them (that program then skips).
     pub nf_state_hook: u32,
     pub nf_state_net: u32,
     pub xt_table_priority: u32,
@@ -420,15 +570,22 @@ pub struct Config {
     /// `struct nf_hook_state`'s `pf` (u8): only IPv4 passes count (bridge or ARP chains reuse
     /// the hook numbers).
     pub nf_state_pf: u32,
-    /// The one netfilter checkpoint that may start journeys: the first point attached on
-    /// LOCAL_OUT, where a locally sent packet meets netprof before any device (every other
-    /// packet reaches a netfilter hook after a tc checkpoint, which admits). Elsewhere an
-    /// untracked packet costs one lookup, not a header parse: measured on the host path's
-    /// iperf3, not followed, the netfilter points cost 253-356 ns/run while all admitted.
-    /// `CP_NONE` (0): no netfilter checkpoint admits.
+    /// The one netfilter checkpoint that admits: the first point attached on LOCAL_OUT, where
+    /// a locally sent packet meets netprof before any device (every other packet's path starts
+    /// at a pod's `eth0` egress or the uplink's ingress). `CP_NONE` (0): none.
     pub nf_admit_cp: u16,
-    pub _pad4: [u8; 6],
+    /// The uplink's tc ingress checkpoint (its program admits: a path from another node starts
+    /// there).
+    pub uplink_ingress_cp: u16,
+    /// `FLOW_ANY_PEER` when `MAP_FLOWS` holds keys with `addr_lo == 0`.
+    pub flow_flags: u32,
 }
+
+/// `Config::flow_flags`: some flows match any peer (keys with `addr_lo == 0`: two more lookups
+/// per admission check).
+pub const FLOW_ANY_PEER: u32 = 1;
+/// `Config::flow_flags`: some TCP/UDP flows match any port (keys with `port == 0`).
+pub const FLOW_ANY_PORT: u32 = 2;
 
 /// Indexes into `Config::fentry_args`.
 pub const ARG_IPT_SKB: usize = 0;
@@ -443,13 +600,15 @@ pub const ARG_UNKNOWN: u8 = 0xff;
 // ---------------------------------------------------------------------------------------------
 // Program names (at most 15 bytes: the kernel cuts longer names) and where they attach.
 
-/// tc classifiers (TCX, ingress and egress) on node devices; checkpoint ids from `MAP_DEVICES`
-/// under `DeviceKey { netns_inum: Config::node_netns_inum, ifindex }`.
+/// tc classifiers (ingress and egress) on node devices; checkpoint ids from
+/// `MAP_NODE_DEVICES` by ifindex. They never admit.
 pub const PROG_TC_INGRESS: &str = "cp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
-/// The same on pods' `eth0`: an ifindex does not say which pod namespace it is in, so these
-/// find the device through `skb->dev` (namespace inode and ifindex read once per device,
-/// cached in `MAP_DEV_CACHE`), as the tp_btf programs do.
+/// tc ingress on the node's uplink: admits (a path from another node starts here; VXLAN
+/// packets are matched by their inner flow). Checkpoint `Config::uplink_ingress_cp`.
+pub const PROG_TC_UPLINK_INGRESS: &str = "cp_tc_upl_in";
+/// The same on pods' `eth0`, found by MAC address in `MAP_POD_DEVICES`; egress admits (a
+/// pod's packets start their path there).
 pub const PROG_TC_POD_INGRESS: &str = "cp_tc_pod_in";
 pub const PROG_TC_POD_EGRESS: &str = "cp_tc_pod_eg";
 /// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
@@ -492,9 +651,10 @@ pub const VERIFIER_TWINS: [(&str, &str); 3] = [
     ("cp_vt_nft", "consume_skb"),
 ];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 20] = [
+pub const AYA_PROGRAMS: [&str; 21] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
+    PROG_TC_UPLINK_INGRESS,
     PROG_TC_POD_INGRESS,
     PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
@@ -540,6 +700,10 @@ mod user {
     // SAFETY: all these are #[repr(C)], Copy, made only of integers, with explicit padding.
     unsafe impl aya::Pod for DeviceKey {}
     unsafe impl aya::Pod for DeviceCheckpoints {}
+    unsafe impl aya::Pod for NodeDevice {}
+    unsafe impl aya::Pod for PodDevice {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowRule {}
     unsafe impl aya::Pod for Journey {}
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for DropKey {}
@@ -550,16 +714,25 @@ mod user {
 
 const _: () = assert!(NF_CP_END <= CP_CONSUMED);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
-const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 16);
-const _: () = assert!(core::mem::size_of::<Journey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeDevice>() == 8);
+const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
+const _: () = assert!(core::mem::size_of::<Journey>() == 32 + JOURNEY_CAP * 6);
+const _: () = assert!(JOURNEY_CAP % 4 == 0);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () =
     assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
+const _: () = assert!(JOURNEY_SLOTS.is_power_of_two() && journey_slot(u64::MAX) < JOURNEY_SLOTS);
+const _: () = assert!(POD_DEVICE_SLOTS.is_power_of_two() && NODE_DEVICE_SLOTS.is_power_of_two());
+const _: () = assert!(pod_device_slot([0xff; 6]) < POD_DEVICE_SLOTS);
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn buckets_are_contiguous_and_bound_the_error() {
@@ -630,5 +803,54 @@ mod tests {
             nf_checkpoint(NF_HOOK_POST_ROUTING, NF_POINT_COUNT - 1) + 1,
             NF_CP_END
         );
+    }
+
+    #[test]
+    fn flow_keys_are_the_same_both_ways() {
+        let (a, b) = (
+            u32::from_ne_bytes([198, 19, 1, 2]),
+            u32::from_ne_bytes([198, 19, 2, 2]),
+        );
+        assert_eq!(
+            FlowKey::new(IPPROTO_TCP, a, b, 80),
+            FlowKey::new(IPPROTO_TCP, b, a, 80)
+        );
+        assert_ne!(
+            FlowKey::new(IPPROTO_TCP, a, b, 80),
+            FlowKey::new(IPPROTO_TCP, a, b, 81)
+        );
+        assert_eq!(FlowKey::any_peer(IPPROTO_TCP, b, 80).addr_lo, 0);
+    }
+
+    #[test]
+    fn flow_sampling_keeps_about_one_in_n_and_all_at_shift_zero() {
+        for port in 0..=u16::MAX {
+            assert!(flow_sampled_in(IPPROTO_TCP, port, 0));
+        }
+        for shift in [1u16, 4, 6] {
+            let kept = (0..=u16::MAX)
+                .filter(|&port| flow_sampled_in(IPPROTO_TCP, port, shift))
+                .count() as f64;
+            let expected = 65_536.0 / f64::from(1u32 << shift);
+            assert!(
+                (kept - expected).abs() < expected * 0.05,
+                "shift {shift}: kept {kept} of 65536, expected about {expected}"
+            );
+        }
+        // Ephemeral ports in a row (as a load tool opens connections) are not all in or out.
+        let run: Vec<bool> = (40_000..40_064)
+            .map(|p| flow_sampled_in(IPPROTO_TCP, p, 4))
+            .collect();
+        assert!(run.iter().any(|&k| k) && run.iter().any(|&k| !k));
+    }
+
+    #[test]
+    fn journey_slots_spread_slab_neighbours() {
+        // skbs 256 bytes apart, as a slab hands them out, land in distinct slots.
+        let base = 0xffff_8880_1234_5600u64;
+        let mut slots: Vec<u32> = (0..1024).map(|i| journey_slot(base + i * 256)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert!(slots.len() > 1000, "{} distinct slots of 1024", slots.len());
     }
 }

@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod checkpoint_programs;
+mod flows;
 mod nf_fentry;
 mod uplink_counter;
 

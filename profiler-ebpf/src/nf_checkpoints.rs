@@ -5,9 +5,10 @@
 //! consecutive points bracket one iptables table.
 //!
 //! The checkpoint id is a constant in each program (no globals: netprof's netfilter loader has
-//! none), which is why there are 35 programs rather than one. Only `Config::nf_admit_cp` (the
-//! first point on LOCAL_OUT) admits packets: a locally sent packet meets netprof there first;
-//! every other one has passed an admitting tc checkpoint before.
+//! none), which is why there are 35 programs rather than one. A packet that is not followed
+//! leaves after its tag check. Only LOCAL_OUT programs carry admission code, and only
+//! `Config::nf_admit_cp` (the first point attached there) uses it: a locally sent packet meets
+//! netprof there first; every other path starts at a tc checkpoint.
 //!
 //! The skb is `ctx->skb`; its headers are read with `bpf_probe_read_kernel` from
 //! `skb->head + skb->network_header` at offsets from `NP_CONFIG`.
@@ -15,11 +16,14 @@
 //! Verdict: always `NF_ACCEPT` (the packet goes on to the next hook function unchanged).
 
 use profiler_common::{
-    datapath::{nf_checkpoint, NF_HOOK_COUNT, NF_POINT_COUNT, NF_PROGRAMS},
+    datapath::{nf_checkpoint, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_PROGRAMS},
     names_match,
 };
 
-use crate::checkpoint::{config, visit, Skb};
+use crate::{
+    checkpoint::{config, skb_address, visit, visit_admitting},
+    flows::Skb,
+};
 
 /// `NF_ACCEPT` from `include/uapi/linux/netfilter.h`.
 const NF_ACCEPT: i32 = 1;
@@ -31,16 +35,33 @@ pub struct BpfNfCtx {
     pub skb: *const core::ffi::c_void,
 }
 
-/// The shared step for netfilter checkpoint `cp`.
+/// The skb of a netfilter program's context.
 #[inline(always)]
-fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
-    let Some(cfg) = config() else {
-        return NF_ACCEPT;
-    };
+fn skb_of(ctx: *const BpfNfCtx) -> u64 {
     // SAFETY: the kernel passes a valid `struct bpf_nf_ctx`; reading `skb` is a context access
     // the verifier allows (8 bytes at offset 8).
-    let skb = unsafe { (*ctx).skb } as u64;
-    visit(cfg, skb, cp, cp == cfg.nf_admit_cp, &Skb(skb));
+    unsafe { (*ctx).skb as u64 }
+}
+
+/// Netfilter checkpoint `cp` of a hook where no path starts.
+#[inline(always)]
+fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
+    visit(skb_of(ctx), cp);
+    NF_ACCEPT
+}
+
+/// Netfilter checkpoint `cp` on LOCAL_OUT: admits when it is `Config::nf_admit_cp`.
+#[inline(always)]
+fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
+    let pointer = skb_of(ctx);
+    match config() {
+        Some(cfg) if cfg.nf_admit_cp == cp => {
+            if let Some(skb) = skb_address(pointer) {
+                visit_admitting(cfg, skb, cp, &Skb(skb));
+            }
+        }
+        _ => visit(pointer, cp),
+    }
     NF_ACCEPT
 }
 
@@ -59,7 +80,11 @@ macro_rules! nf_programs {
             #[unsafe(link_section = "netfilter")]
             pub extern "C" fn $name(ctx: *const BpfNfCtx) -> i32 {
                 const CP: u16 = nf_checkpoint($hook, $point);
-                nf_visit(ctx, CP)
+                if $hook == NF_HOOK_LOCAL_OUT {
+                    nf_visit_local_out(ctx, CP)
+                } else {
+                    nf_visit(ctx, CP)
+                }
             }
         )*
         /// Every (hook, point) has its program.

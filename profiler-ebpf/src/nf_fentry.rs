@@ -22,14 +22,17 @@ use aya_ebpf::{
 use profiler_common::{
     datapath::{
         nf_checkpoint, nf_points_around, Config, ARG_CT_SKB, ARG_CT_STATE, ARG_IPT_SKB,
-        ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT, NF_HOOK_COUNT, NF_PRI_CONNTRACK,
-        PROG_FENTRY_CT, PROG_FENTRY_IPT, PROG_FENTRY_NFT, PROG_FEXIT_CT, PROG_FEXIT_IPT,
-        PROG_FEXIT_NFT, VERIFIER_TWINS,
+        ARG_IPT_STATE, ARG_IPT_TABLE, ARG_NFT_CHAIN, ARG_NFT_PKT, CP_NONE, NF_HOOK_COUNT,
+        NF_PRI_CONNTRACK, PROG_FENTRY_CT, PROG_FENTRY_IPT, PROG_FENTRY_NFT, PROG_FEXIT_CT,
+        PROG_FEXIT_IPT, PROG_FEXIT_NFT, VERIFIER_TWINS,
     },
     names_match,
 };
 
-use crate::checkpoint::{config, probe_read_counted, visit, Skb};
+use crate::{
+    checkpoint::{config, followed, probe_read_counted, record, skb_address, visit_admitting},
+    flows::Skb,
+};
 
 const _: () = assert!(names_match(stringify!(cp_fe_ct), PROG_FENTRY_CT));
 const _: () = assert!(names_match(stringify!(cp_fx_ct), PROG_FEXIT_CT));
@@ -191,6 +194,13 @@ fn pass(cfg: &Config, skb: u64, state: u64, priority: i32, edge: Edge) {
     if cfg.nf_state_net == 0 || skb == 0 || state == 0 {
         return;
     }
+    // These functions run for every packet of every namespace: one that is not followed leaves
+    // before the reads below, unless a locally sent packet may start its path here.
+    let Some(skb) = skb_address(skb) else { return };
+    let slot = followed(skb);
+    if slot.is_none() && cfg.nf_admit_cp == CP_NONE {
+        return;
+    }
     let Some(hook) = probe_read_counted::<u8>(state + u64::from(cfg.nf_state_hook)) else {
         return;
     };
@@ -200,20 +210,25 @@ fn pass(cfg: &Config, skb: u64, state: u64, priority: i32, edge: Edge) {
     if pf != NFPROTO_IPV4 || u32::from(hook) >= NF_HOOK_COUNT {
         return;
     }
+    let (below, above) = nf_points_around(priority);
+    let point = match edge {
+        Edge::Entry => below,
+        Edge::Exit => above,
+    };
+    let Some(point) = point else { return };
+    let cp = nf_checkpoint(u32::from(hook), point);
+    if slot.is_none() && cp != cfg.nf_admit_cp {
+        return;
+    }
     let Some(net) = probe_read_counted::<u64>(state + u64::from(cfg.nf_state_net)) else {
         return;
     };
     if probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum)) != Some(cfg.node_netns_inum) {
         return;
     }
-    let (below, above) = nf_points_around(priority);
-    let point = match edge {
-        Edge::Entry => below,
-        Edge::Exit => above,
-    };
-    if let Some(point) = point {
-        let cp = nf_checkpoint(u32::from(hook), point);
-        visit(cfg, skb, cp, cp == cfg.nf_admit_cp, &Skb(skb));
+    match slot {
+        Some(slot) => record(cfg, slot, skb, cp),
+        None => visit_admitting(cfg, skb, cp, &Skb(skb)),
     }
 }
 

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod checkpoint;
+mod flows;
 mod nf_checkpoints;
 mod nf_counter;
 

@@ -13,3 +13,10 @@ pub mod parse;
 pub mod report;
 pub mod rundir;
 pub mod testing;
+
+/// The running kernel's release (`uname -r`), or `unknown` when it cannot be read.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}

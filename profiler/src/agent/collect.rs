@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, Journey, SegmentKey, SegmentSlot,
-    COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED,
-    COUNTER_DROP_FULL, COUNTER_JOURNEY_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS,
-    COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, HIST_BUCKETS, MAP_COUNTERS,
-    MAP_CP_HITS, MAP_DROPS, MAP_JOURNEYS, MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_SEGMENTS,
+    bucket_high, bucket_low, DropKey, Histogram, SegmentKey, SegmentSlot, COUNTER_ABANDONED,
+    COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL,
+    COUNTER_JOURNEY_LONG, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS,
+    COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, HIST_BUCKETS, MAP_COUNTERS,
+    MAP_CP_HITS, MAP_DROPS, MAP_SEGMENTS, MAX_CHECKPOINTS, MAX_SEGMENTS,
 };
 
 use super::report::Counters;
@@ -188,7 +188,8 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
         completed: read(COUNTER_COMPLETED)?,
         dropped: read(COUNTER_DROPPED)?,
         abandoned: read(COUNTER_ABANDONED)?,
-        journey_map_full: read(COUNTER_JOURNEY_FULL)?,
+        slot_busy: read(COUNTER_SLOT_BUSY)?,
+        journey_long: read(COUNTER_JOURNEY_LONG)?,
         segment_map_full: read(COUNTER_SEGMENT_FULL)?,
         drop_map_full: read(COUNTER_DROP_FULL)?,
         read_errors: read(COUNTER_READ_ERRORS)?,
@@ -214,7 +215,7 @@ pub fn read_drops(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u32), u64>, CollectError
     Ok(out)
 }
 
-/// A key listed a moment ago that the kernel has since deleted or evicted (LRU journeys): aya
+/// A key listed a moment ago that the kernel has since deleted: aya
 /// reports `bpf_map_delete_elem` failing with ENOENT as a syscall error, not `KeyNotFound`.
 fn already_gone(err: &MapError) -> bool {
     match err {
@@ -228,8 +229,8 @@ fn zeros(cpus: usize) -> PerCpuValues<u64> {
     PerCpuValues::try_from(vec![0u64; cpus]).expect("one value per possible CPU")
 }
 
-/// Clears segments, hits, counters and drops (journeys in flight are kept: their next segment
-/// lands in the new period).
+/// Clears segments, hits, counters and drops. (Journeys in flight are forgotten by a new
+/// epoch, see `Agent::reset`: the journey table itself is never walked.)
 pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| CollectError::Map {
         map: MAP_CP_HITS,
@@ -260,22 +261,6 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
                 PerCpuValues::try_from(vec![free; cpus]).expect("one value per possible CPU");
             map.set(index, zero, 0)
                 .map_err(map_error(MAP_SEGMENTS, "clear"))?;
-        }
-    }
-    {
-        // Journeys left by the previous step (TCP skbs freed without a tracepoint) would be
-        // counted as abandoned in the next one; between steps nothing of the benchmark is in
-        // flight, so forgetting them loses nothing.
-        let mut map: HashMap<&mut MapData, u64, Journey> =
-            HashMap::try_from(find_mut(ebpf, MAP_JOURNEYS)?)
-                .map_err(map_error(MAP_JOURNEYS, "open"))?;
-        let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            match map.remove(&key) {
-                Ok(()) => {}
-                Err(err) if already_gone(&err) => {}
-                Err(err) => return Err(map_error(MAP_JOURNEYS, "clear")(err)),
-            }
         }
     }
     {

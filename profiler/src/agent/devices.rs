@@ -51,6 +51,10 @@ pub struct Link {
     /// `info_kind`: veth, bridge, vxlan, ... (empty for lo and physical NICs).
     pub kind: String,
     pub master: Option<String>,
+    /// The Ethernet address, where the device has one of six bytes.
+    pub mac: Option<[u8; 6]>,
+    /// For a veth, its peer's ifindex (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
 }
 
 /// Parses `ip -j -d link show`.
@@ -79,9 +83,21 @@ pub fn parse_links(json: &str, netns: &str) -> Result<Vec<Link>, DeviceError> {
                 .unwrap_or("")
                 .to_owned(),
             master: item["master"].as_str().map(str::to_owned),
+            mac: item["address"].as_str().and_then(parse_mac),
+            peer_ifindex: item["link_index"].as_u64().map(|i| i as u32),
         });
     }
     Ok(links)
+}
+
+/// `aa:bb:cc:dd:ee:ff` as six bytes.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// The device of the default route in `ip -j route show default` output.
@@ -179,13 +195,24 @@ pub struct Found {
     pub on_node: bool,
 }
 
-/// The watched devices of a node namespace.
-pub fn scan_node(netns: &str, uplink: &str) -> Result<Vec<Found>, DeviceError> {
+/// The watched devices of a node namespace. With `pod_peers` (the host-side ifindexes of the
+/// watched pods' `eth0`), only those host veths are watched: other pods' traffic never
+/// crosses a followed flow's path, so it should not pay for checkpoints.
+pub fn scan_node(
+    netns: &str,
+    uplink: &str,
+    pod_peers: Option<&[u32]>,
+) -> Result<Vec<Found>, DeviceError> {
     let inum = netns_inum(netns)?;
     Ok(list_links(netns)?
         .into_iter()
         .filter_map(|link| {
             let role = node_role(&link, uplink)?;
+            if role == DeviceRole::HostVeth
+                && pod_peers.is_some_and(|peers| !peers.contains(&link.ifindex))
+            {
+                return None;
+            }
             Some(Found {
                 netns: netns.to_owned(),
                 netns_inum: inum,
@@ -233,16 +260,14 @@ impl Device {
         self.base + hook.slot()
     }
 
-    /// The `MAP_DEVICES` value: every hook of the device has its id (only the attached ones
-    /// ever fire).
+    /// The device's checkpoint ids, every hook with its own (only the attached ones ever
+    /// fire).
     pub fn checkpoints(&self) -> DeviceCheckpoints {
         DeviceCheckpoints {
             tp_rx: self.id(DeviceHook::DevRx),
             tc_ingress: self.id(DeviceHook::TcIngress),
             tc_egress: self.id(DeviceHook::TcEgress),
             tp_tx: self.id(DeviceHook::DevTx),
-            admit: 1,
-            _pad: [0; 3],
         }
     }
 
@@ -392,14 +417,8 @@ mod tests {
         );
         let cps = eno1.checkpoints();
         assert_eq!(
-            (
-                cps.tp_rx,
-                cps.tc_ingress,
-                cps.tc_egress,
-                cps.tp_tx,
-                cps.admit
-            ),
-            (64, 65, 66, 67, 1)
+            (cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx),
+            (64, 65, 66, 67)
         );
         assert!(reg
             .add(found(links[1].clone(), DeviceRole::Uplink, true))
@@ -435,6 +454,8 @@ mod tests {
                 ifindex: i + 10,
                 kind: "veth".into(),
                 master: None,
+                mac: None,
+                peer_ifindex: None,
             };
             reg.add(found(link, DeviceRole::HostVeth, true)).unwrap();
         }
@@ -443,6 +464,8 @@ mod tests {
             ifindex: 9999,
             kind: "veth".into(),
             master: None,
+            mac: None,
+            peer_ifindex: None,
         };
         let err = reg
             .add(found(link, DeviceRole::HostVeth, true))

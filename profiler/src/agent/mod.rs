@@ -6,8 +6,10 @@
 //! One job per module:
 //! - [`btf`]: kernel struct member offsets from `/sys/kernel/btf/vmlinux`;
 //! - [`tracefs`]: tracepoint field offsets and drop reason names;
+//! - [`flows`]: the benchmark flows to follow;
 //! - [`devices`]: which devices to watch, with their checkpoint ids;
-//! - [`attach`]: the owner struct [`Agent`] (load, attach, rescan, detach on drop);
+//! - [`attach`]: the owner struct [`Agent`] (load, attach, rescan, detach on drop), one file
+//!   per checkpoint family;
 //! - [`collect`]: reading and clearing the maps, histogram percentiles;
 //! - [`stages`]: checkpoint and stage names;
 //! - [`report`]: the JSON document.
@@ -18,6 +20,7 @@ pub mod collect;
 pub mod devices;
 pub mod duty;
 mod expedited_rcu;
+pub mod flows;
 pub mod netlink_links;
 pub mod nf_points;
 pub mod pod_netns;
@@ -26,9 +29,10 @@ pub mod stages;
 pub mod stats;
 pub mod tracefs;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 pub use attach::Agent;
+pub use flows::FlowSpec;
 pub use report::{AgentReport, SCHEMA};
 pub use stages::Stage;
 
@@ -38,7 +42,7 @@ use crate::{ebpf::EbpfError, netns::NetnsError};
 pub use profiler_common::datapath::{
     PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
     PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
-    PROG_TC_POD_INGRESS, TP_DEV_RX, TP_DEV_TX,
+    PROG_TC_POD_INGRESS, PROG_TC_UPLINK_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
 /// The netfilter program of `hook`, `point` in the netfilter object.
@@ -46,7 +50,8 @@ pub fn nf_program(hook: u32, point: u32) -> &'static str {
     profiler_common::datapath::NF_PROGRAMS[hook as usize][point as usize]
 }
 
-/// flannel's VXLAN port: the kernel programs look inside UDP to this port for the inner IPs.
+/// flannel's VXLAN port: where paths start, the kernel programs judge UDP to this port by the
+/// packet inside.
 pub const VXLAN_PORT: u16 = 8472;
 /// A journey idle longer than this is abandoned (its skb was freed unseen).
 pub const STALE: Duration = Duration::from_millis(50);
@@ -58,12 +63,13 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 pub struct AgentOptions {
     /// The node's network namespace (`ip netns` name).
     pub netns: String,
-    /// Pod namespaces whose `eth0` gets the tp_btf checkpoints.
+    /// Pod namespaces whose `eth0` gets checkpoints (and whose host-side veths are then the
+    /// only ones watched).
     pub pod_netns: Vec<String>,
     /// The node's uplink; default: the default route's device, else `eno1`.
     pub uplink: Option<String>,
-    /// The benchmark's endpoint addresses (packets from or to them are followed).
-    pub endpoints: Vec<Ipv4Addr>,
+    /// The benchmark flows to follow; every other packet is left alone.
+    pub flows: Vec<FlowSpec>,
     /// Node name for the report (default: the namespace's name).
     pub node: Option<String>,
     /// Look for new devices this often (`None`: never).
@@ -77,12 +83,16 @@ pub struct AgentOptions {
     /// With `stats` and no duty cycle: bpf_stats are on for this percentage of every second
     /// only (100: throughout). See [`stats::DEFAULT_STATS_SHARE`].
     pub stats_share: u32,
-    /// Follow 1 in `sample` benchmark packets (a power of two; 1 = every packet, exact counts).
-    /// Sampling makes the agent cheaper under load; the per-segment distributions stay
-    /// unbiased, the counts shrink by the factor.
+    /// Follow 1 in `sample` TCP/UDP flows (a power of two; 1 = every flow, exact counts),
+    /// chosen by a hash of the client's port so a request and its reply are followed together.
+    /// Pings are always followed. The counts shrink by the factor (the report scales them).
     pub sample: u32,
     /// Attach only for part of every period (`None`: always). See [`duty`].
     pub duty: Option<duty::Duty>,
+    /// With a duty cycle: switch the kernel-wide `/sys/kernel/rcu_expedited` on for the length
+    /// of each window edge, which shortens an edge from ~100 ms to ~2 ms but is felt by every
+    /// workload on the node. Off unless asked for.
+    pub expedite_rcu: bool,
 }
 
 /// The checkpoint families: tc on every watched device (node and pod side), tp_btf device
@@ -163,12 +173,12 @@ impl std::str::FromStr for HookFamilies {
 }
 
 impl AgentOptions {
-    pub fn new(netns: impl Into<String>, endpoints: Vec<Ipv4Addr>) -> Self {
+    pub fn new(netns: impl Into<String>, flows: Vec<FlowSpec>) -> Self {
         Self {
             netns: netns.into(),
             pod_netns: Vec::new(),
             uplink: None,
-            endpoints,
+            flows,
             node: None,
             rescan: Some(RESCAN_INTERVAL),
             hooks: HookFamilies::default(),
@@ -176,6 +186,7 @@ impl AgentOptions {
             stats_share: stats::DEFAULT_STATS_SHARE,
             sample: 1,
             duty: None,
+            expedite_rcu: false,
         }
     }
 }
@@ -199,8 +210,13 @@ pub enum AgentError {
     Sample(u32),
     #[error("--stats-share {0}: give a percentage from 1 to 100 (100: bpf_stats on throughout)")]
     StatsShare(u32),
-    #[error("too many endpoints ({count}): the endpoint map holds {max}")]
-    TooManyEndpoints { count: usize, max: u32 },
+    #[error(transparent)]
+    TooManyFlows(#[from] flows::TooManyFlows),
+    #[error(
+        "--hooks without trace: segments are recorded when a followed packet's journey ends \
+         (the skb free tracers), so tc and nf need trace; add it (e.g. --hooks tc,nf,trace)"
+    )]
+    NoJourneyEnd,
     #[error("cannot load netprof's eBPF object")]
     Load {
         #[source]

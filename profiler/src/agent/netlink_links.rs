@@ -19,7 +19,9 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -130,10 +132,18 @@ fn resolve_masters(mut links: Vec<Link>, masters: Vec<(usize, u32)>) -> Vec<Link
 /// One `RTM_NEWLINK` payload (ifinfomsg + attributes): the link and its master's ifindex.
 fn parse_link(payload: &[u8]) -> Option<(Link, Option<u32>)> {
     let ifindex = u32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
-    let (mut ifname, mut kind, mut master) = (None, String::new(), None);
+    let (mut ifname, mut kind, mut master, mut mac, mut peer) =
+        (None, String::new(), None, None, None);
     for (ty, value) in attributes(payload.get(IFINFOMSG..)?) {
         match ty {
             IFLA_IFNAME => ifname = Some(c_string(value)),
+            IFLA_ADDRESS => mac = value.try_into().ok(),
+            IFLA_LINK => {
+                peer = value
+                    .get(0..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_ne_bytes)
+            }
             IFLA_MASTER => {
                 master = value
                     .get(0..4)
@@ -156,6 +166,8 @@ fn parse_link(payload: &[u8]) -> Option<(Link, Option<u32>)> {
             ifindex,
             kind,
             master: None,
+            mac,
+            peer_ifindex: peer,
         },
         master,
     ))
@@ -217,6 +229,8 @@ mod tests {
             ifindex: 3,
             kind: "bridge".into(),
             master: None,
+            mac: None,
+            peer_ifindex: None,
         };
         let links = resolve_masters(vec![link, bridge], vec![(0, 3)]);
         assert_eq!(links[0].master.as_deref(), Some("cni0"));

@@ -63,9 +63,12 @@ pub fn registered(tables: &[String]) -> Option<[Vec<i32>; NF_HOOK_COUNT as usize
     Some(hooks)
 }
 
-/// The point indexes to attach on a hook with these registered priorities: a point is kept when
-/// the interval on either side of it (up to the neighbouring point) holds a hook function, so
-/// every table stays bracketed by the two points around it.
+/// The point indexes to attach on a hook with these registered priorities: every hook
+/// function sits between two consecutive attached points, and no two consecutive attached
+/// points hold nothing between them. A point is kept when the interval on either side of it
+/// holds a hook function; then of two kept points with nothing between them (an empty bracket
+/// such as mangle's under kube-proxy) only the first stays, so each packet pays one program
+/// there instead of two and the bracket's glue goes into the next table's segment.
 pub fn points(registered: &[i32]) -> Vec<u32> {
     let bound = |k: i64| -> i64 {
         if k < 0 {
@@ -81,12 +84,20 @@ pub fn points(registered: &[i32]) -> Vec<u32> {
             .iter()
             .any(|&p| i64::from(p) > lo && i64::from(p) < hi)
     };
-    (0..NF_POINT_COUNT)
-        .filter(|&k| {
-            let k = i64::from(k);
-            occupied(bound(k - 1), bound(k)) || occupied(bound(k), bound(k + 1))
-        })
-        .collect()
+    let bracketing = (0..NF_POINT_COUNT).filter(|&k| {
+        let k = i64::from(k);
+        occupied(bound(k - 1), bound(k)) || occupied(bound(k), bound(k + 1))
+    });
+    let mut kept: Vec<u32> = Vec::new();
+    for point in bracketing {
+        if let Some(&last) = kept.last() {
+            if !occupied(bound(i64::from(last)), bound(i64::from(point))) {
+                continue;
+            }
+        }
+        kept.push(point);
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -98,16 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn kube_proxy_tables_need_sixteen_points_not_thirty_five() {
+    fn kube_proxy_tables_need_fourteen_points_not_thirty_five() {
         let hooks = registered(&tables(&["nat", "filter"])).unwrap();
         let per_hook: Vec<Vec<u32>> = hooks.iter().map(|h| points(h)).collect();
-        // PRE: conntrack bracketed by -201/-199, nat by -101/-99.
-        assert_eq!(per_hook[PRE as usize], vec![1, 2, 3, 4]);
+        // PRE: conntrack bracketed by -201/-199, nat by -199/-99 (the empty mangle bracket
+        // -199/-101 needs no point of its own).
+        assert_eq!(per_hook[PRE as usize], vec![1, 2, 4]);
         assert_eq!(per_hook[IN as usize], vec![4, 5, 6]);
         assert_eq!(per_hook[FWD as usize], vec![4, 5]);
-        assert_eq!(per_hook[OUT as usize], vec![1, 2, 3, 4, 5]);
+        assert_eq!(per_hook[OUT as usize], vec![1, 2, 4, 5]);
         assert_eq!(per_hook[POST as usize], vec![5, 6]);
-        assert_eq!(per_hook.iter().map(Vec::len).sum::<usize>(), 16);
+        assert_eq!(per_hook.iter().map(Vec::len).sum::<usize>(), 14);
     }
 
     #[test]
@@ -130,6 +142,32 @@ mod tests {
                         a,
                         b + 1,
                         "hook {hook}: priority {p} not bracketed by adjacent points"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_points_always_hold_a_hook_function() {
+        for names in [
+            &["nat", "filter"][..],
+            &["filter"],
+            &["raw", "nat", "filter"],
+            &["mangle", "filter"],
+            &["raw", "mangle", "nat", "filter", "security"],
+        ] {
+            let hooks = registered(&tables(names)).unwrap();
+            for (hook, prios) in hooks.iter().enumerate() {
+                let kept = points(prios);
+                for pair in kept.windows(2) {
+                    let (lo, hi) = (
+                        NF_POINT_PRIORITIES[pair[0] as usize],
+                        NF_POINT_PRIORITIES[pair[1] as usize],
+                    );
+                    assert!(
+                        prios.iter().any(|&p| p > lo && p < hi),
+                        "{names:?} hook {hook}: nothing between {lo} and {hi}"
                     );
                 }
             }

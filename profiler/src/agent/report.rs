@@ -11,6 +11,10 @@ use super::stages::Stage;
 /// The schema tag of [`AgentReport`].
 pub const SCHEMA: &str = "netprof.agent/v1";
 
+fn one() -> u32 {
+    1
+}
+
 /// One agent's measurements on one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentReport {
@@ -25,6 +29,13 @@ pub struct AgentReport {
     pub attach_ms: f64,
     /// Time covered by these numbers (since start or the last reset), in s.
     pub elapsed_s: f64,
+    /// The flows followed (`PROTO:CLIENT-SERVER[:PORT]`).
+    #[serde(default)]
+    pub flows: Vec<String>,
+    /// 1 in `sample` TCP/UDP flows was followed (pings always): counts of those flows' packets
+    /// stand for `sample` times as many.
+    #[serde(default = "one")]
+    pub sample: u32,
     pub checkpoints: Vec<CheckpointReport>,
     pub segments: Vec<SegmentReport>,
     pub counters: Counters,
@@ -105,13 +116,19 @@ pub struct Counters {
     pub completed: u64,
     pub dropped: u64,
     pub abandoned: u64,
-    pub journey_map_full: u64,
+    /// Benchmark packets not admitted because their journey slot was taken by another.
+    #[serde(alias = "journey_map_full")]
+    pub slot_busy: u64,
+    /// Checkpoints past a journey's capacity (not recorded).
+    #[serde(default)]
+    pub journey_long: u64,
     pub segment_map_full: u64,
     pub drop_map_full: u64,
     pub read_errors: u64,
     pub retransmits: u64,
     pub repeats: u64,
-    /// Benchmark packets left out by sampling (`--sample`); 0 when every packet is followed.
+    /// Benchmark packets of flows left out by sampling (`--sample`); 0 when every flow is
+    /// followed.
     #[serde(default)]
     pub sampled_out: u64,
 }
@@ -199,6 +216,8 @@ mod tests {
             kernel: "6.18".into(),
             attach_ms: 12.5,
             elapsed_s: 1.0,
+            flows: vec!["icmp:198.19.1.2-198.19.2.2".into()],
+            sample: 1,
             checkpoints: vec![CheckpointReport {
                 id: 64,
                 name: "eno1 tc-ingress".into(),

@@ -423,21 +423,25 @@ impl Catalog {
             .unwrap_or_else(|| format!("checkpoint {id}"))
     }
 
-    /// The stage of segment `from -> to` (`Other` when either id is unknown).
+    /// The stage of segment `from -> to` (`Other` when either id is unknown). Between two
+    /// netfilter points of one hook, the stage is the one bracket in between that holds a hook
+    /// function (points around empty brackets are left out, so a segment may span several),
+    /// or `Netfilter` when none or more than one does.
     pub fn stage(&self, from: u16, to: u16) -> Stage {
         match (self.get(from), self.get(to)) {
-            (Some(Place::Netfilter { hook, point }), Some(b @ Place::Netfilter { .. }))
-                if self.empty_brackets.contains(&(*hook, *point)) =>
-            {
-                match classify(
-                    &Place::Netfilter {
-                        hook: *hook,
-                        point: *point,
-                    },
-                    b,
-                ) {
-                    stage if stage.is_netfilter() => Stage::Netfilter,
-                    stage => stage,
+            (
+                Some(Place::Netfilter { hook, point: p1 }),
+                Some(Place::Netfilter {
+                    hook: h2,
+                    point: p2,
+                }),
+            ) if hook == h2 && p2 > p1 => {
+                let occupied: Vec<u32> = (*p1..*p2)
+                    .filter(|point| !self.empty_brackets.contains(&(*hook, *point)))
+                    .collect();
+                match occupied[..] {
+                    [point] => bracket(point),
+                    _ => Stage::Netfilter,
                 }
             }
             (Some(a), Some(b)) => classify(a, b),

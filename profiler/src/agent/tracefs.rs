@@ -226,6 +226,8 @@ pub fn fill_config(
     config.tp_consume_skbaddr = offset(consume, "skb", "skbaddr")?;
     config.tp_retrans_saddr = offset(retrans, "tcp", "saddr")?;
     config.tp_retrans_daddr = offset(retrans, "tcp", "daddr")?;
+    config.tp_retrans_sport = offset(retrans, "tcp", "sport")?;
+    config.tp_retrans_dport = offset(retrans, "tcp", "dport")?;
     Ok(())
 }
 

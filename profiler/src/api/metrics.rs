@@ -282,6 +282,8 @@ mod tests {
             kernel: "6.18".into(),
             attach_ms: 10.0,
             elapsed_s: 2.5,
+            flows: Vec::new(),
+            sample: 1,
             checkpoints: vec![
                 checkpoint("eno1 tc-ingress", 20),
                 checkpoint("we\"ird\\dev\nx", 3),

@@ -77,7 +77,7 @@ struct Started<'a> {
     attach_ms: f64,
     netns: &'a str,
     node: &'a str,
-    endpoints: usize,
+    flows: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_s: Option<f64>,
     /// Where the `pod_ips` were found.
@@ -119,7 +119,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// 422 when the request named something that is not there (namespace, device), else 500.
 fn attach_status(err: &AgentError) -> u16 {
     match err {
-        AgentError::Netns(_) | AgentError::Devices(_) | AgentError::TooManyEndpoints { .. } => 422,
+        AgentError::Netns(_) | AgentError::Devices(_) | AgentError::TooManyFlows(_) => 422,
         _ => 500,
     }
 }
@@ -299,7 +299,7 @@ impl Control {
                 attach_ms,
                 netns: &plan.options.netns,
                 node,
-                endpoints: plan.options.endpoints.len(),
+                flows: plan.options.flows.len(),
                 duration_s: plan.duration.map(|d| d.as_secs_f64()),
                 pods: &pods.pods,
             },

@@ -6,10 +6,10 @@ use std::{
     time::Duration,
 };
 
-use profiler_common::datapath::MAX_ENDPOINTS;
+use profiler_common::datapath::MAX_FLOWS;
 use serde::Deserialize;
 
-use crate::agent::{AgentOptions, HookFamilies};
+use crate::agent::{AgentOptions, FlowSpec, HookFamilies};
 
 /// Longest `duration_s` accepted: a day.
 pub const MAX_DURATION_S: f64 = 86_400.0;
@@ -29,7 +29,12 @@ pub struct StartRequest {
     /// ([`crate::agent::pod_netns`]) and watches their `eth0` as with `pod_netns`.
     #[serde(default)]
     pub pod_ips: Vec<String>,
-    /// The benchmark's endpoint addresses (IPv4, as strings).
+    /// The benchmark flows to follow (`PROTO:CLIENT-SERVER[:PORT]`).
+    #[serde(default)]
+    pub flows: Vec<String>,
+    /// Addresses whose every packet is followed (each as the flows `icmp:*-IP`, `tcp:*-IP`,
+    /// `udp:*-IP`): the older, costlier way; `flows` follows only the benchmark's traffic.
+    #[serde(default)]
     pub endpoints: Vec<String>,
     /// The node's uplink (default: the default route's device, else `eno1`).
     #[serde(default)]
@@ -66,7 +71,7 @@ pub struct StartPlan {
 /// Parses and validates a start body; the error is the reason for a 400.
 pub fn parse_start(body: &[u8]) -> Result<StartPlan, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty body: send a JSON object like {\"netns\": \"...\", \"endpoints\": [\"198.19.1.2\"]}".into());
+        return Err("empty body: send a JSON object like {\"netns\": \"...\", \"flows\": [\"icmp:198.19.1.2-198.19.2.2\"]}".into());
     }
     let request: StartRequest =
         serde_json::from_slice(body).map_err(|e| format!("invalid start request: {e}"))?;
@@ -106,22 +111,24 @@ impl StartRequest {
             check_netns(&format!("pod_netns[{i}]"), pod)?;
         }
         let pod_ips = parse_pod_ips(&self.pod_ips)?;
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.flows.is_empty() {
             return Err(
-                "endpoints: give at least one IPv4 address (packets from or to it are followed)"
+                "flows: give at least one flow to follow, e.g. \"icmp:198.19.1.2-198.19.2.2\" \
+                 (or endpoints: addresses whose every packet is followed)"
                     .into(),
             );
         }
-        if self.endpoints.len() > MAX_ENDPOINTS as usize {
-            return Err(format!(
-                "endpoints: {} addresses; the agent follows at most {MAX_ENDPOINTS}",
-                self.endpoints.len()
-            ));
+        let mut flows = Vec::new();
+        for (i, text) in self.flows.iter().enumerate() {
+            let flow = text
+                .trim()
+                .parse::<FlowSpec>()
+                .map_err(|e| format!("flows[{i}]: {e}"))?;
+            flows.push(flow);
         }
-        let mut endpoints = Vec::with_capacity(self.endpoints.len());
         for (i, text) in self.endpoints.iter().enumerate() {
             match text.trim().parse::<Ipv4Addr>() {
-                Ok(ip) => endpoints.push(ip),
+                Ok(ip) => flows.extend(FlowSpec::everything_of(ip)),
                 Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {
                     return Err(format!(
                         "endpoints[{i}]: {text:?} is IPv6; the agent follows IPv4 flows only"
@@ -129,6 +136,12 @@ impl StartRequest {
                 }
                 Err(_) => return Err(format!("endpoints[{i}]: {text:?} is not an IPv4 address")),
             }
+        }
+        if flows.len() > MAX_FLOWS as usize {
+            return Err(format!(
+                "flows: {} flows (each endpoint counts as 3); the agent follows at most {MAX_FLOWS}",
+                flows.len()
+            ));
         }
         if let Some(uplink) = &self.uplink {
             check_ifname("uplink", uplink)?;
@@ -168,7 +181,7 @@ impl StartRequest {
             node: self.node,
             hooks,
             duty,
-            ..AgentOptions::new(self.netns.unwrap_or_default(), endpoints)
+            ..AgentOptions::new(self.netns.unwrap_or_default(), flows)
         };
         Ok(StartPlan {
             options,
@@ -240,10 +253,11 @@ mod tests {
         let o = &plan.options;
         assert_eq!(o.netns, "netprof-lab-node2");
         assert_eq!(o.pod_netns, vec!["netprof-lab-pod2".to_owned()]);
-        assert_eq!(
-            o.endpoints,
-            vec![Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]
-        );
+        let expected: Vec<FlowSpec> = [Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)]
+            .into_iter()
+            .flat_map(FlowSpec::everything_of)
+            .collect();
+        assert_eq!(o.flows, expected);
         assert_eq!(
             (o.uplink.as_deref(), o.node.as_deref()),
             (None, Some("worker2"))
@@ -256,7 +270,21 @@ mod tests {
         assert_eq!((minimal.duration, minimal.own_netns), (None, false));
         assert_eq!(
             minimal.options,
-            AgentOptions::new("n", vec![Ipv4Addr::new(198, 18, 0, 1)])
+            AgentOptions::new(
+                "n",
+                FlowSpec::everything_of(Ipv4Addr::new(198, 18, 0, 1)).to_vec()
+            )
+        );
+        let flows = parse_start(
+            br#"{"netns":"n","flows":["icmp:198.19.1.2-198.19.2.2","tcp:*-198.19.2.2:80"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            flows.options.flows,
+            vec![
+                FlowSpec::icmp(Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)),
+                FlowSpec::tcp(None, Ipv4Addr::new(198, 19, 2, 2), 80)
+            ]
         );
     }
 
@@ -315,14 +343,18 @@ mod tests {
             ("{", "invalid start request"),
             ("[1]", "invalid start request"),
             ("garbage", "invalid start request"),
-            (r#"{"netns":"n"}"#, "missing field `endpoints`"),
+            (r#"{"netns":"n"}"#, "flows: give at least one flow"),
             (
                 r#"{"netns":"n","endpoints":["198.18.0.1"],"durations":3}"#,
                 "unknown field `durations`",
             ),
             (
                 r#"{"netns":"n","endpoints":[]}"#,
-                "endpoints: give at least one",
+                "flows: give at least one flow",
+            ),
+            (
+                r#"{"netns":"n","flows":["tcp:198.19.1.2-198.19.2.2:0"]}"#,
+                "flows[0]: flow \"tcp:198.19.1.2-198.19.2.2:0\": \"0\" is not a port",
             ),
             (
                 r#"{"netns":"n","endpoints":["198.18.0.1","300.1.1.1"]}"#,
@@ -387,10 +419,10 @@ mod tests {
                 "{body:?}: {got:?} lacks {expected:?}"
             );
         }
-        let many: Vec<String> = (0..=MAX_ENDPOINTS)
+        let many: Vec<String> = (0..=MAX_FLOWS / 3)
             .map(|i| format!("\"198.19.{}.{}\"", i / 250, i % 250 + 1))
             .collect();
         let body = format!(r#"{{"netns":"n","endpoints":[{}]}}"#, many.join(","));
-        assert!(reason(&body).contains("at most 1024"));
+        assert!(reason(&body).contains("at most 1024"), "{}", reason(&body));
     }
 }

@@ -222,14 +222,15 @@ struct PathContext<'a> {
 }
 
 impl PathContext<'_> {
-    fn before(&self, tool: Tool) -> Result<(), BenchError> {
+    /// Points the agents at the flows of `tool`'s step on `endpoints`.
+    fn before(&self, endpoints: &PathEndpoints, tool: Tool) -> Result<(), BenchError> {
         let mode = self.lab.mode();
-        match self.profiler {
-            Some(p) => p
-                .before_step(tool)
-                .map_err(|source| BenchError::Profile { mode, source }),
-            None => Ok(()),
-        }
+        let Some(p) = self.profiler else {
+            return Ok(());
+        };
+        profile::step_flows(self.lab, endpoints, tool)
+            .and_then(|flows| p.before_step(&flows, tool))
+            .map_err(|source| BenchError::Profile { mode, source })
     }
 
     fn after(&mut self, path: NetPath, tool: Tool) -> Result<(), BenchError> {
@@ -272,7 +273,7 @@ async fn run_path(
         endpoints.client_netns,
         endpoints.server_ip
     ));
-    ctx.before(Tool::Ping)?;
+    ctx.before(endpoints, Tool::Ping)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
         .await
         .map_err(tool_err("ping"))?;
@@ -284,7 +285,7 @@ async fn run_path(
     progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
-    ctx.before(Tool::Iperf3)?;
+    ctx.before(endpoints, Tool::Iperf3)?;
     let iperf3 = tools::iperf3(&endpoints.client_netns, endpoints.server_ip, cfg)
         .await
         .map_err(tool_err("iperf3"))?;
@@ -301,7 +302,7 @@ async fn run_path(
         "{label}: ab {} requests x {} concurrent -> {}",
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
-    ctx.before(Tool::Ab)?;
+    ctx.before(endpoints, Tool::Ab)?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg)
         .await

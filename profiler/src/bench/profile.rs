@@ -2,12 +2,16 @@
 //! step and read after it, so each step's stage profile stands alone next to its result.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use crate::agent::{Agent, AgentError, AgentOptions};
-use crate::lab::{addressing, Lab, Mode, Node};
+use crate::agent::{Agent, AgentError, AgentOptions, FlowSpec};
+use crate::cmd::Cmd;
+use crate::lab::{addressing, Lab, Mode, Node, PathEndpoints};
 use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
+
+/// iperf3's server port.
+pub const IPERF3_PORT: u16 = 5201;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -23,6 +27,12 @@ pub enum ProfileError {
         #[source]
         source: AgentError,
     },
+    #[error("cannot tell the source address of {netns}'s packets to {to}: {reason}")]
+    Route {
+        netns: String,
+        to: Ipv4Addr,
+        reason: String,
+    },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -31,17 +41,75 @@ pub enum ProfileError {
     },
 }
 
-/// Every address the benchmarks use in this lab: the nodes and the pods.
-pub fn lab_endpoints(lab: &Lab) -> Vec<Ipv4Addr> {
-    let mut endpoints: Vec<Ipv4Addr> = Node::BOTH.iter().map(|&n| addressing::node_ip(n)).collect();
-    if lab.mode().has_pods() {
-        endpoints.extend(
-            Node::BOTH
-                .iter()
-                .map(|&n| addressing::pod_ip(lab.mode(), n)),
-        );
+/// The address a packet sent from `netns` to `to` leaves with (`ip route get`'s `src`): the
+/// client address a flow has on the wire, e.g. a VXLAN device's address for a node reaching a
+/// pod, or the address a MASQUERADE rule gives it.
+pub fn source_address(netns: &str, to: Ipv4Addr) -> Result<Ipv4Addr, ProfileError> {
+    let failed = |reason: String| ProfileError::Route {
+        netns: netns.to_owned(),
+        to,
+        reason,
+    };
+    let out = Cmd::new("ip")
+        .args(["-j", "route", "get", &to.to_string()])
+        .in_netns(netns)
+        .run()
+        .map_err(|e| failed(e.to_string()))?;
+    let routes: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| failed(format!("unreadable `ip -j` output: {e}")))?;
+    routes[0]["prefsrc"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| failed(format!("no source address in {out}")))
+}
+
+/// The flows of a ping or iperf3 step on `path`: ICMP, or TCP to iperf3's port, from the
+/// client's address as the server sees it.
+pub fn path_flows(path: &PathEndpoints, tool: Tool) -> Result<Vec<FlowSpec>, ProfileError> {
+    let client = source_address(&path.client_netns, path.server_ip)?;
+    Ok(match tool {
+        Tool::Ping => vec![FlowSpec::icmp(client, path.server_ip)],
+        Tool::Iperf3 | Tool::Ab => vec![FlowSpec::tcp(Some(client), path.server_ip, IPERF3_PORT)],
+    })
+}
+
+/// The flows of HTTP requests from `client_netns` to `target`. Through the NodePort (DNAT to
+/// the nginx pod and MASQUERADE on the server node) the server pod sees its own flow: from
+/// the server node's address towards the pod, to port 80.
+pub fn http_flows(
+    lab: &Lab,
+    client_netns: &str,
+    target: SocketAddrV4,
+) -> Result<Vec<FlowSpec>, ProfileError> {
+    let client = source_address(client_netns, *target.ip())?;
+    let mut flows = vec![FlowSpec::tcp(Some(client), *target.ip(), target.port())];
+    if target.port() == addressing::NODE_PORT && lab.mode().has_pods() {
+        let pod = addressing::pod_ip(lab.mode(), Node::Two);
+        let masquerade = source_address(&lab.names.node(Node::Two), pod)?;
+        flows.push(FlowSpec::tcp(Some(masquerade), pod, 80));
     }
-    endpoints
+    Ok(flows)
+}
+
+/// The flows of `tool`'s step on `path`.
+pub fn step_flows(
+    lab: &Lab,
+    path: &PathEndpoints,
+    tool: Tool,
+) -> Result<Vec<FlowSpec>, ProfileError> {
+    match tool {
+        Tool::Ab => http_flows(lab, &path.http_client_netns, path.http_target),
+        Tool::Ping | Tool::Iperf3 => path_flows(path, tool),
+    }
+}
+
+/// The flows of every step of one path (for agents that stay attached across steps).
+pub fn all_path_flows(lab: &Lab, path: &PathEndpoints) -> Result<Vec<FlowSpec>, ProfileError> {
+    let mut flows = Vec::new();
+    for tool in Tool::ALL {
+        flows.extend(step_flows(lab, path, tool)?);
+    }
+    Ok(flows)
 }
 
 /// How the agents are run: which checkpoint families, bpf_stats, sampling, duty cycle.
@@ -53,6 +121,7 @@ pub struct AgentTuning {
     pub stats_share: u32,
     pub sample: u32,
     pub duty: Option<crate::agent::duty::Duty>,
+    pub expedite_rcu: bool,
 }
 
 impl Default for AgentTuning {
@@ -63,26 +132,29 @@ impl Default for AgentTuning {
             stats_share: crate::agent::stats::DEFAULT_STATS_SHARE,
             sample: 1,
             duty: None,
+            expedite_rcu: false,
         }
     }
 }
 
-/// Starts an agent on each node of the lab (with that node's pod namespace), tuned.
+/// Starts an agent on each node of the lab (with that node's pod namespace), tuned, following
+/// `flows`.
 pub fn start_agents_with(
     lab: &Lab,
     tuning: &AgentTuning,
+    flows: &[FlowSpec],
 ) -> Result<Vec<(Node, Agent)>, ProfileError> {
-    let endpoints = lab_endpoints(lab);
     Node::BOTH
         .iter()
         .map(|&node| {
-            let mut options = AgentOptions::new(lab.names.node(node), endpoints.clone());
+            let mut options = AgentOptions::new(lab.names.node(node), flows.to_vec());
             options.node = Some(node.name().to_owned());
             options.hooks = tuning.hooks;
             options.stats = tuning.stats;
             options.stats_share = tuning.stats_share;
             options.sample = tuning.sample;
             options.duty = tuning.duty;
+            options.expedite_rcu = tuning.expedite_rcu;
             if lab.mode().has_pods() {
                 options.pod_netns = vec![lab.names.pod(node)];
             }
@@ -116,22 +188,24 @@ impl Profiler {
             path: dir.clone(),
             source,
         })?;
+        // Each step names its own flows (`before_step`); until then nothing is followed.
         Ok(Self {
-            agents: start_agents_with(lab, tuning)?,
+            agents: start_agents_with(lab, tuning, &[])?,
             out: out.clone(),
             mode: lab.mode(),
         })
     }
 
-    /// Clears the agents' histograms and counters before a step of `tool`. Pings keep
-    /// bpf_stats on throughout (light traffic; their per-run probe cost feeds the report's
-    /// "of which netprof probes"), the loads have them in slices.
-    pub fn before_step(&self, tool: Tool) -> Result<(), ProfileError> {
+    /// Points the agents at the step's `flows` and clears their histograms and counters
+    /// before a step of `tool`. Pings keep bpf_stats on throughout (light traffic), the loads
+    /// have them in slices.
+    pub fn before_step(&self, flows: &[FlowSpec], tool: Tool) -> Result<(), ProfileError> {
         for (node, agent) in &self.agents {
             let read_err = |source| ProfileError::Read {
                 node: node.name().to_owned(),
                 source,
             };
+            agent.set_flows(flows).map_err(read_err)?;
             agent.full_stats(tool == Tool::Ping).map_err(read_err)?;
             agent.reset().map_err(read_err)?;
         }

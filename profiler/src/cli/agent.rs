@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::agent::{Agent, AgentOptions};
+use crate::agent::{Agent, AgentOptions, FlowSpec};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -28,8 +28,14 @@ pub struct AgentArgs {
     /// The node's uplink (default: the default route's device, else eno1).
     #[arg(long)]
     pub uplink: Option<String>,
-    /// A benchmark endpoint address; packets from or to it are followed (repeatable).
-    #[arg(long = "endpoint", required_unless_present = "serve")]
+    /// A benchmark flow to follow, PROTO:CLIENT-SERVER[:PORT] (repeatable), e.g.
+    /// icmp:198.19.1.2-198.19.2.2 or tcp:198.18.0.1-198.18.0.2:5201; CLIENT may be * for any
+    /// peer, no PORT means every port. Other traffic is not followed.
+    #[arg(long = "flow", value_name = "FLOW", required_unless_present_any = ["serve", "endpoints"])]
+    pub flows: Vec<FlowSpec>,
+    /// Follow every packet from or to this address (repeatable): as the flows icmp:*-IP,
+    /// tcp:*-IP and udp:*-IP, costlier than naming the benchmark's flows.
+    #[arg(long = "endpoint", value_name = "IP")]
     pub endpoints: Vec<Ipv4Addr>,
     /// Measure this many seconds, then stop (default: until SIGINT/SIGTERM).
     #[arg(long)]
@@ -37,8 +43,9 @@ pub struct AgentArgs {
     /// Node name in the report (default: the namespace's name).
     #[arg(long)]
     pub node: Option<String>,
-    /// Follow 1 in N benchmark packets (a power of two). 1 follows every packet (exact
-    /// counts); larger values make the agent cheaper under load.
+    /// Follow 1 in N TCP/UDP flows (a power of two), chosen by a hash of the client's port so
+    /// a request and its reply are followed together; pings are always followed. 1 follows
+    /// every flow (exact counts); larger values make the agent cheaper under load.
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
     #[command(flatten)]
@@ -58,7 +65,7 @@ pub struct AgentArgs {
     pub out: Option<PathBuf>,
     /// Serve the control API instead (start/stop/snapshot/metrics over HTTP); the flows to
     /// follow come with each `POST /v1/start`.
-    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "endpoints", "duration", "node", "out", "sample", "hooks", "stats_share"])]
+    #[arg(long, conflicts_with_all = ["netns", "pod_netns", "uplink", "flows", "endpoints", "duration", "node", "out", "sample", "hooks", "stats_share"])]
     pub serve: bool,
     /// Loopback address of the control API (with --serve; port 0 picks a free port).
     #[arg(long, default_value = crate::api::DEFAULT_LISTEN, requires = "serve")]
@@ -101,6 +108,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
     crate::ebpf::preflight()?;
     let existed = out_path.exists();
     let mut out = open_output(&out_path)?;
+    let mut flows = args.flows.clone();
+    flows.extend(
+        args.endpoints
+            .iter()
+            .flat_map(|&ip| FlowSpec::everything_of(ip)),
+    );
     let options = AgentOptions {
         pod_netns: args.pod_netns.clone(),
         uplink: args.uplink.clone(),
@@ -109,7 +122,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
         hooks: args.hooks,
         stats_share: args.stats_share,
         duty: args.duty.duty()?,
-        ..AgentOptions::new(netns.clone(), args.endpoints.clone())
+        expedite_rcu: args.duty.expedite_rcu,
+        ..AgentOptions::new(netns.clone(), flows)
     };
     let agent = match Agent::start(&options) {
         Ok(agent) => agent,

@@ -82,6 +82,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let tuning = args.profile.then_some(bench::profile::AgentTuning {
         duty,
+        expedite_rcu: args.duty.expedite_rcu,
         ..Default::default()
     });
     let plan = if args.validate {

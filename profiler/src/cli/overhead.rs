@@ -38,9 +38,13 @@ pub struct OverheadArgs {
     /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost).
     #[arg(long)]
     pub no_stats: bool,
-    /// The agents follow 1 in N benchmark packets (power of two; 1 = every packet).
+    /// The agents follow 1 in N TCP flows (power of two; 1 = every flow).
     #[arg(long, default_value_t = 1)]
     pub sample: u32,
+    /// With duty-cycled settings: switch /sys/kernel/rcu_expedited on during window edges
+    /// (kernel-wide; see `netprof agent --help`).
+    #[arg(long)]
+    pub expedite_rcu: bool,
     /// Agent settings to compare with "off", side by side in every round: attached for this
     /// percentage of every --duty-period-ms, or of every MS with PERCENT@MS (100: always;
     /// comma-separated, e.g. `100,2,2@4000`; `:nostats` runs a setting without bpf_stats,
@@ -224,8 +228,12 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                         stats_share: if setting.stats == SettingStats::Full { 100 } else { crate::agent::stats::DEFAULT_STATS_SHARE },
                         sample: args.sample,
                         duty: duties[i],
+                        expedite_rcu: args.expedite_rcu,
                     };
-                    profile::start_agents_with(&built, &tuning).map_err(|source| BenchError::Profile { mode: args.mode, source })
+                    let path = built.pod_path().expect("overhead runs on a mode with pods");
+                    profile::all_path_flows(&built, &path)
+                        .and_then(|flows| profile::start_agents_with(&built, &tuning, &flows))
+                        .map_err(|source| BenchError::Profile { mode: args.mode, source })
                 },
                 |i, agents| {
                     if let Some((_, agent)) = agents.first() {

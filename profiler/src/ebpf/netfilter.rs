@@ -235,9 +235,7 @@ pub(crate) fn log_tail(log: &str) -> String {
 }
 
 pub(crate) fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| format!("Linux {}", s.trim()))
-        .unwrap_or_else(|_| "an unknown kernel".to_owned())
+    format!("Linux {}", crate::kernel_release())
 }
 
 // ---- bpf(2) attribute structs ----
@@ -679,13 +677,14 @@ fn load_program(parsed: &ParsedProgram, insns: &[u8]) -> Result<OwnedFd, Netfilt
         Ok(fd) => return Ok(fd),
         Err(err) => err,
     };
-    if is_permission(&first) {
+    // EPERM: no privileges. EACCES is also what the verifier answers when it refuses the
+    // program: load again with a log to say which.
+    if first.raw_os_error() == Some(libc::EPERM) {
         return Err(NetfilterError::PermissionDenied {
             action: format!("loading program {}", parsed.name),
             source: first,
         });
     }
-    // Load again with a log to say why.
     let mut log = vec![0u8; LOG_SIZE];
     attr.log_level = 1;
     attr.log_size = LOG_SIZE as u32;
@@ -697,6 +696,12 @@ fn load_program(parsed: &ParsedProgram, insns: &[u8]) -> Result<OwnedFd, Netfilt
     };
     let len = log.iter().position(|b| *b == 0).unwrap_or(log.len());
     let log = String::from_utf8_lossy(&log[..len]).into_owned();
+    if log.trim().is_empty() && is_permission(&source) {
+        return Err(NetfilterError::PermissionDenied {
+            action: format!("loading program {}", parsed.name),
+            source,
+        });
+    }
     if log.trim().is_empty() && source.raw_os_error() == Some(libc::EINVAL) {
         return Err(NetfilterError::Unsupported {
             program: parsed.name.clone(),

@@ -318,7 +318,8 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.completed += c.completed;
     total.dropped += c.dropped;
     total.abandoned += c.abandoned;
-    total.journey_map_full += c.journey_map_full;
+    total.slot_busy += c.slot_busy;
+    total.journey_long += c.journey_long;
     total.segment_map_full += c.segment_map_full;
     total.drop_map_full += c.drop_map_full;
     total.read_errors += c.read_errors;
@@ -523,6 +524,8 @@ mod tests {
             kernel: "6.18".into(),
             attach_ms: 1.0,
             elapsed_s: 1.0,
+            flows: Vec::new(),
+            sample: 1,
             checkpoints: vec![
                 dev(64, "eno1", "uplink", "dev-rx"),
                 dev(65, "eno1", "uplink", "tc-ingress"),

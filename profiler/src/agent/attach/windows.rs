@@ -1,7 +1,14 @@
 //! Duty-cycle windows (see `agent::duty`): closing one detaches every link and pauses the
 //! programs; opening one attaches them again and starts a new epoch.
 
-use super::*;
+use std::{
+    sync::Mutex,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{chain, maps, netfilter, nf_fentry, tc, tracers, Inner};
+use crate::agent::{expedited_rcu::ExpeditedRcu, stats::StatsGuard};
 
 /// Runs `f` on the agent's state unless its lock is poisoned (a panic elsewhere, logged there).
 pub(super) fn with_inner(inner: &Mutex<Inner>, f: fn(&mut Inner)) {
@@ -11,44 +18,44 @@ pub(super) fn with_inner(inner: &Mutex<Inner>, f: fn(&mut Inner)) {
 }
 
 /// Ends a duty-cycle window: the programs are told to return at once (`Config::paused`) and
-/// every link goes, so the datapath runs without netprof (a program that
-/// only returns still costs its call on every packet). Netfilter links close at once; tc and
-/// tracepoint links each wait for an RCU grace period as they close (~300 ms for a node's
-/// set, measured), so a background thread closes those while the programs are paused.
+/// every link goes, so the datapath runs without netprof (a program that only returns still
+/// costs its call on every packet). Netfilter links close at once; tc and tracepoint links
+/// each wait for an RCU grace period as they close, so background threads close those while
+/// the programs are paused.
 pub(super) fn close_window(inner: &mut Inner) {
-    if inner.paused {
+    if inner.windows.paused {
         return;
     }
     let started = Instant::now();
     inner.config.paused = 1;
     let config = inner.config;
-    if let Err(err) = write_config_only(&mut inner.ebpf, &config) {
+    if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
         log::warn!("duty cycle: cannot pause the programs: {}", chain(&err));
     }
-    inner.nf_links.clear();
-    // Statistics off with the window (see `Inner::stats`); the sysctl fallback is shared with
-    // other holders, so it stays as it is.
-    if matches!(inner.stats, Some(StatsGuard::Fd(_))) {
-        inner.stats = None;
+    inner.nf.links.clear();
+    // Statistics off with the window; the sysctl fallback is shared with other holders, so it
+    // stays as it is.
+    if matches!(inner.stats.guard, Some(StatsGuard::Fd(_))) {
+        inner.stats.guard = None;
     }
     // Detached, no program runs: nothing is counted, whatever the statistics do.
-    inner.stats_time.stop();
+    inner.stats.time.stop();
     // tc links close under the RTNL lock, tracepoint links do not: two threads, so their RCU
     // waits overlap instead of adding up.
-    let tc = std::mem::take(&mut inner.tc_links);
+    let tc_links = std::mem::take(&mut inner.tc.links);
     let traces = (
-        std::mem::take(&mut inner.tp_links),
-        std::mem::take(&mut inner.trace_links),
-        std::mem::take(&mut inner.trace_btf_links),
-        std::mem::take(&mut inner.fentry_links),
+        std::mem::take(&mut inner.dev.links),
+        std::mem::take(&mut inner.tracers.classic_links),
+        std::mem::take(&mut inner.tracers.btf_links),
+        std::mem::take(&mut inner.fentry.links),
     );
     let count = traces.0.len() + traces.1.len() + traces.2.len() + traces.3.len();
     let edge = edge_pace(inner);
     let tc_edge = edge.clone();
-    inner.detaching = [
-        closing_thread("tc", tc.len(), move || {
+    inner.windows.detaching = [
+        closing_thread("tc", tc_links.len(), move || {
             let _fast = tc_edge.map(|rcu| rcu.begin());
-            drop(tc)
+            drop(tc_links)
         }),
         closing_thread("tracepoint", count, move || {
             let _fast = edge.map(|rcu| rcu.begin());
@@ -58,8 +65,8 @@ pub(super) fn close_window(inner: &mut Inner) {
     .into_iter()
     .flatten()
     .collect();
-    inner.attached.stop();
-    inner.paused = true;
+    inner.windows.attached.stop();
+    inner.windows.paused = true;
     log::debug!(
         "duty cycle: window closed in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
@@ -88,19 +95,20 @@ fn closing_thread(
         .ok()
 }
 
-/// Counts one window edge and returns what makes it fast, if it can be had.
+/// Counts one window edge and returns what makes it fast, if it was asked for and can be had.
 fn edge_pace(inner: &mut Inner) -> Option<ExpeditedRcu> {
-    inner.edges += 1;
-    if inner.expedite.is_some() {
-        inner.expedited_edges += 1;
+    let windows = &mut inner.windows;
+    windows.edges += 1;
+    if windows.expedite.is_some() {
+        windows.expedited_edges += 1;
     }
-    inner.expedite.clone()
+    windows.expedite.clone()
 }
 
 /// Waits until the last window's links are gone (before attaching new ones: the same program
 /// twice on one hook would count every packet twice).
 pub(super) fn finish_detaching(inner: &mut Inner) {
-    for thread in inner.detaching.drain(..) {
+    for thread in inner.windows.detaching.drain(..) {
         if thread.join().is_err() {
             log::error!("the agent's link-closing thread panicked");
         }
@@ -109,10 +117,9 @@ pub(super) fn finish_detaching(inner: &mut Inner) {
 
 /// Opens a duty-cycle window: every link again (attached while the programs are still
 /// paused), then a new epoch (journeys of the last window are forgotten) with the programs
-/// unpaused. A link that fails now is logged;
-/// the window goes on without it.
+/// unpaused. A link that fails now is logged; the window goes on without it.
 pub(super) fn open_window(inner: &mut Inner) {
-    if !inner.paused {
+    if !inner.windows.paused {
         return;
     }
     let started = Instant::now();
@@ -120,71 +127,33 @@ pub(super) fn open_window(inner: &mut Inner) {
     let joined = started.elapsed();
     let _fast = edge_pace(inner).map(|rcu| rcu.begin());
     // Attached paused, then unpaused at once below: the window starts with every hook in.
-    let devices: Vec<Device> = inner.registry.devices().to_vec();
-    if inner.tc_loaded {
-        for device in &devices {
-            attach_tc(inner, device);
+    if inner.tc.loaded {
+        for device in inner.registry.devices().to_vec() {
+            tc::attach(inner, &device);
         }
     }
     let tc_done = started.elapsed();
-    if inner.tp_attached {
-        for program in [PROG_DEV_RX, PROG_DEV_TX] {
-            if let Some(p) = inner
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-            {
-                match p.attach().and_then(|id| p.take_link(id)) {
-                    Ok(link) => inner.tp_links.push(link),
-                    Err(err) => log::warn!("duty cycle: {program}: {}", chain(&err)),
-                }
-            }
-        }
-    }
-    for which in inner.trace_programs.clone() {
-        if let Err(reason) = attach_trace(inner, which) {
-            log::warn!("duty cycle: {which:?}: {reason}");
-        }
-    }
-    super::nf_fentry::reattach(inner);
+    tracers::reattach_dev(inner);
+    tracers::reattach(inner);
+    nf_fentry::reattach(inner);
     let trace_done = started.elapsed();
-    if !inner.nf_attached.is_empty() {
-        match inner.node_netns.enter_if_elsewhere() {
-            Ok(guard) => {
-                let mut links = Vec::new();
-                for ((hook, point), program) in inner.nf_points.iter().zip(&inner.nf_programs) {
-                    if !inner.nf_attached.contains(&(*hook, *point)) {
-                        continue;
-                    }
-                    match program.attach(hook_of(*hook), NF_POINT_PRIORITIES[*point as usize]) {
-                        Ok(link) => links.push(link),
-                        Err(err) => log::warn!("duty cycle: {}: {}", program.name(), chain(&err)),
-                    }
-                }
-                drop(guard);
-                inner.nf_links.extend(links);
-            }
-            Err(err) => log::warn!("duty cycle: netfilter: {}", chain(&err)),
-        }
-    }
-    if inner.stats_wanted && inner.stats.is_none() {
+    netfilter::reattach(inner);
+    if inner.stats.wanted && inner.stats.guard.is_none() {
         match StatsGuard::enable() {
-            Ok(guard) => inner.stats = Some(guard),
+            Ok(guard) => inner.stats.guard = Some(guard),
             Err(reason) => log::warn!("duty cycle: bpf_stats stay off for this window: {reason}"),
         }
     }
-    inner.config.epoch = inner.config.epoch.wrapping_add(1);
     inner.config.paused = 0;
-    let config = inner.config;
-    if let Err(err) = write_config_only(&mut inner.ebpf, &config) {
+    if let Err(err) = inner.new_epoch() {
         log::warn!("duty cycle: cannot start a new window: {}", chain(&err));
         return;
     }
-    inner.attached.start();
-    if inner.stats.is_some() {
-        inner.stats_time.start();
+    inner.windows.attached.start();
+    if inner.stats.guard.is_some() {
+        inner.stats.time.start();
     }
-    inner.paused = false;
+    inner.windows.paused = false;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     log::debug!(
         "duty cycle: window opened in {:.1} ms (waiting for the last detach {:.1}, tc {:.1}, tracepoints {:.1}, netfilter {:.1})",

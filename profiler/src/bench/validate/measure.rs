@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::checks::{CheckKind, LabPlan, Side};
 use super::switch;
 use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan};
-use crate::bench::profile::Profiler;
+use crate::bench::profile::{self, Profiler};
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
 use crate::rundir::{NetPath, RunDir, Tool};
@@ -118,16 +118,19 @@ async fn profiled(
         let step = format!("{label}: {step}");
         move |source| BenchError::Tool { mode, step, source }
     };
-    profiler.before_step(Tool::Ping).map_err(profile_err)?;
+    let flows = profile::path_flows(&endpoints, Tool::Ping).map_err(profile_err)?;
+    profiler.before_step(&flows, Tool::Ping).map_err(profile_err)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, ctx.cfg)
         .await
         .map_err(tool_err("ping"))?;
     let mut profiles = profiler
         .after_step(NetPath::Pod, Tool::Ping)
         .map_err(profile_err)?;
-    profiler.before_step(Tool::Ab).map_err(profile_err)?;
-    let cpu = cpu_time::CpuMeter::start();
     let target = SocketAddrV4::new(endpoints.server_ip, 80);
+    let flows =
+        profile::http_flows(lab, &endpoints.http_client_netns, target).map_err(profile_err)?;
+    profiler.before_step(&flows, Tool::Ab).map_err(profile_err)?;
+    let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, target, ctx.cfg)
         .await
         .map_err(tool_err("ab"))?;

@@ -1,0 +1,254 @@
+//! The netfilter checkpoints: `BPF_PROG_TYPE_NETFILTER` links around the node namespace's
+//! iptables tables (netprof's own loader: aya cannot load these), or where the kernel has no
+//! such links, the fentry/fexit fallback (`nf_fentry`).
+
+use std::collections::{BTreeSet, HashMap as StdHashMap};
+
+use profiler_common::datapath::{
+    nf_checkpoint, ALL_MAPS, CP_NONE, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
+    NF_POINT_PRIORITIES,
+};
+
+use super::{chain, maps, nf_fentry, Inner};
+use crate::{
+    agent::{nf_points, nf_program, stages::NF_HOOK_NAMES},
+    cmd::Cmd,
+    ebpf::netfilter::{Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, NF_OBJECT},
+};
+
+/// The netfilter links' state.
+#[derive(Debug, Default)]
+pub(super) struct NetfilterFamily {
+    pub links: Vec<NetfilterLink>,
+    /// The loaded programs with their `(hook, point)`.
+    pub programs: Vec<((u32, u32), NetfilterProgram)>,
+    /// The `(hook, point)`s watched (by links or by the fentry fallback).
+    pub attached: BTreeSet<(u32, u32)>,
+}
+
+pub(super) fn hook_of(index: u32) -> Hook {
+    match index {
+        0 => Hook::PreRouting,
+        1 => Hook::LocalIn,
+        2 => Hook::Forward,
+        3 => Hook::LocalOut,
+        _ => Hook::PostRouting,
+    }
+}
+
+/// The iptables/nftables tables of `netns`: `Some(names)` (maybe empty), or `None` when no tool
+/// could tell.
+pub fn netfilter_tables(netns: &str) -> Option<Vec<String>> {
+    let mut known = false;
+    let mut tables = Vec::new();
+    if let Ok(out) = Cmd::new("iptables-save").in_netns(netns).run() {
+        known = true;
+        tables.extend(
+            out.lines()
+                .filter_map(|l| l.strip_prefix('*'))
+                .map(|t| format!("ip {}", t.trim())),
+        );
+    }
+    if let Ok(out) = Cmd::new("nft")
+        .args(["list", "tables"])
+        .in_netns(netns)
+        .run()
+    {
+        known = true;
+        for line in out.lines() {
+            let name = line.trim().trim_start_matches("table ").to_owned();
+            // iptables-nft tables show up in both lists.
+            if !name.is_empty() && !tables.contains(&name) {
+                tables.push(name);
+            }
+        }
+    }
+    known.then_some(tables)
+}
+
+/// Per hook, the priorities of the hook functions the node namespace has registered (`None`:
+/// unknown, e.g. native nftables tables, so every point counts).
+pub(super) type NetfilterLayout = Option<[Vec<i32>; NF_HOOK_COUNT as usize]>;
+
+/// The layout of the node's tables; `None` outside when it has no tables at all (recorded as
+/// not measured).
+fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
+    match netfilter_tables(&inner.node.netns) {
+        Some(tables) if tables.is_empty() => {
+            let reason = format!("no netfilter tables in {}", inner.node.netns);
+            inner.not_measured("netfilter", reason);
+            None
+        }
+        Some(tables) => {
+            log::info!(
+                "netfilter tables in {}: {}",
+                inner.node.netns,
+                tables.join(", ")
+            );
+            let hooks = nf_points::registered(&tables);
+            for (hook, prios) in hooks.iter().flatten().enumerate() {
+                inner.catalog.set_registered(hook as u32, prios);
+            }
+            Some(hooks)
+        }
+        None => {
+            log::warn!(
+                "cannot list netfilter tables in {} (iptables-save and nft failed); attaching every point",
+                inner.node.netns
+            );
+            Some(None)
+        }
+    }
+}
+
+/// The netfilter checkpoints: links where the kernel has them, else (or when asked for) the
+/// fentry/fexit fallback.
+pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool) {
+    let Some(layout) = layout(inner) else { return };
+    if force_fentry {
+        nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
+    } else {
+        attach_links(inner, &layout);
+        if inner.nf.attached.is_empty() {
+            nf_fentry::attach(inner, &layout, "no netfilter link attached");
+        }
+    }
+    inner.config.nf_admit_cp = admitting_checkpoint(&inner.nf.attached);
+    let config = inner.config;
+    if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
+        inner.not_measured("netfilter (locally sent packets)", chain(&err));
+    }
+}
+
+/// The netfilter checkpoint that admits (`Config::nf_admit_cp`): the first point watched on
+/// LOCAL_OUT, or none.
+fn admitting_checkpoint(watched: &BTreeSet<(u32, u32)>) -> u16 {
+    watched
+        .iter()
+        .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT)
+        .map_or(CP_NONE, |&(hook, point)| nf_checkpoint(hook, point))
+}
+
+fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
+    // Per hook, the points worth a program (see `nf_points`); all of them when the tables
+    // cannot be listed or are not iptables' own.
+    let points_per_hook: Vec<Vec<u32>> = match layout {
+        Some(hooks) => hooks.iter().map(|prios| nf_points::points(prios)).collect(),
+        None => (0..NF_HOOK_COUNT)
+            .map(|_| (0..NF_POINT_COUNT).collect())
+            .collect(),
+    };
+    let mut maps = StdHashMap::new();
+    for name in ALL_MAPS {
+        match inner.ebpf.map(name).and_then(maps::map_fd) {
+            Some(fd) => {
+                maps.insert(name.to_owned(), fd);
+            }
+            None => {
+                let reason = format!("map {name} is missing from the aya object: rebuild netprof");
+                inner.not_measured("netfilter", reason);
+                return;
+            }
+        }
+    }
+    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(maps);
+    let mut programs = Vec::new();
+    let mut failures = Vec::new();
+    for hook in 0..NF_HOOK_COUNT {
+        for &point in &points_per_hook[hook as usize] {
+            let name = nf_program(hook, point);
+            match loader.load(name) {
+                Ok(program) => programs.push(((hook, point), program)),
+                Err(err) => failures.push((
+                    format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]),
+                    chain(&err),
+                )),
+            }
+        }
+    }
+    drop(loader);
+    inner.nf.programs = programs;
+    let (links, attach_failures) = link_all(inner);
+    failures.extend(attach_failures);
+    for (what, reason) in failures {
+        inner.not_measured(what, reason);
+    }
+    inner.nf.links.extend(links);
+}
+
+/// Links every loaded program that is meant to be watched (all of them at start; the attached
+/// ones when a duty-cycle window opens), in the node's namespace.
+fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
+    let mut links = Vec::new();
+    let mut failures = Vec::new();
+    let guard = match inner.node.handle.enter_if_elsewhere() {
+        Ok(guard) => guard,
+        Err(err) => {
+            failures.push(("netfilter".to_owned(), chain(&err)));
+            return (links, failures);
+        }
+    };
+    let reopening = !inner.nf.attached.is_empty();
+    for ((hook, point), program) in &inner.nf.programs {
+        if reopening && !inner.nf.attached.contains(&(*hook, *point)) {
+            continue;
+        }
+        let priority = NF_POINT_PRIORITIES[*point as usize];
+        match program.attach(hook_of(*hook), priority) {
+            Ok(link) => {
+                links.push(link);
+                inner.nf.attached.insert((*hook, *point));
+            }
+            Err(err) => failures.push((
+                format!(
+                    "nf {} {priority} (checkpoint {})",
+                    NF_HOOK_NAMES[*hook as usize],
+                    nf_checkpoint(*hook, *point)
+                ),
+                chain(&err),
+            )),
+        }
+    }
+    drop(guard);
+    (links, failures)
+}
+
+/// Links the watched points again (a duty-cycle window opening).
+pub(super) fn reattach(inner: &mut Inner) {
+    if inner.nf.programs.is_empty() || inner.nf.attached.is_empty() {
+        return;
+    }
+    let (links, failures) = link_all(inner);
+    for (what, reason) in failures {
+        log::warn!("duty cycle: {what}: {reason}");
+    }
+    inner.nf.links.extend(links);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_local_out_point_admits() {
+        let watched: BTreeSet<(u32, u32)> = [(0, 1), (0, 2), (3, 2), (3, 1), (4, 5)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            admitting_checkpoint(&watched),
+            nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
+        );
+        assert_eq!(
+            admitting_checkpoint(&[(0, 1), (4, 5)].into_iter().collect()),
+            CP_NONE
+        );
+        assert_eq!(admitting_checkpoint(&BTreeSet::new()), CP_NONE);
+    }
+
+    #[test]
+    fn hooks_map_to_the_kernel_numbering() {
+        for index in 0..NF_HOOK_COUNT {
+            assert_eq!(hook_of(index) as u32, index);
+        }
+    }
+}

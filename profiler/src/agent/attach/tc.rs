@@ -1,0 +1,204 @@
+//! The tc checkpoints: classifiers on both directions of every watched device, in the device's
+//! namespace (the node's, or a pod's for its `eth0`). The uplink's ingress gets the program
+//! that admits packets from the other node; a pod's `eth0` gets the pod programs (the egress
+//! one admits the pod's packets); every other device the plain node programs.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{
+    tc::{SchedClassifierLink, TcAttachOptions},
+    LinkOrder, SchedClassifier, TcAttachType,
+};
+
+use super::{chain, Inner};
+use crate::{
+    agent::{
+        devices::Device,
+        stages::{DeviceHook, DeviceRole},
+        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+        PROG_TC_UPLINK_INGRESS,
+    },
+    netns::NetnsHandle,
+};
+
+/// How long reopening a duty-cycle window waits for the last window's tc links to go.
+const REATTACH_WAIT: Duration = Duration::from_secs(1);
+
+/// The tc family's state: whether its programs loaded, its links, the checkpoints attached.
+#[derive(Debug, Default)]
+pub(super) struct TcFamily {
+    pub loaded: bool,
+    pub links: Vec<SchedClassifierLink>,
+    /// Checkpoint ids of the tc hooks attached.
+    pub attached: BTreeSet<u16>,
+}
+
+const PROGRAMS: [&str; 5] = [
+    PROG_TC_INGRESS,
+    PROG_TC_EGRESS,
+    PROG_TC_UPLINK_INGRESS,
+    PROG_TC_POD_INGRESS,
+    PROG_TC_POD_EGRESS,
+];
+
+/// Loads the tc programs (they are attached per device as devices are found).
+pub(super) fn load(inner: &mut Inner) {
+    let mut ok = true;
+    for program in PROGRAMS {
+        let result = match classifier(inner, program) {
+            Some(p) => p.load().map_err(|e| chain(&e)),
+            None => {
+                Err("the program is missing from netprof's eBPF object: rebuild netprof".into())
+            }
+        };
+        if let Err(reason) = result {
+            inner.not_measured(format!("tc checkpoints ({program})"), reason);
+            ok = false;
+        }
+    }
+    inner.tc.loaded = ok;
+}
+
+fn classifier<'a>(inner: &'a mut Inner, program: &str) -> Option<&'a mut SchedClassifier> {
+    inner
+        .ebpf
+        .program_mut(program)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+}
+
+/// The (ingress, egress) programs of a device.
+fn programs_for(device: &Device) -> (&'static str, &'static str) {
+    match (device.found.on_node, device.found.role) {
+        (false, _) => (PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS),
+        (true, DeviceRole::Uplink) => (PROG_TC_UPLINK_INGRESS, PROG_TC_EGRESS),
+        (true, _) => (PROG_TC_INGRESS, PROG_TC_EGRESS),
+    }
+}
+
+/// Whether a program error is the kernel's EEXIST (that program is on that hook already).
+fn is_eexist(err: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::EEXIST);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Attaches both directions of `device`, inside the device's namespace.
+pub(super) fn attach(inner: &mut Inner, device: &Device) {
+    let label = device.label().label;
+    let ifname = device.found.link.ifname.clone();
+    let pod_netns = if device.found.on_node {
+        None
+    } else {
+        match NetnsHandle::open(&device.found.netns) {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                inner.not_measured(format!("{label} tc"), chain(&err));
+                return;
+            }
+        }
+    };
+    let entered = match &pod_netns {
+        Some(pod) => pod.enter_if_elsewhere(),
+        None => inner.node.handle.enter_if_elsewhere(),
+    };
+    let guard = match entered {
+        Ok(guard) => guard,
+        Err(err) => {
+            inner.not_measured(format!("{label} tc"), chain(&err));
+            return;
+        }
+    };
+    let (ingress, egress) = programs_for(device);
+    for (program, attach_type, hook) in [
+        (ingress, TcAttachType::Ingress, DeviceHook::TcIngress),
+        (egress, TcAttachType::Egress, DeviceHook::TcEgress),
+    ] {
+        let paused = inner.windows.paused;
+        let Some(classifier) = classifier(inner, program) else {
+            continue;
+        };
+        let mut attach_once = || {
+            // After existing TCX programs: ours return "next", so whatever runs before
+            // decides what they see.
+            classifier
+                .attach_with_options(
+                    &ifname,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .and_then(|id| classifier.take_link(id))
+        };
+        let mut result = attach_once();
+        // Reopening a duty-cycle window: the last window's link on this hook can still be
+        // going (its release finishes in the kernel after the close returns, under load), and
+        // the kernel refuses the same program twice on a hook (EEXIST) until it is gone.
+        let deadline = Instant::now() + REATTACH_WAIT;
+        while paused && Instant::now() < deadline && result.as_ref().is_err_and(is_eexist) {
+            std::thread::sleep(Duration::from_millis(5));
+            result = attach_once();
+        }
+        match result {
+            Ok(link) => {
+                inner.tc.links.push(link);
+                inner.tc.attached.insert(device.id(hook));
+            }
+            Err(err) => {
+                let what = format!("{label} {}", hook.name());
+                inner.not_measured(what, format!("TCX attach failed: {}", chain(&err)));
+            }
+        }
+    }
+    drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::devices::{Found, Link};
+
+    fn device(role: DeviceRole, on_node: bool) -> Device {
+        Device {
+            found: Found {
+                netns: "n".into(),
+                netns_inum: 1,
+                link: Link {
+                    ifname: "x".into(),
+                    ifindex: 3,
+                    kind: String::new(),
+                    master: None,
+                    mac: None,
+                    peer_ifindex: None,
+                },
+                role,
+                on_node,
+            },
+            base: 64,
+        }
+    }
+
+    #[test]
+    fn paths_start_at_the_uplink_ingress_and_the_pod_egress_only() {
+        assert_eq!(
+            programs_for(&device(DeviceRole::Uplink, true)),
+            (PROG_TC_UPLINK_INGRESS, PROG_TC_EGRESS)
+        );
+        assert_eq!(
+            programs_for(&device(DeviceRole::PodEth, false)),
+            (PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS)
+        );
+        for role in [DeviceRole::Bridge, DeviceRole::Vxlan, DeviceRole::HostVeth] {
+            assert_eq!(
+                programs_for(&device(role, true)),
+                (PROG_TC_INGRESS, PROG_TC_EGRESS)
+            );
+        }
+    }
+}
