@@ -18,7 +18,7 @@ use std::{
 };
 
 use netprof::agent::{AgentReport, SCHEMA};
-use netprof::bench::{config::BenchConfig, profile::lab_endpoints, servers, tools};
+use netprof::bench::{config::BenchConfig, servers, tools};
 use netprof::lab::{self, LabNames, LabSpec, Mode, Node};
 use netprof_tests::{
     ebpf_skip_reason, netprof_bin, print_skip, program_unloaded, settled, unique_lab_name,
@@ -313,7 +313,7 @@ fn control_api_profiles_a_real_benchmark() {
     server.healthy();
 
     // ---- start on node 2, as the DaemonSet's agent on the server's node ----
-    let endpoints: Vec<String> = lab_endpoints(&built)
+    let endpoints: Vec<String> = lab_addresses(&built)
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -585,7 +585,7 @@ fn without_netns_the_agent_profiles_the_namespace_it_runs_in() {
         "{located}"
     );
 
-    let endpoints: Vec<String> = lab_endpoints(&built)
+    let endpoints: Vec<String> = lab_addresses(&built)
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -774,4 +774,21 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The lab's node and pod addresses: the start requests name them as `endpoints` (every
+/// packet of each is followed).
+fn lab_addresses(lab: &netprof::lab::Lab) -> Vec<std::net::Ipv4Addr> {
+    let mut addresses: Vec<std::net::Ipv4Addr> = Node::BOTH
+        .iter()
+        .map(|&n| netprof::lab::addressing::node_ip(n))
+        .collect();
+    if lab.mode().has_pods() {
+        addresses.extend(
+            Node::BOTH
+                .iter()
+                .map(|&n| netprof::lab::addressing::pod_ip(lab.mode(), n)),
+        );
+    }
+    addresses
 }

@@ -12,8 +12,12 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use netprof::agent::{report::AgentReport, Agent, AgentError, AgentOptions, HookFamilies, Stage};
+use netprof::agent::{
+    report::AgentReport, Agent, AgentError, AgentOptions, FlowSpec, HookFamilies, Stage,
+};
+use netprof::bench::profile::path_flows;
 use netprof::lab::{self, addressing, LabNames, LabSpec, Mode, Node};
+use netprof::rundir::Tool;
 use netprof_tests::leftovers::{self, BpfObjects};
 use netprof_tests::{
     ebpf_skip_reason, print_skip, unique_lab_name, LabCleanup as Cleanup, TempPath,
@@ -101,17 +105,14 @@ fn check_stats_off(names: &LabNames, path: &netprof::lab::PathEndpoints) {
 }
 
 /// A lab of `mode` (removed when the returned `Cleanup` drops), its pod path, and the options
-/// of an agent on node 1 watching pod 1, with both pods as endpoints.
+/// of an agent on node 1 watching pod 1, following the pods' pings.
 fn node_one_lab(mode: Mode) -> (Cleanup, LabNames, netprof::lab::PathEndpoints, AgentOptions) {
     let names = LabNames::new(&unique_lab_name()).unwrap();
     let cleanup = Cleanup(names.clone());
     let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
     let path = built.pod_path().unwrap();
-    let endpoints = vec![
-        addressing::pod_ip(mode, Node::One),
-        addressing::pod_ip(mode, Node::Two),
-    ];
-    let mut options = AgentOptions::new(names.node(Node::One), endpoints);
+    let flows = path_flows(&path, Tool::Ping).unwrap();
+    let mut options = AgentOptions::new(names.node(Node::One), flows);
     options.pod_netns = vec![names.pod(Node::One)];
     (cleanup, names, path, options)
 }
@@ -226,19 +227,9 @@ fn run(mode: Mode, hooks: HookFamilies) {
     let _cleanup = Cleanup(names.clone());
     let built = lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
     let path = built.pod_path().unwrap_or_else(|| built.host_path());
-    let endpoints = if mode.has_pods() {
-        vec![
-            addressing::pod_ip(mode, Node::One),
-            addressing::pod_ip(mode, Node::Two),
-        ]
-    } else {
-        vec![
-            addressing::node_ip(Node::One),
-            addressing::node_ip(Node::Two),
-        ]
-    };
+    let flows = path_flows(&path, Tool::Ping).unwrap();
     let options = |node: Node| {
-        let mut o = AgentOptions::new(names.node(node), endpoints.clone());
+        let mut o = AgentOptions::new(names.node(node), flows.clone());
         o.hooks = hooks;
         if mode.has_pods() {
             o.pod_netns = vec![names.pod(node)];
@@ -535,6 +526,7 @@ fn rescan_watches_devices_created_later() {
     let mode = Mode::FlannelHostgw;
     lab::up(&names, LabSpec { mode, services: 0 }).unwrap();
     let node = names.node(Node::One);
+    use netprof::rundir::Tool;
     let before = Before::take(vec![node.clone()]);
     let endpoints = vec![addressing::pod_ip(mode, Node::One)];
     let agent = Agent::start(&AgentOptions::new(node.clone(), endpoints)).unwrap();

@@ -50,9 +50,25 @@ pub const MAP_COUNTERS: &str = "NP_COUNTERS";
 pub const MAP_CP_HITS: &str = "NP_CP_HITS";
 /// `PerCpuHash<DropKey, u64>`: followed packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
-/// `PerCpuArray<u64>`, 1 entry: where a program turns the skb pointer it was handed into a
-/// number (the verifier forbids hashing a pointer; stored and read back it is a number).
+/// `PerCpuArray<u64>`, `SCRATCH_SLOTS` entries: where a program turns the skb pointer it was
+/// handed into a number (the verifier forbids hashing a pointer; stored and read back it is a
+/// number), and where a checkpoint hands a packet over to the admission program it tail-calls.
 pub const MAP_SCRATCH: &str = "NP_SCRATCH";
+pub const SCRATCH_POINTER: u32 = 0;
+/// The handed-over packet's skb address, checkpoint and how to read it (`ADMIT_*`).
+pub const SCRATCH_ADMIT_SKB: u32 = 1;
+pub const SCRATCH_ADMIT_CP: u32 = 2;
+pub const SCRATCH_ADMIT_HOW: u32 = 3;
+pub const SCRATCH_SLOTS: u32 = 4;
+/// `SCRATCH_ADMIT_HOW`: judge a VXLAN packet by the packet inside.
+pub const ADMIT_INSIDE_VXLAN: u64 = 1;
+/// `ProgramArray`, 1 entry, aya object: `PROG_TC_ADMIT`, which the admitting tc checkpoints
+/// tail-call for a packet that is not followed yet, so the header parsing and flow lookups
+/// live in one program instead of in every checkpoint.
+pub const MAP_TC_ADMIT: &str = "NP_TC_ADMIT";
+/// `ProgramArray`, 1 entry, netfilter object: `PROG_NF_ADMIT`, tail-called the same way by
+/// the LOCAL_OUT point that admits.
+pub const MAP_NF_ADMIT: &str = "NP_NF_ADMIT";
 
 /// `Hash<DeviceKey, DeviceCheckpoints>`, aya object only: the watched devices by namespace
 /// and ifindex, for the optional tp_btf device programs (`--hooks dev`), which see every
@@ -611,6 +627,10 @@ pub const PROG_TC_UPLINK_INGRESS: &str = "cp_tc_upl_in";
 /// pod's packets start their path there).
 pub const PROG_TC_POD_INGRESS: &str = "cp_tc_pod_in";
 pub const PROG_TC_POD_EGRESS: &str = "cp_tc_pod_eg";
+/// Admission for the tc checkpoints (tail-called through `MAP_TC_ADMIT`, never attached).
+pub const PROG_TC_ADMIT: &str = "cp_tc_admit";
+/// Admission for the netfilter checkpoints (netfilter object, through `MAP_NF_ADMIT`).
+pub const PROG_NF_ADMIT: &str = "nf_admit";
 /// tp_btf on `TP_DEV_RX` / `TP_DEV_TX`: every device of every namespace; only devices in
 /// `MAP_DEVICES` are checkpoints.
 pub const PROG_DEV_RX: &str = "cp_dev_rx";
@@ -651,10 +671,11 @@ pub const VERIFIER_TWINS: [(&str, &str); 3] = [
     ("cp_vt_nft", "consume_skb"),
 ];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 21] = [
+pub const AYA_PROGRAMS: [&str; 22] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
+    PROG_TC_ADMIT,
     PROG_TC_POD_INGRESS,
     PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
@@ -762,13 +783,14 @@ mod tests {
     fn program_names_are_unique_kernel_names() {
         let mut names = AYA_PROGRAMS.to_vec();
         names.extend(NF_PROGRAMS.iter().flatten());
+        names.push(PROG_NF_ADMIT);
         for (i, name) in names.iter().enumerate() {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
             assert!(!names[..i].contains(name), "{name} twice");
         }
         assert_eq!(
             names.len(),
-            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize
+            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize + 1
         );
     }
 

@@ -31,7 +31,8 @@ use profiler_common::{
         COUNTER_JOURNEY_LONG, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SEGMENT_FULL,
         COUNTER_SLOT_BUSY, HIST_BUCKETS, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS,
         MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_SEGMENTS, MAP_TAGS,
-        MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS, SEGMENT_PROBES,
+        MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS, SCRATCH_ADMIT_CP,
+        SCRATCH_ADMIT_HOW, SCRATCH_ADMIT_SKB, SCRATCH_POINTER, SCRATCH_SLOTS, SEGMENT_PROBES,
     },
     names_match,
 };
@@ -54,7 +55,7 @@ pub static NP_CP_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CHEC
 pub static NP_DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
 #[map]
-pub static NP_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static NP_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
 const _: () = assert!(names_match(stringify!(NP_CONFIG), MAP_CONFIG));
 const _: () = assert!(names_match(stringify!(NP_FLOWS), MAP_FLOWS));
@@ -97,7 +98,7 @@ fn opaque<T: Copy>(value: T) -> T {
 /// may do this). The per-CPU array lookup is inlined by newer kernels' verifiers.
 #[inline(always)]
 pub fn skb_address(pointer: u64) -> Option<u64> {
-    let slot = NP_SCRATCH.get_ptr_mut(0)?;
+    let slot = NP_SCRATCH.get_ptr_mut(SCRATCH_POINTER)?;
     // SAFETY: this CPU's slot of a per-CPU array; nothing preempts a program between the two
     // accesses. Volatile, so the value goes through memory as the verifier must see it.
     unsafe {
@@ -214,17 +215,61 @@ pub trait Packet {
 }
 
 /// A checkpoint where paths start: a followed packet (`skb`, from [`skb_address`]) is
-/// recorded, any other one is admitted if it belongs to a followed flow (asked only then).
+/// recorded there and `false` returned; `true` means it is not followed yet, and the caller
+/// hands it over to admission ([`hand_over`], then a tail call).
+#[inline(always)]
+pub fn record_or_needs_admission(cfg: &Config, skb: u64, cp: u16) -> bool {
+    match followed(skb) {
+        Some(slot) => {
+            record(cfg, slot, skb, cp);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Leaves the packet, its checkpoint and how to read it (`ADMIT_*`) for the admission
+/// program the caller tail-calls next (on this CPU, nothing runs in between).
+#[inline(always)]
+pub fn hand_over(skb: u64, cp: u16, how: u64) {
+    for (index, value) in [
+        (SCRATCH_ADMIT_SKB, skb),
+        (SCRATCH_ADMIT_CP, u64::from(cp)),
+        (SCRATCH_ADMIT_HOW, how),
+    ] {
+        if let Some(slot) = NP_SCRATCH.get_ptr_mut(index) {
+            // SAFETY: this CPU's slot of a per-CPU array.
+            unsafe { *slot = value };
+        }
+    }
+}
+
+/// What [`hand_over`] left: the skb address, the checkpoint and how to read the packet.
+#[inline(always)]
+pub fn handed_over() -> Option<(u64, u16, u64)> {
+    let read = |index| NP_SCRATCH.get(index).copied();
+    Some((
+        read(SCRATCH_ADMIT_SKB)?,
+        read(SCRATCH_ADMIT_CP)? as u16,
+        read(SCRATCH_ADMIT_HOW)?,
+    ))
+}
+
+/// Admission: starts a journey for a packet handed over by a checkpoint if it belongs to a
+/// followed flow (asked only here).
+#[inline(always)]
+pub fn admit<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
+    if packet.is_followed(cfg) {
+        start_journey(cfg, journey_slot(skb), skb, cp);
+    }
+}
+
+/// Both steps inline, for programs that cannot tail-call (the fentry fallback): a followed
+/// packet is recorded, any other one admitted if it belongs to a followed flow.
 #[inline(always)]
 pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
-    let slot = journey_slot(skb);
-    let Some(&tag) = NP_TAGS.get(slot) else {
-        return;
-    };
-    if tag == skb {
-        record(cfg, slot, skb, cp);
-    } else if packet.is_followed(cfg) {
-        start_journey(cfg, slot, skb, cp);
+    if record_or_needs_admission(cfg, skb, cp) {
+        admit(cfg, skb, cp, packet);
     }
 }
 

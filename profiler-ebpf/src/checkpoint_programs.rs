@@ -23,27 +23,28 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE},
     macros::{btf_tracepoint, classifier, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, ProgramArray},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
     EbpfContext as _,
 };
 use profiler_common::{
     datapath::{
         node_device_slot, pod_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey,
-        NodeDevice, PodDevice, COUNTER_COMPLETED, COUNTER_DROPPED, COUNTER_DROP_FULL,
-        COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE, IPPROTO_TCP, MAP_DEVICES,
-        MAP_DEV_CACHE, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAX_DEVICES, MAX_DEV_CACHE,
-        NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX,
-        PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS,
-        PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_INGRESS,
+        NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, COUNTER_COMPLETED, COUNTER_DROPPED,
+        COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
+        IPPROTO_TCP, MAP_DEVICES, MAP_DEV_CACHE, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT,
+        MAX_DEVICES, MAX_DEV_CACHE, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB,
+        PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
+        PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
+        PROG_TC_POD_INGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
 };
 
 use crate::{
     checkpoint::{
-        bump, config, end_journey, followed, probe_read_counted, record, record_segment,
-        skb_address, visit_admitting, NP_DROPS,
+        admit, bump, config, end_journey, followed, hand_over, handed_over, probe_read_counted,
+        record, record_or_needs_admission, record_segment, skb_address, NP_DROPS,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -84,11 +85,14 @@ static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
 #[map]
 static NP_DEV_CACHE: LruHashMap<u64, DeviceCheckpoints> =
     LruHashMap::with_max_entries(MAX_DEV_CACHE, 0);
+#[map]
+static NP_TC_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NODE_DEVS), MAP_NODE_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_POD_DEVS), MAP_POD_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_DEVICES), MAP_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_DEV_CACHE), MAP_DEV_CACHE));
+const _: () = assert!(names_match(stringify!(NP_TC_ADMIT), MAP_TC_ADMIT));
 
 /// Which way a device hook sees packets.
 #[derive(Clone, Copy)]
@@ -140,10 +144,35 @@ fn node_device(ctx: &TcContext, direction: Direction) {
 #[classifier]
 pub fn cp_tc_upl_in(ctx: TcContext) -> i32 {
     if let (Some(cfg), Some(skb)) = (config(), skb_address(ctx.as_ptr() as u64)) {
-        if cfg.uplink_ingress_cp != CP_NONE {
-            let packet = MaybeVxlan(TcHeaders { ctx: &ctx });
-            visit_admitting(cfg, skb, cfg.uplink_ingress_cp, &packet);
+        let cp = cfg.uplink_ingress_cp;
+        if cp != CP_NONE && record_or_needs_admission(cfg, skb, cp) {
+            to_admission(&ctx, skb, cp, ADMIT_INSIDE_VXLAN);
         }
+    }
+    TC_VERDICT
+}
+
+/// Hands a packet that is not followed yet to `cp_tc_admit`.
+#[inline(always)]
+fn to_admission(ctx: &TcContext, skb: u64, cp: u16, how: u64) {
+    hand_over(skb, cp, how);
+    // SAFETY: the tail call either jumps to the admission program (which returns the verdict
+    // for this packet) or fails and returns here; nothing is left half done either way.
+    unsafe { NP_TC_ADMIT.tail_call(ctx, 0) };
+}
+
+/// Admission for the tc checkpoints: parses the handed-over packet and starts its journey if
+/// it belongs to a followed flow. Reached by tail call only.
+#[classifier]
+pub fn cp_tc_admit(ctx: TcContext) -> i32 {
+    let (Some(cfg), Some((skb, cp, how))) = (config(), handed_over()) else {
+        return TC_VERDICT;
+    };
+    let headers = TcHeaders { ctx: &ctx };
+    if how & ADMIT_INSIDE_VXLAN != 0 {
+        admit(cfg, skb, cp, &MaybeVxlan(headers));
+    } else {
+        admit(cfg, skb, cp, &Plain(headers));
     }
     TC_VERDICT
 }
@@ -167,12 +196,11 @@ pub fn cp_tc_pod_in(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn cp_tc_pod_eg(ctx: TcContext) -> i32 {
     if let (Some(cfg), Some(device)) = (config(), pod_device(&ctx, ETH_SOURCE_OFFSET)) {
-        if let (true, Some(skb)) = (
-            device.tc_egress != CP_NONE,
-            skb_address(ctx.as_ptr() as u64),
-        ) {
-            let packet = Plain(TcHeaders { ctx: &ctx });
-            visit_admitting(cfg, skb, device.tc_egress, &packet);
+        let cp = device.tc_egress;
+        if let (true, Some(skb)) = (cp != CP_NONE, skb_address(ctx.as_ptr() as u64)) {
+            if record_or_needs_admission(cfg, skb, cp) {
+                to_admission(&ctx, skb, cp, 0);
+            }
         }
     }
     TC_VERDICT

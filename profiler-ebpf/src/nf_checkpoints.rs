@@ -15,15 +15,25 @@
 //!
 //! Verdict: always `NF_ACCEPT` (the packet goes on to the next hook function unchanged).
 
+use aya_ebpf::{macros::map, maps::ProgramArray, EbpfContext};
 use profiler_common::{
-    datapath::{nf_checkpoint, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_PROGRAMS},
+    datapath::{
+        nf_checkpoint, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_PROGRAMS,
+        PROG_NF_ADMIT,
+    },
     names_match,
 };
 
 use crate::{
-    checkpoint::{config, skb_address, visit, visit_admitting},
+    checkpoint::{admit, config, followed, hand_over, handed_over, record, skb_address, visit},
     flows::Skb,
 };
+
+#[map]
+static NP_NF_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+const _: () = assert!(names_match(stringify!(NP_NF_ADMIT), MAP_NF_ADMIT));
+const _: () = assert!(names_match(stringify!(nf_admit), PROG_NF_ADMIT));
 
 /// `NF_ACCEPT` from `include/uapi/linux/netfilter.h`.
 const NF_ACCEPT: i32 = 1;
@@ -33,6 +43,15 @@ const NF_ACCEPT: i32 = 1;
 pub struct BpfNfCtx {
     pub state: *const core::ffi::c_void,
     pub skb: *const core::ffi::c_void,
+}
+
+/// A netfilter program's context, for the tail call (aya-ebpf has no netfilter context type).
+struct NfContext(*const BpfNfCtx);
+
+impl EbpfContext for NfContext {
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        self.0 as *mut core::ffi::c_void
+    }
 }
 
 /// The skb of a netfilter program's context.
@@ -50,17 +69,33 @@ fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
     NF_ACCEPT
 }
 
-/// Netfilter checkpoint `cp` on LOCAL_OUT: admits when it is `Config::nf_admit_cp`.
+/// Netfilter checkpoint `cp` on LOCAL_OUT: when it is `Config::nf_admit_cp`, a packet that
+/// is not followed yet goes to admission (`nf_admit`, by tail call).
 #[inline(always)]
 fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
-    let pointer = skb_of(ctx);
-    match config() {
-        Some(cfg) if cfg.nf_admit_cp == cp => {
-            if let Some(skb) = skb_address(pointer) {
-                visit_admitting(cfg, skb, cp, &Skb(skb));
-            }
+    let (Some(skb), Some(cfg)) = (skb_address(skb_of(ctx)), config()) else {
+        return NF_ACCEPT;
+    };
+    match followed(skb) {
+        Some(slot) => record(cfg, slot, skb, cp),
+        None if cfg.nf_admit_cp == cp => {
+            hand_over(skb, cp, 0);
+            // SAFETY: the tail call jumps to `nf_admit`, which returns the verdict, or fails
+            // and returns here.
+            unsafe { NP_NF_ADMIT.tail_call(&NfContext(ctx), 0) };
         }
-        _ => visit(pointer, cp),
+        None => {}
+    }
+    NF_ACCEPT
+}
+
+/// Admission for the netfilter checkpoints: reads the handed-over packet's headers and starts
+/// its journey if it belongs to a followed flow. Reached by tail call only.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "netfilter")]
+pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
+    if let (Some(cfg), Some((skb, cp, _))) = (config(), handed_over()) {
+        admit(cfg, skb, cp, &Skb(skb));
     }
     NF_ACCEPT
 }

@@ -4,7 +4,10 @@
 #![no_std]
 #![no_main]
 
+// Shared with the aya object: not every step is used by the netfilter programs.
+#[allow(dead_code)]
 mod checkpoint;
+#[allow(dead_code)]
 mod flows;
 mod nf_checkpoints;
 mod nf_counter;

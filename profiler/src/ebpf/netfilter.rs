@@ -49,6 +49,9 @@ pub const LICENSE_SECTION: &str = "license";
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `BPF_MAP_TYPE_PROG_ARRAY` in `enum bpf_map_type`.
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
 pub(crate) const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -883,6 +886,55 @@ impl NetfilterProgram {
             source,
         })?;
         Ok(values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+    }
+}
+
+/// A program array for tail calls between netfilter programs, made here so that every program
+/// referring to it by `name` can share it (lend it with [`NetfilterLoader::reuse_map`]). The
+/// kernel empties a program array when its last user-space fd closes: keep this alive while
+/// the programs are attached.
+#[derive(Debug)]
+pub struct ProgramArray {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl ProgramArray {
+    /// A program array of `entries` slots.
+    pub fn create(name: &str, entries: u32) -> Result<Self, NetfilterError> {
+        let def = MapDef {
+            map_type: BPF_MAP_TYPE_PROG_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: entries,
+            map_flags: 0,
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            fd: create_map(name, &def)?,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Puts `program` into slot `index`.
+    pub fn set(&self, index: u32, program: &NetfilterProgram) -> Result<(), NetfilterError> {
+        let value = program.fd().as_raw_fd() as u32;
+        let mut attr: MapElemAttr = zeroed();
+        attr.map_fd = self.fd.as_raw_fd() as u32;
+        attr.key = &index as *const u32 as u64;
+        attr.value = &value as *const u32 as u64;
+        sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| NetfilterError::MapCreate {
+            map: format!(
+                "{} (putting {} into slot {index})",
+                self.name,
+                program.name()
+            ),
+            source,
+        })?;
+        Ok(())
     }
 }
 

@@ -5,15 +5,17 @@
 use std::collections::{BTreeSet, HashMap as StdHashMap};
 
 use profiler_common::datapath::{
-    nf_checkpoint, ALL_MAPS, CP_NONE, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
-    NF_POINT_PRIORITIES,
+    nf_checkpoint, ALL_MAPS, CP_NONE, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT,
+    NF_POINT_COUNT, NF_POINT_PRIORITIES, PROG_NF_ADMIT,
 };
 
 use super::{chain, maps, nf_fentry, Inner};
 use crate::{
     agent::{nf_points, nf_program, stages::NF_HOOK_NAMES},
     cmd::Cmd,
-    ebpf::netfilter::{Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, NF_OBJECT},
+    ebpf::netfilter::{
+        Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, ProgramArray, NF_OBJECT,
+    },
 };
 
 /// The netfilter links' state.
@@ -22,6 +24,9 @@ pub(super) struct NetfilterFamily {
     pub links: Vec<NetfilterLink>,
     /// The loaded programs with their `(hook, point)`.
     pub programs: Vec<((u32, u32), NetfilterProgram)>,
+    /// Admission, tail-called by the LOCAL_OUT point that admits, and its program array (which
+    /// must stay open while the programs are attached).
+    pub admission: Option<(ProgramArray, NetfilterProgram)>,
     /// The `(hook, point)`s watched (by links or by the fentry fallback).
     pub attached: BTreeSet<(u32, u32)>,
 }
@@ -151,9 +156,20 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
             }
         }
     }
-    let loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(maps);
-    let mut programs = Vec::new();
     let mut failures = Vec::new();
+    let admission = match load_admission(&NetfilterLoader::new(NF_OBJECT).reuse_maps(maps.clone()))
+    {
+        Ok(admission) => Some(admission),
+        Err(reason) => {
+            failures.push((format!("netfilter admission ({PROG_NF_ADMIT})"), reason));
+            None
+        }
+    };
+    let mut loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(maps);
+    if let Some((array, _)) = &admission {
+        loader = loader.reuse_map(MAP_NF_ADMIT, array.fd());
+    }
+    let mut programs = Vec::new();
     for hook in 0..NF_HOOK_COUNT {
         for &point in &points_per_hook[hook as usize] {
             let name = nf_program(hook, point);
@@ -168,12 +184,21 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
     }
     drop(loader);
     inner.nf.programs = programs;
+    inner.nf.admission = admission;
     let (links, attach_failures) = link_all(inner);
     failures.extend(attach_failures);
     for (what, reason) in failures {
         inner.not_measured(what, reason);
     }
     inner.nf.links.extend(links);
+}
+
+/// The admission program in a program array of its own, for the checkpoints to tail-call.
+fn load_admission(loader: &NetfilterLoader) -> Result<(ProgramArray, NetfilterProgram), String> {
+    let admit = loader.load(PROG_NF_ADMIT).map_err(|e| chain(&e))?;
+    let array = ProgramArray::create(MAP_NF_ADMIT, 1).map_err(|e| chain(&e))?;
+    array.set(0, &admit).map_err(|e| chain(&e))?;
+    Ok((array, admit))
 }
 
 /// Links every loaded program that is meant to be watched (all of them at start; the attached

@@ -8,10 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{
-    tc::{SchedClassifierLink, TcAttachOptions},
-    LinkOrder, SchedClassifier, TcAttachType,
+use aya::{
+    maps::ProgramArray,
+    programs::{
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
 };
+use profiler_common::datapath::{MAP_TC_ADMIT, PROG_TC_ADMIT};
 
 use super::{chain, Inner};
 use crate::{
@@ -44,9 +48,14 @@ const PROGRAMS: [&str; 5] = [
     PROG_TC_POD_EGRESS,
 ];
 
-/// Loads the tc programs (they are attached per device as devices are found).
+/// Loads the tc programs (they are attached per device as devices are found) and puts the
+/// admission program where the admitting checkpoints tail-call it.
 pub(super) fn load(inner: &mut Inner) {
     let mut ok = true;
+    if let Err(reason) = load_admission(inner) {
+        inner.not_measured(format!("tc admission ({PROG_TC_ADMIT})"), reason);
+        ok = false;
+    }
     for program in PROGRAMS {
         let result = match classifier(inner, program) {
             Some(p) => p.load().map_err(|e| chain(&e)),
@@ -60,6 +69,20 @@ pub(super) fn load(inner: &mut Inner) {
         }
     }
     inner.tc.loaded = ok;
+}
+
+fn load_admission(inner: &mut Inner) -> Result<(), String> {
+    const MISSING: &str = "missing from netprof's eBPF object: rebuild netprof";
+    let admit = classifier(inner, PROG_TC_ADMIT).ok_or(MISSING)?;
+    admit.load().map_err(|e| chain(&e))?;
+    let fd = admit
+        .fd()
+        .map_err(|e| chain(&e))?
+        .try_clone()
+        .map_err(|e| chain(&e))?;
+    let map = inner.ebpf.map_mut(MAP_TC_ADMIT).ok_or(MISSING)?;
+    let mut array = ProgramArray::try_from(map).map_err(|e| chain(&e))?;
+    array.set(0, &fd, 0).map_err(|e| chain(&e))
 }
 
 fn classifier<'a>(inner: &'a mut Inner, program: &str) -> Option<&'a mut SchedClassifier> {
