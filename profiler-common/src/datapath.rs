@@ -593,8 +593,14 @@ pub struct Config {
     /// The uplink's tc ingress checkpoint (its program admits: a path from another node starts
     /// there).
     pub uplink_ingress_cp: u16,
-    /// `FLOW_ANY_PEER` when `MAP_FLOWS` holds keys with `addr_lo == 0`.
+    /// `FLOW_ANY_PEER` / `FLOW_ANY_PORT` when `MAP_FLOWS` holds such keys.
     pub flow_flags: u32,
+    /// The uplink's tc egress checkpoint, and whether its program admits: only where no
+    /// LOCAL_OUT netfilter point does (a node without iptables tables), so that locally sent
+    /// packets still start their path on this node.
+    pub uplink_egress_cp: u16,
+    pub uplink_egress_admits: u16,
+    pub _pad5: u32,
 }
 
 /// `Config::flow_flags`: some flows match any peer (keys with `addr_lo == 0`: two more lookups
@@ -623,6 +629,9 @@ pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
 /// tc ingress on the node's uplink: admits (a path from another node starts here; VXLAN
 /// packets are matched by their inner flow). Checkpoint `Config::uplink_ingress_cp`.
 pub const PROG_TC_UPLINK_INGRESS: &str = "cp_tc_upl_in";
+/// tc egress on the node's uplink: checkpoint `Config::uplink_egress_cp`; admits only with
+/// `Config::uplink_egress_admits`.
+pub const PROG_TC_UPLINK_EGRESS: &str = "cp_tc_upl_eg";
 /// The same on pods' `eth0`, found by MAC address in `MAP_POD_DEVICES`; egress admits (a
 /// pod's packets start their path there).
 pub const PROG_TC_POD_INGRESS: &str = "cp_tc_pod_in";
@@ -671,10 +680,11 @@ pub const VERIFIER_TWINS: [(&str, &str); 3] = [
     ("cp_vt_nft", "consume_skb"),
 ];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 22] = [
+pub const AYA_PROGRAMS: [&str; 23] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
+    PROG_TC_UPLINK_EGRESS,
     PROG_TC_ADMIT,
     PROG_TC_POD_INGRESS,
     PROG_TC_POD_EGRESS,
@@ -741,7 +751,7 @@ const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32 + JOURNEY_CAP * 6);
 const _: () = assert!(JOURNEY_CAP % 4 == 0);
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () =
     assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);

@@ -36,7 +36,7 @@ use profiler_common::{
         MAX_DEVICES, MAX_DEV_CACHE, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB,
         PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
         PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
-        PROG_TC_POD_INGRESS, PROG_TC_UPLINK_INGRESS,
+        PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
 };
@@ -147,6 +147,20 @@ pub fn cp_tc_upl_in(ctx: TcContext) -> i32 {
         let cp = cfg.uplink_ingress_cp;
         if cp != CP_NONE && record_or_needs_admission(cfg, skb, cp) {
             to_admission(&ctx, skb, cp, ADMIT_INSIDE_VXLAN);
+        }
+    }
+    TC_VERDICT
+}
+
+/// The uplink's egress: where no LOCAL_OUT netfilter point admits, a locally sent packet
+/// starts its path here.
+#[classifier]
+pub fn cp_tc_upl_eg(ctx: TcContext) -> i32 {
+    if let (Some(cfg), Some(skb)) = (config(), skb_address(ctx.as_ptr() as u64)) {
+        let cp = cfg.uplink_egress_cp;
+        if cp != CP_NONE && record_or_needs_admission(cfg, skb, cp) && cfg.uplink_egress_admits != 0
+        {
+            to_admission(&ctx, skb, cp, 0);
         }
     }
     TC_VERDICT

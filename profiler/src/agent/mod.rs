@@ -42,7 +42,7 @@ use crate::{ebpf::EbpfError, netns::NetnsError};
 pub use profiler_common::datapath::{
     PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
     PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
-    PROG_TC_POD_INGRESS, PROG_TC_UPLINK_INGRESS, TP_DEV_RX, TP_DEV_TX,
+    PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, TP_DEV_RX, TP_DEV_TX,
 };
 
 /// The netfilter program of `hook`, `point` in the netfilter object.

@@ -188,6 +188,8 @@ fn kernel_config(
 ) -> Result<(Config, BTreeMap<u32, String>, Result<Tracefs, String>), AgentError> {
     let mut config = Config {
         node_netns_inum: node_inum,
+        // Until a LOCAL_OUT netfilter point admits (see `netfilter::attach_family`).
+        uplink_egress_admits: 1,
         vxlan_port: VXLAN_PORT,
         stale_ns: STALE.as_nanos() as u64,
         sample_shift: sample_shift(options.sample)?,
@@ -501,6 +503,7 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
         maps::write_traced_device(&mut inner.ebpf, device)?;
         if device.found.role == DeviceRole::Uplink {
             inner.config.uplink_ingress_cp = device.id(DeviceHook::TcIngress);
+            inner.config.uplink_egress_cp = device.id(DeviceHook::TcEgress);
             let config = inner.config;
             maps::write_config(&mut inner.ebpf, &config)?;
         }

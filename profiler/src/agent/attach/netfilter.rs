@@ -107,8 +107,17 @@ fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 }
 
 /// The netfilter checkpoints: links where the kernel has them, else (or when asked for) the
-/// fentry/fexit fallback.
+/// fentry/fexit fallback. Where no LOCAL_OUT point admits, the uplink's egress does.
 pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool) {
+    attach_points(inner, force_fentry);
+    inner.config.uplink_egress_admits = u16::from(inner.config.nf_admit_cp == CP_NONE);
+    let config = inner.config;
+    if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
+        inner.not_measured("locally sent packets", chain(&err));
+    }
+}
+
+fn attach_points(inner: &mut Inner, force_fentry: bool) {
     let Some(layout) = layout(inner) else { return };
     if force_fentry {
         nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
@@ -119,10 +128,6 @@ pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool) {
         }
     }
     inner.config.nf_admit_cp = admitting_checkpoint(&inner.nf.attached);
-    let config = inner.config;
-    if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
-        inner.not_measured("netfilter (locally sent packets)", chain(&err));
-    }
 }
 
 /// The netfilter checkpoint that admits (`Config::nf_admit_cp`): the first point watched on

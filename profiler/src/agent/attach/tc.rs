@@ -23,7 +23,7 @@ use crate::{
         devices::Device,
         stages::{DeviceHook, DeviceRole},
         PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-        PROG_TC_UPLINK_INGRESS,
+        PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     netns::NetnsHandle,
 };
@@ -40,10 +40,11 @@ pub(super) struct TcFamily {
     pub attached: BTreeSet<u16>,
 }
 
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 6] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
+    PROG_TC_UPLINK_EGRESS,
     PROG_TC_POD_INGRESS,
     PROG_TC_POD_EGRESS,
 ];
@@ -96,7 +97,7 @@ fn classifier<'a>(inner: &'a mut Inner, program: &str) -> Option<&'a mut SchedCl
 fn programs_for(device: &Device) -> (&'static str, &'static str) {
     match (device.found.on_node, device.found.role) {
         (false, _) => (PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS),
-        (true, DeviceRole::Uplink) => (PROG_TC_UPLINK_INGRESS, PROG_TC_EGRESS),
+        (true, DeviceRole::Uplink) => (PROG_TC_UPLINK_INGRESS, PROG_TC_UPLINK_EGRESS),
         (true, _) => (PROG_TC_INGRESS, PROG_TC_EGRESS),
     }
 }
@@ -208,10 +209,10 @@ mod tests {
     }
 
     #[test]
-    fn paths_start_at_the_uplink_ingress_and_the_pod_egress_only() {
+    fn the_uplink_and_pods_get_the_programs_where_paths_start() {
         assert_eq!(
             programs_for(&device(DeviceRole::Uplink, true)),
-            (PROG_TC_UPLINK_INGRESS, PROG_TC_EGRESS)
+            (PROG_TC_UPLINK_INGRESS, PROG_TC_UPLINK_EGRESS)
         );
         assert_eq!(
             programs_for(&device(DeviceRole::PodEth, false)),
