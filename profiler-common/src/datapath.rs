@@ -74,12 +74,6 @@ pub const MAP_NF_ADMIT: &str = "NP_NF_ADMIT";
 /// and ifindex, for the optional tp_btf device programs (`--hooks dev`), which see every
 /// device of every namespace through `skb->dev`.
 pub const MAP_DEVICES: &str = "NP_DEVICES";
-/// `LruHash<u64, DeviceCheckpoints>`, aya object only: `struct net_device` address -> its
-/// checkpoints (all `CP_NONE`: not watched), so the tp_btf device programs read a device's
-/// ifindex and namespace once. User space clears it whenever the watched devices change.
-pub const MAP_DEV_CACHE: &str = "NP_DEV_CACHE";
-/// Capacity of `MAP_DEV_CACHE`.
-pub const MAX_DEV_CACHE: u32 = 4_096;
 
 /// The maps the netfilter object shares with the aya object (it reuses them by name).
 pub const ALL_MAPS: [&str; 9] = [

@@ -275,15 +275,6 @@ pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
 
 // ---- the end of a journey: segments, hits, histograms ----
 
-/// How a journey ended.
-#[derive(Clone, Copy)]
-pub enum Ending {
-    /// Consumed normally: the last segment goes to `CP_CONSUMED`.
-    Consumed,
-    /// Dropped with this `enum skb_drop_reason`.
-    Dropped(u32),
-}
-
 /// Ends the journey of `skb` (from [`skb_address`]) if it is followed: every checkpoint it
 /// reached is a hit, every
 /// pair of consecutive ones a segment into its histogram. Returns the last checkpoint and

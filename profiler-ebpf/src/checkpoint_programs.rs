@@ -23,7 +23,7 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE},
     macros::{btf_tracepoint, classifier, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, ProgramArray},
+    maps::{Array, HashMap, ProgramArray},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
     EbpfContext as _,
 };
@@ -32,19 +32,20 @@ use profiler_common::{
         node_device_slot, pod_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey,
         NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, COUNTER_COMPLETED, COUNTER_DROPPED,
         COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
-        IPPROTO_TCP, MAP_DEVICES, MAP_DEV_CACHE, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT,
-        MAX_DEVICES, MAX_DEV_CACHE, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB,
-        PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF,
-        PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
-        PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
+        IPPROTO_TCP, MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES,
+        NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX,
+        PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
+        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+        PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
 };
 
 use crate::{
     checkpoint::{
-        admit, bump, config, end_journey, followed, hand_over, handed_over, probe_read_counted,
-        record, record_or_needs_admission, record_segment, skb_address, NP_DROPS,
+        admit, bump, config, end_journey, followed, hand_over, handed_over, probe_read,
+        probe_read_counted, record, record_or_needs_admission, record_segment, skb_address,
+        NP_DROPS,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -56,6 +57,8 @@ const _: () = assert!(names_match(
     PROG_TC_UPLINK_INGRESS
 ));
 const _: () = assert!(names_match(stringify!(cp_tc_pod_in), PROG_TC_POD_INGRESS));
+const _: () = assert!(names_match(stringify!(cp_tc_upl_eg), PROG_TC_UPLINK_EGRESS));
+const _: () = assert!(names_match(stringify!(cp_tc_admit), PROG_TC_ADMIT));
 const _: () = assert!(names_match(stringify!(cp_tc_pod_eg), PROG_TC_POD_EGRESS));
 const _: () = assert!(names_match(stringify!(cp_dev_rx), PROG_DEV_RX));
 const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
@@ -83,15 +86,11 @@ static NP_POD_DEVS: Array<PodDevice> = Array::with_max_entries(POD_DEVICE_SLOTS,
 static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
     HashMap::with_max_entries(MAX_DEVICES, 0);
 #[map]
-static NP_DEV_CACHE: LruHashMap<u64, DeviceCheckpoints> =
-    LruHashMap::with_max_entries(MAX_DEV_CACHE, 0);
-#[map]
 static NP_TC_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NODE_DEVS), MAP_NODE_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_POD_DEVS), MAP_POD_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_DEVICES), MAP_DEVICES));
-const _: () = assert!(names_match(stringify!(NP_DEV_CACHE), MAP_DEV_CACHE));
 const _: () = assert!(names_match(stringify!(NP_TC_ADMIT), MAP_TC_ADMIT));
 
 /// Which way a device hook sees packets.
@@ -160,7 +159,7 @@ pub fn cp_tc_upl_eg(ctx: TcContext) -> i32 {
         let cp = cfg.uplink_egress_cp;
         if cp != CP_NONE && record_or_needs_admission(cfg, skb, cp) && cfg.uplink_egress_admits != 0
         {
-            to_admission(&ctx, skb, cp, 0);
+            to_admission(&ctx, skb, cp, ADMIT_INSIDE_VXLAN);
         }
     }
     TC_VERDICT
@@ -302,40 +301,36 @@ fn dev_checkpoint(pointer: u64, dev: Option<u64>, direction: Direction) {
 }
 
 /// The checkpoints of the device a packet is on: `dev` if the hook passes it, else `skb->dev`;
-/// looked up by `struct net_device` address in `NP_DEV_CACHE`, filled from `NP_DEVICES` (by
-/// namespace inode and ifindex, read once per device).
+/// looked up in `NP_DEVICES` by namespace inode and ifindex (read from the device). Only
+/// followed packets get here, so the reads are not paid per packet.
 #[inline(always)]
 fn device_checkpoints(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceCheckpoints> {
-    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
+    let Some(key) = device_key(cfg, skb, dev) else {
         bump(COUNTER_READ_ERRORS);
+        return None;
+    };
+    // SAFETY: a value of a live hash map, copied out at once.
+    NP_DEVICES.get_ptr(&key).map(|p| unsafe { *p })
+}
+
+/// The namespace inode and ifindex of the device (`None`: an offset unknown or a read failed,
+/// counted once by the caller).
+#[inline(always)]
+fn device_key(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceKey> {
+    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
         return None;
     }
     let dev = match dev {
         Some(dev) => dev,
-        None => match probe_read_counted::<u64>(skb + u64::from(cfg.skb_dev)) {
-            Some(dev) if dev != 0 => dev,
-            _ => return None,
-        },
+        None => probe_read::<u64>(skb + u64::from(cfg.skb_dev))?,
     };
-    // SAFETY: a value of a live hash map, copied out at once.
-    if let Some(cps) = NP_DEV_CACHE.get_ptr(dev).map(|p| unsafe { *p }) {
-        return Some(cps);
-    }
-    let ifindex = probe_read_counted::<u32>(dev + u64::from(cfg.dev_ifindex))?;
-    let net = probe_read_counted::<u64>(dev + u64::from(cfg.dev_nd_net))?;
-    let netns_inum = probe_read_counted::<u32>(net + u64::from(cfg.net_ns_inum))?;
-    let device = DeviceKey {
+    let ifindex = probe_read::<u32>(dev + u64::from(cfg.dev_ifindex))?;
+    let net = probe_read::<u64>(dev + u64::from(cfg.dev_nd_net))?;
+    let netns_inum = probe_read::<u32>(net + u64::from(cfg.net_ns_inum))?;
+    Some(DeviceKey {
         netns_inum,
         ifindex,
-    };
-    // SAFETY: a value of a live hash map, copied out at once.
-    let cps = NP_DEVICES
-        .get_ptr(&device)
-        .map(|p| unsafe { *p })
-        .unwrap_or_default();
-    // A full cache evicts its least recently used device; nothing is lost.
-    let _ = NP_DEV_CACHE.insert(dev, cps, 0);
-    Some(cps)
+    })
 }
 
 // ---- journey ends ----

@@ -2,6 +2,8 @@
 #![no_std]
 #![no_main]
 
+// Shared with the netfilter object: not every step is used by the programs aya loads.
+#[allow(dead_code)]
 mod checkpoint;
 mod checkpoint_programs;
 mod flows;

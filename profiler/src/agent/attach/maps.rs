@@ -9,8 +9,7 @@ use aya::{
 };
 use profiler_common::datapath::{
     node_device_slot, pod_device_slot, Config, DeviceCheckpoints, DeviceKey, FlowKey, FlowRule,
-    NodeDevice, PodDevice, MAP_CONFIG, MAP_DEVICES, MAP_DEV_CACHE, MAP_FLOWS, MAP_NODE_DEVICES,
-    MAP_POD_DEVICES,
+    NodeDevice, PodDevice, MAP_CONFIG, MAP_DEVICES, MAP_FLOWS, MAP_NODE_DEVICES, MAP_POD_DEVICES,
 };
 
 use crate::agent::{
@@ -164,19 +163,4 @@ pub fn write_traced_device(ebpf: &mut Ebpf, device: &Device) -> Result<(), Agent
         HashMap::try_from(find_mut(ebpf, MAP_DEVICES)?).map_err(map_write(MAP_DEVICES, what()))?;
     map.insert(device.key(), device.checkpoints(), 0)
         .map_err(map_write(MAP_DEVICES, what()))
-}
-
-/// Forgets every cached `net_device` -> checkpoints entry, so devices watched from now on are
-/// seen by the tp_btf device programs (which cached them as unwatched until now).
-pub fn clear_device_cache(ebpf: &mut Ebpf) -> Result<(), AgentError> {
-    let what = || "the device cache".to_owned();
-    let mut map: HashMap<&mut MapData, u64, DeviceCheckpoints> =
-        HashMap::try_from(find_mut(ebpf, MAP_DEV_CACHE)?)
-            .map_err(map_write(MAP_DEV_CACHE, what()))?;
-    let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
-    for key in keys {
-        // Gone already (evicted by the kernel) is as good as removed.
-        let _ = map.remove(&key);
-    }
-    Ok(())
 }

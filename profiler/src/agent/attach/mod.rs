@@ -508,7 +508,6 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
             maps::write_config(&mut inner.ebpf, &config)?;
         }
     }
-    maps::clear_device_cache(&mut inner.ebpf)?;
     for device in new {
         inner.catalog.add_device(device.base, device.label());
         match maps::write_tc_device(&mut inner.ebpf, &device)? {
