@@ -425,11 +425,11 @@ fn run(mode: Mode, hooks: HookFamilies) {
                 "{s:?}"
             );
         }
-        // bpf_stats are on: the tc programs ran and were timed.
+        // bpf_stats are on: the tc programs ran and were timed (the uplink's in every mode).
         let tc = report
             .programs
             .iter()
-            .find(|p| p.name == "cp_tc_egress")
+            .find(|p| p.name == "cp_tc_upl_in")
             .unwrap();
         assert!(tc.run_count > 0 && tc.run_time_ns > 0, "{tc:?}");
         // Journeys end in the tp_btf programs (the classic tracepoints are the fallback).

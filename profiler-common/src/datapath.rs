@@ -50,17 +50,38 @@ pub const MAP_COUNTERS: &str = "NP_COUNTERS";
 pub const MAP_CP_HITS: &str = "NP_CP_HITS";
 /// `PerCpuHash<DropKey, u64>`: followed packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
-/// `PerCpuArray<u64>`, `SCRATCH_SLOTS` entries: where a program turns the skb pointer it was
-/// handed into a number (the verifier forbids hashing a pointer; stored and read back it is a
-/// number), and where a checkpoint hands a packet over to the admission program it tail-calls.
+/// `PerCpuArray<Scratch>`, 1 entry: where a program turns the skb pointer it was handed into
+/// a number (the verifier forbids hashing a pointer; stored and read back it is a number), and
+/// where a checkpoint hands a packet over to the admission program it tail-calls.
 pub const MAP_SCRATCH: &str = "NP_SCRATCH";
-pub const SCRATCH_POINTER: u32 = 0;
-/// The handed-over packet's skb address, checkpoint and how to read it (`ADMIT_*`).
-pub const SCRATCH_ADMIT_SKB: u32 = 1;
-pub const SCRATCH_ADMIT_CP: u32 = 2;
-pub const SCRATCH_ADMIT_HOW: u32 = 3;
-pub const SCRATCH_SLOTS: u32 = 4;
-/// `SCRATCH_ADMIT_HOW`: judge a VXLAN packet by the packet inside.
+/// Frames of `Scratch`: how deep programs may nest on one CPU (a program in process context
+/// interrupted by a softirq's, interrupted in turn by a hard interrupt's).
+pub const SCRATCH_DEPTH: usize = 4;
+
+/// One CPU's scratch space: a stack of frames, so a program interrupted by another on the same
+/// CPU (netfilter programs run in process context, tc programs in softirqs) finds its frame
+/// as it left it. Interrupts nest, so the stack is always unwound in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scratch {
+    /// Frames in use.
+    pub level: u64,
+    pub frames: [ScratchFrame; SCRATCH_DEPTH],
+}
+
+/// One program's scratch frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScratchFrame {
+    /// The pointer being turned into a number.
+    pub pointer: u64,
+    /// A packet handed over to admission: its skb address, checkpoint and `ADMIT_*` flags.
+    pub skb: u64,
+    pub cp: u64,
+    pub how: u64,
+}
+
+/// `ScratchFrame::how`: judge a VXLAN packet by the packet inside.
 pub const ADMIT_INSIDE_VXLAN: u64 = 1;
 /// `ProgramArray`, 1 entry, aya object: `PROG_TC_ADMIT`, which the admitting tc checkpoints
 /// tail-call for a packet that is not followed yet, so the header parsing and flow lookups
@@ -125,13 +146,11 @@ pub const fn segment_slot(from: u16, to: u16) -> u32 {
     key.wrapping_mul(0x9E37_79B1) >> (32 - MAX_SEGMENTS.trailing_zeros())
 }
 
-/// The slot of a pod device with this MAC address in `MAP_POD_DEVICES`.
+/// The slot of a pod device with this MAC address in `MAP_POD_DEVICES`: its last two bytes
+/// (random in the addresses veths get; a clash is refused by user space).
 #[inline(always)]
 pub const fn pod_device_slot(mac: [u8; 6]) -> u32 {
-    let low = u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let high = u16::from_le_bytes([mac[0], mac[1]]) as u32;
-    (low ^ high.wrapping_mul(0x8530_2C1B)).wrapping_mul(0x9E37_79B1)
-        >> (32 - POD_DEVICE_SLOTS.trailing_zeros())
+    (((mac[4] as u32) << 8) | mac[5] as u32) & (POD_DEVICE_SLOTS - 1)
 }
 
 /// The slot of the node device with this ifindex in `MAP_NODE_DEVICES`.
@@ -735,6 +754,7 @@ mod user {
     unsafe impl aya::Pod for Histogram {}
     unsafe impl aya::Pod for SegmentSlot {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Scratch {}
 }
 
 const _: () = assert!(NF_CP_END <= CP_CONSUMED);

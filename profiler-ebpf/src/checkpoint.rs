@@ -27,12 +27,11 @@ use aya_ebpf::{
 use profiler_common::{
     datapath::{
         bucket_of, journey_slot, segment_slot, Config, DropKey, FlowKey, FlowRule, Histogram,
-        Journey, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COUNT,
-        COUNTER_JOURNEY_LONG, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SEGMENT_FULL,
-        COUNTER_SLOT_BUSY, HIST_BUCKETS, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS,
-        MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_SEGMENTS, MAP_TAGS,
-        MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS, SCRATCH_ADMIT_CP,
-        SCRATCH_ADMIT_HOW, SCRATCH_ADMIT_SKB, SCRATCH_POINTER, SCRATCH_SLOTS, SEGMENT_PROBES,
+        Journey, Scratch, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED,
+        COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_READ_ERRORS, COUNTER_REPEATS,
+        COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
+        MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_SEGMENTS,
+        MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS, SEGMENT_PROBES,
     },
     names_match,
 };
@@ -55,7 +54,7 @@ pub static NP_CP_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CHEC
 pub static NP_DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
 #[map]
-pub static NP_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+pub static NP_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_CONFIG), MAP_CONFIG));
 const _: () = assert!(names_match(stringify!(NP_FLOWS), MAP_FLOWS));
@@ -92,19 +91,37 @@ fn opaque<T: Copy>(value: T) -> T {
 
 // ---- the tag check: what every packet pays ----
 
+/// This CPU's scratch space.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's value of a per-CPU array. Programs that interrupt this one on the
+    // same CPU use the frames above `level` only (see `Scratch`).
+    NP_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Stores `value` where programs interrupting this one will see it: the compiler must not
+/// drop or delay a store only other programs read.
+#[inline(always)]
+fn publish(place: &mut u64, value: u64) {
+    // SAFETY: a plain store to a live map value.
+    unsafe { core::ptr::write_volatile(place, value) }
+}
+
 /// The address of the `struct sk_buff` a program was handed (its context, or an argument),
 /// as a plain number. The verifier treats it as a pointer, on which no hash may be computed;
-/// stored into this CPU's scratch slot and read back it is a number (programs loaded by root
-/// may do this). The per-CPU array lookup is inlined by newer kernels' verifiers.
+/// stored into this CPU's scratch frame and read back it is a number (programs loaded by
+/// root may do this). The per-CPU array lookup is inlined by newer kernels' verifiers.
 #[inline(always)]
 pub fn skb_address(pointer: u64) -> Option<u64> {
-    let slot = NP_SCRATCH.get_ptr_mut(SCRATCH_POINTER)?;
-    // SAFETY: this CPU's slot of a per-CPU array; nothing preempts a program between the two
-    // accesses. Volatile, so the value goes through memory as the verifier must see it.
-    unsafe {
-        core::ptr::write_volatile(slot, pointer);
-        Some(core::ptr::read_volatile(slot))
-    }
+    let scratch = scratch()?;
+    let level = opaque(scratch.level) as usize;
+    let frame = &mut scratch.frames.get_mut(level)?.pointer;
+    publish(&mut scratch.level, level as u64 + 1);
+    publish(frame, pointer);
+    // SAFETY: reading back a live map value.
+    let value = unsafe { core::ptr::read_volatile(frame) };
+    publish(&mut scratch.level, level as u64);
+    Some(value)
 }
 
 /// The slot of `skb` (an address from [`skb_address`]) when it is followed (its address is its
@@ -132,38 +149,47 @@ fn release(slot: u32) {
 /// at the end of its journey.
 #[inline(always)]
 pub fn record(cfg: &Config, slot: u32, skb: u64, cp: u16) {
-    let Some(journey) = NP_JOURNEYS.get_ptr_mut(slot) else {
-        return;
-    };
+    // One counting site for the three ways a visit is not appended: each inlined counter
+    // update costs program size on the path of every followed packet.
+    if let Some(counter) = append(cfg, slot, skb, cp) {
+        bump(counter);
+    }
+}
+
+/// Appends (checkpoint, time) to the journey in `slot`; `Some(counter)` says why it did not.
+#[inline(always)]
+fn append(cfg: &Config, slot: u32, skb: u64, cp: u16) -> Option<u32> {
     // SAFETY: a value of a live array map. One skb is at one checkpoint at a time, and only
     // its own checkpoints write its journey.
-    let journey = unsafe { &mut *journey };
+    let journey = unsafe { &mut *NP_JOURNEYS.get_ptr_mut(slot)? };
     if journey.skb != skb || journey.epoch != cfg.epoch {
         // Left from an earlier window or step (its packet crossed hooks unseen): forget it.
         release(slot);
-        return;
+        return None;
     }
     let now = now();
     if cfg.stale_ns != 0 && now.wrapping_sub(journey.last_ns) > cfg.stale_ns {
         // The skb this journey followed was freed unseen and its address reused.
         release(slot);
-        bump(COUNTER_ABANDONED);
-        return;
+        return Some(COUNTER_ABANDONED);
     }
     journey.last_ns = now;
     if journey.last_cp == cp {
-        bump(COUNTER_REPEATS);
-        return;
+        return Some(COUNTER_REPEATS);
     }
     journey.last_cp = cp;
     let len = usize::from(opaque(journey.len));
-    if len >= JOURNEY_CAP {
-        bump(COUNTER_JOURNEY_LONG);
-        return;
-    }
-    journey.cps[len] = cp;
-    journey.offsets_ns[len] = now.wrapping_sub(journey.first_ns) as u32;
+    let since = now.wrapping_sub(journey.first_ns) as u32;
+    // `get_mut`, not indexing: the bound must be a branch the verifier sees, never a panic.
+    let (Some(slot_cp), Some(slot_at)) =
+        (journey.cps.get_mut(len), journey.offsets_ns.get_mut(len))
+    else {
+        return Some(COUNTER_JOURNEY_LONG);
+    };
+    *slot_cp = cp;
+    *slot_at = since;
     journey.len = len as u16 + 1;
+    None
 }
 
 /// Starts the journey of `skb` at checkpoint `cp` in `slot`, unless a live journey holds the
@@ -228,31 +254,39 @@ pub fn record_or_needs_admission(cfg: &Config, skb: u64, cp: u16) -> bool {
     }
 }
 
-/// Leaves the packet, its checkpoint and how to read it (`ADMIT_*`) for the admission
-/// program the caller tail-calls next (on this CPU, nothing runs in between).
+/// Leaves the packet, its checkpoint and how to read it (`ADMIT_*`) in a scratch frame of its
+/// own for the admission program the caller tail-calls next. Returns the frame's level
+/// (`None`: no frame free); if the tail call returns (it failed), the caller closes the frame
+/// with [`close_hand_over`].
 #[inline(always)]
-pub fn hand_over(skb: u64, cp: u16, how: u64) {
-    for (index, value) in [
-        (SCRATCH_ADMIT_SKB, skb),
-        (SCRATCH_ADMIT_CP, u64::from(cp)),
-        (SCRATCH_ADMIT_HOW, how),
-    ] {
-        if let Some(slot) = NP_SCRATCH.get_ptr_mut(index) {
-            // SAFETY: this CPU's slot of a per-CPU array.
-            unsafe { *slot = value };
-        }
+pub fn hand_over(skb: u64, cp: u16, how: u64) -> Option<u64> {
+    let scratch = scratch()?;
+    let level = opaque(scratch.level);
+    let frame = scratch.frames.get_mut(level as usize)?;
+    publish(&mut frame.skb, skb);
+    publish(&mut frame.cp, u64::from(cp));
+    publish(&mut frame.how, how);
+    publish(&mut scratch.level, level + 1);
+    Some(level)
+}
+
+/// Closes the frame [`hand_over`] opened at `level`, when no admission program took it.
+#[inline(always)]
+pub fn close_hand_over(level: u64) {
+    if let Some(scratch) = scratch() {
+        publish(&mut scratch.level, level);
     }
 }
 
-/// What [`hand_over`] left: the skb address, the checkpoint and how to read the packet.
+/// What [`hand_over`] left: the skb address, the checkpoint and how to read the packet; the
+/// frame is closed.
 #[inline(always)]
-pub fn handed_over() -> Option<(u64, u16, u64)> {
-    let read = |index| NP_SCRATCH.get(index).copied();
-    Some((
-        read(SCRATCH_ADMIT_SKB)?,
-        read(SCRATCH_ADMIT_CP)? as u16,
-        read(SCRATCH_ADMIT_HOW)?,
-    ))
+pub fn take_hand_over() -> Option<(u64, u16, u64)> {
+    let scratch = scratch()?;
+    let level = opaque(scratch.level) as usize;
+    let frame = *scratch.frames.get(level.checked_sub(1)?)?;
+    publish(&mut scratch.level, level as u64 - 1);
+    Some((frame.skb, frame.cp as u16, frame.how))
 }
 
 /// Admission: starts a journey for a packet handed over by a checkpoint if it belongs to a
@@ -307,7 +341,9 @@ fn flush(slot: u32, skb: u64) -> Option<(u16, u64)> {
         if index >= len {
             break;
         }
-        let (cp, at) = (journey.cps[index], journey.offsets_ns[index]);
+        let (Some(&cp), Some(&at)) = (journey.cps.get(index), journey.offsets_ns.get(index)) else {
+            break;
+        };
         hit(cp);
         if let Some((from, since)) = previous {
             record_segment(from, cp, u64::from(at.wrapping_sub(since)));
@@ -365,10 +401,10 @@ pub fn record_segment(from: u16, to: u16, delta_ns: u64) {
 #[inline(always)]
 fn add_to_histogram(hist: &mut Histogram, delta_ns: u64) {
     let bucket = opaque(bucket_of(delta_ns));
-    if bucket >= HIST_BUCKETS {
+    let Some(count) = hist.buckets.get_mut(bucket) else {
         return;
-    }
-    hist.buckets[bucket] = hist.buckets[bucket].wrapping_add(1);
+    };
+    *count = count.wrapping_add(1);
     hist.count = hist.count.wrapping_add(1);
     hist.sum_ns = hist.sum_ns.wrapping_add(delta_ns);
 }

@@ -43,9 +43,9 @@ use profiler_common::{
 
 use crate::{
     checkpoint::{
-        admit, bump, config, end_journey, followed, hand_over, handed_over, probe_read,
+        admit, bump, close_hand_over, config, end_journey, followed, hand_over, probe_read,
         probe_read_counted, record, record_or_needs_admission, record_segment, skb_address,
-        NP_DROPS,
+        take_hand_over, NP_DROPS,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -168,17 +168,22 @@ pub fn cp_tc_upl_eg(ctx: TcContext) -> i32 {
 /// Hands a packet that is not followed yet to `cp_tc_admit`.
 #[inline(always)]
 fn to_admission(ctx: &TcContext, skb: u64, cp: u16, how: u64) {
-    hand_over(skb, cp, how);
-    // SAFETY: the tail call either jumps to the admission program (which returns the verdict
-    // for this packet) or fails and returns here; nothing is left half done either way.
-    unsafe { NP_TC_ADMIT.tail_call(ctx, 0) };
+    if let Some(level) = hand_over(skb, cp, how) {
+        // SAFETY: the tail call either jumps to the admission program (which returns the
+        // verdict for this packet) or fails and returns here.
+        unsafe { NP_TC_ADMIT.tail_call(ctx, 0) };
+        // Still here: no admission program; close the frame it would have taken.
+        close_hand_over(level);
+    }
 }
 
 /// Admission for the tc checkpoints: parses the handed-over packet and starts its journey if
 /// it belongs to a followed flow. Reached by tail call only.
 #[classifier]
 pub fn cp_tc_admit(ctx: TcContext) -> i32 {
-    let (Some(cfg), Some((skb, cp, how))) = (config(), handed_over()) else {
+    // First of all: the frame the checkpoint opened is closed whatever happens next.
+    let handed = take_hand_over();
+    let (Some(cfg), Some((skb, cp, how))) = (config(), handed) else {
         return TC_VERDICT;
     };
     let headers = TcHeaders { ctx: &ctx };
@@ -229,8 +234,8 @@ fn pod_device(ctx: &TcContext, mac_offset: usize) -> Option<PodDevice> {
     }
     // SAFETY: both MAC addresses lie inside the checked Ethernet header.
     let mac = unsafe { *((start + mac_offset) as *const [u8; 6]) };
-    let device = *NP_POD_DEVS.get(pod_device_slot(mac))?;
-    (device.mac == mac).then_some(device)
+    let device = NP_POD_DEVS.get(pod_device_slot(mac))?;
+    (device.mac == mac).then_some(*device)
 }
 
 /// Direct packet access behind an Ethernet header, for IPv4 frames; `bpf_skb_load_bytes`

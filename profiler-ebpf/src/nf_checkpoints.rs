@@ -25,7 +25,10 @@ use profiler_common::{
 };
 
 use crate::{
-    checkpoint::{admit, config, followed, hand_over, handed_over, record, skb_address, visit},
+    checkpoint::{
+        admit, close_hand_over, config, followed, hand_over, record, skb_address, take_hand_over,
+        visit,
+    },
     flows::Skb,
 };
 
@@ -79,10 +82,13 @@ fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
     match followed(skb) {
         Some(slot) => record(cfg, slot, skb, cp),
         None if cfg.nf_admit_cp == cp => {
-            hand_over(skb, cp, 0);
-            // SAFETY: the tail call jumps to `nf_admit`, which returns the verdict, or fails
-            // and returns here.
-            unsafe { NP_NF_ADMIT.tail_call(&NfContext(ctx), 0) };
+            if let Some(level) = hand_over(skb, cp, 0) {
+                // SAFETY: the tail call jumps to `nf_admit`, which returns the verdict, or
+                // fails and returns here.
+                unsafe { NP_NF_ADMIT.tail_call(&NfContext(ctx), 0) };
+                // Still here: no admission program; close the frame it would have taken.
+                close_hand_over(level);
+            }
         }
         None => {}
     }
@@ -94,7 +100,9 @@ fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "netfilter")]
 pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
-    if let (Some(cfg), Some((skb, cp, _))) = (config(), handed_over()) {
+    // First of all: the frame the checkpoint opened is closed whatever happens next.
+    let handed = take_hand_over();
+    if let (Some(cfg), Some((skb, cp, _))) = (config(), handed) {
         admit(cfg, skb, cp, &Skb(skb));
     }
     NF_ACCEPT

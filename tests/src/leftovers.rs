@@ -76,6 +76,44 @@ fn present<T, E: std::error::Error + Send + Sync + 'static>(
     Ok(out)
 }
 
+/// Ids of every BPF map in the kernel, by `BPF_MAP_GET_NEXT_ID` (no map is opened).
+pub fn map_ids() -> Result<Vec<u32>> {
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    #[repr(C)]
+    struct NextId {
+        start_id: u32,
+        next_id: u32,
+        _pad: [u8; 120],
+    }
+    let mut ids = Vec::new();
+    let mut attr = NextId {
+        start_id: 0,
+        next_id: 0,
+        _pad: [0; 120],
+    };
+    loop {
+        // SAFETY: `attr` is a valid, fully initialised `union bpf_attr` prefix for this command,
+        // and its size is passed along.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_ID,
+                &mut attr as *mut NextId,
+                std::mem::size_of::<NextId>(),
+            )
+        };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(ids);
+            }
+            return Err(err).context("listing the kernel's BPF map ids");
+        }
+        ids.push(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
+}
+
 /// Ids of every loaded BPF program.
 pub fn loaded_program_ids() -> Result<BTreeSet<u32>> {
     Ok(present(aya::programs::loaded_programs(), "BPF programs")?
@@ -138,13 +176,12 @@ impl BpfObjects {
                 ));
             }
         }
-        for info in present(aya::maps::loaded_maps(), "BPF maps")? {
-            if self.maps.contains(&info.id()) {
-                left.push(format!(
-                    "map {} ({})",
-                    info.id(),
-                    info.name_as_str().unwrap_or("?")
-                ));
+        // Maps by id only: opening a map by id and closing it again, after its owner closed it,
+        // makes the kernel clear a program array a second time, which leaks it (the kernel
+        // takes a reference for a clearing that is already queued).
+        for id in map_ids()? {
+            if self.maps.contains(&id) {
+                left.push(format!("map {id}"));
             }
         }
         Ok(left)

@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{ebpf, netns::NetnsHandle};
 
+mod admission;
 mod maps;
 mod netfilter;
 mod nf_fentry;
@@ -115,6 +116,9 @@ struct Inner {
     nf: netfilter::NetfilterFamily,
     fentry: nf_fentry::FentryFamily,
     ebpf: Ebpf,
+    /// The admission program arrays, closed after everything that tail-calls through them.
+    tc_admission: Option<admission::CloseAfterCallers<aya::maps::Map>>,
+    nf_admission: Option<admission::CloseAfterCallers<crate::ebpf::netfilter::ProgramArray>>,
     stats: Statistics,
     node: NodePlace,
     registry: Registry,
@@ -220,14 +224,16 @@ impl Agent {
     /// Loads and attaches everything for `options`. Blocks (it enters the node namespace on
     /// this thread for the attach, and runs `ip`); on tokio call it from `spawn_blocking`.
     pub fn start(options: &AgentOptions) -> Result<Self, AgentError> {
-        ebpf::preflight()?;
-        let started = Instant::now();
-        let handle = NetnsHandle::open(&options.netns)?;
+        // Bad options first, before anything touches the kernel or the namespaces.
         flows::check_count(&options.flows)?;
+        sample_shift(options.sample)?;
+        check_stats_share(options.stats_share)?;
         if !options.hooks.tracepoints && (options.hooks.tc || options.hooks.netfilter) {
             return Err(AgentError::NoJourneyEnd);
         }
-        check_stats_share(options.stats_share)?;
+        ebpf::preflight()?;
+        let started = Instant::now();
+        let handle = NetnsHandle::open(&options.netns)?;
         let node_inum = devices::netns_inum(&options.netns)?;
         for pod in &options.pod_netns {
             devices::netns_inum(pod)?;
@@ -250,6 +256,8 @@ impl Agent {
             nf: Default::default(),
             fentry: Default::default(),
             ebpf,
+            tc_admission: None,
+            nf_admission: None,
             stats: Statistics::default(),
             node: NodePlace {
                 handle,

@@ -9,7 +9,7 @@ use profiler_common::datapath::{
     NF_POINT_COUNT, NF_POINT_PRIORITIES, PROG_NF_ADMIT,
 };
 
-use super::{chain, maps, nf_fentry, Inner};
+use super::{admission::CloseAfterCallers, chain, maps, nf_fentry, Inner};
 use crate::{
     agent::{nf_points, nf_program, stages::NF_HOOK_NAMES},
     cmd::Cmd,
@@ -24,9 +24,9 @@ pub(super) struct NetfilterFamily {
     pub links: Vec<NetfilterLink>,
     /// The loaded programs with their `(hook, point)`.
     pub programs: Vec<((u32, u32), NetfilterProgram)>,
-    /// Admission, tail-called by the LOCAL_OUT point that admits, and its program array (which
-    /// must stay open while the programs are attached).
-    pub admission: Option<(ProgramArray, NetfilterProgram)>,
+    /// Admission, tail-called by the LOCAL_OUT point that admits (its program array is
+    /// `Inner::nf_admission`).
+    pub admit: Option<NetfilterProgram>,
     /// The `(hook, point)`s watched (by links or by the fentry fallback).
     pub attached: BTreeSet<(u32, u32)>,
 }
@@ -188,8 +188,16 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
         }
     }
     drop(loader);
+    if let Some((array, admit)) = admission {
+        let callers = programs
+            .iter()
+            .filter(|((hook, _), _)| *hook == NF_HOOK_LOCAL_OUT)
+            .map(|(_, p)| p.id())
+            .collect();
+        inner.nf_admission = Some(CloseAfterCallers::new(array, callers));
+        inner.nf.admit = Some(admit);
+    }
     inner.nf.programs = programs;
-    inner.nf.admission = admission;
     let (links, attach_failures) = link_all(inner);
     failures.extend(attach_failures);
     for (what, reason) in failures {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::ProgramArray,
+    maps::{Map, ProgramArray},
     programs::{
         tc::{SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
@@ -17,7 +17,7 @@ use aya::{
 };
 use profiler_common::datapath::{MAP_TC_ADMIT, PROG_TC_ADMIT};
 
-use super::{chain, Inner};
+use super::{admission::CloseAfterCallers, chain, Inner};
 use crate::{
     agent::{
         devices::Device,
@@ -40,6 +40,13 @@ pub(super) struct TcFamily {
     pub attached: BTreeSet<u16>,
 }
 
+/// The programs that tail-call admission.
+const ADMITTING: [&str; 3] = [
+    PROG_TC_UPLINK_INGRESS,
+    PROG_TC_UPLINK_EGRESS,
+    PROG_TC_POD_EGRESS,
+];
+
 const PROGRAMS: [&str; 6] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
@@ -53,10 +60,6 @@ const PROGRAMS: [&str; 6] = [
 /// admission program where the admitting checkpoints tail-call it.
 pub(super) fn load(inner: &mut Inner) {
     let mut ok = true;
-    if let Err(reason) = load_admission(inner) {
-        inner.not_measured(format!("tc admission ({PROG_TC_ADMIT})"), reason);
-        ok = false;
-    }
     for program in PROGRAMS {
         let result = match classifier(inner, program) {
             Some(p) => p.load().map_err(|e| chain(&e)),
@@ -69,10 +72,21 @@ pub(super) fn load(inner: &mut Inner) {
             ok = false;
         }
     }
+    if ok {
+        match load_admission(inner) {
+            Ok(array) => inner.tc_admission = Some(array),
+            Err(reason) => {
+                inner.not_measured(format!("tc admission ({PROG_TC_ADMIT})"), reason);
+                ok = false;
+            }
+        }
+    }
     inner.tc.loaded = ok;
 }
 
-fn load_admission(inner: &mut Inner) -> Result<(), String> {
+/// Loads the admission program into the program array the admitting checkpoints tail-call
+/// through, and takes the array out of the object so it is closed after them.
+fn load_admission(inner: &mut Inner) -> Result<CloseAfterCallers<Map>, String> {
     const MISSING: &str = "missing from netprof's eBPF object: rebuild netprof";
     let admit = classifier(inner, PROG_TC_ADMIT).ok_or(MISSING)?;
     admit.load().map_err(|e| chain(&e))?;
@@ -81,9 +95,19 @@ fn load_admission(inner: &mut Inner) -> Result<(), String> {
         .map_err(|e| chain(&e))?
         .try_clone()
         .map_err(|e| chain(&e))?;
-    let map = inner.ebpf.map_mut(MAP_TC_ADMIT).ok_or(MISSING)?;
-    let mut array = ProgramArray::try_from(map).map_err(|e| chain(&e))?;
-    array.set(0, &fd, 0).map_err(|e| chain(&e))
+    let mut map = inner.ebpf.take_map(MAP_TC_ADMIT).ok_or(MISSING)?;
+    ProgramArray::try_from(&mut map)
+        .and_then(|mut array| array.set(0, &fd, 0))
+        .map_err(|e| chain(&e))?;
+    let mut callers = Vec::new();
+    for program in ADMITTING {
+        let info = classifier(inner, program)
+            .ok_or(MISSING)?
+            .info()
+            .map_err(|e| chain(&e))?;
+        callers.push(info.id());
+    }
+    Ok(CloseAfterCallers::new(map, callers))
 }
 
 fn classifier<'a>(inner: &'a mut Inner, program: &str) -> Option<&'a mut SchedClassifier> {
