@@ -255,21 +255,34 @@ fn a_full_run_writes_what_netprof_report_reads() {
             serde_json::json!(pods),
             "each agent watches its node's pods"
         );
-        let endpoints: Vec<&str> = start["endpoints"]
-            .as_array()
-            .unwrap()
+        let mut flows: Vec<String> = agent
+            .bodies("POST /v1/start")
             .iter()
-            .map(|e| e.as_str().unwrap())
+            .map(|start| {
+                assert!(start.get("endpoints").is_none(), "flows, not addresses");
+                let step: Vec<&str> = start["flows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.as_str().unwrap())
+                    .collect();
+                step.join(" ")
+            })
             .collect();
-        for ip in [
-            "198.18.0.1",
-            "198.18.0.2",
-            "198.19.1.10",
-            "198.19.2.20",
-            "198.19.2.30",
-        ] {
-            assert!(endpoints.contains(&ip), "{ip} not followed: {endpoints:?}");
-        }
+        flows.sort();
+        assert_eq!(
+            flows,
+            [
+                // The host path's source is the node's choice: any peer.
+                "icmp:*-198.18.0.2",
+                "icmp:198.19.1.10-198.19.2.30",
+                "tcp:*-198.18.0.2:5201",
+                "tcp:*-198.18.0.2:80",
+                "tcp:198.19.1.10-198.19.2.20:80",
+                "tcp:198.19.1.10-198.19.2.30:5201",
+            ],
+            "each step follows its own flow"
+        );
         assert!(
             start["duration_s"].as_f64().unwrap() > 0.0,
             "a safety-net duration"

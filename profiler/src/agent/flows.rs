@@ -144,11 +144,12 @@ impl<'de> serde::Deserialize<'de> for FlowSpec {
 }
 
 impl FlowSpec {
-    /// ICMP between two addresses (pings: always followed, whatever the sampling).
-    pub fn icmp(client: Ipv4Addr, server: Ipv4Addr) -> Self {
+    /// ICMP from `client` (`None`: any peer) to `server` (pings: always followed, whatever
+    /// the sampling).
+    pub fn icmp(client: Option<Ipv4Addr>, server: Ipv4Addr) -> Self {
         Self {
             proto: Proto::Icmp,
-            client: Some(client),
+            client,
             server,
             port: None,
         }
@@ -279,7 +280,7 @@ mod tests {
         assert_eq!(forward, backward);
         assert_eq!(forward.port, 80);
         assert_eq!(rule.flags & FLOW_ALWAYS, 0);
-        let (_, ping) = FlowSpec::icmp(a, b).kernel_entry();
+        let (_, ping) = FlowSpec::icmp(Some(a), b).kernel_entry();
         assert_eq!(ping.flags, FLOW_ALWAYS);
         let (any, _) = FlowSpec::tcp(None, b, 80).kernel_entry();
         assert_eq!(
@@ -293,7 +294,7 @@ mod tests {
         let a = Ipv4Addr::new(198, 18, 0, 1);
         let b = Ipv4Addr::new(198, 18, 0, 2);
         assert_eq!(
-            config_flags(&[FlowSpec::icmp(a, b), FlowSpec::tcp(Some(a), b, 5201)]),
+            config_flags(&[FlowSpec::icmp(Some(a), b), FlowSpec::tcp(Some(a), b, 5201)]),
             0
         );
         assert_eq!(config_flags(&[FlowSpec::tcp(None, b, 80)]), FLOW_ANY_PEER);

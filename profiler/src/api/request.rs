@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(
             flows.options.flows,
             vec![
-                FlowSpec::icmp(Ipv4Addr::new(198, 19, 1, 2), Ipv4Addr::new(198, 19, 2, 2)),
+                FlowSpec::icmp(
+                    Some(Ipv4Addr::new(198, 19, 1, 2)),
+                    Ipv4Addr::new(198, 19, 2, 2)
+                ),
                 FlowSpec::tcp(None, Ipv4Addr::new(198, 19, 2, 2), 80)
             ]
         );

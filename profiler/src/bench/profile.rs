@@ -68,7 +68,7 @@ pub fn source_address(netns: &str, to: Ipv4Addr) -> Result<Ipv4Addr, ProfileErro
 pub fn path_flows(path: &PathEndpoints, tool: Tool) -> Result<Vec<FlowSpec>, ProfileError> {
     let client = source_address(&path.client_netns, path.server_ip)?;
     Ok(match tool {
-        Tool::Ping => vec![FlowSpec::icmp(client, path.server_ip)],
+        Tool::Ping => vec![FlowSpec::icmp(Some(client), path.server_ip)],
         Tool::Iperf3 | Tool::Ab => vec![FlowSpec::tcp(Some(client), path.server_ip, IPERF3_PORT)],
     })
 }

@@ -4,7 +4,8 @@
 //! the DaemonSet mounts.
 
 use crate::agent::duty::Duty;
-use std::net::{IpAddr, Ipv4Addr};
+use crate::agent::FlowSpec;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -313,19 +314,19 @@ impl NodeAgent {
     }
 
     /// Attaches to the node's own namespace (the agent runs with hostNetwork), following
-    /// `endpoints`, and to the `eth0` of the pods at `pod_ips` (the agent finds their
+    /// `flows` (the step's benchmark traffic only), and to the `eth0` of the pods at `pod_ips` (the agent finds their
     /// namespaces). `duration` is a safety net: if this run dies, the agent detaches by itself.
     /// `duty`: attach only for part of every period (`--duty`).
     pub async fn start(
         &self,
         pods: &Api<Pod>,
-        endpoints: &[Ipv4Addr],
+        flows: &[FlowSpec],
         pod_ips: &[IpAddr],
         duration: Duration,
         duty: Option<Duty>,
     ) -> Result<(), AgentCallError> {
         let mut body = serde_json::json!({
-            "endpoints": endpoints.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>(),
+            "flows": flows.iter().map(FlowSpec::to_string).collect::<Vec<_>>(),
             "node": self.report_name.name(),
             "duration_s": duration.as_secs_f64(),
         });

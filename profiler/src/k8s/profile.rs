@@ -9,8 +9,9 @@
 //! and why. An agent that does not answer *before* the run is an error instead (see `run`):
 //! nothing has been measured yet, and `--no-profile` is the explicit way to run without.
 
+use crate::agent::FlowSpec;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,11 +33,11 @@ pub type Attached = Arc<Mutex<Vec<NodeAgent>>>;
 /// How long past a step's own timeout an agent stays attached if nobody stops it.
 const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 
-/// What the agents follow: every address of the benchmarks, and per node the IPs of the pods
+/// What the agents follow: each step's benchmark flows, and per node the IPs of the pods
 /// there whose `eth0` each agent watches (it finds their namespaces from the IPs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Targets {
-    pub endpoints: Vec<Ipv4Addr>,
+    pub flows: BTreeMap<(NetPath, Tool), Vec<FlowSpec>>,
     pub pod_ips: BTreeMap<String, Vec<IpAddr>>,
 }
 
@@ -91,19 +92,17 @@ impl<'a> ClusterProfiler<'a> {
             return;
         }
         let (pods, targets, duty) = (self.pods, &self.targets, self.duty);
+        let flows = targets
+            .flows
+            .get(&(path, tool))
+            .map_or(&[][..], Vec::as_slice);
         let starts = self.agents.iter().cloned().map(|agent| async move {
             let pod_ips = targets
                 .pod_ips
                 .get(&agent.node)
                 .map_or(&[][..], Vec::as_slice);
             let result = agent
-                .start(
-                    pods,
-                    &targets.endpoints,
-                    pod_ips,
-                    step_limit + SAFETY_MARGIN,
-                    duty,
-                )
+                .start(pods, flows, pod_ips, step_limit + SAFETY_MARGIN, duty)
                 .await;
             (agent, result)
         });

@@ -7,6 +7,7 @@
 //! [`run`] never deletes anything: the caller runs [`cleanup`](super::cleanup) after it, whether
 //! it finished, failed or was dropped on Ctrl-C, using the run's label and [`RunState`].
 
+use crate::agent::FlowSpec;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -120,7 +121,7 @@ pub async fn run(
         Some(agents) => Some(ClusterProfiler::new(
             &agent_pods,
             agents,
-            endpoints.targets(&prepared.nodes),
+            endpoints.targets(),
             &plan.out_dir,
             plan.mode,
             state.attached.clone(),
@@ -342,12 +343,32 @@ impl Endpoints {
         Self { pods, pod_ips }
     }
 
-    /// What the agents follow: the addresses, and the pods each agent's node has.
-    fn targets(&self, nodes: &ChosenNodes) -> Targets {
+    /// What the agents follow: each step's flows, and the pods each agent's node has.
+    fn targets(&self) -> Targets {
+        let mut flows = BTreeMap::new();
+        for path in NetPath::ALL {
+            for tool in Tool::ALL {
+                flows.insert((path, tool), self.step_flows(path, tool));
+            }
+        }
         Targets {
-            endpoints: self.all(nodes),
+            flows,
             pod_ips: self.pod_ips.clone(),
         }
+    }
+
+    /// The flows of `tool`'s step on `path`. A pod's source is its own address; a host
+    /// network pod's source is whichever address its node picks, so any peer is followed.
+    fn step_flows(&self, path: NetPath, tool: Tool) -> Vec<FlowSpec> {
+        let (_, client) = self.get(Role::Client, path);
+        let (_, iperf3) = self.get(Role::Iperf3, path);
+        let (_, nginx) = self.get(Role::Nginx, path);
+        let source = (path == NetPath::Pod).then_some(*client);
+        vec![match tool {
+            Tool::Ping => FlowSpec::icmp(source, *iperf3),
+            Tool::Iperf3 => FlowSpec::tcp(source, *iperf3, crate::bench::profile::IPERF3_PORT),
+            Tool::Ab => FlowSpec::tcp(source, *nginx, 80),
+        }]
     }
 
     /// The pods of each node (their own network only), for the agents to find.
@@ -357,17 +378,6 @@ impl Endpoints {
 
     pub fn get(&self, role: Role, path: NetPath) -> &(BenchPod, Ipv4Addr) {
         &self.pods[&(role, path)]
-    }
-
-    /// Every address the benchmarks use: both nodes and the pods (the agents follow these).
-    fn all(&self, nodes: &ChosenNodes) -> Vec<Ipv4Addr> {
-        let mut all = vec![nodes.client.ip(), nodes.server.ip()];
-        for (_, ip) in self.pods.values() {
-            if !all.contains(ip) {
-                all.push(*ip);
-            }
-        }
-        all
     }
 }
 

@@ -119,7 +119,9 @@ async fn profiled(
         move |source| BenchError::Tool { mode, step, source }
     };
     let flows = profile::path_flows(&endpoints, Tool::Ping).map_err(profile_err)?;
-    profiler.before_step(&flows, Tool::Ping).map_err(profile_err)?;
+    profiler
+        .before_step(&flows, Tool::Ping)
+        .map_err(profile_err)?;
     let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, ctx.cfg)
         .await
         .map_err(tool_err("ping"))?;
@@ -129,7 +131,9 @@ async fn profiled(
     let target = SocketAddrV4::new(endpoints.server_ip, 80);
     let flows =
         profile::http_flows(lab, &endpoints.http_client_netns, target).map_err(profile_err)?;
-    profiler.before_step(&flows, Tool::Ab).map_err(profile_err)?;
+    profiler
+        .before_step(&flows, Tool::Ab)
+        .map_err(profile_err)?;
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, target, ctx.cfg)
         .await
