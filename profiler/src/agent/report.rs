@@ -87,8 +87,44 @@ pub struct CheckpointReport {
     pub hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// How the checkpoint is attached on this kernel (absent in documents from before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
     /// Tracked packets seen here.
     pub hits: u64,
+}
+
+/// The kernel mechanism a checkpoint is attached with: the preferred one, or the fallback a
+/// kernel without it gets (README, "Supported kernels").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// A TCX link (kernel 6.6+).
+    Tcx,
+    /// A direct-action cls_bpf filter on a clsact qdisc (before TCX).
+    Clsact,
+    /// A netfilter BPF link at the point's priority (kernel 6.4+).
+    NetfilterLink,
+    /// fentry/fexit on the function that runs the table or conntrack (before links).
+    Fentry,
+    /// A BTF-typed tracepoint.
+    TpBtf,
+    /// A classic tracepoint (fields from tracefs).
+    Tracepoint,
+}
+
+impl Via {
+    /// The name the report shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Tcx => "tc (TCX)",
+            Via::Clsact => "tc (clsact)",
+            Via::NetfilterLink => "netfilter links",
+            Via::Fentry => "fentry/fexit",
+            Via::TpBtf => "tp_btf",
+            Via::Tracepoint => "tracepoints",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +262,7 @@ mod tests {
                 role: Some("uplink".into()),
                 hook: None,
                 priority: None,
+                via: Some(Via::Tcx),
                 hits: 20,
             }],
             segments: vec![SegmentReport {
@@ -255,6 +292,7 @@ mod tests {
         assert!(json.contains("\"schema\": \"netprof.agent/v1\""));
         assert!(json.contains("\"stage\": \"uplink\""));
         assert!(!json.contains("\"hook\""), "None fields are left out");
+        assert!(json.contains("\"via\": \"tcx\""), "{json}");
         let back: AgentReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
         assert_eq!(back.hits("eno1 tc-ingress"), 20);

@@ -253,6 +253,7 @@ mod tests {
             role: None,
             hook: None,
             priority: None,
+            via: None,
             hits,
         }
     }

@@ -169,7 +169,8 @@ impl ClsactFilters {
                 // their namespace: leave them rather than hit another device here.
                 for (program, link) in self.links.drain(..) {
                     log::error!(
-                        "leaving {program} on {} (interface index {}): its namespace {} cannot                          be entered",
+                        "leaving {program} on {} (interface index {}): its namespace {} cannot \
+                         be entered",
                         self.iface,
                         self.ifindex,
                         self.netns.path().display()
@@ -213,7 +214,8 @@ impl ClsactFilters {
             QdiscFate::Keep => {
                 if self.owner == QdiscOwner::Netprof {
                     log::warn!(
-                        "leaving the clsact qdisc netprof added on {}: another tool's filters                          are on it",
+                        "leaving the clsact qdisc netprof added on {}: another tool's filters \
+                         are on it",
                         self.iface
                     );
                 }
@@ -241,6 +243,24 @@ impl Drop for ClsactFilters {
             log::error!("removing netprof's tc filters from {}: {err}", self.iface);
         }
     }
+}
+
+/// Whether a TCX attach failed because the kernel has no TCX (before 6.6 it answers EINVAL to
+/// the link type, some paths the kernel-internal ENOTSUPP), rather than for another reason.
+pub fn tcx_unsupported(err: &(dyn std::error::Error + 'static)) -> bool {
+    /// The kernel-internal ENOTSUPP some BPF paths leak to user space.
+    const ENOTSUPP: i32 = 524;
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | ENOTSUPP)
+            );
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether a detach failed because the device (or its qdisc) is gone already.

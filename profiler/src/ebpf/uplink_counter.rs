@@ -352,22 +352,10 @@ fn attach_one(
 /// Whether a TCX attach failed because the kernel has no TCX (Linux < 6.6): an unknown attach
 /// type or `bpf_attr` layout, rather than a problem netlink would share.
 fn tcx_unsupported(err: &EbpfError) -> bool {
-    /// The kernel-internal ENOTSUPP some BPF paths leak to user space.
-    const ENOTSUPP: i32 = 524;
-    let EbpfError::Attach { source, .. } = err else {
-        return false;
-    };
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-    while let Some(err) = cause {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.raw_os_error(),
-                Some(libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | ENOTSUPP)
-            );
-        }
-        cause = err.source();
+    match err {
+        EbpfError::Attach { source, .. } => super::clsact::tcx_unsupported(source.as_ref()),
+        _ => false,
     }
-    false
 }
 
 #[cfg(test)]

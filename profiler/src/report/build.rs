@@ -329,6 +329,12 @@ pub fn build(
         drops: parts.drops,
         overhead: parts.overhead,
         rtt_samples: rtt_samples(input, clean_results.as_deref()),
+        measured_by: super::mechanisms::collect(
+            input
+                .modes
+                .iter()
+                .flat_map(|m| m.profiles.iter().map(|p| &p.report)),
+        ),
         notes: parts.notes,
         clean_lines,
         profiled_lines,

@@ -432,6 +432,7 @@ mod tests {
             role: role.map(Into::into),
             hook: hook.map(Into::into),
             priority,
+            via: None,
             hits: 1,
         }
     }

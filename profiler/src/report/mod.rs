@@ -17,6 +17,7 @@ pub mod category;
 pub mod drops;
 pub mod input;
 pub mod latency;
+pub mod mechanisms;
 pub mod merge;
 pub mod overhead;
 pub mod probe_cost;
@@ -137,6 +138,9 @@ pub struct Report {
     pub schema: &'static str,
     pub source: String,
     pub run: RunFacts,
+    /// Each node's kernel and the mechanism that measured each stage there (empty when the
+    /// agents' documents do not name them).
+    pub measured_by: Vec<mechanisms::NodeMechanisms>,
     /// What the tables' ratios compare against.
     pub table_baseline: String,
     /// The study's table with no agent attached (`DIR/clean/`; medians over repeats), the

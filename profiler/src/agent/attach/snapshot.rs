@@ -9,7 +9,8 @@ use super::Inner;
 use crate::agent::{
     collect,
     report::{
-        AgentReport, CheckpointReport, DropReport, DutyReport, ProgramStats, SegmentReport, SCHEMA,
+        AgentReport, CheckpointReport, DropReport, DutyReport, ProgramStats, SegmentReport, Via,
+        SCHEMA,
     },
     stages::{DeviceHook, Place, NF_HOOK_NAMES},
     AgentError,
@@ -37,7 +38,7 @@ pub(super) fn report(
             if *place == Place::Consumed && count == 0 {
                 count = counters.completed;
             }
-            checkpoint_report(id, place, count)
+            checkpoint_report(id, place, count, via_of(inner, place))
         })
         .collect();
     // Ids the kernel counted that the catalog does not know (should not happen).
@@ -51,6 +52,7 @@ pub(super) fn report(
                 role: None,
                 hook: None,
                 priority: None,
+                via: None,
                 hits: *count,
             });
         }
@@ -136,7 +138,21 @@ fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
     }
 }
 
-fn checkpoint_report(id: u16, place: &Place, hits: u64) -> CheckpointReport {
+/// The mechanism a checkpoint is attached with here.
+fn via_of(inner: &Inner, place: &Place) -> Option<Via> {
+    match place {
+        Place::Device { hook, .. } => Some(match hook {
+            DeviceHook::DevRx | DeviceHook::DevTx => Via::TpBtf,
+            DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc.via(),
+        }),
+        // The fentry fallback replaces the links wholesale (it is loaded only without them).
+        Place::Netfilter { .. } if !inner.fentry.programs.is_empty() => Some(Via::Fentry),
+        Place::Netfilter { .. } => Some(Via::NetfilterLink),
+        Place::Consumed => Some(inner.tracers.consume_via()),
+    }
+}
+
+fn checkpoint_report(id: u16, place: &Place, hits: u64, via: Option<Via>) -> CheckpointReport {
     let (device, role, hook, priority) = match place {
         Place::Device { device, .. } => (
             Some(device.label.clone()),
@@ -165,6 +181,7 @@ fn checkpoint_report(id: u16, place: &Place, hits: u64) -> CheckpointReport {
         role,
         hook,
         priority,
+        via,
         hits,
     }
 }

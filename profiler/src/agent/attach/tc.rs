@@ -2,6 +2,10 @@
 //! namespace (the node's, or a pod's for its `eth0`). The uplink's ingress gets the program
 //! that admits packets from the other node; a pod's `eth0` gets the pod programs (the egress
 //! one admits the pod's packets); every other device the plain node programs.
+//!
+//! TCX links where the kernel has them (6.6+), otherwise direct-action filters on the device's
+//! clsact qdisc ([`ClsactFilters`]); the first device whose TCX attach the kernel refuses as
+//! unsupported switches the family to clsact for the rest of the run.
 
 use std::{
     collections::BTreeSet,
@@ -21,23 +25,42 @@ use super::{admission::CloseAfterCallers, chain, Inner};
 use crate::{
     agent::{
         devices::Device,
+        report::Via,
         stages::{DeviceHook, DeviceRole},
         PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
         PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
+    ebpf::clsact::{self, ClsactFilters},
     netns::NetnsHandle,
 };
 
 /// How long reopening a duty-cycle window waits for the last window's tc links to go.
 const REATTACH_WAIT: Duration = Duration::from_secs(1);
 
-/// The tc family's state: whether its programs loaded, its links, the checkpoints attached.
+/// The tc family's state: whether its programs loaded, its links or filters, the checkpoints
+/// attached.
 #[derive(Debug, Default)]
 pub(super) struct TcFamily {
     pub loaded: bool,
+    /// TCX links.
     pub links: Vec<SchedClassifierLink>,
+    /// clsact filters, one owner per device (on kernels without TCX).
+    pub filters: Vec<ClsactFilters>,
+    /// The kernel refused TCX as unsupported: every device gets clsact filters.
+    pub without_tcx: bool,
     /// Checkpoint ids of the tc hooks attached.
     pub attached: BTreeSet<u16>,
+}
+
+impl TcFamily {
+    /// The mechanism the tc checkpoints are attached with.
+    pub fn via(&self) -> Via {
+        if self.without_tcx {
+            Via::Clsact
+        } else {
+            Via::Tcx
+        }
+    }
 }
 
 /// The programs that tail-call admission.
@@ -165,10 +188,25 @@ pub(super) fn attach(inner: &mut Inner, device: &Device) {
         }
     };
     let (ingress, egress) = programs_for(device);
-    for (program, attach_type, hook) in [
-        (ingress, TcAttachType::Ingress, DeviceHook::TcIngress),
-        (egress, TcAttachType::Egress, DeviceHook::TcEgress),
-    ] {
+    if !inner.tc.without_tcx {
+        attach_tcx(inner, device, &ifname, [ingress, egress]);
+    }
+    if inner.tc.without_tcx {
+        attach_clsact(inner, device, &ifname, [ingress, egress]);
+    }
+    drop(guard);
+}
+
+const DIRECTIONS: [(TcAttachType, DeviceHook); 2] = [
+    (TcAttachType::Ingress, DeviceHook::TcIngress),
+    (TcAttachType::Egress, DeviceHook::TcEgress),
+];
+
+/// TCX links on both directions. A refusal that says the kernel has no TCX switches the family
+/// to clsact (nothing was attached then: the first direction is the one refused).
+fn attach_tcx(inner: &mut Inner, device: &Device, ifname: &str, programs: [&'static str; 2]) {
+    let label = device.label().label;
+    for (program, (attach_type, hook)) in programs.into_iter().zip(DIRECTIONS) {
         let paused = inner.windows.paused;
         let Some(classifier) = classifier(inner, program) else {
             continue;
@@ -178,7 +216,7 @@ pub(super) fn attach(inner: &mut Inner, device: &Device) {
             // decides what they see.
             classifier
                 .attach_with_options(
-                    &ifname,
+                    ifname,
                     attach_type,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
@@ -198,13 +236,51 @@ pub(super) fn attach(inner: &mut Inner, device: &Device) {
                 inner.tc.links.push(link);
                 inner.tc.attached.insert(device.id(hook));
             }
+            Err(err) if inner.tc.links.is_empty() && clsact::tcx_unsupported(&err) => {
+                log::info!(
+                    "TCX refused on {label} ({}): tc checkpoints on clsact qdiscs",
+                    chain(&err)
+                );
+                inner.tc.without_tcx = true;
+                return;
+            }
             Err(err) => {
                 let what = format!("{label} {}", hook.name());
                 inner.not_measured(what, format!("TCX attach failed: {}", chain(&err)));
             }
         }
     }
-    drop(guard);
+}
+
+/// Direct-action filters on the device's clsact qdisc (added if absent, removed with the
+/// filters if netprof added it). Runs in the device's namespace.
+fn attach_clsact(inner: &mut Inner, device: &Device, ifname: &str, programs: [&'static str; 2]) {
+    let label = device.label().label;
+    let mut filters = match ClsactFilters::prepare(ifname) {
+        Ok(filters) => filters,
+        Err(err) => {
+            inner.not_measured(format!("{label} tc"), chain(&err));
+            return;
+        }
+    };
+    for (program, (attach_type, hook)) in programs.into_iter().zip(DIRECTIONS) {
+        let Some(classifier) = classifier(inner, program) else {
+            continue;
+        };
+        match filters.attach(program, classifier, attach_type) {
+            Ok(()) => {
+                inner.tc.attached.insert(device.id(hook));
+            }
+            Err(err) => {
+                let what = format!("{label} {}", hook.name());
+                inner.not_measured(what, format!("clsact attach failed: {}", chain(&err)));
+            }
+        }
+    }
+    // An owner without filters still removes the qdisc it may have added, when dropped here.
+    if !filters.is_empty() {
+        inner.tc.filters.push(filters);
+    }
 }
 
 #[cfg(test)]

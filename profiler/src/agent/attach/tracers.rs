@@ -9,7 +9,7 @@ use aya::programs::{
 
 use super::{chain, Inner};
 use crate::agent::{
-    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+    report::Via, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
     PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, TP_DEV_RX, TP_DEV_TX,
 };
 
@@ -50,6 +50,20 @@ pub(super) struct TracerFamily {
     pub programs: Vec<TraceProgram>,
     /// Journeys end at `consumed` (a consume tracer is attached).
     pub consume_attached: bool,
+}
+
+impl TracerFamily {
+    /// How journeys' ends are traced: the BTF tracepoint, or the classic one without BTF.
+    pub fn consume_via(&self) -> Via {
+        let btf = self.programs.contains(&TraceProgram::Btf {
+            program: PROG_CONSUME_SKB_BTF,
+        });
+        if btf {
+            Via::TpBtf
+        } else {
+            Via::Tracepoint
+        }
+    }
 }
 
 /// The tp_btf device hooks' state.

@@ -42,7 +42,11 @@ pub(super) fn close_window(inner: &mut Inner) {
     inner.stats.time.stop();
     // tc links close under the RTNL lock, tracepoint links do not: two threads, so their RCU
     // waits overlap instead of adding up.
-    let tc_links = std::mem::take(&mut inner.tc.links);
+    let tc_links = (
+        std::mem::take(&mut inner.tc.links),
+        std::mem::take(&mut inner.tc.filters),
+    );
+    let tc_count = tc_links.0.len() + tc_links.1.len();
     let traces = (
         std::mem::take(&mut inner.dev.links),
         std::mem::take(&mut inner.tracers.classic_links),
@@ -53,7 +57,7 @@ pub(super) fn close_window(inner: &mut Inner) {
     let edge = edge_pace(inner);
     let tc_edge = edge.clone();
     inner.windows.detaching = [
-        closing_thread("tc", tc_links.len(), move || {
+        closing_thread("tc", tc_count, move || {
             let _fast = tc_edge.map(|rcu| rcu.begin());
             drop(tc_links)
         }),

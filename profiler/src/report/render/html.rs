@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 
-use super::{headline, sections, us_signed, Part, Section, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
+use super::{
+    headline, measured_by, sections, us_signed, Part, Section, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE,
+};
 use crate::report::category::Category;
 use crate::report::latency::LatencyAttribution;
 use crate::report::Report;
@@ -350,6 +352,9 @@ pub fn render(report: &Report) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>netprof report</title><style>{CSS}</style></head><body>\n<h1>{}</h1>\n",
         escape(&headline(report))
     );
+    for line in measured_by(report) {
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(&line));
+    }
     let mut part = Part::Clean;
     let mut charts_drawn = false;
     for s in sections(report) {

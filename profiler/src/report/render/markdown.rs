@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{headline, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
+use super::{headline, measured_by, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
 use crate::report::Report;
 
 /// A cell safe inside a pipe table.
@@ -13,6 +13,9 @@ fn cell(text: &str) -> String {
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {}", headline(report));
+    for line in measured_by(report) {
+        let _ = writeln!(out, "\n{}", cell(&line));
+    }
     let mut part = Part::Clean;
     for section in sections(report) {
         if section.part != part {

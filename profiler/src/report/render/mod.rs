@@ -96,6 +96,15 @@ pub fn headline(report: &Report) -> String {
     )
 }
 
+/// The lines under the headline: each node's kernel and what measured each stage there.
+pub fn measured_by(report: &Report) -> Vec<String> {
+    report
+        .measured_by
+        .iter()
+        .map(crate::report::mechanisms::line)
+        .collect()
+}
+
 /// The title of the part measured with agents attached.
 pub const WITH_AGENTS_TITLE: &str = "Measured with netprof's agents attached";
 pub const WITH_AGENTS_INTRO: &str = "Everything below was measured while the agents were attached: netprof's own cost is inside these numbers. It is what the attribution above was made from.";

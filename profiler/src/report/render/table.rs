@@ -2,12 +2,15 @@
 
 use std::fmt::Write as _;
 
-use super::{aligned, headline, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
+use super::{aligned, headline, measured_by, sections, Part, WITH_AGENTS_INTRO, WITH_AGENTS_TITLE};
 use crate::report::Report;
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", headline(report));
+    for line in measured_by(report) {
+        let _ = writeln!(out, "{line}");
+    }
     let mut part = Part::Clean;
     for section in sections(report) {
         if section.part != part {
