@@ -25,7 +25,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netprof::agent::{report::AgentReport, Stage};
+use netprof::agent::{
+    report::{AgentReport, Via},
+    Stage,
+};
 use netprof_tests::print_skip;
 use serde_json::Value;
 
@@ -285,6 +288,7 @@ fn check_scenario(verdict: &mut Verdict, run: &Run, release: &str, dir: &Path) {
         check_devices(verdict, run, &at, node, &report);
         check_netfilter(verdict, run, &at, &report);
         check_stages(verdict, run, &at, &report);
+        check_mechanisms(verdict, run, &at, &report);
         check_refusals(verdict, run, &at, &report);
         // A journey is abandoned when its skb shows up again after the agent's stale limit
         // (50 ms): under emulation a vCPU can be off that long, so the odd one happens
@@ -424,6 +428,33 @@ fn check_stages(verdict: &mut Verdict, run: &Run, at: &str, report: &AgentReport
         format!("stage veth: {}", has(Stage::Veth)),
     );
     verdict.check(at, !has(Stage::Other), "unnamed segments (stage other)");
+}
+
+/// Each checkpoint names the mechanism this kernel should have given it: TCX or clsact for
+/// tc, links or fentry for netfilter.
+fn check_mechanisms(verdict: &mut Verdict, run: &Run, at: &str, report: &AgentReport) {
+    let tc = if run.features.tcx {
+        Via::Tcx
+    } else {
+        Via::Clsact
+    };
+    let nf = if run.fentry {
+        Via::Fentry
+    } else {
+        Via::NetfilterLink
+    };
+    for cp in &report.checkpoints {
+        let want = match cp.kind.as_str() {
+            "tc-ingress" | "tc-egress" => tc,
+            "netfilter" => nf,
+            _ => continue,
+        };
+        verdict.check(
+            at,
+            cp.via == Some(want),
+            format!("{}: attached via {:?}, want {want:?}", cp.name, cp.via),
+        );
+    }
 }
 
 /// Every "not measured" entry must be one this kernel explains.
