@@ -764,7 +764,7 @@ const _: () = assert!(core::mem::size_of::<NodeDevice>() == 8);
 const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32 + JOURNEY_CAP * 6);
-const _: () = assert!(JOURNEY_CAP % 4 == 0);
+const _: () = assert!(JOURNEY_CAP.is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<Config>() == 128);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () =

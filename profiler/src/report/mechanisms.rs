@@ -125,6 +125,8 @@ mod tests {
             kernel: kernel.into(),
             attach_ms: 1.0,
             elapsed_s: 1.0,
+            flows: vec![],
+            sample: 1,
             checkpoints: vec![
                 cp(1, Some(tc)),
                 cp(2, Some(tc)),

@@ -184,12 +184,21 @@ fn check_stats_share(share: u32) -> Result<(), AgentError> {
     }
 }
 
+/// What the kernel's BTF and tracefs tell the programs.
+struct KernelConfig {
+    config: Config,
+    /// Drop reason names by number (empty without tracefs).
+    drop_reasons: BTreeMap<u32, String>,
+    /// tracefs, or why it cannot be read.
+    tracefs: Result<Tracefs, String>,
+}
+
 /// The configuration from the kernel's BTF and tracefs; what tracefs could not give is noted.
 fn kernel_config(
     options: &AgentOptions,
     node_inum: u32,
     not_measured: &mut Vec<NotMeasured>,
-) -> Result<(Config, BTreeMap<u32, String>, Result<Tracefs, String>), AgentError> {
+) -> Result<KernelConfig, AgentError> {
     let mut config = Config {
         node_netns_inum: node_inum,
         // Until a LOCAL_OUT netfilter point admits (see `netfilter::attach_family`).
@@ -217,7 +226,11 @@ fn kernel_config(
             });
         }
     }
-    Ok((config, drop_reasons, tracefs))
+    Ok(KernelConfig {
+        config,
+        drop_reasons,
+        tracefs,
+    })
 }
 
 impl Agent {
@@ -242,7 +255,11 @@ impl Agent {
         let uplink = devices::find_uplink(&options.netns, options.uplink.as_deref(), &links)?;
 
         let mut not_measured = Vec::new();
-        let (config, drop_reasons, tracefs) = kernel_config(options, node_inum, &mut not_measured)?;
+        let KernelConfig {
+            config,
+            drop_reasons,
+            tracefs,
+        } = kernel_config(options, node_inum, &mut not_measured)?;
         let ebpf = EbpfLoader::new()
             .load(ebpf::OBJECT)
             .map_err(|source| AgentError::Load {
