@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn bad_flows_say_what_to_write() {
         for (text, part) in [
-            ("198.19.1.2-198.19.2.2", "unknown protocol"),
+            ("198.19.1.2-198.19.2.2", "no protocol"),
             ("sctp:1.1.1.1-2.2.2.2", "unknown protocol"),
             ("tcp:198.19.1.2", "no '-'"),
             ("tcp:198.19.1.2-198.19.2.300:80", "not an IPv4 address"),

@@ -334,7 +334,7 @@ mod tests {
             "# TYPE netprof_counter_total counter",
             "netprof_counter_total{counter=\"admitted\"} 40",
             "netprof_counter_total{counter=\"retransmits\"} 1",
-            "netprof_counter_total{counter=\"journey_map_full\"} 0",
+            "netprof_counter_total{counter=\"slot_busy\"} 0",
             "netprof_drops_total{checkpoint=\"eno1 tc-ingress\",reason=\"NO_SOCKET\"} 4",
             "# TYPE netprof_program_run_time_seconds_total counter",
             "netprof_program_run_time_seconds_total{program=\"cp_tc_in\"} 0.000004",

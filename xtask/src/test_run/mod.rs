@@ -33,8 +33,23 @@ pub fn test(user_args: &[String]) -> Result<()> {
     let binaries = binaries::build(&args.cargo)?;
     let mut results = Vec::new();
     for binary in &binaries {
+        let mut env = Vec::new();
+        if binary.kind == "test" && binary.name == VM_MATRIX_TEST {
+            match kernel_matrix() {
+                Ok(results) => env.push((crate::vm::RESULTS_ENV, results)),
+                Err(err) => {
+                    // The test then says it has no results: a failure, named with the cause.
+                    eprintln!("kernel matrix: {err:#}");
+                    results.push(BinaryResult::failed_to_start(
+                        binary.label(),
+                        format!("the kernel matrix did not run: {err:#}"),
+                    ));
+                    continue;
+                }
+            }
+        }
         eprintln!("     Running {}", binary.label());
-        results.push(run_binary(binary, &args.test)?);
+        results.push(run_binary(binary, &args.test, &env)?);
     }
     if args.runs_doc_tests() {
         eprintln!("     Running doc tests (cargo test --doc)");
@@ -43,6 +58,22 @@ pub fn test(user_args: &[String]) -> Result<()> {
     let totals = Totals::of(&results);
     print!("{}", totals.render());
     totals.verdict()
+}
+
+/// The host-side test of the kernel matrix; it judges the results the VMs bring back.
+const VM_MATRIX_TEST: &str = "vm_matrix";
+
+/// Boots every pinned kernel with the optimized `netprof` and returns where the results are,
+/// unless `NETPROF_VM_RESULTS` already names results to judge (`cargo xtask vm --out`).
+fn kernel_matrix() -> Result<std::path::PathBuf> {
+    if let Some(given) = std::env::var_os(crate::vm::RESULTS_ENV) {
+        return Ok(given.into());
+    }
+    eprintln!("     Running the kernel matrix (cargo xtask vm)");
+    let netprof = crate::vm::build_netprof()?;
+    let out = crate::vm::default_out();
+    crate::vm::matrix("all", &netprof, &out)?;
+    Ok(out)
 }
 
 /// rustfmt and clippy, before anything runs: main is kept clean of both.
@@ -73,11 +104,16 @@ fn status_of(mut command: Command) -> Result<ExitStatus> {
 
 /// Runs one test binary serially and uncaptured, echoing its output as it comes, and reads
 /// its verdicts.
-fn run_binary(binary: &TestBinary, test_args: &[String]) -> Result<BinaryResult> {
+fn run_binary(
+    binary: &TestBinary,
+    test_args: &[String],
+    env: &[(&str, std::path::PathBuf)],
+) -> Result<BinaryResult> {
     let mut command = Command::new(&binary.executable);
     command
         .args(["--test-threads=1", "--nocapture"])
         .args(test_args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&binary.package_dir)
         .env("CARGO_MANIFEST_DIR", &binary.package_dir)
         .env("CARGO_PKG_NAME", &binary.package);

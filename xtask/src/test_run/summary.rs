@@ -19,6 +19,15 @@ pub struct BinaryResult {
 }
 
 impl BinaryResult {
+    /// A binary that was not run because what it needs could not be made: a failure.
+    pub fn failed_to_start(label: String, why: String) -> Self {
+        Self {
+            label,
+            runs: Vec::new(),
+            problems: vec![why],
+        }
+    }
+
     pub fn new(label: String, status: ExitStatus, runs: Vec<Run>, stray: Vec<String>) -> Self {
         let mut problems = Vec::new();
         if runs.is_empty() {
