@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bootstrap;
+pub mod calibrate;
 pub mod config;
 pub mod cpu_time;
 pub mod overhead;

@@ -14,6 +14,8 @@ pub enum ToolError {
     Cmd(#[from] CmdError),
     #[error("`{command}` did not finish within {secs} s and was stopped")]
     Timeout { command: String, secs: u64 },
+    #[error("{what}: no reply came back, so there is no RTT to take (is the lab's path up?)")]
+    NoReply { what: String },
     #[error("`{command}` exited with {status} and its output could not be read: {source}")]
     Output {
         command: String,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod calibrate;
 pub mod duty_args;
 pub mod k8s;
 pub mod lab;

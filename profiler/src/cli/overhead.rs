@@ -65,6 +65,12 @@ pub struct OverheadArgs {
     /// Also write the samples, medians and per-program costs as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Instead of the QPS comparison: measure netprof's in-path cost per program run (rounds
+    /// of no programs, held programs at the same hooks, and netprof; followed and untracked
+    /// pings and CPU per ab request) and write DIR/calibration.json, which `netprof report DIR`
+    /// then uses for the probes' share. DIR is usually a bench output directory.
+    #[arg(long, value_name = "DIR")]
+    pub calibrate: Option<PathBuf>,
 }
 
 /// One `--duty` setting: a percentage, and its own period if it names one (`2@4000`).
@@ -169,6 +175,9 @@ struct SettingPrograms {
 }
 
 pub fn run(args: OverheadArgs) -> Result<()> {
+    if let Some(dir) = &args.calibrate {
+        return super::calibrate::run(&args, dir);
+    }
     let names = LabNames::new(&args.lab)?;
     let cfg = BenchConfig {
         ab_requests: args.ab_requests,

@@ -46,11 +46,16 @@ pub struct NodeOverhead {
 pub fn program_kind(name: &str) -> Option<&'static str> {
     match name {
         "cp_dev_rx" => Some("dev-rx"),
-        "cp_tc_ingress" | "cp_tc_pod_in" => Some("tc-ingress"),
-        "cp_tc_egress" | "cp_tc_pod_eg" => Some("tc-egress"),
+        "cp_tc_ingress" | "cp_tc_pod_in" | "cp_tc_upl_in" => Some("tc-ingress"),
+        "cp_tc_egress" | "cp_tc_pod_eg" | "cp_tc_upl_eg" => Some("tc-egress"),
         "cp_dev_tx" => Some("dev-tx"),
-        "cp_consume_skb" | "cp_consume_btf" => Some("consumed"),
-        n if n.starts_with("nf_") => Some("netfilter"),
+        // Both end journeys (the report's `consumed` checkpoint).
+        "cp_consume_skb" | "cp_consume_btf" | "cp_kfree_skb" | "cp_kfree_btf" => Some("consumed"),
+        // Admission runs inside the checkpoint that tail-calls it (its runs are the caller's).
+        "nf_admit" => None,
+        n if n.starts_with("nf_") || n.starts_with("cp_fe_") || n.starts_with("cp_fx_") => {
+            Some("netfilter")
+        }
         _ => None,
     }
 }

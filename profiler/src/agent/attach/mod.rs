@@ -418,6 +418,16 @@ impl Agent {
         Ok(())
     }
 
+    /// Holds every program (`true`: each returns right after reading its configuration, as
+    /// between duty-cycle windows) or lets them run again, without detaching anything: the
+    /// calibration's "programs that only return", at the same hooks and priorities.
+    pub fn hold(&self, held: bool) -> Result<(), AgentError> {
+        let mut inner = self.lock()?;
+        inner.config.paused = u32::from(held);
+        // A new epoch: journeys begun before the hold are not continued after it.
+        inner.new_epoch()
+    }
+
     /// Follows `flows` from now on instead of the flows given so far (a new benchmark step);
     /// journeys in flight are forgotten.
     pub fn set_flows(&self, flows: &[FlowSpec]) -> Result<(), AgentError> {

@@ -162,14 +162,11 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
         }
     }
     let mut failures = Vec::new();
-    let admission = match load_admission(&NetfilterLoader::new(NF_OBJECT).reuse_maps(maps.clone()))
-    {
-        Ok(admission) => Some(admission),
-        Err(reason) => {
-            failures.push((format!("netfilter admission ({PROG_NF_ADMIT})"), reason));
-            None
-        }
-    };
+    let (admission, admission_failure) =
+        match load_admission(&NetfilterLoader::new(NF_OBJECT).reuse_maps(maps.clone())) {
+            Ok(admission) => (Some(admission), None),
+            Err(reason) => (None, Some(reason)),
+        };
     let mut loader = NetfilterLoader::new(NF_OBJECT).reuse_maps(maps);
     if let Some((array, _)) = &admission {
         loader = loader.reuse_map(MAP_NF_ADMIT, array.fd());
@@ -188,6 +185,11 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
         }
     }
     drop(loader);
+    // A kernel without netfilter programs refuses every point alike, and the points say so;
+    // admission failing on its own is worth a line of its own.
+    if let (Some(reason), false) = (admission_failure, programs.is_empty()) {
+        failures.push((format!("netfilter admission ({PROG_NF_ADMIT})"), reason));
+    }
     if let Some((array, admit)) = admission {
         let callers = programs
             .iter()

@@ -1,0 +1,655 @@
+//! netprof's in-path cost, measured rather than estimated (`netprof overhead --calibrate DIR`,
+//! written to `DIR/calibration.json`, which `netprof report` reads).
+//!
+//! On one lab, every round runs three variants, the order rotating each round so the machine's
+//! drift hits all alike:
+//! - `off`: no program attached;
+//! - `paused`: netprof's programs at the same hooks and priorities, held (each returns right
+//!   after reading its configuration: the hook's dispatch and one array read);
+//! - `netprof`: the programs following the benchmark's flows, bpf_stats off.
+//!
+//! Each variant measures the RTT p50 of followed pings (pod to pod, at the ping step's rate),
+//! of untracked pings (node to node: the same uplink and netfilter hooks, never followed), and
+//! the machine's CPU time per request under ab. Within a round, `paused - off` is the dispatch
+//! and `netprof - paused` the programs' bodies; their medians over rounds carry bootstrap
+//! intervals.
+//!
+//! Per checkpoint kind, the runs per RTT come from a counting pass before the rounds (netprof
+//! with bpf_stats on, not timed): followed runs from the checkpoints' hits, untracked runs from
+//! the programs' run counts. The dispatch is shared evenly per run; the body in proportion to
+//! each kind's bpf_stats run time. The totals are measured; only their split among kinds leans
+//! on bpf_stats.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::bootstrap::median_interval;
+use super::config::BenchConfig;
+use super::overhead::median;
+use super::{cpu_time, servers, tools, BenchError};
+use crate::agent::report::{AgentReport, ProgramStats};
+use crate::lab::{addressing, Lab, Node};
+use crate::report::calibration::{Interval, SCHEMA};
+use crate::report::overhead::program_kind;
+
+/// What the issue asks of a run on a followed packet and on any other packet, ns of RTT.
+pub const FOLLOWED_TARGET_NS: f64 = 80.0;
+pub const UNTRACKED_TARGET_NS: f64 = 25.0;
+
+/// Pings of the counting pass (per kind of traffic).
+const COUNTING_PINGS: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    Off,
+    Paused,
+    Netprof,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Off, Variant::Paused, Variant::Netprof];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Off => "off",
+            Variant::Paused => "paused",
+            Variant::Netprof => "netprof",
+        }
+    }
+}
+
+/// One variant's measurement in one round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundSample {
+    pub round: u32,
+    pub variant: Variant,
+    pub followed_p50_ns: f64,
+    pub untracked_p50_ns: f64,
+    pub cpu_ns_per_request: Option<f64>,
+}
+
+/// One kind's program runs per RTT and their bpf_stats run time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KindRuns {
+    pub runs_per_rtt: f64,
+    /// bpf_stats' mean run time (0 when it counted none).
+    pub stats_ns_per_run: f64,
+}
+
+/// What the counting pass found, per kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunCounts {
+    pub followed: BTreeMap<String, KindRuns>,
+    pub untracked: BTreeMap<String, KindRuns>,
+}
+
+/// One kind's cost per run (the fields `calibration.json` holds under `per_run`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KindCost {
+    pub followed_ns: Interval,
+    pub untracked_ns: Interval,
+    pub dispatch_ns: Interval,
+}
+
+/// `calibration.json` (`netprof.calibration/v1`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibrationDoc {
+    pub schema: &'static str,
+    pub mode: String,
+    pub kernel: String,
+    pub rounds: u32,
+    pub ping_interval_s: f64,
+    pub per_run: BTreeMap<String, KindCost>,
+    /// Followed ping p50, netprof - off.
+    pub rtt_shift_ns: Interval,
+    /// Followed ping p50, paused - off and netprof - paused.
+    pub dispatch_rtt_ns: Interval,
+    pub body_rtt_ns: Interval,
+    /// Untracked ping p50, netprof - off.
+    pub untracked_rtt_shift_ns: Interval,
+    /// Machine CPU per ab request, paused - off and netprof - paused (absent without
+    /// /proc/stat).
+    pub cpu_dispatch_ns_per_request: Option<Interval>,
+    pub cpu_body_ns_per_request: Option<Interval>,
+    /// Over every kind: RTT shift / runs per RTT.
+    pub followed_ns_per_run: Interval,
+    pub untracked_ns_per_run: Interval,
+    pub runs: RunCounts,
+    pub samples: Vec<RoundSample>,
+}
+
+/// Per round, `field(later) - field(earlier)` where both were measured.
+pub fn paired(
+    samples: &[RoundSample],
+    earlier: Variant,
+    later: Variant,
+    field: fn(&RoundSample) -> Option<f64>,
+) -> Vec<f64> {
+    let rounds: Vec<u32> = {
+        let mut r: Vec<u32> = samples.iter().map(|s| s.round).collect();
+        r.dedup();
+        r
+    };
+    rounds
+        .into_iter()
+        .filter_map(|round| {
+            let of = |v: Variant| {
+                samples
+                    .iter()
+                    .find(|s| s.round == round && s.variant == v)
+                    .and_then(field)
+            };
+            Some(of(later)? - of(earlier)?)
+        })
+        .collect()
+}
+
+/// A median with its 95% bootstrap interval (the median alone under three values).
+pub fn interval_of(values: &[f64]) -> Interval {
+    let mut sorted = values.to_vec();
+    let m = median(&mut sorted);
+    match median_interval(values) {
+        Some((lo, hi)) => Interval {
+            median: m,
+            lo: lo.min(m),
+            hi: hi.max(m),
+        },
+        None => Interval::point(m),
+    }
+}
+
+/// A cost cannot be below zero: a shift under the machine's resolution reads as 0.
+fn at_least_zero(i: Interval) -> Interval {
+    Interval {
+        median: i.median.max(0.0),
+        lo: i.lo.max(0.0),
+        hi: i.hi.max(0.0),
+    }
+}
+
+/// Per kind: the dispatch total shared evenly per run, the body total in proportion to each
+/// kind's bpf_stats run time (evenly when bpf_stats counted nothing). Returns per kind
+/// (dispatch per run, dispatch + body per run).
+pub fn per_kind(
+    dispatch: Interval,
+    body: Interval,
+    runs: &BTreeMap<String, KindRuns>,
+) -> BTreeMap<String, (Interval, Interval)> {
+    let total_runs: f64 = runs.values().map(|k| k.runs_per_rtt).sum();
+    if total_runs <= 0.0 {
+        return BTreeMap::new();
+    }
+    let weighted: f64 = runs
+        .values()
+        .map(|k| k.runs_per_rtt * k.stats_ns_per_run)
+        .sum();
+    runs.iter()
+        .map(|(kind, k)| {
+            let dispatch_per_run = dispatch.scaled(1.0 / total_runs);
+            let body_per_run = if weighted > 0.0 {
+                body.scaled(k.stats_ns_per_run / weighted)
+            } else {
+                body.scaled(1.0 / total_runs)
+            };
+            (
+                kind.clone(),
+                (
+                    at_least_zero(dispatch_per_run),
+                    at_least_zero(dispatch_per_run.plus(body_per_run)),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Runs per RTT per kind from the checkpoints' hits of both agents over `pings` pings.
+pub fn followed_runs(reports: &[AgentReport], pings: u32) -> BTreeMap<String, f64> {
+    let mut runs: BTreeMap<String, f64> = BTreeMap::new();
+    for report in reports {
+        for cp in &report.checkpoints {
+            *runs.entry(cp.kind.clone()).or_default() += cp.hits as f64 / f64::from(pings);
+        }
+    }
+    runs.retain(|_, r| *r > 0.0);
+    runs
+}
+
+/// Per kind, (runs, run time ns) between two snapshots' program statistics of one agent.
+pub fn program_deltas(
+    before: &[ProgramStats],
+    after: &[ProgramStats],
+) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in after {
+        let Some(kind) = program_kind(&p.name) else {
+            continue;
+        };
+        let (count0, time0) = before
+            .iter()
+            .find(|b| b.id == p.id)
+            .map_or((0, 0), |b| (b.run_count, b.run_time_ns));
+        let entry = out.entry(kind.to_owned()).or_default();
+        entry.0 += p.run_count.saturating_sub(count0);
+        entry.1 += p.run_time_ns.saturating_sub(time0);
+    }
+    out
+}
+
+/// Runs per RTT and bpf_stats' ns per run from summed program deltas over `pings` pings.
+pub fn kind_runs(
+    deltas: &BTreeMap<String, (u64, u64)>,
+    runs_per_rtt: Option<&BTreeMap<String, f64>>,
+    pings: u32,
+) -> BTreeMap<String, KindRuns> {
+    deltas
+        .iter()
+        .filter_map(|(kind, &(count, time))| {
+            let counted = count as f64 / f64::from(pings);
+            let runs = runs_per_rtt.map_or(counted, |r| r.get(kind).copied().unwrap_or(0.0));
+            (runs > 0.0).then(|| {
+                (
+                    kind.clone(),
+                    KindRuns {
+                        runs_per_rtt: runs,
+                        stats_ns_per_run: if count > 0 {
+                            time as f64 / count as f64
+                        } else {
+                            0.0
+                        },
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// The document from the rounds and the counting pass.
+pub fn document(
+    lab: &Lab,
+    cfg: &BenchConfig,
+    rounds: u32,
+    runs: RunCounts,
+    samples: Vec<RoundSample>,
+) -> CalibrationDoc {
+    let followed = |s: &RoundSample| Some(s.followed_p50_ns);
+    let untracked = |s: &RoundSample| Some(s.untracked_p50_ns);
+    let cpu = |s: &RoundSample| s.cpu_ns_per_request;
+    let diff = |a, b, f| interval_of(&paired(&samples, a, b, f));
+    let (off, paused, netprof) = (Variant::Off, Variant::Paused, Variant::Netprof);
+    let dispatch = diff(off, paused, followed);
+    let body = diff(paused, netprof, followed);
+    let untracked_dispatch = diff(off, paused, untracked);
+    let untracked_body = diff(paused, netprof, untracked);
+    let cpu_pair = |a, b| {
+        let d = paired(&samples, a, b, cpu);
+        (!d.is_empty()).then(|| interval_of(&d))
+    };
+    let followed_costs = per_kind(dispatch, body, &runs.followed);
+    let untracked_costs = per_kind(untracked_dispatch, untracked_body, &runs.untracked);
+    let mut per_run = BTreeMap::new();
+    for (kind, (dispatch_ns, followed_ns)) in &followed_costs {
+        let untracked_ns = untracked_costs
+            .get(kind)
+            .map_or(Interval::point(0.0), |c| c.1);
+        per_run.insert(
+            kind.clone(),
+            KindCost {
+                followed_ns: *followed_ns,
+                untracked_ns,
+                dispatch_ns: *dispatch_ns,
+            },
+        );
+    }
+    let pooled = |shift: Interval, runs: &BTreeMap<String, KindRuns>| {
+        let total: f64 = runs.values().map(|k| k.runs_per_rtt).sum();
+        if total > 0.0 {
+            shift.scaled(1.0 / total)
+        } else {
+            Interval::point(0.0)
+        }
+    };
+    let rtt_shift = diff(off, netprof, followed);
+    let untracked_shift = diff(off, netprof, untracked);
+    CalibrationDoc {
+        schema: SCHEMA,
+        mode: lab.mode().to_string(),
+        kernel: crate::kernel_release(),
+        rounds,
+        ping_interval_s: cfg.ping_interval_s,
+        per_run,
+        rtt_shift_ns: rtt_shift,
+        dispatch_rtt_ns: dispatch,
+        body_rtt_ns: body,
+        untracked_rtt_shift_ns: untracked_shift,
+        cpu_dispatch_ns_per_request: cpu_pair(off, paused),
+        cpu_body_ns_per_request: cpu_pair(paused, netprof),
+        followed_ns_per_run: pooled(rtt_shift, &runs.followed),
+        untracked_ns_per_run: pooled(untracked_shift, &runs.untracked),
+        runs,
+        samples,
+    }
+}
+
+impl CalibrationDoc {
+    /// What an engineer reads: the shifts, the per-run costs with the targets, per kind.
+    pub fn render(&self) -> String {
+        let i = |v: Interval| format!("{:.0} ns [{:.0}, {:.0}]", v.median, v.lo, v.hi);
+        let verdict = |v: Interval, target: f64| {
+            if v.hi <= target {
+                "met"
+            } else if v.lo > target {
+                "missed"
+            } else {
+                "unresolved (the interval holds the target)"
+            }
+        };
+        let mut out = format!(
+            "calibration on {} (kernel {}), {} rounds, pings every {} ms\n",
+            self.mode,
+            self.kernel,
+            self.rounds,
+            self.ping_interval_s * 1e3
+        );
+        out += &format!(
+            "  followed ping p50: netprof - off {}  (dispatch {}, bodies {})\n",
+            i(self.rtt_shift_ns),
+            i(self.dispatch_rtt_ns),
+            i(self.body_rtt_ns)
+        );
+        out += &format!(
+            "  untracked ping p50: netprof - off {}\n",
+            i(self.untracked_rtt_shift_ns)
+        );
+        if let (Some(d), Some(b)) = (
+            self.cpu_dispatch_ns_per_request,
+            self.cpu_body_ns_per_request,
+        ) {
+            out += &format!("  CPU per ab request: dispatch {}, bodies {}\n", i(d), i(b));
+        }
+        out += &format!(
+            "  per run, followed: {} (target <= {FOLLOWED_TARGET_NS} ns: {})\n",
+            i(self.followed_ns_per_run),
+            verdict(self.followed_ns_per_run, FOLLOWED_TARGET_NS)
+        );
+        out += &format!(
+            "  per run, untracked: {} (target <= {UNTRACKED_TARGET_NS} ns: {})\n",
+            i(self.untracked_ns_per_run),
+            verdict(self.untracked_ns_per_run, UNTRACKED_TARGET_NS)
+        );
+        for (kind, c) in &self.per_run {
+            let runs = self.runs.followed.get(kind).map_or(0.0, |k| k.runs_per_rtt);
+            out += &format!(
+                "    {kind:<11} {runs:>5.1} runs/RTT  followed {}  untracked {}  dispatch {}\n",
+                i(c.followed_ns),
+                i(c.untracked_ns),
+                i(c.dispatch_ns)
+            );
+        }
+        out
+    }
+}
+
+/// How the rounds get at the agents: start them (stats off or on throughout), hold or release
+/// their programs, snapshot them; dropping the value detaches them.
+pub trait CalibrationAgents: Sized {
+    fn start(lab: &Lab, stats: bool) -> Result<Self, BenchError>;
+    fn hold(&self, held: bool) -> Result<(), BenchError>;
+    fn snapshots(&self) -> Result<Vec<AgentReport>, BenchError>;
+    fn reset(&self) -> Result<(), BenchError>;
+}
+
+/// Followed pings, untracked pings and ab on `lab`.
+struct Probe<'a> {
+    lab: &'a Lab,
+    cfg: &'a BenchConfig,
+}
+
+impl Probe<'_> {
+    fn tool_err(&self, step: &str) -> impl FnOnce(tools::ToolError) -> BenchError {
+        let (mode, step) = (self.lab.mode(), format!("calibration: {step}"));
+        move |source| BenchError::Tool { mode, step, source }
+    }
+
+    async fn followed(&self, cfg: &BenchConfig) -> Result<f64, BenchError> {
+        let path = self.lab.pod_path().unwrap_or_else(|| self.lab.host_path());
+        let ping = tools::ping(&path.client_netns, path.server_ip, cfg)
+            .await
+            .map_err(self.tool_err("followed ping"))?;
+        p50_ns(&ping, "followed ping").map_err(self.tool_err("followed ping"))
+    }
+
+    async fn untracked(&self, cfg: &BenchConfig) -> Result<f64, BenchError> {
+        let names = &self.lab.names;
+        let ping = tools::ping(&names.node(Node::One), addressing::node_ip(Node::Two), cfg)
+            .await
+            .map_err(self.tool_err("untracked ping"))?;
+        p50_ns(&ping, "untracked ping").map_err(self.tool_err("untracked ping"))
+    }
+
+    async fn cpu_per_request(&self) -> Result<Option<f64>, BenchError> {
+        let path = self.lab.pod_path().unwrap_or_else(|| self.lab.host_path());
+        let target = SocketAddrV4::new(path.server_ip, 80);
+        let cpu = cpu_time::CpuMeter::start();
+        let ab = tools::ab(&path.http_client_netns, target, self.cfg)
+            .await
+            .map_err(self.tool_err("ab"))?;
+        Ok(cpu.per_request(ab.complete_requests))
+    }
+}
+
+fn p50_ns(ping: &crate::parse::ping::PingReport, what: &str) -> Result<f64, tools::ToolError> {
+    ping.stats
+        .map(|s| s.p50_ms * 1e6)
+        .ok_or_else(|| tools::ToolError::NoReply {
+            what: what.to_owned(),
+        })
+}
+
+/// The counting pass: netprof with bpf_stats on throughout, `COUNTING_PINGS` followed then
+/// untracked pings, runs per kind from the hits and the programs' run counts.
+async fn count_runs<A: CalibrationAgents>(
+    probe: &Probe<'_>,
+    cfg: &BenchConfig,
+) -> Result<RunCounts, BenchError> {
+    let agents = A::start(probe.lab, true)?;
+    let counting = BenchConfig {
+        ping_count: COUNTING_PINGS,
+        ..cfg.clone()
+    };
+    let mut counts = RunCounts::default();
+    for followed in [true, false] {
+        agents.reset()?;
+        let before = agents.snapshots()?;
+        if followed {
+            probe.followed(&counting).await?;
+        } else {
+            probe.untracked(&counting).await?;
+        }
+        // The last replies' frees are traced just after ping exits.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let after = agents.snapshots()?;
+        let mut deltas: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (b, a) in before.iter().zip(&after) {
+            for (kind, (n, t)) in program_deltas(&b.programs, &a.programs) {
+                let e = deltas.entry(kind).or_default();
+                e.0 += n;
+                e.1 += t;
+            }
+        }
+        if followed {
+            let hits = followed_runs(&after, COUNTING_PINGS);
+            counts.followed = kind_runs(&deltas, Some(&hits), COUNTING_PINGS);
+        } else {
+            counts.untracked = kind_runs(&deltas, None, COUNTING_PINGS);
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs the counting pass and `rounds` rounds on a built lab (with pods), serving nginx in the
+/// server pod for ab.
+pub async fn run<A: CalibrationAgents>(
+    lab: &Lab,
+    cfg: &BenchConfig,
+    rounds: u32,
+    work_dir: PathBuf,
+) -> Result<CalibrationDoc, BenchError> {
+    let mode = lab.mode();
+    let path = lab.pod_path().unwrap_or_else(|| lab.host_path());
+    let _nginx = servers::start_nginx(&path.server_netns, &work_dir).map_err(|source| {
+        BenchError::Server {
+            mode,
+            what: "nginx",
+            source,
+        }
+    })?;
+    let probe = Probe { lab, cfg };
+    eprintln!("[calibrate] counting program runs per RTT (bpf_stats on, not timed)");
+    let runs = count_runs::<A>(&probe, cfg).await?;
+    let mut agents: Option<A> = None;
+    let mut samples = Vec::new();
+    for round in 1..=rounds {
+        let mut order = Variant::ALL;
+        order.rotate_left((round as usize - 1) % Variant::ALL.len());
+        for variant in order {
+            match variant {
+                Variant::Off => agents = None,
+                Variant::Paused | Variant::Netprof => {
+                    if agents.is_none() {
+                        agents = Some(A::start(lab, false)?);
+                    }
+                    if let Some(a) = &agents {
+                        a.hold(variant == Variant::Paused)?;
+                    }
+                }
+            }
+            let sample = RoundSample {
+                round,
+                variant,
+                followed_p50_ns: probe.followed(cfg).await?,
+                untracked_p50_ns: probe.untracked(cfg).await?,
+                cpu_ns_per_request: probe.cpu_per_request().await?,
+            };
+            eprintln!(
+                "[calibrate] round {round}/{rounds} {:<8} followed p50 {:.1} µs, untracked p50 \
+                 {:.1} µs{}",
+                variant.name(),
+                sample.followed_p50_ns / 1e3,
+                sample.untracked_p50_ns / 1e3,
+                sample
+                    .cpu_ns_per_request
+                    .map_or(String::new(), |ns| format!(
+                        ", {:.1} µs CPU/request",
+                        ns / 1e3
+                    ))
+            );
+            samples.push(sample);
+        }
+    }
+    drop(agents);
+    Ok(document(lab, cfg, rounds, runs, samples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(round: u32, variant: Variant, followed: f64, untracked: f64) -> RoundSample {
+        RoundSample {
+            round,
+            variant,
+            followed_p50_ns: followed,
+            untracked_p50_ns: untracked,
+            cpu_ns_per_request: None,
+        }
+    }
+
+    #[test]
+    fn pairs_are_taken_within_rounds() {
+        let samples = vec![
+            s(1, Variant::Off, 30_000.0, 20_000.0),
+            s(1, Variant::Paused, 31_000.0, 20_500.0),
+            s(1, Variant::Netprof, 34_000.0, 21_000.0),
+            // Round 2 drifted up by 5 µs: the pairs do not see it.
+            s(2, Variant::Paused, 36_200.0, 25_400.0),
+            s(2, Variant::Netprof, 39_000.0, 26_000.0),
+            s(2, Variant::Off, 35_000.0, 25_000.0),
+        ];
+        let f = |s: &RoundSample| Some(s.followed_p50_ns);
+        assert_eq!(
+            paired(&samples, Variant::Off, Variant::Paused, f),
+            [1000.0, 1200.0]
+        );
+        assert_eq!(
+            paired(&samples, Variant::Paused, Variant::Netprof, f),
+            [3000.0, 2800.0]
+        );
+        assert_eq!(
+            interval_of(&[1000.0, 1200.0]),
+            Interval::point(1100.0),
+            "under three rounds: the median alone"
+        );
+    }
+
+    #[test]
+    fn dispatch_is_shared_per_run_and_bodies_by_run_time() {
+        // 40 netfilter runs of 100 ns (bpf_stats) and 10 tc runs of 200 ns per RTT: bodies
+        // weigh 4000 : 2000. A measured body of 3000 ns gives netfilter 3000 x 100/6000 = 50 ns
+        // per run and tc 100 ns; a dispatch of 1000 ns over 50 runs is 20 ns per run.
+        let runs = BTreeMap::from([
+            (
+                "netfilter".to_owned(),
+                KindRuns {
+                    runs_per_rtt: 40.0,
+                    stats_ns_per_run: 100.0,
+                },
+            ),
+            (
+                "tc-ingress".to_owned(),
+                KindRuns {
+                    runs_per_rtt: 10.0,
+                    stats_ns_per_run: 200.0,
+                },
+            ),
+        ]);
+        let costs = per_kind(Interval::point(1000.0), Interval::point(3000.0), &runs);
+        assert_eq!(costs["netfilter"].0, Interval::point(20.0));
+        assert_eq!(costs["netfilter"].1, Interval::point(70.0));
+        assert_eq!(costs["tc-ingress"].1, Interval::point(120.0));
+        // Summed back over the runs: the measured 4000 ns.
+        let total = 40.0 * costs["netfilter"].1.median + 10.0 * costs["tc-ingress"].1.median;
+        assert_eq!(total, 4000.0);
+        // A shift below zero (noise) is no cost, not a negative one.
+        let costs = per_kind(Interval::point(-500.0), Interval::point(-10.0), &runs);
+        assert_eq!(costs["netfilter"].1, Interval::point(0.0));
+    }
+
+    #[test]
+    fn program_deltas_are_per_kind_and_per_program_id() {
+        let p = |name: &str, id, n, t| ProgramStats {
+            name: name.into(),
+            id,
+            run_count: n,
+            run_time_ns: t,
+            ns_per_run: 0.0,
+        };
+        let before = [p("cp_tc_ingress", 7, 100, 5000), p("nf_p1", 9, 10, 900)];
+        let after = [
+            p("cp_tc_ingress", 7, 150, 7000),
+            p("cp_tc_upl_in", 8, 20, 3000),
+            p("nf_p1", 9, 30, 2900),
+            p("cp_tc_admit", 11, 99, 9999),
+        ];
+        let d = program_deltas(&before, &after);
+        assert_eq!(d["tc-ingress"], (70, 5000));
+        assert_eq!(d["netfilter"], (20, 2000));
+        assert_eq!(d.len(), 2, "admission is not a checkpoint kind: {d:?}");
+        let runs = kind_runs(&d, None, 10);
+        assert_eq!(runs["tc-ingress"].runs_per_rtt, 7.0);
+        assert!((runs["tc-ingress"].stats_ns_per_run - 5000.0 / 70.0).abs() < 1e-9);
+    }
+}
