@@ -83,6 +83,10 @@ pub struct ScratchFrame {
 
 /// `ScratchFrame::how`: judge a VXLAN packet by the packet inside.
 pub const ADMIT_INSIDE_VXLAN: u64 = 1;
+/// The packet's skb address still carries a journey where no journey can be under way (a
+/// path's start): that skb was freed unseen and its memory reused. Admission first ends the
+/// old journey at its last checkpoint, then judges the packet as new.
+pub const ADMIT_RESTART: u64 = 2;
 /// `ProgramArray`, 1 entry, aya object: `PROG_TC_ADMIT`, which the admitting tc checkpoints
 /// tail-call for a packet that is not followed yet, so the header parsing and flow lookups
 /// live in one program instead of in every checkpoint.
@@ -667,6 +671,12 @@ pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
 /// the classic ones are the fallback where these do not load.
 pub const PROG_KFREE_SKB_BTF: &str = "cp_kfree_btf";
 pub const PROG_CONSUME_SKB_BTF: &str = "cp_consume_btf";
+/// tp_btf `skb_copy_datagram_iovec`: a packet's data handed to a socket reader ends its
+/// journey there. UDP and TCP receive paths free such skbs without `consume_skb` (e.g.
+/// `skb_consume_udp`, deferred frees), so without it their journeys would never end, and a
+/// reused skb address would continue a finished journey.
+pub const PROG_DELIVER_BTF: &str = "cp_deliver_btf";
+pub const TP_DELIVER: &str = "skb_copy_datagram_iovec";
 pub const PROG_TCP_RETRANSMIT: &str = "cp_tcp_retrans";
 /// The fentry/fexit fallback for kernels without netfilter links (`nf_fentry.rs`): entry and
 /// exit of conntrack (`nf_conntrack_in`) and of the table walkers of iptables-legacy
@@ -693,7 +703,7 @@ pub const VERIFIER_TWINS: [(&str, &str); 3] = [
     ("cp_vt_nft", "consume_skb"),
 ];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 23] = [
+pub const AYA_PROGRAMS: [&str; 24] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
@@ -707,6 +717,7 @@ pub const AYA_PROGRAMS: [&str; 23] = [
     PROG_CONSUME_SKB,
     PROG_KFREE_SKB_BTF,
     PROG_CONSUME_SKB_BTF,
+    PROG_DELIVER_BTF,
     PROG_TCP_RETRANSMIT,
     PROG_FENTRY_CT,
     PROG_FEXIT_CT,

@@ -30,12 +30,12 @@ use aya_ebpf::{
 use profiler_common::{
     datapath::{
         node_device_slot, pod_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey,
-        NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, COUNTER_COMPLETED, COUNTER_DROPPED,
-        COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE,
-        IPPROTO_TCP, MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES,
-        NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX,
-        PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+        NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART, COUNTER_COMPLETED,
+        COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
+        CP_NONE, IPPROTO_TCP, MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT,
+        MAX_DEVICES, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF,
+        PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
+        PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
         PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
@@ -144,11 +144,22 @@ fn node_device(ctx: &TcContext, direction: Direction) {
 pub fn cp_tc_upl_in(ctx: TcContext) -> i32 {
     if let (Some(cfg), Some(skb)) = (config(), skb_address(ctx.as_ptr() as u64)) {
         let cp = cfg.uplink_ingress_cp;
-        if cp != CP_NONE && record_or_needs_admission(cfg, skb, cp) {
-            to_admission(&ctx, skb, cp, ADMIT_INSIDE_VXLAN);
+        if cp != CP_NONE {
+            to_admission(&ctx, skb, cp, ADMIT_INSIDE_VXLAN | path_start(skb));
         }
     }
     TC_VERDICT
+}
+
+/// Where a path starts every packet is new to this node: one that looks followed is a reused
+/// skb whose journey's end went unseen, and admission ends that journey first.
+#[inline(always)]
+fn path_start(skb: u64) -> u64 {
+    if followed(skb).is_some() {
+        ADMIT_RESTART
+    } else {
+        0
+    }
 }
 
 /// The uplink's egress: where no LOCAL_OUT netfilter point admits, a locally sent packet
@@ -186,6 +197,9 @@ pub fn cp_tc_admit(ctx: TcContext) -> i32 {
     let (Some(cfg), Some((skb, cp, how))) = (config(), handed) else {
         return TC_VERDICT;
     };
+    if how & ADMIT_RESTART != 0 && end_journey(skb).is_some() {
+        bump(COUNTER_COMPLETED);
+    }
     let headers = TcHeaders { ctx: &ctx };
     if how & ADMIT_INSIDE_VXLAN != 0 {
         admit(cfg, skb, cp, &MaybeVxlan(headers));
@@ -216,9 +230,7 @@ pub fn cp_tc_pod_eg(ctx: TcContext) -> i32 {
     if let (Some(cfg), Some(device)) = (config(), pod_device(&ctx, ETH_SOURCE_OFFSET)) {
         let cp = device.tc_egress;
         if let (true, Some(skb)) = (cp != CP_NONE, skb_address(ctx.as_ptr() as u64)) {
-            if record_or_needs_admission(cfg, skb, cp) {
-                to_admission(&ctx, skb, cp, 0);
-            }
+            to_admission(&ctx, skb, cp, path_start(skb));
         }
     }
     TC_VERDICT
@@ -414,6 +426,14 @@ pub fn cp_consume_skb(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "consume_skb")]
 pub fn cp_consume_btf(ctx: BtfTracePointContext) -> i32 {
+    on_consume(ctx.arg(0));
+    0
+}
+
+/// A packet's data copied to a socket reader (`skb_copy_datagram_iovec(skb, len)`): its
+/// journey ends as consumed, whether or not `consume_skb` later sees the skb go.
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn cp_deliver_btf(ctx: BtfTracePointContext) -> i32 {
     on_consume(ctx.arg(0));
     0
 }

@@ -313,6 +313,7 @@ impl Agent {
         }
         if hooks.tracepoints {
             tracers::attach(&mut inner, tracefs.as_ref().err().cloned());
+            tracers::attach_delivery(&mut inner);
         }
         if hooks.netfilter {
             netfilter::attach_family(&mut inner, hooks.nf_fentry);

@@ -9,8 +9,9 @@ use aya::programs::{
 
 use super::{chain, Inner};
 use crate::agent::{
-    report::Via, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
-    PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, TP_DEV_RX, TP_DEV_TX,
+    report::Via, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
+    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, TP_DELIVER, TP_DEV_RX,
+    TP_DEV_TX,
 };
 
 const MISSING: &str = "the program is missing from netprof's eBPF object: rebuild netprof";
@@ -166,6 +167,32 @@ pub(super) fn attach(inner: &mut Inner, tracefs_error: Option<String>) {
             reasons.push(format!("tracepoint: {reason}"));
             inner.not_measured(format!("{group}:{event} ({program})"), reasons.join("; "));
         }
+    }
+}
+
+/// The delivery tracer (tp_btf only): journeys of packets read from a socket end there. Without
+/// it they end at their free where the kernel traces it; it is said in the document.
+pub(super) fn attach_delivery(inner: &mut Inner) {
+    let result = match aya::Btf::from_sys_fs() {
+        Ok(btf) => match btf_program(inner, PROG_DELIVER_BTF) {
+            Some(p) => p.load(TP_DELIVER, &btf).map_err(|e| chain(&e)),
+            None => Err(MISSING.into()),
+        },
+        Err(err) => Err(chain(&err)),
+    }
+    .and_then(|()| {
+        attach_one(
+            inner,
+            TraceProgram::Btf {
+                program: PROG_DELIVER_BTF,
+            },
+        )
+    });
+    if let Err(reason) = result {
+        inner.not_measured(
+            format!("tp_btf {TP_DELIVER} ({PROG_DELIVER_BTF}): journeys end only at their free"),
+            reason,
+        );
     }
 }
 
