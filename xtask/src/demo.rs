@@ -140,6 +140,10 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
             }
         }
     }
+    // netprof's in-path cost measured on a lab of its own, for the report's clean split.
+    let mut calibrate = netprof();
+    calibrate.args(["overhead", "--calibrate"]).arg(&args.out);
+    run(calibrate)?;
     let mut table = netprof();
     table
         .arg("report")

@@ -39,6 +39,9 @@ use crate::report::overhead::program_kind;
 pub const FOLLOWED_TARGET_NS: f64 = 80.0;
 pub const UNTRACKED_TARGET_NS: f64 = 25.0;
 
+/// The checkpoint kind of journeys' ends.
+const CONSUMED: &str = "consumed";
+
 /// Pings of the counting pass (per kind of traffic).
 const COUNTING_PINGS: u32 = 100;
 
@@ -211,7 +214,14 @@ pub fn followed_runs(reports: &[AgentReport], pings: u32) -> BTreeMap<String, f6
     let mut runs: BTreeMap<String, f64> = BTreeMap::new();
     for report in reports {
         for cp in &report.checkpoints {
-            *runs.entry(cp.kind.clone()).or_default() += cp.hits as f64 / f64::from(pings);
+            // A journey's end runs a tracer whether the skb is consumed or freed as a drop (a
+            // raw socket's ping gets a clone; the original is freed with a reason).
+            let hits = if cp.kind == CONSUMED {
+                report.counters.completed + report.counters.dropped
+            } else {
+                cp.hits
+            };
+            *runs.entry(cp.kind.clone()).or_default() += hits as f64 / f64::from(pings);
         }
     }
     runs.retain(|_, r| *r > 0.0);

@@ -18,6 +18,8 @@ use crate::rundir::RunDir;
 /// Rounds when `--rounds` is left at the QPS comparison's default: each calibration round
 /// runs three variants of pings and ab, so fewer rounds give the same interval width.
 const DEFAULT_ROUNDS: u32 = 8;
+const PINGS: u32 = 1000;
+const PING_INTERVAL_S: f64 = 0.002;
 
 /// Both nodes' agents, following the pod path's benchmark flows.
 struct LabAgents {
@@ -94,9 +96,13 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
     let out = RunDir::new(dir).calibration_file();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
+    // Pings 2 ms apart: between pings 10 ms apart the CPUs go idle, and the wake-ups swing the
+    // p50 by tens of µs from run to run, far more than a probe costs.
     let cfg = BenchConfig {
         ab_requests: args.ab_requests,
         ab_concurrency: args.ab_concurrency,
+        ping_count: PINGS,
+        ping_interval_s: PING_INTERVAL_S,
         ..BenchConfig::default()
     };
     cfg.validate()?;

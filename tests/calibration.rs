@@ -1,0 +1,112 @@
+//! `netprof overhead --calibrate DIR` end to end on flannel-vxlan: the real binary, a lab of its
+//! own, rounds without programs, with held programs and with netprof; `DIR/calibration.json`
+//! holds every field the report reads, the runs per RTT counted exactly from the checkpoints'
+//! hits, and the report's reader accepts it. Nothing of netprof stays loaded afterwards.
+
+use std::process::Command;
+
+use netprof_tests::{
+    ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip, unique_lab_name, TempPath,
+};
+
+#[test]
+fn calibration_writes_every_field_with_exact_run_counts() {
+    let test = "calibration_writes_every_field_with_exact_run_counts";
+    if let Some(reason) = ebpf_skip_reason(&["bpftool", "ping", "ab", "nginx"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let before = loaded_netprof_programs().len();
+    let scratch = TempPath::new("calibration");
+    let dir = scratch.path();
+    let output = Command::new(netprof_bin())
+        .args(["overhead", "--calibrate"])
+        .arg(dir)
+        .args([
+            "--rounds",
+            "1",
+            "--ab-requests",
+            "300",
+            "--ab-concurrency",
+            "4",
+        ])
+        .args(["--lab", &unique_lab_name()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("per run, followed:"), "{stdout}");
+    assert!(stdout.contains("target <= 80 ns"), "{stdout}");
+
+    let path = dir.join("calibration.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(doc["schema"], "netprof.calibration/v1");
+    assert_eq!(doc["mode"], "flannel-vxlan");
+    assert_eq!(doc["rounds"], 1);
+    assert_eq!(doc["ping_interval_s"], 0.002);
+    // One round: off, paused and netprof once each.
+    let samples = doc["samples"].as_array().unwrap();
+    let variants: Vec<&str> = samples
+        .iter()
+        .map(|s| s["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["off", "paused", "netprof"]);
+    for s in samples {
+        assert!(s["followed_p50_ns"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["untracked_p50_ns"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    // Pings are followed at every tc hook of the path: on flannel-vxlan each node's pod eth0,
+    // veth, bridge, vxlan and uplink, in both directions, twice (request and reply) per RTT
+    // over the two nodes. Hits are exact, so the runs per RTT are whole numbers.
+    let followed = doc["runs"]["followed"].as_object().unwrap();
+    for kind in ["tc-ingress", "tc-egress", "netfilter", "consumed"] {
+        let runs = followed[kind]["runs_per_rtt"].as_f64().unwrap();
+        assert!(
+            runs >= 1.0 && runs.fract() == 0.0,
+            "{kind}: {runs} runs per RTT"
+        );
+    }
+    assert_eq!(
+        followed["tc-ingress"]["runs_per_rtt"], followed["tc-egress"]["runs_per_rtt"],
+        "every tc hook a ping crosses on the way in it crosses on the way out"
+    );
+    // Two journeys (request, reply) per RTT on each of the two nodes, each ending once
+    // (consumed, or freed with a reason: the raw socket's ping reads a clone).
+    assert_eq!(followed["consumed"]["runs_per_rtt"], 4.0);
+    let per_run = doc["per_run"].as_object().unwrap();
+    assert_eq!(
+        per_run.keys().collect::<Vec<_>>(),
+        followed.keys().collect::<Vec<_>>()
+    );
+    for (kind, cost) in per_run {
+        for field in ["followed_ns", "untracked_ns", "dispatch_ns"] {
+            let i = &cost[field];
+            let (lo, m, hi) = (
+                i["lo"].as_f64().unwrap(),
+                i["median"].as_f64().unwrap(),
+                i["hi"].as_f64().unwrap(),
+            );
+            assert!(0.0 <= lo && lo <= m && m <= hi, "{kind}.{field}: {i}");
+        }
+    }
+    for field in [
+        "rtt_shift_ns",
+        "untracked_rtt_shift_ns",
+        "dispatch_rtt_ns",
+        "body_rtt_ns",
+    ] {
+        assert!(doc[field]["median"].is_number(), "{field}");
+    }
+    // The report's reader takes it as it is.
+    netprof::report::calibration::load(&path).unwrap();
+    assert_eq!(
+        loaded_netprof_programs().len(),
+        before,
+        "every program detached and unloaded"
+    );
+}
