@@ -4,7 +4,7 @@
 // Errors here end the command; their size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -12,7 +12,7 @@ use super::overhead::OverheadArgs;
 use crate::agent::{report::AgentReport, Agent};
 use crate::bench::calibrate::{self, CalibrationAgents};
 use crate::bench::{profile, BenchConfig, BenchError};
-use crate::lab::{self, Lab, LabLock, LabNames, LabSpec, Mode, Node};
+use crate::lab::{Lab, Mode, Node};
 use crate::rundir::RunDir;
 
 /// Rounds when `--rounds` is left at the QPS comparison's default: each calibration round
@@ -106,35 +106,12 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
         ..BenchConfig::default()
     };
     cfg.validate()?;
-    let names = LabNames::new(&args.lab)?;
-    lab::require_root()?;
-    let _lock = LabLock::acquire(&args.lab)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let built = lab::up(
-        &names,
-        LabSpec {
-            mode: args.mode,
-            services: 0,
-        },
+    let doc = super::own_lab::on_own_lab(
+        &args.lab,
+        args.mode,
+        "calibration-nginx",
+        async |built, work_dir| calibrate::run::<LabAgents>(built, &cfg, rounds, work_dir).await,
     )?;
-    let work_dir = PathBuf::from("/run/netprof/labs")
-        .join(&args.lab)
-        .join("calibration-nginx");
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            result = calibrate::run::<LabAgents>(&built, &cfg, rounds, work_dir) => result.map(Some),
-            signal = super::bench::shutdown_signal() => {
-                eprintln!("\nnetprof: {signal}: stopping and removing the lab");
-                Ok(None)
-            }
-        }
-    });
-    let teardown = lab::down(&names);
-    let doc = outcome?.context("interrupted; the lab was removed")?;
-    teardown?;
     print!("{}", doc.render());
     std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;

@@ -7,6 +7,7 @@ pub mod duty_args;
 pub mod k8s;
 pub mod lab;
 pub mod overhead;
+pub mod own_lab;
 pub mod report;
 pub mod tool_args;
 

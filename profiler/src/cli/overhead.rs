@@ -11,7 +11,7 @@ use clap::Args;
 use crate::agent::report::ProgramStats;
 use crate::bench::overhead::{self, median, OverheadResult};
 use crate::bench::{profile, BenchConfig, BenchError};
-use crate::lab::{self, names::DEFAULT_LAB, LabLock, LabNames, LabSpec, Mode};
+use crate::lab::{names::DEFAULT_LAB, Mode};
 
 #[derive(Debug, Args)]
 pub struct OverheadArgs {
@@ -178,7 +178,6 @@ pub fn run(args: OverheadArgs) -> Result<()> {
     if let Some(dir) = &args.calibrate {
         return super::calibrate::run(&args, dir);
     }
-    let names = LabNames::new(&args.lab)?;
     let cfg = BenchConfig {
         ab_requests: args.ab_requests,
         ab_concurrency: args.ab_concurrency,
@@ -203,28 +202,15 @@ pub fn run(args: OverheadArgs) -> Result<()> {
         "--duty lists a setting twice"
     );
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    lab::require_root()?;
-    let _lock = LabLock::acquire(&args.lab)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let built = lab::up(
-        &names,
-        LabSpec {
-            mode: args.mode,
-            services: 0,
-        },
-    )?;
-    let work_dir = PathBuf::from("/run/netprof/labs")
-        .join(&args.lab)
-        .join("overhead-nginx");
     // Per setting, the programs' run time of its last run (node 1's agent).
     let mut programs: Vec<Vec<ProgramStats>> = vec![Vec::new(); variants.len()];
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            result = overhead::run(
-                &built,
+    let samples = super::own_lab::on_own_lab(
+        &args.lab,
+        args.mode,
+        "overhead-nginx",
+        async |built, work_dir| {
+            overhead::run(
+                built,
                 &cfg,
                 args.rounds,
                 work_dir,
@@ -234,15 +220,22 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                     let tuning = profile::AgentTuning {
                         hooks: args.hooks,
                         stats: !args.no_stats && setting.stats != SettingStats::Off,
-                        stats_share: if setting.stats == SettingStats::Full { 100 } else { crate::agent::stats::DEFAULT_STATS_SHARE },
+                        stats_share: if setting.stats == SettingStats::Full {
+                            100
+                        } else {
+                            crate::agent::stats::DEFAULT_STATS_SHARE
+                        },
                         sample: args.sample,
                         duty: duties[i],
                         expedite_rcu: args.expedite_rcu,
                     };
                     let path = built.pod_path().expect("overhead runs on a mode with pods");
-                    profile::all_path_flows(&built, &path)
-                        .and_then(|flows| profile::start_agents_with(&built, &tuning, &flows))
-                        .map_err(|source| BenchError::Profile { mode: args.mode, source })
+                    profile::all_path_flows(built, &path)
+                        .and_then(|flows| profile::start_agents_with(built, &tuning, &flows))
+                        .map_err(|source| BenchError::Profile {
+                            mode: args.mode,
+                            source,
+                        })
                 },
                 |i, agents| {
                     if let Some((_, agent)) = agents.first() {
@@ -251,16 +244,10 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                         }
                     }
                 },
-            ) => result.map(Some),
-            signal = super::bench::shutdown_signal() => {
-                eprintln!("\nnetprof: {signal}: stopping and removing the lab");
-                Ok(None)
-            }
-        }
-    });
-    let teardown = lab::down(&names);
-    let samples = outcome?.context("interrupted; the lab was removed")?;
-    teardown?;
+            )
+            .await
+        },
+    )?;
     let result = OverheadResult::from_samples(args.mode, args.rounds, samples);
     let programs: Vec<SettingPrograms> = variants
         .iter()
