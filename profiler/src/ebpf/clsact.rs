@@ -286,11 +286,11 @@ fn ifindex(iface: &str) -> Option<u32> {
 }
 
 /// `TC_H_CLSACT`: parent handle of the clsact qdisc (shared with `TC_H_INGRESS`).
-const TC_H_CLSACT: u32 = 0xffff_fff1;
+pub(crate) const TC_H_CLSACT: u32 = 0xffff_fff1;
 /// The clsact qdisc's own handle, `ffff:`.
-const CLSACT_HANDLE: u32 = 0xffff_0000;
+pub(crate) const CLSACT_HANDLE: u32 = 0xffff_0000;
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress filter block.
-const CLSACT_INGRESS: u32 = 0xffff_fff2;
+pub(crate) const CLSACT_INGRESS: u32 = 0xffff_fff2;
 /// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)`: the egress filter block.
 const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
@@ -320,6 +320,12 @@ pub fn has_filters(ifindex: u32) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Sends one rtnetlink request that asks for an acknowledgement (`NLM_F_ACK`) on a fresh
+/// socket in the calling thread's namespace; the kernel's error, if it answers one.
+pub(crate) fn request_acked(request: &[u8]) -> io::Result<()> {
+    RouteSocket::open()?.transact(request).map(drop)
 }
 
 /// Deletes the clsact qdisc on `ifindex`, and with it any filters still attached to it. The

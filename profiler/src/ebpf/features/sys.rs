@@ -7,9 +7,10 @@
 use std::{
     io,
     mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
 };
 
+use crate::ebpf::clsact::{request_acked, CLSACT_HANDLE, CLSACT_INGRESS, TC_H_CLSACT};
 use crate::ebpf::netfilter::{sys_bpf_fd, zeroed, ATTR_SIZE};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -169,9 +170,6 @@ const ENOTSUPP: i32 = 524;
 
 // ---- rtnetlink: a clsact qdisc and a direct-action bpf filter ----
 
-const TC_H_CLSACT: u32 = 0xffff_fff1;
-const CLSACT_HANDLE: u32 = 0xffff_0000;
-const CLSACT_INGRESS: u32 = 0xffff_fff2;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_FD: u16 = 6;
@@ -217,69 +215,11 @@ fn tc_message(
     buf
 }
 
-/// Sends one request on a fresh `NETLINK_ROUTE` socket (in the calling thread's namespace) and
-/// reads its acknowledgement.
-fn transact(request: &[u8]) -> io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: send(2) of a live buffer on our socket (to the kernel: no address needed once
-    // unbound, the kernel assigns the port on first send).
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut reply = [0u8; 4096];
-    // SAFETY: recv(2) into a live buffer of its length.
-    let got = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            0,
-        )
-    };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let got = got as usize;
-    let kind = (got >= 6).then(|| u16::from_ne_bytes([reply[4], reply[5]]));
-    if got >= 20 && kind == Some(libc::NLMSG_ERROR as u16) {
-        let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-        return if code == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(-code))
-        };
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "rtnetlink answered without an acknowledgement",
-    ))
-}
-
 /// Adds a clsact qdisc to `ifindex`.
 pub fn add_clsact(ifindex: u32) -> io::Result<()> {
     let mut attrs = Vec::new();
     push_attr(&mut attrs, TCA_KIND, b"clsact\0");
-    transact(&tc_message(
+    request_acked(&tc_message(
         libc::RTM_NEWQDISC,
         ifindex,
         CLSACT_HANDLE,
@@ -308,7 +248,7 @@ pub fn add_bpf_filter(ifindex: u32, prog: &OwnedFd) -> io::Result<()> {
     push_attr(&mut attrs, TCA_OPTIONS | NLA_F_NESTED, &options);
     // Priority 1, every protocol (`TC_H_MAKE(prio << 16, htons(ETH_P_ALL))`).
     let info = (1u32 << 16) | u32::from(ETH_P_ALL.to_be());
-    transact(&tc_message(
+    request_acked(&tc_message(
         libc::RTM_NEWTFILTER,
         ifindex,
         0,
