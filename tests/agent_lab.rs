@@ -27,7 +27,7 @@ use profiler_common::datapath::{flow_sampled_in, IPPROTO_UDP};
 const PINGS: u64 = 20;
 
 /// Longest an agent may take to attach: ten times the slowest typical attach seen while other
-/// builds load the machine (figures: README, Tests), so it catches a hang
+/// builds load the machine (figures: `docs/testing.md`), so it catches a hang
 /// (e.g. one RCU grace period per link without expedited RCU), not a slow moment.
 const ATTACH_BOUND_MS: f64 = 20_000.0;
 

@@ -95,7 +95,7 @@ pub struct CheckpointReport {
 }
 
 /// The kernel mechanism a checkpoint is attached with: the preferred one, or the fallback a
-/// kernel without it gets (README, "Supported kernels").
+/// kernel without it gets (`docs/kernels.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Via {

@@ -498,7 +498,7 @@ mod tests {
     fn probes_this_kernel() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            println!("SKIPPED: ebpf::features probes_this_kernel: needs root");
+            crate::testing::print_skip("ebpf::features::tests::probes_this_kernel", "needs root");
             return;
         }
         let f = KernelFeatures::probe();
