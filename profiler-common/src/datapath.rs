@@ -256,7 +256,11 @@ pub const COUNTER_REPEATS: u32 = 9;
 pub const COUNTER_SAMPLED_OUT: u32 = 10;
 /// Checkpoints a followed packet reached after its journey held `JOURNEY_CAP` (not recorded).
 pub const COUNTER_JOURNEY_LONG: u32 = 11;
-pub const COUNTER_COUNT: u32 = 12;
+/// Segments left out because their end was recorded before their start: the journey's slot
+/// changed hands while it was read (an skb freed on one CPU whose address another CPU had
+/// already reused). Such a "segment" is no time; as an unsigned offset it read as ~4.3 s.
+pub const COUNTER_OUT_OF_ORDER: u32 = 12;
+pub const COUNTER_COUNT: u32 = 13;
 
 // ---------------------------------------------------------------------------------------------
 // Map key and value types.

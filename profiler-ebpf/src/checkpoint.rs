@@ -28,10 +28,11 @@ use profiler_common::{
     datapath::{
         bucket_of, journey_slot, segment_slot, Config, DropKey, FlowKey, FlowRule, Histogram,
         Journey, Scratch, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED,
-        COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_READ_ERRORS, COUNTER_REPEATS,
-        COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
-        MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_SEGMENTS,
-        MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS, SEGMENT_PROBES,
+        COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_OUT_OF_ORDER, COUNTER_READ_ERRORS,
+        COUNTER_REPEATS, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, JOURNEY_CAP, JOURNEY_SLOTS,
+        MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH,
+        MAP_SEGMENTS, MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS,
+        SEGMENT_PROBES,
     },
     names_match,
 };
@@ -346,7 +347,11 @@ fn flush(slot: u32, skb: u64) -> Option<(u16, u64)> {
         };
         hit(cp);
         if let Some((from, since)) = previous {
-            record_segment(from, cp, u64::from(at.wrapping_sub(since)));
+            if at >= since {
+                record_segment(from, cp, u64::from(at - since));
+            } else {
+                bump(COUNTER_OUT_OF_ORDER);
+            }
         }
         previous = Some((cp, at));
     }

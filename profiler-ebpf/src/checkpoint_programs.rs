@@ -227,7 +227,7 @@ pub fn cp_tc_pod_in(ctx: TcContext) -> i32 {
 /// A pod's egress: its packets start their path here.
 #[classifier]
 pub fn cp_tc_pod_eg(ctx: TcContext) -> i32 {
-    if let (Some(cfg), Some(device)) = (config(), pod_device(&ctx, ETH_SOURCE_OFFSET)) {
+    if let (Some(_), Some(device)) = (config(), pod_device(&ctx, ETH_SOURCE_OFFSET)) {
         let cp = device.tc_egress;
         if let (true, Some(skb)) = (cp != CP_NONE, skb_address(ctx.as_ptr() as u64)) {
             to_admission(&ctx, skb, cp, path_start(skb));

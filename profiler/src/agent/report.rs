@@ -167,6 +167,10 @@ pub struct Counters {
     /// followed.
     #[serde(default)]
     pub sampled_out: u64,
+    /// Segments left out because their end was recorded before their start (a journey slot
+    /// that changed hands while it was read).
+    #[serde(default)]
+    pub out_of_order: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

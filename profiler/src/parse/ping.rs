@@ -68,6 +68,22 @@ impl RttStats {
 }
 
 impl PingReport {
+    /// One report of several runs to the same target, in their order: probes and replies
+    /// summed, RTTs joined, statistics of them all.
+    pub fn concatenated(runs: &[PingReport]) -> PingReport {
+        let rtts_us: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.rtts_us.iter().copied())
+            .collect();
+        PingReport {
+            transmitted: runs.iter().map(|r| r.transmitted).sum(),
+            received: runs.iter().map(|r| r.received).sum(),
+            summary_present: runs.iter().all(|r| r.summary_present),
+            stats: RttStats::from_samples_us(&rtts_us),
+            rtts_us,
+        }
+    }
+
     /// Fraction of probes without a reply, 0.0..=1.0. Nothing transmitted means nothing lost.
     pub fn loss_ratio(&self) -> f64 {
         if self.transmitted == 0 {
@@ -286,6 +302,23 @@ mod tests {
 
     fn first_lines(text: &str, n: usize) -> String {
         text.lines().take(n).map(|l| format!("{l}\n")).collect()
+    }
+
+    /// The loopback capture (20 replies) and the 100%-loss one (3 probes, none back), joined:
+    /// 23 probes, 20 replies in order, statistics of the 20.
+    #[test]
+    fn runs_concatenate_in_order() {
+        let a = parse(IPUTILS_LOOPBACK).unwrap();
+        let b = parse(IPUTILS_LOSS).unwrap();
+        let joined = PingReport::concatenated(&[a.clone(), b.clone()]);
+        assert_eq!(joined.transmitted, a.transmitted + b.transmitted);
+        assert_eq!(joined.received, 20);
+        assert_eq!(joined.rtts_us, a.rtts_us);
+        assert_eq!(joined.stats, a.stats);
+        let twice = PingReport::concatenated(&[a.clone(), a.clone()]);
+        assert_eq!(twice.rtts_us.len(), 40);
+        assert_eq!(twice.stats.unwrap().count, 40);
+        assert_eq!(twice.stats.unwrap().p50_ms, a.stats.unwrap().p50_ms);
     }
 
     #[test]

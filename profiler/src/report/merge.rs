@@ -326,6 +326,7 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.retransmits += c.retransmits;
     total.repeats += c.repeats;
     total.sampled_out += c.sampled_out;
+    total.out_of_order += c.out_of_order;
 }
 
 /// Merges the reports of one step: segments per node (several reports of one node, e.g. the

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use super::checks::{CheckKind, LabPlan, Side};
 use super::switch;
-use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan};
+use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan, PING_BLOCKS};
 use crate::bench::profile::{self, Profiler};
+use crate::bench::tools::ToolError;
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
+use crate::parse::{ab::AbReport, ping::PingReport};
 use crate::rundir::{NetPath, RunDir, Tool};
 
 /// What every step of a check needs.
@@ -60,37 +62,86 @@ fn bring_up(
     Ok(Running { lab, _nginx: nginx })
 }
 
-/// Ping, then ab straight to the nginx pod with the machine's CPU time per request.
-async fn sample(cfg: &BenchConfig, lab: &Lab, label: &str) -> Result<Sample, BenchError> {
-    let mode = lab.mode();
+fn tool_error(lab: &Lab, label: &str, step: &'static str) -> impl FnOnce(ToolError) -> BenchError {
+    let (mode, step) = (lab.mode(), format!("{label}: {step}"));
+    move |source| BenchError::Tool { mode, step, source }
+}
+
+/// One state's ping: `count` echo requests in one run.
+async fn ping(
+    cfg: &BenchConfig,
+    lab: &Lab,
+    count: u32,
+    label: &str,
+) -> Result<PingReport, BenchError> {
     let endpoints = lab.pod_path().expect("validation labs have pods");
-    let tool_err = |step: &'static str| {
-        let step = format!("{label}: {step}");
-        move |source| BenchError::Tool { mode, step, source }
+    let cfg = BenchConfig {
+        ping_count: count,
+        ..cfg.clone()
     };
-    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
+    tools::ping(&endpoints.client_netns, endpoints.server_ip, &cfg)
         .await
-        .map_err(tool_err("ping"))?;
+        .map_err(tool_error(lab, label, "ping"))
+}
+
+/// ab straight to the nginx pod, with the machine's CPU time per request.
+async fn ab(
+    cfg: &BenchConfig,
+    lab: &Lab,
+    label: &str,
+) -> Result<(AbReport, Option<f64>), BenchError> {
+    let endpoints = lab.pod_path().expect("validation labs have pods");
     let cpu = cpu_time::CpuMeter::start();
     let target = SocketAddrV4::new(endpoints.server_ip, 80);
     let ab = tools::ab(&endpoints.http_client_netns, target, cfg)
         .await
-        .map_err(tool_err("ab"))?;
-    let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
-    Ok(Sample {
-        ping,
-        ab,
-        ab_cpu_ns_per_request,
+        .map_err(tool_error(lab, label, "ab"))?;
+    let per_request = cpu.per_request(ab.complete_requests);
+    Ok((ab, per_request))
+}
+
+/// Echo requests per block: each state's pings of a round run in `PING_BLOCKS` blocks that
+/// alternate with the other state's, so a change of the machine's speed that lasts seconds
+/// (the block medians of one 2000-ping run here stepped from 38 to 19 µs for its first half)
+/// falls on both states alike instead of on whichever state ran then.
+fn block_counts(count: u32) -> Vec<u32> {
+    let blocks = PING_BLOCKS.min(count.max(1));
+    (0..blocks)
+        .map(|b| count / blocks + u32::from(b < count % blocks))
+        .collect()
+}
+
+/// A round's pings: both states, block by block, the order alternating per block.
+async fn pings(
+    ctx: &Context<'_>,
+    check: CheckKind,
+    labs: (&Lab, &Lab),
+    round: u32,
+    what: &str,
+) -> Result<[PingReport; 2], BenchError> {
+    let blocks = block_counts(ctx.cfg.ping_count);
+    let mut runs: [Vec<PingReport>; 2] = [Vec::new(), Vec::new()];
+    for (b, &count) in blocks.iter().enumerate() {
+        for side in Side::order(round * blocks.len() as u32 + b as u32) {
+            set_state(check, labs.0, side)?;
+            let lab = if side == Side::A { labs.0 } else { labs.1 };
+            let label = format!("{what} round {} {} ping", round + 1, side.name());
+            runs[side as usize].push(ping(ctx.cfg, lab, count, &label).await?);
+        }
+    }
+    Ok(runs.map(|r| PingReport::concatenated(&r)))
+}
+
+fn p50(ping: &PingReport) -> String {
+    ping.stats.map_or("no reply".to_owned(), |st| {
+        format!("{:.1} µs", st.p50_ms * 1e3)
     })
 }
 
 fn summary(s: &Sample) -> String {
     format!(
         "p50 {}, {:.0} req/s{}",
-        s.ping.stats.map_or("no reply".to_owned(), |st| format!(
-            "{:.1} µs",
-            st.p50_ms * 1e3
-        )),
+        p50(&s.ping),
         s.ab.requests_per_second,
         s.ab_cpu_ns_per_request.map_or(String::new(), |ns| format!(
             ", {:.1} µs CPU per request",
@@ -206,27 +257,37 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
     }
     let mut rounds = Vec::new();
     for round in 0..ctx.plan.rounds {
+        let t = progress.step(&format!(
+            "{what} round {}: pings a/b in {} alternating blocks",
+            round + 1,
+            block_counts(ctx.cfg.ping_count).len()
+        ));
+        let [ping_a, ping_b] = pings(ctx, check, (&a.lab, lab_of(Side::B)), round, &what).await?;
+        progress.done(t, &format!("p50 a {}, b {}", p50(&ping_a), p50(&ping_b)));
         let order = Side::order(round);
-        let mut got: Vec<(Side, Sample)> = Vec::new();
+        let mut pings = [Some(ping_a), Some(ping_b)];
+        let mut got: [Option<Sample>; 2] = [None, None];
         for side in order {
             let label = format!("{what} round {} {}", round + 1, side.name());
-            let t = progress.step(&label);
+            let t = progress.step(&format!("{label} ab"));
             set_state(check, &a.lab, side)?;
-            let s = sample(ctx.cfg, lab_of(side), &label).await?;
+            let (ab, ab_cpu_ns_per_request) = ab(ctx.cfg, lab_of(side), &label).await?;
+            let s = Sample {
+                ping: pings[side as usize].take().expect("each side once"),
+                ab,
+                ab_cpu_ns_per_request,
+            };
             progress.done(t, &summary(&s));
-            got.push((side, s));
+            got[side as usize] = Some(s);
         }
-        let take = |want: Side| {
-            got.iter()
-                .find(|(side, _)| *side == want)
-                .map(|(_, s)| s.clone())
-                .expect("both sides measured")
+        let [Some(a_sample), Some(b_sample)] = got else {
+            unreachable!("both sides measured")
         };
         rounds.push(Round {
             round,
             order,
-            a: take(Side::A),
-            b: take(Side::B),
+            a: a_sample,
+            b: b_sample,
         });
     }
     Ok(CheckRun {
@@ -237,4 +298,18 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         profiled: runs,
         rounds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_split_into_blocks_that_add_up() {
+        assert_eq!(block_counts(1000), vec![100; 10]);
+        let uneven = block_counts(1005);
+        assert_eq!(uneven.iter().sum::<u32>(), 1005);
+        assert_eq!((uneven[0], uneven[9]), (101, 100));
+        assert_eq!(block_counts(3), vec![1, 1, 1]);
+    }
 }

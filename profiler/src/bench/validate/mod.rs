@@ -6,9 +6,9 @@
 //! Per check: `a` is profiled once (and `b` when the prediction needs it), which is what
 //! `netprof report` predicts the gain from; then `rounds` interleaved rounds measure `a` and
 //! `b` with **no agent attached** (the order alternating per round), each sample the pod
-//! path's ping RTT p50 at the validation's rate and the machine's CPU time per request under
-//! ab, straight to the nginx pod (NOTRACK leaves no DNAT, so every state reaches nginx the same
-//! way). The report sets each round's `a - b` difference, their median and its bootstrap
+//! path's ping RTT p50 at the validation's rate (its pings in blocks alternating with the
+//! other state's) and the machine's CPU time per request under ab, straight to the nginx
+//! pod (NOTRACK leaves no DNAT, so every state reaches nginx the same way). The report sets each round's `a - b` difference, their median and its bootstrap
 //! interval, against the prediction.
 //!
 //! Labs of a check are up side by side (`<lab>` and `<lab>-b`) or switched in place, and torn
@@ -36,6 +36,8 @@ pub const FILE: &str = crate::rundir::VALIDATE_FILE;
 /// The validation's own ping: 1000 echo requests 2 ms apart (see `--validate-ping-interval`).
 pub const PING_COUNT: u32 = 1000;
 pub const PING_INTERVAL_S: f64 = 0.002;
+/// Blocks each state's pings of a round are split into, alternating with the other state's.
+pub const PING_BLOCKS: u32 = 10;
 /// Non-matching rules on one node by default (about 20 µs per traversal here).
 pub const ONE_NODE_RULES: u32 = 5000;
 /// At most this many (their addresses fill 198.18.64.0/18).
