@@ -209,7 +209,8 @@ fn overhead_compares_agent_settings_side_by_side() {
 }
 
 /// `bench --validate` end to end, short: every check profiles its `a` (and `b` where the
-/// prediction needs it) and measures both states in alternating rounds with no agent attached;
+/// prediction needs it) in every round, each into a directory of its own, and measures both
+/// states in alternating rounds with no agent attached (pings in alternating blocks);
 /// the one-node rules are really in node 2's FORWARD chain; the report sets each round's
 /// difference against the prediction; nothing of netprof or of either lab is left.
 #[test]
@@ -294,12 +295,19 @@ fn validate_runs_every_check_and_the_report_judges_each() {
             .iter()
             .map(|p| p["side"].as_str().unwrap())
             .collect();
-        let expected: &[&str] = if ["one-node-rules", "encapsulation"].contains(&name) {
+        let per_round: &[&str] = if ["one-node-rules", "encapsulation"].contains(&name) {
             &["a", "b"]
         } else {
             &["a"]
         };
-        assert_eq!(sides, expected, "{name}");
+        assert_eq!(sides, per_round.repeat(3), "{name}: each round profiles");
+        let dirs: std::collections::BTreeSet<&str> = check["profiled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["dir"].as_str().unwrap())
+            .collect();
+        assert_eq!(dirs.len(), sides.len(), "{name}: one directory per profiled run");
         for p in check["profiled"].as_array().unwrap() {
             assert_eq!(
                 p["profiles"].as_array().unwrap().len(),

@@ -171,21 +171,30 @@ const NETFILTER: [Stage; 7] = [
     Stage::Netfilter,
 ];
 
-/// One profiled run's step, gathered, with its events and probe costs.
+/// A side's profiled runs' step, gathered, with their events and probe costs.
 struct Profiled {
     step: MergedStep,
     events: u64,
     probes: ProbeCosts,
 }
 
-fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
-    let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&run.profiles, NetPath::Pod, tool));
+/// Every profiled run of one side as one step: a side is profiled once per round, so its
+/// prediction averages over the same stretches of the machine's speed as the measured rounds.
+fn profiled(runs: &[&ProfiledInput], tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
+    let profiles: Vec<_> = runs
+        .iter()
+        .flat_map(|r| r.profiles.iter().cloned())
+        .collect();
+    let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&profiles, NetPath::Pod, tool));
     Profiled {
-        step: merge_step(run.step(tool).into_iter().map(|p| p.doc())),
-        events: match tool {
-            Tool::Ab => run.run.sample.ab.complete_requests,
-            _ => run.run.sample.ping.received,
-        },
+        step: merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| p.doc())),
+        events: runs
+            .iter()
+            .map(|r| match tool {
+                Tool::Ab => r.run.sample.ab.complete_requests,
+                _ => r.run.sample.ping.received,
+            })
+            .sum(),
         probes: calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf)),
     }
 }
@@ -201,8 +210,11 @@ fn predict(
     } else {
         Statistic::Median
     };
-    let side = |s: Side| check.profiled.iter().find(|p| p.run.side == s);
-    let a = profiled(side(Side::A)?, tool, calibration);
+    let side = |s: Side| {
+        let runs: Vec<&ProfiledInput> = check.profiled.iter().filter(|p| p.run.side == s).collect();
+        (!runs.is_empty()).then_some(runs)
+    };
+    let a = profiled(&side(Side::A)?, tool, calibration);
     let times = |p: &Profiled| by_stage(&p.step, p.events, statistic, Some(&p.probes));
     Some(match check.run.check {
         CheckKind::Notrack => above_floor(
@@ -217,7 +229,7 @@ fn predict(
             .filter(|((_, stage), _)| NETFILTER.contains(stage))
             .collect(),
         CheckKind::OneNodeRules | CheckKind::Encapsulation => {
-            let b = profiled(side(Side::B)?, tool, calibration);
+            let b = profiled(&side(Side::B)?, tool, calibration);
             let mut out = times(&a);
             for (key, ns) in times(&b) {
                 *out.entry(key).or_insert(0.0) -= ns;

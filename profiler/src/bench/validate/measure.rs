@@ -151,16 +151,18 @@ fn summary(s: &Sample) -> String {
 }
 
 /// One state with the agents attached, for the prediction; reports under
-/// `validate/<check>-<side>/`.
+/// `validate/<check>-<side>-r<round>/`.
 async fn profiled(
     ctx: &Context<'_>,
     lab: &Lab,
     check: CheckKind,
     side: Side,
+    round: u32,
 ) -> Result<ProfiledRun, BenchError> {
     let mode = lab.mode();
     let profile_err = |source| BenchError::Profile { mode, source };
-    let dir = RunDir::validate_run_relative(&format!("{}-{}", check.name(), side.name()));
+    let dir =
+        RunDir::validate_run_relative(&format!("{}-{}-r{}", check.name(), side.name(), round + 1));
     let profiler =
         Profiler::start(lab, &RunDir::new(ctx.out.resolve(&dir))).map_err(profile_err)?;
     let endpoints = lab.pod_path().expect("validation labs have pods");
@@ -248,15 +250,21 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         sides.push(Side::B);
     }
     let mut runs = Vec::new();
-    for side in sides {
-        let t = progress.step(&format!("{what}: {} profiled", side.name()));
-        set_state(check, &a.lab, side)?;
-        let run = profiled(ctx, lab_of(side), check, side).await?;
-        progress.done(t, &summary(&run.sample));
-        runs.push(run);
-    }
     let mut rounds = Vec::new();
     for round in 0..ctx.plan.rounds {
+        // The prediction's profiles are taken in every round too, so they see the same
+        // stretches of the machine's speed as the measured pings (agents detached after).
+        for &side in &sides {
+            let t = progress.step(&format!(
+                "{what} round {} {} profiled",
+                round + 1,
+                side.name()
+            ));
+            set_state(check, &a.lab, side)?;
+            let run = profiled(ctx, lab_of(side), check, side, round).await?;
+            progress.done(t, &summary(&run.sample));
+            runs.push(run);
+        }
         let t = progress.step(&format!(
             "{what} round {}: pings a/b in {} alternating blocks",
             round + 1,

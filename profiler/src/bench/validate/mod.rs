@@ -3,12 +3,14 @@
 //! conntrack (NOTRACK), kube-proxy's rules, non-matching rules on one node only, and VXLAN
 //! encapsulation against host-gw routing.
 //!
-//! Per check: `a` is profiled once (and `b` when the prediction needs it), which is what
-//! `netprof report` predicts the gain from; then `rounds` interleaved rounds measure `a` and
-//! `b` with **no agent attached** (the order alternating per round), each sample the pod
-//! path's ping RTT p50 at the validation's rate (its pings in blocks alternating with the
-//! other state's) and the machine's CPU time per request under ab, straight to the nginx
-//! pod (NOTRACK leaves no DNAT, so every state reaches nginx the same way). The report sets each round's `a - b` difference, their median and its bootstrap
+//! Per check and round: `a` is profiled (and `b` when the prediction needs it), which is what
+//! `netprof report` predicts the gain from (all rounds' profiles of a side merged, so the
+//! prediction sees the same stretches of the machine's speed as the measurement); then `a`
+//! and `b` are measured with **no agent attached** (the order alternating per round), each
+//! sample the pod path's ping RTT p50 at the validation's rate (its pings in blocks
+//! alternating with the other state's) and the machine's CPU time per request under ab,
+//! straight to the nginx pod (NOTRACK leaves no DNAT, so every state reaches nginx the same
+//! way). The report sets each round's `a - b` difference, their median and its bootstrap
 //! interval, against the prediction.
 //!
 //! Labs of a check are up side by side (`<lab>` and `<lab>-b`) or switched in place, and torn
