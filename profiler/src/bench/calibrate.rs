@@ -10,7 +10,8 @@
 //!
 //! Each variant measures the RTT p50 of followed pings (pod to pod, at the ping step's rate),
 //! of untracked pings (node to node: the same uplink and netfilter hooks, never followed), and
-//! the machine's CPU time per request under ab. Within a round, `paused - off` is the dispatch
+//! the machine's CPU time per request under ab. A round's pings run in blocks that alternate
+//! between the variants (`bench::ping_blocks`), so a stretch of a slower machine falls on all. Within a round, `paused - off` is the dispatch
 //! and `netprof - paused` the programs' bodies; their medians over rounds carry bootstrap
 //! intervals.
 //!
@@ -29,9 +30,11 @@ use serde::Serialize;
 use super::bootstrap::median_interval;
 use super::config::BenchConfig;
 use super::overhead::median;
+use super::ping_blocks::{self, Gathered};
 use super::{cpu_time, servers, tools, BenchError};
 use crate::agent::report::{AgentReport, ProgramStats};
 use crate::lab::{addressing, Lab, Node};
+use crate::parse::ping::PingReport;
 use crate::report::calibration::{Interval, SCHEMA};
 use crate::report::overhead::program_kind;
 
@@ -44,6 +47,10 @@ const CONSUMED: &str = "consumed";
 
 /// Pings of the counting pass (per kind of traffic).
 const COUNTING_PINGS: u32 = 100;
+
+/// Blocks each variant's pings of a round are split into. Fewer than the validation's: a
+/// block that follows `off` attaches the agents anew (about a second).
+const PING_BLOCKS: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -424,20 +431,18 @@ impl Probe<'_> {
         move |source| BenchError::Tool { mode, step, source }
     }
 
-    async fn followed(&self, cfg: &BenchConfig) -> Result<f64, BenchError> {
+    async fn followed(&self, cfg: &BenchConfig) -> Result<PingReport, BenchError> {
         let path = self.lab.pod_path().unwrap_or_else(|| self.lab.host_path());
-        let ping = tools::ping(&path.client_netns, path.server_ip, cfg)
+        tools::ping(&path.client_netns, path.server_ip, cfg)
             .await
-            .map_err(self.tool_err("followed ping"))?;
-        p50_ns(&ping, "followed ping").map_err(self.tool_err("followed ping"))
+            .map_err(self.tool_err("followed ping"))
     }
 
-    async fn untracked(&self, cfg: &BenchConfig) -> Result<f64, BenchError> {
+    async fn untracked(&self, cfg: &BenchConfig) -> Result<PingReport, BenchError> {
         let names = &self.lab.names;
-        let ping = tools::ping(&names.node(Node::One), addressing::node_ip(Node::Two), cfg)
+        tools::ping(&names.node(Node::One), addressing::node_ip(Node::Two), cfg)
             .await
-            .map_err(self.tool_err("untracked ping"))?;
-        p50_ns(&ping, "untracked ping").map_err(self.tool_err("untracked ping"))
+            .map_err(self.tool_err("untracked ping"))
     }
 
     async fn cpu_per_request(&self) -> Result<Option<f64>, BenchError> {
@@ -451,12 +456,32 @@ impl Probe<'_> {
     }
 }
 
-fn p50_ns(ping: &crate::parse::ping::PingReport, what: &str) -> Result<f64, tools::ToolError> {
+fn p50_ns(ping: &PingReport, what: &str) -> Result<f64, tools::ToolError> {
     ping.stats
         .map(|s| s.p50_ms * 1e6)
         .ok_or_else(|| tools::ToolError::NoReply {
             what: what.to_owned(),
         })
+}
+
+/// Puts the agents in `variant`'s state: detached for `off`, attached and held or released.
+fn set_variant<A: CalibrationAgents>(
+    agents: &mut Option<A>,
+    lab: &Lab,
+    variant: Variant,
+) -> Result<(), BenchError> {
+    match variant {
+        Variant::Off => *agents = None,
+        Variant::Paused | Variant::Netprof => {
+            if agents.is_none() {
+                *agents = Some(A::start(lab, false)?);
+            }
+            if let Some(a) = agents {
+                a.hold(variant == Variant::Paused)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The counting pass: netprof with bpf_stats on throughout, `COUNTING_PINGS` followed then
@@ -522,26 +547,39 @@ pub async fn run<A: CalibrationAgents>(
     let runs = count_runs::<A>(&probe, cfg).await?;
     let mut agents: Option<A> = None;
     let mut samples = Vec::new();
+    let blocks = ping_blocks::split(cfg.ping_count, PING_BLOCKS);
     for round in 1..=rounds {
         let mut order = Variant::ALL;
         order.rotate_left((round as usize - 1) % Variant::ALL.len());
-        for variant in order {
-            match variant {
-                Variant::Off => agents = None,
-                Variant::Paused | Variant::Netprof => {
-                    if agents.is_none() {
-                        agents = Some(A::start(lab, false)?);
-                    }
-                    if let Some(a) = &agents {
-                        a.hold(variant == Variant::Paused)?;
-                    }
-                }
+        // The pings of the three variants in alternating blocks (the order reversed every
+        // other block), so a stretch of a slower machine falls on all three.
+        let mut followed: [Gathered; 3] = Default::default();
+        let mut untracked: [Gathered; 3] = Default::default();
+        for (b, &count) in blocks.iter().enumerate() {
+            let block = BenchConfig {
+                ping_count: count,
+                ..cfg.clone()
+            };
+            let mut block_order = order;
+            if b % 2 == 1 {
+                block_order.reverse();
             }
+            for variant in block_order {
+                set_variant(&mut agents, lab, variant)?;
+                followed[variant as usize].push(probe.followed(&block).await?);
+                untracked[variant as usize].push(probe.untracked(&block).await?);
+            }
+        }
+        for variant in order {
+            set_variant(&mut agents, lab, variant)?;
+            let p50 = |pings: &Gathered, what: &str| {
+                p50_ns(&pings.joined(), what).map_err(probe.tool_err(what))
+            };
             let sample = RoundSample {
                 round,
                 variant,
-                followed_p50_ns: probe.followed(cfg).await?,
-                untracked_p50_ns: probe.untracked(cfg).await?,
+                followed_p50_ns: p50(&followed[variant as usize], "followed ping")?,
+                untracked_p50_ns: p50(&untracked[variant as usize], "untracked ping")?,
                 cpu_ns_per_request: probe.cpu_per_request().await?,
             };
             eprintln!(

@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod config;
 pub mod cpu_time;
 pub mod overhead;
+pub mod ping_blocks;
 pub mod profile;
 pub mod result;
 pub mod servers;

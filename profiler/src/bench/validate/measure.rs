@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::checks::{CheckKind, LabPlan, Side};
 use super::switch;
 use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan, PING_BLOCKS};
+use crate::bench::ping_blocks::{self, Gathered};
 use crate::bench::profile::{self, Profiler};
 use crate::bench::tools::ToolError;
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
@@ -100,17 +101,6 @@ async fn ab(
     Ok((ab, per_request))
 }
 
-/// Echo requests per block: each state's pings of a round run in `PING_BLOCKS` blocks that
-/// alternate with the other state's, so a change of the machine's speed that lasts seconds
-/// (the block medians of one 2000-ping run here stepped from 38 to 19 µs for its first half)
-/// falls on both states alike instead of on whichever state ran then.
-fn block_counts(count: u32) -> Vec<u32> {
-    let blocks = PING_BLOCKS.min(count.max(1));
-    (0..blocks)
-        .map(|b| count / blocks + u32::from(b < count % blocks))
-        .collect()
-}
-
 /// A round's pings: both states, block by block, the order alternating per block.
 async fn pings(
     ctx: &Context<'_>,
@@ -119,8 +109,8 @@ async fn pings(
     round: u32,
     what: &str,
 ) -> Result<[PingReport; 2], BenchError> {
-    let blocks = block_counts(ctx.cfg.ping_count);
-    let mut runs: [Vec<PingReport>; 2] = [Vec::new(), Vec::new()];
+    let blocks = ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS);
+    let mut runs: [Gathered; 2] = Default::default();
     for (b, &count) in blocks.iter().enumerate() {
         for side in Side::order(round * blocks.len() as u32 + b as u32) {
             set_state(check, labs.0, side)?;
@@ -129,7 +119,7 @@ async fn pings(
             runs[side as usize].push(ping(ctx.cfg, lab, count, &label).await?);
         }
     }
-    Ok(runs.map(|r| PingReport::concatenated(&r)))
+    Ok(runs.map(|r| r.joined()))
 }
 
 fn p50(ping: &PingReport) -> String {
@@ -268,7 +258,7 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         let t = progress.step(&format!(
             "{what} round {}: pings a/b in {} alternating blocks",
             round + 1,
-            block_counts(ctx.cfg.ping_count).len()
+            ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS).len()
         ));
         let [ping_a, ping_b] = pings(ctx, check, (&a.lab, lab_of(Side::B)), round, &what).await?;
         progress.done(t, &format!("p50 a {}, b {}", p50(&ping_a), p50(&ping_b)));
@@ -306,18 +296,4 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         profiled: runs,
         rounds,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pings_split_into_blocks_that_add_up() {
-        assert_eq!(block_counts(1000), vec![100; 10]);
-        let uneven = block_counts(1005);
-        assert_eq!(uneven.iter().sum::<u32>(), 1005);
-        assert_eq!((uneven[0], uneven[9]), (101, 100));
-        assert_eq!(block_counts(3), vec![1, 1, 1]);
-    }
 }

@@ -38,8 +38,9 @@ pub const FILE: &str = crate::rundir::VALIDATE_FILE;
 /// The validation's own ping: 1000 echo requests 2 ms apart (see `--validate-ping-interval`).
 pub const PING_COUNT: u32 = 1000;
 pub const PING_INTERVAL_S: f64 = 0.002;
-/// Blocks each state's pings of a round are split into, alternating with the other state's.
-pub const PING_BLOCKS: u32 = 10;
+/// Blocks each state's pings of a round are split into, alternating with the other state's
+/// (see `bench::ping_blocks`).
+pub const PING_BLOCKS: u32 = crate::bench::ping_blocks::BLOCKS;
 /// Non-matching rules on one node by default (about 20 µs per traversal here).
 pub const ONE_NODE_RULES: u32 = 5000;
 /// At most this many (their addresses fill 198.18.64.0/18).
