@@ -104,13 +104,15 @@ pub fn to_hdr(hist: &Histogram) -> Hdr<u64> {
 
 pub fn summarize(hist: &Histogram) -> Summary {
     let hdr = to_hdr(hist);
-    let recorded: u64 = hist.buckets.iter().sum();
-    // `count` and `sum_ns` are updated next to the bucket; prefer them for the mean.
-    let count = if hist.count > 0 { hist.count } else { recorded };
-    let mean_ns = if count > 0 {
-        hist.sum_ns as f64 / count as f64
-    } else {
-        0.0
+    // The buckets are the histogram: the document's count is their sum. A per-CPU slot read
+    // while its CPU adds a pass can hold the bucket's +1 without the count's (or the other way
+    // round), so the kernel's own count may be one off the buckets; the mean divides `sum_ns`
+    // by that count, which the kernel updates next to it.
+    let count: u64 = hist.buckets.iter().sum();
+    let mean_ns = match (hist.count, count) {
+        (0, 0) => 0.0,
+        (0, recorded) => hist.sum_ns as f64 / recorded as f64,
+        (added, _) => hist.sum_ns as f64 / added as f64,
     };
     let quantile = |q: f64| {
         if hdr.is_empty() {
@@ -334,6 +336,20 @@ mod tests {
             .buckets
             .iter()
             .all(|[low, _]| bucket_low(bucket_of(*low)) == *low));
+    }
+
+    /// A slot read mid-update: 10 passes of 1 µs in the buckets, the kernel's count already at
+    /// 11 with the 11th pass's time in the sum. The document counts the buckets (so the report
+    /// can check them), the mean stays the kernel's sum over its count.
+    #[test]
+    fn a_slot_read_mid_update_counts_its_buckets() {
+        let mut h = hist(&[(1_000, 10)]);
+        h.count += 1;
+        h.sum_ns += 1_000;
+        let s = summarize(&h);
+        assert_eq!(s.count, 10);
+        assert_eq!(s.buckets.iter().map(|[_, n]| n).sum::<u64>(), s.count);
+        assert_eq!(s.mean_ns, 1_000.0);
     }
 
     #[test]
