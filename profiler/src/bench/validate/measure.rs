@@ -157,17 +157,11 @@ async fn profiled(
         Profiler::start(lab, &RunDir::new(ctx.out.resolve(&dir))).map_err(profile_err)?;
     let endpoints = lab.pod_path().expect("validation labs have pods");
     let label = format!("validate {check} {} profiled", side.name());
-    let tool_err = |step: &'static str| {
-        let step = format!("{label}: {step}");
-        move |source| BenchError::Tool { mode, step, source }
-    };
     let flows = profile::path_flows(&endpoints, Tool::Ping).map_err(profile_err)?;
     profiler
         .before_step(&flows, Tool::Ping)
         .map_err(profile_err)?;
-    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, ctx.cfg)
-        .await
-        .map_err(tool_err("ping"))?;
+    let ping = ping(ctx.cfg, lab, ctx.cfg.ping_count, &label).await?;
     let mut profiles = profiler
         .after_step(NetPath::Pod, Tool::Ping)
         .map_err(profile_err)?;
@@ -177,11 +171,7 @@ async fn profiled(
     profiler
         .before_step(&flows, Tool::Ab)
         .map_err(profile_err)?;
-    let cpu = cpu_time::CpuMeter::start();
-    let ab = tools::ab(&endpoints.http_client_netns, target, ctx.cfg)
-        .await
-        .map_err(tool_err("ab"))?;
-    let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
+    let (ab, ab_cpu_ns_per_request) = ab(ctx.cfg, lab, &label).await?;
     profiles.extend(
         profiler
             .after_step(NetPath::Pod, Tool::Ab)
