@@ -4,8 +4,8 @@
 //! Everything aya-specific is avoided on purpose so this module can be dropped once aya gains
 //! the type. It does only what netprof's own netfilter programs need:
 //!
-//! 1. parse the object (`profiler-nf`, embedded as [`NF_OBJECT`]) with the `object` crate and
-//!    find a program by symbol name in the `netfilter` section;
+//! 1. parse the object (`profiler-nf`, embedded as [`NF_OBJECT`], or the tests' own) with the
+//!    `object` crate and find a program by symbol name in the `netfilter` section;
 //! 2. create the legacy maps (`maps` section, as aya-ebpf 0.2's `#[map]` emits them) the
 //!    program references, or reuse maps the caller already has (e.g. from an aya `Ebpf`);
 //! 3. patch each map reference (`ld_imm64` + `R_BPF_64_64`) to `BPF_PSEUDO_MAP_FD`;
@@ -31,9 +31,6 @@ use std::{
 use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionIndex};
 
 use crate::netns::{self, NetnsError};
-
-/// Names of the netfilter counter's program and map, and its slot (shared with the kernel side).
-pub use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_COUNT, SLOT_PACKETS};
 
 /// The object built from `profiler-ebpf`'s `profiler-nf` bin target (netfilter programs only).
 pub static NF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-nf"));
@@ -588,7 +585,8 @@ pub struct NetfilterLoader<'a> {
 }
 
 impl<'a> NetfilterLoader<'a> {
-    /// A loader for `object` (e.g. [`NF_OBJECT`]).
+    /// A loader for `object` ([`NF_OBJECT`], or
+    /// [`NF_TEST_OBJECT`](super::test_objects::NF_TEST_OBJECT) in tests).
     pub fn new(object: &'a [u8]) -> Self {
         Self {
             object,
@@ -780,11 +778,6 @@ pub struct NetfilterProgram {
 }
 
 impl NetfilterProgram {
-    /// Loads `program` from netprof's embedded [`NF_OBJECT`], creating its maps.
-    pub fn load_embedded(program: &str) -> Result<Self, NetfilterError> {
-        NetfilterLoader::new(NF_OBJECT).load(program)
-    }
-
     /// The program's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -995,7 +988,10 @@ impl NetfilterLink {
 mod tests {
     use std::mem::offset_of;
 
+    use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_COUNT};
+
     use super::*;
+    use crate::ebpf::test_objects::NF_TEST_OBJECT;
 
     #[test]
     fn attr_layouts_match_the_uapi() {
@@ -1039,8 +1035,8 @@ mod tests {
     }
 
     #[test]
-    fn embedded_object_has_nf_count_with_its_map() {
-        let parsed = parse(NF_OBJECT, PROG_COUNT).unwrap();
+    fn test_object_has_nf_count_with_its_map() {
+        let parsed = parse(NF_TEST_OBJECT, PROG_COUNT).unwrap();
         assert_eq!(parsed.name, PROG_COUNT);
         assert!(parsed.insn_count() > 2, "{}", parsed.insn_count());
         assert_eq!(parsed.license.to_str().unwrap(), "GPL");
@@ -1065,7 +1061,7 @@ mod tests {
 
     #[test]
     fn relocations_patch_ld_imm64_to_map_fds() {
-        let parsed = parse(NF_OBJECT, PROG_COUNT).unwrap();
+        let parsed = parse(NF_TEST_OBJECT, PROG_COUNT).unwrap();
         let fds = HashMap::from([(MAP_NAME.to_owned(), 42)]);
         let patched = patch_map_fds(&parsed.insns, &parsed.relocations, &fds);
         assert_eq!(patched.len(), parsed.insns.len());
@@ -1103,17 +1099,19 @@ mod tests {
 
     #[test]
     fn missing_program_and_bad_objects_are_errors() {
-        let err = parse(NF_OBJECT, "no_such_prog").unwrap_err();
+        let err = parse(NF_TEST_OBJECT, "no_such_prog").unwrap_err();
         assert!(
             matches!(err, NetfilterError::ProgramMissing { .. }),
             "{err:?}"
         );
-        // The aya object has no netfilter section.
-        let err = parse(super::super::OBJECT, PROG_COUNT).unwrap_err();
-        assert!(
-            matches!(err, NetfilterError::ProgramMissing { .. }),
-            "{err:?}"
-        );
+        // The aya object has no netfilter section; the agent's netfilter object no counter.
+        for object in [super::super::OBJECT, NF_OBJECT] {
+            let err = parse(object, PROG_COUNT).unwrap_err();
+            assert!(
+                matches!(err, NetfilterError::ProgramMissing { .. }),
+                "{err:?}"
+            );
+        }
         let err = parse(b"not an elf", PROG_COUNT).unwrap_err();
         assert!(matches!(err, NetfilterError::Parse { .. }), "{err:?}");
     }
