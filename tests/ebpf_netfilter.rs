@@ -7,11 +7,12 @@
 //! `cargo test -p netprof-tests --test ebpf_netfilter -- --test-threads=1 --nocapture`
 
 use anyhow::{Context, Result};
-use netprof::ebpf::netfilter::{
-    Hook, NetfilterLoader, NetfilterProgram, MAP_NAME, NFPROTO_IPV4, NF_OBJECT, PROG_COUNT,
-    SLOT_PACKETS,
+use netprof::ebpf::{
+    netfilter::{Hook, NetfilterLoader, NetfilterProgram, NFPROTO_IPV4},
+    test_objects::NF_TEST_OBJECT,
 };
 use netprof_tests::{ping, program_unloaded, run, skip_netfilter_test, VethLab};
+use profiler_common::netfilter::{MAP_NAME, PROG_COUNT, SLOT_PACKETS};
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
 const PINGS: u32 = 20;
 
@@ -38,6 +39,11 @@ fn bpftool_netfilter_links() -> Result<Vec<(u64, u64)>> {
         .collect())
 }
 
+/// Loads the counter from the tests' netfilter object, with a count map of its own.
+fn load_counter() -> Result<NetfilterProgram> {
+    Ok(NetfilterLoader::new(NF_TEST_OBJECT).load(PROG_COUNT)?)
+}
+
 fn packets(program: &NetfilterProgram) -> Result<u64> {
     Ok(program.read_percpu_u64(MAP_NAME, SLOT_PACKETS)?)
 }
@@ -50,8 +56,8 @@ fn counts_pings_at_two_hooks_and_detaches_on_drop() -> Result<()> {
     }
     let lab = VethLab::create_quiet()?;
     // Two loads of the same program: each gets its own count map.
-    let out = NetfilterProgram::load_embedded(PROG_COUNT)?;
-    let pre = NetfilterProgram::load_embedded(PROG_COUNT)?;
+    let out = load_counter()?;
+    let pre = load_counter()?;
     let out_link = out.attach_in(Some(lab.a.name()), Hook::LocalOut, -199)?;
     let pre_link = pre.attach_in(Some(lab.a.name()), Hook::PreRouting, -201)?;
     println!(
@@ -130,9 +136,9 @@ fn shared_map_counts_both_programs_and_links_follow_the_namespace() -> Result<()
         return Ok(());
     }
     let lab = VethLab::create_quiet()?;
-    let first = NetfilterProgram::load_embedded(PROG_COUNT)?;
+    let first = load_counter()?;
     // A second load sharing the first one's map (as a program loaded next to aya maps would).
-    let second = NetfilterLoader::new(NF_OBJECT)
+    let second = NetfilterLoader::new(NF_TEST_OBJECT)
         .reuse_map(
             MAP_NAME,
             first.map_fd(MAP_NAME).expect("nf_count uses NF_COUNTS"),
@@ -169,7 +175,7 @@ fn extreme_priorities_are_refused() -> Result<()> {
         return Ok(());
     }
     let lab = VethLab::create_quiet()?;
-    let program = NetfilterProgram::load_embedded(PROG_COUNT)?;
+    let program = load_counter()?;
     for priority in [i32::MIN, i32::MAX] {
         let err = program
             .attach_in(Some(lab.a.name()), Hook::LocalOut, priority)

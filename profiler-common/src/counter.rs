@@ -1,5 +1,6 @@
 //! The uplink packet counter: a tc classifier on each direction of one interface sorts every
-//! packet into exactly one slot of a per-CPU array of `u64` packet counts.
+//! packet into exactly one slot of a per-CPU array of `u64` packet counts. Only tests load it,
+//! from an object of their own (`profiler-test`), not the agent's.
 //!
 //! Slot layout: `slot = direction * CLASS_COUNT + class`, so user space can read one direction
 //! as a contiguous range. The value type is a plain `u64` (aya already implements `Pod` for it),

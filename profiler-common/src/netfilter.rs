@@ -1,9 +1,9 @@
 //! The netfilter packet counter: a `BPF_PROG_TYPE_NETFILTER` program that counts every IPv4
 //! packet passing the netfilter hook it is attached to, in a per-CPU array of `u64`.
 //!
-//! The program lives in its own object (`profiler-nf`), because aya 0.14 rejects an object that
-//! contains a `netfilter` section; netprof loads it with its own small loader
-//! (`netprof::ebpf::netfilter`).
+//! Only tests load it, so it lives in a test object (`profiler-nf-test`), apart from the
+//! agent's netfilter programs (`profiler-nf`); both are netfilter objects, which aya 0.14
+//! rejects, so netprof loads them with its own small loader (`netprof::ebpf::netfilter`).
 
 /// Name of the `BPF_MAP_TYPE_PERCPU_ARRAY` holding the count (key 0, value `u64`).
 pub const MAP_NAME: &str = "NF_COUNTS";

@@ -8,7 +8,6 @@ mod checkpoint;
 mod checkpoint_programs;
 mod flows;
 mod nf_fentry;
-mod uplink_counter;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -10,7 +10,6 @@ mod checkpoint;
 #[allow(dead_code)]
 mod flows;
 mod nf_checkpoints;
-mod nf_counter;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,6 +8,7 @@ pub mod btf_objects;
 pub mod clsact;
 pub mod features;
 pub mod netfilter;
+pub mod test_objects;
 pub mod tracing;
 pub mod uplink_counter;
 
@@ -18,8 +19,9 @@ pub use uplink_counter::{AttachMode, Attachment, IcmpCounts, UplinkCounter};
 
 use crate::netns::NetnsError;
 
-/// The eBPF object built from `profiler-ebpf`: every kernel program aya loads (the netfilter
-/// ones are in [`netfilter::NF_OBJECT`]). Public so tests and tools can load it themselves.
+/// The eBPF object built from `profiler-ebpf`: every kernel program of the agent aya loads (the
+/// netfilter ones are in [`netfilter::NF_OBJECT`], the tests' own in [`test_objects`]). Public
+/// so tests and tools can load it themselves.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 /// The kernel's own BTF; present when the kernel was built with `CONFIG_DEBUG_INFO_BTF=y`.
