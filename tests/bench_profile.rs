@@ -307,7 +307,11 @@ fn validate_runs_every_check_and_the_report_judges_each() {
             .iter()
             .map(|p| p["dir"].as_str().unwrap())
             .collect();
-        assert_eq!(dirs.len(), sides.len(), "{name}: one directory per profiled run");
+        assert_eq!(
+            dirs.len(),
+            sides.len(),
+            "{name}: one directory per profiled run"
+        );
         for p in check["profiled"].as_array().unwrap() {
             assert_eq!(
                 p["profiles"].as_array().unwrap().len(),
