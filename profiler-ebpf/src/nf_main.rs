@@ -11,15 +11,4 @@ mod checkpoint;
 mod flows;
 mod nf_checkpoints;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier proves the programs cannot panic; this is never reached.
-    loop {}
-}
-
-/// The program license the kernel checks for GPL-only helpers (read by netprof's netfilter
-/// loader from the `license` section, as libbpf does).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "license")]
-pub static LICENSE: [u8; 4] = *b"GPL\0";
+mod object_glue;

@@ -5,14 +5,4 @@
 
 mod nf_counter;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier proves the programs cannot panic; this is never reached.
-    loop {}
-}
-
-/// The program license: netprof's netfilter loader refuses an object without one.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "license")]
-pub static LICENSE: [u8; 4] = *b"GPL\0";
+mod object_glue;
