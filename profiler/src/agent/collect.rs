@@ -109,10 +109,10 @@ pub fn summarize(hist: &Histogram) -> Summary {
     // round), so the kernel's own count may be one off the buckets; the mean divides `sum_ns`
     // by that count, which the kernel updates next to it.
     let count: u64 = hist.buckets.iter().sum();
-    let mean_ns = match (hist.count, count) {
-        (0, 0) => 0.0,
-        (0, recorded) => hist.sum_ns as f64 / recorded as f64,
-        (added, _) => hist.sum_ns as f64 / added as f64,
+    let mean_ns = if hist.count > 0 {
+        hist.sum_ns as f64 / hist.count as f64
+    } else {
+        0.0
     };
     let quantile = |q: f64| {
         if hdr.is_empty() {

@@ -11,7 +11,8 @@
 //! Each variant measures the RTT p50 of followed pings (pod to pod, at the ping step's rate),
 //! of untracked pings (node to node: the same uplink and netfilter hooks, never followed), and
 //! the machine's CPU time per request under ab. A round's pings run in blocks that alternate
-//! between the variants (`bench::ping_blocks`), so a stretch of a slower machine falls on all. Within a round, `paused - off` is the dispatch
+//! between the variants (`bench::ping_blocks`), so a stretch of a slower machine falls on all.
+//! Within a round, `paused - off` is the dispatch
 //! and `netprof - paused` the programs' bodies; their medians over rounds carry bootstrap
 //! intervals.
 //!
@@ -30,7 +31,7 @@ use serde::Serialize;
 use super::bootstrap::median_interval;
 use super::config::BenchConfig;
 use super::overhead::median;
-use super::ping_blocks::{self, Gathered};
+use super::ping_blocks;
 use super::{cpu_time, servers, tools, BenchError};
 use crate::agent::report::{AgentReport, ProgramStats};
 use crate::lab::{addressing, Lab, Node};
@@ -553,8 +554,8 @@ pub async fn run<A: CalibrationAgents>(
         order.rotate_left((round as usize - 1) % Variant::ALL.len());
         // The pings of the three variants in alternating blocks (the order reversed every
         // other block), so a stretch of a slower machine falls on all three.
-        let mut followed: [Gathered; 3] = Default::default();
-        let mut untracked: [Gathered; 3] = Default::default();
+        let mut followed: [Vec<PingReport>; 3] = Default::default();
+        let mut untracked: [Vec<PingReport>; 3] = Default::default();
         for (b, &count) in blocks.iter().enumerate() {
             let block = BenchConfig {
                 ping_count: count,
@@ -572,8 +573,8 @@ pub async fn run<A: CalibrationAgents>(
         }
         for variant in order {
             set_variant(&mut agents, lab, variant)?;
-            let p50 = |pings: &Gathered, what: &str| {
-                p50_ns(&pings.joined(), what).map_err(probe.tool_err(what))
+            let p50 = |pings: &[PingReport], what: &str| {
+                p50_ns(&PingReport::concatenated(pings), what).map_err(probe.tool_err(what))
             };
             let sample = RoundSample {
                 round,

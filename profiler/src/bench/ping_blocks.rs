@@ -3,8 +3,6 @@
 //! 2000-ping run here stepped from 38 to 19 µs halfway), so a state measured in one piece takes
 //! whichever stretch it ran in; in alternating blocks every state sees the same stretches.
 
-use crate::parse::ping::PingReport;
-
 /// Blocks a state's pings are split into.
 pub const BLOCKS: u32 = 10;
 
@@ -14,23 +12,6 @@ pub fn split(count: u32, blocks: u32) -> Vec<u32> {
     (0..blocks)
         .map(|b| count / blocks + u32::from(b < count % blocks))
         .collect()
-}
-
-/// One state's blocks, gathered as they arrive.
-#[derive(Debug, Default)]
-pub struct Gathered {
-    runs: Vec<PingReport>,
-}
-
-impl Gathered {
-    pub fn push(&mut self, run: PingReport) {
-        self.runs.push(run);
-    }
-
-    /// The blocks as one run: their probes, replies and RTTs in order.
-    pub fn joined(&self) -> PingReport {
-        PingReport::concatenated(&self.runs)
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::checks::{CheckKind, LabPlan, Side};
 use super::switch;
 use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan, PING_BLOCKS};
-use crate::bench::ping_blocks::{self, Gathered};
+use crate::bench::ping_blocks;
 use crate::bench::profile::{self, Profiler};
 use crate::bench::tools::ToolError;
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
@@ -110,7 +110,7 @@ async fn pings(
     what: &str,
 ) -> Result<[PingReport; 2], BenchError> {
     let blocks = ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS);
-    let mut runs: [Gathered; 2] = Default::default();
+    let mut runs: [Vec<PingReport>; 2] = Default::default();
     for (b, &count) in blocks.iter().enumerate() {
         for side in Side::order(round * blocks.len() as u32 + b as u32) {
             set_state(check, labs.0, side)?;
@@ -119,7 +119,7 @@ async fn pings(
             runs[side as usize].push(ping(ctx.cfg, lab, count, &label).await?);
         }
     }
-    Ok(runs.map(|r| r.joined()))
+    Ok(runs.map(|r| PingReport::concatenated(&r)))
 }
 
 fn p50(ping: &PingReport) -> String {
