@@ -242,7 +242,8 @@ fn validate_runs_every_check_and_the_report_judges_each() {
         ])
         .args(["--validate-ping-count", "100", "--lab", &lab])
         .args(["--ping-count", "20", "--iperf3-seconds", "1"])
-        .args(["--ab-requests", "300", "--ab-concurrency", "10"])
+        // /proc/stat counts CPU time in 10 ms ticks: 300 requests (~30 ms) could read 0.
+        .args(["--ab-requests", "2000", "--ab-concurrency", "10"])
         .arg("--out")
         .arg(out)
         .status()
