@@ -209,7 +209,8 @@ fn overhead_compares_agent_settings_side_by_side() {
 }
 
 /// `bench --validate` end to end, short: every check profiles its `a` (and `b` where the
-/// prediction needs it) in every round, each into a directory of its own, and measures both
+/// prediction needs it, in alternating ping blocks) in every round, each into a directory of
+/// its own, and measures both
 /// states in alternating rounds with no agent attached (pings in alternating blocks);
 /// the one-node rules are really in node 2's FORWARD chain; the report sets each round's
 /// difference against the prediction; nothing of netprof or of either lab is left.
@@ -314,11 +315,25 @@ fn validate_runs_every_check_and_the_report_judges_each() {
             "{name}: one directory per profiled run"
         );
         for p in check["profiled"].as_array().unwrap() {
-            assert_eq!(
-                p["profiles"].as_array().unwrap().len(),
-                4,
-                "ping and ab, two nodes"
-            );
+            let files: Vec<&str> = p["profiles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["file"].as_str().unwrap())
+                .collect();
+            let pings = files.iter().filter(|f| f.contains("-ping-")).count();
+            if per_round.len() == 2 {
+                // Both states profiled in the 10 alternating ping blocks, a file per block
+                // and node, then ab once per state.
+                assert_eq!((pings, files.len()), (20, 22), "{name}: {files:?}");
+                assert!(files.iter().any(|f| f.ends_with("-ping-node2-block10.json")));
+            } else {
+                assert_eq!((pings, files.len()), (2, 4), "{name}: ping and ab, two nodes");
+            }
+            for f in files {
+                let at = out.join(p["dir"].as_str().unwrap()).join(f);
+                assert!(at.is_file(), "{}", at.display());
+            }
         }
     }
     assert_eq!(

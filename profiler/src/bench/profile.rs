@@ -214,6 +214,31 @@ impl Profiler {
 
     /// Writes each agent's report of the step just run.
     pub fn after_step(&self, path: NetPath, tool: Tool) -> Result<Vec<ProfileFile>, ProfileError> {
+        self.write_reports(&self.out, |node| {
+            ProfileFile::of(self.mode, path, tool, node)
+        })
+    }
+
+    /// Writes each agent's report of one block of a step into `out` (which may be another
+    /// run's directory: one lab's agents can profile two states block by block), one file per
+    /// block.
+    pub fn after_block(
+        &self,
+        out: &RunDir,
+        path: NetPath,
+        tool: Tool,
+        block: usize,
+    ) -> Result<Vec<ProfileFile>, ProfileError> {
+        self.write_reports(out, |node| {
+            ProfileFile::of_block(self.mode, path, tool, node, block)
+        })
+    }
+
+    fn write_reports(
+        &self,
+        out: &RunDir,
+        entry_of: impl Fn(Node) -> ProfileFile,
+    ) -> Result<Vec<ProfileFile>, ProfileError> {
         // The last packets' frees are traced just after the tool exits.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let mut files = Vec::new();
@@ -222,9 +247,13 @@ impl Profiler {
                 node: node.name().to_owned(),
                 source,
             })?;
-            let entry = ProfileFile::of(self.mode, path, tool, *node);
-            let file = self.out.resolve(&entry.file);
-            report.write(&file).map_err(|source| ProfileError::Write {
+            let entry = entry_of(*node);
+            let file = out.resolve(&entry.file);
+            let written = file
+                .parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .and_then(|()| report.write(&file));
+            written.map_err(|source| ProfileError::Write {
                 path: file.clone(),
                 source,
             })?;

@@ -2,9 +2,9 @@
 //! profiled run predicts a change of the lab gains, beside what the change gained measured
 //! with no agent attached.
 //!
-//! Prediction, per (node, stage), from the profiled runs' segments net of netprof's probe
-//! (the same per-kind costs as the report's headline split), ping steps per RTT by segment
-//! medians, ab steps per request by segment means:
+//! Prediction, per (node, stage), from each round's profiled runs' segments net of netprof's
+//! probes (the same per-kind costs as the report's headline split), ping steps per RTT by
+//! segment medians, ab steps per request by segment means, then the median over rounds:
 //! - `notrack`: the tables stay registered, so conntrack's and NAT's brackets keep a floor,
 //!   the cost of passing a hook with nothing to do, taken as the same node's empty brackets
 //!   on the same hook; only the time above it goes;
@@ -31,6 +31,7 @@ use super::split::median_i64;
 use super::stage_time::{by_stage, segment_ns, Statistic, Times};
 use crate::agent::stages::Stage;
 use crate::bench::bootstrap::median_interval;
+use crate::bench::overhead::median;
 use crate::bench::validate::{CheckKind, Sample, Side};
 use crate::lab::Mode;
 use crate::rundir::{NetPath, Node, Tool};
@@ -171,52 +172,75 @@ const NETFILTER: [Stage; 7] = [
     Stage::Netfilter,
 ];
 
-/// A side's profiled runs' step, gathered, with their events and probe costs.
+/// One profiled run's step, with its events and probe costs.
 struct Profiled {
     step: MergedStep,
     events: u64,
     probes: ProbeCosts,
 }
 
-/// Every profiled run of one side as one step: a side is profiled once per round, so its
-/// prediction averages over the same stretches of the machine's speed as the measured rounds.
-fn profiled(runs: &[&ProfiledInput], tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
-    let profiles: Vec<_> = runs
-        .iter()
-        .flat_map(|r| r.profiles.iter().cloned())
-        .collect();
-    let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&profiles, NetPath::Pod, tool));
+fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
+    let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&run.profiles, NetPath::Pod, tool));
     Profiled {
-        step: merge_step(runs.iter().flat_map(|r| r.step(tool)).map(|p| p.doc())),
-        events: runs
-            .iter()
-            .map(|r| match tool {
-                Tool::Ab => r.run.sample.ab.complete_requests,
-                _ => r.run.sample.ping.received,
-            })
-            .sum(),
+        step: merge_step(run.step(tool).into_iter().map(|p| p.doc())),
+        events: match tool {
+            Tool::Ab => run.run.sample.ab.complete_requests,
+            _ => run.run.sample.ping.received,
+        },
         probes: calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf)),
     }
 }
 
-/// The predicted gain by node and stage.
+/// The predicted gain by node and stage: each round's prediction from that round's profiled
+/// run(s) (`a` against the `b` profiled beside it), then per (node, stage) the median over
+/// rounds, the statistic the measured side takes of its rounds. A side's rounds are not
+/// merged into one histogram first: the machine's seconds-long slow stretches make a
+/// segment's median swing by several µs between rounds (a veth hop 1.3 to 5.8 µs), and the
+/// median of such a mixture follows whichever stretches one side happened to get.
 fn predict(
     check: &CheckInput,
     tool: Tool,
     calibration: Option<&ProbeCosts>,
 ) -> Option<Times<Stage>> {
+    let side = |s: Side| -> Vec<&ProfiledInput> {
+        check.profiled.iter().filter(|p| p.run.side == s).collect()
+    };
+    let (a, b) = (side(Side::A), side(Side::B));
+    let kind = check.run.check;
+    let rounds: Vec<Times<Stage>> = match kind {
+        CheckKind::Notrack | CheckKind::NoKubeProxy => a
+            .iter()
+            .map(|run| predict_round(kind, tool, run, None, calibration))
+            .collect(),
+        CheckKind::OneNodeRules | CheckKind::Encapsulation => {
+            if a.len() != b.len() {
+                return None;
+            }
+            a.iter()
+                .zip(&b)
+                .map(|(run, beside)| predict_round(kind, tool, run, Some(beside), calibration))
+                .collect()
+        }
+    };
+    (!rounds.is_empty()).then(|| median_over_rounds(&rounds))
+}
+
+/// One round's predicted gain by node and stage, from its profiled `a` (and `b`).
+fn predict_round(
+    kind: CheckKind,
+    tool: Tool,
+    a: &ProfiledInput,
+    b: Option<&ProfiledInput>,
+    calibration: Option<&ProbeCosts>,
+) -> Times<Stage> {
     let statistic = if tool == Tool::Ab {
         Statistic::Mean
     } else {
         Statistic::Median
     };
-    let side = |s: Side| {
-        let runs: Vec<&ProfiledInput> = check.profiled.iter().filter(|p| p.run.side == s).collect();
-        (!runs.is_empty()).then_some(runs)
-    };
-    let a = profiled(&side(Side::A)?, tool, calibration);
+    let a = profiled(a, tool, calibration);
     let times = |p: &Profiled| by_stage(&p.step, p.events, statistic, Some(&p.probes));
-    Some(match check.run.check {
+    match kind {
         CheckKind::Notrack => above_floor(
             &a.step,
             a.events,
@@ -229,14 +253,30 @@ fn predict(
             .filter(|((_, stage), _)| NETFILTER.contains(stage))
             .collect(),
         CheckKind::OneNodeRules | CheckKind::Encapsulation => {
-            let b = profiled(&side(Side::B)?, tool, calibration);
             let mut out = times(&a);
-            for (key, ns) in times(&b) {
-                *out.entry(key).or_insert(0.0) -= ns;
+            if let Some(b) = b {
+                for (key, ns) in times(&profiled(b, tool, calibration)) {
+                    *out.entry(key).or_insert(0.0) -= ns;
+                }
             }
             out
         }
-    })
+    }
+}
+
+/// Per (node, stage), the median over rounds (a stage a round lacks counts 0 there).
+fn median_over_rounds(rounds: &[Times<Stage>]) -> Times<Stage> {
+    let keys: std::collections::BTreeSet<(Node, Stage)> =
+        rounds.iter().flat_map(|r| r.keys().copied()).collect();
+    keys.into_iter()
+        .map(|key| {
+            let mut values: Vec<f64> = rounds
+                .iter()
+                .map(|r| r.get(&key).copied().unwrap_or(0.0))
+                .collect();
+            (key, median(&mut values))
+        })
+        .collect()
 }
 
 fn by_category(times: &Times<Stage>) -> Vec<NodeStage> {
@@ -356,6 +396,27 @@ mod tests {
     /// Predicted 20 µs; rounds measured 18, 25, 21, 30, 19, 22 µs: median 21.5, within ±6 µs.
     /// Predicted 3 µs, measured 4.5: outside 30% (0.9 µs) but within the 2 µs floor.
     /// Predicted 10 µs, measured 14: outside both.
+    /// Rounds' predictions: filter on node 2 of 40, 44, 90 (a slow stretch) µs gives 44; a stage
+    /// one round lacks counts 0 there.
+    #[test]
+    fn the_prediction_is_each_stages_median_over_rounds() {
+        let round = |filter: f64, veth: Option<f64>| {
+            let mut t: Times<Stage> = BTreeMap::from([((Node::Two, Stage::Filter), filter)]);
+            if let Some(v) = veth {
+                t.insert((Node::One, Stage::Veth), v);
+            }
+            t
+        };
+        let m = median_over_rounds(&[
+            round(40_000.0, Some(900.0)),
+            round(90_000.0, None),
+            round(44_000.0, Some(1_000.0)),
+        ]);
+        assert_eq!(m[&(Node::Two, Stage::Filter)], 44_000.0);
+        assert_eq!(m[&(Node::One, Stage::Veth)], 900.0);
+        assert_eq!(m.len(), 2);
+    }
+
     #[test]
     fn verdicts_take_the_wider_of_thirty_percent_and_two_microseconds() {
         let c = compare(

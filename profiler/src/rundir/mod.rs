@@ -88,6 +88,23 @@ impl RunDir {
         ))
     }
 
+    /// One block's report of a step profiled in blocks (`bench --validate`'s paired states).
+    pub fn profile_block_relative(
+        mode: Mode,
+        path: NetPath,
+        tool: Tool,
+        node: Node,
+        block: usize,
+    ) -> PathBuf {
+        Self::profile_dir_relative(mode).join(format!(
+            "{}-{}-{}-block{}.json",
+            path.slug(),
+            tool.name(),
+            node.name(),
+            block + 1
+        ))
+    }
+
     /// The same benchmarks without agents (`cargo xtask demo` writes it).
     pub fn clean(&self) -> RunDir {
         RunDir::new(self.root.join(CLEAN_DIR))
@@ -188,6 +205,24 @@ impl ProfileFile {
             tool,
             node,
             file: RunDir::profile_relative(mode, path, tool, node)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// The entry for one block's report of a step profiled in blocks.
+    pub fn of_block(
+        mode: Mode,
+        path: NetPath,
+        tool: Tool,
+        node: Node,
+        block: usize,
+    ) -> ProfileFile {
+        ProfileFile {
+            path,
+            tool,
+            node,
+            file: RunDir::profile_block_relative(mode, path, tool, node, block)
                 .display()
                 .to_string(),
         }

@@ -13,7 +13,7 @@ use crate::bench::tools::ToolError;
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
 use crate::parse::{ab::AbReport, ping::PingReport};
-use crate::rundir::{NetPath, RunDir, Tool};
+use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
 
 /// What every step of a check needs.
 pub struct Context<'a> {
@@ -191,6 +191,96 @@ async fn profiled(
     })
 }
 
+/// Both states with the agents attached, for a prediction of `a - b`: the pings in the
+/// alternating blocks the measured rounds use, each block's reports written apart (agents on
+/// both labs, or on the one lab whose state switches between blocks), so `a`'s and `b`'s
+/// profiles see the same stretches of the machine's speed; then ab on each state. Profiled one
+/// after the other, the two states' segments differed by the machine's seconds-long slow
+/// stretches (a round's predicted `a - b` swung between -7 and +29 µs where the measured one
+/// was +5). Reports under `validate/<check>-<side>-r<round>/`.
+async fn profiled_pair(
+    ctx: &Context<'_>,
+    check: CheckKind,
+    labs: [&Lab; 2],
+    round: u32,
+) -> Result<[ProfiledRun; 2], BenchError> {
+    let profile_err = |lab: &Lab| {
+        let mode = lab.mode();
+        move |source| BenchError::Profile { mode, source }
+    };
+    let dirs = [Side::A, Side::B].map(|side| {
+        RunDir::validate_run_relative(&format!("{}-{}-r{}", check.name(), side.name(), round + 1))
+    });
+    let outs = dirs.clone().map(|d| RunDir::new(ctx.out.resolve(&d)));
+    let same_lab = std::ptr::eq(labs[0], labs[1]);
+    let profiler_a = Profiler::start(labs[0], &outs[0]).map_err(profile_err(labs[0]))?;
+    let profiler_b = match same_lab {
+        true => None,
+        false => Some(Profiler::start(labs[1], &outs[1]).map_err(profile_err(labs[1]))?),
+    };
+    let profiler = |side: Side| match (side, &profiler_b) {
+        (Side::B, Some(b)) => b,
+        _ => &profiler_a,
+    };
+    let endpoints = labs.map(|lab| lab.pod_path().expect("validation labs have pods"));
+    let label = |side: Side| format!("validate {check} {} profiled", side.name());
+    let mut pings: [Vec<PingReport>; 2] = Default::default();
+    let mut profiles: [Vec<ProfileFile>; 2] = Default::default();
+    let blocks = ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS);
+    for (block, &count) in blocks.iter().enumerate() {
+        for side in Side::order(round * blocks.len() as u32 + block as u32) {
+            let (i, lab) = (side as usize, labs[side as usize]);
+            set_state(check, labs[0], side)?;
+            let flows = profile::path_flows(&endpoints[i], Tool::Ping).map_err(profile_err(lab))?;
+            let profiler = profiler(side);
+            profiler
+                .before_step(&flows, Tool::Ping)
+                .map_err(profile_err(lab))?;
+            pings[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
+            profiles[i].extend(
+                profiler
+                    .after_block(&outs[i], NetPath::Pod, Tool::Ping, block)
+                    .map_err(profile_err(lab))?,
+            );
+        }
+    }
+    let mut abs: [Option<(AbReport, Option<f64>)>; 2] = [None, None];
+    for side in Side::order(round) {
+        let (i, lab) = (side as usize, labs[side as usize]);
+        set_state(check, labs[0], side)?;
+        let target = SocketAddrV4::new(endpoints[i].server_ip, 80);
+        let flows = profile::http_flows(lab, &endpoints[i].http_client_netns, target)
+            .map_err(profile_err(lab))?;
+        let profiler = profiler(side);
+        profiler
+            .before_step(&flows, Tool::Ab)
+            .map_err(profile_err(lab))?;
+        abs[i] = Some(ab(ctx.cfg, lab, &label(side)).await?);
+        profiles[i].extend(
+            profiler
+                .after_block(&outs[i], NetPath::Pod, Tool::Ab, 0)
+                .map_err(profile_err(lab))?,
+        );
+    }
+    drop((profiler_a, profiler_b));
+    let mut run = |side: Side| {
+        let i = side as usize;
+        let (ab, ab_cpu_ns_per_request) = abs[i].take().expect("each side's ab ran");
+        ProfiledRun {
+            side,
+            mode: labs[i].mode(),
+            dir: dirs[i].display().to_string(),
+            sample: Sample {
+                ping: PingReport::concatenated(&pings[i]),
+                ab,
+                ab_cpu_ns_per_request,
+            },
+            profiles: std::mem::take(&mut profiles[i]),
+        }
+    };
+    Ok([run(Side::A), run(Side::B)])
+}
+
 /// Puts the lab(s) in `side`'s state.
 fn set_state(check: CheckKind, lab_a: &Lab, side: Side) -> Result<(), BenchError> {
     match check {
@@ -225,26 +315,25 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         (Some(b), Side::B) => &b.lab,
         _ => &a.lab,
     };
-    let mut sides = vec![Side::A];
-    if check.profiles_b() {
-        sides.push(Side::B);
-    }
     let mut runs = Vec::new();
     let mut rounds = Vec::new();
     for round in 0..ctx.plan.rounds {
         // The prediction's profiles are taken in every round too, so they see the same
         // stretches of the machine's speed as the measured pings (agents detached after).
-        for &side in &sides {
-            let t = progress.step(&format!(
-                "{what} round {} {} profiled",
-                round + 1,
-                side.name()
-            ));
-            set_state(check, &a.lab, side)?;
-            let run = profiled(ctx, lab_of(side), check, side, round).await?;
-            progress.done(t, &summary(&run.sample));
-            runs.push(run);
-        }
+        let t = progress.step(&format!("{what} round {} profiled", round + 1));
+        let profiled_now = if check.profiles_b() {
+            let labs = [&a.lab, lab_of(Side::B)];
+            profiled_pair(ctx, check, labs, round).await?.to_vec()
+        } else {
+            set_state(check, &a.lab, Side::A)?;
+            vec![profiled(ctx, &a.lab, check, Side::A, round).await?]
+        };
+        let said: Vec<String> = profiled_now
+            .iter()
+            .map(|r| format!("{}: {}", r.side.name(), summary(&r.sample)))
+            .collect();
+        progress.done(t, &said.join("; "));
+        runs.extend(profiled_now);
         let t = progress.step(&format!(
             "{what} round {}: pings a/b in {} alternating blocks",
             round + 1,
