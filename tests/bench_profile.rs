@@ -136,12 +136,7 @@ fn overhead_compares_agent_settings_side_by_side() {
         serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
     let samples = json["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 3 * 3, "3 rounds x (off + 2 settings)");
-    let variants: Vec<&str> = json["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["variant"].as_str().unwrap())
-        .collect();
+    let variants: Vec<&str> = strings(&json["variants"], "variant");
     assert_eq!(
         variants,
         ["off", "duty 100%", "duty 50%@600ms"],
@@ -291,44 +286,36 @@ fn validate_runs_every_check_and_the_report_judges_each() {
                 );
             }
         }
-        let sides: Vec<&str> = check["profiled"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["side"].as_str().unwrap())
-            .collect();
+        let sides: Vec<&str> = strings(&check["profiled"], "side");
         let per_round: &[&str] = if ["one-node-rules", "encapsulation"].contains(&name) {
             &["a", "b"]
         } else {
             &["a"]
         };
         assert_eq!(sides, per_round.repeat(3), "{name}: each round profiles");
-        let dirs: std::collections::BTreeSet<&str> = check["profiled"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["dir"].as_str().unwrap())
-            .collect();
+        let dirs: std::collections::BTreeSet<&str> =
+            strings(&check["profiled"], "dir").into_iter().collect();
         assert_eq!(
             dirs.len(),
             sides.len(),
             "{name}: one directory per profiled run"
         );
         for p in check["profiled"].as_array().unwrap() {
-            let files: Vec<&str> = p["profiles"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["file"].as_str().unwrap())
-                .collect();
+            let files: Vec<&str> = strings(&p["profiles"], "file");
             let pings = files.iter().filter(|f| f.contains("-ping-")).count();
             if per_round.len() == 2 {
                 // Both states profiled in the 10 alternating ping blocks, a file per block
                 // and node, then ab once per state.
                 assert_eq!((pings, files.len()), (20, 22), "{name}: {files:?}");
-                assert!(files.iter().any(|f| f.ends_with("-ping-node2-block10.json")));
+                assert!(files
+                    .iter()
+                    .any(|f| f.ends_with("-ping-node2-block10.json")));
             } else {
-                assert_eq!((pings, files.len()), (2, 4), "{name}: ping and ab, two nodes");
+                assert_eq!(
+                    (pings, files.len()),
+                    (2, 4),
+                    "{name}: ping and ab, two nodes"
+                );
             }
             for f in files {
                 let at = out.join(p["dir"].as_str().unwrap()).join(f);
@@ -411,4 +398,14 @@ fn validate_runs_every_check_and_the_report_judges_each() {
         !String::from_utf8_lossy(&leftover.stdout).contains(&lab),
         "lab {lab} (or {lab}-b) left behind"
     );
+}
+
+/// The string field `field` of every element of the JSON array `array`.
+fn strings<'a>(array: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[field].as_str().unwrap())
+        .collect()
 }

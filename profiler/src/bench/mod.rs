@@ -231,7 +231,7 @@ impl PathContext<'_> {
             return Ok(());
         };
         profile::step_flows(self.lab, endpoints, tool)
-            .and_then(|flows| p.before_step(&flows, tool))
+            .and_then(|flows| p.before_step(&flows))
             .map_err(|source| BenchError::Profile { mode, source })
     }
 

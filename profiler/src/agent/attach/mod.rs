@@ -84,7 +84,7 @@ struct Statistics {
     guard: Option<StatsGuard>,
     /// Asked for and came on (so each window or slice turns them on again).
     wanted: bool,
-    /// Kept on between slices (a light step, e.g. pings: see `Agent::full_stats`).
+    /// Kept on between slices (a counting pass: see `Agent::full_stats`).
     full: bool,
     /// Time on while attached (program runs and run time cover only this).
     time: AttachedTime,
@@ -403,8 +403,9 @@ impl Agent {
     }
 
     /// Keeps bpf_stats on throughout (`true`) or back in slices (`false`) from now on, for an
-    /// always-attached agent whose statistics are sampled. A light step such as pings costs
-    /// nothing measurable with statistics on, and its per-run figures then come from every run.
+    /// always-attached agent whose statistics are sampled: per-run figures from every run, for
+    /// counting passes. Not for a timed step: statistics on throughout added 5-8 µs to a
+    /// followed pod ping's p50 here (two clock reads per program run).
     pub fn full_stats(&self, full: bool) -> Result<(), AgentError> {
         let mut inner = self.lock()?;
         if self.stats_cycler.is_none() {

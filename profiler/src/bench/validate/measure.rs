@@ -158,9 +158,7 @@ async fn profiled(
     let endpoints = lab.pod_path().expect("validation labs have pods");
     let label = format!("validate {check} {} profiled", side.name());
     let flows = profile::path_flows(&endpoints, Tool::Ping).map_err(profile_err)?;
-    profiler
-        .before_step(&flows, Tool::Ping)
-        .map_err(profile_err)?;
+    profiler.before_step(&flows).map_err(profile_err)?;
     let ping = ping(ctx.cfg, lab, ctx.cfg.ping_count, &label).await?;
     let mut profiles = profiler
         .after_step(NetPath::Pod, Tool::Ping)
@@ -168,9 +166,7 @@ async fn profiled(
     let target = SocketAddrV4::new(endpoints.server_ip, 80);
     let flows =
         profile::http_flows(lab, &endpoints.http_client_netns, target).map_err(profile_err)?;
-    profiler
-        .before_step(&flows, Tool::Ab)
-        .map_err(profile_err)?;
+    profiler.before_step(&flows).map_err(profile_err)?;
     let (ab, ab_cpu_ns_per_request) = ab(ctx.cfg, lab, &label).await?;
     profiles.extend(
         profiler
@@ -233,9 +229,7 @@ async fn profiled_pair(
             set_state(check, labs[0], side)?;
             let flows = profile::path_flows(&endpoints[i], Tool::Ping).map_err(profile_err(lab))?;
             let profiler = profiler(side);
-            profiler
-                .before_step(&flows, Tool::Ping)
-                .map_err(profile_err(lab))?;
+            profiler.before_step(&flows).map_err(profile_err(lab))?;
             pings[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
             profiles[i].extend(
                 profiler
@@ -252,9 +246,7 @@ async fn profiled_pair(
         let flows = profile::http_flows(lab, &endpoints[i].http_client_netns, target)
             .map_err(profile_err(lab))?;
         let profiler = profiler(side);
-        profiler
-            .before_step(&flows, Tool::Ab)
-            .map_err(profile_err(lab))?;
+        profiler.before_step(&flows).map_err(profile_err(lab))?;
         abs[i] = Some(ab(ctx.cfg, lab, &label(side)).await?);
         profiles[i].extend(
             profiler
