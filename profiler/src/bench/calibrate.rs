@@ -12,9 +12,8 @@
 //! of untracked pings (node to node: the same uplink and netfilter hooks, never followed), and
 //! the machine's CPU time per request under ab. A round's pings run in blocks that alternate
 //! between the variants (`bench::ping_blocks`), so a stretch of a slower machine falls on all.
-//! Within a round, `paused - off` is the dispatch
-//! and `netprof - paused` the programs' bodies; their medians over rounds carry bootstrap
-//! intervals.
+//! Within a round, `paused - off` is the dispatch and `netprof - paused` the programs' bodies;
+//! their medians over rounds carry bootstrap intervals.
 //!
 //! Per checkpoint kind, the runs per RTT come from a counting pass before the rounds (netprof
 //! with bpf_stats on, not timed): followed runs from the checkpoints' hits, untracked runs from

@@ -215,30 +215,18 @@ impl Profiler {
 
     /// Writes each agent's report of the step just run.
     pub fn after_step(&self, path: NetPath, tool: Tool) -> Result<Vec<ProfileFile>, ProfileError> {
-        self.write_reports(&self.out, |node| {
-            ProfileFile::of(self.mode, path, tool, node)
-        })
+        self.after_step_into(&self.out, path, tool, None)
     }
 
-    /// Writes each agent's report of one block of a step into `out` (which may be another
-    /// run's directory: one lab's agents can profile two states block by block), one file per
-    /// block.
-    pub fn after_block(
+    /// [`after_step`](Self::after_step) into `out`, which may be another run's directory (one
+    /// lab's agents can profile two states), and with `block` one file per block of a step
+    /// profiled in blocks.
+    pub fn after_step_into(
         &self,
         out: &RunDir,
         path: NetPath,
         tool: Tool,
-        block: usize,
-    ) -> Result<Vec<ProfileFile>, ProfileError> {
-        self.write_reports(out, |node| {
-            ProfileFile::of_block(self.mode, path, tool, node, block)
-        })
-    }
-
-    fn write_reports(
-        &self,
-        out: &RunDir,
-        entry_of: impl Fn(Node) -> ProfileFile,
+        block: Option<usize>,
     ) -> Result<Vec<ProfileFile>, ProfileError> {
         // The last packets' frees are traced just after the tool exits.
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -248,7 +236,7 @@ impl Profiler {
                 node: node.name().to_owned(),
                 source,
             })?;
-            let entry = entry_of(*node);
+            let entry = ProfileFile::of_part(self.mode, path, tool, *node, block);
             let file = out.resolve(&entry.file);
             let written = file
                 .parent()

@@ -393,9 +393,6 @@ mod tests {
             .collect()
     }
 
-    /// Predicted 20 µs; rounds measured 18, 25, 21, 30, 19, 22 µs: median 21.5, within ±6 µs.
-    /// Predicted 3 µs, measured 4.5: outside 30% (0.9 µs) but within the 2 µs floor.
-    /// Predicted 10 µs, measured 14: outside both.
     /// Rounds' predictions: filter on node 2 of 40, 44, 90 (a slow stretch) µs gives 44; a stage
     /// one round lacks counts 0 there.
     #[test]
@@ -417,6 +414,9 @@ mod tests {
         assert_eq!(m.len(), 2);
     }
 
+    /// Predicted 20 µs; rounds measured 18, 25, 21, 30, 19, 22 µs: median 21.5, within ±6 µs.
+    /// Predicted 3 µs, measured 4.5: outside 30% (0.9 µs) but within the 2 µs floor.
+    /// Predicted 10 µs, measured 14: outside both.
     #[test]
     fn verdicts_take_the_wider_of_thirty_percent_and_two_microseconds() {
         let c = compare(

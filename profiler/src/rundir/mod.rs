@@ -80,28 +80,24 @@ impl RunDir {
 
     /// One step's agent report on one node, relative to the run directory (how results list it).
     pub fn profile_relative(mode: Mode, path: NetPath, tool: Tool, node: Node) -> PathBuf {
-        Self::profile_dir_relative(mode).join(format!(
-            "{}-{}-{}.json",
-            path.slug(),
-            tool.name(),
-            node.name()
-        ))
+        Self::profile_part_relative(mode, path, tool, node, None)
     }
 
-    /// One block's report of a step profiled in blocks (`bench --validate`'s paired states).
-    pub fn profile_block_relative(
+    /// [`profile_relative`](Self::profile_relative), or with `block` one block's report of a
+    /// step profiled in blocks (`bench --validate`'s paired states).
+    pub fn profile_part_relative(
         mode: Mode,
         path: NetPath,
         tool: Tool,
         node: Node,
-        block: usize,
+        block: Option<usize>,
     ) -> PathBuf {
+        let block = block.map_or(String::new(), |b| format!("-block{}", b + 1));
         Self::profile_dir_relative(mode).join(format!(
-            "{}-{}-{}-block{}.json",
+            "{}-{}-{}{block}.json",
             path.slug(),
             tool.name(),
-            node.name(),
-            block + 1
+            node.name()
         ))
     }
 
@@ -200,29 +196,23 @@ pub struct ProfileFile {
 impl ProfileFile {
     /// The entry for `mode`'s report of one step on one node, at its place in the layout.
     pub fn of(mode: Mode, path: NetPath, tool: Tool, node: Node) -> ProfileFile {
-        ProfileFile {
-            path,
-            tool,
-            node,
-            file: RunDir::profile_relative(mode, path, tool, node)
-                .display()
-                .to_string(),
-        }
+        Self::of_part(mode, path, tool, node, None)
     }
 
-    /// The entry for one block's report of a step profiled in blocks.
-    pub fn of_block(
+    /// [`of`](Self::of), or with `block` the entry for one block's report of a step profiled in
+    /// blocks.
+    pub fn of_part(
         mode: Mode,
         path: NetPath,
         tool: Tool,
         node: Node,
-        block: usize,
+        block: Option<usize>,
     ) -> ProfileFile {
         ProfileFile {
             path,
             tool,
             node,
-            file: RunDir::profile_block_relative(mode, path, tool, node, block)
+            file: RunDir::profile_part_relative(mode, path, tool, node, block)
                 .display()
                 .to_string(),
         }
@@ -238,6 +228,16 @@ mod tests {
         assert_eq!(
             RunDir::profile_relative(Mode::FlannelVxlan, NetPath::Pod, Tool::Ping, Node::Two),
             PathBuf::from("profile/flannel-vxlan/pod-path-ping-node2.json")
+        );
+        assert_eq!(
+            RunDir::profile_part_relative(
+                Mode::FlannelVxlan,
+                NetPath::Pod,
+                Tool::Ping,
+                Node::Two,
+                Some(9)
+            ),
+            PathBuf::from("profile/flannel-vxlan/pod-path-ping-node2-block10.json")
         );
         let dir = RunDir::new("/x");
         assert_eq!(dir.mode_file(Mode::L2), PathBuf::from("/x/l2.json"));

@@ -233,7 +233,7 @@ async fn profiled_pair(
             pings[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
             profiles[i].extend(
                 profiler
-                    .after_block(&outs[i], NetPath::Pod, Tool::Ping, block)
+                    .after_step_into(&outs[i], NetPath::Pod, Tool::Ping, Some(block))
                     .map_err(profile_err(lab))?,
             );
         }
@@ -250,7 +250,7 @@ async fn profiled_pair(
         abs[i] = Some(ab(ctx.cfg, lab, &label(side)).await?);
         profiles[i].extend(
             profiler
-                .after_block(&outs[i], NetPath::Pod, Tool::Ab, 0)
+                .after_step_into(&outs[i], NetPath::Pod, Tool::Ab, None)
                 .map_err(profile_err(lab))?,
         );
     }
