@@ -146,6 +146,51 @@ fn the_qps_prediction_is_the_hand_computed_one() {
         .any(|n| n.contains("flannel-hostgw") && n.contains("1 in N flows")));
 }
 
+/// The known run pings 2 ms apart. Beside its 2 ms calibration, one at 10 ms with ten times
+/// the netfilter cost changes nothing: the split takes the calibration of its own interval.
+/// With only the 10 ms one left, the split takes it (less explained: more probe time taken
+/// out) and a note says the intervals differ.
+#[test]
+fn the_split_takes_the_calibration_of_its_own_ping_interval() {
+    let (dir, alone) = known("own-interval");
+    let two_ms: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.0.join("calibration.json")).unwrap()).unwrap();
+    let mut ten_ms = two_ms.clone();
+    ten_ms["ping_interval_s"] = serde_json::json!(0.01);
+    for field in ["followed_ns", "untracked_ns", "dispatch_ns"] {
+        ten_ms["per_run"]["netfilter"][field] =
+            serde_json::json!({"median": 300.0, "lo": 200.0, "hi": 450.0});
+    }
+    fs::write(dir.0.join("calibration-10ms.json"), ten_ms.to_string()).unwrap();
+    let both = report::from_dir(&dir.0).unwrap();
+    assert_eq!(both.latency[0].clean, alone.latency[0].clean);
+    assert_eq!(
+        both.calibration.as_ref().unwrap().ping_interval_ms,
+        Some(2.0)
+    );
+    assert!(!both.notes.iter().any(|n| n.contains("the calibration (")));
+    fs::remove_file(dir.0.join("calibration.json")).unwrap();
+    let other = report::from_dir(&dir.0).unwrap();
+    assert!(
+        other.latency[0].clean.explained_ns < alone.latency[0].clean.explained_ns,
+        "{} vs {}",
+        other.latency[0].clean.explained_ns,
+        alone.latency[0].clean.explained_ns
+    );
+    assert_eq!(
+        other.calibration.as_ref().unwrap().ping_interval_ms,
+        Some(10.0)
+    );
+    assert!(
+        other
+            .notes
+            .iter()
+            .any(|n| n.contains("2 ms apart") && n.contains("calibration-10ms.json")),
+        "{:#?}",
+        other.notes
+    );
+}
+
 /// Three repeats whose runs without agents measured the pod p50 at 59, 65 and 61 µs (the
 /// baseline at 49): deltas 10, 16 and 12 µs. The stages are the same in each (8944), so the
 /// median split explains 8944 of the median delta 12000: 25.47% unexplained, beside each

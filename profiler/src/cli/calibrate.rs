@@ -4,7 +4,7 @@
 // Errors here end the command; their size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -13,13 +13,14 @@ use crate::agent::{report::AgentReport, Agent};
 use crate::bench::calibrate::{self, CalibrationAgents};
 use crate::bench::{profile, BenchConfig, BenchError};
 use crate::lab::{Lab, Mode, Node};
-use crate::rundir::RunDir;
+use crate::rundir::{RunDir, TopFile};
 
+/// Without a run in DIR to take them from: pings close enough that the CPUs stay busy.
+const DEFAULT_PING_INTERVAL_S: f64 = 0.002;
 /// Rounds when `--rounds` is left at the QPS comparison's default: each calibration round
 /// runs three variants of pings and ab, so fewer rounds give the same interval width.
 const DEFAULT_ROUNDS: u32 = 8;
 const PINGS: u32 = 1000;
-const PING_INTERVAL_S: f64 = 0.002;
 
 /// Both nodes' agents, following the pod path's benchmark flows.
 struct LabAgents {
@@ -81,6 +82,58 @@ fn read_err(mode: Mode, source: crate::agent::AgentError) -> BenchError {
     }
 }
 
+/// The ping intervals of the run in `dir` (its bench steps', and `--validate`'s; every repeat's):
+/// the intervals its splits need calibrated. Empty when `dir` holds no run.
+fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
+    let root = RunDir::new(dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut runs = vec![root.clone()];
+    runs.extend(
+        root.repeats()
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .into_iter()
+            .map(|(_, r)| r),
+    );
+    let mut files: Vec<PathBuf> = Vec::new();
+    for run in &runs {
+        for entry in std::fs::read_dir(run.root())
+            .with_context(|| format!("cannot list {}", run.root().display()))?
+        {
+            let entry = entry.with_context(|| format!("cannot list {}", run.root().display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if matches!(
+                RunDir::classify(&name),
+                Some(TopFile::Mode(_) | TopFile::Validate)
+            ) {
+                files.push(entry.path());
+            }
+        }
+    }
+    let mut intervals: Vec<f64> = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", file.display()))?;
+        let interval = doc["config"]["ping_interval_s"]
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .with_context(|| {
+                format!(
+                    "{}: config.ping_interval_s is missing or not a positive number",
+                    file.display()
+                )
+            })?;
+        if !intervals.iter().any(|i| (i - interval).abs() < 1e-9) {
+            intervals.push(interval);
+        }
+    }
+    intervals.sort_by(f64::total_cmp);
+    Ok(intervals)
+}
+
 pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
     anyhow::ensure!(
         args.mode.has_pods(),
@@ -93,28 +146,86 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
         args.rounds
     };
     anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
-    let out = RunDir::new(dir).calibration_file();
+    // A probe run costs more when the CPUs idle between packets (cold caches) than when they
+    // stay busy: calibrate at the rate of every ping DIR's splits correct.
+    let intervals = match args.calibrate_ping_interval {
+        Some(s) => vec![s],
+        None => {
+            let found = ping_intervals_of(dir)?;
+            if found.is_empty() {
+                vec![DEFAULT_PING_INTERVAL_S]
+            } else {
+                found
+            }
+        }
+    };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
-    // Pings 2 ms apart: between pings 10 ms apart the CPUs go idle, and the wake-ups swing the
-    // p50 by tens of µs from run to run, far more than a probe costs.
-    let cfg = BenchConfig {
-        ab_requests: args.ab_requests,
-        ab_concurrency: args.ab_concurrency,
-        ping_count: PINGS,
-        ping_interval_s: PING_INTERVAL_S,
-        ..BenchConfig::default()
-    };
-    cfg.validate()?;
-    let doc = super::own_lab::on_own_lab(
-        &args.lab,
-        args.mode,
-        "calibration-nginx",
-        async |built, work_dir| calibrate::run::<LabAgents>(built, &cfg, rounds, work_dir).await,
-    )?;
-    print!("{}", doc.render());
-    std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!("calibration written to {}", out.display());
+    for (i, &interval) in intervals.iter().enumerate() {
+        let cfg = BenchConfig {
+            ab_requests: args.ab_requests,
+            ab_concurrency: args.ab_concurrency,
+            ping_count: PINGS,
+            ping_interval_s: interval,
+            ..BenchConfig::default()
+        };
+        cfg.validate()?;
+        eprintln!(
+            "[calibrate] {}/{}: pings {} ms apart",
+            i + 1,
+            intervals.len(),
+            interval * 1e3
+        );
+        let doc = super::own_lab::on_own_lab(
+            &args.lab,
+            args.mode,
+            "calibration-nginx",
+            async |built, work_dir| {
+                calibrate::run::<LabAgents>(built, &cfg, rounds, work_dir).await
+            },
+        )?;
+        print!("{}", doc.render());
+        let out = RunDir::new(dir).calibration_file(interval);
+        std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("calibration written to {}", out.display());
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A demo directory: 10 ms pings in every repeat's modes, 2 ms in the last one's
+    /// `validate.json`; other files are not read. A mode file without the interval is an error
+    /// that names it.
+    #[test]
+    fn the_intervals_are_those_the_runs_pinged_at() {
+        let root =
+            std::env::temp_dir().join(format!("netprof-cal-intervals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |rel: &str, interval: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                path,
+                format!(r#"{{"config": {{"ping_interval_s": {interval}}}}}"#),
+            )
+            .unwrap();
+        };
+        assert_eq!(ping_intervals_of(&root).unwrap(), Vec::<f64>::new());
+        write("repeat-1/host.json", "0.01");
+        write("repeat-2/calico.json", "0.01");
+        write("repeat-2/validate.json", "0.002");
+        write("repeat-2/notes.json", "7");
+        assert_eq!(ping_intervals_of(&root).unwrap(), [0.002, 0.01]);
+        write("repeat-1/l2.json", "null");
+        let err = format!("{:#}", ping_intervals_of(&root).unwrap_err());
+        assert!(
+            err.contains("repeat-1/l2.json") && err.contains("ping_interval_s"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

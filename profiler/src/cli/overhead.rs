@@ -67,10 +67,16 @@ pub struct OverheadArgs {
     pub out: Option<PathBuf>,
     /// Instead of the QPS comparison: measure netprof's in-path cost per program run (rounds
     /// of no programs, held programs at the same hooks, and netprof; followed and untracked
-    /// pings and CPU per ab request) and write DIR/calibration.json, which `netprof report DIR`
-    /// then uses for the probes' share. DIR is usually a bench output directory.
+    /// pings and CPU per ab request) and write DIR/calibration-<ms>ms.json, which `netprof
+    /// report DIR` then uses for the probes' share. DIR is usually a bench output directory.
     #[arg(long, value_name = "DIR")]
     pub calibrate: Option<PathBuf>,
+    /// With --calibrate: seconds between the calibration's echo requests. By default every
+    /// interval the run in DIR pinged at (its steps', `--validate`'s), one calibration each,
+    /// or 0.002 when DIR holds no run: a probe run costs more when the CPUs idle between
+    /// packets (cold caches) than when they stay busy, so each split needs its own rate's.
+    #[arg(long, value_name = "SECONDS")]
+    pub calibrate_ping_interval: Option<f64>,
 }
 
 /// One `--duty` setting: a percentage, and its own period if it names one (`2@4000`).

@@ -1,7 +1,7 @@
 //! Builds the [`Report`] of one run directory from its checked input: per profiled pod mode,
 //! the latency and throughput attribution against the baseline, drops and the agents' cost.
 
-use super::calibration::CalibrationFile;
+use super::calibration::{self, CalibrationFile};
 use super::input::{Input, ModeInput};
 use super::latency::{self, CleanP50};
 use super::merge::{merge_step, MergedStep};
@@ -103,12 +103,20 @@ fn step_drops(parts: &mut Parts, mode: &ModeInput) {
 }
 
 /// Latency and throughput of one profiled pod mode.
+/// The calibrated probe costs a run's steps take: pings at the bench's interval, load steps
+/// at the shortest interval calibrated (busy CPUs keep their caches warm, as under ab).
+#[derive(Default)]
+struct Calibrated {
+    ping: Option<ProbeCosts>,
+    load: Option<ProbeCosts>,
+}
+
 fn attribute(
     parts: &mut Parts,
     input: &Input,
     mode: &ModeInput,
     clean: Option<&[ModeResult]>,
-    calibration: Option<&ProbeCosts>,
+    calibrated: &Calibrated,
     cpus: usize,
 ) {
     let name = mode.mode().to_string();
@@ -129,8 +137,13 @@ fn attribute(
         merged(base_mode, NetPath::Host, Tool::Ping),
     );
     let (pod_costs, base_costs) = (
-        probe_costs(mode, NetPath::Pod, Tool::Ping, calibration),
-        probe_costs(base_mode, NetPath::Host, Tool::Ping, calibration),
+        probe_costs(mode, NetPath::Pod, Tool::Ping, calibrated.ping.as_ref()),
+        probe_costs(
+            base_mode,
+            NetPath::Host,
+            Tool::Ping,
+            calibrated.ping.as_ref(),
+        ),
     );
     match (pod.ping.stats, base.ping.stats) {
         (Some(pod_stats), Some(base_stats)) => {
@@ -167,8 +180,8 @@ fn attribute(
         merged(base_mode, NetPath::Host, Tool::Ab),
     );
     let (pod_ab_costs, base_ab_costs) = (
-        probe_costs(mode, NetPath::Pod, Tool::Ab, calibration),
-        probe_costs(base_mode, NetPath::Host, Tool::Ab, calibration),
+        probe_costs(mode, NetPath::Pod, Tool::Ab, calibrated.load.as_ref()),
+        probe_costs(base_mode, NetPath::Host, Tool::Ab, calibrated.load.as_ref()),
     );
     let measured = |p: &PathResult| AbMeasured {
         qps: p.ab.requests_per_second,
@@ -208,6 +221,7 @@ fn calibration_facts(file: &CalibrationFile, run_dir: &std::path::Path) -> Calib
         .unwrap_or(&file.path);
     CalibrationFacts {
         file: shown.display().to_string(),
+        ping_interval_ms: file.ping_interval_ms(),
         mode: c.mode.clone(),
         kernel: c.kernel.clone(),
         rounds: c.rounds,
@@ -241,17 +255,24 @@ fn rtt_samples(input: &Input, clean: Option<&[ModeResult]>) -> Vec<RttSamples> {
 }
 
 /// Builds the report of one run from checked input, with its unprofiled twin and the
-/// calibration when present.
-pub fn build(
-    input: &Input,
-    clean: Option<&Input>,
-    calibration: Option<&CalibrationFile>,
-) -> Report {
+/// calibrations when present.
+pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFile]) -> Report {
     let results = input.results();
     let clean_results = clean.map(Input::results);
     let first = &input.modes[0].result;
     let cpus = first.environment.cpus;
-    let calibrated = calibration.map(ProbeCosts::from_calibration);
+    let ping_interval_s = first.config.ping_interval_s;
+    let chosen = calibration::for_pings(calibrations, ping_interval_s);
+    let warmest = calibration::warmest(calibrations);
+    let calibration = chosen.map(|c| c.file);
+    let calibrated = Calibrated {
+        ping: calibration.map(ProbeCosts::from_calibration),
+        load: warmest.map(ProbeCosts::from_calibration),
+    };
+    let validation_calibration = input
+        .validation
+        .as_ref()
+        .and_then(|v| calibration::for_pings(calibrations, v.result.config.ping_interval_s));
     let mut parts = Parts {
         notes: vec![
             LATENCY_METHOD.to_owned(),
@@ -264,7 +285,22 @@ pub fn build(
         parts.notes.push("No run without agents (DIR/clean/, which `cargo xtask demo` writes): every measured number includes netprof's own cost, and the splits are set against the profiled p50s less the probes' time.".to_owned());
     }
     if calibration.is_none() {
-        parts.notes.push("No calibration (DIR/calibration.json, from `netprof overhead --calibrate`): netprof's in-path cost per probe run is the bpf_stats estimate of each step (the programs' own run time, without the hook's dispatch or the cache misses they cause).".to_owned());
+        parts.notes.push("No calibration (DIR/calibration-<ms>ms.json, from `netprof overhead --calibrate DIR`): netprof's in-path cost per probe run is the bpf_stats estimate of each step (the programs' own run time, without the hook's dispatch or the cache misses they cause).".to_owned());
+    }
+    parts.notes.extend(
+        chosen.and_then(|c| calibration::mismatch_note("The ping split", &c, ping_interval_s)),
+    );
+    if let (Some(w), Some(c)) = (warmest, calibration) {
+        if w.path != c.path {
+            parts.notes.push(format!("Load steps (ab, iperf3) take their probe costs from {}, the shortest ping interval calibrated: busy CPUs keep their caches warm, as pings close together do.", w.path.display()));
+        }
+    }
+    if let (Some(v), Some(c)) = (&input.validation, validation_calibration) {
+        parts.notes.extend(calibration::mismatch_note(
+            "The ground-truth checks",
+            &c,
+            v.result.config.ping_interval_s,
+        ));
     }
     for mode in &input.modes {
         if !mode.is_profiled() {
@@ -285,7 +321,7 @@ pub fn build(
             input,
             mode,
             clean_results.as_deref(),
-            calibrated.as_ref(),
+            &calibrated,
             cpus,
         );
     }
@@ -323,7 +359,7 @@ pub fn build(
         validation: input
             .validation
             .as_ref()
-            .map(|v| super::validation::validate(v, calibration)),
+            .map(|v| super::validation::validate(v, validation_calibration.map(|c| c.file))),
         profiled_table: profiled_lines.iter().map(TableRow::of).collect(),
         calibration: calibration.map(|c| calibration_facts(c, &input.dir)),
         drops: parts.drops,

@@ -139,9 +139,80 @@ impl Calibration {
                 check_interval(path, &format!("per_run.{kind}.{name}"), i, false)?;
             }
         }
+        if let Some(s) = self
+            .ping_interval_s
+            .filter(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(InputError::Invalid {
+                path: path.to_path_buf(),
+                field: "ping_interval_s".to_owned(),
+                value: s.to_string(),
+                why: "the pings' interval must be a positive number of seconds",
+            });
+        }
         // A shift is a difference of two measured p50s: it may come out below zero.
         check_interval(path, "rtt_shift_ns", self.rtt_shift_ns, true)
     }
+}
+
+/// The calibration a split of pings some interval apart takes its probe costs from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chosen<'a> {
+    pub file: &'a CalibrationFile,
+    /// Measured at the pings' own interval. A probe run costs more when the CPUs idle between
+    /// packets than when they stay busy, so another interval's figures are only an estimate.
+    pub exact: bool,
+}
+
+impl CalibrationFile {
+    /// Milliseconds between the calibration's pings, when it says.
+    pub fn ping_interval_ms(&self) -> Option<f64> {
+        self.calibration.ping_interval_s.map(|s| s * 1e3)
+    }
+}
+
+/// The calibration measured at pings `interval_s` apart, else the one nearest to it (by ratio;
+/// one that does not give its interval only when no other exists).
+pub fn for_pings(files: &[CalibrationFile], interval_s: f64) -> Option<Chosen<'_>> {
+    let distance = |f: &CalibrationFile| {
+        f.calibration
+            .ping_interval_s
+            .filter(|s| *s > 0.0)
+            .map_or(f64::INFINITY, |s| (s / interval_s).ln().abs())
+    };
+    let file = files
+        .iter()
+        .min_by(|a, b| distance(a).total_cmp(&distance(b)))?;
+    Some(Chosen {
+        file,
+        exact: distance(file) < 1e-6,
+    })
+}
+
+/// The calibration at the shortest ping interval (those that do not give theirs last).
+pub fn warmest(files: &[CalibrationFile]) -> Option<&CalibrationFile> {
+    files.iter().min_by(|a, b| {
+        let key = |f: &CalibrationFile| f.calibration.ping_interval_s.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    })
+}
+
+/// What a report says when a split's pings were not the calibration's.
+pub fn mismatch_note(what: &str, chosen: &Chosen, interval_s: f64) -> Option<String> {
+    if chosen.exact {
+        return None;
+    }
+    let at = chosen
+        .file
+        .ping_interval_ms()
+        .map_or("an unknown interval".to_owned(), |ms| {
+            format!("pings {ms} ms apart")
+        });
+    Some(format!(
+        "{what}: its pings were {} ms apart, the calibration ({}) was measured at {at}. A probe run costs more when the CPUs idle between packets, so its cost per run here is an estimate: run `netprof overhead --calibrate DIR` (it calibrates at every interval DIR's pings used).",
+        interval_s * 1e3,
+        chosen.file.path.display()
+    ))
 }
 
 /// Reads and checks `path`.
@@ -234,6 +305,46 @@ mod tests {
         let path = write("schema", &HAND_WRITTEN.replace("/v1", "/v7"));
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("netprof.calibration/v7"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    fn at(interval_s: Option<f64>, name: &str) -> CalibrationFile {
+        let mut file = load(&write(name, HAND_WRITTEN)).unwrap();
+        std::fs::remove_file(&file.path).unwrap();
+        file.calibration.ping_interval_s = interval_s;
+        file.path = PathBuf::from(name);
+        file
+    }
+
+    /// A split of 10 ms pings takes the 10 ms calibration over the 2 ms one; with 50 ms and
+    /// 20 ms at hand it takes the nearer by ratio and says it is not exact. One without an interval is the last resort.
+    #[test]
+    fn a_split_takes_the_calibration_of_its_own_ping_interval() {
+        let files = [
+            at(Some(0.002), "2ms"),
+            at(Some(0.01), "10ms"),
+            at(None, "unknown"),
+        ];
+        let c = for_pings(&files, 0.01).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("10ms"), true));
+        assert!(mismatch_note("x", &c, 0.01).is_none());
+        let c = for_pings(&files, 0.002).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("2ms"), true));
+        let far = [at(Some(0.05), "50ms"), at(Some(0.02), "20ms")];
+        let c = for_pings(&far, 0.01).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("20ms"), false));
+        let note = mismatch_note("the split", &c, 0.01).unwrap();
+        assert!(
+            note.contains("10 ms apart") && note.contains("pings 20 ms apart"),
+            "{note}"
+        );
+        let c = for_pings(&files[2..], 0.01).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("unknown"), false));
+        assert!(for_pings(&[], 0.01).is_none());
+        assert_eq!(warmest(&files).map(|f| f.path.to_str()), Some(Some("2ms")));
+        let path = write("zero", &HAND_WRITTEN.replace("0.002", "0"));
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("ping_interval_s"), "{err}");
         std::fs::remove_file(path).unwrap();
     }
 

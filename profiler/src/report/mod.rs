@@ -124,6 +124,8 @@ pub struct RunFacts {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CalibrationFacts {
     pub file: String,
+    /// The calibration's ping interval (the ping split's own, or the nearest calibrated).
+    pub ping_interval_ms: Option<f64>,
     pub mode: Option<String>,
     pub kernel: Option<String>,
     pub rounds: Option<u32>,
@@ -173,25 +175,25 @@ pub struct Report {
     pub host_mode_baseline: bool,
 }
 
-pub const LATENCY_METHOD: &str = "Latency: the extra ping RTT of each pod mode over the baseline, split by stage and node: a stage's time is the sum over both nodes (kept apart) of each segment's median × its passes per RTT, minus the baseline's. The headline split takes netprof's probe out of every segment (half a probe run at each end, per kind: calibrated when DIR/calibration.json exists, else the bpf_stats estimate) and is set against the p50s measured with no agent attached (DIR/clean/). Unexplained = that delta − the stages' sum, never hidden; negative when the stages add up to more.";
+pub const LATENCY_METHOD: &str = "Latency: the extra ping RTT of each pod mode over the baseline, split by stage and node: a stage's time is the sum over both nodes (kept apart) of each segment's median × its passes per RTT, minus the baseline's. The headline split takes netprof's probe out of every segment (half a probe run at each end, per kind: calibrated when DIR holds a calibration, the one measured at the split's ping interval, else the bpf_stats estimate) and is set against the p50s measured with no agent attached (DIR/clean/). Unexplained = that delta − the stages' sum, never hidden; negative when the stages add up to more.";
 pub const THROUGHPUT_METHOD: &str = "Throughput: QPS ≈ cpus / cpu time per request; the baseline's cpu time per request is cpus / its QPS; a pod mode adds its extra stage time per request (per node, segment mean less netprof's probe × passes per request, minus the baseline's); predicted QPS = cpus / (cpus / QPS_base + extra). Measured QPS are the run without agents when there is one.";
 pub const SEGMENT_NOTE: &str = "Segments ending at `consumed` (after delivery, or after transmission to the other node) run alongside the path and are not attributed; segments joining two packets that shared an skb address (reuse) are counted but not attributed.";
 
 /// Loads the run directory `dir` (a single run, or `repeat-<k>/` directories) and builds its
-/// report, with `clean/` and `calibration.json` where present.
+/// report, with `clean/` and the calibrations where present.
 pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
     let run = RunDir::new(dir);
-    let calibration = load_calibration(&run)?;
+    let calibrations = load_calibrations(&run)?;
     let repeats = run.repeats().map_err(|source| InputError::Read {
         path: dir.to_path_buf(),
         source,
     })?;
     if repeats.is_empty() {
-        return single(&run, calibration.as_ref());
+        return single(&run, &calibrations);
     }
     let reports = repeats
         .iter()
-        .map(|(_, repeat)| single(repeat, calibration.as_ref()))
+        .map(|(_, repeat)| single(repeat, &calibrations))
         .collect::<Result<Vec<Report>, InputError>>()?;
     Ok(repeats::combine(dir, reports))
 }
@@ -199,7 +201,7 @@ pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
 /// One run directory's report.
 fn single(
     run: &RunDir,
-    calibration: Option<&calibration::CalibrationFile>,
+    calibrations: &[calibration::CalibrationFile],
 ) -> Result<Report, InputError> {
     let input = input::load(run.root())?;
     let clean_dir = run.clean();
@@ -208,7 +210,7 @@ fn single(
     } else {
         None
     };
-    Ok(build(&input, clean.as_ref(), calibration))
+    Ok(build(&input, clean.as_ref(), calibrations))
 }
 
 /// Whether anything is at `path`, a dangling link included (which then fails to read, named).
@@ -216,11 +218,11 @@ fn exists(path: &Path) -> bool {
     path.symlink_metadata().is_ok()
 }
 
-fn load_calibration(run: &RunDir) -> Result<Option<calibration::CalibrationFile>, InputError> {
-    let path = run.calibration_file();
-    if exists(&path) {
-        calibration::load(&path).map(Some)
-    } else {
-        Ok(None)
-    }
+/// Every calibration at the top of `run` (one per ping interval it was measured at).
+fn load_calibrations(run: &RunDir) -> Result<Vec<calibration::CalibrationFile>, InputError> {
+    let paths = run.calibration_files().map_err(|source| InputError::Read {
+        path: run.root().to_path_buf(),
+        source,
+    })?;
+    paths.iter().map(|p| calibration::load(p)).collect()
 }

@@ -10,7 +10,8 @@
 //! DIR/clean/                                      the same modes without agents (a RunDir)
 //! DIR/validate.json                               `bench --validate`'s checks
 //! DIR/validate/<run>/                             a validation run's agent reports (a RunDir)
-//! DIR/calibration.json                            netprof's measured in-path cost
+//! DIR/calibration-<ms>ms.json                     netprof's measured in-path cost, at pings
+//!                                                 <ms> apart (older runs: calibration.json)
 //! DIR/repeat-<k>/                                 `cargo xtask demo --repeat K`: one RunDir each
 //! DIR/report.html                                 the report `cargo xtask demo` renders
 //! ```
@@ -45,7 +46,10 @@ pub const TABLE_FILE: &str = "table.txt";
 pub const CLEAN_DIR: &str = "clean";
 pub const VALIDATE_FILE: &str = "validate.json";
 pub const VALIDATE_DIR: &str = "validate";
+/// The older single calibration (its ping interval is inside); still read.
 pub const CALIBRATION_FILE: &str = "calibration.json";
+const CALIBRATION_PREFIX: &str = "calibration-";
+const CALIBRATION_SUFFIX: &str = "ms.json";
 pub const REPORT_HTML: &str = "report.html";
 pub const REPORT_JSON: &str = "report.json";
 const PROFILE_DIR: &str = "profile";
@@ -115,8 +119,25 @@ impl RunDir {
         PathBuf::from(VALIDATE_DIR).join(name)
     }
 
-    pub fn calibration_file(&self) -> PathBuf {
-        self.root.join(CALIBRATION_FILE)
+    /// The calibration measured with pings `ping_interval_s` apart (`calibration-10ms.json`).
+    pub fn calibration_file(&self, ping_interval_s: f64) -> PathBuf {
+        let ms = format!("{:.3}", ping_interval_s * 1e3);
+        let ms = ms.trim_end_matches('0').trim_end_matches('.');
+        self.root
+            .join(format!("{CALIBRATION_PREFIX}{ms}{CALIBRATION_SUFFIX}"))
+    }
+
+    /// Every calibration file at the top of the run directory, by name.
+    pub fn calibration_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if Self::classify(&name) == Some(TopFile::Calibration) {
+                found.push(self.root.join(name));
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     pub fn report_html(&self) -> PathBuf {
@@ -167,6 +188,7 @@ impl RunDir {
             VALIDATE_FILE => Some(TopFile::Validate),
             CALIBRATION_FILE => Some(TopFile::Calibration),
             REPORT_JSON => Some(TopFile::Report),
+            name if is_calibration_at_interval(name) => Some(TopFile::Calibration),
             name => name
                 .strip_suffix(".json")
                 .and_then(|stem| stem.parse::<Mode>().ok())
@@ -181,6 +203,13 @@ impl RunDir {
         fs::write(&probe, b"")?;
         fs::remove_file(&probe)
     }
+}
+
+/// `calibration-<ms>ms.json`, `<ms>` a number.
+fn is_calibration_at_interval(name: &str) -> bool {
+    name.strip_prefix(CALIBRATION_PREFIX)
+        .and_then(|rest| rest.strip_suffix(CALIBRATION_SUFFIX))
+        .is_some_and(|ms| ms.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0))
 }
 
 /// One agent report written beside the benchmark results, as a mode's result lists it.
@@ -252,6 +281,37 @@ mod tests {
         );
         assert_eq!(RunDir::classify("validate.json"), Some(TopFile::Validate));
         assert_eq!(RunDir::classify("notes.json"), None);
+    }
+
+    #[test]
+    fn a_calibration_is_named_by_its_ping_interval() {
+        let dir = RunDir::new("/x");
+        assert_eq!(
+            dir.calibration_file(0.01),
+            PathBuf::from("/x/calibration-10ms.json")
+        );
+        assert_eq!(
+            dir.calibration_file(0.002),
+            PathBuf::from("/x/calibration-2ms.json")
+        );
+        assert_eq!(
+            dir.calibration_file(0.0025),
+            PathBuf::from("/x/calibration-2.5ms.json")
+        );
+        for name in [
+            "calibration.json",
+            "calibration-10ms.json",
+            "calibration-2.5ms.json",
+        ] {
+            assert_eq!(RunDir::classify(name), Some(TopFile::Calibration), "{name}");
+        }
+        for name in [
+            "calibration-ms.json",
+            "calibration-xms.json",
+            "calibration-10.json",
+        ] {
+            assert_eq!(RunDir::classify(name), None, "{name}");
+        }
     }
 
     #[test]
