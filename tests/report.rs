@@ -261,6 +261,35 @@ fn repeats_are_judged_on_their_medians() {
 /// - notrack, ping: conntrack above its hook's empty-bracket floor (40 - 30 = 10): node 1
 ///   (1000 - 30 - 10) × 1 = 960, node 2 (2000 - 30 - 10) × 1 = 1960: 2920 against 2800.
 ///   CPU: the same × 2 passes per request: 5840 against 8500: outside (bound 2000).
+/// A paired check whose `b` run is missing from `validate.json` is not dropped: the report
+/// names it as not judged and why, and judges the other check.
+#[test]
+fn a_check_that_cannot_be_judged_is_named_with_its_reason() {
+    let dir = Scratch(known_run::write_known_run("unjudged"));
+    known_run::write_known_validation(&dir.0);
+    let path = dir.0.join("validate.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    doc["checks"][1]["profiled"].as_array_mut().unwrap().pop();
+    fs::write(&path, doc.to_string()).unwrap();
+    let report = report::from_dir(&dir.0).unwrap();
+    let v = report.validation.as_ref().unwrap();
+    assert_eq!(v.checks.len(), 1);
+    assert_eq!(v.unjudged.len(), 1);
+    assert!(
+        v.unjudged[0]
+            .why
+            .contains("1 profiled run(s) of a and 0 of b"),
+        "{:?}",
+        v.unjudged
+    );
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.contains("one-node-rules: NOT JUDGED: 1 profiled run(s) of a and 0 of b"),
+        "{text}"
+    );
+}
+
 #[test]
 fn ground_truth_checks_are_judged_as_worked_out_by_hand() {
     use netprof::report::validation::Verdict;

@@ -1,5 +1,5 @@
 //! netprof's in-path cost, measured rather than estimated (`netprof overhead --calibrate DIR`,
-//! written to `DIR/calibration.json`, which `netprof report` reads).
+//! written to `DIR/calibration-<ms>ms.json`, which `netprof report` reads).
 //!
 //! On one lab, every round runs three variants, the order rotating each round so the machine's
 //! drift hits all alike:
@@ -97,7 +97,7 @@ pub struct RunCounts {
     pub untracked: BTreeMap<String, KindRuns>,
 }
 
-/// One kind's cost per run (the fields `calibration.json` holds under `per_run`).
+/// One kind's cost per run (the fields a calibration file holds under `per_run`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct KindCost {
     pub followed_ns: Interval,
@@ -105,7 +105,7 @@ pub struct KindCost {
     pub dispatch_ns: Interval,
 }
 
-/// `calibration.json` (`netprof.calibration/v1`).
+/// A calibration file (`netprof.calibration/v1`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CalibrationDoc {
     pub schema: &'static str,

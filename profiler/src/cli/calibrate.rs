@@ -1,5 +1,6 @@
 //! `netprof overhead --calibrate DIR`: netprof's in-path cost per program run, measured on a
-//! lab of its own (see `bench::calibrate`), written to `DIR/calibration.json`.
+//! lab of its own (see `bench::calibrate`), written to `DIR/calibration-<ms>ms.json`, one per
+//! ping interval.
 
 // Errors here end the command; their size does not matter.
 #![allow(clippy::result_large_err)]

@@ -1,7 +1,8 @@
-//! Reader of `DIR/calibration.json` (`netprof.calibration/v1`, written by
-//! `netprof overhead --calibrate`): netprof's own in-path cost per program run, measured by
-//! interleaving runs without programs, with programs that only return, and with netprof, per
-//! checkpoint kind (the agent report's checkpoint `kind`), and the ping RTT's p50 shift.
+//! Reader of `DIR/calibration-<ms>ms.json` and an older run's `DIR/calibration.json`
+//! (`netprof.calibration/v1`, written by `netprof overhead --calibrate`): netprof's own in-path
+//! cost per program run, measured by interleaving runs without programs, with programs that
+//! only return, and with netprof, per checkpoint kind (the agent report's checkpoint `kind`),
+//! and the ping RTT's p50 shift.
 //!
 //! Every number is checked (finite, not negative, `lo <= median <= hi`); a bad one is an
 //! error naming the file and the field.

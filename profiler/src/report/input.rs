@@ -49,7 +49,7 @@ pub enum InputError {
         found: Mode,
         expected: String,
     },
-    #[error("{path}: not a file netprof writes here (<mode>.json for host, flannel-hostgw, flannel-vxlan, calico, l2; validate.json; calibration.json; report.json): move it out of the run directory")]
+    #[error("{path}: not a file netprof writes here (<mode>.json for host, flannel-hostgw, flannel-vxlan, calico, l2; validate.json; calibration-<ms>ms.json or calibration.json; report.json): move it out of the run directory")]
     UnknownFile { path: PathBuf },
     #[error("no benchmark results in {dir}: expected <mode>.json files from `netprof bench --profile --out {dir}`")]
     Empty { dir: PathBuf },

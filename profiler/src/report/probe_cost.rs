@@ -1,5 +1,5 @@
 //! netprof's own in-path cost per program run, by checkpoint kind, from one place: the
-//! calibration (`DIR/calibration.json`, measured by interleaving runs with and without the
+//! calibration (`DIR/calibration-<ms>ms.json`, measured by interleaving runs with and without the
 //! programs) when the run has one, else the kernel's bpf_stats of the step itself (each
 //! program's run time, which leaves out the hook's dispatch and the cache misses a probe
 //! causes in the code around it: an estimate, and said to be one).

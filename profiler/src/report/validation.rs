@@ -94,6 +94,13 @@ pub struct Check {
     pub right_place_pct: Option<f64>,
 }
 
+/// A check in `validate.json` that cannot be judged, and why (never dropped silently).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unjudged {
+    pub check: CheckKind,
+    pub why: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Validation {
     pub mode: Mode,
@@ -102,6 +109,8 @@ pub struct Validation {
     pub tolerance_pct: f64,
     pub tolerance_floor_ns: i64,
     pub checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unjudged: Vec<Unjudged>,
 }
 
 fn p50_ns(s: &Sample) -> Option<f64> {
@@ -201,7 +210,7 @@ fn predict(
     check: &CheckInput,
     tool: Tool,
     calibration: Option<&ProbeCosts>,
-) -> Option<Times<Stage>> {
+) -> Result<Times<Stage>, String> {
     let side = |s: Side| -> Vec<&ProfiledInput> {
         check.profiled.iter().filter(|p| p.run.side == s).collect()
     };
@@ -214,7 +223,11 @@ fn predict(
             .collect(),
         CheckKind::OneNodeRules | CheckKind::Encapsulation => {
             if a.len() != b.len() {
-                return None;
+                return Err(format!(
+                    "{} profiled run(s) of a and {} of b: each a needs the b profiled beside it",
+                    a.len(),
+                    b.len()
+                ));
             }
             a.iter()
                 .zip(&b)
@@ -222,7 +235,10 @@ fn predict(
                 .collect()
         }
     };
-    (!rounds.is_empty()).then(|| median_over_rounds(&rounds))
+    if rounds.is_empty() {
+        return Err("no profiled run of a: nothing to predict from".to_owned());
+    }
+    Ok(median_over_rounds(&rounds))
 }
 
 /// One round's predicted gain by node and stage, from its profiled `a` (and `b`).
@@ -321,24 +337,38 @@ fn compare(predicted_by: Vec<NodeStage>, by_round: Vec<i64>) -> Comparison {
     }
 }
 
-/// Each round's `a - b` of `value`; `None` unless every sample has it.
-fn by_round(check: &CheckInput, value: fn(&Sample) -> Option<f64>) -> Option<Vec<i64>> {
+/// Each round's `a - b` of `value`; the first round whose sample lacks it is an error.
+fn by_round(
+    check: &CheckInput,
+    value: fn(&Sample) -> Option<f64>,
+    what: &str,
+) -> Result<Vec<i64>, String> {
+    if check.run.rounds.is_empty() {
+        return Err("no measured round".to_owned());
+    }
     check
         .run
         .rounds
         .iter()
-        .map(|r| Some((value(&r.a)? - value(&r.b)?).round() as i64))
+        .map(|r| {
+            let of = |sample: &Sample, side: &str| {
+                value(sample).ok_or_else(|| format!("round {}'s {side} has no {what}", r.round))
+            };
+            Ok((of(&r.a, "a")? - of(&r.b, "b")?).round() as i64)
+        })
         .collect()
 }
 
-fn check(c: &CheckInput, calibration: Option<&ProbeCosts>) -> Option<Check> {
+/// One check judged, or why it cannot be.
+fn check(c: &CheckInput, calibration: Option<&ProbeCosts>) -> Result<Check, String> {
     let rtt_by = by_category(&predict(c, Tool::Ping, calibration)?);
-    let rtt = compare(rtt_by, by_round(c, p50_ns)?);
+    let rtt = compare(rtt_by, by_round(c, p50_ns, "ping p50 (no replies)")?);
+    // CPU per request is measured on a lab only (clusters do not have one machine's CPU).
     let cpu = match (
         predict(c, Tool::Ab, calibration),
-        by_round(c, |s| s.ab_cpu_ns_per_request),
+        by_round(c, |s| s.ab_cpu_ns_per_request, "CPU per request"),
     ) {
-        (Some(p), Some(rounds)) => Some(compare(by_category(&p), rounds)),
+        (Ok(p), Ok(rounds)) => Some(compare(by_category(&p), rounds)),
         _ => None,
     };
     let right_place_pct =
@@ -354,7 +384,7 @@ fn check(c: &CheckInput, calibration: Option<&ProbeCosts>) -> Option<Check> {
                 .sum();
             there as f64 / rtt.measured_ns as f64 * 100.0
         });
-    Some(Check {
+    Ok(Check {
         check: c.run.check,
         what: c.run.check.what(),
         mode_a: c.run.mode_a,
@@ -369,17 +399,24 @@ fn check(c: &CheckInput, calibration: Option<&ProbeCosts>) -> Option<Check> {
 
 pub fn validate(v: &ValidationInput, calibration: Option<&CalibrationFile>) -> Validation {
     let costs = calibration.map(ProbeCosts::from_calibration);
+    let (mut checks, mut unjudged) = (Vec::new(), Vec::new());
+    for c in &v.checks {
+        match check(c, costs.as_ref()) {
+            Ok(judged) => checks.push(judged),
+            Err(why) => unjudged.push(Unjudged {
+                check: c.run.check,
+                why,
+            }),
+        }
+    }
     Validation {
         mode: v.result.mode,
         rounds: v.result.rounds,
         one_node_rules: v.result.one_node_rules,
         tolerance_pct: TOLERANCE_PCT,
         tolerance_floor_ns: TOLERANCE_FLOOR_NS,
-        checks: v
-            .checks
-            .iter()
-            .filter_map(|c| check(c, costs.as_ref()))
-            .collect(),
+        checks,
+        unjudged,
     }
 }
 

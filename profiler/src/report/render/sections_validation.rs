@@ -78,6 +78,9 @@ fn footer(v: &Validation) -> Vec<String> {
             ));
         }
     }
+    for u in &v.unjudged {
+        out.push(format!("{}: NOT JUDGED: {}.", u.check.name(), u.why));
+    }
     out
 }
 
