@@ -251,16 +251,6 @@ fn repeats_are_judged_on_their_medians() {
     assert_eq!(clean[1].values.ping_p50_ms, Some(0.061));
 }
 
-/// The checks against ground truth, worked out by hand (inputs in `known_run.rs`), with the
-/// calibrated 30 ns per netfilter probe run (15 ns at each end of a segment):
-/// - one-node-rules, ping: node 2's filter (1200 - 30) × 2 in `a` against (40 - 30) × 2 in
-///   `b`: 2320 ns, node 1 unchanged. Measured: the median of 1800, 2000, 2200, 2400, 2600,
-///   3100 = 2300. Bound: 30% of 2320 is 696, under the 2 µs floor: within, -0.86%; 2320 of
-///   the 2300 measured are predicted in node 2's filter stage: 100.87%.
-///   CPU: (1170 - 10) × 4 passes per request = 4640 against a median of 5100: within, +9.91%.
-/// - notrack, ping: conntrack above its hook's empty-bracket floor (40 - 30 = 10): node 1
-///   (1000 - 30 - 10) × 1 = 960, node 2 (2000 - 30 - 10) × 1 = 1960: 2920 against 2800.
-///   CPU: the same × 2 passes per request: 5840 against 8500: outside (bound 2000).
 /// A paired check whose `b` run is missing from `validate.json` is not dropped: the report
 /// names it as not judged and why, and judges the other check.
 #[test]
@@ -290,6 +280,16 @@ fn a_check_that_cannot_be_judged_is_named_with_its_reason() {
     );
 }
 
+/// The checks against ground truth, worked out by hand (inputs in `known_run.rs`), with the
+/// calibrated 30 ns per netfilter probe run (15 ns at each end of a segment):
+/// - one-node-rules, ping: node 2's filter (1200 - 30) × 2 in `a` against (40 - 30) × 2 in
+///   `b`: 2320 ns, node 1 unchanged. Measured: the median of 1800, 2000, 2200, 2400, 2600,
+///   3100 = 2300. Bound: 30% of 2320 is 696, under the 2 µs floor: within, -0.86%; 2320 of
+///   the 2300 measured are predicted in node 2's filter stage: 100.87%.
+///   CPU: (1170 - 10) × 4 passes per request = 4640 against a median of 5100: within, +9.91%.
+/// - notrack, ping: conntrack above its hook's empty-bracket floor (40 - 30 = 10): node 1
+///   (1000 - 30 - 10) × 1 = 960, node 2 (2000 - 30 - 10) × 1 = 1960: 2920 against 2800.
+///   CPU: the same × 2 passes per request: 5840 against 8500: outside (bound 2000).
 #[test]
 fn ground_truth_checks_are_judged_as_worked_out_by_hand() {
     use netprof::report::validation::Verdict;
