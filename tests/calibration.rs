@@ -50,6 +50,8 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     assert_eq!(doc["mode"], "flannel-vxlan");
     assert_eq!(doc["rounds"], 1);
     assert_eq!(doc["ping_interval_s"], 0.002);
+    // netprof calibrated as profiled steps run it: bpf_stats in slices of 10%.
+    assert_eq!(doc["stats_share"], 10);
     // One round: off, paused and netprof once each.
     let samples = doc["samples"].as_array().unwrap();
     let variants: Vec<&str> = samples

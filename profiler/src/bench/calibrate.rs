@@ -6,7 +6,9 @@
 //! - `off`: no program attached;
 //! - `paused`: netprof's programs at the same hooks and priorities, held (each returns right
 //!   after reading its configuration: the hook's dispatch and one array read);
-//! - `netprof`: the programs following the benchmark's flows, bpf_stats off.
+//! - `netprof`: the programs following the benchmark's flows, with bpf_stats as profiled steps
+//!   run them (in slices, `StatsMode::Slices`), since the segments the calibration corrects were
+//!   measured that way; `--no-stats` calibrates without them.
 //!
 //! Each variant measures the RTT p50 of followed pings (pod to pod, at the ping step's rate),
 //! of untracked pings (node to node: the same uplink and netfilter hooks, never followed), and
@@ -113,6 +115,8 @@ pub struct CalibrationDoc {
     pub kernel: String,
     pub rounds: u32,
     pub ping_interval_s: f64,
+    /// bpf_stats' share of the time in the `paused` and `netprof` variants, percent (0: off).
+    pub stats_share: u32,
     pub per_run: BTreeMap<String, KindCost>,
     /// Followed ping p50, netprof - off.
     pub rtt_shift_ns: Interval,
@@ -337,6 +341,7 @@ pub fn document(
         kernel: crate::kernel_release(),
         rounds,
         ping_interval_s: cfg.ping_interval_s,
+        stats_share: 0,
         per_run,
         rtt_shift_ns: rtt_shift,
         dispatch_rtt_ns: dispatch,
@@ -365,11 +370,13 @@ impl CalibrationDoc {
             }
         };
         let mut out = format!(
-            "calibration on {} (kernel {}), {} rounds, pings every {} ms\n",
+            "calibration on {} (kernel {}), {} rounds, pings every {} ms, bpf_stats on {}% of the \
+             time\n",
             self.mode,
             self.kernel,
             self.rounds,
-            self.ping_interval_s * 1e3
+            self.ping_interval_s * 1e3,
+            self.stats_share
         );
         out += &format!(
             "  followed ping p50: netprof - off {}  (dispatch {}, bodies {})\n",
@@ -410,10 +417,31 @@ impl CalibrationDoc {
     }
 }
 
-/// How the rounds get at the agents: start them (stats off or on throughout), hold or release
-/// their programs, snapshot them; dropping the value detaches them.
+/// bpf_stats while a calibration's agents run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsMode {
+    /// On throughout (the counting pass, which reads run counts and times).
+    Throughout,
+    /// On for this percentage of every second, as profiled steps run them.
+    Slices(u32),
+    Off,
+}
+
+impl StatsMode {
+    /// The percentage of time bpf_stats are on (what `calibration.json` records).
+    pub fn share(self) -> u32 {
+        match self {
+            StatsMode::Throughout => 100,
+            StatsMode::Slices(share) => share,
+            StatsMode::Off => 0,
+        }
+    }
+}
+
+/// How the rounds get at the agents: start them (with bpf_stats as `stats` says), hold or
+/// release their programs, snapshot them; dropping the value detaches them.
 pub trait CalibrationAgents: Sized {
-    fn start(lab: &Lab, stats: bool) -> Result<Self, BenchError>;
+    fn start(lab: &Lab, stats: StatsMode) -> Result<Self, BenchError>;
     fn hold(&self, held: bool) -> Result<(), BenchError>;
     fn snapshots(&self) -> Result<Vec<AgentReport>, BenchError>;
     fn reset(&self) -> Result<(), BenchError>;
@@ -469,12 +497,13 @@ fn set_variant<A: CalibrationAgents>(
     agents: &mut Option<A>,
     lab: &Lab,
     variant: Variant,
+    stats: StatsMode,
 ) -> Result<(), BenchError> {
     match variant {
         Variant::Off => *agents = None,
         Variant::Paused | Variant::Netprof => {
             if agents.is_none() {
-                *agents = Some(A::start(lab, false)?);
+                *agents = Some(A::start(lab, stats)?);
             }
             if let Some(a) = agents {
                 a.hold(variant == Variant::Paused)?;
@@ -490,7 +519,7 @@ async fn count_runs<A: CalibrationAgents>(
     probe: &Probe<'_>,
     cfg: &BenchConfig,
 ) -> Result<RunCounts, BenchError> {
-    let agents = A::start(probe.lab, true)?;
+    let agents = A::start(probe.lab, StatsMode::Throughout)?;
     let counting = BenchConfig {
         ping_count: COUNTING_PINGS,
         ..cfg.clone()
@@ -531,6 +560,7 @@ pub async fn run<A: CalibrationAgents>(
     lab: &Lab,
     cfg: &BenchConfig,
     rounds: u32,
+    stats: StatsMode,
     work_dir: PathBuf,
 ) -> Result<CalibrationDoc, BenchError> {
     let mode = lab.mode();
@@ -565,13 +595,13 @@ pub async fn run<A: CalibrationAgents>(
                 block_order.reverse();
             }
             for variant in block_order {
-                set_variant(&mut agents, lab, variant)?;
+                set_variant(&mut agents, lab, variant, stats)?;
                 followed[variant as usize].push(probe.followed(&block).await?);
                 untracked[variant as usize].push(probe.untracked(&block).await?);
             }
         }
         for variant in order {
-            set_variant(&mut agents, lab, variant)?;
+            set_variant(&mut agents, lab, variant, stats)?;
             let p50 = |pings: &[PingReport], what: &str| {
                 p50_ns(&PingReport::concatenated(pings), what).map_err(probe.tool_err(what))
             };
@@ -599,7 +629,9 @@ pub async fn run<A: CalibrationAgents>(
         }
     }
     drop(agents);
-    Ok(document(lab, cfg, rounds, runs, samples))
+    let mut doc = document(lab, cfg, rounds, runs, samples);
+    doc.stats_share = stats.share();
+    Ok(doc)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use super::overhead::OverheadArgs;
 use crate::agent::{report::AgentReport, Agent};
-use crate::bench::calibrate::{self, CalibrationAgents};
+use crate::bench::calibrate::{self, CalibrationAgents, StatsMode};
 use crate::bench::{profile, BenchConfig, BenchError};
 use crate::lab::{Lab, Mode, Node};
 use crate::rundir::{RunDir, TopFile};
@@ -30,18 +30,18 @@ struct LabAgents {
 }
 
 impl CalibrationAgents for LabAgents {
-    fn start(lab: &Lab, stats: bool) -> Result<Self, BenchError> {
+    fn start(lab: &Lab, stats: StatsMode) -> Result<Self, BenchError> {
         let mode = lab.mode();
         let err = |source| BenchError::Profile { mode, source };
         let tuning = profile::AgentTuning {
-            stats,
-            stats_share: 100,
+            stats: stats != StatsMode::Off,
+            stats_share: stats.share().max(1),
             ..profile::AgentTuning::default()
         };
         let path = lab.pod_path().unwrap_or_else(|| lab.host_path());
         let flows = profile::all_path_flows(lab, &path).map_err(err)?;
         let agents = profile::start_agents_with(lab, &tuning, &flows).map_err(err)?;
-        if stats {
+        if stats == StatsMode::Throughout {
             for (_, agent) in &agents {
                 agent
                     .full_stats(true)
@@ -160,6 +160,13 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             }
         }
     };
+    // The segments a calibration corrects were measured with bpf_stats in slices (profiled
+    // steps' default): calibrate netprof as it ran there, their clock reads included.
+    let stats = if args.no_stats {
+        StatsMode::Off
+    } else {
+        StatsMode::Slices(crate::agent::stats::DEFAULT_STATS_SHARE)
+    };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
     for (i, &interval) in intervals.iter().enumerate() {
@@ -182,7 +189,7 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             args.mode,
             "calibration-nginx",
             async |built, work_dir| {
-                calibrate::run::<LabAgents>(built, &cfg, rounds, work_dir).await
+                calibrate::run::<LabAgents>(built, &cfg, rounds, stats, work_dir).await
             },
         )?;
         print!("{}", doc.render());

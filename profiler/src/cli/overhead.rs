@@ -35,7 +35,9 @@ pub struct OverheadArgs {
     /// attaches), all, or some of tc,dev,nf,trace (to see which family costs what).
     #[arg(long, default_value = "default")]
     pub hooks: crate::agent::HookFamilies,
-    /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost).
+    /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost). With
+    /// --calibrate: calibrate netprof without them (by default they run in slices, as in
+    /// profiled steps, whose segments the calibration corrects).
     #[arg(long)]
     pub no_stats: bool,
     /// The agents follow 1 in N TCP flows (power of two; 1 = every flow).

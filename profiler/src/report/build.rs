@@ -222,6 +222,7 @@ fn calibration_facts(file: &CalibrationFile, run_dir: &std::path::Path) -> Calib
     CalibrationFacts {
         file: shown.display().to_string(),
         ping_interval_ms: file.ping_interval_ms(),
+        stats_share: c.stats_share,
         mode: c.mode.clone(),
         kernel: c.kernel.clone(),
         rounds: c.rounds,

@@ -87,6 +87,9 @@ pub struct Calibration {
     pub rounds: Option<u32>,
     #[serde(default)]
     pub ping_interval_s: Option<f64>,
+    /// bpf_stats' share of the time while netprof ran, percent (older files: not recorded).
+    #[serde(default)]
+    pub stats_share: Option<u32>,
 }
 
 /// A calibration with the file it came from.

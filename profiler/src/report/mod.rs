@@ -126,6 +126,8 @@ pub struct CalibrationFacts {
     pub file: String,
     /// The calibration's ping interval (the ping split's own, or the nearest calibrated).
     pub ping_interval_ms: Option<f64>,
+    /// bpf_stats' share of the time while netprof ran, percent, when recorded.
+    pub stats_share: Option<u32>,
     pub mode: Option<String>,
     pub kernel: Option<String>,
     pub rounds: Option<u32>,

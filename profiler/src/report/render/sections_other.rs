@@ -182,12 +182,14 @@ pub fn calibration(report: &Report) -> Option<Section> {
         part: Part::WithAgents,
         title: "netprof's in-path cost per probe run (calibration)".to_owned(),
         intro: vec![format!(
-            "From {} ({}{}{}): measured by interleaving runs without programs, with programs that only return and with netprof. The ping RTT's p50 moved by {:+.1} µs ({:+.1}..{:+.1}) with netprof attached.",
+            "From {} ({}{}{}{}): measured by interleaving runs without programs, with programs that only return and with netprof. The ping RTT's p50 moved by {:+.1} µs ({:+.1}..{:+.1}) with netprof attached.",
             c.file,
             c.mode.as_deref().unwrap_or("mode not given"),
             c.rounds.map_or(String::new(), |r| format!(", {r} rounds")),
             c.ping_interval_ms
                 .map_or(String::new(), |ms| format!(", pings {ms} ms apart")),
+            c.stats_share
+                .map_or(String::new(), |s| format!(", bpf_stats on {s}% of the time")),
             c.rtt_shift_ns.median / 1e3,
             c.rtt_shift_ns.lo / 1e3,
             c.rtt_shift_ns.hi / 1e3
