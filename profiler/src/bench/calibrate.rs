@@ -293,6 +293,7 @@ pub fn document(
     lab: &Lab,
     cfg: &BenchConfig,
     rounds: u32,
+    stats: StatsMode,
     runs: RunCounts,
     samples: Vec<RoundSample>,
 ) -> CalibrationDoc {
@@ -341,7 +342,7 @@ pub fn document(
         kernel: crate::kernel_release(),
         rounds,
         ping_interval_s: cfg.ping_interval_s,
-        stats_share: 0,
+        stats_share: stats.share(),
         per_run,
         rtt_shift_ns: rtt_shift,
         dispatch_rtt_ns: dispatch,
@@ -428,7 +429,7 @@ pub enum StatsMode {
 }
 
 impl StatsMode {
-    /// The percentage of time bpf_stats are on (what `calibration.json` records).
+    /// The percentage of time bpf_stats are on (what a calibration file records).
     pub fn share(self) -> u32 {
         match self {
             StatsMode::Throughout => 100,
@@ -629,9 +630,7 @@ pub async fn run<A: CalibrationAgents>(
         }
     }
     drop(agents);
-    let mut doc = document(lab, cfg, rounds, runs, samples);
-    doc.stats_share = stats.share();
-    Ok(doc)
+    Ok(document(lab, cfg, rounds, stats, runs, samples))
 }
 
 #[cfg(test)]

@@ -99,18 +99,14 @@ fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
     );
     let mut files: Vec<PathBuf> = Vec::new();
     for run in &runs {
-        for entry in std::fs::read_dir(run.root())
-            .with_context(|| format!("cannot list {}", run.root().display()))?
-        {
-            let entry = entry.with_context(|| format!("cannot list {}", run.root().display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if matches!(
-                RunDir::classify(&name),
-                Some(TopFile::Mode(_) | TopFile::Validate)
-            ) {
-                files.push(entry.path());
-            }
-        }
+        let top = run
+            .top_files()
+            .with_context(|| format!("cannot list {}", run.root().display()))?;
+        files.extend(
+            top.into_iter()
+                .filter(|(_, kind)| matches!(kind, TopFile::Mode(_) | TopFile::Validate))
+                .map(|(path, _)| path),
+        );
     }
     let mut intervals: Vec<f64> = Vec::new();
     for file in files {

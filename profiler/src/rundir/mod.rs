@@ -127,17 +127,28 @@ impl RunDir {
             .join(format!("{CALIBRATION_PREFIX}{ms}{CALIBRATION_SUFFIX}"))
     }
 
-    /// Every calibration file at the top of the run directory, by name.
-    pub fn calibration_files(&self) -> io::Result<Vec<PathBuf>> {
+    /// The files at the top of the run directory that netprof writes, with what each is,
+    /// sorted by name (other files are left out).
+    pub fn top_files(&self) -> io::Result<Vec<(PathBuf, TopFile)>> {
         let mut found = Vec::new();
         for entry in fs::read_dir(&self.root)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if Self::classify(&name) == Some(TopFile::Calibration) {
-                found.push(self.root.join(name));
+            if let Some(kind) = Self::classify(&name) {
+                found.push((self.root.join(name), kind));
             }
         }
-        found.sort();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
+    }
+
+    /// Every calibration file at the top of the run directory, by name.
+    pub fn calibration_files(&self) -> io::Result<Vec<PathBuf>> {
+        Ok(self
+            .top_files()?
+            .into_iter()
+            .filter(|(_, kind)| *kind == TopFile::Calibration)
+            .map(|(path, _)| path)
+            .collect())
     }
 
     pub fn report_html(&self) -> PathBuf {
