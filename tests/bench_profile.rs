@@ -10,6 +10,8 @@ use netprof_tests::{
 };
 
 const PINGS: u64 = 30;
+/// The bench's default ping blocks.
+const BLOCKS: u64 = 10;
 
 /// Both tests count netprof's programs loaded in the kernel before and after: one at a time.
 static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -55,7 +57,15 @@ fn profile_writes_a_report_per_step_and_node() {
         serde_json::from_str(&std::fs::read_to_string(out.join("flannel-hostgw.json")).unwrap())
             .unwrap();
     let profiles = result["profiles"].as_array().unwrap();
-    assert_eq!(profiles.len(), 2 * 3 * 2, "2 paths x 3 tools x 2 nodes");
+    // The host path's and the pod path's pings alternate in 10 blocks, each block's reports
+    // written apart.
+    assert_eq!(result["config"]["ping_blocks"], BLOCKS);
+    assert_eq!(
+        profiles.len(),
+        2 * (BLOCKS as usize + 2) * 2,
+        "2 paths x (ping blocks, iperf3, ab) x 2 nodes"
+    );
+    let mut ping_hits = std::collections::BTreeMap::<(String, String), u64>::new();
     for path in ["host_path", "pod_path"] {
         let cpu = result[path]["ab_cpu_ns_per_request"].as_f64().unwrap();
         assert!(cpu > 1_000.0, "{path}: {cpu} ns of CPU per request");
@@ -71,12 +81,30 @@ fn profile_writes_a_report_per_step_and_node() {
             file.display()
         );
         if entry["tool"] == "ping" {
-            // Each step starts from zero: the uplink saw exactly this step's requests and replies.
-            assert_eq!(report.hits("eno1 tc-egress"), PINGS, "{}", file.display());
-            assert_eq!(report.hits("eno1 tc-ingress"), PINGS, "{}", file.display());
+            // Each block starts from zero: the uplink saw exactly this block's requests and
+            // replies.
+            let block = PINGS / BLOCKS;
+            assert!(
+                file.display().to_string().contains("-block"),
+                "{}",
+                file.display()
+            );
+            assert_eq!(report.hits("eno1 tc-egress"), block, "{}", file.display());
+            assert_eq!(report.hits("eno1 tc-ingress"), block, "{}", file.display());
             assert_eq!(report.counters.abandoned, 0, "{}", file.display());
+            let key = (entry["path"].to_string(), entry["node"].to_string());
+            *ping_hits.entry(key).or_default() += report.hits("eno1 tc-egress");
         }
     }
+    assert_eq!(
+        ping_hits.len(),
+        4,
+        "both paths on both nodes: {ping_hits:?}"
+    );
+    assert!(
+        ping_hits.values().all(|&hits| hits == PINGS),
+        "{ping_hits:?}"
+    );
     assert_eq!(
         loaded_netprof_programs().len(),
         before,

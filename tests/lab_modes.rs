@@ -16,6 +16,7 @@ fn tiny_bench() -> BenchConfig {
         ab_requests: 200,
         ab_concurrency: 10,
         services: 0,
+        ping_blocks: 1,
     }
 }
 

@@ -16,6 +16,15 @@ pub struct BenchConfig {
     pub ab_concurrency: u32,
     /// Extra kube-proxy Services in the pod modes (5 iptables rules each).
     pub services: u32,
+    /// Blocks the host path's and the pod path's pings are split into, alternating between the
+    /// two paths, so both see the same stretches of the machine's speed (1: each path's pings
+    /// in one piece). Runs written before this field pinged in one piece.
+    #[serde(default = "one_piece")]
+    pub ping_blocks: u32,
+}
+
+fn one_piece() -> u32 {
+    1
 }
 
 impl Default for BenchConfig {
@@ -27,6 +36,7 @@ impl Default for BenchConfig {
             ab_requests: 20_000,
             ab_concurrency: 50,
             services: 0,
+            ping_blocks: super::ping_blocks::BLOCKS,
         }
     }
 }
@@ -37,6 +47,8 @@ pub enum ConfigError {
     PingCount,
     #[error("--ping-interval {0} is out of range: use 0.002 to 10 seconds")]
     PingInterval(f64),
+    #[error("--ping-blocks {blocks} must be 1 to --ping-count {count}")]
+    PingBlocks { blocks: u32, count: u32 },
     #[error("--iperf3-seconds must be 1 to 600")]
     IperfSeconds,
     #[error(
@@ -49,6 +61,12 @@ impl BenchConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ping_count == 0 {
             return Err(ConfigError::PingCount);
+        }
+        if self.ping_blocks == 0 || self.ping_blocks > self.ping_count {
+            return Err(ConfigError::PingBlocks {
+                blocks: self.ping_blocks,
+                count: self.ping_count,
+            });
         }
         if !(0.002..=10.0).contains(&self.ping_interval_s) {
             return Err(ConfigError::PingInterval(self.ping_interval_s));
@@ -113,5 +131,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--ping-interval"));
+        let cfg = BenchConfig {
+            ping_count: 5,
+            ping_blocks: 6,
+            ..Default::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--ping-blocks 6"));
+    }
+
+    #[test]
+    fn a_run_written_before_blocks_pinged_in_one_piece() {
+        let mut old = serde_json::to_value(BenchConfig::default()).unwrap();
+        old.as_object_mut().unwrap().remove("ping_blocks");
+        let old: BenchConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(old.ping_blocks, 1);
     }
 }

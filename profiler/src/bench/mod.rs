@@ -10,6 +10,7 @@ pub mod config;
 pub mod cpu_time;
 pub mod overhead;
 pub mod ping_blocks;
+mod ping_step;
 pub mod profile;
 pub mod result;
 pub mod servers;
@@ -22,8 +23,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::agent::FlowSpec;
 use crate::cmd::{ensure_installed, Cmd, CmdError};
 use crate::lab::{self, kube_proxy, Lab, LabError, LabNames, LabSpec, Mode, PathEndpoints};
+use crate::parse::ping::PingReport;
 use crate::rundir::{NetPath, RunDir, Tool};
 pub use config::BenchConfig;
 use result::{Environment, ModeResult, PathResult, SCHEMA};
@@ -193,10 +196,22 @@ async fn run_mode(
         profiler: profiler.as_ref(),
         profiles: &mut profiles,
     };
-    let host_path = run_path(&mut ctx, NetPath::Host, &lab.host_path()).await?;
-    let pod_path = match lab.pod_path() {
-        Some(endpoints) => Some(run_path(&mut ctx, NetPath::Pod, &endpoints).await?),
-        None => None,
+    let host = lab.host_path();
+    let pod = lab.pod_path();
+    let mut paths = vec![(NetPath::Host, &host)];
+    if let Some(pod) = &pod {
+        paths.push((NetPath::Pod, pod));
+    }
+    let mut pings = ping_step::ping_paths(&mut ctx, &paths).await?.into_iter();
+    let mut ping = || pings.next().expect("a ping report per path");
+    let host_ping = ping();
+    let pod_ping = pod.as_ref().map(|_| ping());
+    let host_path = run_path(&mut ctx, NetPath::Host, &host, host_ping).await?;
+    let pod_path = match (&pod, pod_ping) {
+        (Some(endpoints), Some(ping)) => {
+            Some(run_path(&mut ctx, NetPath::Pod, endpoints, ping).await?)
+        }
+        _ => None,
     };
     // Detach before the lab goes away.
     drop(profiler);
@@ -224,22 +239,48 @@ struct PathContext<'a> {
 }
 
 impl PathContext<'_> {
-    /// Points the agents at the flows of `tool`'s step on `endpoints`.
-    fn before(&self, endpoints: &PathEndpoints, tool: Tool) -> Result<(), BenchError> {
-        let mode = self.lab.mode();
+    /// The flows of `tool`'s step on `endpoints` (none without agents: nothing to follow).
+    fn flows(&self, endpoints: &PathEndpoints, tool: Tool) -> Result<Vec<FlowSpec>, BenchError> {
+        if self.profiler.is_none() {
+            return Ok(Vec::new());
+        }
+        profile::step_flows(self.lab, endpoints, tool).map_err(|source| BenchError::Profile {
+            mode: self.lab.mode(),
+            source,
+        })
+    }
+
+    /// Points the agents at `flows` and clears their histograms and counters.
+    fn follow(&self, flows: &[FlowSpec]) -> Result<(), BenchError> {
         let Some(p) = self.profiler else {
             return Ok(());
         };
-        profile::step_flows(self.lab, endpoints, tool)
-            .and_then(|flows| p.before_step(&flows))
-            .map_err(|source| BenchError::Profile { mode, source })
+        p.before_step(flows).map_err(|source| BenchError::Profile {
+            mode: self.lab.mode(),
+            source,
+        })
+    }
+
+    /// Points the agents at the flows of `tool`'s step on `endpoints`.
+    fn before(&self, endpoints: &PathEndpoints, tool: Tool) -> Result<(), BenchError> {
+        self.follow(&self.flows(endpoints, tool)?)
     }
 
     fn after(&mut self, path: NetPath, tool: Tool) -> Result<(), BenchError> {
+        self.after_part(path, tool, None)
+    }
+
+    /// Writes the agents' reports of the step (or with `block`, of one block of it) just run.
+    fn after_part(
+        &mut self,
+        path: NetPath,
+        tool: Tool,
+        block: Option<usize>,
+    ) -> Result<(), BenchError> {
         let mode = self.lab.mode();
         if let Some(p) = self.profiler {
             let files = p
-                .after_step(path, tool)
+                .after_step_part(path, tool, block)
                 .map_err(|source| BenchError::Profile { mode, source })?;
             self.profiles.extend(files);
         }
@@ -247,10 +288,12 @@ impl PathContext<'_> {
     }
 }
 
+/// iperf3 and ab on one path, with its ping (taken before, see `ping_step`).
 async fn run_path(
     ctx: &mut PathContext<'_>,
     path: NetPath,
     endpoints: &PathEndpoints,
+    ping: PingReport,
 ) -> Result<PathResult, BenchError> {
     let (progress, cfg, lab) = (ctx.progress, ctx.cfg, ctx.lab);
     let mode = lab.mode();
@@ -267,24 +310,6 @@ async fn run_path(
         servers::start_nginx(&endpoints.server_netns, &work_dir).map_err(server_err("nginx"))?;
     let _iperf3 =
         servers::start_iperf3(&endpoints.server_netns).map_err(server_err("iperf3 server"))?;
-
-    let t = progress.step(&format!(
-        "{label}: ping {} x {} ms {} -> {}",
-        cfg.ping_count,
-        cfg.ping_interval_s * 1e3,
-        endpoints.client_netns,
-        endpoints.server_ip
-    ));
-    ctx.before(endpoints, Tool::Ping)?;
-    let ping = tools::ping(&endpoints.client_netns, endpoints.server_ip, cfg)
-        .await
-        .map_err(tool_err("ping"))?;
-    ctx.after(path, Tool::Ping)?;
-    let loss = ping.loss_ratio() * 100.0;
-    let summary = ping.stats.map_or("no replies".to_owned(), |s| {
-        format!("avg {:.3} ms, p99 {:.3} ms", s.avg_ms, s.p99_ms)
-    });
-    progress.done(t, &format!("{summary}, {loss:.1}% loss"));
 
     let t = progress.step(&format!("{label}: iperf3 {} s", cfg.iperf3_seconds));
     ctx.before(endpoints, Tool::Iperf3)?;

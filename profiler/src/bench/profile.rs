@@ -215,7 +215,18 @@ impl Profiler {
 
     /// Writes each agent's report of the step just run.
     pub fn after_step(&self, path: NetPath, tool: Tool) -> Result<Vec<ProfileFile>, ProfileError> {
-        self.after_step_into(&self.out, path, tool, None)
+        self.after_step_part(path, tool, None)
+    }
+
+    /// [`after_step`](Self::after_step), or with `block` one block's reports of a step
+    /// profiled in blocks.
+    pub fn after_step_part(
+        &self,
+        path: NetPath,
+        tool: Tool,
+        block: Option<usize>,
+    ) -> Result<Vec<ProfileFile>, ProfileError> {
+        self.after_step_into(&self.out, path, tool, block)
     }
 
     /// [`after_step`](Self::after_step) into `out`, which may be another run's directory (one

@@ -19,6 +19,12 @@ pub struct BenchArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub tools: super::tool_args::ToolArgs,
+    /// Blocks each path's pings are split into, alternating between the host path and the pod
+    /// path, so the two RTTs the table compares see the same stretches of the machine's speed
+    /// (a shared machine's RTT changes in steps that last seconds). 1 pings the host path, then
+    /// the pod path, each in one piece. [default: 10, or --ping-count when fewer]
+    #[arg(long)]
+    pub ping_blocks: Option<u32>,
     /// Extra kube-proxy Services (5 iptables rules each) in the modes with kube-proxy.
     #[arg(long, default_value_t = 0)]
     pub services: u32,
@@ -74,7 +80,10 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let modes = Mode::parse_list(&args.modes)?;
     let names = LabNames::new(&args.lab)?;
-    let cfg = args.tools.config(args.services)?;
+    let ping_blocks = args
+        .ping_blocks
+        .unwrap_or_else(|| bench::ping_blocks::BLOCKS.min(args.tools.ping_count.max(1)));
+    let cfg = args.tools.config(args.services, ping_blocks)?;
     let duty = args.duty.duty()?;
     anyhow::ensure!(
         args.profile || duty.is_none(),
@@ -172,6 +181,8 @@ fn validate_plan(
     let ping = bench::BenchConfig {
         ping_count: args.validate_ping_count,
         ping_interval_s: args.validate_ping_interval,
+        // The checks split their pings into blocks of their own.
+        ping_blocks: 1,
         ..cfg.clone()
     };
     ping.validate()

@@ -23,8 +23,9 @@ pub struct ToolArgs {
 }
 
 impl ToolArgs {
-    /// The benchmark configuration, validated, with `services` extra kube-proxy Services.
-    pub fn config(&self, services: u32) -> anyhow::Result<BenchConfig> {
+    /// The benchmark configuration, validated, with `services` extra kube-proxy Services and
+    /// the pings in `ping_blocks` blocks alternating between the paths.
+    pub fn config(&self, services: u32, ping_blocks: u32) -> anyhow::Result<BenchConfig> {
         let cfg = BenchConfig {
             ping_count: self.ping_count,
             ping_interval_s: self.ping_interval,
@@ -32,6 +33,7 @@ impl ToolArgs {
             ab_requests: self.ab_requests,
             ab_concurrency: self.ab_concurrency,
             services,
+            ping_blocks,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -129,6 +129,8 @@ pub async fn run(
     let cfg = &BenchConfig {
         ping_count: plan.ping_count,
         ping_interval_s: plan.ping_interval_s,
+        // The checks split their pings into blocks of their own.
+        ping_blocks: 1,
         ..cfg.clone()
     };
     let second = second_lab(names)?;

@@ -83,8 +83,13 @@ pub fn headline(report: &Report) -> String {
     } else {
         String::new()
     };
+    let blocks = if c.ping_blocks > 1 {
+        format!(" in {} host/pod blocks", c.ping_blocks)
+    } else {
+        String::new()
+    };
     format!(
-        "netprof report: {} (kernel {}, {} CPUs; ping {} x {} ms, iperf3 {} s, ab {} x {}{repeats})",
+        "netprof report: {} (kernel {}, {} CPUs; ping {} x {} ms{blocks}, iperf3 {} s, ab {} x {}{repeats})",
         report.source,
         report.run.kernel,
         report.run.cpus,
