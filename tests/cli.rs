@@ -257,6 +257,22 @@ fn ctrl_c_during_bench_removes_everything() {
     if skip_unless_kernel_ready("ctrl_c_during_bench_removes_everything") {
         return;
     }
+    interrupt_bench_during_iperf3("flannel-vxlan", 1);
+}
+
+/// Several modes run side by side (all their labs up at once): Ctrl-C in the first mode's
+/// iperf3 removes every lab, the ones still waiting for their turn too.
+#[test]
+fn ctrl_c_during_modes_side_by_side_removes_every_lab() {
+    if skip_unless_kernel_ready("ctrl_c_during_modes_side_by_side_removes_every_lab") {
+        return;
+    }
+    interrupt_bench_during_iperf3("host,flannel-hostgw,flannel-vxlan", 3);
+}
+
+/// Interrupts `bench --modes <modes>` once iperf3 runs; asserts nothing is left of its `labs`
+/// labs (`<lab>`, `<lab>-2`, ...), nginx or iperf3.
+fn interrupt_bench_during_iperf3(modes: &str, labs: usize) {
     let workers = nginx_workers();
     let lab = unique_lab_name();
     let out = TempPath::new("out");
@@ -264,7 +280,7 @@ fn ctrl_c_during_bench_removes_everything() {
         .args([
             "bench",
             "--modes",
-            "flannel-vxlan",
+            modes,
             "--lab",
             &lab,
             "--iperf3-seconds",
@@ -308,7 +324,13 @@ fn ctrl_c_during_bench_removes_everything() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("interrupted"), "{stderr}");
+    if labs > 1 {
+        assert!(stderr.contains("side by side"), "{stderr}");
+    }
     assert_lab_gone(&lab);
+    for k in 2..=labs {
+        assert_lab_gone(&format!("{lab}-{k}"));
+    }
     assert_eq!(nginx_workers(), workers, "nginx left running");
     assert!(
         !Command::new("pgrep")
@@ -323,4 +345,50 @@ fn ctrl_c_during_bench_removes_everything() {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Several modes without agents run side by side: every lab is up before the first iperf3, the
+/// pings of every path take turns in blocks, each mode still gets all its pings, and no lab is
+/// left afterwards.
+#[test]
+fn modes_side_by_side_ping_in_turns_and_leave_nothing() {
+    if skip_unless_kernel_ready("modes_side_by_side_ping_in_turns_and_leave_nothing") {
+        return;
+    }
+    let lab = unique_lab_name();
+    let out = TempPath::new("out");
+    let output = Command::new(netprof_bin())
+        .args(["bench", "--modes", "host,calico", "--lab", &lab])
+        .args(["--ping-count", "20", "--iperf3-seconds", "1"])
+        .args(["--ab-requests", "200", "--ab-concurrency", "5", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let at = |text: &str| {
+        stderr
+            .find(text)
+            .unwrap_or_else(|| panic!("no {text:?} in {stderr}"))
+    };
+    // Both labs up, then one ping step over the three paths, then the first mode's iperf3.
+    assert!(at("calico         building the lab") < at("[pings] 3 paths of 2 modes side by side"));
+    assert!(at("[pings]") < at("host path: iperf3"));
+    assert!(stderr.contains("in 10 alternating blocks"), "{stderr}");
+    let read = |mode: &str| -> serde_json::Value {
+        let file = out.path().join(format!("{mode}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap()
+    };
+    let (host, calico) = (read("host"), read("calico"));
+    for (result, path) in [
+        (&host, "host_path"),
+        (&calico, "host_path"),
+        (&calico, "pod_path"),
+    ] {
+        assert_eq!(result["config"]["ping_blocks"], 10);
+        assert_eq!(result[path]["ping"]["transmitted"], 20, "{path}");
+        assert_eq!(result[path]["ping"]["received"], 20, "{path}");
+    }
+    assert_lab_gone(&lab);
+    assert_lab_gone(&format!("{lab}-2"));
 }

@@ -14,6 +14,7 @@ mod ping_step;
 pub mod profile;
 pub mod result;
 pub mod servers;
+pub mod side_by_side;
 pub mod table;
 pub mod tools;
 pub mod validate;
@@ -130,23 +131,26 @@ pub async fn run(
         path: out_dir.to_path_buf(),
         source,
     })?;
-    let mut results = Vec::new();
-    for (i, &mode) in modes.iter().enumerate() {
-        let progress = Progress {
-            index: i + 1,
-            total: modes.len(),
-            mode,
-        };
-        let outcome = run_mode(&progress, cfg, names, &out, profile).await;
-        // Whatever happened, nothing of this mode's lab may survive.
-        let teardown = lab::down(names);
-        let result = outcome?;
-        teardown?;
-        let path = out.mode_file(mode);
-        let json = serde_json::to_string_pretty(&result).expect("results serialize");
-        fs::write(&path, json).map_err(|source| BenchError::Output { path, source })?;
-        results.push(result);
-    }
+    let results = if side_by_side::applies(modes, cfg, profile) {
+        side_by_side::run(modes, cfg, names, &out).await?
+    } else {
+        let mut results = Vec::new();
+        for (i, &mode) in modes.iter().enumerate() {
+            let progress = Progress {
+                index: i + 1,
+                total: modes.len(),
+                mode,
+            };
+            let outcome = run_mode(&progress, cfg, names, &out, profile).await;
+            // Whatever happened, nothing of this mode's lab may survive.
+            let teardown = lab::down(names);
+            let result = outcome?;
+            teardown?;
+            write_result(&out, &result)?;
+            results.push(result);
+        }
+        results
+    };
     let summary = out.table_file();
     fs::write(&summary, table::render(&results)).map_err(|source| BenchError::Output {
         path: summary,
@@ -158,18 +162,33 @@ pub async fn run(
     Ok(results)
 }
 
-async fn run_mode(
-    progress: &Progress,
-    cfg: &BenchConfig,
-    names: &LabNames,
-    out: &RunDir,
-    profile: Option<&profile::AgentTuning>,
-) -> Result<ModeResult, BenchError> {
+fn write_result(out: &RunDir, result: &ModeResult) -> Result<(), BenchError> {
+    let path = out.mode_file(result.mode);
+    let json = serde_json::to_string_pretty(result).expect("results serialize");
+    fs::write(&path, json).map_err(|source| BenchError::Output { path, source })
+}
+
+/// When a mode's measurement began.
+#[derive(Clone, Copy)]
+struct Started {
+    unix_s: u64,
+    at: Instant,
+}
+
+impl Started {
+    fn now() -> Self {
+        Self {
+            unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// `progress.mode`'s lab, built under `names`.
+fn bring_up(progress: &Progress, cfg: &BenchConfig, names: &LabNames) -> Result<Lab, BenchError> {
     let mode = progress.mode;
-    let started_unix_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mode_start = Instant::now();
     let services = if mode.has_kube_proxy() {
         cfg.services
     } else {
@@ -178,10 +197,46 @@ async fn run_mode(
     let t = progress.step(&format!("building the lab (+{services} services)"));
     let lab = lab::up(names, LabSpec { mode, services }).map_err(|e| progress.failed(e))?;
     progress.done(t, "up");
-    let environment = environment(&lab)?;
+    Ok(lab)
+}
+
+/// The lab's paths: the host path, and the pod path where the mode has pods.
+fn paths_of(lab: &Lab) -> Vec<(NetPath, PathEndpoints)> {
+    let mut paths = vec![(NetPath::Host, lab.host_path())];
+    if let Some(pod) = lab.pod_path() {
+        paths.push((NetPath::Pod, pod));
+    }
+    paths
+}
+
+async fn run_mode(
+    progress: &Progress,
+    cfg: &BenchConfig,
+    names: &LabNames,
+    out: &RunDir,
+    profile: Option<&profile::AgentTuning>,
+) -> Result<ModeResult, BenchError> {
+    let started = Started::now();
+    let lab = bring_up(progress, cfg, names)?;
+    measure_mode(progress, cfg, &lab, out, profile, None, started).await
+}
+
+/// Every step of a mode on its lab; the pings are taken here unless `pings` brings them (one
+/// per path, taken side by side with other modes').
+async fn measure_mode(
+    progress: &Progress,
+    cfg: &BenchConfig,
+    lab: &Lab,
+    out: &RunDir,
+    profile: Option<&profile::AgentTuning>,
+    pings: Option<Vec<PingReport>>,
+    started: Started,
+) -> Result<ModeResult, BenchError> {
+    let mode = progress.mode;
+    let environment = environment(lab)?;
     let profiler = if let Some(tuning) = profile {
         let t = progress.step("attaching one agent per node");
-        let profiler = profile::Profiler::start_with(&lab, out, tuning)
+        let profiler = profile::Profiler::start_with(lab, out, tuning)
             .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
         progress.done(t, "attached");
         Some(profiler)
@@ -192,27 +247,29 @@ async fn run_mode(
     let mut ctx = PathContext {
         progress,
         cfg,
-        lab: &lab,
+        lab,
         profiler: profiler.as_ref(),
         profiles: &mut profiles,
     };
-    let host = lab.host_path();
-    let pod = lab.pod_path();
-    let mut paths = vec![(NetPath::Host, &host)];
-    if let Some(pod) = &pod {
-        paths.push((NetPath::Pod, pod));
-    }
-    let mut pings = ping_step::ping_paths(&mut ctx, &paths).await?.into_iter();
-    let mut ping = || pings.next().expect("a ping report per path");
-    let host_ping = ping();
-    let pod_ping = pod.as_ref().map(|_| ping());
-    let host_path = run_path(&mut ctx, NetPath::Host, &host, host_ping).await?;
-    let pod_path = match (&pod, pod_ping) {
-        (Some(endpoints), Some(ping)) => {
-            Some(run_path(&mut ctx, NetPath::Pod, endpoints, ping).await?)
+    let paths = paths_of(lab);
+    let pings = match pings {
+        Some(pings) => pings,
+        None => {
+            let refs: Vec<(NetPath, &PathEndpoints)> = paths.iter().map(|(p, e)| (*p, e)).collect();
+            ping_step::ping_paths(&mut ctx, &refs).await?
         }
-        _ => None,
     };
+    assert_eq!(pings.len(), paths.len(), "a ping report per path");
+    let mut host_path = None;
+    let mut pod_path = None;
+    for ((path, endpoints), ping) in paths.iter().zip(pings) {
+        let result = run_path(&mut ctx, *path, endpoints, ping).await?;
+        match path {
+            NetPath::Host => host_path = Some(result),
+            NetPath::Pod => pod_path = Some(result),
+        }
+    }
+    let host_path = host_path.expect("every lab has a host path");
     // Detach before the lab goes away.
     drop(profiler);
     Ok(ModeResult {
@@ -220,8 +277,8 @@ async fn run_mode(
         mode,
         environment,
         config: cfg.clone(),
-        started_unix_s,
-        duration_s: mode_start.elapsed().as_secs_f64(),
+        started_unix_s: started.unix_s,
+        duration_s: started.at.elapsed().as_secs_f64(),
         host_path,
         pod_path,
         profiles,

@@ -94,6 +94,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         expedite_rcu: args.duty.expedite_rcu,
         ..Default::default()
     });
+    let side_by_side = bench::side_by_side::applies(&modes, &cfg, tuning.as_ref());
+    if side_by_side && args.lab.len() > 22 {
+        anyhow::bail!(
+            "--lab {}: at most 22 characters when several modes run side by side (labs <lab>-2 to <lab>-5 run beside it); give a shorter name, or --ping-blocks 1 to run the modes one after the other",
+            args.lab
+        );
+    }
     let plan = if args.validate {
         Some(validate_plan(&args, &cfg)?)
     } else {
@@ -116,7 +123,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     });
     // The benchmark future is gone (its tools were killed); now nothing of the labs may remain.
-    let teardown = lab::down(&names);
+    let mut teardown = lab::down(&names).map(drop);
+    if side_by_side {
+        for extra in bench::side_by_side::lab_names(&names, modes.len())?
+            .iter()
+            .skip(1)
+        {
+            let down = lab::down(extra);
+            if teardown.is_ok() {
+                teardown = down.map(drop);
+            }
+        }
+    }
     if plan.is_some() {
         lab::down(&bench::validate::second_lab(&names)?)?;
     }
