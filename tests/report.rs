@@ -251,6 +251,30 @@ fn repeats_are_judged_on_their_medians() {
     assert_eq!(clean[1].values.ping_p50_ms, Some(0.061));
 }
 
+/// A run without agents whose modes ran side by side (their labs up at once, every path pinged
+/// in turns) says so where its table starts; the known run's own twin ran one mode at a time
+/// and says nothing of the kind (the golden files hold it).
+#[test]
+fn the_table_without_agents_says_its_modes_were_pinged_side_by_side() {
+    let dir = Scratch(known_run::write_known_run("side-by-side"));
+    for (mode, other) in [("host", "flannel-hostgw"), ("flannel-hostgw", "host")] {
+        let clean = dir.0.join(format!("clean/{mode}.json"));
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&clean).unwrap()).unwrap();
+        doc["pinged_with"] = serde_json::json!([other]);
+        doc["config"]["ping_blocks"] = serde_json::json!(10);
+        fs::write(&clean, doc.to_string()).unwrap();
+    }
+    let report = report::from_dir(&dir.0).unwrap();
+    let s = report.clean_pings_side_by_side.unwrap();
+    assert_eq!((s.modes, s.paths, s.blocks), (2, 3, 10));
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.contains("All 2 modes' labs were up at once and their 3 paths were pinged in turns (10 blocks each)"),
+        "{text}"
+    );
+}
+
 /// A paired check whose `b` run is missing from `validate.json` is not dropped: the report
 /// names it as not judged and why, and judges the other check.
 #[test]

@@ -221,15 +221,22 @@ async fn run_mode(
     measure_mode(progress, cfg, &lab, out, profile, None, started).await
 }
 
-/// Every step of a mode on its lab; the pings are taken here unless `pings` brings them (one
-/// per path, taken side by side with other modes').
+/// A mode's pings taken before its other steps, in turns with other modes' paths.
+struct TakenPings {
+    /// One per path of the mode's lab, in `paths_of`'s order.
+    reports: Vec<PingReport>,
+    /// The modes whose paths took turns with these.
+    with: Vec<Mode>,
+}
+
+/// Every step of a mode on its lab; the pings are taken here unless `pings` brings them.
 async fn measure_mode(
     progress: &Progress,
     cfg: &BenchConfig,
     lab: &Lab,
     out: &RunDir,
     profile: Option<&profile::AgentTuning>,
-    pings: Option<Vec<PingReport>>,
+    pings: Option<TakenPings>,
     started: Started,
 ) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
@@ -252,8 +259,9 @@ async fn measure_mode(
         profiles: &mut profiles,
     };
     let paths = paths_of(lab);
+    let pinged_with = pings.as_ref().map_or_else(Vec::new, |p| p.with.clone());
     let pings = match pings {
-        Some(pings) => pings,
+        Some(pings) => pings.reports,
         None => {
             let refs: Vec<(NetPath, &PathEndpoints)> = paths.iter().map(|(p, e)| (*p, e)).collect();
             ping_step::ping_paths(&mut ctx, &refs).await?
@@ -281,6 +289,7 @@ async fn measure_mode(
         duration_s: started.at.elapsed().as_secs_f64(),
         host_path,
         pod_path,
+        pinged_with,
         profiles,
         cluster: None,
     })

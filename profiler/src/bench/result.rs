@@ -24,6 +24,11 @@ pub struct ModeResult {
     /// With `--profile`: the agents' reports for every step, one file per node.
     #[serde(default)]
     pub profiles: Vec<crate::rundir::ProfileFile>,
+    /// The other modes whose paths were pinged in turns with this mode's, all their labs up at
+    /// once (`bench` without agents, see `bench::side_by_side`); empty when the mode's pings ran
+    /// on its lab alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinged_with: Vec<Mode>,
     /// `netprof k8s run`: the cluster measured (absent for lab runs; older files lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRecord>,

@@ -19,6 +19,7 @@ use super::profile::AgentTuning;
 use super::result::ModeResult;
 use super::{
     bring_up, measure_mode, paths_of, write_result, BenchConfig, BenchError, Progress, Started,
+    TakenPings,
 };
 use crate::lab::{self, LabError, LabLock, LabNames, Mode, PathEndpoints};
 use crate::parse::ping::PingReport;
@@ -91,7 +92,11 @@ async fn measure(
         progress.iter().zip(labs).zip(all.iter().zip(&paths))
     {
         let mode_pings: Vec<PingReport> = pings.by_ref().take(lab_paths.len()).collect();
-        let outcome = measure_mode(p, cfg, &lab, out, None, Some(mode_pings), started).await;
+        let taken = TakenPings {
+            reports: mode_pings,
+            with: modes.iter().copied().filter(|&m| m != p.mode).collect(),
+        };
+        let outcome = measure_mode(p, cfg, &lab, out, None, Some(taken), started).await;
         // Done with this mode: its lab goes now, the others stay for their turn.
         let teardown = lab::down(names);
         let result = outcome?;

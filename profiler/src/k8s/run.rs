@@ -148,6 +148,7 @@ pub async fn run(
         duration_s: started.elapsed().as_secs_f64(),
         host_path,
         pod_path: Some(pod_path),
+        pinged_with: Vec::new(),
         profiles,
         cluster: Some(ClusterRecord {
             api_server: cluster.server.clone(),

@@ -8,8 +8,8 @@ use super::merge::{merge_step, MergedStep};
 use super::probe_cost::ProbeCosts;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
-    drops, overhead, CalibrationFacts, Report, RttSamples, RunFacts, TableRow, LATENCY_METHOD,
-    SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
+    drops, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings, TableRow,
+    LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
 };
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
@@ -46,6 +46,19 @@ fn probe_costs(
         Some(c) => c.clone().or(&bpf),
         None => bpf,
     }
+}
+
+/// How `results` took their pings, when every mode's were taken in turns with the others'.
+fn side_by_side_pings(results: &[ModeResult]) -> Option<SideBySidePings> {
+    let side_by_side = results.len() > 1 && results.iter().all(|r| !r.pinged_with.is_empty());
+    side_by_side.then(|| SideBySidePings {
+        modes: results.len(),
+        paths: results
+            .iter()
+            .map(|r| 1 + usize::from(r.pod_path.is_some()))
+            .sum(),
+        blocks: results[0].config.ping_blocks,
+    })
 }
 
 /// The unprofiled twin's path results for a mode and its baseline, matching the profiled
@@ -333,6 +346,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
         .map(table::lines)
         .unwrap_or_default();
     let cells = table::cells(&profiled_lines, host_mode_baseline);
+    let clean_pings_side_by_side = clean_results.as_deref().and_then(side_by_side_pings);
     Report {
         schema: SCHEMA,
         source: input.dir.display().to_string(),
@@ -354,6 +368,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
         clean_table: clean
             .is_some()
             .then(|| clean_lines.iter().map(TableRow::of).collect()),
+        clean_pings_side_by_side,
         latency: parts.latency,
         throughput: parts.throughput,
         repeats: None,

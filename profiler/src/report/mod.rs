@@ -150,6 +150,9 @@ pub struct Report {
     /// The study's table with no agent attached (`DIR/clean/`; medians over repeats), the
     /// first numbers of every format. `None` when the run has no such twin.
     pub clean_table: Option<Vec<TableRow>>,
+    /// How the run without agents took its pings when its modes ran side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_pings_side_by_side: Option<SideBySidePings>,
     pub latency: Vec<LatencyAttribution>,
     pub throughput: Vec<ThroughputAttribution>,
     /// Spread over `cargo xtask demo --repeat K`'s repeats.
@@ -175,6 +178,15 @@ pub struct Report {
     pub profiled_lines: Vec<Line>,
     #[serde(skip)]
     pub host_mode_baseline: bool,
+}
+
+/// A run without agents whose modes' labs were all up at once, every path pinged in turns.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SideBySidePings {
+    pub modes: usize,
+    pub paths: usize,
+    /// Blocks of each path's pings.
+    pub blocks: u32,
 }
 
 pub const LATENCY_METHOD: &str = "Latency: the extra ping RTT of each pod mode over the baseline, split by stage and node: a stage's time is the sum over both nodes (kept apart) of each segment's median × its passes per RTT, minus the baseline's. The headline split takes netprof's probe out of every segment (half a probe run at each end, per kind: calibrated when DIR holds a calibration, the one measured at the split's ping interval, else the bpf_stats estimate) and is set against the p50s measured with no agent attached (DIR/clean/). Unexplained = that delta − the stages' sum, never hidden; negative when the stages add up to more.";

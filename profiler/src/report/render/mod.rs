@@ -139,12 +139,20 @@ fn study_sections(report: &Report) -> (Option<Section>, Section) {
     } else {
         String::new()
     };
+    let side_by_side = report.clean_pings_side_by_side.map_or(String::new(), |s| {
+        format!(
+            " All {} modes' labs were up at once and their {} paths were pinged in turns ({} blocks each), so every p50 here saw the same stretches of the machine's speed; iperf3 and ab ran one mode at a time.",
+            s.modes, s.paths, s.blocks
+        )
+    });
     let clean = report.clean_table.as_ref().map(|_| {
         study_section(
             "clean-table",
             Part::Clean,
             &format!("The study's table, no agent attached{repeats}"),
-            "The benchmarks as the study runs them, nothing of netprof loaded (DIR/clean/).",
+            &format!(
+                "The benchmarks as the study runs them, nothing of netprof loaded (DIR/clean/).{side_by_side}"
+            ),
             study::cells(&report.clean_lines, report.host_mode_baseline),
         )
     });
