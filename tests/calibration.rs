@@ -1,7 +1,8 @@
 //! `netprof overhead --calibrate DIR` end to end on flannel-vxlan: the real binary, a lab of its
 //! own, rounds without programs, with held programs and with netprof; `DIR/calibration.json`
 //! holds every field the report reads, the runs per RTT counted exactly from the checkpoints'
-//! hits, and the report's reader accepts it. Nothing of netprof stays loaded afterwards.
+//! hits, and the report's reader accepts it; `--calibrate-append` adds rounds to it. Nothing of
+//! netprof stays loaded afterwards.
 
 use std::process::Command;
 
@@ -107,6 +108,55 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     }
     // The report's reader takes it as it is.
     netprof::report::calibration::load(&path).unwrap();
+
+    // `--calibrate-append` adds a round after the first (a demo calibrates between its
+    // repeats): round 2's three variants join round 1's, which stay as they were.
+    let lab = unique_lab_name();
+    let append = |extra: &[&str]| {
+        Command::new(netprof_bin())
+            .args(["overhead", "--calibrate"])
+            .arg(dir)
+            .args([
+                "--rounds",
+                "1",
+                "--ab-requests",
+                "300",
+                "--ab-concurrency",
+                "4",
+            ])
+            .args(["--calibrate-append", "--lab", &lab])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = append(&[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let appended: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(appended["rounds"], 2);
+    let rounds: Vec<u64> = appended["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rounds, [1, 1, 1, 2, 2, 2]);
+    assert_eq!(appended["samples"][0], doc["samples"][0]);
+    // Rounds measured another way are refused, the file left as it was.
+    let output = append(&["--no-stats"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("stats_share") && stderr.contains("--calibrate-append"),
+        "{stderr}"
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(after, appended);
     assert_eq!(
         loaded_netprof_programs().len(),
         before,

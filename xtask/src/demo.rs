@@ -7,6 +7,12 @@
 //! does not fall on one side), into `<out>/repeat-<k>/` and `<out>/repeat-<k>/clean/`; the
 //! report takes each stage's median over the repeats. `--validate` runs once, in the last
 //! repeat's profiled pass.
+//!
+//! netprof's in-path cost is calibrated on a lab of its own: after the passes with one repeat;
+//! with repeats, a few rounds after each repeat, added up into one calibration, since the
+//! machine's speed drifts over tens of minutes (a flannel-vxlan pod p50 without agents went from
+//! 73-78 µs to 115-140 µs within an hour here) and a calibration taken after all repeats
+//! measured another machine than the one the passes ran on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -118,6 +124,47 @@ fn pass(args: &DemoArgs, dir: &Path, profiled: bool, validate: bool) -> Result<(
     run(bench)
 }
 
+/// Calibration rounds in all: a repeat's share is this over the repeats, rounded up.
+const CALIBRATION_ROUNDS: u32 = 8;
+
+/// The ping interval the passes in `dir` used (`config.ping_interval_s` of a mode file there).
+fn ping_interval_of(dir: &Path) -> Result<f64> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", file.display()))?;
+        if let Some(s) = doc["config"]["ping_interval_s"].as_f64() {
+            return Ok(s);
+        }
+    }
+    bail!(
+        "{}: no mode file with config.ping_interval_s",
+        dir.display()
+    )
+}
+
+/// `rounds` calibration rounds at `interval_s` into `out`'s calibration, added to the rounds
+/// already there when `append`.
+fn calibrate(out: &Path, interval_s: f64, rounds: u32, append: bool) -> Result<()> {
+    let mut calibrate = netprof();
+    calibrate
+        .args(["overhead", "--calibrate"])
+        .arg(out)
+        .args(["--calibrate-ping-interval", &interval_s.to_string()])
+        .args(["--rounds", &rounds.to_string()]);
+    if append {
+        calibrate.arg("--calibrate-append");
+    }
+    run(calibrate)
+}
+
 pub fn demo(bench_args: &[String]) -> Result<()> {
     let args = parse(bench_args)?;
     refuse_used(&args.out)?;
@@ -138,12 +185,33 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
                 pass(&args, &dir, true, validate)?;
                 pass(&args, &dir.join("clean"), false, false)?;
             }
+            // This repeat's share of the calibration, while the machine runs as it just did.
+            let interval = ping_interval_of(&dir.join("clean"))?;
+            calibrate(&args.out, interval, rounds_per_repeat(args.repeat), k > 1)?;
         }
     }
-    // netprof's in-path cost measured on a lab of its own, for the report's clean split.
-    let mut calibrate = netprof();
-    calibrate.args(["overhead", "--calibrate"]).arg(&args.out);
-    run(calibrate)?;
+    if args.repeat == 1 {
+        // netprof's in-path cost measured on a lab of its own, for the report's clean split
+        // (at every interval the run pinged at).
+        let mut calibrate = netprof();
+        calibrate.args(["overhead", "--calibrate"]).arg(&args.out);
+        run(calibrate)?;
+    } else if args.validate {
+        let last = args.out.join(format!("repeat-{}", args.repeat));
+        let validate = std::fs::read_to_string(last.join("validate.json"))
+            .with_context(|| format!("cannot read {}/validate.json", last.display()))?;
+        let validate: serde_json::Value = serde_json::from_str(&validate)
+            .with_context(|| format!("{}/validate.json: not valid JSON", last.display()))?;
+        let interval = validate["config"]["ping_interval_s"]
+            .as_f64()
+            .with_context(|| {
+                format!(
+                    "{}/validate.json: no config.ping_interval_s",
+                    last.display()
+                )
+            })?;
+        calibrate(&args.out, interval, CALIBRATION_ROUNDS, false)?;
+    }
     let mut table = netprof();
     table
         .arg("report")
@@ -161,9 +229,21 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A repeat's share of [`CALIBRATION_ROUNDS`], rounded up.
+fn rounds_per_repeat(repeats: u32) -> u32 {
+    CALIBRATION_ROUNDS.div_ceil(repeats.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calibration_rounds_are_spread_over_the_repeats() {
+        assert_eq!(rounds_per_repeat(1), 8);
+        assert_eq!(rounds_per_repeat(3), 3);
+        assert_eq!(rounds_per_repeat(20), 1);
+    }
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()

@@ -54,7 +54,7 @@ const COUNTING_PINGS: u32 = 100;
 /// block that follows `off` attaches the agents anew (about a second).
 const PING_BLOCKS: u32 = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     Off,
@@ -75,7 +75,7 @@ impl Variant {
 }
 
 /// One variant's measurement in one round.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RoundSample {
     pub round: u32,
     pub variant: Variant,
@@ -557,12 +557,15 @@ async fn count_runs<A: CalibrationAgents>(
 
 /// Runs the counting pass and `rounds` rounds on a built lab (with pods), serving nginx in the
 /// server pod for ab.
+/// Measures `rounds` rounds and documents them with the `earlier` rounds of the same
+/// calibration (from earlier calls, e.g. between a demo's repeats), numbered after them.
 pub async fn run<A: CalibrationAgents>(
     lab: &Lab,
     cfg: &BenchConfig,
     rounds: u32,
     stats: StatsMode,
     work_dir: PathBuf,
+    earlier: Vec<RoundSample>,
 ) -> Result<CalibrationDoc, BenchError> {
     let mode = lab.mode();
     let path = lab.pod_path().unwrap_or_else(|| lab.host_path());
@@ -577,9 +580,11 @@ pub async fn run<A: CalibrationAgents>(
     eprintln!("[calibrate] counting program runs per RTT (bpf_stats on, not timed)");
     let runs = count_runs::<A>(&probe, cfg).await?;
     let mut agents: Option<A> = None;
-    let mut samples = Vec::new();
+    let first = earlier.iter().map(|s| s.round).max().unwrap_or(0) + 1;
+    let last = first + rounds - 1;
+    let mut samples = earlier;
     let blocks = ping_blocks::split(cfg.ping_count, PING_BLOCKS);
-    for round in 1..=rounds {
+    for round in first..=last {
         let mut order = Variant::ALL;
         order.rotate_left((round as usize - 1) % Variant::ALL.len());
         // The pings of the three variants in alternating blocks (the order reversed every
@@ -614,7 +619,7 @@ pub async fn run<A: CalibrationAgents>(
                 cpu_ns_per_request: probe.cpu_per_request().await?,
             };
             eprintln!(
-                "[calibrate] round {round}/{rounds} {:<8} followed p50 {:.1} µs, untracked p50 \
+                "[calibrate] round {round}/{last} {:<8} followed p50 {:.1} µs, untracked p50 \
                  {:.1} µs{}",
                 variant.name(),
                 sample.followed_p50_ns / 1e3,
@@ -630,7 +635,7 @@ pub async fn run<A: CalibrationAgents>(
         }
     }
     drop(agents);
-    Ok(document(lab, cfg, rounds, stats, runs, samples))
+    Ok(document(lab, cfg, last, stats, runs, samples))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use super::overhead::OverheadArgs;
 use crate::agent::{report::AgentReport, Agent};
-use crate::bench::calibrate::{self, CalibrationAgents, StatsMode};
+use crate::bench::calibrate::{self, CalibrationAgents, RoundSample, StatsMode};
 use crate::bench::{profile, BenchConfig, BenchError};
 use crate::lab::{Lab, Mode, Node};
 use crate::rundir::{RunDir, TopFile};
@@ -131,6 +131,38 @@ fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
     Ok(intervals)
 }
 
+/// The rounds of the calibration in `path`, to be added to: it must have calibrated `mode` on
+/// this kernel with the same bpf_stats share, or the rounds would not measure one thing.
+fn earlier_rounds(path: &Path, mode: Mode, stats: StatsMode) -> Result<Vec<RoundSample>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} to add rounds to it", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let kernel = crate::kernel_release();
+    let share = u64::from(stats.share());
+    let differs = |field: &str, found: &serde_json::Value, now: String| {
+        anyhow::anyhow!(
+            "{}: {field} is {found}, this calibration's is {now}: rounds of the two would not measure one thing; give another DIR or leave out --calibrate-append",
+            path.display()
+        )
+    };
+    if doc["mode"].as_str() != Some(mode.name()) {
+        return Err(differs("mode", &doc["mode"], mode.name().to_owned()));
+    }
+    if doc["stats_share"].as_u64() != Some(share) {
+        return Err(differs(
+            "stats_share",
+            &doc["stats_share"],
+            share.to_string(),
+        ));
+    }
+    if doc["kernel"].as_str() != Some(kernel.as_str()) {
+        return Err(differs("kernel", &doc["kernel"], kernel));
+    }
+    serde_json::from_value(doc["samples"].clone())
+        .with_context(|| format!("{}: samples are not a calibration's rounds", path.display()))
+}
+
 pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
     anyhow::ensure!(
         args.mode.has_pods(),
@@ -180,16 +212,21 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             intervals.len(),
             interval * 1e3
         );
+        let out = RunDir::new(dir).calibration_file(interval);
+        let earlier = if args.calibrate_append && out.exists() {
+            earlier_rounds(&out, args.mode, stats)?
+        } else {
+            Vec::new()
+        };
         let doc = super::own_lab::on_own_lab(
             &args.lab,
             args.mode,
             "calibration-nginx",
             async |built, work_dir| {
-                calibrate::run::<LabAgents>(built, &cfg, rounds, stats, work_dir).await
+                calibrate::run::<LabAgents>(built, &cfg, rounds, stats, work_dir, earlier).await
             },
         )?;
         print!("{}", doc.render());
-        let out = RunDir::new(dir).calibration_file(interval);
         std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("calibration written to {}", out.display());

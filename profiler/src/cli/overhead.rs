@@ -79,6 +79,12 @@ pub struct OverheadArgs {
     /// packets (cold caches) than when they stay busy, so each split needs its own rate's.
     #[arg(long, value_name = "SECONDS")]
     pub calibrate_ping_interval: Option<f64>,
+    /// With --calibrate: add --rounds rounds to DIR's calibration at each interval instead of
+    /// replacing it (one is started where none exists), so a long run can calibrate between
+    /// its parts: the machine's speed drifts over tens of minutes, and a calibration taken at
+    /// another time than the pings it corrects measures another machine.
+    #[arg(long)]
+    pub calibrate_append: bool,
 }
 
 /// One `--duty` setting: a percentage, and its own period if it names one (`2@4000`).
