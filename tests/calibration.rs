@@ -20,20 +20,26 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     let before = loaded_netprof_programs().len();
     let scratch = TempPath::new("calibration");
     let dir = scratch.path();
-    let output = Command::new(netprof_bin())
-        .args(["overhead", "--calibrate"])
-        .arg(dir)
-        .args([
-            "--rounds",
-            "1",
-            "--ab-requests",
-            "300",
-            "--ab-concurrency",
-            "4",
-        ])
-        .args(["--lab", &unique_lab_name()])
-        .output()
-        .unwrap();
+    let lab = unique_lab_name();
+    // One round, short ab.
+    let calibrate = |extra: &[&str]| {
+        Command::new(netprof_bin())
+            .args(["overhead", "--calibrate"])
+            .arg(dir)
+            .args([
+                "--rounds",
+                "1",
+                "--ab-requests",
+                "300",
+                "--ab-concurrency",
+                "4",
+            ])
+            .args(["--lab", &lab])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = calibrate(&[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -111,25 +117,7 @@ fn calibration_writes_every_field_with_exact_run_counts() {
 
     // `--calibrate-append` adds a round after the first (a demo calibrates between its
     // repeats): round 2's three variants join round 1's, which stay as they were.
-    let lab = unique_lab_name();
-    let append = |extra: &[&str]| {
-        Command::new(netprof_bin())
-            .args(["overhead", "--calibrate"])
-            .arg(dir)
-            .args([
-                "--rounds",
-                "1",
-                "--ab-requests",
-                "300",
-                "--ab-concurrency",
-                "4",
-            ])
-            .args(["--calibrate-append", "--lab", &lab])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let output = append(&[]);
+    let output = calibrate(&["--calibrate-append"]);
     assert!(
         output.status.success(),
         "{}",
@@ -147,7 +135,7 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     assert_eq!(rounds, [1, 1, 1, 2, 2, 2]);
     assert_eq!(appended["samples"][0], doc["samples"][0]);
     // Rounds measured another way are refused, the file left as it was.
-    let output = append(&["--no-stats"]);
+    let output = calibrate(&["--calibrate-append", "--no-stats"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
