@@ -53,13 +53,7 @@ pub async fn run(
         locks.push(LabLock::acquire(extra.lab()).map_err(LabError::from)?);
     }
     let outcome = measure(modes, cfg, &all, out).await;
-    let mut teardown = Ok(());
-    for names in &all {
-        let down = lab::down(names);
-        if teardown.is_ok() {
-            teardown = down.map(drop);
-        }
-    }
+    let teardown = lab::down_all(&all);
     let results = outcome?;
     teardown?;
     Ok(results)

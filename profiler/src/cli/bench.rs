@@ -123,18 +123,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     });
     // The benchmark future is gone (its tools were killed); now nothing of the labs may remain.
-    let mut teardown = lab::down(&names).map(drop);
-    if side_by_side {
-        for extra in bench::side_by_side::lab_names(&names, modes.len())?
-            .iter()
-            .skip(1)
-        {
-            let down = lab::down(extra);
-            if teardown.is_ok() {
-                teardown = down.map(drop);
-            }
-        }
-    }
+    let labs = if side_by_side {
+        bench::side_by_side::lab_names(&names, modes.len())?
+    } else {
+        vec![names.clone()]
+    };
+    let teardown = lab::down_all(&labs);
     if plan.is_some() {
         lab::down(&bench::validate::second_lab(&names)?)?;
     }

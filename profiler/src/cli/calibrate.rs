@@ -134,31 +134,29 @@ fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
 /// The rounds of the calibration in `path`, to be added to: it must have calibrated `mode` on
 /// this kernel with the same bpf_stats share, or the rounds would not measure one thing.
 fn earlier_rounds(path: &Path, mode: Mode, stats: StatsMode) -> Result<Vec<RoundSample>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} to add rounds to it", path.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let kernel = crate::kernel_release();
-    let share = u64::from(stats.share());
-    let differs = |field: &str, found: &serde_json::Value, now: String| {
-        anyhow::anyhow!(
-            "{}: {field} is {found}, this calibration's is {now}: rounds of the two would not measure one thing; give another DIR or leave out --calibrate-append",
-            path.display()
-        )
-    };
-    if doc["mode"].as_str() != Some(mode.name()) {
-        return Err(differs("mode", &doc["mode"], mode.name().to_owned()));
+    // The report's reader checks the file (schema, every value) and names it in its errors.
+    let earlier = crate::report::calibration::load(path)?.calibration;
+    let now = [
+        ("mode", Some(mode.name().to_owned())),
+        ("kernel", Some(crate::kernel_release())),
+        ("stats_share", Some(stats.share().to_string())),
+    ];
+    let found = [
+        earlier.mode,
+        earlier.kernel,
+        earlier.stats_share.map(|s| s.to_string()),
+    ];
+    for ((field, now), found) in now.into_iter().zip(found) {
+        if found != now {
+            anyhow::bail!(
+                "{}: {field} is {}, this calibration's is {}: rounds of the two would not measure one thing; give another DIR or leave out --calibrate-append",
+                path.display(),
+                found.as_deref().unwrap_or("not recorded"),
+                now.as_deref().unwrap_or_default()
+            );
+        }
     }
-    if doc["stats_share"].as_u64() != Some(share) {
-        return Err(differs(
-            "stats_share",
-            &doc["stats_share"],
-            share.to_string(),
-        ));
-    }
-    if doc["kernel"].as_str() != Some(kernel.as_str()) {
-        return Err(differs("kernel", &doc["kernel"], kernel));
-    }
+    let doc = crate::report::input::read_json(path)?;
     serde_json::from_value(doc["samples"].clone())
         .with_context(|| format!("{}: samples are not a calibration's rounds", path.display()))
 }

@@ -278,6 +278,19 @@ pub fn down(names: &LabNames) -> Result<DownReport, LabError> {
     Ok(report)
 }
 
+/// [`down`] for every lab of `labs`, each tried even when one before it failed; the first
+/// failure is the result.
+pub fn down_all(labs: &[LabNames]) -> Result<(), LabError> {
+    let mut first = Ok(());
+    for names in labs {
+        let down = down(names);
+        if first.is_ok() {
+            first = down.map(drop);
+        }
+    }
+    first
+}
+
 /// The directory for files a lab's servers need (`/run/netprof/labs/<lab>/`), removed by
 /// [`down`].
 pub fn work_dir(names: &LabNames) -> PathBuf {
