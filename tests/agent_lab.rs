@@ -1260,3 +1260,85 @@ fn netlink_link_listing_matches_ip() {
         assert_eq!(ours, ip, "{netns}");
     }
 }
+
+/// Links of the kernel whose program is one of `ids` (`bpftool link show`: tcx, netfilter and
+/// tracing links alike).
+fn links_of(ids: &std::collections::BTreeSet<u32>) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool link show failed: {out:?}");
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    links
+        .iter()
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| ids.contains(&(id as u32)))
+        })
+        .count()
+}
+
+/// `bench --profile` pings each path also with the agents detached, in turns with the profiled
+/// blocks: detached, no link of the agent's programs is left and the devices' tc side is as
+/// before the agent (so those pings cross no netprof program); attached again, every link is
+/// back and a step's counts are exact. Under a duty cycle, whose thread owns the links, a
+/// detach on demand is refused.
+#[test]
+fn detached_on_demand_no_link_is_left_and_reattached_counts_are_exact() {
+    let test = "detached_on_demand_no_link_is_left_and_reattached_counts_are_exact";
+    if let Some(reason) = ebpf_skip_reason(&["ip", "ping", "bpftool"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let mode = Mode::FlannelVxlan;
+    let (_cleanup, names, path, options) = node_one_lab(mode);
+    let before = Before::take(node_one_netns(&names, mode));
+    let agent = Agent::start(&options).unwrap();
+    let ids: std::collections::BTreeSet<u32> = agent
+        .snapshot()
+        .unwrap()
+        .programs
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    let attached = links_of(&ids);
+    println!("{} programs, {attached} links", ids.len());
+    assert!(attached > 10, "only {attached} links of the agent's programs");
+
+    agent.set_attached(false).unwrap();
+    let left = leftovers::poll(leftovers::RELEASE_DEADLINE, || Ok(links_of(&ids)), |n| *n == 0)
+        .unwrap();
+    assert_eq!(left, 0, "links of the agent's programs left while detached");
+    leftovers::wait_tc_state(&before.netns, &before.tc).unwrap();
+    check_stats_off(&names, &path);
+    agent.reset().unwrap();
+    ping(&path.client_netns, path.server_ip, PINGS);
+    let detached = agent.snapshot().unwrap();
+    let counted: u64 = detached.checkpoints.iter().map(|c| c.hits).sum();
+    assert_eq!(counted, 0, "hits while detached");
+
+    agent.set_attached(true).unwrap();
+    assert_eq!(links_of(&ids), attached, "every link back");
+    agent.reset().unwrap();
+    ping(&path.client_netns, path.server_ip, PINGS);
+    let report = settled(&agent);
+    print_report(&report);
+    assert_eq!(report.hits("eno1 tc-egress"), PINGS);
+    assert_eq!(report.hits("eno1 tc-ingress"), PINGS);
+    assert_eq!(report.counters.abandoned, 0, "{:?}", report.counters);
+    let objects = objects_of(&[&report]);
+    drop(agent);
+    before.check_nothing_left(&objects);
+
+    let mut cycled = options.clone();
+    cycled.duty = netprof::agent::duty::Duty::from_percent(50, Duration::from_millis(500)).unwrap();
+    let agent = Agent::start(&cycled).unwrap();
+    let refused = agent.set_attached(false);
+    assert!(
+        matches!(refused, Err(AgentError::DutyCycleOwnsLinks)),
+        "{refused:?}"
+    );
+    drop(agent);
+}

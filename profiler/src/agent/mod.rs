@@ -234,4 +234,9 @@ pub enum AgentError {
     Poisoned,
     #[error("cannot start the agent's duty-cycle thread")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "the agent runs a duty cycle, whose thread attaches and detaches it: it cannot also be \
+         detached on demand"
+    )]
+    DutyCycleOwnsLinks,
 }

@@ -28,6 +28,35 @@ pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
     Some((at(0.025), at(0.975)))
 }
 
+/// The central 95% interval of `median(a) - median(b)`, each pooled over its blocks, when
+/// `a` and `b` were taken in blocks that pair up (block k of each within seconds of the
+/// other's): whole pairs are resampled with replacement, so a slow stretch of the machine
+/// stays with both sides of its pair. `None` under 3 pairs or with an empty side.
+pub fn paired_blocks_interval(a: &[&[f64]], b: &[&[f64]]) -> Option<(f64, f64)> {
+    let pairs = a.len().min(b.len());
+    if pairs < 3 {
+        return None;
+    }
+    let mut rng = SplitMix64(0x6e65_7470_726f_6632);
+    let mut diffs = Vec::with_capacity(RESAMPLES);
+    while diffs.len() < RESAMPLES {
+        let (mut pa, mut pb) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            let k = rng.below(pairs);
+            pa.extend_from_slice(a[k]);
+            pb.extend_from_slice(b[k]);
+        }
+        if pa.is_empty() || pb.is_empty() {
+            // Every drawn block lost all its replies; draw again.
+            continue;
+        }
+        diffs.push(median(&mut pa) - median(&mut pb));
+    }
+    diffs.sort_by(f64::total_cmp);
+    let at = |q: f64| diffs[((RESAMPLES as f64 - 1.0) * q).round() as usize];
+    Some((at(0.025), at(0.975)))
+}
+
 /// Where a target lies against an interval: the verdict an engineer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -70,6 +99,19 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_blocks_keep_a_shared_drift_out_of_the_interval() {
+        // Both sides drift together by up to 40 between blocks; `a` is always 10 above `b`.
+        let drift = [0.0, 40.0, 10.0, 30.0, 20.0, 5.0];
+        let a: Vec<Vec<f64>> = drift.iter().map(|d| vec![d + 110.0, d + 111.0]).collect();
+        let b: Vec<Vec<f64>> = drift.iter().map(|d| vec![d + 100.0, d + 101.0]).collect();
+        let slices = |v: &[Vec<f64>]| v.iter().map(Vec::as_slice).collect::<Vec<_>>();
+        let (lo, hi) = paired_blocks_interval(&slices(&a), &slices(&b)).unwrap();
+        assert!(lo <= 10.0 && 10.0 <= hi, "[{lo}, {hi}]");
+        assert!(hi - lo < 1.0, "pairing keeps the 40 of drift out: [{lo}, {hi}]");
+        assert_eq!(paired_blocks_interval(&slices(&a[..2]), &slices(&b[..2])), None);
+    }
 
     #[test]
     fn the_interval_holds_the_median_and_narrows_with_more_samples() {

@@ -263,7 +263,14 @@ async fn measure_mode(
     let paths = paths_of(lab);
     let pinged_with = pings.as_ref().map_or_else(Vec::new, |p| p.with.clone());
     let pings = match pings {
-        Some(pings) => pings.reports,
+        Some(pings) => pings
+            .reports
+            .into_iter()
+            .map(|ping| ping_step::PathPings {
+                ping,
+                agents_off: None,
+            })
+            .collect(),
         None => {
             let refs: Vec<(NetPath, &PathEndpoints)> = paths.iter().map(|(p, e)| (*p, e)).collect();
             ping_step::ping_paths(&mut ctx, &refs).await?
@@ -307,6 +314,23 @@ struct PathContext<'a> {
 }
 
 impl PathContext<'_> {
+    /// Whether agents are attached to the lab.
+    fn profiled(&self) -> bool {
+        self.profiler.is_some()
+    }
+
+    /// Detaches the agents' programs or attaches them again (no-op without agents).
+    fn set_attached(&self, attached: bool) -> Result<(), BenchError> {
+        let Some(p) = self.profiler else {
+            return Ok(());
+        };
+        p.set_attached(attached)
+            .map_err(|source| BenchError::Profile {
+                mode: self.lab.mode(),
+                source,
+            })
+    }
+
     /// The flows of `tool`'s step on `endpoints` (none without agents: nothing to follow).
     fn flows(&self, endpoints: &PathEndpoints, tool: Tool) -> Result<Vec<FlowSpec>, BenchError> {
         if self.profiler.is_none() {
@@ -361,7 +385,7 @@ async fn run_path(
     ctx: &mut PathContext<'_>,
     path: NetPath,
     endpoints: &PathEndpoints,
-    ping: PingReport,
+    pings: ping_step::PathPings,
 ) -> Result<PathResult, BenchError> {
     let (progress, cfg, lab) = (ctx.progress, ctx.cfg, ctx.lab);
     let mode = lab.mode();
@@ -414,10 +438,11 @@ async fn run_path(
 
     Ok(PathResult {
         endpoints: endpoints.clone(),
-        ping,
+        ping: pings.ping,
         iperf3,
         ab,
         ab_cpu_ns_per_request,
+        ping_agents_off: pings.agents_off,
     })
 }
 

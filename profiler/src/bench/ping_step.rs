@@ -4,8 +4,13 @@
 //! the machine's speed (one repeat's host p50 was 6 µs against 34-39 µs in the others). The
 //! targets are one mode's two paths, or every path of every mode when the modes' labs are up
 //! side by side (`side_by_side`).
+//!
+//! With agents, each path is also pinged with every netprof program detached, in blocks that
+//! take turns with the profiled ones: the profiled p50 less this one is netprof's own RTT cost,
+//! measured in the same minutes as the profile it is taken out of.
 
 use super::{BenchError, PathContext};
+use crate::bench::result::AgentsOffPings;
 use crate::bench::{ping_blocks, tools, BenchConfig};
 use crate::lab::{Mode, PathEndpoints};
 use crate::parse::ping::PingReport;
@@ -63,15 +68,30 @@ pub(super) fn describe(cfg: &BenchConfig, targets: usize) -> String {
     )
 }
 
+/// One target's pings, block by block.
+pub(super) struct BlockPings(Vec<PingReport>);
+
+impl BlockPings {
+    /// Every block's pings as one run.
+    pub fn joined(&self) -> PingReport {
+        PingReport::concatenated(&self.0)
+    }
+
+    /// RTTs per block.
+    pub fn block_rtts(&self) -> Vec<usize> {
+        self.0.iter().map(|p| p.rtts_us.len()).collect()
+    }
+}
+
 /// Pings every target (`cfg.ping_count` each) in blocks that take turns, calling `around`
-/// before and after each target's block; the reports come back in the order of `targets`.
+/// before and after each target's block; the pings come back in the order of `targets`.
 pub(super) async fn ping_in_blocks(
     cfg: &BenchConfig,
     targets: &[Target<'_>],
     mut around: impl FnMut(Around) -> Result<(), BenchError>,
-) -> Result<Vec<PingReport>, BenchError> {
+) -> Result<Vec<BlockPings>, BenchError> {
     let blocks = blocks_for(cfg, targets.len());
-    let mut runs: Vec<Vec<PingReport>> = vec![Vec::new(); targets.len()];
+    let mut runs: Vec<BlockPings> = (0..targets.len()).map(|_| BlockPings(Vec::new())).collect();
     for (b, &count) in blocks.iter().enumerate() {
         let block_cfg = BenchConfig {
             ping_count: count,
@@ -88,29 +108,33 @@ pub(super) async fn ping_in_blocks(
                     source,
                 })?;
             around(Around::After(i, (blocks.len() > 1).then_some(b)))?;
-            runs[i].push(ping);
+            runs[i].0.push(ping);
         }
     }
-    Ok(runs.iter().map(|r| PingReport::concatenated(r)).collect())
+    Ok(runs)
+}
+
+/// One path's pings from the ping step.
+pub(super) struct PathPings {
+    pub ping: PingReport,
+    /// With agents: the same path pinged with them detached, in turns with `ping`'s blocks.
+    pub agents_off: Option<AgentsOffPings>,
 }
 
 /// One mode's paths pinged in turns, each block's agent reports written apart when agents
-/// are attached.
+/// are attached; with agents, every path is pinged a second time with them detached, these
+/// blocks in the same turns (the agents re-attach before each profiled block).
 pub(super) async fn ping_paths(
     ctx: &mut PathContext<'_>,
     paths: &[(NetPath, &PathEndpoints)],
-) -> Result<Vec<PingReport>, BenchError> {
+) -> Result<Vec<PathPings>, BenchError> {
     let (progress, cfg, mode) = (ctx.progress, ctx.cfg, ctx.lab.mode());
+    let with_agents_off = ctx.profiled();
     let each: Vec<String> = paths
         .iter()
         .map(|(path, e)| format!("{} {} -> {}", path.label(), e.client_netns, e.server_ip))
         .collect();
-    let t = progress.step(&format!(
-        "{}: {}",
-        describe(cfg, paths.len()),
-        each.join(", ")
-    ));
-    let targets: Vec<Target> = paths
+    let mut targets: Vec<Target> = paths
         .iter()
         .map(|&(path, endpoints)| Target {
             mode,
@@ -118,23 +142,63 @@ pub(super) async fn ping_paths(
             endpoints,
         })
         .collect();
+    // Targets `n..2n` are the same paths with the agents detached.
+    let n = targets.len();
+    if with_agents_off {
+        targets.extend_from_within(..);
+    }
+    let off_note = if with_agents_off {
+        ", with agents attached and detached in turns"
+    } else {
+        ""
+    };
+    let t = progress.step(&format!(
+        "{}{off_note}: {}",
+        describe(cfg, targets.len()),
+        each.join(", ")
+    ));
     let mut flows = Vec::new();
     for (_, endpoints) in paths {
         flows.push(ctx.flows(endpoints, Tool::Ping)?);
     }
     let pings = ping_in_blocks(cfg, &targets, |at| match at {
-        Around::Before(i) => ctx.follow(&flows[i]),
-        Around::After(i, block) => ctx.after_part(paths[i].0, Tool::Ping, block),
+        Around::Before(i) if i < n => {
+            ctx.set_attached(true)?;
+            ctx.follow(&flows[i])
+        }
+        Around::Before(_) => ctx.set_attached(false),
+        Around::After(i, block) if i < n => ctx.after_part(paths[i].0, Tool::Ping, block),
+        Around::After(..) => Ok(()),
     })
     .await
     .map_err(|e| progress.failed(e))?;
+    // The steps after the ping step are profiled.
+    ctx.set_attached(true).map_err(|e| progress.failed(e))?;
+    let (profiled, off) = pings.split_at(n);
+    let results: Vec<PathPings> = profiled
+        .iter()
+        .enumerate()
+        .map(|(i, on)| PathPings {
+            ping: on.joined(),
+            agents_off: off.get(i).map(|off| AgentsOffPings {
+                ping: off.joined(),
+                block_rtts: off.block_rtts(),
+                profiled_block_rtts: on.block_rtts(),
+            }),
+        })
+        .collect();
     let said: Vec<String> = paths
         .iter()
-        .zip(&pings)
-        .map(|((path, _), ping)| format!("{}: {}", path.label(), summary(ping)))
+        .zip(&results)
+        .map(|((path, _), p)| {
+            let off = p.agents_off.as_ref().map_or(String::new(), |off| {
+                format!(" (agents detached: {})", summary(&off.ping))
+            });
+            format!("{}: {}{off}", path.label(), summary(&p.ping))
+        })
         .collect();
     progress.done(t, &said.join("; "));
-    Ok(pings)
+    Ok(results)
 }
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub enum ProfileError {
         #[source]
         source: AgentError,
     },
+    #[error("{action} the agent on {node}")]
+    Attach {
+        node: String,
+        action: &'static str,
+        #[source]
+        source: AgentError,
+    },
     #[error("cannot tell the source address of {netns}'s packets to {to}: {reason}")]
     Route {
         netns: String,
@@ -209,6 +216,22 @@ impl Profiler {
             };
             agent.set_flows(flows).map_err(read_err)?;
             agent.reset().map_err(read_err)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches every agent's programs (`false`) or attaches them again (`true`): blocks of a
+    /// step taken with no netprof program in the path, to measure netprof's own cost in the
+    /// same minutes as the profiled blocks (see `bench::ping_step`).
+    pub fn set_attached(&self, attached: bool) -> Result<(), ProfileError> {
+        for (node, agent) in &self.agents {
+            agent
+                .set_attached(attached)
+                .map_err(|source| ProfileError::Attach {
+                    node: node.name().to_owned(),
+                    action: if attached { "re-attaching" } else { "detaching" },
+                    source,
+                })?;
         }
         Ok(())
     }

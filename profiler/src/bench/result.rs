@@ -73,6 +73,23 @@ pub struct PathResult {
     /// node's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ab_cpu_ns_per_request: Option<f64>,
+    /// `bench --profile`: the same pass's pings with the agents detached (see
+    /// [`AgentsOffPings`]); absent without agents and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_agents_off: Option<AgentsOffPings>,
+}
+
+/// Pings of a profiled pass taken with every netprof program detached, in blocks that take
+/// turns with the profiled blocks: netprof's own RTT cost is then measured in the very minutes
+/// it is taken out of (a calibration minutes away found it 15-25% cheaper than the passes
+/// showed, as the machine's speed drifts).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AgentsOffPings {
+    pub ping: PingReport,
+    /// RTTs per block of these pings and of the profiled ones (`PathResult::ping`), in block
+    /// order: block k of each ran within seconds of the other's.
+    pub block_rtts: Vec<usize>,
+    pub profiled_block_rtts: Vec<usize>,
 }
 
 /// Facts about the machine that change what the numbers mean.

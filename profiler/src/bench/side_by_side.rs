@@ -126,9 +126,12 @@ async fn ping_all(
     );
     let _ = std::io::stderr().flush();
     let t = Instant::now();
-    let pings = ping_step::ping_in_blocks(cfg, &targets, |_| Ok(()))
+    let pings: Vec<PingReport> = ping_step::ping_in_blocks(cfg, &targets, |_| Ok(()))
         .await
-        .inspect_err(|_| eprintln!("failed"))?;
+        .inspect_err(|_| eprintln!("failed"))?
+        .iter()
+        .map(|blocks| blocks.joined())
+        .collect();
     eprintln!("done ({:.1} s)", t.elapsed().as_secs_f64());
     for (target, ping) in targets.iter().zip(&pings) {
         eprintln!(

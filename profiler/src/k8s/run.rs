@@ -474,6 +474,7 @@ async fn run_path(
         iperf3,
         ab,
         ab_cpu_ns_per_request: None,
+        ping_agents_off: None,
     })
 }
 

@@ -6,9 +6,10 @@ use super::input::{Input, ModeInput};
 use super::latency::{self, CleanP50};
 use super::merge::{merge_step, MergedStep};
 use super::probe_cost::ProbeCosts;
+use super::stage_time::probes_per_event;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
-    drops, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings, TableRow,
+    drops, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings, TableRow,
     LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
 };
 use crate::bench::result::{ModeResult, PathResult};
@@ -46,6 +47,21 @@ fn probe_costs(
         Some(c) => c.clone().or(&bpf),
         None => bpf,
     }
+}
+
+/// A ping step's probe costs scaled to what the pass measured netprof to cost on these pings
+/// (`in_pass_cost`), when it pinged with the agents detached too; `None` otherwise.
+fn in_pass_costs(
+    mode: &ModeInput,
+    path: NetPath,
+    step: &MergedStep,
+    costs: &ProbeCosts,
+) -> Option<ProbeCosts> {
+    let result = mode.result.path(path)?;
+    let off = result.ping_agents_off.as_ref()?;
+    let measured = in_pass_cost::shift_ns(&result.ping, off)?;
+    let predicted = probes_per_event(step, result.ping.received, costs).median;
+    Some(costs.scaled_to(predicted, measured))
 }
 
 /// How `results` took their pings, when every mode's were taken in turns with the others'.
@@ -158,6 +174,10 @@ fn attribute(
             calibrated.ping.as_ref(),
         ),
     );
+    let (pod_in_pass, base_in_pass) = (
+        in_pass_costs(mode, NetPath::Pod, &pod_ping, &pod_costs),
+        in_pass_costs(base_mode, NetPath::Host, &base_ping, &base_costs),
+    );
     match (pod.ping.stats, base.ping.stats) {
         (Some(pod_stats), Some(base_stats)) => {
             let clean_p50 = twin.and_then(|(m, b)| {
@@ -166,21 +186,26 @@ fn attribute(
                     baseline_ns: p50_ns(b)?,
                 })
             });
+            let side = |step, stats, replies, costs, in_pass: &Option<ProbeCosts>| {
+                latency::Side {
+                    step,
+                    stats,
+                    replies,
+                    probes: in_pass.clone().unwrap_or_else(|| ProbeCosts::clone(costs)),
+                    before_in_pass: in_pass.is_some().then(|| ProbeCosts::clone(costs)),
+                }
+            };
             parts.latency.push(latency::attribute(
                 &name,
                 &base_label,
-                &latency::Side {
-                    step: &pod_ping,
-                    stats: pod_stats,
-                    replies: pod.ping.received,
-                    probes: &pod_costs,
-                },
-                &latency::Side {
-                    step: &base_ping,
-                    stats: base_stats,
-                    replies: base.ping.received,
-                    probes: &base_costs,
-                },
+                &side(&pod_ping, pod_stats, pod.ping.received, &pod_costs, &pod_in_pass),
+                &side(
+                    &base_ping,
+                    base_stats,
+                    base.ping.received,
+                    &base_costs,
+                    &base_in_pass,
+                ),
                 clean_p50,
             ));
         }

@@ -38,6 +38,10 @@ pub struct ProbeShare {
     pub delta_ns: Interval,
     /// Where the per-run costs came from.
     pub sources: Vec<ProbeSource>,
+    /// When the profiled pass measured netprof's cost on its own pings (`in_pass_cost`): what
+    /// the calibration (or bpf_stats) alone gave for `delta_ns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_before_in_pass_ns: Option<Interval>,
 }
 
 /// What one pod mode's ping adds over the baseline.
@@ -67,7 +71,9 @@ pub struct Side<'a> {
     pub step: &'a MergedStep,
     pub stats: RttStats,
     pub replies: u64,
-    pub probes: &'a ProbeCosts,
+    pub probes: ProbeCosts,
+    /// The costs before the pass's own measurement scaled them, when it did.
+    pub before_in_pass: Option<ProbeCosts>,
 }
 
 /// The p50s measured without agents: the mode's and the baseline's, ns.
@@ -85,9 +91,15 @@ pub fn attribute(
     clean: Option<CleanP50>,
 ) -> LatencyAttribution {
     let (pod_probes, base_probes) = (
-        probes_per_event(pod.step, pod.replies, pod.probes),
-        probes_per_event(base.step, base.replies, base.probes),
+        probes_per_event(pod.step, pod.replies, &pod.probes),
+        probes_per_event(base.step, base.replies, &base.probes),
     );
+    let before_in_pass = |side: &Side| {
+        let costs = side.before_in_pass.as_ref().unwrap_or(&side.probes);
+        probes_per_event(side.step, side.replies, costs)
+    };
+    let delta_before_in_pass_ns = (pod.before_in_pass.is_some() || base.before_in_pass.is_some())
+        .then(|| before_in_pass(pod).minus(before_in_pass(base)));
     let profiled = Split::new(
         Measure::ProfiledP50,
         SegmentTime::Median,
@@ -117,12 +129,12 @@ pub fn attribute(
         SegmentTime::MedianLessProbes,
         mode_ns,
         baseline_ns,
-        &by_category(pod.step, pod.replies, Statistic::Median, Some(pod.probes)),
+        &by_category(pod.step, pod.replies, Statistic::Median, Some(&pod.probes)),
         &by_category(
             base.step,
             base.replies,
             Statistic::Median,
-            Some(base.probes),
+            Some(&base.probes),
         ),
     );
     let mut sources = pod.probes.sources();
@@ -142,6 +154,7 @@ pub fn attribute(
             baseline_ns: base_probes,
             delta_ns: pod_probes.minus(base_probes),
             sources,
+            delta_before_in_pass_ns,
         },
         reuse_passes: reuse_per_event(pod.step, pod.replies)
             + reuse_per_event(base.step, base.replies),

@@ -141,9 +141,10 @@ fn stats_scale(reports: impl Iterator<Item = (f64, Option<f64>)>) -> f64 {
 }
 
 /// One step's own program runs on one node: bpf_stats count from each program's load, and in a
-/// lab run one agent (one load) serves every step of a mode, so the previous step's figures of
-/// the same program (same id) are taken off. Agents loaded per step (Kubernetes runs) have
-/// nothing to take off.
+/// lab run one agent (one load) serves every step of a mode, so the previous report's figures of
+/// the same program (same id) are taken off. A step profiled in blocks has a report per block,
+/// each after another step's block: the blocks' own runs are added up. Agents loaded per step
+/// (Kubernetes runs) have nothing to take off.
 fn step_programs(
     profiles: &[Profile],
     node: Node,
@@ -151,30 +152,36 @@ fn step_programs(
     tool: Tool,
 ) -> Vec<(String, u64, u64)> {
     let reports: Vec<&Profile> = profiles.iter().filter(|p| p.file.node == node).collect();
-    let Some(at) = reports
-        .iter()
-        .position(|p| p.file.path == path && p.file.tool == tool)
-    else {
-        return Vec::new();
-    };
-    let before: &[ProgramStats] = if at > 0 {
-        &reports[at - 1].report.programs
-    } else {
-        &[]
-    };
-    reports[at]
-        .report
-        .programs
-        .iter()
-        .map(|p| {
+    // By program id, in the order first seen.
+    let mut runs: Vec<(u32, String, u64, u64)> = Vec::new();
+    for (at, report) in reports.iter().enumerate() {
+        if !(report.file.path == path && report.file.tool == tool) {
+            continue;
+        }
+        let before: &[ProgramStats] = if at > 0 {
+            &reports[at - 1].report.programs
+        } else {
+            &[]
+        };
+        for p in &report.report.programs {
             let (count, time) = before.iter().find(|b| b.id == p.id).map_or((0, 0), |b| {
                 (
                     b.run_count.min(p.run_count),
                     b.run_time_ns.min(p.run_time_ns),
                 )
             });
-            (p.name.clone(), p.run_count - count, p.run_time_ns - time)
-        })
+            let (c, t) = (p.run_count - count, p.run_time_ns - time);
+            match runs.iter_mut().find(|r| r.0 == p.id) {
+                Some(r) => {
+                    r.2 += c;
+                    r.3 += t;
+                }
+                None => runs.push((p.id, p.name.clone(), c, t)),
+            }
+        }
+    }
+    runs.into_iter()
+        .map(|(_, name, count, time)| (name, count, time))
         .collect()
 }
 

@@ -2,7 +2,9 @@
 //! calibration (`DIR/calibration-<ms>ms.json`, measured by interleaving runs with and without the
 //! programs) when the run has one, else the kernel's bpf_stats of the step itself (each
 //! program's run time, which leaves out the hook's dispatch and the cache misses a probe
-//! causes in the code around it: an estimate, and said to be one).
+//! causes in the code around it: an estimate, and said to be one). When the profiled pass
+//! measured netprof's cost on its own pings (`in_pass_cost`), that total is what the kinds'
+//! costs add up to: they are scaled to it.
 //!
 //! A segment between two checkpoints holds the end of the probe it starts at (after its clock
 //! read) and the start of the one it ends at (before its clock read): together about one probe
@@ -22,6 +24,9 @@ pub enum ProbeSource {
     Calibration,
     /// The programs' own run time from bpf_stats: an estimate.
     BpfStats,
+    /// The profiled pass's own pings less its pings with the agents detached, spread over the
+    /// kinds as the calibration (or bpf_stats) costs them.
+    InPass,
 }
 
 impl ProbeSource {
@@ -29,6 +34,9 @@ impl ProbeSource {
         match self {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
+            ProbeSource::InPass => {
+                "measured in the profiled pass (its pings with agents attached less those with them detached, in turns), spread over the checkpoint kinds as calibrated"
+            }
         }
     }
 }
@@ -93,6 +101,37 @@ impl ProbeCosts {
         self
     }
 
+    /// These costs scaled so that what they `predicted_ns` per RTT becomes `measured_ns`, the
+    /// cost the profiled pass measured on its own pings; each kind keeps its share and takes
+    /// the measurement's interval. A cost cannot be negative: a measured shift below zero (noise
+    /// on a path with few checkpoints) counts as none. Unchanged when nothing was predicted.
+    pub fn scaled_to(&self, predicted_ns: f64, measured_ns: Interval) -> ProbeCosts {
+        if predicted_ns <= 0.0 {
+            return self.clone();
+        }
+        let factor = |v: f64| v.max(0.0) / predicted_ns;
+        ProbeCosts {
+            by_kind: self
+                .by_kind
+                .iter()
+                .map(|(kind, cost)| {
+                    let m = cost.per_run_ns.median;
+                    (
+                        kind.clone(),
+                        KindCost {
+                            per_run_ns: Interval {
+                                median: m * factor(measured_ns.median),
+                                lo: m * factor(measured_ns.lo),
+                                hi: m * factor(measured_ns.hi),
+                            },
+                            source: ProbeSource::InPass,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// A kind's cost per run (zero for a kind with no cost known, e.g. an unnamed checkpoint).
     pub fn per_run(&self, kind: &str) -> Interval {
         self.by_kind
@@ -145,5 +184,28 @@ mod tests {
             calibrated.sources(),
             [ProbeSource::Calibration, ProbeSource::BpfStats]
         );
+    }
+
+    #[test]
+    fn scaled_to_a_measured_total_each_kind_keeps_its_share() {
+        let costs = ProbeCosts::from_bpf_stats(&BTreeMap::from([
+            ("netfilter".to_owned(), 100.0),
+            ("tc-ingress".to_owned(), 300.0),
+        ]));
+        // Predicted 40 µs per RTT, measured 50 [45, 60]: every kind costs 1.25 times more.
+        let measured = Interval {
+            median: 50_000.0,
+            lo: 45_000.0,
+            hi: 60_000.0,
+        };
+        let scaled = costs.scaled_to(40_000.0, measured);
+        let nf = scaled.per_run("netfilter");
+        assert_eq!((nf.median, nf.lo, nf.hi), (125.0, 112.5, 150.0));
+        assert_eq!(scaled.per_run("tc-ingress").median, 375.0);
+        assert_eq!(scaled.sources(), [ProbeSource::InPass]);
+        // A shift measured below zero is no cost; nothing predicted leaves the costs as they were.
+        let negative = costs.scaled_to(40_000.0, Interval::point(-3_000.0));
+        assert_eq!(negative.per_run("netfilter").median, 0.0);
+        assert_eq!(costs.scaled_to(0.0, measured), costs);
     }
 }

@@ -128,6 +128,29 @@ impl Check<'_> {
         if let Some(cpu) = p.ab_cpu_ns_per_request {
             self.amount(|| format!("{at}.ab_cpu_ns_per_request"), cpu)?;
         }
+        if let Some(off) = &p.ping_agents_off {
+            let at = format!("{at}.ping_agents_off");
+            self.ping(&format!("{at}.ping"), &off.ping)?;
+            for (field, blocks, rtts) in [
+                ("block_rtts", &off.block_rtts, off.ping.rtts_us.len()),
+                ("profiled_block_rtts", &off.profiled_block_rtts, p.ping.rtts_us.len()),
+            ] {
+                if blocks.iter().sum::<usize>() != rtts {
+                    return Err(self.fail(
+                        format!("{at}.{field}"),
+                        format!("{blocks:?}"),
+                        "the blocks do not add up to the RTTs of their pings",
+                    ));
+                }
+            }
+            if off.block_rtts.len() != off.profiled_block_rtts.len() {
+                return Err(self.fail(
+                    format!("{at}.block_rtts"),
+                    off.block_rtts.len(),
+                    "not as many blocks as the profiled pings had: the blocks pair up",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -430,6 +430,23 @@ impl Agent {
         inner.new_epoch()
     }
 
+    /// Detaches every link (`false`) or attaches them all again (`true`), as a duty-cycle
+    /// window closes and opens: in between the datapath runs with no netprof program at all,
+    /// which is what netprof's in-path cost is measured against. Attaching again starts a new
+    /// epoch. Refused under a duty cycle, whose thread owns the links.
+    pub fn set_attached(&self, attached: bool) -> Result<(), AgentError> {
+        if self.cycler.is_some() {
+            return Err(AgentError::DutyCycleOwnsLinks);
+        }
+        let mut inner = self.lock()?;
+        if attached {
+            open_window(&mut inner);
+        } else {
+            close_window(&mut inner);
+        }
+        Ok(())
+    }
+
     /// Follows `flows` from now on instead of the flows given so far (a new benchmark step);
     /// journeys in flight are forgotten.
     pub fn set_flows(&self, flows: &[FlowSpec]) -> Result<(), AgentError> {
@@ -581,7 +598,8 @@ fn stats_off(inner: &mut Inner) {
 
 /// Starts a bpf_stats slice.
 fn stats_on(inner: &mut Inner) {
-    if inner.stats.wanted && inner.stats.guard.is_none() {
+    // Detached (`set_attached(false)`): no program runs, and the next attach turns them on.
+    if inner.stats.wanted && inner.stats.guard.is_none() && !inner.windows.paused {
         match StatsGuard::enable() {
             Ok(guard) => {
                 inner.stats.guard = Some(guard);

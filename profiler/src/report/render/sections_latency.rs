@@ -162,6 +162,19 @@ pub fn profiled(report: &Report) -> Option<Section> {
             .map(|l| interval_us(l.probes.delta_ns)),
     );
     rows.push(probes);
+    let in_pass = report
+        .latency
+        .iter()
+        .any(|l| l.probes.delta_before_in_pass_ns.is_some());
+    if in_pass {
+        let mut before = vec!["  (calibration alone)".to_owned()];
+        before.extend(report.latency.iter().map(|l| {
+            l.probes
+                .delta_before_in_pass_ns
+                .map_or("-".to_owned(), interval_us)
+        }));
+        rows.push(before);
+    }
     let mut reuse = vec!["skb-reuse passes/RTT".to_owned()];
     reuse.extend(
         report
@@ -184,7 +197,10 @@ pub fn profiled(report: &Report) -> Option<Section> {
         footer: vec![
             UNEXPLAINED_NOTE.to_owned(),
             format!("of which netprof probes: checkpoints passed per RTT × each kind's cost per run ({}), mode minus baseline, with the costs' interval: this much of the profiled delta and of the stage times above is netprof's own.", sources(report)),
-        ],
+        ]
+        .into_iter()
+        .chain(in_pass.then(|| "(calibration alone): the same from the calibration's per-run costs, before the pass's own pings with the agents detached fixed their total; the calibration runs minutes away on another lab.".to_owned()))
+        .collect(),
     })
 }
 
