@@ -69,6 +69,13 @@ fn profile_writes_a_report_per_step_and_node() {
     for path in ["host_path", "pod_path"] {
         let cpu = result[path]["ab_cpu_ns_per_request"].as_f64().unwrap();
         assert!(cpu > 1_000.0, "{path}: {cpu} ns of CPU per request");
+        // Each path pinged again with the agents detached, in the same turns: as many pings
+        // and blocks as the profiled ones.
+        let off = &result[path]["ping_agents_off"];
+        assert_eq!(off["ping"]["received"], PINGS, "{path}: {off}");
+        let per_block = vec![PINGS / BLOCKS; BLOCKS as usize];
+        assert_eq!(off["block_rtts"], serde_json::json!(per_block), "{path}");
+        assert_eq!(off["profiled_block_rtts"], serde_json::json!(per_block), "{path}");
     }
     for entry in profiles {
         let file = out.join(entry["file"].as_str().unwrap());

@@ -106,7 +106,9 @@ mod tests {
         let drift = [0.0, 40.0, 10.0, 30.0, 20.0, 5.0];
         let a: Vec<Vec<f64>> = drift.iter().map(|d| vec![d + 110.0, d + 111.0]).collect();
         let b: Vec<Vec<f64>> = drift.iter().map(|d| vec![d + 100.0, d + 101.0]).collect();
-        let slices = |v: &[Vec<f64>]| v.iter().map(Vec::as_slice).collect::<Vec<_>>();
+        fn slices(v: &[Vec<f64>]) -> Vec<&[f64]> {
+            v.iter().map(Vec::as_slice).collect()
+        }
         let (lo, hi) = paired_blocks_interval(&slices(&a), &slices(&b)).unwrap();
         assert!(lo <= 10.0 && 10.0 <= hi, "[{lo}, {hi}]");
         assert!(hi - lo < 1.0, "pairing keeps the 40 of drift out: [{lo}, {hi}]");

@@ -35,7 +35,7 @@ impl ProbeSource {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
             ProbeSource::InPass => {
-                "measured in the profiled pass (its pings with agents attached less those with them detached, in turns), spread over the checkpoint kinds as calibrated"
+                "measured in the profiled pass (its pings with the agents attached less those with them detached, in turns), spread over the checkpoint kinds by the calibration's (or bpf_stats') per-run costs"
             }
         }
     }

@@ -167,7 +167,7 @@ pub fn profiled(report: &Report) -> Option<Section> {
         .iter()
         .any(|l| l.probes.delta_before_in_pass_ns.is_some());
     if in_pass {
-        let mut before = vec!["  (calibration alone)".to_owned()];
+        let mut before = vec!["  (per-run costs alone)".to_owned()];
         before.extend(report.latency.iter().map(|l| {
             l.probes
                 .delta_before_in_pass_ns
@@ -199,7 +199,7 @@ pub fn profiled(report: &Report) -> Option<Section> {
             format!("of which netprof probes: checkpoints passed per RTT × each kind's cost per run ({}), mode minus baseline, with the costs' interval: this much of the profiled delta and of the stage times above is netprof's own.", sources(report)),
         ]
         .into_iter()
-        .chain(in_pass.then(|| "(calibration alone): the same from the calibration's per-run costs, before the pass's own pings with the agents detached fixed their total; the calibration runs minutes away on another lab.".to_owned()))
+        .chain(in_pass.then(|| "(per-run costs alone): the same from the calibration's (or bpf_stats') per-run costs, before the pass's own pings with the agents detached fixed their total; the calibration runs minutes away on another lab.".to_owned()))
         .collect(),
     })
 }
