@@ -1305,11 +1305,18 @@ fn detached_on_demand_no_link_is_left_and_reattached_counts_are_exact() {
         .collect();
     let attached = links_of(&ids);
     println!("{} programs, {attached} links", ids.len());
-    assert!(attached > 10, "only {attached} links of the agent's programs");
+    assert!(
+        attached > 10,
+        "only {attached} links of the agent's programs"
+    );
 
     agent.set_attached(false).unwrap();
-    let left = leftovers::poll(leftovers::RELEASE_DEADLINE, || Ok(links_of(&ids)), |n| *n == 0)
-        .unwrap();
+    let left = leftovers::poll(
+        leftovers::RELEASE_DEADLINE,
+        || Ok(links_of(&ids)),
+        |n| *n == 0,
+    )
+    .unwrap();
     assert_eq!(left, 0, "links of the agent's programs left while detached");
     leftovers::wait_tc_state(&before.netns, &before.tc).unwrap();
     check_stats_off(&names, &path);

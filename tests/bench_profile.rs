@@ -75,7 +75,11 @@ fn profile_writes_a_report_per_step_and_node() {
         assert_eq!(off["ping"]["received"], PINGS, "{path}: {off}");
         let per_block = vec![PINGS / BLOCKS; BLOCKS as usize];
         assert_eq!(off["block_rtts"], serde_json::json!(per_block), "{path}");
-        assert_eq!(off["profiled_block_rtts"], serde_json::json!(per_block), "{path}");
+        assert_eq!(
+            off["profiled_block_rtts"],
+            serde_json::json!(per_block),
+            "{path}"
+        );
     }
     for entry in profiles {
         let file = out.join(entry["file"].as_str().unwrap());
@@ -338,20 +342,21 @@ fn validate_runs_every_check_and_the_report_judges_each() {
         for p in check["profiled"].as_array().unwrap() {
             let files: Vec<&str> = strings(&p["profiles"], "file");
             let pings = files.iter().filter(|f| f.contains("-ping-")).count();
-            if per_round.len() == 2 {
-                // Both states profiled in the 10 alternating ping blocks, a file per block
-                // and node, then ab once per state.
-                assert_eq!((pings, files.len()), (20, 22), "{name}: {files:?}");
-                assert!(files
-                    .iter()
-                    .any(|f| f.ends_with("-ping-node2-block10.json")));
-            } else {
-                assert_eq!(
-                    (pings, files.len()),
-                    (2, 4),
-                    "{name}: ping and ab, two nodes"
-                );
-            }
+            // Each state profiled in 10 ping blocks (alternating with the other state's when
+            // both are), a file per block and node, then ab once per state.
+            assert_eq!((pings, files.len()), (20, 22), "{name}: {files:?}");
+            assert!(files
+                .iter()
+                .any(|f| f.ends_with("-ping-node2-block10.json")));
+            // And pinged as often with every agent detached, in the same turns.
+            let off = &p["ping_agents_off"];
+            assert_eq!(off["ping"]["received"], 100, "{name}: {off}");
+            assert_eq!(off["block_rtts"], serde_json::json!(vec![10; 10]), "{name}");
+            assert_eq!(
+                off["profiled_block_rtts"],
+                serde_json::json!(vec![10; 10]),
+                "{name}"
+            );
             for f in files {
                 let at = out.join(p["dir"].as_str().unwrap()).join(f);
                 assert!(at.is_file(), "{}", at.display());

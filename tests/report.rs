@@ -979,12 +979,12 @@ fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
     assert!(near(l.probes.mode_ns.median, 2320.0), "{:?}", l.probes);
     assert!(near(l.probes.baseline_ns.median, 240.0), "{:?}", l.probes);
     assert!(near(l.probes.delta_ns.median, 2080.0), "{:?}", l.probes);
-    let before = l.probes.delta_before_in_pass_ns.expect("the calibration's own figure");
+    let before = l
+        .probes
+        .delta_before_in_pass_ns
+        .expect("the calibration's own figure");
     assert!(near(before.median, 920.0), "{before:?}");
-    assert_eq!(
-        l.probes.sources,
-        [report::probe_cost::ProbeSource::InPass]
-    );
+    assert_eq!(l.probes.sources, [report::probe_cost::ProbeSource::InPass]);
     let c = &l.clean;
     assert_eq!(stage(c, Category::Veth).delta_ns, 4640);
     assert_eq!(stage(c, Category::Bridge).delta_ns, 1720);

@@ -111,8 +111,14 @@ mod tests {
         }
         let (lo, hi) = paired_blocks_interval(&slices(&a), &slices(&b)).unwrap();
         assert!(lo <= 10.0 && 10.0 <= hi, "[{lo}, {hi}]");
-        assert!(hi - lo < 1.0, "pairing keeps the 40 of drift out: [{lo}, {hi}]");
-        assert_eq!(paired_blocks_interval(&slices(&a[..2]), &slices(&b[..2])), None);
+        assert!(
+            hi - lo < 1.0,
+            "pairing keeps the 40 of drift out: [{lo}, {hi}]"
+        );
+        assert_eq!(
+            paired_blocks_interval(&slices(&a[..2]), &slices(&b[..2])),
+            None
+        );
     }
 
     #[test]

@@ -229,7 +229,11 @@ impl Profiler {
                 .set_attached(attached)
                 .map_err(|source| ProfileError::Attach {
                     node: node.name().to_owned(),
-                    action: if attached { "re-attaching" } else { "detaching" },
+                    action: if attached {
+                        "re-attaching"
+                    } else {
+                        "detaching"
+                    },
                     source,
                 })?;
         }

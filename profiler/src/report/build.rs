@@ -9,8 +9,8 @@ use super::probe_cost::ProbeCosts;
 use super::stage_time::probes_per_event;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
-    drops, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings, TableRow,
-    LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
+    drops, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings,
+    TableRow, LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
 };
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
@@ -186,19 +186,23 @@ fn attribute(
                     baseline_ns: p50_ns(b)?,
                 })
             });
-            let side = |step, stats, replies, costs, in_pass: &Option<ProbeCosts>| {
-                latency::Side {
-                    step,
-                    stats,
-                    replies,
-                    probes: in_pass.clone().unwrap_or_else(|| ProbeCosts::clone(costs)),
-                    before_in_pass: in_pass.is_some().then(|| ProbeCosts::clone(costs)),
-                }
+            let side = |step, stats, replies, costs, in_pass: &Option<ProbeCosts>| latency::Side {
+                step,
+                stats,
+                replies,
+                probes: in_pass.clone().unwrap_or_else(|| ProbeCosts::clone(costs)),
+                before_in_pass: in_pass.is_some().then(|| ProbeCosts::clone(costs)),
             };
             parts.latency.push(latency::attribute(
                 &name,
                 &base_label,
-                &side(&pod_ping, pod_stats, pod.ping.received, &pod_costs, &pod_in_pass),
+                &side(
+                    &pod_ping,
+                    pod_stats,
+                    pod.ping.received,
+                    &pod_costs,
+                    &pod_in_pass,
+                ),
                 &side(
                     &base_ping,
                     base_stats,

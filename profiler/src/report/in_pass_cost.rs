@@ -79,7 +79,10 @@ mod tests {
         let shift = shift_ns(&ping(rtts(160.0)), &off).unwrap();
         assert!((shift.median - 60_000.0).abs() < 1e-6, "{shift:?}");
         assert!(shift.lo <= shift.median && shift.median <= shift.hi);
-        assert!(shift.hi - shift.lo < 1.0, "the drift is paired out: {shift:?}");
+        assert!(
+            shift.hi - shift.lo < 1.0,
+            "the drift is paired out: {shift:?}"
+        );
         let nothing = AgentsOffPings {
             ping: ping(vec![]),
             block_rtts: vec![],

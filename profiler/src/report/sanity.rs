@@ -8,7 +8,7 @@ use profiler_common::datapath::{bucket_low, bucket_of};
 
 use super::input::InputError;
 use crate::agent::report::AgentReport;
-use crate::bench::result::{ModeResult, PathResult};
+use crate::bench::result::{AgentsOffPings, ModeResult, PathResult};
 use crate::bench::validate::{Sample, Side, ValidateResult};
 use crate::parse::ping::PingReport;
 
@@ -101,6 +101,40 @@ impl Check<'_> {
         }
     }
 
+    /// Pings with the agents detached, whose blocks pair up with the profiled `ping`'s.
+    fn agents_off(
+        &self,
+        at: &str,
+        ping: &PingReport,
+        off: &AgentsOffPings,
+    ) -> Result<(), InputError> {
+        self.ping(&format!("{at}.ping"), &off.ping)?;
+        for (field, blocks, rtts) in [
+            ("block_rtts", &off.block_rtts, off.ping.rtts_us.len()),
+            (
+                "profiled_block_rtts",
+                &off.profiled_block_rtts,
+                ping.rtts_us.len(),
+            ),
+        ] {
+            if blocks.iter().sum::<usize>() != rtts {
+                return Err(self.fail(
+                    format!("{at}.{field}"),
+                    format!("{blocks:?}"),
+                    "the blocks do not add up to the RTTs of their pings",
+                ));
+            }
+        }
+        if off.block_rtts.len() != off.profiled_block_rtts.len() {
+            return Err(self.fail(
+                format!("{at}.block_rtts"),
+                off.block_rtts.len(),
+                "not as many blocks as the profiled pings had: the blocks pair up",
+            ));
+        }
+        Ok(())
+    }
+
     fn path_result(&self, at: &str, p: &PathResult) -> Result<(), InputError> {
         self.ping(at, &p.ping)?;
         self.amount(
@@ -129,27 +163,7 @@ impl Check<'_> {
             self.amount(|| format!("{at}.ab_cpu_ns_per_request"), cpu)?;
         }
         if let Some(off) = &p.ping_agents_off {
-            let at = format!("{at}.ping_agents_off");
-            self.ping(&format!("{at}.ping"), &off.ping)?;
-            for (field, blocks, rtts) in [
-                ("block_rtts", &off.block_rtts, off.ping.rtts_us.len()),
-                ("profiled_block_rtts", &off.profiled_block_rtts, p.ping.rtts_us.len()),
-            ] {
-                if blocks.iter().sum::<usize>() != rtts {
-                    return Err(self.fail(
-                        format!("{at}.{field}"),
-                        format!("{blocks:?}"),
-                        "the blocks do not add up to the RTTs of their pings",
-                    ));
-                }
-            }
-            if off.block_rtts.len() != off.profiled_block_rtts.len() {
-                return Err(self.fail(
-                    format!("{at}.block_rtts"),
-                    off.block_rtts.len(),
-                    "not as many blocks as the profiled pings had: the blocks pair up",
-                ));
-            }
+            self.agents_off(&format!("{at}.ping_agents_off"), &p.ping, off)?;
         }
         Ok(())
     }
@@ -178,6 +192,13 @@ pub fn validate_result(path: &Path, r: &ValidateResult) -> Result<(), InputError
         let mut samples: Vec<(String, &Sample)> = Vec::new();
         for (j, p) in check.profiled.iter().enumerate() {
             samples.push((format!("{at}.profiled[{j}].sample"), &p.sample));
+            if let Some(off) = &p.ping_agents_off {
+                c.agents_off(
+                    &format!("{at}.profiled[{j}].ping_agents_off"),
+                    &p.sample.ping,
+                    off,
+                )?;
+            }
         }
         for (j, round) in check.rounds.iter().enumerate() {
             samples.push((format!("{at}.rounds[{j}].a"), &round.a));

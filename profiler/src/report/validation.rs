@@ -23,12 +23,13 @@ use serde::Serialize;
 
 use super::calibration::CalibrationFile;
 use super::category::Category;
+use super::in_pass_cost;
 use super::input::{CheckInput, ProfiledInput, ValidationInput};
 use super::merge::{merge_step, MergedStep, SegmentKind};
 use super::overhead::probe_ns_by_kind;
 use super::probe_cost::ProbeCosts;
 use super::split::median_i64;
-use super::stage_time::{by_stage, segment_ns, Statistic, Times};
+use super::stage_time::{by_stage, probes_per_event, segment_ns, Statistic, Times};
 use crate::agent::stages::Stage;
 use crate::bench::bootstrap::median_interval;
 use crate::bench::overhead::median;
@@ -188,15 +189,30 @@ struct Profiled {
     probes: ProbeCosts,
 }
 
+/// A profiled run's step with its probe costs: the calibration's (bpf_stats' for kinds it
+/// lacks), and for the pings, scaled to what the run measured netprof to cost them when it
+/// also pinged with the agents detached (`in_pass_cost`).
 fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
     let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&run.profiles, NetPath::Pod, tool));
+    let step = merge_step(run.step(tool).into_iter().map(|p| p.doc()));
+    let sample = &run.run.sample;
+    let events = match tool {
+        Tool::Ab => sample.ab.complete_requests,
+        _ => sample.ping.received,
+    };
+    let mut probes = calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf));
+    let measured = match (tool, &run.run.ping_agents_off) {
+        (Tool::Ping, Some(off)) => in_pass_cost::shift_ns(&sample.ping, off),
+        _ => None,
+    };
+    if let Some(measured) = measured {
+        let predicted = probes_per_event(&step, events, &probes).median;
+        probes = probes.scaled_to(predicted, measured);
+    }
     Profiled {
-        step: merge_step(run.step(tool).into_iter().map(|p| p.doc())),
-        events: match tool {
-            Tool::Ab => run.run.sample.ab.complete_requests,
-            _ => run.run.sample.ping.received,
-        },
-        probes: calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf)),
+        step,
+        events,
+        probes,
     }
 }
 

@@ -9,6 +9,7 @@ use super::switch;
 use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan, PING_BLOCKS};
 use crate::bench::ping_blocks;
 use crate::bench::profile::{self, Profiler};
+use crate::bench::result::AgentsOffPings;
 use crate::bench::tools::ToolError;
 use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
@@ -140,97 +141,95 @@ fn summary(s: &Sample) -> String {
     )
 }
 
-/// One state with the agents attached, for the prediction; reports under
-/// `validate/<check>-<side>-r<round>/`.
-async fn profiled(
-    ctx: &Context<'_>,
-    lab: &Lab,
-    check: CheckKind,
-    side: Side,
-    round: u32,
-) -> Result<ProfiledRun, BenchError> {
-    let mode = lab.mode();
-    let profile_err = |source| BenchError::Profile { mode, source };
-    let dir =
-        RunDir::validate_run_relative(&format!("{}-{}-r{}", check.name(), side.name(), round + 1));
-    let profiler =
-        Profiler::start(lab, &RunDir::new(ctx.out.resolve(&dir))).map_err(profile_err)?;
-    let endpoints = lab.pod_path().expect("validation labs have pods");
-    let label = format!("validate {check} {} profiled", side.name());
-    let flows = profile::path_flows(&endpoints, Tool::Ping).map_err(profile_err)?;
-    profiler.before_step(&flows).map_err(profile_err)?;
-    let ping = ping(ctx.cfg, lab, ctx.cfg.ping_count, &label).await?;
-    let mut profiles = profiler
-        .after_step(NetPath::Pod, Tool::Ping)
-        .map_err(profile_err)?;
-    let target = SocketAddrV4::new(endpoints.server_ip, 80);
-    let flows =
-        profile::http_flows(lab, &endpoints.http_client_netns, target).map_err(profile_err)?;
-    profiler.before_step(&flows).map_err(profile_err)?;
-    let (ab, ab_cpu_ns_per_request) = ab(ctx.cfg, lab, &label).await?;
-    profiles.extend(
-        profiler
-            .after_step(NetPath::Pod, Tool::Ab)
-            .map_err(profile_err)?,
-    );
-    drop(profiler);
-    Ok(ProfiledRun {
-        side,
-        mode,
-        dir: dir.display().to_string(),
-        sample: Sample {
-            ping,
-            ab,
-            ab_cpu_ns_per_request,
-        },
-        profiles,
-    })
+/// The order of `targets` ping targets in block `block`: rotated by one per block, so each
+/// takes every place in turn.
+fn rotated(targets: usize, block: u32) -> impl Iterator<Item = usize> {
+    (0..targets).map(move |i| (i + block as usize) % targets)
 }
 
-/// Both states with the agents attached, for a prediction of `a - b`: the pings in the
-/// alternating blocks the measured rounds use, each block's reports written apart (agents on
-/// both labs, or on the one lab whose state switches between blocks), so `a`'s and `b`'s
-/// profiles see the same stretches of the machine's speed; then ab on each state. Profiled one
-/// after the other, the two states' segments differed by the machine's seconds-long slow
-/// stretches (a round's predicted `a - b` swung between -7 and +29 µs where the measured one
-/// was +5). Reports under `validate/<check>-<side>-r<round>/`.
-async fn profiled_pair(
+/// The state(s) a prediction needs (`a`, or `a` and `b`, `labs` in that order; `b` may be
+/// `a`'s lab switched in place) with the agents attached: the pings in alternating blocks,
+/// each block's reports written apart (agents on both labs, or on the one lab whose state
+/// switches between blocks), so the states' profiles see the same stretches of the machine's
+/// speed; then ab on each state. Profiled one after the other, the two states' segments
+/// differed by the machine's seconds-long slow stretches (a round's predicted `a - b` swung
+/// between -7 and +29 µs where the measured one was +5).
+///
+/// Each state is also pinged with every agent detached, in the same turns (`ping_agents_off`):
+/// its profiled p50 less that one is what netprof cost that state's pings in this round, which
+/// the prediction takes out of the stages (`report::in_pass_cost`). Reports under
+/// `validate/<check>-<side>-r<round>/`.
+async fn profiled_states(
     ctx: &Context<'_>,
     check: CheckKind,
-    labs: [&Lab; 2],
+    labs: &[&Lab],
     round: u32,
-) -> Result<[ProfiledRun; 2], BenchError> {
+) -> Result<Vec<ProfiledRun>, BenchError> {
+    let sides = &[Side::A, Side::B][..labs.len()];
     let profile_err = |lab: &Lab| {
         let mode = lab.mode();
         move |source| BenchError::Profile { mode, source }
     };
-    let dirs = [Side::A, Side::B].map(|side| {
-        RunDir::validate_run_relative(&format!("{}-{}-r{}", check.name(), side.name(), round + 1))
-    });
-    let outs = dirs.clone().map(|d| RunDir::new(ctx.out.resolve(&d)));
-    let same_lab = std::ptr::eq(labs[0], labs[1]);
-    let profiler_a = Profiler::start(labs[0], &outs[0]).map_err(profile_err(labs[0]))?;
-    let profiler_b = match same_lab {
-        true => None,
-        false => Some(Profiler::start(labs[1], &outs[1]).map_err(profile_err(labs[1]))?),
+    let dirs: Vec<PathBuf> = sides
+        .iter()
+        .map(|side| {
+            RunDir::validate_run_relative(&format!(
+                "{}-{}-r{}",
+                check.name(),
+                side.name(),
+                round + 1
+            ))
+        })
+        .collect();
+    let outs: Vec<RunDir> = dirs
+        .iter()
+        .map(|d| RunDir::new(ctx.out.resolve(d)))
+        .collect();
+    // One profiler per distinct lab: `b` switched in place shares `a`'s.
+    let mut profilers: Vec<Profiler> = Vec::new();
+    let mut profiler_of = Vec::new();
+    for (i, lab) in labs.iter().enumerate() {
+        match labs[..i].iter().position(|l| std::ptr::eq(*l, *lab)) {
+            Some(j) => profiler_of.push(profiler_of[j]),
+            None => {
+                profilers.push(Profiler::start(lab, &outs[i]).map_err(profile_err(lab))?);
+                profiler_of.push(profilers.len() - 1);
+            }
+        }
+    }
+    // Every agent attached or every agent detached: with agents on two labs, each one's
+    // kernel-wide tracers also run on the other lab's packets.
+    let attach_all = |attached: bool| -> Result<(), BenchError> {
+        for (p, lab) in profilers.iter().zip(labs) {
+            p.set_attached(attached).map_err(profile_err(lab))?;
+        }
+        Ok(())
     };
-    let profiler = |side: Side| match (side, &profiler_b) {
-        (Side::B, Some(b)) => b,
-        _ => &profiler_a,
-    };
-    let endpoints = labs.map(|lab| lab.pod_path().expect("validation labs have pods"));
+    let endpoints: Vec<_> = labs
+        .iter()
+        .map(|lab| lab.pod_path().expect("validation labs have pods"))
+        .collect();
     let label = |side: Side| format!("validate {check} {} profiled", side.name());
-    let mut pings: [Vec<PingReport>; 2] = Default::default();
-    let mut profiles: [Vec<ProfileFile>; 2] = Default::default();
+    let n = sides.len();
+    let mut on: Vec<Vec<PingReport>> = vec![Vec::new(); n];
+    let mut off: Vec<Vec<PingReport>> = vec![Vec::new(); n];
+    let mut profiles: Vec<Vec<ProfileFile>> = vec![Vec::new(); n];
     let blocks = ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS);
     for (block, &count) in blocks.iter().enumerate() {
-        for side in Side::order(round * blocks.len() as u32 + block as u32) {
-            let (i, lab) = (side as usize, labs[side as usize]);
+        // Targets `0..n` attached, `n..2n` the same states detached.
+        for t in rotated(2 * n, round * blocks.len() as u32 + block as u32) {
+            let (i, attached) = (t % n, t < n);
+            let (side, lab) = (sides[i], labs[i]);
             set_state(check, labs[0], side)?;
+            attach_all(attached)?;
+            if !attached {
+                off[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
+                continue;
+            }
             let flows = profile::path_flows(&endpoints[i], Tool::Ping).map_err(profile_err(lab))?;
-            let profiler = profiler(side);
+            let profiler = &profilers[profiler_of[i]];
             profiler.before_step(&flows).map_err(profile_err(lab))?;
-            pings[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
+            on[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
             profiles[i].extend(
                 profiler
                     .after_step_into(&outs[i], NetPath::Pod, Tool::Ping, Some(block))
@@ -238,14 +237,15 @@ async fn profiled_pair(
             );
         }
     }
-    let mut abs: [Option<(AbReport, Option<f64>)>; 2] = [None, None];
-    for side in Side::order(round) {
+    attach_all(true)?;
+    let mut abs: Vec<Option<(AbReport, Option<f64>)>> = vec![None; n];
+    for side in Side::order(round).into_iter().filter(|s| sides.contains(s)) {
         let (i, lab) = (side as usize, labs[side as usize]);
         set_state(check, labs[0], side)?;
         let target = SocketAddrV4::new(endpoints[i].server_ip, 80);
         let flows = profile::http_flows(lab, &endpoints[i].http_client_netns, target)
             .map_err(profile_err(lab))?;
-        let profiler = profiler(side);
+        let profiler = &profilers[profiler_of[i]];
         profiler.before_step(&flows).map_err(profile_err(lab))?;
         abs[i] = Some(ab(ctx.cfg, lab, &label(side)).await?);
         profiles[i].extend(
@@ -254,23 +254,30 @@ async fn profiled_pair(
                 .map_err(profile_err(lab))?,
         );
     }
-    drop((profiler_a, profiler_b));
-    let mut run = |side: Side| {
-        let i = side as usize;
-        let (ab, ab_cpu_ns_per_request) = abs[i].take().expect("each side's ab ran");
-        ProfiledRun {
-            side,
-            mode: labs[i].mode(),
-            dir: dirs[i].display().to_string(),
-            sample: Sample {
-                ping: PingReport::concatenated(&pings[i]),
-                ab,
-                ab_cpu_ns_per_request,
-            },
-            profiles: std::mem::take(&mut profiles[i]),
-        }
-    };
-    Ok([run(Side::A), run(Side::B)])
+    drop(profilers);
+    let block_rtts =
+        |pings: &[PingReport]| -> Vec<usize> { pings.iter().map(|p| p.rtts_us.len()).collect() };
+    Ok((0..n)
+        .map(|i| {
+            let (ab, ab_cpu_ns_per_request) = abs[i].take().expect("each side's ab ran");
+            ProfiledRun {
+                side: sides[i],
+                mode: labs[i].mode(),
+                dir: dirs[i].display().to_string(),
+                sample: Sample {
+                    ping: PingReport::concatenated(&on[i]),
+                    ab,
+                    ab_cpu_ns_per_request,
+                },
+                ping_agents_off: Some(AgentsOffPings {
+                    ping: PingReport::concatenated(&off[i]),
+                    block_rtts: block_rtts(&off[i]),
+                    profiled_block_rtts: block_rtts(&on[i]),
+                }),
+                profiles: std::mem::take(&mut profiles[i]),
+            }
+        })
+        .collect())
 }
 
 /// Puts the lab(s) in `side`'s state.
@@ -313,13 +320,12 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         // The prediction's profiles are taken in every round too, so they see the same
         // stretches of the machine's speed as the measured pings (agents detached after).
         let t = progress.step(&format!("{what} round {} profiled", round + 1));
-        let profiled_now = if check.profiles_b() {
-            let labs = [&a.lab, lab_of(Side::B)];
-            profiled_pair(ctx, check, labs, round).await?.to_vec()
+        let labs: &[&Lab] = if check.profiles_b() {
+            &[&a.lab, lab_of(Side::B)]
         } else {
-            set_state(check, &a.lab, Side::A)?;
-            vec![profiled(ctx, &a.lab, check, Side::A, round).await?]
+            &[&a.lab]
         };
+        let profiled_now = profiled_states(ctx, check, labs, round).await?;
         let said: Vec<String> = profiled_now
             .iter()
             .map(|r| format!("{}: {}", r.side.name(), summary(&r.sample)))

@@ -85,6 +85,10 @@ pub struct ProfiledRun {
     /// The run's own directory, relative to the bench directory; `profiles` are relative to it.
     pub dir: String,
     pub sample: Sample,
+    /// The same state's pings with every agent detached, in turns with the profiled blocks
+    /// (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_agents_off: Option<crate::bench::result::AgentsOffPings>,
     pub profiles: Vec<ProfileFile>,
 }
 
