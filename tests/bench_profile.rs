@@ -80,6 +80,14 @@ fn profile_writes_a_report_per_step_and_node() {
             serde_json::json!(per_block),
             "{path}"
         );
+        // ab with the agents detached just before and just after the profiled ab.
+        let runs = result[path]["ab_agents_off"]["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{path}");
+        for run in runs {
+            assert_eq!(run["ab"]["complete_requests"], 500, "{path}: {run}");
+            // /proc/stat counts in 10 ms ticks: 500 requests may read none, but are measured.
+            assert!(run["cpu_ns_per_request"].as_f64().is_some(), "{path}: {run}");
+        }
     }
     for entry in profiles {
         let file = out.join(entry["file"].as_str().unwrap());

@@ -996,6 +996,25 @@ fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
     let text = render::render(&report, Format::Table);
     assert!(text.contains("(per-run costs alone)"), "{text}");
 
+    // ab with the agents detached around the profiled ab, at the same CPU time per request:
+    // netprof cost nothing measurable under that load, so the segment means stay whole (the
+    // known run's 9680 ns with the calibration's probes): node 1 veth 2000 × 4 passes = 8000,
+    // node 2 520 × 4 = 2080, uplink 1000 × 2 per node on both sides = 0; extra 10080.
+    let ab_detached = |file: &str, path: &str, cpu: f64| {
+        edit_json(&dir.0.join(file), |d| {
+            let ab = d[path]["ab"].clone();
+            d[path]["ab_cpu_ns_per_request"] = serde_json::json!(cpu);
+            d[path]["ab_agents_off"] = serde_json::json!({"runs": [
+                {"ab": ab, "cpu_ns_per_request": cpu},
+                {"ab": ab, "cpu_ns_per_request": cpu},
+            ]});
+        })
+    };
+    ab_detached("flannel-hostgw.json", "pod_path", 170_000.0);
+    ab_detached("host.json", "host_path", 150_000.0);
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    assert_eq!(report.throughput[0].extra_ns_per_request, 10_080);
+
     // Blocks that do not add up to their pings, or do not pair up, are refused by name.
     let path = dir.0.join("host.json");
     edit_json(&path, |d| {

@@ -6,6 +6,7 @@
 // Errors here end a run (one per run), so carrying their context inline costs nothing.
 #![allow(clippy::result_large_err)]
 
+mod ab_step;
 pub mod bootstrap;
 pub mod calibrate;
 pub mod config;
@@ -421,17 +422,22 @@ async fn run_path(
         "{label}: ab {} requests x {} concurrent -> {}",
         cfg.ab_requests, cfg.ab_concurrency, endpoints.http_target
     ));
-    ctx.before(endpoints, Tool::Ab)?;
-    let cpu = cpu_time::CpuMeter::start();
-    let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, cfg)
+    let step = ab_step::run(ctx, path, endpoints)
         .await
-        .map_err(tool_err("ab"))?;
-    let ab_cpu_ns_per_request = cpu.per_request(ab.complete_requests);
-    ctx.after(path, Tool::Ab)?;
+        .map_err(|e| progress.failed(e))?;
+    let ab = step.ab;
+    let off = step.agents_off.as_ref().map_or(String::new(), |off| {
+        let qps: Vec<String> = off
+            .runs
+            .iter()
+            .map(|r| format!("{:.0}", r.ab.requests_per_second))
+            .collect();
+        format!(" (agents detached before and after: {} req/s)", qps.join(", "))
+    });
     progress.done(
         t,
         &format!(
-            "{:.0} req/s, mean {:.3} ms, {} failed",
+            "{:.0} req/s, mean {:.3} ms, {} failed{off}",
             ab.requests_per_second, ab.mean_time_per_request_ms, ab.failed_requests
         ),
     );
@@ -441,8 +447,9 @@ async fn run_path(
         ping: pings.ping,
         iperf3,
         ab,
-        ab_cpu_ns_per_request,
+        ab_cpu_ns_per_request: step.cpu_ns_per_request,
         ping_agents_off: pings.agents_off,
+        ab_agents_off: step.agents_off,
     })
 }
 

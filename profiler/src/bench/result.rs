@@ -77,6 +77,26 @@ pub struct PathResult {
     /// [`AgentsOffPings`]); absent without agents and in older files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_agents_off: Option<AgentsOffPings>,
+    /// `bench --profile`: ab with the agents detached around the profiled ab (see
+    /// [`AbAgentsOff`]); absent without agents and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_agents_off: Option<AbAgentsOff>,
+}
+
+/// ab runs of a profiled pass with every agent program detached, one just before and one just
+/// after the profiled ab on the same path: the profiled run's CPU per request less theirs is
+/// netprof's own CPU cost per request under that load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AbAgentsOff {
+    pub runs: Vec<AbRun>,
+}
+
+/// One ab run and the machine's busy CPU time per request during it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AbRun {
+    pub ab: AbReport,
+    /// ns; absent when `/proc/stat` could not be read.
+    pub cpu_ns_per_request: Option<f64>,
 }
 
 /// Pings of a profiled pass taken with every netprof program detached, in blocks that take

@@ -475,6 +475,7 @@ async fn run_path(
         ab,
         ab_cpu_ns_per_request: None,
         ping_agents_off: None,
+        ab_agents_off: None,
     })
 }
 

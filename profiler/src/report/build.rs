@@ -64,6 +64,30 @@ fn in_pass_costs(
     Some(costs.scaled_to(predicted, measured))
 }
 
+/// A load step's probe costs scaled to netprof's CPU time per request measured in the pass (the
+/// profiled ab less the detached runs around it), when it was; else as they are.
+fn in_pass_load_costs(
+    mode: &ModeInput,
+    path: NetPath,
+    step: &MergedStep,
+    costs: ProbeCosts,
+) -> ProbeCosts {
+    let Some(result) = mode.result.path(path) else {
+        return costs;
+    };
+    let measured = match (result.ab_cpu_ns_per_request, &result.ab_agents_off) {
+        (Some(on), Some(off)) => in_pass_cost::cpu_shift_ns(on, off),
+        _ => None,
+    };
+    match measured {
+        Some(measured) => {
+            let predicted = probes_per_event(step, result.ab.complete_requests, &costs).median;
+            costs.scaled_to(predicted, measured)
+        }
+        None => costs,
+    }
+}
+
 /// How `results` took their pings, when every mode's were taken in turns with the others'.
 fn side_by_side_pings(results: &[ModeResult]) -> Option<SideBySidePings> {
     let side_by_side = results.len() > 1 && results.iter().all(|r| !r.pinged_with.is_empty());
@@ -222,8 +246,18 @@ fn attribute(
         merged(base_mode, NetPath::Host, Tool::Ab),
     );
     let (pod_ab_costs, base_ab_costs) = (
-        probe_costs(mode, NetPath::Pod, Tool::Ab, calibrated.load.as_ref()),
-        probe_costs(base_mode, NetPath::Host, Tool::Ab, calibrated.load.as_ref()),
+        in_pass_load_costs(
+            mode,
+            NetPath::Pod,
+            &pod_ab,
+            probe_costs(mode, NetPath::Pod, Tool::Ab, calibrated.load.as_ref()),
+        ),
+        in_pass_load_costs(
+            base_mode,
+            NetPath::Host,
+            &base_ab,
+            probe_costs(base_mode, NetPath::Host, Tool::Ab, calibrated.load.as_ref()),
+        ),
     );
     let measured = |p: &PathResult| AbMeasured {
         qps: p.ab.requests_per_second,

@@ -11,7 +11,7 @@
 use super::calibration::Interval;
 use crate::bench::bootstrap::paired_blocks_interval;
 use crate::bench::overhead::median;
-use crate::bench::result::AgentsOffPings;
+use crate::bench::result::{AbAgentsOff, AgentsOffPings};
 use crate::parse::ping::PingReport;
 
 /// `rtts` cut into blocks of `sizes` (the sizes are checked to add up when the file is read).
@@ -44,6 +44,29 @@ pub fn shift_ns(profiled: &PingReport, off: &AgentsOffPings) -> Option<Interval>
             hi: (hi * 1e3).max(median_ns),
         },
         None => Interval::point(median_ns),
+    })
+}
+
+/// The profiled ab's CPU time per request less the mean of the detached runs around it, ns,
+/// with their spread as its interval (the profiled run less the highest and the lowest);
+/// `None` without a detached run that measured its CPU time.
+pub fn cpu_shift_ns(profiled_ns: f64, off: &AbAgentsOff) -> Option<Interval> {
+    let offs: Vec<f64> = off
+        .runs
+        .iter()
+        .filter_map(|r| r.cpu_ns_per_request)
+        .collect();
+    if offs.is_empty() {
+        return None;
+    }
+    let mean = offs.iter().sum::<f64>() / offs.len() as f64;
+    let (lo, hi) = offs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    Some(Interval {
+        median: profiled_ns - mean,
+        lo: profiled_ns - hi,
+        hi: profiled_ns - lo,
     })
 }
 
@@ -89,5 +112,37 @@ mod tests {
             profiled_block_rtts: vec![],
         };
         assert_eq!(shift_ns(&ping(rtts(160.0)), &nothing), None);
+    }
+
+    #[test]
+    fn the_cpu_shift_is_the_profiled_run_less_the_detached_runs_around_it() {
+        let ab = crate::parse::ab::AbReport {
+            server_software: None,
+            document_length_bytes: 612,
+            concurrency: 50,
+            time_taken_s: 1.0,
+            complete_requests: 20_000,
+            failed_requests: 0,
+            non_2xx_responses: 0,
+            requests_per_second: 20_000.0,
+            mean_time_per_request_ms: 2.5,
+            mean_time_per_request_all_ms: 0.05,
+            transfer_rate_kbytes_s: 1000.0,
+            connection_times: None,
+            percentiles_ms: vec![],
+        };
+        let run = |cpu: Option<f64>| crate::bench::result::AbRun {
+            ab: ab.clone(),
+            cpu_ns_per_request: cpu,
+        };
+        let off = AbAgentsOff {
+            runs: vec![run(Some(100_000.0)), run(Some(110_000.0))],
+        };
+        let shift = cpu_shift_ns(130_000.0, &off).unwrap();
+        assert_eq!((shift.median, shift.lo, shift.hi), (25_000.0, 20_000.0, 30_000.0));
+        let unmeasured = AbAgentsOff {
+            runs: vec![run(None)],
+        };
+        assert_eq!(cpu_shift_ns(130_000.0, &unmeasured), None);
     }
 }

@@ -24,8 +24,9 @@ pub enum ProbeSource {
     Calibration,
     /// The programs' own run time from bpf_stats: an estimate.
     BpfStats,
-    /// The profiled pass's own pings less its pings with the agents detached, spread over the
-    /// kinds as the calibration (or bpf_stats) costs them.
+    /// The profiled pass's own step less the same step with the agents detached (the pings'
+    /// p50, ab's CPU time per request), spread over the kinds as the calibration (or bpf_stats)
+    /// costs them.
     InPass,
 }
 
@@ -35,7 +36,7 @@ impl ProbeSource {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
             ProbeSource::InPass => {
-                "measured in the profiled pass (its pings with the agents attached less those with them detached, in turns), spread over the checkpoint kinds by the calibration's (or bpf_stats') per-run costs"
+                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns), spread over the checkpoint kinds by the calibration's (or bpf_stats') per-run costs"
             }
         }
     }
