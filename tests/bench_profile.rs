@@ -86,7 +86,10 @@ fn profile_writes_a_report_per_step_and_node() {
         for run in runs {
             assert_eq!(run["ab"]["complete_requests"], 500, "{path}: {run}");
             // /proc/stat counts in 10 ms ticks: 500 requests may read none, but are measured.
-            assert!(run["cpu_ns_per_request"].as_f64().is_some(), "{path}: {run}");
+            assert!(
+                run["cpu_ns_per_request"].as_f64().is_some(),
+                "{path}: {run}"
+            );
         }
     }
     for entry in profiles {

@@ -19,7 +19,11 @@ pub(super) struct AbStep {
 }
 
 /// One ab run with the machine's CPU time per request.
-async fn timed(ctx: &PathContext<'_>, path: NetPath, endpoints: &PathEndpoints) -> Result<AbRun, BenchError> {
+async fn timed(
+    ctx: &PathContext<'_>,
+    path: NetPath,
+    endpoints: &PathEndpoints,
+) -> Result<AbRun, BenchError> {
     let cpu = cpu_time::CpuMeter::start();
     let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, ctx.cfg)
         .await

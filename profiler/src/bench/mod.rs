@@ -432,7 +432,10 @@ async fn run_path(
             .iter()
             .map(|r| format!("{:.0}", r.ab.requests_per_second))
             .collect();
-        format!(" (agents detached before and after: {} req/s)", qps.join(", "))
+        format!(
+            " (agents detached before and after: {} req/s)",
+            qps.join(", ")
+        )
     });
     progress.done(
         t,

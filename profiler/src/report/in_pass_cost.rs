@@ -62,7 +62,9 @@ pub fn cpu_shift_ns(profiled_ns: f64, off: &AbAgentsOff) -> Option<Interval> {
     let mean = offs.iter().sum::<f64>() / offs.len() as f64;
     let (lo, hi) = offs
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     Some(Interval {
         median: profiled_ns - mean,
         lo: profiled_ns - hi,
@@ -139,7 +141,10 @@ mod tests {
             runs: vec![run(Some(100_000.0)), run(Some(110_000.0))],
         };
         let shift = cpu_shift_ns(130_000.0, &off).unwrap();
-        assert_eq!((shift.median, shift.lo, shift.hi), (25_000.0, 20_000.0, 30_000.0));
+        assert_eq!(
+            (shift.median, shift.lo, shift.hi),
+            (25_000.0, 20_000.0, 30_000.0)
+        );
         let unmeasured = AbAgentsOff {
             runs: vec![run(None)],
         };

@@ -165,7 +165,12 @@ impl Check<'_> {
         if let Some(off) = &p.ping_agents_off {
             self.agents_off(&format!("{at}.ping_agents_off"), &p.ping, off)?;
         }
-        for (i, run) in p.ab_agents_off.iter().flat_map(|o| o.runs.iter()).enumerate() {
+        for (i, run) in p
+            .ab_agents_off
+            .iter()
+            .flat_map(|o| o.runs.iter())
+            .enumerate()
+        {
             let at = format!("{at}.ab_agents_off.runs[{i}]");
             self.amount(
                 || format!("{at}.ab.requests_per_second"),

@@ -441,6 +441,11 @@ impl Agent {
         let mut inner = self.lock()?;
         if attached {
             open_window(&mut inner);
+            // A window turns bpf_stats on for its length; with statistics in slices, the
+            // slices' thread turns them on when a slice is due, as before the detach.
+            if self.stats_cycler.is_some() && !inner.stats.full {
+                stats_off(&mut inner);
+            }
         } else {
             close_window(&mut inner);
         }
