@@ -6,7 +6,7 @@
 //! several times what it costs under load.
 
 use super::result::{AbAgentsOff, AbRun};
-use super::{cpu_time, tools, BenchError, PathContext};
+use super::{tools, BenchError, PathContext};
 use crate::lab::PathEndpoints;
 use crate::parse::ab::AbReport;
 use crate::rundir::{NetPath, Tool};
@@ -24,15 +24,14 @@ async fn timed(
     path: NetPath,
     endpoints: &PathEndpoints,
 ) -> Result<AbRun, BenchError> {
-    let cpu = cpu_time::CpuMeter::start();
-    let ab = tools::ab(&endpoints.http_client_netns, endpoints.http_target, ctx.cfg)
-        .await
-        .map_err(|source| BenchError::Tool {
-            mode: ctx.lab.mode(),
-            step: format!("{}: ab", path.label()),
-            source,
-        })?;
-    let cpu_ns_per_request = cpu.per_request(ab.complete_requests);
+    let (ab, cpu_ns_per_request) =
+        tools::ab_with_cpu(&endpoints.http_client_netns, endpoints.http_target, ctx.cfg)
+            .await
+            .map_err(|source| BenchError::Tool {
+                mode: ctx.lab.mode(),
+                step: format!("{}: ab", path.label()),
+                source,
+            })?;
     Ok(AbRun {
         ab,
         cpu_ns_per_request,

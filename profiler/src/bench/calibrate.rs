@@ -33,7 +33,7 @@ use super::bootstrap::median_interval;
 use super::config::BenchConfig;
 use super::overhead::median;
 use super::ping_blocks;
-use super::{cpu_time, servers, tools, BenchError};
+use super::{servers, tools, BenchError};
 use crate::agent::report::{AgentReport, ProgramStats};
 use crate::lab::{addressing, Lab, Node};
 use crate::parse::ping::PingReport;
@@ -477,11 +477,10 @@ impl Probe<'_> {
     async fn cpu_per_request(&self) -> Result<Option<f64>, BenchError> {
         let path = self.lab.pod_path().unwrap_or_else(|| self.lab.host_path());
         let target = SocketAddrV4::new(path.server_ip, 80);
-        let cpu = cpu_time::CpuMeter::start();
-        let ab = tools::ab(&path.http_client_netns, target, self.cfg)
+        let (_, cpu) = tools::ab_with_cpu(&path.http_client_netns, target, self.cfg)
             .await
             .map_err(self.tool_err("ab"))?;
-        Ok(cpu.per_request(ab.complete_requests))
+        Ok(cpu)
     }
 }
 

@@ -14,9 +14,26 @@ pub fn split(count: u32, blocks: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The order of `targets` targets in block `block`: rotated by one per block, so each target
+/// takes every place in turn and none always pings right after the same other one (with two,
+/// they swap every block).
+pub fn order(targets: usize, block: usize) -> Vec<usize> {
+    (0..targets).map(|i| (i + block) % targets.max(1)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_targets_take_every_place_in_turn() {
+        assert_eq!(order(2, 0), [0, 1]);
+        assert_eq!(order(2, 1), [1, 0]);
+        assert_eq!(order(2, 2), [0, 1]);
+        assert_eq!(order(1, 1), [0]);
+        let firsts: Vec<usize> = (0..9).map(|b| order(9, b)[0]).collect();
+        assert_eq!(firsts, (0..9).collect::<Vec<_>>());
+    }
 
     #[test]
     fn blocks_add_up_and_differ_by_one_at_most() {

@@ -30,13 +30,6 @@ pub(super) enum Around {
     After(usize, Option<usize>),
 }
 
-/// The order of `targets` targets in block `block`: rotated by one per block, so each target
-/// takes every place in turn and none always pings right after the same other one (with two,
-/// they swap every block).
-fn block_order(targets: usize, block: usize) -> Vec<usize> {
-    (0..targets).map(|i| (i + block) % targets.max(1)).collect()
-}
-
 /// The blocks `targets` targets' pings take: taking turns needs two targets.
 fn blocks_for(cfg: &BenchConfig, targets: usize) -> Vec<u32> {
     let blocks = if targets > 1 { cfg.ping_blocks } else { 1 };
@@ -68,36 +61,22 @@ pub(super) fn describe(cfg: &BenchConfig, targets: usize) -> String {
     )
 }
 
-/// One target's pings, block by block.
-pub(super) struct BlockPings(Vec<PingReport>);
-
-impl BlockPings {
-    /// Every block's pings as one run.
-    pub fn joined(&self) -> PingReport {
-        PingReport::concatenated(&self.0)
-    }
-
-    /// RTTs per block.
-    pub fn block_rtts(&self) -> Vec<usize> {
-        self.0.iter().map(|p| p.rtts_us.len()).collect()
-    }
-}
-
 /// Pings every target (`cfg.ping_count` each) in blocks that take turns, calling `around`
-/// before and after each target's block; the pings come back in the order of `targets`.
+/// before and after each target's block; each target's blocks come back in the order of
+/// `targets`.
 pub(super) async fn ping_in_blocks(
     cfg: &BenchConfig,
     targets: &[Target<'_>],
     mut around: impl FnMut(Around) -> Result<(), BenchError>,
-) -> Result<Vec<BlockPings>, BenchError> {
+) -> Result<Vec<Vec<PingReport>>, BenchError> {
     let blocks = blocks_for(cfg, targets.len());
-    let mut runs: Vec<BlockPings> = (0..targets.len()).map(|_| BlockPings(Vec::new())).collect();
+    let mut runs: Vec<Vec<PingReport>> = vec![Vec::new(); targets.len()];
     for (b, &count) in blocks.iter().enumerate() {
         let block_cfg = BenchConfig {
             ping_count: count,
             ..cfg.clone()
         };
-        for i in block_order(targets.len(), b) {
+        for i in ping_blocks::order(targets.len(), b) {
             let t = targets[i];
             around(Around::Before(i))?;
             let ping = tools::ping(&t.endpoints.client_netns, t.endpoints.server_ip, &block_cfg)
@@ -108,7 +87,7 @@ pub(super) async fn ping_in_blocks(
                     source,
                 })?;
             around(Around::After(i, (blocks.len() > 1).then_some(b)))?;
-            runs[i].0.push(ping);
+            runs[i].push(ping);
         }
     }
     Ok(runs)
@@ -179,12 +158,8 @@ pub(super) async fn ping_paths(
         .iter()
         .enumerate()
         .map(|(i, on)| PathPings {
-            ping: on.joined(),
-            agents_off: off.get(i).map(|off| AgentsOffPings {
-                ping: off.joined(),
-                block_rtts: off.block_rtts(),
-                profiled_block_rtts: on.block_rtts(),
-            }),
+            ping: PingReport::concatenated(on),
+            agents_off: off.get(i).map(|off| AgentsOffPings::from_blocks(on, off)),
         })
         .collect();
     let said: Vec<String> = paths
@@ -204,16 +179,6 @@ pub(super) async fn ping_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_targets_take_every_place_in_turn() {
-        assert_eq!(block_order(2, 0), [0, 1]);
-        assert_eq!(block_order(2, 1), [1, 0]);
-        assert_eq!(block_order(2, 2), [0, 1]);
-        assert_eq!(block_order(1, 1), [0]);
-        let firsts: Vec<usize> = (0..9).map(|b| block_order(9, b)[0]).collect();
-        assert_eq!(firsts, (0..9).collect::<Vec<_>>());
-    }
 
     #[test]
     fn one_target_pings_in_one_piece() {

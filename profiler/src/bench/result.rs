@@ -112,6 +112,18 @@ pub struct AgentsOffPings {
     pub profiled_block_rtts: Vec<usize>,
 }
 
+impl AgentsOffPings {
+    /// From the blocks of the profiled pings and of the detached ones, in block order.
+    pub fn from_blocks(profiled: &[PingReport], off: &[PingReport]) -> Self {
+        let rtts = |pings: &[PingReport]| pings.iter().map(|p| p.rtts_us.len()).collect();
+        Self {
+            ping: PingReport::concatenated(off),
+            block_rtts: rtts(off),
+            profiled_block_rtts: rtts(profiled),
+        }
+    }
+}
+
 /// Facts about the machine that change what the numbers mean.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Environment {

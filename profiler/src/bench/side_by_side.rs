@@ -130,7 +130,7 @@ async fn ping_all(
         .await
         .inspect_err(|_| eprintln!("failed"))?
         .iter()
-        .map(|blocks| blocks.joined())
+        .map(|blocks| PingReport::concatenated(blocks))
         .collect();
     eprintln!("done ({:.1} s)", t.elapsed().as_secs_f64());
     for (target, ping) in targets.iter().zip(&pings) {

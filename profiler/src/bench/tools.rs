@@ -166,3 +166,16 @@ pub async fn ab(
     let cmd = in_netns(ab_command(target, cfg), netns);
     run_parsed(cmd, "ab", true, cfg.ab_timeout(), crate::parse::ab::parse).await
 }
+
+/// [`ab`] with the machine's busy CPU time per request during it, ns (`None` when
+/// `/proc/stat` cannot be read or no request completed).
+pub async fn ab_with_cpu(
+    netns: &str,
+    target: SocketAddrV4,
+    cfg: &BenchConfig,
+) -> Result<(AbReport, Option<f64>), ToolError> {
+    let cpu = super::cpu_time::CpuMeter::start();
+    let report = ab(netns, target, cfg).await?;
+    let per_request = cpu.per_request(report.complete_requests);
+    Ok((report, per_request))
+}

@@ -6,7 +6,6 @@ use super::input::{Input, ModeInput};
 use super::latency::{self, CleanP50};
 use super::merge::{merge_step, MergedStep};
 use super::probe_cost::ProbeCosts;
-use super::stage_time::probes_per_event;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
     drops, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings,
@@ -49,43 +48,17 @@ fn probe_costs(
     }
 }
 
-/// A ping step's probe costs scaled to what the pass measured netprof to cost on these pings
-/// (`in_pass_cost`), when it pinged with the agents detached too; `None` otherwise.
+/// A step's probe costs scaled to what its pass measured netprof to cost there with the agents
+/// detached (`in_pass_cost`), when it did; `None` otherwise.
 fn in_pass_costs(
     mode: &ModeInput,
     path: NetPath,
+    tool: Tool,
     step: &MergedStep,
     costs: &ProbeCosts,
 ) -> Option<ProbeCosts> {
-    let result = mode.result.path(path)?;
-    let off = result.ping_agents_off.as_ref()?;
-    let measured = in_pass_cost::shift_ns(&result.ping, off)?;
-    let predicted = probes_per_event(step, result.ping.received, costs).median;
-    Some(costs.scaled_to(predicted, measured))
-}
-
-/// A load step's probe costs scaled to netprof's CPU time per request measured in the pass (the
-/// profiled ab less the detached runs around it), when it was; else as they are.
-fn in_pass_load_costs(
-    mode: &ModeInput,
-    path: NetPath,
-    step: &MergedStep,
-    costs: ProbeCosts,
-) -> ProbeCosts {
-    let Some(result) = mode.result.path(path) else {
-        return costs;
-    };
-    let measured = match (result.ab_cpu_ns_per_request, &result.ab_agents_off) {
-        (Some(on), Some(off)) => in_pass_cost::cpu_shift_ns(on, off),
-        _ => None,
-    };
-    match measured {
-        Some(measured) => {
-            let predicted = probes_per_event(step, result.ab.complete_requests, &costs).median;
-            costs.scaled_to(predicted, measured)
-        }
-        None => costs,
-    }
+    let (measured, events) = in_pass_cost::measured(mode.result.path(path)?, tool)?;
+    Some(in_pass_cost::scaled(costs, step, events, measured))
 }
 
 /// How `results` took their pings, when every mode's were taken in turns with the others'.
@@ -199,8 +172,14 @@ fn attribute(
         ),
     );
     let (pod_in_pass, base_in_pass) = (
-        in_pass_costs(mode, NetPath::Pod, &pod_ping, &pod_costs),
-        in_pass_costs(base_mode, NetPath::Host, &base_ping, &base_costs),
+        in_pass_costs(mode, NetPath::Pod, Tool::Ping, &pod_ping, &pod_costs),
+        in_pass_costs(
+            base_mode,
+            NetPath::Host,
+            Tool::Ping,
+            &base_ping,
+            &base_costs,
+        ),
     );
     match (pod.ping.stats, base.ping.stats) {
         (Some(pod_stats), Some(base_stats)) => {
@@ -245,19 +224,13 @@ fn attribute(
         merged(mode, NetPath::Pod, Tool::Ab),
         merged(base_mode, NetPath::Host, Tool::Ab),
     );
+    let load_costs = |m: &ModeInput, path: NetPath, step: &MergedStep| {
+        let costs = probe_costs(m, path, Tool::Ab, calibrated.load.as_ref());
+        in_pass_costs(m, path, Tool::Ab, step, &costs).unwrap_or(costs)
+    };
     let (pod_ab_costs, base_ab_costs) = (
-        in_pass_load_costs(
-            mode,
-            NetPath::Pod,
-            &pod_ab,
-            probe_costs(mode, NetPath::Pod, Tool::Ab, calibrated.load.as_ref()),
-        ),
-        in_pass_load_costs(
-            base_mode,
-            NetPath::Host,
-            &base_ab,
-            probe_costs(base_mode, NetPath::Host, Tool::Ab, calibrated.load.as_ref()),
-        ),
+        load_costs(mode, NetPath::Pod, &pod_ab),
+        load_costs(base_mode, NetPath::Host, &base_ab),
     );
     let measured = |p: &PathResult| AbMeasured {
         qps: p.ab.requests_per_second,

@@ -9,10 +9,45 @@
 //! the pass only fixes the total.
 
 use super::calibration::Interval;
+use super::merge::MergedStep;
+use super::probe_cost::ProbeCosts;
+use super::stage_time::probes_per_event;
 use crate::bench::bootstrap::paired_blocks_interval;
 use crate::bench::overhead::median;
-use crate::bench::result::{AbAgentsOff, AgentsOffPings};
+use crate::bench::result::{AbAgentsOff, AgentsOffPings, PathResult};
 use crate::parse::ping::PingReport;
+use crate::rundir::Tool;
+
+/// What the pass measured netprof to cost `tool`'s step on one path (the pings' p50 shift,
+/// ab's CPU per request), with the step's events (replies, requests); `None` when the pass did
+/// not run the step with the agents detached too.
+pub fn measured(result: &PathResult, tool: Tool) -> Option<(Interval, u64)> {
+    match tool {
+        Tool::Ping => Some((
+            shift_ns(&result.ping, result.ping_agents_off.as_ref()?)?,
+            result.ping.received,
+        )),
+        Tool::Ab => Some((
+            cpu_shift_ns(
+                result.ab_cpu_ns_per_request?,
+                result.ab_agents_off.as_ref()?,
+            )?,
+            result.ab.complete_requests,
+        )),
+        Tool::Iperf3 => None,
+    }
+}
+
+/// `costs` scaled so that the step's checkpoints add up to `measured` per event.
+pub fn scaled(
+    costs: &ProbeCosts,
+    step: &MergedStep,
+    events: u64,
+    measured: Interval,
+) -> ProbeCosts {
+    let predicted = probes_per_event(step, events, costs).median;
+    costs.scaled_to(predicted, measured)
+}
 
 /// `rtts` cut into blocks of `sizes` (the sizes are checked to add up when the file is read).
 fn blocks<'a>(rtts: &'a [f64], sizes: &[usize]) -> Vec<&'a [f64]> {

@@ -10,7 +10,7 @@ use super::input::InputError;
 use crate::agent::report::AgentReport;
 use crate::bench::result::{AgentsOffPings, ModeResult, PathResult};
 use crate::bench::validate::{Sample, Side, ValidateResult};
-use crate::parse::ping::PingReport;
+use crate::parse::{ab::AbReport, ping::PingReport};
 
 /// No RTT, step or run of the lab lasts this long.
 const MINUTE_US: f64 = 60e6;
@@ -172,15 +172,27 @@ impl Check<'_> {
             .enumerate()
         {
             let at = format!("{at}.ab_agents_off.runs[{i}]");
-            self.amount(
-                || format!("{at}.ab.requests_per_second"),
-                run.ab.requests_per_second,
-            )?;
-            if let Some(cpu) = run.cpu_ns_per_request {
-                self.amount(|| format!("{at}.cpu_ns_per_request"), cpu)?;
-            }
+            self.ab_rate_and_cpu(&at, &run.ab, "cpu_ns_per_request", run.cpu_ns_per_request)?;
         }
         Ok(())
+    }
+
+    /// An ab run's rate, and its CPU time per request, found at `at.cpu_field`.
+    fn ab_rate_and_cpu(
+        &self,
+        at: &str,
+        ab: &AbReport,
+        cpu_field: &str,
+        cpu: Option<f64>,
+    ) -> Result<(), InputError> {
+        self.amount(
+            || format!("{at}.ab.requests_per_second"),
+            ab.requests_per_second,
+        )?;
+        match cpu {
+            Some(cpu) => self.amount(|| format!("{at}.{cpu_field}"), cpu),
+            None => Ok(()),
+        }
     }
 }
 
@@ -221,13 +233,12 @@ pub fn validate_result(path: &Path, r: &ValidateResult) -> Result<(), InputError
         }
         for (field, s) in samples {
             c.ping(&field, &s.ping)?;
-            c.amount(
-                || format!("{field}.ab.requests_per_second"),
-                s.ab.requests_per_second,
+            c.ab_rate_and_cpu(
+                &field,
+                &s.ab,
+                "ab_cpu_ns_per_request",
+                s.ab_cpu_ns_per_request,
             )?;
-            if let Some(cpu) = s.ab_cpu_ns_per_request {
-                c.amount(|| format!("{field}.ab_cpu_ns_per_request"), cpu)?;
-            }
         }
     }
     Ok(())

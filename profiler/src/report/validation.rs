@@ -29,7 +29,7 @@ use super::merge::{merge_step, MergedStep, SegmentKind};
 use super::overhead::probe_ns_by_kind;
 use super::probe_cost::ProbeCosts;
 use super::split::median_i64;
-use super::stage_time::{by_stage, probes_per_event, segment_ns, Statistic, Times};
+use super::stage_time::{by_stage, segment_ns, Statistic, Times};
 use crate::agent::stages::Stage;
 use crate::bench::bootstrap::median_interval;
 use crate::bench::overhead::median;
@@ -206,8 +206,7 @@ fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -
         _ => None,
     };
     if let Some(measured) = measured {
-        let predicted = probes_per_event(&step, events, &probes).median;
-        probes = probes.scaled_to(predicted, measured);
+        probes = in_pass_cost::scaled(&probes, &step, events, measured);
     }
     Profiled {
         step,

@@ -86,6 +86,9 @@ struct Statistics {
     wanted: bool,
     /// Kept on between slices (a counting pass: see `Agent::full_stats`).
     full: bool,
+    /// On in slices of every second, switched by the slices' thread: a window opening leaves
+    /// them to it (unless `full`).
+    sliced: bool,
     /// Time on while attached (program runs and run time cover only this).
     time: AttachedTime,
 }
@@ -342,20 +345,21 @@ impl Agent {
         // Only statistics of our own fd can be switched off and on; the sysctl fallback is
         // shared with other holders and stays as it is.
         let stats_by_fd = matches!(inner.stats.guard, Some(StatsGuard::Fd(_)));
+        // Statistics in slices when attached throughout (duty windows already limit them).
+        inner.stats.sliced = options.duty.is_none() && options.stats_share < 100 && stats_by_fd;
+        let sliced = inner.stats.sliced;
         let inner = Arc::new(Mutex::new(inner));
         let rescan = options
             .rescan
             .map(|every| spawn_rescanner(Arc::clone(&inner), every));
-        // Statistics in slices when attached throughout (duty windows already limit them).
-        let stats_cycler = match (options.duty, options.stats_share) {
-            (None, share) if share < 100 && stats_by_fd => {
-                let slices = Duty {
-                    on: STATS_PERIOD * share / 100,
-                    period: STATS_PERIOD,
-                };
-                Some(spawn_cycler(&inner, slices, stats_off, stats_on)?)
-            }
-            _ => None,
+        let stats_cycler = if sliced {
+            let slices = Duty {
+                on: STATS_PERIOD * options.stats_share / 100,
+                period: STATS_PERIOD,
+            };
+            Some(spawn_cycler(&inner, slices, stats_off, stats_on)?)
+        } else {
+            None
         };
         let cycler = match options.duty {
             Some(duty) => Some(spawn_cycler(&inner, duty, close_window, open_window)?),
@@ -441,11 +445,6 @@ impl Agent {
         let mut inner = self.lock()?;
         if attached {
             open_window(&mut inner);
-            // A window turns bpf_stats on for its length; with statistics in slices, the
-            // slices' thread turns them on when a slice is due, as before the detach.
-            if self.stats_cycler.is_some() && !inner.stats.full {
-                stats_off(&mut inner);
-            }
         } else {
             close_window(&mut inner);
         }

@@ -142,7 +142,9 @@ pub(super) fn open_window(inner: &mut Inner) {
     nf_fentry::reattach(inner);
     let trace_done = started.elapsed();
     netfilter::reattach(inner);
-    if inner.stats.wanted && inner.stats.guard.is_none() {
+    // Statistics in slices come on when their thread's next slice is due.
+    let per_window = !inner.stats.sliced || inner.stats.full;
+    if inner.stats.wanted && inner.stats.guard.is_none() && per_window {
         match StatsGuard::enable() {
             Ok(guard) => inner.stats.guard = Some(guard),
             Err(reason) => log::warn!("duty cycle: bpf_stats stay off for this window: {reason}"),

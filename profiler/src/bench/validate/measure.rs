@@ -11,7 +11,7 @@ use crate::bench::ping_blocks;
 use crate::bench::profile::{self, Profiler};
 use crate::bench::result::AgentsOffPings;
 use crate::bench::tools::ToolError;
-use crate::bench::{cpu_time, servers, tools, BenchConfig, BenchError, Progress};
+use crate::bench::{servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
 use crate::parse::{ab::AbReport, ping::PingReport};
 use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
@@ -93,13 +93,10 @@ async fn ab(
     label: &str,
 ) -> Result<(AbReport, Option<f64>), BenchError> {
     let endpoints = lab.pod_path().expect("validation labs have pods");
-    let cpu = cpu_time::CpuMeter::start();
     let target = SocketAddrV4::new(endpoints.server_ip, 80);
-    let ab = tools::ab(&endpoints.http_client_netns, target, cfg)
+    tools::ab_with_cpu(&endpoints.http_client_netns, target, cfg)
         .await
-        .map_err(tool_error(lab, label, "ab"))?;
-    let per_request = cpu.per_request(ab.complete_requests);
-    Ok((ab, per_request))
+        .map_err(tool_error(lab, label, "ab"))
 }
 
 /// A round's pings: both states, block by block, the order alternating per block.
@@ -139,12 +136,6 @@ fn summary(s: &Sample) -> String {
             ns / 1e3
         ))
     )
-}
-
-/// The order of `targets` ping targets in block `block`: rotated by one per block, so each
-/// takes every place in turn.
-fn rotated(targets: usize, block: u32) -> impl Iterator<Item = usize> {
-    (0..targets).map(move |i| (i + block as usize) % targets)
 }
 
 /// The state(s) a prediction needs (`a`, or `a` and `b`, `labs` in that order; `b` may be
@@ -217,7 +208,7 @@ async fn profiled_states(
     let blocks = ping_blocks::split(ctx.cfg.ping_count, PING_BLOCKS);
     for (block, &count) in blocks.iter().enumerate() {
         // Targets `0..n` attached, `n..2n` the same states detached.
-        for t in rotated(2 * n, round * blocks.len() as u32 + block as u32) {
+        for t in ping_blocks::order(2 * n, round as usize * blocks.len() + block) {
             let (i, attached) = (t % n, t < n);
             let (side, lab) = (sides[i], labs[i]);
             set_state(check, labs[0], side)?;
@@ -255,8 +246,6 @@ async fn profiled_states(
         );
     }
     drop(profilers);
-    let block_rtts =
-        |pings: &[PingReport]| -> Vec<usize> { pings.iter().map(|p| p.rtts_us.len()).collect() };
     Ok((0..n)
         .map(|i| {
             let (ab, ab_cpu_ns_per_request) = abs[i].take().expect("each side's ab ran");
@@ -269,11 +258,7 @@ async fn profiled_states(
                     ab,
                     ab_cpu_ns_per_request,
                 },
-                ping_agents_off: Some(AgentsOffPings {
-                    ping: PingReport::concatenated(&off[i]),
-                    block_rtts: block_rtts(&off[i]),
-                    profiled_block_rtts: block_rtts(&on[i]),
-                }),
+                ping_agents_off: Some(AgentsOffPings::from_blocks(&on[i], &off[i])),
                 profiles: std::mem::take(&mut profiles[i]),
             }
         })
