@@ -30,7 +30,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::agent::FlowSpec;
 use crate::cmd::{ensure_installed, Cmd, CmdError};
 use crate::lab::{self, kube_proxy, Lab, LabError, LabNames, LabSpec, Mode, PathEndpoints};
-use crate::parse::ping::PingReport;
 use crate::rundir::{NetPath, RunDir, Tool};
 pub use config::BenchConfig;
 use result::{Environment, ModeResult, PathResult, SCHEMA};
@@ -135,7 +134,7 @@ pub async fn run(
         source,
     })?;
     let results = if side_by_side::applies(modes, cfg, profile) {
-        side_by_side::run(modes, cfg, names, &out).await?
+        side_by_side::run(modes, cfg, names, &out, profile).await?
     } else {
         let mut results = Vec::new();
         for (i, &mode) in modes.iter().enumerate() {
@@ -221,39 +220,57 @@ async fn run_mode(
 ) -> Result<ModeResult, BenchError> {
     let started = Started::now();
     let lab = bring_up(progress, cfg, names)?;
-    measure_mode(progress, cfg, &lab, out, profile, None, started).await
+    let profiler = match profile {
+        Some(tuning) => Some(start_profiler(progress, &lab, out, tuning)?),
+        None => None,
+    };
+    measure_mode(progress, cfg, &lab, profiler, None, started).await
+}
+
+/// One agent per node of `lab`, attached.
+fn start_profiler(
+    progress: &Progress,
+    lab: &Lab,
+    out: &RunDir,
+    tuning: &profile::AgentTuning,
+) -> Result<profile::Profiler, BenchError> {
+    let t = progress.step("attaching one agent per node");
+    let profiler = profile::Profiler::start_with(lab, out, tuning).map_err(|source| {
+        progress.failed(BenchError::Profile {
+            mode: progress.mode,
+            source,
+        })
+    })?;
+    progress.done(t, "attached");
+    Ok(profiler)
 }
 
 /// A mode's pings taken before its other steps, in turns with other modes' paths.
 struct TakenPings {
     /// One per path of the mode's lab, in `paths_of`'s order.
-    reports: Vec<PingReport>,
+    reports: Vec<ping_step::PathPings>,
+    /// The agents' reports of the profiled blocks (none without agents).
+    profiles: Vec<crate::rundir::ProfileFile>,
     /// The modes whose paths took turns with these.
     with: Vec<Mode>,
 }
 
-/// Every step of a mode on its lab; the pings are taken here unless `pings` brings them.
+/// Every step of a mode on its lab, profiled by `profiler`'s agents (attached) when given;
+/// the pings are taken here unless `pings` brings them.
 async fn measure_mode(
     progress: &Progress,
     cfg: &BenchConfig,
     lab: &Lab,
-    out: &RunDir,
-    profile: Option<&profile::AgentTuning>,
+    profiler: Option<profile::Profiler>,
     pings: Option<TakenPings>,
     started: Started,
 ) -> Result<ModeResult, BenchError> {
     let mode = progress.mode;
     let environment = environment(lab)?;
-    let profiler = if let Some(tuning) = profile {
-        let t = progress.step("attaching one agent per node");
-        let profiler = profile::Profiler::start_with(lab, out, tuning)
-            .map_err(|source| progress.failed(BenchError::Profile { mode, source }))?;
-        progress.done(t, "attached");
-        Some(profiler)
-    } else {
-        None
+    let (taken, mut profiles, pinged_with) = match pings {
+        Some(p) => (Some(p.reports), p.profiles, p.with),
+        None => (None, Vec::new(), Vec::new()),
     };
-    let mut profiles = Vec::new();
     let mut ctx = PathContext {
         progress,
         cfg,
@@ -262,16 +279,8 @@ async fn measure_mode(
         profiles: &mut profiles,
     };
     let paths = paths_of(lab);
-    let pinged_with = pings.as_ref().map_or_else(Vec::new, |p| p.with.clone());
-    let pings = match pings {
-        Some(pings) => pings
-            .reports
-            .into_iter()
-            .map(|ping| ping_step::PathPings {
-                ping,
-                agents_off: None,
-            })
-            .collect(),
+    let pings = match taken {
+        Some(reports) => reports,
         None => {
             let refs: Vec<(NetPath, &PathEndpoints)> = paths.iter().map(|(p, e)| (*p, e)).collect();
             ping_step::ping_paths(&mut ctx, &refs).await?

@@ -447,6 +447,9 @@ impl Agent {
             open_window(&mut inner);
         } else {
             close_window(&mut inner);
+            // Unlike a duty cycle's edge, the caller measures right after this: the links'
+            // closing (RCU waits on both CPUs) must be over before, not during, that.
+            finish_detaching(&mut inner);
         }
         Ok(())
     }
