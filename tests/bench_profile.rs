@@ -134,6 +134,75 @@ fn profile_writes_a_report_per_step_and_node() {
     );
 }
 
+/// Several modes profiled side by side: every lab up at once, each lab's agents attached only
+/// in its own blocks, and every path also pinged with no agent attached, in the same turns.
+/// Each lab's ping blocks count exactly that block's pings (its agents were attached for the
+/// whole block and reset before it), and nothing stays loaded.
+#[test]
+fn profiled_modes_side_by_side_attach_one_lab_at_a_time() {
+    let test = "profiled_modes_side_by_side_attach_one_lab_at_a_time";
+    if let Some(reason) = ebpf_skip_reason(&["bpftool", "ping", "iperf3", "ab", "nginx"]) {
+        print_skip(test, &reason);
+        return;
+    }
+    let _one_at_a_time = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = loaded_netprof_programs().len();
+    let lab = unique_lab_name();
+    let scratch = TempPath::new("side-by-side");
+    let out = scratch.path();
+    let output = Command::new(netprof_bin())
+        .args(["bench", "--modes", "host,l2", "--profile", "--lab", &lab])
+        .args(["--ping-count", &PINGS.to_string(), "--iperf3-seconds", "1"])
+        .args(["--ab-requests", "500", "--ab-concurrency", "10"])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 paths of 2 modes side by side, each lab's agents attached in its turns"),
+        "{stderr}"
+    );
+    let block = PINGS / BLOCKS;
+    for (mode, other, paths) in [
+        ("host", "l2", &["host_path"][..]),
+        ("l2", "host", &["host_path", "pod_path"][..]),
+    ] {
+        let result: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{mode}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result["pinged_with"], serde_json::json!([other]), "{mode}");
+        let profiles = result["profiles"].as_array().unwrap();
+        assert_eq!(
+            profiles.len(),
+            paths.len() * (BLOCKS as usize + 2) * 2,
+            "{mode}: paths x (ping blocks, iperf3, ab) x 2 nodes"
+        );
+        for path in paths {
+            let off = &result[path]["ping_agents_off"];
+            assert_eq!(off["ping"]["received"], PINGS, "{mode} {path}: {off}");
+            let per_block = serde_json::json!(vec![block; BLOCKS as usize]);
+            assert_eq!(off["block_rtts"], per_block, "{mode} {path}");
+            assert_eq!(off["profiled_block_rtts"], per_block, "{mode} {path}");
+        }
+        for entry in profiles.iter().filter(|e| e["tool"] == "ping") {
+            let file = out.join(entry["file"].as_str().unwrap());
+            let report: AgentReport =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            assert_eq!(report.hits("eno1 tc-egress"), block, "{}", file.display());
+            assert_eq!(report.hits("eno1 tc-ingress"), block, "{}", file.display());
+            assert_eq!(report.counters.abandoned, 0, "{}", file.display());
+        }
+    }
+    assert_eq!(
+        loaded_netprof_programs().len(),
+        before,
+        "programs left loaded after bench"
+    );
+}
+
 /// `netprof overhead` end to end, short: off, always attached and duty-cycled agents in one run,
 /// every setting measured in every round, ratios to "off" for each, and nothing of netprof or
 /// of its lab left afterwards.
@@ -367,6 +436,14 @@ fn validate_runs_every_check_and_the_report_judges_each() {
                 off["profiled_block_rtts"],
                 serde_json::json!(vec![10; 10]),
                 "{name}"
+            );
+            // Its ab bracketed by two runs with every agent detached.
+            let runs = p["ab_agents_off"]["runs"].as_array().unwrap();
+            assert_eq!(runs.len(), 2, "{name}: {runs:?}");
+            assert!(
+                runs.iter().all(|r| r["ab"]["complete_requests"]
+                    == p["sample"]["ab"]["complete_requests"]),
+                "{name}: {runs:?}"
             );
             for f in files {
                 let at = out.join(p["dir"].as_str().unwrap()).join(f);

@@ -374,6 +374,46 @@ fn ground_truth_checks_are_judged_as_worked_out_by_hand() {
     assert!(section.contains("OUTSIDE"), "{section}");
 }
 
+/// The notrack check's `a` with ab also run with the agents detached around its profiled ab:
+/// 150000 ns of CPU per request profiled, 149040 in both detached runs, so netprof cost 960 ns
+/// per request where the calibration's per-run costs say 16 netfilter runs per request × 30 =
+/// 480. Every kind's cost doubles to 60 ns per run: conntrack's mean 1000 - 60 = 940 above a
+/// floor of max(40 - 60, 0) = 0, × 2 passes: node 1 1880, node 2 3880, 5760 in all (5840 with
+/// the calibration alone). A negative detached CPU time is refused with its field named.
+#[test]
+fn a_ground_truth_cpu_prediction_takes_out_what_its_pass_measured_netprof_to_cost() {
+    use netprof::report::validation::Verdict;
+    let dir = Scratch(known_run::write_known_run("validate-ab-off"));
+    known_run::write_known_validation(&dir.0);
+    let path = dir.0.join("validate.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let profiled = &mut v["checks"][0]["profiled"][0];
+    let run =
+        serde_json::json!({"ab": profiled["sample"]["ab"].clone(), "cpu_ns_per_request": 149040.0});
+    profiled["ab_agents_off"] = serde_json::json!({"runs": [run.clone(), run]});
+    fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    let report = report::from_dir(&dir.0).unwrap();
+    let cpu = report.validation.as_ref().unwrap().checks[0]
+        .cpu
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (cpu.predicted_ns, cpu.measured_ns, cpu.verdict),
+        (5760, 8500, Verdict::Outside)
+    );
+
+    v["checks"][0]["profiled"][0]["ab_agents_off"]["runs"][1]["cpu_ns_per_request"] =
+        serde_json::json!(-1.0);
+    fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    let err = report::from_dir(&dir.0).unwrap_err().to_string();
+    assert!(
+        err.contains("validate.json")
+            && err.contains("profiled[0].ab_agents_off.runs[1].cpu_ns_per_request"),
+        "{err}"
+    );
+}
+
 fn golden(name: &str, actual: &str) -> String {
     let path = Path::new(GOLDEN).join(name);
     if std::env::var_os("NETPROF_UPDATE_GOLDEN").is_some() {

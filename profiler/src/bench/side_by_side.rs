@@ -161,12 +161,14 @@ async fn ping_all(
     let mut flows = Vec::new();
     for &(l, k) in &of[..n] {
         flows.push(match profilers[l] {
-            Some(_) => profile::step_flows(&labs[l].1, &paths[l][k].1, Tool::Ping).map_err(
-                |source| BenchError::Profile {
-                    mode: labs[l].1.mode(),
-                    source,
-                },
-            )?,
+            Some(_) => {
+                profile::step_flows(&labs[l].1, &paths[l][k].1, Tool::Ping).map_err(|source| {
+                    BenchError::Profile {
+                        mode: labs[l].1.mode(),
+                        source,
+                    }
+                })?
+            }
             None => Vec::new(),
         });
     }
@@ -241,7 +243,9 @@ async fn ping_all(
     for (i, &(l, k)) in of[..n].iter().enumerate() {
         let pings = PathPings {
             ping: PingReport::concatenated(&on[i]),
-            agents_off: off.get(i).map(|off| AgentsOffPings::from_blocks(&on[i], off)),
+            agents_off: off
+                .get(i)
+                .map(|off| AgentsOffPings::from_blocks(&on[i], off)),
         };
         let detached = pings.agents_off.as_ref().map_or(String::new(), |off| {
             format!(" (no agent attached: {})", ping_step::summary(&off.ping))

@@ -383,6 +383,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
         .unwrap_or_default();
     let cells = table::cells(&profiled_lines, host_mode_baseline);
     let clean_pings_side_by_side = clean_results.as_deref().and_then(side_by_side_pings);
+    let profiled_pings_side_by_side = side_by_side_pings(&results);
     Report {
         schema: SCHEMA,
         source: input.dir.display().to_string(),
@@ -405,6 +406,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
             .is_some()
             .then(|| clean_lines.iter().map(TableRow::of).collect()),
         clean_pings_side_by_side,
+        profiled_pings_side_by_side,
         latency: parts.latency,
         throughput: parts.throughput,
         repeats: None,

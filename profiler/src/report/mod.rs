@@ -154,6 +154,10 @@ pub struct Report {
     /// How the run without agents took its pings when its modes ran side by side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clean_pings_side_by_side: Option<SideBySidePings>,
+    /// How the profiled run took its pings when its modes ran side by side (each lab's agents
+    /// attached in its own blocks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profiled_pings_side_by_side: Option<SideBySidePings>,
     pub latency: Vec<LatencyAttribution>,
     pub throughput: Vec<ThroughputAttribution>,
     /// Spread over `cargo xtask demo --repeat K`'s repeats.
@@ -181,7 +185,7 @@ pub struct Report {
     pub host_mode_baseline: bool,
 }
 
-/// A run without agents whose modes' labs were all up at once, every path pinged in turns.
+/// A run whose modes' labs were all up at once, every path pinged in turns.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SideBySidePings {
     pub modes: usize,

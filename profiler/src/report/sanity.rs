@@ -226,6 +226,14 @@ pub fn validate_result(path: &Path, r: &ValidateResult) -> Result<(), InputError
                     off,
                 )?;
             }
+            for (k, run) in p.ab_agents_off.iter().flat_map(|o| &o.runs).enumerate() {
+                c.ab_rate_and_cpu(
+                    &format!("{at}.profiled[{j}].ab_agents_off.runs[{k}]"),
+                    &run.ab,
+                    "cpu_ns_per_request",
+                    run.cpu_ns_per_request,
+                )?;
+            }
         }
         for (j, round) in check.rounds.iter().enumerate() {
             samples.push((format!("{at}.rounds[{j}].a"), &round.a));

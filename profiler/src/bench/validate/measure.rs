@@ -9,7 +9,7 @@ use super::switch;
 use super::{CheckRun, ProfiledRun, Round, Sample, ValidatePlan, PING_BLOCKS};
 use crate::bench::ping_blocks;
 use crate::bench::profile::{self, Profiler};
-use crate::bench::result::AgentsOffPings;
+use crate::bench::result::{AbAgentsOff, AbRun, AgentsOffPings};
 use crate::bench::tools::ToolError;
 use crate::bench::{servers, tools, BenchConfig, BenchError, Progress};
 use crate::lab::{self, Lab, LabNames, LabSpec};
@@ -99,6 +99,15 @@ async fn ab(
         .map_err(tool_error(lab, label, "ab"))
 }
 
+/// [`ab`] as one run of a step.
+async fn ab_run(cfg: &BenchConfig, lab: &Lab, label: &str) -> Result<AbRun, BenchError> {
+    let (ab, cpu_ns_per_request) = ab(cfg, lab, label).await?;
+    Ok(AbRun {
+        ab,
+        cpu_ns_per_request,
+    })
+}
+
 /// A round's pings: both states, block by block, the order alternating per block.
 async fn pings(
     ctx: &Context<'_>,
@@ -148,7 +157,10 @@ fn summary(s: &Sample) -> String {
 ///
 /// Each state is also pinged with every agent detached, in the same turns (`ping_agents_off`):
 /// its profiled p50 less that one is what netprof cost that state's pings in this round, which
-/// the prediction takes out of the stages (`report::in_pass_cost`). Reports under
+/// the prediction takes out of the stages (`report::in_pass_cost`). Likewise its ab runs once
+/// with every agent detached just before the profiled ab and once just after
+/// (`ab_agents_off`). Only the agents of the lab a block or an ab run measures are attached:
+/// another lab's agents would run their kernel-wide tracers on its packets too. Reports under
 /// `validate/<check>-<side>-r<round>/`.
 async fn profiled_states(
     ctx: &Context<'_>,
@@ -188,11 +200,15 @@ async fn profiled_states(
             }
         }
     }
-    // Every agent attached or every agent detached: with agents on two labs, each one's
-    // kernel-wide tracers also run on the other lab's packets.
-    let attach_all = |attached: bool| -> Result<(), BenchError> {
-        for (p, lab) in profilers.iter().zip(labs) {
-            p.set_attached(attached).map_err(profile_err(lab))?;
+    // The profiler `only` attached (its lab is measured), or none. `profilers[k]` belongs to
+    // the first lab of `labs` with `profiler_of == k`.
+    let attach_only = |only: Option<usize>| -> Result<(), BenchError> {
+        for (k, p) in profilers.iter().enumerate() {
+            let lab = labs[profiler_of
+                .iter()
+                .position(|&x| x == k)
+                .expect("a lab per profiler")];
+            p.set_attached(only == Some(k)).map_err(profile_err(lab))?;
         }
         Ok(())
     };
@@ -212,7 +228,7 @@ async fn profiled_states(
             let (i, attached) = (t % n, t < n);
             let (side, lab) = (sides[i], labs[i]);
             set_state(check, labs[0], side)?;
-            attach_all(attached)?;
+            attach_only(attached.then_some(profiler_of[i]))?;
             if !attached {
                 off[i].push(ping(ctx.cfg, lab, count, &label(side)).await?);
                 continue;
@@ -228,11 +244,15 @@ async fn profiled_states(
             );
         }
     }
-    attach_all(true)?;
     let mut abs: Vec<Option<(AbReport, Option<f64>)>> = vec![None; n];
+    let mut abs_off: Vec<Vec<AbRun>> = vec![Vec::new(); n];
+    let detached = |side: Side| format!("validate {check} {} detached", side.name());
     for side in Side::order(round).into_iter().filter(|s| sides.contains(s)) {
         let (i, lab) = (side as usize, labs[side as usize]);
         set_state(check, labs[0], side)?;
+        attach_only(None)?;
+        abs_off[i].push(ab_run(ctx.cfg, lab, &detached(side)).await?);
+        attach_only(Some(profiler_of[i]))?;
         let target = SocketAddrV4::new(endpoints[i].server_ip, 80);
         let flows = profile::http_flows(lab, &endpoints[i].http_client_netns, target)
             .map_err(profile_err(lab))?;
@@ -244,6 +264,8 @@ async fn profiled_states(
                 .after_step_into(&outs[i], NetPath::Pod, Tool::Ab, None)
                 .map_err(profile_err(lab))?,
         );
+        attach_only(None)?;
+        abs_off[i].push(ab_run(ctx.cfg, lab, &detached(side)).await?);
     }
     drop(profilers);
     Ok((0..n)
@@ -259,6 +281,9 @@ async fn profiled_states(
                     ab_cpu_ns_per_request,
                 },
                 ping_agents_off: Some(AgentsOffPings::from_blocks(&on[i], &off[i])),
+                ab_agents_off: Some(AbAgentsOff {
+                    runs: std::mem::take(&mut abs_off[i]),
+                }),
                 profiles: std::mem::take(&mut profiles[i]),
             }
         })

@@ -89,6 +89,10 @@ pub struct ProfiledRun {
     /// (absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping_agents_off: Option<crate::bench::result::AgentsOffPings>,
+    /// ab with every agent detached just before and just after the profiled ab (absent in
+    /// older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_agents_off: Option<crate::bench::result::AbAgentsOff>,
     pub profiles: Vec<ProfileFile>,
 }
 

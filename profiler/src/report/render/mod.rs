@@ -157,12 +157,18 @@ fn study_sections(report: &Report) -> (Option<Section>, Section) {
         )
     });
     let profiled = study::cells(&report.profiled_lines, report.host_mode_baseline);
+    let profiled_side_by_side = report.profiled_pings_side_by_side.map_or(String::new(), |s| {
+        format!(
+            " Here too all {} modes' labs were up at once and their {} paths pinged in turns ({} blocks each), each lab's agents attached only in its own blocks.",
+            s.modes, s.paths, s.blocks
+        )
+    });
     let section = if clean.is_some() {
         study_section(
             "profiled-table",
             Part::WithAgents,
             "The study's table with the agents attached",
-            "The same benchmarks while netprof's agents profiled them: the difference to the table without agents is netprof's cost.",
+            &format!("The same benchmarks while netprof's agents profiled them: the difference to the table without agents is netprof's cost.{profiled_side_by_side}"),
             profiled,
         )
     } else {
@@ -170,7 +176,7 @@ fn study_sections(report: &Report) -> (Option<Section>, Section) {
             "profiled-table",
             Part::Clean,
             "The study's table, measured WITH netprof's agents attached",
-            "This run has no twin without agents (DIR/clean/, which `cargo xtask demo` writes): netprof's own cost is inside every number of this table.",
+            &format!("This run has no twin without agents (DIR/clean/, which `cargo xtask demo` writes): netprof's own cost is inside every number of this table.{profiled_side_by_side}"),
             profiled,
         )
     };
