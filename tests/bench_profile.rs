@@ -114,6 +114,23 @@ fn profile_writes_a_report_per_step_and_node() {
             assert_eq!(report.hits("eno1 tc-egress"), block, "{}", file.display());
             assert_eq!(report.hits("eno1 tc-ingress"), block, "{}", file.display());
             assert_eq!(report.counters.abandoned, 0, "{}", file.display());
+            if entry["path"] == "pod path" {
+                // The node forwards the request and the reply through the same FORWARD
+                // points: one segment per direction, one pass per ping each (the reply or
+                // request that came in on the uplink is `inbound`).
+                let forward: Vec<(bool, u64)> = report
+                    .segments
+                    .iter()
+                    .filter(|s| s.from_name == "nf FORWARD -99" && s.to_name == "nf FORWARD 1")
+                    .map(|s| (s.inbound, s.count))
+                    .collect();
+                assert_eq!(
+                    forward,
+                    [(false, block), (true, block)],
+                    "{}",
+                    file.display()
+                );
+            }
             let key = (entry["path"].to_string(), entry["node"].to_string());
             *ping_hits.entry(key).or_default() += report.hits("eno1 tc-egress");
         }

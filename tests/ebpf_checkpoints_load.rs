@@ -51,8 +51,8 @@ use profiler_common::datapath::{
     PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX,
     PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
     PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
-    VERIFIER_TWINS,
+    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_DELIVER, TP_DEV_RX,
+    TP_DEV_TX, VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -827,13 +827,14 @@ fn vxlan_packets_are_admitted_at_the_uplink_by_their_inner_flow() -> Result<()> 
     // Requests: admitted at eno1's tc egress (vxlan0 saw them before their path started
     // here), then the driver hand-off, consumed in b. Replies: admitted at eno1's tc ingress,
     // decapsulated (same skb) to vxlan0's receive hook and tc ingress; dropped as NO_SOCKET.
+    // The replies' journeys entered on the uplink: their segments carry `SEGMENT_INBOUND`.
     let (vx_rx, vx_in) = (VXLAN_CP_BASE, VXLAN_CP_BASE + 1);
     let hits = [CP_TC_INGRESS, CP_TC_EGRESS, CP_TP_TX, vx_rx, vx_in];
     let segments = [
         (CP_TC_EGRESS, CP_TP_TX),
         (CP_TP_TX, CP_CONSUMED),
-        (CP_TC_INGRESS, vx_rx),
-        (vx_rx, vx_in),
+        (CP_TC_INGRESS | SEGMENT_INBOUND, vx_rx),
+        (vx_rx | SEGMENT_INBOUND, vx_in),
     ];
     assert_exact(&seen, &hits, &segments, vx_in)?;
     drop_and_check_freed(ebpf, None)

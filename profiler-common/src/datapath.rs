@@ -171,6 +171,11 @@ pub const fn node_device_slot(ifindex: u32) -> u32 {
 pub const MAX_CHECKPOINTS: u32 = 512;
 /// "No checkpoint" (a device direction that is not watched).
 pub const CP_NONE: u16 = 0;
+/// Set in `SegmentKey::from` for the segments of a journey that entered the node on its
+/// uplink (the packet came from another node); clear for one that started on the node. The
+/// same netfilter checkpoints see a request and its reply, one pass of a round trip on cold
+/// caches and the other warm: one histogram of both has a median that is neither's.
+pub const SEGMENT_INBOUND: u16 = 0x8000;
 /// Netfilter hooks (`enum nf_inet_hooks`), in kernel numbering.
 pub const NF_HOOK_PRE_ROUTING: u32 = 0;
 pub const NF_HOOK_LOCAL_IN: u32 = 1;
@@ -773,6 +778,7 @@ mod user {
 }
 
 const _: () = assert!(NF_CP_END <= CP_CONSUMED);
+const _: () = assert!(MAX_CHECKPOINTS <= SEGMENT_INBOUND as u32);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
 const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 8);
 const _: () = assert!(core::mem::size_of::<NodeDevice>() == 8);

@@ -32,7 +32,7 @@ use profiler_common::{
         COUNTER_REPEATS, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, JOURNEY_CAP, JOURNEY_SLOTS,
         MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH,
         MAP_SEGMENTS, MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS,
-        SEGMENT_PROBES,
+        SEGMENT_INBOUND, SEGMENT_PROBES,
     },
     names_match,
 };
@@ -315,15 +315,23 @@ pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
 /// pair of consecutive ones a segment into its histogram. Returns the last checkpoint and
 /// the time since it, for the caller's ending (`None`: not followed, or a journey to forget).
 #[inline(always)]
-pub fn end_journey(skb: u64) -> Option<(u16, u64)> {
+pub fn end_journey(skb: u64) -> Option<Ended> {
     let slot = followed(skb)?;
     let result = flush(slot, skb);
     release(slot);
     result
 }
 
+/// How a journey ended: its last checkpoint, the time since it, and `SEGMENT_INBOUND` when it
+/// entered the node on the uplink (for the segment from its last checkpoint).
+pub struct Ended {
+    pub last_cp: u16,
+    pub idle_ns: u64,
+    pub direction: u16,
+}
+
 #[inline(always)]
-fn flush(slot: u32, skb: u64) -> Option<(u16, u64)> {
+fn flush(slot: u32, skb: u64) -> Option<Ended> {
     // Between windows the epoch changes before the next one opens: nothing to keep.
     let cfg = config()?;
     let journey = NP_JOURNEYS.get(slot)?;
@@ -337,6 +345,11 @@ fn flush(slot: u32, skb: u64) -> Option<(u16, u64)> {
         return None;
     }
     let len = usize::from(opaque(journey.len));
+    let direction = if journey.cps[0] == cfg.uplink_ingress_cp && journey.cps[0] != 0 {
+        SEGMENT_INBOUND
+    } else {
+        0
+    };
     let mut previous: Option<(u16, u32)> = None;
     for index in 0..JOURNEY_CAP {
         if index >= len {
@@ -348,14 +361,18 @@ fn flush(slot: u32, skb: u64) -> Option<(u16, u64)> {
         hit(cp);
         if let Some((from, since)) = previous {
             if at >= since {
-                record_segment(from, cp, u64::from(at - since));
+                record_segment(from | direction, cp, u64::from(at - since));
             } else {
                 bump(COUNTER_OUT_OF_ORDER);
             }
         }
         previous = Some((cp, at));
     }
-    Some((journey.last_cp, idle))
+    Some(Ended {
+        last_cp: journey.last_cp,
+        idle_ns: idle,
+        direction,
+    })
 }
 
 /// Adds one to event counter `counter` (a `COUNTER_*`).

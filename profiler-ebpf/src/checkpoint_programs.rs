@@ -45,7 +45,7 @@ use crate::{
     checkpoint::{
         admit, bump, close_hand_over, config, end_journey, followed, hand_over, probe_read,
         probe_read_counted, record, record_or_needs_admission, record_segment, skb_address,
-        take_hand_over, NP_DROPS,
+        take_hand_over, Ended, NP_DROPS,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -390,7 +390,7 @@ pub fn cp_kfree_btf(ctx: BtfTracePointContext) -> i32 {
 /// then) and the last checkpoint it passed.
 #[inline(always)]
 fn on_kfree(pointer: u64, reason: impl FnOnce() -> u32) {
-    let Some((last_cp, _)) = skb_address(pointer).and_then(end_journey) else {
+    let Some(Ended { last_cp, .. }) = skb_address(pointer).and_then(end_journey) else {
         return;
     };
     bump(COUNTER_DROPPED);
@@ -441,10 +441,10 @@ pub fn cp_deliver_btf(ctx: BtfTracePointContext) -> i32 {
 /// A consumed skb: a followed packet's journey ends, its last segment goes to `CP_CONSUMED`.
 #[inline(always)]
 fn on_consume(pointer: u64) {
-    let Some((last_cp, idle)) = skb_address(pointer).and_then(end_journey) else {
+    let Some(end) = skb_address(pointer).and_then(end_journey) else {
         return;
     };
-    record_segment(last_cp, CP_CONSUMED, idle);
+    record_segment(end.last_cp | end.direction, CP_CONSUMED, end.idle_ns);
     bump(COUNTER_COMPLETED);
 }
 

@@ -131,6 +131,11 @@ impl Via {
 pub struct SegmentReport {
     pub from: u16,
     pub to: u16,
+    /// Passes of packets that entered the node on its uplink (from another node), kept apart
+    /// from those that started on the node: a round trip crosses the same netfilter points
+    /// twice, its first pass on cold caches and the other warm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inbound: bool,
     pub from_name: String,
     pub to_name: String,
     pub stage: Stage,
@@ -270,6 +275,7 @@ mod tests {
                 hits: 20,
             }],
             segments: vec![SegmentReport {
+                inbound: false,
                 from: 64,
                 to: 65,
                 from_name: "a".into(),

@@ -260,6 +260,7 @@ mod tests {
 
     fn segment(from: &str, to: &str, count: u64, p50_ns: u64) -> SegmentReport {
         SegmentReport {
+            inbound: false,
             from: 1,
             to: 2,
             from_name: from.into(),

@@ -106,6 +106,7 @@ mod tests {
             hits: 1,
         };
         let seg = |from: u16, to: u16, stage: Stage| SegmentReport {
+            inbound: false,
             from,
             to,
             from_name: String::new(),

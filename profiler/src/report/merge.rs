@@ -266,6 +266,9 @@ pub struct MergedSegment {
     pub to_kind: String,
     pub stage: Stage,
     pub kind: SegmentKind,
+    /// The passes of packets that entered the node on its uplink (`SegmentReport::inbound`):
+    /// kept apart, so each direction's typical time counts once per pass.
+    pub inbound: bool,
     pub hist: Hist,
 }
 
@@ -333,7 +336,7 @@ fn add_counters(total: &mut Counters, c: &Counters) {
 /// rounds of a validation, add up), drops and counters over the nodes.
 pub fn merge_step<'a>(docs: impl IntoIterator<Item = NodeDoc<'a>>) -> MergedStep {
     let mut step = MergedStep::default();
-    let mut segments: BTreeMap<(Node, String, String, Stage, SegmentKind), MergedSegment> =
+    let mut segments: BTreeMap<(Node, String, String, Stage, SegmentKind, bool), MergedSegment> =
         BTreeMap::new();
     let mut drops: BTreeMap<(String, String), MergedDrop> = BTreeMap::new();
     let mut max_retransmits = 0;
@@ -361,7 +364,7 @@ pub fn merge_step<'a>(docs: impl IntoIterator<Item = NodeDoc<'a>>) -> MergedStep
             let from = neutral_name(from_cp, &seg.from_name);
             let to = neutral_name(to_cp, &seg.to_name);
             segments
-                .entry((node, from.clone(), to.clone(), seg.stage, kind))
+                .entry((node, from.clone(), to.clone(), seg.stage, kind, seg.inbound))
                 .or_insert_with(|| MergedSegment {
                     node,
                     from,
@@ -370,6 +373,7 @@ pub fn merge_step<'a>(docs: impl IntoIterator<Item = NodeDoc<'a>>) -> MergedStep
                     to_kind: to_cp.map(|c| c.kind.clone()).unwrap_or_default(),
                     stage: seg.stage,
                     kind,
+                    inbound: seg.inbound,
                     hist: Hist::default(),
                 })
                 .hist
@@ -586,6 +590,7 @@ mod tests {
 
     fn segment(buckets: Vec<[u64; 2]>, mean_ns: f64, p50_ns: u64, p99_ns: u64) -> SegmentReport {
         SegmentReport {
+            inbound: false,
             from: 64,
             to: 65,
             from_name: "eno1 dev-rx".into(),
@@ -623,6 +628,46 @@ mod tests {
         assert_eq!((s.count, s.p50_ns), (120, 1000));
         // (90 x 1000 + 30 x 2000) / 120
         assert_eq!(s.mean_ns, 1250.0);
+    }
+
+    /// One node's round trips cross the same two checkpoints twice: the request on cold
+    /// caches (100 passes at 6000 ns), the reply warm (100 at 400 ns). Kept apart by
+    /// direction, the step's time per RTT is about 6000 + 400 ns (bucket middles); pooled into
+    /// one histogram, its median (the lower mode's edge, about 400 ns) × 2 passes gave under
+    /// 1000.
+    #[test]
+    fn a_request_and_its_reply_through_the_same_checkpoints_are_kept_apart() {
+        use crate::report::stage_time::{by_category, Statistic};
+        let cold = segment(vec![[5888, 100]], 6000.0, 6000, 6000);
+        let warm = SegmentReport {
+            inbound: true,
+            ..segment(vec![[400, 100]], 400.0, 400, 400)
+        };
+        let node = report("node1", vec![cold.clone(), warm.clone()]);
+        let step = merge_step([doc(Node::One, &node)]);
+        assert_eq!(step.segments.len(), 2);
+        assert_eq!(
+            step.segments.iter().map(|s| s.inbound).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let per_rtt = by_category(&step, 100, Statistic::Median, None);
+        let uplink = per_rtt[&(Node::One, crate::report::category::Category::Uplink)];
+        assert!((6300.0..6500.0).contains(&uplink), "{uplink}");
+
+        let pooled = report(
+            "node1",
+            vec![
+                cold,
+                SegmentReport {
+                    inbound: false,
+                    ..warm
+                },
+            ],
+        );
+        let step = merge_step([doc(Node::One, &pooled)]);
+        assert_eq!(step.segments.len(), 1);
+        let per_rtt = by_category(&step, 100, Statistic::Median, None);
+        assert!(per_rtt[&(Node::One, crate::report::category::Category::Uplink)] < 1000.0);
     }
 
     #[test]

@@ -111,6 +111,7 @@ mod tests {
             to_kind: "netfilter".into(),
             stage,
             kind: SegmentKind::Path,
+            inbound: false,
             hist: Hist {
                 buckets: BTreeMap::from([(bucket_low, count)]),
                 count,

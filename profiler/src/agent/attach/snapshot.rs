@@ -3,7 +3,7 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use profiler_common::datapath::NF_POINT_PRIORITIES;
+use profiler_common::datapath::{NF_POINT_PRIORITIES, SEGMENT_INBOUND};
 
 use super::Inner;
 use crate::agent::{
@@ -59,14 +59,16 @@ pub(super) fn report(
     }
     let segments = segments
         .iter()
-        .map(|((from, to), hist)| {
+        .map(|((key_from, to), hist)| {
             let summary = collect::summarize(hist);
+            let from = key_from & !SEGMENT_INBOUND;
             SegmentReport {
-                from: *from,
+                from,
                 to: *to,
-                from_name: catalog.name(*from),
+                inbound: key_from & SEGMENT_INBOUND != 0,
+                from_name: catalog.name(from),
                 to_name: catalog.name(*to),
-                stage: catalog.stage(*from, *to),
+                stage: catalog.stage(from, *to),
                 count: summary.count,
                 mean_ns: summary.mean_ns,
                 p50_ns: summary.p50_ns,
