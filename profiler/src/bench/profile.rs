@@ -240,6 +240,11 @@ impl Profiler {
         Ok(())
     }
 
+    /// The mode of the lab these agents profile.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Writes each agent's report of the step just run.
     pub fn after_step(&self, path: NetPath, tool: Tool) -> Result<Vec<ProfileFile>, ProfileError> {
         self.after_step_part(path, tool, None)
@@ -288,4 +293,21 @@ impl Profiler {
         }
         Ok(files)
     }
+}
+
+/// Leaves `profilers[only]`'s agents attached and every other's detached (all detached with
+/// `None`): one lab measured at a time, since attached agents run their kernel-wide tracers on
+/// every lab's packets. Agents already in the wanted state are left as they are.
+pub(super) fn attach_only(
+    profilers: &[&Profiler],
+    only: Option<usize>,
+) -> Result<(), super::BenchError> {
+    for (k, p) in profilers.iter().enumerate() {
+        p.set_attached(only == Some(k))
+            .map_err(|source| super::BenchError::Profile {
+                mode: p.mode(),
+                source,
+            })?;
+    }
+    Ok(())
 }

@@ -185,7 +185,8 @@ async fn ping_all(
     let _ = std::io::stderr().flush();
     let t = Instant::now();
     let mut files: Vec<Vec<ProfileFile>> = vec![Vec::new(); labs.len()];
-    let mut attached: Option<usize> = None;
+    // Every lab has its agents or none has: lab `l`'s are `agents[l]`.
+    let agents: Vec<&Profiler> = profilers.iter().flatten().collect();
     let blocks = ping_step::ping_in_blocks(cfg, &targets, |at| {
         let i = match at {
             Around::Before(i) | Around::After(i, _) => i,
@@ -196,18 +197,8 @@ async fn ping_all(
         match at {
             // A lab's profiled block: its agents alone attached. A block with no agent: none.
             Around::Before(_) => {
-                let wanted = (i < n && profilers[l].is_some()).then_some(l);
-                if attached != wanted {
-                    if let Some(was) = attached {
-                        let p = profilers[was].as_ref().expect("only agents are attached");
-                        set_attached(p, labs[was].1.mode(), false)?;
-                    }
-                    if let Some(p) = wanted.and(profilers[l].as_ref()) {
-                        set_attached(p, mode, true)?;
-                    }
-                    attached = wanted;
-                }
-                match wanted.and(profilers[l].as_ref()) {
+                profile::attach_only(&agents, (i < n).then_some(l))?;
+                match profilers[l].as_ref().filter(|_| i < n) {
                     Some(p) => p.before_step(&flows[i]).map_err(err),
                     None => Ok(()),
                 }
@@ -225,11 +216,7 @@ async fn ping_all(
     })
     .await
     .inspect_err(|_| eprintln!("failed"))?;
-    if let Some(a) = attached {
-        if let Some(p) = profilers[a].as_ref() {
-            set_attached(p, labs[a].1.mode(), false)?;
-        }
-    }
+    profile::attach_only(&agents, None)?;
     eprintln!("done ({:.1} s)", t.elapsed().as_secs_f64());
     let (on, off) = blocks.split_at(n);
     let mut taken: Vec<TakenPings> = files

@@ -200,18 +200,8 @@ async fn profiled_states(
             }
         }
     }
-    // The profiler `only` attached (its lab is measured), or none. `profilers[k]` belongs to
-    // the first lab of `labs` with `profiler_of == k`.
-    let attach_only = |only: Option<usize>| -> Result<(), BenchError> {
-        for (k, p) in profilers.iter().enumerate() {
-            let lab = labs[profiler_of
-                .iter()
-                .position(|&x| x == k)
-                .expect("a lab per profiler")];
-            p.set_attached(only == Some(k)).map_err(profile_err(lab))?;
-        }
-        Ok(())
-    };
+    let agents: Vec<&Profiler> = profilers.iter().collect();
+    let attach_only = |only: Option<usize>| profile::attach_only(&agents, only);
     let endpoints: Vec<_> = labs
         .iter()
         .map(|lab| lab.pod_path().expect("validation labs have pods"))
