@@ -48,11 +48,11 @@ use profiler_common::datapath::{
     JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_FLOWS,
     MAP_NF_ADMIT, MAP_NODE_DEVICES, MAP_SEGMENTS, MAP_TAGS, MAP_TC_ADMIT, MAX_CHECKPOINTS,
     MAX_SEGMENTS, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED,
-    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX,
-    PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_DELIVER, TP_DEV_RX,
-    TP_DEV_TX, VERIFIER_TWINS,
+    PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
+    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT,
+    PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER,
+    TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -81,11 +81,12 @@ const CP_TP_RX: u16 = DEVICE_CP_BASE;
 const CP_TC_INGRESS: u16 = DEVICE_CP_BASE + 1;
 const CP_TC_EGRESS: u16 = DEVICE_CP_BASE + 2;
 const CP_TP_TX: u16 = DEVICE_CP_BASE + 3;
+const CP_BACKLOG: u16 = DEVICE_CP_BASE + 4;
 /// ... and `vxlan0` in the VXLAN test.
-const VXLAN_CP_BASE: u16 = DEVICE_CP_BASE + 4;
+const VXLAN_CP_BASE: u16 = DEVICE_CP_BASE + 5;
 
 /// The programs whose JIT images are bounded: the ones on a followed packet's path.
-const CHECKPOINT_PROGRAMS: [&str; 8] = [
+const CHECKPOINT_PROGRAMS: [&str; 9] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
@@ -94,6 +95,7 @@ const CHECKPOINT_PROGRAMS: [&str; 8] = [
     PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
     PROG_DEV_TX,
+    PROG_BACKLOG,
 ];
 
 /// The configuration for this kernel: struct offsets from BTF, tracepoint offsets from tracefs.
@@ -150,6 +152,7 @@ fn load_aya_programs(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, u32)>> {
     for (name, tp) in [
         (PROG_DEV_RX, TP_DEV_RX),
         (PROG_DEV_TX, TP_DEV_TX),
+        (PROG_BACKLOG, TP_BACKLOG),
         (PROG_KFREE_SKB_BTF, "kfree_skb"),
         (PROG_CONSUME_SKB_BTF, "consume_skb"),
         (PROG_DELIVER_BTF, TP_DELIVER),
@@ -418,13 +421,16 @@ fn tagged(ebpf: &Ebpf) -> Result<usize> {
 }
 
 fn cp_name(cp: u16) -> String {
+    if cp & SEGMENT_INBOUND != 0 {
+        return format!("{} (inbound)", cp_name(cp & !SEGMENT_INBOUND));
+    }
     let device = |base: u16, iface: &str| {
-        let hook = ["tp_rx", "tc_ingress", "tc_egress", "tp_tx"][usize::from(cp - base)];
+        let hook = ["tp_rx", "tc_ingress", "tc_egress", "tp_tx", "backlog"][usize::from(cp - base)];
         format!("{iface} {hook}")
     };
     match cp {
-        CP_TP_RX..=CP_TP_TX => device(CP_TP_RX, "eno1"),
-        c if (VXLAN_CP_BASE..VXLAN_CP_BASE + 4).contains(&c) => device(VXLAN_CP_BASE, "vxlan0"),
+        CP_TP_RX..=CP_BACKLOG => device(CP_TP_RX, "eno1"),
+        c if (VXLAN_CP_BASE..VXLAN_CP_BASE + 5).contains(&c) => device(VXLAN_CP_BASE, "vxlan0"),
         CP_CONSUMED => "consumed".into(),
         cp if cp >= nf_checkpoint(0, 0) && cp < CP_CONSUMED => {
             let i = u32::from(cp - nf_checkpoint(0, 0));
@@ -438,13 +444,15 @@ fn cp_name(cp: u16) -> String {
     }
 }
 
-/// Checkpoint ids `base..base + 4` for a device's tp_rx, tc_ingress, tc_egress, tp_tx.
+/// Checkpoint ids `base..base + 5` for a device's tp_rx, tc_ingress, tc_egress, tp_tx, backlog.
 fn device_checkpoints(base: u16) -> DeviceCheckpoints {
     DeviceCheckpoints {
         tp_rx: base,
         tc_ingress: base + 1,
         tc_egress: base + 2,
         tp_tx: base + 3,
+        backlog: base + 4,
+        _pad: 0,
     }
 }
 
@@ -758,6 +766,47 @@ fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
         (CP_TC_EGRESS, CP_TP_TX),
         (CP_TP_TX, CP_CONSUMED),
     ]);
+    assert_exact(&seen, &hits, &segments, CP_TC_INGRESS)?;
+    drop_and_check_freed(ebpf, Some(local_out))
+}
+
+/// On a veth uplink the other node's frames are queued by `netif_rx`: `cp_backlog` marks them
+/// and the uplink's tc ingress, admitting one, starts its path at that mark. Every reply's
+/// journey on `a` then runs backlog -> tc ingress (one inbound segment per ping, its time the
+/// wait for the softirq); the requests, followed by `a` while `b` receives them, pass `b`'s
+/// backlog unrecorded (not a device of this agent).
+#[test]
+fn replies_start_their_path_at_a_veth_uplinks_backlog() -> Result<()> {
+    const TEST: &str = "replies_start_their_path_at_a_veth_uplinks_backlog";
+    if skip_netfilter_test(TEST, TOOLS) {
+        return Ok(());
+    }
+    let lab = VethLab::create_quiet()?;
+    let flow = format!("icmp:{}-{}", VethLab::ADDR_A, VethLab::ADDR_B);
+    let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
+    let uplink_ifindex = ifindex(&lab.a, VethLab::IFACE)?;
+    let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
+        config.nf_admit_cp = out(0);
+        config.uplink_egress_admits = 0;
+        config.uplink_backlog_cp = CP_BACKLOG;
+        config.uplink_ifindex = uplink_ifindex;
+    })?;
+    let backlog: &mut BtfTracePoint = program(&mut ebpf, PROG_BACKLOG)?.try_into()?;
+    backlog.attach()?;
+    let local_out = attach_local_out(&ebpf, &lab.a, &[0])?;
+
+    let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
+    println!("ping: {summary}");
+    assert!(summary.contains("20 received"), "{summary}");
+    let seen = observe(&ebpf)?;
+
+    let hits = [out(0), CP_TC_INGRESS, CP_TC_EGRESS, CP_TP_TX, CP_BACKLOG];
+    let segments = [
+        (out(0), CP_TC_EGRESS),
+        (CP_TC_EGRESS, CP_TP_TX),
+        (CP_TP_TX, CP_CONSUMED),
+        (CP_BACKLOG | SEGMENT_INBOUND, CP_TC_INGRESS),
+    ];
     assert_exact(&seen, &hits, &segments, CP_TC_INGRESS)?;
     drop_and_check_freed(ebpf, Some(local_out))
 }

@@ -100,6 +100,19 @@ pub const MAP_NF_ADMIT: &str = "NP_NF_ADMIT";
 /// device of every namespace through `skb->dev`.
 pub const MAP_DEVICES: &str = "NP_DEVICES";
 
+/// `Array<BacklogMark>`, `JOURNEY_SLOTS` entries, aya object only: where a frame reached a
+/// veth uplink's backlog, by `journey_slot(skb)`, for the uplink's tc ingress to start the
+/// path there when it admits the packet (admission parses headers; `netif_rx` only marks).
+pub const MAP_BACKLOG_MARKS: &str = "NP_BACKLOG";
+
+/// A `MAP_BACKLOG_MARKS` entry: the skb queued on the uplink's backlog, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BacklogMark {
+    pub skb: u64,
+    pub at_ns: u64,
+}
+
 /// The maps the netfilter object shares with the aya object (it reuses them by name).
 pub const ALL_MAPS: [&str; 9] = [
     MAP_CONFIG,
@@ -351,7 +364,7 @@ pub struct DeviceKey {
     pub ifindex: u32,
 }
 
-/// The checkpoint ids of one device's four hooks (`CP_NONE` where not watched).
+/// The checkpoint ids of one device's hooks (`CP_NONE` where not watched).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeviceCheckpoints {
@@ -363,6 +376,10 @@ pub struct DeviceCheckpoints {
     pub tc_egress: u16,
     /// tp_btf `net_dev_start_xmit` (handed to the driver; runs after tc egress and the qdisc).
     pub tp_tx: u16,
+    /// tp_btf `netif_rx`: the frame a veth's peer transmitted is queued on this CPU's receive
+    /// backlog, where it waits for the softirq that takes it to tc ingress.
+    pub backlog: u16,
+    pub _pad: u16,
 }
 
 /// A `MAP_NODE_DEVICES` slot: a node device's ifindex (0: free) and its tc checkpoints.
@@ -626,7 +643,15 @@ pub struct Config {
     /// packets still start their path on this node.
     pub uplink_egress_cp: u16,
     pub uplink_egress_admits: u16,
-    pub _pad5: u32,
+    /// The uplink's backlog checkpoint when the uplink is a veth (frames from the other node
+    /// are queued by `netif_rx`): paths from the other node start there (marked there,
+    /// admitted at tc ingress), so the wait for the receive softirq is timed on this node as
+    /// on every other veth. `CP_NONE` on a NIC.
+    pub uplink_backlog_cp: u16,
+    pub _pad5: u16,
+    /// The uplink's ifindex in the node namespace (`node_netns_inum`), for that admission.
+    pub uplink_ifindex: u32,
+    pub _pad6: u32,
 }
 
 /// `Config::flow_flags`: some flows match any peer (keys with `addr_lo == 0`: two more lookups
@@ -672,6 +697,11 @@ pub const PROG_DEV_RX: &str = "cp_dev_rx";
 pub const PROG_DEV_TX: &str = "cp_dev_tx";
 pub const TP_DEV_RX: &str = "netif_receive_skb";
 pub const TP_DEV_TX: &str = "net_dev_start_xmit";
+/// tp_btf on `TP_BACKLOG`: a frame queued on a CPU's receive backlog (a veth's transmit hands
+/// its frame to the peer there); only devices in `MAP_DEVICES` are checkpoints, and the uplink
+/// admits when `Config::uplink_backlog_cp` is set.
+pub const PROG_BACKLOG: &str = "cp_backlog";
+pub const TP_BACKLOG: &str = "netif_rx";
 /// Classic tracepoints `skb:kfree_skb`, `skb:consume_skb`, `tcp:tcp_retransmit_skb`.
 pub const PROG_KFREE_SKB: &str = "cp_kfree_skb";
 pub const PROG_CONSUME_SKB: &str = "cp_consume_skb";
@@ -712,7 +742,7 @@ pub const VERIFIER_TWINS: [(&str, &str); 3] = [
     ("cp_vt_nft", "consume_skb"),
 ];
 /// Every program of the aya object.
-pub const AYA_PROGRAMS: [&str; 24] = [
+pub const AYA_PROGRAMS: [&str; 25] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_UPLINK_INGRESS,
@@ -722,6 +752,7 @@ pub const AYA_PROGRAMS: [&str; 24] = [
     PROG_TC_POD_EGRESS,
     PROG_DEV_RX,
     PROG_DEV_TX,
+    PROG_BACKLOG,
     PROG_KFREE_SKB,
     PROG_CONSUME_SKB,
     PROG_KFREE_SKB_BTF,
@@ -775,18 +806,19 @@ mod user {
     unsafe impl aya::Pod for SegmentSlot {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Scratch {}
+    unsafe impl aya::Pod for BacklogMark {}
 }
 
 const _: () = assert!(NF_CP_END <= CP_CONSUMED);
 const _: () = assert!(MAX_CHECKPOINTS <= SEGMENT_INBOUND as u32);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
-const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 8);
+const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 12);
 const _: () = assert!(core::mem::size_of::<NodeDevice>() == 8);
 const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Journey>() == 32 + JOURNEY_CAP * 6);
 const _: () = assert!(JOURNEY_CAP.is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () =
     assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);

@@ -29,10 +29,10 @@ use profiler_common::{
         bucket_of, journey_slot, segment_slot, Config, DropKey, FlowKey, FlowRule, Histogram,
         Journey, Scratch, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED,
         COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_OUT_OF_ORDER, COUNTER_READ_ERRORS,
-        COUNTER_REPEATS, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, JOURNEY_CAP, JOURNEY_SLOTS,
-        MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH,
-        MAP_SEGMENTS, MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS, MAX_SEGMENTS,
-        SEGMENT_INBOUND, SEGMENT_PROBES,
+        COUNTER_REPEATS, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, CP_NONE, JOURNEY_CAP,
+        JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS,
+        MAP_SCRATCH, MAP_SEGMENTS, MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS,
+        MAX_SEGMENTS, SEGMENT_INBOUND, SEGMENT_PROBES,
     },
     names_match,
 };
@@ -196,10 +196,10 @@ fn append(cfg: &Config, slot: u32, skb: u64, cp: u16) -> Option<u32> {
 /// Starts the journey of `skb` at checkpoint `cp` in `slot`, unless a live journey holds the
 /// slot (a stale one, whose skb was freed unseen, is taken over).
 #[inline(always)]
-pub fn start_journey(cfg: &Config, slot: u32, skb: u64, cp: u16) {
+pub fn start_journey(cfg: &Config, slot: u32, skb: u64, cp: u16) -> bool {
     let (Some(tag), Some(journey)) = (NP_TAGS.get_ptr_mut(slot), NP_JOURNEYS.get_ptr_mut(slot))
     else {
-        return;
+        return false;
     };
     let now = now();
     // SAFETY: values of live array maps (see `record`).
@@ -207,7 +207,7 @@ pub fn start_journey(cfg: &Config, slot: u32, skb: u64, cp: u16) {
     if *tag != 0 && journey.epoch == cfg.epoch {
         if cfg.stale_ns == 0 || now.wrapping_sub(journey.last_ns) <= cfg.stale_ns {
             bump(COUNTER_SLOT_BUSY);
-            return;
+            return false;
         }
         bump(COUNTER_ABANDONED);
     }
@@ -221,6 +221,7 @@ pub fn start_journey(cfg: &Config, slot: u32, skb: u64, cp: u16) {
     journey.cps[0] = cp;
     journey.offsets_ns[0] = 0;
     bump(COUNTER_ADMITTED);
+    true
 }
 
 /// A checkpoint that never admits: follows the packet (the skb pointer the program was
@@ -291,12 +292,36 @@ pub fn take_hand_over() -> Option<(u64, u16, u64)> {
 }
 
 /// Admission: starts a journey for a packet handed over by a checkpoint if it belongs to a
-/// followed flow (asked only here).
+/// followed flow (asked only here). Returns the journey's slot when it started.
 #[inline(always)]
-pub fn admit<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
-    if packet.is_followed(cfg) {
-        start_journey(cfg, journey_slot(skb), skb, cp);
+pub fn admit<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) -> Option<u32> {
+    if !packet.is_followed(cfg) {
+        return None;
     }
+    let slot = journey_slot(skb);
+    start_journey(cfg, slot, skb, cp).then_some(slot)
+}
+
+/// Puts checkpoint `cp`, reached at `at_ns`, in front of the journey just started in `slot`
+/// (one checkpoint so far, reached after `at_ns`): where the packet was before admission
+/// could judge it.
+#[inline(always)]
+pub fn prepend(cfg: &Config, slot: u32, skb: u64, cp: u16, at_ns: u64) {
+    // SAFETY: a value of a live array map, the journey this program started (see `record`).
+    let Some(journey) = NP_JOURNEYS.get_ptr_mut(slot).map(|p| unsafe { &mut *p }) else {
+        return;
+    };
+    let since = journey.first_ns.wrapping_sub(at_ns);
+    let fresh = cfg.stale_ns == 0 || since <= cfg.stale_ns;
+    if journey.skb != skb || journey.len != 1 || at_ns > journey.first_ns || !fresh {
+        return;
+    }
+    journey.cps[1] = journey.cps[0];
+    journey.offsets_ns[1] = since as u32;
+    journey.cps[0] = cp;
+    journey.offsets_ns[0] = 0;
+    journey.first_ns = at_ns;
+    journey.len = 2;
 }
 
 /// Both steps inline, for programs that cannot tail-call (the fentry fallback): a followed
@@ -304,7 +329,7 @@ pub fn admit<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
 #[inline(always)]
 pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
     if record_or_needs_admission(cfg, skb, cp) {
-        admit(cfg, skb, cp, packet);
+        let _ = admit(cfg, skb, cp, packet);
     }
 }
 
@@ -345,7 +370,10 @@ fn flush(slot: u32, skb: u64) -> Option<Ended> {
         return None;
     }
     let len = usize::from(opaque(journey.len));
-    let direction = if journey.cps[0] == cfg.uplink_ingress_cp && journey.cps[0] != 0 {
+    let first = journey.cps[0];
+    let entered_on_uplink =
+        first != CP_NONE && (first == cfg.uplink_ingress_cp || first == cfg.uplink_backlog_cp);
+    let direction = if entered_on_uplink {
         SEGMENT_INBOUND
     } else {
         0

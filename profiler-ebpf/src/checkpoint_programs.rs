@@ -11,6 +11,8 @@
 //! - `cp_dev_rx` / `cp_dev_tx`: tp_btf on `netif_receive_skb` / `net_dev_start_xmit`, every
 //!   device of every namespace (off unless asked for: on watched devices they sit beside the
 //!   tc hooks).
+//! - `cp_backlog`: tp_btf on `netif_rx`, a frame queued for the receive softirq (a veth's
+//!   transmit); on a veth uplink, paths from the other node start there.
 //! - `cp_kfree_btf` / `cp_consume_btf` (tp_btf), or where those do not load `cp_kfree_skb` /
 //!   `cp_consume_skb` (classic tracepoints): end a followed packet's journey, turning it into
 //!   segments (drop by reason, or completion with the segment to `CP_CONSUMED`).
@@ -29,11 +31,12 @@ use aya_ebpf::{
 };
 use profiler_common::{
     datapath::{
-        node_device_slot, pod_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey,
-        NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART, COUNTER_COMPLETED,
-        COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_CONSUMED,
-        CP_NONE, IPPROTO_TCP, MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT,
-        MAX_DEVICES, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF,
+        journey_slot, node_device_slot, pod_device_slot, BacklogMark, Config, DeviceCheckpoints,
+        DeviceKey, DropKey, NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART,
+        COUNTER_COMPLETED, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS,
+        COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE, IPPROTO_TCP, JOURNEY_SLOTS, MAP_BACKLOG_MARKS,
+        MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES,
+        NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF,
         PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
         PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
         PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
@@ -43,11 +46,11 @@ use profiler_common::{
 
 use crate::{
     checkpoint::{
-        admit, bump, close_hand_over, config, end_journey, followed, hand_over, probe_read,
-        probe_read_counted, record, record_or_needs_admission, record_segment, skb_address,
-        take_hand_over, Ended, NP_DROPS,
+        admit, bump, close_hand_over, config, end_journey, followed, hand_over, now, prepend,
+        probe_read, probe_read_counted, record, record_or_needs_admission, record_segment,
+        skb_address, take_hand_over, Ended, NP_DROPS,
     },
-    flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
+    flows::{in_a_flow, Headers, MaybeVxlan, Plain, SkbHeaders, ETH_HDR_LEN},
 };
 
 const _: () = assert!(names_match(stringify!(cp_tc_ingress), PROG_TC_INGRESS));
@@ -62,6 +65,7 @@ const _: () = assert!(names_match(stringify!(cp_tc_admit), PROG_TC_ADMIT));
 const _: () = assert!(names_match(stringify!(cp_tc_pod_eg), PROG_TC_POD_EGRESS));
 const _: () = assert!(names_match(stringify!(cp_dev_rx), PROG_DEV_RX));
 const _: () = assert!(names_match(stringify!(cp_dev_tx), PROG_DEV_TX));
+const _: () = assert!(names_match(stringify!(cp_backlog), PROG_BACKLOG));
 const _: () = assert!(names_match(stringify!(cp_kfree_skb), PROG_KFREE_SKB));
 const _: () = assert!(names_match(stringify!(cp_consume_skb), PROG_CONSUME_SKB));
 const _: () = assert!(names_match(stringify!(cp_kfree_btf), PROG_KFREE_SKB_BTF));
@@ -87,11 +91,14 @@ static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
     HashMap::with_max_entries(MAX_DEVICES, 0);
 #[map]
 static NP_TC_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static NP_BACKLOG: Array<BacklogMark> = Array::with_max_entries(JOURNEY_SLOTS, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NODE_DEVS), MAP_NODE_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_POD_DEVS), MAP_POD_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_DEVICES), MAP_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_TC_ADMIT), MAP_TC_ADMIT));
+const _: () = assert!(names_match(stringify!(NP_BACKLOG), MAP_BACKLOG_MARKS));
 
 /// Which way a device hook sees packets.
 #[derive(Clone, Copy)]
@@ -139,7 +146,8 @@ fn node_device(ctx: &TcContext, direction: Direction) {
     }
 }
 
-/// The uplink's ingress: a packet from the other node starts its path on this node here.
+/// The uplink's ingress: a packet from the other node starts its path on this node here (at
+/// the backlog it was queued on a moment ago, on a veth uplink).
 #[classifier]
 pub fn cp_tc_upl_in(ctx: TcContext) -> i32 {
     if let (Some(cfg), Some(skb)) = (config(), skb_address(ctx.as_ptr() as u64)) {
@@ -201,12 +209,33 @@ pub fn cp_tc_admit(ctx: TcContext) -> i32 {
         bump(COUNTER_COMPLETED);
     }
     let headers = TcHeaders { ctx: &ctx };
-    if how & ADMIT_INSIDE_VXLAN != 0 {
-        admit(cfg, skb, cp, &MaybeVxlan(headers));
+    let admitted = if how & ADMIT_INSIDE_VXLAN != 0 {
+        admit(cfg, skb, cp, &MaybeVxlan(headers))
     } else {
-        admit(cfg, skb, cp, &Plain(headers));
+        admit(cfg, skb, cp, &Plain(headers))
+    };
+    if let Some(slot) = admitted {
+        if cp == cfg.uplink_ingress_cp {
+            start_at_backlog(cfg, slot, skb);
+        }
     }
     TC_VERDICT
+}
+
+/// A packet admitted at the uplink's ingress that `cp_backlog` saw queued on the uplink's
+/// backlog: its journey starts there instead, so the wait for the softirq is a segment.
+#[inline(always)]
+fn start_at_backlog(cfg: &Config, slot: u32, skb: u64) {
+    let backlog = cfg.uplink_backlog_cp;
+    if backlog == CP_NONE {
+        return;
+    }
+    let Some(mark) = NP_BACKLOG.get(journey_slot(skb)) else {
+        return;
+    };
+    if mark.skb == skb {
+        prepend(cfg, slot, skb, backlog, mark.at_ns);
+    }
 }
 
 // ---- tc on pods' eth0 ----
@@ -295,6 +324,59 @@ pub fn cp_dev_tx(ctx: BtfTracePointContext) -> i32 {
     };
     dev_checkpoint(skb, Some(dev), Direction::Egress);
     0
+}
+
+/// A frame queued on this CPU's receive backlog by `netif_rx` (a veth's transmit, handing its
+/// frame to the peer). A followed packet is recorded at the receiving device's backlog
+/// checkpoint. On a veth uplink (`Config::uplink_backlog_cp`) a frame from the other node is
+/// not followed yet: it is marked, and if the uplink's tc ingress admits it, its path starts
+/// here, so its wait for the receive softirq is timed on this node as on every pod veth.
+#[btf_tracepoint(function = "netif_rx")]
+pub fn cp_backlog(ctx: BtfTracePointContext) -> i32 {
+    let Some(skb) = skb_address(ctx.arg(0)) else {
+        return 0;
+    };
+    let slot = followed(skb);
+    let Some(cfg) = config() else { return 0 };
+    match slot {
+        Some(slot) => {
+            if let Some(cps) = device_checkpoints(cfg, skb, None) {
+                if cps.backlog != CP_NONE {
+                    record(cfg, slot, skb, cps.backlog);
+                }
+            }
+        }
+        None => {
+            if cfg.uplink_backlog_cp != CP_NONE && on_uplink(cfg, skb) {
+                if let Some(mark) = NP_BACKLOG.get_ptr_mut(journey_slot(skb)) {
+                    // SAFETY: a value of a live array map; two plain stores.
+                    unsafe {
+                        (*mark).skb = skb;
+                        (*mark).at_ns = now();
+                    }
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Whether `skb` is on this node's uplink: its device's ifindex first (one read for most
+/// frames), then the device's namespace.
+#[inline(always)]
+fn on_uplink(cfg: &Config, skb: u64) -> bool {
+    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
+        return false;
+    }
+    let Some(dev) = probe_read::<u64>(skb + u64::from(cfg.skb_dev)) else {
+        return false;
+    };
+    if probe_read::<u32>(dev + u64::from(cfg.dev_ifindex)) != Some(cfg.uplink_ifindex) {
+        return false;
+    }
+    let net = probe_read::<u64>(dev + u64::from(cfg.dev_nd_net));
+    let inum = net.and_then(|net| probe_read::<u32>(net + u64::from(cfg.net_ns_inum)));
+    inum == Some(cfg.node_netns_inum)
 }
 
 /// A device checkpoint seen from a tracepoint (never admits).

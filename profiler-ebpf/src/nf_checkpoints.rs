@@ -103,7 +103,7 @@ pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
     // First of all: the frame the checkpoint opened is closed whatever happens next.
     let handed = take_hand_over();
     if let (Some(cfg), Some((skb, cp, _))) = (config(), handed) {
-        admit(cfg, skb, cp, &Skb(skb));
+        let _ = admit(cfg, skb, cp, &Skb(skb));
     }
     NF_ACCEPT
 }

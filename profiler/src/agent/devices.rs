@@ -1,7 +1,7 @@
 //! Which devices an agent watches: in the node namespace the uplink, bridges, VXLAN devices and
 //! host-side veths; in each pod namespace given, the pod's `eth0`.
-//! Devices come from `ip -j -d link show` inside the namespace; each gets four checkpoint ids
-//! from `DEVICE_CP_BASE` up (dev-rx, tc-ingress, tc-egress, dev-tx) and a `DeviceKey` made of
+//! Devices come from `ip -j -d link show` inside the namespace; each gets five checkpoint ids
+//! from `DEVICE_CP_BASE` up (dev-rx, tc-ingress, tc-egress, dev-tx, backlog) and a `DeviceKey` made of
 //! its namespace's inode and its ifindex. A [`Registry`] keeps ids stable across rescans.
 
 use std::{os::unix::fs::MetadataExt, path::PathBuf};
@@ -268,6 +268,8 @@ impl Device {
             tc_ingress: self.id(DeviceHook::TcIngress),
             tc_egress: self.id(DeviceHook::TcEgress),
             tp_tx: self.id(DeviceHook::DevTx),
+            backlog: self.id(DeviceHook::Backlog),
+            _pad: 0,
         }
     }
 
@@ -284,6 +286,9 @@ impl Device {
         }
     }
 }
+
+/// Checkpoint ids a device takes, one per hook.
+pub const IDS_PER_DEVICE: u32 = DeviceHook::ALL.len() as u32;
 
 /// Devices with checkpoint ids; ids are never reused, so a hit count always means one device.
 #[derive(Debug, Clone)]
@@ -329,7 +334,7 @@ impl Registry {
         }) {
             return Ok(None);
         }
-        if u32::from(self.next) + 4 > MAX_CHECKPOINTS {
+        if u32::from(self.next) + IDS_PER_DEVICE > MAX_CHECKPOINTS {
             return Err(RegistryFull {
                 device: found.link.ifname.clone(),
                 netns: found.netns.clone(),
@@ -338,7 +343,7 @@ impl Registry {
             });
         }
         let base = self.next;
-        self.next += 4;
+        self.next += IDS_PER_DEVICE as u16;
         self.devices.push(Device { found, base });
         Ok(self.devices.last())
     }
@@ -399,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn registry_assigns_four_ids_per_device_and_keeps_them() {
+    fn registry_assigns_five_ids_per_device_and_keeps_them() {
         let links = parse_links(NODE, "n1").unwrap();
         let mut reg = Registry::default();
         let eno1 = reg
@@ -417,8 +422,14 @@ mod tests {
         );
         let cps = eno1.checkpoints();
         assert_eq!(
-            (cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx),
-            (64, 65, 66, 67)
+            (
+                cps.tp_rx,
+                cps.tc_ingress,
+                cps.tc_egress,
+                cps.tp_tx,
+                cps.backlog
+            ),
+            (64, 65, 66, 67, 68)
         );
         assert!(reg
             .add(found(links[1].clone(), DeviceRole::Uplink, true))
@@ -434,11 +445,17 @@ mod tests {
             .unwrap()
             .unwrap()
             .clone();
-        assert_eq!(pod.base, DEVICE_CP_BASE + 4);
+        assert_eq!(pod.base, DEVICE_CP_BASE + 5);
         let cps = pod.checkpoints();
         assert_eq!(
-            (cps.tp_rx, cps.tc_ingress, cps.tc_egress, cps.tp_tx),
-            (68, 69, 70, 71)
+            (
+                cps.tp_rx,
+                cps.tc_ingress,
+                cps.tc_egress,
+                cps.tp_tx,
+                cps.backlog
+            ),
+            (69, 70, 71, 72, 73)
         );
         assert_eq!(pod.label().label, "p1:eth0");
         assert_eq!(eno1.label().label, "eno1");
@@ -447,7 +464,7 @@ mod tests {
     #[test]
     fn registry_refuses_past_the_checkpoint_space() {
         let mut reg = Registry::default();
-        let room = (MAX_CHECKPOINTS - u32::from(DEVICE_CP_BASE)) / 4;
+        let room = (MAX_CHECKPOINTS - u32::from(DEVICE_CP_BASE)) / IDS_PER_DEVICE;
         for i in 0..room {
             let link = Link {
                 ifname: format!("v{i}"),
@@ -471,10 +488,8 @@ mod tests {
             .add(found(link, DeviceRole::HostVeth, true))
             .unwrap_err();
         assert!(err.to_string().contains("watch fewer pods"), "{err}");
-        assert_eq!(
-            reg.devices().last().unwrap().base + 3,
-            (MAX_CHECKPOINTS - 1) as u16
-        );
+        let last = u32::from(reg.devices().last().unwrap().base) + IDS_PER_DEVICE;
+        assert!(last <= MAX_CHECKPOINTS && last + IDS_PER_DEVICE > MAX_CHECKPOINTS);
     }
 
     #[test]

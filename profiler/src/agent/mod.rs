@@ -40,10 +40,10 @@ use crate::{ebpf::EbpfError, netns::NetnsError};
 
 /// Program names, from the contract (`profiler_common::datapath`).
 pub use profiler_common::datapath::{
-    PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX,
-    PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
-    TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
+    PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
+    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS,
+    PROG_TC_UPLINK_INGRESS, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
 };
 
 /// The netfilter program of `hook`, `point` in the netfilter object.
@@ -97,7 +97,8 @@ pub struct AgentOptions {
 }
 
 /// The checkpoint families: tc on every watched device (node and pod side), tp_btf device
-/// rx/tx, netfilter points, and the skb free / retransmit tracepoints.
+/// rx/tx, netfilter points, the skb free / retransmit tracepoints, and the veths' receive
+/// backlog (`netif_rx`).
 ///
 /// The default leaves `dev` out. Its two tp_btf programs fire for every packet on every device
 /// of the kernel (in the lab, both nodes' agents run for each packet) and, on a watched device,
@@ -110,6 +111,8 @@ pub struct HookFamilies {
     pub dev: bool,
     pub netfilter: bool,
     pub tracepoints: bool,
+    /// tp_btf `netif_rx`: the wait of a veth's frame for the receive softirq, its own stage.
+    pub backlog: bool,
     /// Netfilter through fentry/fexit on conntrack and the table walkers instead of netfilter
     /// links (the fallback for kernels before 6.4, used there without asking).
     pub nf_fentry: bool,
@@ -122,6 +125,7 @@ impl Default for HookFamilies {
             dev: false,
             netfilter: true,
             tracepoints: true,
+            backlog: true,
             nf_fentry: false,
         }
     }
@@ -134,6 +138,7 @@ impl HookFamilies {
         dev: true,
         netfilter: true,
         tracepoints: true,
+        backlog: true,
         nf_fentry: false,
     };
 }
@@ -141,7 +146,8 @@ impl HookFamilies {
 impl std::str::FromStr for HookFamilies {
     type Err = String;
 
-    /// `default` (tc,nf,trace), `all`, or a comma-separated subset of `tc,dev,nf,trace`, where
+    /// `default` (tc,nf,trace,backlog), `all`, or a comma-separated subset of
+    /// `tc,dev,nf,trace,backlog`, where
     /// `nf-fentry` in place of `nf` takes netfilter through fentry/fexit instead of links.
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
@@ -154,6 +160,7 @@ impl std::str::FromStr for HookFamilies {
             dev: false,
             netfilter: false,
             tracepoints: false,
+            backlog: false,
             nf_fentry: false,
         };
         for word in text.split(',').map(str::trim) {
@@ -162,11 +169,12 @@ impl std::str::FromStr for HookFamilies {
                 "dev" => set.dev = true,
                 "nf" => set.netfilter = true,
                 "trace" => set.tracepoints = true,
+                "backlog" => set.backlog = true,
                 "nf-fentry" => {
                     set.netfilter = true;
                     set.nf_fentry = true;
                 }
-                other => return Err(format!("unknown hook family '{other}': use default, all, or some of tc,dev,nf,nf-fentry,trace")),
+                other => return Err(format!("unknown hook family '{other}': use default, all, or some of tc,dev,nf,nf-fentry,trace,backlog")),
             }
         }
         Ok(set)

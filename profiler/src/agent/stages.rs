@@ -39,14 +39,17 @@ pub enum DeviceHook {
     TcEgress,
     /// tp_btf `net_dev_start_xmit`.
     DevTx,
+    /// tp_btf `netif_rx`: a veth's peer queued the frame on the receive backlog.
+    Backlog,
 }
 
 impl DeviceHook {
-    pub const ALL: [DeviceHook; 4] = [
+    pub const ALL: [DeviceHook; 5] = [
         DeviceHook::DevRx,
         DeviceHook::TcIngress,
         DeviceHook::TcEgress,
         DeviceHook::DevTx,
+        DeviceHook::Backlog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,12 +58,16 @@ impl DeviceHook {
             DeviceHook::TcIngress => "tc-ingress",
             DeviceHook::TcEgress => "tc-egress",
             DeviceHook::DevTx => "dev-tx",
+            DeviceHook::Backlog => "backlog",
         }
     }
 
     /// Receive side (the packet enters the stack through this device).
     pub fn is_rx(self) -> bool {
-        matches!(self, DeviceHook::DevRx | DeviceHook::TcIngress)
+        matches!(
+            self,
+            DeviceHook::DevRx | DeviceHook::TcIngress | DeviceHook::Backlog
+        )
     }
 
     /// Offset of this hook's id from the device's first checkpoint id.
@@ -70,6 +77,7 @@ impl DeviceHook {
             DeviceHook::TcIngress => 1,
             DeviceHook::TcEgress => 2,
             DeviceHook::DevTx => 3,
+            DeviceHook::Backlog => 4,
         }
     }
 }
@@ -184,6 +192,11 @@ pub enum Stage {
     Veth,
     /// Through a bridge: into or out of a bridge device, or a bridge port to the rest.
     Bridge,
+    /// A veth's frame waiting on the receiving CPU's backlog: from `netif_rx` (queued by the
+    /// peer's transmit) to the device's next hook, once the receive softirq took it. The first
+    /// crossing of a round trip waits longest (the softirq starts cold), whichever device that
+    /// is, so the wait is its own stage on every path, the host path's uplink included.
+    Backlog,
     /// Hooks of one device (tc, qdisc, driver) other than the uplink.
     Device,
     /// Hooks of the uplink device (tc, qdisc, driver).
@@ -213,6 +226,7 @@ impl Stage {
             Stage::VxlanDecap => "vxlan-decap",
             Stage::Veth => "veth",
             Stage::Bridge => "bridge",
+            Stage::Backlog => "backlog",
             Stage::Device => "device",
             Stage::Uplink => "uplink",
             Stage::Stack => "stack",
@@ -256,6 +270,13 @@ fn bracket(point: u32) -> Stage {
 /// The stage of the segment `from -> to`.
 pub fn classify(from: &Place, to: &Place) -> Stage {
     use Place::*;
+    if let Device {
+        hook: DeviceHook::Backlog,
+        ..
+    } = from
+    {
+        return Stage::Backlog;
+    }
     match (from, to) {
         (
             Netfilter {

@@ -11,6 +11,8 @@ use crate::agent::stages::Stage;
 #[serde(rename_all = "kebab-case")]
 pub enum Category {
     Veth,
+    /// A veth's frame waiting for the receive softirq (on every path, the host path's too).
+    Backlog,
     Bridge,
     /// Route lookup, forwarding, and the IP receive/output glue between hooks.
     Routing,
@@ -29,8 +31,9 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 11] = [
+    pub const ALL: [Category; 12] = [
         Category::Veth,
+        Category::Backlog,
         Category::Bridge,
         Category::Routing,
         Category::Conntrack,
@@ -46,6 +49,7 @@ impl Category {
     pub fn of(stage: Stage) -> Category {
         match stage {
             Stage::Veth => Category::Veth,
+            Stage::Backlog => Category::Backlog,
             Stage::Bridge => Category::Bridge,
             Stage::Routing | Stage::Stack => Category::Routing,
             Stage::Conntrack => Category::Conntrack,
@@ -65,6 +69,7 @@ impl Category {
     pub fn label(self) -> &'static str {
         match self {
             Category::Veth => "veth",
+            Category::Backlog => "rx backlog",
             Category::Bridge => "bridge",
             Category::Routing => "routing/IP",
             Category::Conntrack => "conntrack",
@@ -82,6 +87,7 @@ impl Category {
     pub fn key(self) -> &'static str {
         match self {
             Category::Veth => "veth",
+            Category::Backlog => "backlog",
             Category::Bridge => "bridge",
             Category::Routing => "routing",
             Category::Conntrack => "conntrack",
@@ -105,7 +111,7 @@ mod tests {
         use Stage::*;
         for stage in [
             Raw, Conntrack, Mangle, NatDnat, Filter, NatSnat, Netfilter, Routing, VxlanEncap,
-            VxlanDecap, Veth, Bridge, Device, Uplink, Stack, TxDone, Other,
+            VxlanDecap, Veth, Backlog, Bridge, Device, Uplink, Stack, TxDone, Other,
         ] {
             let c = Category::of(stage);
             assert_eq!(serde_json::to_value(c).unwrap(), c.key());

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::datapath::Config;
+use profiler_common::datapath::{Config, CP_NONE};
 
 use super::{
     btf::{self, KernelBtf},
@@ -318,6 +318,9 @@ impl Agent {
             tracers::attach(&mut inner, tracefs.as_ref().err().cloned());
             tracers::attach_delivery(&mut inner);
         }
+        if hooks.backlog {
+            tracers::attach_backlog(&mut inner);
+        }
         if hooks.netfilter {
             netfilter::attach_family(&mut inner, hooks.nf_fentry);
         }
@@ -565,6 +568,15 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
         if device.found.role == DeviceRole::Uplink {
             inner.config.uplink_ingress_cp = device.id(DeviceHook::TcIngress);
             inner.config.uplink_egress_cp = device.id(DeviceHook::TcEgress);
+            // A veth uplink (the lab) receives through the backlog: paths from the other node
+            // start there. A NIC's frames never pass `netif_rx`.
+            let veth = device.found.link.kind == "veth";
+            inner.config.uplink_backlog_cp = if veth {
+                device.id(DeviceHook::Backlog)
+            } else {
+                CP_NONE
+            };
+            inner.config.uplink_ifindex = device.found.link.ifindex;
             let config = inner.config;
             maps::write_config(&mut inner.ebpf, &config)?;
         }
@@ -589,7 +601,7 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
             device.found.role,
             device.found.netns,
             device.base,
-            device.base + 3
+            device.base + devices::IDS_PER_DEVICE as u16 - 1
         );
     }
     Ok(())

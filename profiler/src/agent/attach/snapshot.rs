@@ -135,6 +135,15 @@ fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
             match hook {
                 DeviceHook::DevRx | DeviceHook::DevTx => inner.dev.attached,
                 DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc.attached.contains(&id),
+                // Only a veth's frames are queued by `netif_rx`.
+                DeviceHook::Backlog => {
+                    inner.tracers.backlog_attached
+                        && inner
+                            .registry
+                            .devices()
+                            .iter()
+                            .any(|d| d.id(*hook) == id && d.found.link.kind == "veth")
+                }
             }
         }
     }
@@ -144,7 +153,7 @@ fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
 fn via_of(inner: &Inner, place: &Place) -> Option<Via> {
     match place {
         Place::Device { hook, .. } => Some(match hook {
-            DeviceHook::DevRx | DeviceHook::DevTx => Via::TpBtf,
+            DeviceHook::DevRx | DeviceHook::DevTx | DeviceHook::Backlog => Via::TpBtf,
             DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc.via(),
         }),
         // The fentry fallback replaces the links wholesale (it is loaded only without them).

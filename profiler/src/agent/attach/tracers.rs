@@ -9,9 +9,9 @@ use aya::programs::{
 
 use super::{chain, Inner};
 use crate::agent::{
-    report::Via, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
-    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, TP_DELIVER, TP_DEV_RX,
-    TP_DEV_TX,
+    report::Via, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF,
+    PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, TP_BACKLOG,
+    TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
 };
 
 const MISSING: &str = "the program is missing from netprof's eBPF object: rebuild netprof";
@@ -51,6 +51,8 @@ pub(super) struct TracerFamily {
     pub programs: Vec<TraceProgram>,
     /// Journeys end at `consumed` (a consume tracer is attached).
     pub consume_attached: bool,
+    /// The veths' backlog checkpoints fire (`netif_rx` is traced).
+    pub backlog_attached: bool,
 }
 
 impl TracerFamily {
@@ -193,6 +195,35 @@ pub(super) fn attach_delivery(inner: &mut Inner) {
             format!("tp_btf {TP_DELIVER} ({PROG_DELIVER_BTF}): journeys end only at their free"),
             reason,
         );
+    }
+}
+
+/// The backlog tracer (tp_btf only): a veth's frame queued for the receive softirq. Without it
+/// the wait stays inside the crossing's segment; it is said in the document.
+pub(super) fn attach_backlog(inner: &mut Inner) {
+    let result = match aya::Btf::from_sys_fs() {
+        Ok(btf) => match btf_program(inner, PROG_BACKLOG) {
+            Some(p) => p.load(TP_BACKLOG, &btf).map_err(|e| chain(&e)),
+            None => Err(MISSING.into()),
+        },
+        Err(err) => Err(chain(&err)),
+    }
+    .and_then(|()| {
+        attach_one(
+            inner,
+            TraceProgram::Btf {
+                program: PROG_BACKLOG,
+            },
+        )
+    });
+    match result {
+        Ok(()) => inner.tracers.backlog_attached = true,
+        Err(reason) => inner.not_measured(
+            format!(
+                "tp_btf {TP_BACKLOG} ({PROG_BACKLOG}): a veth's backlog wait stays in its crossing"
+            ),
+            reason,
+        ),
     }
 }
 

@@ -29,6 +29,7 @@ ul.notes li{color:#57606a;margin:.2em 0}h2.part{font-size:1.3em;border-bottom:3p
 fn color(stage: Option<Category>) -> &'static str {
     match stage {
         Some(Category::Veth) => "#4e79a7",
+        Some(Category::Backlog) => "#a0cbe8",
         Some(Category::Bridge) => "#f28e2b",
         Some(Category::Routing) => "#59a14f",
         Some(Category::Conntrack) => "#e15759",
