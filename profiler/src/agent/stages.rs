@@ -491,11 +491,11 @@ mod tests {
     fn catalog() -> Catalog {
         let mut c = Catalog::new();
         c.add_device(64, dev("eno1", DeviceRole::Uplink, None));
-        c.add_device(68, dev("cni0", DeviceRole::Bridge, None));
-        c.add_device(72, dev("veth-pod", DeviceRole::HostVeth, Some("cni0")));
-        c.add_device(76, dev("flannel.1", DeviceRole::Vxlan, None));
-        c.add_device(80, dev("pod1:eth0", DeviceRole::PodEth, None));
-        c.add_device(84, dev("cali0pod", DeviceRole::HostVeth, None));
+        c.add_device(69, dev("cni0", DeviceRole::Bridge, None));
+        c.add_device(74, dev("veth-pod", DeviceRole::HostVeth, Some("cni0")));
+        c.add_device(79, dev("flannel.1", DeviceRole::Vxlan, None));
+        c.add_device(84, dev("pod1:eth0", DeviceRole::PodEth, None));
+        c.add_device(89, dev("cali0pod", DeviceRole::HostVeth, None));
         c
     }
 
@@ -503,15 +503,18 @@ mod tests {
     const ENO1_IN: u16 = 65;
     const ENO1_OUT: u16 = 66;
     const ENO1_TX: u16 = 67;
-    const CNI0_RX: u16 = 68;
-    const VETH_RX: u16 = 72;
-    const VETH_IN: u16 = 73;
-    const VETH_TX: u16 = 75;
-    const VX_RX: u16 = 76;
-    const VX_TX: u16 = 79;
-    const POD_RX: u16 = 80;
-    const POD_TX: u16 = 83;
-    const CALI_RX: u16 = 84;
+    const ENO1_BACKLOG: u16 = 68;
+    const CNI0_RX: u16 = 69;
+    const VETH_RX: u16 = 74;
+    const VETH_IN: u16 = 75;
+    const VETH_TX: u16 = 77;
+    const VETH_BACKLOG: u16 = 78;
+    const VX_RX: u16 = 79;
+    const VX_TX: u16 = 82;
+    const POD_RX: u16 = 84;
+    const POD_TX: u16 = 87;
+    const POD_BACKLOG: u16 = 88;
+    const CALI_RX: u16 = 89;
 
     #[test]
     fn checkpoints_have_readable_names() {
@@ -589,6 +592,14 @@ mod tests {
         assert_eq!(c.stage(VETH_TX, POD_RX), Stage::Veth);
         assert_eq!(c.stage(POD_TX, CALI_RX), Stage::Veth);
         assert_eq!(c.stage(ENO1_TX, ENO1_RX), Stage::Uplink);
+        // The receive backlog: the crossing ends where the peer queues the frame; the wait
+        // for the softirq after it is its own stage, on the uplink as on every veth.
+        assert_eq!(c.name(VETH_BACKLOG), "veth-pod backlog");
+        assert_eq!(c.stage(POD_TX, VETH_BACKLOG), Stage::Veth);
+        assert_eq!(c.stage(VETH_BACKLOG, VETH_IN), Stage::Backlog);
+        assert_eq!(c.stage(VETH_TX, POD_BACKLOG), Stage::Veth);
+        assert_eq!(c.stage(POD_BACKLOG, POD_RX + 1), Stage::Backlog);
+        assert_eq!(c.stage(ENO1_BACKLOG, ENO1_IN), Stage::Backlog);
         // Bridge: port -> bridge, bridge -> port, port -> netfilter (br_netfilter).
         assert_eq!(c.stage(VETH_IN, CNI0_RX), Stage::Bridge);
         assert_eq!(c.stage(CNI0_RX + 3, VETH_TX - 1), Stage::Bridge);

@@ -31,8 +31,8 @@ pub struct OverheadArgs {
     pub iperf3_seconds: u32,
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
-    /// Checkpoint families the agents attach: default (tc,nf,trace, what `bench --profile`
-    /// attaches), all, or some of tc,dev,nf,trace (to see which family costs what).
+    /// Checkpoint families the agents attach: default (tc,nf,trace,backlog, what `bench --profile`
+    /// attaches), all, or some of tc,dev,nf,trace,backlog (to see which family costs what).
     #[arg(long, default_value = "default")]
     pub hooks: crate::agent::HookFamilies,
     /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost). With

@@ -59,6 +59,7 @@ mod tests {
             datapath::MAP_DEVICES,
             datapath::MAP_TC_ADMIT,
             datapath::MAP_NF_ADMIT,
+            datapath::MAP_BACKLOG_MARKS,
         ]))
     }
 

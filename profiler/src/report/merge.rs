@@ -130,7 +130,7 @@ impl<'a> Point<'a> {
     }
 
     fn is_rx(kind: &str) -> bool {
-        kind == "dev-rx" || kind == "tc-ingress"
+        matches!(kind, "backlog" | "dev-rx" | "tc-ingress")
     }
 
     fn device_rx(&self, want_role: &str) -> bool {
@@ -173,10 +173,13 @@ pub fn classify_segment(
                 ..
             },
         ) if la == lb => {
-            // Only forward within one device: dev-rx -> tc-ingress, tc-egress -> dev-tx.
+            // Only forward within one device: backlog -> dev-rx -> tc-ingress,
+            // tc-egress -> dev-tx.
             ok(matches!(
                 (ka, kb),
-                ("dev-rx", "tc-ingress") | ("tc-egress", "dev-tx")
+                ("backlog", "dev-rx" | "tc-ingress")
+                    | ("dev-rx", "tc-ingress")
+                    | ("tc-egress", "dev-tx")
             ))
         }
         // Past the uplink's transmit side the packet is on the other node.
@@ -479,6 +482,10 @@ mod tests {
         let veth_tx = dev(75, "veth-pod", "host-veth", "dev-tx");
         let pod_rx = dev(80, "lab-pod1:eth0", "pod-eth", "dev-rx");
         let pod_tx = dev(83, "lab-pod1:eth0", "pod-eth", "dev-tx");
+        let eno_backlog = dev(68, "eno1", "uplink", "backlog");
+        let veth_backlog = dev(78, "veth-pod", "host-veth", "backlog");
+        let pod_backlog = dev(88, "lab-pod1:eth0", "pod-eth", "backlog");
+        let pod_in = dev(85, "lab-pod1:eth0", "pod-eth", "tc-ingress");
         let in_101 = nf(14, "LOCAL_IN", 101);
         let in_m99 = nf(12, "LOCAL_IN", -99);
         let out_m201 = nf(23, "LOCAL_OUT", -201);
@@ -498,6 +505,12 @@ mod tests {
             (&out_m201, &out_m199),
             (&pod_tx, &veth_rx),
             (&veth_tx, &pod_rx),
+            // A veth crossing ends at the peer's backlog; the wait follows on that device.
+            (&pod_tx, &veth_backlog),
+            (&veth_backlog, &veth_rx),
+            (&veth_tx, &pod_backlog),
+            (&pod_backlog, &pod_in),
+            (&eno_backlog, &eno_in),
         ] {
             assert_eq!(k(a, b), Path, "{} -> {}", a.name, b.name);
         }
@@ -514,6 +527,9 @@ mod tests {
             (&pod_rx, &pod_tx),
             (&veth_tx, &eno_out),
             (&consumed, &eno_rx),
+            (&eno_in, &eno_backlog),
+            (&eno_out, &eno_backlog),
+            (&pod_in, &pod_backlog),
         ] {
             assert_eq!(k(a, b), Reuse, "{} -> {}", a.name, b.name);
         }

@@ -49,6 +49,7 @@ pub fn program_kind(name: &str) -> Option<&'static str> {
         "cp_tc_ingress" | "cp_tc_pod_in" | "cp_tc_upl_in" => Some("tc-ingress"),
         "cp_tc_egress" | "cp_tc_pod_eg" | "cp_tc_upl_eg" => Some("tc-egress"),
         "cp_dev_tx" => Some("dev-tx"),
+        "cp_backlog" => Some("backlog"),
         // Both end journeys (the report's `consumed` checkpoint).
         "cp_consume_skb" | "cp_consume_btf" | "cp_kfree_skb" | "cp_kfree_btf" => Some("consumed"),
         // Admission runs inside the checkpoint that tail-calls it (its runs are the caller's).

@@ -7,16 +7,18 @@
 //! stages take: for each node's segments, mean time less netprof's probe × passes per request
 //! (segment count / completed requests), minus the baseline's, stage by stage. So
 //! `predicted QPS = cpus / (cpus / QPS_base + extra_time_per_request)`.
-//! Segment time under load includes waiting (a packet queued behind another is not CPU work),
+//! The receive backlog's wait is left out (a queue, not work). Segment time under load still
+//! includes other waiting (a packet queued behind another is not CPU work),
 //! and not all cores are always busy, so the prediction is a model: its error is shown, and
 //! the extra is also set against the machine's measured CPU time per request.
 
 use serde::Serialize;
 
+use super::category::Category;
 use super::merge::{MergedStep, SegmentKind};
 use super::probe_cost::ProbeCosts;
 use super::split::{Measure, SegmentTime, Split};
-use super::stage_time::{by_category, Statistic};
+use super::stage_time::{by_category, Statistic, Times};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ThroughputAttribution {
@@ -127,6 +129,14 @@ fn cpu_check(pod: &AbSide, base: &AbSide, extra: f64) -> Option<CpuPerRequest> {
     })
 }
 
+/// The stages that are CPU work: a frame waiting on a receive backlog costs no CPU while it
+/// waits (under load the wait is the queue behind other frames, many times the work itself),
+/// so the backlog stage is left out of a CPU-per-request split.
+fn cpu_work(mut times: Times<Category>) -> Times<Category> {
+    times.retain(|(_, category), _| *category != Category::Backlog);
+    times
+}
+
 pub fn attribute(
     mode: &str,
     baseline: &str,
@@ -148,8 +158,18 @@ pub fn attribute(
         SegmentTime::MeanLessProbes,
         cpu_ns(pod.measured.qps),
         cpu_ns(base.measured.qps),
-        &by_category(pod.step, pod.requests, Statistic::Mean, Some(pod.probes)),
-        &by_category(base.step, base.requests, Statistic::Mean, Some(base.probes)),
+        &cpu_work(by_category(
+            pod.step,
+            pod.requests,
+            Statistic::Mean,
+            Some(pod.probes),
+        )),
+        &cpu_work(by_category(
+            base.step,
+            base.requests,
+            Statistic::Mean,
+            Some(base.probes),
+        )),
     );
     let extra = split.explained_ns;
     let base_cpu_ns = cpu_ns(base.measured.qps) as f64;
@@ -180,5 +200,31 @@ pub fn attribute(
         baseline_packets_per_request: packets_per_request(base),
         reuse_passes_per_request: reuse_per_request(pod),
         cpu: cpu_check(pod, base, extra as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::Node;
+
+    #[test]
+    fn the_backlog_wait_is_not_cpu_work() {
+        let times: Times<Category> = [
+            ((Node::One, Category::Veth), 900.0),
+            ((Node::One, Category::Backlog), 13_000_000.0),
+            ((Node::Two, Category::Backlog), 2_000.0),
+            ((Node::Two, Category::Conntrack), 8_000.0),
+        ]
+        .into_iter()
+        .collect();
+        let work = cpu_work(times);
+        assert_eq!(
+            work.keys().copied().collect::<Vec<_>>(),
+            [
+                (Node::One, Category::Veth),
+                (Node::Two, Category::Conntrack)
+            ]
+        );
     }
 }

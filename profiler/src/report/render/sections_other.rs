@@ -83,7 +83,7 @@ pub fn throughput(report: &Report) -> Option<Section> {
         header: header.iter().map(|h| (*h).to_owned()).collect(),
         rows,
         footer: vec![
-            "explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing, and the cores are not always all busy: a model, not a measurement.".to_owned(),
+            "explained = extra / the cpu time per request the measured QPS drop implies (cpus / QPS − cpus / QPS_base). error = (predicted − measured) / measured. Segment time under load includes queueing (the receive backlog's wait, pure queueing, is left out), and the cores are not always all busy: a model, not a measurement.".to_owned(),
             "CPU µs/req: the machine's busy CPU time during ab / requests, measured (both lab nodes share one kernel; not on clusters); CPU explained = extra / (mode − base), the same prediction against a measurement instead of the model; QPS from CPU = baseline QPS × base / (base + extra), QPS scaling with 1 / CPU time per request at the baseline's busy share rather than with all cores busy.".to_owned(),
         ],
     })
