@@ -172,25 +172,26 @@ pub(super) fn attach(inner: &mut Inner, tracefs_error: Option<String>) {
     }
 }
 
-/// The delivery tracer (tp_btf only): journeys of packets read from a socket end there. Without
-/// it they end at their free where the kernel traces it; it is said in the document.
-pub(super) fn attach_delivery(inner: &mut Inner) {
-    let result = match aya::Btf::from_sys_fs() {
-        Ok(btf) => match btf_program(inner, PROG_DELIVER_BTF) {
-            Some(p) => p.load(TP_DELIVER, &btf).map_err(|e| chain(&e)),
+/// Loads a tp_btf-only tracer on `tracepoint` and attaches it.
+fn attach_btf_only(
+    inner: &mut Inner,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<(), String> {
+    match aya::Btf::from_sys_fs() {
+        Ok(btf) => match btf_program(inner, program) {
+            Some(p) => p.load(tracepoint, &btf).map_err(|e| chain(&e)),
             None => Err(MISSING.into()),
         },
         Err(err) => Err(chain(&err)),
     }
-    .and_then(|()| {
-        attach_one(
-            inner,
-            TraceProgram::Btf {
-                program: PROG_DELIVER_BTF,
-            },
-        )
-    });
-    if let Err(reason) = result {
+    .and_then(|()| attach_one(inner, TraceProgram::Btf { program }))
+}
+
+/// The delivery tracer (tp_btf only): journeys of packets read from a socket end there. Without
+/// it they end at their free where the kernel traces it; it is said in the document.
+pub(super) fn attach_delivery(inner: &mut Inner) {
+    if let Err(reason) = attach_btf_only(inner, PROG_DELIVER_BTF, TP_DELIVER) {
         inner.not_measured(
             format!("tp_btf {TP_DELIVER} ({PROG_DELIVER_BTF}): journeys end only at their free"),
             reason,
@@ -201,22 +202,7 @@ pub(super) fn attach_delivery(inner: &mut Inner) {
 /// The backlog tracer (tp_btf only): a veth's frame queued for the receive softirq. Without it
 /// the wait stays inside the crossing's segment; it is said in the document.
 pub(super) fn attach_backlog(inner: &mut Inner) {
-    let result = match aya::Btf::from_sys_fs() {
-        Ok(btf) => match btf_program(inner, PROG_BACKLOG) {
-            Some(p) => p.load(TP_BACKLOG, &btf).map_err(|e| chain(&e)),
-            None => Err(MISSING.into()),
-        },
-        Err(err) => Err(chain(&err)),
-    }
-    .and_then(|()| {
-        attach_one(
-            inner,
-            TraceProgram::Btf {
-                program: PROG_BACKLOG,
-            },
-        )
-    });
-    match result {
+    match attach_btf_only(inner, PROG_BACKLOG, TP_BACKLOG) {
         Ok(()) => inner.tracers.backlog_attached = true,
         Err(reason) => inner.not_measured(
             format!(
