@@ -50,7 +50,7 @@ use crate::{
         probe_read, probe_read_counted, record, record_or_needs_admission, record_segment,
         skb_address, take_hand_over, Ended, NP_DROPS,
     },
-    flows::{in_a_flow, Headers, MaybeVxlan, Plain, SkbHeaders, ETH_HDR_LEN},
+    flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
 
 const _: () = assert!(names_match(stringify!(cp_tc_ingress), PROG_TC_INGRESS));

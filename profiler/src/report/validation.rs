@@ -277,7 +277,15 @@ fn predict_round(
         Statistic::Median
     };
     let a = profiled(a, tool, calibration);
-    let times = |p: &Profiled| by_stage(&p.step, p.events, statistic, Some(&p.probes));
+    // Under ab the prediction is of CPU time: a frame waiting on a receive backlog is queued,
+    // not worked on (as in the throughput split).
+    let times = |p: &Profiled| {
+        let mut times = by_stage(&p.step, p.events, statistic, Some(&p.probes));
+        if tool == Tool::Ab {
+            times.retain(|(_, stage), _| *stage != Stage::Backlog);
+        }
+        times
+    };
     match kind {
         CheckKind::Notrack => above_floor(
             &a.step,
