@@ -285,6 +285,34 @@ fn run(mode: Mode, hooks: HookFamilies) {
                 assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
             }
         }
+        if hooks.backlog {
+            // Every veth end the path crosses queues each frame on its receive backlog once
+            // (the uplink is a veth in the lab); a bridge or vxlan device never does, so it
+            // has no backlog checkpoint at all.
+            let mut veths: Vec<String> = devices
+                .iter()
+                .filter(|d| !matches!(**d, "cni0" | "flannel.1"))
+                .map(|d| d.to_string())
+                .collect();
+            if mode.has_pods() {
+                veths.push(format!("{pod}:eth0"));
+            }
+            for veth in veths {
+                let name = format!("{veth} backlog");
+                assert_eq!(report.hits(&name), PINGS, "{}: {name}", report.node);
+            }
+            for other in devices
+                .iter()
+                .filter(|d| matches!(**d, "cni0" | "flannel.1"))
+            {
+                let name = format!("{other} backlog");
+                assert!(
+                    report.checkpoint(&name).is_none(),
+                    "{}: {name}",
+                    report.node
+                );
+            }
+        }
         if !hooks.dev {
             // Without the tp_btf family its checkpoints are not reported (never as zero).
             assert!(
@@ -403,8 +431,16 @@ fn run(mode: Mode, hooks: HookFamilies) {
             "{}",
             report.node
         );
+        // Every lab's frames cross veths (the uplink is one): each crossing's wait on the
+        // receiving backlog is a segment when that family is attached.
+        assert_eq!(
+            has_stage(report, Stage::Backlog),
+            hooks.backlog,
+            "{}",
+            report.node
+        );
         if mode == Mode::Host {
-            let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone];
+            let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone, Stage::Backlog];
             assert!(
                 report.stages().iter().all(|s| allowed.contains(s)),
                 "{}: {:?}",
