@@ -361,22 +361,14 @@ pub fn cp_backlog(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Whether `skb` is on this node's uplink: its device's ifindex first (one read for most
-/// frames), then the device's namespace.
+/// Whether `skb` is on this node's uplink: its device's ifindex first (what tells most
+/// frames apart), the device's namespace only on a match.
 #[inline(always)]
 fn on_uplink(cfg: &Config, skb: u64) -> bool {
-    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
-        return false;
-    }
-    let Some(dev) = probe_read::<u64>(skb + u64::from(cfg.skb_dev)) else {
+    let Some((dev, ifindex)) = device_and_ifindex(cfg, skb, None) else {
         return false;
     };
-    if probe_read::<u32>(dev + u64::from(cfg.dev_ifindex)) != Some(cfg.uplink_ifindex) {
-        return false;
-    }
-    let net = probe_read::<u64>(dev + u64::from(cfg.dev_nd_net));
-    let inum = net.and_then(|net| probe_read::<u32>(net + u64::from(cfg.net_ns_inum)));
-    inum == Some(cfg.node_netns_inum)
+    ifindex == cfg.uplink_ifindex && netns_inum_of(cfg, dev) == Some(cfg.node_netns_inum)
 }
 
 /// A device checkpoint seen from a tracepoint (never admits).
@@ -416,6 +408,16 @@ fn device_checkpoints(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<Device
 /// counted once by the caller).
 #[inline(always)]
 fn device_key(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceKey> {
+    let (dev, ifindex) = device_and_ifindex(cfg, skb, dev)?;
+    Some(DeviceKey {
+        netns_inum: netns_inum_of(cfg, dev)?,
+        ifindex,
+    })
+}
+
+/// The device (`dev` if the hook passes it, else `skb->dev`) and its ifindex.
+#[inline(always)]
+fn device_and_ifindex(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<(u64, u32)> {
     if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
         return None;
     }
@@ -423,13 +425,14 @@ fn device_key(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceKey> {
         Some(dev) => dev,
         None => probe_read::<u64>(skb + u64::from(cfg.skb_dev))?,
     };
-    let ifindex = probe_read::<u32>(dev + u64::from(cfg.dev_ifindex))?;
+    Some((dev, probe_read::<u32>(dev + u64::from(cfg.dev_ifindex))?))
+}
+
+/// The inode of the namespace device `dev` is in.
+#[inline(always)]
+fn netns_inum_of(cfg: &Config, dev: u64) -> Option<u32> {
     let net = probe_read::<u64>(dev + u64::from(cfg.dev_nd_net))?;
-    let netns_inum = probe_read::<u32>(net + u64::from(cfg.net_ns_inum))?;
-    Some(DeviceKey {
-        netns_inum,
-        ifindex,
-    })
+    probe_read::<u32>(net + u64::from(cfg.net_ns_inum))
 }
 
 // ---- journey ends ----

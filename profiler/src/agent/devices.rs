@@ -57,6 +57,15 @@ pub struct Link {
     pub peer_ifindex: Option<u32>,
 }
 
+impl Link {
+    /// Whether its frames arrive through the CPU's receive backlog (`netif_rx`): a veth's
+    /// do (its peer's transmit queues them there); a bridge's, a VXLAN device's or a NIC's
+    /// (NAPI) never do.
+    pub fn receives_through_backlog(&self) -> bool {
+        self.kind == "veth"
+    }
+}
+
 /// Parses `ip -j -d link show`.
 pub fn parse_links(json: &str, netns: &str) -> Result<Vec<Link>, DeviceError> {
     let bad = |reason: String| DeviceError::Parse {

@@ -65,6 +65,13 @@ impl Category {
         }
     }
 
+    /// Whether the stage's time is work the CPU does for the packet. A frame waiting on a
+    /// receive backlog is queued, not worked on: under load the wait is the queue behind
+    /// other frames, many times the work itself, so CPU-per-request splits leave it out.
+    pub fn is_cpu_work(self) -> bool {
+        self != Category::Backlog
+    }
+
     /// The label in tables.
     pub fn label(self) -> &'static str {
         match self {

@@ -129,11 +129,9 @@ fn cpu_check(pod: &AbSide, base: &AbSide, extra: f64) -> Option<CpuPerRequest> {
     })
 }
 
-/// The stages that are CPU work: a frame waiting on a receive backlog costs no CPU while it
-/// waits (under load the wait is the queue behind other frames, many times the work itself),
-/// so the backlog stage is left out of a CPU-per-request split.
+/// The stages that are CPU work ([`Category::is_cpu_work`]).
 fn cpu_work(mut times: Times<Category>) -> Times<Category> {
-    times.retain(|(_, category), _| *category != Category::Backlog);
+    times.retain(|(_, category), _| category.is_cpu_work());
     times
 }
 

@@ -277,12 +277,11 @@ fn predict_round(
         Statistic::Median
     };
     let a = profiled(a, tool, calibration);
-    // Under ab the prediction is of CPU time: a frame waiting on a receive backlog is queued,
-    // not worked on (as in the throughput split).
+    // Under ab the prediction is of CPU time: only stages that are CPU work.
     let times = |p: &Profiled| {
         let mut times = by_stage(&p.step, p.events, statistic, Some(&p.probes));
         if tool == Tool::Ab {
-            times.retain(|(_, stage), _| *stage != Stage::Backlog);
+            times.retain(|(_, stage), _| Category::of(*stage).is_cpu_work());
         }
         times
     };

@@ -569,9 +569,8 @@ fn rescan(inner: &mut Inner) -> Result<(), AgentError> {
             inner.config.uplink_ingress_cp = device.id(DeviceHook::TcIngress);
             inner.config.uplink_egress_cp = device.id(DeviceHook::TcEgress);
             // A veth uplink (the lab) receives through the backlog: paths from the other node
-            // start there. A NIC's frames never pass `netif_rx`.
-            let veth = device.found.link.kind == "veth";
-            inner.config.uplink_backlog_cp = if veth {
+            // start there.
+            inner.config.uplink_backlog_cp = if device.found.link.receives_through_backlog() {
                 device.id(DeviceHook::Backlog)
             } else {
                 CP_NONE

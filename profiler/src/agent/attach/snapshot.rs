@@ -135,14 +135,13 @@ fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
             match hook {
                 DeviceHook::DevRx | DeviceHook::DevTx => inner.dev.attached,
                 DeviceHook::TcIngress | DeviceHook::TcEgress => inner.tc.attached.contains(&id),
-                // Only a veth's frames are queued by `netif_rx`.
                 DeviceHook::Backlog => {
                     inner.tracers.backlog_attached
                         && inner
                             .registry
                             .devices()
                             .iter()
-                            .any(|d| d.id(*hook) == id && d.found.link.kind == "veth")
+                            .any(|d| d.id(*hook) == id && d.found.link.receives_through_backlog())
                 }
             }
         }
