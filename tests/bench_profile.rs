@@ -6,7 +6,8 @@ use std::process::Command;
 
 use netprof::agent::AgentReport;
 use netprof_tests::{
-    ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip, unique_lab_name, TempPath,
+    ebpf_skip_reason, loaded_netprof_programs, netprof_bin, print_skip,
+    settled_netprof_program_count, unique_lab_name, TempPath,
 };
 
 const PINGS: u64 = 30;
@@ -145,7 +146,7 @@ fn profile_writes_a_report_per_step_and_node() {
         "{ping_hits:?}"
     );
     assert_eq!(
-        loaded_netprof_programs().len(),
+        settled_netprof_program_count(before),
         before,
         "programs left loaded after bench"
     );
@@ -214,7 +215,7 @@ fn profiled_modes_side_by_side_attach_one_lab_at_a_time() {
         }
     }
     assert_eq!(
-        loaded_netprof_programs().len(),
+        settled_netprof_program_count(before),
         before,
         "programs left loaded after bench"
     );
@@ -328,7 +329,7 @@ fn overhead_compares_agent_settings_side_by_side() {
         "{programs}"
     );
     assert_eq!(
-        loaded_netprof_programs().len(),
+        settled_netprof_program_count(before),
         before,
         "programs left loaded after overhead"
     );
@@ -534,7 +535,7 @@ fn validate_runs_every_check_and_the_report_judges_each() {
     );
     assert!(rules["right_place_pct"].is_f64(), "{rules}");
     assert_eq!(
-        loaded_netprof_programs().len(),
+        settled_netprof_program_count(before),
         before,
         "programs left loaded after bench"
     );

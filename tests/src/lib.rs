@@ -696,6 +696,18 @@ pub fn kfree_skb_reason(name: &str) -> Result<u32> {
 
 /// netprof's programs (named `cp_*` or `nf_h*`) the kernel has loaded now, as (id, name).
 /// Panics if the kernel's program list cannot be read.
+/// How many netprof programs are loaded once the count is back to `before`, or after
+/// `leftovers::RELEASE_DEADLINE` if it never gets there: a process that exited frees its
+/// programs after an RCU grace period, not at once.
+pub fn settled_netprof_program_count(before: usize) -> usize {
+    leftovers::poll(
+        leftovers::RELEASE_DEADLINE,
+        || Ok(loaded_netprof_programs().len()),
+        |count| *count == before,
+    )
+    .unwrap_or(usize::MAX)
+}
+
 pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
     let mut programs = Vec::new();
     for info in aya::programs::loaded_programs() {
