@@ -48,8 +48,8 @@ fn probe_costs(
     }
 }
 
-/// A step's probe costs scaled to what its pass measured netprof to cost there with the agents
-/// detached (`in_pass_cost`), when it did; `None` otherwise.
+/// A step's probe costs fitted to what its pass measured netprof to cost there with the agents
+/// detached (`in_pass_cost::placed`), when it did; `None` otherwise.
 fn in_pass_costs(
     mode: &ModeInput,
     path: NetPath,
@@ -58,7 +58,7 @@ fn in_pass_costs(
     costs: &ProbeCosts,
 ) -> Option<ProbeCosts> {
     let (measured, events) = in_pass_cost::measured(mode.result.path(path)?, tool)?;
-    Some(in_pass_cost::scaled(costs, step, events, measured))
+    Some(in_pass_cost::placed(costs, step, events, measured, tool))
 }
 
 /// How `results` took their pings, when every mode's were taken in turns with the others'.

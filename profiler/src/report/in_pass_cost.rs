@@ -5,13 +5,18 @@
 //! found netprof 15-25% cheaper than the passes did (the machine's speed drifts), and what
 //! the split takes out of the stages must be what netprof really cost there.
 //!
-//! The calibration (or bpf_stats) still says how that total spreads over the checkpoint kinds;
-//! the pass only fixes the total.
+//! The calibration (or bpf_stats) still says what each checkpoint kind's run costs; the pass
+//! fixes the total. Measured far above the runs (2-4x here at 2 ms pings), the rest is not in
+//! the runs: scaling every run by one factor took several times a probe's run out of a bracket
+//! whose whole time was two runs and a hash lookup, and the clamp at zero then left that
+//! excess in the bigger segments. So the rest is spread over the segments (`placed`).
 
 use super::calibration::Interval;
 use super::merge::MergedStep;
-use super::probe_cost::ProbeCosts;
-use super::stage_time::probes_per_event;
+use super::category::Category;
+use super::merge::SegmentKind;
+use super::probe_cost::{ProbeCosts, Spread};
+use super::stage_time::{passes, probes_per_event, typical, Statistic};
 use crate::bench::bootstrap::paired_blocks_interval;
 use crate::bench::overhead::median;
 use crate::bench::result::{AbAgentsOff, AgentsOffPings, PathResult};
@@ -38,15 +43,56 @@ pub fn measured(result: &PathResult, tool: Tool) -> Option<(Interval, u64)> {
     }
 }
 
-/// `costs` scaled so that the step's checkpoints add up to `measured` per event.
-pub fn scaled(
+/// `costs` fitted to `measured`, netprof's cost per event the pass measured on this step. Each
+/// segment keeps losing the runs at its ends at their per-run cost (never below zero); what
+/// the measurement holds beyond all the runs that land in segments is taken off the
+/// segments in proportion to their time net of those runs (the time `tool`'s split takes:
+/// under ab, CPU work only, as a wait on a backlog holds no CPU time). A measurement at or
+/// below the runs scales the runs down to it instead.
+pub fn placed(
     costs: &ProbeCosts,
     step: &MergedStep,
     events: u64,
     measured: Interval,
+    tool: Tool,
 ) -> ProbeCosts {
-    let predicted = probes_per_event(step, events, costs).median;
-    costs.scaled_to(predicted, measured)
+    let statistic = Statistic::of(tool);
+    let runs = probes_per_event(step, events, costs);
+    // Per event: the runs' halves segments hold as calibrated, as taken off (a segment
+    // shorter than them loses only its own time), and the segments' time net of them.
+    let (mut nominal, mut taken, mut room) = (0.0, 0.0, 0.0);
+    for seg in step.of_kind(SegmentKind::Path) {
+        let n = passes(step, seg, events);
+        let (own, time) = (
+            costs.in_segment(&seg.from_kind, &seg.to_kind),
+            typical(seg, statistic),
+        );
+        nominal += own * n;
+        taken += own.min(time) * n;
+        if tool == Tool::Ping || Category::of(seg.stage).is_cpu_work() {
+            room += (time - own).max(0.0) * n;
+        }
+    }
+    // A journey's first and last runs are half outside every segment: in the RTT, not in
+    // the split.
+    let outside = runs.median - nominal;
+    let beyond = |m: f64| m - outside - taken;
+    if beyond(measured.median) <= 0.0 || room <= 0.0 {
+        return costs.scaled_to(runs.median, measured);
+    }
+    let share = |m: f64| (beyond(m).max(0.0) / room).min(1.0);
+    costs.with_spread(Spread {
+        per_event_ns: Interval {
+            median: measured.median - runs.median,
+            lo: measured.lo - runs.lo,
+            hi: measured.hi - runs.hi,
+        },
+        share: Interval {
+            median: share(measured.median),
+            lo: share(measured.lo),
+            hi: share(measured.hi),
+        },
+    })
 }
 
 /// `rtts` cut into blocks of `sizes` (the sizes are checked to add up when the file is read).
@@ -109,7 +155,14 @@ pub fn cpu_shift_ns(profiled_ns: f64, off: &AbAgentsOff) -> Option<Interval> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::agent::stages::Stage;
+    use crate::report::merge::{Hist, MergedSegment};
+    use crate::report::probe_cost::ProbeSource;
+    use crate::report::stage_time::by_stage;
+    use crate::rundir::Node;
 
     fn ping(rtts_us: Vec<f64>) -> PingReport {
         PingReport {
@@ -184,5 +237,61 @@ mod tests {
             runs: vec![run(None)],
         };
         assert_eq!(cpu_shift_ns(130_000.0, &unmeasured), None);
+    }
+
+    fn segment(stage: Stage, bucket_low: u64) -> MergedSegment {
+        MergedSegment {
+            node: Node::One,
+            from: "nf FORWARD -99".into(),
+            to: "nf FORWARD 1".into(),
+            from_kind: "netfilter".into(),
+            to_kind: "netfilter".into(),
+            stage,
+            kind: SegmentKind::Path,
+            inbound: false,
+            hist: Hist {
+                buckets: BTreeMap::from([(bucket_low, 1000)]),
+                count: 1000,
+                sum_ns: 0.0,
+            },
+        }
+    }
+
+    /// 1000 RTTs over a 40 ns bracket and a 1200 ns segment, each between two netfilter
+    /// runs of 60 ns, 3 runs per RTT (180 ns; one run's halves fall outside both segments).
+    fn step_and_costs() -> (MergedStep, ProbeCosts) {
+        let step = MergedStep {
+            segments: vec![segment(Stage::Filter, 40), segment(Stage::Veth, 1184)],
+            hits_by_kind: BTreeMap::from([((Node::One, "netfilter".to_owned()), 3000)]),
+            ..Default::default()
+        };
+        let costs = ProbeCosts::from_bpf_stats(&BTreeMap::from([("netfilter".to_owned(), 60.0)]));
+        (step, costs)
+    }
+
+    #[test]
+    fn what_the_pass_measured_beyond_the_runs_is_spread_over_the_segments_time() {
+        let (step, costs) = step_and_costs();
+        // Measured 730 ns per RTT: 60 outside the segments, 40 + 60 of runs inside them (the
+        // bracket holds only 40), and 570 beyond: half of the 1140 ns the long segment has
+        // net of its runs. Scaling the runs by 730/180 would have taken 243 ns from the
+        // 40 ns bracket and left the rest in the long segment.
+        let placed = placed(&costs, &step, 1000, Interval::point(730.0), Tool::Ping);
+        let share = placed.spread.expect("measured above the runs").share.median;
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
+        let t = by_stage(&step, 1000, Statistic::Median, Some(&placed));
+        assert_eq!(t[&(Node::One, Stage::Filter)], 0.0);
+        assert!((t[&(Node::One, Stage::Veth)] - 570.0).abs() < 1e-6, "{t:?}");
+        // netprof per RTT is what the pass measured, and the split less it is the segments'.
+        assert!((probes_per_event(&step, 1000, &placed).median - 730.0).abs() < 1e-6);
+        assert!(placed.sources().contains(&ProbeSource::InPass));
+    }
+
+    #[test]
+    fn measured_below_the_runs_scales_them_down() {
+        let (step, costs) = step_and_costs();
+        let placed = placed(&costs, &step, 1000, Interval::point(150.0), Tool::Ping);
+        assert_eq!(placed.spread, None);
+        assert!((placed.per_run("netfilter").median - 50.0).abs() < 1e-9);
     }
 }

@@ -3,12 +3,14 @@
 //! programs) when the run has one, else the kernel's bpf_stats of the step itself (each
 //! program's run time, which leaves out the hook's dispatch and the cache misses a probe
 //! causes in the code around it: an estimate, and said to be one). When the profiled pass
-//! measured netprof's cost on its own pings (`in_pass_cost`), that total is what the kinds'
-//! costs add up to: they are scaled to it.
+//! measured netprof's cost on its own pings (`in_pass_cost`), that total is what netprof
+//! costs: the kinds' runs, and what the pass measured beyond them (or the runs scaled down to
+//! a total below them).
 //!
 //! A segment between two checkpoints holds the end of the probe it starts at (after its clock
 //! read) and the start of the one it ends at (before its clock read): together about one probe
-//! run, taken as half the per-run cost of each end's kind.
+//! run, taken as half the per-run cost of each end's kind. What a pass measured netprof to cost
+//! beyond its probes' runs (`Spread`) is no probe's: it is spread over the segments.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +27,24 @@ pub enum ProbeSource {
     /// The programs' own run time from bpf_stats: an estimate.
     BpfStats,
     /// The profiled pass's own step less the same step with the agents detached (the pings'
-    /// p50, ab's CPU time per request), spread over the kinds as the calibration (or bpf_stats)
-    /// costs them.
+    /// p50, ab's CPU time per request): the kinds' runs at each segment's ends, what it
+    /// measured beyond them spread over the segments (or the runs scaled down to it when it
+    /// measured less).
     InPass,
+}
+
+/// netprof's cost that a pass measured beyond its probes' own runs: the cache lines a probe
+/// evicts, missed again by the kernel code after it; the runs of another packet's probes that
+/// a frame waits behind on a backlog. It lands in the kernel's own work between checkpoints,
+/// so it is taken off each segment in proportion to the segment's time net of the runs at
+/// its ends: a bracket that holds two probe runs around a hash lookup loses those runs and a
+/// share of the lookup, not a multiple of the runs that leaves it below zero.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// Per event, both nodes, ns.
+    pub per_event_ns: Interval,
+    /// The share of each segment's time net of its probe runs (0..1).
+    pub share: Interval,
 }
 
 impl ProbeSource {
@@ -36,7 +53,7 @@ impl ProbeSource {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
             ProbeSource::InPass => {
-                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns), spread over the checkpoint kinds by the calibration's (or bpf_stats') per-run costs"
+                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, and what the pass measured beyond those runs is spread over the segments in proportion to their time net of the runs"
             }
         }
     }
@@ -53,6 +70,8 @@ pub struct KindCost {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProbeCosts {
     pub by_kind: BTreeMap<String, KindCost>,
+    /// What the pass measured beyond the runs, when it measured more than they cost.
+    pub spread: Option<Spread>,
 }
 
 impl ProbeCosts {
@@ -73,6 +92,7 @@ impl ProbeCosts {
                     )
                 })
                 .collect(),
+            spread: None,
         }
     }
 
@@ -91,6 +111,7 @@ impl ProbeCosts {
                     )
                 })
                 .collect(),
+            spread: None,
         }
     }
 
@@ -130,6 +151,15 @@ impl ProbeCosts {
                     )
                 })
                 .collect(),
+            spread: None,
+        }
+    }
+
+    /// These costs with `spread` taken off every segment beyond the runs at its ends.
+    pub fn with_spread(&self, spread: Spread) -> ProbeCosts {
+        ProbeCosts {
+            by_kind: self.by_kind.clone(),
+            spread: Some(spread),
         }
     }
 
@@ -140,14 +170,24 @@ impl ProbeCosts {
             .map_or(Interval::point(0.0), |k| k.per_run_ns)
     }
 
-    /// What a segment from a checkpoint of `from_kind` to one of `to_kind` holds of netprof.
+    /// The probe runs a segment from a checkpoint of `from_kind` to one of `to_kind` holds.
     pub fn in_segment(&self, from_kind: &str, to_kind: &str) -> f64 {
         (self.per_run(from_kind).median + self.per_run(to_kind).median) / 2.0
+    }
+
+    /// A segment's `typical` time less netprof: the runs at its ends (never below zero), then
+    /// the spread's share of what is left.
+    pub fn net_of(&self, typical: f64, from_kind: &str, to_kind: &str) -> f64 {
+        let share = self.spread.map_or(0.0, |s| s.share.median);
+        (typical - self.in_segment(from_kind, to_kind)).max(0.0) * (1.0 - share)
     }
 
     /// The sources used, each once (for the report's wording).
     pub fn sources(&self) -> Vec<ProbeSource> {
         let mut out: Vec<ProbeSource> = self.by_kind.values().map(|k| k.source).collect();
+        if self.spread.is_some() {
+            out.push(ProbeSource::InPass);
+        }
         out.sort_by_key(|s| *s as u8);
         out.dedup();
         out
@@ -176,6 +216,7 @@ mod tests {
                     source: ProbeSource::Calibration,
                 },
             )]),
+            spread: None,
         }
         .or(&bpf);
         // (100 + 500) / 2: the calibrated netfilter end and tc's bpf_stats estimate.

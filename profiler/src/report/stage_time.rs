@@ -3,8 +3,8 @@
 //! counts cover), summed per (node, stage). Nodes are summed, never mixed: the median of two
 //! nodes' pooled segment is neither node's time when one node's is thirty times the other's.
 //!
-//! Optionally net of netprof: each segment's typical time less the probe it holds (see
-//! `probe_cost`), never below zero.
+//! Optionally net of netprof: each segment's typical time less the probe runs it holds, never
+//! below zero, and less its share of what netprof cost beyond them (see `probe_cost`).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use super::category::Category;
 use super::merge::{MergedSegment, MergedStep, SegmentKind};
 use super::probe_cost::ProbeCosts;
 use crate::agent::stages::Stage;
-use crate::rundir::Node;
+use crate::rundir::{Node, Tool};
 
 /// Which per-segment statistic stands for a segment's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,20 +24,36 @@ pub enum Statistic {
     Mean,
 }
 
+impl Statistic {
+    /// What a tool's split takes: a ping RTT's median is made of its segments' medians, ab's
+    /// CPU time per request (and iperf3's) of their means.
+    pub fn of(tool: Tool) -> Statistic {
+        match tool {
+            Tool::Ping => Statistic::Median,
+            Tool::Ab | Tool::Iperf3 => Statistic::Mean,
+        }
+    }
+}
+
 /// ns per event by node and key (category or the agent's stage).
 pub type Times<K> = BTreeMap<(Node, K), f64>;
 
-fn typical(seg: &MergedSegment, statistic: Statistic) -> f64 {
+pub fn typical(seg: &MergedSegment, statistic: Statistic) -> f64 {
     match statistic {
         Statistic::Median => seg.hist.summary().p50_ns as f64,
         Statistic::Mean => seg.hist.mean_ns(),
     }
 }
 
-/// A segment's time per pass, less netprof's probe when `probes` is given.
+/// A segment's time per pass, less netprof's when `probes` is given.
 pub fn segment_ns(seg: &MergedSegment, statistic: Statistic, probes: Option<&ProbeCosts>) -> f64 {
-    let netprof = probes.map_or(0.0, |p| p.in_segment(&seg.from_kind, &seg.to_kind));
-    (typical(seg, statistic) - netprof).max(0.0)
+    let typical = typical(seg, statistic);
+    probes.map_or(typical, |p| p.net_of(typical, &seg.from_kind, &seg.to_kind))
+}
+
+/// Passes of a segment per event.
+pub fn passes(step: &MergedStep, seg: &MergedSegment, events: u64) -> f64 {
+    seg.hist.count as f64 / step.covered(seg.node, events)
 }
 
 /// Time per event of the step's path segments, by node and `key`.
@@ -50,9 +66,8 @@ pub fn per_event<K: Ord>(
 ) -> Times<K> {
     let mut out = BTreeMap::new();
     for seg in step.of_kind(SegmentKind::Path) {
-        let passes = seg.hist.count as f64 / step.covered(seg.node, events);
         *out.entry((seg.node, key(seg))).or_insert(0.0) +=
-            segment_ns(seg, statistic, probes) * passes;
+            segment_ns(seg, statistic, probes) * passes(step, seg, events);
     }
     out
 }
@@ -77,17 +92,22 @@ pub fn by_stage(
     per_event(step, events, statistic, probes, |s| s.stage)
 }
 
-/// netprof's probe runs inside one event: checkpoints passed per event × each kind's cost
-/// per run, both nodes. The `consumed` tracer runs when a delivered skb is freed, alongside
-/// the path rather than on it, and is left out.
+/// netprof inside one event: checkpoints passed per event × each kind's cost per run, both
+/// nodes, and what the pass measured beyond those runs when it did. The `consumed` tracer
+/// runs when a delivered skb is freed, alongside the path rather than on it, and is left out.
 pub fn probes_per_event(step: &MergedStep, events: u64, probes: &ProbeCosts) -> Interval {
-    step.hits_by_kind
+    let runs = step
+        .hits_by_kind
         .iter()
         .filter(|((_, kind), _)| kind != "consumed")
         .fold(Interval::point(0.0), |total, ((node, kind), hits)| {
             let per_event = *hits as f64 / step.covered(*node, events);
             total.plus(probes.per_run(kind).scaled(per_event))
-        })
+        });
+    match probes.spread {
+        Some(spread) => runs.plus(spread.per_event_ns),
+        None => runs,
+    }
 }
 
 /// Segment passes per event left out as two packets that shared an skb, both nodes.
@@ -169,6 +189,7 @@ mod tests {
                     source: ProbeSource::Calibration,
                 },
             )]),
+            spread: None,
         };
         let t = by_category(&step, 1000, Statistic::Median, Some(&probes));
         assert_eq!(t[&(Node::One, Category::Filter)], 21.0);

@@ -190,8 +190,8 @@ struct Profiled {
 }
 
 /// A profiled run's step with its probe costs: the calibration's (bpf_stats' for kinds it
-/// lacks), and for the pings, scaled to what the run measured netprof to cost them when it
-/// also pinged with the agents detached (`in_pass_cost`).
+/// lacks), fitted to what the run measured netprof to cost the step when it also ran it with
+/// the agents detached (`in_pass_cost::placed`).
 fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -> Profiled {
     let bpf = ProbeCosts::from_bpf_stats(&probe_ns_by_kind(&run.profiles, NetPath::Pod, tool));
     let step = merge_step(run.step(tool).into_iter().map(|p| p.doc()));
@@ -213,7 +213,7 @@ fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -
         Tool::Iperf3 => None,
     };
     if let Some(measured) = measured {
-        probes = in_pass_cost::scaled(&probes, &step, events, measured);
+        probes = in_pass_cost::placed(&probes, &step, events, measured, tool);
     }
     Profiled {
         step,
@@ -271,11 +271,7 @@ fn predict_round(
     b: Option<&ProfiledInput>,
     calibration: Option<&ProbeCosts>,
 ) -> Times<Stage> {
-    let statistic = if tool == Tool::Ab {
-        Statistic::Mean
-    } else {
-        Statistic::Median
-    };
+    let statistic = Statistic::of(tool);
     let a = profiled(a, tool, calibration);
     // Under ab the prediction is of CPU time: only stages that are CPU work.
     let times = |p: &Profiled| {
