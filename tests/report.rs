@@ -377,11 +377,10 @@ fn ground_truth_checks_are_judged_as_worked_out_by_hand() {
 /// The notrack check's `a` with ab also run with the agents detached around its profiled ab:
 /// 150000 ns of CPU per request profiled, 149040 in both detached runs, so netprof cost 960 ns
 /// per request where the calibration's per-run costs say 16 netfilter runs per request × 30 =
-/// 480: 240 of it inside the brackets (30 per bracket pass), 240 outside them, 480 beyond the
-/// runs. That 480 is spread over the brackets' 5920 ns per request net of their runs (node 1
-/// conntrack 970 × 2, node 2 1970 × 2, the empty brackets 10 × 2 each), a share of 8.1%:
-/// conntrack node 1 970 × 0.919 = 891 above a floor of 10 × 0.919 = 9, × 2 passes = 1764; node
-/// 2 (1810 - 9) × 2 = 3602; 5366 in all (5840 with the calibration alone). A negative detached
+/// 480: 480 beyond the runs, out of the 149520 ns of CPU work per request net of them, a share
+/// of 0.32% that every part of the request loses: conntrack node 1 970 × 0.9968 = 966.9 above
+/// a floor of 10 × 0.9968 = 10.0, × 2 passes = 1914; node 2 (1963.7 - 10.0) × 2 = 3907; 5821
+/// in all (5840 with the calibration alone). A negative detached
 /// CPU time is refused with its field named.
 #[test]
 fn a_ground_truth_cpu_prediction_takes_out_what_its_pass_measured_netprof_to_cost() {
@@ -403,7 +402,7 @@ fn a_ground_truth_cpu_prediction_takes_out_what_its_pass_measured_netprof_to_cos
         .unwrap();
     assert_eq!(
         (cpu.predicted_ns, cpu.measured_ns, cpu.verdict),
-        (5366, 8500, Verdict::Outside)
+        (5821, 8500, Verdict::Outside)
     );
 
     v["checks"][0]["profiled"][0]["ab_agents_off"]["runs"][1]["cpu_ns_per_request"] =
@@ -995,13 +994,13 @@ fn ping_at(ping: &serde_json::Value, us: f64) -> serde_json::Value {
 /// Pings with the agents detached in the profiled pass itself (`bench --profile`) fix what the
 /// probes cost: the pod path's 60 µs profiled against 57.68 µs detached is 2320 ns, twice the
 /// 1160 the calibration's per-run costs give; the baseline's 50 against 49.76 is the 240
-/// predicted. On the pod path 580 ns of the runs fall inside segments, 580 outside them, and
-/// 1160 is beyond the runs: spread over the segments' 10824 ns net of their runs, a share of
-/// 10.72% (`the_split_without_netprof_is_the_hand_computed_one` has the rest of the
-/// arithmetic): veth node 1 1950 × 2 × 0.8928 = 3482, node 2 470 × 2 × 0.8928 = 839; bridge
-/// 930 × 2 × 0.8928 = 1661; filter node 1 10 × 2.1 × 0.8928 = 19, node 2 1170 × 1.9 × 0.8928
-/// = 1985; uplink 940 × 0.8928 = 839 per node against the baseline's 940: -202. Explained 7784
-/// of the 10000 without agents.
+/// predicted. The pod path's 1160 beyond the runs is 1.97% of its 58840 ns of work net of them,
+/// and every segment, net of the runs at its ends, loses that share
+/// (`the_split_without_netprof_is_the_hand_computed_one` has the rest of the arithmetic): veth
+/// node 1 1950 × 2 × 0.9803 = 3823, node 2 470 × 2 × 0.9803 = 921; bridge 930 × 2 × 0.9803 =
+/// 1823; filter node 1 10 × 2.1 × 0.9803 = 21, node 2 1170 × 1.9 × 0.9803 = 2179; uplink 940
+/// × 0.9803 = 921 per node against the baseline's 940: -38. Explained 8729 of the 10000
+/// without agents.
 #[test]
 fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
     let dir = Scratch(known_run::write_known_run("in-pass"));
@@ -1035,13 +1034,13 @@ fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
         [ProbeSource::Calibration, ProbeSource::InPass]
     );
     let c = &l.clean;
-    assert_eq!(stage(c, Category::Veth).delta_ns, 4321);
-    assert_eq!(stage(c, Category::Bridge).delta_ns, 1661);
+    assert_eq!(stage(c, Category::Veth).delta_ns, 4744);
+    assert_eq!(stage(c, Category::Bridge).delta_ns, 1823);
     let filter = stage(c, Category::Filter);
-    assert_eq!((filter.node(Node::One), filter.node(Node::Two)), (19, 1985));
-    assert_eq!(stage(c, Category::Uplink).delta_ns, -202);
-    assert_eq!(c.explained_ns, 7784);
-    assert_eq!(c.unexplained_ns, 2216);
+    assert_eq!((filter.node(Node::One), filter.node(Node::Two)), (21, 2179));
+    assert_eq!(stage(c, Category::Uplink).delta_ns, -38);
+    assert_eq!(c.explained_ns, 8729);
+    assert_eq!(c.unexplained_ns, 1271);
     let text = render::render(&report, Format::Table);
     assert!(text.contains("(per-run costs alone)"), "{text}");
 

@@ -57,8 +57,8 @@ fn in_pass_costs(
     step: &MergedStep,
     costs: &ProbeCosts,
 ) -> Option<ProbeCosts> {
-    let (measured, events) = in_pass_cost::measured(mode.result.path(path)?, tool)?;
-    Some(in_pass_cost::placed(costs, step, events, measured, tool))
+    let pass = in_pass_cost::measured(mode.result.path(path)?, tool)?;
+    Some(in_pass_cost::placed(costs, step, pass))
 }
 
 /// How `results` took their pings, when every mode's were taken in turns with the others'.

@@ -9,88 +9,96 @@
 //! fixes the total. Measured far above the runs (2-4x here at 2 ms pings), the rest is not in
 //! the runs: scaling every run by one factor took several times a probe's run out of a bracket
 //! whose whole time was two runs and a hash lookup, and the clamp at zero then left that
-//! excess in the bigger segments. So the rest is spread over the segments (`placed`).
+//! excess in the bigger segments. So the rest is taken as a share of all of the event's work
+//! (`placed`). Spreading it over the segments alone put all of ab's in-pass CPU (the agent's
+//! own, the processes') into them and halved the ground-truth CPU predictions.
 
 use super::calibration::Interval;
 use super::merge::MergedStep;
-use super::category::Category;
-use super::merge::SegmentKind;
 use super::probe_cost::{ProbeCosts, Spread};
-use super::stage_time::{passes, probes_per_event, typical, Statistic};
+use super::stage_time::probes_per_event;
 use crate::bench::bootstrap::paired_blocks_interval;
 use crate::bench::overhead::median;
 use crate::bench::result::{AbAgentsOff, AgentsOffPings, PathResult};
 use crate::parse::ping::PingReport;
 use crate::rundir::Tool;
 
-/// What the pass measured netprof to cost `tool`'s step on one path (the pings' p50 shift,
-/// ab's CPU per request), with the step's events (replies, requests); `None` when the pass did
+/// What a profiled pass measured netprof to cost one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InPass {
+    /// Per event: the profiled step less the same step with the agents detached.
+    pub cost: Interval,
+    /// The step's events (replies, requests).
+    pub events: u64,
+    /// An event's whole time in the profiled step: the pings' p50, ab's CPU per request.
+    pub event_ns: f64,
+}
+
+/// What the pass measured netprof to cost `tool`'s step on one path; `None` when the pass did
 /// not run the step with the agents detached too.
-pub fn measured(result: &PathResult, tool: Tool) -> Option<(Interval, u64)> {
+pub fn measured(result: &PathResult, tool: Tool) -> Option<InPass> {
+    of_step(
+        tool,
+        &result.ping,
+        result.ping_agents_off.as_ref(),
+        result
+            .ab_cpu_ns_per_request
+            .map(|cpu| (cpu, result.ab.complete_requests)),
+        result.ab_agents_off.as_ref(),
+    )
+}
+
+/// [`measured`] from a step's parts: the profiled pings and those detached beside them, the
+/// profiled ab's CPU per request and requests and the ab runs detached around it.
+pub fn of_step(
+    tool: Tool,
+    ping: &PingReport,
+    ping_off: Option<&AgentsOffPings>,
+    ab_cpu: Option<(f64, u64)>,
+    ab_off: Option<&AbAgentsOff>,
+) -> Option<InPass> {
     match tool {
-        Tool::Ping => Some((
-            shift_ns(&result.ping, result.ping_agents_off.as_ref()?)?,
-            result.ping.received,
-        )),
-        Tool::Ab => Some((
-            cpu_shift_ns(
-                result.ab_cpu_ns_per_request?,
-                result.ab_agents_off.as_ref()?,
-            )?,
-            result.ab.complete_requests,
-        )),
+        Tool::Ping => Some(InPass {
+            cost: shift_ns(ping, ping_off?)?,
+            events: ping.received,
+            event_ns: ping.stats?.p50_ms * 1e6,
+        }),
+        Tool::Ab => {
+            let (cpu, requests) = ab_cpu?;
+            Some(InPass {
+                cost: cpu_shift_ns(cpu, ab_off?)?,
+                events: requests,
+                event_ns: cpu,
+            })
+        }
         Tool::Iperf3 => None,
     }
 }
 
-/// `costs` fitted to `measured`, netprof's cost per event the pass measured on this step. Each
-/// segment keeps losing the runs at its ends at their per-run cost (never below zero); what
-/// the measurement holds beyond all the runs that land in segments is taken off the
-/// segments in proportion to their time net of those runs (the time `tool`'s split takes:
-/// under ab, CPU work only, as a wait on a backlog holds no CPU time). A measurement at or
-/// below the runs scales the runs down to it instead.
-pub fn placed(
-    costs: &ProbeCosts,
-    step: &MergedStep,
-    events: u64,
-    measured: Interval,
-    tool: Tool,
-) -> ProbeCosts {
-    let statistic = Statistic::of(tool);
-    let runs = probes_per_event(step, events, costs);
-    // Per event: the runs' halves segments hold as calibrated, as taken off (a segment
-    // shorter than them loses only its own time), and the segments' time net of them.
-    let (mut nominal, mut taken, mut room) = (0.0, 0.0, 0.0);
-    for seg in step.of_kind(SegmentKind::Path) {
-        let n = passes(step, seg, events);
-        let (own, time) = (
-            costs.in_segment(&seg.from_kind, &seg.to_kind),
-            typical(seg, statistic),
-        );
-        nominal += own * n;
-        taken += own.min(time) * n;
-        if tool == Tool::Ping || Category::of(seg.stage).is_cpu_work() {
-            room += (time - own).max(0.0) * n;
-        }
+/// `costs` fitted to what the pass measured netprof to cost the step. Each segment keeps
+/// losing the runs at its ends at their per-run cost (never below zero). What the measurement
+/// holds beyond all the runs slowed the event's own work, in segments or not (the kernel code
+/// and the processes a probe's evictions leave cold, another packet's runs a frame waits
+/// behind, the agent's own CPU under ab): every part of the event's time net of the runs
+/// loses the same share, `beyond / (event − runs)`. A measurement at or below the runs
+/// scales the runs down to it instead.
+pub fn placed(costs: &ProbeCosts, step: &MergedStep, pass: InPass) -> ProbeCosts {
+    let runs = probes_per_event(step, pass.events, costs);
+    let work = pass.event_ns - runs.median;
+    if pass.cost.median <= runs.median || work <= 0.0 {
+        return costs.scaled_to(runs.median, pass.cost);
     }
-    // A journey's first and last runs are half outside every segment: in the RTT, not in
-    // the split.
-    let outside = runs.median - nominal;
-    let beyond = |m: f64| m - outside - taken;
-    if beyond(measured.median) <= 0.0 || room <= 0.0 {
-        return costs.scaled_to(runs.median, measured);
-    }
-    let share = |m: f64| (beyond(m).max(0.0) / room).min(1.0);
+    let share = |m: f64| ((m - runs.median).max(0.0) / work).min(1.0);
     costs.with_spread(Spread {
         per_event_ns: Interval {
-            median: measured.median - runs.median,
-            lo: measured.lo - runs.lo,
-            hi: measured.hi - runs.hi,
+            median: pass.cost.median - runs.median,
+            lo: pass.cost.lo - runs.lo,
+            hi: pass.cost.hi - runs.hi,
         },
         share: Interval {
-            median: share(measured.median),
-            lo: share(measured.lo),
-            hi: share(measured.hi),
+            median: share(pass.cost.median),
+            lo: share(pass.cost.lo),
+            hi: share(pass.cost.hi),
         },
     })
 }
@@ -159,9 +167,9 @@ mod tests {
 
     use super::*;
     use crate::agent::stages::Stage;
-    use crate::report::merge::{Hist, MergedSegment};
+    use crate::report::merge::{Hist, MergedSegment, SegmentKind};
     use crate::report::probe_cost::ProbeSource;
-    use crate::report::stage_time::by_stage;
+    use crate::report::stage_time::{by_stage, Statistic};
     use crate::rundir::Node;
 
     fn ping(rtts_us: Vec<f64>) -> PingReport {
@@ -258,7 +266,7 @@ mod tests {
     }
 
     /// 1000 RTTs over a 40 ns bracket and a 1200 ns segment, each between two netfilter
-    /// runs of 60 ns, 3 runs per RTT (180 ns; one run's halves fall outside both segments).
+    /// runs of 60 ns, 3 runs per RTT (180 ns).
     fn step_and_costs() -> (MergedStep, ProbeCosts) {
         let step = MergedStep {
             segments: vec![segment(Stage::Filter, 40), segment(Stage::Veth, 1184)],
@@ -269,20 +277,29 @@ mod tests {
         (step, costs)
     }
 
+    fn pass(cost_ns: f64, event_ns: f64) -> InPass {
+        InPass {
+            cost: Interval::point(cost_ns),
+            events: 1000,
+            event_ns,
+        }
+    }
+
     #[test]
-    fn what_the_pass_measured_beyond_the_runs_is_spread_over_the_segments_time() {
+    fn what_the_pass_measured_beyond_the_runs_slows_all_of_the_events_work_alike() {
         let (step, costs) = step_and_costs();
-        // Measured 730 ns per RTT: 60 outside the segments, 40 + 60 of runs inside them (the
-        // bracket holds only 40), and 570 beyond: half of the 1140 ns the long segment has
-        // net of its runs. Scaling the runs by 730/180 would have taken 243 ns from the
-        // 40 ns bracket and left the rest in the long segment.
-        let placed = placed(&costs, &step, 1000, Interval::point(730.0), Tool::Ping);
+        // An RTT of 2180 ns profiled, 730 of it netprof's: 180 of runs, 550 beyond them,
+        // 27.5% of the 2000 ns of work. The long segment keeps (1200 - 60) × 0.725 = 826.5;
+        // the bracket, shorter than its runs, keeps nothing. Scaling every run by 730/180
+        // instead would have taken 243 ns from the 40 ns bracket and left the excess in the
+        // long segment.
+        let placed = placed(&costs, &step, pass(730.0, 2180.0));
         let share = placed.spread.expect("measured above the runs").share.median;
-        assert!((share - 0.5).abs() < 1e-9, "{share}");
+        assert!((share - 0.275).abs() < 1e-9, "{share}");
         let t = by_stage(&step, 1000, Statistic::Median, Some(&placed));
         assert_eq!(t[&(Node::One, Stage::Filter)], 0.0);
-        assert!((t[&(Node::One, Stage::Veth)] - 570.0).abs() < 1e-6, "{t:?}");
-        // netprof per RTT is what the pass measured, and the split less it is the segments'.
+        assert!((t[&(Node::One, Stage::Veth)] - 826.5).abs() < 1e-6, "{t:?}");
+        // netprof per RTT is what the pass measured.
         assert!((probes_per_event(&step, 1000, &placed).median - 730.0).abs() < 1e-6);
         assert!(placed.sources().contains(&ProbeSource::InPass));
     }
@@ -290,7 +307,7 @@ mod tests {
     #[test]
     fn measured_below_the_runs_scales_them_down() {
         let (step, costs) = step_and_costs();
-        let placed = placed(&costs, &step, 1000, Interval::point(150.0), Tool::Ping);
+        let placed = placed(&costs, &step, pass(150.0, 2180.0));
         assert_eq!(placed.spread, None);
         assert!((placed.per_run("netfilter").median - 50.0).abs() < 1e-9);
     }

@@ -28,22 +28,22 @@ pub enum ProbeSource {
     BpfStats,
     /// The profiled pass's own step less the same step with the agents detached (the pings'
     /// p50, ab's CPU time per request): the kinds' runs at each segment's ends, what it
-    /// measured beyond them spread over the segments (or the runs scaled down to it when it
-    /// measured less).
+    /// measured beyond them as a share of the event's time (or the runs scaled down to it when
+    /// it measured less).
     InPass,
 }
 
 /// netprof's cost that a pass measured beyond its probes' own runs: the cache lines a probe
-/// evicts, missed again by the kernel code after it; the runs of another packet's probes that
-/// a frame waits behind on a backlog. It lands in the kernel's own work between checkpoints,
-/// so it is taken off each segment in proportion to the segment's time net of the runs at
+/// evicts, missed again by the code after it; the runs of another packet's probes that a
+/// frame waits behind on a backlog; under ab, the agent's own CPU. It slows the event's work,
+/// in segments or not, so every segment loses the same share of its time net of the runs at
 /// its ends: a bracket that holds two probe runs around a hash lookup loses those runs and a
 /// share of the lookup, not a multiple of the runs that leaves it below zero.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Spread {
     /// Per event, both nodes, ns.
     pub per_event_ns: Interval,
-    /// The share of each segment's time net of its probe runs (0..1).
+    /// The share of the event's time net of the runs that was netprof's (0..1).
     pub share: Interval,
 }
 
@@ -53,7 +53,7 @@ impl ProbeSource {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
             ProbeSource::InPass => {
-                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, and what the pass measured beyond those runs is spread over the segments in proportion to their time net of the runs"
+                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, and the share of its time net of them that the pass measured beyond the runs in the whole event (RTT or CPU per request)"
             }
         }
     }

@@ -201,19 +201,15 @@ fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -
         _ => sample.ping.received,
     };
     let mut probes = calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf));
-    let measured = match tool {
-        Tool::Ping => run
-            .run
-            .ping_agents_off
-            .as_ref()
-            .and_then(|off| in_pass_cost::shift_ns(&sample.ping, off)),
-        Tool::Ab => sample
-            .ab_cpu_ns_per_request
-            .and_then(|cpu| in_pass_cost::cpu_shift_ns(cpu, run.run.ab_agents_off.as_ref()?)),
-        Tool::Iperf3 => None,
-    };
-    if let Some(measured) = measured {
-        probes = in_pass_cost::placed(&probes, &step, events, measured, tool);
+    let pass = in_pass_cost::of_step(
+        tool,
+        &sample.ping,
+        run.run.ping_agents_off.as_ref(),
+        sample.ab_cpu_ns_per_request.map(|cpu| (cpu, events)),
+        run.run.ab_agents_off.as_ref(),
+    );
+    if let Some(pass) = pass {
+        probes = in_pass_cost::placed(&probes, &step, pass);
     }
     Profiled {
         step,
