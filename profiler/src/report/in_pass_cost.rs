@@ -167,8 +167,8 @@ mod tests {
 
     use super::*;
     use crate::agent::stages::Stage;
-    use crate::report::merge::{Hist, MergedSegment, SegmentKind};
     use crate::report::probe_cost::ProbeSource;
+    use crate::report::stage_time::tests::seg;
     use crate::report::stage_time::{by_stage, Statistic};
     use crate::rundir::Node;
 
@@ -247,29 +247,14 @@ mod tests {
         assert_eq!(cpu_shift_ns(130_000.0, &unmeasured), None);
     }
 
-    fn segment(stage: Stage, bucket_low: u64) -> MergedSegment {
-        MergedSegment {
-            node: Node::One,
-            from: "nf FORWARD -99".into(),
-            to: "nf FORWARD 1".into(),
-            from_kind: "netfilter".into(),
-            to_kind: "netfilter".into(),
-            stage,
-            kind: SegmentKind::Path,
-            inbound: false,
-            hist: Hist {
-                buckets: BTreeMap::from([(bucket_low, 1000)]),
-                count: 1000,
-                sum_ns: 0.0,
-            },
-        }
-    }
-
     /// 1000 RTTs over a 40 ns bracket and a 1200 ns segment, each between two netfilter
     /// runs of 60 ns, 3 runs per RTT (180 ns).
     fn step_and_costs() -> (MergedStep, ProbeCosts) {
         let step = MergedStep {
-            segments: vec![segment(Stage::Filter, 40), segment(Stage::Veth, 1184)],
+            segments: vec![
+                seg(Node::One, Stage::Filter, 40, 1000, 40.0),
+                seg(Node::One, Stage::Veth, 1184, 1000, 1200.0),
+            ],
             hits_by_kind: BTreeMap::from([((Node::One, "netfilter".to_owned()), 3000)]),
             ..Default::default()
         };

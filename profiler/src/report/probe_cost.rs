@@ -10,7 +10,8 @@
 //! A segment between two checkpoints holds the end of the probe it starts at (after its clock
 //! read) and the start of the one it ends at (before its clock read): together about one probe
 //! run, taken as half the per-run cost of each end's kind. What a pass measured netprof to cost
-//! beyond its probes' runs (`Spread`) is no probe's: it is spread over the segments.
+//! beyond its probes' runs (`Spread`) is no probe's: every segment loses the same share of
+//! what it holds beyond its runs.
 
 use std::collections::BTreeMap;
 

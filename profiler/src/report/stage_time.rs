@@ -38,7 +38,7 @@ impl Statistic {
 /// ns per event by node and key (category or the agent's stage).
 pub type Times<K> = BTreeMap<(Node, K), f64>;
 
-pub fn typical(seg: &MergedSegment, statistic: Statistic) -> f64 {
+fn typical(seg: &MergedSegment, statistic: Statistic) -> f64 {
     match statistic {
         Statistic::Median => seg.hist.summary().p50_ns as f64,
         Statistic::Mean => seg.hist.mean_ns(),
@@ -51,11 +51,6 @@ pub fn segment_ns(seg: &MergedSegment, statistic: Statistic, probes: Option<&Pro
     probes.map_or(typical, |p| p.net_of(typical, &seg.from_kind, &seg.to_kind))
 }
 
-/// Passes of a segment per event.
-pub fn passes(step: &MergedStep, seg: &MergedSegment, events: u64) -> f64 {
-    seg.hist.count as f64 / step.covered(seg.node, events)
-}
-
 /// Time per event of the step's path segments, by node and `key`.
 pub fn per_event<K: Ord>(
     step: &MergedStep,
@@ -66,8 +61,9 @@ pub fn per_event<K: Ord>(
 ) -> Times<K> {
     let mut out = BTreeMap::new();
     for seg in step.of_kind(SegmentKind::Path) {
+        let passes = seg.hist.count as f64 / step.covered(seg.node, events);
         *out.entry((seg.node, key(seg))).or_insert(0.0) +=
-            segment_ns(seg, statistic, probes) * passes(step, seg, events);
+            segment_ns(seg, statistic, probes) * passes;
     }
     out
 }
@@ -118,11 +114,18 @@ pub fn reuse_per_event(step: &MergedStep, events: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::report::merge::Hist;
 
-    fn seg(node: Node, stage: Stage, bucket_low: u64, count: u64, mean_ns: f64) -> MergedSegment {
+    /// A netfilter bracket's segment (FORWARD -99 -> 1) on `node`, all passes in one bucket.
+    pub(crate) fn seg(
+        node: Node,
+        stage: Stage,
+        bucket_low: u64,
+        count: u64,
+        mean_ns: f64,
+    ) -> MergedSegment {
         MergedSegment {
             node,
             from: "nf FORWARD -99".into(),
