@@ -16,7 +16,7 @@
 use super::calibration::Interval;
 use super::merge::MergedStep;
 use super::probe_cost::{ProbeCosts, Spread};
-use super::stage_time::probes_per_event;
+use super::stage_time::{probes_per_event, shortest_between_same_kind, Statistic};
 use crate::bench::bootstrap::paired_blocks_interval;
 use crate::bench::overhead::median;
 use crate::bench::result::{AbAgentsOff, AgentsOffPings, PathResult};
@@ -32,6 +32,8 @@ pub struct InPass {
     pub events: u64,
     /// An event's whole time in the profiled step: the pings' p50, ab's CPU per request.
     pub event_ns: f64,
+    /// What stands for a segment's time in this step's split.
+    pub statistic: Statistic,
 }
 
 /// What the pass measured netprof to cost `tool`'s step on one path; `None` when the pass did
@@ -62,6 +64,7 @@ pub fn of_step(
             cost: shift_ns(ping, ping_off?)?,
             events: ping.received,
             event_ns: ping.stats?.p50_ms * 1e6,
+            statistic: Statistic::of(tool),
         }),
         Tool::Ab => {
             let (cpu, requests) = ab_cpu?;
@@ -69,6 +72,7 @@ pub fn of_step(
                 cost: cpu_shift_ns(cpu, ab_off?)?,
                 events: requests,
                 event_ns: cpu,
+                statistic: Statistic::of(tool),
             })
         }
         Tool::Iperf3 => None,
@@ -76,13 +80,22 @@ pub fn of_step(
 }
 
 /// `costs` fitted to what the pass measured netprof to cost the step. Each segment keeps
-/// losing the runs at its ends at their per-run cost (never below zero). What the measurement
-/// holds beyond all the runs slowed the event's own work, in segments or not (the kernel code
-/// and the processes a probe's evictions leave cold, another packet's runs a frame waits
-/// behind, the agent's own CPU under ab): every part of the event's time net of the runs
-/// loses the same share, `beyond / (event − runs)`. A measurement at or below the runs
-/// scales the runs down to it instead.
+/// losing the runs at its ends, at their per-run cost but never more than the shortest
+/// segment between two runs of the kind holds (never below zero): a calibrated run is what
+/// it costs the whole event, and at 2 ms pings that was 360 ns a netfilter run against 210 ns
+/// for a whole nat bracket, run ends and table included; taking the whole run off every
+/// bracket left the small tables nothing. What the measurement holds beyond the runs' share
+/// in segments slowed the event's own work, in segments or not (the kernel code and the
+/// processes a probe's evictions leave cold, another packet's runs a frame waits behind, the
+/// agent's own CPU under ab): every part of the event's time net of the runs loses the same
+/// share, `beyond / (event − runs)`. A measurement at or below the runs scales the runs down
+/// to it instead.
 pub fn placed(costs: &ProbeCosts, step: &MergedStep, pass: InPass) -> ProbeCosts {
+    let costs = &costs.capped(&shortest_between_same_kind(
+        step,
+        pass.events,
+        pass.statistic,
+    ));
     let runs = probes_per_event(step, pass.events, costs);
     let work = pass.event_ns - runs.median;
     if pass.cost.median <= runs.median || work <= 0.0 {
@@ -248,12 +261,13 @@ mod tests {
     }
 
     /// 1000 RTTs over a 40 ns bracket and a 1200 ns segment, each between two netfilter
-    /// runs of 60 ns, 3 runs per RTT (180 ns).
+    /// runs calibrated at 60 ns, 3 runs per RTT; a 20 ns segment passed by one RTT in ten.
     fn step_and_costs() -> (MergedStep, ProbeCosts) {
         let step = MergedStep {
             segments: vec![
                 seg(Node::One, Stage::Filter, 40, 1000, 40.0),
                 seg(Node::One, Stage::Veth, 1184, 1000, 1200.0),
+                seg(Node::Two, Stage::Mangle, 20, 100, 20.0),
             ],
             hits_by_kind: BTreeMap::from([((Node::One, "netfilter".to_owned()), 3000)]),
             ..Default::default()
@@ -267,33 +281,45 @@ mod tests {
             cost: Interval::point(cost_ns),
             events: 1000,
             event_ns,
+            statistic: Statistic::Median,
         }
     }
 
     #[test]
     fn what_the_pass_measured_beyond_the_runs_slows_all_of_the_events_work_alike() {
         let (step, costs) = step_and_costs();
-        // An RTT of 2180 ns profiled, 730 of it netprof's: 180 of runs, 550 beyond them,
-        // 27.5% of the 2000 ns of work. The long segment keeps (1200 - 60) × 0.725 = 826.5;
-        // the bracket, shorter than its runs, keeps nothing. Scaling every run by 730/180
-        // instead would have taken 243 ns from the 40 ns bracket and left the excess in the
-        // long segment.
-        let placed = placed(&costs, &step, pass(730.0, 2180.0));
+        // The 40 ns bracket holds a run's end and the next one's start, so a run leaves at
+        // most 40 ns in segments (the 20 ns segment is too rarely passed to say so): 120 ns
+        // of runs per RTT. An RTT of 2120 ns profiled, 720 of it netprof's: 600 beyond the
+        // runs, 30% of the 2000 ns of work. The long segment keeps (1200 - 40) × 0.7 = 812;
+        // the bracket keeps nothing. Scaling every 60 ns run by 720/180 instead would have
+        // taken 240 ns from the 40 ns bracket and left the excess in the long segment.
+        let placed = placed(&costs, &step, pass(720.0, 2120.0));
+        assert_eq!(placed.per_run("netfilter").median, 40.0);
         let share = placed.spread.expect("measured above the runs").share.median;
-        assert!((share - 0.275).abs() < 1e-9, "{share}");
+        assert!((share - 0.3).abs() < 1e-9, "{share}");
         let t = by_stage(&step, 1000, Statistic::Median, Some(&placed));
         assert_eq!(t[&(Node::One, Stage::Filter)], 0.0);
-        assert!((t[&(Node::One, Stage::Veth)] - 826.5).abs() < 1e-6, "{t:?}");
+        assert!((t[&(Node::One, Stage::Veth)] - 812.0).abs() < 1e-6, "{t:?}");
         // netprof per RTT is what the pass measured.
-        assert!((probes_per_event(&step, 1000, &placed).median - 730.0).abs() < 1e-6);
+        assert!((probes_per_event(&step, 1000, &placed).median - 720.0).abs() < 1e-6);
         assert!(placed.sources().contains(&ProbeSource::InPass));
+    }
+
+    #[test]
+    fn a_run_cheaper_than_the_shortest_bracket_keeps_its_cost() {
+        let (step, _) = step_and_costs();
+        let cheap = ProbeCosts::from_bpf_stats(&BTreeMap::from([("netfilter".to_owned(), 30.0)]));
+        let placed = placed(&cheap, &step, pass(720.0, 2120.0));
+        assert_eq!(placed.per_run("netfilter").median, 30.0);
     }
 
     #[test]
     fn measured_below_the_runs_scales_them_down() {
         let (step, costs) = step_and_costs();
-        let placed = placed(&costs, &step, pass(150.0, 2180.0));
+        // 120 ns of (capped) runs, 90 measured: each run 40 × 0.75.
+        let placed = placed(&costs, &step, pass(90.0, 2120.0));
         assert_eq!(placed.spread, None);
-        assert!((placed.per_run("netfilter").median - 50.0).abs() < 1e-9);
+        assert!((placed.per_run("netfilter").median - 30.0).abs() < 1e-9);
     }
 }

@@ -54,7 +54,7 @@ impl ProbeSource {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
             ProbeSource::InPass => {
-                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, and the share of its time net of them that the pass measured beyond the runs in the whole event (RTT or CPU per request)"
+                "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, no more than the shortest segment between two runs of a kind holds, and the share of its time net of them that the pass measured beyond the runs in the whole event (RTT or CPU per request)"
             }
         }
     }
@@ -157,6 +157,18 @@ impl ProbeCosts {
     }
 
     /// These costs with `spread` taken off every segment beyond the runs at its ends.
+    /// Each kind's per-run cost no higher than `caps` (ns) where a cap is given.
+    pub fn capped(&self, caps: &BTreeMap<String, f64>) -> ProbeCosts {
+        let mut out = self.clone();
+        for (kind, cost) in &mut out.by_kind {
+            if let Some(&cap) = caps.get(kind) {
+                let r = &mut cost.per_run_ns;
+                (r.median, r.lo, r.hi) = (r.median.min(cap), r.lo.min(cap), r.hi.min(cap));
+            }
+        }
+        out
+    }
+
     pub fn with_spread(&self, spread: Spread) -> ProbeCosts {
         ProbeCosts {
             by_kind: self.by_kind.clone(),

@@ -106,6 +106,30 @@ pub fn probes_per_event(step: &MergedStep, events: u64, probes: &ProbeCosts) -> 
     }
 }
 
+/// Per checkpoint kind, the shortest typical time of a path segment between two checkpoints
+/// of that kind, among segments passed at least once every other event (a rarely passed
+/// segment's median is a handful of packets'). Such a segment holds at least the end of one
+/// run and the start of the next: an upper bound of what a run of that kind leaves inside
+/// segments, whatever it costs the whole event.
+pub fn shortest_between_same_kind(
+    step: &MergedStep,
+    events: u64,
+    statistic: Statistic,
+) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for seg in step.of_kind(SegmentKind::Path) {
+        let passes = seg.hist.count as f64 / step.covered(seg.node, events);
+        if seg.from_kind != seg.to_kind || passes < 0.5 {
+            continue;
+        }
+        let ns = typical(seg, statistic);
+        out.entry(seg.from_kind.clone())
+            .and_modify(|v| *v = v.min(ns))
+            .or_insert(ns);
+    }
+    out
+}
+
 /// Segment passes per event left out as two packets that shared an skb, both nodes.
 pub fn reuse_per_event(step: &MergedStep, events: u64) -> f64 {
     step.of_kind(SegmentKind::Reuse)
