@@ -21,6 +21,7 @@ pub mod devices;
 pub mod duty;
 mod expedited_rcu;
 pub mod flows;
+mod hook_families;
 pub mod netlink_links;
 pub mod nf_points;
 pub mod pod_netns;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use attach::Agent;
 pub use flows::FlowSpec;
+pub use hook_families::HookFamilies;
 pub use report::{AgentReport, SCHEMA};
 pub use stages::Stage;
 
@@ -94,91 +96,6 @@ pub struct AgentOptions {
     /// of each window edge, which shortens an edge from ~100 ms to ~2 ms but is felt by every
     /// workload on the node. Off unless asked for.
     pub expedite_rcu: bool,
-}
-
-/// The checkpoint families: tc on every watched device (node and pod side), tp_btf device
-/// rx/tx, netfilter points, the skb free / retransmit tracepoints, and the veths' receive
-/// backlog (`netif_rx`).
-///
-/// The default leaves `dev` out. Its two tp_btf programs fire for every packet on every device
-/// of the kernel (in the lab, both nodes' agents run for each packet) and, on a watched device,
-/// sit next to the tc hooks (`netif_receive_skb` just before tc ingress, `net_dev_start_xmit`
-/// just after tc egress on a noqueue veth), so they add cost but no stage: measured on
-/// flannel-vxlan they were 1.6 M of 4.5 M program runs per node. `all` or `dev` brings them back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HookFamilies {
-    pub tc: bool,
-    pub dev: bool,
-    pub netfilter: bool,
-    pub tracepoints: bool,
-    /// tp_btf `netif_rx`: the wait of a veth's frame for the receive softirq, its own stage.
-    pub backlog: bool,
-    /// Netfilter through fentry/fexit on conntrack and the table walkers instead of netfilter
-    /// links (the fallback for kernels before 6.4, used there without asking).
-    pub nf_fentry: bool,
-}
-
-impl Default for HookFamilies {
-    fn default() -> Self {
-        Self {
-            tc: true,
-            dev: false,
-            netfilter: true,
-            tracepoints: true,
-            backlog: true,
-            nf_fentry: false,
-        }
-    }
-}
-
-impl HookFamilies {
-    /// Every family, tp_btf device hooks included.
-    pub const ALL: Self = Self {
-        tc: true,
-        dev: true,
-        netfilter: true,
-        tracepoints: true,
-        backlog: true,
-        nf_fentry: false,
-    };
-}
-
-impl std::str::FromStr for HookFamilies {
-    type Err = String;
-
-    /// `default` (tc,nf,trace,backlog), `all`, or a comma-separated subset of
-    /// `tc,dev,nf,trace,backlog`, where
-    /// `nf-fentry` in place of `nf` takes netfilter through fentry/fexit instead of links.
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "default" => return Ok(Self::default()),
-            "all" => return Ok(Self::ALL),
-            _ => {}
-        }
-        let mut set = Self {
-            tc: false,
-            dev: false,
-            netfilter: false,
-            tracepoints: false,
-            backlog: false,
-            nf_fentry: false,
-        };
-        for word in text.split(',').map(str::trim) {
-            match word {
-                "tc" => set.tc = true,
-                "dev" => set.dev = true,
-                "nf" => set.netfilter = true,
-                "trace" => set.tracepoints = true,
-                "backlog" => set.backlog = true,
-                "nf-fentry" => {
-                    set.netfilter = true;
-                    set.nf_fentry = true;
-                }
-                other => return Err(format!("unknown hook family '{other}': use default, all, or some of tc,dev,nf,nf-fentry,trace,backlog")),
-            }
-        }
-        Ok(set)
-    }
 }
 
 impl AgentOptions {

@@ -35,6 +35,7 @@ use super::overhead::median;
 use super::ping_blocks;
 use super::{servers, tools, BenchError};
 use crate::agent::report::{AgentReport, ProgramStats};
+use crate::agent::HookFamilies;
 use crate::lab::{addressing, Lab, Node};
 use crate::parse::ping::PingReport;
 use crate::report::calibration::{Interval, SCHEMA};
@@ -442,7 +443,8 @@ impl StatsMode {
 /// How the rounds get at the agents: start them (with bpf_stats as `stats` says), hold or
 /// release their programs, snapshot them; dropping the value detaches them.
 pub trait CalibrationAgents: Sized {
-    fn start(lab: &Lab, stats: StatsMode) -> Result<Self, BenchError>;
+    /// Agents following the pod path's flows with these `hooks`, bpf_stats as `stats` says.
+    fn start(lab: &Lab, stats: StatsMode, hooks: HookFamilies) -> Result<Self, BenchError>;
     fn hold(&self, held: bool) -> Result<(), BenchError>;
     fn snapshots(&self) -> Result<Vec<AgentReport>, BenchError>;
     fn reset(&self) -> Result<(), BenchError>;
@@ -498,12 +500,13 @@ fn set_variant<A: CalibrationAgents>(
     lab: &Lab,
     variant: Variant,
     stats: StatsMode,
+    hooks: HookFamilies,
 ) -> Result<(), BenchError> {
     match variant {
         Variant::Off => *agents = None,
         Variant::Paused | Variant::Netprof => {
             if agents.is_none() {
-                *agents = Some(A::start(lab, stats)?);
+                *agents = Some(A::start(lab, stats, hooks)?);
             }
             if let Some(a) = agents {
                 a.hold(variant == Variant::Paused)?;
@@ -518,8 +521,9 @@ fn set_variant<A: CalibrationAgents>(
 async fn count_runs<A: CalibrationAgents>(
     probe: &Probe<'_>,
     cfg: &BenchConfig,
+    hooks: HookFamilies,
 ) -> Result<RunCounts, BenchError> {
-    let agents = A::start(probe.lab, StatsMode::Throughout)?;
+    let agents = A::start(probe.lab, StatsMode::Throughout, hooks)?;
     let counting = BenchConfig {
         ping_count: COUNTING_PINGS,
         ..cfg.clone()
@@ -563,6 +567,7 @@ pub async fn run<A: CalibrationAgents>(
     cfg: &BenchConfig,
     rounds: u32,
     stats: StatsMode,
+    hooks: HookFamilies,
     work_dir: PathBuf,
     earlier: Vec<RoundSample>,
 ) -> Result<CalibrationDoc, BenchError> {
@@ -577,7 +582,7 @@ pub async fn run<A: CalibrationAgents>(
     })?;
     let probe = Probe { lab, cfg };
     eprintln!("[calibrate] counting program runs per RTT (bpf_stats on, not timed)");
-    let runs = count_runs::<A>(&probe, cfg).await?;
+    let runs = count_runs::<A>(&probe, cfg, hooks).await?;
     let mut agents: Option<A> = None;
     let first = earlier.iter().map(|s| s.round).max().unwrap_or(0) + 1;
     let last = first + rounds - 1;
@@ -600,13 +605,13 @@ pub async fn run<A: CalibrationAgents>(
                 block_order.reverse();
             }
             for variant in block_order {
-                set_variant(&mut agents, lab, variant, stats)?;
+                set_variant(&mut agents, lab, variant, stats, hooks)?;
                 followed[variant as usize].push(probe.followed(&block).await?);
                 untracked[variant as usize].push(probe.untracked(&block).await?);
             }
         }
         for variant in order {
-            set_variant(&mut agents, lab, variant, stats)?;
+            set_variant(&mut agents, lab, variant, stats, hooks)?;
             let p50 = |pings: &[PingReport], what: &str| {
                 p50_ns(&PingReport::concatenated(pings), what).map_err(probe.tool_err(what))
             };

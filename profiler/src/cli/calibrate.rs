@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::overhead::OverheadArgs;
-use crate::agent::{report::AgentReport, Agent};
+use crate::agent::{report::AgentReport, Agent, HookFamilies};
 use crate::bench::calibrate::{self, CalibrationAgents, RoundSample, StatsMode};
 use crate::bench::{profile, BenchConfig, BenchError};
 use crate::lab::{Lab, Mode, Node};
@@ -30,10 +30,11 @@ struct LabAgents {
 }
 
 impl CalibrationAgents for LabAgents {
-    fn start(lab: &Lab, stats: StatsMode) -> Result<Self, BenchError> {
+    fn start(lab: &Lab, stats: StatsMode, hooks: HookFamilies) -> Result<Self, BenchError> {
         let mode = lab.mode();
         let err = |source| BenchError::Profile { mode, source };
         let tuning = profile::AgentTuning {
+            hooks,
             stats: stats != StatsMode::Off,
             stats_share: stats.share().max(1),
             ..profile::AgentTuning::default()
@@ -193,8 +194,29 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
     } else {
         StatsMode::Slices(crate::agent::stats::DEFAULT_STATS_SHARE)
     };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
+    // Some families alone measure what those hooks cost (their dispatch above all), which is
+    // not netprof's cost in a profiled run: such a calibration is printed (and written to
+    // --out), never put where `netprof report DIR` would take it for the probes' cost.
+    let partial = args.hooks != HookFamilies::default();
+    anyhow::ensure!(
+        !(partial && args.calibrate_append),
+        "--calibrate-append adds to DIR's calibration, which only default --hooks write"
+    );
+    anyhow::ensure!(
+        !(partial && args.out.is_some() && intervals.len() > 1),
+        "--out holds one calibration: give --calibrate-ping-interval with --hooks {}",
+        args.hooks
+    );
+    if partial {
+        eprintln!(
+            "[calibrate] --hooks {}: measured for comparison only; {} is left as it is",
+            args.hooks,
+            dir.display()
+        );
+    } else {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
+    }
     for (i, &interval) in intervals.iter().enumerate() {
         let cfg = BenchConfig {
             ab_requests: args.ab_requests,
@@ -210,24 +232,34 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             intervals.len(),
             interval * 1e3
         );
-        let out = RunDir::new(dir).calibration_file(interval);
-        let earlier = if args.calibrate_append && out.exists() {
-            earlier_rounds(&out, args.mode, stats)?
-        } else {
-            Vec::new()
+        let out = match (&args.out, partial) {
+            (Some(file), true) => Some(file.clone()),
+            (None, true) => None,
+            (_, false) => Some(RunDir::new(dir).calibration_file(interval)),
         };
+        let earlier =
+            if let Some(out) = out.as_ref().filter(|o| args.calibrate_append && o.exists()) {
+                earlier_rounds(out, args.mode, stats)?
+            } else {
+                Vec::new()
+            };
         let doc = super::own_lab::on_own_lab(
             &args.lab,
             args.mode,
             "calibration-nginx",
             async |built, work_dir| {
-                calibrate::run::<LabAgents>(built, &cfg, rounds, stats, work_dir, earlier).await
+                calibrate::run::<LabAgents>(
+                    built, &cfg, rounds, stats, args.hooks, work_dir, earlier,
+                )
+                .await
             },
         )?;
         print!("{}", doc.render());
-        std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        eprintln!("calibration written to {}", out.display());
+        if let Some(out) = out {
+            std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("calibration written to {}", out.display());
+        }
     }
     Ok(())
 }

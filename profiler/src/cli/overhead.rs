@@ -33,6 +33,8 @@ pub struct OverheadArgs {
     pub lab: String,
     /// Checkpoint families the agents attach: default (tc,nf,trace,backlog, what `bench --profile`
     /// attaches), all, or some of tc,dev,nf,trace,backlog (to see which family costs what).
+    /// With --calibrate and other than default: what those families alone cost (the held
+    /// programs' dispatch, the bodies), printed and written to --out only, never to DIR.
     #[arg(long, default_value = "default")]
     pub hooks: crate::agent::HookFamilies,
     /// Leave the kernel's bpf_stats off (no per-program run time; removes its own cost). With
