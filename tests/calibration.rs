@@ -1,8 +1,8 @@
 //! `netprof overhead --calibrate DIR` end to end on flannel-vxlan: the real binary, a lab of its
 //! own, rounds without programs, with held programs and with netprof; `DIR/calibration.json`
 //! holds every field the report reads, the runs per RTT counted exactly from the checkpoints'
-//! hits, and the report's reader accepts it; `--calibrate-append` adds rounds to it. Nothing of
-//! netprof stays loaded afterwards.
+//! hits, and the report's reader accepts it; `--calibrate-append` adds rounds to it; `--hooks`
+//! with some families goes to `--out`, never to DIR. Nothing of netprof stays loaded afterwards.
 
 use std::process::Command;
 
@@ -145,6 +145,35 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     let after: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(after, appended);
+
+    // Some families alone: what they cost, printed and written to --out, DIR left alone.
+    // Admission is at tc, so netfilter alone follows nothing: its runs per RTT are the
+    // programs' run counts over the pod path's pings.
+    let nf_file = TempPath::new("calibration-nf");
+    let output = calibrate(&["--hooks", "nf", "--out", nf_file.as_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("for comparison only"), "{stderr}");
+    let nf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(nf_file.path()).unwrap()).unwrap();
+    let kinds: Vec<&String> = nf["per_run"].as_object().unwrap().keys().collect();
+    assert_eq!(kinds, ["netfilter"], "{nf}");
+    assert!(
+        nf["runs"]["followed"]["netfilter"]["runs_per_rtt"]
+            .as_f64()
+            .unwrap()
+            >= 1.0
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(after, appended, "DIR's calibration is not the families'");
+    let output = calibrate(&["--hooks", "nf", "--calibrate-append"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("only default --hooks"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(
         loaded_netprof_programs().len(),
         before,
