@@ -147,17 +147,17 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     assert_eq!(after, appended);
 
     // Some families alone: what they cost, printed and written to --out, DIR left alone.
-    // Admission is at tc, so netfilter alone follows nothing: its runs per RTT are the
-    // programs' run counts over the pod path's pings.
+    // Admission is at tc, so netfilter and the free tracers alone follow nothing: their runs
+    // per RTT are the programs' run counts over the pod path's pings.
     let nf_file = TempPath::new("calibration-nf");
-    let output = calibrate(&["--hooks", "nf", "--out", nf_file.as_str()]);
+    let output = calibrate(&["--hooks", "nf,trace", "--out", nf_file.as_str()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("for comparison only"), "{stderr}");
     let nf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(nf_file.path()).unwrap()).unwrap();
     let kinds: Vec<&String> = nf["per_run"].as_object().unwrap().keys().collect();
-    assert_eq!(kinds, ["netfilter"], "{nf}");
+    assert_eq!(kinds, ["consumed", "netfilter"], "{nf}");
     assert!(
         nf["runs"]["followed"]["netfilter"]["runs_per_rtt"]
             .as_f64()
