@@ -552,12 +552,12 @@ async fn count_runs<A: CalibrationAgents>(
             let hits = followed_runs(&after, COUNTING_PINGS);
             // Families without the pod-side tc hooks admit nothing: the pings then cross
             // those programs untracked, and the programs' own run counts say how often.
-            if hits.is_empty() {
+            let exact = (!hits.is_empty()).then_some(&hits);
+            if exact.is_none() {
                 eprintln!(
                     "[calibrate] nothing followed with --hooks {hooks} (admission is at tc): runs per RTT from the programs' run counts"
                 );
             }
-            let exact = (!hits.is_empty()).then_some(&hits);
             counts.followed = kind_runs(&deltas, exact, COUNTING_PINGS);
         } else {
             counts.untracked = kind_runs(&deltas, None, COUNTING_PINGS);

@@ -203,9 +203,8 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
         "--calibrate-append adds to DIR's calibration, which only default --hooks write"
     );
     anyhow::ensure!(
-        !(partial && args.out.is_some() && intervals.len() > 1),
-        "--out holds one calibration: give --calibrate-ping-interval with --hooks {}",
-        args.hooks
+        !(args.out.is_some() && intervals.len() > 1),
+        "--out holds one calibration: give --calibrate-ping-interval with it"
     );
     if partial {
         eprintln!(
@@ -232,17 +231,13 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             intervals.len(),
             interval * 1e3
         );
-        let out = match (&args.out, partial) {
-            (Some(file), true) => Some(file.clone()),
-            (None, true) => None,
-            (_, false) => Some(RunDir::new(dir).calibration_file(interval)),
+        let in_dir = (!partial).then(|| RunDir::new(dir).calibration_file(interval));
+        let earlier = match &in_dir {
+            Some(file) if args.calibrate_append && file.exists() => {
+                earlier_rounds(file, args.mode, stats)?
+            }
+            _ => Vec::new(),
         };
-        let earlier =
-            if let Some(out) = out.as_ref().filter(|o| args.calibrate_append && o.exists()) {
-                earlier_rounds(out, args.mode, stats)?
-            } else {
-                Vec::new()
-            };
         let doc = super::own_lab::on_own_lab(
             &args.lab,
             args.mode,
@@ -255,8 +250,8 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
             },
         )?;
         print!("{}", doc.render());
-        if let Some(out) = out {
-            std::fs::write(&out, serde_json::to_string_pretty(&doc)?)
+        for out in in_dir.iter().chain(&args.out) {
+            std::fs::write(out, serde_json::to_string_pretty(&doc)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("calibration written to {}", out.display());
         }

@@ -66,7 +66,8 @@ pub struct OverheadArgs {
     pub duty: Vec<DutySetting>,
     #[arg(long, default_value_t = crate::agent::duty::DEFAULT_PERIOD.as_millis() as u64, value_name = "MS")]
     pub duty_period_ms: u64,
-    /// Also write the samples, medians and per-program costs as JSON here.
+    /// Also write the samples, medians and per-program costs as JSON here (with --calibrate:
+    /// the calibration, of one ping interval).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Instead of the QPS comparison: measure netprof's in-path cost per program run (rounds

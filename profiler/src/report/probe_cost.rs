@@ -156,7 +156,6 @@ impl ProbeCosts {
         }
     }
 
-    /// These costs with `spread` taken off every segment beyond the runs at its ends.
     /// Each kind's per-run cost no higher than `caps` (ns) where a cap is given.
     pub fn capped(&self, caps: &BTreeMap<String, f64>) -> ProbeCosts {
         let mut out = self.clone();
@@ -169,6 +168,7 @@ impl ProbeCosts {
         out
     }
 
+    /// These costs with `spread` taken off every segment beyond the runs at its ends.
     pub fn with_spread(&self, spread: Spread) -> ProbeCosts {
         ProbeCosts {
             by_kind: self.by_kind.clone(),

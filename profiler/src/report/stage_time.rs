@@ -51,6 +51,11 @@ pub fn segment_ns(seg: &MergedSegment, statistic: Statistic, probes: Option<&Pro
     probes.map_or(typical, |p| p.net_of(typical, &seg.from_kind, &seg.to_kind))
 }
 
+/// Passes of a segment per event (its count over the events its node's counts cover).
+fn passes(step: &MergedStep, seg: &MergedSegment, events: u64) -> f64 {
+    seg.hist.count as f64 / step.covered(seg.node, events)
+}
+
 /// Time per event of the step's path segments, by node and `key`.
 pub fn per_event<K: Ord>(
     step: &MergedStep,
@@ -61,9 +66,8 @@ pub fn per_event<K: Ord>(
 ) -> Times<K> {
     let mut out = BTreeMap::new();
     for seg in step.of_kind(SegmentKind::Path) {
-        let passes = seg.hist.count as f64 / step.covered(seg.node, events);
         *out.entry((seg.node, key(seg))).or_insert(0.0) +=
-            segment_ns(seg, statistic, probes) * passes;
+            segment_ns(seg, statistic, probes) * passes(step, seg, events);
     }
     out
 }
@@ -118,8 +122,7 @@ pub fn shortest_between_same_kind(
 ) -> BTreeMap<String, f64> {
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for seg in step.of_kind(SegmentKind::Path) {
-        let passes = seg.hist.count as f64 / step.covered(seg.node, events);
-        if seg.from_kind != seg.to_kind || passes < 0.5 {
+        if seg.from_kind != seg.to_kind || passes(step, seg, events) < 0.5 {
             continue;
         }
         let ns = typical(seg, statistic);
@@ -133,7 +136,7 @@ pub fn shortest_between_same_kind(
 /// Segment passes per event left out as two packets that shared an skb, both nodes.
 pub fn reuse_per_event(step: &MergedStep, events: u64) -> f64 {
     step.of_kind(SegmentKind::Reuse)
-        .map(|s| s.hist.count as f64 / step.covered(s.node, events))
+        .map(|s| passes(step, s, events))
         .sum()
 }
 
