@@ -20,7 +20,9 @@ use std::{collections::BTreeMap, os::fd::AsFd};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{
+        Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
     programs::{
         tc::TcAttachOptions, BtfTracePoint, FEntry, FExit, LinkOrder, SchedClassifier,
         TcAttachType, TracePoint,
@@ -41,18 +43,18 @@ use netprof_tests::{
 };
 use profiler_common::datapath::{
     nf_checkpoint, node_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey, FlowKey,
-    FlowRule, NodeDevice, SegmentKey, SegmentSlot, ALL_MAPS, AYA_PROGRAMS, COUNTER_ABANDONED,
-    COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL,
-    COUNTER_JOURNEY_LONG, COUNTER_OUT_OF_ORDER, COUNTER_READ_ERRORS, COUNTER_REPEATS,
-    COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, CP_CONSUMED, DEVICE_CP_BASE,
-    JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DEVICES, MAP_DROPS, MAP_FLOWS,
-    MAP_NF_ADMIT, MAP_NODE_DEVICES, MAP_SEGMENTS, MAP_TAGS, MAP_TC_ADMIT, MAX_CHECKPOINTS,
-    MAX_SEGMENTS, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED,
-    PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
-    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT,
-    PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER,
-    TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
+    FlowRule, Journey, NodeDevice, ALL_MAPS, AYA_PROGRAMS, COUNTER_ABANDONED, COUNTER_ADMITTED,
+    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_LONG,
+    COUNTER_LOG_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY,
+    CP_CONSUMED, DEVICE_CP_BASE, END_CONSUMED, END_DROPPED, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_DEVICES, MAP_DROPS, MAP_FLOWS, MAP_JOURNEY_LOG, MAP_NF_ADMIT,
+    MAP_NODE_DEVICES, MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
+    NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED, PROG_BACKLOG, PROG_CONSUME_SKB,
+    PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+    PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS,
+    PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
+    VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -66,14 +68,13 @@ const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "dropped",
     "abandoned",
     "slot_busy",
-    "segment_full",
+    "log_full",
     "drop_full",
     "read_errors",
     "retransmits",
     "repeats",
     "sampled_out",
     "journey_long",
-    "out_of_order",
 ];
 
 /// Device checkpoint ids the tests give `eno1` (the uplink) in `a`.
@@ -373,25 +374,55 @@ fn counters(ebpf: &Ebpf) -> Result<[u64; COUNTER_COUNT as usize]> {
     Ok(out)
 }
 
-/// A segment histogram summed over CPUs: (count, sum_ns, sum of the buckets).
-type SegmentTotals = (u64, u64, u64);
+/// A segment's values: (count, sum_ns).
+type SegmentTotals = (u64, u64);
 
-/// Segment histograms summed over CPUs, by (from, to).
-fn segments(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u16), SegmentTotals>> {
-    // Read straight from the map (not through netprof's reader): every CPU's slots.
-    let map: PerCpuArray<&MapData, SegmentSlot> =
-        PerCpuArray::try_from(ebpf.map(MAP_SEGMENTS).context("segments map")?)?;
-    let mut out: BTreeMap<(u16, u16), SegmentTotals> = BTreeMap::new();
-    for index in 0..MAX_SEGMENTS {
-        for slot in map
-            .get(&index, 0)?
-            .iter()
-            .filter(|s| s.key != SegmentKey::default())
-        {
-            let total = out.entry((slot.key.from, slot.key.to)).or_default();
-            total.0 += slot.hist.count;
-            total.1 += slot.hist.sum_ns;
-            total.2 += slot.hist.buckets.iter().sum::<u64>();
+/// What the ended journeys in the log add up to.
+#[derive(Default)]
+struct Logged {
+    hits: BTreeMap<u16, u64>,
+    segments: BTreeMap<(u16, u16), SegmentTotals>,
+    /// Journeys by `Journey::end`.
+    ends: BTreeMap<u16, u64>,
+    out_of_order: u64,
+}
+
+/// Drains the journey log, decoding the records here (not through netprof's reader).
+fn logged(ebpf: &mut Ebpf) -> Result<Logged> {
+    let mut ring = RingBuf::try_from(ebpf.map_mut(MAP_JOURNEY_LOG).context("journey log")?)?;
+    let mut out = Logged::default();
+    while let Some(record) = ring.next() {
+        assert!(
+            record.len() >= std::mem::size_of::<Journey>(),
+            "a whole journey"
+        );
+        // SAFETY: the record holds a `Journey` (plain integers) as the kernel wrote it.
+        let j = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Journey>()) };
+        *out.ends.entry(j.end).or_default() += 1;
+        let len = usize::from(j.len).min(JOURNEY_CAP);
+        for i in 0..len {
+            *out.hits.entry(j.cps[i]).or_default() += 1;
+            if i == 0 {
+                continue;
+            }
+            let Some(delta) = j.offsets_ns[i].checked_sub(j.offsets_ns[i - 1]) else {
+                out.out_of_order += 1;
+                continue;
+            };
+            let total = out
+                .segments
+                .entry((j.cps[i - 1] | j.direction, j.cps[i]))
+                .or_default();
+            total.0 += 1;
+            total.1 += u64::from(delta);
+        }
+        if j.end == END_CONSUMED {
+            let total = out
+                .segments
+                .entry((j.last_cp | j.direction, CP_CONSUMED))
+                .or_default();
+            total.0 += 1;
+            total.1 += j.end_ns - j.last_ns;
         }
     }
     Ok(out)
@@ -585,33 +616,35 @@ struct Observed {
     counts: [u64; COUNTER_COUNT as usize],
     hits: BTreeMap<u16, u64>,
     segments: BTreeMap<(u16, u16), SegmentTotals>,
+    ends: BTreeMap<u16, u64>,
+    out_of_order: u64,
     drops: BTreeMap<(u16, u32), u64>,
     tagged: usize,
 }
 
-fn observe(ebpf: &Ebpf) -> Result<Observed> {
+fn observe(ebpf: &mut Ebpf) -> Result<Observed> {
     let counts = counters(ebpf)?;
     for (name, value) in COUNTER_NAMES.iter().zip(counts) {
         println!("counter {name:<13} {value}");
     }
-    let mut hits = BTreeMap::new();
-    for cp in 0..MAX_CHECKPOINTS {
-        let n = percpu_u64(ebpf, MAP_CP_HITS, cp)?;
-        if n != 0 {
-            let cp = cp as u16;
-            println!("hits {:<22} (cp {cp:>2}) {n}", cp_name(cp));
-            hits.insert(cp, n);
-        }
+    let Logged {
+        hits,
+        segments,
+        ends,
+        out_of_order,
+    } = logged(ebpf)?;
+    for (cp, n) in &hits {
+        println!("hits {:<22} (cp {cp:>2}) {n}", cp_name(*cp));
     }
-    let segments = segments(ebpf)?;
-    for ((from, to), (count, sum_ns, buckets)) in &segments {
+    for ((from, to), (count, sum_ns)) in &segments {
         println!(
-            "segment {:<22} -> {:<22} count {count:>3}  buckets {buckets:>3}  mean {:>7} ns",
+            "segment {:<22} -> {:<22} count {count:>3}  mean {:>7} ns",
             cp_name(*from),
             cp_name(*to),
             sum_ns / count.max(&1)
         );
     }
+    println!("journeys logged by end: {ends:?}, out of order: {out_of_order}");
     let drops = drops(ebpf)?;
     for ((last_cp, reason), n) in &drops {
         println!("drop after {} reason {reason}: {n}", cp_name(*last_cp));
@@ -622,6 +655,8 @@ fn observe(ebpf: &Ebpf) -> Result<Observed> {
         counts,
         hits,
         segments,
+        ends,
+        out_of_order,
         drops,
         tagged,
     })
@@ -652,13 +687,12 @@ fn assert_exact(
     for counter in [
         COUNTER_ABANDONED,
         COUNTER_SLOT_BUSY,
-        COUNTER_SEGMENT_FULL,
+        COUNTER_LOG_FULL,
         COUNTER_DROP_FULL,
         COUNTER_READ_ERRORS,
         COUNTER_REPEATS,
         COUNTER_SAMPLED_OUT,
         COUNTER_JOURNEY_LONG,
-        COUNTER_OUT_OF_ORDER,
     ] {
         assert_eq!(
             c[counter as usize], 0,
@@ -674,11 +708,16 @@ fn assert_exact(
         seen.segments.keys().copied().collect::<Vec<_>>(),
         expected_segments
     );
-    for (key, (count, sum_ns, buckets)) in &seen.segments {
+    for (key, (count, sum_ns)) in &seen.segments {
         assert_eq!(*count, PINGS, "segment {key:?}");
-        assert_eq!(buckets, count, "segment {key:?}: buckets sum to count");
         assert!(*sum_ns > 0, "segment {key:?}");
     }
+    // Every ended journey was logged once, as the way it ended.
+    assert_eq!(
+        seen.ends,
+        BTreeMap::from([(END_CONSUMED, PINGS), (END_DROPPED, PINGS)])
+    );
+    assert_eq!(seen.out_of_order, 0, "out of order");
     Ok(())
 }
 
@@ -735,7 +774,7 @@ fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
     let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
     // The 7 LOCAL_OUT points in a; the first admits (locally sent packets start there), so
     // the uplink's egress does not.
-    let ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
+    let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
         config.nf_admit_cp = out(0);
         config.uplink_egress_admits = 0;
     })?;
@@ -750,7 +789,7 @@ fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
     let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
     println!("ping: {summary}");
     assert!(summary.contains("20 received"), "{summary}");
-    let seen = observe(&ebpf)?;
+    let seen = observe(&mut ebpf)?;
 
     // Requests: admitted at the first LOCAL_OUT point, then the other six, tc egress and the
     // driver hand-off on a's eno1; consumed in b (answered). Replies: their path on a starts
@@ -798,7 +837,7 @@ fn replies_start_their_path_at_a_veth_uplinks_backlog() -> Result<()> {
     let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
     println!("ping: {summary}");
     assert!(summary.contains("20 received"), "{summary}");
-    let seen = observe(&ebpf)?;
+    let seen = observe(&mut ebpf)?;
 
     let hits = [out(0), CP_TC_INGRESS, CP_TC_EGRESS, CP_TP_TX, CP_BACKLOG];
     let segments = [
@@ -865,13 +904,13 @@ fn vxlan_packets_are_admitted_at_the_uplink_by_their_inner_flow() -> Result<()> 
         uplink: false,
     };
     let flow = format!("icmp:{INNER_A}-{INNER_B}");
-    let ebpf = load_checkpoints(&lab.a, &[uplink(), vxlan], &[&flow], |config| {
+    let mut ebpf = load_checkpoints(&lab.a, &[uplink(), vxlan], &[&flow], |config| {
         config.uplink_egress_admits = 1;
     })?;
     let summary = ping(&lab.a, INNER_B, PINGS as u32)?;
     println!("ping over vxlan: {summary}");
     assert!(summary.contains("20 received"), "{summary}");
-    let seen = observe(&ebpf)?;
+    let seen = observe(&mut ebpf)?;
 
     // Requests: admitted at eno1's tc egress (vxlan0 saw them before their path started
     // here), then the driver hand-off, consumed in b. Replies: admitted at eno1's tc ingress,
@@ -899,13 +938,13 @@ fn stale_journeys_are_abandoned() -> Result<()> {
     // Every journey is stale 1 ns after its last checkpoint: the next checkpoint abandons it
     // (and frees its slot), so nothing is recorded across it.
     let flow = format!("icmp:{}-{}", VethLab::ADDR_A, VethLab::ADDR_B);
-    let ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
+    let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
         config.stale_ns = 1;
         config.uplink_egress_admits = 1;
     })?;
     let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
     println!("ping: {summary}");
-    let seen = observe(&ebpf)?;
+    let seen = observe(&mut ebpf)?;
     // Admitted: requests at tc egress, replies at tc ingress. Abandoned: requests at the
     // driver hand-off (consumed later, untracked), replies when freed.
     let c = &seen.counts;
@@ -935,7 +974,7 @@ fn traffic_of_no_followed_flow_never_enters_journey_state() -> Result<()> {
     // device tracepoints.
     let flow = format!("tcp:{}-{}:5201", VethLab::ADDR_A, VethLab::ADDR_B);
     let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
-    let ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
+    let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
         config.nf_admit_cp = out(0);
         config.uplink_egress_admits = 1;
     })?;
@@ -943,7 +982,7 @@ fn traffic_of_no_followed_flow_never_enters_journey_state() -> Result<()> {
     let summary = ping(&lab.a, VethLab::ADDR_B, PINGS as u32)?;
     println!("ping: {summary}");
     assert!(summary.contains("20 received"), "{summary}");
-    let seen = observe(&ebpf)?;
+    let seen = observe(&mut ebpf)?;
     assert_eq!(seen.counts, [0; COUNTER_COUNT as usize]);
     assert!(seen.hits.is_empty() && seen.segments.is_empty() && seen.drops.is_empty());
     assert_eq!(seen.tagged, 0, "no tag was ever written");

@@ -6,9 +6,9 @@
 //! timestamp. A packet of a benchmark *flow* is admitted where its path starts (a pod's `eth0`
 //! egress, the uplink's ingress, the first LOCAL_OUT netfilter point) and then followed by its
 //! `struct sk_buff` address: each checkpoint it reaches appends (checkpoint, time) to its
-//! *journey*. When the kernel frees the skb, the journey ends and, in that one place, each
-//! *segment* (one checkpoint -> the next) goes into its latency histogram. User space names
-//! segments into stages.
+//! *journey*. When the kernel frees the skb, the journey ends: in that one place it is copied
+//! whole to a ring buffer (`MAP_JOURNEY_LOG`), and user space turns it into *segments* (one
+//! checkpoint -> the next), each into its latency histogram, and names segments into stages.
 //!
 //! The per-packet budget shapes the layout: a packet that is not followed leaves every
 //! checkpoint after one read of a small global tag array (`MAP_TAGS`, direct-mapped by a hash
@@ -39,15 +39,17 @@ pub const MAP_NODE_DEVICES: &str = "NP_NODE_DEVS";
 /// ifindex does not tell pod namespaces apart (every pod's `eth0` may be index 2); the MAC
 /// address in the frame does, and costs nothing to read in tc.
 pub const MAP_POD_DEVICES: &str = "NP_POD_DEVS";
-/// `PerCpuArray<SegmentSlot>`, `MAX_SEGMENTS` entries: an open-addressing table of one latency
-/// histogram per segment, per CPU (`segment_slot` is where a segment's probing starts; a slot
-/// whose key is all zero is free). Written only when a journey ends.
-pub const MAP_SEGMENTS: &str = "NP_SEGMENTS";
+/// `RingBuf`, `JOURNEY_LOG_BYTES`, aya object only: every ended journey, a whole [`Journey`]
+/// with its `end_*` fields set, written once when the skb is freed, without waking the
+/// reader (user space drains it every few milliseconds and before every snapshot). The
+/// segments, their histograms and the hits per checkpoint are built there: in the kernel
+/// they cost a cold cache line or three per segment, in the softirq of the packet that ended.
+pub const MAP_JOURNEY_LOG: &str = "NP_JOURNEY_LOG";
+/// Bytes of `MAP_JOURNEY_LOG` (a power of two, a multiple of the page size): 14,500 journeys,
+/// a quarter of a second of a fully followed ab load on a fast machine.
+pub const JOURNEY_LOG_BYTES: u32 = 4 << 20;
 /// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
 pub const MAP_COUNTERS: &str = "NP_COUNTERS";
-/// `PerCpuArray<u64>`, `MAX_CHECKPOINTS` entries: followed packets seen at each checkpoint,
-/// counted when their journeys end.
-pub const MAP_CP_HITS: &str = "NP_CP_HITS";
 /// `PerCpuHash<DropKey, u64>`: followed packets dropped, by last checkpoint and drop reason.
 pub const MAP_DROPS: &str = "NP_DROPS";
 /// `PerCpuArray<Scratch>`, 1 entry: where a program turns the skb pointer it was handed into
@@ -114,15 +116,13 @@ pub struct BacklogMark {
 }
 
 /// The maps the netfilter object shares with the aya object (it reuses them by name).
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_CONFIG,
     MAP_SCRATCH,
     MAP_FLOWS,
     MAP_TAGS,
     MAP_JOURNEYS,
-    MAP_SEGMENTS,
     MAP_COUNTERS,
-    MAP_CP_HITS,
     MAP_DROPS,
 ];
 
@@ -139,10 +139,6 @@ pub const NODE_DEVICE_SLOTS: u32 = 65_536;
 pub const POD_DEVICE_SLOTS: u32 = 1_024;
 /// Capacity of `MAP_FLOWS`.
 pub const MAX_FLOWS: u32 = 1_024;
-/// Capacity of `MAP_SEGMENTS` (a power of two: slots wrap with a mask).
-pub const MAX_SEGMENTS: u32 = 512;
-/// Slots a segment may try, from `segment_slot` on, before it counts as `COUNTER_SEGMENT_FULL`.
-pub const SEGMENT_PROBES: u32 = 8;
 /// Capacity of `MAP_DEVICES`.
 pub const MAX_DEVICES: u32 = 1_024;
 /// Capacity of `MAP_DROPS`.
@@ -154,13 +150,6 @@ pub const MAX_DROP_KEYS: u32 = 1_024;
 #[inline(always)]
 pub const fn journey_slot(skb: u64) -> u32 {
     ((skb >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - JOURNEY_SLOTS.trailing_zeros())) as u32
-}
-
-/// Where segment `from -> to` starts probing in `MAP_SEGMENTS` (a multiplicative hash).
-#[inline(always)]
-pub const fn segment_slot(from: u16, to: u16) -> u32 {
-    let key = ((from as u32) << 16) | to as u32;
-    key.wrapping_mul(0x9E37_79B1) >> (32 - MAX_SEGMENTS.trailing_zeros())
 }
 
 /// The slot of a pod device with this MAC address in `MAP_POD_DEVICES`: its last two bytes
@@ -180,7 +169,7 @@ pub const fn node_device_slot(ifindex: u32) -> u32 {
 // Checkpoint ids (u16). 0 means "none". Netfilter points have fixed ids; device checkpoints are
 // assigned by user space from `DEVICE_CP_BASE` up; pseudo checkpoints end a journey.
 
-/// Number of checkpoint ids; `MAP_CP_HITS` has this many entries and ids are `< MAX_CHECKPOINTS`.
+/// Number of checkpoint ids; ids are `< MAX_CHECKPOINTS`.
 pub const MAX_CHECKPOINTS: u32 = 512;
 /// "No checkpoint" (a device direction that is not watched).
 pub const CP_NONE: u16 = 0;
@@ -243,6 +232,14 @@ pub const NF_CP_END: u16 = NF_CP_BASE + (NF_HOOK_COUNT * NF_POINT_COUNT) as u16;
 /// Pseudo checkpoint: the packet was consumed normally (`skb:consume_skb`), e.g. delivered to a
 /// socket. The segment `last -> CP_CONSUMED` is the time until the stack let go of it.
 pub const CP_CONSUMED: u16 = 62;
+
+/// `Journey::end`: the skb was consumed (delivered); its last segment goes to `CP_CONSUMED`.
+pub const END_CONSUMED: u16 = 1;
+/// `Journey::end`: the skb was dropped (`kfree_skb`; the reason is in `MAP_DROPS`).
+pub const END_DROPPED: u16 = 2;
+/// `Journey::end`: the skb's address came back where a path starts (freed unseen, reused);
+/// its journey counts as completed without a last segment.
+pub const END_RESTARTED: u16 = 3;
 /// First id user space may assign to device checkpoints.
 pub const DEVICE_CP_BASE: u16 = 64;
 
@@ -260,8 +257,9 @@ pub const COUNTER_DROPPED: u32 = 2;
 pub const COUNTER_ABANDONED: u32 = 3;
 /// Benchmark packets not admitted because their slot held another live journey.
 pub const COUNTER_SLOT_BUSY: u32 = 4;
-/// `MAP_SEGMENTS` insert failures: a segment's time was lost.
-pub const COUNTER_SEGMENT_FULL: u32 = 5;
+/// Ended journeys `MAP_JOURNEY_LOG` had no room for (user space fell behind): their
+/// segments and hits are lost.
+pub const COUNTER_LOG_FULL: u32 = 5;
 /// `MAP_DROPS` insert failures.
 pub const COUNTER_DROP_FULL: u32 = 6;
 /// `bpf_probe_read_kernel` failures while reading an skb, a device or a header.
@@ -274,11 +272,7 @@ pub const COUNTER_REPEATS: u32 = 9;
 pub const COUNTER_SAMPLED_OUT: u32 = 10;
 /// Checkpoints a followed packet reached after its journey held `JOURNEY_CAP` (not recorded).
 pub const COUNTER_JOURNEY_LONG: u32 = 11;
-/// Segments left out because their end was recorded before their start: the journey's slot
-/// changed hands while it was read (an skb freed on one CPU whose address another CPU had
-/// already reused). Such a "segment" is no time; as an unsigned offset it read as ~4.3 s.
-pub const COUNTER_OUT_OF_ORDER: u32 = 12;
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 12;
 
 // ---------------------------------------------------------------------------------------------
 // Map key and value types.
@@ -402,8 +396,8 @@ pub struct PodDevice {
 }
 
 /// One followed packet's journey (`MAP_JOURNEYS` value, in its tag's slot): the checkpoints it
-/// reached with their times, appended by each checkpoint and turned into segments once, when
-/// the skb is freed.
+/// reached with their times, appended by each checkpoint; when the skb is freed its `end_*`
+/// fields are set and the whole journey is copied to `MAP_JOURNEY_LOG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Journey {
@@ -419,6 +413,14 @@ pub struct Journey {
     pub last_cp: u16,
     /// Entries used in `cps` / `offsets_ns`.
     pub len: u16,
+    /// `bpf_ktime_get_ns()` when the journey ended (set in the logged copy only).
+    pub end_ns: u64,
+    /// How it ended: one of `END_*` (0 while under way).
+    pub end: u16,
+    /// `SEGMENT_INBOUND` when the journey entered the node on its uplink, else 0: the flag its
+    /// segments' `from` carry.
+    pub direction: u16,
+    pub _pad: u32,
     /// Checkpoint ids, in the order reached.
     pub cps: [u16; JOURNEY_CAP],
     /// ns since `first_ns` when each was reached (a journey is stale long before 4 s).
@@ -438,6 +440,10 @@ impl Journey {
             epoch,
             last_cp: cp,
             len: 1,
+            end_ns: 0,
+            end: 0,
+            direction: 0,
+            _pad: 0,
             cps,
             offsets_ns: [0; JOURNEY_CAP],
         }
@@ -450,15 +456,6 @@ impl Journey {
 pub struct SegmentKey {
     pub from: u16,
     pub to: u16,
-}
-
-/// A `MAP_SEGMENTS` slot: its segment (all zero: free) and that segment's histogram.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SegmentSlot {
-    pub key: SegmentKey,
-    pub _pad: u32,
-    pub hist: Histogram,
 }
 
 /// A drop: the last checkpoint the packet passed and the kernel's `enum skb_drop_reason`.
@@ -803,7 +800,6 @@ mod user {
     unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for Histogram {}
-    unsafe impl aya::Pod for SegmentSlot {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Scratch {}
     unsafe impl aya::Pod for BacklogMark {}
@@ -816,12 +812,10 @@ const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 12);
 const _: () = assert!(core::mem::size_of::<NodeDevice>() == 8);
 const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
-const _: () = assert!(core::mem::size_of::<Journey>() == 32 + JOURNEY_CAP * 6);
+const _: () = assert!(core::mem::size_of::<Journey>() == 48 + JOURNEY_CAP * 6);
 const _: () = assert!(JOURNEY_CAP.is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<Config>() == 136);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
-const _: () =
-    assert!(MAX_SEGMENTS.is_power_of_two() && segment_slot(u16::MAX, u16::MAX) < MAX_SEGMENTS);
 const _: () = assert!(JOURNEY_SLOTS.is_power_of_two() && journey_slot(u64::MAX) < JOURNEY_SLOTS);
 const _: () = assert!(POD_DEVICE_SLOTS.is_power_of_two() && NODE_DEVICE_SLOTS.is_power_of_two());
 const _: () = assert!(pod_device_slot([0xff; 6]) < POD_DEVICE_SLOTS);

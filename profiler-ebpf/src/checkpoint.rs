@@ -16,8 +16,8 @@
 //! - a followed packet appends (checkpoint, time) to its journey (`record`);
 //! - only where a path starts does an unfollowed packet's header get parsed and its flow
 //!   looked up (`admit_if_followed`, in `flows`);
-//! - when the skb is freed, its journey becomes segments and histogram updates in one place
-//!   (`end_journey`), so the checkpoint programs stay small.
+//! - when the skb is freed, its journey is handed whole to the caller's log in one place
+//!   (`end_journey`); segments and histograms are user space's work.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
@@ -26,13 +26,11 @@ use aya_ebpf::{
 };
 use profiler_common::{
     datapath::{
-        bucket_of, journey_slot, segment_slot, Config, DropKey, FlowKey, FlowRule, Histogram,
-        Journey, Scratch, SegmentKey, SegmentSlot, COUNTER_ABANDONED, COUNTER_ADMITTED,
-        COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_OUT_OF_ORDER, COUNTER_READ_ERRORS,
-        COUNTER_REPEATS, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY, CP_NONE, JOURNEY_CAP,
-        JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS,
-        MAP_SCRATCH, MAP_SEGMENTS, MAP_TAGS, MAX_CHECKPOINTS, MAX_DROP_KEYS, MAX_FLOWS,
-        MAX_SEGMENTS, SEGMENT_INBOUND, SEGMENT_PROBES,
+        journey_slot, Config, DropKey, FlowKey, FlowRule, Journey, Scratch, COUNTER_ABANDONED,
+        COUNTER_ADMITTED, COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_LOG_FULL,
+        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SLOT_BUSY, CP_NONE, JOURNEY_SLOTS,
+        MAP_CONFIG, MAP_COUNTERS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_TAGS,
+        MAX_DROP_KEYS, MAX_FLOWS, SEGMENT_INBOUND,
     },
     names_match,
 };
@@ -46,11 +44,7 @@ pub static NP_TAGS: Array<u64> = Array::with_max_entries(JOURNEY_SLOTS, 0);
 #[map]
 pub static NP_JOURNEYS: Array<Journey> = Array::with_max_entries(JOURNEY_SLOTS, 0);
 #[map]
-pub static NP_SEGMENTS: PerCpuArray<SegmentSlot> = PerCpuArray::with_max_entries(MAX_SEGMENTS, 0);
-#[map]
 pub static NP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
-#[map]
-pub static NP_CP_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CHECKPOINTS, 0);
 #[map]
 pub static NP_DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
@@ -61,9 +55,7 @@ const _: () = assert!(names_match(stringify!(NP_CONFIG), MAP_CONFIG));
 const _: () = assert!(names_match(stringify!(NP_FLOWS), MAP_FLOWS));
 const _: () = assert!(names_match(stringify!(NP_TAGS), MAP_TAGS));
 const _: () = assert!(names_match(stringify!(NP_JOURNEYS), MAP_JOURNEYS));
-const _: () = assert!(names_match(stringify!(NP_SEGMENTS), MAP_SEGMENTS));
 const _: () = assert!(names_match(stringify!(NP_COUNTERS), MAP_COUNTERS));
-const _: () = assert!(names_match(stringify!(NP_CP_HITS), MAP_CP_HITS));
 const _: () = assert!(names_match(stringify!(NP_DROPS), MAP_DROPS));
 const _: () = assert!(names_match(stringify!(NP_SCRATCH), MAP_SCRATCH));
 
@@ -333,130 +325,60 @@ pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
     }
 }
 
-// ---- the end of a journey: segments, hits, histograms ----
+// ---- the end of a journey ----
 
-/// Ends the journey of `skb` (from [`skb_address`]) if it is followed: every checkpoint it
-/// reached is a hit, every
-/// pair of consecutive ones a segment into its histogram. Returns the last checkpoint and
-/// the time since it, for the caller's ending (`None`: not followed, or a journey to forget).
+/// Ends the journey of `skb` (from [`skb_address`]) if it is followed: stamps its end (`how`,
+/// one of `END_*`, and the time) and hands it to `log` (`false`: no room, counted as
+/// `COUNTER_LOG_FULL`), then frees its slot. Returns the last checkpoint it passed (`None`:
+/// not followed, or a journey to forget).
 #[inline(always)]
-pub fn end_journey(skb: u64) -> Option<Ended> {
+pub fn end_journey(skb: u64, how: u16, log: impl FnOnce(&Journey) -> bool) -> Option<u16> {
     let slot = followed(skb)?;
-    let result = flush(slot, skb);
+    // Logged before the slot is released: a released slot may be taken by another CPU.
+    let last_cp = finish(slot, skb, how, log);
     release(slot);
-    result
-}
-
-/// How a journey ended: its last checkpoint, the time since it, and `SEGMENT_INBOUND` when it
-/// entered the node on the uplink (for the segment from its last checkpoint).
-pub struct Ended {
-    pub last_cp: u16,
-    pub idle_ns: u64,
-    pub direction: u16,
+    last_cp
 }
 
 #[inline(always)]
-fn flush(slot: u32, skb: u64) -> Option<Ended> {
+fn finish(slot: u32, skb: u64, how: u16, log: impl FnOnce(&Journey) -> bool) -> Option<u16> {
     // Between windows the epoch changes before the next one opens: nothing to keep.
     let cfg = config()?;
-    let journey = NP_JOURNEYS.get(slot)?;
+    // SAFETY: a value of a live array map; this skb's journey, which only its own programs
+    // write (see `record`).
+    let journey = unsafe { &mut *NP_JOURNEYS.get_ptr_mut(slot)? };
     if journey.skb != skb || journey.epoch != cfg.epoch {
         return None;
     }
     let now = now();
-    let idle = now.wrapping_sub(journey.last_ns);
-    if cfg.stale_ns != 0 && idle > cfg.stale_ns {
+    if cfg.stale_ns != 0 && now.wrapping_sub(journey.last_ns) > cfg.stale_ns {
         bump(COUNTER_ABANDONED);
         return None;
     }
-    let len = usize::from(opaque(journey.len));
     let first = journey.cps[0];
     let entered_on_uplink =
         first != CP_NONE && (first == cfg.uplink_ingress_cp || first == cfg.uplink_backlog_cp);
-    let direction = if entered_on_uplink {
+    journey.direction = if entered_on_uplink {
         SEGMENT_INBOUND
     } else {
         0
     };
-    let mut previous: Option<(u16, u32)> = None;
-    for index in 0..JOURNEY_CAP {
-        if index >= len {
-            break;
-        }
-        let (Some(&cp), Some(&at)) = (journey.cps.get(index), journey.offsets_ns.get(index)) else {
-            break;
-        };
-        hit(cp);
-        if let Some((from, since)) = previous {
-            if at >= since {
-                record_segment(from | direction, cp, u64::from(at - since));
-            } else {
-                bump(COUNTER_OUT_OF_ORDER);
-            }
-        }
-        previous = Some((cp, at));
+    journey.end_ns = now;
+    journey.end = how;
+    if !log(journey) {
+        bump(COUNTER_LOG_FULL);
     }
-    Some(Ended {
-        last_cp: journey.last_cp,
-        idle_ns: idle,
-        direction,
-    })
+    Some(journey.last_cp)
 }
 
 /// Adds one to event counter `counter` (a `COUNTER_*`).
 #[inline(always)]
 pub fn bump(counter: u32) {
-    add_percpu(&NP_COUNTERS, counter);
-}
-
-/// Adds one to the hits of checkpoint `cp`.
-#[inline(always)]
-fn hit(cp: u16) {
-    add_percpu(&NP_CP_HITS, u32::from(cp));
-}
-
-#[inline(always)]
-fn add_percpu(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(slot) = map.get_ptr_mut(index) {
+    if let Some(slot) = NP_COUNTERS.get_ptr_mut(counter) {
         // SAFETY: this CPU's value of a per-CPU array; programs on one CPU do not preempt each
         // other in the middle of this update.
         unsafe { *slot = (*slot).wrapping_add(1) };
     }
-}
-
-/// Adds `delta_ns` to the histogram of segment `from -> to`: in this CPU's slot of the
-/// segment, found (or taken, if free) within `SEGMENT_PROBES` slots from `segment_slot`.
-#[inline(always)]
-pub fn record_segment(from: u16, to: u16, delta_ns: u64) {
-    let mut index = segment_slot(from, to);
-    for _ in 0..SEGMENT_PROBES {
-        let Some(slot) = NP_SEGMENTS.get_ptr_mut(index) else {
-            break;
-        };
-        // SAFETY: this CPU's value of a per-CPU array (see `add_percpu`).
-        let slot = unsafe { &mut *slot };
-        let free = slot.key.from == 0 && slot.key.to == 0;
-        if free || (slot.key.from == from && slot.key.to == to) {
-            if free {
-                slot.key = SegmentKey { from, to };
-            }
-            add_to_histogram(&mut slot.hist, delta_ns);
-            return;
-        }
-        index = (index + 1) & (MAX_SEGMENTS - 1);
-    }
-    bump(COUNTER_SEGMENT_FULL);
-}
-
-#[inline(always)]
-fn add_to_histogram(hist: &mut Histogram, delta_ns: u64) {
-    let bucket = opaque(bucket_of(delta_ns));
-    let Some(count) = hist.buckets.get_mut(bucket) else {
-        return;
-    };
-    *count = count.wrapping_add(1);
-    hist.count = hist.count.wrapping_add(1);
-    hist.sum_ns = hist.sum_ns.wrapping_add(delta_ns);
 }
 
 // ---- reading kernel memory ----

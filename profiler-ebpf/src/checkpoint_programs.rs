@@ -14,8 +14,8 @@
 //! - `cp_backlog`: tp_btf on `netif_rx`, a frame queued for the receive softirq (a veth's
 //!   transmit); on a veth uplink, paths from the other node start there.
 //! - `cp_kfree_btf` / `cp_consume_btf` (tp_btf), or where those do not load `cp_kfree_skb` /
-//!   `cp_consume_skb` (classic tracepoints): end a followed packet's journey, turning it into
-//!   segments (drop by reason, or completion with the segment to `CP_CONSUMED`).
+//!   `cp_consume_skb` (classic tracepoints): end a followed packet's journey and log it whole to
+//!   `NP_JOURNEY_LOG` for user space (a drop is also counted by reason here).
 //! - `cp_tcp_retrans`: counts TCP retransmissions of followed flows.
 //!
 //! Every program reads the packet's tag first: one that is not followed leaves at once.
@@ -25,20 +25,21 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE},
     macros::{btf_tracepoint, classifier, map, tracepoint},
-    maps::{Array, HashMap, ProgramArray},
+    maps::{Array, HashMap, ProgramArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
     EbpfContext as _,
 };
 use profiler_common::{
     datapath::{
         journey_slot, node_device_slot, pod_device_slot, BacklogMark, Config, DeviceCheckpoints,
-        DeviceKey, DropKey, NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART,
+        DeviceKey, DropKey, Journey, NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART,
         COUNTER_COMPLETED, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS,
-        COUNTER_RETRANSMITS, CP_CONSUMED, CP_NONE, IPPROTO_TCP, JOURNEY_SLOTS, MAP_BACKLOG_MARKS,
-        MAP_DEVICES, MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES,
-        NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF,
-        PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT,
-        PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+        COUNTER_RETRANSMITS, CP_NONE, END_CONSUMED, END_DROPPED, END_RESTARTED, IPPROTO_TCP,
+        JOURNEY_LOG_BYTES, JOURNEY_SLOTS, MAP_BACKLOG_MARKS, MAP_DEVICES, MAP_JOURNEY_LOG,
+        MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES, NODE_DEVICE_SLOTS,
+        POD_DEVICE_SLOTS, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX,
+        PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
+        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
         PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
@@ -47,8 +48,8 @@ use profiler_common::{
 use crate::{
     checkpoint::{
         admit, bump, close_hand_over, config, end_journey, followed, hand_over, now, prepend,
-        probe_read, probe_read_counted, record, record_or_needs_admission, record_segment,
-        skb_address, take_hand_over, Ended, NP_DROPS,
+        probe_read, probe_read_counted, record, record_or_needs_admission, skb_address,
+        take_hand_over, NP_DROPS,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -93,12 +94,27 @@ static NP_DEVICES: HashMap<DeviceKey, DeviceCheckpoints> =
 static NP_TC_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static NP_BACKLOG: Array<BacklogMark> = Array::with_max_entries(JOURNEY_SLOTS, 0);
+#[map]
+static NP_JOURNEY_LOG: RingBuf = RingBuf::with_byte_size(JOURNEY_LOG_BYTES, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NODE_DEVS), MAP_NODE_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_POD_DEVS), MAP_POD_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_DEVICES), MAP_DEVICES));
 const _: () = assert!(names_match(stringify!(NP_TC_ADMIT), MAP_TC_ADMIT));
 const _: () = assert!(names_match(stringify!(NP_BACKLOG), MAP_BACKLOG_MARKS));
+const _: () = assert!(names_match(stringify!(NP_JOURNEY_LOG), MAP_JOURNEY_LOG));
+
+/// `BPF_RB_NO_WAKEUP`: the reader polls; waking it for every journey would cost an irq_work
+/// per packet.
+const RING_NO_WAKEUP: u64 = 1;
+
+/// Copies an ended journey to the log; `false` when the log is full.
+#[inline(always)]
+fn log_journey(journey: &Journey) -> bool {
+    NP_JOURNEY_LOG
+        .output::<Journey>(journey, RING_NO_WAKEUP)
+        .is_ok()
+}
 
 /// Which way a device hook sees packets.
 #[derive(Clone, Copy)]
@@ -205,7 +221,7 @@ pub fn cp_tc_admit(ctx: TcContext) -> i32 {
     let (Some(cfg), Some((skb, cp, how))) = (config(), handed) else {
         return TC_VERDICT;
     };
-    if how & ADMIT_RESTART != 0 && end_journey(skb).is_some() {
+    if how & ADMIT_RESTART != 0 && end_journey(skb, END_RESTARTED, log_journey).is_some() {
         bump(COUNTER_COMPLETED);
     }
     let headers = TcHeaders { ctx: &ctx };
@@ -475,7 +491,9 @@ pub fn cp_kfree_btf(ctx: BtfTracePointContext) -> i32 {
 /// then) and the last checkpoint it passed.
 #[inline(always)]
 fn on_kfree(pointer: u64, reason: impl FnOnce() -> u32) {
-    let Some(Ended { last_cp, .. }) = skb_address(pointer).and_then(end_journey) else {
+    let Some(last_cp) =
+        skb_address(pointer).and_then(|skb| end_journey(skb, END_DROPPED, log_journey))
+    else {
         return;
     };
     bump(COUNTER_DROPPED);
@@ -523,14 +541,14 @@ pub fn cp_deliver_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A consumed skb: a followed packet's journey ends, its last segment goes to `CP_CONSUMED`.
+/// A consumed skb: a followed packet's journey ends (user space adds its last segment, to
+/// `CP_CONSUMED`).
 #[inline(always)]
 fn on_consume(pointer: u64) {
-    let Some(end) = skb_address(pointer).and_then(end_journey) else {
-        return;
-    };
-    record_segment(end.last_cp | end.direction, CP_CONSUMED, end.idle_ns);
-    bump(COUNTER_COMPLETED);
+    let ended = skb_address(pointer).and_then(|skb| end_journey(skb, END_CONSUMED, log_journey));
+    if ended.is_some() {
+        bump(COUNTER_COMPLETED);
+    }
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]

@@ -1,6 +1,7 @@
-//! Reading the in-kernel results: per-CPU segment histograms, checkpoint hits, counters and
-//! drops, summed over CPUs; clearing them (`reset`); and turning a contract histogram into
-//! percentiles via an HDR histogram, keeping its sparse buckets for later merging.
+//! Reading the in-kernel results: counters and drops, summed over CPUs; clearing them
+//! (`reset`); and turning a contract histogram (built from the journey log, see
+//! `journey_log`) into percentiles via an HDR histogram, keeping its sparse buckets for later
+//! merging.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +11,10 @@ use aya::{
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, SegmentKey, SegmentSlot, COUNTER_ABANDONED,
-    COUNTER_ADMITTED, COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL,
-    COUNTER_JOURNEY_LONG, COUNTER_OUT_OF_ORDER, COUNTER_READ_ERRORS, COUNTER_REPEATS,
-    COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SEGMENT_FULL, COUNTER_SLOT_BUSY,
-    HIST_BUCKETS, MAP_COUNTERS, MAP_CP_HITS, MAP_DROPS, MAP_SEGMENTS, MAX_CHECKPOINTS,
-    MAX_SEGMENTS,
+    bucket_high, bucket_low, DropKey, Histogram, COUNTER_ABANDONED, COUNTER_ADMITTED,
+    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_LONG,
+    COUNTER_LOG_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS,
+    COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY, HIST_BUCKETS, MAP_COUNTERS, MAP_DROPS,
 };
 
 use super::report::Counters;
@@ -48,19 +47,6 @@ fn find<'a>(ebpf: &'a Ebpf, map: &'static str) -> Result<&'a Map, CollectError> 
 
 fn find_mut<'a>(ebpf: &'a mut Ebpf, map: &'static str) -> Result<&'a mut Map, CollectError> {
     ebpf.map_mut(map).ok_or(CollectError::MapMissing { map })
-}
-
-/// A segment histogram summed over CPUs.
-pub fn sum_histograms(per_cpu: &[Histogram]) -> Histogram {
-    let mut total = Histogram::default();
-    for h in per_cpu {
-        for (t, b) in total.buckets.iter_mut().zip(h.buckets.iter()) {
-            *t = t.wrapping_add(*b);
-        }
-        total.count = total.count.wrapping_add(h.count);
-        total.sum_ns = total.sum_ns.wrapping_add(h.sum_ns);
-    }
-    total
 }
 
 /// Percentiles and the sparse buckets of one histogram.
@@ -137,47 +123,11 @@ pub fn summarize(hist: &Histogram) -> Summary {
     }
 }
 
-/// Every segment's histogram, summed over CPUs (each CPU keeps its own slots: one segment may
-/// sit in different slots on different CPUs).
-pub fn read_segments(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u16), Histogram>, CollectError> {
-    let map: PerCpuArray<&MapData, SegmentSlot> = PerCpuArray::try_from(find(ebpf, MAP_SEGMENTS)?)
-        .map_err(map_error(MAP_SEGMENTS, "open"))?;
-    let mut per_segment: BTreeMap<(u16, u16), Vec<Histogram>> = BTreeMap::new();
-    for index in 0..MAX_SEGMENTS {
-        let slots = map
-            .get(&index, 0)
-            .map_err(map_error(MAP_SEGMENTS, "read"))?;
-        for slot in slots.iter().filter(|s| s.key != SegmentKey::default()) {
-            per_segment
-                .entry((slot.key.from, slot.key.to))
-                .or_default()
-                .push(slot.hist);
-        }
-    }
-    Ok(per_segment
-        .into_iter()
-        .map(|(key, hists)| (key, sum_histograms(&hists)))
-        .collect())
-}
-
 fn sum_u64(values: &PerCpuValues<u64>) -> u64 {
     values.iter().fold(0u64, |s, v| s.wrapping_add(*v))
 }
 
-/// Hits per checkpoint id (non-zero ones only).
-pub fn read_hits(ebpf: &Ebpf) -> Result<BTreeMap<u16, u64>, CollectError> {
-    let map: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(find(ebpf, MAP_CP_HITS)?).map_err(map_error(MAP_CP_HITS, "open"))?;
-    let mut out = BTreeMap::new();
-    for (id, values) in map.iter().enumerate() {
-        let total = sum_u64(&values.map_err(map_error(MAP_CP_HITS, "read"))?);
-        if total > 0 {
-            out.insert(id as u16, total);
-        }
-    }
-    Ok(out)
-}
-
+/// The kernel's counters; `out_of_order` is user space's (see `journey_log::Tally`).
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
     let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(find(ebpf, MAP_COUNTERS)?)
         .map_err(map_error(MAP_COUNTERS, "open"))?;
@@ -193,13 +143,13 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
         abandoned: read(COUNTER_ABANDONED)?,
         slot_busy: read(COUNTER_SLOT_BUSY)?,
         journey_long: read(COUNTER_JOURNEY_LONG)?,
-        segment_map_full: read(COUNTER_SEGMENT_FULL)?,
+        journey_log_full: read(COUNTER_LOG_FULL)?,
         drop_map_full: read(COUNTER_DROP_FULL)?,
         read_errors: read(COUNTER_READ_ERRORS)?,
         retransmits: read(COUNTER_RETRANSMITS)?,
         repeats: read(COUNTER_REPEATS)?,
         sampled_out: read(COUNTER_SAMPLED_OUT)?,
-        out_of_order: read(COUNTER_OUT_OF_ORDER)?,
+        out_of_order: 0,
     })
 }
 
@@ -233,40 +183,17 @@ fn zeros(cpus: usize) -> PerCpuValues<u64> {
     PerCpuValues::try_from(vec![0u64; cpus]).expect("one value per possible CPU")
 }
 
-/// Clears segments, hits, counters and drops. (Journeys in flight are forgotten by a new
-/// epoch, see `Agent::reset`: the journey table itself is never walked.)
+/// Clears counters and drops. (Journeys in flight are forgotten by a new epoch, see
+/// `Agent::reset`: the journey table itself is never walked; ended ones are in the log.)
 pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| CollectError::Map {
-        map: MAP_CP_HITS,
+        map: MAP_COUNTERS,
         action: "count the CPUs for",
         source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
             call: "nr_cpus",
             io_error: source,
         })),
     })?;
-    {
-        let mut map: PerCpuArray<&mut MapData, SegmentSlot> =
-            PerCpuArray::try_from(find_mut(ebpf, MAP_SEGMENTS)?)
-                .map_err(map_error(MAP_SEGMENTS, "open"))?;
-        let free = SegmentSlot {
-            key: SegmentKey::default(),
-            _pad: 0,
-            hist: Histogram::default(),
-        };
-        for index in 0..MAX_SEGMENTS {
-            // Only slots in use are written (a free slot is zero already on every CPU).
-            let slots = map
-                .get(&index, 0)
-                .map_err(map_error(MAP_SEGMENTS, "read"))?;
-            if slots.iter().all(|s| s.key == SegmentKey::default()) {
-                continue;
-            }
-            let zero =
-                PerCpuValues::try_from(vec![free; cpus]).expect("one value per possible CPU");
-            map.set(index, zero, 0)
-                .map_err(map_error(MAP_SEGMENTS, "clear"))?;
-        }
-    }
     {
         let mut map: PerCpuHashMap<&mut MapData, DropKey, u64> =
             PerCpuHashMap::try_from(find_mut(ebpf, MAP_DROPS)?)
@@ -280,16 +207,12 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
             }
         }
     }
-    for (name, len) in [
-        (MAP_CP_HITS, MAX_CHECKPOINTS),
-        (MAP_COUNTERS, COUNTER_COUNT),
-    ] {
-        let mut map: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(find_mut(ebpf, name)?).map_err(map_error(name, "open"))?;
-        for index in 0..len {
-            map.set(index, zeros(cpus), 0)
-                .map_err(map_error(name, "clear"))?;
-        }
+    let mut map: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(find_mut(ebpf, MAP_COUNTERS)?)
+            .map_err(map_error(MAP_COUNTERS, "open"))?;
+    for index in 0..COUNTER_COUNT {
+        map.set(index, zeros(cpus), 0)
+            .map_err(map_error(MAP_COUNTERS, "clear"))?;
     }
     Ok(())
 }
@@ -308,15 +231,6 @@ mod tests {
             h.sum_ns += value * n;
         }
         h
-    }
-
-    #[test]
-    fn per_cpu_histograms_add_up() {
-        let total = sum_histograms(&[hist(&[(100, 2)]), hist(&[(100, 1), (5000, 1)])]);
-        assert_eq!(total.count, 4);
-        assert_eq!(total.sum_ns, 3 * 100 + 5000);
-        assert_eq!(total.buckets[bucket_of(100)], 3);
-        assert_eq!(total.buckets[bucket_of(5000)], 1);
     }
 
     #[test]

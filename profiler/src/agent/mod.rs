@@ -11,6 +11,7 @@
 //! - [`attach`]: the owner struct [`Agent`] (load, attach, rescan, detach on drop), one file
 //!   per checkpoint family;
 //! - [`collect`]: reading and clearing the maps, histogram percentiles;
+//! - [`journey_log`]: the ended journeys the kernel logs, turned into hits and segments;
 //! - [`stages`]: checkpoint and stage names;
 //! - [`report`]: the JSON document.
 
@@ -22,6 +23,7 @@ pub mod duty;
 mod expedited_rcu;
 pub mod flows;
 mod hook_families;
+pub mod journey_log;
 pub mod netlink_links;
 pub mod nf_points;
 pub mod pod_netns;

@@ -163,7 +163,9 @@ pub struct Counters {
     /// Checkpoints past a journey's capacity (not recorded).
     #[serde(default)]
     pub journey_long: u64,
-    pub segment_map_full: u64,
+    /// Ended journeys the kernel's journey log had no room for (their segments are lost).
+    #[serde(alias = "segment_map_full")]
+    pub journey_log_full: u64,
     pub drop_map_full: u64,
     pub read_errors: u64,
     pub retransmits: u64,

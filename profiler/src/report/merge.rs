@@ -326,7 +326,7 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.abandoned += c.abandoned;
     total.slot_busy += c.slot_busy;
     total.journey_long += c.journey_long;
-    total.segment_map_full += c.segment_map_full;
+    total.journey_log_full += c.journey_log_full;
     total.drop_map_full += c.drop_map_full;
     total.read_errors += c.read_errors;
     total.retransmits += c.retransmits;

@@ -22,6 +22,7 @@ use super::{
     duty::{AttachedTime, Cycler, Duty},
     expedited_rcu::ExpeditedRcu,
     flows::{self, FlowSpec},
+    journey_log::{JourneyLog, DRAIN_EVERY},
     report::{AgentReport, NotMeasured},
     stages::{Catalog, DeviceHook, DeviceRole},
     stats::{StatsGuard, STATS_PERIOD},
@@ -52,18 +53,50 @@ pub struct Agent {
     /// Switches bpf_stats on and off (always-attached agents with a stats share under 100%).
     stats_cycler: Option<Cycler>,
     /// Stopped next.
-    rescan: Option<Rescanner>,
+    rescan: Option<Periodic>,
+    /// Drains the journey log between snapshots.
+    drainer: Option<Periodic>,
     inner: Arc<Mutex<Inner>>,
+    /// Locked after `inner` where both are.
+    journeys: Arc<Mutex<JourneyLog>>,
     node: String,
     netns: String,
     kernel: String,
     attach_ms: f64,
 }
 
+/// A thread that does one thing every so often until told to stop.
 #[derive(Debug)]
-struct Rescanner {
+struct Periodic {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
+}
+
+impl Periodic {
+    /// Runs `work` every `every` until stopped or until `work` returns `false`.
+    fn spawn(name: &str, every: Duration, mut work: impl FnMut() -> bool + Send + 'static) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(every) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if !work() {
+                    return;
+                }
+            })
+            .expect("spawning a thread");
+        Self { stop, thread }
+    }
+
+    fn stop(self, what: &str) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            log::error!("the agent's {what} thread panicked");
+        }
+    }
 }
 
 /// Where the agent works: the node's namespace, its uplink and the watched pods.
@@ -263,11 +296,12 @@ impl Agent {
             drop_reasons,
             tracefs,
         } = kernel_config(options, node_inum, &mut not_measured)?;
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .load(ebpf::OBJECT)
             .map_err(|source| AgentError::Load {
                 source: Box::new(source),
             })?;
+        let journeys = Arc::new(Mutex::new(JourneyLog::take(&mut ebpf)?));
 
         let mut inner = Inner {
             tc: Default::default(),
@@ -355,6 +389,16 @@ impl Agent {
         let rescan = options
             .rescan
             .map(|every| spawn_rescanner(Arc::clone(&inner), every));
+        let drainer = {
+            let journeys = Arc::clone(&journeys);
+            Periodic::spawn("netprof-journeys", DRAIN_EVERY, move || {
+                let Ok(mut log) = journeys.lock() else {
+                    return false;
+                };
+                log.drain();
+                true
+            })
+        };
         let stats_cycler = if sliced {
             let slices = Duty {
                 on: STATS_PERIOD * options.stats_share / 100,
@@ -372,7 +416,9 @@ impl Agent {
             cycler,
             stats_cycler,
             rescan,
+            drainer: Some(drainer),
             inner,
+            journeys,
             node: options
                 .node
                 .clone()
@@ -400,8 +446,10 @@ impl Agent {
     /// Everything measured since start or the last [`reset`](Self::reset).
     pub fn snapshot(&self) -> Result<AgentReport, AgentError> {
         let inner = self.lock()?;
+        let mut journeys = self.journeys.lock().map_err(|_| AgentError::Poisoned)?;
         snapshot::report(
             &inner,
+            journeys.tally(),
             &self.node,
             &self.netns,
             &self.kernel,
@@ -475,6 +523,10 @@ impl Agent {
             inner.new_epoch()?;
         }
         collect::reset(&mut inner.ebpf)?;
+        self.journeys
+            .lock()
+            .map_err(|_| AgentError::Poisoned)?
+            .clear();
         inner.since = Instant::now();
         inner.windows.attached.restart();
         inner.stats.time.restart();
@@ -495,10 +547,10 @@ impl Drop for Agent {
             finish_detaching(&mut inner);
         }
         if let Some(rescan) = self.rescan.take() {
-            let _ = rescan.stop.send(());
-            if rescan.thread.join().is_err() {
-                log::error!("the agent's rescan thread panicked");
-            }
+            rescan.stop("rescan");
+        }
+        if let Some(drainer) = self.drainer.take() {
+            drainer.stop("journey log");
         }
         // `inner` drops with the last Arc (this one, now that the threads are gone): links
         // first, then programs, the object and its maps.
@@ -628,22 +680,16 @@ fn stats_on(inner: &mut Inner) {
     }
 }
 
-fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Rescanner {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("netprof-rescan".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(every) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
-            let Ok(mut inner) = inner.lock() else { return };
-            if let Err(err) = rescan(&mut inner) {
-                log::warn!("device rescan in {}: {}", inner.node.netns, chain(&err));
-            }
-        })
-        .expect("spawning a thread");
-    Rescanner { stop, thread }
+fn spawn_rescanner(inner: Arc<Mutex<Inner>>, every: Duration) -> Periodic {
+    Periodic::spawn("netprof-rescan", every, move || {
+        let Ok(mut inner) = inner.lock() else {
+            return false;
+        };
+        if let Err(err) = rescan(&mut inner) {
+            log::warn!("device rescan in {}: {}", inner.node.netns, chain(&err));
+        }
+        true
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use profiler_common::datapath::{NF_POINT_PRIORITIES, SEGMENT_INBOUND};
 use super::Inner;
 use crate::agent::{
     collect,
+    journey_log::Tally,
     report::{
         AgentReport, CheckpointReport, DropReport, DutyReport, ProgramStats, SegmentReport, Via,
         SCHEMA,
@@ -18,14 +19,23 @@ use crate::agent::{
 
 pub(super) fn report(
     inner: &Inner,
+    journeys: &Tally,
     node: &str,
     netns: &str,
     kernel: &str,
     attach_ms: f64,
 ) -> Result<AgentReport, AgentError> {
-    let hits = collect::read_hits(&inner.ebpf)?;
-    let segments = collect::read_segments(&inner.ebpf)?;
-    let counters = collect::read_counters(&inner.ebpf)?;
+    let hits = &journeys.hits;
+    let segments = &journeys.segments;
+    let mut counters = collect::read_counters(&inner.ebpf)?;
+    counters.out_of_order = journeys.out_of_order;
+    if journeys.malformed > 0 {
+        log::warn!(
+            "{} journey log records were too short to read: is the kernel object another \
+             netprof version's?",
+            journeys.malformed
+        );
+    }
     let drops = collect::read_drops(&inner.ebpf)?;
     let catalog = &inner.catalog;
 
@@ -42,7 +52,7 @@ pub(super) fn report(
         })
         .collect();
     // Ids the kernel counted that the catalog does not know (should not happen).
-    for (id, count) in &hits {
+    for (id, count) in hits {
         if catalog.get(*id).is_none() {
             checkpoints.push(CheckpointReport {
                 id: *id,
