@@ -1076,3 +1076,31 @@ fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
         "{text}"
     );
 }
+
+/// Journeys an agent's log had no room for are named in a note, with the mode, never dropped
+/// from the report without a word.
+#[test]
+fn journeys_lost_to_a_full_log_are_noted() {
+    let (dir, before) = known("log-full");
+    assert!(!before.notes.iter().any(|n| n.contains("journey log full")));
+    let profile = dir.0.join("profile").join("flannel-hostgw");
+    let doc = fs::read_dir(&profile)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-node2.json"))
+        .expect("an agent document of node 2");
+    let mut report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&doc).unwrap()).unwrap();
+    // The known run writes the field under its older name, which the reader still takes.
+    let counters = report["counters"].as_object_mut().unwrap();
+    assert!(counters.remove("segment_map_full").is_some());
+    counters.insert("journey_log_full".into(), serde_json::json!(3));
+    fs::write(&doc, report.to_string()).unwrap();
+    let after = report::from_dir(&dir.0).unwrap();
+    assert!(
+        after.notes.iter().any(|n| n
+            .starts_with("flannel-hostgw: 3 ended journeys found the agents' journey log full")),
+        "{:#?}",
+        after.notes
+    );
+}

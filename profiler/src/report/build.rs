@@ -363,6 +363,14 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
                 parts.overhead.push(o);
             }
         }
+        let lost: u64 = mode
+            .profiles
+            .iter()
+            .map(|p| p.report.counters.journey_log_full)
+            .sum();
+        if lost > 0 {
+            parts.notes.push(format!("{}: {lost} ended journeys found the agents' journey log full (`journey_log_full` in their reports: the agent fell behind draining it), so their segments are missing from the split.", mode.mode()));
+        }
         if mode.profiles.iter().any(|p| p.sample > 1) {
             parts.notes.push(format!("{}: the agents followed 1 in N flows (`sample` in their reports): counts are multiplied by N to stand for every event.", mode.mode()));
         }
