@@ -60,6 +60,7 @@ mod tests {
             datapath::MAP_TC_ADMIT,
             datapath::MAP_NF_ADMIT,
             datapath::MAP_BACKLOG_MARKS,
+            datapath::MAP_JOURNEY_LOG,
         ]))
     }
 
