@@ -45,8 +45,8 @@ pub const MAP_POD_DEVICES: &str = "NP_POD_DEVS";
 /// segments, their histograms and the hits per checkpoint are built there: in the kernel
 /// they cost a cold cache line or three per segment, in the softirq of the packet that ended.
 pub const MAP_JOURNEY_LOG: &str = "NP_JOURNEY_LOG";
-/// Bytes of `MAP_JOURNEY_LOG` (a power of two, a multiple of the page size): 14,500 journeys,
-/// a quarter of a second of a fully followed ab load on a fast machine.
+/// Bytes of `MAP_JOURNEY_LOG` (a power of two, a multiple of the page size): about 14,000
+/// journeys (288 bytes each and an 8-byte record header).
 pub const JOURNEY_LOG_BYTES: u32 = 4 << 20;
 /// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
 pub const MAP_COUNTERS: &str = "NP_COUNTERS";
@@ -173,8 +173,9 @@ pub const fn node_device_slot(ifindex: u32) -> u32 {
 pub const MAX_CHECKPOINTS: u32 = 512;
 /// "No checkpoint" (a device direction that is not watched).
 pub const CP_NONE: u16 = 0;
-/// Set in `SegmentKey::from` for the segments of a journey that entered the node on its
-/// uplink (the packet came from another node); clear for one that started on the node. The
+/// Set in a segment's `from` checkpoint (`Journey::direction`, then the agent's segment keys)
+/// for the segments of a journey that entered the node on its uplink (the packet came from
+/// another node); clear for one that started on the node. The
 /// same netfilter checkpoints see a request and its reply, one pass of a round trip on cold
 /// caches and the other warm: one histogram of both has a median that is neither's.
 pub const SEGMENT_INBOUND: u16 = 0x8000;
@@ -448,14 +449,6 @@ impl Journey {
             offsets_ns: [0; JOURNEY_CAP],
         }
     }
-}
-
-/// A segment: from one checkpoint to the next one the same packet reached.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct SegmentKey {
-    pub from: u16,
-    pub to: u16,
 }
 
 /// A drop: the last checkpoint the packet passed and the kernel's `enum skb_drop_reason`.
@@ -797,7 +790,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowRule {}
     unsafe impl aya::Pod for Journey {}
-    unsafe impl aya::Pod for SegmentKey {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for Histogram {}
     unsafe impl aya::Pod for Config {}
