@@ -439,6 +439,23 @@ fn run(mode: Mode, hooks: HookFamilies) {
             "{}",
             report.node
         );
+        // The gauge follows FORWARD -99 (there with kube-proxy's filter table) when asked for:
+        // it sees every forwarded pass, and its segment is the gauge's alone.
+        let gauged = hooks.gauge && kube_proxy;
+        assert_eq!(has_stage(report, Stage::Gauge), gauged, "{}", report.node);
+        if gauged {
+            let gauge = report.checkpoint("nf FORWARD -98 gauge").unwrap();
+            assert_eq!(gauge.hits, 40, "{}", report.node);
+            let from: Vec<&str> = report
+                .stage_segments(Stage::Gauge)
+                .map(|s| s.from_name.as_str())
+                .collect();
+            assert!(from.iter().all(|f| *f == "nf FORWARD -99"), "{from:?}");
+            let passes: u64 = report.stage_segments(Stage::Gauge).map(|s| s.count).sum();
+            assert_eq!(passes, 40, "{}", report.node);
+        } else {
+            assert!(report.checkpoint("nf FORWARD -98 gauge").is_none());
+        }
         if mode == Mode::Host {
             let allowed = [Stage::Uplink, Stage::Stack, Stage::TxDone, Stage::Backlog];
             assert!(

@@ -51,10 +51,10 @@ use profiler_common::datapath::{
     MAP_NODE_DEVICES, MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
     NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED, PROG_BACKLOG, PROG_CONSUME_SKB,
     PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
-    PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS,
-    PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
-    VERIFIER_TWINS,
+    PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_GAUGE, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
+    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER,
+    TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -290,7 +290,7 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
         .reuse_maps(aya_map_fds(&ebpf, &ALL_MAPS)?)
         .reuse_map(MAP_NF_ADMIT, array.fd());
     let mut nf = Vec::new();
-    for name in NF_PROGRAMS.iter().flatten() {
+    for name in NF_PROGRAMS.iter().flatten().chain([&PROG_NF_GAUGE]) {
         let program = loader
             .load(name)
             .with_context(|| format!("loading {name}"))?;
@@ -300,7 +300,7 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
         "netfilter object: {} programs and admission loaded",
         nf.len()
     );
-    assert_eq!(nf.len(), 35);
+    assert_eq!(nf.len(), 35 + 1, "35 points and the gauge");
     print_program(&bpftool_program(admit.id())?);
     for program in &nf {
         let info = bpftool_program(program.id())?;

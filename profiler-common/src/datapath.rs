@@ -224,6 +224,23 @@ pub const fn nf_points_around(priority: i32) -> (Option<u32>, Option<u32>) {
     (below, above)
 }
 
+/// The gauge: a netfilter checkpoint on FORWARD one priority after point `NF_GAUGE_AFTER`
+/// (-99), where no hook function sits between them (nat's DNAT is at -100, filter at 0). The
+/// segment from that point to the gauge holds nothing but netprof: the end of one netfilter
+/// run after its clock read, the hook walking to the next entry, and the start of the next
+/// run up to its clock read. That is what every segment between two netfilter points holds
+/// of netprof, measured in the same step, under the same load, as the segments it is taken
+/// out of. Forwarded packets cross it once per node.
+pub const CP_NF_GAUGE: u16 = 61;
+/// The hook the gauge is on.
+pub const NF_GAUGE_HOOK: u32 = NF_HOOK_FORWARD;
+/// The point the gauge follows (it is attached only where that point is).
+pub const NF_GAUGE_AFTER: u32 = 4;
+/// The gauge's priority.
+pub const NF_GAUGE_PRIORITY: i32 = NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize] + 1;
+/// The gauge's program (netfilter object).
+pub const PROG_NF_GAUGE: &str = "nf_gauge";
+
 /// Conntrack's priority on PRE_ROUTING and LOCAL_OUT (`NF_IP_PRI_CONNTRACK`), where
 /// `nf_conntrack_in` runs.
 pub const NF_PRI_CONNTRACK: i32 = -200;
@@ -797,7 +814,10 @@ mod user {
     unsafe impl aya::Pod for BacklogMark {}
 }
 
-const _: () = assert!(NF_CP_END <= CP_CONSUMED);
+const _: () = assert!(NF_CP_END <= CP_NF_GAUGE && CP_NF_GAUGE < CP_CONSUMED);
+// Nothing iptables registers sits between the gauge's point and the gauge.
+const _: () = assert!(NF_GAUGE_PRIORITY < 0 && NF_GAUGE_PRIORITY > -100);
+const _: () = assert!(NF_GAUGE_PRIORITY < NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize + 1]);
 const _: () = assert!(MAX_CHECKPOINTS <= SEGMENT_INBOUND as u32);
 const _: () = assert!((DEVICE_CP_BASE as u32) < MAX_CHECKPOINTS);
 const _: () = assert!(core::mem::size_of::<DeviceCheckpoints>() == 12);
@@ -847,13 +867,14 @@ mod tests {
         let mut names = AYA_PROGRAMS.to_vec();
         names.extend(NF_PROGRAMS.iter().flatten());
         names.push(PROG_NF_ADMIT);
+        names.push(PROG_NF_GAUGE);
         for (i, name) in names.iter().enumerate() {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
             assert!(!names[..i].contains(name), "{name} twice");
         }
         assert_eq!(
             names.len(),
-            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize + 1
+            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize + 2
         );
     }
 

@@ -18,8 +18,8 @@
 use aya_ebpf::{macros::map, maps::ProgramArray, EbpfContext};
 use profiler_common::{
     datapath::{
-        nf_checkpoint, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_PROGRAMS,
-        PROG_NF_ADMIT,
+        nf_checkpoint, CP_NF_GAUGE, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
+        NF_PROGRAMS, PROG_NF_ADMIT, PROG_NF_GAUGE,
     },
     names_match,
 };
@@ -37,6 +37,7 @@ static NP_NF_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NF_ADMIT), MAP_NF_ADMIT));
 const _: () = assert!(names_match(stringify!(nf_admit), PROG_NF_ADMIT));
+const _: () = assert!(names_match(stringify!(nf_gauge), PROG_NF_GAUGE));
 
 /// `NF_ACCEPT` from `include/uapi/linux/netfilter.h`.
 const NF_ACCEPT: i32 = 1;
@@ -106,6 +107,14 @@ pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
         let _ = admit(cfg, skb, cp, &Skb(skb));
     }
     NF_ACCEPT
+}
+
+/// The gauge (`CP_NF_GAUGE`): a checkpoint like any other on FORWARD, one priority after a
+/// point, so the segment between them is two runs' worth of netprof and nothing else.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "netfilter")]
+pub extern "C" fn nf_gauge(ctx: *const BpfNfCtx) -> i32 {
+    nf_visit(ctx, CP_NF_GAUGE)
 }
 
 /// `nf_programs!((name, hook, point), ...)`: one netfilter program per tuple, checked against

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use profiler_common::datapath::{
-    nf_checkpoint, CP_CONSUMED, NF_CP_BASE, NF_CP_END, NF_HOOK_COUNT, NF_POINT_COUNT,
-    NF_POINT_PRIORITIES,
+    nf_checkpoint, CP_CONSUMED, CP_NF_GAUGE, NF_CP_BASE, NF_CP_END, NF_GAUGE_AFTER, NF_GAUGE_HOOK,
+    NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +103,9 @@ pub enum Place {
         hook: u32,
         point: u32,
     },
+    /// The gauge right after a netfilter point (`CP_NF_GAUGE`): what lies between the two is
+    /// netprof's own.
+    Gauge,
     Consumed,
 }
 
@@ -131,6 +134,9 @@ impl Place {
         if id == CP_CONSUMED {
             return Some(Place::Consumed);
         }
+        if id == CP_NF_GAUGE {
+            return Some(Place::Gauge);
+        }
         if (NF_CP_BASE..NF_CP_END).contains(&id) {
             let index = u32::from(id - NF_CP_BASE);
             return Some(Place::Netfilter {
@@ -148,6 +154,10 @@ impl Place {
                 "nf {} {}",
                 NF_HOOK_NAMES[*hook as usize], NF_POINT_PRIORITIES[*point as usize]
             ),
+            Place::Gauge => format!(
+                "nf {} {} gauge",
+                NF_HOOK_NAMES[NF_GAUGE_HOOK as usize], NF_GAUGE_PRIORITY
+            ),
             Place::Consumed => "consumed".to_owned(),
         }
     }
@@ -155,7 +165,7 @@ impl Place {
     pub fn kind(&self) -> &'static str {
         match self {
             Place::Device { hook, .. } => hook.name(),
-            Place::Netfilter { .. } => "netfilter",
+            Place::Netfilter { .. } | Place::Gauge => "netfilter",
             Place::Consumed => "consumed",
         }
     }
@@ -209,6 +219,10 @@ pub enum Stage {
     TxDone,
     /// Anything else.
     Other,
+    /// From a netfilter point to the gauge right after it: netprof's own runs, nothing of the
+    /// datapath. Never a stage of any split; the report takes it as what netprof leaves in
+    /// every segment between two netfilter points.
+    Gauge,
 }
 
 impl Stage {
@@ -232,6 +246,7 @@ impl Stage {
             Stage::Stack => "stack",
             Stage::TxDone => "tx-done",
             Stage::Other => "other",
+            Stage::Gauge => "gauge",
         }
     }
 
@@ -267,9 +282,27 @@ fn bracket(point: u32) -> Stage {
     }
 }
 
+/// The gauge stands for the point it follows in every segment but the one from that point.
+fn beside_gauge(place: &Place) -> &Place {
+    const FOLLOWED: Place = Place::Netfilter {
+        hook: NF_GAUGE_HOOK,
+        point: NF_GAUGE_AFTER,
+    };
+    match place {
+        Place::Gauge => &FOLLOWED,
+        other => other,
+    }
+}
+
 /// The stage of the segment `from -> to`.
 pub fn classify(from: &Place, to: &Place) -> Stage {
     use Place::*;
+    if let (Netfilter { hook, point }, Gauge) = (from, to) {
+        if (*hook, *point) == (NF_GAUGE_HOOK, NF_GAUGE_AFTER) {
+            return Stage::Gauge;
+        }
+    }
+    let (from, to) = (beside_gauge(from), beside_gauge(to));
     if let Device {
         hook: DeviceHook::Backlog,
         ..
@@ -374,6 +407,8 @@ pub fn classify(from: &Place, to: &Place) -> Stage {
         }
         (Netfilter { .. }, Consumed) => Stage::Stack,
         (Consumed, _) => Stage::Other,
+        // Taken for the point it follows above.
+        (Gauge, _) | (_, Gauge) => Stage::Other,
     }
 }
 
@@ -396,6 +431,7 @@ impl Catalog {
             }
         }
         places.insert(CP_CONSUMED, Place::Consumed);
+        places.insert(CP_NF_GAUGE, Place::Gauge);
         Self {
             places,
             empty_brackets: Default::default(),
@@ -449,7 +485,11 @@ impl Catalog {
     /// function (points around empty brackets are left out, so a segment may span several),
     /// or `Netfilter` when none or more than one does.
     pub fn stage(&self, from: u16, to: u16) -> Stage {
-        match (self.get(from), self.get(to)) {
+        let (from_place, to_place) = (self.get(from), self.get(to));
+        if let (Some(a), Some(Place::Gauge)) = (from_place, to_place) {
+            return classify(a, &Place::Gauge);
+        }
+        match (from_place.map(beside_gauge), to_place.map(beside_gauge)) {
             (
                 Some(Place::Netfilter { hook, point: p1 }),
                 Some(Place::Netfilter {
@@ -515,6 +555,32 @@ mod tests {
     const POD_TX: u16 = 87;
     const POD_BACKLOG: u16 = 88;
     const CALI_RX: u16 = 89;
+
+    #[test]
+    fn the_gauge_segment_is_netprofs_and_the_gauge_stands_for_its_point_elsewhere() {
+        let c = catalog();
+        let fwd = |p| nf_checkpoint(NF_GAUGE_HOOK, p);
+        assert_eq!(c.name(CP_NF_GAUGE), "nf FORWARD -98 gauge");
+        assert_eq!(c.get(CP_NF_GAUGE).map(Place::kind), Some("netfilter"));
+        assert_eq!(c.stage(fwd(NF_GAUGE_AFTER), CP_NF_GAUGE), Stage::Gauge);
+        // Past the gauge, the filter bracket is filter's, as from the point itself.
+        assert_eq!(c.stage(CP_NF_GAUGE, fwd(5)), Stage::Filter);
+        assert_eq!(c.stage(CP_NF_GAUGE, fwd(5)), c.stage(fwd(4), fwd(5)));
+        // To POST_ROUTING: routing, as from FORWARD -99.
+        let post = nf_checkpoint(profiler_common::datapath::NF_HOOK_POST_ROUTING, 5);
+        assert_eq!(c.stage(CP_NF_GAUGE, post), Stage::Routing);
+        // Reaching the gauge from anywhere but its point is that path to the point.
+        assert_eq!(c.stage(fwd(3), CP_NF_GAUGE), Stage::NatDnat);
+        assert_eq!(c.stage(CNI0_RX, CP_NF_GAUGE), c.stage(CNI0_RX, fwd(4)));
+    }
+
+    #[test]
+    fn an_empty_filter_bracket_past_the_gauge_is_glue() {
+        let mut c = catalog();
+        c.set_registered(NF_GAUGE_HOOK, &[]);
+        let fwd = |p| nf_checkpoint(NF_GAUGE_HOOK, p);
+        assert_eq!(c.stage(CP_NF_GAUGE, fwd(5)), Stage::Netfilter);
+    }
 
     #[test]
     fn checkpoints_have_readable_names() {

@@ -45,7 +45,7 @@ pub struct StartRequest {
     /// Node name in the report (default: the namespace's name).
     #[serde(default)]
     pub node: Option<String>,
-    /// Checkpoint families: `default`, `all` or some of `tc,dev,nf,trace,backlog` (default: tc,nf,trace,backlog).
+    /// Checkpoint families: `default`, `all` or some of `tc,dev,nf,trace,backlog,gauge` (default: tc,nf,trace,backlog,gauge).
     #[serde(default)]
     pub hooks: Option<String>,
     /// Attach for this share of every period only (1..=100; default 100: always).

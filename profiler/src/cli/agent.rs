@@ -55,10 +55,12 @@ pub struct AgentArgs {
     /// program run; the run time per run comes from the slices, totals are scaled.
     #[arg(long, default_value_t = crate::agent::stats::DEFAULT_STATS_SHARE, value_name = "PERCENT")]
     pub stats_share: u32,
-    /// Checkpoint families to attach: default (tc,nf,trace,backlog), all, or some of
-    /// tc,dev,nf,nf-fentry,trace,backlog (nf-fentry: netfilter through fentry/fexit on
+    /// Checkpoint families to attach: default (tc,nf,trace,backlog,gauge), all, or some of
+    /// tc,dev,nf,nf-fentry,trace,backlog,gauge (nf-fentry: netfilter through fentry/fexit on
     /// conntrack and the table walkers instead of netfilter links, the fallback kernels before
-    /// 6.4 get; backlog: a veth's frame waiting for the receive softirq, tp_btf netif_rx).
+    /// 6.4 get; backlog: a veth's frame waiting for the receive softirq, tp_btf netif_rx;
+    /// gauge: one more netfilter program right after FORWARD -99, whose segment is netprof's
+    /// own, for the report to take out of every netfilter segment).
     #[arg(long, default_value = "default")]
     pub hooks: crate::agent::HookFamilies,
     /// Where to write the JSON document.

@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// beside the results (<out>/profile/<mode>/<path>-<tool>-<node>.json).
     #[arg(long)]
     pub profile: bool,
+    /// With --profile: the checkpoint families the agents attach (as `netprof agent --hooks`),
+    /// in the modes' passes and in the --validate runs. The default has the gauge, which
+    /// measures what netprof leaves in each netfilter segment in every step;
+    /// `tc,nf,trace,backlog` leaves it out (the calibration's per-run cost is then taken).
+    #[arg(long, default_value = "default")]
+    pub hooks: crate::agent::HookFamilies,
     /// With --profile: duty-cycle the agents (see `netprof agent --help`). The --validate runs
     /// always keep them attached.
     #[command(flatten)]
@@ -89,7 +95,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.profile || duty.is_none(),
         "--duty needs --profile (it duty-cycles the agents)"
     );
+    anyhow::ensure!(
+        args.profile || args.hooks == crate::agent::HookFamilies::default(),
+        "--hooks needs --profile (it chooses what the agents attach)"
+    );
     let tuning = args.profile.then_some(bench::profile::AgentTuning {
+        hooks: args.hooks,
         duty,
         expedite_rcu: args.duty.expedite_rcu,
         ..Default::default()
@@ -208,6 +219,7 @@ fn validate_plan(
         one_node_rules: args.validate_one_node_rules,
         ping_count: args.validate_ping_count,
         ping_interval_s: args.validate_ping_interval,
+        hooks: args.hooks,
     })
 }
 

@@ -31,8 +31,9 @@ pub struct OverheadArgs {
     pub iperf3_seconds: u32,
     #[arg(long, default_value = DEFAULT_LAB)]
     pub lab: String,
-    /// Checkpoint families the agents attach: default (tc,nf,trace,backlog, what `bench --profile`
-    /// attaches), all, or some of tc,dev,nf,trace,backlog (to see which family costs what).
+    /// Checkpoint families the agents attach: default (tc,nf,trace,backlog,gauge, what
+    /// `bench --profile` attaches), all, or some of tc,dev,nf,trace,backlog,gauge (to see which
+    /// family costs what).
     /// With --calibrate and other than default: what those families alone cost (the held
     /// programs' dispatch, the bodies), printed and written to --out only, never to DIR.
     #[arg(long, default_value = "default")]

@@ -81,7 +81,7 @@ mod tests {
         let nf_programs = datapath::NF_PROGRAMS.into_iter().flatten();
         assert_eq!(
             programs,
-            names(nf_programs.chain([datapath::PROG_NF_ADMIT])),
+            names(nf_programs.chain([datapath::PROG_NF_ADMIT, datapath::PROG_NF_GAUGE])),
             "programs of NF_OBJECT"
         );
         assert!(

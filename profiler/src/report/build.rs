@@ -6,10 +6,11 @@ use super::input::{Input, ModeInput};
 use super::latency::{self, CleanP50};
 use super::merge::{merge_step, MergedStep};
 use super::probe_cost::ProbeCosts;
+use super::stage_time::Statistic;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
-    drops, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts, SideBySidePings,
-    TableRow, LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
+    drops, gauge, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts,
+    SideBySidePings, TableRow, LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
 };
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
@@ -34,18 +35,34 @@ fn baseline_of<'a>(input: &'a Input, mode: &'a ModeInput) -> (&'a ModeInput, Str
 }
 
 /// The per-run probe costs of a step: the calibration's, with bpf_stats of the step itself
-/// for any kind the calibration lacks (or all, without one).
+/// for any kind the calibration lacks (or all, without one); netfilter runs at the gauge's
+/// time when the step (or its pass) measured one.
 fn probe_costs(
     mode: &ModeInput,
     path: NetPath,
     tool: Tool,
     calibration: Option<&ProbeCosts>,
+    gauge_ns: Option<f64>,
 ) -> ProbeCosts {
     let bpf = ProbeCosts::from_bpf_stats(&overhead::probe_ns_by_kind(&mode.profiles, path, tool));
     match calibration {
         Some(c) => c.clone().or(&bpf),
         None => bpf,
     }
+    .gauged(gauge_ns)
+}
+
+/// The gauges of a pod step and of its baseline's step: the baseline's own, else (a host path
+/// crosses no FORWARD) the pod step's when both are of one pass.
+fn gauges(
+    (mode, pod): (&ModeInput, &MergedStep),
+    (base_mode, base): (&ModeInput, &MergedStep),
+    statistic: Statistic,
+) -> (Option<f64>, Option<f64>) {
+    let pod_gauge = gauge::typical_ns(pod, statistic);
+    let same_pass = std::ptr::eq(mode, base_mode);
+    let base_gauge = gauge::typical_ns(base, statistic).or(pod_gauge.filter(|_| same_pass));
+    (pod_gauge, base_gauge)
 }
 
 /// A step's probe costs fitted to what its pass measured netprof to cost there with the agents
@@ -162,13 +179,25 @@ fn attribute(
         merged(mode, NetPath::Pod, Tool::Ping),
         merged(base_mode, NetPath::Host, Tool::Ping),
     );
+    let (pod_gauge, base_gauge) = gauges(
+        (mode, &pod_ping),
+        (base_mode, &base_ping),
+        Statistic::Median,
+    );
     let (pod_costs, base_costs) = (
-        probe_costs(mode, NetPath::Pod, Tool::Ping, calibrated.ping.as_ref()),
+        probe_costs(
+            mode,
+            NetPath::Pod,
+            Tool::Ping,
+            calibrated.ping.as_ref(),
+            pod_gauge,
+        ),
         probe_costs(
             base_mode,
             NetPath::Host,
             Tool::Ping,
             calibrated.ping.as_ref(),
+            base_gauge,
         ),
     );
     let (pod_in_pass, base_in_pass) = (
@@ -224,13 +253,15 @@ fn attribute(
         merged(mode, NetPath::Pod, Tool::Ab),
         merged(base_mode, NetPath::Host, Tool::Ab),
     );
-    let load_costs = |m: &ModeInput, path: NetPath, step: &MergedStep| {
-        let costs = probe_costs(m, path, Tool::Ab, calibrated.load.as_ref());
+    let (pod_ab_gauge, base_ab_gauge) =
+        gauges((mode, &pod_ab), (base_mode, &base_ab), Statistic::Mean);
+    let load_costs = |m: &ModeInput, path: NetPath, step: &MergedStep, gauge_ns| {
+        let costs = probe_costs(m, path, Tool::Ab, calibrated.load.as_ref(), gauge_ns);
         in_pass_costs(m, path, Tool::Ab, step, &costs).unwrap_or(costs)
     };
     let (pod_ab_costs, base_ab_costs) = (
-        load_costs(mode, NetPath::Pod, &pod_ab),
-        load_costs(base_mode, NetPath::Host, &base_ab),
+        load_costs(mode, NetPath::Pod, &pod_ab, pod_ab_gauge),
+        load_costs(base_mode, NetPath::Host, &base_ab, base_ab_gauge),
     );
     let measured = |p: &PathResult| AbMeasured {
         qps: p.ab.requests_per_second,

@@ -59,9 +59,13 @@ impl Category {
             Stage::VxlanDecap => Category::VxlanDecap,
             Stage::Uplink => Category::Uplink,
             Stage::Device => Category::Device,
-            Stage::Raw | Stage::Mangle | Stage::Netfilter | Stage::TxDone | Stage::Other => {
-                Category::Other
-            }
+            // The gauge never reaches a split (its segments are not path segments).
+            Stage::Raw
+            | Stage::Mangle
+            | Stage::Netfilter
+            | Stage::TxDone
+            | Stage::Other
+            | Stage::Gauge => Category::Other,
         }
     }
 

@@ -94,6 +94,8 @@ pub enum SegmentKind {
     Path,
     Overlap,
     Reuse,
+    /// A netfilter point to the gauge right after it: netprof's own time (`report::gauge`).
+    Gauge,
 }
 
 /// A checkpoint as the validity rules see it.
@@ -363,7 +365,11 @@ pub fn merge_step<'a>(docs: impl IntoIterator<Item = NodeDoc<'a>>) -> MergedStep
         }
         for seg in &report.segments {
             let (from_cp, to_cp) = (cps.get(&seg.from).copied(), cps.get(&seg.to).copied());
-            let kind = classify_segment(from_cp, to_cp);
+            let kind = if seg.stage == Stage::Gauge {
+                SegmentKind::Gauge
+            } else {
+                classify_segment(from_cp, to_cp)
+            };
             let from = neutral_name(from_cp, &seg.from_name);
             let to = neutral_name(to_cp, &seg.to_name);
             segments

@@ -15,6 +15,7 @@ mod build;
 pub mod calibration;
 pub mod category;
 pub mod drops;
+pub mod gauge;
 pub mod in_pass_cost;
 pub mod input;
 pub mod latency;

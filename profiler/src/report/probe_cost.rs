@@ -19,6 +19,9 @@ use serde::Serialize;
 
 use super::calibration::{CalibrationFile, Interval};
 
+/// The checkpoint kind of netfilter points (the gauge's too).
+pub const NETFILTER: &str = "netfilter";
+
 /// Where a kind's cost comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -32,6 +35,8 @@ pub enum ProbeSource {
     /// measured beyond them as a share of the event's time (or the runs scaled down to it when
     /// it measured less).
     InPass,
+    /// Netfilter runs: the step's own gauge segment (`report::gauge`).
+    Gauge,
 }
 
 /// netprof's cost that a pass measured beyond its probes' own runs: the cache lines a probe
@@ -53,6 +58,9 @@ impl ProbeSource {
         match self {
             ProbeSource::Calibration => "calibrated",
             ProbeSource::BpfStats => "bpf_stats estimate",
+            ProbeSource::Gauge => {
+                "netfilter runs at the step's own gauge (two netfilter runs in a row on FORWARD with nothing between them)"
+            }
             ProbeSource::InPass => {
                 "measured in the profiled pass (the step with the agents attached less the same step with them detached, in turns): each segment loses the probe runs at its ends at the calibration's (or bpf_stats') per-run costs, no more than the shortest segment between two runs of a kind holds, and the share of its time net of them that the pass measured beyond the runs in the whole event (RTT or CPU per request)"
             }
@@ -114,6 +122,21 @@ impl ProbeCosts {
                 .collect(),
             spread: None,
         }
+    }
+
+    /// These costs with a netfilter run taken at `gauge_ns` (what the step's gauge holds), when
+    /// the step has one.
+    pub fn gauged(mut self, gauge_ns: Option<f64>) -> ProbeCosts {
+        if let Some(ns) = gauge_ns {
+            self.by_kind.insert(
+                NETFILTER.to_owned(),
+                KindCost {
+                    per_run_ns: Interval::point(ns),
+                    source: ProbeSource::Gauge,
+                },
+            );
+        }
+        self
     }
 
     /// These costs, with the kinds they lack taken from `fallback`.
@@ -238,6 +261,23 @@ mod tests {
         assert_eq!(
             calibrated.sources(),
             [ProbeSource::Calibration, ProbeSource::BpfStats]
+        );
+    }
+
+    #[test]
+    fn a_gauge_replaces_the_netfilter_cost_only_and_only_when_measured() {
+        let costs = ProbeCosts::from_bpf_stats(&BTreeMap::from([
+            ("netfilter".to_owned(), 300.0),
+            ("tc-ingress".to_owned(), 500.0),
+        ]));
+        assert_eq!(costs.clone().gauged(None), costs);
+        let gauged = costs.gauged(Some(90.0));
+        // Two netfilter runs in a row hold one gauge: 90 ns, where bpf_stats said 300.
+        assert_eq!(gauged.in_segment("netfilter", "netfilter"), 90.0);
+        assert_eq!(gauged.in_segment("netfilter", "tc-ingress"), 295.0);
+        assert_eq!(
+            gauged.sources(),
+            [ProbeSource::BpfStats, ProbeSource::Gauge]
         );
     }
 

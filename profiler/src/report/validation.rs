@@ -23,13 +23,13 @@ use serde::Serialize;
 
 use super::calibration::CalibrationFile;
 use super::category::Category;
-use super::in_pass_cost;
 use super::input::{CheckInput, ProfiledInput, ValidationInput};
 use super::merge::{merge_step, MergedStep, SegmentKind};
 use super::overhead::probe_ns_by_kind;
 use super::probe_cost::ProbeCosts;
 use super::split::median_i64;
 use super::stage_time::{by_stage, segment_ns, Statistic, Times};
+use super::{gauge, in_pass_cost};
 use crate::agent::stages::Stage;
 use crate::bench::bootstrap::median_interval;
 use crate::bench::overhead::median;
@@ -200,7 +200,10 @@ fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -
         Tool::Ab => sample.ab.complete_requests,
         _ => sample.ping.received,
     };
-    let mut probes = calibration.map_or(bpf.clone(), |c| c.clone().or(&bpf));
+    let gauge_ns = gauge::typical_ns(&step, Statistic::of(tool));
+    let mut probes = calibration
+        .map_or(bpf.clone(), |c| c.clone().or(&bpf))
+        .gauged(gauge_ns);
     let pass = in_pass_cost::of_step(
         tool,
         &sample.ping,

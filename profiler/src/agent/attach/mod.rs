@@ -356,7 +356,7 @@ impl Agent {
             tracers::attach_backlog(&mut inner);
         }
         if hooks.netfilter {
-            netfilter::attach_family(&mut inner, hooks.nf_fentry);
+            netfilter::attach_family(&mut inner, hooks.nf_fentry, hooks.gauge);
         }
         if options.stats {
             match StatsGuard::enable() {

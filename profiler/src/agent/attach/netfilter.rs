@@ -5,8 +5,9 @@
 use std::collections::{BTreeSet, HashMap as StdHashMap};
 
 use profiler_common::datapath::{
-    nf_checkpoint, ALL_MAPS, CP_NONE, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT,
-    NF_POINT_COUNT, NF_POINT_PRIORITIES, PROG_NF_ADMIT,
+    nf_checkpoint, ALL_MAPS, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, NF_GAUGE_AFTER, NF_GAUGE_HOOK,
+    NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+    PROG_NF_ADMIT, PROG_NF_GAUGE,
 };
 
 use super::{admission::CloseAfterCallers, chain, maps, nf_fentry, Inner};
@@ -29,6 +30,10 @@ pub(super) struct NetfilterFamily {
     pub admit: Option<NetfilterProgram>,
     /// The `(hook, point)`s watched (by links or by the fentry fallback).
     pub attached: BTreeSet<(u32, u32)>,
+    /// The gauge (`CP_NF_GAUGE`), loaded where the point it follows is.
+    pub gauge: Option<NetfilterProgram>,
+    /// Whether the gauge is watched (its link made once; windows reopen it).
+    pub gauge_attached: bool,
 }
 
 pub(super) fn hook_of(index: u32) -> Hook {
@@ -108,8 +113,8 @@ fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 
 /// The netfilter checkpoints: links where the kernel has them, else (or when asked for) the
 /// fentry/fexit fallback. Where no LOCAL_OUT point admits, the uplink's egress does.
-pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool) {
-    attach_points(inner, force_fentry);
+pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool, gauge: bool) {
+    attach_points(inner, force_fentry, gauge);
     inner.config.uplink_egress_admits = u16::from(inner.config.nf_admit_cp == CP_NONE);
     let config = inner.config;
     if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
@@ -117,12 +122,12 @@ pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool) {
     }
 }
 
-fn attach_points(inner: &mut Inner, force_fentry: bool) {
+fn attach_points(inner: &mut Inner, force_fentry: bool, gauge: bool) {
     let Some(layout) = layout(inner) else { return };
     if force_fentry {
         nf_fentry::attach(inner, &layout, "asked for (--hooks nf-fentry)");
     } else {
-        attach_links(inner, &layout);
+        attach_links(inner, &layout, gauge);
         if inner.nf.attached.is_empty() {
             nf_fentry::attach(inner, &layout, "no netfilter link attached");
         }
@@ -139,7 +144,7 @@ fn admitting_checkpoint(watched: &BTreeSet<(u32, u32)>) -> u16 {
         .map_or(CP_NONE, |&(hook, point)| nf_checkpoint(hook, point))
 }
 
-fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
+fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
     // Per hook, the points worth a program (see `nf_points`); all of them when the tables
     // cannot be listed or are not iptables' own.
     let points_per_hook: Vec<Vec<u32>> = match layout {
@@ -181,6 +186,23 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout) {
                     format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]),
                     chain(&err),
                 )),
+            }
+        }
+    }
+    // Only where the kernel took the points: without netfilter links there is no gauge
+    // either, and the fentry fallback (whose runs are not netfilter runs) has none.
+    if gauge && !programs.is_empty() {
+        let what = format!("netfilter gauge ({PROG_NF_GAUGE})");
+        if !points_per_hook[NF_GAUGE_HOOK as usize].contains(&NF_GAUGE_AFTER) {
+            let priority = NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize];
+            failures.push((
+                what,
+                format!("FORWARD has no point at {priority} to follow (no table there)"),
+            ));
+        } else {
+            match loader.load(PROG_NF_GAUGE) {
+                Ok(program) => inner.nf.gauge = Some(program),
+                Err(err) => failures.push((what, chain(&err))),
             }
         }
     }
@@ -247,6 +269,24 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
                 ),
                 chain(&err),
             )),
+        }
+    }
+    let follows = inner.nf.attached.contains(&(NF_GAUGE_HOOK, NF_GAUGE_AFTER));
+    if let Some(gauge) = inner.nf.gauge.as_ref().filter(|_| follows) {
+        if !reopening || inner.nf.gauge_attached {
+            match gauge.attach(hook_of(NF_GAUGE_HOOK), NF_GAUGE_PRIORITY) {
+                Ok(link) => {
+                    links.push(link);
+                    inner.nf.gauge_attached = true;
+                }
+                Err(err) => failures.push((
+                    format!(
+                        "nf {} {NF_GAUGE_PRIORITY} gauge (checkpoint {CP_NF_GAUGE})",
+                        NF_HOOK_NAMES[NF_GAUGE_HOOK as usize]
+                    ),
+                    chain(&err),
+                )),
+            }
         }
     }
     drop(guard);

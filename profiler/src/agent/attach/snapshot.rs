@@ -3,7 +3,9 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use profiler_common::datapath::{NF_POINT_PRIORITIES, SEGMENT_INBOUND};
+use profiler_common::datapath::{
+    NF_GAUGE_HOOK, NF_GAUGE_PRIORITY, NF_POINT_PRIORITIES, SEGMENT_INBOUND,
+};
 
 use super::Inner;
 use crate::agent::{
@@ -137,6 +139,7 @@ pub(super) fn report(
 fn is_watched(inner: &Inner, id: u16, place: &Place) -> bool {
     match place {
         Place::Netfilter { hook, point } => inner.nf.attached.contains(&(*hook, *point)),
+        Place::Gauge => inner.nf.gauge_attached,
         Place::Consumed => inner.tracers.consume_attached,
         Place::Device { hook, .. } => {
             if !inner.registry.devices().iter().any(|d| d.id(*hook) == id) {
@@ -167,7 +170,7 @@ fn via_of(inner: &Inner, place: &Place) -> Option<Via> {
         }),
         // The fentry fallback replaces the links wholesale (it is loaded only without them).
         Place::Netfilter { .. } if !inner.fentry.programs.is_empty() => Some(Via::Fentry),
-        Place::Netfilter { .. } => Some(Via::NetfilterLink),
+        Place::Netfilter { .. } | Place::Gauge => Some(Via::NetfilterLink),
         Place::Consumed => Some(inner.tracers.consume_via()),
     }
 }
@@ -190,6 +193,12 @@ fn checkpoint_report(id: u16, place: &Place, hits: u64, via: Option<Via>) -> Che
             None,
             Some(NF_HOOK_NAMES[*hook as usize].to_owned()),
             Some(NF_POINT_PRIORITIES[*point as usize]),
+        ),
+        Place::Gauge => (
+            None,
+            None,
+            Some(NF_HOOK_NAMES[NF_GAUGE_HOOK as usize].to_owned()),
+            Some(NF_GAUGE_PRIORITY),
         ),
         Place::Consumed => (None, None, None, None),
     };

@@ -195,7 +195,12 @@ async fn profiled_states(
         match labs[..i].iter().position(|l| std::ptr::eq(*l, *lab)) {
             Some(j) => profiler_of.push(profiler_of[j]),
             None => {
-                profilers.push(Profiler::start(lab, &outs[i]).map_err(profile_err(lab))?);
+                let tuning = profile::AgentTuning {
+                    hooks: ctx.plan.hooks,
+                    ..Default::default()
+                };
+                profilers
+                    .push(Profiler::start_with(lab, &outs[i], &tuning).map_err(profile_err(lab))?);
                 profiler_of.push(profilers.len() - 1);
             }
         }

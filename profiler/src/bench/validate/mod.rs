@@ -57,6 +57,8 @@ pub struct ValidatePlan {
     /// The validation runs' ping (the rest of the tools' settings are the bench's).
     pub ping_count: u32,
     pub ping_interval_s: f64,
+    /// The checkpoint families of the profiled runs.
+    pub hooks: crate::agent::HookFamilies,
 }
 
 /// One measurement of a state: ping and ab, no agent attached.

@@ -50,7 +50,7 @@ fn largest(c: &Comparison) -> String {
 
 fn footer(v: &Validation) -> Vec<String> {
     let mut out = vec![format!(
-        "a: the lab with the cost, b: without it. predicted: from the profiled run(s) only, per node and stage, net of netprof's probes (ping per RTT by segment medians, CPU per request by segment means). measured: with no agent attached, the median over {} interleaved rounds of each round's a − b (its 95% bootstrap interval beside it). Verdict: within ±{:.0}% of the prediction or ±{} µs, whichever is wider. CPU per request also holds work no packet waits for, which no segment can show: connection tracking's entries expire, are collected and freed later, off the packets' path.",
+        "a: the lab with the cost, b: without it. predicted: from the profiled run(s) only, per node and stage, net of netprof's probes (ping per RTT by segment medians, CPU per request by segment means). measured: with no agent attached, the median over {} interleaved rounds of each round's a − b (its 95% bootstrap interval beside it). Verdict: within ±{:.0}% of the prediction or ±{} µs, whichever is wider. CPU per request also holds what a stage costs the code around it (the cache lines conntrack's tables and entries take from every other stage), which no segment can show: in this lab about a quarter of what NOTRACK saves (perf, docs/report.md).",
         v.rounds,
         v.tolerance_pct,
         v.tolerance_floor_ns / 1000
