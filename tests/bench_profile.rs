@@ -118,19 +118,25 @@ fn profile_writes_a_report_per_step_and_node() {
             if entry["path"] == "pod path" {
                 // The node forwards the request and the reply through the same FORWARD
                 // points: one segment per direction, one pass per ping each (the reply or
-                // request that came in on the uplink is `inbound`).
-                let forward: Vec<(bool, u64)> = report
-                    .segments
-                    .iter()
-                    .filter(|s| s.from_name == "nf FORWARD -99" && s.to_name == "nf FORWARD 1")
-                    .map(|s| (s.inbound, s.count))
-                    .collect();
-                assert_eq!(
-                    forward,
-                    [(false, block), (true, block)],
-                    "{}",
-                    file.display()
-                );
+                // request that came in on the uplink is `inbound`), from -99 to the gauge
+                // right after it (netprof's own) and from the gauge to 1 (filter).
+                for (from, to) in [
+                    ("nf FORWARD -99", "nf FORWARD -98 gauge"),
+                    ("nf FORWARD -98 gauge", "nf FORWARD 1"),
+                ] {
+                    let forward: Vec<(bool, u64)> = report
+                        .segments
+                        .iter()
+                        .filter(|s| s.from_name == from && s.to_name == to)
+                        .map(|s| (s.inbound, s.count))
+                        .collect();
+                    assert_eq!(
+                        forward,
+                        [(false, block), (true, block)],
+                        "{}: {from} -> {to}",
+                        file.display()
+                    );
+                }
             }
             let key = (entry["path"].to_string(), entry["node"].to_string());
             *ping_hits.entry(key).or_default() += report.hits("eno1 tc-egress");

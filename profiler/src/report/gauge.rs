@@ -17,17 +17,33 @@ use super::stage_time::Statistic;
 /// Fewer gauge passes than this in a step give no gauge: too few for a median.
 pub const MIN_PASSES: u64 = 100;
 
-/// The gauge's typical time in `step` (both nodes' passes, both directions, pooled: the same
-/// two programs in a row wherever they run), `None` when the step crossed it too rarely.
+/// The gauge's typical time in `step`, `None` when the step crossed it too rarely. Both
+/// nodes' passes are pooled per direction (the same two programs in a row wherever they run),
+/// and the directions' typical times are averaged by their passes: at pings 10 ms apart a
+/// request's pass meets cold programs (600-950 ns) and its reply's, microseconds later, warm
+/// ones (about 100 ns), and the median of both pooled would land on whichever mode has one
+/// pass more. The average is what a pass leaves on the RTT, as a calibrated run is.
 pub fn typical_ns(step: &MergedStep, statistic: Statistic) -> Option<f64> {
-    let mut pooled = Hist::default();
+    let mut by_direction: [Hist; 2] = Default::default();
     for seg in step.of_kind(SegmentKind::Gauge) {
-        pooled.merge(&seg.hist);
+        by_direction[usize::from(seg.inbound)].merge(&seg.hist);
     }
-    (pooled.count >= MIN_PASSES).then(|| match statistic {
-        Statistic::Median => pooled.summary().p50_ns as f64,
-        Statistic::Mean => pooled.mean_ns(),
-    })
+    let passes: u64 = by_direction.iter().map(|h| h.count).sum();
+    if passes < MIN_PASSES {
+        return None;
+    }
+    let weighted: f64 = by_direction
+        .iter()
+        .filter(|h| h.count > 0)
+        .map(|h| {
+            let typical = match statistic {
+                Statistic::Median => h.summary().p50_ns as f64,
+                Statistic::Mean => h.mean_ns(),
+            };
+            typical * h.count as f64
+        })
+        .sum();
+    Some(weighted / passes as f64)
 }
 
 #[cfg(test)]
@@ -38,6 +54,10 @@ mod tests {
     use crate::rundir::Node;
 
     fn gauge(node: Node, ns: u64, count: u64) -> MergedSegment {
+        directed(node, false, ns, count)
+    }
+
+    fn directed(node: Node, inbound: bool, ns: u64, count: u64) -> MergedSegment {
         MergedSegment {
             node,
             from: "nf FORWARD -99".into(),
@@ -46,7 +66,7 @@ mod tests {
             to_kind: "netfilter".into(),
             stage: Stage::Gauge,
             kind: SegmentKind::Gauge,
-            inbound: false,
+            inbound,
             hist: Hist {
                 buckets: [(ns, count)].into_iter().collect(),
                 count,
@@ -63,6 +83,26 @@ mod tests {
         };
         assert_eq!(typical_ns(&step, Statistic::Median), Some(60.0));
         assert_eq!(typical_ns(&step, Statistic::Mean), Some(70.0));
+    }
+
+    #[test]
+    fn cold_and_warm_directions_are_averaged_not_mixed() {
+        // 10 ms pings: 100 request passes at 700 ns, 100 reply passes at 100 ns (and one more
+        // request pass): the pooled median would be 700; each pass leaves 400 on average.
+        let (cold, warm) = (
+            directed(Node::One, false, 700, 101),
+            directed(Node::One, true, 100, 100),
+        );
+        // Each direction's median as the agent's buckets give it (about 700 and 100).
+        let p50 = |s: &MergedSegment| s.hist.summary().p50_ns as f64;
+        let want = (p50(&cold) * 101.0 + p50(&warm) * 100.0) / 201.0;
+        assert!((390.0..410.0).contains(&want), "{want}");
+        let step = MergedStep {
+            segments: vec![cold, warm],
+            ..Default::default()
+        };
+        let ns = typical_ns(&step, Statistic::Median).unwrap();
+        assert!((ns - want).abs() < 1e-9, "{ns} against {want}");
     }
 
     #[test]
