@@ -294,13 +294,25 @@ fn beside_gauge(place: &Place) -> &Place {
     }
 }
 
+/// Whether `from -> to` is the gauge's own segment (from the point it follows).
+fn is_gauge_segment(from: &Place, to: &Place) -> bool {
+    matches!(
+        (from, to),
+        (
+            Place::Netfilter {
+                hook: NF_GAUGE_HOOK,
+                point: NF_GAUGE_AFTER
+            },
+            Place::Gauge
+        )
+    )
+}
+
 /// The stage of the segment `from -> to`.
 pub fn classify(from: &Place, to: &Place) -> Stage {
     use Place::*;
-    if let (Netfilter { hook, point }, Gauge) = (from, to) {
-        if (*hook, *point) == (NF_GAUGE_HOOK, NF_GAUGE_AFTER) {
-            return Stage::Gauge;
-        }
+    if is_gauge_segment(from, to) {
+        return Stage::Gauge;
     }
     let (from, to) = (beside_gauge(from), beside_gauge(to));
     if let Device {
@@ -486,8 +498,10 @@ impl Catalog {
     /// or `Netfilter` when none or more than one does.
     pub fn stage(&self, from: u16, to: u16) -> Stage {
         let (from_place, to_place) = (self.get(from), self.get(to));
-        if let (Some(a), Some(Place::Gauge)) = (from_place, to_place) {
-            return classify(a, &Place::Gauge);
+        if let (Some(a), Some(b)) = (from_place, to_place) {
+            if is_gauge_segment(a, b) {
+                return Stage::Gauge;
+            }
         }
         match (from_place.map(beside_gauge), to_place.map(beside_gauge)) {
             (
