@@ -20,9 +20,7 @@ use std::{collections::BTreeMap, os::fd::AsFd};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{
-        Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
-    },
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         tc::TcAttachOptions, BtfTracePoint, FEntry, FExit, LinkOrder, SchedClassifier,
         TcAttachType, TracePoint,
@@ -31,30 +29,29 @@ use aya::{
 };
 use netprof::agent::FlowSpec;
 use netprof::ebpf::{
+    load_object,
     netfilter::{
         Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, ProgramArray as NfProgramArray,
         NF_OBJECT,
     },
-    OBJECT,
 };
 use netprof_tests::{
     aya_map_fds, bpftool_program, ifindex, kfree_skb_reason, netns_inum, ping, program_unloaded,
     skip_netfilter_test, tracepoint_field_offset, KernelBtf, Netns, VethLab,
 };
 use profiler_common::datapath::{
-    nf_checkpoint, node_device_slot, Config, DeviceCheckpoints, DeviceKey, DropKey, FlowKey,
-    FlowRule, Journey, NodeDevice, ALL_MAPS, AYA_PROGRAMS, COUNTER_ABANDONED, COUNTER_ADMITTED,
-    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_LONG,
-    COUNTER_LOG_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY,
-    CP_CONSUMED, DEVICE_CP_BASE, END_CONSUMED, END_DROPPED, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_DEVICES, MAP_DROPS, MAP_FLOWS, MAP_JOURNEY_LOG, MAP_NF_ADMIT,
-    MAP_NODE_DEVICES, MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
-    NF_POINT_PRIORITIES, NF_PROGRAMS, NF_TRACED, PROG_BACKLOG, PROG_CONSUME_SKB,
-    PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
-    PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_GAUGE, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-    PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER,
-    TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
+    nf_checkpoint, node_device_slot, Config, DeviceCheckpoints, DeviceKey, FlowKey, FlowRule,
+    Journey, NodeDevice, ALL_MAPS, AYA_PROGRAMS, COUNTER_ABANDONED, COUNTER_ADMITTED,
+    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_JOURNEY_LONG, COUNTER_LOG_FULL,
+    COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY, CP_CONSUMED,
+    DEVICE_CP_BASE, END_CONSUMED, END_DROPPED, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_DEVICES, MAP_FLOWS, MAP_JOURNEY_LOG, MAP_NF_ADMIT, MAP_NODE_DEVICES,
+    MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_PROGRAMS,
+    NF_TRACED, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
+    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_GAUGE,
+    PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
+    PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND,
+    TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -69,7 +66,7 @@ const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "abandoned",
     "slot_busy",
     "log_full",
-    "drop_full",
+    "(unused)",
     "read_errors",
     "retransmits",
     "repeats",
@@ -269,7 +266,8 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
     if skip_netfilter_test(TEST, TOOLS) {
         return Ok(());
     }
-    let mut ebpf = Ebpf::load(OBJECT).context("loading the aya object")?;
+    // Real offsets: the verifier checks each BTF-typed load against the struct at its offset.
+    let mut ebpf = load_object(&kernel_config(0)?).context("loading the aya object")?;
     let aya_ids = load_aya_programs(&mut ebpf)?;
     let map_ids = aya_map_ids(&ebpf)?;
     println!(
@@ -385,6 +383,8 @@ struct Logged {
     /// Journeys by `Journey::end`.
     ends: BTreeMap<u16, u64>,
     out_of_order: u64,
+    /// Dropped journeys by (last checkpoint, drop reason).
+    drops: BTreeMap<(u16, u32), u64>,
 }
 
 /// Drains the journey log, decoding the records here (not through netprof's reader).
@@ -399,6 +399,14 @@ fn logged(ebpf: &mut Ebpf) -> Result<Logged> {
         // SAFETY: the record holds a `Journey` (plain integers) as the kernel wrote it.
         let j = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Journey>()) };
         *out.ends.entry(j.end).or_default() += 1;
+        if j.end == END_DROPPED {
+            *out.drops.entry((j.last_cp, j.drop_reason)).or_default() += 1;
+        } else {
+            assert_eq!(
+                j.drop_reason, 0,
+                "a reason on a journey that was not dropped"
+            );
+        }
         let len = usize::from(j.len).min(JOURNEY_CAP);
         for i in 0..len {
             *out.hits.entry(j.cps[i]).or_default() += 1;
@@ -424,17 +432,6 @@ fn logged(ebpf: &mut Ebpf) -> Result<Logged> {
             total.0 += 1;
             total.1 += j.end_ns - j.last_ns;
         }
-    }
-    Ok(out)
-}
-
-fn drops(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u32), u64>> {
-    let map: PerCpuHashMap<&MapData, DropKey, u64> =
-        PerCpuHashMap::try_from(ebpf.map(MAP_DROPS).context("drops map")?)?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, values) = entry?;
-        out.insert((key.last_cp, key.reason), values.iter().sum());
     }
     Ok(out)
 }
@@ -509,7 +506,7 @@ fn load_checkpoints(
     adjust(&mut config);
     println!("netns {} inum {inum}; config {config:?}", ns.name());
 
-    let mut ebpf = Ebpf::load(OBJECT).context("loading the aya object")?;
+    let mut ebpf = load_object(&config).context("loading the aya object")?;
     {
         let mut map: AyaHashMap<_, FlowKey, FlowRule> =
             AyaHashMap::try_from(ebpf.map_mut(MAP_FLOWS).context("flows map")?)?;
@@ -632,6 +629,7 @@ fn observe(ebpf: &mut Ebpf) -> Result<Observed> {
         segments,
         ends,
         out_of_order,
+        drops,
     } = logged(ebpf)?;
     for (cp, n) in &hits {
         println!("hits {:<22} (cp {cp:>2}) {n}", cp_name(*cp));
@@ -645,7 +643,6 @@ fn observe(ebpf: &mut Ebpf) -> Result<Observed> {
         );
     }
     println!("journeys logged by end: {ends:?}, out of order: {out_of_order}");
-    let drops = drops(ebpf)?;
     for ((last_cp, reason), n) in &drops {
         println!("drop after {} reason {reason}: {n}", cp_name(*last_cp));
     }
@@ -688,7 +685,6 @@ fn assert_exact(
         COUNTER_ABANDONED,
         COUNTER_SLOT_BUSY,
         COUNTER_LOG_FULL,
-        COUNTER_DROP_FULL,
         COUNTER_READ_ERRORS,
         COUNTER_REPEATS,
         COUNTER_SAMPLED_OUT,

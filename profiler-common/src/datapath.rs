@@ -50,8 +50,6 @@ pub const MAP_JOURNEY_LOG: &str = "NP_JOURNEY_LOG";
 pub const JOURNEY_LOG_BYTES: u32 = 4 << 20;
 /// `PerCpuArray<u64>`, `COUNTER_COUNT` entries: the `COUNTER_*` event counters.
 pub const MAP_COUNTERS: &str = "NP_COUNTERS";
-/// `PerCpuHash<DropKey, u64>`: followed packets dropped, by last checkpoint and drop reason.
-pub const MAP_DROPS: &str = "NP_DROPS";
 /// `PerCpuArray<Scratch>`, 1 entry: where a program turns the skb pointer it was handed into
 /// a number (the verifier forbids hashing a pointer; stored and read back it is a number), and
 /// where a checkpoint hands a packet over to the admission program it tail-calls.
@@ -102,6 +100,15 @@ pub const MAP_NF_ADMIT: &str = "NP_NF_ADMIT";
 /// device of every namespace through `skb->dev`.
 pub const MAP_DEVICES: &str = "NP_DEVICES";
 
+/// Read-only `u32` globals of the aya object, set at load time to `Config::skb_dev`,
+/// `dev_ifindex`, `dev_nd_net` and `net_ns_inum`: the tp_btf programs' kernel struct offsets,
+/// which the verifier must know as constants to let them load fields through BTF-typed
+/// pointers without a helper call.
+pub const GLOBAL_OFF_SKB_DEV: &str = "NP_OFF_SKB_DEV";
+pub const GLOBAL_OFF_DEV_IFINDEX: &str = "NP_OFF_DEV_IFINDEX";
+pub const GLOBAL_OFF_DEV_ND_NET: &str = "NP_OFF_DEV_ND_NET";
+pub const GLOBAL_OFF_NET_NS_INUM: &str = "NP_OFF_NET_NS_INUM";
+
 /// `Array<BacklogMark>`, `JOURNEY_SLOTS` entries, aya object only: where a frame reached a
 /// veth uplink's backlog, by `journey_slot(skb)`, for the uplink's tc ingress to start the
 /// path there when it admits the packet (admission parses headers; `netif_rx` only marks).
@@ -116,14 +123,13 @@ pub struct BacklogMark {
 }
 
 /// The maps the netfilter object shares with the aya object (it reuses them by name).
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 6] = [
     MAP_CONFIG,
     MAP_SCRATCH,
     MAP_FLOWS,
     MAP_TAGS,
     MAP_JOURNEYS,
     MAP_COUNTERS,
-    MAP_DROPS,
 ];
 
 /// Slots of `MAP_TAGS` and `MAP_JOURNEYS` (a power of two). A packet whose slot holds another
@@ -141,8 +147,6 @@ pub const POD_DEVICE_SLOTS: u32 = 1_024;
 pub const MAX_FLOWS: u32 = 1_024;
 /// Capacity of `MAP_DEVICES`.
 pub const MAX_DEVICES: u32 = 1_024;
-/// Capacity of `MAP_DROPS`.
-pub const MAX_DROP_KEYS: u32 = 1_024;
 
 /// The slot of the skb at address `skb` in `MAP_TAGS` / `MAP_JOURNEYS`. skbs come from a slab
 /// of 64-byte aligned objects, so the low bits carry nothing; a multiplicative hash of the
@@ -253,7 +257,7 @@ pub const CP_CONSUMED: u16 = 62;
 
 /// `Journey::end`: the skb was consumed (delivered); its last segment goes to `CP_CONSUMED`.
 pub const END_CONSUMED: u16 = 1;
-/// `Journey::end`: the skb was dropped (`kfree_skb`; the reason is in `MAP_DROPS`).
+/// `Journey::end`: the skb was dropped (`kfree_skb`; the reason is `Journey::drop_reason`).
 pub const END_DROPPED: u16 = 2;
 /// `Journey::end`: the skb's address came back where a path starts (freed unseen, reused);
 /// its journey counts as completed without a last segment.
@@ -268,7 +272,7 @@ pub const DEVICE_CP_BASE: u16 = 64;
 pub const COUNTER_ADMITTED: u32 = 0;
 /// Journeys ended by the skb's consumption (`consume_skb`).
 pub const COUNTER_COMPLETED: u32 = 1;
-/// Journeys ended by `kfree_skb` (a drop; see `MAP_DROPS`).
+/// Journeys ended by `kfree_skb` (a drop; its reason is in the logged journey).
 pub const COUNTER_DROPPED: u32 = 2;
 /// Journeys abandoned: one idle longer than `Config::stale_ns` (its skb was freed unseen, e.g.
 /// merged by GRO or TCP coalescing), found by a checkpoint or by an admission taking its slot.
@@ -278,8 +282,8 @@ pub const COUNTER_SLOT_BUSY: u32 = 4;
 /// Ended journeys `MAP_JOURNEY_LOG` had no room for (user space fell behind): their
 /// segments and hits are lost.
 pub const COUNTER_LOG_FULL: u32 = 5;
-/// `MAP_DROPS` insert failures.
-pub const COUNTER_DROP_FULL: u32 = 6;
+// Slot 6 is unused: it counted insert failures of a per-CPU drops table, before a drop's
+// reason travelled in its logged journey.
 /// `bpf_probe_read_kernel` failures while reading an skb, a device or a header.
 pub const COUNTER_READ_ERRORS: u32 = 7;
 /// `tcp:tcp_retransmit_skb` events of followed flows.
@@ -438,7 +442,8 @@ pub struct Journey {
     /// `SEGMENT_INBOUND` when the journey entered the node on its uplink, else 0: the flag its
     /// segments' `from` carry.
     pub direction: u16,
-    pub _pad: u32,
+    /// The kernel's `enum skb_drop_reason` when `end` is `END_DROPPED`, else 0.
+    pub drop_reason: u32,
     /// Checkpoint ids, in the order reached.
     pub cps: [u16; JOURNEY_CAP],
     /// ns since `first_ns` when each was reached (a journey is stale long before 4 s).
@@ -461,20 +466,11 @@ impl Journey {
             end_ns: 0,
             end: 0,
             direction: 0,
-            _pad: 0,
+            drop_reason: 0,
             cps,
             offsets_ns: [0; JOURNEY_CAP],
         }
     }
-}
-
-/// A drop: the last checkpoint the packet passed and the kernel's `enum skb_drop_reason`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct DropKey {
-    pub last_cp: u16,
-    pub _pad: u16,
-    pub reason: u32,
 }
 
 // Histogram: log-linear buckets over nanoseconds. Values below 2^SUB_BITS have one bucket each;
@@ -576,7 +572,6 @@ pub const fn bucket_high(bucket: usize) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Configuration, written by user space into `MAP_CONFIG[0]` before any program is attached.
 // ---------------------------------------------------------------------------------------------
-// Configuration, written by user space into `MAP_CONFIG[0]` before any program is attached.
 // Kernel struct offsets come from the running kernel's BTF; tracepoint field offsets from
 // tracefs `events/<group>/<name>/format`. A zero offset where a field cannot be at offset 0
 // means "unknown": the programs then count a read error instead of guessing.
@@ -807,7 +802,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowRule {}
     unsafe impl aya::Pod for Journey {}
-    unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for Histogram {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Scratch {}

@@ -22,15 +22,15 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use profiler_common::{
     datapath::{
-        journey_slot, Config, DropKey, FlowKey, FlowRule, Journey, Scratch, COUNTER_ABANDONED,
+        journey_slot, Config, FlowKey, FlowRule, Journey, Scratch, COUNTER_ABANDONED,
         COUNTER_ADMITTED, COUNTER_COUNT, COUNTER_JOURNEY_LONG, COUNTER_LOG_FULL,
-        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SLOT_BUSY, CP_NONE, JOURNEY_SLOTS,
-        MAP_CONFIG, MAP_COUNTERS, MAP_DROPS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_TAGS,
-        MAX_DROP_KEYS, MAX_FLOWS, SEGMENT_INBOUND,
+        COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SLOT_BUSY, CP_NONE, END_DROPPED,
+        JOURNEY_SLOTS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_JOURNEYS, MAP_SCRATCH, MAP_TAGS,
+        MAX_FLOWS, SEGMENT_INBOUND,
     },
     names_match,
 };
@@ -46,9 +46,6 @@ pub static NP_JOURNEYS: Array<Journey> = Array::with_max_entries(JOURNEY_SLOTS, 
 #[map]
 pub static NP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 #[map]
-pub static NP_DROPS: PerCpuHashMap<DropKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, 0);
-#[map]
 pub static NP_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_CONFIG), MAP_CONFIG));
@@ -56,7 +53,6 @@ const _: () = assert!(names_match(stringify!(NP_FLOWS), MAP_FLOWS));
 const _: () = assert!(names_match(stringify!(NP_TAGS), MAP_TAGS));
 const _: () = assert!(names_match(stringify!(NP_JOURNEYS), MAP_JOURNEYS));
 const _: () = assert!(names_match(stringify!(NP_COUNTERS), MAP_COUNTERS));
-const _: () = assert!(names_match(stringify!(NP_DROPS), MAP_DROPS));
 const _: () = assert!(names_match(stringify!(NP_SCRATCH), MAP_SCRATCH));
 
 /// The configuration; `None` until user space wrote it (the array's zeroed entry has
@@ -328,32 +324,47 @@ pub fn visit_admitting<P: Packet>(cfg: &Config, skb: u64, cp: u16, packet: &P) {
 // ---- the end of a journey ----
 
 /// Ends the journey of `skb` (from [`skb_address`]) if it is followed: stamps its end (`how`,
-/// one of `END_*`, and the time) and hands it to `log` (`false`: no room, counted as
-/// `COUNTER_LOG_FULL`), then frees its slot. Returns the last checkpoint it passed (`None`:
-/// not followed, or a journey to forget).
+/// one of `END_*`, the time and, for a drop, `drop_reason()`, asked only then) and hands it
+/// to `log` (`false`: no room, counted as `COUNTER_LOG_FULL`), then frees its slot. Returns
+/// whether a journey ended (`false`: not followed, or a journey to forget).
 #[inline(always)]
-pub fn end_journey(skb: u64, how: u16, log: impl FnOnce(&Journey) -> bool) -> Option<u16> {
-    let slot = followed(skb)?;
+pub fn end_journey(
+    skb: u64,
+    how: u16,
+    drop_reason: impl FnOnce() -> u32,
+    log: impl FnOnce(&Journey) -> bool,
+) -> bool {
+    let Some(slot) = followed(skb) else {
+        return false;
+    };
     // Logged before the slot is released: a released slot may be taken by another CPU.
-    let last_cp = finish(slot, skb, how, log);
+    let ended = finish(slot, skb, how, drop_reason, log);
     release(slot);
-    last_cp
+    ended
 }
 
 #[inline(always)]
-fn finish(slot: u32, skb: u64, how: u16, log: impl FnOnce(&Journey) -> bool) -> Option<u16> {
+fn finish(
+    slot: u32,
+    skb: u64,
+    how: u16,
+    drop_reason: impl FnOnce() -> u32,
+    log: impl FnOnce(&Journey) -> bool,
+) -> bool {
     // Between windows the epoch changes before the next one opens: nothing to keep.
-    let cfg = config()?;
+    let Some(cfg) = config() else { return false };
     // SAFETY: a value of a live array map; this skb's journey, which only its own programs
     // write (see `record`).
-    let journey = unsafe { &mut *NP_JOURNEYS.get_ptr_mut(slot)? };
+    let Some(journey) = NP_JOURNEYS.get_ptr_mut(slot).map(|p| unsafe { &mut *p }) else {
+        return false;
+    };
     if journey.skb != skb || journey.epoch != cfg.epoch {
-        return None;
+        return false;
     }
     let now = now();
     if cfg.stale_ns != 0 && now.wrapping_sub(journey.last_ns) > cfg.stale_ns {
         bump(COUNTER_ABANDONED);
-        return None;
+        return false;
     }
     let first = journey.cps[0];
     let entered_on_uplink =
@@ -365,10 +376,11 @@ fn finish(slot: u32, skb: u64, how: u16, log: impl FnOnce(&Journey) -> bool) -> 
     };
     journey.end_ns = now;
     journey.end = how;
+    journey.drop_reason = if how == END_DROPPED { drop_reason() } else { 0 };
     if !log(journey) {
         bump(COUNTER_LOG_FULL);
     }
-    Some(journey.last_cp)
+    true
 }
 
 /// Adds one to event counter `counter` (a `COUNTER_*`).

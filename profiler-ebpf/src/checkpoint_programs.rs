@@ -15,7 +15,7 @@
 //!   transmit); on a veth uplink, paths from the other node start there.
 //! - `cp_kfree_btf` / `cp_consume_btf` (tp_btf), or where those do not load `cp_kfree_skb` /
 //!   `cp_consume_skb` (classic tracepoints): end a followed packet's journey and log it whole to
-//!   `NP_JOURNEY_LOG` for user space (a drop is also counted by reason here).
+//!   `NP_JOURNEY_LOG` for user space (a drop with its reason).
 //! - `cp_tcp_retrans`: counts TCP retransmissions of followed flows.
 //!
 //! Every program reads the packet's tag first: one that is not followed leaves at once.
@@ -23,7 +23,7 @@
 //! BTF and tracefs), so one object fits every kernel without CO-RE relocations.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_PIPE},
+    bindings::TC_ACT_PIPE,
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, HashMap, ProgramArray, RingBuf},
     programs::{BtfTracePointContext, TcContext, TracePointContext},
@@ -32,15 +32,15 @@ use aya_ebpf::{
 use profiler_common::{
     datapath::{
         journey_slot, node_device_slot, pod_device_slot, BacklogMark, Config, DeviceCheckpoints,
-        DeviceKey, DropKey, Journey, NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART,
-        COUNTER_COMPLETED, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_READ_ERRORS,
-        COUNTER_RETRANSMITS, CP_NONE, END_CONSUMED, END_DROPPED, END_RESTARTED, IPPROTO_TCP,
-        JOURNEY_LOG_BYTES, JOURNEY_SLOTS, MAP_BACKLOG_MARKS, MAP_DEVICES, MAP_JOURNEY_LOG,
-        MAP_NODE_DEVICES, MAP_POD_DEVICES, MAP_TC_ADMIT, MAX_DEVICES, NODE_DEVICE_SLOTS,
-        POD_DEVICE_SLOTS, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX,
-        PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS,
-        PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
+        DeviceKey, Journey, NodeDevice, PodDevice, ADMIT_INSIDE_VXLAN, ADMIT_RESTART,
+        COUNTER_COMPLETED, COUNTER_DROPPED, COUNTER_READ_ERRORS, COUNTER_RETRANSMITS, CP_NONE,
+        END_CONSUMED, END_DROPPED, END_RESTARTED, GLOBAL_OFF_DEV_IFINDEX, GLOBAL_OFF_DEV_ND_NET,
+        GLOBAL_OFF_NET_NS_INUM, GLOBAL_OFF_SKB_DEV, IPPROTO_TCP, JOURNEY_LOG_BYTES, JOURNEY_SLOTS,
+        MAP_BACKLOG_MARKS, MAP_DEVICES, MAP_JOURNEY_LOG, MAP_NODE_DEVICES, MAP_POD_DEVICES,
+        MAP_TC_ADMIT, MAX_DEVICES, NODE_DEVICE_SLOTS, POD_DEVICE_SLOTS, PROG_BACKLOG,
+        PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DEV_RX, PROG_DEV_TX, PROG_KFREE_SKB,
+        PROG_KFREE_SKB_BTF, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS,
+        PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
     },
     names_match,
 };
@@ -48,8 +48,7 @@ use profiler_common::{
 use crate::{
     checkpoint::{
         admit, bump, close_hand_over, config, end_journey, followed, hand_over, now, prepend,
-        probe_read, probe_read_counted, record, record_or_needs_admission, skb_address,
-        take_hand_over, NP_DROPS,
+        probe_read_counted, record, record_or_needs_admission, skb_address, take_hand_over,
     },
     flows::{in_a_flow, Headers, MaybeVxlan, Plain, ETH_HDR_LEN},
 };
@@ -221,7 +220,7 @@ pub fn cp_tc_admit(ctx: TcContext) -> i32 {
     let (Some(cfg), Some((skb, cp, how))) = (config(), handed) else {
         return TC_VERDICT;
     };
-    if how & ADMIT_RESTART != 0 && end_journey(skb, END_RESTARTED, log_journey).is_some() {
+    if how & ADMIT_RESTART != 0 && end_journey(skb, END_RESTARTED, || 0, log_journey) {
         bump(COUNTER_COMPLETED);
     }
     let headers = TcHeaders { ctx: &ctx };
@@ -327,18 +326,13 @@ impl Headers for TcHeaders<'_> {
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn cp_dev_rx(ctx: BtfTracePointContext) -> i32 {
-    let skb: u64 = ctx.arg(0);
-    dev_checkpoint(skb, None, Direction::Ingress);
+    dev_checkpoint(ctx.arg(0), None, Direction::Ingress);
     0
 }
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn cp_dev_tx(ctx: BtfTracePointContext) -> i32 {
-    let (skb, dev): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    let Some(dev) = skb_address(dev) else {
-        return 0;
-    };
-    dev_checkpoint(skb, Some(dev), Direction::Egress);
+    dev_checkpoint(ctx.arg(0), Some(ctx.arg(1)), Direction::Egress);
     0
 }
 
@@ -349,21 +343,22 @@ pub fn cp_dev_tx(ctx: BtfTracePointContext) -> i32 {
 /// here, so its wait for the receive softirq is timed on this node as on every pod veth.
 #[btf_tracepoint(function = "netif_rx")]
 pub fn cp_backlog(ctx: BtfTracePointContext) -> i32 {
-    let Some(skb) = skb_address(ctx.arg(0)) else {
+    let pointer: *const u8 = ctx.arg(0);
+    let Some(skb) = skb_address(pointer as u64) else {
         return 0;
     };
     let slot = followed(skb);
     let Some(cfg) = config() else { return 0 };
     match slot {
         Some(slot) => {
-            if let Some(cps) = device_checkpoints(cfg, skb, None) {
+            if let Some(cps) = device_checkpoints(pointer, None) {
                 if cps.backlog != CP_NONE {
                     record(cfg, slot, skb, cps.backlog);
                 }
             }
         }
         None => {
-            if cfg.uplink_backlog_cp != CP_NONE && on_uplink(cfg, skb) {
+            if cfg.uplink_backlog_cp != CP_NONE && on_uplink(cfg, pointer) {
                 if let Some(mark) = NP_BACKLOG.get_ptr_mut(journey_slot(skb)) {
                     // SAFETY: a value of a live array map; two plain stores.
                     unsafe {
@@ -380,22 +375,21 @@ pub fn cp_backlog(ctx: BtfTracePointContext) -> i32 {
 /// Whether `skb` is on this node's uplink: its device's ifindex first (what tells most
 /// frames apart), the device's namespace only on a match.
 #[inline(always)]
-fn on_uplink(cfg: &Config, skb: u64) -> bool {
-    let Some((dev, ifindex)) = device_and_ifindex(cfg, skb, None) else {
-        return false;
-    };
-    ifindex == cfg.uplink_ifindex && netns_inum_of(cfg, dev) == Some(cfg.node_netns_inum)
+fn on_uplink(cfg: &Config, skb: *const u8) -> bool {
+    let dev = skb_device(skb);
+    kernel_field::<u32>(dev, offset(&NP_OFF_DEV_IFINDEX)) == cfg.uplink_ifindex
+        && netns_inum_of(dev) == cfg.node_netns_inum
 }
 
 /// A device checkpoint seen from a tracepoint (never admits).
 #[inline(always)]
-fn dev_checkpoint(pointer: u64, dev: Option<u64>, direction: Direction) {
-    let Some(skb) = skb_address(pointer) else {
+fn dev_checkpoint(pointer: *const u8, dev: Option<*const u8>, direction: Direction) {
+    let Some(skb) = skb_address(pointer as u64) else {
         return;
     };
     let Some(slot) = followed(skb) else { return };
     let Some(cfg) = config() else { return };
-    let Some(cps) = device_checkpoints(cfg, skb, dev) else {
+    let Some(cps) = device_checkpoints(pointer, dev) else {
         return;
     };
     let cp = match direction {
@@ -407,48 +401,82 @@ fn dev_checkpoint(pointer: u64, dev: Option<u64>, direction: Direction) {
     }
 }
 
-/// The checkpoints of the device a packet is on: `dev` if the hook passes it, else `skb->dev`;
-/// looked up in `NP_DEVICES` by namespace inode and ifindex (read from the device). Only
-/// followed packets get here, so the reads are not paid per packet.
+/// The checkpoints of the device a packet is on (`dev` if the hook passes it, else
+/// `skb->dev`), looked up in `NP_DEVICES` by namespace inode and ifindex. Only followed
+/// packets get here.
 #[inline(always)]
-fn device_checkpoints(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceCheckpoints> {
-    let Some(key) = device_key(cfg, skb, dev) else {
-        bump(COUNTER_READ_ERRORS);
-        return None;
+fn device_checkpoints(skb: *const u8, dev: Option<*const u8>) -> Option<DeviceCheckpoints> {
+    let dev = dev.unwrap_or_else(|| skb_device(skb));
+    let key = DeviceKey {
+        netns_inum: netns_inum_of(dev),
+        ifindex: kernel_field::<u32>(dev, offset(&NP_OFF_DEV_IFINDEX)),
     };
     // SAFETY: a value of a live hash map, copied out at once.
     NP_DEVICES.get_ptr(&key).map(|p| unsafe { *p })
 }
 
-/// The namespace inode and ifindex of the device (`None`: an offset unknown or a read failed,
-/// counted once by the caller).
+// ---- kernel structs, read by plain loads ----
+//
+// The tp_btf programs get BTF-typed pointers (`struct sk_buff *`, `struct net_device *`).
+// With an offset the verifier knows, a load through such a pointer is checked against the
+// struct's BTF and done by the kernel's fault-safe load (a bad pointer reads 0): no
+// `bpf_probe_read_kernel` call per field. The offsets are read-only globals that user space
+// sets at load time from BTF (the verifier reads frozen read-only globals as constants), so
+// one object still fits every kernel.
+
+/// `struct sk_buff`'s `dev`.
+#[no_mangle]
+static NP_OFF_SKB_DEV: u32 = 0;
+/// `struct net_device`'s `ifindex` and `nd_net.net`.
+#[no_mangle]
+static NP_OFF_DEV_IFINDEX: u32 = 0;
+#[no_mangle]
+static NP_OFF_DEV_ND_NET: u32 = 0;
+/// `struct net`'s `ns.inum`.
+#[no_mangle]
+static NP_OFF_NET_NS_INUM: u32 = 0;
+
+const _: () = assert!(names_match(stringify!(NP_OFF_SKB_DEV), GLOBAL_OFF_SKB_DEV));
+const _: () = assert!(names_match(
+    stringify!(NP_OFF_DEV_IFINDEX),
+    GLOBAL_OFF_DEV_IFINDEX
+));
+const _: () = assert!(names_match(
+    stringify!(NP_OFF_DEV_ND_NET),
+    GLOBAL_OFF_DEV_ND_NET
+));
+const _: () = assert!(names_match(
+    stringify!(NP_OFF_NET_NS_INUM),
+    GLOBAL_OFF_NET_NS_INUM
+));
+
+/// The value user space gave an offset global at load time.
 #[inline(always)]
-fn device_key(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<DeviceKey> {
-    let (dev, ifindex) = device_and_ifindex(cfg, skb, dev)?;
-    Some(DeviceKey {
-        netns_inum: netns_inum_of(cfg, dev)?,
-        ifindex,
-    })
+fn offset(global: &'static u32) -> usize {
+    // SAFETY: reading a global. Volatile: the compiler must not fold in the 0 it was
+    // compiled with.
+    unsafe { core::ptr::read_volatile(global) as usize }
 }
 
-/// The device (`dev` if the hook passes it, else `skb->dev`) and its ifindex.
+/// The `T` at `offset` in the kernel struct `base` points to (a BTF-typed pointer).
 #[inline(always)]
-fn device_and_ifindex(cfg: &Config, skb: u64, dev: Option<u64>) -> Option<(u64, u32)> {
-    if cfg.skb_dev == 0 || cfg.dev_ifindex == 0 || cfg.dev_nd_net == 0 {
-        return None;
-    }
-    let dev = match dev {
-        Some(dev) => dev,
-        None => probe_read::<u64>(skb + u64::from(cfg.skb_dev))?,
-    };
-    Some((dev, probe_read::<u32>(dev + u64::from(cfg.dev_ifindex))?))
+fn kernel_field<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: the verifier checks the access against the struct's BTF and makes the load
+    // fault-safe; `offset` is the field's, from BTF.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) }
+}
+
+/// `skb->dev`.
+#[inline(always)]
+fn skb_device(skb: *const u8) -> *const u8 {
+    kernel_field::<*const u8>(skb, offset(&NP_OFF_SKB_DEV))
 }
 
 /// The inode of the namespace device `dev` is in.
 #[inline(always)]
-fn netns_inum_of(cfg: &Config, dev: u64) -> Option<u32> {
-    let net = probe_read::<u64>(dev + u64::from(cfg.dev_nd_net))?;
-    probe_read::<u32>(net + u64::from(cfg.net_ns_inum))
+fn netns_inum_of(dev: *const u8) -> u32 {
+    let net = kernel_field::<*const u8>(dev, offset(&NP_OFF_DEV_ND_NET));
+    kernel_field::<u32>(net, offset(&NP_OFF_NET_NS_INUM))
 }
 
 // ---- journey ends ----
@@ -487,34 +515,14 @@ pub fn cp_kfree_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// A freed skb: a followed packet's journey ends as a drop, counted by `reason()` (asked only
-/// then) and the last checkpoint it passed.
+/// A freed skb: a followed packet's journey ends as a drop, logged with `reason()` (asked
+/// only then); user space counts drops by reason and last checkpoint from the log.
 #[inline(always)]
 fn on_kfree(pointer: u64, reason: impl FnOnce() -> u32) {
-    let Some(last_cp) =
-        skb_address(pointer).and_then(|skb| end_journey(skb, END_DROPPED, log_journey))
-    else {
-        return;
-    };
-    bump(COUNTER_DROPPED);
-    count_drop(DropKey {
-        last_cp,
-        _pad: 0,
-        reason: reason(),
-    });
-}
-
-/// Adds one to `NP_DROPS[key]`.
-#[inline(always)]
-fn count_drop(key: DropKey) {
-    if NP_DROPS.get_ptr_mut(key).is_none() {
-        // Another CPU may insert the key first: then the lookup below finds it.
-        let _ = NP_DROPS.insert(key, 0, u64::from(BPF_NOEXIST));
-    }
-    match NP_DROPS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value in a per-CPU hash (see `checkpoint::bump`).
-        Some(count) => unsafe { *count = (*count).wrapping_add(1) },
-        None => bump(COUNTER_DROP_FULL),
+    let ended =
+        skb_address(pointer).is_some_and(|skb| end_journey(skb, END_DROPPED, reason, log_journey));
+    if ended {
+        bump(COUNTER_DROPPED);
     }
 }
 
@@ -545,8 +553,9 @@ pub fn cp_deliver_btf(ctx: BtfTracePointContext) -> i32 {
 /// `CP_CONSUMED`).
 #[inline(always)]
 fn on_consume(pointer: u64) {
-    let ended = skb_address(pointer).and_then(|skb| end_journey(skb, END_CONSUMED, log_journey));
-    if ended.is_some() {
+    let ended =
+        skb_address(pointer).is_some_and(|skb| end_journey(skb, END_CONSUMED, || 0, log_journey));
+    if ended {
         bump(COUNTER_COMPLETED);
     }
 }

@@ -1,20 +1,18 @@
-//! Reading the in-kernel results: counters and drops, summed over CPUs; clearing them
+//! Reading the in-kernel results: counters, summed over CPUs; clearing them
 //! (`reset`); and turning a contract histogram (built from the journey log, see
 //! `journey_log`) into percentiles via an HDR histogram, keeping its sparse buckets for later
 //! merging.
 
-use std::collections::BTreeMap;
-
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use hdrhistogram::Histogram as Hdr;
 use profiler_common::datapath::{
-    bucket_high, bucket_low, DropKey, Histogram, COUNTER_ABANDONED, COUNTER_ADMITTED,
-    COUNTER_COMPLETED, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_DROP_FULL, COUNTER_JOURNEY_LONG,
-    COUNTER_LOG_FULL, COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_RETRANSMITS,
-    COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY, HIST_BUCKETS, MAP_COUNTERS, MAP_DROPS,
+    bucket_high, bucket_low, Histogram, COUNTER_ABANDONED, COUNTER_ADMITTED, COUNTER_COMPLETED,
+    COUNTER_COUNT, COUNTER_DROPPED, COUNTER_JOURNEY_LONG, COUNTER_LOG_FULL, COUNTER_READ_ERRORS,
+    COUNTER_REPEATS, COUNTER_RETRANSMITS, COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY, HIST_BUCKETS,
+    MAP_COUNTERS,
 };
 
 use super::report::Counters;
@@ -144,7 +142,6 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
         slot_busy: read(COUNTER_SLOT_BUSY)?,
         journey_long: read(COUNTER_JOURNEY_LONG)?,
         journey_log_full: read(COUNTER_LOG_FULL)?,
-        drop_map_full: read(COUNTER_DROP_FULL)?,
         read_errors: read(COUNTER_READ_ERRORS)?,
         retransmits: read(COUNTER_RETRANSMITS)?,
         repeats: read(COUNTER_REPEATS)?,
@@ -153,37 +150,11 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters, CollectError> {
     })
 }
 
-/// Drops by (last checkpoint, reason).
-pub fn read_drops(ebpf: &Ebpf) -> Result<BTreeMap<(u16, u32), u64>, CollectError> {
-    let map: PerCpuHashMap<&MapData, DropKey, u64> =
-        PerCpuHashMap::try_from(find(ebpf, MAP_DROPS)?).map_err(map_error(MAP_DROPS, "open"))?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, values) = match entry {
-            Ok(entry) => entry,
-            Err(MapError::KeyNotFound) => continue,
-            Err(err) => return Err(map_error(MAP_DROPS, "read")(err)),
-        };
-        out.insert((key.last_cp, key.reason), sum_u64(&values));
-    }
-    Ok(out)
-}
-
-/// A key listed a moment ago that the kernel has since deleted: aya
-/// reports `bpf_map_delete_elem` failing with ENOENT as a syscall error, not `KeyNotFound`.
-fn already_gone(err: &MapError) -> bool {
-    match err {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
 fn zeros(cpus: usize) -> PerCpuValues<u64> {
     PerCpuValues::try_from(vec![0u64; cpus]).expect("one value per possible CPU")
 }
 
-/// Clears counters and drops. (Journeys in flight are forgotten by a new epoch, see
+/// Clears the counters. (Journeys in flight are forgotten by a new epoch, see
 /// `Agent::reset`: the journey table itself is never walked; ended ones are in the log.)
 pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| CollectError::Map {
@@ -194,19 +165,6 @@ pub fn reset(ebpf: &mut Ebpf) -> Result<(), CollectError> {
             io_error: source,
         })),
     })?;
-    {
-        let mut map: PerCpuHashMap<&mut MapData, DropKey, u64> =
-            PerCpuHashMap::try_from(find_mut(ebpf, MAP_DROPS)?)
-                .map_err(map_error(MAP_DROPS, "open"))?;
-        let keys: Vec<DropKey> = map.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            match map.remove(&key) {
-                Ok(()) => {}
-                Err(err) if already_gone(&err) => {}
-                Err(err) => return Err(map_error(MAP_DROPS, "clear")(err)),
-            }
-        }
-    }
     let mut map: PerCpuArray<&mut MapData, u64> =
         PerCpuArray::try_from(find_mut(ebpf, MAP_COUNTERS)?)
             .map_err(map_error(MAP_COUNTERS, "open"))?;

@@ -14,7 +14,8 @@ use aya::{
     Ebpf,
 };
 use profiler_common::datapath::{
-    bucket_of, Histogram, Journey, CP_CONSUMED, END_CONSUMED, JOURNEY_CAP, MAP_JOURNEY_LOG,
+    bucket_of, Histogram, Journey, CP_CONSUMED, END_CONSUMED, END_DROPPED, JOURNEY_CAP,
+    MAP_JOURNEY_LOG,
 };
 
 use super::collect::CollectError;
@@ -30,6 +31,8 @@ pub struct Tally {
     pub hits: BTreeMap<u16, u64>,
     /// Each segment's histogram, by (from with its `SEGMENT_INBOUND` flag, to).
     pub segments: BTreeMap<(u16, u16), Box<Histogram>>,
+    /// Dropped packets by (last checkpoint, the kernel's drop reason).
+    pub drops: BTreeMap<(u16, u32), u64>,
     /// Segments left out because their end was recorded before their start (see
     /// `COUNTER_OUT_OF_ORDER`).
     pub out_of_order: u64,
@@ -40,7 +43,7 @@ pub struct Tally {
 impl Tally {
     /// Adds one ended journey: every checkpoint it reached is a hit, every pair of
     /// consecutive ones a segment; a consumed packet's journey also has a last segment, from
-    /// its last checkpoint to `CP_CONSUMED`.
+    /// its last checkpoint to `CP_CONSUMED`; a dropped one counts as a drop there.
     pub fn add(&mut self, journey: &Journey) {
         let len = usize::from(journey.len).min(JOURNEY_CAP);
         let mut previous: Option<(u16, u32)> = None;
@@ -54,9 +57,18 @@ impl Tally {
             }
             previous = Some((cp, at));
         }
-        if journey.end == END_CONSUMED {
-            let idle = journey.end_ns.saturating_sub(journey.last_ns);
-            self.record(journey.last_cp | journey.direction, CP_CONSUMED, idle);
+        match journey.end {
+            END_CONSUMED => {
+                let idle = journey.end_ns.saturating_sub(journey.last_ns);
+                self.record(journey.last_cp | journey.direction, CP_CONSUMED, idle);
+            }
+            END_DROPPED => {
+                *self
+                    .drops
+                    .entry((journey.last_cp, journey.drop_reason))
+                    .or_default() += 1;
+            }
+            _ => {}
         }
     }
 
@@ -139,7 +151,7 @@ impl JourneyLog {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::datapath::{END_DROPPED, SEGMENT_INBOUND};
+    use profiler_common::datapath::{END_RESTARTED, SEGMENT_INBOUND};
 
     use super::*;
 
@@ -193,15 +205,23 @@ mod tests {
     #[test]
     fn a_dropped_inbound_journey_has_no_last_segment_and_carries_its_direction() {
         let mut tally = Tally::default();
-        tally.add(&journey(
-            &[(70, 0), (9, 40)],
-            END_DROPPED,
-            999,
-            SEGMENT_INBOUND,
-        ));
+        let mut dropped = journey(&[(70, 0), (9, 40)], END_DROPPED, 999, SEGMENT_INBOUND);
+        dropped.drop_reason = 7;
+        tally.add(&dropped);
         assert_eq!(tally.hits, BTreeMap::from([(9, 1), (70, 1)]));
         assert_eq!(count(&tally, 70 | SEGMENT_INBOUND, 9), (1, 40));
         assert_eq!(tally.segments.len(), 1);
+        // Counted at its last checkpoint without the direction flag, by its reason.
+        tally.add(&dropped);
+        assert_eq!(tally.drops, BTreeMap::from([((9, 7), 2)]));
+    }
+
+    #[test]
+    fn only_dropped_journeys_are_drops() {
+        let mut tally = Tally::default();
+        tally.add(&journey(&[(64, 0), (5, 300)], END_CONSUMED, 10, 0));
+        tally.add(&journey(&[(64, 0), (5, 300)], END_RESTARTED, 0, 0));
+        assert!(tally.drops.is_empty());
     }
 
     #[test]

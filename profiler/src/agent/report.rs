@@ -166,7 +166,6 @@ pub struct Counters {
     /// Ended journeys the kernel's journey log had no room for (their segments are lost).
     #[serde(alias = "segment_map_full")]
     pub journey_log_full: u64,
-    pub drop_map_full: u64,
     pub read_errors: u64,
     pub retransmits: u64,
     pub repeats: u64,

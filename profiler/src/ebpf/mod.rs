@@ -14,6 +14,12 @@ pub mod uplink_counter;
 
 use std::{error::Error as StdError, io, path::Path};
 
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::datapath::{
+    Config, GLOBAL_OFF_DEV_IFINDEX, GLOBAL_OFF_DEV_ND_NET, GLOBAL_OFF_NET_NS_INUM,
+    GLOBAL_OFF_SKB_DEV,
+};
+
 pub use clsact::{ClsactFilters, QdiscOwner};
 pub use uplink_counter::{AttachMode, Attachment, IcmpCounts, UplinkCounter};
 
@@ -23,6 +29,28 @@ use crate::netns::NetnsError;
 /// netfilter ones are in [`netfilter::NF_OBJECT`], the tests' own in [`test_objects`]). Public
 /// so tests and tools can load it themselves.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// The globals of [`OBJECT`] and their values for `config`: the kernel struct offsets the
+/// tp_btf programs load fields at, which the verifier must see as constants (the netfilter
+/// object has no globals: its loader knows none).
+pub(crate) fn object_globals(config: &Config) -> [(&'static str, u32); 4] {
+    [
+        (GLOBAL_OFF_SKB_DEV, config.skb_dev),
+        (GLOBAL_OFF_DEV_IFINDEX, config.dev_ifindex),
+        (GLOBAL_OFF_DEV_ND_NET, config.dev_nd_net),
+        (GLOBAL_OFF_NET_NS_INUM, config.net_ns_inum),
+    ]
+}
+
+/// Loads [`OBJECT`] with its read-only globals set from `config`.
+pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
+    let globals = object_globals(config);
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    loader.load(OBJECT)
+}
 
 /// The kernel's own BTF; present when the kernel was built with `CONFIG_DEBUG_INFO_BTF=y`.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

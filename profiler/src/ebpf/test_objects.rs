@@ -21,7 +21,29 @@ mod tests {
     use profiler_common::{counter, datapath, netfilter};
 
     use super::*;
-    use crate::ebpf::{netfilter::NF_OBJECT, OBJECT};
+    use crate::ebpf::{netfilter::NF_OBJECT, object_globals, OBJECT};
+
+    /// The global variables of an object (symbols in a `.rodata` or `.data` section).
+    fn globals(elf: &[u8]) -> BTreeSet<String> {
+        let file = object::File::parse(elf).expect("an ELF object");
+        file.symbols()
+            .filter(|s| s.is_global())
+            .filter_map(|symbol| {
+                let section = file.section_by_index(symbol.section_index()?).ok()?;
+                let section = section.name().ok()?;
+                (section.starts_with(".rodata") || section.starts_with(".data"))
+                    .then(|| symbol.name().ok().map(str::to_owned))
+                    .flatten()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_aya_object_has_globals_and_load_object_sets_them_all() {
+        let set = object_globals(&datapath::Config::default()).map(|(name, _)| name);
+        assert_eq!(globals(OBJECT), names(set), "globals of OBJECT");
+        assert!(globals(NF_OBJECT).is_empty(), "globals of NF_OBJECT");
+    }
 
     /// The programs (global functions outside `.text`, where only helpers such as `memcpy`
     /// live) and the maps (symbols in the `maps` section) of an object.

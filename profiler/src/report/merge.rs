@@ -329,7 +329,6 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.slot_busy += c.slot_busy;
     total.journey_long += c.journey_long;
     total.journey_log_full += c.journey_log_full;
-    total.drop_map_full += c.drop_map_full;
     total.read_errors += c.read_errors;
     total.retransmits += c.retransmits;
     total.repeats += c.repeats;

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use profiler_common::datapath::{Config, CP_NONE};
 
 use super::{
@@ -296,11 +296,9 @@ impl Agent {
             drop_reasons,
             tracefs,
         } = kernel_config(options, node_inum, &mut not_measured)?;
-        let mut ebpf = EbpfLoader::new()
-            .load(ebpf::OBJECT)
-            .map_err(|source| AgentError::Load {
-                source: Box::new(source),
-            })?;
+        let mut ebpf = ebpf::load_object(&config).map_err(|source| AgentError::Load {
+            source: Box::new(source),
+        })?;
         let journeys = Arc::new(Mutex::new(JourneyLog::take(&mut ebpf)?));
 
         let mut inner = Inner {

@@ -38,7 +38,7 @@ pub(super) fn report(
             journeys.malformed
         );
     }
-    let drops = collect::read_drops(&inner.ebpf)?;
+    let drops = &journeys.drops;
     let catalog = &inner.catalog;
 
     let mut checkpoints: Vec<CheckpointReport> = catalog
