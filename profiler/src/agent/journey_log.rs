@@ -7,7 +7,11 @@
 //! ([`DRAIN_EVERY`]) and every snapshot drains it first, so a snapshot holds every journey
 //! that ended before it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasherDefault, Hasher},
+    time::Duration,
+};
 
 use aya::{
     maps::{MapData, RingBuf},
@@ -24,13 +28,16 @@ use super::collect::CollectError;
 /// 14,000 journeys: at 10 ms a load would have to end 1.4 million journeys a second to fill it.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
-/// What the logged journeys add up to.
+/// What the logged journeys add up to. Under load the drain adds a journey of some 20
+/// checkpoints for every packet of both directions, so the tables are built for that: hits in
+/// a table indexed by checkpoint id, segments in a hash map with a cheap hash (ordered maps
+/// there cost the agent's thread about as much as the histogram updates themselves).
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
-    /// Followed packets seen at each checkpoint.
-    pub hits: BTreeMap<u16, u64>,
+    /// Followed packets seen at each checkpoint, by checkpoint id.
+    hits: Vec<u64>,
     /// Each segment's histogram, by (from with its `SEGMENT_INBOUND` flag, to).
-    pub segments: BTreeMap<(u16, u16), Box<Histogram>>,
+    segments: HashMap<(u16, u16), Box<Histogram>, BuildHasherDefault<PairHasher>>,
     /// Dropped packets by (last checkpoint, the kernel's drop reason).
     pub drops: BTreeMap<(u16, u32), u64>,
     /// Segments left out because their end was recorded before their start (see
@@ -48,7 +55,7 @@ impl Tally {
         let len = usize::from(journey.len).min(JOURNEY_CAP);
         let mut previous: Option<(u16, u32)> = None;
         for (&cp, &at) in journey.cps[..len].iter().zip(&journey.offsets_ns[..len]) {
-            *self.hits.entry(cp).or_default() += 1;
+            self.hit(cp);
             if let Some((from, since)) = previous {
                 match at.checked_sub(since) {
                     Some(delta) => self.record(from | journey.direction, cp, u64::from(delta)),
@@ -84,11 +91,63 @@ impl Tally {
         self.add(&journey);
     }
 
+    /// Followed packets seen at each checkpoint that saw any, by id.
+    pub fn hits(&self) -> BTreeMap<u16, u64> {
+        (0u16..)
+            .zip(&self.hits)
+            .filter(|(_, &n)| n > 0)
+            .map(|(cp, &n)| (cp, n))
+            .collect()
+    }
+
+    /// Each segment's histogram, by (from with its `SEGMENT_INBOUND` flag, to), in order.
+    pub fn segments(&self) -> BTreeMap<(u16, u16), &Histogram> {
+        self.segments
+            .iter()
+            .map(|(key, hist)| (*key, hist.as_ref()))
+            .collect()
+    }
+
+    fn hit(&mut self, cp: u16) {
+        let index = usize::from(cp);
+        if index >= self.hits.len() {
+            self.hits.resize(index + 1, 0);
+        }
+        self.hits[index] += 1;
+    }
+
     fn record(&mut self, from: u16, to: u16, delta_ns: u64) {
         let hist = self.segments.entry((from, to)).or_default();
         hist.buckets[bucket_of(delta_ns)] += 1;
         hist.count += 1;
         hist.sum_ns = hist.sum_ns.wrapping_add(delta_ns);
+    }
+}
+
+/// A multiply-rotate hash (FxHash's step) for the segment keys, two `u16`s: std's SipHash,
+/// built to resist chosen keys, costs more per journey than the histogram updates, and these
+/// keys are checkpoint ids the agent itself assigns.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(SEED);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -171,7 +230,7 @@ mod tests {
     }
 
     fn count(tally: &Tally, from: u16, to: u16) -> (u64, u64) {
-        let h = &tally.segments[&(from, to)];
+        let h = tally.segments()[&(from, to)];
         (h.count, h.sum_ns)
     }
 
@@ -190,12 +249,12 @@ mod tests {
             50,
             0,
         ));
-        assert_eq!(tally.hits, BTreeMap::from([(5, 2), (64, 2), (66, 2)]));
+        assert_eq!(tally.hits(), BTreeMap::from([(5, 2), (64, 2), (66, 2)]));
         assert_eq!(count(&tally, 64, 5), (2, 400));
         assert_eq!(count(&tally, 5, 66), (2, 1_000));
         assert_eq!(count(&tally, 66, CP_CONSUMED), (2, 300));
-        assert_eq!(tally.segments.len(), 3);
-        let h = &tally.segments[&(64, 5)];
+        assert_eq!(tally.segments().len(), 3);
+        let h = tally.segments()[&(64, 5)];
         assert_eq!(
             (h.buckets[bucket_of(300)], h.buckets[bucket_of(100)]),
             (1, 1)
@@ -208,12 +267,34 @@ mod tests {
         let mut dropped = journey(&[(70, 0), (9, 40)], END_DROPPED, 999, SEGMENT_INBOUND);
         dropped.drop_reason = 7;
         tally.add(&dropped);
-        assert_eq!(tally.hits, BTreeMap::from([(9, 1), (70, 1)]));
+        assert_eq!(tally.hits(), BTreeMap::from([(9, 1), (70, 1)]));
         assert_eq!(count(&tally, 70 | SEGMENT_INBOUND, 9), (1, 40));
-        assert_eq!(tally.segments.len(), 1);
+        assert_eq!(tally.segments().len(), 1);
         // Counted at its last checkpoint without the direction flag, by its reason.
         tally.add(&dropped);
         assert_eq!(tally.drops, BTreeMap::from([((9, 7), 2)]));
+    }
+
+    #[test]
+    fn hits_and_segments_come_out_in_id_order_whatever_the_ids() {
+        let mut tally = Tally::default();
+        tally.add(&journey(&[(4_000, 0), (5, 10), (70, 30)], END_CONSUMED, 5, 0));
+        tally.add(&journey(&[(70, 0), (4_000, 20)], END_CONSUMED, 5, SEGMENT_INBOUND));
+        assert_eq!(
+            tally.hits(),
+            BTreeMap::from([(5, 1), (70, 2), (4_000, 2)])
+        );
+        let keys: Vec<(u16, u16)> = tally.segments().into_keys().collect();
+        assert_eq!(
+            keys,
+            vec![
+                (5, 70),
+                (70, CP_CONSUMED),
+                (4_000, 5),
+                (70 | SEGMENT_INBOUND, 4_000),
+                (4_000 | SEGMENT_INBOUND, CP_CONSUMED),
+            ]
+        );
     }
 
     #[test]
@@ -230,7 +311,7 @@ mod tests {
         tally.add(&journey(&[(64, 0), (5, 500), (66, 200)], END_DROPPED, 0, 0));
         assert_eq!(tally.out_of_order, 1);
         assert_eq!(count(&tally, 64, 5), (1, 500));
-        assert!(!tally.segments.contains_key(&(5, 66)));
+        assert!(!tally.segments().contains_key(&(5, 66)));
     }
 
     #[test]

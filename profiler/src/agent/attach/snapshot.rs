@@ -27,8 +27,8 @@ pub(super) fn report(
     kernel: &str,
     attach_ms: f64,
 ) -> Result<AgentReport, AgentError> {
-    let hits = &journeys.hits;
-    let segments = &journeys.segments;
+    let hits = &journeys.hits();
+    let segments = &journeys.segments();
     let mut counters = collect::read_counters(&inner.ebpf)?;
     counters.out_of_order = journeys.out_of_order;
     if journeys.malformed > 0 {
