@@ -278,12 +278,19 @@ mod tests {
     #[test]
     fn hits_and_segments_come_out_in_id_order_whatever_the_ids() {
         let mut tally = Tally::default();
-        tally.add(&journey(&[(4_000, 0), (5, 10), (70, 30)], END_CONSUMED, 5, 0));
-        tally.add(&journey(&[(70, 0), (4_000, 20)], END_CONSUMED, 5, SEGMENT_INBOUND));
-        assert_eq!(
-            tally.hits(),
-            BTreeMap::from([(5, 1), (70, 2), (4_000, 2)])
-        );
+        tally.add(&journey(
+            &[(4_000, 0), (5, 10), (70, 30)],
+            END_CONSUMED,
+            5,
+            0,
+        ));
+        tally.add(&journey(
+            &[(70, 0), (4_000, 20)],
+            END_CONSUMED,
+            5,
+            SEGMENT_INBOUND,
+        ));
+        assert_eq!(tally.hits(), BTreeMap::from([(5, 1), (70, 2), (4_000, 2)]));
         let keys: Vec<(u16, u16)> = tally.segments().into_keys().collect();
         assert_eq!(
             keys,
