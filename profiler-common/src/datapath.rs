@@ -580,6 +580,8 @@ pub const fn bucket_high(bucket: usize) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
     /// `struct sk_buff`: `head` (pointer), `network_header` (u16), `dev` (pointer).
+    /// `skb_dev`, `dev_ifindex`, `dev_nd_net` and `net_ns_inum` also reach the aya object as
+    /// its read-only globals (`GLOBAL_OFF_*`), which is where its tp_btf programs read them.
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_dev: u32,

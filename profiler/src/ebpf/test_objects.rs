@@ -31,9 +31,10 @@ mod tests {
             .filter_map(|symbol| {
                 let section = file.section_by_index(symbol.section_index()?).ok()?;
                 let section = section.name().ok()?;
-                (section.starts_with(".rodata") || section.starts_with(".data"))
-                    .then(|| symbol.name().ok().map(str::to_owned))
-                    .flatten()
+                if !section.starts_with(".rodata") && !section.starts_with(".data") {
+                    return None;
+                }
+                symbol.name().ok().map(str::to_owned)
             })
             .collect()
     }
