@@ -27,7 +27,7 @@ use aya::{
     },
     Btf, Ebpf,
 };
-use netprof::agent::FlowSpec;
+use netprof::agent::{nf_points::next_point_table, FlowSpec};
 use netprof::ebpf::{
     load_object,
     netfilter::{
@@ -46,12 +46,13 @@ use profiler_common::datapath::{
     COUNTER_READ_ERRORS, COUNTER_REPEATS, COUNTER_SAMPLED_OUT, COUNTER_SLOT_BUSY, CP_CONSUMED,
     DEVICE_CP_BASE, END_CONSUMED, END_DROPPED, JOURNEY_CAP, JOURNEY_SLOTS, MAP_CONFIG,
     MAP_COUNTERS, MAP_DEVICES, MAP_FLOWS, MAP_JOURNEY_LOG, MAP_NF_ADMIT, MAP_NODE_DEVICES,
-    MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_PROGRAMS,
-    NF_TRACED, PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
+    MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_TRACED,
+    PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
     PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_GAUGE,
-    PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD_EGRESS,
-    PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND,
-    TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
+    PROG_NF_OUT_ENTRY, PROG_NF_POINT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS,
+    PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
+    VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -288,7 +289,7 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
         .reuse_maps(aya_map_fds(&ebpf, &ALL_MAPS)?)
         .reuse_map(MAP_NF_ADMIT, array.fd());
     let mut nf = Vec::new();
-    for name in NF_PROGRAMS.iter().flatten().chain([&PROG_NF_GAUGE]) {
+    for name in [PROG_NF_POINT, PROG_NF_OUT_ENTRY, PROG_NF_GAUGE] {
         let program = loader
             .load(name)
             .with_context(|| format!("loading {name}"))?;
@@ -298,7 +299,11 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
         "netfilter object: {} programs and admission loaded",
         nf.len()
     );
-    assert_eq!(nf.len(), 35 + 1, "35 points and the gauge");
+    assert_eq!(
+        nf.len(),
+        3,
+        "the shared point, the admitting point and the gauge"
+    );
     print_program(&bpftool_program(admit.id())?);
     for program in &nf {
         let info = bpftool_program(program.id())?;
@@ -588,6 +593,14 @@ struct LocalOut {
     admission: (NfProgramArray, NetfilterProgram),
 }
 
+/// The configuration for LOCAL_OUT `points` linked by [`attach_local_out`]: the first admits,
+/// the shared program names the others.
+fn watch_local_out(config: &mut Config, points: &[u32]) {
+    config.nf_admit_cp = nf_checkpoint(NF_HOOK_LOCAL_OUT, points[0]);
+    let linked = points.iter().map(|&p| (NF_HOOK_LOCAL_OUT, p)).collect();
+    config.nf_next_point = next_point_table(&linked);
+}
+
 fn attach_local_out(ebpf: &Ebpf, ns: &Netns, points: &[u32]) -> Result<LocalOut> {
     let admission = load_nf_admission(ebpf)?;
     let loader = NetfilterLoader::new(NF_OBJECT)
@@ -595,12 +608,16 @@ fn attach_local_out(ebpf: &Ebpf, ns: &Netns, points: &[u32]) -> Result<LocalOut>
         .reuse_map(MAP_NF_ADMIT, admission.0.fd());
     let mut programs = Vec::new();
     let mut links = Vec::new();
-    for &point in points {
-        let program = loader.load(NF_PROGRAMS[NF_HOOK_LOCAL_OUT as usize][point as usize])?;
+    // The first point admits; the others share one program, which takes its point from
+    // the journey (`Config::nf_next_point`, from `local_out_config`).
+    let entry = loader.load(PROG_NF_OUT_ENTRY)?;
+    let shared = loader.load(PROG_NF_POINT)?;
+    for (i, &point) in points.iter().enumerate() {
+        let program = if i == 0 { &entry } else { &shared };
         let priority = NF_POINT_PRIORITIES[point as usize];
         links.push(program.attach_in(Some(ns.name()), Hook::LocalOut, priority)?);
-        programs.push(program);
     }
+    programs.extend([entry, shared]);
     Ok(LocalOut {
         links,
         programs,
@@ -769,12 +786,13 @@ fn pings_pass_the_checkpoints_with_exact_counts() -> Result<()> {
     let flow = format!("icmp:{}-{}", VethLab::ADDR_A, VethLab::ADDR_B);
     let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
     // The 7 LOCAL_OUT points in a; the first admits (locally sent packets start there), so
-    // the uplink's egress does not.
+    // the uplink's egress does not. The other six share one program, which must name each
+    // point from the journey: every hit and segment below is exact.
+    let points: Vec<u32> = (0..NF_POINT_COUNT).collect();
     let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
-        config.nf_admit_cp = out(0);
+        watch_local_out(config, &points);
         config.uplink_egress_admits = 0;
     })?;
-    let points: Vec<u32> = (0..NF_POINT_COUNT).collect();
     let local_out = attach_local_out(&ebpf, &lab.a, &points)?;
 
     assert_eq!(
@@ -821,7 +839,7 @@ fn replies_start_their_path_at_a_veth_uplinks_backlog() -> Result<()> {
     let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
     let uplink_ifindex = ifindex(&lab.a, VethLab::IFACE)?;
     let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
-        config.nf_admit_cp = out(0);
+        watch_local_out(config, &[0]);
         config.uplink_egress_admits = 0;
         config.uplink_backlog_cp = CP_BACKLOG;
         config.uplink_ifindex = uplink_ifindex;
@@ -969,9 +987,8 @@ fn traffic_of_no_followed_flow_never_enters_journey_state() -> Result<()> {
     // protocol), whichever checkpoint they meet: LOCAL_OUT, the uplink's tc hooks, the
     // device tracepoints.
     let flow = format!("tcp:{}-{}:5201", VethLab::ADDR_A, VethLab::ADDR_B);
-    let out = |p| nf_checkpoint(NF_HOOK_LOCAL_OUT, p);
     let mut ebpf = load_checkpoints(&lab.a, &[uplink()], &[&flow], |config| {
-        config.nf_admit_cp = out(0);
+        watch_local_out(config, &[0, 1]);
         config.uplink_egress_admits = 1;
     })?;
     let local_out = attach_local_out(&ebpf, &lab.a, &[0, 1])?;

@@ -656,6 +656,10 @@ pub struct Config {
     /// The uplink's ifindex in the node namespace (`node_netns_inum`), for that admission.
     pub uplink_ifindex: u32,
     pub _pad6: u32,
+    /// Which point the shared netfilter program (`PROG_NF_POINT`) records, from where a
+    /// followed packet was last (see `NfNextPoint`). All zero (nothing recorded) until user
+    /// space has linked the points.
+    pub nf_next_point: NfNextPoint,
 }
 
 /// `Config::flow_flags`: some flows match any peer (keys with `addr_lo == 0`: two more lookups
@@ -773,25 +777,69 @@ pub const AYA_PROGRAMS: [&str; 25] = [
     VERIFIER_TWINS[1].0,
     VERIFIER_TWINS[2].0,
 ];
-/// Netfilter programs (object `profiler-nf`): `NF_PROGRAMS[hook][point]` records checkpoint
-/// `nf_checkpoint(hook, point)`; attach it to `hook` at `NF_POINT_PRIORITIES[point]`.
-pub const NF_PROGRAMS: [[&str; NF_POINT_COUNT as usize]; NF_HOOK_COUNT as usize] = [
-    [
-        "nf_h0_p0", "nf_h0_p1", "nf_h0_p2", "nf_h0_p3", "nf_h0_p4", "nf_h0_p5", "nf_h0_p6",
-    ],
-    [
-        "nf_h1_p0", "nf_h1_p1", "nf_h1_p2", "nf_h1_p3", "nf_h1_p4", "nf_h1_p5", "nf_h1_p6",
-    ],
-    [
-        "nf_h2_p0", "nf_h2_p1", "nf_h2_p2", "nf_h2_p3", "nf_h2_p4", "nf_h2_p5", "nf_h2_p6",
-    ],
-    [
-        "nf_h3_p0", "nf_h3_p1", "nf_h3_p2", "nf_h3_p3", "nf_h3_p4", "nf_h3_p5", "nf_h3_p6",
-    ],
-    [
-        "nf_h4_p0", "nf_h4_p1", "nf_h4_p2", "nf_h4_p3", "nf_h4_p4", "nf_h4_p5", "nf_h4_p6",
-    ],
+/// The netfilter program of every point but the admitting one (object `profiler-nf`), one
+/// program attached at every such (hook, point). A program cannot learn the priority it was
+/// linked at, so it takes its point from the followed packet's journey: the next point
+/// attached on its hook after the journey's last checkpoint (`nf_resume_index`,
+/// `Config::nf_next_point`). One program instead of one per point keeps netprof's code on a
+/// packet's path to one image that stays in the instruction cache from point to point.
+pub const PROG_NF_POINT: &str = "nf_point";
+/// The netfilter program of the admitting point (`Config::nf_admit_cp`, the first point on
+/// LOCAL_OUT): records that checkpoint, and hands a packet not followed yet to admission.
+pub const PROG_NF_OUT_ENTRY: &str = "nf_out_entry";
+/// The netfilter object's programs.
+pub const NF_OBJECT_PROGRAMS: [&str; 4] = [
+    PROG_NF_POINT,
+    PROG_NF_OUT_ENTRY,
+    PROG_NF_ADMIT,
+    PROG_NF_GAUGE,
 ];
+
+/// Where on `hook` a followed packet whose journey's last checkpoint is `last_cp` resumes:
+/// 0 entering the hook, `k + 1` right after point `k` of that hook (the gauge counts as the
+/// point it follows). An index into `Config::nf_next_point[hook]`. (Compares only: a division
+/// by the point count compiles to arithmetic whose bound the verifier cannot follow.)
+#[inline(always)]
+pub const fn nf_resume_index(hook: u32, last_cp: u16) -> usize {
+    if last_cp == CP_NF_GAUGE {
+        return if hook == NF_GAUGE_HOOK {
+            NF_GAUGE_AFTER as usize + 1
+        } else {
+            0
+        };
+    }
+    if hook >= NF_HOOK_COUNT {
+        return 0;
+    }
+    let first = nf_checkpoint(hook, 0);
+    if last_cp >= first && last_cp < first + NF_POINT_COUNT as u16 {
+        (last_cp - first) as usize + 1
+    } else {
+        0
+    }
+}
+
+/// The netfilter checkpoint a followed packet reaches on `hook` coming from `last_cp`, by
+/// the table user space wrote (`None` where the hook has no point attached).
+#[inline(always)]
+pub fn nf_next_checkpoint(table: &NfNextPoint, hook: u32, last_cp: u16) -> Option<u16> {
+    nf_checkpoint_at(table, hook, nf_resume_index(hook, last_cp))
+}
+
+/// The netfilter checkpoint at resume index `resume` (`nf_resume_index`) of `hook`.
+#[inline(always)]
+pub fn nf_checkpoint_at(table: &NfNextPoint, hook: u32, resume: usize) -> Option<u16> {
+    let next = *table.get(hook as usize)?.get(resume)?;
+    if next == 0 {
+        return None;
+    }
+    Some(nf_checkpoint(hook, next as u32 - 1))
+}
+
+/// `Config::nf_next_point`: per hook and resume index, 1 + the point a packet reaches next
+/// (the first attached point at or after that index, or the hook's first attached point when
+/// none is left: the hook is crossed again); 0 where the hook has no point attached.
+pub type NfNextPoint = [[u8; NF_POINT_COUNT as usize + 1]; NF_HOOK_COUNT as usize];
 
 #[cfg(feature = "user")]
 mod user {
@@ -822,7 +870,7 @@ const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Journey>() == 48 + JOURNEY_CAP * 6);
 const _: () = assert!(JOURNEY_CAP.is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 176);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () = assert!(JOURNEY_SLOTS.is_power_of_two() && journey_slot(u64::MAX) < JOURNEY_SLOTS);
 const _: () = assert!(POD_DEVICE_SLOTS.is_power_of_two() && NODE_DEVICE_SLOTS.is_power_of_two());
@@ -861,17 +909,11 @@ mod tests {
     #[test]
     fn program_names_are_unique_kernel_names() {
         let mut names = AYA_PROGRAMS.to_vec();
-        names.extend(NF_PROGRAMS.iter().flatten());
-        names.push(PROG_NF_ADMIT);
-        names.push(PROG_NF_GAUGE);
+        names.extend(NF_OBJECT_PROGRAMS);
         for (i, name) in names.iter().enumerate() {
             assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
             assert!(!names[..i].contains(name), "{name} twice");
         }
-        assert_eq!(
-            names.len(),
-            AYA_PROGRAMS.len() + (NF_HOOK_COUNT * NF_POINT_COUNT) as usize + 2
-        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn now() -> u64 {
 /// A value the verifier must see bounded even where the compiler could prove the bound: a
 /// volatile read keeps the check that follows in the program.
 #[inline(always)]
-fn opaque<T: Copy>(value: T) -> T {
+pub fn opaque<T: Copy>(value: T) -> T {
     // SAFETY: reading a live local.
     unsafe { core::ptr::read_volatile(&value) }
 }
@@ -138,16 +138,28 @@ fn release(slot: u32) {
 /// at the end of its journey.
 #[inline(always)]
 pub fn record(cfg: &Config, slot: u32, skb: u64, cp: u16) {
+    record_from(cfg, slot, skb, |_| Some(cp));
+}
+
+/// As [`record`], at the checkpoint `choose` names from the journey's last checkpoint (a
+/// program that stands for several checkpoints); nothing when it names none.
+#[inline(always)]
+pub fn record_from(cfg: &Config, slot: u32, skb: u64, choose: impl FnOnce(u16) -> Option<u16>) {
     // One counting site for the three ways a visit is not appended: each inlined counter
     // update costs program size on the path of every followed packet.
-    if let Some(counter) = append(cfg, slot, skb, cp) {
+    if let Some(counter) = append(cfg, slot, skb, choose) {
         bump(counter);
     }
 }
 
 /// Appends (checkpoint, time) to the journey in `slot`; `Some(counter)` says why it did not.
 #[inline(always)]
-fn append(cfg: &Config, slot: u32, skb: u64, cp: u16) -> Option<u32> {
+fn append(
+    cfg: &Config,
+    slot: u32,
+    skb: u64,
+    choose: impl FnOnce(u16) -> Option<u16>,
+) -> Option<u32> {
     // SAFETY: a value of a live array map. One skb is at one checkpoint at a time, and only
     // its own checkpoints write its journey.
     let journey = unsafe { &mut *NP_JOURNEYS.get_ptr_mut(slot)? };
@@ -156,6 +168,7 @@ fn append(cfg: &Config, slot: u32, skb: u64, cp: u16) -> Option<u32> {
         release(slot);
         return None;
     }
+    let cp = choose(journey.last_cp)?;
     let now = now();
     if cfg.stale_ns != 0 && now.wrapping_sub(journey.last_ns) > cfg.stale_ns {
         // The skb this journey followed was freed unseen and its address reused.

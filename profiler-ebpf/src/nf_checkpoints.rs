@@ -1,33 +1,37 @@
-//! The datapath profiler's netfilter checkpoints: one `BPF_PROG_TYPE_NETFILTER` program per
-//! (hook, point) of the contract (`NF_PROGRAMS[hook][point]`, checkpoint id
-//! `nf_checkpoint(hook, point)`), each a thin entry over the shared step in `checkpoint.rs`.
-//! User space attaches `NF_PROGRAMS[hook][point]` to `hook` at `NF_POINT_PRIORITIES[point]`, so
-//! consecutive points bracket one iptables table.
+//! The datapath profiler's netfilter checkpoints (`BPF_PROG_TYPE_NETFILTER`), thin entries
+//! over the shared step in `checkpoint.rs`. User space links them around the node's iptables
+//! tables at `NF_POINT_PRIORITIES`, so consecutive points bracket one table:
+//! - `nf_point` at every point but one. A program cannot learn the priority it was linked at
+//!   (netfilter links carry no cookie, and netprof's netfilter loader knows no globals), so it
+//!   takes its point from the followed packet's journey: the next point attached on its hook
+//!   (`ctx->state->hook`) after the journey's last checkpoint (`Config::nf_next_point`). One
+//!   program at every point keeps one image of netprof's code on the packet's path, warm in
+//!   the instruction cache from one point to the next, where one program per point made 14
+//!   copies of the same code on a flannel-vxlan path.
+//! - `nf_out_entry` at the first point on LOCAL_OUT (`Config::nf_admit_cp`): a locally sent
+//!   packet meets netprof there first, so a packet not followed yet goes to admission there;
+//!   every other path starts at a tc checkpoint.
+//! - `nf_gauge` one priority after a FORWARD point (`CP_NF_GAUGE`).
 //!
-//! The checkpoint id is a constant in each program (no globals: netprof's netfilter loader has
-//! none), which is why there are 35 programs rather than one. A packet that is not followed
-//! leaves after its tag check. Only LOCAL_OUT programs carry admission code, and only
-//! `Config::nf_admit_cp` (the first point attached there) uses it: a locally sent packet meets
-//! netprof there first; every other path starts at a tc checkpoint.
-//!
-//! The skb is `ctx->skb`; its headers are read with `bpf_probe_read_kernel` from
-//! `skb->head + skb->network_header` at offsets from `NP_CONFIG`.
+//! A packet that is not followed leaves after its tag check. The skb is `ctx->skb`; its
+//! headers are read with `bpf_probe_read_kernel` from `skb->head + skb->network_header` at
+//! offsets from `NP_CONFIG`.
 //!
 //! Verdict: always `NF_ACCEPT` (the packet goes on to the next hook function unchanged).
 
 use aya_ebpf::{macros::map, maps::ProgramArray, EbpfContext};
 use profiler_common::{
     datapath::{
-        nf_checkpoint, CP_NF_GAUGE, MAP_NF_ADMIT, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
-        NF_PROGRAMS, PROG_NF_ADMIT, PROG_NF_GAUGE,
+        nf_checkpoint_at, nf_resume_index, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, PROG_NF_ADMIT,
+        PROG_NF_GAUGE, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
     },
     names_match,
 };
 
 use crate::{
     checkpoint::{
-        admit, close_hand_over, config, followed, hand_over, record, skb_address, take_hand_over,
-        visit,
+        admit, close_hand_over, config, followed, hand_over, opaque, record, record_from,
+        skb_address, take_hand_over, visit,
     },
     flows::Skb,
 };
@@ -38,6 +42,8 @@ static NP_NF_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 const _: () = assert!(names_match(stringify!(NP_NF_ADMIT), MAP_NF_ADMIT));
 const _: () = assert!(names_match(stringify!(nf_admit), PROG_NF_ADMIT));
 const _: () = assert!(names_match(stringify!(nf_gauge), PROG_NF_GAUGE));
+const _: () = assert!(names_match(stringify!(nf_point), PROG_NF_POINT));
+const _: () = assert!(names_match(stringify!(nf_out_entry), PROG_NF_OUT_ENTRY));
 
 /// `NF_ACCEPT` from `include/uapi/linux/netfilter.h`.
 const NF_ACCEPT: i32 = 1;
@@ -73,16 +79,53 @@ fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
     NF_ACCEPT
 }
 
-/// Netfilter checkpoint `cp` on LOCAL_OUT: when it is `Config::nf_admit_cp`, a packet that
-/// is not followed yet goes to admission (`nf_admit`, by tail call).
+/// The hook a netfilter program runs on: `ctx->state->hook`.
 #[inline(always)]
-fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
+fn hook_of(ctx: *const BpfNfCtx) -> u32 {
+    // SAFETY: `state` is a context access the verifier allows (8 bytes at offset 0), typed as
+    // `struct nf_hook_state *`, whose first field is `u8 hook` in every kernel with
+    // netfilter links; the verifier checks this load against that struct's BTF.
+    unsafe { u32::from(core::ptr::read_volatile((*ctx).state as *const u8)) }
+}
+
+/// Every point but the admitting one: a followed packet is recorded at the point it reaches
+/// next on this hook (see the module's comment).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "netfilter")]
+pub extern "C" fn nf_point(ctx: *const BpfNfCtx) -> i32 {
+    let Some(skb) = skb_address(skb_of(ctx)) else {
+        return NF_ACCEPT;
+    };
+    let Some(slot) = followed(skb) else {
+        return NF_ACCEPT;
+    };
+    let Some(cfg) = config() else {
+        return NF_ACCEPT;
+    };
+    let hook = hook_of(ctx);
+    record_from(cfg, slot, skb, |last| {
+        // The bound check on the index must stay in the program for the verifier.
+        let resume = opaque(nf_resume_index(hook, last));
+        nf_checkpoint_at(&cfg.nf_next_point, hook, resume)
+    });
+    NF_ACCEPT
+}
+
+/// The first point on LOCAL_OUT (`Config::nf_admit_cp`): a packet that is not followed yet
+/// goes to admission (`nf_admit`, by tail call).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "netfilter")]
+pub extern "C" fn nf_out_entry(ctx: *const BpfNfCtx) -> i32 {
     let (Some(skb), Some(cfg)) = (skb_address(skb_of(ctx)), config()) else {
         return NF_ACCEPT;
     };
+    let cp = cfg.nf_admit_cp;
+    if cp == CP_NONE {
+        return NF_ACCEPT;
+    }
     match followed(skb) {
         Some(slot) => record(cfg, slot, skb, cp),
-        None if cfg.nf_admit_cp == cp => {
+        None => {
             if let Some(level) = hand_over(skb, cp, 0) {
                 // SAFETY: the tail call jumps to `nf_admit`, which returns the verdict, or
                 // fails and returns here.
@@ -91,7 +134,6 @@ fn nf_visit_local_out(ctx: *const BpfNfCtx, cp: u16) -> i32 {
                 close_hand_over(level);
             }
         }
-        None => {}
     }
     NF_ACCEPT
 }
@@ -116,70 +158,3 @@ pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
 pub extern "C" fn nf_gauge(ctx: *const BpfNfCtx) -> i32 {
     nf_visit(ctx, CP_NF_GAUGE)
 }
-
-/// `nf_programs!((name, hook, point), ...)`: one netfilter program per tuple, checked against
-/// the contract's `NF_PROGRAMS` table at compile time.
-macro_rules! nf_programs {
-    ($(($name:ident, $hook:literal, $point:literal)),* $(,)?) => {
-        $(
-            const _: () = assert!($hook < NF_HOOK_COUNT && $point < NF_POINT_COUNT);
-            const _: () = assert!(names_match(
-                stringify!($name),
-                NF_PROGRAMS[$hook as usize][$point as usize]
-            ));
-
-            #[unsafe(no_mangle)]
-            #[unsafe(link_section = "netfilter")]
-            pub extern "C" fn $name(ctx: *const BpfNfCtx) -> i32 {
-                const CP: u16 = nf_checkpoint($hook, $point);
-                if $hook == NF_HOOK_LOCAL_OUT {
-                    nf_visit_local_out(ctx, CP)
-                } else {
-                    nf_visit(ctx, CP)
-                }
-            }
-        )*
-        /// Every (hook, point) has its program.
-        const _: () = assert!(
-            [$(($hook, $point)),*].len() == (NF_HOOK_COUNT * NF_POINT_COUNT) as usize
-        );
-    };
-}
-
-nf_programs!(
-    (nf_h0_p0, 0, 0),
-    (nf_h0_p1, 0, 1),
-    (nf_h0_p2, 0, 2),
-    (nf_h0_p3, 0, 3),
-    (nf_h0_p4, 0, 4),
-    (nf_h0_p5, 0, 5),
-    (nf_h0_p6, 0, 6),
-    (nf_h1_p0, 1, 0),
-    (nf_h1_p1, 1, 1),
-    (nf_h1_p2, 1, 2),
-    (nf_h1_p3, 1, 3),
-    (nf_h1_p4, 1, 4),
-    (nf_h1_p5, 1, 5),
-    (nf_h1_p6, 1, 6),
-    (nf_h2_p0, 2, 0),
-    (nf_h2_p1, 2, 1),
-    (nf_h2_p2, 2, 2),
-    (nf_h2_p3, 2, 3),
-    (nf_h2_p4, 2, 4),
-    (nf_h2_p5, 2, 5),
-    (nf_h2_p6, 2, 6),
-    (nf_h3_p0, 3, 0),
-    (nf_h3_p1, 3, 1),
-    (nf_h3_p2, 3, 2),
-    (nf_h3_p3, 3, 3),
-    (nf_h3_p4, 3, 4),
-    (nf_h3_p5, 3, 5),
-    (nf_h3_p6, 3, 6),
-    (nf_h4_p0, 4, 0),
-    (nf_h4_p1, 4, 1),
-    (nf_h4_p2, 4, 2),
-    (nf_h4_p3, 4, 3),
-    (nf_h4_p4, 4, 4),
-    (nf_h4_p5, 4, 5),
-    (nf_h4_p6, 4, 6),
-);

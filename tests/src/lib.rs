@@ -722,7 +722,7 @@ pub fn loaded_netprof_programs() -> Vec<(u32, String)> {
             Err(err) => panic!("listing the kernel's BPF programs: {err}"),
         };
         let name = info.name_as_str().unwrap_or_default().to_owned();
-        if name.starts_with("cp_") || name.starts_with("nf_h") {
+        if name.starts_with("cp_") || name.starts_with("nf_") {
             programs.push((info.id(), name));
         }
     }

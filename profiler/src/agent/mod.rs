@@ -50,11 +50,6 @@ pub use profiler_common::datapath::{
     PROG_TC_UPLINK_INGRESS, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
 };
 
-/// The netfilter program of `hook`, `point` in the netfilter object.
-pub fn nf_program(hook: u32, point: u32) -> &'static str {
-    profiler_common::datapath::NF_PROGRAMS[hook as usize][point as usize]
-}
-
 /// flannel's VXLAN port: where paths start, the kernel programs judge UDP to this port by the
 /// packet inside.
 pub const VXLAN_PORT: u16 = 8472;

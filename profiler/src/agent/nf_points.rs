@@ -8,9 +8,11 @@
 //! present: each iptables table registers fixed priorities on fixed hooks, and conntrack is
 //! assumed wherever any table exists (kube-proxy's rules need it).
 
+use std::collections::BTreeSet;
+
 use profiler_common::datapath::{
-    NF_HOOK_COUNT, NF_HOOK_FORWARD, NF_HOOK_LOCAL_IN, NF_HOOK_LOCAL_OUT, NF_HOOK_POST_ROUTING,
-    NF_HOOK_PRE_ROUTING, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+    NfNextPoint, NF_HOOK_COUNT, NF_HOOK_FORWARD, NF_HOOK_LOCAL_IN, NF_HOOK_LOCAL_OUT,
+    NF_HOOK_POST_ROUTING, NF_HOOK_PRE_ROUTING, NF_POINT_COUNT, NF_POINT_PRIORITIES,
 };
 
 const PRE: u32 = NF_HOOK_PRE_ROUTING;
@@ -100,8 +102,37 @@ pub fn points(registered: &[i32]) -> Vec<u32> {
     kept
 }
 
+/// `Config::nf_next_point` for the linked `(hook, point)`s: from each resume index, the first
+/// linked point at or after it, else the hook's first (the hook is crossed again).
+pub fn next_point_table(linked: &BTreeSet<(u32, u32)>) -> NfNextPoint {
+    let mut table = NfNextPoint::default();
+    for (hook, row) in table.iter_mut().enumerate() {
+        let on_hook: Vec<u32> = linked
+            .iter()
+            .filter(|(h, _)| *h as usize == hook)
+            .map(|&(_, point)| point)
+            .collect();
+        let Some(&first) = on_hook.first() else {
+            continue;
+        };
+        for (index, next) in row.iter_mut().enumerate() {
+            let point = on_hook
+                .iter()
+                .copied()
+                .find(|&p| p as usize >= index)
+                .unwrap_or(first);
+            *next = point as u8 + 1;
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
+    use profiler_common::datapath::{
+        nf_checkpoint, nf_next_checkpoint, CP_NF_GAUGE, CP_NONE, NF_GAUGE_AFTER,
+    };
+
     use super::*;
 
     fn tables(names: &[&str]) -> Vec<String> {
@@ -184,5 +215,71 @@ mod tests {
         let hooks = registered(&[]).unwrap();
         assert!(hooks.iter().all(|h| points(h).is_empty()));
         assert!(registered(&["inet cilium".to_owned()]).is_none());
+    }
+    /// The checkpoints a followed packet is recorded at when it crosses `hook` once, coming
+    /// from `last`, as the shared program chooses them (the gauge where it is linked).
+    fn walk(table: &NfNextPoint, hook: u32, mut last: u16, runs: usize) -> Vec<u16> {
+        let mut seen = Vec::new();
+        for _ in 0..runs {
+            let cp = nf_next_checkpoint(table, hook, last).expect("a point");
+            seen.push(cp);
+            last = cp;
+        }
+        seen
+    }
+
+    #[test]
+    fn the_shared_program_records_each_linked_point_in_order() {
+        let hooks = registered(&tables(&["nat", "filter"])).unwrap();
+        let linked: BTreeSet<(u32, u32)> = hooks
+            .iter()
+            .enumerate()
+            .flat_map(|(hook, prios)| points(prios).into_iter().map(move |p| (hook as u32, p)))
+            .collect();
+        let table = next_point_table(&linked);
+        for hook in 0..NF_HOOK_COUNT {
+            let expected: Vec<u16> = linked
+                .iter()
+                .filter(|(h, _)| *h == hook)
+                .map(|&(h, p)| nf_checkpoint(h, p))
+                .collect();
+            // Entering from a device, from another hook's point, or from this hook's last
+            // point (the hook crossed again): the hook's points in order.
+            let last_of_other = nf_checkpoint((hook + 1) % NF_HOOK_COUNT, 1);
+            for from in [CP_NONE, 70, last_of_other, *expected.last().unwrap()] {
+                assert_eq!(
+                    walk(&table, hook, from, expected.len()),
+                    expected,
+                    "hook {hook}"
+                );
+            }
+        }
+        // FORWARD with the gauge after its point at -99: -99, the gauge, then +1.
+        let first = nf_next_checkpoint(&table, NF_HOOK_FORWARD, 70).unwrap();
+        assert_eq!(first, nf_checkpoint(NF_HOOK_FORWARD, NF_GAUGE_AFTER));
+        assert_eq!(
+            nf_next_checkpoint(&table, NF_HOOK_FORWARD, CP_NF_GAUGE),
+            Some(nf_checkpoint(NF_HOOK_FORWARD, NF_GAUGE_AFTER + 1))
+        );
+        // A gauge seen last means nothing on another hook.
+        assert_eq!(
+            nf_next_checkpoint(&table, NF_HOOK_POST_ROUTING, CP_NF_GAUGE),
+            nf_next_checkpoint(&table, NF_HOOK_POST_ROUTING, CP_NONE)
+        );
+    }
+
+    #[test]
+    fn a_hook_with_nothing_linked_records_nothing() {
+        let linked: BTreeSet<(u32, u32)> = [(NF_HOOK_LOCAL_OUT, 2)].into_iter().collect();
+        let table = next_point_table(&linked);
+        assert_eq!(table[NF_HOOK_LOCAL_OUT as usize], [3; 8]);
+        for hook in [NF_HOOK_PRE_ROUTING, NF_HOOK_FORWARD, NF_HOOK_POST_ROUTING] {
+            assert_eq!(nf_next_checkpoint(&table, hook, CP_NONE), None);
+        }
+        // The zeroed table user space has not written yet records nothing anywhere.
+        assert_eq!(
+            nf_next_checkpoint(&NfNextPoint::default(), NF_HOOK_LOCAL_OUT, CP_NONE),
+            None
+        );
     }
 }

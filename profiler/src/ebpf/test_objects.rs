@@ -101,10 +101,9 @@ mod tests {
         );
 
         let (programs, maps) = programs_and_maps(NF_OBJECT);
-        let nf_programs = datapath::NF_PROGRAMS.into_iter().flatten();
         assert_eq!(
             programs,
-            names(nf_programs.chain([datapath::PROG_NF_ADMIT, datapath::PROG_NF_GAUGE])),
+            names(datapath::NF_OBJECT_PROGRAMS),
             "programs of NF_OBJECT"
         );
         assert!(

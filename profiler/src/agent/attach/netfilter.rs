@@ -7,12 +7,12 @@ use std::collections::{BTreeSet, HashMap as StdHashMap};
 use profiler_common::datapath::{
     nf_checkpoint, ALL_MAPS, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, NF_GAUGE_AFTER, NF_GAUGE_HOOK,
     NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    PROG_NF_ADMIT, PROG_NF_GAUGE,
+    PROG_NF_ADMIT, PROG_NF_GAUGE, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
 };
 
 use super::{admission::CloseAfterCallers, chain, maps, nf_fentry, Inner};
 use crate::{
-    agent::{nf_points, nf_program, stages::NF_HOOK_NAMES},
+    agent::{nf_points, stages::NF_HOOK_NAMES},
     cmd::Cmd,
     ebpf::netfilter::{
         Hook, NetfilterLink, NetfilterLoader, NetfilterProgram, ProgramArray, NF_OBJECT,
@@ -23,10 +23,14 @@ use crate::{
 #[derive(Debug, Default)]
 pub(super) struct NetfilterFamily {
     pub links: Vec<NetfilterLink>,
-    /// The loaded programs with their `(hook, point)`.
-    pub programs: Vec<((u32, u32), NetfilterProgram)>,
-    /// Admission, tail-called by the LOCAL_OUT point that admits (its program array is
-    /// `Inner::nf_admission`).
+    /// The `(hook, point)`s to link, each with its program: `entry` at the first point on
+    /// LOCAL_OUT, `point` at every other.
+    pub points: Vec<(u32, u32)>,
+    /// `PROG_NF_POINT`, linked at every point but the first on LOCAL_OUT.
+    pub point: Option<NetfilterProgram>,
+    /// `PROG_NF_OUT_ENTRY`, at the first point on LOCAL_OUT, with the point it is linked at.
+    pub entry: Option<((u32, u32), NetfilterProgram)>,
+    /// Admission, tail-called by `entry` (its program array is `Inner::nf_admission`).
     pub admit: Option<NetfilterProgram>,
     /// The `(hook, point)`s watched (by links or by the fentry fallback).
     pub attached: BTreeSet<(u32, u32)>,
@@ -115,6 +119,9 @@ fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 /// fentry/fexit fallback. Where no LOCAL_OUT point admits, the uplink's egress does.
 pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool, gauge: bool) {
     attach_points(inner, force_fentry, gauge);
+    if inner.nf.point.is_some() || inner.nf.entry.is_some() {
+        inner.config.nf_next_point = nf_points::next_point_table(&inner.nf.attached);
+    }
     inner.config.uplink_egress_admits = u16::from(inner.config.nf_admit_cp == CP_NONE);
     let config = inner.config;
     if let Err(err) = maps::write_config(&mut inner.ebpf, &config) {
@@ -132,16 +139,50 @@ fn attach_points(inner: &mut Inner, force_fentry: bool, gauge: bool) {
             nf_fentry::attach(inner, &layout, "no netfilter link attached");
         }
     }
-    inner.config.nf_admit_cp = admitting_checkpoint(&inner.nf.attached);
+    inner.config.nf_admit_cp = admitting_checkpoint(&inner.nf.attached, inner.nf.admitter());
 }
 
-/// The netfilter checkpoint that admits (`Config::nf_admit_cp`): the first point watched on
-/// LOCAL_OUT, or none.
-fn admitting_checkpoint(watched: &BTreeSet<(u32, u32)>) -> u16 {
-    watched
-        .iter()
-        .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT)
-        .map_or(CP_NONE, |&(hook, point)| nf_checkpoint(hook, point))
+impl NetfilterFamily {
+    /// Which point may admit: with links, only `entry`'s (`Some(None)` when it did not
+    /// load); `None` for the fentry fallback, whose first LOCAL_OUT point admits.
+    fn admitter(&self) -> Option<Option<(u32, u32)>> {
+        let linking = self.point.is_some() || self.entry.is_some();
+        linking.then(|| self.entry.as_ref().map(|(at, _)| *at))
+    }
+
+    /// The program linked at `(hook, point)`.
+    fn program_at(&self, at: (u32, u32)) -> Option<&NetfilterProgram> {
+        match &self.entry {
+            Some((entry_at, entry)) if *entry_at == at => Some(entry),
+            _ => self.point.as_ref(),
+        }
+    }
+
+    /// The loaded netfilter programs (bpf_stats), with their names.
+    pub(super) fn program_ids(&self) -> impl Iterator<Item = (u32, &str)> {
+        let entry = self.entry.as_ref().map(|(_, p)| p);
+        [self.point.as_ref(), entry, self.gauge.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| (p.id(), p.name()))
+    }
+}
+
+/// The netfilter checkpoint that admits (`Config::nf_admit_cp`), or none. With links
+/// (`admitter` is `Some`) only the admitting program's point, if it is watched; the fentry
+/// fallback (`None`) admits at the first point it watches on LOCAL_OUT.
+fn admitting_checkpoint(
+    watched: &BTreeSet<(u32, u32)>,
+    admitter: Option<Option<(u32, u32)>>,
+) -> u16 {
+    let at = match admitter {
+        Some(entry) => entry.filter(|at| watched.contains(at)),
+        None => watched
+            .iter()
+            .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT)
+            .copied(),
+    };
+    at.map_or(CP_NONE, |(hook, point)| nf_checkpoint(hook, point))
 }
 
 fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
@@ -176,22 +217,40 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
     if let Some((array, _)) = &admission {
         loader = loader.reuse_map(MAP_NF_ADMIT, array.fd());
     }
-    let mut programs = Vec::new();
-    for hook in 0..NF_HOOK_COUNT {
-        for &point in &points_per_hook[hook as usize] {
-            let name = nf_program(hook, point);
-            match loader.load(name) {
-                Ok(program) => programs.push(((hook, point), program)),
-                Err(err) => failures.push((
-                    format!("nf {} point {point} ({name})", NF_HOOK_NAMES[hook as usize]),
-                    chain(&err),
-                )),
-            }
+    let points: Vec<(u32, u32)> = (0..NF_HOOK_COUNT)
+        .flat_map(|hook| {
+            points_per_hook[hook as usize]
+                .iter()
+                .map(move |&p| (hook, p))
+        })
+        .collect();
+    let entry_at = points
+        .iter()
+        .copied()
+        .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT);
+    let mut load = |name: &str, what: String| match loader.load(name) {
+        Ok(program) => Some(program),
+        Err(err) => {
+            failures.push((what, chain(&err)));
+            None
         }
-    }
+    };
+    let point = points
+        .iter()
+        .any(|&at| Some(at) != entry_at)
+        .then(|| load(PROG_NF_POINT, format!("netfilter points ({PROG_NF_POINT})")))
+        .flatten();
+    let entry = entry_at.and_then(|(hook, p)| {
+        let what = format!(
+            "nf {} point {p} ({PROG_NF_OUT_ENTRY})",
+            NF_HOOK_NAMES[hook as usize]
+        );
+        load(PROG_NF_OUT_ENTRY, what).map(|program| ((hook, p), program))
+    });
+    let loaded = point.is_some() || entry.is_some();
     // Only where the kernel took the points: without netfilter links there is no gauge
     // either, and the fentry fallback (whose runs are not netfilter runs) has none.
-    if gauge && !programs.is_empty() {
+    if gauge && loaded {
         let what = format!("netfilter gauge ({PROG_NF_GAUGE})");
         if !points_per_hook[NF_GAUGE_HOOK as usize].contains(&NF_GAUGE_AFTER) {
             let priority = NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize];
@@ -209,19 +268,24 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
     drop(loader);
     // A kernel without netfilter programs refuses every point alike, and the points say so;
     // admission failing on its own is worth a line of its own.
-    if let (Some(reason), false) = (admission_failure, programs.is_empty()) {
+    if let (Some(reason), true) = (admission_failure, loaded) {
         failures.push((format!("netfilter admission ({PROG_NF_ADMIT})"), reason));
     }
     if let Some((array, admit)) = admission {
-        let callers = programs
-            .iter()
-            .filter(|((hook, _), _)| *hook == NF_HOOK_LOCAL_OUT)
-            .map(|(_, p)| p.id())
-            .collect();
+        let callers = entry.iter().map(|(_, p)| p.id()).collect();
         inner.nf_admission = Some(CloseAfterCallers::new(array, callers));
         inner.nf.admit = Some(admit);
     }
-    inner.nf.programs = programs;
+    // A point whose program did not load is not linked (its failure is listed above).
+    inner.nf.points = points
+        .into_iter()
+        .filter(|&at| match &entry {
+            Some((entry_at, _)) if *entry_at == at => true,
+            _ => point.is_some(),
+        })
+        .collect();
+    inner.nf.point = point;
+    inner.nf.entry = entry;
     let (links, attach_failures) = link_all(inner);
     failures.extend(attach_failures);
     for (what, reason) in failures {
@@ -251,21 +315,24 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
         }
     };
     let reopening = !inner.nf.attached.is_empty();
-    for ((hook, point), program) in &inner.nf.programs {
-        if reopening && !inner.nf.attached.contains(&(*hook, *point)) {
+    for &(hook, point) in &inner.nf.points {
+        if reopening && !inner.nf.attached.contains(&(hook, point)) {
             continue;
         }
-        let priority = NF_POINT_PRIORITIES[*point as usize];
-        match program.attach(hook_of(*hook), priority) {
+        let Some(program) = inner.nf.program_at((hook, point)) else {
+            continue;
+        };
+        let priority = NF_POINT_PRIORITIES[point as usize];
+        match program.attach(hook_of(hook), priority) {
             Ok(link) => {
                 links.push(link);
-                inner.nf.attached.insert((*hook, *point));
+                inner.nf.attached.insert((hook, point));
             }
             Err(err) => failures.push((
                 format!(
                     "nf {} {priority} (checkpoint {})",
-                    NF_HOOK_NAMES[*hook as usize],
-                    nf_checkpoint(*hook, *point)
+                    NF_HOOK_NAMES[hook as usize],
+                    nf_checkpoint(hook, point)
                 ),
                 chain(&err),
             )),
@@ -295,7 +362,7 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
 
 /// Links the watched points again (a duty-cycle window opening).
 pub(super) fn reattach(inner: &mut Inner) {
-    if inner.nf.programs.is_empty() || inner.nf.attached.is_empty() {
+    if inner.nf.points.is_empty() || inner.nf.attached.is_empty() {
         return;
     }
     let (links, failures) = link_all(inner);
@@ -314,15 +381,30 @@ mod tests {
         let watched: BTreeSet<(u32, u32)> = [(0, 1), (0, 2), (3, 2), (3, 1), (4, 5)]
             .into_iter()
             .collect();
+        let out = |point| (NF_HOOK_LOCAL_OUT, point);
+        // Links: the entry program is at the first LOCAL_OUT point.
         assert_eq!(
-            admitting_checkpoint(&watched),
+            admitting_checkpoint(&watched, Some(Some(out(1)))),
+            nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
+        );
+        // Its link failed, or it did not load: the other points' program cannot admit, so
+        // none does (the uplink's egress admits instead).
+        let without_first: BTreeSet<_> = watched.iter().copied().filter(|&w| w != out(1)).collect();
+        assert_eq!(
+            admitting_checkpoint(&without_first, Some(Some(out(1)))),
+            CP_NONE
+        );
+        assert_eq!(admitting_checkpoint(&watched, Some(None)), CP_NONE);
+        // The fentry fallback: its first LOCAL_OUT point admits.
+        assert_eq!(
+            admitting_checkpoint(&watched, None),
             nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
         );
         assert_eq!(
-            admitting_checkpoint(&[(0, 1), (4, 5)].into_iter().collect()),
+            admitting_checkpoint(&[(0, 1), (4, 5)].into_iter().collect(), None),
             CP_NONE
         );
-        assert_eq!(admitting_checkpoint(&BTreeSet::new()), CP_NONE);
+        assert_eq!(admitting_checkpoint(&BTreeSet::new(), None), CP_NONE);
     }
 
     #[test]

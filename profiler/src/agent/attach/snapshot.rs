@@ -240,9 +240,7 @@ fn program_stats(inner: &Inner) -> Vec<ProgramStats> {
     }
     let nf_ids: StdHashMap<u32, &str> = inner
         .nf
-        .programs
-        .iter()
-        .map(|(_, p)| (p.id(), p.name()))
+        .program_ids()
         .chain(inner.fentry.programs.iter().flat_map(|p| p.program_ids()))
         .collect();
     if !nf_ids.is_empty() {
