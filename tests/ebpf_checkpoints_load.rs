@@ -48,11 +48,10 @@ use profiler_common::datapath::{
     MAP_COUNTERS, MAP_DEVICES, MAP_FLOWS, MAP_JOURNEY_LOG, MAP_NF_ADMIT, MAP_NODE_DEVICES,
     MAP_TAGS, MAP_TC_ADMIT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES, NF_TRACED,
     PROG_BACKLOG, PROG_CONSUME_SKB, PROG_CONSUME_SKB_BTF, PROG_DELIVER_BTF, PROG_DEV_RX,
-    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_GAUGE,
-    PROG_NF_OUT_ENTRY, PROG_NF_POINT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS,
-    PROG_TC_UPLINK_INGRESS, SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX,
-    VERIFIER_TWINS,
+    PROG_DEV_TX, PROG_KFREE_SKB, PROG_KFREE_SKB_BTF, PROG_NF_ADMIT, PROG_NF_OUT_ENTRY,
+    PROG_NF_POINT, PROG_TCP_RETRANSMIT, PROG_TC_ADMIT, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_TC_POD_EGRESS, PROG_TC_POD_INGRESS, PROG_TC_UPLINK_EGRESS, PROG_TC_UPLINK_INGRESS,
+    SEGMENT_INBOUND, TP_BACKLOG, TP_DELIVER, TP_DEV_RX, TP_DEV_TX, VERIFIER_TWINS,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "bpftool", "sysctl"];
@@ -289,7 +288,7 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
         .reuse_maps(aya_map_fds(&ebpf, &ALL_MAPS)?)
         .reuse_map(MAP_NF_ADMIT, array.fd());
     let mut nf = Vec::new();
-    for name in [PROG_NF_POINT, PROG_NF_OUT_ENTRY, PROG_NF_GAUGE] {
+    for name in [PROG_NF_POINT, PROG_NF_OUT_ENTRY] {
         let program = loader
             .load(name)
             .with_context(|| format!("loading {name}"))?;
@@ -301,8 +300,8 @@ fn every_checkpoint_program_loads_small_and_is_freed_on_drop() -> Result<()> {
     );
     assert_eq!(
         nf.len(),
-        3,
-        "the shared point, the admitting point and the gauge"
+        2,
+        "the points' (and the gauge's) and the admitting point's"
     );
     print_program(&bpftool_program(admit.id())?);
     for program in &nf {
@@ -598,7 +597,7 @@ struct LocalOut {
 fn watch_local_out(config: &mut Config, points: &[u32]) {
     config.nf_admit_cp = nf_checkpoint(NF_HOOK_LOCAL_OUT, points[0]);
     let linked = points.iter().map(|&p| (NF_HOOK_LOCAL_OUT, p)).collect();
-    config.nf_next_point = next_point_table(&linked);
+    config.nf_next_point = next_point_table(&linked, false);
 }
 
 fn attach_local_out(ebpf: &Ebpf, ns: &Netns, points: &[u32]) -> Result<LocalOut> {

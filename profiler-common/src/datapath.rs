@@ -242,8 +242,6 @@ pub const NF_GAUGE_HOOK: u32 = NF_HOOK_FORWARD;
 pub const NF_GAUGE_AFTER: u32 = 4;
 /// The gauge's priority.
 pub const NF_GAUGE_PRIORITY: i32 = NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize] + 1;
-/// The gauge's program (netfilter object).
-pub const PROG_NF_GAUGE: &str = "nf_gauge";
 
 /// Conntrack's priority on PRE_ROUTING and LOCAL_OUT (`NF_IP_PRI_CONNTRACK`), where
 /// `nf_conntrack_in` runs.
@@ -660,6 +658,7 @@ pub struct Config {
     /// followed packet was last (see `NfNextPoint`). All zero (nothing recorded) until user
     /// space has linked the points.
     pub nf_next_point: NfNextPoint,
+    pub _pad7: [u8; 3],
 }
 
 /// `Config::flow_flags`: some flows match any peer (keys with `addr_lo == 0`: two more lookups
@@ -787,23 +786,19 @@ pub const PROG_NF_POINT: &str = "nf_point";
 /// The netfilter program of the admitting point (`Config::nf_admit_cp`, the first point on
 /// LOCAL_OUT): records that checkpoint, and hands a packet not followed yet to admission.
 pub const PROG_NF_OUT_ENTRY: &str = "nf_out_entry";
-/// The netfilter object's programs.
-pub const NF_OBJECT_PROGRAMS: [&str; 4] = [
-    PROG_NF_POINT,
-    PROG_NF_OUT_ENTRY,
-    PROG_NF_ADMIT,
-    PROG_NF_GAUGE,
-];
+/// The netfilter object's programs. (The gauge is `PROG_NF_POINT` too: what it measures of
+/// netprof between two points is then exactly the code every other point runs.)
+pub const NF_OBJECT_PROGRAMS: [&str; 3] = [PROG_NF_POINT, PROG_NF_OUT_ENTRY, PROG_NF_ADMIT];
 
 /// Where on `hook` a followed packet whose journey's last checkpoint is `last_cp` resumes:
-/// 0 entering the hook, `k + 1` right after point `k` of that hook (the gauge counts as the
-/// point it follows). An index into `Config::nf_next_point[hook]`. (Compares only: a division
-/// by the point count compiles to arithmetic whose bound the verifier cannot follow.)
+/// 0 entering the hook, `k + 1` right after point `k` of that hook, `NF_RESUME_AFTER_GAUGE`
+/// right after the gauge. An index into `Config::nf_next_point[hook]`. (Compares only: a
+/// division by the point count compiles to arithmetic whose bound the verifier cannot follow.)
 #[inline(always)]
 pub const fn nf_resume_index(hook: u32, last_cp: u16) -> usize {
     if last_cp == CP_NF_GAUGE {
         return if hook == NF_GAUGE_HOOK {
-            NF_GAUGE_AFTER as usize + 1
+            NF_RESUME_AFTER_GAUGE
         } else {
             0
         };
@@ -829,17 +824,23 @@ pub fn nf_next_checkpoint(table: &NfNextPoint, hook: u32, last_cp: u16) -> Optio
 /// The netfilter checkpoint at resume index `resume` (`nf_resume_index`) of `hook`.
 #[inline(always)]
 pub fn nf_checkpoint_at(table: &NfNextPoint, hook: u32, resume: usize) -> Option<u16> {
-    let next = *table.get(hook as usize)?.get(resume)?;
-    if next == 0 {
-        return None;
+    match *table.get(hook as usize)?.get(resume)? {
+        0 => None,
+        NF_NEXT_GAUGE => Some(CP_NF_GAUGE),
+        next => Some(nf_checkpoint(hook, next as u32 - 1)),
     }
-    Some(nf_checkpoint(hook, next as u32 - 1))
 }
+
+/// `nf_resume_index` right after the gauge.
+pub const NF_RESUME_AFTER_GAUGE: usize = NF_POINT_COUNT as usize + 1;
+/// An `NfNextPoint` entry: the gauge (`CP_NF_GAUGE`) comes next.
+pub const NF_NEXT_GAUGE: u8 = u8::MAX;
 
 /// `Config::nf_next_point`: per hook and resume index, 1 + the point a packet reaches next
 /// (the first attached point at or after that index, or the hook's first attached point when
-/// none is left: the hook is crossed again); 0 where the hook has no point attached.
-pub type NfNextPoint = [[u8; NF_POINT_COUNT as usize + 1]; NF_HOOK_COUNT as usize];
+/// none is left: the hook is crossed again), or `NF_NEXT_GAUGE`; 0 where the hook has no
+/// point attached.
+pub type NfNextPoint = [[u8; NF_RESUME_AFTER_GAUGE + 1]; NF_HOOK_COUNT as usize];
 
 #[cfg(feature = "user")]
 mod user {
@@ -870,7 +871,7 @@ const _: () = assert!(core::mem::size_of::<PodDevice>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<Journey>() == 48 + JOURNEY_CAP * 6);
 const _: () = assert!(JOURNEY_CAP.is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<Config>() == 176);
+const _: () = assert!(core::mem::size_of::<Config>() == 184);
 const _: () = assert!(core::mem::size_of::<Histogram>() <= 32 * 1024);
 const _: () = assert!(JOURNEY_SLOTS.is_power_of_two() && journey_slot(u64::MAX) < JOURNEY_SLOTS);
 const _: () = assert!(POD_DEVICE_SLOTS.is_power_of_two() && NODE_DEVICE_SLOTS.is_power_of_two());

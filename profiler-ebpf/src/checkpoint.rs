@@ -225,18 +225,6 @@ pub fn start_journey(cfg: &Config, slot: u32, skb: u64, cp: u16) -> bool {
     true
 }
 
-/// A checkpoint that never admits: follows the packet (the skb pointer the program was
-/// handed) if it is followed.
-#[inline(always)]
-pub fn visit(pointer: u64, cp: u16) {
-    let Some(skb) = skb_address(pointer) else {
-        return;
-    };
-    let Some(slot) = followed(skb) else { return };
-    let Some(cfg) = config() else { return };
-    record(cfg, slot, skb, cp);
-}
-
 /// Tells benchmark flows from the rest, where a path starts (see `flows`).
 pub trait Packet {
     /// Whether this packet belongs to a followed flow (and is sampled in).

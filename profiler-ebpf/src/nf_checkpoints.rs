@@ -1,7 +1,9 @@
 //! The datapath profiler's netfilter checkpoints (`BPF_PROG_TYPE_NETFILTER`), thin entries
 //! over the shared step in `checkpoint.rs`. User space links them around the node's iptables
 //! tables at `NF_POINT_PRIORITIES`, so consecutive points bracket one table:
-//! - `nf_point` at every point but one. A program cannot learn the priority it was linked at
+//! - `nf_point` at every point but one, and at the gauge (`CP_NF_GAUGE`, one priority after
+//!   a FORWARD point: what it measures of netprof is then exactly what every point runs). A
+//!   program cannot learn the priority it was linked at
 //!   (netfilter links carry no cookie, and netprof's netfilter loader knows no globals), so it
 //!   takes its point from the followed packet's journey: the next point attached on its hook
 //!   (`ctx->state->hook`) after the journey's last checkpoint (`Config::nf_next_point`). One
@@ -11,7 +13,6 @@
 //! - `nf_out_entry` at the first point on LOCAL_OUT (`Config::nf_admit_cp`): a locally sent
 //!   packet meets netprof there first, so a packet not followed yet goes to admission there;
 //!   every other path starts at a tc checkpoint.
-//! - `nf_gauge` one priority after a FORWARD point (`CP_NF_GAUGE`).
 //!
 //! A packet that is not followed leaves after its tag check. The skb is `ctx->skb`; its
 //! headers are read with `bpf_probe_read_kernel` from `skb->head + skb->network_header` at
@@ -22,8 +23,8 @@
 use aya_ebpf::{macros::map, maps::ProgramArray, EbpfContext};
 use profiler_common::{
     datapath::{
-        nf_checkpoint_at, nf_resume_index, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, PROG_NF_ADMIT,
-        PROG_NF_GAUGE, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
+        nf_checkpoint_at, nf_resume_index, CP_NONE, MAP_NF_ADMIT, PROG_NF_ADMIT, PROG_NF_OUT_ENTRY,
+        PROG_NF_POINT,
     },
     names_match,
 };
@@ -31,7 +32,7 @@ use profiler_common::{
 use crate::{
     checkpoint::{
         admit, close_hand_over, config, followed, hand_over, opaque, record, record_from,
-        skb_address, take_hand_over, visit,
+        skb_address, take_hand_over,
     },
     flows::Skb,
 };
@@ -41,7 +42,6 @@ static NP_NF_ADMIT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 const _: () = assert!(names_match(stringify!(NP_NF_ADMIT), MAP_NF_ADMIT));
 const _: () = assert!(names_match(stringify!(nf_admit), PROG_NF_ADMIT));
-const _: () = assert!(names_match(stringify!(nf_gauge), PROG_NF_GAUGE));
 const _: () = assert!(names_match(stringify!(nf_point), PROG_NF_POINT));
 const _: () = assert!(names_match(stringify!(nf_out_entry), PROG_NF_OUT_ENTRY));
 
@@ -70,13 +70,6 @@ fn skb_of(ctx: *const BpfNfCtx) -> u64 {
     // SAFETY: the kernel passes a valid `struct bpf_nf_ctx`; reading `skb` is a context access
     // the verifier allows (8 bytes at offset 8).
     unsafe { (*ctx).skb as u64 }
-}
-
-/// Netfilter checkpoint `cp` of a hook where no path starts.
-#[inline(always)]
-fn nf_visit(ctx: *const BpfNfCtx, cp: u16) -> i32 {
-    visit(skb_of(ctx), cp);
-    NF_ACCEPT
 }
 
 /// The hook a netfilter program runs on: `ctx->state->hook`.
@@ -149,12 +142,4 @@ pub extern "C" fn nf_admit(_ctx: *const BpfNfCtx) -> i32 {
         let _ = admit(cfg, skb, cp, &Skb(skb));
     }
     NF_ACCEPT
-}
-
-/// The gauge (`CP_NF_GAUGE`): a checkpoint like any other on FORWARD, one priority after a
-/// point, so the segment between them is two runs' worth of netprof and nothing else.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "netfilter")]
-pub extern "C" fn nf_gauge(ctx: *const BpfNfCtx) -> i32 {
-    nf_visit(ctx, CP_NF_GAUGE)
 }

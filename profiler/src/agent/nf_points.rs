@@ -11,8 +11,9 @@
 use std::collections::BTreeSet;
 
 use profiler_common::datapath::{
-    NfNextPoint, NF_HOOK_COUNT, NF_HOOK_FORWARD, NF_HOOK_LOCAL_IN, NF_HOOK_LOCAL_OUT,
-    NF_HOOK_POST_ROUTING, NF_HOOK_PRE_ROUTING, NF_POINT_COUNT, NF_POINT_PRIORITIES,
+    NfNextPoint, NF_GAUGE_AFTER, NF_GAUGE_HOOK, NF_HOOK_COUNT, NF_HOOK_FORWARD, NF_HOOK_LOCAL_IN,
+    NF_HOOK_LOCAL_OUT, NF_HOOK_POST_ROUTING, NF_HOOK_PRE_ROUTING, NF_NEXT_GAUGE, NF_POINT_COUNT,
+    NF_POINT_PRIORITIES, NF_RESUME_AFTER_GAUGE,
 };
 
 const PRE: u32 = NF_HOOK_PRE_ROUTING;
@@ -102,9 +103,10 @@ pub fn points(registered: &[i32]) -> Vec<u32> {
     kept
 }
 
-/// `Config::nf_next_point` for the linked `(hook, point)`s: from each resume index, the first
-/// linked point at or after it, else the hook's first (the hook is crossed again).
-pub fn next_point_table(linked: &BTreeSet<(u32, u32)>) -> NfNextPoint {
+/// `Config::nf_next_point` for the linked `(hook, point)`s and, with `gauge`, the gauge after
+/// FORWARD's point `NF_GAUGE_AFTER`: from each resume index, the first linked point at or after
+/// it, else the hook's first (the hook is crossed again).
+pub fn next_point_table(linked: &BTreeSet<(u32, u32)>, gauge: bool) -> NfNextPoint {
     let mut table = NfNextPoint::default();
     for (hook, row) in table.iter_mut().enumerate() {
         let on_hook: Vec<u32> = linked
@@ -115,13 +117,22 @@ pub fn next_point_table(linked: &BTreeSet<(u32, u32)>) -> NfNextPoint {
         let Some(&first) = on_hook.first() else {
             continue;
         };
-        for (index, next) in row.iter_mut().enumerate() {
+        let from = |index: usize| {
             let point = on_hook
                 .iter()
                 .copied()
                 .find(|&p| p as usize >= index)
                 .unwrap_or(first);
-            *next = point as u8 + 1;
+            point as u8 + 1
+        };
+        for (index, next) in row.iter_mut().enumerate() {
+            *next = from(index);
+        }
+        let gauged = gauge && hook as u32 == NF_GAUGE_HOOK && on_hook.contains(&NF_GAUGE_AFTER);
+        if gauged {
+            let after_point = NF_GAUGE_AFTER as usize + 1;
+            row[after_point] = NF_NEXT_GAUGE;
+            row[NF_RESUME_AFTER_GAUGE] = from(after_point);
         }
     }
     table
@@ -129,9 +140,7 @@ pub fn next_point_table(linked: &BTreeSet<(u32, u32)>) -> NfNextPoint {
 
 #[cfg(test)]
 mod tests {
-    use profiler_common::datapath::{
-        nf_checkpoint, nf_next_checkpoint, CP_NF_GAUGE, CP_NONE, NF_GAUGE_AFTER,
-    };
+    use profiler_common::datapath::{nf_checkpoint, nf_next_checkpoint, CP_NF_GAUGE, CP_NONE};
 
     use super::*;
 
@@ -236,43 +245,51 @@ mod tests {
             .enumerate()
             .flat_map(|(hook, prios)| points(prios).into_iter().map(move |p| (hook as u32, p)))
             .collect();
-        let table = next_point_table(&linked);
-        for hook in 0..NF_HOOK_COUNT {
-            let expected: Vec<u16> = linked
-                .iter()
-                .filter(|(h, _)| *h == hook)
-                .map(|&(h, p)| nf_checkpoint(h, p))
-                .collect();
-            // Entering from a device, from another hook's point, or from this hook's last
-            // point (the hook crossed again): the hook's points in order.
-            let last_of_other = nf_checkpoint((hook + 1) % NF_HOOK_COUNT, 1);
-            for from in [CP_NONE, 70, last_of_other, *expected.last().unwrap()] {
-                assert_eq!(
-                    walk(&table, hook, from, expected.len()),
-                    expected,
-                    "hook {hook}"
-                );
+        for gauge in [false, true] {
+            let table = next_point_table(&linked, gauge);
+            for hook in 0..NF_HOOK_COUNT {
+                let mut expected: Vec<u16> = Vec::new();
+                for &(h, p) in linked.iter().filter(|(h, _)| *h == hook) {
+                    expected.push(nf_checkpoint(h, p));
+                    if gauge && (h, p) == (NF_GAUGE_HOOK, NF_GAUGE_AFTER) {
+                        expected.push(CP_NF_GAUGE);
+                    }
+                }
+                // Entering from a device, from another hook's point, from the gauge (on
+                // another hook), or from this hook's last point (the hook crossed again):
+                // the hook's points in order, the gauge after the point it follows.
+                let last_of_other = nf_checkpoint((hook + 1) % NF_HOOK_COUNT, 1);
+                let starts = [CP_NONE, 70, last_of_other, *expected.last().unwrap()];
+                for from in starts {
+                    assert_eq!(
+                        walk(&table, hook, from, expected.len()),
+                        expected,
+                        "hook {hook}, gauge {gauge}, from {from}"
+                    );
+                }
+                if hook != NF_GAUGE_HOOK {
+                    assert_eq!(
+                        nf_next_checkpoint(&table, hook, CP_NF_GAUGE),
+                        nf_next_checkpoint(&table, hook, CP_NONE)
+                    );
+                }
             }
         }
-        // FORWARD with the gauge after its point at -99: -99, the gauge, then +1.
-        let first = nf_next_checkpoint(&table, NF_HOOK_FORWARD, 70).unwrap();
-        assert_eq!(first, nf_checkpoint(NF_HOOK_FORWARD, NF_GAUGE_AFTER));
-        assert_eq!(
-            nf_next_checkpoint(&table, NF_HOOK_FORWARD, CP_NF_GAUGE),
-            Some(nf_checkpoint(NF_HOOK_FORWARD, NF_GAUGE_AFTER + 1))
-        );
-        // A gauge seen last means nothing on another hook.
-        assert_eq!(
-            nf_next_checkpoint(&table, NF_HOOK_POST_ROUTING, CP_NF_GAUGE),
-            nf_next_checkpoint(&table, NF_HOOK_POST_ROUTING, CP_NONE)
-        );
+        // The gauge only where its point is linked.
+        let no_forward: BTreeSet<(u32, u32)> = [(NF_HOOK_FORWARD, 5)].into_iter().collect();
+        let table = next_point_table(&no_forward, true);
+        let walked = walk(&table, NF_HOOK_FORWARD, CP_NONE, 2);
+        assert!(!walked.contains(&CP_NF_GAUGE), "{walked:?}");
     }
 
     #[test]
     fn a_hook_with_nothing_linked_records_nothing() {
         let linked: BTreeSet<(u32, u32)> = [(NF_HOOK_LOCAL_OUT, 2)].into_iter().collect();
-        let table = next_point_table(&linked);
-        assert_eq!(table[NF_HOOK_LOCAL_OUT as usize], [3; 8]);
+        let table = next_point_table(&linked, true);
+        assert_eq!(
+            table[NF_HOOK_LOCAL_OUT as usize],
+            [3; NF_RESUME_AFTER_GAUGE + 1]
+        );
         for hook in [NF_HOOK_PRE_ROUTING, NF_HOOK_FORWARD, NF_HOOK_POST_ROUTING] {
             assert_eq!(nf_next_checkpoint(&table, hook, CP_NONE), None);
         }

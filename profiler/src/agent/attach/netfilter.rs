@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap as StdHashMap};
 use profiler_common::datapath::{
     nf_checkpoint, ALL_MAPS, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, NF_GAUGE_AFTER, NF_GAUGE_HOOK,
     NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    PROG_NF_ADMIT, PROG_NF_GAUGE, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
+    PROG_NF_ADMIT, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
 };
 
 use super::{admission::CloseAfterCallers, chain, maps, nf_fentry, Inner};
@@ -34,8 +34,9 @@ pub(super) struct NetfilterFamily {
     pub admit: Option<NetfilterProgram>,
     /// The `(hook, point)`s watched (by links or by the fentry fallback).
     pub attached: BTreeSet<(u32, u32)>,
-    /// The gauge (`CP_NF_GAUGE`), loaded where the point it follows is.
-    pub gauge: Option<NetfilterProgram>,
+    /// Whether to link the gauge (`CP_NF_GAUGE`, the `point` program one priority after the
+    /// point it follows): asked for, `point` loaded, and FORWARD has that point.
+    pub gauge: bool,
     /// Whether the gauge is watched (its link made once; windows reopen it).
     pub gauge_attached: bool,
 }
@@ -120,7 +121,8 @@ fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool, gauge: bool) {
     attach_points(inner, force_fentry, gauge);
     if inner.nf.point.is_some() || inner.nf.entry.is_some() {
-        inner.config.nf_next_point = nf_points::next_point_table(&inner.nf.attached);
+        inner.config.nf_next_point =
+            nf_points::next_point_table(&inner.nf.attached, inner.nf.gauge_attached);
     }
     inner.config.uplink_egress_admits = u16::from(inner.config.nf_admit_cp == CP_NONE);
     let config = inner.config;
@@ -161,7 +163,7 @@ impl NetfilterFamily {
     /// The loaded netfilter programs (bpf_stats), with their names.
     pub(super) fn program_ids(&self) -> impl Iterator<Item = (u32, &str)> {
         let entry = self.entry.as_ref().map(|(_, p)| p);
-        [self.point.as_ref(), entry, self.gauge.as_ref()]
+        [self.point.as_ref(), entry]
             .into_iter()
             .flatten()
             .map(|p| (p.id(), p.name()))
@@ -250,19 +252,16 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
     let loaded = point.is_some() || entry.is_some();
     // Only where the kernel took the points: without netfilter links there is no gauge
     // either, and the fentry fallback (whose runs are not netfilter runs) has none.
-    if gauge && loaded {
-        let what = format!("netfilter gauge ({PROG_NF_GAUGE})");
-        if !points_per_hook[NF_GAUGE_HOOK as usize].contains(&NF_GAUGE_AFTER) {
+    // (Without the points' program the gauge has none either; its failure is listed.)
+    if gauge && point.is_some() {
+        if points_per_hook[NF_GAUGE_HOOK as usize].contains(&NF_GAUGE_AFTER) {
+            inner.nf.gauge = true;
+        } else {
             let priority = NF_POINT_PRIORITIES[NF_GAUGE_AFTER as usize];
             failures.push((
-                what,
+                "netfilter gauge".to_owned(),
                 format!("FORWARD has no point at {priority} to follow (no table there)"),
             ));
-        } else {
-            match loader.load(PROG_NF_GAUGE) {
-                Ok(program) => inner.nf.gauge = Some(program),
-                Err(err) => failures.push((what, chain(&err))),
-            }
         }
     }
     drop(loader);
@@ -339,7 +338,12 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
         }
     }
     let follows = inner.nf.attached.contains(&(NF_GAUGE_HOOK, NF_GAUGE_AFTER));
-    if let Some(gauge) = inner.nf.gauge.as_ref().filter(|_| follows) {
+    let gauge = inner
+        .nf
+        .point
+        .as_ref()
+        .filter(|_| inner.nf.gauge && follows);
+    if let Some(gauge) = gauge {
         if !reopening || inner.nf.gauge_attached {
             match gauge.attach(hook_of(NF_GAUGE_HOOK), NF_GAUGE_PRIORITY) {
                 Ok(link) => {
