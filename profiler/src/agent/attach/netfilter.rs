@@ -240,7 +240,7 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
     let point = points
         .iter()
         .any(|&at| Some(at) != entry_at)
-        .then(|| load(PROG_NF_POINT, format!("netfilter points ({PROG_NF_POINT})")))
+        .then(|| load(PROG_NF_POINT, format!("nf points ({PROG_NF_POINT})")))
         .flatten();
     let entry = entry_at.and_then(|(hook, p)| {
         let what = format!(
