@@ -10,9 +10,9 @@
 //! offsets come from `NP_CONFIG` (user space reads them from BTF: `ipt_do_table` changed its
 //! signature in 5.19).
 //!
-//! This kernel (6.18 in CI) refuses fentry programs (EPERM) and has netfilter links, so these
-//! programs are loaded only where the links fail, or when asked for (`--hooks nf-fentry`); the
-//! agent reports a refusal as "not measured".
+//! Netfilter links are preferred where they exist, and some kernels refuse fentry programs
+//! (EPERM) anyway, so these programs are loaded only where the links fail, or when asked for
+//! (`--hooks nf-fentry`); the agent reports a refusal as "not measured".
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit},

@@ -2,9 +2,8 @@
 //! detaches them in between, so the datapath pays for them only in those windows.
 //!
 //! Why detach rather than keep the programs and have them return early: a netfilter or tc
-//! program that does nothing still costs its call on every packet (on flannel-vxlan, do-nothing
-//! programs at the agent's netfilter points alone cost ~8% of nginx QPS), so only an absent
-//! program is free. Programs and maps stay loaded; each window bumps `Config::epoch` so
+//! program that does nothing still costs its call on every packet (the hook's dispatch, which
+//! is most of what an untracked packet pays), so only an absent program is free. Programs and maps stay loaded; each window bumps `Config::epoch` so
 //! journeys left from the previous window are forgotten instead of counted as abandoned.
 //!
 //! The stage distributions are those of the windows (unbiased when the traffic is steady, as a

@@ -1,11 +1,12 @@
 //! Fast duty-cycle window edges: expedited RCU grace periods while links come and go.
 //!
-//! Every TCX attach and detach waits for an RCU grace period under the RTNL lock (~10 ms
-//! each here, ~120 ms to attach a node's ten tc links). The links that are already in stay
-//! in, paused, for that long: at a 1% duty cycle a node's programs sat in the datapath for
-//! ~30% of the time and cost 5-8% of nginx QPS. With `/sys/kernel/rcu_expedited` set, the
-//! same edge takes ~2 ms. The kernel itself expedites the grace periods of network
-//! configuration under RTNL (`synchronize_net`), so this asks for nothing unusual.
+//! Every TCX attach and detach waits for an RCU grace period under the RTNL lock, one after
+//! another for a node's tc links. The links that are already in stay in, paused, for that
+//! long, so at a short duty cycle the programs sit in the datapath far longer than the
+//! windows say. With `/sys/kernel/rcu_expedited` set, an edge waits for expedited grace
+//! periods instead, a fraction of the time (docs/agent.md has the figures). The kernel itself
+//! expedites the grace periods of network configuration under RTNL (`synchronize_net`), so
+//! this asks for nothing unusual.
 //!
 //! The knob is global, so it is set only for the length of one edge, under an exclusive
 //! `flock` shared by every netprof agent of the machine, and the value found is written

@@ -1,10 +1,10 @@
 //! Which netfilter points to attach on each hook: only those that bracket a hook function the
 //! namespace really has. Every attached point is one more program on every packet of that hook,
 //! and most of the 7 brackets per hook are empty (no raw or mangle table under kube-proxy), so
-//! attaching all 35 cost about as much as the rest of the agent together (bpf_stats, measured).
+//! attaching all 35 would cost about as much as the rest of the agent together.
 //!
-//! The kernel cannot list its registered hook functions here (`nft list hooks` needs
-//! CONFIG_NETFILTER_NETLINK_HOOK, absent on this kernel), so they are derived from the tables
+//! A kernel can list its registered hook functions only with CONFIG_NETFILTER_NETLINK_HOOK
+//! (`nft list hooks`), which many lack, so they are derived from the tables
 //! present: each iptables table registers fixed priorities on fixed hooks, and conntrack is
 //! assumed wherever any table exists (kube-proxy's rules need it).
 

@@ -10,10 +10,10 @@ use std::{os::fd::OwnedFd, time::Duration};
 pub const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Always-attached agents keep bpf_stats on for this share of every [`STATS_PERIOD`] only.
-/// Statistics cost two clock reads per program run (on this KVM guest a paravirtual clock
-/// read each), which measured side by side took nginx QPS from 0.72x to 0.63x with the agents
-/// attached throughout. The run time per run comes from the sampled slices (steady
-/// benchmark traffic), and totals are scaled by the share (`AgentReport::stats_s`).
+/// Statistics cost two clock reads per program run, a cost of the same order as the programs'
+/// own (docs/profiling-and-overhead.md measures it side by side). The run time per run comes
+/// from the sampled slices (steady benchmark traffic), and totals are scaled by the share
+/// (`AgentReport::stats_s`).
 pub const DEFAULT_STATS_SHARE: u32 = 10;
 pub const STATS_PERIOD: Duration = Duration::from_secs(1);
 

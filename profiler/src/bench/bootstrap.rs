@@ -1,6 +1,6 @@
-//! How far a median of few noisy samples can be trusted: a bootstrap interval. The overhead
-//! ratios on a 2-CPU lab swing by ±8% from one sample to the next, so a single median says
-//! little about a 3% target without its interval.
+//! How far a median of few noisy samples can be trusted: a bootstrap interval. On a small
+//! shared machine the overhead ratios swing by several percent from one sample to the next,
+//! so a single median says little about a target of a few percent without its interval.
 
 use super::overhead::median;
 

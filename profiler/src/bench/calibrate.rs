@@ -41,7 +41,8 @@ use crate::parse::ping::PingReport;
 use crate::report::calibration::{Interval, SCHEMA};
 use crate::report::overhead::program_kind;
 
-/// What the issue asks of a run on a followed packet and on any other packet, ns of RTT.
+/// The goals for a run on a followed packet and on any other packet, ns of RTT: a small
+/// fraction of the smallest stage a checkpoint brackets.
 pub const FOLLOWED_TARGET_NS: f64 = 80.0;
 pub const UNTRACKED_TARGET_NS: f64 = 25.0;
 

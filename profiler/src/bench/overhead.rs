@@ -13,8 +13,8 @@ use crate::lab::{Lab, Mode};
 /// The variant without agents.
 pub const OFF: &str = "off";
 
-/// The agents' cost targets (issue 3): ab QPS and iperf3 throughput with the agents, as a share
-/// of without.
+/// The agents' cost goals: ab QPS and iperf3 throughput with the agents, as a share of
+/// without.
 pub const QPS_TARGET: f64 = 0.97;
 pub const IPERF3_TARGET: f64 = 0.95;
 

@@ -205,9 +205,9 @@ impl Profiler {
 
     /// Points the agents at the step's `flows` and clears their histograms and counters
     /// before a step of `tool`. Every step has bpf_stats in slices, pings too: statistics on
-    /// throughout added 5-8 µs to a followed pod ping's p50 here (two clock reads per program
-    /// run, about 76 runs per RTT; 11 of 12 alternating blocks), time the segments would hold
-    /// and the calibration (measured with statistics off) would not take out.
+    /// throughout read the clock twice more per program run, dozens of runs per RTT, time the
+    /// segments would hold and the calibration (measured with statistics off) would not take
+    /// out.
     pub fn before_step(&self, flows: &[FlowSpec]) -> Result<(), ProfileError> {
         for (node, agent) in &self.agents {
             let read_err = |source| ProfileError::Read {

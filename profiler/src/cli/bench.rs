@@ -73,9 +73,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = bench::validate::PING_COUNT)]
     pub validate_ping_count: u32,
     /// Seconds between `--validate`'s echo requests. Shorter than the study's 10 ms on purpose:
-    /// between pings 10 ms apart the CPUs go idle, and waking them made the p50 swing by ±40 µs
-    /// from run to run here, far more than the few µs conntrack costs. At 2 ms they stay
-    /// awake and the swing is a few µs.
+    /// between pings 10 ms apart the CPUs go idle, and waking them makes the p50 swing from run
+    /// to run by far more than the few µs conntrack costs. At 2 ms they stay awake.
     #[arg(long, default_value_t = bench::validate::PING_INTERVAL_S)]
     pub validate_ping_interval: f64,
     /// Print the table as JSON on stdout instead of text.

@@ -15,12 +15,12 @@ use crate::lab::{names::DEFAULT_LAB, Mode};
 
 #[derive(Debug, Args)]
 pub struct OverheadArgs {
-    /// The mode to measure on (the reference is flannel-vxlan, the busiest datapath).
+    /// The mode to measure on (flannel-vxlan by default: the busiest datapath).
     #[arg(long, default_value = "flannel-vxlan")]
     pub mode: Mode,
     /// Rounds; each runs ab and iperf3 once without the agents and once with each --duty.
-    /// A sample swings by about ±8% on a 2-CPU lab, so 12 rounds (about 3.5 minutes with two
-    /// settings) resolve about ±4%; use more to judge a 3% target.
+    /// On a small shared machine one sample swings by several percent, so judge a target of a
+    /// few percent by the paired interval the output gives, and add rounds until it resolves.
     #[arg(long, default_value_t = 12)]
     pub rounds: u32,
     #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
@@ -57,7 +57,7 @@ pub struct OverheadArgs {
     /// attaches and detaches at once at every
     /// period's start: what the window edges cost by themselves (with a long period such as
     /// 0@100000, what the agents' mere presence costs). The default sets always attached
-    /// beside 2%, which came closest to the 0.97x QPS / 0.95x iperf3 goal here.
+    /// beside 2%: the cost of following everything beside a short duty cycle's.
     #[arg(
         long,
         default_value = "100,2",

@@ -6,10 +6,11 @@
 //! time in that step: measured where those segments were, under the same load.
 //!
 //! The calibration, on a lab of its own minutes away, measures what a run costs the whole
-//! event (its dispatch, body and the cache misses it causes after it); under ab that took
-//! 140-180 ns off every netfilter bracket, and the ground-truth checks of CPU per request came
-//! out 40-75% above their predictions. What a run costs beyond what it leaves in a segment
-//! stays in the step's in-pass measurement, shared by every segment (`in_pass_cost`).
+//! event (its dispatch, body and the cache misses it causes after it), which is more than a
+//! run leaves in the two segments it separates: taken off every bracket, it took more than
+//! netprof was there, and the ground-truth checks of CPU per request came out far above their
+//! predictions (docs/report.md). What a run costs beyond what it leaves in a segment stays in
+//! the step's in-pass measurement, shared by every segment (`in_pass_cost`).
 
 use super::merge::{Hist, MergedStep, SegmentKind};
 use super::stage_time::Statistic;
@@ -19,10 +20,10 @@ pub const MIN_PASSES: u64 = 100;
 
 /// The gauge's typical time in `step`, `None` when the step crossed it too rarely. Both
 /// nodes' passes are pooled per direction (the same two programs in a row wherever they run),
-/// and the directions' typical times are averaged by their passes: at pings 10 ms apart a
-/// request's pass meets cold programs (600-950 ns) and its reply's, microseconds later, warm
-/// ones (about 100 ns), and the median of both pooled would land on whichever mode has one
-/// pass more. The average is what a pass leaves on the RTT, as a calibrated run is.
+/// and the directions' typical times are averaged by their passes: at pings far apart a
+/// request's pass meets cold programs and its reply's, microseconds later, warm ones several
+/// times cheaper, and the median of both pooled would land on whichever mode has one pass
+/// more. The average is what a pass leaves on the RTT, as a calibrated run is.
 pub fn typical_ns(step: &MergedStep, statistic: Statistic) -> Option<f64> {
     let mut by_direction: [Hist; 2] = Default::default();
     for seg in step.of_kind(SegmentKind::Gauge) {

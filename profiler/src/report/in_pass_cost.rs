@@ -2,12 +2,12 @@
 //! path also with every program detached, in blocks that take turns with the profiled ones
 //! (`bench::ping_step`). The profiled p50 less that p50 is what netprof added to this pass's
 //! RTTs, in these minutes, on this lab. The calibration, run minutes away on another lab,
-//! found netprof 15-25% cheaper than the passes did (the machine's speed drifts), and what
+//! can find netprof cheaper or dearer than the pass did (a machine's speed drifts), and what
 //! the split takes out of the stages must be what netprof really cost there.
 //!
 //! The calibration (or bpf_stats) still says what each checkpoint kind's run costs; the pass
-//! fixes the total. Measured far above the runs (2-4x here at 2 ms pings), the rest is not in
-//! the runs: scaling every run by one factor took several times a probe's run out of a bracket
+//! fixes the total. Measured far above the runs (several times, at pings far apart), the rest
+//! is not in the runs: scaling every run by one factor took several times a probe's run out of a bracket
 //! whose whole time was two runs and a hash lookup, and the clamp at zero then left that
 //! excess in the bigger segments. So the rest is taken as a share of all of the event's work
 //! (`placed`). Spreading it over the segments alone put all of ab's in-pass CPU (the agent's
@@ -82,9 +82,8 @@ pub fn of_step(
 /// `costs` fitted to what the pass measured netprof to cost the step. Each segment keeps
 /// losing the runs at its ends, at their per-run cost but never more than the shortest
 /// segment between two runs of the kind holds (never below zero): a calibrated run is what
-/// it costs the whole event, and at 2 ms pings that was 360 ns a netfilter run against 210 ns
-/// for a whole nat bracket, run ends and table included; taking the whole run off every
-/// bracket left the small tables nothing. What the measurement holds beyond the runs' share
+/// it costs the whole event, which can be more than a whole small bracket holds, run ends and
+/// table included; taking the whole run off every bracket left the small tables nothing. What the measurement holds beyond the runs' share
 /// in segments slowed the event's own work, in segments or not (the kernel code and the
 /// processes a probe's evictions leave cold, another packet's runs a frame waits behind, the
 /// agent's own CPU under ab): every part of the event's time net of the runs loses the same

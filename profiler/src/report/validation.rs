@@ -224,9 +224,9 @@ fn profiled(run: &ProfiledInput, tool: Tool, calibration: Option<&ProbeCosts>) -
 /// The predicted gain by node and stage: each round's prediction from that round's profiled
 /// run(s) (`a` against the `b` profiled beside it), then per (node, stage) the median over
 /// rounds, the statistic the measured side takes of its rounds. A side's rounds are not
-/// merged into one histogram first: the machine's seconds-long slow stretches make a
-/// segment's median swing by several µs between rounds (a veth hop 1.3 to 5.8 µs), and the
-/// median of such a mixture follows whichever stretches one side happened to get.
+/// merged into one histogram first: a machine's seconds-long slow stretches make a segment's
+/// median swing several-fold between rounds, and the median of such a mixture follows
+/// whichever stretches one side happened to get.
 fn predict(
     check: &CheckInput,
     tool: Tool,

@@ -4,7 +4,7 @@
 //! program that tail-calls through it is gone. Between the two, any process that opens it by
 //! id and closes it again (`bpftool map list`, a leftover check) makes the kernel empty it
 //! once more, and a second emptying while the first is still queued takes a reference that is
-//! never given back: the array stays in the kernel forever (seen on 6.18). So the agent keeps
+//! never given back: the array stays in the kernel forever. So the agent keeps
 //! its fd until the programs that tail-call through it are gone, and only then closes it: the
 //! array is then freed as soon as it is emptied.
 

@@ -457,8 +457,9 @@ impl Agent {
 
     /// Keeps bpf_stats on throughout (`true`) or back in slices (`false`) from now on, for an
     /// always-attached agent whose statistics are sampled: per-run figures from every run, for
-    /// counting passes. Not for a timed step: statistics on throughout added 5-8 µs to a
-    /// followed pod ping's p50 here (two clock reads per program run).
+    /// counting passes. Not for a timed step: statistics read the clock twice per program
+    /// run, time the segments would hold and the calibration (statistics off) would not take
+    /// out.
     pub fn full_stats(&self, full: bool) -> Result<(), AgentError> {
         let mut inner = self.lock()?;
         if self.stats_cycler.is_none() {

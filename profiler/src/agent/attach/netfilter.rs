@@ -144,12 +144,25 @@ fn attach_points(inner: &mut Inner, force_fentry: bool, gauge: bool) {
     inner.config.nf_admit_cp = admitting_checkpoint(&inner.nf.attached, inner.nf.admitter());
 }
 
+/// Which netfilter point may admit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitter {
+    /// With links only the entry program admits, at its point (`None`: it did not load or
+    /// link; `nf_point` cannot tell a hook's first point from a later one for a packet that
+    /// is not followed, so then no point admits).
+    EntryProgram(Option<(u32, u32)>),
+    /// The fentry fallback admits at its first LOCAL_OUT point.
+    FirstLocalOut,
+}
+
 impl NetfilterFamily {
-    /// Which point may admit: with links, only `entry`'s (`Some(None)` when it did not
-    /// load); `None` for the fentry fallback, whose first LOCAL_OUT point admits.
-    fn admitter(&self) -> Option<Option<(u32, u32)>> {
-        let linking = self.point.is_some() || self.entry.is_some();
-        linking.then(|| self.entry.as_ref().map(|(at, _)| *at))
+    /// Which point may admit, from what was linked.
+    fn admitter(&self) -> Admitter {
+        if self.point.is_some() || self.entry.is_some() {
+            Admitter::EntryProgram(self.entry.as_ref().map(|(at, _)| *at))
+        } else {
+            Admitter::FirstLocalOut
+        }
     }
 
     /// The program linked at `(hook, point)`.
@@ -170,16 +183,13 @@ impl NetfilterFamily {
     }
 }
 
-/// The netfilter checkpoint that admits (`Config::nf_admit_cp`), or none. With links
-/// (`admitter` is `Some`) only the admitting program's point, if it is watched; the fentry
-/// fallback (`None`) admits at the first point it watches on LOCAL_OUT.
-fn admitting_checkpoint(
-    watched: &BTreeSet<(u32, u32)>,
-    admitter: Option<Option<(u32, u32)>>,
-) -> u16 {
+/// The netfilter checkpoint that admits (`Config::nf_admit_cp`), or none: the entry
+/// program's point if it is watched, or the first point the fentry fallback watches on
+/// LOCAL_OUT.
+fn admitting_checkpoint(watched: &BTreeSet<(u32, u32)>, admitter: Admitter) -> u16 {
     let at = match admitter {
-        Some(entry) => entry.filter(|at| watched.contains(at)),
-        None => watched
+        Admitter::EntryProgram(entry) => entry.filter(|at| watched.contains(at)),
+        Admitter::FirstLocalOut => watched
             .iter()
             .find(|(hook, _)| *hook == NF_HOOK_LOCAL_OUT)
             .copied(),
@@ -388,27 +398,36 @@ mod tests {
         let out = |point| (NF_HOOK_LOCAL_OUT, point);
         // Links: the entry program is at the first LOCAL_OUT point.
         assert_eq!(
-            admitting_checkpoint(&watched, Some(Some(out(1)))),
+            admitting_checkpoint(&watched, Admitter::EntryProgram(Some(out(1)))),
             nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
         );
         // Its link failed, or it did not load: the other points' program cannot admit, so
         // none does (the uplink's egress admits instead).
         let without_first: BTreeSet<_> = watched.iter().copied().filter(|&w| w != out(1)).collect();
         assert_eq!(
-            admitting_checkpoint(&without_first, Some(Some(out(1)))),
+            admitting_checkpoint(&without_first, Admitter::EntryProgram(Some(out(1)))),
             CP_NONE
         );
-        assert_eq!(admitting_checkpoint(&watched, Some(None)), CP_NONE);
+        assert_eq!(
+            admitting_checkpoint(&watched, Admitter::EntryProgram(None)),
+            CP_NONE
+        );
         // The fentry fallback: its first LOCAL_OUT point admits.
         assert_eq!(
-            admitting_checkpoint(&watched, None),
+            admitting_checkpoint(&watched, Admitter::FirstLocalOut),
             nf_checkpoint(NF_HOOK_LOCAL_OUT, 1)
         );
         assert_eq!(
-            admitting_checkpoint(&[(0, 1), (4, 5)].into_iter().collect(), None),
+            admitting_checkpoint(
+                &[(0, 1), (4, 5)].into_iter().collect(),
+                Admitter::FirstLocalOut
+            ),
             CP_NONE
         );
-        assert_eq!(admitting_checkpoint(&BTreeSet::new(), None), CP_NONE);
+        assert_eq!(
+            admitting_checkpoint(&BTreeSet::new(), Admitter::FirstLocalOut),
+            CP_NONE
+        );
     }
 
     #[test]

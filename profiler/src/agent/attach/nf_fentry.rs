@@ -6,7 +6,7 @@
 //!
 //! A pair attaches whole or not at all (an entry without its exit would leave every journey
 //! at the entry point). What cannot be had is reported as not measured with the kernel's
-//! reason; this CI kernel refuses fentry (EPERM), so there the reasons are what the tests see.
+//! reason (a kernel that refuses fentry says EPERM), which is what tests see on such a kernel.
 //!
 //! The programs are loaded by netprof's own tracing loader ([`crate::ebpf::tracing`]), not
 //! aya: on distribution kernels the traced functions live in modules, and a program on a
