@@ -48,6 +48,8 @@ fn calibration_writes_every_field_with_exact_run_counts() {
     );
     assert!(stdout.contains("per run, followed:"), "{stdout}");
     assert!(stdout.contains("target <= 80 ns"), "{stdout}");
+    assert!(stdout.contains("against no programs"), "{stdout}");
+    assert!(stdout.contains("(target <= 1.15x: "), "{stdout}");
 
     // An empty DIR holds no run to take intervals from: the default 2 ms.
     let path = dir.join("calibration-2ms.json");
@@ -111,6 +113,30 @@ fn calibration_writes_every_field_with_exact_run_counts() {
         "body_rtt_ns",
     ] {
         assert!(doc[field]["median"].is_number(), "{field}");
+    }
+    // Each variant against `off`: one round, so each interval is a point, the round's own
+    // ratio (noise can put it under 1, never near 0).
+    let ratio_of = |variant: &str, field: &str| {
+        let of = |v: &str| {
+            samples.iter().find(|s| s["variant"] == v).unwrap()[field]
+                .as_f64()
+                .unwrap()
+        };
+        of(variant) / of("off")
+    };
+    for (key, variant) in [("held_rtt", "paused"), ("netprof_rtt", "netprof")] {
+        let r = &doc["ratios"][key];
+        let median = r["median"].as_f64().unwrap();
+        assert_eq!(r["lo"], r["median"], "{key}: {r}");
+        assert!(
+            (median - ratio_of(variant, "followed_p50_ns")).abs() < 1e-9,
+            "{key}: {r}"
+        );
+        assert!(median > 0.5, "{key}: {r}");
+    }
+    if samples[0]["cpu_ns_per_request"].is_number() {
+        let held = doc["ratios"]["held_cpu"]["median"].as_f64().unwrap();
+        assert!((held - ratio_of("paused", "cpu_ns_per_request")).abs() < 1e-9);
     }
     // The report's reader takes it as it is.
     netprof::report::calibration::load(&path).unwrap();

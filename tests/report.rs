@@ -519,6 +519,7 @@ fn json_carries_the_split_per_node() {
     assert_eq!(json["latency"][0]["clean"]["measure"], "clean-p50");
     assert_eq!(json["latency"][0]["probes"]["sources"][0], "calibration");
     assert_eq!(json["calibration"]["followed_ns"]["netfilter"]["hi"], 45.0);
+    assert_eq!(json["calibration"]["ratios"]["held_rtt"]["median"], 1.02);
 }
 
 /// A private copy of the recorded run to break.

@@ -323,7 +323,10 @@ pub fn write_known_run(name: &str) -> PathBuf {
             "per_run": {"dev-rx": cost(50.0, 40.0, 60.0), "dev-tx": cost(50.0, 40.0, 60.0),
                 "tc-ingress": cost(70.0, 60.0, 80.0), "tc-egress": cost(70.0, 60.0, 80.0),
                 "netfilter": cost(30.0, 20.0, 45.0)},
-            "rtt_shift_ns": {"median": 1500.0, "lo": 900.0, "hi": 2100.0}}),
+            "rtt_shift_ns": {"median": 1500.0, "lo": 900.0, "hi": 2100.0},
+            "ratios": {"held_rtt": {"median": 1.02, "lo": 1.0, "hi": 1.05},
+                "netprof_rtt": {"median": 1.03, "lo": 1.01, "hi": 1.06},
+                "held_cpu": null, "netprof_cpu": null}}),
     );
     dir
 }

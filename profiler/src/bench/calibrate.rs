@@ -46,6 +46,9 @@ use crate::report::overhead::program_kind;
 pub const FOLLOWED_TARGET_NS: f64 = 80.0;
 pub const UNTRACKED_TARGET_NS: f64 = 25.0;
 
+/// The goal for the followed ping's p50 with netprof against the same lab without it.
+pub const PING_RATIO_TARGET: f64 = 1.15;
+
 /// The checkpoint kind of journeys' ends.
 const CONSUMED: &str = "consumed";
 
@@ -134,8 +137,23 @@ pub struct CalibrationDoc {
     /// Over every kind: RTT shift / runs per RTT.
     pub followed_ns_per_run: Interval,
     pub untracked_ns_per_run: Interval,
+    /// Each variant against `off`, as ratios.
+    pub ratios: Ratios,
     pub runs: RunCounts,
     pub samples: Vec<RoundSample>,
+}
+
+/// Per round, `variant / off`; the median over rounds with its interval. The held programs'
+/// ratio is the floor of netprof's: what the hooks' dispatch costs before any program body,
+/// so a goal below it cannot be met by leaner programs at these hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ratios {
+    /// Followed ping p50, `paused / off` and `netprof / off`.
+    pub held_rtt: Interval,
+    pub netprof_rtt: Interval,
+    /// Machine CPU per ab request, the same (absent without /proc/stat).
+    pub held_cpu: Option<Interval>,
+    pub netprof_cpu: Option<Interval>,
 }
 
 /// Per round, `field(later) - field(earlier)` where both were measured.
@@ -144,6 +162,32 @@ pub fn paired(
     earlier: Variant,
     later: Variant,
     field: fn(&RoundSample) -> Option<f64>,
+) -> Vec<f64> {
+    per_round(samples, earlier, later, field, |later, earlier| {
+        Some(later - earlier)
+    })
+}
+
+/// Per round, `field(later) / field(earlier)` where both were measured (and the earlier is
+/// above zero).
+pub fn paired_ratio(
+    samples: &[RoundSample],
+    earlier: Variant,
+    later: Variant,
+    field: fn(&RoundSample) -> Option<f64>,
+) -> Vec<f64> {
+    per_round(samples, earlier, later, field, |later, earlier| {
+        (earlier > 0.0).then(|| later / earlier)
+    })
+}
+
+/// Per round, `combine(field(later), field(earlier))` where both were measured.
+fn per_round(
+    samples: &[RoundSample],
+    earlier: Variant,
+    later: Variant,
+    field: fn(&RoundSample) -> Option<f64>,
+    combine: fn(f64, f64) -> Option<f64>,
 ) -> Vec<f64> {
     let rounds: Vec<u32> = {
         let mut r: Vec<u32> = samples.iter().map(|s| s.round).collect();
@@ -159,7 +203,7 @@ pub fn paired(
                     .find(|s| s.round == round && s.variant == v)
                     .and_then(field)
             };
-            Some(of(later)? - of(earlier)?)
+            combine(of(later)?, of(earlier)?)
         })
         .collect()
 }
@@ -338,6 +382,16 @@ pub fn document(
     };
     let rtt_shift = diff(off, netprof, followed);
     let untracked_shift = diff(off, netprof, untracked);
+    let ratio = |v, f| {
+        let r = paired_ratio(&samples, off, v, f);
+        (!r.is_empty()).then(|| interval_of(&r))
+    };
+    let ratios = Ratios {
+        held_rtt: ratio(paused, followed).unwrap_or(Interval::point(1.0)),
+        netprof_rtt: ratio(netprof, followed).unwrap_or(Interval::point(1.0)),
+        held_cpu: ratio(paused, cpu),
+        netprof_cpu: ratio(netprof, cpu),
+    };
     CalibrationDoc {
         schema: SCHEMA,
         mode: lab.mode().to_string(),
@@ -354,6 +408,7 @@ pub fn document(
         cpu_body_ns_per_request: cpu_pair(paused, netprof),
         followed_ns_per_run: pooled(rtt_shift, &runs.followed),
         untracked_ns_per_run: pooled(untracked_shift, &runs.untracked),
+        ratios,
         runs,
         samples,
     }
@@ -397,6 +452,7 @@ impl CalibrationDoc {
         ) {
             out += &format!("  CPU per ab request: dispatch {}, bodies {}\n", i(d), i(b));
         }
+        out += &self.ratios.render(verdict);
         out += &format!(
             "  per run, followed: {} (target <= {FOLLOWED_TARGET_NS} ns: {})\n",
             i(self.followed_ns_per_run),
@@ -651,6 +707,36 @@ pub async fn run<A: CalibrationAgents>(
     Ok(document(lab, cfg, last, stats, runs, samples))
 }
 
+impl Ratios {
+    /// The ratios against no programs, the ping's against its goal; when the held programs
+    /// alone are above the goal, says so: no program body can meet it at these hooks.
+    fn render(&self, verdict: impl Fn(Interval, f64) -> &'static str) -> String {
+        let x = |v: Interval| format!("{:.2}x [{:.2}, {:.2}]", v.median, v.lo, v.hi);
+        let mut out = format!(
+            "  against no programs (each round's variant / off): followed ping p50 held {}, \
+             netprof {} (target <= {PING_RATIO_TARGET}x: {})\n",
+            x(self.held_rtt),
+            x(self.netprof_rtt),
+            verdict(self.netprof_rtt, PING_RATIO_TARGET)
+        );
+        if let (Some(held), Some(netprof)) = (self.held_cpu, self.netprof_cpu) {
+            out += &format!(
+                "    CPU per ab request held {}, netprof {}\n",
+                x(held),
+                x(netprof)
+            );
+        }
+        if self.held_rtt.lo > PING_RATIO_TARGET {
+            out += &format!(
+                "    the programs held at their hooks (each returns at once) are above \
+                 {PING_RATIO_TARGET}x by themselves: the hooks' dispatch costs more than the \
+                 target allows, before any program body\n"
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,6 +776,57 @@ mod tests {
             Interval::point(1100.0),
             "under three rounds: the median alone"
         );
+    }
+
+    #[test]
+    fn ratios_are_taken_within_rounds_and_a_floor_above_the_goal_is_named() {
+        // The machine drifts by 10 µs over four rounds; held programs add a quarter, netprof
+        // half of each round's own p50.
+        let samples: Vec<RoundSample> = (1..=4)
+            .flat_map(|round| {
+                let off = 30_000.0 + 2_500.0 * f64::from(round);
+                [
+                    s(round, Variant::Off, off, 20_000.0),
+                    s(round, Variant::Paused, off * 1.25, 20_000.0),
+                    s(round, Variant::Netprof, off * 1.5, 20_000.0),
+                ]
+            })
+            .collect();
+        let f = |s: &RoundSample| Some(s.followed_p50_ns);
+        let held = interval_of(&paired_ratio(&samples, Variant::Off, Variant::Paused, f));
+        let netprof = interval_of(&paired_ratio(&samples, Variant::Off, Variant::Netprof, f));
+        assert!((held.median - 1.25).abs() < 1e-9 && (held.hi - held.lo).abs() < 1e-9);
+        assert!((netprof.median - 1.5).abs() < 1e-9);
+        let verdict = |v: Interval, target: f64| {
+            if v.lo > target {
+                "missed"
+            } else {
+                "not missed"
+            }
+        };
+        let ratios = |held| Ratios {
+            held_rtt: held,
+            netprof_rtt: netprof,
+            held_cpu: None,
+            netprof_cpu: None,
+        };
+        let text = ratios(held).render(verdict);
+        assert!(
+            text.contains("held 1.25x [1.25, 1.25], netprof 1.50x"),
+            "{text}"
+        );
+        assert!(text.contains("target <= 1.15x: missed"), "{text}");
+        assert!(text.contains("above 1.15x by themselves"), "{text}");
+        // Held programs within the goal: the cost is the bodies', nothing more is said.
+        let cheap_hold = interval_of(&[1.05, 1.1, 1.08]);
+        assert!(!ratios(cheap_hold).render(verdict).contains("by themselves"));
+        // A round without `off` (or with a zero) pairs nothing.
+        let lone = [
+            s(9, Variant::Paused, 1.0, 1.0),
+            s(10, Variant::Off, 0.0, 0.0),
+            s(10, Variant::Paused, 5.0, 5.0),
+        ];
+        assert!(paired_ratio(&lone, Variant::Off, Variant::Paused, f).is_empty());
     }
 
     #[test]

@@ -312,6 +312,7 @@ fn calibration_facts(file: &CalibrationFile, run_dir: &std::path::Path) -> Calib
             .map(|(k, v)| (k.clone(), v.followed_ns))
             .collect(),
         rtt_shift_ns: c.rtt_shift_ns,
+        ratios: c.ratios,
     }
 }
 

@@ -90,6 +90,19 @@ pub struct Calibration {
     /// bpf_stats' share of the time while netprof ran, percent (older files: not recorded).
     #[serde(default)]
     pub stats_share: Option<u32>,
+    /// Each variant against no programs (older files: not recorded).
+    #[serde(default)]
+    pub ratios: Option<CalibrationRatios>,
+}
+
+/// Per round, a variant's measurement over the same round's without programs; the median over
+/// rounds with its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+pub struct CalibrationRatios {
+    /// The followed ping's p50 with the programs held at their hooks (each returns at once:
+    /// the hooks' dispatch), and with netprof.
+    pub held_rtt: Interval,
+    pub netprof_rtt: Interval,
 }
 
 /// A calibration with the file it came from.
@@ -153,6 +166,20 @@ impl Calibration {
                 value: s.to_string(),
                 why: "the pings' interval must be a positive number of seconds",
             });
+        }
+        if let Some(r) = &self.ratios {
+            for (name, i) in [("held_rtt", r.held_rtt), ("netprof_rtt", r.netprof_rtt)] {
+                let field = format!("ratios.{name}");
+                check_interval(path, &field, i, false)?;
+                if i.lo <= 0.0 {
+                    return Err(InputError::Invalid {
+                        path: path.to_path_buf(),
+                        field,
+                        value: i.lo.to_string(),
+                        why: "a ratio of two measured p50s must be above zero",
+                    });
+                }
+            }
         }
         // A shift is a difference of two measured p50s: it may come out below zero.
         check_interval(path, "rtt_shift_ns", self.rtt_shift_ns, true)
@@ -248,7 +275,10 @@ mod tests {
                        "untracked_ns": {"median": 30.0, "lo": 28.0, "hi": 33.0},
                        "dispatch_ns": {"median": 15.0, "lo": 12.0, "hi": 18.0}}
       },
-      "rtt_shift_ns": {"median": 6400.0, "lo": 5100.0, "hi": 7900.0}
+      "rtt_shift_ns": {"median": 6400.0, "lo": 5100.0, "hi": 7900.0},
+      "ratios": {"held_rtt": {"median": 1.21, "lo": 1.1, "hi": 1.3},
+                 "netprof_rtt": {"median": 1.36, "lo": 1.2, "hi": 1.5},
+                 "held_cpu": null, "netprof_cpu": null}
     }"#;
 
     fn write(name: &str, text: &str) -> PathBuf {
@@ -278,6 +308,17 @@ mod tests {
         assert_eq!(c.rtt_shift_ns.lo, 5100.0);
         assert_eq!(c.mode.as_deref(), Some("flannel-vxlan"));
         assert_eq!(c.rounds, Some(12));
+        assert_eq!(c.ratios.unwrap().netprof_rtt.median, 1.36);
+        std::fs::remove_file(path).unwrap();
+        // Files from before the ratios were recorded read as they did.
+        let older = HAND_WRITTEN
+            .split(",\n      \"ratios\"")
+            .next()
+            .unwrap()
+            .to_owned()
+            + "}";
+        let path = write("older", &older);
+        assert_eq!(load(&path).unwrap().calibration.ratios, None);
         std::fs::remove_file(path).unwrap();
     }
 
@@ -295,6 +336,10 @@ mod tests {
             (
                 HAND_WRITTEN.replace("\"hi\": 7900.0", "\"hi\": 1e999"),
                 "is not valid JSON",
+            ),
+            (
+                HAND_WRITTEN.replace("\"lo\": 1.1,", "\"lo\": 0.0,"),
+                "ratios.held_rtt",
             ),
         ];
         for (i, (text, field)) in cases.iter().enumerate() {

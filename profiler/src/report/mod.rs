@@ -136,6 +136,8 @@ pub struct CalibrationFacts {
     /// Checkpoint kind -> ns per run on a followed packet.
     pub followed_ns: std::collections::BTreeMap<String, calibration::Interval>,
     pub rtt_shift_ns: calibration::Interval,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<calibration::CalibrationRatios>,
 }
 
 /// The report (also the `--format json` document).

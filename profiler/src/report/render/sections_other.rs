@@ -193,7 +193,20 @@ pub fn calibration(report: &Report) -> Option<Section> {
             c.rtt_shift_ns.median / 1e3,
             c.rtt_shift_ns.lo / 1e3,
             c.rtt_shift_ns.hi / 1e3
-        )],
+        )]
+        .into_iter()
+        .chain(c.ratios.map(|r| {
+            format!(
+                "Against no programs, round by round: the ping p50 was {:.2}x ({:.2}..{:.2}) with the programs held at their hooks (each returning at once: the hooks' dispatch alone) and {:.2}x ({:.2}..{:.2}) with netprof.",
+                r.held_rtt.median,
+                r.held_rtt.lo,
+                r.held_rtt.hi,
+                r.netprof_rtt.median,
+                r.netprof_rtt.lo,
+                r.netprof_rtt.hi
+            )
+        }))
+        .collect(),
         header: ["checkpoint kind", "ns per run (followed packet)", "interval"]
             .iter()
             .map(|h| (*h).to_owned())
