@@ -18,8 +18,8 @@ use crate::rundir::{RunDir, TopFile};
 
 /// Without a run in DIR to take them from: pings close enough that the CPUs stay busy.
 const DEFAULT_PING_INTERVAL_S: f64 = 0.002;
-/// Rounds when `--rounds` is left at the QPS comparison's default: each calibration round
-/// runs three variants of pings and ab, so fewer rounds give the same interval width.
+/// Rounds without `--rounds`: each calibration round runs three variants of pings and ab, so
+/// fewer rounds than the QPS comparison's give the same interval width.
 const DEFAULT_ROUNDS: u32 = 8;
 const PINGS: u32 = 1000;
 
@@ -168,11 +168,7 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
         "--calibrate needs a mode with pods (the followed pings run pod to pod); {} has none",
         args.mode
     );
-    let rounds = if args.rounds == 12 {
-        DEFAULT_ROUNDS
-    } else {
-        args.rounds
-    };
+    let rounds = args.rounds.unwrap_or(DEFAULT_ROUNDS);
     anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
     // A probe run costs more when the CPUs idle between packets (cold caches) than when they
     // stay busy: calibrate at the rate of every ping DIR's splits correct.

@@ -18,11 +18,12 @@ pub struct OverheadArgs {
     /// The mode to measure on (flannel-vxlan by default: the busiest datapath).
     #[arg(long, default_value = "flannel-vxlan")]
     pub mode: Mode,
-    /// Rounds; each runs ab and iperf3 once without the agents and once with each --duty.
+    /// Rounds; each runs ab and iperf3 once without the agents and once with each --duty
+    /// [default: 12; with --calibrate 8, each of its rounds runs three variants].
     /// On a small shared machine one sample swings by several percent, so judge a target of a
     /// few percent by the paired interval the output gives, and add rounds until it resolves.
-    #[arg(long, default_value_t = 12)]
-    pub rounds: u32,
+    #[arg(long)]
+    pub rounds: Option<u32>,
     #[arg(long, default_value_t = BenchConfig::default().ab_requests)]
     pub ab_requests: u32,
     #[arg(long, default_value_t = BenchConfig::default().ab_concurrency)]
@@ -192,6 +193,9 @@ struct SettingPrograms {
     median_ns_per_run: f64,
 }
 
+/// Rounds of the QPS comparison without `--rounds`.
+const DEFAULT_ROUNDS: u32 = 12;
+
 pub fn run(args: OverheadArgs) -> Result<()> {
     if let Some(dir) = &args.calibrate {
         return super::calibrate::run(&args, dir);
@@ -219,7 +223,8 @@ pub fn run(args: OverheadArgs) -> Result<()> {
             .all(|(i, v)| !variants[..i].contains(v)),
         "--duty lists a setting twice"
     );
-    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let rounds = args.rounds.unwrap_or(DEFAULT_ROUNDS);
+    anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
     // Per setting, the programs' run time of its last run (node 1's agent).
     let mut programs: Vec<Vec<ProgramStats>> = vec![Vec::new(); variants.len()];
     let samples = super::own_lab::on_own_lab(
@@ -230,7 +235,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
             overhead::run(
                 built,
                 &cfg,
-                args.rounds,
+                rounds,
                 work_dir,
                 &variants,
                 |i| {
@@ -266,7 +271,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
             .await
         },
     )?;
-    let result = OverheadResult::from_samples(args.mode, args.rounds, samples);
+    let result = OverheadResult::from_samples(args.mode, rounds, samples);
     let programs: Vec<SettingPrograms> = variants
         .iter()
         .zip(programs)
