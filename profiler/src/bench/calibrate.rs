@@ -168,21 +168,13 @@ pub fn paired(
     })
 }
 
-/// Per round, `field(later) / field(earlier)` where both were measured (and the earlier is
-/// above zero).
-pub fn paired_ratio(
-    samples: &[RoundSample],
-    earlier: Variant,
-    later: Variant,
-    field: fn(&RoundSample) -> Option<f64>,
-) -> Vec<f64> {
-    per_round(samples, earlier, later, field, |later, earlier| {
-        (earlier > 0.0).then(|| later / earlier)
-    })
+/// `later / earlier`, for [`per_round`]; none when `earlier` is not above zero.
+pub fn ratio(later: f64, earlier: f64) -> Option<f64> {
+    (earlier > 0.0).then(|| later / earlier)
 }
 
 /// Per round, `combine(field(later), field(earlier))` where both were measured.
-fn per_round(
+pub fn per_round(
     samples: &[RoundSample],
     earlier: Variant,
     later: Variant,
@@ -383,7 +375,7 @@ pub fn document(
     let rtt_shift = diff(off, netprof, followed);
     let untracked_shift = diff(off, netprof, untracked);
     let ratio = |v, f| {
-        let r = paired_ratio(&samples, off, v, f);
+        let r = per_round(&samples, off, v, f, ratio);
         (!r.is_empty()).then(|| interval_of(&r))
     };
     let ratios = Ratios {
@@ -793,8 +785,8 @@ mod tests {
             })
             .collect();
         let f = |s: &RoundSample| Some(s.followed_p50_ns);
-        let held = interval_of(&paired_ratio(&samples, Variant::Off, Variant::Paused, f));
-        let netprof = interval_of(&paired_ratio(&samples, Variant::Off, Variant::Netprof, f));
+        let of = |v| interval_of(&per_round(&samples, Variant::Off, v, f, ratio));
+        let (held, netprof) = (of(Variant::Paused), of(Variant::Netprof));
         assert!((held.median - 1.25).abs() < 1e-9 && (held.hi - held.lo).abs() < 1e-9);
         assert!((netprof.median - 1.5).abs() < 1e-9);
         let verdict = |v: Interval, target: f64| {
@@ -826,7 +818,7 @@ mod tests {
             s(10, Variant::Off, 0.0, 0.0),
             s(10, Variant::Paused, 5.0, 5.0),
         ];
-        assert!(paired_ratio(&lone, Variant::Off, Variant::Paused, f).is_empty());
+        assert!(per_round(&lone, Variant::Off, Variant::Paused, f, ratio).is_empty());
     }
 
     #[test]
