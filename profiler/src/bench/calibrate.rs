@@ -137,8 +137,9 @@ pub struct CalibrationDoc {
     /// Over every kind: RTT shift / runs per RTT.
     pub followed_ns_per_run: Interval,
     pub untracked_ns_per_run: Interval,
-    /// Each variant against `off`, as ratios.
-    pub ratios: Ratios,
+    /// Each variant against `off`, as ratios (absent when no round paired them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Ratios>,
     pub runs: RunCounts,
     pub samples: Vec<RoundSample>,
 }
@@ -378,11 +379,14 @@ pub fn document(
         let r = per_round(&samples, off, v, f, ratio);
         (!r.is_empty()).then(|| interval_of(&r))
     };
-    let ratios = Ratios {
-        held_rtt: ratio(paused, followed).unwrap_or(Interval::point(1.0)),
-        netprof_rtt: ratio(netprof, followed).unwrap_or(Interval::point(1.0)),
-        held_cpu: ratio(paused, cpu),
-        netprof_cpu: ratio(netprof, cpu),
+    let ratios = match (ratio(paused, followed), ratio(netprof, followed)) {
+        (Some(held_rtt), Some(netprof_rtt)) => Some(Ratios {
+            held_rtt,
+            netprof_rtt,
+            held_cpu: ratio(paused, cpu),
+            netprof_cpu: ratio(netprof, cpu),
+        }),
+        _ => None,
     };
     CalibrationDoc {
         schema: SCHEMA,
@@ -444,7 +448,9 @@ impl CalibrationDoc {
         ) {
             out += &format!("  CPU per ab request: dispatch {}, bodies {}\n", i(d), i(b));
         }
-        out += &self.ratios.render(verdict);
+        if let Some(ratios) = &self.ratios {
+            out += &ratios.render(verdict);
+        }
         out += &format!(
             "  per run, followed: {} (target <= {FOLLOWED_TARGET_NS} ns: {})\n",
             i(self.followed_ns_per_run),
