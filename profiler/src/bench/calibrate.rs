@@ -38,7 +38,7 @@ use crate::agent::report::{AgentReport, ProgramStats};
 use crate::agent::HookFamilies;
 use crate::lab::{addressing, Lab, Node};
 use crate::parse::ping::PingReport;
-use crate::report::calibration::{Interval, SCHEMA};
+use crate::report::calibration::{CalibrationRatios, Interval, SCHEMA};
 use crate::report::overhead::program_kind;
 
 /// The goals for a run on a followed packet and on any other packet, ns of RTT: a small
@@ -139,22 +139,9 @@ pub struct CalibrationDoc {
     pub untracked_ns_per_run: Interval,
     /// Each variant against `off`, as ratios (absent when no round paired them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Ratios>,
+    pub ratios: Option<CalibrationRatios>,
     pub runs: RunCounts,
     pub samples: Vec<RoundSample>,
-}
-
-/// Per round, `variant / off`; the median over rounds with its interval. The held programs'
-/// ratio is the floor of netprof's: what the hooks' dispatch costs before any program body,
-/// so a goal below it cannot be met by leaner programs at these hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Ratios {
-    /// Followed ping p50, `paused / off` and `netprof / off`.
-    pub held_rtt: Interval,
-    pub netprof_rtt: Interval,
-    /// Machine CPU per ab request, the same (absent without /proc/stat).
-    pub held_cpu: Option<Interval>,
-    pub netprof_cpu: Option<Interval>,
 }
 
 /// Per round, `field(later) - field(earlier)` where both were measured.
@@ -380,7 +367,7 @@ pub fn document(
         (!r.is_empty()).then(|| interval_of(&r))
     };
     let ratios = match (ratio(paused, followed), ratio(netprof, followed)) {
-        (Some(held_rtt), Some(netprof_rtt)) => Some(Ratios {
+        (Some(held_rtt), Some(netprof_rtt)) => Some(CalibrationRatios {
             held_rtt,
             netprof_rtt,
             held_cpu: ratio(paused, cpu),
@@ -449,7 +436,7 @@ impl CalibrationDoc {
             out += &format!("  CPU per ab request: dispatch {}, bodies {}\n", i(d), i(b));
         }
         if let Some(ratios) = &self.ratios {
-            out += &ratios.render(verdict);
+            out += &render_ratios(ratios, verdict);
         }
         out += &format!(
             "  per run, followed: {} (target <= {FOLLOWED_TARGET_NS} ns: {})\n",
@@ -705,34 +692,35 @@ pub async fn run<A: CalibrationAgents>(
     Ok(document(lab, cfg, last, stats, runs, samples))
 }
 
-impl Ratios {
-    /// The ratios against no programs, the ping's against its goal; when the held programs
-    /// alone are above the goal, says so: no program body can meet it at these hooks.
-    fn render(&self, verdict: impl Fn(Interval, f64) -> &'static str) -> String {
-        let x = |v: Interval| format!("{:.2}x [{:.2}, {:.2}]", v.median, v.lo, v.hi);
-        let mut out = format!(
-            "  against no programs (each round's variant / off): followed ping p50 held {}, \
+/// The ratios against no programs, the ping's against its goal; when the held programs alone
+/// are above the goal, says so: no program body can meet it at these hooks.
+fn render_ratios(
+    ratios: &CalibrationRatios,
+    verdict: impl Fn(Interval, f64) -> &'static str,
+) -> String {
+    let x = |v: Interval| format!("{:.2}x [{:.2}, {:.2}]", v.median, v.lo, v.hi);
+    let mut out = format!(
+        "  against no programs (each round's variant / off): followed ping p50 held {}, \
              netprof {} (target <= {PING_RATIO_TARGET}x: {})\n",
-            x(self.held_rtt),
-            x(self.netprof_rtt),
-            verdict(self.netprof_rtt, PING_RATIO_TARGET)
+        x(ratios.held_rtt),
+        x(ratios.netprof_rtt),
+        verdict(ratios.netprof_rtt, PING_RATIO_TARGET)
+    );
+    if let (Some(held), Some(netprof)) = (ratios.held_cpu, ratios.netprof_cpu) {
+        out += &format!(
+            "    CPU per ab request held {}, netprof {}\n",
+            x(held),
+            x(netprof)
         );
-        if let (Some(held), Some(netprof)) = (self.held_cpu, self.netprof_cpu) {
-            out += &format!(
-                "    CPU per ab request held {}, netprof {}\n",
-                x(held),
-                x(netprof)
-            );
-        }
-        if self.held_rtt.lo > PING_RATIO_TARGET {
-            out += &format!(
-                "    the programs held at their hooks (each returns at once) are above \
+    }
+    if ratios.held_rtt.lo > PING_RATIO_TARGET {
+        out += &format!(
+            "    the programs held at their hooks (each returns at once) are above \
                  {PING_RATIO_TARGET}x by themselves: the hooks' dispatch costs more than the \
                  target allows, before any program body\n"
-            );
-        }
-        out
+        );
     }
+    out
 }
 
 #[cfg(test)]
@@ -802,13 +790,13 @@ mod tests {
                 "not missed"
             }
         };
-        let ratios = |held| Ratios {
+        let ratios = |held| CalibrationRatios {
             held_rtt: held,
             netprof_rtt: netprof,
             held_cpu: None,
             netprof_cpu: None,
         };
-        let text = ratios(held).render(verdict);
+        let text = render_ratios(&ratios(held), verdict);
         assert!(
             text.contains("held 1.25x [1.25, 1.25], netprof 1.50x"),
             "{text}"
@@ -817,7 +805,7 @@ mod tests {
         assert!(text.contains("above 1.15x by themselves"), "{text}");
         // Held programs within the goal: the cost is the bodies', nothing more is said.
         let cheap_hold = interval_of(&[1.05, 1.1, 1.08]);
-        assert!(!ratios(cheap_hold).render(verdict).contains("by themselves"));
+        assert!(!render_ratios(&ratios(cheap_hold), verdict).contains("by themselves"));
         // A round without `off` (or with a zero) pairs nothing.
         let lone = [
             s(9, Variant::Paused, 1.0, 1.0),

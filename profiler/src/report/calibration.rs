@@ -96,13 +96,20 @@ pub struct Calibration {
 }
 
 /// Per round, a variant's measurement over the same round's without programs; the median over
-/// rounds with its interval.
+/// rounds with its interval. The held programs' ratio is the floor of netprof's: what the
+/// hooks' dispatch costs before any program body, so a goal below it cannot be met by leaner
+/// programs at these hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 pub struct CalibrationRatios {
     /// The followed ping's p50 with the programs held at their hooks (each returns at once:
     /// the hooks' dispatch), and with netprof.
     pub held_rtt: Interval,
     pub netprof_rtt: Interval,
+    /// The machine's CPU per ab request, the same (absent without /proc/stat).
+    #[serde(default)]
+    pub held_cpu: Option<Interval>,
+    #[serde(default)]
+    pub netprof_cpu: Option<Interval>,
 }
 
 /// A calibration with the file it came from.
@@ -168,7 +175,13 @@ impl Calibration {
             });
         }
         if let Some(r) = &self.ratios {
-            for (name, i) in [("held_rtt", r.held_rtt), ("netprof_rtt", r.netprof_rtt)] {
+            let measured = [
+                ("held_rtt", Some(r.held_rtt)),
+                ("netprof_rtt", Some(r.netprof_rtt)),
+                ("held_cpu", r.held_cpu),
+                ("netprof_cpu", r.netprof_cpu),
+            ];
+            for (name, i) in measured.into_iter().filter_map(|(n, i)| Some((n, i?))) {
                 let field = format!("ratios.{name}");
                 check_interval(path, &field, i, false)?;
                 if i.lo <= 0.0 {
@@ -176,7 +189,7 @@ impl Calibration {
                         path: path.to_path_buf(),
                         field,
                         value: i.lo.to_string(),
-                        why: "a ratio of two measured p50s must be above zero",
+                        why: "a ratio of two measured values must be above zero",
                     });
                 }
             }
