@@ -191,23 +191,19 @@ fn the_split_takes_the_calibration_of_its_own_ping_interval() {
     );
 }
 
-/// Three repeats whose runs without agents measured the pod p50 at 59, 65 and 61 µs (the
-/// baseline at 49): deltas 10, 16 and 12 µs. The stages are the same in each (8944), so the
-/// median split explains 8944 of the median delta 12000: 25.47% unexplained, beside each
-/// repeat's own 10.56%, 44.10% and 25.47%.
-#[test]
-fn repeats_are_judged_on_their_medians() {
+/// Three repeats of the known run, each with its twin without agents measuring the pod p50 at
+/// `clean_p50_us[k]`; `edit` changes each repeat's directory before it moves into place.
+fn known_repeats(name: &str, clean_p50_us: [f64; 3], edit: impl Fn(&Path)) -> Scratch {
     let root =
-        Scratch(std::env::temp_dir().join(format!("netprof-known-repeats-{}", std::process::id())));
+        Scratch(std::env::temp_dir().join(format!("netprof-known-{name}-{}", std::process::id())));
     let _ = fs::remove_dir_all(&root.0);
-    for (k, p50_us) in [(1, 59.0), (2, 65.0), (3, 61.0)] {
-        let one = Scratch(known_run::write_known_run(&format!("repeat{k}")));
-        let clean = one.0.join("clean/flannel-hostgw.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&clean).unwrap()).unwrap();
-        doc["pod_path"]["ping"]["stats"]["p50_ms"] = serde_json::json!(p50_us / 1e3);
-        doc["pod_path"]["ping"]["stats"]["p90_ms"] = serde_json::json!(p50_us / 1e3);
-        fs::write(&clean, doc.to_string()).unwrap();
+    for (k, p50_us) in (1..).zip(clean_p50_us) {
+        let one = Scratch(known_run::write_known_run(&format!("{name}{k}")));
+        edit_json(&one.0.join("clean/flannel-hostgw.json"), |doc| {
+            doc["pod_path"]["ping"]["stats"]["p50_ms"] = serde_json::json!(p50_us / 1e3);
+            doc["pod_path"]["ping"]["stats"]["p90_ms"] = serde_json::json!(p50_us / 1e3);
+        });
+        edit(&one.0);
         if k == 1 {
             fs::create_dir_all(&root.0).unwrap();
             fs::rename(
@@ -220,6 +216,16 @@ fn repeats_are_judged_on_their_medians() {
         }
         fs::rename(&one.0, root.0.join(format!("repeat-{k}"))).unwrap();
     }
+    root
+}
+
+/// Three repeats whose runs without agents measured the pod p50 at 59, 65 and 61 µs (the
+/// baseline at 49): deltas 10, 16 and 12 µs. The stages are the same in each (8944), so the
+/// median split explains 8944 of the median delta 12000: 25.47% unexplained, beside each
+/// repeat's own 10.56%, 44.10% and 25.47%.
+#[test]
+fn repeats_are_judged_on_their_medians() {
+    let root = known_repeats("repeats", [59.0, 65.0, 61.0], |_| {});
     let report = report::from_dir(&root.0).unwrap();
     assert_eq!(report.run.repeats, 3);
     let s = &report.latency[0].clean;
@@ -249,6 +255,31 @@ fn repeats_are_judged_on_their_medians() {
     // The table without agents is the median of the repeats: 61 µs.
     let clean = report.clean_table.as_ref().unwrap();
     assert_eq!(clean[1].values.ping_p50_ms, Some(0.061));
+}
+
+/// Repeats whose profiled passes pinged with the agents detached: each repeat's detached delta
+/// is 7920 ns (`pinged_detached`), so is their median; the median split explains 8729
+/// (`the_probes_cost_what_the_pass_measured_with_the_agents_detached`), 809 more than it, and
+/// the median clean delta (12000, as in `repeats_are_judged_on_their_medians`) is 4080 above.
+#[test]
+fn repeats_set_the_median_split_against_the_median_detached_delta() {
+    let root = known_repeats("detached-repeats", [59.0, 65.0, 61.0], pinged_detached);
+    let report = report::from_dir(&root.0).unwrap();
+    let l = &report.latency[0];
+    assert_eq!((l.clean.delta_ns, l.clean.explained_ns), (12_000, 8729));
+    let d = l.detached.expect("every repeat pinged detached");
+    assert_eq!(
+        (d.delta_ns, d.unexplained_ns, d.between_passes_ns),
+        (7920, -809, Some(4080))
+    );
+    let m = &report.repeats.as_ref().unwrap().modes[0];
+    assert_eq!(m.detached_delta_by_repeat, [Some(7920); 3]);
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("delta, agents detached ") && l.contains("+7.9 [+7.9..+7.9]")),
+        "{text}"
+    );
 }
 
 /// A run without agents whose modes ran side by side (their labs up at once, every path pinged
@@ -992,6 +1023,24 @@ fn ping_at(ping: &serde_json::Value, us: f64) -> serde_json::Value {
     p
 }
 
+/// The known run's profiled pass as `bench --profile` pings: each path also with the agents
+/// detached, the pod path at 57.68 µs and the baseline at 49.76.
+fn pinged_detached(dir: &Path) {
+    for (file, path, us) in [
+        ("flannel-hostgw.json", "pod_path", 57.68),
+        ("host.json", "host_path", 49.76),
+    ] {
+        edit_json(&dir.join(file), |d| {
+            let off = ping_at(&d[path]["ping"], us);
+            d[path]["ping_agents_off"] = serde_json::json!({
+                "ping": off,
+                "block_rtts": [250, 250, 250, 250],
+                "profiled_block_rtts": [250, 250, 250, 250],
+            });
+        })
+    }
+}
+
 /// Pings with the agents detached in the profiled pass itself (`bench --profile`) fix what the
 /// probes cost: the pod path's 60 µs profiled against 57.68 µs detached is 2320 ns, twice the
 /// 1160 the calibration's per-run costs give; the baseline's 50 against 49.76 is the 240
@@ -1005,18 +1054,7 @@ fn ping_at(ping: &serde_json::Value, us: f64) -> serde_json::Value {
 #[test]
 fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
     let dir = Scratch(known_run::write_known_run("in-pass"));
-    let detached = |file: &str, path: &str, us: f64| {
-        edit_json(&dir.0.join(file), |d| {
-            let off = ping_at(&d[path]["ping"], us);
-            d[path]["ping_agents_off"] = serde_json::json!({
-                "ping": off,
-                "block_rtts": [250, 250, 250, 250],
-                "profiled_block_rtts": [250, 250, 250, 250],
-            });
-        })
-    };
-    detached("flannel-hostgw.json", "pod_path", 57.68);
-    detached("host.json", "host_path", 49.76);
+    pinged_detached(&dir.0);
     let report = report::from_dir(&dir.0).expect("the run loads");
     let l = &report.latency[0];
     assert_eq!(l.mode, "flannel-hostgw");
@@ -1042,8 +1080,29 @@ fn the_probes_cost_what_the_pass_measured_with_the_agents_detached() {
     assert_eq!(stage(c, Category::Uplink).delta_ns, -38);
     assert_eq!(c.explained_ns, 8729);
     assert_eq!(c.unexplained_ns, 1271);
+    // The detached delta, 57.68 - 49.76 µs, is the split's check in the same minutes: the
+    // stages add up to 809 ns more; the clean pass's delta was 2080 above it.
+    let d = l
+        .detached
+        .expect("the pass pinged with the agents detached");
+    assert_eq!(
+        (d.delta_ns, d.unexplained_ns, d.between_passes_ns),
+        (7920, -809, Some(2080))
+    );
     let text = render::render(&report, Format::Table);
     assert!(text.contains("(per-run costs alone)"), "{text}");
+    let row = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label}: {text}"))
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(row("delta, agents detached (profiled pass)"), "+7.9");
+    assert_eq!(row("unexplained against it"), "-0.8");
+    assert_eq!(row("measured − detached (between passes)"), "+2.1");
 
     // ab with the agents detached around the profiled ab, at the same CPU time per request:
     // netprof cost nothing measurable under that load, so the segment means stay whole (the

@@ -3,7 +3,7 @@
 
 use super::calibration::{self, CalibrationFile};
 use super::input::{Input, ModeInput};
-use super::latency::{self, CleanP50};
+use super::latency::{self, P50s};
 use super::merge::{merge_step, MergedStep};
 use super::probe_cost::ProbeCosts;
 use super::stage_time::Statistic;
@@ -111,6 +111,12 @@ fn p50_ns(path: &PathResult) -> Option<i64> {
     path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
 }
 
+/// The p50 of the pings the profiled pass took with every agent detached.
+fn detached_p50_ns(path: &PathResult) -> Option<i64> {
+    let off = path.ping_agents_off.as_ref()?;
+    off.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
+}
+
 /// Everything built per mode.
 #[derive(Default)]
 struct Parts {
@@ -213,11 +219,18 @@ fn attribute(
     match (pod.ping.stats, base.ping.stats) {
         (Some(pod_stats), Some(base_stats)) => {
             let clean_p50 = twin.and_then(|(m, b)| {
-                Some(CleanP50 {
+                Some(P50s {
                     mode_ns: p50_ns(m)?,
                     baseline_ns: p50_ns(b)?,
                 })
             });
+            let detached =
+                detached_p50_ns(pod)
+                    .zip(detached_p50_ns(base))
+                    .map(|(mode_ns, baseline_ns)| P50s {
+                        mode_ns,
+                        baseline_ns,
+                    });
             let side = |step, stats, replies, costs, in_pass: &Option<ProbeCosts>| latency::Side {
                 step,
                 stats,
@@ -243,6 +256,7 @@ fn attribute(
                     &base_in_pass,
                 ),
                 clean_p50,
+                detached,
             ));
         }
         _ => parts.notes.push(format!(

@@ -60,6 +60,42 @@ pub struct LatencyAttribution {
     pub probes: ProbeShare,
     /// Segment passes left out as two packets sharing an skb, per RTT (both sides).
     pub reuse_passes: f64,
+    /// The delta the profiled pass measured with every agent detached, when it pinged so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached: Option<DetachedDelta>,
+}
+
+/// The delta measured in the profiled pass with every agent detached, in blocks that took turns
+/// with the profiled ones. It ran in the same minutes as the profile with no netprof program
+/// in the path, so the headline split's miss against it is the split's own, and what separates
+/// it from the headline's delta (measured in another pass, minutes away) is how far the
+/// machine moved between the passes. Neither is netprof's in-path cost.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DetachedDelta {
+    pub mode_ns: i64,
+    pub baseline_ns: i64,
+    pub delta_ns: i64,
+    /// This delta less the headline split's explained time.
+    pub unexplained_ns: i64,
+    /// The headline's measured delta less this one; `None` when the headline is not set
+    /// against a run without agents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub between_passes_ns: Option<i64>,
+}
+
+impl DetachedDelta {
+    /// `p50s` (the detached pings') against `clean`, the headline split.
+    pub fn of(p50s: P50s, clean: &Split) -> DetachedDelta {
+        let delta_ns = p50s.mode_ns - p50s.baseline_ns;
+        DetachedDelta {
+            mode_ns: p50s.mode_ns,
+            baseline_ns: p50s.baseline_ns,
+            delta_ns,
+            unexplained_ns: delta_ns - clean.explained_ns,
+            between_passes_ns: (clean.measure == Measure::CleanP50)
+                .then(|| clean.delta_ns - delta_ns),
+        }
+    }
 }
 
 fn ns(ms: f64) -> i64 {
@@ -76,9 +112,10 @@ pub struct Side<'a> {
     pub before_in_pass: Option<ProbeCosts>,
 }
 
-/// The p50s measured without agents: the mode's and the baseline's, ns.
+/// Two p50s measured with no netprof program in the path (without agents, or with them
+/// detached): the mode's and the baseline's, ns.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CleanP50 {
+pub struct P50s {
     pub mode_ns: i64,
     pub baseline_ns: i64,
 }
@@ -88,7 +125,8 @@ pub fn attribute(
     baseline: &str,
     pod: &Side,
     base: &Side,
-    clean: Option<CleanP50>,
+    clean: Option<P50s>,
+    detached: Option<P50s>,
 ) -> LatencyAttribution {
     let (pod_probes, base_probes) = (
         probes_per_event(pod.step, pod.replies, &pod.probes),
@@ -137,6 +175,7 @@ pub fn attribute(
             Some(&base.probes),
         ),
     );
+    let detached = detached.map(|p50s| DetachedDelta::of(p50s, &clean));
     let mut sources = pod.probes.sources();
     sources.extend(base.probes.sources());
     sources.sort_by_key(|s| *s as u8);
@@ -158,5 +197,6 @@ pub fn attribute(
         },
         reuse_passes: reuse_per_event(pod.step, pod.replies)
             + reuse_per_event(base.step, base.replies),
+        detached,
     }
 }

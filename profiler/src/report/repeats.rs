@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use super::category::Category;
+use super::latency::{DetachedDelta, LatencyAttribution, P50s};
 use super::split::{median_i64, Split};
 use super::{Report, TableRow};
 use crate::bench::table;
@@ -31,6 +32,9 @@ pub struct ModeSpread {
     pub delta_by_repeat: Vec<i64>,
     pub explained_by_repeat: Vec<i64>,
     pub unexplained_pct_by_repeat: Vec<Option<f64>>,
+    /// Each repeat's delta with every agent detached, in its profiled pass (`None` where that
+    /// pass did not ping so).
+    pub detached_delta_by_repeat: Vec<Option<i64>>,
     pub stages: Vec<StageSpread>,
     /// The unexplained share of the median delta by the median split (the report's headline
     /// `clean` split); `None` for a median delta under the share threshold.
@@ -64,6 +68,17 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The detached delta over the repeats, as the clean one is taken: the median mode p50 less
+/// the median baseline p50, against the median split; `None` unless every repeat has one.
+fn median_detached(of_mode: &[&LatencyAttribution], clean: &Split) -> Option<DetachedDelta> {
+    let all: Vec<DetachedDelta> = of_mode.iter().map(|a| a.detached).collect::<Option<_>>()?;
+    let p50s = P50s {
+        mode_ns: median_i64(all.iter().map(|d| d.mode_ns).collect()),
+        baseline_ns: median_i64(all.iter().map(|d| d.baseline_ns).collect()),
+    };
+    (!all.is_empty()).then(|| DetachedDelta::of(p50s, clean))
+}
+
 /// The repeats' reports (in order) as one.
 pub fn combine(dir: &std::path::Path, reports: Vec<Report>) -> Report {
     let count = reports.len();
@@ -81,14 +96,15 @@ pub fn combine(dir: &std::path::Path, reports: Vec<Report>) -> Report {
     }
     let mut modes = Vec::new();
     for l in combined.latency.iter_mut() {
-        let of_mode: Vec<&Split> = reports
+        let attributions: Vec<&LatencyAttribution> = reports
             .iter()
             .filter_map(|r| r.latency.iter().find(|x| x.mode == l.mode))
-            .map(|x| &x.clean)
             .collect();
+        let of_mode: Vec<&Split> = attributions.iter().map(|x| &x.clean).collect();
         if let Some(median) = Split::median_of(&of_mode) {
             l.clean = median;
         }
+        l.detached = median_detached(&attributions, &l.clean);
         let throughput: Vec<_> = reports
             .iter()
             .filter_map(|r| r.throughput.iter().find(|t| t.mode == l.mode))
@@ -98,6 +114,10 @@ pub fn combine(dir: &std::path::Path, reports: Vec<Report>) -> Report {
             delta_by_repeat: of_mode.iter().map(|s| s.delta_ns).collect(),
             explained_by_repeat: of_mode.iter().map(|s| s.explained_ns).collect(),
             unexplained_pct_by_repeat: of_mode.iter().map(|s| s.unexplained_pct).collect(),
+            detached_delta_by_repeat: attributions
+                .iter()
+                .map(|a| a.detached.map(|d| d.delta_ns))
+                .collect(),
             stages: Category::ALL
                 .iter()
                 .map(|&c| spread(c, of_mode.iter().map(|s| s.stage(c)).collect()))

@@ -3,13 +3,45 @@
 
 use super::{pct, us, us_signed, Part, Section};
 use crate::report::category::Category;
-use crate::report::latency::LatencyAttribution;
+use crate::report::latency::{DetachedDelta, LatencyAttribution};
 use crate::report::probe_cost::ProbeSource;
 use crate::report::split::{Measure, Split, MIN_SHARE_DELTA_NS};
 use crate::report::Report;
 use crate::rundir::Node;
 
 const UNEXPLAINED_NOTE: &str = "unexplained = measured delta − explained: never hidden, negative when the stages add up to more than was measured.";
+
+const DETACHED_NOTE: &str = "The profiled pass also pinged every path with every agent detached, in blocks that took turns with the profiled ones: a delta with no netprof program in the path, measured in the same minutes as the profile. Unexplained against it is the split's own miss; the measured delta less it is how far the machine moved between the two passes, both without netprof.";
+
+/// The headline split against the delta the profiled pass measured with the agents detached:
+/// rows only for a report whose every mode has it.
+fn detached_rows(report: &Report) -> Vec<Vec<String>> {
+    let Some(all) = report
+        .latency
+        .iter()
+        .map(|l| l.detached)
+        .collect::<Option<Vec<DetachedDelta>>>()
+    else {
+        return Vec::new();
+    };
+    let row = |label: &str, f: &dyn Fn(&DetachedDelta) -> String| {
+        let mut row = vec![label.to_owned()];
+        row.extend(all.iter().map(f));
+        row
+    };
+    let mut rows = vec![
+        row("delta, agents detached (profiled pass)", &|d| {
+            us_signed(d.delta_ns)
+        }),
+        row("unexplained against it", &|d| us_signed(d.unexplained_ns)),
+    ];
+    if all.iter().all(|d| d.between_passes_ns.is_some()) {
+        rows.push(row("measured − detached (between passes)", &|d| {
+            d.between_passes_ns.map_or_else(String::new, us_signed)
+        }));
+    }
+    rows
+}
 
 fn share_note() -> String {
     format!(
@@ -73,6 +105,7 @@ fn sources(report: &Report) -> String {
 /// The headline: the delta without agents split by stage, net of netprof.
 pub fn clean(report: &Report) -> Option<Section> {
     let first = report.latency.first()?;
+    let detached = detached_rows(report);
     let measured = match first.clean.measure {
         Measure::CleanP50 => "the p50s measured with no agent attached (DIR/clean/)",
         _ => {
@@ -92,8 +125,14 @@ pub fn clean(report: &Report) -> Option<Section> {
             ),
         ],
         header: header(report),
-        rows: split_rows(report, |l| &l.clean),
-        footer: vec![UNEXPLAINED_NOTE.to_owned(), share_note()],
+        rows: split_rows(report, |l| &l.clean)
+            .into_iter()
+            .chain(detached.iter().cloned())
+            .collect(),
+        footer: [UNEXPLAINED_NOTE.to_owned(), share_note()]
+            .into_iter()
+            .chain((!detached.is_empty()).then(|| DETACHED_NOTE.to_owned()))
+            .collect(),
     })
 }
 

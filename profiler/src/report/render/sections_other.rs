@@ -139,6 +139,21 @@ pub fn repeats(report: &Report) -> Option<Section> {
         let (med, lo, hi) = range(&m.delta_by_repeat);
         cell(med, lo, hi)
     });
+    if r.modes
+        .iter()
+        .all(|m| m.detached_delta_by_repeat.iter().all(Option::is_some))
+    {
+        line("delta, agents detached", &|m| {
+            let by_repeat: Vec<i64> = m
+                .detached_delta_by_repeat
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
+            let (med, lo, hi) = range(&by_repeat);
+            cell(med, lo, hi)
+        });
+    }
     line("unexplained share per repeat", &|m| {
         m.unexplained_pct_by_repeat
             .iter()
