@@ -1262,6 +1262,18 @@ fn duty_cycling_counts_only_the_windows_and_leaves_nothing() {
         report.not_measured
     );
     assert!(report.stage_segments(Stage::VxlanEncap).next().is_some());
+    // Every window's netfilter points name their checkpoints, not only the first's (each
+    // window links them again): a request and its reply each pass conntrack once here.
+    let conntrack: u64 = report
+        .stage_segments(Stage::Conntrack)
+        .map(|s| s.count)
+        .sum();
+    println!("conntrack segments: {conntrack}");
+    assert!(
+        conntrack as f64 >= 1.5 * requests as f64,
+        "{conntrack} conntrack segments for {requests} requests in {} windows",
+        duty.windows
+    );
     let objects = objects_of(&[&report]);
     drop(agent);
     before.check_nothing_left(&objects);

@@ -295,7 +295,11 @@ fn attach_links(inner: &mut Inner, layout: &NetfilterLayout, gauge: bool) {
         .collect();
     inner.nf.point = point;
     inner.nf.entry = entry;
-    let (links, attach_failures) = link_all(inner);
+    let Linked {
+        links,
+        failures: attach_failures,
+        ..
+    } = link_all(inner);
     failures.extend(attach_failures);
     for (what, reason) in failures {
         inner.not_measured(what, reason);
@@ -311,16 +315,31 @@ fn load_admission(loader: &NetfilterLoader) -> Result<(ProgramArray, NetfilterPr
     Ok((array, admit))
 }
 
+/// What one round of linking made.
+#[derive(Default)]
+struct Linked {
+    links: Vec<NetfilterLink>,
+    /// The `(hook, point)`s linked in this round, and whether the gauge was.
+    points: BTreeSet<(u32, u32)>,
+    gauge: bool,
+    failures: Vec<(String, String)>,
+}
+
 /// Links every loaded program that is meant to be watched (all of them at start; the attached
 /// ones when a duty-cycle window opens), in the node's namespace.
-fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
-    let mut links = Vec::new();
-    let mut failures = Vec::new();
+fn link_all(inner: &mut Inner) -> Linked {
+    let mut linked = Linked::default();
+    let Linked {
+        links,
+        points,
+        gauge: gauge_linked,
+        failures,
+    } = &mut linked;
     let guard = match inner.node.handle.enter_if_elsewhere() {
         Ok(guard) => guard,
         Err(err) => {
             failures.push(("netfilter".to_owned(), chain(&err)));
-            return (links, failures);
+            return linked;
         }
     };
     let reopening = !inner.nf.attached.is_empty();
@@ -335,6 +354,7 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
         match program.attach(hook_of(hook), priority) {
             Ok(link) => {
                 links.push(link);
+                points.insert((hook, point));
                 inner.nf.attached.insert((hook, point));
             }
             Err(err) => failures.push((
@@ -358,6 +378,7 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
             match gauge.attach(hook_of(NF_GAUGE_HOOK), NF_GAUGE_PRIORITY) {
                 Ok(link) => {
                     links.push(link);
+                    *gauge_linked = true;
                     inner.nf.gauge_attached = true;
                 }
                 Err(err) => failures.push((
@@ -371,19 +392,26 @@ fn link_all(inner: &mut Inner) -> (Vec<NetfilterLink>, Vec<(String, String)>) {
         }
     }
     drop(guard);
-    (links, failures)
+    linked
 }
 
-/// Links the watched points again (a duty-cycle window opening).
+/// Links the watched points again (a duty-cycle window opening). A point that fails to link
+/// this time is left out of the next-point table until a window links it again: `nf_point`
+/// names its point by the next one linked on its hook, and a gap there would put every later
+/// point's time under the wrong checkpoint.
 pub(super) fn reattach(inner: &mut Inner) {
     if inner.nf.points.is_empty() || inner.nf.attached.is_empty() {
         return;
     }
-    let (links, failures) = link_all(inner);
-    for (what, reason) in failures {
+    let linked = link_all(inner);
+    for (what, reason) in &linked.failures {
         log::warn!("duty cycle: {what}: {reason}");
     }
-    inner.nf.links.extend(links);
+    if inner.nf.point.is_some() || inner.nf.entry.is_some() {
+        // Written with the window's new epoch, before the programs run again.
+        inner.config.nf_next_point = nf_points::next_point_table(&linked.points, linked.gauge);
+    }
+    inner.nf.links.extend(linked.links);
 }
 
 #[cfg(test)]
