@@ -15,6 +15,7 @@ use super::{
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
 use crate::lab::Mode;
+use crate::parse::ping::PingReport;
 use crate::rundir::{NetPath, Node, Tool};
 
 /// One step of a mode, its nodes' reports gathered.
@@ -107,14 +108,13 @@ fn twin(
     Some((m.pod_path.as_ref()?, base))
 }
 
-fn p50_ns(path: &PathResult) -> Option<i64> {
-    path.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
+fn p50_ns(ping: &PingReport) -> Option<i64> {
+    ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
 }
 
 /// The p50 of the pings the profiled pass took with every agent detached.
 fn detached_p50_ns(path: &PathResult) -> Option<i64> {
-    let off = path.ping_agents_off.as_ref()?;
-    off.ping.stats.map(|s| (s.p50_ms * 1e6).round() as i64)
+    p50_ns(&path.ping_agents_off.as_ref()?.ping)
 }
 
 /// Everything built per mode.
@@ -220,8 +220,8 @@ fn attribute(
         (Some(pod_stats), Some(base_stats)) => {
             let clean_p50 = twin.and_then(|(m, b)| {
                 Some(P50s {
-                    mode_ns: p50_ns(m)?,
-                    baseline_ns: p50_ns(b)?,
+                    mode_ns: p50_ns(&m.ping)?,
+                    baseline_ns: p50_ns(&b.ping)?,
                 })
             });
             let detached =

@@ -9,9 +9,9 @@
 //! fixes the total. Measured far above the runs (several times, at pings far apart), the rest
 //! is not in the runs: scaling every run by one factor took several times a probe's run out
 //! of a bracket whose whole time was two runs and a hash lookup, and the clamp at zero then
-//! left that excess in the bigger segments. So the rest is taken as a share of all of the event's work
-//! (`placed`). Spreading it over the segments alone put all of ab's in-pass CPU (the agent's
-//! own, the processes') into them and halved the ground-truth CPU predictions.
+//! left that excess in the bigger segments. So the rest is taken as a share of all of the
+//! event's work (`placed`). Spreading it over the segments alone put all of ab's in-pass CPU
+//! (the agent's own, the processes') into them and halved the ground-truth CPU predictions.
 
 use super::calibration::Interval;
 use super::merge::MergedStep;
@@ -84,11 +84,11 @@ pub fn of_step(
 /// segment between two runs of the kind holds (never below zero): a calibrated run is what
 /// it costs the whole event, which can be more than a whole small bracket holds, run ends and
 /// table included; taking the whole run off every bracket left the small tables nothing. What
-/// the measurement holds beyond the runs' share in segments slowed the event's own work, in segments or not (the kernel code and the
-/// processes a probe's evictions leave cold, another packet's runs a frame waits behind, the
-/// agent's own CPU under ab): every part of the event's time net of the runs loses the same
-/// share, `beyond / (event − runs)`. A measurement at or below the runs scales the runs down
-/// to it instead.
+/// the measurement holds beyond the runs' share in segments slowed the event's own work, in
+/// segments or not (the kernel code and the processes a probe's evictions leave cold, another
+/// packet's runs a frame waits behind, the agent's own CPU under ab): every part of the
+/// event's time net of the runs loses the same share, `beyond / (event − runs)`. A
+/// measurement at or below the runs scales the runs down to it instead.
 pub fn placed(costs: &ProbeCosts, step: &MergedStep, pass: InPass) -> ProbeCosts {
     let costs = &costs.capped(&shortest_between_same_kind(
         step,

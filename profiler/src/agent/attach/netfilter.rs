@@ -5,9 +5,9 @@
 use std::collections::{BTreeSet, HashMap as StdHashMap};
 
 use profiler_common::datapath::{
-    nf_checkpoint, ALL_MAPS, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, NF_GAUGE_AFTER, NF_GAUGE_HOOK,
-    NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT, NF_POINT_PRIORITIES,
-    PROG_NF_ADMIT, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
+    nf_checkpoint, NfNextPoint, ALL_MAPS, CP_NF_GAUGE, CP_NONE, MAP_NF_ADMIT, NF_GAUGE_AFTER,
+    NF_GAUGE_HOOK, NF_GAUGE_PRIORITY, NF_HOOK_COUNT, NF_HOOK_LOCAL_OUT, NF_POINT_COUNT,
+    NF_POINT_PRIORITIES, PROG_NF_ADMIT, PROG_NF_OUT_ENTRY, PROG_NF_POINT,
 };
 
 use super::{admission::CloseAfterCallers, chain, maps, nf_fentry, Inner};
@@ -39,6 +39,15 @@ pub(super) struct NetfilterFamily {
     pub gauge: bool,
     /// Whether the gauge is watched (its link made once; windows reopen it).
     pub gauge_attached: bool,
+}
+
+impl NetfilterFamily {
+    /// `Config::nf_next_point` for the points `linked` (and the gauge, when `gauge`), when a
+    /// linked program names its point from it; `None` with neither netfilter program loaded.
+    fn next_point_table(&self, linked: &BTreeSet<(u32, u32)>, gauge: bool) -> Option<NfNextPoint> {
+        (self.point.is_some() || self.entry.is_some())
+            .then(|| nf_points::next_point_table(linked, gauge))
+    }
 }
 
 pub(super) fn hook_of(index: u32) -> Hook {
@@ -120,9 +129,11 @@ fn layout(inner: &mut Inner) -> Option<NetfilterLayout> {
 /// fentry/fexit fallback. Where no LOCAL_OUT point admits, the uplink's egress does.
 pub(super) fn attach_family(inner: &mut Inner, force_fentry: bool, gauge: bool) {
     attach_points(inner, force_fentry, gauge);
-    if inner.nf.point.is_some() || inner.nf.entry.is_some() {
-        inner.config.nf_next_point =
-            nf_points::next_point_table(&inner.nf.attached, inner.nf.gauge_attached);
+    if let Some(table) = inner
+        .nf
+        .next_point_table(&inner.nf.attached, inner.nf.gauge_attached)
+    {
+        inner.config.nf_next_point = table;
     }
     inner.config.uplink_egress_admits = u16::from(inner.config.nf_admit_cp == CP_NONE);
     let config = inner.config;
@@ -407,9 +418,9 @@ pub(super) fn reattach(inner: &mut Inner) {
     for (what, reason) in &linked.failures {
         log::warn!("duty cycle: {what}: {reason}");
     }
-    if inner.nf.point.is_some() || inner.nf.entry.is_some() {
+    if let Some(table) = inner.nf.next_point_table(&linked.points, linked.gauge) {
         // Written with the window's new epoch, before the programs run again.
-        inner.config.nf_next_point = nf_points::next_point_table(&linked.points, linked.gauge);
+        inner.config.nf_next_point = table;
     }
     inner.nf.links.extend(linked.links);
 }
