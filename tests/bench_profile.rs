@@ -161,7 +161,9 @@ fn profile_writes_a_report_per_step_and_node() {
 /// Several modes profiled side by side: every lab up at once, each lab's agents attached only
 /// in its own blocks, and every path also pinged with no agent attached, in the same turns.
 /// Each lab's ping blocks count exactly that block's pings (its agents were attached for the
-/// whole block and reset before it), and nothing stays loaded.
+/// whole block and reset before it), and nothing stays loaded. Every mode also ran on a clean
+/// twin lab in the same turns: its results are in `clean/`, with no agent report, no detached
+/// blocks (it never had agents to detach) and every tool's numbers.
 #[test]
 fn profiled_modes_side_by_side_attach_one_lab_at_a_time() {
     let test = "profiled_modes_side_by_side_attach_one_lab_at_a_time";
@@ -188,6 +190,35 @@ fn profiled_modes_side_by_side_attach_one_lab_at_a_time() {
         stderr.contains("3 paths of 2 modes side by side, each lab's agents attached in its turns"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("beside them 3 paths of 2 clean twin labs"),
+        "{stderr}"
+    );
+    for (mode, other, paths) in [
+        ("host", "l2", &["host_path"][..]),
+        ("l2", "host", &["host_path", "pod_path"][..]),
+    ] {
+        let file = out.join("clean").join(format!("{mode}.json"));
+        let twin: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(twin["pinged_with"], serde_json::json!([other]), "{mode}");
+        assert_eq!(twin["profiles"], serde_json::json!([]), "{mode}: twin");
+        for path in paths {
+            let result = &twin[path];
+            assert_eq!(result["ping"]["received"], PINGS, "{mode} {path}");
+            assert!(result["ping_agents_off"].is_null(), "{mode} {path}");
+            assert!(result["ab_agents_off"].is_null(), "{mode} {path}");
+            assert_eq!(result["ab"]["complete_requests"], 500, "{mode} {path}");
+            assert!(
+                result["iperf3"]["receiver_bps"].as_f64().unwrap() > 0.0,
+                "{mode} {path}"
+            );
+        }
+        assert!(
+            stderr.contains(&format!("{mode:<14} clean twin: host path: iperf3")),
+            "{stderr}"
+        );
+    }
     let block = PINGS / BLOCKS;
     for (mode, other, paths) in [
         ("host", "l2", &["host_path"][..]),

@@ -1,14 +1,15 @@
-//! `cargo xtask demo [--repeat K] [bench args]`: the main job. The study's table with nothing
-//! attached, the same modes profiled, and the attributed report as a table and as
+//! `cargo xtask demo [--repeat K] [bench args]`: the main job. Every mode profiled, beside a
+//! clean twin of every lab that no agent attaches to (the study's table with nothing attached,
+//! measured in the same minutes as the profile), and the attributed report as a table and as
 //! `<out>/report.html`.
 //!
-//! With `--repeat K` (K > 1) the two passes run K times, interleaved (in repeat k the pass
-//! without agents goes first when k is odd, second when k is even, so a drift of the machine
-//! does not fall on one side), into `<out>/repeat-<k>/` and `<out>/repeat-<k>/clean/`; the
-//! report takes each stage's median over the repeats. `--validate` runs once, in the last
-//! repeat's profiled pass.
+//! With `--repeat K` (K > 1) the pass runs K times, into `<out>/repeat-<k>/` (its twins into
+//! `<out>/repeat-<k>/clean/`); the report takes each stage's median over the repeats.
+//! `--validate` runs once, in the last repeat. Where the bench arguments leave the twins out
+//! (duty-cycled agents, `--ping-blocks 1`, `--no-clean-twins`: the modes then run one after
+//! the other or without them), a separate pass without agents runs after each profiled one.
 //!
-//! netprof's in-path cost is calibrated on a lab of its own: after the passes with one repeat;
+//! netprof's in-path cost is calibrated on a lab of its own: after the pass with one repeat;
 //! with repeats, a few rounds after each repeat, added up into one calibration, since the
 //! machine's speed drifts over tens of minutes (a flannel-vxlan pod p50 without agents went from
 //! 73-78 µs to 115-140 µs within an hour here) and a calibration taken after all repeats
@@ -124,6 +125,20 @@ fn pass(args: &DemoArgs, dir: &Path, profiled: bool, validate: bool) -> Result<(
     run(bench)
 }
 
+/// The profiled pass into `dir`, and a pass without agents into `dir/clean` when the profiled
+/// one measured no clean twins there.
+fn passes(args: &DemoArgs, dir: &Path, validate: bool) -> Result<()> {
+    pass(args, dir, true, validate)?;
+    if !dir.join("clean").exists() {
+        println!(
+            "demo: the profiled pass ran without clean twins; the modes again without agents, into {}",
+            dir.join("clean").display()
+        );
+        pass(args, &dir.join("clean"), false, false)?;
+    }
+    Ok(())
+}
+
 /// Calibration rounds in all: a repeat's share is this over the repeats, rounded up.
 const CALIBRATION_ROUNDS: u32 = 8;
 
@@ -169,22 +184,14 @@ pub fn demo(bench_args: &[String]) -> Result<()> {
     let args = parse(bench_args)?;
     refuse_used(&args.out)?;
     release_netprof()?;
-    // First the study's table as the tools measure it with nothing attached (the agents' cost
-    // would be inside every number), then the same modes profiled, and the attributed report.
+    // The modes profiled, with the study's table as the tools measure it with nothing attached
+    // (the agents' cost would be inside every number) from the clean twins, and the report.
     if args.repeat == 1 {
-        pass(&args, &args.out.join("clean"), false, false)?;
-        pass(&args, &args.out, true, args.validate)?;
+        passes(&args, &args.out, args.validate)?;
     } else {
         for k in 1..=args.repeat {
             let dir = args.out.join(format!("repeat-{k}"));
-            let validate = args.validate && k == args.repeat;
-            if k % 2 == 1 {
-                pass(&args, &dir.join("clean"), false, false)?;
-                pass(&args, &dir, true, validate)?;
-            } else {
-                pass(&args, &dir, true, validate)?;
-                pass(&args, &dir.join("clean"), false, false)?;
-            }
+            passes(&args, &dir, args.validate && k == args.repeat)?;
             // This repeat's share of the calibration, while the machine runs as it just did.
             let interval = ping_interval_of(&dir.join("clean"))?;
             calibrate(&args.out, interval, rounds_per_repeat(args.repeat), k > 1)?;

@@ -88,12 +88,15 @@ struct Progress {
     index: usize,
     total: usize,
     mode: Mode,
+    /// The mode's clean twin lab (see `side_by_side`), which no agent attaches to.
+    twin: bool,
 }
 
 impl Progress {
     fn step(&self, text: &str) -> Instant {
+        let twin = if self.twin { "clean twin: " } else { "" };
         eprint!(
-            "[{}/{}] {:<14} {text} ... ",
+            "[{}/{}] {:<14} {twin}{text} ... ",
             self.index,
             self.total,
             self.mode.name()
@@ -142,6 +145,7 @@ pub async fn run(
                 index: i + 1,
                 total: modes.len(),
                 mode,
+                twin: false,
             };
             let outcome = run_mode(&progress, cfg, names, &out, profile).await;
             // Whatever happened, nothing of this mode's lab may survive.
@@ -309,6 +313,7 @@ async fn measure_mode(
         host_path,
         pod_path,
         pinged_with,
+        clean_twin: progress.twin,
         profiles,
         cluster: None,
     })

@@ -129,6 +129,9 @@ pub struct AgentTuning {
     pub sample: u32,
     pub duty: Option<crate::agent::duty::Duty>,
     pub expedite_rcu: bool,
+    /// With several modes side by side: measure every mode on a clean twin lab too, which no
+    /// agent ever attaches to, in the same turns (see `side_by_side`).
+    pub clean_twins: bool,
 }
 
 impl Default for AgentTuning {
@@ -140,6 +143,7 @@ impl Default for AgentTuning {
             sample: 1,
             duty: None,
             expedite_rcu: false,
+            clean_twins: false,
         }
     }
 }

@@ -29,6 +29,10 @@ pub struct ModeResult {
     /// on its lab alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pinged_with: Vec<Mode>,
+    /// Measured on a clean twin lab, which no agent ever attached to, in the same run as the
+    /// profiled labs (see `bench::side_by_side`); false for a run of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean_twin: bool,
     /// `netprof k8s run`: the cluster measured (absent for lab runs; older files lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterRecord>,

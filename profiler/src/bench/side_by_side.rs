@@ -14,6 +14,13 @@
 //! would each run their kernel-wide tracers on every lab's packets. Every path is also pinged
 //! with no agent attached at all, in the same turns (netprof's cost in the pass, as
 //! `ping_step` does for one lab).
+//!
+//! And it holds between the split and the clean delta it is judged on: a clean pass run as
+//! another process, minutes before or after, saw the machine 20 µs faster or slower than the
+//! profile did. So a profiled run also brings up a clean twin of every lab, which no agent
+//! ever attaches to: its paths take their turns in the same ping step (with every agent
+//! detached), its iperf3 and ab run right beside its profiled lab's (also with every agent
+//! detached), and its results go to `DIR/clean/`.
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -25,7 +32,7 @@ use super::{
     bring_up, measure_mode, paths_of, start_profiler, write_result, BenchConfig, BenchError,
     Progress, Started, TakenPings,
 };
-use crate::lab::{self, LabError, LabLock, LabNames, Mode, PathEndpoints};
+use crate::lab::{self, Lab, LabError, LabLock, LabNames, Mode, PathEndpoints};
 use crate::parse::ping::PingReport;
 use crate::rundir::{NetPath, ProfileFile, RunDir, Tool};
 
@@ -35,8 +42,15 @@ pub fn applies(modes: &[Mode], cfg: &BenchConfig, profile: Option<&AgentTuning>)
     modes.len() > 1 && cfg.ping_blocks > 1 && profile.is_none_or(|t| t.duty.is_none())
 }
 
-/// The labs of `count` modes side by side: `names` itself, then `<lab>-2`, `<lab>-3`, ...
-pub fn lab_names(names: &LabNames, count: usize) -> Result<Vec<LabNames>, LabError> {
+/// Whether a side-by-side run also measures every mode on a clean twin: profiled runs that ask.
+pub fn with_twins(profile: Option<&AgentTuning>) -> bool {
+    profile.is_some_and(|t| t.clean_twins)
+}
+
+/// The labs of `count` modes side by side (twice as many with twins): `names` itself, then
+/// `<lab>-2`, `<lab>-3`, ...; the twins are the second half.
+pub fn lab_names(names: &LabNames, count: usize, twins: bool) -> Result<Vec<LabNames>, LabError> {
+    let count = if twins { 2 * count } else { count };
     let mut all = vec![names.clone()];
     for k in 2..=count {
         all.push(LabNames::new(&format!("{}-{k}", names.lab()))?);
@@ -54,7 +68,7 @@ pub async fn run(
     out: &RunDir,
     profile: Option<&AgentTuning>,
 ) -> Result<Vec<ModeResult>, BenchError> {
-    let all = lab_names(names, modes.len())?;
+    let all = lab_names(names, modes.len(), with_twins(profile))?;
     let mut locks = Vec::new();
     for extra in &all[1..] {
         locks.push(LabLock::acquire(extra.lab()).map_err(LabError::from)?);
@@ -67,6 +81,15 @@ pub async fn run(
     Ok(results)
 }
 
+/// A lab of the run, up, with its agents when it is a profiled one.
+struct RunLab {
+    started: Started,
+    lab: Lab,
+    profiler: Option<Profiler>,
+    /// A clean twin: no agent, ever.
+    twin: bool,
+}
+
 async fn measure(
     modes: &[Mode],
     cfg: &BenchConfig,
@@ -74,53 +97,96 @@ async fn measure(
     out: &RunDir,
     profile: Option<&AgentTuning>,
 ) -> Result<Vec<ModeResult>, BenchError> {
-    let progress: Vec<Progress> = modes
-        .iter()
-        .enumerate()
-        .map(|(i, &mode)| Progress {
-            index: i + 1,
+    let twins = with_twins(profile);
+    let clean = out.clean();
+    if twins {
+        clean.prepare().map_err(|source| BenchError::Output {
+            path: clean.root().to_path_buf(),
+            source,
+        })?;
+    }
+    // The profiled (or plain) labs first, then their twins in the same order.
+    let progress: Vec<Progress> = (0..all.len())
+        .map(|j| Progress {
+            index: j % modes.len() + 1,
             total: modes.len(),
-            mode,
+            mode: modes[j % modes.len()],
+            twin: j >= modes.len(),
         })
         .collect();
     let mut labs = Vec::new();
     for (p, names) in progress.iter().zip(all) {
-        labs.push((Started::now(), bring_up(p, cfg, names)?));
-    }
-    let mut profilers = Vec::new();
-    for (p, (_, lab)) in progress.iter().zip(&labs) {
-        profilers.push(match profile {
+        let started = Started::now();
+        let lab = bring_up(p, cfg, names)?;
+        let profiler = match profile.filter(|_| !p.twin) {
             Some(tuning) => {
-                let profiler = start_profiler(p, lab, out, tuning)?;
+                let profiler = start_profiler(p, &lab, out, tuning)?;
                 // Until its lab's turn, nothing of it is in any path.
                 set_attached(&profiler, lab.mode(), false)?;
                 Some(profiler)
             }
             None => None,
-        });
-    }
-    let paths: Vec<Vec<(NetPath, PathEndpoints)>> =
-        labs.iter().map(|(_, lab)| paths_of(lab)).collect();
-    let mut pings = ping_all(cfg, &labs, &paths, &profilers).await?.into_iter();
-    let mut results = Vec::new();
-    for (((p, (started, lab)), names), profiler) in
-        progress.iter().zip(labs).zip(all).zip(profilers)
-    {
-        let taken = TakenPings {
-            with: modes.iter().copied().filter(|&m| m != p.mode).collect(),
-            ..pings.next().expect("pings for every lab")
         };
-        if let Some(profiler) = &profiler {
-            set_attached(profiler, p.mode, true)?;
+        labs.push(Some(RunLab {
+            started,
+            lab,
+            profiler,
+            twin: p.twin,
+        }));
+    }
+    let up: Vec<&RunLab> = labs.iter().flatten().collect();
+    let mut pings: Vec<Option<TakenPings>> =
+        ping_all(cfg, &up).await?.into_iter().map(Some).collect();
+    let mut results = Vec::new();
+    let mut twin_results = Vec::new();
+    for (i, &mode) in modes.iter().enumerate() {
+        // The profiled lab and its twin (if any), the twin first in every other mode so that
+        // neither side always runs right after the previous mode.
+        let mut turn = vec![i];
+        if twins {
+            let twin = i + modes.len();
+            turn = if i % 2 == 0 {
+                vec![i, twin]
+            } else {
+                vec![twin, i]
+            };
         }
-        let outcome = measure_mode(p, cfg, &lab, profiler, Some(taken), started).await;
-        // Done with this mode: its lab goes now (its agents went with `measure_mode`), the
-        // others stay for their turn.
-        let teardown = lab::down(names);
-        let result = outcome?;
-        teardown?;
-        write_result(out, &result)?;
-        results.push(result);
+        for j in turn {
+            let run = labs[j].take().expect("each lab measured once");
+            let taken = TakenPings {
+                with: modes.iter().copied().filter(|&m| m != mode).collect(),
+                ..pings[j].take().expect("pings for every lab")
+            };
+            if let Some(profiler) = &run.profiler {
+                set_attached(profiler, mode, true)?;
+            }
+            let outcome = measure_mode(
+                &progress[j],
+                cfg,
+                &run.lab,
+                run.profiler,
+                Some(taken),
+                run.started,
+            )
+            .await;
+            // Done with this lab: it goes now (its agents went with `measure_mode`), the
+            // others stay for their turn.
+            let teardown = lab::down(&all[j]);
+            let result = outcome?;
+            teardown?;
+            if run.twin {
+                write_result(&clean, &result)?;
+                twin_results.push(result);
+            } else {
+                write_result(out, &result)?;
+                results.push(result);
+            }
+        }
+    }
+    if twins {
+        let path = clean.table_file();
+        std::fs::write(&path, super::table::render(&twin_results))
+            .map_err(|source| BenchError::Output { path, source })?;
     }
     Ok(results)
 }
@@ -131,84 +197,128 @@ fn set_attached(profiler: &Profiler, mode: Mode, attached: bool) -> Result<(), B
         .map_err(|source| BenchError::Profile { mode, source })
 }
 
-/// Every path of every lab pinged in turns (and, with agents, once more with none attached);
-/// each lab's pings in its paths' order, with its agents' reports of the profiled blocks.
-async fn ping_all(
-    cfg: &BenchConfig,
-    labs: &[(Started, lab::Lab)],
-    paths: &[Vec<(NetPath, PathEndpoints)>],
-    profilers: &[Option<Profiler>],
-) -> Result<Vec<TakenPings>, BenchError> {
-    let profiled = profilers.iter().any(Option::is_some);
-    // (lab, path) of each target; targets `n..2n` are the same paths with no agent attached.
-    let mut of: Vec<(usize, usize)> = paths
-        .iter()
-        .enumerate()
-        .flat_map(|(l, lab_paths)| (0..lab_paths.len()).map(move |k| (l, k)))
-        .collect();
-    let n = of.len();
-    if profiled {
-        of.extend_from_within(..);
+/// One target of the ping step: path `path` of lab `lab`, with that lab's agents attached in
+/// its blocks or with no agent attached anywhere.
+#[derive(Clone, Copy)]
+struct Turn {
+    lab: usize,
+    path: usize,
+    attached: bool,
+}
+
+/// Every path of every lab pinged in turns (and, with agents, each profiled path once more
+/// with none attached); each lab's pings in its paths' order, with its agents' reports of the
+/// profiled blocks.
+async fn ping_all(cfg: &BenchConfig, labs: &[&RunLab]) -> Result<Vec<TakenPings>, BenchError> {
+    let paths: Vec<Vec<(NetPath, PathEndpoints)>> =
+        labs.iter().map(|run| paths_of(&run.lab)).collect();
+    // Each path of each lab as its lab pings it (attached where it has agents), then the
+    // profiled paths again with no agent attached.
+    let mut turns: Vec<Turn> = Vec::new();
+    for (l, run) in labs.iter().enumerate() {
+        for k in 0..paths[l].len() {
+            let attached = run.profiler.is_some();
+            turns.push(Turn {
+                lab: l,
+                path: k,
+                attached,
+            });
+        }
     }
-    let targets: Vec<Target> = of
+    let own = turns.len();
+    let detached: Vec<Turn> = turns
         .iter()
-        .map(|&(l, k)| Target {
-            mode: labs[l].1.mode(),
-            path: paths[l][k].0,
-            endpoints: &paths[l][k].1,
+        .filter(|t| t.attached)
+        .map(|&t| Turn {
+            attached: false,
+            ..t
+        })
+        .collect();
+    turns.extend(detached);
+    let targets: Vec<Target> = turns
+        .iter()
+        .map(|t| Target {
+            mode: labs[t.lab].lab.mode(),
+            path: paths[t.lab][t.path].0,
+            endpoints: &paths[t.lab][t.path].1,
         })
         .collect();
     let mut flows = Vec::new();
-    for &(l, k) in &of[..n] {
-        flows.push(match profilers[l] {
-            Some(_) => {
-                profile::step_flows(&labs[l].1, &paths[l][k].1, Tool::Ping).map_err(|source| {
+    for t in &turns {
+        flows.push(match (t.attached, labs[t.lab].profiler.as_ref()) {
+            (true, Some(_)) => {
+                let lab = &labs[t.lab].lab;
+                profile::step_flows(lab, &paths[t.lab][t.path].1, Tool::Ping).map_err(|source| {
                     BenchError::Profile {
-                        mode: labs[l].1.mode(),
+                        mode: lab.mode(),
                         source,
                     }
                 })?
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         });
     }
-    let off_note = if profiled {
-        ", each lab's agents attached in its turns, and with none attached in turns too"
-    } else {
-        ""
+    let profiled = turns.len() > own;
+    let twins = labs.iter().filter(|run| run.twin).count();
+    let twin_paths = turns[..own].iter().filter(|t| labs[t.lab].twin).count();
+    let note = match (profiled, twins) {
+        (false, _) => String::new(),
+        (true, 0) => {
+            ", each lab's agents attached in its turns, and with none attached in turns too".to_owned()
+        }
+        (true, t) => format!(
+            ", each lab's agents attached in its turns, and with none attached in turns too; beside them {twin_paths} paths of {t} clean twin labs"
+        ),
     };
     eprint!(
-        "[pings] {n} paths of {} modes side by side{off_note}, {} ... ",
-        labs.len(),
+        "[pings] {} paths of {} modes side by side{note}, {} ... ",
+        own - twin_paths,
+        labs.len() - twins,
         ping_step::describe(cfg, targets.len())
     );
     let _ = std::io::stderr().flush();
     let t = Instant::now();
     let mut files: Vec<Vec<ProfileFile>> = vec![Vec::new(); labs.len()];
-    // Every lab has its agents or none has: lab `l`'s are `agents[l]`.
-    let agents: Vec<&Profiler> = profilers.iter().flatten().collect();
+    // Lab `l`'s agents are `agents[agent_of[l]]`.
+    let agents: Vec<&Profiler> = labs
+        .iter()
+        .filter_map(|run| run.profiler.as_ref())
+        .collect();
+    let agent_of: Vec<Option<usize>> = labs
+        .iter()
+        .scan(0, |next, run| {
+            Some(run.profiler.as_ref().map(|_| {
+                *next += 1;
+                *next - 1
+            }))
+        })
+        .collect();
     let blocks = ping_step::ping_in_blocks(cfg, &targets, |at| {
         let i = match at {
             Around::Before(i) | Around::After(i, _) => i,
         };
-        let (l, k) = of[i];
-        let mode = labs[l].1.mode();
-        let err = |source| BenchError::Profile { mode, source };
+        let turn = turns[i];
+        let run = labs[turn.lab];
+        let err = |source| BenchError::Profile {
+            mode: run.lab.mode(),
+            source,
+        };
+        let profiler = run.profiler.as_ref().filter(|_| turn.attached);
         match at {
-            // A lab's profiled block: its agents alone attached. A block with no agent: none.
+            // A lab's profiled block: its agents alone attached. Any other block: none.
             Around::Before(_) => {
-                profile::attach_only(&agents, (i < n).then_some(l))?;
-                match profilers[l].as_ref().filter(|_| i < n) {
+                let only = agent_of[turn.lab].filter(|_| turn.attached);
+                profile::attach_only(&agents, only)?;
+                match profiler {
                     Some(p) => p.before_step(&flows[i]).map_err(err),
                     None => Ok(()),
                 }
             }
             Around::After(_, block) => {
-                if let Some(p) = profilers[l].as_ref().filter(|_| i < n) {
-                    files[l].extend(
-                        p.after_step_part(paths[l][k].0, Tool::Ping, block)
-                            .map_err(err)?,
-                    );
+                if let Some(p) = profiler {
+                    let path = paths[turn.lab][turn.path].0;
+                    files[turn.lab]
+                        .extend(p.after_step_part(path, Tool::Ping, block).map_err(err)?);
                 }
                 Ok(())
             }
@@ -218,7 +328,7 @@ async fn ping_all(
     .inspect_err(|_| eprintln!("failed"))?;
     profile::attach_only(&agents, None)?;
     eprintln!("done ({:.1} s)", t.elapsed().as_secs_f64());
-    let (on, off) = blocks.split_at(n);
+    let (on, off) = blocks.split_at(own);
     let mut taken: Vec<TakenPings> = files
         .into_iter()
         .map(|profiles| TakenPings {
@@ -227,23 +337,27 @@ async fn ping_all(
             with: Vec::new(),
         })
         .collect();
-    for (i, &(l, k)) in of[..n].iter().enumerate() {
+    let mut off = off.iter();
+    for (i, t) in turns[..own].iter().enumerate() {
         let pings = PathPings {
             ping: PingReport::concatenated(&on[i]),
-            agents_off: off
-                .get(i)
+            agents_off: t
+                .attached
+                .then(|| off.next().expect("a detached turn per attached one"))
                 .map(|off| AgentsOffPings::from_blocks(&on[i], off)),
         };
         let detached = pings.agents_off.as_ref().map_or(String::new(), |off| {
             format!(" (no agent attached: {})", ping_step::summary(&off.ping))
         });
+        let run = labs[t.lab];
+        let twin = if run.twin { " (clean twin)" } else { "" };
         eprintln!(
-            "        {:<14} {}: {}{detached}",
-            labs[l].1.mode().name(),
-            paths[l][k].0.label(),
+            "        {:<14} {}{twin}: {}{detached}",
+            run.lab.mode().name(),
+            paths[t.lab][t.path].0.label(),
             ping_step::summary(&pings.ping)
         );
-        taken[l].reports.push(pings);
+        taken[t.lab].reports.push(pings);
     }
     Ok(taken)
 }
@@ -255,14 +369,26 @@ mod tests {
     #[test]
     fn the_first_lab_keeps_its_name_and_the_others_are_numbered() {
         let names = LabNames::new("lab").unwrap();
-        let all: Vec<String> = lab_names(&names, 3)
+        let all: Vec<String> = lab_names(&names, 3, false)
             .unwrap()
             .iter()
             .map(|n| n.lab().to_owned())
             .collect();
         assert_eq!(all, ["lab", "lab-2", "lab-3"]);
         let long = LabNames::new(&"x".repeat(24)).unwrap();
-        assert!(lab_names(&long, 2).is_err());
+        assert!(lab_names(&long, 2, false).is_err());
+        let twins: Vec<String> = lab_names(&names, 5, true)
+            .unwrap()
+            .iter()
+            .map(|n| n.lab().to_owned())
+            .collect();
+        assert_eq!(twins.len(), 10);
+        assert_eq!(twins[9], "lab-10");
+        let longest = LabNames::new(&"x".repeat(21)).unwrap();
+        assert!(lab_names(&longest, 5, true).is_ok());
+        let too_long = LabNames::new(&"x".repeat(22)).unwrap();
+        assert!(lab_names(&too_long, 5, true).is_err());
+        assert!(lab_names(&too_long, 5, false).is_ok());
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub struct BenchArgs {
     /// beside the results (<out>/profile/<mode>/<path>-<tool>-<node>.json).
     #[arg(long)]
     pub profile: bool,
+    /// With --profile and several modes side by side: leave out the clean twins (without
+    /// --profile there are none, so it changes nothing). By default
+    /// every mode is also measured on a twin lab that no agent ever attaches to, pinged in the
+    /// same turns and its iperf3 and ab run right beside the profiled lab's, into <out>/clean/:
+    /// the numbers without netprof, taken in the same minutes as the profile (a clean pass run
+    /// minutes apart sees another machine speed).
+    #[arg(long)]
+    pub no_clean_twins: bool,
     /// With --profile: the checkpoint families the agents attach (as `netprof agent --hooks`),
     /// in the modes' passes and in the --validate runs. The default has the gauge, which
     /// measures what netprof leaves in each netfilter segment in every step;
@@ -102,15 +110,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         hooks: args.hooks,
         duty,
         expedite_rcu: args.duty.expedite_rcu,
+        clean_twins: !args.no_clean_twins,
         ..Default::default()
     });
     let side_by_side = bench::side_by_side::applies(&modes, &cfg, tuning.as_ref());
-    if side_by_side && args.lab.len() > 22 {
-        anyhow::bail!(
-            "--lab {}: at most 22 characters when several modes run side by side (labs <lab>-2 to <lab>-5 run beside it); give a shorter name, or --ping-blocks 1 to run the modes one after the other",
-            args.lab
-        );
-    }
+    let labs = if side_by_side {
+        let twins = bench::side_by_side::with_twins(tuning.as_ref());
+        bench::side_by_side::lab_names(&names, modes.len(), twins).map_err(|_| {
+            let last = if twins { 2 * modes.len() } else { modes.len() };
+            anyhow::anyhow!(
+                "--lab {}: too long for {last} labs side by side (<lab>-2 to <lab>-{last} run beside it); give a shorter name, --no-clean-twins, or --ping-blocks 1 to run the modes one after the other",
+                args.lab
+            )
+        })?
+    } else {
+        vec![names.clone()]
+    };
     let plan = if args.validate {
         Some(validate_plan(&args, &cfg)?)
     } else {
@@ -133,11 +148,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     });
     // The benchmark future is gone (its tools were killed); now nothing of the labs may remain.
-    let labs = if side_by_side {
-        bench::side_by_side::lab_names(&names, modes.len())?
-    } else {
-        vec![names.clone()]
-    };
     let teardown = lab::down_all(&labs);
     if plan.is_some() {
         lab::down(&bench::validate::second_lab(&names)?)?;
@@ -156,7 +166,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        println!("\n{}", table::render(&results));
+        let clean = crate::rundir::RunDir::new(&args.out).clean().table_file();
+        if side_by_side && bench::side_by_side::with_twins(tuning.as_ref()) {
+            let table = std::fs::read_to_string(&clean)
+                .with_context(|| format!("cannot read {}", clean.display()))?;
+            println!("\nWithout agents (the clean twin labs, in the same turns):\n{table}");
+            println!("With the agents attached:");
+        } else {
+            println!();
+        }
+        println!("{}", table::render(&results));
         println!(
             "{} modes in {:.0} s; results in {}",
             results.len(),

@@ -251,6 +251,7 @@ pub fn run(args: OverheadArgs) -> Result<()> {
                         sample: args.sample,
                         duty: duties[i],
                         expedite_rcu: args.expedite_rcu,
+                        clean_twins: false,
                     };
                     let path = built.pod_path().expect("overhead runs on a mode with pods");
                     profile::all_path_flows(built, &path)

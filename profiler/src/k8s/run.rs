@@ -149,6 +149,7 @@ pub async fn run(
         host_path,
         pod_path: Some(pod_path),
         pinged_with: Vec::new(),
+        clean_twin: false,
         profiles,
         cluster: Some(ClusterRecord {
             api_server: cluster.server.clone(),

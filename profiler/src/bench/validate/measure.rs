@@ -302,6 +302,7 @@ pub async fn check(ctx: &Context<'_>, check: CheckKind) -> Result<CheckRun, Benc
         index: ctx.index,
         total: ctx.total,
         mode: plan_a.mode,
+        twin: false,
     };
     let what = format!("validate {check}");
     let a = bring_up(ctx.labs[0], plan_a, &progress, &what)?;
