@@ -1041,6 +1041,56 @@ fn pinged_detached(dir: &Path) {
     }
 }
 
+/// Clean numbers from the profiled run's own twins (`bench --profile` with several modes):
+/// the report says where its measured delta came from and what the detached rows then compare;
+/// a run whose clean files are not all twins is not called one.
+#[test]
+fn clean_twins_are_named_as_what_they_are() {
+    let dir = Scratch(known_run::write_known_run("twins"));
+    pinged_detached(&dir.0);
+    let clean = dir.0.join("clean");
+    let mut files: Vec<_> = std::fs::read_dir(&clean)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        edit_json(file, |d| d["clean_twin"] = serde_json::json!(true));
+    }
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    assert!(report.clean_twins);
+    let json: serde_json::Value =
+        serde_json::from_str(&render::render(&report, Format::Json)).unwrap();
+    assert_eq!(json["clean_twins"], true);
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.contains("on the clean twin labs in the same turns as the profile"),
+        "{text}"
+    );
+    assert!(
+        text.contains("measured − detached (twins − profiled labs)  +2.1"),
+        "{text}"
+    );
+    assert!(!text.contains("(between passes)"), "{text}");
+
+    edit_json(&files[0], |d| {
+        d.as_object_mut().unwrap().remove("clean_twin");
+    });
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    assert!(!report.clean_twins);
+    let json: serde_json::Value =
+        serde_json::from_str(&render::render(&report, Format::Json)).unwrap();
+    assert!(json.get("clean_twins").is_none(), "{json}");
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.contains("measured − detached (between passes)"),
+        "{text}"
+    );
+    assert!(!text.contains("clean twin"), "{text}");
+}
+
 /// Pings with the agents detached in the profiled pass itself (`bench --profile`) fix what the
 /// probes cost: the pod path's 60 µs profiled against 57.68 µs detached is 2320 ns, twice the
 /// 1160 the calibration's per-run costs give; the baseline's 50 against 49.76 is the 240

@@ -437,6 +437,9 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
         .unwrap_or_default();
     let cells = table::cells(&profiled_lines, host_mode_baseline);
     let clean_pings_side_by_side = clean_results.as_deref().and_then(side_by_side_pings);
+    let clean_twins = clean_results
+        .as_deref()
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|m| m.clean_twin));
     let profiled_pings_side_by_side = side_by_side_pings(&results);
     Report {
         schema: SCHEMA,
@@ -460,6 +463,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
             .is_some()
             .then(|| clean_lines.iter().map(TableRow::of).collect()),
         clean_pings_side_by_side,
+        clean_twins,
         profiled_pings_side_by_side,
         latency: parts.latency,
         throughput: parts.throughput,

@@ -157,6 +157,10 @@ pub struct Report {
     /// How the run without agents took its pings when its modes ran side by side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clean_pings_side_by_side: Option<SideBySidePings>,
+    /// The run without agents was the profiled run's clean twins: labs no agent ever attached
+    /// to, measured in the same turns as the profiled labs (every repeat's, with repeats).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clean_twins: bool,
     /// How the profiled run took its pings when its modes ran side by side (each lab's agents
     /// attached in its own blocks only).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -85,6 +85,7 @@ pub fn combine(dir: &std::path::Path, reports: Vec<Report>) -> Report {
     let mut combined = reports[0].clone();
     combined.source = dir.display().to_string();
     combined.run.repeats = count;
+    combined.clean_twins = reports.iter().all(|r| r.clean_twins);
     let lines = |pick: fn(&Report) -> &Vec<table::Line>| {
         table::median_lines(&reports.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
     };

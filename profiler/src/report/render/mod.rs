@@ -139,12 +139,17 @@ fn study_sections(report: &Report) -> (Option<Section>, Section) {
     } else {
         String::new()
     };
-    let side_by_side = report.clean_pings_side_by_side.map_or(String::new(), |s| {
-        format!(
+    let side_by_side = match (report.clean_pings_side_by_side, report.clean_twins) {
+        (Some(s), true) => format!(
+            " Measured on clean twin labs, which no agent ever attached to, in the same run as the profile: all {} modes' labs and their twins were up at once and the twins' {} paths were pinged in turns with the profiled labs' ({} blocks each, every agent detached in the twins' blocks), so the p50s here and the profile saw the same stretches of the machine's speed; each twin's iperf3 and ab ran right beside its profiled lab's, with every agent detached.",
+            s.modes, s.paths, s.blocks
+        ),
+        (Some(s), false) => format!(
             " All {} modes' labs were up at once and their {} paths were pinged in turns ({} blocks each), so every p50 here saw the same stretches of the machine's speed; iperf3 and ab ran one mode at a time.",
             s.modes, s.paths, s.blocks
-        )
-    });
+        ),
+        (None, _) => String::new(),
+    };
     let clean = report.clean_table.as_ref().map(|_| {
         study_section(
             "clean-table",

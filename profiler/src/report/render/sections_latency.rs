@@ -13,6 +13,8 @@ const UNEXPLAINED_NOTE: &str = "unexplained = measured delta − explained: neve
 
 const DETACHED_NOTE: &str = "The profiled pass also pinged every path with every agent detached, in blocks that took turns with the profiled ones: a delta with no netprof program in the path, measured in the same minutes as the profile. Unexplained against it is the split's own miss; the measured delta less it is how far the machine moved between the two passes, both without netprof.";
 
+const DETACHED_TWINS_NOTE: &str = "The profiled pass also pinged every path with every agent detached, in blocks that took turns with the profiled ones: a delta with no netprof program in the path, on the profiled labs themselves. Unexplained against it is the split's own miss on those labs; the measured delta (the clean twins', in the same turns) less it is how far the twin labs and the profiled labs differ, both without netprof.";
+
 /// The headline split against the delta the profiled pass measured with the agents detached:
 /// rows only for a report whose every mode has it.
 fn detached_rows(report: &Report) -> Vec<Vec<String>> {
@@ -36,7 +38,12 @@ fn detached_rows(report: &Report) -> Vec<Vec<String>> {
         row("unexplained against it", &|d| us_signed(d.unexplained_ns)),
     ];
     if all.iter().all(|d| d.between_passes_ns.is_some()) {
-        rows.push(row("measured − detached (between passes)", &|d| {
+        let label = if report.clean_twins {
+            "measured − detached (twins − profiled labs)"
+        } else {
+            "measured − detached (between passes)"
+        };
+        rows.push(row(label, &|d| {
             d.between_passes_ns.map_or_else(String::new, us_signed)
         }));
     }
@@ -107,6 +114,9 @@ pub fn clean(report: &Report) -> Option<Section> {
     let first = report.latency.first()?;
     let detached = detached_rows(report);
     let measured = match first.clean.measure {
+        Measure::CleanP50 if report.clean_twins => {
+            "the p50s measured with no agent attached, on the clean twin labs in the same turns as the profile (DIR/clean/)"
+        }
         Measure::CleanP50 => "the p50s measured with no agent attached (DIR/clean/)",
         _ => {
             "the profiled p50s less netprof's probes per RTT (this run has no twin without agents)"
@@ -131,7 +141,14 @@ pub fn clean(report: &Report) -> Option<Section> {
             .collect(),
         footer: [UNEXPLAINED_NOTE.to_owned(), share_note()]
             .into_iter()
-            .chain((!detached.is_empty()).then(|| DETACHED_NOTE.to_owned()))
+            .chain((!detached.is_empty()).then(|| {
+                let note = if report.clean_twins {
+                    DETACHED_TWINS_NOTE
+                } else {
+                    DETACHED_NOTE
+                };
+                note.to_owned()
+            }))
             .collect(),
     })
 }
