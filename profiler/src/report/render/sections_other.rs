@@ -171,7 +171,11 @@ pub fn repeats(report: &Report) -> Option<Section> {
             "Repeatability: the split without netprof over {} repeats (µs per RTT, median [min..max])",
             r.count
         ),
-        intro: vec!["Each repeat ran every mode without agents and profiled, in alternating order. The split above takes, per node and stage, the median over the repeats of the mode's and the baseline's time, and as its measured delta the median mode RTT less the median baseline RTT (the table without agents' own cells); the 'measured delta' row here is each repeat's own delta, whose median can differ when one repeat's baseline is an outlier.".to_owned()],
+        intro: vec![format!("{} The split above takes, per node and stage, the median over the repeats of the mode's and the baseline's time, and as its measured delta the median mode RTT less the median baseline RTT (the table without agents' own cells); the 'measured delta' row here is each repeat's own delta, whose median can differ when one repeat's baseline is an outlier.", if report.clean_twins {
+            "Each repeat ran every mode profiled beside its clean twin, in the same turns."
+        } else {
+            "Each repeat ran every mode without agents and profiled, in alternating order."
+        })],
         header,
         rows,
         footer: vec![],
