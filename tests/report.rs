@@ -1041,6 +1041,58 @@ fn pinged_detached(dir: &Path) {
     }
 }
 
+/// The measured delta's interval comes from the clean pings' blocks, resampled in pairs: a
+/// steady 10 µs gap is known exactly (and the known run's 8.9 µs of stages lie outside it);
+/// a pod path whose blocks swing between 54 and 64 µs leaves a wide interval that holds them.
+/// Pings taken in one piece give no interval and no rows.
+#[test]
+fn the_measured_delta_has_the_interval_its_ping_blocks_give() {
+    let dir = Scratch(known_run::write_known_run("interval"));
+    let row = |report: &report::Report, label: &str| {
+        let text = render::render(report, Format::Table);
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .map(|l| l[label.len()..].trim().to_owned())
+    };
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    assert_eq!(report.latency[0].clean_delta_interval_ns, None);
+    assert_eq!(row(&report, "measured delta, 95% interval"), None);
+
+    for file in ["clean/host.json", "clean/flannel-hostgw.json"] {
+        edit_json(&dir.0.join(file), |d| {
+            d["config"]["ping_blocks"] = serde_json::json!(10)
+        });
+    }
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    assert_eq!(report.latency[0].clean.delta_ns, 10_000);
+    assert_eq!(
+        report.latency[0].clean_delta_interval_ns,
+        Some([10_000, 10_000])
+    );
+    assert_eq!(
+        row(&report, "measured delta, 95% interval").as_deref(),
+        Some("+10.0..+10.0")
+    );
+    assert_eq!(row(&report, "explained inside it").as_deref(), Some("no"));
+    let json: serde_json::Value =
+        serde_json::from_str(&render::render(&report, Format::Json)).unwrap();
+    assert_eq!(
+        json["latency"][0]["clean_delta_interval_ns"],
+        serde_json::json!([10000, 10000])
+    );
+
+    edit_json(&dir.0.join("clean/flannel-hostgw.json"), |d| {
+        let swinging: Vec<f64> = (0..1000)
+            .map(|i| if (i / 100) % 2 == 0 { 54.0 } else { 64.0 })
+            .collect();
+        d["pod_path"]["ping"]["rtts_us"] = serde_json::json!(swinging);
+    });
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    let [lo, hi] = report.latency[0].clean_delta_interval_ns.unwrap();
+    assert!(lo <= 5_000 && hi >= 15_000, "[{lo}, {hi}]");
+    assert_eq!(row(&report, "explained inside it").as_deref(), Some("yes"));
+}
+
 /// Clean numbers from the profiled run's own twins (`bench --profile` with several modes):
 /// the report says where its measured delta came from and what the detached rows then compare;
 /// a run whose clean files are not all twins is not called one.

@@ -33,24 +33,39 @@ pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
 /// other's): whole pairs are resampled with replacement, so a slow stretch of the machine
 /// stays with both sides of its pair. `None` under 3 pairs or with an empty side.
 pub fn paired_blocks_interval(a: &[&[f64]], b: &[&[f64]]) -> Option<(f64, f64)> {
-    let pairs = a.len().min(b.len());
-    if pairs < 3 {
+    paired_blocks_interval_of_runs(&[(a.to_vec(), b.to_vec())])
+}
+
+/// One run's blocks of both sides, paired by index: `(a, b)`.
+pub type PairedBlocks<'a> = (Vec<&'a [f64]>, Vec<&'a [f64]>);
+
+/// The same over several runs, each taken in paired blocks: the interval of the median over
+/// the runs of `median(a_k)` less the median over the runs of `median(b_k)`, each run's pairs
+/// resampled on their own. `None` when a run has under 3 pairs (or there is no run).
+pub fn paired_blocks_interval_of_runs(runs: &[PairedBlocks]) -> Option<(f64, f64)> {
+    let pairs: Vec<usize> = runs.iter().map(|(a, b)| a.len().min(b.len())).collect();
+    if pairs.is_empty() || pairs.iter().any(|&p| p < 3) {
         return None;
     }
     let mut rng = SplitMix64(0x6e65_7470_726f_6632);
     let mut diffs = Vec::with_capacity(RESAMPLES);
-    while diffs.len() < RESAMPLES {
-        let (mut pa, mut pb) = (Vec::new(), Vec::new());
-        for _ in 0..pairs {
-            let k = rng.below(pairs);
-            pa.extend_from_slice(a[k]);
-            pb.extend_from_slice(b[k]);
+    'resample: while diffs.len() < RESAMPLES {
+        let (mut ma, mut mb) = (Vec::new(), Vec::new());
+        for ((a, b), &pairs) in runs.iter().zip(&pairs) {
+            let (mut pa, mut pb) = (Vec::new(), Vec::new());
+            for _ in 0..pairs {
+                let k = rng.below(pairs);
+                pa.extend_from_slice(a[k]);
+                pb.extend_from_slice(b[k]);
+            }
+            if pa.is_empty() || pb.is_empty() {
+                // Every drawn block lost all its replies; draw again.
+                continue 'resample;
+            }
+            ma.push(median(&mut pa));
+            mb.push(median(&mut pb));
         }
-        if pa.is_empty() || pb.is_empty() {
-            // Every drawn block lost all its replies; draw again.
-            continue;
-        }
-        diffs.push(median(&mut pa) - median(&mut pb));
+        diffs.push(median(&mut ma) - median(&mut mb));
     }
     diffs.sort_by(f64::total_cmp);
     let at = |q: f64| diffs[((RESAMPLES as f64 - 1.0) * q).round() as usize];
@@ -119,6 +134,38 @@ mod tests {
             paired_blocks_interval(&slices(&a[..2]), &slices(&b[..2])),
             None
         );
+    }
+
+    #[test]
+    fn runs_are_resampled_apart_and_their_medians_taken() {
+        // Three runs whose `a` is 10, 30 and 12 above `b` (steady within each run): the
+        // median of the runs' differences is 12, and resampling within runs cannot move it.
+        let run = |gap: f64| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+            let b: Vec<Vec<f64>> = (0..5).map(|k| vec![100.0 + k as f64; 4]).collect();
+            let a = b
+                .iter()
+                .map(|blk| blk.iter().map(|x| x + gap).collect())
+                .collect();
+            (a, b)
+        };
+        let owned = [run(10.0), run(30.0), run(12.0)];
+        let runs: Vec<PairedBlocks> = owned
+            .iter()
+            .map(|(a, b)| {
+                (
+                    a.iter().map(Vec::as_slice).collect(),
+                    b.iter().map(Vec::as_slice).collect(),
+                )
+            })
+            .collect();
+        let (lo, hi) = paired_blocks_interval_of_runs(&runs).unwrap();
+        assert!(lo <= 12.0 && 12.0 <= hi, "[{lo}, {hi}]");
+        assert!(hi - lo < 5.0, "the 30 of one run is outvoted: [{lo}, {hi}]");
+        let (one_lo, one_hi) = paired_blocks_interval(&runs[1].0, &runs[1].1).unwrap();
+        assert!(one_lo <= 30.0 && 30.0 <= one_hi, "[{one_lo}, {one_hi}]");
+        let short = vec![(runs[0].0[..2].to_vec(), runs[0].1[..2].to_vec())];
+        assert_eq!(paired_blocks_interval_of_runs(&short), None);
+        assert_eq!(paired_blocks_interval_of_runs(&[]), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use super::probe_cost::ProbeCosts;
 use super::stage_time::Statistic;
 use super::throughput::{self, AbMeasured, AbSide};
 use super::{
-    drops, gauge, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples, RunFacts,
-    SideBySidePings, TableRow, LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
+    clean_interval, drops, gauge, in_pass_cost, overhead, CalibrationFacts, Report, RttSamples,
+    RunFacts, SideBySidePings, TableRow, LATENCY_METHOD, SCHEMA, SEGMENT_NOTE, THROUGHPUT_METHOD,
 };
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
@@ -176,6 +176,10 @@ fn attribute(
     let base = &base_mode.result.host_path;
     let host_baseline = base_mode.mode() == Mode::Host;
     let twin = clean.and_then(|c| twin(c, mode.mode(), host_baseline));
+    // How the clean run pinged (block sizes, for the measured delta's interval).
+    let clean_config = clean
+        .and_then(|c| c.iter().find(|r| r.mode == mode.mode()))
+        .map(|r| &r.config);
     if clean.is_some() && twin.is_none() {
         parts.notes.push(format!(
             "{name}: the run without agents lacks this mode or its baseline: its split is set against the profiled p50s less the probes, and its QPS against the profiled ones"
@@ -238,7 +242,7 @@ fn attribute(
                 probes: in_pass.clone().unwrap_or_else(|| ProbeCosts::clone(costs)),
                 before_in_pass: in_pass.is_some().then(|| ProbeCosts::clone(costs)),
             };
-            parts.latency.push(latency::attribute(
+            let mut attribution = latency::attribute(
                 &name,
                 &base_label,
                 &side(
@@ -257,7 +261,15 @@ fn attribute(
                 ),
                 clean_p50,
                 detached,
-            ));
+            );
+            attribution.clean_blocks = twin
+                .zip(clean_config)
+                .and_then(|((m, b), cfg)| clean_interval::CleanBlocks::of(&m.ping, &b.ping, cfg));
+            attribution.clean_delta_interval_ns = attribution
+                .clean_blocks
+                .as_ref()
+                .and_then(|blocks| clean_interval::CleanBlocks::delta_interval_ns(&[blocks]));
+            parts.latency.push(attribution);
         }
         _ => parts.notes.push(format!(
             "{name}: no ping replies on the pod path or the baseline: no latency attribution"

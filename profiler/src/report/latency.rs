@@ -63,6 +63,13 @@ pub struct LatencyAttribution {
     /// The delta the profiled pass measured with every agent detached, when it pinged so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detached: Option<DetachedDelta>,
+    /// The 95% interval of the headline's measured delta (`clean_interval`), when it was
+    /// measured without agents in at least 3 blocks with every reply; ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_delta_interval_ns: Option<[i64; 2]>,
+    /// Those clean pings in their blocks, for the interval over repeats.
+    #[serde(skip)]
+    pub clean_blocks: Option<super::clean_interval::CleanBlocks>,
 }
 
 /// The delta measured in the profiled pass with every agent detached, in blocks that took turns
@@ -198,5 +205,7 @@ pub fn attribute(
         reuse_passes: reuse_per_event(pod.step, pod.replies)
             + reuse_per_event(base.step, base.replies),
         detached,
+        clean_delta_interval_ns: None,
+        clean_blocks: None,
     }
 }

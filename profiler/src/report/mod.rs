@@ -14,6 +14,7 @@
 mod build;
 pub mod calibration;
 pub mod category;
+pub mod clean_interval;
 pub mod drops;
 pub mod gauge;
 pub mod in_pass_cost;

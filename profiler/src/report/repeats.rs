@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use super::category::Category;
+use super::clean_interval::CleanBlocks;
 use super::latency::{DetachedDelta, LatencyAttribution, P50s};
 use super::split::{median_i64, Split};
 use super::{Report, TableRow};
@@ -106,6 +107,12 @@ pub fn combine(dir: &std::path::Path, reports: Vec<Report>) -> Report {
             l.clean = median;
         }
         l.detached = median_detached(&attributions, &l.clean);
+        // The interval of the median delta: every repeat's blocks resampled on their own.
+        l.clean_delta_interval_ns = attributions
+            .iter()
+            .map(|a| a.clean_blocks.as_ref())
+            .collect::<Option<Vec<_>>>()
+            .and_then(|runs| CleanBlocks::delta_interval_ns(&runs));
         let throughput: Vec<_> = reports
             .iter()
             .filter_map(|r| r.throughput.iter().find(|t| t.mode == l.mode))

@@ -15,6 +15,36 @@ const DETACHED_NOTE: &str = "The profiled pass also pinged every path with every
 
 const DETACHED_TWINS_NOTE: &str = "The profiled pass also pinged every path with every agent detached, in blocks that took turns with the profiled ones: a delta with no netprof program in the path, on the profiled labs themselves. Unexplained against it is the split's own miss on those labs; the measured delta (the clean twins', in the same turns) less it is how far the twin labs and the profiled labs differ, both without netprof.";
 
+const INTERVAL_NOTE: &str = "95% interval of the measured delta: the clean pings' blocks resampled in pairs (block k of the mode's path with block k of the baseline's, pinged seconds apart; with repeats, each repeat's blocks apart, and the median taken as above). Where the explained sum lies inside it, the unexplained part is within what these pings can resolve, whatever its share.";
+
+/// The measured delta's interval and whether the split lies inside it: rows only when some
+/// mode has the interval.
+fn interval_rows(report: &Report) -> Vec<Vec<String>> {
+    if report
+        .latency
+        .iter()
+        .all(|l| l.clean_delta_interval_ns.is_none())
+    {
+        return Vec::new();
+    }
+    let mut interval = vec!["measured delta, 95% interval".to_owned()];
+    let mut inside = vec!["explained inside it".to_owned()];
+    for l in &report.latency {
+        match l.clean_delta_interval_ns {
+            Some([lo, hi]) => {
+                interval.push(format!("{}..{}", us_signed(lo), us_signed(hi)));
+                let yes = (lo..=hi).contains(&l.clean.explained_ns);
+                inside.push(if yes { "yes" } else { "no" }.to_owned());
+            }
+            None => {
+                interval.push(String::new());
+                inside.push(String::new());
+            }
+        }
+    }
+    vec![interval, inside]
+}
+
 /// The headline split against the delta the profiled pass measured with the agents detached:
 /// rows only for a report whose every mode has it.
 fn detached_rows(report: &Report) -> Vec<Vec<String>> {
@@ -113,6 +143,7 @@ fn sources(report: &Report) -> String {
 pub fn clean(report: &Report) -> Option<Section> {
     let first = report.latency.first()?;
     let detached = detached_rows(report);
+    let interval = interval_rows(report);
     let measured = match first.clean.measure {
         Measure::CleanP50 if report.clean_twins => {
             "the p50s measured with no agent attached, on the clean twin labs in the same turns as the profile (DIR/clean/)"
@@ -137,10 +168,12 @@ pub fn clean(report: &Report) -> Option<Section> {
         header: header(report),
         rows: split_rows(report, |l| &l.clean)
             .into_iter()
+            .chain(interval.iter().cloned())
             .chain(detached.iter().cloned())
             .collect(),
         footer: [UNEXPLAINED_NOTE.to_owned(), share_note()]
             .into_iter()
+            .chain((!interval.is_empty()).then(|| INTERVAL_NOTE.to_owned()))
             .chain((!detached.is_empty()).then(|| {
                 let note = if report.clean_twins {
                     DETACHED_TWINS_NOTE
