@@ -1,7 +1,8 @@
 //! `netprof bench`: for each mode, build the lab, ping the host path and the pod path in turns
 //! (`ping_step`), run iperf3 and ab on each, write `<out>/<mode>.json`, tear the lab down, and
-//! finally print the study's table. Several modes without agents run side by side instead
-//! (`side_by_side`): every lab up at once and all their paths pinged in turns.
+//! finally print the study's table. Several modes run side by side instead (`side_by_side`):
+//! every lab up at once and all their paths pinged in turns; profiled, beside a clean twin of
+//! every lab that no agent attaches to.
 
 // Errors here end a run (one per run), so carrying their context inline costs nothing.
 #![allow(clippy::result_large_err)]
