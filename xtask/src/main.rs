@@ -25,10 +25,10 @@ enum Task {
     /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker) and
     /// mount bpffs/tracefs. Idempotent; fast when everything is present.
     Setup,
-    /// Setup, release build, `netprof bench --modes all` without agents (<out>/clean) and with
-    /// them (--profile), then `netprof report` as a table and as <out>/report.html. `--repeat K`
-    /// runs both passes K times, interleaved (<out>/repeat-K); `--out` must be new or empty
-    /// (default: a fresh netprof-out/demo-<time>); other args go to bench.
+    /// Setup, release build, `netprof bench --modes all --profile` (its clean twins, which no
+    /// agent attaches to, write <out>/clean), the calibration, then `netprof report` as a table
+    /// and as <out>/report.html. `--repeat K` runs the pass K times (<out>/repeat-K); `--out`
+    /// must be new or empty (default: a fresh netprof-out/demo-<time>); other args go to bench.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         bench_args: Vec<String>,
