@@ -245,31 +245,29 @@ async fn ping_all(cfg: &BenchConfig, labs: &[&RunLab]) -> Result<Vec<TakenPings>
         .collect();
     let mut flows = Vec::new();
     for t in &turns {
-        flows.push(match (t.attached, labs[t.lab].profiler.as_ref()) {
-            (true, Some(_)) => {
-                let lab = &labs[t.lab].lab;
-                profile::step_flows(lab, &paths[t.lab][t.path].1, Tool::Ping).map_err(|source| {
-                    BenchError::Profile {
-                        mode: lab.mode(),
-                        source,
-                    }
-                })?
-            }
-            _ => Vec::new(),
+        // Only an attached turn has agents to point at its flows.
+        flows.push(if t.attached {
+            let lab = &labs[t.lab].lab;
+            profile::step_flows(lab, &paths[t.lab][t.path].1, Tool::Ping).map_err(|source| {
+                BenchError::Profile {
+                    mode: lab.mode(),
+                    source,
+                }
+            })?
+        } else {
+            Vec::new()
         });
     }
     let profiled = turns.len() > own;
     let twins = labs.iter().filter(|run| run.twin).count();
     let twin_paths = turns[..own].iter().filter(|t| labs[t.lab].twin).count();
-    let note = match (profiled, twins) {
-        (false, _) => String::new(),
-        (true, 0) => {
-            ", each lab's agents attached in its turns, and with none attached in turns too".to_owned()
-        }
-        (true, t) => format!(
-            ", each lab's agents attached in its turns, and with none attached in turns too; beside them {twin_paths} paths of {t} clean twin labs"
-        ),
-    };
+    let mut note = String::new();
+    if profiled {
+        note += ", each lab's agents attached in its turns, and with none attached in turns too";
+    }
+    if twins > 0 {
+        note += &format!("; beside them {twin_paths} paths of {twins} clean twin labs");
+    }
     eprint!(
         "[pings] {} paths of {} modes side by side{note}, {} ... ",
         own - twin_paths,

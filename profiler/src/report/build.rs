@@ -14,6 +14,7 @@ use super::{
 };
 use crate::bench::result::{ModeResult, PathResult};
 use crate::bench::table;
+use crate::bench::BenchConfig;
 use crate::lab::Mode;
 use crate::parse::ping::PingReport;
 use crate::rundir::{NetPath, Node, Tool};
@@ -93,19 +94,19 @@ fn side_by_side_pings(results: &[ModeResult]) -> Option<SideBySidePings> {
 }
 
 /// The unprofiled twin's path results for a mode and its baseline, matching the profiled
-/// baseline's choice (host mode, or the mode's own host path).
+/// baseline's choice (host mode, or the mode's own host path), and how it pinged.
 fn twin(
     clean: &[ModeResult],
     mode: Mode,
     host_baseline: bool,
-) -> Option<(&PathResult, &PathResult)> {
+) -> Option<(&PathResult, &PathResult, &BenchConfig)> {
     let m = clean.iter().find(|r| r.mode == mode)?;
     let base = if host_baseline {
         &clean.iter().find(|r| r.mode == Mode::Host)?.host_path
     } else {
         &m.host_path
     };
-    Some((m.pod_path.as_ref()?, base))
+    Some((m.pod_path.as_ref()?, base, &m.config))
 }
 
 fn p50_ns(ping: &PingReport) -> Option<i64> {
@@ -176,10 +177,6 @@ fn attribute(
     let base = &base_mode.result.host_path;
     let host_baseline = base_mode.mode() == Mode::Host;
     let twin = clean.and_then(|c| twin(c, mode.mode(), host_baseline));
-    // How the clean run pinged (block sizes, for the measured delta's interval).
-    let clean_config = clean
-        .and_then(|c| c.iter().find(|r| r.mode == mode.mode()))
-        .map(|r| &r.config);
     if clean.is_some() && twin.is_none() {
         parts.notes.push(format!(
             "{name}: the run without agents lacks this mode or its baseline: its split is set against the profiled p50s less the probes, and its QPS against the profiled ones"
@@ -222,7 +219,7 @@ fn attribute(
     );
     match (pod.ping.stats, base.ping.stats) {
         (Some(pod_stats), Some(base_stats)) => {
-            let clean_p50 = twin.and_then(|(m, b)| {
+            let clean_p50 = twin.and_then(|(m, b, _)| {
                 Some(P50s {
                     mode_ns: p50_ns(&m.ping)?,
                     baseline_ns: p50_ns(&b.ping)?,
@@ -262,9 +259,8 @@ fn attribute(
                 clean_p50,
                 detached,
             );
-            attribution.clean_blocks = twin
-                .zip(clean_config)
-                .and_then(|((m, b), cfg)| clean_interval::CleanBlocks::of(&m.ping, &b.ping, cfg));
+            attribution.clean_blocks =
+                twin.and_then(|(m, b, cfg)| clean_interval::CleanBlocks::of(&m.ping, &b.ping, cfg));
             attribution.clean_delta_interval_ns = attribution
                 .clean_blocks
                 .as_ref()
@@ -294,7 +290,7 @@ fn attribute(
         cpu_ns_per_request: p.ab_cpu_ns_per_request,
     };
     let (pod_measured, base_measured) = match twin {
-        Some((m, b)) => (measured(m), measured(b)),
+        Some((m, b, _)) => (measured(m), measured(b)),
         None => (measured(pod), measured(base)),
     };
     parts.throughput.push(throughput::attribute(
