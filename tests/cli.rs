@@ -392,3 +392,86 @@ fn modes_side_by_side_ping_in_turns_and_leave_nothing() {
     assert_lab_gone(&lab);
     assert_lab_gone(&format!("{lab}-2"));
 }
+
+/// The machine's CPU latency target now, µs (reading the PM QoS device gives it).
+fn cpu_latency_target_us() -> i32 {
+    let bytes = std::fs::read("/dev/cpu_dma_latency").unwrap();
+    i32::from_ne_bytes(bytes[..4].try_into().unwrap())
+}
+
+/// µs all CPUs have spent in their polling idle state (exit latency 0), if they have one.
+fn polling_idle_us() -> Option<u64> {
+    let mut total = None;
+    for cpu in std::fs::read_dir("/sys/devices/system/cpu").ok()? {
+        let states = cpu.ok()?.path().join("cpuidle");
+        for state in std::fs::read_dir(states).into_iter().flatten().flatten() {
+            let read = |f: &str| std::fs::read_to_string(state.path().join(f)).ok();
+            if read("latency").is_some_and(|l| l.trim() == "0") {
+                let us: u64 = read("time")?.trim().parse().ok()?;
+                total = Some(total.unwrap_or(0) + us);
+            }
+        }
+    }
+    total
+}
+
+/// `--cpu-idle poll` keeps idle CPUs polling for the run (their polling state's time grows by
+/// a large share of the run's length), records it, and leaves the latency target as it found
+/// it. Where the kernel has no cpuidle driver it is refused with the reason.
+#[test]
+fn cpu_idle_poll_keeps_the_cpus_polling_for_the_run_only() {
+    if skip_unless_kernel_ready("cpu_idle_poll_keeps_the_cpus_polling_for_the_run_only") {
+        return;
+    }
+    let lab = unique_lab_name();
+    let out = TempPath::new("out");
+    let target_before = cpu_latency_target_us();
+    let polled_before = polling_idle_us();
+    let started = Instant::now();
+    let output = Command::new(netprof_bin())
+        .args([
+            "bench",
+            "--modes",
+            "host",
+            "--lab",
+            &lab,
+            "--cpu-idle",
+            "poll",
+        ])
+        .args(["--ping-count", "100", "--iperf3-seconds", "1"])
+        .args(["--ab-requests", "200", "--ab-concurrency", "5", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let wall_us = started.elapsed().as_micros() as u64;
+    assert_lab_gone(&lab);
+    assert_eq!(
+        cpu_latency_target_us(),
+        target_before,
+        "the request outlived the run"
+    );
+    let driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver")
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default();
+    let Some(before) = polled_before.filter(|_| !driver.is_empty() && driver != "none") else {
+        let line = error_line(&output);
+        assert!(
+            line.contains("--cpu-idle poll") && line.contains("--cpu-idle as-is"),
+            "{line}"
+        );
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let polled = polling_idle_us().unwrap() - before;
+    // Two CPUs, mostly idle between 10 ms pings: polling for well over a fifth of one CPU's
+    // time (halting, the polling state is hardly entered).
+    assert!(
+        polled * 5 > wall_us,
+        "polled {polled} µs in a {wall_us} µs run"
+    );
+    let file = out.path().join("host.json");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(result["config"]["cpu_idle"], "poll");
+}

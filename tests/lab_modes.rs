@@ -17,6 +17,7 @@ fn tiny_bench() -> BenchConfig {
         ab_concurrency: 10,
         services: 0,
         ping_blocks: 1,
+        ..BenchConfig::default()
     }
 }
 

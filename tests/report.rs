@@ -1266,3 +1266,57 @@ fn journeys_lost_to_a_full_log_are_noted() {
         after.notes
     );
 }
+
+/// Sets `config.cpu_idle` in every mode file of a run directory and of its `clean/`.
+fn set_cpu_idle(run: &Path, idle: &str) {
+    for dir in [run.to_path_buf(), run.join("clean")] {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".json") && !name.starts_with("calibration") {
+                edit_json(&path, |d| d["config"]["cpu_idle"] = serde_json::json!(idle));
+            }
+        }
+    }
+}
+
+/// A run with the CPUs polling says so in its first line, and its split takes the calibration
+/// (measured with them halting) as an estimate, named. Repeats that differ in it are refused,
+/// naming a file of each.
+#[test]
+fn runs_with_polling_cpus_say_so_and_are_not_mixed_with_halting_ones() {
+    let root = known_repeats("idle", [59.0, 65.0, 61.0], |run| set_cpu_idle(run, "poll"));
+    let report = report::from_dir(&root.0).unwrap();
+    assert_eq!(
+        report.run.config.cpu_idle,
+        netprof::bench::cpu_idle::CpuIdle::Poll
+    );
+    let first = report::render::headline(&report);
+    assert!(
+        first.contains("polling when idle (--cpu-idle poll)"),
+        "{first}"
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("CPUs idling poll") && n.contains("with them as-is")),
+        "{:#?}",
+        report.notes
+    );
+    let halting = root.0.join("repeat-2/clean/flannel-hostgw.json");
+    edit_json(&halting, |d| {
+        d["config"]["cpu_idle"] = serde_json::json!("as-is")
+    });
+    let (err, text) = load_err(&root.0);
+    assert!(matches!(err, InputError::CpuIdleMismatch { .. }), "{text}");
+    assert!(
+        text.contains("repeat-2/clean/flannel-hostgw.json")
+            && text.contains("repeat-1/")
+            && text.contains("--cpu-idle poll"),
+        "{text}"
+    );
+    let plain = Scratch(known_run::write_known_run("idle-plain"));
+    let first = report::render::headline(&report::from_dir(&plain.0).unwrap());
+    assert!(!first.contains("polling"), "{first}");
+}

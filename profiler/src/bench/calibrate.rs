@@ -120,6 +120,8 @@ pub struct CalibrationDoc {
     pub kernel: String,
     pub rounds: u32,
     pub ping_interval_s: f64,
+    /// What the CPUs did between packets (see `bench::cpu_idle`).
+    pub cpu_idle: super::cpu_idle::CpuIdle,
     /// bpf_stats' share of the time in the `paused` and `netprof` variants, percent (0: off).
     pub stats_share: u32,
     pub per_run: BTreeMap<String, KindCost>,
@@ -381,6 +383,7 @@ pub fn document(
         kernel: crate::kernel_release(),
         rounds,
         ping_interval_s: cfg.ping_interval_s,
+        cpu_idle: cfg.cpu_idle,
         stats_share: stats.share(),
         per_run,
         rtt_shift_ns: rtt_shift,
@@ -411,12 +414,13 @@ impl CalibrationDoc {
             }
         };
         let mut out = format!(
-            "calibration on {} (kernel {}), {} rounds, pings every {} ms, bpf_stats on {}% of the \
-             time\n",
+            "calibration on {} (kernel {}), {} rounds, pings every {} ms, CPUs idle {}, bpf_stats \
+             on {}% of the time\n",
             self.mode,
             self.kernel,
             self.rounds,
             self.ping_interval_s * 1e3,
+            self.cpu_idle,
             self.stats_share
         );
         out += &format!(

@@ -21,6 +21,10 @@ pub struct BenchConfig {
     /// in one piece). Runs written before this field pinged in one piece.
     #[serde(default = "one_piece")]
     pub ping_blocks: u32,
+    /// What the CPUs did between packets (see `cpu_idle`); runs written before this field left
+    /// them as they were.
+    #[serde(default)]
+    pub cpu_idle: super::cpu_idle::CpuIdle,
 }
 
 fn one_piece() -> u32 {
@@ -37,6 +41,7 @@ impl Default for BenchConfig {
             ab_concurrency: 50,
             services: 0,
             ping_blocks: super::ping_blocks::BLOCKS,
+            cpu_idle: super::cpu_idle::CpuIdle::AsIs,
         }
     }
 }

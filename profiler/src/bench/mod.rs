@@ -11,6 +11,7 @@ mod ab_step;
 pub mod bootstrap;
 pub mod calibrate;
 pub mod config;
+pub mod cpu_idle;
 pub mod cpu_time;
 pub mod overhead;
 pub mod ping_blocks;

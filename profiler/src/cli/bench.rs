@@ -85,6 +85,13 @@ pub struct BenchArgs {
     /// to run by far more than the few µs conntrack costs. At 2 ms they stay awake.
     #[arg(long, default_value_t = bench::validate::PING_INTERVAL_S)]
     pub validate_ping_interval: f64,
+    /// What the CPUs do between packets for the whole run. `as-is`: whatever the idle governor
+    /// chooses, as on nodes left alone (pings 10 ms apart then pay for waking a CPU, and on a
+    /// shared machine that cost swings from run to run). `poll`: hold a 0 µs CPU latency request
+    /// (/dev/cpu_dma_latency) so idle CPUs poll instead of halting, for repeatable RTTs of the
+    /// datapath itself. Recorded in every mode file; `netprof overhead --calibrate DIR` follows it.
+    #[arg(long, value_enum, default_value_t = bench::cpu_idle::CpuIdle::AsIs)]
+    pub cpu_idle: bench::cpu_idle::CpuIdle,
     /// Print the table as JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -96,7 +103,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ping_blocks = args
         .ping_blocks
         .unwrap_or_else(|| bench::ping_blocks::BLOCKS.min(args.tools.ping_count.max(1)));
-    let cfg = args.tools.config(args.services, ping_blocks)?;
+    let cfg = bench::BenchConfig {
+        cpu_idle: args.cpu_idle,
+        ..args.tools.config(args.services, ping_blocks)?
+    };
     let duty = args.duty.duty()?;
     anyhow::ensure!(
         args.profile || duty.is_none(),
@@ -133,6 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     lab::require_root()?;
     let _lock = LabLock::acquire(&args.lab)?;
+    let _idle = bench::cpu_idle::hold(cfg.cpu_idle)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

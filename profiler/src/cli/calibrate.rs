@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use super::overhead::OverheadArgs;
 use crate::agent::{report::AgentReport, Agent, HookFamilies};
 use crate::bench::calibrate::{self, CalibrationAgents, RoundSample, StatsMode};
+use crate::bench::cpu_idle::CpuIdle;
 use crate::bench::{profile, BenchConfig, BenchError};
 use crate::lab::{Lab, Mode, Node};
 use crate::rundir::{RunDir, TopFile};
@@ -84,12 +85,22 @@ fn read_err(mode: Mode, source: crate::agent::AgentError) -> BenchError {
     }
 }
 
-/// The ping intervals of the run in `dir` (its bench steps', and `--validate`'s; every repeat's):
-/// the intervals its splits need calibrated. Empty when `dir` holds no run.
-fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
+/// How the run in `dir` pinged (its bench steps', and `--validate`'s; every repeat's): the
+/// intervals its splits need calibrated, and what its CPUs did between packets. No intervals
+/// when `dir` holds no run.
+struct RunPings {
+    intervals: Vec<f64>,
+    cpu_idle: CpuIdle,
+}
+
+fn pings_of(dir: &Path) -> Result<RunPings> {
+    let mut found = RunPings {
+        intervals: Vec::new(),
+        cpu_idle: CpuIdle::AsIs,
+    };
     let root = RunDir::new(dir);
     if !dir.exists() {
-        return Ok(Vec::new());
+        return Ok(found);
     }
     let mut runs = vec![root.clone()];
     runs.extend(
@@ -109,7 +120,7 @@ fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
                 .map(|(path, _)| path),
         );
     }
-    let mut intervals: Vec<f64> = Vec::new();
+    let mut idle_of: Option<(PathBuf, CpuIdle)> = None;
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -124,28 +135,56 @@ fn ping_intervals_of(dir: &Path) -> Result<Vec<f64>> {
                     file.display()
                 )
             })?;
-        if !intervals.iter().any(|i| (i - interval).abs() < 1e-9) {
-            intervals.push(interval);
+        if !found.intervals.iter().any(|i| (i - interval).abs() < 1e-9) {
+            found.intervals.push(interval);
+        }
+        // Files written before the setting existed left the CPUs as they were.
+        let idle: CpuIdle = match doc["config"].get("cpu_idle") {
+            None => CpuIdle::AsIs,
+            Some(v) => serde_json::from_value(v.clone()).with_context(|| {
+                format!(
+                    "{}: config.cpu_idle is {v}, not as-is or poll",
+                    file.display()
+                )
+            })?,
+        };
+        match &idle_of {
+            Some((first, was)) if *was != idle => anyhow::bail!(
+                "{} ran with --cpu-idle {was}, {} with --cpu-idle {idle}: one calibration cannot stand for both; put the runs in separate directories",
+                first.display(),
+                file.display()
+            ),
+            Some(_) => {}
+            None => idle_of = Some((file, idle)),
         }
     }
-    intervals.sort_by(f64::total_cmp);
-    Ok(intervals)
+    found.intervals.sort_by(f64::total_cmp);
+    found.cpu_idle = idle_of.map_or(CpuIdle::AsIs, |(_, idle)| idle);
+    Ok(found)
 }
 
 /// The rounds of the calibration in `path`, to be added to: it must have calibrated `mode` on
-/// this kernel with the same bpf_stats share, or the rounds would not measure one thing.
-fn earlier_rounds(path: &Path, mode: Mode, stats: StatsMode) -> Result<Vec<RoundSample>> {
+/// this kernel with the same bpf_stats share and CPU idle setting, or the rounds would not
+/// measure one thing.
+fn earlier_rounds(
+    path: &Path,
+    mode: Mode,
+    stats: StatsMode,
+    cpu_idle: CpuIdle,
+) -> Result<Vec<RoundSample>> {
     // The report's reader checks the file (schema, every value) and names it in its errors.
     let earlier = crate::report::calibration::load(path)?.calibration;
     let now = [
         ("mode", Some(mode.name().to_owned())),
         ("kernel", Some(crate::kernel_release())),
         ("stats_share", Some(stats.share().to_string())),
+        ("cpu_idle", Some(cpu_idle.to_string())),
     ];
     let found = [
         earlier.mode,
         earlier.kernel,
         earlier.stats_share.map(|s| s.to_string()),
+        Some(earlier.cpu_idle.unwrap_or_default().to_string()),
     ];
     for ((field, now), found) in now.into_iter().zip(found) {
         if found != now {
@@ -172,16 +211,12 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
     anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
     // A probe run costs more when the CPUs idle between packets (cold caches) than when they
     // stay busy: calibrate at the rate of every ping DIR's splits correct.
+    // ... and with the CPUs idling as the run's did (waking one is part of every RTT or not).
+    let run = pings_of(dir)?;
     let intervals = match args.calibrate_ping_interval {
         Some(s) => vec![s],
-        None => {
-            let found = ping_intervals_of(dir)?;
-            if found.is_empty() {
-                vec![DEFAULT_PING_INTERVAL_S]
-            } else {
-                found
-            }
-        }
+        None if run.intervals.is_empty() => vec![DEFAULT_PING_INTERVAL_S],
+        None => run.intervals.clone(),
     };
     // The segments a calibration corrects were measured with bpf_stats in slices (profiled
     // steps' default): calibrate netprof as it ran there, their clock reads included.
@@ -212,25 +247,28 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {} for the calibration", dir.display()))?;
     }
+    let _idle = crate::bench::cpu_idle::hold(run.cpu_idle)?;
     for (i, &interval) in intervals.iter().enumerate() {
         let cfg = BenchConfig {
             ab_requests: args.ab_requests,
             ab_concurrency: args.ab_concurrency,
             ping_count: PINGS,
             ping_interval_s: interval,
+            cpu_idle: run.cpu_idle,
             ..BenchConfig::default()
         };
         cfg.validate()?;
         eprintln!(
-            "[calibrate] {}/{}: pings {} ms apart",
+            "[calibrate] {}/{}: pings {} ms apart, CPUs idle {}",
             i + 1,
             intervals.len(),
-            interval * 1e3
+            interval * 1e3,
+            run.cpu_idle
         );
         let in_dir = (!partial).then(|| RunDir::new(dir).calibration_file(interval));
         let earlier = match &in_dir {
             Some(file) if args.calibrate_append && file.exists() => {
-                earlier_rounds(file, args.mode, stats)?
+                earlier_rounds(file, args.mode, stats, run.cpu_idle)?
             }
             _ => Vec::new(),
         };
@@ -276,16 +314,54 @@ mod tests {
             )
             .unwrap();
         };
-        assert_eq!(ping_intervals_of(&root).unwrap(), Vec::<f64>::new());
+        assert_eq!(pings_of(&root).unwrap().intervals, Vec::<f64>::new());
         write("repeat-1/host.json", "0.01");
         write("repeat-2/calico.json", "0.01");
         write("repeat-2/validate.json", "0.002");
         write("repeat-2/notes.json", "7");
-        assert_eq!(ping_intervals_of(&root).unwrap(), [0.002, 0.01]);
+        let found = pings_of(&root).unwrap();
+        assert_eq!(found.intervals, [0.002, 0.01]);
+        assert_eq!(found.cpu_idle, CpuIdle::AsIs);
         write("repeat-1/l2.json", "null");
-        let err = format!("{:#}", ping_intervals_of(&root).unwrap_err());
+        let err = format!("{:#}", pings_of(&root).err().unwrap());
         assert!(
             err.contains("repeat-1/l2.json") && err.contains("ping_interval_s"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The CPUs' idle setting comes from the run's files (absent: as-is); a directory whose
+    /// runs differ in it is refused with both files named.
+    #[test]
+    fn the_cpu_idle_setting_is_the_runs() {
+        let root = std::env::temp_dir().join(format!("netprof-cal-idle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |rel: &str, idle: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                path,
+                format!(r#"{{"config": {{"ping_interval_s": 0.01{idle}}}}}"#),
+            )
+            .unwrap();
+        };
+        write("repeat-1/host.json", r#", "cpu_idle": "poll""#);
+        write("repeat-2/host.json", r#", "cpu_idle": "poll""#);
+        assert_eq!(pings_of(&root).unwrap().cpu_idle, CpuIdle::Poll);
+        write("repeat-2/l2.json", "");
+        let err = format!("{:#}", pings_of(&root).err().unwrap());
+        assert!(
+            err.contains("repeat-1/host.json")
+                && err.contains("repeat-2/l2.json")
+                && err.contains("--cpu-idle poll")
+                && err.contains("--cpu-idle as-is"),
+            "{err}"
+        );
+        write("repeat-2/l2.json", r#", "cpu_idle": "sleepy""#);
+        let err = format!("{:#}", pings_of(&root).err().unwrap());
+        assert!(
+            err.contains("repeat-2/l2.json") && err.contains("cpu_idle"),
             "{err}"
         );
         std::fs::remove_dir_all(&root).unwrap();

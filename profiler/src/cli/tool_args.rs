@@ -34,6 +34,8 @@ impl ToolArgs {
             ab_concurrency: self.ab_concurrency,
             services,
             ping_blocks,
+            // The lab's `bench` chooses it (`--cpu-idle`); a cluster's nodes idle as they do.
+            ..BenchConfig::default()
         };
         cfg.validate()?;
         Ok(cfg)

@@ -366,17 +366,17 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
     let first = &input.modes[0].result;
     let cpus = first.environment.cpus;
     let ping_interval_s = first.config.ping_interval_s;
-    let chosen = calibration::for_pings(calibrations, ping_interval_s);
+    let cpu_idle = first.config.cpu_idle;
+    let chosen = calibration::for_pings(calibrations, ping_interval_s, cpu_idle);
     let warmest = calibration::warmest(calibrations);
     let calibration = chosen.map(|c| c.file);
     let calibrated = Calibrated {
         ping: calibration.map(ProbeCosts::from_calibration),
         load: warmest.map(ProbeCosts::from_calibration),
     };
-    let validation_calibration = input
-        .validation
-        .as_ref()
-        .and_then(|v| calibration::for_pings(calibrations, v.result.config.ping_interval_s));
+    let validation_calibration = input.validation.as_ref().and_then(|v| {
+        calibration::for_pings(calibrations, v.result.config.ping_interval_s, cpu_idle)
+    });
     let mut parts = Parts {
         notes: vec![
             LATENCY_METHOD.to_owned(),
@@ -392,7 +392,9 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
         parts.notes.push("No calibration (DIR/calibration-<ms>ms.json, from `netprof overhead --calibrate DIR`): netprof's in-path cost per probe run is the bpf_stats estimate of each step (the programs' own run time, without the hook's dispatch or the cache misses they cause).".to_owned());
     }
     parts.notes.extend(
-        chosen.and_then(|c| calibration::mismatch_note("The ping split", &c, ping_interval_s)),
+        chosen.and_then(|c| {
+            calibration::mismatch_note("The ping split", &c, ping_interval_s, cpu_idle)
+        }),
     );
     if let (Some(w), Some(c)) = (warmest, calibration) {
         if w.path != c.path {
@@ -404,6 +406,7 @@ pub fn build(input: &Input, clean: Option<&Input>, calibrations: &[CalibrationFi
             "The ground-truth checks",
             &c,
             v.result.config.ping_interval_s,
+            cpu_idle,
         ));
     }
     for mode in &input.modes {

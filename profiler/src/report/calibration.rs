@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::bench::cpu_idle::CpuIdle;
+
 use super::input::InputError;
 
 pub const SCHEMA: &str = "netprof.calibration/v1";
@@ -87,6 +89,9 @@ pub struct Calibration {
     pub rounds: Option<u32>,
     #[serde(default)]
     pub ping_interval_s: Option<f64>,
+    /// What the CPUs did between packets (older files: not recorded, they were left as-is).
+    #[serde(default)]
+    pub cpu_idle: Option<crate::bench::cpu_idle::CpuIdle>,
     /// bpf_stats' share of the time while netprof ran, percent (older files: not recorded).
     #[serde(default)]
     pub stats_share: Option<u32>,
@@ -209,27 +214,40 @@ pub struct Chosen<'a> {
 }
 
 impl CalibrationFile {
+    /// What the CPUs did between the calibration's packets (older files: as-is).
+    pub fn cpu_idle(&self) -> CpuIdle {
+        self.calibration.cpu_idle.unwrap_or_default()
+    }
+
     /// Milliseconds between the calibration's pings, when it says.
     pub fn ping_interval_ms(&self) -> Option<f64> {
         self.calibration.ping_interval_s.map(|s| s * 1e3)
     }
 }
 
-/// The calibration measured at pings `interval_s` apart, else the one nearest to it (by ratio;
-/// one that does not give its interval only when no other exists).
-pub fn for_pings(files: &[CalibrationFile], interval_s: f64) -> Option<Chosen<'_>> {
+/// The calibration measured at pings `interval_s` apart with the CPUs idling as `cpu_idle`,
+/// else the one nearest to it (the same idle setting first, then by the interval's ratio; one
+/// that does not give its interval only when no other exists).
+pub fn for_pings(
+    files: &[CalibrationFile],
+    interval_s: f64,
+    cpu_idle: CpuIdle,
+) -> Option<Chosen<'_>> {
+    let other_idle = |f: &CalibrationFile| f.cpu_idle() != cpu_idle;
     let distance = |f: &CalibrationFile| {
         f.calibration
             .ping_interval_s
             .filter(|s| *s > 0.0)
             .map_or(f64::INFINITY, |s| (s / interval_s).ln().abs())
     };
-    let file = files
-        .iter()
-        .min_by(|a, b| distance(a).total_cmp(&distance(b)))?;
+    let file = files.iter().min_by(|a, b| {
+        other_idle(a)
+            .cmp(&other_idle(b))
+            .then(distance(a).total_cmp(&distance(b)))
+    })?;
     Some(Chosen {
         file,
-        exact: distance(file) < 1e-6,
+        exact: distance(file) < 1e-6 && !other_idle(file),
     })
 }
 
@@ -242,7 +260,12 @@ pub fn warmest(files: &[CalibrationFile]) -> Option<&CalibrationFile> {
 }
 
 /// What a report says when a split's pings were not the calibration's.
-pub fn mismatch_note(what: &str, chosen: &Chosen, interval_s: f64) -> Option<String> {
+pub fn mismatch_note(
+    what: &str,
+    chosen: &Chosen,
+    interval_s: f64,
+    cpu_idle: CpuIdle,
+) -> Option<String> {
     if chosen.exact {
         return None;
     }
@@ -253,9 +276,10 @@ pub fn mismatch_note(what: &str, chosen: &Chosen, interval_s: f64) -> Option<Str
             format!("pings {ms} ms apart")
         });
     Some(format!(
-        "{what}: its pings were {} ms apart, the calibration ({}) was measured at {at}. A probe run costs more when the CPUs idle between packets, so its cost per run here is an estimate: run `netprof overhead --calibrate DIR` (it calibrates at every interval DIR's pings used).",
+        "{what}: its pings were {} ms apart with the CPUs idling {cpu_idle}, the calibration ({}) was measured at {at} with them {}. A probe run costs more when the CPUs idle between packets, so its cost per run here is an estimate: run `netprof overhead --calibrate DIR` (it calibrates at every interval DIR's pings used, with the CPUs as they were).",
         interval_s * 1e3,
-        chosen.file.path.display()
+        chosen.file.path.display(),
+        chosen.file.cpu_idle()
     ))
 }
 
@@ -370,6 +394,8 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
+    const AS_IS: CpuIdle = CpuIdle::AsIs;
+
     fn at(interval_s: Option<f64>, name: &str) -> CalibrationFile {
         let mut file = load(&write(name, HAND_WRITTEN)).unwrap();
         std::fs::remove_file(&file.path).unwrap();
@@ -387,27 +413,50 @@ mod tests {
             at(Some(0.01), "10ms"),
             at(None, "unknown"),
         ];
-        let c = for_pings(&files, 0.01).unwrap();
+        let c = for_pings(&files, 0.01, AS_IS).unwrap();
         assert_eq!((c.file.path.to_str(), c.exact), (Some("10ms"), true));
-        assert!(mismatch_note("x", &c, 0.01).is_none());
-        let c = for_pings(&files, 0.002).unwrap();
+        assert!(mismatch_note("x", &c, 0.01, AS_IS).is_none());
+        let c = for_pings(&files, 0.002, AS_IS).unwrap();
         assert_eq!((c.file.path.to_str(), c.exact), (Some("2ms"), true));
         let far = [at(Some(0.05), "50ms"), at(Some(0.02), "20ms")];
-        let c = for_pings(&far, 0.01).unwrap();
+        let c = for_pings(&far, 0.01, AS_IS).unwrap();
         assert_eq!((c.file.path.to_str(), c.exact), (Some("20ms"), false));
-        let note = mismatch_note("the split", &c, 0.01).unwrap();
+        let note = mismatch_note("the split", &c, 0.01, AS_IS).unwrap();
         assert!(
             note.contains("10 ms apart") && note.contains("pings 20 ms apart"),
             "{note}"
         );
-        let c = for_pings(&files[2..], 0.01).unwrap();
+        let c = for_pings(&files[2..], 0.01, AS_IS).unwrap();
         assert_eq!((c.file.path.to_str(), c.exact), (Some("unknown"), false));
-        assert!(for_pings(&[], 0.01).is_none());
+        assert!(for_pings(&[], 0.01, AS_IS).is_none());
         assert_eq!(warmest(&files).map(|f| f.path.to_str()), Some(Some("2ms")));
         let path = write("zero", &HAND_WRITTEN.replace("0.002", "0"));
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("ping_interval_s"), "{err}");
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// A split with the CPUs polling takes a polling calibration over one at its own interval
+    /// with them halting, and calls any other inexact, naming both settings.
+    #[test]
+    fn a_split_takes_the_calibration_of_its_own_cpu_idle() {
+        let mut poll = at(Some(0.002), "2ms-poll");
+        poll.calibration.cpu_idle = Some(CpuIdle::Poll);
+        let files = [at(Some(0.01), "10ms"), poll];
+        let c = for_pings(&files, 0.01, CpuIdle::Poll).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("2ms-poll"), false));
+        let mut exact = files[1].clone();
+        exact.calibration.ping_interval_s = Some(0.01);
+        let both = [files[0].clone(), exact];
+        let c = for_pings(&both, 0.01, CpuIdle::Poll).unwrap();
+        assert_eq!((c.file.path.to_str(), c.exact), (Some("2ms-poll"), true));
+        let c = for_pings(&files[..1], 0.01, CpuIdle::Poll).unwrap();
+        assert!(!c.exact);
+        let note = mismatch_note("the split", &c, 0.01, CpuIdle::Poll).unwrap();
+        assert!(
+            note.contains("CPUs idling poll") && note.contains("with them as-is"),
+            "{note}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::merge::NodeDoc;
 use crate::agent::report::{AgentReport, SCHEMA as AGENT_SCHEMA};
+use crate::bench::cpu_idle::CpuIdle;
 use crate::bench::result::{ModeResult, SCHEMA as MODE_SCHEMA};
 use crate::bench::validate::{CheckRun, ProfiledRun, ValidateResult, SCHEMA as VALIDATE_SCHEMA};
 use crate::lab::Mode;
@@ -73,6 +74,13 @@ pub enum InputError {
         field: String,
         value: String,
         why: &'static str,
+    },
+    #[error("{path} ran with --cpu-idle {found}, {other} with --cpu-idle {other_idle}: RTTs with the CPUs polling and with them halting do not compare; put the runs in separate directories")]
+    CpuIdleMismatch {
+        path: PathBuf,
+        found: CpuIdle,
+        other: PathBuf,
+        other_idle: CpuIdle,
     },
     #[error("{path} is the report of {found}, but {mode}.json lists it for {expected}")]
     ProfileMismatch {
@@ -251,6 +259,32 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(
         schema: expected,
         source,
     })
+}
+
+/// What every mode file of `inputs` says the CPUs did between packets; files that differ are
+/// an error naming two of them.
+pub fn cpu_idle_of(inputs: &[&Input]) -> Result<CpuIdle, InputError> {
+    let mut first: Option<(PathBuf, CpuIdle)> = None;
+    for input in inputs {
+        let run = RunDir::new(&input.dir);
+        for mode in &input.modes {
+            let idle = mode.result.config.cpu_idle;
+            let path = run.mode_file(mode.mode());
+            match &first {
+                Some((other, other_idle)) if *other_idle != idle => {
+                    return Err(InputError::CpuIdleMismatch {
+                        path,
+                        found: idle,
+                        other: other.clone(),
+                        other_idle: *other_idle,
+                    })
+                }
+                Some(_) => {}
+                None => first = Some((path, idle)),
+            }
+        }
+    }
+    Ok(first.map_or(CpuIdle::AsIs, |(_, idle)| idle))
 }
 
 /// Reads and checks a bench output directory.

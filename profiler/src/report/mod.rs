@@ -215,29 +215,37 @@ pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    if repeats.is_empty() {
-        return single(&run, &calibrations);
-    }
-    let reports = repeats
-        .iter()
-        .map(|(_, repeat)| single(repeat, &calibrations))
-        .collect::<Result<Vec<Report>, InputError>>()?;
-    Ok(repeats::combine(dir, reports))
-}
-
-/// One run directory's report.
-fn single(
-    run: &RunDir,
-    calibrations: &[calibration::CalibrationFile],
-) -> Result<Report, InputError> {
-    let input = input::load(run.root())?;
-    let clean_dir = run.clean();
-    let clean = if exists(clean_dir.root()) {
-        Some(input::load(clean_dir.root())?)
+    let single = repeats.is_empty();
+    let runs: Vec<RunDir> = if single {
+        vec![run]
     } else {
-        None
+        repeats.into_iter().map(|(_, r)| r).collect()
     };
-    Ok(build(&input, clean.as_ref(), calibrations))
+    let mut loaded = Vec::new();
+    for run in &runs {
+        let input = input::load(run.root())?;
+        let clean_dir = run.clean();
+        let clean = if exists(clean_dir.root()) {
+            Some(input::load(clean_dir.root())?)
+        } else {
+            None
+        };
+        loaded.push((input, clean));
+    }
+    // Every delta and every repeat's median set one mode file's pings against another's.
+    let all: Vec<&input::Input> = loaded
+        .iter()
+        .flat_map(|(input, clean)| std::iter::once(input).chain(clean))
+        .collect();
+    input::cpu_idle_of(&all)?;
+    let mut reports: Vec<Report> = loaded
+        .iter()
+        .map(|(input, clean)| build(input, clean.as_ref(), &calibrations))
+        .collect();
+    if single {
+        return Ok(reports.remove(0));
+    }
+    Ok(repeats::combine(dir, reports))
 }
 
 /// Whether anything is at `path`, a dangling link included (which then fails to read, named).

@@ -15,6 +15,7 @@ mod sections_validation;
 pub mod table;
 
 use super::Report;
+use crate::bench::cpu_idle::CpuIdle;
 use crate::bench::table as study;
 
 /// `--format`.
@@ -88,8 +89,14 @@ pub fn headline(report: &Report) -> String {
     } else {
         String::new()
     };
+    // Polling CPUs change every RTT: the reader must not set these numbers against a run
+    // whose CPUs halted between pings.
+    let idle = match c.cpu_idle {
+        CpuIdle::AsIs => "",
+        CpuIdle::Poll => " polling when idle (--cpu-idle poll)",
+    };
     format!(
-        "netprof report: {} (kernel {}, {} CPUs; ping {} x {} ms{blocks}, iperf3 {} s, ab {} x {}{repeats})",
+        "netprof report: {} (kernel {}, {} CPUs{idle}; ping {} x {} ms{blocks}, iperf3 {} s, ab {} x {}{repeats})",
         report.source,
         report.run.kernel,
         report.run.cpus,
