@@ -1091,6 +1091,29 @@ fn the_measured_delta_has_the_interval_its_ping_blocks_give() {
     let [lo, hi] = report.latency[0].clean_delta_interval_ns.unwrap();
     assert!(lo <= 5_000 && hi >= 15_000, "[{lo}, {hi}]");
     assert_eq!(row(&report, "explained inside it").as_deref(), Some("yes"));
+    let wide = "Some intervals are wider than 20 µs";
+    assert!(hi - lo <= 20_000, "[{lo}, {hi}]");
+    assert!(!render::render(&report, Format::Table).contains(wide));
+
+    // Blocks that swing by 40 µs leave an interval too wide to judge a split by: the report
+    // names the CPUs' wake-ups and the setting that keeps them out, unless it was in force.
+    edit_json(&dir.0.join("clean/flannel-hostgw.json"), |d| {
+        let swinging: Vec<f64> = (0..1000)
+            .map(|i| if (i / 100) % 2 == 0 { 40.0 } else { 80.0 })
+            .collect();
+        d["pod_path"]["ping"]["rtts_us"] = serde_json::json!(swinging);
+    });
+    let report = report::from_dir(&dir.0).expect("the run loads");
+    let [lo, hi] = report.latency[0].clean_delta_interval_ns.unwrap();
+    assert!(hi - lo > 20_000, "[{lo}, {hi}]");
+    let text = render::render(&report, Format::Table);
+    assert!(
+        text.contains(wide) && text.contains("--cpu-idle poll"),
+        "{text}"
+    );
+    set_cpu_idle(&dir.0, "poll");
+    let text = render::render(&report::from_dir(&dir.0).unwrap(), Format::Table);
+    assert!(!text.contains(wide), "{text}");
 }
 
 /// Clean numbers from the profiled run's own twins (`bench --profile` with several modes):

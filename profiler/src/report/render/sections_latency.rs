@@ -2,6 +2,7 @@
 //! the profiled splits (p50 with netprof's share, p99).
 
 use super::{pct, us, us_signed, Part, Section};
+use crate::bench::cpu_idle::CpuIdle;
 use crate::report::category::Category;
 use crate::report::latency::{DetachedDelta, LatencyAttribution};
 use crate::report::probe_cost::ProbeSource;
@@ -15,6 +16,9 @@ const DETACHED_NOTE: &str = "The profiled pass also pinged every path with every
 
 const DETACHED_TWINS_NOTE: &str = "The profiled pass also pinged every path with every agent detached, in blocks that took turns with the profiled ones: a delta with no netprof program in the path, on the profiled labs themselves. Unexplained against it is the split's own miss on those labs; the measured delta (the clean twins', in the same turns) less it is how far the twin labs and the profiled labs differ, both without netprof.";
 
+/// An interval wider than this says the pings, not the split, limit what the delta can judge.
+const WIDE_INTERVAL_NS: i64 = 20_000;
+const WIDE_INTERVAL_NOTE: &str = "Some intervals are wider than 20 µs. With the CPUs left to halt between pings, waking one is part of every RTT, and on a shared machine that cost comes and goes in spells of a few hundred ms. `bench --cpu-idle poll` (the demo passes it on) keeps them polling: the delta of the datapath itself, without the wake-ups, repeats to a few µs (docs/lab.md).";
 const INTERVAL_NOTE: &str = "95% interval of the measured delta: the clean pings' blocks resampled in pairs (block k of the mode's path with block k of the baseline's, pinged seconds apart; with repeats, each repeat's blocks apart, and the median taken as above). Where the explained sum lies inside it, the unexplained part is within what these pings can resolve, whatever its share.";
 
 /// The measured delta's interval and whether the split lies inside it: rows only when some
@@ -43,6 +47,15 @@ fn interval_rows(report: &Report) -> Vec<Vec<String>> {
         }
     }
     vec![interval, inside]
+}
+
+/// Whether a run with the CPUs halting between pings gave some delta a wide interval.
+fn wide_intervals(report: &Report) -> bool {
+    report.run.config.cpu_idle == CpuIdle::AsIs
+        && report.latency.iter().any(|l| {
+            l.clean_delta_interval_ns
+                .is_some_and(|[lo, hi]| hi - lo > WIDE_INTERVAL_NS)
+        })
 }
 
 /// The headline split against the delta the profiled pass measured with the agents detached:
@@ -174,6 +187,7 @@ pub fn clean(report: &Report) -> Option<Section> {
         footer: [UNEXPLAINED_NOTE.to_owned(), share_note()]
             .into_iter()
             .chain((!interval.is_empty()).then(|| INTERVAL_NOTE.to_owned()))
+            .chain(wide_intervals(report).then(|| WIDE_INTERVAL_NOTE.to_owned()))
             .chain((!detached.is_empty()).then(|| {
                 let note = if report.clean_twins {
                     DETACHED_TWINS_NOTE
