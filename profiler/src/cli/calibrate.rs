@@ -297,23 +297,30 @@ pub fn run(args: &OverheadArgs, dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn scratch(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("netprof-cal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    }
+
+    /// `root/rel` holding a mode file's config: `ping_interval_s` and what follows it.
+    fn write_config(root: &Path, rel: &str, config: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            format!(r#"{{"config": {{"ping_interval_s": {config}}}}}"#),
+        )
+        .unwrap();
+    }
+
     /// A demo directory: 10 ms pings in every repeat's modes, 2 ms in the last one's
     /// `validate.json`; other files are not read. A mode file without the interval is an error
     /// that names it.
     #[test]
     fn the_intervals_are_those_the_runs_pinged_at() {
-        let root =
-            std::env::temp_dir().join(format!("netprof-cal-intervals-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let write = |rel: &str, interval: &str| {
-            let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(
-                path,
-                format!(r#"{{"config": {{"ping_interval_s": {interval}}}}}"#),
-            )
-            .unwrap();
-        };
+        let root = scratch("intervals");
+        let write = |rel: &str, interval: &str| write_config(&root, rel, interval);
         assert_eq!(pings_of(&root).unwrap().intervals, Vec::<f64>::new());
         write("repeat-1/host.json", "0.01");
         write("repeat-2/calico.json", "0.01");
@@ -335,17 +342,8 @@ mod tests {
     /// runs differ in it is refused with both files named.
     #[test]
     fn the_cpu_idle_setting_is_the_runs() {
-        let root = std::env::temp_dir().join(format!("netprof-cal-idle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let write = |rel: &str, idle: &str| {
-            let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(
-                path,
-                format!(r#"{{"config": {{"ping_interval_s": 0.01{idle}}}}}"#),
-            )
-            .unwrap();
-        };
+        let root = scratch("idle");
+        let write = |rel: &str, idle: &str| write_config(&root, rel, &format!("0.01{idle}"));
         write("repeat-1/host.json", r#", "cpu_idle": "poll""#);
         write("repeat-2/host.json", r#", "cpu_idle": "poll""#);
         assert_eq!(pings_of(&root).unwrap().cpu_idle, CpuIdle::Poll);
