@@ -94,13 +94,13 @@ struct RunPings {
 }
 
 fn pings_of(dir: &Path) -> Result<RunPings> {
-    let mut found = RunPings {
-        intervals: Vec::new(),
-        cpu_idle: CpuIdle::AsIs,
-    };
+    let mut intervals: Vec<f64> = Vec::new();
     let root = RunDir::new(dir);
     if !dir.exists() {
-        return Ok(found);
+        return Ok(RunPings {
+            intervals,
+            cpu_idle: CpuIdle::AsIs,
+        });
     }
     let mut runs = vec![root.clone()];
     runs.extend(
@@ -135,8 +135,8 @@ fn pings_of(dir: &Path) -> Result<RunPings> {
                     file.display()
                 )
             })?;
-        if !found.intervals.iter().any(|i| (i - interval).abs() < 1e-9) {
-            found.intervals.push(interval);
+        if !intervals.iter().any(|i| (i - interval).abs() < 1e-9) {
+            intervals.push(interval);
         }
         // Files written before the setting existed left the CPUs as they were.
         let idle: CpuIdle = match doc["config"].get("cpu_idle") {
@@ -158,9 +158,11 @@ fn pings_of(dir: &Path) -> Result<RunPings> {
             None => idle_of = Some((file, idle)),
         }
     }
-    found.intervals.sort_by(f64::total_cmp);
-    found.cpu_idle = idle_of.map_or(CpuIdle::AsIs, |(_, idle)| idle);
-    Ok(found)
+    intervals.sort_by(f64::total_cmp);
+    Ok(RunPings {
+        intervals,
+        cpu_idle: idle_of.map_or(CpuIdle::AsIs, |(_, idle)| idle),
+    })
 }
 
 /// The rounds of the calibration in `path`, to be added to: it must have calibrated `mode` on

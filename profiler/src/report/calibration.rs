@@ -91,7 +91,7 @@ pub struct Calibration {
     pub ping_interval_s: Option<f64>,
     /// What the CPUs did between packets (older files: not recorded, they were left as-is).
     #[serde(default)]
-    pub cpu_idle: Option<crate::bench::cpu_idle::CpuIdle>,
+    pub cpu_idle: Option<CpuIdle>,
     /// bpf_stats' share of the time while netprof ran, percent (older files: not recorded).
     #[serde(default)]
     pub stats_share: Option<u32>,

@@ -261,9 +261,9 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// What every mode file of `inputs` says the CPUs did between packets; files that differ are
-/// an error naming two of them.
-pub fn cpu_idle_of(inputs: &[&Input]) -> Result<CpuIdle, InputError> {
+/// Every mode file of `inputs` must say the same of what the CPUs did between packets; files
+/// that differ are an error naming two of them.
+pub fn one_cpu_idle(inputs: &[&Input]) -> Result<(), InputError> {
     let mut first: Option<(PathBuf, CpuIdle)> = None;
     for input in inputs {
         let run = RunDir::new(&input.dir);
@@ -284,7 +284,7 @@ pub fn cpu_idle_of(inputs: &[&Input]) -> Result<CpuIdle, InputError> {
             }
         }
     }
-    Ok(first.map_or(CpuIdle::AsIs, |(_, idle)| idle))
+    Ok(())
 }
 
 /// Reads and checks a bench output directory.

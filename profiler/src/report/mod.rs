@@ -237,7 +237,7 @@ pub fn from_dir(dir: &Path) -> Result<Report, InputError> {
         .iter()
         .flat_map(|(input, clean)| std::iter::once(input).chain(clean))
         .collect();
-    input::cpu_idle_of(&all)?;
+    input::one_cpu_idle(&all)?;
     let mut reports: Vec<Report> = loaded
         .iter()
         .map(|(input, clean)| build(input, clean.as_ref(), &calibrations))
